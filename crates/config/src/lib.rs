@@ -1,0 +1,1 @@
+//! pgwarden-config (work in progress).

@@ -1,0 +1,1 @@
+//! pgwarden-proxy library.

@@ -1,0 +1,2 @@
+//! The `pgwarden-proxy` binary.
+fn main() {}

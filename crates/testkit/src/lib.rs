@@ -1,0 +1,1 @@
+//! pgwarden-testkit (work in progress).

@@ -1,0 +1,1 @@
+//! pgwarden-wire (work in progress).
