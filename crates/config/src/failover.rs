@@ -1,0 +1,130 @@
+//! `[failover]`: how a standby is promoted when the primary is lost.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::secret::{Secret, resolve_password};
+use crate::validate;
+
+/// Who performs promotion and repointing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailoverMode {
+    /// `"builtin"`: pgwarden runs `pg_promote()` and repoints the standbys
+    /// over SQL, logging in as `failover.user`.
+    #[default]
+    Builtin,
+    /// `"command"`: pgwarden runs `failover.command` and
+    /// `failover.follow_primary_command`, as pgpool does.
+    Command,
+}
+
+impl FailoverMode {
+    /// The config spelling: `"builtin"` or `"command"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Builtin => "builtin",
+            Self::Command => "command",
+        }
+    }
+}
+
+impl fmt::Display for FailoverMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[failover]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverConfig {
+    /// `failover.mode`.
+    pub mode: FailoverMode,
+    /// `failover.user`: builtin mode logs in as this role (a superuser, or
+    /// one granted `pg_promote` and `ALTER SYSTEM`).
+    pub user: String,
+    /// `failover.password`, or the contents of `failover.password_file`;
+    /// `None` = no password.
+    pub password: Option<Secret>,
+    /// `failover.command`: the failover hook (command mode), with pgpool's
+    /// placeholders `%d %h %p %D %m %H %M %P %r %R %N %S %%`; empty = none.
+    pub command: String,
+    /// `failover.follow_primary_command`: run for each standby after a
+    /// promotion (command mode); empty = none.
+    pub follow_primary_command: String,
+    /// `failover.command_timeout`: a hook still running after this is
+    /// killed and counts as failed.
+    pub command_timeout: Duration,
+}
+
+impl Default for FailoverConfig {
+    fn default() -> Self {
+        Self {
+            mode: FailoverMode::Builtin,
+            user: "postgres".to_owned(),
+            password: None,
+            command: String::new(),
+            follow_primary_command: String::new(),
+            command_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[failover]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RawFailover {
+    mode: FailoverMode,
+    user: String,
+    password: Option<Secret>,
+    password_file: Option<PathBuf>,
+    command: String,
+    follow_primary_command: String,
+    #[serde(with = "humantime_serde")]
+    command_timeout: Duration,
+}
+
+impl Default for RawFailover {
+    fn default() -> Self {
+        let d = FailoverConfig::default();
+        Self {
+            mode: d.mode,
+            user: d.user,
+            password: None,
+            password_file: None,
+            command: d.command,
+            follow_primary_command: d.follow_primary_command,
+            command_timeout: d.command_timeout,
+        }
+    }
+}
+
+impl RawFailover {
+    pub(crate) fn validate(self) -> Result<FailoverConfig, ConfigError> {
+        match self.mode {
+            FailoverMode::Builtin => validate::non_empty("failover.user", &self.user)?,
+            FailoverMode::Command => {
+                if self.command.trim().is_empty() {
+                    return Err(ConfigError::invalid(
+                        "failover.command",
+                        "must not be empty when failover.mode = \"command\"",
+                    ));
+                }
+            }
+        }
+        validate::positive("failover.command_timeout", self.command_timeout)?;
+        let password = resolve_password("failover", self.password, self.password_file.as_deref())?;
+        Ok(FailoverConfig {
+            mode: self.mode,
+            user: self.user,
+            password,
+            command: self.command,
+            follow_primary_command: self.follow_primary_command,
+            command_timeout: self.command_timeout,
+        })
+    }
+}

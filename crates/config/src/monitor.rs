@@ -1,0 +1,22 @@
+//! `[monitor]`: the pgwarden-monitor daemon (health and replication checks).
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// `[monitor]`: settings of the monitor daemon itself; what it checks is in
+/// [`crate::HealthCheckConfig`] and [`crate::ReplicationCheckConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitorConfig {
+    /// `monitor.metrics_listen`: Prometheus `/metrics` of the monitor.
+    pub metrics_listen: SocketAddr,
+}
+
+impl Default for MonitorConfig {
+    fn default() -> Self {
+        Self {
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9931)),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! `[proxy]`: the client-facing listener and its server connection pools.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::ConfigError;
+use crate::validate;
+
+/// How long a server connection stays bound to one client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// `"session"`: for the whole client session (pgpool's connection cache).
+    #[default]
+    Session,
+    /// `"transaction"`: only for the duration of a transaction.
+    Transaction,
+}
+
+impl PoolMode {
+    /// The config spelling: `"session"` or `"transaction"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Transaction => "transaction",
+        }
+    }
+}
+
+impl fmt::Display for PoolMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How clients whose `proxy.auth_file` secret is plain text are
+/// authenticated. SCRAM and md5 secrets always use their own method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum AuthType {
+    /// `"scram-sha-256"`.
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    /// `"md5"`, for old clients only.
+    #[serde(rename = "md5")]
+    Md5,
+}
+
+impl AuthType {
+    /// The config spelling: `"scram-sha-256"` or `"md5"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ScramSha256 => "scram-sha-256",
+            Self::Md5 => "md5",
+        }
+    }
+}
+
+impl fmt::Display for AuthType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[proxy]`: the pgwarden-proxy daemon, the PostgreSQL endpoint clients
+/// connect to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// `proxy.listen`: where clients connect.
+    pub listen: SocketAddr,
+    /// `proxy.max_client_connections`: client sessions accepted at once;
+    /// more are refused with SQLSTATE 53300.
+    pub max_client_connections: u32,
+    /// `proxy.pool_mode`.
+    pub pool_mode: PoolMode,
+    /// `proxy.pool_size`: server connections per (user, database, startup
+    /// parameters) per backend.
+    pub pool_size: u32,
+    /// `proxy.auth_file`: `"user" "secret"` lines. Read by the proxy, which
+    /// also checks its mode with [`crate::check_secret_file_mode`].
+    pub auth_file: PathBuf,
+    /// `proxy.auth_type`: how plain-text secrets are checked.
+    pub auth_type: AuthType,
+    /// `proxy.server_reset_query`: run when a session releases its server
+    /// connection; empty = none.
+    pub server_reset_query: String,
+    /// `proxy.metrics_listen`: Prometheus `/metrics` of the proxy.
+    pub metrics_listen: SocketAddr,
+    /// `proxy.pool_timeout`: how long a client waits for a server
+    /// connection when its pool is full.
+    #[serde(with = "humantime_serde")]
+    pub pool_timeout: Duration,
+    /// `proxy.server_connect_timeout`: connecting and authenticating to a
+    /// backend.
+    #[serde(with = "humantime_serde")]
+    pub server_connect_timeout: Duration,
+    /// `proxy.server_idle_timeout`: cached idle server connections older
+    /// than this are closed; zero = never.
+    #[serde(with = "humantime_serde")]
+    pub server_idle_timeout: Duration,
+    /// `proxy.server_lifetime`: server connections are closed when released
+    /// after this age; zero = never.
+    #[serde(with = "humantime_serde")]
+    pub server_lifetime: Duration,
+    /// `proxy.client_login_timeout`: startup and authentication must finish
+    /// within this.
+    #[serde(with = "humantime_serde")]
+    pub client_login_timeout: Duration,
+    /// `proxy.shutdown_timeout`: on SIGTERM, how long sessions may continue
+    /// before being closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// `proxy.max_message_bytes`: larger protocol messages are refused.
+    pub max_message_bytes: u32,
+    /// `proxy.tcp_keepalive`: TCP keepalive on client and server sockets.
+    pub tcp_keepalive: bool,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 9999)),
+            max_client_connections: 1000,
+            pool_mode: PoolMode::Session,
+            pool_size: 20,
+            auth_file: PathBuf::from("/etc/pgwarden/users.txt"),
+            auth_type: AuthType::ScramSha256,
+            server_reset_query: "DISCARD ALL".to_owned(),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9930)),
+            pool_timeout: Duration::from_secs(30),
+            server_connect_timeout: Duration::from_secs(5),
+            server_idle_timeout: Duration::from_secs(10 * 60),
+            server_lifetime: Duration::from_secs(60 * 60),
+            client_login_timeout: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(30),
+            // PostgreSQL's own limit (MaxAllocSize - 1).
+            max_message_bytes: 0x3fff_ffff,
+            tcp_keepalive: true,
+        }
+    }
+}
+
+impl ProxyConfig {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        validate::at_least(
+            "proxy.max_client_connections",
+            self.max_client_connections,
+            1,
+        )?;
+        validate::at_least("proxy.pool_size", self.pool_size, 1)?;
+        validate::at_least("proxy.max_message_bytes", self.max_message_bytes, 1)?;
+        if self.auth_file.as_os_str().is_empty() {
+            return Err(ConfigError::invalid("proxy.auth_file", "must not be empty"));
+        }
+        validate::positive("proxy.pool_timeout", self.pool_timeout)?;
+        validate::positive("proxy.server_connect_timeout", self.server_connect_timeout)?;
+        validate::positive("proxy.client_login_timeout", self.client_login_timeout)?;
+        validate::positive("proxy.shutdown_timeout", self.shutdown_timeout)?;
+        Ok(())
+    }
+}

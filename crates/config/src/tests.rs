@@ -1,0 +1,618 @@
+//! Loading whole configs: defaults, environment overrides, every error
+//! naming its key, secrets, and the example file staying in step with the
+//! code.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "figment::Jail's closures must return figment's own (large) error"
+)]
+
+use std::fs;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Jail;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[node]
+name = "pg01"
+
+[[backends]]
+host = "pg01.localnet"
+"#;
+
+const EXAMPLE: &str = include_str!("../../../deploy/pgwarden.example.toml");
+
+/// `MINIMAL` plus `extra` (which may add keys to new tables, or whole
+/// tables).
+fn with(extra: &str) -> String {
+    format!("{MINIMAL}\n{extra}")
+}
+
+/// Loads `toml`, expects an error, and checks its message names `key`.
+fn err_naming(toml: &str, key: &str) -> String {
+    let err = Config::from_toml_str(toml).expect_err("config should be refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("invalid config: {key}: ")),
+        "message should name {key}: {msg}"
+    );
+    assert_eq!(err.key(), Some(key), "{msg}");
+    msg
+}
+
+fn secret_file(dir: &Path, name: &str, contents: &str, mode: u32) -> std::path::PathBuf {
+    let path = dir.join(name);
+    fs::write(&path, contents).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+    path
+}
+
+// === defaults ===
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let config = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(config.node.name, "pg01");
+    assert_eq!(config.node.runtime_dir, Path::new("/run/pgwarden"));
+    assert_eq!(config.node.state_dir, Path::new("/var/lib/pgwarden"));
+    assert_eq!(config.proxy, ProxyConfig::default());
+    assert_eq!(config.monitor, MonitorConfig::default());
+    assert_eq!(config.health_check, HealthCheckConfig::default());
+    assert_eq!(config.replication_check, ReplicationCheckConfig::default());
+    assert_eq!(config.failover, FailoverConfig::default());
+    assert_eq!(config.watchdog, WatchdogConfig::default());
+    assert_eq!(
+        config.backends,
+        vec![Backend {
+            id: 0,
+            name: "pg01.localnet:5432".to_owned(),
+            host: "pg01.localnet".to_owned(),
+            port: 5432,
+            data_dir: "".into(),
+            weight: 1,
+            allow_failover: true,
+        }]
+    );
+}
+
+#[test]
+fn defaults_match_the_design() {
+    let p = ProxyConfig::default();
+    assert_eq!(p.listen, "0.0.0.0:9999".parse::<SocketAddr>().unwrap());
+    assert_eq!(p.max_client_connections, 1000);
+    assert_eq!(p.pool_mode, PoolMode::Session);
+    assert_eq!(p.pool_size, 20);
+    assert_eq!(p.auth_file, Path::new("/etc/pgwarden/users.txt"));
+    assert_eq!(p.auth_type, AuthType::ScramSha256);
+    assert_eq!(p.server_reset_query, "DISCARD ALL");
+    assert_eq!(
+        p.metrics_listen,
+        "127.0.0.1:9930".parse::<SocketAddr>().unwrap()
+    );
+    assert_eq!(p.pool_timeout, Duration::from_secs(30));
+    assert_eq!(p.server_connect_timeout, Duration::from_secs(5));
+    assert_eq!(p.server_idle_timeout, Duration::from_secs(600));
+    assert_eq!(p.server_lifetime, Duration::from_secs(3600));
+    assert_eq!(p.client_login_timeout, Duration::from_secs(60));
+    assert_eq!(p.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(p.max_message_bytes, 1_073_741_823);
+    assert!(p.tcp_keepalive);
+
+    let h = HealthCheckConfig::default();
+    assert_eq!(
+        (h.period, h.timeout),
+        (Duration::from_secs(1), Duration::from_secs(1))
+    );
+    assert_eq!(
+        (h.max_retries, h.retry_delay),
+        (2, Duration::from_millis(500))
+    );
+    assert_eq!(
+        (h.user.as_str(), h.database.as_str()),
+        ("pgwarden", "postgres")
+    );
+    assert_eq!(h.password, None);
+
+    assert_eq!(ReplicationCheckConfig::default().max_lag_bytes, 16_777_216);
+
+    let f = FailoverConfig::default();
+    assert_eq!(f.mode, FailoverMode::Builtin);
+    assert_eq!(f.user, "postgres");
+    assert_eq!(f.command_timeout, Duration::from_secs(60));
+
+    let w = WatchdogConfig::default();
+    assert!(!w.enabled);
+    assert_eq!(w.listen, "0.0.0.0:9000".parse::<SocketAddr>().unwrap());
+    assert_eq!(w.priority, 1);
+    assert_eq!(w.delegate_ip, None);
+    assert_eq!(
+        w.metrics_listen,
+        "127.0.0.1:9932".parse::<SocketAddr>().unwrap()
+    );
+}
+
+#[test]
+fn typed_values_parse() {
+    let config = Config::from_toml_str(&with(
+        r#"
+[[backends]]
+name = "pg02"
+host = "::1"
+port = 5433
+data_dir = "/u01/pg15/data"
+weight = 0
+allow_failover = false
+
+[proxy]
+pool_mode = "transaction"
+auth_type = "md5"
+server_idle_timeout = "0s"
+pool_timeout = "1m 30s"
+
+[failover]
+mode = "command"
+command = "/etc/pgwarden/failover.sh %d %H"
+
+[watchdog]
+enabled = true
+peers = ["pg02.localnet:9000", "[fe80::2]:9000"]
+delegate_ip = "192.168.122.99"
+"#,
+    ))
+    .unwrap();
+    assert_eq!(config.proxy.pool_mode, PoolMode::Transaction);
+    assert_eq!(config.proxy.auth_type, AuthType::Md5);
+    assert_eq!(config.proxy.server_idle_timeout, Duration::ZERO);
+    assert_eq!(config.proxy.pool_timeout, Duration::from_secs(90));
+    assert_eq!(config.failover.mode, FailoverMode::Command);
+    assert_eq!(
+        config.watchdog.delegate_ip,
+        Some("192.168.122.99".parse().unwrap())
+    );
+    let pg02 = config.backend(1).unwrap();
+    assert_eq!((pg02.id, pg02.name.as_str(), pg02.port), (1, "pg02", 5433));
+    assert_eq!(pg02.addr(), "[::1]:5433");
+    assert_eq!(config.backends[0].addr(), "pg01.localnet:5432");
+    assert!(!pg02.allow_failover);
+}
+
+// === environment ===
+
+#[test]
+fn env_overrides_file() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "pgwarden.toml",
+            &with("[proxy]\nlisten = \"0.0.0.0:5000\"\npool_size = 3"),
+        )?;
+        jail.set_env("PGWARDEN_PROXY__LISTEN", "127.0.0.1:7000");
+        jail.set_env("PGWARDEN_HEALTH_CHECK__PERIOD", "2s");
+        jail.set_env("PGWARDEN_WATCHDOG__PEERS", "[\"pg02:9000\",\"pg03:9000\"]");
+        jail.set_env("PGWARDEN_NODE__NAME", "pg09");
+        // Not a config key (no `__`): left alone rather than "unknown key".
+        jail.set_env("PGWARDEN_LOG", "debug");
+        let config = Config::load(Path::new("pgwarden.toml")).unwrap();
+        assert_eq!(
+            config.proxy.listen,
+            "127.0.0.1:7000".parse::<SocketAddr>().unwrap()
+        );
+        assert_eq!(config.proxy.pool_size, 3, "file value kept");
+        assert_eq!(config.health_check.period, Duration::from_secs(2));
+        assert_eq!(config.watchdog.peers, ["pg02:9000", "pg03:9000"]);
+        assert_eq!(config.node.name, "pg09");
+        Ok(())
+    });
+}
+
+#[test]
+fn env_values_stay_text_for_string_keys() {
+    Jail::expect_with(|jail| {
+        jail.create_file("pgwarden.toml", MINIMAL)?;
+        jail.set_env("PGWARDEN_HEALTH_CHECK__PASSWORD", "0123");
+        jail.set_env("PGWARDEN_HEALTH_CHECK__USER", "true");
+        jail.set_env("PGWARDEN_NODE__NAME", "42");
+        jail.set_env("PGWARDEN_PROXY__TCP_KEEPALIVE", "false");
+        jail.set_env("PGWARDEN_REPLICATION_CHECK__MAX_LAG_BYTES", "1024");
+        let config = Config::load(Path::new("pgwarden.toml")).unwrap();
+        assert_eq!(config.health_check.password.unwrap().expose(), "0123");
+        assert_eq!(config.health_check.user, "true");
+        assert_eq!(config.node.name, "42");
+        assert!(!config.proxy.tcp_keepalive);
+        assert_eq!(config.replication_check.max_lag_bytes, 1024);
+        Ok(())
+    });
+}
+
+#[test]
+fn bad_password_value_is_not_quoted() {
+    let msg = err_naming(
+        &with("[health_check]\npassword = 918273645"),
+        "health_check.password",
+    );
+    assert!(!msg.contains("918273645"), "{msg}");
+    let msg = err_naming(
+        &with("[failover]\npassword = [\"x918273645\"]"),
+        "failover.password",
+    );
+    assert!(!msg.contains("918273645"), "{msg}");
+    let msg = err_naming(&with("[proxy]\npassword = \"x\""), "proxy.password");
+    assert!(msg.contains("unknown key"), "{msg}");
+}
+
+#[test]
+fn env_errors_name_key_and_variable() {
+    Jail::expect_with(|jail| {
+        jail.create_file("pgwarden.toml", MINIMAL)?;
+        jail.set_env("PGWARDEN_PROXY__POOL_SIZE", "-1");
+        let msg = Config::load(Path::new("pgwarden.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("invalid config: proxy.pool_size: "), "{msg}");
+        assert!(
+            msg.contains("from environment variable PGWARDEN_PROXY__POOL_SIZE"),
+            "{msg}"
+        );
+
+        jail.set_env("PGWARDEN_PROXY__POOL_SIZE", "4");
+        jail.set_env("PGWARDEN_PROXY__POOL_SISE", "4");
+        let msg = Config::load(Path::new("pgwarden.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("invalid config: proxy.pool_sise: unknown key"),
+            "{msg}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn file_errors_name_the_file() {
+    Jail::expect_with(|jail| {
+        jail.create_file("pgwarden.toml", &with("[proxy]\nlisten = \"nowhere\""))?;
+        let msg = Config::load(Path::new("pgwarden.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.starts_with("invalid config: proxy.listen: "), "{msg}");
+        assert!(msg.contains("pgwarden.toml"), "{msg}");
+        Ok(())
+    });
+}
+
+#[test]
+fn missing_file_is_an_error_naming_it() {
+    Jail::expect_with(|_| {
+        let err = Config::load(Path::new("/nonexistent/pgwarden.toml")).unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("/nonexistent/pgwarden.toml"),
+            "{err}"
+        );
+        assert_eq!(err.key(), None);
+        Ok(())
+    });
+}
+
+// === errors name the key ===
+
+#[test]
+fn unknown_key_in_section() {
+    let msg = err_naming(&with("[proxy]\npool_sise = 4"), "proxy.pool_sise");
+    assert!(msg.contains("unknown key"), "{msg}");
+    assert!(msg.contains("pool_size"), "lists the valid keys: {msg}");
+}
+
+#[test]
+fn unknown_top_level_table() {
+    err_naming(&with("[poxy]\nlisten = \"0.0.0.0:1\""), "poxy");
+}
+
+#[test]
+fn unknown_key_in_backend() {
+    err_naming(
+        &with("[[backends]]\nhost = \"pg02\"\nhostname = \"pg02\""),
+        "backends[1].hostname",
+    );
+}
+
+#[test]
+fn bad_duration() {
+    let msg = err_naming(
+        &with("[health_check]\nperiod = \"1 fortnight\""),
+        "health_check.period",
+    );
+    assert!(msg.contains("unit"), "{msg}");
+    err_naming(&with("[health_check]\nperiod = 5"), "health_check.period");
+    err_naming(
+        &with("[proxy]\npool_timeout = \"0s\""),
+        "proxy.pool_timeout",
+    );
+}
+
+#[test]
+fn bad_socket_address() {
+    err_naming(&with("[proxy]\nlisten = \"0.0.0.0\""), "proxy.listen");
+    err_naming(
+        &with("[monitor]\nmetrics_listen = \"localhost:9931\""),
+        "monitor.metrics_listen",
+    );
+    err_naming(
+        &with("[watchdog]\nlisten = \"0.0.0.0:99999\""),
+        "watchdog.listen",
+    );
+}
+
+#[test]
+fn pool_size_zero_or_negative() {
+    let msg = err_naming(&with("[proxy]\npool_size = 0"), "proxy.pool_size");
+    assert_eq!(
+        msg,
+        "invalid config: proxy.pool_size: must be at least 1 (got 0)"
+    );
+    err_naming(&with("[proxy]\npool_size = -5"), "proxy.pool_size");
+    err_naming(
+        &with("[proxy]\nmax_client_connections = 0"),
+        "proxy.max_client_connections",
+    );
+    err_naming(
+        &with("[health_check]\nmax_retries = -1"),
+        "health_check.max_retries",
+    );
+}
+
+#[test]
+fn missing_or_empty_backends() {
+    let msg = err_naming("[node]\nname = \"pg01\"", "backends");
+    assert!(msg.contains("at least one"), "{msg}");
+    err_naming("backends = []\n[node]\nname = \"pg01\"", "backends");
+}
+
+#[test]
+fn backend_errors() {
+    err_naming(&with("[[backends]]\nport = 5432"), "backends[1].host");
+    err_naming(
+        &with("[[backends]]\nhost = \"pg02\"\nport = 70000"),
+        "backends[1].port",
+    );
+    err_naming(
+        &with("[[backends]]\nhost = \"pg02\"\nport = 0"),
+        "backends[1].port",
+    );
+    err_naming(
+        &with("[[backends]]\nhost = \"pg02\"\nweight = -1"),
+        "backends[1].weight",
+    );
+    err_naming(
+        &with("[[backends]]\nhost = \"pg02:5432\""),
+        "backends[1].host",
+    );
+    err_naming(
+        &with("[[backends]]\nhost = \"pg02\"\nname = \"\""),
+        "backends[1].name",
+    );
+    let msg = err_naming(
+        &with("[[backends]]\nhost = \"pg02\"\nname = \"pg01.localnet:5432\""),
+        "backends[1].name",
+    );
+    assert!(msg.contains("duplicate"), "{msg}");
+    err_naming(
+        &with("[[backends]]\nhost = \"pg01.localnet\"\nname = \"x\""),
+        "backends[1].host",
+    );
+}
+
+#[test]
+fn node_errors() {
+    err_naming("[[backends]]\nhost = \"pg01\"", "node");
+    err_naming("[node]\n[[backends]]\nhost = \"pg01\"", "node.name");
+    err_naming(
+        "[node]\nname = \" \"\n[[backends]]\nhost = \"pg01\"",
+        "node.name",
+    );
+}
+
+#[test]
+fn enum_errors() {
+    let msg = err_naming(
+        &with("[proxy]\npool_mode = \"statement\""),
+        "proxy.pool_mode",
+    );
+    assert!(msg.contains("\"session\", \"transaction\""), "{msg}");
+    err_naming(&with("[proxy]\nauth_type = \"trust\""), "proxy.auth_type");
+    err_naming(&with("[failover]\nmode = \"manual\""), "failover.mode");
+}
+
+#[test]
+fn command_mode_needs_a_command() {
+    let msg = err_naming(&with("[failover]\nmode = \"command\""), "failover.command");
+    assert!(msg.contains("failover.mode = \"command\""), "{msg}");
+    err_naming(&with("[failover]\nuser = \"\""), "failover.user");
+    // In command mode the builtin user is unused.
+    Config::from_toml_str(&with(
+        "[failover]\nmode = \"command\"\nuser = \"\"\ncommand = \"x\"",
+    ))
+    .unwrap();
+}
+
+#[test]
+fn watchdog_errors() {
+    err_naming(
+        &with("[watchdog]\npeers = [\"pg02:9000\", \"pg03\"]"),
+        "watchdog.peers[1]",
+    );
+    err_naming(
+        &with("[watchdog]\npeers = [\"pg02:9000\", \"pg02:9000\"]"),
+        "watchdog.peers[1]",
+    );
+    err_naming(
+        &with("[watchdog]\ndelegate_ip = \"192.168.1\""),
+        "watchdog.delegate_ip",
+    );
+}
+
+#[test]
+fn toml_syntax_error() {
+    let err = Config::from_toml_str("[node\nname = 1").unwrap_err();
+    assert!(err.to_string().starts_with("invalid config: "), "{err}");
+}
+
+// === secrets ===
+
+#[test]
+fn world_readable_password_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = secret_file(dir.path(), "hc.pass", "s3cret\n", 0o644);
+    let toml = with(&format!(
+        "[health_check]\npassword_file = {:?}",
+        path.display().to_string()
+    ));
+    let err = Config::from_toml_str(&toml).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, ConfigError::Secret { .. }), "{err:?}");
+    assert!(msg.contains("health_check.password_file"), "{msg}");
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("0644"), "{msg}");
+
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    let config = Config::from_toml_str(&toml).unwrap();
+    assert_eq!(config.health_check.password.unwrap().expose(), "s3cret");
+}
+
+#[test]
+fn failover_password_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = secret_file(dir.path(), "fo.pass", "pw\r\n", 0o640);
+    let toml = with(&format!(
+        "[failover]\npassword_file = {:?}",
+        path.display().to_string()
+    ));
+    let config = Config::from_toml_str(&toml).unwrap();
+    assert_eq!(config.failover.password.unwrap().expose(), "pw");
+
+    let missing = with("[failover]\npassword_file = \"/nonexistent/fo.pass\"");
+    let msg = err_naming(&missing, "failover.password_file");
+    assert!(msg.contains("/nonexistent/fo.pass"), "{msg}");
+}
+
+#[test]
+fn password_and_password_file_together_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = secret_file(dir.path(), "p", "x", 0o600);
+    for section in ["health_check", "failover"] {
+        let toml = with(&format!(
+            "[{section}]\npassword = \"inline\"\npassword_file = {:?}",
+            path.display().to_string()
+        ));
+        let msg = err_naming(&toml, &format!("{section}.password_file"));
+        assert!(msg.contains("not both"), "{msg}");
+    }
+}
+
+#[test]
+fn debug_never_shows_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = secret_file(dir.path(), "p", "file-secret-value", 0o600);
+    let toml = with(&format!(
+        "[health_check]\npassword = \"inline-secret-value\"\n[failover]\npassword_file = {:?}",
+        path.display().to_string()
+    ));
+    let config = Config::from_toml_str(&toml).unwrap();
+    assert_eq!(
+        config.health_check.password.as_ref().unwrap().expose(),
+        "inline-secret-value"
+    );
+    let debug = format!("{config:?} {config:#?}");
+    assert!(!debug.contains("secret-value"), "{debug}");
+    assert!(debug.contains("***"));
+}
+
+// === the example file ===
+
+#[test]
+fn example_file_parses_and_documents_the_defaults() {
+    let config = Config::from_toml_str(EXAMPLE).unwrap();
+    assert_eq!(config.node.runtime_dir, Path::new(DEFAULT_RUNTIME_DIR));
+    assert_eq!(config.node.state_dir, Path::new(DEFAULT_STATE_DIR));
+    assert_eq!(config.proxy, ProxyConfig::default());
+    assert_eq!(config.monitor, MonitorConfig::default());
+    assert_eq!(config.health_check, HealthCheckConfig::default());
+    assert_eq!(config.replication_check, ReplicationCheckConfig::default());
+    assert_eq!(config.failover, FailoverConfig::default());
+    assert_eq!(config.watchdog, WatchdogConfig::default());
+
+    // The first backend spells out every default but name and host.
+    let first = config.backend(0).unwrap();
+    let defaults = Config::from_toml_str(&format!(
+        "[node]\nname = \"x\"\n[[backends]]\nname = {:?}\nhost = {:?}",
+        first.name, first.host
+    ))
+    .unwrap();
+    assert_eq!(first, &defaults.backends[0]);
+    assert_eq!(config.backends.len(), 2);
+}
+
+/// The keys serde accepts in a table, read from the "unknown key" error.
+fn accepted_keys(table_header: &str) -> Vec<String> {
+    let toml = if table_header == "[node]" {
+        MINIMAL.replace("[node]", "[node]\nzzz_not_a_key = 1")
+    } else {
+        format!("{MINIMAL}\n{table_header}\nzzz_not_a_key = 1\n")
+    };
+    let err = Figment::from(Toml::string(&toml))
+        .extract::<RawConfig>()
+        .unwrap_err();
+    match err.kind {
+        figment::error::Kind::UnknownField(_, expected) => {
+            expected.iter().map(|s| (*s).to_owned()).collect()
+        }
+        other => panic!("{table_header}: {other}"),
+    }
+}
+
+#[test]
+fn example_file_documents_every_key() {
+    let mut missing = Vec::new();
+    for header in [
+        "[node]",
+        "[proxy]",
+        "[monitor]",
+        "[[backends]]\nhost = \"x\"",
+        "[health_check]",
+        "[replication_check]",
+        "[failover]",
+        "[watchdog]",
+    ] {
+        let table = header.lines().next().unwrap();
+        assert!(EXAMPLE.contains(&format!("\n{table}\n")), "{table} missing");
+        for key in accepted_keys(header) {
+            let set = format!("\n{key} = ");
+            let commented = format!("\n# {key} = ");
+            if !EXAMPLE.contains(&set) && !EXAMPLE.contains(&commented) {
+                missing.push(format!("{table} {key}"));
+            }
+        }
+    }
+    // Top-level tables, from an unknown top-level key.
+    let err = Figment::from(Toml::string(&format!("zzz_not_a_key = 1\n{MINIMAL}")))
+        .extract::<RawConfig>()
+        .unwrap_err();
+    let figment::error::Kind::UnknownField(_, tables) = err.kind else {
+        panic!("{err}");
+    };
+    for table in tables {
+        if !EXAMPLE.contains(&format!("\n[{table}]\n"))
+            && !EXAMPLE.contains(&format!("\n[[{table}]]\n"))
+        {
+            missing.push(format!("[{table}]"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "undocumented in deploy/pgwarden.example.toml: {missing:?}"
+    );
+}
