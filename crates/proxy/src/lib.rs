@@ -1,1 +1,255 @@
-//! pgwarden-proxy library.
+//! pgwarden-proxy: the endpoint clients connect to instead of PostgreSQL.
+//!
+//! It speaks the PostgreSQL protocol to clients, authenticates them against
+//! its auth file (SCRAM-SHA-256 or md5), and gives each a server connection
+//! to the primary from a cache keyed by user, database and startup
+//! parameters, as pgpool-II's connection cache does, but with one task per
+//! client instead of one process.
+//!
+//! - [`Proxy`]: binds, accepts and shuts down ([`Proxy::serve`]).
+//! - [`session`]: one client's life; [`client_auth`]: its authentication.
+//! - [`pool`]: the server connection cache; [`server_conn`]: one server connection.
+//! - [`pump`]: the data path; [`cancel`]: CancelRequest forwarding.
+//! - [`routing`]: which backend is the primary.
+
+pub mod cancel;
+pub mod client_auth;
+mod net;
+pub mod pool;
+pub mod pump;
+pub mod routing;
+pub mod server_conn;
+pub mod session;
+pub mod settings;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use pgwarden_wire::auth::auth_file::AuthFile;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use settings::Settings;
+
+use crate::cancel::CancelRegistry;
+use crate::client_auth::Users;
+use crate::pool::{PoolLimits, Pools};
+use crate::routing::Router;
+
+/// Why the proxy could not start (or reload).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The auth file is missing, unreadable, too open or malformed.
+    #[error("proxy.auth_file: {path}: {reason}")]
+    AuthFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The listen address could not be bound.
+    #[error("proxy.listen: cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// State every session shares.
+#[derive(Debug)]
+pub struct Shared {
+    /// The settings the proxy started with.
+    pub settings: Settings,
+    users: RwLock<Arc<Users>>,
+    /// The server connection cache.
+    pub pools: Pools,
+    /// Live cancel keys.
+    pub cancels: Arc<CancelRegistry>,
+    /// The current primary.
+    pub router: Router,
+    /// Fires when sessions must end now (shutdown timeout reached).
+    pub hard_stop: CancellationToken,
+    /// Key for mock SCRAM salts of unknown users (random per process).
+    mock_key: [u8; 32],
+}
+
+impl Shared {
+    /// The current auth file.
+    pub fn users(&self) -> Arc<Users> {
+        Arc::clone(&self.users.read().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Reads and checks the auth file.
+pub fn load_users(settings: &Settings) -> Result<Users, StartError> {
+    let path = &settings.auth_file;
+    let err = |reason: String| StartError::AuthFile {
+        path: path.clone(),
+        reason,
+    };
+    pgwarden_config::check_secret_file_mode(path).map_err(err)?;
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let file = AuthFile::parse(&text).map_err(|e| err(e.to_string()))?;
+    Ok(Users::new(&file, settings.plain_auth))
+}
+
+/// A bound proxy, ready to serve.
+#[derive(Debug)]
+pub struct Proxy {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+}
+
+/// A handle to a running proxy, for reloads and introspection.
+#[derive(Debug, Clone)]
+pub struct ProxyHandle {
+    shared: Arc<Shared>,
+}
+
+impl ProxyHandle {
+    /// Re-reads the auth file; on error the old one stays in force.
+    pub fn reload_auth_file(&self) -> Result<usize, StartError> {
+        let users = load_users(&self.shared.settings)?;
+        let n = users.len();
+        *self.shared.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
+        Ok(n)
+    }
+
+    /// The shared state (pools, router).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+}
+
+impl Proxy {
+    /// Loads the auth file and binds the listen address.
+    pub async fn bind(settings: Settings) -> Result<Proxy, StartError> {
+        let users = load_users(&settings)?;
+        if users.is_empty() {
+            tracing::warn!(path = %settings.auth_file.display(), "the auth file lists no users: nobody can log in");
+        }
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let mut mock_key = [0u8; 32];
+        rand::fill(&mut mock_key);
+        let limits = PoolLimits {
+            size: settings.pool_size,
+            idle_timeout: settings.server_idle_timeout,
+            lifetime: settings.server_lifetime,
+        };
+        let shared = Arc::new(Shared {
+            users: RwLock::new(Arc::new(users)),
+            pools: Pools::new(limits),
+            cancels: Arc::new(CancelRegistry::default()),
+            router: Router::default(),
+            hard_stop: CancellationToken::new(),
+            mock_key,
+            settings,
+        });
+        Ok(Proxy { listener, shared })
+    }
+
+    /// The bound address (useful with port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// A handle for reloads.
+    pub fn handle(&self) -> ProxyHandle {
+        ProxyHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Serves clients until `shutdown` completes, then stops accepting, lets
+    /// sessions finish for up to `shutdown_timeout`, and closes the rest with
+    /// 57P01.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) {
+        let Proxy { listener, shared } = self;
+        let background = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let (sh, stop) = (Arc::clone(&shared), background.clone());
+        tokio::spawn(async move {
+            let s = &sh.settings;
+            routing::discover(&sh.router, &s.backends, &s.discovery, &stop).await;
+        });
+        let (sh, stop) = (Arc::clone(&shared), background.clone());
+        tokio::spawn(async move {
+            let period = sh.pools.reap_period();
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(period) => sh.pools.reap(),
+                }
+            }
+        });
+        let clients = Arc::new(Semaphore::new(shared.settings.max_client_connections));
+        // Clients turned away still get their 53300; this bounds how many at once.
+        let refusals = Arc::new(Semaphore::new(64));
+        tracing::info!(listen = %shared.settings.listen, "pgwarden-proxy accepting clients");
+        tokio::pin!(shutdown);
+        loop {
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                a = listener.accept() => a,
+            };
+            let (stream, peer) = match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, do not spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            net::tune(&stream, shared.settings.tcp_keepalive);
+            let permit = match Arc::clone(&clients).try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => match Arc::clone(&refusals).try_acquire_owned() {
+                    Ok(r) => {
+                        let shared = Arc::clone(&shared);
+                        tasks.spawn(async move {
+                            session::serve(shared, stream, peer, None).await;
+                            drop(r);
+                        });
+                        continue;
+                    }
+                    Err(_) => continue,
+                },
+            };
+            tasks.spawn(session::serve(Arc::clone(&shared), stream, peer, permit));
+        }
+        drop(listener);
+        tasks.close();
+        let open = tasks.len();
+        let grace = shared.settings.shutdown_timeout;
+        if open > 0 {
+            tracing::info!(
+                sessions = open,
+                ?grace,
+                "shutting down: no new clients; waiting for sessions to end"
+            );
+        }
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::info!(
+                sessions = tasks.len(),
+                "shutdown timeout reached; closing the remaining sessions"
+            );
+            shared.hard_stop.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
+        }
+        background.cancel();
+        tracing::info!("pgwarden-proxy stopped");
+    }
+}

@@ -1,2 +1,73 @@
-//! The `pgwarden-proxy` binary.
-fn main() {}
+//! The `pgwarden-proxy` binary: flags, config, logs, signals; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// PostgreSQL proxy with authentication, a server connection cache and primary routing.
+#[derive(Debug, Parser)]
+#[command(name = "pgwarden-proxy", version)]
+struct Args {
+    /// The node config file.
+    #[arg(long, default_value = pgwarden_config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logs();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgwarden-proxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = pgwarden_config::Config::load(&args.config)?;
+    let settings = pgwarden_proxy::Settings::from_config(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let proxy = pgwarden_proxy::Proxy::bind(settings).await?;
+        let handle = proxy.handle();
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match handle.reload_auth_file() {
+                    Ok(n) => tracing::info!(users = n, "auth file reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "auth file not reloaded; keeping the old one")
+                    }
+                }
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        };
+        proxy.serve(shutdown).await;
+        Ok(())
+    })
+}

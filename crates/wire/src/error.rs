@@ -157,6 +157,45 @@ impl ErrorResponse {
     }
 }
 
+/// The fields of an ErrorResponse or NoticeResponse received from a server,
+/// enough to log it or to decide what to do; relay the raw message to clients.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerMessageFields {
+    /// `S` (localized) or `V` severity, e.g. `FATAL`.
+    pub severity: String,
+    /// `C`: the SQLSTATE.
+    pub code: String,
+    /// `M`: the primary message.
+    pub message: String,
+}
+
+impl ServerMessageFields {
+    /// Parses an ErrorResponse/NoticeResponse body; unknown fields are skipped,
+    /// malformed bytes end the parse with what was read so far.
+    pub fn parse(body: &[u8]) -> ServerMessageFields {
+        let mut out = ServerMessageFields::default();
+        let mut rest = body;
+        while let Some((&tag, after)) = rest.split_first() {
+            if tag == 0 {
+                break;
+            }
+            let Some((value, after)) = crate::startup::take_cstr(after) else {
+                break;
+            };
+            let value = String::from_utf8_lossy(value).into_owned();
+            match tag {
+                b'V' => out.severity = value,
+                b'S' if out.severity.is_empty() => out.severity = value,
+                b'C' => out.code = value,
+                b'M' => out.message = value,
+                _ => {}
+            }
+            rest = after;
+        }
+        out
+    }
+}
+
 fn put_field(buf: &mut BytesMut, tag: u8, value: &str) {
     buf.put_u8(tag);
     // A NUL inside a field would end it early; PostgreSQL never sends one.
@@ -205,6 +244,19 @@ mod tests {
             ]
         );
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn parses_server_error_fields() {
+        let bytes = ErrorResponse::fatal("3D000", "database \"x\" does not exist").to_bytes();
+        let f = ServerMessageFields::parse(&bytes[5..]);
+        assert_eq!(f.severity, "FATAL");
+        assert_eq!(f.code, "3D000");
+        assert_eq!(f.message, "database \"x\" does not exist");
+        assert_eq!(
+            ServerMessageFields::parse(b"Cabc"),
+            ServerMessageFields::default()
+        );
     }
 
     #[test]

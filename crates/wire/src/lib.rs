@@ -25,7 +25,7 @@ pub mod scan;
 pub mod sqlstate;
 pub mod startup;
 
-pub use error::{ErrorResponse, ProtocolError, Severity};
+pub use error::{ErrorResponse, ProtocolError, ServerMessageFields, Severity};
 
 /// PostgreSQL's own ceiling for one message body (`PQ_LARGE_MESSAGE_LIMIT`, 1 GB - 1).
 pub const MAX_MESSAGE_LEN: u32 = 0x3fff_ffff;

@@ -60,6 +60,11 @@ impl AuthFile {
         self.users.get(user)
     }
 
+    /// Every user and secret, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Secret)> {
+        self.users.iter().map(|(u, s)| (u.as_str(), s))
+    }
+
     /// Number of users.
     pub fn len(&self) -> usize {
         self.users.len()

@@ -1,0 +1,254 @@
+//! Client authentication against the auth file.
+//!
+//! The method follows the secret (see `pgwarden_wire::auth`): SCRAM for
+//! SCRAM verifiers, md5 for md5 secrets, and `proxy.auth_type` for plain
+//! text. An unknown user goes through a mock exchange and fails exactly as a
+//! wrong password does, so the proxy never tells which users exist.
+
+use std::collections::HashMap;
+
+use bytes::BytesMut;
+use pgwarden_wire::auth::auth_file::AuthFile;
+use pgwarden_wire::auth::md5;
+use pgwarden_wire::auth::scram::{self, Credentials, ScramError, ScramServer};
+use pgwarden_wire::auth::{ScramVerifier, Secret};
+use pgwarden_wire::frame::{self, Message};
+use pgwarden_wire::{ErrorResponse, ProtocolError, backend, sqlstate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::server_conn::ServerCredentials;
+use crate::settings::PlainAuth;
+
+/// PostgreSQL's `PG_MAX_AUTH_TOKEN_LENGTH`.
+const MAX_AUTH_MESSAGE: u32 = 65_535;
+
+/// A user of the auth file, ready to authenticate.
+#[derive(Debug, Clone)]
+struct User {
+    secret: Secret,
+    /// For plain-text secrets checked with SCRAM: a verifier made once at load.
+    verifier: Option<ScramVerifier>,
+}
+
+/// The auth file, prepared.
+#[derive(Debug, Clone, Default)]
+pub struct Users {
+    users: HashMap<String, User>,
+}
+
+impl Users {
+    /// Prepares the parsed auth file: plain-text secrets get a SCRAM verifier
+    /// with a random salt, so SCRAM needs no PBKDF2 per login.
+    pub fn new(file: &AuthFile, plain: PlainAuth) -> Users {
+        let users = file
+            .iter()
+            .map(|(name, secret)| {
+                let verifier = match (secret, plain) {
+                    (Secret::Plain(p), PlainAuth::Scram) => Some(ScramVerifier::generate(p)),
+                    _ => None,
+                };
+                (
+                    name.to_owned(),
+                    User {
+                        secret: secret.clone(),
+                        verifier,
+                    },
+                )
+            })
+            .collect();
+        Users { users }
+    }
+
+    /// Number of users.
+    pub fn len(&self) -> usize {
+        self.users.len()
+    }
+
+    /// True when the file lists nobody.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+}
+
+/// Why a client was not let in.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong password or unknown user (28P01).
+    #[error("password authentication failed for user \"{0}\"")]
+    Failed(String),
+    /// The exchange was malformed (08P01).
+    #[error("{0}")]
+    Protocol(#[from] ProtocolError),
+    /// A SCRAM message was malformed (08P01).
+    #[error("{0}")]
+    Scram(ScramError),
+    /// The client left during authentication (psql does, to prompt for a password).
+    #[error("client closed the connection during authentication")]
+    Gone,
+}
+
+impl AuthError {
+    /// The message to send the client, if any.
+    pub fn to_error_response(&self) -> Option<ErrorResponse> {
+        match self {
+            AuthError::Failed(_) => Some(ErrorResponse::fatal(
+                sqlstate::INVALID_PASSWORD,
+                self.to_string(),
+            )),
+            AuthError::Protocol(e) => Some(e.to_error_response()),
+            AuthError::Scram(e) => Some(ErrorResponse::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                e.to_string(),
+            )),
+            AuthError::Gone => None,
+        }
+    }
+}
+
+/// Authenticates `user` on `stream` and returns how to log in to servers as
+/// that user. `buf` holds client bytes read but not yet consumed.
+pub async fn authenticate(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    user: &str,
+    users: &Users,
+    plain: PlainAuth,
+    mock_key: &[u8],
+) -> Result<ServerCredentials, AuthError> {
+    let found = users.users.get(user);
+    let failed = || AuthError::Failed(user.to_owned());
+    match found.map(|u| (&u.secret, u.verifier.as_ref())) {
+        Some((Secret::Scram(v), _)) => {
+            let client_key = scram_exchange(stream, buf, ScramServer::new(v.clone()), user).await?;
+            Ok(ServerCredentials::ScramKey(Credentials::ClientKey {
+                client_key,
+                verifier: v.clone(),
+            }))
+        }
+        Some((Secret::Plain(p), Some(v))) => {
+            scram_exchange(stream, buf, ScramServer::new(v.clone()), user).await?;
+            Ok(ServerCredentials::Password(p.clone()))
+        }
+        Some((Secret::Plain(p), None)) => {
+            md5_exchange(stream, buf, &md5::secret(p, user), user).await?;
+            Ok(ServerCredentials::Password(p.clone()))
+        }
+        Some((Secret::Md5(m), _)) => {
+            md5_exchange(stream, buf, m, user).await?;
+            Ok(ServerCredentials::Md5(m.clone()))
+        }
+        None => {
+            match plain {
+                PlainAuth::Scram => {
+                    scram_exchange(stream, buf, ScramServer::mock(user, mock_key), user).await?;
+                }
+                PlainAuth::Md5 => {
+                    // A secret nobody knows: the exchange runs, then fails.
+                    let mut random = [0u8; 16];
+                    rand::fill(&mut random);
+                    md5_exchange(
+                        stream,
+                        buf,
+                        &md5::secret(&format!("{random:?}"), user),
+                        user,
+                    )
+                    .await?;
+                }
+            }
+            Err(failed())
+        }
+    }
+}
+
+async fn scram_exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    mut server: ScramServer,
+    user: &str,
+) -> Result<[u8; 32], AuthError> {
+    let mut out = BytesMut::new();
+    backend::authentication_sasl(&mut out, &[scram::MECHANISM]);
+    send(stream, &out).await?;
+
+    let m = read_password_message(stream, buf).await?;
+    let initial = frame::parse_sasl_initial_response(&m.body)?;
+    if initial.mechanism != scram::MECHANISM {
+        return Err(AuthError::Scram(ScramError::Malformed(
+            "client selected an invalid SASL authentication mechanism",
+        )));
+    }
+    let data = initial.data.ok_or(AuthError::Scram(ScramError::Malformed(
+        "missing client-first-message",
+    )))?;
+    let server_first = server.client_first(data).map_err(AuthError::Scram)?;
+    out.clear();
+    backend::authentication_sasl_continue(&mut out, &server_first);
+    send(stream, &out).await?;
+
+    let m = read_password_message(stream, buf).await?;
+    match server.client_final(&m.body) {
+        Ok(ok) => {
+            out.clear();
+            backend::authentication_sasl_final(&mut out, &ok.server_final);
+            send(stream, &out).await?;
+            Ok(ok.client_key)
+        }
+        Err(ScramError::InvalidProof) => Err(AuthError::Failed(user.to_owned())),
+        Err(e) => Err(AuthError::Scram(e)),
+    }
+}
+
+async fn md5_exchange(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    stored: &str,
+    user: &str,
+) -> Result<(), AuthError> {
+    let mut salt = [0u8; 4];
+    rand::fill(&mut salt);
+    let mut out = BytesMut::new();
+    backend::authentication_md5(&mut out, salt);
+    send(stream, &out).await?;
+    let m = read_password_message(stream, buf).await?;
+    let answer = frame::parse_password(&m.body)?;
+    if md5::verify(stored, salt, answer) {
+        Ok(())
+    } else {
+        Err(AuthError::Failed(user.to_owned()))
+    }
+}
+
+async fn send(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), AuthError> {
+    stream.write_all(bytes).await.map_err(|_| AuthError::Gone)
+}
+
+/// Reads the next client message, which must be a PasswordMessage (`p`).
+async fn read_password_message(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Message, AuthError> {
+    let m = read_message(stream, buf, MAX_AUTH_MESSAGE).await?;
+    match m.tag {
+        b'p' => Ok(m),
+        b'X' => Err(AuthError::Gone),
+        tag => Err(ProtocolError::UnexpectedMessage { tag }.into()),
+    }
+}
+
+/// Reads one whole client message of at most `max` bytes.
+pub async fn read_message(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max: u32,
+) -> Result<Message, AuthError> {
+    loop {
+        if let Some(m) = frame::read_message(buf, max)? {
+            return Ok(m);
+        }
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(AuthError::Gone),
+            Ok(_) => {}
+        }
+    }
+}

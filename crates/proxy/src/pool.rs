@@ -1,0 +1,248 @@
+//! The server connection cache (pgpool-II's connection cache, PgBouncer's
+//! session pools).
+//!
+//! A [`Pool`] holds the connections of one [`PoolKey`]: one backend, one
+//! user, one database and one set of startup parameters, so a cached
+//! connection always looks to the next client exactly like a fresh one.
+//! A pool's semaphore has `pool_size` permits; a client needs one to hold a
+//! connection. Connections are opened only when no idle one is left, so a
+//! pool never has more than `pool_size` connections open: at the moment one
+//! is opened, every other is held by a permit holder.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::server_conn::ServerConn;
+
+/// What makes server connections interchangeable.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// Backend id.
+    pub backend: usize,
+    /// Every startup parameter the client sent (user and database included),
+    /// sorted by name.
+    pub params: Vec<(String, String)>,
+}
+
+impl PoolKey {
+    /// The key for a backend and a client's startup parameters.
+    pub fn new(backend: usize, params: &[(String, String)]) -> PoolKey {
+        let mut params = params.to_vec();
+        params.sort();
+        PoolKey { backend, params }
+    }
+
+    fn get(&self, name: &str) -> &str {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or("", |(_, v)| v.as_str())
+    }
+
+    /// The user.
+    pub fn user(&self) -> &str {
+        self.get("user")
+    }
+
+    /// The database.
+    pub fn database(&self) -> &str {
+        self.get("database")
+    }
+}
+
+/// Limits shared by every pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// Connections per pool.
+    pub size: usize,
+    /// Close idle connections older than this.
+    pub idle_timeout: Option<Duration>,
+    /// Close connections older than this when they are released.
+    pub lifetime: Option<Duration>,
+}
+
+/// The connections of one key.
+#[derive(Debug)]
+pub struct Pool {
+    key: PoolKey,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+    waiting: AtomicUsize,
+}
+
+/// A snapshot of one pool, for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The pool's key.
+    pub key: PoolKey,
+    /// Connections held by clients (or being opened for them).
+    pub active: usize,
+    /// Cached connections.
+    pub idle: usize,
+    /// Clients waiting for a permit.
+    pub waiting: usize,
+}
+
+/// The right to hold one server connection of a pool.
+#[derive(Debug)]
+pub struct Slot {
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+    limits: PoolLimits,
+}
+
+/// No permit came free in time.
+#[derive(Debug, thiserror::Error)]
+#[error("no server connection came free within {0:?} (pool_size {1})")]
+pub struct PoolTimeout(pub Duration, pub usize);
+
+/// All pools of the proxy.
+#[derive(Debug)]
+pub struct Pools {
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    limits: PoolLimits,
+}
+
+impl Pools {
+    /// No pools yet; they appear with their first client.
+    pub fn new(limits: PoolLimits) -> Pools {
+        Pools {
+            pools: Mutex::new(HashMap::new()),
+            limits,
+        }
+    }
+
+    fn pool(&self, key: &PoolKey) -> Arc<Pool> {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pools.get(key) {
+            return Arc::clone(p);
+        }
+        let p = Arc::new(Pool {
+            key: key.clone(),
+            permits: Arc::new(Semaphore::new(self.limits.size)),
+            idle: Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
+        });
+        pools.insert(key.clone(), Arc::clone(&p));
+        p
+    }
+
+    /// Waits up to `timeout` for the right to hold a connection of `key`,
+    /// and hands over a cached live connection if there is one.
+    pub async fn acquire(
+        &self,
+        key: &PoolKey,
+        timeout: Duration,
+    ) -> Result<(Slot, Option<ServerConn>), PoolTimeout> {
+        let pool = self.pool(key);
+        let permit = match Arc::clone(&pool.permits).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                pool.waiting.fetch_add(1, Ordering::Relaxed);
+                let r =
+                    tokio::time::timeout(timeout, Arc::clone(&pool.permits).acquire_owned()).await;
+                pool.waiting.fetch_sub(1, Ordering::Relaxed);
+                match r {
+                    Ok(Ok(p)) => p,
+                    // The semaphore is never closed; treat it like a timeout anyway.
+                    Ok(Err(_)) | Err(_) => return Err(PoolTimeout(timeout, self.limits.size)),
+                }
+            }
+        };
+        let conn = pool.take_idle();
+        Ok((
+            Slot {
+                pool,
+                _permit: permit,
+                limits: self.limits,
+            },
+            conn,
+        ))
+    }
+
+    /// Closes idle connections past `idle_timeout`, and forgets pools with
+    /// no connections and no clients.
+    pub fn reap(&self) {
+        let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|_, pool| {
+            if let Some(limit) = self.limits.idle_timeout {
+                let mut idle = pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                idle.retain(|c| c.idle_since.elapsed() < limit);
+            }
+            let unused = Arc::strong_count(pool) == 1
+                && pool.permits.available_permits() == self.limits.size
+                && pool.idle.lock().map(|i| i.is_empty()).unwrap_or(false);
+            !unused
+        });
+    }
+
+    /// Closes every idle connection to `backend` (it failed or was demoted).
+    pub fn close_idle(&self, backend: usize) {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        for pool in pools.values().filter(|p| p.key.backend == backend) {
+            pool.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        }
+    }
+
+    /// Per-pool counts.
+    pub fn stats(&self) -> Vec<PoolStats> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .values()
+            .map(|p| PoolStats {
+                key: p.key.clone(),
+                active: self.limits.size - p.permits.available_permits(),
+                idle: p.idle.lock().map(|i| i.len()).unwrap_or(0),
+                waiting: p.waiting.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// How often [`Pools::reap`] should run.
+    pub fn reap_period(&self) -> Duration {
+        let base = self.limits.idle_timeout.unwrap_or(Duration::from_secs(60));
+        (base / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+}
+
+impl Pool {
+    fn take_idle(&self) -> Option<ServerConn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Most recently used first: it is the likeliest to be warm and alive.
+        while let Some(c) = idle.pop() {
+            if !c.is_stale() {
+                return Some(c);
+            }
+            tracing::debug!(
+                backend = c.backend,
+                "dropping a cached server connection the server closed"
+            );
+        }
+        None
+    }
+}
+
+impl Slot {
+    /// The key of the pool this slot belongs to.
+    pub fn key(&self) -> &PoolKey {
+        &self.pool.key
+    }
+
+    /// Returns a clean, idle connection to the cache (or closes it when it
+    /// is past `server_lifetime`), and frees the permit.
+    pub fn release(self, mut conn: ServerConn) {
+        if self.limits.lifetime.is_some_and(|l| conn.age() >= l) {
+            return;
+        }
+        conn.idle_since = std::time::Instant::now();
+        self.pool
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+    }
+}

@@ -1,0 +1,394 @@
+//! One connection from the proxy to a PostgreSQL server: opening it
+//! (startup and authentication as the client's user), resetting it between
+//! clients, and telling whether a cached one is still usable.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use pgwarden_wire::auth::Secret;
+use pgwarden_wire::auth::md5;
+use pgwarden_wire::auth::scram::{self, Credentials, ScramClient};
+use pgwarden_wire::frame::{self, Message};
+use pgwarden_wire::{ProtocolError, ServerMessageFields};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::net;
+
+/// Largest message the proxy accepts from a server outside the data path.
+const MAX_CONTROL_MESSAGE: u32 = 1 << 20;
+
+/// How the proxy authenticates to servers as a given user.
+#[derive(Clone)]
+pub enum ServerCredentials {
+    /// The plain-text password: any method works.
+    Password(String),
+    /// An md5 secret: md5 only.
+    Md5(String),
+    /// The ClientKey the client proved: SCRAM only, with the same verifier.
+    ScramKey(Credentials),
+}
+
+impl std::fmt::Debug for ServerCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServerCredentials::Password(_) => "Password(***)",
+            ServerCredentials::Md5(_) => "Md5(***)",
+            ServerCredentials::ScramKey(_) => "ScramKey(***)",
+        })
+    }
+}
+
+impl ServerCredentials {
+    /// The credentials a plain or md5 secret gives (SCRAM secrets need the
+    /// client's proof first, see [`ServerCredentials::ScramKey`]).
+    pub fn from_secret(secret: &Secret) -> Option<ServerCredentials> {
+        match secret {
+            Secret::Plain(p) => Some(ServerCredentials::Password(p.clone())),
+            Secret::Md5(m) => Some(ServerCredentials::Md5(m.clone())),
+            Secret::Scram(_) => None,
+        }
+    }
+}
+
+/// Why a server connection could not be opened or reset.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// TCP connect or IO failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The server did not answer in time.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The server refused with an ErrorResponse; `raw` is the whole message,
+    /// to relay to the client as it is.
+    #[error("server error {}: {}", .fields.code, .fields.message)]
+    Refused {
+        /// Parsed fields, for logs and decisions.
+        fields: ServerMessageFields,
+        /// The ErrorResponse as received.
+        raw: BytesMut,
+    },
+    /// The server asked for an authentication the credentials cannot answer.
+    #[error("{0}")]
+    Auth(String),
+    /// SCRAM with the server failed.
+    #[error("SCRAM: {0}")]
+    Scram(#[from] scram::ScramError),
+    /// The server broke the protocol.
+    #[error("protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// The server closed the connection.
+    #[error("server closed the connection")]
+    Closed,
+    /// After a reset the session was still inside a transaction.
+    #[error("the session is still inside a transaction after the reset")]
+    NotIdle,
+}
+
+/// An open, authenticated server connection, idle between queries.
+#[derive(Debug)]
+pub struct ServerConn {
+    pub(crate) stream: TcpStream,
+    /// Backend id in `[[backends]]`.
+    pub backend: usize,
+    /// ParameterStatus values the server reported, kept current.
+    pub params: Vec<(String, String)>,
+    /// The server's BackendKeyData (process id, secret), for cancels.
+    pub key: (i32, i32),
+    /// Resolved address, for cancels.
+    pub addr: std::net::SocketAddr,
+    /// The role this connection is logged in as.
+    pub user: String,
+    created: Instant,
+    /// When it was last handed back to its pool.
+    pub idle_since: Instant,
+    pub(crate) buf: BytesMut,
+}
+
+impl ServerConn {
+    /// Opens a connection to `host:port`, starts a session with the client's
+    /// startup parameters and logs in with `creds`.
+    pub async fn connect(
+        backend: usize,
+        host: &str,
+        port: u16,
+        params: &[(String, String)],
+        creds: &ServerCredentials,
+        keepalive: bool,
+        timeout: Duration,
+    ) -> Result<ServerConn, ServerError> {
+        tokio::time::timeout(
+            timeout,
+            Self::connect_inner(backend, host, port, params, creds, keepalive),
+        )
+        .await
+        .map_err(|_| ServerError::Timeout(timeout))?
+    }
+
+    async fn connect_inner(
+        backend: usize,
+        host: &str,
+        port: u16,
+        params: &[(String, String)],
+        creds: &ServerCredentials,
+        keepalive: bool,
+    ) -> Result<ServerConn, ServerError> {
+        let stream = TcpStream::connect((host, port)).await?;
+        net::tune(&stream, keepalive);
+        let addr = stream.peer_addr()?;
+        let now = Instant::now();
+        let mut conn = ServerConn {
+            stream,
+            backend,
+            params: Vec::new(),
+            key: (0, 0),
+            addr,
+            user: params
+                .iter()
+                .find(|(k, _)| k == "user")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default(),
+            created: now,
+            idle_since: now,
+            buf: BytesMut::with_capacity(4096),
+        };
+        let mut out = BytesMut::new();
+        frontend::startup_message(
+            params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            &mut out,
+        )?;
+        conn.stream.write_all(&out).await?;
+        conn.authenticate(creds).await?;
+        // Then ParameterStatus*, BackendKeyData, ReadyForQuery.
+        loop {
+            let m = conn.read().await?;
+            match m.tag {
+                b'S' => conn.record_param(&m.body),
+                b'K' => {
+                    let Some((pid, rest)) = m.body.split_first_chunk::<4>() else {
+                        return Err(ProtocolError::Malformed {
+                            what: "BackendKeyData",
+                        }
+                        .into());
+                    };
+                    let Some(secret) = rest.first_chunk::<4>() else {
+                        return Err(ProtocolError::Malformed {
+                            what: "BackendKeyData",
+                        }
+                        .into());
+                    };
+                    conn.key = (i32::from_be_bytes(*pid), i32::from_be_bytes(*secret));
+                }
+                b'Z' => return Ok(conn),
+                b'N' => {}
+                b'E' => return Err(refused(&m)),
+                tag => return Err(ProtocolError::UnexpectedMessage { tag }.into()),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, creds: &ServerCredentials) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        let mut scram: Option<ScramClient> = None;
+        loop {
+            let m = self.read().await?;
+            match m.tag {
+                b'R' => {}
+                b'E' => return Err(refused(&m)),
+                b'N' => continue,
+                tag => return Err(ProtocolError::UnexpectedMessage { tag }.into()),
+            }
+            let Some((code, data)) = m.body.split_first_chunk::<4>() else {
+                return Err(ProtocolError::Malformed {
+                    what: "Authentication",
+                }
+                .into());
+            };
+            out.clear();
+            match u32::from_be_bytes(*code) {
+                0 => return Ok(()),
+                3 => match creds {
+                    ServerCredentials::Password(p) => {
+                        frontend::password_message(p.as_bytes(), &mut out)?
+                    }
+                    _ => return Err(ServerError::Auth(needs_plain("a cleartext password"))),
+                },
+                5 => {
+                    let salt: [u8; 4] = data.try_into().map_err(|_| ProtocolError::Malformed {
+                        what: "AuthenticationMD5Password",
+                    })?;
+                    let stored = match creds {
+                        ServerCredentials::Password(p) => md5::secret(p, &self.user),
+                        ServerCredentials::Md5(m) => m.clone(),
+                        ServerCredentials::ScramKey(_) => {
+                            return Err(ServerError::Auth(
+                                "the server asks for md5 but the auth file holds a SCRAM verifier for this user".into(),
+                            ));
+                        }
+                    };
+                    frontend::password_message(md5::response(&stored, salt).as_bytes(), &mut out)?;
+                }
+                10 => {
+                    let offered = data
+                        .split(|b| *b == 0)
+                        .any(|m| m == scram::MECHANISM.as_bytes());
+                    if !offered {
+                        return Err(ServerError::Auth(
+                            "the server offers no SASL mechanism the proxy knows".into(),
+                        ));
+                    }
+                    let c = match creds {
+                        ServerCredentials::Password(p) => Credentials::Password(p.clone()),
+                        ServerCredentials::ScramKey(c) => c.clone(),
+                        ServerCredentials::Md5(_) => {
+                            return Err(ServerError::Auth(
+                                "the server asks for SCRAM but the auth file holds an md5 secret for this user".into(),
+                            ));
+                        }
+                    };
+                    let client = ScramClient::new(c);
+                    frontend::sasl_initial_response(
+                        scram::MECHANISM,
+                        &client.client_first(),
+                        &mut out,
+                    )?;
+                    scram = Some(client);
+                }
+                11 => {
+                    let client = scram.as_mut().ok_or(ProtocolError::Malformed {
+                        what: "SASLContinue",
+                    })?;
+                    frontend::sasl_response(&client.server_first(data)?, &mut out)?;
+                }
+                12 => {
+                    let client = scram
+                        .as_mut()
+                        .ok_or(ProtocolError::Malformed { what: "SASLFinal" })?;
+                    client.server_final(data)?;
+                    continue;
+                }
+                other => {
+                    return Err(ServerError::Auth(format!(
+                        "the server asks for an authentication method the proxy does not support (code {other})"
+                    )));
+                }
+            }
+            self.stream.write_all(&out).await?;
+        }
+    }
+
+    /// Reads one whole message (outside the data path).
+    async fn read(&mut self) -> Result<Message, ServerError> {
+        loop {
+            if let Some(m) = frame::read_message(&mut self.buf, MAX_CONTROL_MESSAGE)? {
+                return Ok(m);
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Err(ServerError::Closed);
+            }
+        }
+    }
+
+    fn record_param(&mut self, body: &[u8]) {
+        apply_param(&mut self.params, body);
+    }
+
+    /// Makes the session clean for the next client: `ROLLBACK` first when a
+    /// transaction was left open, then the reset query. The connection must
+    /// be idle between queries (every ReadyForQuery received).
+    pub async fn reset(
+        &mut self,
+        rollback: bool,
+        query: &str,
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
+        if !rollback && query.is_empty() {
+            return Ok(());
+        }
+        tokio::time::timeout(timeout, self.reset_inner(rollback, query))
+            .await
+            .map_err(|_| ServerError::Timeout(timeout))?
+    }
+
+    async fn reset_inner(&mut self, rollback: bool, query: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        let mut pending = 0;
+        if rollback {
+            frontend::query("ROLLBACK", &mut out)?;
+            pending += 1;
+        }
+        if !query.is_empty() {
+            frontend::query(query, &mut out)?;
+            pending += 1;
+        }
+        self.stream.write_all(&out).await?;
+        let mut failed = None;
+        while pending > 0 {
+            let m = self.read().await?;
+            match m.tag {
+                b'S' => self.record_param(&m.body),
+                b'E' => failed = Some(refused(&m)),
+                b'Z' => {
+                    pending -= 1;
+                    if pending == 0 && m.body.first() != Some(&b'I') {
+                        return Err(ServerError::NotIdle);
+                    }
+                }
+                // CommandComplete, NoticeResponse and anything else a reset may say.
+                _ => {}
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// True when a cached connection cannot be handed out: the server closed
+    /// it, or sent something while idle (a FATAL from `pg_terminate_backend`,
+    /// a shutdown notice). Costs one non-blocking read, no round trip.
+    pub fn is_stale(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Age since the connection was opened.
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+}
+
+impl Drop for ServerConn {
+    fn drop(&mut self) {
+        // Best effort, never blocks: a Terminate keeps the server's log free
+        // of "unexpected EOF" lines when the proxy closes a connection.
+        let _ = self.stream.try_write(b"X\0\0\0\x04");
+    }
+}
+
+/// Records a ParameterStatus body (`name\0value\0`) in `params`.
+pub(crate) fn apply_param(params: &mut Vec<(String, String)>, body: &[u8]) {
+    let mut parts = body.split(|b| *b == 0);
+    let (Some(name), Some(value)) = (parts.next(), parts.next()) else {
+        return;
+    };
+    let name = String::from_utf8_lossy(name).into_owned();
+    let value = String::from_utf8_lossy(value).into_owned();
+    match params.iter_mut().find(|(k, _)| *k == name) {
+        Some(slot) => slot.1 = value,
+        None => params.push((name, value)),
+    }
+}
+
+fn refused(m: &Message) -> ServerError {
+    ServerError::Refused {
+        fields: ServerMessageFields::parse(&m.body),
+        raw: m.to_bytes(),
+    }
+}
+
+fn needs_plain(what: &str) -> String {
+    format!("the server asks for {what}, which needs the plain-text password in the auth file")
+}

@@ -1,0 +1,315 @@
+//! One client, from its first byte to its last: startup, authentication, a
+//! server connection from the cache, the data path, and what becomes of the
+//! server connection afterwards.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use pgwarden_wire::backend::{self, TransactionStatus};
+use pgwarden_wire::startup::{self, StartupMessage, StartupPacket};
+use pgwarden_wire::{ErrorResponse, ProtocolError, sqlstate};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::Instrument;
+
+use crate::Shared;
+use crate::client_auth::{self, AuthError};
+use crate::pool::PoolKey;
+use crate::pump::{self, PumpEnd};
+use crate::server_conn::{ServerConn, ServerError};
+
+/// Serves one accepted client. `permit` is `None` when the proxy is at
+/// `max_client_connections`: the client is told so (53300) after its
+/// startup packet, as PostgreSQL does. Cancel requests are served either way.
+pub async fn serve(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    permit: Option<OwnedSemaphorePermit>,
+) {
+    let span = tracing::debug_span!("client", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
+    async move {
+        let mut buf = BytesMut::with_capacity(1024);
+        let login_timeout = shared.settings.client_login_timeout;
+        let startup =
+            match tokio::time::timeout(login_timeout, read_startup(&mut stream, &mut buf)).await {
+                Ok(Ok(Some(StartupPacket::Startup(m)))) => m,
+                Ok(Ok(Some(StartupPacket::Cancel { pid, secret }))) => {
+                    shared
+                        .cancels
+                        .cancel(pid, secret, shared.settings.server_connect_timeout)
+                        .await;
+                    return;
+                }
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "bad startup packet");
+                    let _ = stream.write_all(&e.to_error_response().to_bytes()).await;
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("startup timed out");
+                    return;
+                }
+            };
+        if permit.is_none() {
+            tracing::info!(%peer, "refusing a client: max_client_connections reached");
+            let e = ErrorResponse::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                "sorry, too many clients already",
+            );
+            let _ = stream.write_all(&e.to_bytes()).await;
+            return;
+        }
+        let _permit = permit;
+        match tokio::time::timeout(
+            login_timeout,
+            login(&shared, &mut stream, &mut buf, &startup),
+        )
+        .await
+        {
+            Ok(Ok(session)) => run_session(&shared, &mut stream, buf, session).await,
+            Ok(Err(Some(bytes))) => {
+                let _ = stream.write_all(&bytes).await;
+            }
+            Ok(Err(None)) => {}
+            Err(_) => {
+                tracing::debug!("login timed out");
+                let e = ErrorResponse::fatal(
+                    sqlstate::PROTOCOL_VIOLATION,
+                    "canceling authentication due to timeout",
+                );
+                let _ = stream.write_all(&e.to_bytes()).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Reads startup packets, answering SSL and GSS encryption requests with
+/// `N`, until a StartupMessage or CancelRequest arrives. `Ok(None)`: the
+/// client left.
+async fn read_startup(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Option<StartupPacket>, ProtocolError> {
+    loop {
+        match startup::parse_startup(buf)? {
+            Some(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
+                // Anything sent before our answer would be a MITM injection (CVE-2021-23222 style).
+                if !buf.is_empty() {
+                    return Err(ProtocolError::Malformed {
+                        what: "data after encryption request",
+                    });
+                }
+                if stream.write_all(b"N").await.is_err() {
+                    return Ok(None);
+                }
+            }
+            Some(p) => return Ok(Some(p)),
+            None => match stream.read_buf(buf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => {}
+            },
+        }
+    }
+}
+
+/// A logged-in client with its server connection.
+struct Session {
+    slot: crate::pool::Slot,
+    conn: ServerConn,
+    cancel: crate::cancel::CancelKey,
+}
+
+/// Why a login ended without a session: the bytes to send the client (an
+/// ErrorResponse), or `None` when the client is gone.
+type Reject = Option<BytesMut>;
+
+fn reject(e: ErrorResponse) -> Reject {
+    Some(e.to_bytes())
+}
+
+/// Authenticates the client and hands it a server connection.
+async fn login(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    startup: &StartupMessage,
+) -> Result<Session, Reject> {
+    let mut out = BytesMut::new();
+    if startup.needs_negotiation() {
+        let opts: Vec<&str> = startup.protocol_options().collect();
+        backend::negotiate_protocol_version(&mut out, u32::from(startup::NEWEST_MINOR), &opts);
+        stream.write_all(&out).await.map_err(|_| None)?;
+        out.clear();
+    }
+    let Some(user) = startup.user() else {
+        return Err(reject(ErrorResponse::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "no PostgreSQL user name specified in startup packet",
+        )));
+    };
+    let database = startup.database().unwrap_or(user);
+    let span = tracing::Span::current();
+    span.record("user", user);
+    span.record("db", database);
+
+    let users = shared.users();
+    let creds = match client_auth::authenticate(
+        stream,
+        buf,
+        user,
+        &users,
+        shared.settings.plain_auth,
+        &shared.mock_key,
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            if matches!(e, AuthError::Failed(_)) {
+                tracing::info!(user, "password authentication failed");
+            } else {
+                tracing::debug!(error = %e, "authentication did not complete");
+            }
+            return Err(e.to_error_response().map(|e| e.to_bytes()));
+        }
+    };
+    backend::authentication_ok(&mut out);
+
+    // The server session gets the client's parameters, minus protocol options.
+    let mut params: Vec<(String, String)> = startup
+        .params
+        .iter()
+        .filter(|(k, _)| !k.starts_with("_pq_.") && k != "database")
+        .cloned()
+        .collect();
+    params.push(("database".into(), database.to_owned()));
+
+    let settings = &shared.settings;
+    let Some(primary) = shared.router.primary(settings.server_connect_timeout).await else {
+        return Err(reject(
+            ErrorResponse::fatal(
+                sqlstate::CANNOT_CONNECT_NOW,
+                "no primary backend is available",
+            )
+            .with_hint(
+                "pgwarden-proxy routes only to the primary; check that one of [[backends]] is up",
+            ),
+        ));
+    };
+    let b = primary.backend;
+    let key = PoolKey::new(b.id, &params);
+    let (slot, cached) = shared
+        .pools
+        .acquire(&key, settings.pool_timeout)
+        .await
+        .map_err(|e| {
+            tracing::info!(backend = b.id, "{e}");
+            reject(ErrorResponse::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                e.to_string(),
+            ))
+        })?;
+    let conn = match cached {
+        Some(c) => c,
+        None => ServerConn::connect(
+            b.id,
+            &b.host,
+            b.port,
+            &key.params,
+            &creds,
+            settings.tcp_keepalive,
+            settings.server_connect_timeout,
+        )
+        .await
+        .map_err(|e| {
+            match &e {
+                // The server's own answer (no such database, role not allowed...): relay it.
+                ServerError::Refused { raw, .. } => {
+                    tracing::debug!(backend = b.id, error = %e, "server refused the session");
+                    return Some(raw.clone());
+                }
+                _ => {
+                    tracing::warn!(backend = b.id, name = %b.name, error = %e, "cannot open a server connection");
+                    shared.router.recheck();
+                }
+            }
+            reject(ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("could not connect to backend \"{}\": {e}", b.name),
+            ))
+        })?,
+    };
+
+    let cancel = shared.cancels.register();
+    cancel.set_server(conn.addr, conn.key);
+    for (k, v) in &conn.params {
+        backend::parameter_status(&mut out, k, v);
+    }
+    backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
+    backend::ready_for_query(&mut out, TransactionStatus::Idle);
+    stream.write_all(&out).await.map_err(|_| None)?;
+    Ok(Session { slot, conn, cancel })
+}
+
+async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut, mut s: Session) {
+    tracing::debug!(backend = s.conn.backend, "session started");
+    let r = pump::pump(
+        client,
+        &mut s.conn,
+        pending,
+        shared.settings.max_message_bytes,
+        &shared.hard_stop,
+    )
+    .await;
+    s.cancel.clear_server();
+    let notice = match &r.end {
+        PumpEnd::ClientTerminated | PumpEnd::ClientGone => None,
+        PumpEnd::ClientProtocol(e) => {
+            tracing::info!(error = %e, "client broke the protocol; closing its session");
+            Some(e.to_error_response())
+        }
+        PumpEnd::ServerGone if r.last_server_tag != b'E' => Some(ErrorResponse::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            "server closed the connection unexpectedly",
+        )),
+        PumpEnd::ServerGone => None,
+        PumpEnd::ServerProtocol(e) => {
+            tracing::warn!(error = %e, "server broke the protocol");
+            Some(ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("server protocol error: {e}"),
+            ))
+        }
+        PumpEnd::Stopped => Some(ErrorResponse::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection because pgwarden-proxy is shutting down",
+        )),
+    };
+    if let Some(e) = notice
+        && r.client_at_boundary
+    {
+        let _ = client.write_all(&e.to_bytes()).await;
+    }
+    let reusable = matches!(r.end, PumpEnd::ClientTerminated | PumpEnd::ClientGone);
+    match r.server_idle {
+        Some(status) if reusable => {
+            let rollback = status != b'I';
+            let query = &shared.settings.server_reset_query;
+            match s
+                .conn
+                .reset(rollback, query, shared.settings.server_connect_timeout)
+                .await
+            {
+                Ok(()) => s.slot.release(s.conn),
+                Err(e) => tracing::debug!(error = %e, "server connection not reusable after reset"),
+            }
+        }
+        _ => tracing::debug!(end = ?r.end, "closing the server connection"),
+    }
+}

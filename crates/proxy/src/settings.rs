@@ -1,0 +1,138 @@
+//! What the proxy needs from the node config, typed and ready to use.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How plain-text secrets in the auth file are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainAuth {
+    /// SCRAM-SHA-256 (the default, as in PostgreSQL 14+).
+    Scram,
+    /// md5, for old drivers.
+    Md5,
+}
+
+/// One PostgreSQL server the proxy may route to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendAddr {
+    /// Position in `[[backends]]`.
+    pub id: usize,
+    /// `backends[].name`.
+    pub name: String,
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+/// How the proxy finds the primary until the monitor tells it: it asks every
+/// backend `pg_is_in_recovery()` with the health-check role.
+#[derive(Clone)]
+pub struct Discovery {
+    /// How often to ask.
+    pub period: Duration,
+    /// Connect and query timeout.
+    pub timeout: Duration,
+    /// Role to connect as.
+    pub user: String,
+    /// Its password, if any.
+    pub password: Option<String>,
+    /// Database to connect to.
+    pub database: String,
+}
+
+impl std::fmt::Debug for Discovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Discovery")
+            .field("period", &self.period)
+            .field("timeout", &self.timeout)
+            .field("user", &self.user)
+            .field("database", &self.database)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The proxy's settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// Clients beyond this get SQLSTATE 53300.
+    pub max_client_connections: usize,
+    /// Server connections per (backend, user, database, startup parameters).
+    pub pool_size: usize,
+    /// The `"user" "secret"` file.
+    pub auth_file: PathBuf,
+    /// How plain-text secrets are checked.
+    pub plain_auth: PlainAuth,
+    /// Run when a client leaves, before the connection is cached; empty: none.
+    pub server_reset_query: String,
+    /// How long a client waits for a server connection from a full pool.
+    pub pool_timeout: Duration,
+    /// Connect + startup + authentication timeout for a new server connection.
+    pub server_connect_timeout: Duration,
+    /// Idle cached connections older than this are closed; `None`: never.
+    pub server_idle_timeout: Option<Duration>,
+    /// Connections older than this are closed when released; `None`: never.
+    pub server_lifetime: Option<Duration>,
+    /// Startup + authentication of a client must finish within this.
+    pub client_login_timeout: Duration,
+    /// On shutdown, how long sessions may go on before they are closed.
+    pub shutdown_timeout: Duration,
+    /// Longer protocol messages are refused.
+    pub max_message_bytes: u32,
+    /// TCP keepalive on client and server sockets.
+    pub tcp_keepalive: bool,
+    /// The backends, in id order.
+    pub backends: Vec<BackendAddr>,
+    /// Primary discovery.
+    pub discovery: Discovery,
+}
+
+impl Settings {
+    /// Takes the proxy's part of the node config.
+    pub fn from_config(c: &pgwarden_config::Config) -> Settings {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        Settings {
+            listen: c.proxy.listen,
+            max_client_connections: c.proxy.max_client_connections as usize,
+            pool_size: c.proxy.pool_size as usize,
+            auth_file: c.proxy.auth_file.clone(),
+            plain_auth: match c.proxy.auth_type {
+                pgwarden_config::AuthType::ScramSha256 => PlainAuth::Scram,
+                pgwarden_config::AuthType::Md5 => PlainAuth::Md5,
+            },
+            server_reset_query: c.proxy.server_reset_query.clone(),
+            pool_timeout: c.proxy.pool_timeout,
+            server_connect_timeout: c.proxy.server_connect_timeout,
+            server_idle_timeout: nonzero(c.proxy.server_idle_timeout),
+            server_lifetime: nonzero(c.proxy.server_lifetime),
+            client_login_timeout: c.proxy.client_login_timeout,
+            shutdown_timeout: c.proxy.shutdown_timeout,
+            max_message_bytes: c.proxy.max_message_bytes,
+            tcp_keepalive: c.proxy.tcp_keepalive,
+            backends: c
+                .backends
+                .iter()
+                .map(|b| BackendAddr {
+                    id: b.id,
+                    name: b.name.clone(),
+                    host: b.host.clone(),
+                    port: b.port,
+                })
+                .collect(),
+            discovery: Discovery {
+                period: c.health_check.period,
+                timeout: c.health_check.timeout,
+                user: c.health_check.user.clone(),
+                password: c
+                    .health_check
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose().to_owned()),
+                database: c.health_check.database.clone(),
+            },
+        }
+    }
+}
