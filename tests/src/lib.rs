@@ -1,1 +1,243 @@
-//! End-to-end tests live in `tests/tests/*.rs`; this library is empty on purpose.
+//! Harness for the end-to-end tests in `tests/tests/`: a real cluster, the
+//! real `pgwarden-proxy` binary with a generated config and auth file, and
+//! client helpers. Build the binaries first (`cargo build --workspace --bins`;
+//! `scripts/test` does it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pgwarden_testkit::{ChildGuard, Cluster, PasswordKind, free_port, wait_until, workspace_bin};
+
+/// SCRAM user with a SCRAM verifier in the auth file (pass-through login).
+pub const ALICE: (&str, &str) = ("alice", "alice-secret");
+/// md5 user with an md5 secret in the auth file.
+pub const BOB: (&str, &str) = ("bob", "bob-secret");
+/// SCRAM user with a plain-text password in the auth file.
+pub const CAROL: (&str, &str) = ("carol", "carol-secret");
+/// The health-check role.
+pub const MONITOR: (&str, &str) = ("pgwarden", "pgwarden-secret");
+
+/// A cluster with the test users: alice (SCRAM), bob (md5), carol (SCRAM),
+/// pgwarden (the checks' role), and a database `app` owned by alice.
+pub fn cluster(standbys: usize) -> Cluster {
+    let c = Cluster::builder().standbys(standbys).start().expect("start cluster");
+    c.create_user(ALICE.0, ALICE.1, PasswordKind::Scram).unwrap();
+    c.create_user(BOB.0, BOB.1, PasswordKind::Md5).unwrap();
+    c.create_user(CAROL.0, CAROL.1, PasswordKind::Scram).unwrap();
+    c.create_user(MONITOR.0, MONITOR.1, PasswordKind::Scram).unwrap();
+    c.primary().psql("CREATE DATABASE app OWNER alice").unwrap();
+    c.primary().psql("GRANT ALL ON DATABASE app TO bob, carol").unwrap();
+    c.primary().psql_db("app", "GRANT ALL ON SCHEMA public TO bob, carol").unwrap();
+    c
+}
+
+/// Options for a proxy under test.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Extra lines for the `[proxy]` table.
+    pub proxy: Vec<String>,
+    /// Extra auth file lines.
+    pub users: Vec<String>,
+}
+
+impl Default for ProxyOptions {
+    fn default() -> Self {
+        ProxyOptions { proxy: vec!["pool_size = 4".into()], users: Vec::new() }
+    }
+}
+
+impl ProxyOptions {
+    /// Adds a `[proxy]` line.
+    pub fn set(mut self, line: &str) -> Self {
+        self.proxy.push(line.to_owned());
+        self
+    }
+}
+
+/// A running `pgwarden-proxy`.
+pub struct Proxy {
+    child: ChildGuard,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    log: PathBuf,
+}
+
+impl Proxy {
+    /// Starts the proxy in front of `cluster`, and waits until it accepts.
+    pub fn start(cluster: &Cluster, opts: ProxyOptions) -> Proxy {
+        let dir = tempfile::Builder::new().prefix("pgwarden-proxy-").tempdir().unwrap();
+        let port = free_port();
+        let scram = cluster
+            .primary()
+            .psql(&format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{}'", ALICE.0))
+            .unwrap();
+        let bob_md5 = cluster
+            .primary()
+            .psql(&format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{}'", BOB.0))
+            .unwrap();
+        let auth = dir.path().join("users.txt");
+        let mut lines = vec![
+            format!("\"{}\" \"{}\"", ALICE.0, scram),
+            format!("\"{}\" \"{}\"", BOB.0, bob_md5),
+            format!("\"{}\" \"{}\"", CAROL.0, CAROL.1),
+        ];
+        lines.extend(opts.users.iter().cloned());
+        std::fs::write(&auth, lines.join("\n") + "\n").unwrap();
+        std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        let mut toml = format!(
+            "[node]\nname = \"test\"\nruntime_dir = \"{d}\"\nstate_dir = \"{d}\"\n\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nauth_file = \"{a}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+            d = dir.path().display(),
+            a = auth.display()
+        );
+        for l in &opts.proxy {
+            toml.push_str(l);
+            toml.push('\n');
+        }
+        toml.push_str(&format!(
+            "\n[health_check]\nuser = \"{}\"\npassword = \"{}\"\nperiod = \"500ms\"\n",
+            MONITOR.0, MONITOR.1
+        ));
+        for n in cluster.nodes() {
+            toml.push_str(&format!("\n[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\n", n.name(), n.host(), n.port()));
+        }
+        let config = dir.path().join("pgwarden.toml");
+        std::fs::write(&config, toml).unwrap();
+        let log = dir.path().join("proxy.log");
+        let child = ChildGuard::spawn(
+            Command::new(workspace_bin("pgwarden-proxy"))
+                .arg("--config")
+                .arg(&config)
+                .env("PGWARDEN_LOG", "debug")
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log).unwrap()),
+        )
+        .unwrap();
+        let mut p = Proxy { child, port, dir, config, log };
+        let accepting = wait_until(Duration::from_secs(20), "pgwarden-proxy to accept", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if accepting.is_err() {
+            let status = p.child.try_wait().ok().flatten();
+            panic!("proxy did not start (exit {status:?}); log:\n{}", p.log());
+        }
+        p
+    }
+
+    /// The proxy's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process.
+    pub fn child(&mut self) -> &mut ChildGuard {
+        &mut self.child
+    }
+
+    /// A libpq-style conninfo through the proxy.
+    pub fn conninfo(&self, user: &str, password: &str, db: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} password={password} dbname={db}", self.port)
+    }
+
+    /// Connects with tokio-postgres through the proxy.
+    pub async fn connect(&self, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        connect(&self.conninfo(user, password, db)).await
+    }
+
+    /// Connects as alice to `app`.
+    pub async fn alice(&self) -> tokio_postgres::Client {
+        self.connect(ALICE.0, ALICE.1, "app").await.expect("alice connects through the proxy")
+    }
+}
+
+/// Connects with tokio-postgres and drives the connection in the background.
+pub async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a tokio-postgres error, if the server (or proxy) sent one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_owned())
+}
+
+/// Runs `psql` through the proxy; returns (success, stdout, stderr).
+pub fn psql(proxy: &Proxy, user: &str, password: &str, db: &str, sql: &str) -> (bool, String, String) {
+    let out = Command::new("psql")
+        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &proxy.port.to_string(), "-U", user, "-d", db, "-c", sql])
+        .env("PGPASSWORD", password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Writes raw bytes to the proxy and returns everything it answers until it
+/// closes (or 5 s pass).
+pub fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// Splits a server byte stream into (type, body) messages; stops at a
+/// truncated one.
+pub fn messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while bytes.len() >= 5 {
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
+        if len < 4 || bytes.len() < 1 + len {
+            break;
+        }
+        out.push((bytes[0], bytes[5..1 + len].to_vec()));
+        bytes = &bytes[1 + len..];
+    }
+    out
+}
+
+/// The SQLSTATE (`C` field) of the first ErrorResponse among `bytes`' messages.
+pub fn error_code(bytes: &[u8]) -> Option<String> {
+    let (_, body) = messages(bytes).into_iter().find(|(t, _)| *t == b'E')?;
+    let code = body.split(|b| *b == 0).find(|f| f.first() == Some(&b'C'))?;
+    Some(String::from_utf8_lossy(&code[1..]).into_owned())
+}
+
+/// A StartupMessage for `user` and `database`.
+pub fn startup_packet(user: &str, database: &str) -> Vec<u8> {
+    let mut body = vec![0, 3, 0, 0];
+    for (k, v) in [("user", user), ("database", database)] {
+        body.extend_from_slice(k.as_bytes());
+        body.push(0);
+        body.extend_from_slice(v.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    p.extend(body);
+    p
+}
+
+/// Number of server sessions of `user` the primary sees.
+pub fn server_sessions(cluster: &Cluster, user: &str) -> usize {
+    cluster
+        .primary()
+        .psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND backend_type = 'client backend'"))
+        .unwrap()
+        .parse()
+        .unwrap()
+}

@@ -1,0 +1,74 @@
+//! Client authentication: SCRAM and md5 users, plain-text secrets, wrong
+//! passwords and unknown users (28P01, revealing nothing).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+
+use pgwarden_e2e::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_md5_and_plain_users_log_in_and_wrong_passwords_get_28p01() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+
+    // alice: SCRAM verifier in the auth file; the proxy logs in to the server
+    // with the ClientKey recovered from her proof.
+    let c = proxy.connect(ALICE.0, ALICE.1, "app").await.unwrap();
+    let u: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(u, "alice");
+    // bob: md5 secret, md5 both ways.
+    let c = proxy.connect(BOB.0, BOB.1, "app").await.unwrap();
+    let u: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(u, "bob");
+    // carol: plain text in the auth file, SCRAM to the proxy and to the server.
+    let c = proxy.connect(CAROL.0, CAROL.1, "app").await.unwrap();
+    let u: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(u, "carol");
+
+    for (user, pw) in [(ALICE.0, "wrong"), (BOB.0, "wrong"), (CAROL.0, ""), ("mallory", "whatever")] {
+        let err = proxy.connect(user, pw, "app").await.err().unwrap_or_else(|| panic!("{user} got in"));
+        assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{user}: {err}");
+        let text = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+        assert_eq!(text, format!("password authentication failed for user \"{user}\""));
+    }
+    // Nothing secret reached the log.
+    let log = proxy.log();
+    for secret in [ALICE.1, BOB.1, CAROL.1, "SCRAM-SHA-256$", MONITOR.1] {
+        assert!(!log.contains(secret), "log contains {secret}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn md5_auth_type_checks_plain_secrets_with_md5() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("auth_type = \"md5\""));
+    // libpq answers whatever the proxy asks; carol's plain secret is checked with md5.
+    let (ok, out, err) = psql(&proxy, CAROL.0, CAROL.1, "app", "SELECT current_user");
+    assert!(ok, "{err}");
+    assert_eq!(out, "carol");
+    let (ok, _, err) = psql(&proxy, CAROL.0, "nope", "app", "SELECT 1");
+    assert!(!ok);
+    assert!(err.contains("password authentication failed"), "{err}");
+    // alice's SCRAM verifier still means SCRAM.
+    let (ok, out, err) = psql(&proxy, ALICE.0, ALICE.1, "app", "SELECT current_user");
+    assert!(ok, "{err}");
+    assert_eq!(out, "alice");
+}
+
+#[test]
+fn refuses_to_start_with_a_world_readable_auth_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = cluster(0);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let auth = proxy.dir.path().join("users.txt");
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = std::process::Command::new(pgwarden_testkit::workspace_bin("pgwarden-proxy"))
+        .arg("--config")
+        .arg(&proxy.config)
+        .env("PGWARDEN_PROXY__LISTEN", format!("127.0.0.1:{}", pgwarden_testkit::free_port()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("proxy.auth_file"), "{err}");
+    assert!(err.contains("readable"), "{err}");
+}

@@ -1,0 +1,126 @@
+//! Everyday client traffic through the proxy: simple and extended protocol,
+//! COPY both ways, LISTEN/NOTIFY, a large row, errors inside transactions,
+//! cancel, and psql itself.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use pgwarden_e2e::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simple_extended_copy_notify_big_rows_and_errors() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let c = proxy.alice().await;
+
+    // Simple protocol, several statements in one Query.
+    let rows = c.simple_query("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT 41 + 1").await.unwrap();
+    let got: Vec<_> = rows
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got, vec!["42".to_string()]);
+
+    // Extended protocol with a named prepared statement, reused.
+    let ins = c.prepare("INSERT INTO t VALUES ($1, $2)").await.unwrap();
+    for i in 0..50 {
+        c.execute(&ins, &[&i, &format!("row {i}")]).await.unwrap();
+    }
+    let sel = c.prepare("SELECT v FROM t WHERE id = $1").await.unwrap();
+    let v: String = c.query_one(&sel, &[&7i32]).await.unwrap().get(0);
+    assert_eq!(v, "row 7");
+
+    // COPY FROM STDIN.
+    let sink = c.copy_in("COPY t FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    let data: String = (100..1100).map(|i| format!("{i}\tcopied {i}\n")).collect();
+    sink.send(Bytes::from(data)).await.unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 1000);
+    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    assert_eq!(n, 1050);
+
+    // COPY TO STDOUT.
+    let out = c.copy_out("COPY (SELECT id FROM t ORDER BY id) TO STDOUT").await.unwrap();
+    let chunks: Vec<Bytes> = out.try_collect().await.unwrap();
+    let text: String = chunks.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+    assert_eq!(text.lines().count(), 1050);
+    assert!(text.starts_with("0\n1\n"));
+
+    // A 5 MB value both ways.
+    let big = "x".repeat(5 * 1024 * 1024);
+    c.execute("INSERT INTO t VALUES (-1, $1)", &[&big]).await.unwrap();
+    let back: String = c.query_one("SELECT v FROM t WHERE id = -1", &[]).await.unwrap().get(0);
+    assert_eq!(back.len(), big.len());
+    assert!(back == big);
+
+    // An error inside a transaction, then recovery.
+    c.batch_execute("BEGIN").await.unwrap();
+    let err = c.execute("INSERT INTO t VALUES (1, 'dup')", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("23505"));
+    let err = c.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("25P02"), "in a failed transaction");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listen_notify_crosses_the_proxy() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (listener, mut conn) =
+        tokio_postgres::connect(&proxy.conninfo(ALICE.0, ALICE.1, "app"), tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = stream.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send((n.channel().to_owned(), n.payload().to_owned()));
+            }
+        }
+    });
+    listener.batch_execute("LISTEN jobs").await.unwrap();
+    let other = proxy.connect(BOB.0, BOB.1, "app").await.unwrap();
+    other.batch_execute("NOTIFY jobs, 'hello'").await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("notification arrives");
+    assert_eq!(got, Some(("jobs".to_string(), "hello".to_string())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_request_stops_a_sleeping_query() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let c = proxy.alice().await;
+    let token = c.cancel_token();
+    let started = Instant::now();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let err = c.query("SELECT pg_sleep(60)", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "query_canceled: {err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    canceller.await.unwrap().unwrap();
+    // The session is still usable.
+    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+#[test]
+fn psql_works_through_the_proxy() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (ok, out, err) = psql(&proxy, ALICE.0, ALICE.1, "app", "SELECT current_user, current_database()");
+    assert!(ok, "psql failed: {err}");
+    assert_eq!(out, "alice|app");
+    // An unknown database: the server's own error comes through.
+    let (ok, _, err) = psql(&proxy, ALICE.0, ALICE.1, "nope", "SELECT 1");
+    assert!(!ok);
+    assert!(err.contains("database \"nope\" does not exist"), "{err}");
+}
