@@ -16,6 +16,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    // A daemon must hear SIGTERM whatever mask its launcher left it (a
+    // supervisor waiting in sigwait() blocks the stop signals in its children).
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
     let args = Args::parse();
     init_logs();
     match run(args) {

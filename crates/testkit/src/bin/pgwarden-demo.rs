@@ -1,0 +1,189 @@
+//! `pgwarden-demo`: a local pgwarden cluster to try by hand.
+//!
+//! Starts a PostgreSQL primary and streaming standbys on 127.0.0.1, writes
+//! one node config and auth file for them, starts the pgwarden daemons from
+//! the same build, prints how to connect, and stops everything on Ctrl-C.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use nix::sys::signal::{SigSet, Signal};
+use pgwarden_testkit::{ChildGuard, Cluster, PasswordKind, wait_until, workspace_bin};
+
+/// Start a local pgwarden demo: primary + standbys + pgwarden daemons on 127.0.0.1.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Number of streaming standbys.
+    #[arg(long, default_value_t = 2)]
+    standbys: usize,
+    /// Port the proxy listens on.
+    #[arg(long, default_value_t = 9999)]
+    port: u16,
+    /// Directory for the servers' data, the config and the logs (wiped at start).
+    #[arg(long, default_value = "/tmp/pgwarden-demo")]
+    dir: PathBuf,
+    /// The demo role, its password and its database.
+    #[arg(long, default_value = "demo")]
+    user: String,
+    /// Password of the demo role.
+    #[arg(long, default_value = "demo")]
+    password: String,
+    /// Also write shell `KEY=value` lines (ports, dirs) here once everything is up.
+    #[arg(long)]
+    env_file: Option<PathBuf>,
+    /// Extra `section.key=value` config settings (repeatable), e.g. `proxy.pool_size=40`.
+    #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+    set: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgwarden-demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    // Blocked before any thread exists, so Ctrl-C during start-up still ends
+    // in a clean stop; children start with an empty mask.
+    let mut stop = SigSet::empty();
+    stop.add(Signal::SIGINT);
+    stop.add(Signal::SIGTERM);
+    stop.thread_block().context("block SIGINT/SIGTERM")?;
+
+    let proxy_bin = workspace_bin("pgwarden-proxy");
+    if args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir).with_context(|| format!("remove old {}", args.dir.display()))?;
+    }
+    std::fs::create_dir_all(&args.dir)?;
+    std::fs::set_permissions(&args.dir, std::fs::Permissions::from_mode(0o755))?;
+    let pg_dir = args.dir.join("postgres");
+
+    eprintln!("pgwarden-demo: starting PostgreSQL (1 primary, {} standbys)...", args.standbys);
+    let cluster = Cluster::builder().standbys(args.standbys).base_dir(pg_dir).start()?;
+    cluster.create_user(&args.user, &args.password, PasswordKind::Scram)?;
+    cluster.create_user("pgwarden", "pgwarden", PasswordKind::Scram)?;
+    cluster.primary().psql(&format!("CREATE DATABASE {} OWNER {}", quote_ident(&args.user), quote_ident(&args.user)))?;
+
+    let auth_file = args.dir.join("users.txt");
+    let verifier = cluster
+        .primary()
+        .psql(&format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{}'", args.user.replace('\'', "''")))?;
+    std::fs::write(&auth_file, format!("\"{}\" \"{}\"\n", args.user, verifier))?;
+    std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600))?;
+
+    let config = args.dir.join("pgwarden.toml");
+    std::fs::write(&config, node_config(&args, &cluster, &auth_file)?)?;
+
+    // --set section.key=value becomes the daemons' env override PGWARDEN_SECTION__KEY.
+    let mut overrides = Vec::new();
+    for s in &args.set {
+        let (key, value) = s.split_once('=').with_context(|| format!("--set {s}: expected section.key=value"))?;
+        let (section, name) = key.split_once('.').with_context(|| format!("--set {s}: expected section.key=value"))?;
+        overrides.push((format!("PGWARDEN_{}__{}", section.to_uppercase(), name.to_uppercase()), value.to_owned()));
+    }
+
+    let proxy_log = args.dir.join("proxy.log");
+    let mut proxy = ChildGuard::spawn(
+        Command::new(&proxy_bin)
+            .arg("--config")
+            .arg(&config)
+            .envs(overrides.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&proxy_log)?),
+    )
+    .with_context(|| format!("start {}", proxy_bin.display()))?;
+    let up = wait_until(Duration::from_secs(20), "pgwarden-proxy to accept connections", || {
+        std::net::TcpStream::connect(("127.0.0.1", args.port)).is_ok()
+    });
+    if up.is_err() {
+        let exited = proxy.try_wait().ok().flatten();
+        anyhow::bail!(
+            "pgwarden-proxy did not start ({}); its log:\n{}",
+            exited.map_or("still running".to_owned(), |s| s.to_string()),
+            std::fs::read_to_string(&proxy_log).unwrap_or_default()
+        );
+    }
+
+    if let Some(path) = &args.env_file {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, env_lines(&args, &cluster, &config))?;
+        std::fs::rename(&tmp, path)?;
+    }
+    print_welcome(&args, &cluster, &config);
+
+    let signal = stop.wait().context("wait for Ctrl-C")?;
+    eprintln!("\npgwarden-demo: {signal}: stopping the proxy and PostgreSQL...");
+    proxy.signal(Signal::SIGTERM)?;
+    if proxy.wait_timeout(Duration::from_secs(10)).is_none() {
+        proxy.kill9()?;
+    }
+    drop(cluster);
+    eprintln!("pgwarden-demo: stopped; logs and data are in {}", args.dir.display());
+    Ok(())
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// The one node config all daemons read.
+fn node_config(args: &Args, cluster: &Cluster, auth_file: &Path) -> anyhow::Result<String> {
+    let dir = args.dir.display();
+    let mut t = String::new();
+    writeln!(t, "# Written by pgwarden-demo. See deploy/pgwarden.example.toml for every key.")?;
+    writeln!(t, "[node]\nname = \"demo\"\nruntime_dir = \"{dir}/run\"\nstate_dir = \"{dir}/state\"\n")?;
+    writeln!(t, "[proxy]\nlisten = \"127.0.0.1:{}\"\nauth_file = \"{}\"\n", args.port, auth_file.display())?;
+    writeln!(t, "[health_check]\nuser = \"pgwarden\"\npassword = \"pgwarden\"\n")?;
+    for n in cluster.nodes() {
+        writeln!(
+            t,
+            "[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\ndata_dir = \"{}\"\n",
+            n.name(),
+            n.host(),
+            n.port(),
+            n.data_dir().display()
+        )?;
+    }
+    Ok(t)
+}
+
+fn env_lines(args: &Args, cluster: &Cluster, config: &Path) -> String {
+    let mut env = String::new();
+    let _ = writeln!(env, "PROXY_PORT={}", args.port);
+    let _ = writeln!(env, "DEMO_USER={}", args.user);
+    let _ = writeln!(env, "DEMO_PASSWORD={}", args.password);
+    let _ = writeln!(env, "CONFIG={}", config.display());
+    let _ = writeln!(env, "PG_NODES={}", cluster.nodes().len());
+    for (i, n) in cluster.nodes().iter().enumerate() {
+        let _ = writeln!(env, "PG{i}_PORT={}", n.port());
+        let _ = writeln!(env, "PG{i}_DATA_DIR={}", n.data_dir().display());
+        let _ = writeln!(env, "PG_SOCKET_DIR{i}={}", n.socket_dir().display());
+    }
+    env
+}
+
+fn print_welcome(args: &Args, cluster: &Cluster, config: &Path) {
+    println!();
+    println!("pgwarden demo is running.");
+    for (i, n) in cluster.nodes().iter().enumerate() {
+        let role = if i == 0 { "primary" } else { "standby" };
+        println!("  {:<8} {} on {}:{}", role, n.name(), n.host(), n.port());
+    }
+    println!("  proxy    pgwarden-proxy on 127.0.0.1:{}", args.port);
+    println!();
+    println!("Connect through the proxy:");
+    println!("  psql \"host=127.0.0.1 port={} user={} password={} dbname={}\"", args.port, args.user, args.password, args.user);
+    println!();
+    println!("Config: {}   Logs: {}/*.log   Server logs: {}/postgres/pg*/log", config.display(), args.dir.display(), args.dir.display());
+    println!("Press Ctrl-C to stop everything.");
+}
