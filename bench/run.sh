@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Throughput and memory: pgbench against one PostgreSQL server directly,
+# through pgwarden-proxy, and through PgBouncer (if installed), with the same
+# client count, auth (SCRAM-SHA-256) and pool size. Prints a markdown section
+# and, with --record, appends it to bench/RESULTS.md.
+#
+#   bench/run.sh [--record] [--seconds N] [--clients N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+record=0 seconds=20 clients=16 scale=10
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --record) record=1 ;;
+        --seconds) seconds=$2; shift ;;
+        --clients) clients=$2; shift ;;
+        *) echo "usage: bench/run.sh [--record] [--seconds N] [--clients N]" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+cargo build --release -j2 --bins >&2
+work=$(mktemp -d /tmp/pgwarden-bench-XXXXXX)
+chmod 755 "$work"
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+proxy_port=$((20000 + RANDOM % 20000))
+bouncer_port=$((proxy_port + 1))
+target/release/pgwarden-demo --standbys 0 --port "$proxy_port" --dir "$work/demo" \
+    --user bench --password bench --env-file "$work/env" --set proxy.pool_size=20 >"$work/demo.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 120); do [ -f "$work/env" ] && break; sleep 0.5; done
+[ -f "$work/env" ] || { cat "$work/demo.out" >&2; echo "demo did not start" >&2; exit 1; }
+# shellcheck disable=SC1091
+. "$work/env"
+export PGPASSWORD=bench PGUSER=bench PGDATABASE=bench
+
+pgbench -h 127.0.0.1 -p "$PG0_PORT" -i -q -s "$scale" >/dev/null 2>&1
+
+targets=("direct:$PG0_PORT" "pgwarden:$proxy_port")
+if command -v pgbouncer >/dev/null; then
+    mkdir -p "$work/bouncer"
+    cp "$work/demo/users.txt" "$work/bouncer/users.txt"
+    cat >"$work/bouncer/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$PG0_PORT
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $bouncer_port
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $work/bouncer/users.txt
+pool_mode = session
+default_pool_size = 20
+max_client_conn = 1000
+server_reset_query = DISCARD ALL
+logfile = $work/bouncer/pgbouncer.log
+INI
+    as_user=()
+    if [ "$(id -u)" = 0 ]; then
+        chown -R postgres "$work/bouncer"
+        as_user=(runuser -u postgres --)
+    fi
+    "${as_user[@]}" pgbouncer "$work/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
+    pids+=($!)
+    sleep 1
+    targets+=("pgbouncer:$bouncer_port")
+fi
+
+declare -A tps lat
+tests=("select:-S" "select-prepared:-S -M prepared" "tpcb-like:" "select-connect:-S -C")
+for t in "${targets[@]}"; do
+    name=${t%%:*} port=${t##*:}
+    # Warm up (caches, connection pools) so the first measured run is not penalised.
+    pgbench -h 127.0.0.1 -p "$port" -c "$clients" -j 2 -T 5 -S >/dev/null 2>&1
+    for spec in "${tests[@]}"; do
+        test=${spec%%:*} flags=${spec#*:}
+        # shellcheck disable=SC2086
+        out=$(pgbench -h 127.0.0.1 -p "$port" -c "$clients" -j 2 -T "$seconds" $flags 2>&1) || {
+            echo "$out" >&2; echo "pgbench failed: $name $test" >&2; exit 1; }
+        tps[$name,$test]=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1 | xargs printf '%.0f')
+        lat[$name,$test]=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' | head -1)
+        echo "$name $test: ${tps[$name,$test]} tps, ${lat[$name,$test]} ms" >&2
+    done
+done
+
+rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo "?"; }
+proxy_pid=$(pgrep -f "pgwarden-proxy --config $work/demo/pgwarden.toml" | head -1 || true)
+bouncer_pid=$(pgrep -f "pgbouncer $work/bouncer/pgbouncer.ini" | head -1 || true)
+
+{
+    echo "## $(date -u +%Y-%m-%d) — $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/Mem:/ {print $2}') GiB"
+    echo
+    echo "PostgreSQL $(postgres_ver=$(psql -h 127.0.0.1 -p "$PG0_PORT" -Atc 'SHOW server_version'); echo "$postgres_ver"), pgbench scale $scale, $clients clients, -j 2, ${seconds}s per run, SCRAM-SHA-256 everywhere, pool size 20, session pooling, everything on one machine (pgbench, proxy and server share the cores)."
+    command -v pgbouncer >/dev/null && echo "PgBouncer: $(pgbouncer --version | head -1)."
+    echo
+    header="| test |" sep="|---|"
+    for t in "${targets[@]}"; do header+=" ${t%%:*} tps (latency ms) |"; sep+="---|"; done
+    echo "$header"; echo "$sep"
+    for spec in "${tests[@]}"; do
+        test=${spec%%:*}
+        row="| \`pgbench ${spec#*:}\` ($test) |"
+        for t in "${targets[@]}"; do n=${t%%:*}; row+=" ${tps[$n,$test]} (${lat[$n,$test]}) |"; done
+        echo "$row"
+    done
+    echo
+    echo "Peak RSS after all runs: pgwarden-proxy $(rss "$proxy_pid") kB${bouncer_pid:+, pgbouncer $(rss "$bouncer_pid") kB}."
+    echo
+} | tee "$work/section.md"
+
+if [ "$record" = 1 ]; then
+    [ -f bench/RESULTS.md ] || printf '# Benchmark results\n\nNewest first. Produced by `bench/run.sh --record`.\n\n' > bench/RESULTS.md
+    { head -4 bench/RESULTS.md; cat "$work/section.md"; tail -n +5 bench/RESULTS.md; } > "$work/results.md"
+    cp "$work/results.md" bench/RESULTS.md
+fi
