@@ -3,7 +3,12 @@
 //! client helpers. Build the binaries first (`cargo build --workspace --bins`;
 //! `scripts/test` does it).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -26,14 +31,26 @@ pub const MONITOR: (&str, &str) = ("pgwarden", "pgwarden-secret");
 /// A cluster with the test users: alice (SCRAM), bob (md5), carol (SCRAM),
 /// pgwarden (the checks' role), and a database `app` owned by alice.
 pub fn cluster(standbys: usize) -> Cluster {
-    let c = Cluster::builder().standbys(standbys).start().expect("start cluster");
-    c.create_user(ALICE.0, ALICE.1, PasswordKind::Scram).unwrap();
+    cluster_from(Cluster::builder().standbys(standbys))
+}
+
+/// [`cluster`], from a builder with extra settings.
+pub fn cluster_from(builder: pgwarden_testkit::ClusterBuilder) -> Cluster {
+    let c = builder.start().expect("start cluster");
+    c.create_user(ALICE.0, ALICE.1, PasswordKind::Scram)
+        .unwrap();
     c.create_user(BOB.0, BOB.1, PasswordKind::Md5).unwrap();
-    c.create_user(CAROL.0, CAROL.1, PasswordKind::Scram).unwrap();
-    c.create_user(MONITOR.0, MONITOR.1, PasswordKind::Scram).unwrap();
+    c.create_user(CAROL.0, CAROL.1, PasswordKind::Scram)
+        .unwrap();
+    c.create_user(MONITOR.0, MONITOR.1, PasswordKind::Scram)
+        .unwrap();
     c.primary().psql("CREATE DATABASE app OWNER alice").unwrap();
-    c.primary().psql("GRANT ALL ON DATABASE app TO bob, carol").unwrap();
-    c.primary().psql_db("app", "GRANT ALL ON SCHEMA public TO bob, carol").unwrap();
+    c.primary()
+        .psql("GRANT ALL ON DATABASE app TO bob, carol")
+        .unwrap();
+    c.primary()
+        .psql_db("app", "GRANT ALL ON SCHEMA public TO bob, carol")
+        .unwrap();
     c
 }
 
@@ -44,11 +61,17 @@ pub struct ProxyOptions {
     pub proxy: Vec<String>,
     /// Extra auth file lines.
     pub users: Vec<String>,
+    /// Which cluster nodes to list as `[[backends]]`, in this order (default: all, in order).
+    pub backends: Option<Vec<usize>>,
 }
 
 impl Default for ProxyOptions {
     fn default() -> Self {
-        ProxyOptions { proxy: vec!["pool_size = 4".into()], users: Vec::new() }
+        ProxyOptions {
+            proxy: vec!["pool_size = 4".into()],
+            users: Vec::new(),
+            backends: None,
+        }
     }
 }
 
@@ -56,6 +79,12 @@ impl ProxyOptions {
     /// Adds a `[proxy]` line.
     pub fn set(mut self, line: &str) -> Self {
         self.proxy.push(line.to_owned());
+        self
+    }
+
+    /// Adds an auth file line.
+    pub fn user(mut self, line: &str) -> Self {
+        self.users.push(line.to_owned());
         self
     }
 }
@@ -72,15 +101,24 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy in front of `cluster`, and waits until it accepts.
     pub fn start(cluster: &Cluster, opts: ProxyOptions) -> Proxy {
-        let dir = tempfile::Builder::new().prefix("pgwarden-proxy-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pgwarden-proxy-")
+            .tempdir()
+            .unwrap();
         let port = free_port();
         let scram = cluster
             .primary()
-            .psql(&format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{}'", ALICE.0))
+            .psql(&format!(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
+                ALICE.0
+            ))
             .unwrap();
         let bob_md5 = cluster
             .primary()
-            .psql(&format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{}'", BOB.0))
+            .psql(&format!(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
+                BOB.0
+            ))
             .unwrap();
         let auth = dir.path().join("users.txt");
         let mut lines = vec![
@@ -105,8 +143,17 @@ impl Proxy {
             "\n[health_check]\nuser = \"{}\"\npassword = \"{}\"\nperiod = \"500ms\"\n",
             MONITOR.0, MONITOR.1
         ));
-        for n in cluster.nodes() {
-            toml.push_str(&format!("\n[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\n", n.name(), n.host(), n.port()));
+        let order = opts
+            .backends
+            .clone()
+            .unwrap_or_else(|| (0..cluster.nodes().len()).collect());
+        for n in order.iter().map(|i| cluster.node(*i)) {
+            toml.push_str(&format!(
+                "\n[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\n",
+                n.name(),
+                n.host(),
+                n.port()
+            ));
         }
         let config = dir.path().join("pgwarden.toml");
         std::fs::write(&config, toml).unwrap();
@@ -120,7 +167,13 @@ impl Proxy {
                 .stderr(std::fs::File::create(&log).unwrap()),
         )
         .unwrap();
-        let mut p = Proxy { child, port, dir, config, log };
+        let mut p = Proxy {
+            child,
+            port,
+            dir,
+            config,
+            log,
+        };
         let accepting = wait_until(Duration::from_secs(20), "pgwarden-proxy to accept", || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
@@ -143,17 +196,27 @@ impl Proxy {
 
     /// A libpq-style conninfo through the proxy.
     pub fn conninfo(&self, user: &str, password: &str, db: &str) -> String {
-        format!("host=127.0.0.1 port={} user={user} password={password} dbname={db}", self.port)
+        format!(
+            "host=127.0.0.1 port={} user={user} password={password} dbname={db}",
+            self.port
+        )
     }
 
     /// Connects with tokio-postgres through the proxy.
-    pub async fn connect(&self, user: &str, password: &str, db: &str) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    pub async fn connect(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         connect(&self.conninfo(user, password, db)).await
     }
 
     /// Connects as alice to `app`.
     pub async fn alice(&self) -> tokio_postgres::Client {
-        self.connect(ALICE.0, ALICE.1, "app").await.expect("alice connects through the proxy")
+        self.connect(ALICE.0, ALICE.1, "app")
+            .await
+            .expect("alice connects through the proxy")
     }
 }
 
@@ -172,15 +235,40 @@ pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
 }
 
 /// Runs `psql` through the proxy; returns (success, stdout, stderr).
-pub fn psql(proxy: &Proxy, user: &str, password: &str, db: &str, sql: &str) -> (bool, String, String) {
+pub fn psql(
+    proxy: &Proxy,
+    user: &str,
+    password: &str,
+    db: &str,
+    sql: &str,
+) -> (bool, String, String) {
     let out = Command::new("psql")
-        .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &proxy.port.to_string(), "-U", user, "-d", db, "-c", sql])
+        .args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.port.to_string(),
+            "-U",
+            user,
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Writes raw bytes to the proxy and returns everything it answers until it

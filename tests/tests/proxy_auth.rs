@@ -1,9 +1,17 @@
 //! Client authentication: SCRAM and md5 users, plain-text secrets, wrong
 //! passwords and unknown users (28P01, revealing nothing).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::time::Duration;
 
 use pgwarden_e2e::*;
+use pgwarden_testkit::PasswordKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_md5_and_plain_users_log_in_and_wrong_passwords_get_28p01() {
@@ -13,22 +21,49 @@ async fn scram_md5_and_plain_users_log_in_and_wrong_passwords_get_28p01() {
     // alice: SCRAM verifier in the auth file; the proxy logs in to the server
     // with the ClientKey recovered from her proof.
     let c = proxy.connect(ALICE.0, ALICE.1, "app").await.unwrap();
-    let u: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    let u: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(u, "alice");
     // bob: md5 secret, md5 both ways.
     let c = proxy.connect(BOB.0, BOB.1, "app").await.unwrap();
-    let u: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    let u: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(u, "bob");
     // carol: plain text in the auth file, SCRAM to the proxy and to the server.
     let c = proxy.connect(CAROL.0, CAROL.1, "app").await.unwrap();
-    let u: String = c.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    let u: String = c
+        .query_one("SELECT current_user::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(u, "carol");
 
-    for (user, pw) in [(ALICE.0, "wrong"), (BOB.0, "wrong"), (CAROL.0, ""), ("mallory", "whatever")] {
-        let err = proxy.connect(user, pw, "app").await.err().unwrap_or_else(|| panic!("{user} got in"));
+    for (user, pw) in [
+        (ALICE.0, "wrong"),
+        (BOB.0, "wrong"),
+        (CAROL.0, ""),
+        ("mallory", "whatever"),
+    ] {
+        let err = proxy
+            .connect(user, pw, "app")
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{user} got in"));
         assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{user}: {err}");
-        let text = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
-        assert_eq!(text, format!("password authentication failed for user \"{user}\""));
+        let text = err
+            .as_db_error()
+            .map(|e| e.message().to_owned())
+            .unwrap_or_default();
+        assert_eq!(
+            text,
+            format!("password authentication failed for user \"{user}\"")
+        );
     }
     // Nothing secret reached the log.
     let log = proxy.log();
@@ -64,11 +99,58 @@ fn refuses_to_start_with_a_world_readable_auth_file() {
     let out = std::process::Command::new(pgwarden_testkit::workspace_bin("pgwarden-proxy"))
         .arg("--config")
         .arg(&proxy.config)
-        .env("PGWARDEN_PROXY__LISTEN", format!("127.0.0.1:{}", pgwarden_testkit::free_port()))
+        .env(
+            "PGWARDEN_PROXY__LISTEN",
+            format!("127.0.0.1:{}", pgwarden_testkit::free_port()),
+        )
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("proxy.auth_file"), "{err}");
     assert!(err.contains("readable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_auth_file() {
+    let cluster = cluster(0);
+    cluster
+        .create_user("frank", "frank-secret", PasswordKind::Md5)
+        .unwrap();
+    let mut proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let err = proxy
+        .connect("frank", "frank-secret", "postgres")
+        .await
+        .expect_err("not in the auth file yet");
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+    let auth = proxy.dir.path().join("users.txt");
+    let mut text = std::fs::read_to_string(&auth).unwrap();
+    text.push_str("\"frank\" \"frank-secret\"\n");
+    std::fs::write(&auth, text).unwrap();
+    proxy
+        .child()
+        .signal(nix::sys::signal::Signal::SIGHUP)
+        .unwrap();
+    pgwarden_testkit::wait_until(Duration::from_secs(10), "the reload", || {
+        proxy.log().contains("auth file reloaded")
+    })
+    .unwrap();
+    proxy
+        .connect("frank", "frank-secret", "postgres")
+        .await
+        .unwrap();
+    // A broken file is refused and the old one stays in force.
+    std::fs::write(&auth, "\"frank\" unterminated\n").unwrap();
+    proxy
+        .child()
+        .signal(nix::sys::signal::Signal::SIGHUP)
+        .unwrap();
+    pgwarden_testkit::wait_until(Duration::from_secs(10), "the refusal", || {
+        proxy.log().contains("auth file not reloaded")
+    })
+    .unwrap();
+    proxy
+        .connect("frank", "frank-secret", "postgres")
+        .await
+        .unwrap();
 }

@@ -1,7 +1,12 @@
 //! The connection cache: reuse bounded by pool_size, and no session state
 //! leaking from one client to the next.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::time::Duration;
 
@@ -10,11 +15,24 @@ use pgwarden_e2e::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connections_reuse_at_most_pool_size_server_connections() {
     let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions { proxy: vec!["pool_size = 3".into()], users: vec![] });
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions {
+            proxy: vec!["pool_size = 3".into()],
+            ..Default::default()
+        },
+    );
     let mut pids = std::collections::HashSet::new();
     for i in 0..1000 {
-        let c = proxy.connect(BOB.0, BOB.1, "app").await.unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+        let c = proxy
+            .connect(BOB.0, BOB.1, "app")
+            .await
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        let pid: i32 = c
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
         pids.insert(pid);
         drop(c);
         if i % 250 == 0 {
@@ -25,7 +43,11 @@ async fn a_thousand_connections_reuse_at_most_pool_size_server_connections() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let open = server_sessions(&cluster, BOB.0);
     assert!((1..=3).contains(&open), "{open} server sessions for bob");
-    assert!(pids.len() <= 3, "1000 clients used {} server processes", pids.len());
+    assert!(
+        pids.len() <= 3,
+        "1000 clients used {} server processes",
+        pids.len()
+    );
 
     // Concurrent clients beyond pool_size wait for a connection, then get one.
     let mut tasks = Vec::new();
@@ -46,10 +68,20 @@ async fn a_thousand_connections_reuse_at_most_pool_size_server_connections() {
 async fn session_state_never_leaks_to_the_next_client() {
     let cluster = cluster(0);
     // One server connection: every client gets the same one.
-    let proxy = Proxy::start(&cluster, ProxyOptions { proxy: vec!["pool_size = 1".into()], users: vec![] });
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions {
+            proxy: vec!["pool_size = 1".into()],
+            ..Default::default()
+        },
+    );
 
     let first = proxy.alice().await;
-    let pid: i32 = first.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid: i32 = first
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     first
         .batch_execute(
             "SET search_path = pg_catalog; SET application_name = 'leaky'; SET statement_timeout = '7s';
@@ -63,7 +95,11 @@ async fn session_state_never_leaks_to_the_next_client() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let next = proxy.alice().await;
-    let pid2: i32 = next.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid2: i32 = next
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(pid, pid2, "the cached connection was reused");
     let row = next
         .query_one(
@@ -84,23 +120,43 @@ async fn session_state_never_leaks_to_the_next_client() {
     assert_eq!(row.get::<_, i64>(4), 0, "advisory lock leaked");
     assert_eq!(row.get::<_, i64>(5), 0, "LISTEN leaked");
     let err = next.batch_execute("EXECUTE leaked").await.unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("26000"), "SQL prepared statement leaked");
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some("26000"),
+        "SQL prepared statement leaked"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_transaction_is_rolled_back_before_reuse() {
     let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions { proxy: vec!["pool_size = 1".into()], users: vec![] });
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions {
+            proxy: vec!["pool_size = 1".into()],
+            ..Default::default()
+        },
+    );
     let c = proxy.alice().await;
     c.batch_execute("CREATE TABLE r (x int)").await.unwrap();
-    c.batch_execute("BEGIN; INSERT INTO r VALUES (1);").await.unwrap();
+    c.batch_execute("BEGIN; INSERT INTO r VALUES (1);")
+        .await
+        .unwrap();
     drop(c); // leaves mid-transaction
     tokio::time::sleep(Duration::from_millis(200)).await;
     let c = proxy.alice().await;
-    let n: i64 = c.query_one("SELECT count(*) FROM r", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM r", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 0, "the abandoned transaction was rolled back");
     // Had the old transaction survived, its INSERT would have assigned an xid.
-    let fresh: bool = c.query_one("SELECT pg_current_xact_id_if_assigned() IS NULL", &[]).await.unwrap().get(0);
+    let fresh: bool = c
+        .query_one("SELECT pg_current_xact_id_if_assigned() IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert!(fresh, "the new session is not inside the old transaction");
 }
 
@@ -109,13 +165,22 @@ async fn a_full_pool_makes_clients_wait_then_fail_clearly() {
     let cluster = cluster(0);
     let proxy = Proxy::start(
         &cluster,
-        ProxyOptions { proxy: vec!["pool_size = 1".into(), "pool_timeout = \"1s\"".into()], users: vec![] },
+        ProxyOptions {
+            proxy: vec!["pool_size = 1".into(), "pool_timeout = \"1s\"".into()],
+            ..Default::default()
+        },
     );
     let holder = proxy.alice().await;
     holder.batch_execute("SELECT 1").await.unwrap();
-    let err = proxy.connect(ALICE.0, ALICE.1, "app").await.expect_err("no connection while the pool is full");
+    let err = proxy
+        .connect(ALICE.0, ALICE.1, "app")
+        .await
+        .expect_err("no connection while the pool is full");
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
-    let msg = err.as_db_error().map(|e| e.message().to_owned()).unwrap_or_default();
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
     assert!(msg.contains("pool_size 1"), "{msg}");
     drop(holder);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -125,14 +190,31 @@ async fn a_full_pool_makes_clients_wait_then_fail_clearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_connection_killed_while_cached_is_not_handed_out() {
     let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions { proxy: vec!["pool_size = 2".into()], users: vec![] });
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions {
+            proxy: vec!["pool_size = 2".into()],
+            ..Default::default()
+        },
+    );
     let c = proxy.alice().await;
-    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     drop(c);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    cluster.primary().psql(&format!("SELECT pg_terminate_backend({pid})")).unwrap();
+    cluster
+        .primary()
+        .psql(&format!("SELECT pg_terminate_backend({pid})"))
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let c = proxy.alice().await;
-    let pid2: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let pid2: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_ne!(pid, pid2);
 }

@@ -2,7 +2,12 @@
 //! COPY both ways, LISTEN/NOTIFY, a large row, errors inside transactions,
 //! cancel, and psql itself.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +22,10 @@ async fn simple_extended_copy_notify_big_rows_and_errors() {
     let c = proxy.alice().await;
 
     // Simple protocol, several statements in one Query.
-    let rows = c.simple_query("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT 41 + 1").await.unwrap();
+    let rows = c
+        .simple_query("CREATE TABLE t (id int PRIMARY KEY, v text); SELECT 41 + 1")
+        .await
+        .unwrap();
     let got: Vec<_> = rows
         .iter()
         .filter_map(|m| match m {
@@ -42,29 +50,52 @@ async fn simple_extended_copy_notify_big_rows_and_errors() {
     let data: String = (100..1100).map(|i| format!("{i}\tcopied {i}\n")).collect();
     sink.send(Bytes::from(data)).await.unwrap();
     assert_eq!(sink.finish().await.unwrap(), 1000);
-    let n: i64 = c.query_one("SELECT count(*) FROM t", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1050);
 
     // COPY TO STDOUT.
-    let out = c.copy_out("COPY (SELECT id FROM t ORDER BY id) TO STDOUT").await.unwrap();
+    let out = c
+        .copy_out("COPY (SELECT id FROM t ORDER BY id) TO STDOUT")
+        .await
+        .unwrap();
     let chunks: Vec<Bytes> = out.try_collect().await.unwrap();
-    let text: String = chunks.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+    let text: String = chunks
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .collect();
     assert_eq!(text.lines().count(), 1050);
     assert!(text.starts_with("0\n1\n"));
 
     // A 5 MB value both ways.
     let big = "x".repeat(5 * 1024 * 1024);
-    c.execute("INSERT INTO t VALUES (-1, $1)", &[&big]).await.unwrap();
-    let back: String = c.query_one("SELECT v FROM t WHERE id = -1", &[]).await.unwrap().get(0);
+    c.execute("INSERT INTO t VALUES (-1, $1)", &[&big])
+        .await
+        .unwrap();
+    let back: String = c
+        .query_one("SELECT v FROM t WHERE id = -1", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(back.len(), big.len());
     assert!(back == big);
 
     // An error inside a transaction, then recovery.
     c.batch_execute("BEGIN").await.unwrap();
-    let err = c.execute("INSERT INTO t VALUES (1, 'dup')", &[]).await.unwrap_err();
+    let err = c
+        .execute("INSERT INTO t VALUES (1, 'dup')", &[])
+        .await
+        .unwrap_err();
     assert_eq!(sqlstate(&err).as_deref(), Some("23505"));
     let err = c.query_one("SELECT 1", &[]).await.unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("25P02"), "in a failed transaction");
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some("25P02"),
+        "in a failed transaction"
+    );
     c.batch_execute("ROLLBACK").await.unwrap();
     let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
@@ -74,8 +105,12 @@ async fn simple_extended_copy_notify_big_rows_and_errors() {
 async fn listen_notify_crosses_the_proxy() {
     let cluster = cluster(0);
     let proxy = Proxy::start(&cluster, ProxyOptions::default());
-    let (listener, mut conn) =
-        tokio_postgres::connect(&proxy.conninfo(ALICE.0, ALICE.1, "app"), tokio_postgres::NoTls).await.unwrap();
+    let (listener, mut conn) = tokio_postgres::connect(
+        &proxy.conninfo(ALICE.0, ALICE.1, "app"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
         let mut stream = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
@@ -88,7 +123,9 @@ async fn listen_notify_crosses_the_proxy() {
     listener.batch_execute("LISTEN jobs").await.unwrap();
     let other = proxy.connect(BOB.0, BOB.1, "app").await.unwrap();
     other.batch_execute("NOTIFY jobs, 'hello'").await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.expect("notification arrives");
+    let got = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("notification arrives");
     assert_eq!(got, Some(("jobs".to_string(), "hello".to_string())));
 }
 
@@ -104,7 +141,11 @@ async fn cancel_request_stops_a_sleeping_query() {
         token.cancel_query(tokio_postgres::NoTls).await
     });
     let err = c.query("SELECT pg_sleep(60)", &[]).await.unwrap_err();
-    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "query_canceled: {err}");
+    assert_eq!(
+        sqlstate(&err).as_deref(),
+        Some("57014"),
+        "query_canceled: {err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
     canceller.await.unwrap().unwrap();
     // The session is still usable.
@@ -116,7 +157,13 @@ async fn cancel_request_stops_a_sleeping_query() {
 fn psql_works_through_the_proxy() {
     let cluster = cluster(0);
     let proxy = Proxy::start(&cluster, ProxyOptions::default());
-    let (ok, out, err) = psql(&proxy, ALICE.0, ALICE.1, "app", "SELECT current_user, current_database()");
+    let (ok, out, err) = psql(
+        &proxy,
+        ALICE.0,
+        ALICE.1,
+        "app",
+        "SELECT current_user, current_database()",
+    );
     assert!(ok, "psql failed: {err}");
     assert_eq!(out, "alice|app");
     // An unknown database: the server's own error comes through.

@@ -1,7 +1,12 @@
 //! Bad input and limits: garbage, protocol violations, oversize messages,
 //! too many clients. Each gets a clear error; nothing else is disturbed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -40,7 +45,10 @@ fn raw_login(port: u16) -> TcpStream {
 
 fn md5_hex(data: &[u8]) -> String {
     use md5::Digest;
-    md5::Md5::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,7 +56,10 @@ async fn garbage_gets_an_error_and_the_next_client_still_works() {
     let cluster = cluster(0);
     let proxy = Proxy::start(&cluster, ProxyOptions::default());
     let bystander = proxy.alice().await;
-    bystander.batch_execute("CREATE TABLE ok (x int)").await.unwrap();
+    bystander
+        .batch_execute("CREATE TABLE ok (x int)")
+        .await
+        .unwrap();
 
     // A random byte stream instead of a startup packet.
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -63,7 +74,10 @@ async fn garbage_gets_an_error_and_the_next_client_still_works() {
             .collect();
         let answer = raw_exchange(proxy.port, &garbage);
         if let Some(code) = error_code(&answer) {
-            assert!(["08P01", "0A000", "54000"].contains(&code.as_str()), "round {round}: {code}");
+            assert!(
+                ["08P01", "0A000", "54000"].contains(&code.as_str()),
+                "round {round}: {code}"
+            );
         }
     }
     // A valid startup, then garbage: 08P01 and only that connection closes.
@@ -71,19 +85,34 @@ async fn garbage_gets_an_error_and_the_next_client_still_works() {
     s.write_all(b"\x01\x02\x03garbage-after-login").unwrap();
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
-    assert_eq!(error_code(&answer).as_deref(), Some("08P01"), "{:?}", messages(&answer));
+    assert_eq!(
+        error_code(&answer).as_deref(),
+        Some("08P01"),
+        "{:?}",
+        messages(&answer)
+    );
 
     // The bystander's session and new clients are unaffected.
-    bystander.batch_execute("INSERT INTO ok VALUES (1)").await.unwrap();
+    bystander
+        .batch_execute("INSERT INTO ok VALUES (1)")
+        .await
+        .unwrap();
     let c = proxy.alice().await;
-    let n: i64 = c.query_one("SELECT count(*) FROM ok", &[]).await.unwrap().get(0);
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM ok", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_messages_are_refused() {
     let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("max_message_bytes = 1048576"));
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().set("max_message_bytes = 1048576"),
+    );
     // An oversize startup packet.
     let answer = raw_exchange(proxy.port, &[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0]);
     assert_eq!(error_code(&answer).as_deref(), Some("54000"));
@@ -95,23 +124,38 @@ async fn oversize_messages_are_refused() {
     s.write_all(&q).unwrap();
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
-    assert_eq!(error_code(&answer).as_deref(), Some("54000"), "{:?}", messages(&answer));
+    assert_eq!(
+        error_code(&answer).as_deref(),
+        Some("54000"),
+        "{:?}",
+        messages(&answer)
+    );
     // A query under the limit is fine.
     let c = proxy.alice().await;
     let big = "y".repeat(900 * 1024);
-    let n: i32 = c.query_one("SELECT length($1::text)", &[&big]).await.unwrap().get(0);
+    let n: i32 = c
+        .query_one("SELECT length($1::text)", &[&big])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(n, 900 * 1024);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_beyond_max_client_connections_gets_53300() {
     let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("max_client_connections = 3"));
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().set("max_client_connections = 3"),
+    );
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(proxy.alice().await);
     }
-    let err = proxy.connect(ALICE.0, ALICE.1, "app").await.expect_err("the fourth client is refused");
+    let err = proxy
+        .connect(ALICE.0, ALICE.1, "app")
+        .await
+        .expect_err("the fourth client is refused");
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
     // Cancel requests still get through at the limit: they are not sessions.
     let token = held[0].cancel_token();

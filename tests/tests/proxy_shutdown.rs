@@ -1,7 +1,12 @@
 //! SIGTERM: stop accepting, let sessions finish up to shutdown_timeout,
 //! then close the rest with 57P01 and exit.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +16,10 @@ use pgwarden_e2e::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_sessions_then_closes_them() {
     let cluster = cluster(0);
-    let mut proxy = Proxy::start(&cluster, ProxyOptions::default().set("shutdown_timeout = \"3s\""));
+    let mut proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().set("shutdown_timeout = \"3s\""),
+    );
     let c = proxy.alice().await;
     c.batch_execute("SELECT 1").await.unwrap();
 
@@ -20,24 +28,36 @@ async fn sigterm_drains_sessions_then_closes_them() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // New clients are refused: the listener is closed.
-    assert!(std::net::TcpStream::connect(("127.0.0.1", proxy.port)).is_err(), "still accepting after SIGTERM");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", proxy.port)).is_err(),
+        "still accepting after SIGTERM"
+    );
     // The open session keeps working during the grace period.
     let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
 
     // After the grace period it is closed with 57P01 and the process exits.
-    let status = proxy.child().wait_timeout(Duration::from_secs(15)).expect("proxy exits");
+    let status = proxy
+        .child()
+        .wait_timeout(Duration::from_secs(15))
+        .expect("proxy exits");
     assert!(status.success(), "{status:?}");
     assert!(signalled.elapsed() >= Duration::from_secs(3));
     let err = c.query_one("SELECT 1", &[]).await.unwrap_err();
-    assert!(err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"), "{err}");
+    assert!(
+        err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
+        "{err}"
+    );
     assert!(proxy.log().contains("shutdown timeout reached"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_no_sessions_exits_at_once() {
     let cluster = cluster(0);
-    let mut proxy = Proxy::start(&cluster, ProxyOptions::default().set("shutdown_timeout = \"30s\""));
+    let mut proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().set("shutdown_timeout = \"30s\""),
+    );
     {
         let c = proxy.alice().await;
         c.batch_execute("SELECT 1").await.unwrap();
@@ -45,7 +65,14 @@ async fn sigterm_with_no_sessions_exits_at_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();
     proxy.child().signal(Signal::SIGTERM).unwrap();
-    let status = proxy.child().wait_timeout(Duration::from_secs(10)).expect("proxy exits");
+    let status = proxy
+        .child()
+        .wait_timeout(Duration::from_secs(10))
+        .expect("proxy exits");
     assert!(status.success());
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
 }

@@ -62,22 +62,34 @@ fn run(args: Args) -> anyhow::Result<()> {
 
     let proxy_bin = workspace_bin("pgwarden-proxy");
     if args.dir.exists() {
-        std::fs::remove_dir_all(&args.dir).with_context(|| format!("remove old {}", args.dir.display()))?;
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("remove old {}", args.dir.display()))?;
     }
     std::fs::create_dir_all(&args.dir)?;
     std::fs::set_permissions(&args.dir, std::fs::Permissions::from_mode(0o755))?;
     let pg_dir = args.dir.join("postgres");
 
-    eprintln!("pgwarden-demo: starting PostgreSQL (1 primary, {} standbys)...", args.standbys);
-    let cluster = Cluster::builder().standbys(args.standbys).base_dir(pg_dir).start()?;
+    eprintln!(
+        "pgwarden-demo: starting PostgreSQL (1 primary, {} standbys)...",
+        args.standbys
+    );
+    let cluster = Cluster::builder()
+        .standbys(args.standbys)
+        .base_dir(pg_dir)
+        .start()?;
     cluster.create_user(&args.user, &args.password, PasswordKind::Scram)?;
     cluster.create_user("pgwarden", "pgwarden", PasswordKind::Scram)?;
-    cluster.primary().psql(&format!("CREATE DATABASE {} OWNER {}", quote_ident(&args.user), quote_ident(&args.user)))?;
+    cluster.primary().psql(&format!(
+        "CREATE DATABASE {} OWNER {}",
+        quote_ident(&args.user),
+        quote_ident(&args.user)
+    ))?;
 
     let auth_file = args.dir.join("users.txt");
-    let verifier = cluster
-        .primary()
-        .psql(&format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{}'", args.user.replace('\'', "''")))?;
+    let verifier = cluster.primary().psql(&format!(
+        "SELECT rolpassword FROM pg_authid WHERE rolname = '{}'",
+        args.user.replace('\'', "''")
+    ))?;
     std::fs::write(&auth_file, format!("\"{}\" \"{}\"\n", args.user, verifier))?;
     std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600))?;
 
@@ -87,9 +99,20 @@ fn run(args: Args) -> anyhow::Result<()> {
     // --set section.key=value becomes the daemons' env override PGWARDEN_SECTION__KEY.
     let mut overrides = Vec::new();
     for s in &args.set {
-        let (key, value) = s.split_once('=').with_context(|| format!("--set {s}: expected section.key=value"))?;
-        let (section, name) = key.split_once('.').with_context(|| format!("--set {s}: expected section.key=value"))?;
-        overrides.push((format!("PGWARDEN_{}__{}", section.to_uppercase(), name.to_uppercase()), value.to_owned()));
+        let (key, value) = s
+            .split_once('=')
+            .with_context(|| format!("--set {s}: expected section.key=value"))?;
+        let (section, name) = key
+            .split_once('.')
+            .with_context(|| format!("--set {s}: expected section.key=value"))?;
+        overrides.push((
+            format!(
+                "PGWARDEN_{}__{}",
+                section.to_uppercase(),
+                name.to_uppercase()
+            ),
+            value.to_owned(),
+        ));
     }
 
     let proxy_log = args.dir.join("proxy.log");
@@ -102,9 +125,11 @@ fn run(args: Args) -> anyhow::Result<()> {
             .stderr(std::fs::File::create(&proxy_log)?),
     )
     .with_context(|| format!("start {}", proxy_bin.display()))?;
-    let up = wait_until(Duration::from_secs(20), "pgwarden-proxy to accept connections", || {
-        std::net::TcpStream::connect(("127.0.0.1", args.port)).is_ok()
-    });
+    let up = wait_until(
+        Duration::from_secs(20),
+        "pgwarden-proxy to accept connections",
+        || std::net::TcpStream::connect(("127.0.0.1", args.port)).is_ok(),
+    );
     if up.is_err() {
         let exited = proxy.try_wait().ok().flatten();
         anyhow::bail!(
@@ -128,7 +153,10 @@ fn run(args: Args) -> anyhow::Result<()> {
         proxy.kill9()?;
     }
     drop(cluster);
-    eprintln!("pgwarden-demo: stopped; logs and data are in {}", args.dir.display());
+    eprintln!(
+        "pgwarden-demo: stopped; logs and data are in {}",
+        args.dir.display()
+    );
     Ok(())
 }
 
@@ -140,10 +168,24 @@ fn quote_ident(s: &str) -> String {
 fn node_config(args: &Args, cluster: &Cluster, auth_file: &Path) -> anyhow::Result<String> {
     let dir = args.dir.display();
     let mut t = String::new();
-    writeln!(t, "# Written by pgwarden-demo. See deploy/pgwarden.example.toml for every key.")?;
-    writeln!(t, "[node]\nname = \"demo\"\nruntime_dir = \"{dir}/run\"\nstate_dir = \"{dir}/state\"\n")?;
-    writeln!(t, "[proxy]\nlisten = \"127.0.0.1:{}\"\nauth_file = \"{}\"\n", args.port, auth_file.display())?;
-    writeln!(t, "[health_check]\nuser = \"pgwarden\"\npassword = \"pgwarden\"\n")?;
+    writeln!(
+        t,
+        "# Written by pgwarden-demo. See deploy/pgwarden.example.toml for every key."
+    )?;
+    writeln!(
+        t,
+        "[node]\nname = \"demo\"\nruntime_dir = \"{dir}/run\"\nstate_dir = \"{dir}/state\"\n"
+    )?;
+    writeln!(
+        t,
+        "[proxy]\nlisten = \"127.0.0.1:{}\"\nauth_file = \"{}\"\n",
+        args.port,
+        auth_file.display()
+    )?;
+    writeln!(
+        t,
+        "[health_check]\nuser = \"pgwarden\"\npassword = \"pgwarden\"\n"
+    )?;
     for n in cluster.nodes() {
         writeln!(
             t,
@@ -182,8 +224,16 @@ fn print_welcome(args: &Args, cluster: &Cluster, config: &Path) {
     println!("  proxy    pgwarden-proxy on 127.0.0.1:{}", args.port);
     println!();
     println!("Connect through the proxy:");
-    println!("  psql \"host=127.0.0.1 port={} user={} password={} dbname={}\"", args.port, args.user, args.password, args.user);
+    println!(
+        "  psql \"host=127.0.0.1 port={} user={} password={} dbname={}\"",
+        args.port, args.user, args.password, args.user
+    );
     println!();
-    println!("Config: {}   Logs: {}/*.log   Server logs: {}/postgres/pg*/log", config.display(), args.dir.display(), args.dir.display());
+    println!(
+        "Config: {}   Logs: {}/*.log   Server logs: {}/postgres/pg*/log",
+        config.display(),
+        args.dir.display(),
+        args.dir.display()
+    );
     println!("Press Ctrl-C to stop everything.");
 }

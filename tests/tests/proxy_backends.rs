@@ -1,0 +1,147 @@
+//! The proxy's side of the servers: routing to the primary, server-side
+//! authentication methods, and the cache's idle timeout and lifetime.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::time::Duration;
+
+use pgwarden_e2e::*;
+use pgwarden_testkit::{Cluster, PasswordKind};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_to_the_primary_wherever_it_is_listed() {
+    let cluster = cluster(1);
+    // The standby first: the proxy must still pick the primary.
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions {
+            backends: Some(vec![1, 0]),
+            ..Default::default()
+        },
+    );
+    let c = proxy.alice().await;
+    let (recovery, port): (bool, i32) = {
+        let r = c
+            .query_one("SELECT pg_is_in_recovery(), inet_server_port()", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(!recovery);
+    assert_eq!(port, i32::from(cluster.primary().port()));
+    c.batch_execute("CREATE TABLE w (x int); INSERT INTO w VALUES (1)")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_primary_means_57p03_not_a_standby() {
+    let cluster = cluster(1);
+    // Only the standby is listed: nothing may be routed to it.
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions {
+            backends: Some(vec![1]),
+            ..Default::default()
+        }
+        .set("server_connect_timeout = \"2s\""),
+    );
+    let err = proxy
+        .connect(ALICE.0, ALICE.1, "app")
+        .await
+        .expect_err("no primary");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57P03"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_in_to_servers_with_cleartext_password_and_trust() {
+    let cluster = cluster_from(
+        Cluster::builder()
+            .hba("host all dave 127.0.0.1/32 password")
+            .hba("host all erin 127.0.0.1/32 trust"),
+    );
+    cluster
+        .create_user("dave", "dave-secret", PasswordKind::Scram)
+        .unwrap();
+    cluster
+        .create_user("erin", "erin-secret", PasswordKind::Scram)
+        .unwrap();
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default()
+            .user("\"dave\" \"dave-secret\"")
+            .user("\"erin\" \"erin-secret\""),
+    );
+    for user in ["dave", "erin"] {
+        let c = proxy
+            .connect(user, &format!("{user}-secret"), "postgres")
+            .await
+            .unwrap();
+        let u: String = c
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(u, user);
+    }
+    // The proxy still checks the password itself, whatever the server does.
+    let err = proxy
+        .connect("erin", "wrong", "postgres")
+        .await
+        .expect_err("wrong password");
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_cached_connections_expire() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().set("server_idle_timeout = \"1s\""),
+    );
+    let c = proxy.alice().await;
+    c.batch_execute("SELECT 1").await.unwrap();
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server_sessions(&cluster, ALICE.0),
+        1,
+        "cached after the client left"
+    );
+    let gone = pgwarden_testkit::wait_until(
+        Duration::from_secs(10),
+        "the idle connection to close",
+        || server_sessions(&cluster, ALICE.0) == 0,
+    );
+    assert!(gone.is_ok(), "still open after server_idle_timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_their_lifetime_are_not_cached() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().set("server_lifetime = \"1s\""),
+    );
+    let c = proxy.alice().await;
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    drop(c);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = proxy.alice().await;
+    let pid2: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(pid, pid2, "an expired connection was reused");
+}
