@@ -1,0 +1,397 @@
+//! `failover.mode = "builtin"`: promotion and repointing over SQL.
+//!
+//! [`promote`] runs `pg_promote()` on the chosen standby; [`follow`]
+//! repoints another standby at it: its replication slot is created on the
+//! new primary (slots are not replicated), its `primary_conninfo` rewritten
+//! with `ALTER SYSTEM` and reloaded, and the action waits until the standby
+//! streams from the new primary. Both need a superuser, or a role with the
+//! grants listed on [`SqlLogin`].
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_postgres::types::PgLsn;
+
+use super::conninfo;
+use super::sql::{self, Session, limit};
+use super::{ActionError, Promoted, SqlLogin, Target};
+
+/// How often [`follow`] looks at the standby's WAL receiver.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Promotes `target` with `pg_promote(wait => true, wait_seconds => ...)`,
+/// checks it left recovery, and returns its new timeline and WAL position.
+///
+/// `timeout` bounds the promotion once logged in (`login.connect_timeout`
+/// bounds the login). Promoting a backend that is already a primary is not
+/// an error: it changes nothing and returns that primary's timeline and
+/// position, so a promotion interrupted after `pg_promote()` can simply be
+/// retried.
+///
+/// # Errors
+/// [`ActionError::Connect`] when `target` cannot be reached,
+/// [`ActionError::StillInRecovery`] when it did not finish promoting within
+/// `timeout`, [`ActionError::Sql`] / [`ActionError::Timeout`] when a
+/// statement fails or hangs.
+pub async fn promote(
+    target: &Target,
+    login: &SqlLogin,
+    timeout: Duration,
+) -> Result<Promoted, ActionError> {
+    let session = sql::connect(target, login).await?;
+    let deadline = Instant::now() + timeout;
+    if session.in_recovery(limit(deadline)).await? {
+        tracing::info!(backend = %session.label(), "promoting: pg_promote()");
+        const WHAT: &str = "pg_promote()";
+        // The server gives up waiting a second before we give up on it, so
+        // its answer (false) arrives before our own timeout.
+        let wait_seconds = i32::try_from(timeout.as_secs().saturating_sub(1))
+            .unwrap_or(i32::MAX)
+            .max(1);
+        let row = session
+            .query_one(
+                WHAT,
+                "SELECT pg_promote(wait => true, wait_seconds => $1)",
+                &[&wait_seconds],
+                limit(deadline),
+            )
+            .await;
+        match row {
+            Ok(row) => {
+                let done: bool = session.column(WHAT, &row, 0)?;
+                if !done && session.in_recovery(limit(deadline)).await? {
+                    return Err(ActionError::StillInRecovery {
+                        target: session.label().to_owned(),
+                    });
+                }
+            }
+            // "recovery is not in progress": someone promoted it since we
+            // looked. Anything else stands, unless it left recovery anyway.
+            Err(e @ ActionError::Sql { .. }) => {
+                if session.in_recovery(limit(deadline)).await? {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    } else {
+        tracing::info!(
+            backend = %session.label(),
+            "not promoting: already a primary (not in recovery)"
+        );
+    }
+    if session.in_recovery(limit(deadline)).await? {
+        return Err(ActionError::StillInRecovery {
+            target: session.label().to_owned(),
+        });
+    }
+    let promoted = position(&session, deadline).await?;
+    tracing::info!(
+        backend = %session.label(),
+        timeline = promoted.timeline,
+        lsn = %PgLsn::from(promoted.lsn),
+        "primary"
+    );
+    Ok(promoted)
+}
+
+/// The current timeline and WAL insert position of a primary.
+async fn position(session: &Session, deadline: Instant) -> Result<Promoted, ActionError> {
+    const WHAT: &str = "read the current timeline and WAL position";
+    let row = session
+        .query_one(
+            WHAT,
+            "SELECT pg_current_wal_lsn(), \
+                    substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
+            &[],
+            limit(deadline),
+        )
+        .await?;
+    let lsn: PgLsn = session.column(WHAT, &row, 0)?;
+    let timeline_hex: String = session.column(WHAT, &row, 1)?;
+    let timeline = u32::from_str_radix(&timeline_hex, 16).map_err(|_| ActionError::Sql {
+        target: session.label().to_owned(),
+        message: format!("{WHAT}: unexpected timeline {timeline_hex:?} in the WAL file name"),
+    })?;
+    Ok(Promoted {
+        timeline,
+        lsn: lsn.into(),
+    })
+}
+
+/// Repoints `standby` at `new_primary` and waits until it streams from it.
+///
+/// 1. Checks `standby` is in recovery, and reads its `primary_slot_name`
+///    and `primary_conninfo`.
+/// 2. On `new_primary`: reads its timeline, and creates that physical slot
+///    unless it exists (`pg_create_physical_replication_slot(name, true)`):
+///    slots are not replicated, so the promoted standby has none.
+/// 3. Rewrites `primary_conninfo` with `new_primary`'s `host` and `port`
+///    (dropping `hostaddr`; every other setting, `application_name` included,
+///    is kept; `application_name` is set to the standby's name when missing),
+///    with `ALTER SYSTEM` and `pg_reload_conf()`. The WAL receiver restarts
+///    on the new setting and follows the new timeline
+///    (`recovery_target_timeline = 'latest'`, the default).
+/// 4. Waits until `pg_stat_wal_receiver` shows `streaming` from
+///    `new_primary`'s host and port, on `new_primary`'s timeline. (The
+///    timeline matters: a diverged standby does stream from the new primary
+///    for a moment, the old timeline's WAL up to the fork, before its startup
+///    process refuses the switch and starts over.) When `new_primary` is
+///    itself a standby (cascading), `streaming` from it is enough.
+///
+/// `timeout` bounds all of it once logged in to the standby. Following
+/// again the primary a standby already streams from is harmless.
+///
+/// # Errors
+/// [`ActionError::CannotFollow`] when `standby` is not a standby, its
+/// `primary_conninfo` cannot be parsed, or it is not streaming from
+/// `new_primary` after `timeout` (the usual reason is a timeline that
+/// diverged: the standby replayed WAL the new primary never had; its server
+/// log then says `new timeline N forked off current database system
+/// timeline M before current recovery point`; it needs `pg_rewind` or a new
+/// base backup).
+/// [`ActionError::Connect`], [`ActionError::Sql`], [`ActionError::Timeout`]
+/// for the steps on either server.
+pub async fn follow(
+    standby: &Target,
+    new_primary: &Target,
+    login: &SqlLogin,
+    timeout: Duration,
+) -> Result<(), ActionError> {
+    let session = sql::connect(standby, login).await?;
+    let deadline = Instant::now() + timeout;
+    let cannot = |reason: String| ActionError::CannotFollow {
+        target: standby.label(),
+        reason,
+    };
+    if !session.in_recovery(limit(deadline)).await? {
+        return Err(cannot(format!(
+            "it is not a standby (not in recovery), so it cannot follow {}",
+            new_primary.label()
+        )));
+    }
+
+    // 1. What the standby uses now.
+    const READ: &str = "read primary_slot_name and primary_conninfo";
+    let row = session
+        .query_one(
+            READ,
+            "SELECT current_setting('primary_slot_name'), current_setting('primary_conninfo')",
+            &[],
+            limit(deadline),
+        )
+        .await?;
+    let slot: String = session.column(READ, &row, 0)?;
+    let old_conninfo: String = session.column(READ, &row, 1)?;
+    let mut pairs = conninfo::parse(&old_conninfo)
+        .map_err(|e| cannot(format!("cannot parse its primary_conninfo: {e}")))?;
+
+    // 2. The new primary's timeline, and the standby's slot there.
+    let timeline = prepare_primary(new_primary, login, &slot, deadline).await?;
+
+    // 3. Point it at the new primary.
+    conninfo::set(&mut pairs, "host", &new_primary.host);
+    conninfo::set(&mut pairs, "port", &new_primary.port.to_string());
+    conninfo::remove(&mut pairs, "hostaddr");
+    if conninfo::get(&pairs, "application_name").is_none() {
+        conninfo::set(&mut pairs, "application_name", &standby.name);
+    }
+    let new_conninfo = conninfo::format(&pairs);
+    tracing::info!(
+        backend = %session.label(),
+        new_primary = %new_primary.label(),
+        slot = %slot,
+        "repointing primary_conninfo"
+    );
+    session
+        .execute_simple(
+            "ALTER SYSTEM SET primary_conninfo",
+            &format!(
+                "ALTER SYSTEM SET primary_conninfo = {}",
+                sql::literal(&new_conninfo)
+            ),
+            limit(deadline),
+        )
+        .await?;
+    const RELOAD: &str = "SELECT pg_reload_conf()";
+    let row = session
+        .query_one(RELOAD, RELOAD, &[], limit(deadline))
+        .await?;
+    if !session.column::<bool>(RELOAD, &row, 0)? {
+        return Err(ActionError::Sql {
+            target: session.label().to_owned(),
+            message: "pg_reload_conf() returned false (could not signal the postmaster)".to_owned(),
+        });
+    }
+
+    // 4. Wait until it streams from the new primary.
+    match wait_streaming(&session, new_primary, timeline, deadline).await? {
+        Streaming::Yes => {
+            tracing::info!(
+                backend = %session.label(),
+                new_primary = %new_primary.label(),
+                "streaming from the new primary"
+            );
+            Ok(())
+        }
+        Streaming::No { last, behind } => {
+            let on_timeline = timeline.map_or_else(String::new, |t| format!(" on timeline {t}"));
+            let hint = if behind {
+                "; a standby that stays on an older timeline has usually diverged \
+                 from the new primary (its server log says \"new timeline ... forked off\") and needs pg_rewind \
+                 or a new base backup"
+            } else {
+                ""
+            };
+            Err(cannot(format!(
+                "not streaming from {}{on_timeline} after {timeout:?}: last status {last}{hint}",
+                new_primary.label()
+            )))
+        }
+    }
+}
+
+/// On the new primary: its timeline (`None` when it is itself a standby),
+/// and the standby's physical slot `slot` (none when empty).
+async fn prepare_primary(
+    primary: &Target,
+    login: &SqlLogin,
+    slot: &str,
+    deadline: Instant,
+) -> Result<Option<u32>, ActionError> {
+    let session = sql::connect(primary, login).await?;
+    let timeline = if session.in_recovery(limit(deadline)).await? {
+        None
+    } else {
+        Some(position(&session, deadline).await?.timeline)
+    };
+    if !slot.is_empty() {
+        ensure_slot(&session, slot, deadline).await?;
+    }
+    Ok(timeline)
+}
+
+/// Creates the physical slot `slot` on the new primary unless it exists.
+async fn ensure_slot(session: &Session, slot: &str, deadline: Instant) -> Result<(), ActionError> {
+    const FIND: &str = "SELECT slot_type FROM pg_replication_slots WHERE slot_name = $1";
+    let exists = |row: Option<tokio_postgres::Row>| -> Result<bool, ActionError> {
+        match row {
+            None => Ok(false),
+            Some(row) => {
+                let kind: String = session.column("look up the replication slot", &row, 0)?;
+                if kind == "physical" {
+                    Ok(true)
+                } else {
+                    Err(ActionError::Sql {
+                        target: session.label().to_owned(),
+                        message: format!("replication slot {slot:?} exists but is {kind}"),
+                    })
+                }
+            }
+        }
+    };
+    let found = session
+        .query_opt(
+            "look up the replication slot",
+            FIND,
+            &[&slot],
+            limit(deadline),
+        )
+        .await?;
+    if exists(found)? {
+        tracing::debug!(backend = %session.label(), slot, "replication slot exists");
+        return Ok(());
+    }
+    let what = format!("create physical replication slot {slot:?}");
+    let created = session
+        .query_one(
+            &what,
+            "SELECT pg_create_physical_replication_slot($1, true)",
+            &[&slot],
+            limit(deadline),
+        )
+        .await;
+    match created {
+        Ok(_) => {
+            tracing::info!(backend = %session.label(), slot, "created replication slot");
+            Ok(())
+        }
+        Err(e) => {
+            // Created by someone else meanwhile?
+            let found = session
+                .query_opt(
+                    "look up the replication slot",
+                    FIND,
+                    &[&slot],
+                    limit(deadline),
+                )
+                .await?;
+            if exists(found)? { Ok(()) } else { Err(e) }
+        }
+    }
+}
+
+/// How [`wait_streaming`] ended.
+enum Streaming {
+    /// Streaming from the new primary, on its timeline.
+    Yes,
+    /// Not by the deadline.
+    No {
+        /// The WAL receiver's last state, for the message.
+        last: String,
+        /// It was last on an older timeline than the new primary's.
+        behind: bool,
+    },
+}
+
+/// Polls the standby's `pg_stat_wal_receiver` until it streams from
+/// `primary`, on `timeline` when known, or `deadline` passes.
+async fn wait_streaming(
+    session: &Session,
+    primary: &Target,
+    timeline: Option<u32>,
+    deadline: Instant,
+) -> Result<Streaming, ActionError> {
+    const WHAT: &str = "read pg_stat_wal_receiver";
+    let timeline = timeline.and_then(|t| i32::try_from(t).ok());
+    loop {
+        let row = session
+            .query_opt(
+                WHAT,
+                "SELECT status, sender_host, sender_port, received_tli FROM pg_stat_wal_receiver",
+                &[],
+                limit(deadline),
+            )
+            .await?;
+        let (last, behind) = match row {
+            None => ("no WAL receiver running".to_owned(), false),
+            Some(row) => {
+                let status: Option<String> = session.column(WHAT, &row, 0)?;
+                let host: Option<String> = session.column(WHAT, &row, 1)?;
+                let port: Option<i32> = session.column(WHAT, &row, 2)?;
+                let received_tli: Option<i32> = session.column(WHAT, &row, 3)?;
+                let status = status.unwrap_or_else(|| "unknown".to_owned());
+                if status == "streaming"
+                    && host.as_deref() == Some(primary.host.as_str())
+                    && port == Some(i32::from(primary.port))
+                    && timeline.is_none_or(|t| received_tli == Some(t))
+                {
+                    return Ok(Streaming::Yes);
+                }
+                let behind = matches!((received_tli, timeline), (Some(r), Some(t)) if r < t);
+                let last = format!(
+                    "{status} from {}:{}, timeline {}",
+                    host.as_deref().unwrap_or("?"),
+                    port.map_or_else(|| "?".to_owned(), |p| p.to_string()),
+                    received_tli.map_or_else(|| "?".to_owned(), |t| t.to_string()),
+                );
+                (last, behind)
+            }
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(Streaming::No { last, behind });
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
+    }
+}

@@ -1,0 +1,213 @@
+//! One SQL session with a backend, for the builtin actions: connect with
+//! the login's `connect_timeout`, run statements each under a time limit,
+//! and turn driver errors into one-line [`ActionError`]s naming the backend.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::{Client, NoTls, Row};
+
+use super::error::one_line;
+use super::{ActionError, SqlLogin, Target};
+
+/// `application_name` of the actions' sessions, so DBAs can tell them apart
+/// in `pg_stat_activity`.
+const APPLICATION_NAME: &str = "pgwarden-monitor";
+
+/// The least time a statement is given, even when the action's deadline is
+/// (almost) reached: a limit of zero would fail before the query is sent.
+const MIN_STATEMENT_TIME: Duration = Duration::from_millis(500);
+
+/// A logged-in session with one backend. Dropping it closes the connection.
+pub(crate) struct Session {
+    client: Client,
+    label: String,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.connection.abort();
+    }
+}
+
+/// How long a statement may take when the action must be done by
+/// `deadline`.
+pub(crate) fn limit(deadline: Instant) -> Duration {
+    deadline
+        .saturating_duration_since(Instant::now())
+        .max(MIN_STATEMENT_TIME)
+}
+
+/// A driver error with its causes (`db error: ERROR: ...`), on one line.
+fn describe(e: &tokio_postgres::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    one_line(&text)
+}
+
+/// Logs in to `target` as `login`. The whole handshake (TCP, startup,
+/// authentication) is bounded by `login.connect_timeout`.
+pub(crate) async fn connect(target: &Target, login: &SqlLogin) -> Result<Session, ActionError> {
+    let label = target.label();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(&target.host)
+        .port(target.port)
+        .user(&login.user)
+        .dbname(&login.database)
+        .application_name(APPLICATION_NAME)
+        .connect_timeout(login.connect_timeout);
+    if let Some(password) = &login.password {
+        config.password(password);
+    }
+    let (client, connection) =
+        match tokio::time::timeout(login.connect_timeout, config.connect(NoTls)).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => {
+                return Err(ActionError::Connect {
+                    target: label,
+                    message: describe(&e),
+                });
+            }
+            Err(_) => {
+                return Err(ActionError::Connect {
+                    target: label,
+                    message: format!("no connection after {:?}", login.connect_timeout),
+                });
+            }
+        };
+    let task_label = label.clone();
+    let connection = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(backend = %task_label, "action session ended: {}", describe(&e));
+        }
+    });
+    Ok(Session {
+        client,
+        label,
+        connection,
+    })
+}
+
+impl Session {
+    /// The backend, as `name (host:port)`.
+    pub(crate) fn label(&self) -> &str {
+        &self.label
+    }
+
+    fn sql_error(&self, what: &str, e: &tokio_postgres::Error) -> ActionError {
+        ActionError::Sql {
+            target: self.label.clone(),
+            message: format!("{what}: {}", describe(e)),
+        }
+    }
+
+    fn timeout_error(&self, what: &str, after: Duration) -> ActionError {
+        ActionError::Timeout {
+            what: format!("{}: {what}", self.label),
+            after,
+        }
+    }
+
+    /// Runs a query returning at most one row, within `limit`. `what` names
+    /// the step in errors.
+    pub(crate) async fn query_opt(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        limit: Duration,
+    ) -> Result<Option<Row>, ActionError> {
+        match tokio::time::timeout(limit, self.client.query_opt(sql, params)).await {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err(e)) => Err(self.sql_error(what, &e)),
+            Err(_) => Err(self.timeout_error(what, limit)),
+        }
+    }
+
+    /// Runs a query returning exactly one row, within `limit`.
+    pub(crate) async fn query_one(
+        &self,
+        what: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        limit: Duration,
+    ) -> Result<Row, ActionError> {
+        match tokio::time::timeout(limit, self.client.query_one(sql, params)).await {
+            Ok(Ok(row)) => Ok(row),
+            Ok(Err(e)) => Err(self.sql_error(what, &e)),
+            Err(_) => Err(self.timeout_error(what, limit)),
+        }
+    }
+
+    /// Runs one statement without parameters over the simple query protocol
+    /// (for utility statements such as `ALTER SYSTEM`), within `limit`.
+    pub(crate) async fn execute_simple(
+        &self,
+        what: &str,
+        sql: &str,
+        limit: Duration,
+    ) -> Result<(), ActionError> {
+        match tokio::time::timeout(limit, self.client.batch_execute(sql)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.sql_error(what, &e)),
+            Err(_) => Err(self.timeout_error(what, limit)),
+        }
+    }
+
+    /// Column `idx` of `row` as a `T`; a type mismatch is an error naming
+    /// the step.
+    pub(crate) fn column<'a, T: FromSql<'a>>(
+        &self,
+        what: &str,
+        row: &'a Row,
+        idx: usize,
+    ) -> Result<T, ActionError> {
+        row.try_get(idx).map_err(|e| self.sql_error(what, &e))
+    }
+
+    /// `pg_is_in_recovery()`: whether the backend is a standby.
+    pub(crate) async fn in_recovery(&self, limit: Duration) -> Result<bool, ActionError> {
+        const WHAT: &str = "SELECT pg_is_in_recovery()";
+        let row = self.query_one(WHAT, WHAT, &[], limit).await?;
+        self.column(WHAT, &row, 0)
+    }
+}
+
+/// A SQL string literal that means the same whatever
+/// `standard_conforming_strings` is: `E'...'` with `\` and `'` escaped.
+/// (`ALTER SYSTEM` takes no bind parameters.)
+pub(crate) fn literal(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 3);
+    out.push_str("E'");
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("''"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_escapes_quotes_and_backslashes() {
+        assert_eq!(literal("plain"), "E'plain'");
+        assert_eq!(literal(r"password='it\'s' x"), r"E'password=''it\\''s'' x'");
+        assert_eq!(literal(""), "E''");
+    }
+}

@@ -1,0 +1,194 @@
+//! Builtin failover actions against real PostgreSQL: promote a standby with
+//! `pg_promote()`, repoint another at it over SQL, and the ways that fails.
+
+use std::time::{Duration, Instant};
+
+use pgwarden_monitor::actions::builtin::{follow, promote};
+use pgwarden_monitor::actions::{ActionError, SqlLogin, Target, conninfo};
+use pgwarden_testkit::{Cluster, Node, StopMode, wait_until};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn target(id: usize, node: &Node) -> Target {
+    Target {
+        id,
+        name: node.name().to_owned(),
+        host: node.host().to_owned(),
+        port: node.port(),
+        data_dir: node.data_dir().to_path_buf(),
+    }
+}
+
+fn login() -> SqlLogin {
+    SqlLogin {
+        user: "postgres".to_owned(),
+        password: None,
+        database: "postgres".to_owned(),
+        connect_timeout: Duration::from_secs(2),
+    }
+}
+
+fn conninfo_of(node: &Node) -> Vec<(String, String)> {
+    let text = match node.psql("SHOW primary_conninfo") {
+        Ok(text) => text,
+        Err(e) => panic!("{}: SHOW primary_conninfo: {e:#}", node.name()),
+    };
+    conninfo::parse(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+fn keys(pairs: &[(String, String)]) -> Vec<&str> {
+    let mut keys: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+    keys.sort_unstable();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_a_standby_and_repoint_the_other() {
+    let cluster = Cluster::builder().standbys(2).start().unwrap();
+    let (pg0, pg1, pg2) = (cluster.node(0), cluster.node(1), cluster.node(2));
+    let (t1, t2) = (target(1, pg1), target(2, pg2));
+
+    // What pg_basebackup -R wrote parses, and survives a round trip.
+    let before = conninfo_of(pg2);
+    assert_eq!(conninfo::get(&before, "host"), Some("127.0.0.1"));
+    assert_eq!(
+        conninfo::get(&before, "port"),
+        Some(pg0.port().to_string().as_str())
+    );
+    assert_eq!(conninfo::get(&before, "user"), Some("postgres"));
+    assert_eq!(conninfo::get(&before, "application_name"), Some("pg2"));
+    assert_eq!(conninfo::parse(&conninfo::format(&before)).unwrap(), before);
+
+    pg0.psql("CREATE TABLE t (id int PRIMARY KEY, note text); INSERT INTO t VALUES (1, 'before')")
+        .unwrap();
+    cluster.wait_replicated(WAIT).unwrap();
+    pg0.stop(StopMode::Immediate).unwrap();
+
+    let started = Instant::now();
+    let promoted = promote(&t1, &login(), WAIT).await.unwrap();
+    eprintln!("promote took {:?}: {promoted:?}", started.elapsed());
+    assert_eq!(promoted.timeline, 2);
+    assert!(promoted.lsn > 0);
+    assert!(!pg1.is_in_recovery().unwrap());
+
+    // Promoting a primary again changes nothing.
+    let again = promote(&t1, &login(), WAIT).await.unwrap();
+    assert_eq!(again.timeline, 2);
+    assert!(again.lsn >= promoted.lsn);
+
+    let started = Instant::now();
+    follow(&t2, &t1, &login(), WAIT).await.unwrap();
+    eprintln!("follow took {:?}", started.elapsed());
+
+    pg1.psql("INSERT INTO t VALUES (2, 'after')").unwrap();
+    wait_until(WAIT, "row 2 on pg2", || {
+        pg2.psql("SELECT note FROM t WHERE id = 2")
+            .is_ok_and(|note| note == "after")
+    })
+    .unwrap();
+    assert_eq!(
+        pg2.psql("SELECT note FROM t WHERE id = 1").unwrap(),
+        "before"
+    );
+    assert_eq!(
+        pg2.psql("SELECT received_tli FROM pg_stat_wal_receiver")
+            .unwrap(),
+        "2"
+    );
+    wait_until(WAIT, "pg2's slot on pg1 to be active", || {
+        pg1.psql("SELECT active FROM pg_replication_slots WHERE slot_name = 'pgwarden_pg2'")
+            .is_ok_and(|active| active == "t")
+    })
+    .unwrap();
+    assert_eq!(
+        pg1.psql("SELECT state FROM pg_stat_replication WHERE application_name = 'pg2'")
+            .unwrap(),
+        "streaming"
+    );
+
+    // Only host and port changed in primary_conninfo.
+    let after = conninfo_of(pg2);
+    assert_eq!(keys(&after), keys(&before));
+    for (key, value) in &after {
+        match key.as_str() {
+            "host" => assert_eq!(value, "127.0.0.1"),
+            "port" => assert_eq!(value, &pg1.port().to_string()),
+            _ => assert_eq!(Some(value.as_str()), conninfo::get(&before, key), "{key}"),
+        }
+    }
+
+    // Following again the primary it streams from is harmless and quick.
+    let started = Instant::now();
+    follow(&t2, &t1, &login(), WAIT).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_and_a_diverged_standby() {
+    let cluster = Cluster::builder().standbys(2).start().unwrap();
+    let (pg0, pg1, pg2) = (cluster.node(0), cluster.node(1), cluster.node(2));
+    let (t0, t1, t2) = (target(0, pg0), target(1, pg1), target(2, pg2));
+
+    // Promoting the primary is a no-op that reports its timeline.
+    let current = promote(&t0, &login(), WAIT).await.unwrap();
+    assert_eq!(current.timeline, 1);
+
+    // A primary cannot follow anyone.
+    let err = follow(&t0, &t1, &login(), WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, ActionError::CannotFollow { target, reason }
+            if target.starts_with("pg0 ") && reason.contains("not a standby")),
+        "{err:?}"
+    );
+
+    // Make pg2 diverge from pg1: pg2 replays WAL that pg1 never gets before
+    // pg1 is promoted.
+    pg1.stop(StopMode::Fast).unwrap();
+    pg0.psql("CREATE TABLE only_on_pg2 AS SELECT g FROM generate_series(1, 1000) g")
+        .unwrap();
+    cluster.wait_replicated(WAIT).unwrap();
+    pg0.stop(StopMode::Immediate).unwrap();
+    pg1.start().unwrap();
+    let promoted = promote(&t1, &login(), WAIT).await.unwrap();
+    assert_eq!(promoted.timeline, 2);
+
+    let timeout = Duration::from_secs(4);
+    let started = Instant::now();
+    let err = follow(&t2, &t1, &login(), timeout).await.unwrap_err();
+    let elapsed = started.elapsed();
+    eprintln!("diverged follow failed after {elapsed:?}: {err}");
+    assert!(
+        matches!(&err, ActionError::CannotFollow { target, reason }
+            if target.starts_with("pg2 ")
+                && reason.contains("not streaming from pg1")
+                && reason.contains("on timeline 2")
+                && reason.contains("diverged")),
+        "{err:?}"
+    );
+    assert!(elapsed >= timeout, "{elapsed:?}");
+    assert!(elapsed < timeout + Duration::from_secs(3), "{elapsed:?}");
+    assert!(!err.to_string().contains('\n'), "{err}");
+
+    // A stopped server: a connection error, fast.
+    let started = Instant::now();
+    let err = promote(&t0, &login(), WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, ActionError::Connect { target, .. } if target.starts_with("pg0 ")),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Following a stopped primary fails on its side, naming it.
+    let err = follow(&t2, &t0, &login(), WAIT).await.unwrap_err();
+    assert!(
+        matches!(&err, ActionError::Connect { target, .. } if target.starts_with("pg0 ")),
+        "{err:?}"
+    );
+}
