@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+pub use pgwarden_proto::v1::monitor_client::MonitorClient;
+pub use pgwarden_proto::v1::{ClusterState, GetClusterRequest, Role, Status};
 use pgwarden_testkit::{ChildGuard, Cluster, PasswordKind, free_port, wait_until, workspace_bin};
 
 /// SCRAM user with a SCRAM verifier in the auth file (pass-through login).
@@ -63,6 +65,11 @@ pub struct ProxyOptions {
     pub users: Vec<String>,
     /// Which cluster nodes to list as `[[backends]]`, in this order (default: all, in order).
     pub backends: Option<Vec<usize>>,
+    /// Run pgwarden-monitor too, and have the proxy follow it (default);
+    /// otherwise the proxy finds the primary alone.
+    pub monitor: bool,
+    /// Extra lines for the `[failover]` table.
+    pub failover: Vec<String>,
 }
 
 impl Default for ProxyOptions {
@@ -71,6 +78,8 @@ impl Default for ProxyOptions {
             proxy: vec!["pool_size = 4".into()],
             users: Vec::new(),
             backends: None,
+            monitor: true,
+            failover: Vec::new(),
         }
     }
 }
@@ -89,13 +98,16 @@ impl ProxyOptions {
     }
 }
 
-/// A running `pgwarden-proxy`.
+/// A pgwarden node under test: `pgwarden-proxy`, and `pgwarden-monitor`
+/// unless the options say otherwise, sharing one config.
 pub struct Proxy {
     child: ChildGuard,
+    monitor: Option<ChildGuard>,
     pub port: u16,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     log: PathBuf,
+    monitor_log: PathBuf,
 }
 
 impl Proxy {
@@ -139,10 +151,18 @@ impl Proxy {
             toml.push_str(l);
             toml.push('\n');
         }
+        if !opts.monitor {
+            toml.push_str("follow_monitor = false\n");
+        }
         toml.push_str(&format!(
-            "\n[health_check]\nuser = \"{}\"\npassword = \"{}\"\nperiod = \"500ms\"\n",
+            "\n[health_check]\nuser = \"{}\"\npassword = \"{}\"\nperiod = \"500ms\"\ntimeout = \"1s\"\nmax_retries = 2\nretry_delay = \"250ms\"\n",
             MONITOR.0, MONITOR.1
         ));
+        toml.push_str("\n[failover]\nuser = \"postgres\"\ncommand_timeout = \"30s\"\n");
+        for l in &opts.failover {
+            toml.push_str(l);
+            toml.push('\n');
+        }
         let order = opts
             .backends
             .clone()
@@ -158,6 +178,19 @@ impl Proxy {
         let config = dir.path().join("pgwarden.toml");
         std::fs::write(&config, toml).unwrap();
         let log = dir.path().join("proxy.log");
+        let monitor_log = dir.path().join("monitor.log");
+        let monitor = opts.monitor.then(|| spawn_monitor(&config, &monitor_log));
+        if opts.monitor {
+            let sock = dir.path().join("monitor.sock");
+            let up = wait_until(Duration::from_secs(20), "pgwarden-monitor's socket", || {
+                sock.exists()
+            });
+            assert!(
+                up.is_ok(),
+                "monitor did not start; log:\n{}",
+                std::fs::read_to_string(&monitor_log).unwrap_or_default()
+            );
+        }
         let child = ChildGuard::spawn(
             Command::new(workspace_bin("pgwarden-proxy"))
                 .arg("--config")
@@ -169,10 +202,12 @@ impl Proxy {
         .unwrap();
         let mut p = Proxy {
             child,
+            monitor,
             port,
             dir,
             config,
             log,
+            monitor_log,
         };
         let accepting = wait_until(Duration::from_secs(20), "pgwarden-proxy to accept", || {
             TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -192,6 +227,84 @@ impl Proxy {
     /// The process.
     pub fn child(&mut self) -> &mut ChildGuard {
         &mut self.child
+    }
+
+    /// The monitor's log so far.
+    pub fn monitor_log(&self) -> String {
+        std::fs::read_to_string(&self.monitor_log).unwrap_or_default()
+    }
+
+    /// The monitor process.
+    pub fn monitor(&mut self) -> &mut ChildGuard {
+        self.monitor.as_mut().expect("this node runs no monitor")
+    }
+
+    /// Kills the monitor (SIGKILL) and waits for it to be gone.
+    pub fn kill_monitor(&mut self) {
+        if let Some(mut m) = self.monitor.take() {
+            m.kill9().unwrap();
+        }
+    }
+
+    /// Starts the monitor again (after [`Proxy::kill_monitor`]).
+    pub fn start_monitor(&mut self) {
+        assert!(self.monitor.is_none(), "the monitor is running");
+        self.monitor = Some(spawn_monitor(&self.config, &self.monitor_log));
+    }
+
+    /// The monitor's socket.
+    pub fn monitor_socket(&self) -> PathBuf {
+        self.dir.path().join("monitor.sock")
+    }
+
+    /// A gRPC client of the monitor.
+    pub async fn monitor_client(&self) -> MonitorClient<tonic::transport::Channel> {
+        MonitorClient::new(
+            pgwarden_proto::uds::connect(&self.monitor_socket())
+                .await
+                .expect("connect to monitor.sock"),
+        )
+    }
+
+    /// The monitor's current cluster state.
+    pub async fn cluster_state(&self) -> ClusterState {
+        self.monitor_client()
+            .await
+            .get_cluster(GetClusterRequest {})
+            .await
+            .expect("GetCluster")
+            .into_inner()
+    }
+
+    /// Waits until the monitor's state satisfies `f`; panics with the last state otherwise.
+    pub async fn wait_state(
+        &self,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&ClusterState) -> bool,
+    ) -> ClusterState {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            if let Ok(c) = monitor_channel(&self.monitor_socket()).await
+                && let Ok(r) = MonitorClient::new(c)
+                    .get_cluster(GetClusterRequest {})
+                    .await
+            {
+                let s = r.into_inner();
+                if f(&s) {
+                    return s;
+                }
+                last = Some(s);
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; last state: {last:#?}\nmonitor log:\n{}",
+                    self.monitor_log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// A libpq-style conninfo through the proxy.
@@ -218,6 +331,30 @@ impl Proxy {
             .await
             .expect("alice connects through the proxy")
     }
+}
+
+async fn monitor_channel(
+    path: &std::path::Path,
+) -> Result<tonic::transport::Channel, pgwarden_proto::uds::UdsError> {
+    pgwarden_proto::uds::connect(path).await
+}
+
+fn spawn_monitor(config: &std::path::Path, log: &std::path::Path) -> ChildGuard {
+    ChildGuard::spawn(
+        Command::new(workspace_bin("pgwarden-monitor"))
+            .arg("--config")
+            .arg(config)
+            .env("PGWARDEN_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(log)
+                    .unwrap(),
+            ),
+    )
+    .unwrap()
 }
 
 /// Connects with tokio-postgres and drives the connection in the background.

@@ -145,3 +145,24 @@ async fn connections_past_their_lifetime_are_not_cached() {
         .get(0);
     assert_ne!(pid, pid2, "an expired connection was reused");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_monitor_the_proxy_finds_the_primary_itself() {
+    let cluster = cluster(1);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions {
+            backends: Some(vec![1, 0]),
+            monitor: false,
+            ..Default::default()
+        },
+    );
+    let c = proxy.alice().await;
+    let recovery: bool = c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!recovery);
+    assert!(!proxy.dir.path().join("monitor.sock").exists());
+}

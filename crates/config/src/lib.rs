@@ -34,6 +34,7 @@
 
 mod backend;
 mod checks;
+pub mod daemon;
 mod env;
 mod error;
 mod failover;

@@ -119,6 +119,14 @@ pub struct ProxyConfig {
     pub max_message_bytes: u32,
     /// `proxy.tcp_keepalive`: TCP keepalive on client and server sockets.
     pub tcp_keepalive: bool,
+    /// `proxy.follow_monitor`: route by the monitor's cluster state (from
+    /// `monitor.sock`); `false` = find the primary alone with
+    /// `pg_is_in_recovery()` (no failover handling; one server or tests).
+    pub follow_monitor: bool,
+    /// `proxy.monitor_stale_after`: with the monitor unreachable this long,
+    /// the proxy stops routing (it can no longer know the primary) and says why.
+    #[serde(with = "humantime_serde")]
+    pub monitor_stale_after: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -141,6 +149,8 @@ impl Default for ProxyConfig {
             // PostgreSQL's own limit (MaxAllocSize - 1).
             max_message_bytes: 0x3fff_ffff,
             tcp_keepalive: true,
+            follow_monitor: true,
+            monitor_stale_after: Duration::from_secs(10),
         }
     }
 }
@@ -161,6 +171,7 @@ impl ProxyConfig {
         validate::positive("proxy.server_connect_timeout", self.server_connect_timeout)?;
         validate::positive("proxy.client_login_timeout", self.client_login_timeout)?;
         validate::positive("proxy.shutdown_timeout", self.shutdown_timeout)?;
+        validate::positive("proxy.monitor_stale_after", self.monitor_stale_after)?;
         Ok(())
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod cancel;
 pub mod client_auth;
+pub mod follow;
 mod net;
 pub mod pool;
 pub mod pump;
@@ -182,7 +183,11 @@ impl Proxy {
         let (sh, stop) = (Arc::clone(&shared), background.clone());
         tokio::spawn(async move {
             let s = &sh.settings;
-            routing::discover(&sh.router, &s.backends, &s.discovery, &stop).await;
+            if s.follow_monitor {
+                follow::run(&sh, &stop).await;
+            } else {
+                routing::discover(&sh.router, &s.backends, &s.discovery, &stop).await;
+            }
         });
         let (sh, stop) = (Arc::clone(&shared), background.clone());
         tokio::spawn(async move {

@@ -16,11 +16,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    // A daemon must hear SIGTERM whatever mask its launcher left it (a
-    // supervisor waiting in sigwait() blocks the stop signals in its children).
-    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+    pgwarden_config::daemon::reset_signal_mask();
     let args = Args::parse();
-    init_logs();
+    pgwarden_config::daemon::init_logs();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -28,18 +26,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

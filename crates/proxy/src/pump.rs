@@ -41,8 +41,18 @@ pub enum PumpEnd {
     ServerGone,
     /// The server broke the protocol.
     ServerProtocol(ProtocolError),
-    /// The proxy stopped the session (shutdown).
-    Stopped,
+    /// The proxy stopped the session.
+    Stopped(StopReason),
+}
+
+/// Why the proxy ended a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The proxy is shutting down.
+    Shutdown,
+    /// Its server is no longer the primary (failover, or the proxy lost
+    /// the monitor and fences).
+    PrimaryChanged,
 }
 
 /// What the two directions share: where the server stands.
@@ -124,14 +134,16 @@ impl Observer for ServerSide<'_> {
     }
 }
 
-/// Runs the data path until either side leaves or `stop` fires.
-/// `pending` holds client bytes read before the session started.
+/// Runs the data path until either side leaves, `shutdown` fires, or the
+/// route the session was given ends (`route_ended`). `pending` holds client
+/// bytes read before the session started.
 pub async fn pump(
     client: &mut TcpStream,
     server: &mut ServerConn,
     pending: BytesMut,
     max_message: u32,
-    stop: &CancellationToken,
+    shutdown: &CancellationToken,
+    route_ended: &CancellationToken,
 ) -> PumpResult {
     let state = SessionState {
         owed_ready: AtomicU32::new(0),
@@ -201,7 +213,8 @@ pub async fn pump(
 
     let end = tokio::select! {
         biased;
-        _ = stop.cancelled() => PumpEnd::Stopped,
+        _ = shutdown.cancelled() => PumpEnd::Stopped(StopReason::Shutdown),
+        _ = route_ended.cancelled() => PumpEnd::Stopped(StopReason::PrimaryChanged),
         end = client_to_server => end,
         end = server_to_client => end,
     };

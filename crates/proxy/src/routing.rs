@@ -1,11 +1,12 @@
 //! Which backend takes the clients: the primary.
 //!
-//! [`Router`] publishes the current primary on a watch channel. Until the
-//! monitor's cluster state feeds it, [`discover`] finds the primary itself:
+//! [`Router`] publishes the current [`Route`] on a watch channel. Normally
+//! the monitor's cluster state feeds it (see [`crate::follow`]); with
+//! `proxy.follow_monitor = false`, [`discover`] finds the primary alone:
 //! every `health_check.period` it asks each backend `pg_is_in_recovery()`
-//! with the health-check role. A backend that stops being primary, or cannot
-//! be reached, is withdrawn at once: clients then get a clear 57P03 instead
-//! of writes to a server that may be a standby.
+//! with the health-check role. Either way a backend that stops being the
+//! primary is withdrawn at once: sessions on it end, and clients get a clear
+//! 57P03 rather than writes to a server that may be a standby.
 
 use std::time::Duration;
 
@@ -14,53 +15,91 @@ use tokio_util::sync::CancellationToken;
 
 use crate::settings::{BackendAddr, Discovery};
 
-/// The backend clients are routed to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Primary {
-    /// The backend.
-    pub backend: BackendAddr,
+/// Where clients go now.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Generation of the cluster state this route comes from (0 when the
+    /// proxy finds the primary itself).
+    pub generation: u64,
+    /// The primary, or `None` with the reason in `why_none`.
+    pub primary: Option<BackendAddr>,
+    /// Why there is no primary.
+    pub why_none: String,
+    /// Cancelled when the primary changes: sessions on it must end.
+    pub ended: CancellationToken,
 }
 
-/// Publishes the current primary.
+/// Publishes the current route.
 #[derive(Debug)]
 pub struct Router {
-    tx: watch::Sender<Option<Primary>>,
+    tx: watch::Sender<Route>,
     recheck: Notify,
 }
 
 impl Default for Router {
     fn default() -> Self {
+        let route = Route {
+            generation: 0,
+            primary: None,
+            why_none: "the primary is not known yet".to_owned(),
+            ended: CancellationToken::new(),
+        };
         Router {
-            tx: watch::channel(None).0,
+            tx: watch::channel(route).0,
             recheck: Notify::new(),
         }
     }
 }
 
 impl Router {
-    /// The primary, waiting up to `timeout` for one to be known.
-    pub async fn primary(&self, timeout: Duration) -> Option<Primary> {
+    /// The route to a primary, waiting up to `timeout` for one; otherwise
+    /// why there is none.
+    pub async fn route(&self, timeout: Duration) -> Result<Route, String> {
         let mut rx = self.tx.subscribe();
-        let wait = rx.wait_for(|p| p.is_some());
+        let wait = rx.wait_for(|r| r.primary.is_some());
         match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(p)) => p.clone(),
-            _ => None,
+            Ok(Ok(r)) => Ok(r.clone()),
+            _ => Err(self.tx.borrow().why_none.clone()),
         }
     }
 
-    /// Sets the primary (or none).
-    pub fn set(&self, primary: Option<Primary>) {
-        self.tx.send_if_modified(|cur| {
-            if *cur == primary {
-                return false;
+    /// The current route.
+    pub fn current(&self) -> Route {
+        self.tx.borrow().clone()
+    }
+
+    /// Sets the route. When the primary changes (or goes away), sessions on
+    /// the old one are told to end; returns the old primary's id then.
+    pub fn set(
+        &self,
+        generation: u64,
+        primary: Option<BackendAddr>,
+        why_none: &str,
+    ) -> Option<usize> {
+        let mut replaced = None;
+        self.tx.send_modify(|cur| {
+            let same = cur.primary.as_ref().map(|b| b.id) == primary.as_ref().map(|b| b.id);
+            cur.generation = generation;
+            cur.why_none = why_none.to_owned();
+            if same {
+                return;
             }
             match &primary {
-                Some(p) => tracing::info!(backend = p.backend.id, name = %p.backend.name, "routing to primary"),
-                None => tracing::warn!("no primary: clients are refused until one is found"),
+                Some(p) => {
+                    tracing::info!(generation, backend = p.id, name = %p.name, "routing to primary")
+                }
+                None => tracing::warn!(
+                    generation,
+                    reason = why_none,
+                    "no primary: clients are refused"
+                ),
             }
-            *cur = primary;
-            true
+            replaced = cur.primary.as_ref().map(|b| b.id);
+            cur.ended.cancel();
+            cur.ended = CancellationToken::new();
+            cur.primary = primary;
         });
+        replaced
     }
 
     /// Asks for a check now, e.g. after a connection to the primary failed.
@@ -90,19 +129,24 @@ pub async fn discover(
         for (b, client) in backends.iter().zip(clients.iter_mut()) {
             seen.push(probe(b, client, d).await);
         }
-        let current = router.tx.borrow().clone();
-        let still = current.filter(|p| seen.get(p.backend.id) == Some(&Seen::Primary));
+        let current = router.current().primary;
+        let still = current.filter(|p| seen.get(p.id) == Some(&Seen::Primary));
         let next = still.or_else(|| {
             backends
                 .iter()
                 .zip(&seen)
                 .find(|(_, s)| **s == Seen::Primary)
-                .map(|(b, _)| Primary { backend: b.clone() })
+                .map(|(b, _)| b.clone())
         });
         if seen.iter().filter(|s| **s == Seen::Primary).count() > 1 {
             tracing::warn!("more than one backend is out of recovery; keeping the current primary");
         }
-        router.set(next);
+        let why = if next.is_none() {
+            "no backend is out of recovery"
+        } else {
+            ""
+        };
+        router.set(0, next, why);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(d.period) => {}

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use crate::Shared;
 use crate::client_auth::{self, AuthError};
 use crate::pool::PoolKey;
-use crate::pump::{self, PumpEnd};
+use crate::pump::{self, PumpEnd, StopReason};
 use crate::server_conn::{ServerConn, ServerError};
 
 /// Serves one accepted client. `permit` is `None` when the proxy is at
@@ -123,6 +123,7 @@ struct Session {
     slot: crate::pool::Slot,
     conn: ServerConn,
     cancel: crate::cancel::CancelKey,
+    route: crate::routing::Route,
 }
 
 /// Why a login ended without a session: the bytes to send the client (an
@@ -191,18 +192,22 @@ async fn login(
     params.push(("database".into(), database.to_owned()));
 
     let settings = &shared.settings;
-    let Some(primary) = shared.router.primary(settings.server_connect_timeout).await else {
-        return Err(reject(
-            ErrorResponse::fatal(
+    let route = shared
+        .router
+        .route(settings.server_connect_timeout)
+        .await
+        .map_err(|why| {
+            reject(ErrorResponse::fatal(
                 sqlstate::CANNOT_CONNECT_NOW,
-                "no primary backend is available",
-            )
-            .with_hint(
-                "pgwarden-proxy routes only to the primary; check that one of [[backends]] is up",
-            ),
-        ));
+                format!("no primary backend is available: {why}"),
+            ))
+        })?;
+    let Some(b) = route.primary.clone() else {
+        return Err(reject(ErrorResponse::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            "no primary backend is available",
+        )));
     };
-    let b = primary.backend;
     let key = PoolKey::new(b.id, &params);
     let (slot, cached) = shared
         .pools
@@ -254,7 +259,12 @@ async fn login(
     backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
     backend::ready_for_query(&mut out, TransactionStatus::Idle);
     stream.write_all(&out).await.map_err(|_| None)?;
-    Ok(Session { slot, conn, cancel })
+    Ok(Session {
+        slot,
+        conn,
+        cancel,
+        route,
+    })
 }
 
 async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut, mut s: Session) {
@@ -265,6 +275,7 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
         pending,
         shared.settings.max_message_bytes,
         &shared.hard_stop,
+        &s.route.ended,
     )
     .await;
     s.cancel.clear_server();
@@ -286,10 +297,34 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
                 format!("server protocol error: {e}"),
             ))
         }
-        PumpEnd::Stopped => Some(ErrorResponse::fatal(
+        PumpEnd::Stopped(StopReason::Shutdown) => Some(ErrorResponse::fatal(
             sqlstate::ADMIN_SHUTDOWN,
             "terminating connection because pgwarden-proxy is shutting down",
         )),
+        PumpEnd::Stopped(StopReason::PrimaryChanged) => {
+            let now = shared.router.current();
+            let detail = match &now.primary {
+                Some(p) => format!(
+                    "the primary is now backend \"{}\" (generation {})",
+                    p.name, now.generation
+                ),
+                None => format!("there is no primary right now: {}", now.why_none),
+            };
+            let old = s
+                .route
+                .primary
+                .as_ref()
+                .map_or_else(|| s.conn.backend.to_string(), |b| b.name.clone());
+            tracing::info!(backend = %old, "ending a session: its server is no longer the primary");
+            Some(
+                ErrorResponse::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    format!("terminating connection because of failover: backend \"{old}\" is no longer the primary"),
+                )
+                .with_detail(detail)
+                .with_hint("reconnect: new sessions go to the new primary"),
+            )
+        }
     };
     if let Some(e) = notice
         && r.client_at_boundary

@@ -86,8 +86,14 @@ pub struct Settings {
     pub tcp_keepalive: bool,
     /// The backends, in id order.
     pub backends: Vec<BackendAddr>,
-    /// Primary discovery.
+    /// Primary discovery (when not following the monitor).
     pub discovery: Discovery,
+    /// Route by the monitor's cluster state.
+    pub follow_monitor: bool,
+    /// Stop routing when the monitor has been unreachable this long.
+    pub monitor_stale_after: Duration,
+    /// Where `monitor.sock` and `proxy.sock` live.
+    pub runtime_dir: PathBuf,
 }
 
 impl Settings {
@@ -122,6 +128,9 @@ impl Settings {
                     port: b.port,
                 })
                 .collect(),
+            follow_monitor: c.proxy.follow_monitor,
+            monitor_stale_after: c.proxy.monitor_stale_after,
+            runtime_dir: c.node.runtime_dir.clone(),
             discovery: Discovery {
                 period: c.health_check.period,
                 timeout: c.health_check.timeout,

@@ -1,0 +1,23 @@
+//! Start-up steps every pgwarden daemon's `main` shares.
+
+/// Logs to stderr through `tracing`, filtered by `PGWARDEN_LOG` (default
+/// `info`, e.g. `PGWARDEN_LOG=debug`); colours only on a terminal.
+pub fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Clears the signal mask inherited from the launcher. A supervisor that
+/// waits in `sigwait()` leaves SIGTERM blocked in its children, and a
+/// daemon must hear SIGTERM whatever started it. Call first thing in `main`,
+/// before any thread exists.
+pub fn reset_signal_mask() {
+    let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
+}

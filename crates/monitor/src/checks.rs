@@ -1,0 +1,207 @@
+//! Health and replication checks: one task per backend.
+//!
+//! Every `health_check.period` (every `retry_delay` after a failure) each
+//! task runs one query on its backend over a kept-open connection, with
+//! `health_check.timeout` for connecting and for the query, and reports the
+//! result to the machine. Down backends keep being checked (pgpool-II stops
+//! checking them, which leaves stale state).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::machine::{Event, Observation};
+
+/// How to reach one backend.
+#[derive(Debug, Clone)]
+pub struct CheckTarget {
+    /// Backend id.
+    pub id: usize,
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+/// The health-check settings.
+#[derive(Clone)]
+pub struct CheckSettings {
+    /// `health_check.period`.
+    pub period: Duration,
+    /// `health_check.timeout`.
+    pub timeout: Duration,
+    /// `health_check.retry_delay`.
+    pub retry_delay: Duration,
+    /// `health_check.user`.
+    pub user: String,
+    /// `health_check.password`.
+    pub password: Option<String>,
+    /// `health_check.database`.
+    pub database: String,
+}
+
+impl std::fmt::Debug for CheckSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckSettings")
+            .field("period", &self.period)
+            .field("timeout", &self.timeout)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One round trip for everything the machine needs. On a standby the
+/// timeline is the WAL receiver's (or the last checkpoint's when it is not
+/// running); on a primary it is read from the current WAL file name.
+const CHECK_SQL: &str = "
+SELECT r.rec,
+       CASE WHEN r.rec THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,
+       CASE WHEN r.rec THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_flush_lsn() END::text,
+       CASE WHEN r.rec
+            THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),
+                          (SELECT timeline_id FROM pg_control_checkpoint()))::int8
+            ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8 END,
+       (SELECT status FROM pg_stat_wal_receiver),
+       (SELECT sender_port FROM pg_stat_wal_receiver),
+       CASE WHEN r.rec THEN NULL ELSE
+            (SELECT string_agg(application_name || '=' || COALESCE(EXTRACT(epoch FROM replay_lag)::float8, 0)::text, ',')
+               FROM pg_stat_replication) END
+  FROM (SELECT pg_is_in_recovery() AS rec) r";
+
+/// Runs the check loop of one backend until `stop` fires.
+pub async fn run(
+    target: CheckTarget,
+    settings: CheckSettings,
+    events: mpsc::Sender<Event>,
+    recheck: std::sync::Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let mut client: Option<tokio_postgres::Client> = None;
+    loop {
+        let result = check_once(&target, &settings, &mut client).await;
+        let wait = if result.is_ok() {
+            settings.period
+        } else {
+            settings.retry_delay
+        };
+        if let Err(e) = &result {
+            tracing::debug!(backend = target.id, error = %e, "check failed");
+        }
+        let at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        if events
+            .send(Event::Checked {
+                id: target.id,
+                at_ms,
+                result,
+            })
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+            _ = recheck.notified() => {}
+        }
+    }
+}
+
+/// One check, reusing (and refreshing) `client`.
+pub async fn check_once(
+    t: &CheckTarget,
+    s: &CheckSettings,
+    client: &mut Option<tokio_postgres::Client>,
+) -> Result<Observation, String> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = Some(connect(t, s).await?);
+    }
+    let Some(c) = client.as_ref() else {
+        return Err("not connected".into());
+    };
+    let row = match tokio::time::timeout(s.timeout, c.query_one(CHECK_SQL, &[])).await {
+        Ok(Ok(row)) => row,
+        Ok(Err(e)) => {
+            *client = None;
+            return Err(describe(&e));
+        }
+        Err(_) => {
+            // The connection may be wedged: start afresh next time.
+            *client = None;
+            return Err(format!("no answer within {:?}", s.timeout));
+        }
+    };
+    let get_lsn = |i: usize| -> Result<u64, String> {
+        let text: Option<String> = row.try_get(i).map_err(|e| e.to_string())?;
+        Ok(text
+            .as_deref()
+            .and_then(pgwarden_proto::lsn::parse_lsn)
+            .unwrap_or(0))
+    };
+    let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
+    let timeline: Option<i64> = row.try_get(3).map_err(|e| e.to_string())?;
+    let status: Option<String> = row.try_get(4).map_err(|e| e.to_string())?;
+    let sender_port: Option<i32> = row.try_get(5).map_err(|e| e.to_string())?;
+    let lags: Option<String> = row.try_get(6).map_err(|e| e.to_string())?;
+    let streaming = status.as_deref() == Some("streaming");
+    Ok(Observation {
+        in_recovery,
+        timeline: timeline.and_then(|t| u32::try_from(t).ok()).unwrap_or(0),
+        replay_lsn: get_lsn(1)?,
+        flush_lsn: get_lsn(2)?,
+        streaming,
+        upstream_port: if streaming {
+            sender_port.and_then(|p| u16::try_from(p).ok())
+        } else {
+            None
+        },
+        replica_lag: lags
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|kv| kv.rsplit_once('='))
+            .map(|(name, secs)| (name.to_owned(), secs.parse().unwrap_or(0.0)))
+            .collect(),
+    })
+}
+
+async fn connect(t: &CheckTarget, s: &CheckSettings) -> Result<tokio_postgres::Client, String> {
+    let mut cfg = tokio_postgres::Config::new();
+    cfg.host(&t.host)
+        .port(t.port)
+        .user(&s.user)
+        .dbname(&s.database)
+        .application_name("pgwarden-monitor")
+        .connect_timeout(s.timeout);
+    if let Some(p) = &s.password {
+        cfg.password(p);
+    }
+    match tokio::time::timeout(s.timeout, cfg.connect(tokio_postgres::NoTls)).await {
+        Ok(Ok((client, conn))) => {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            Ok(client)
+        }
+        Ok(Err(e)) => Err(describe(&e)),
+        Err(_) => Err(format!("connect timed out after {:?}", s.timeout)),
+    }
+}
+
+/// tokio-postgres's Display hides the cause ("db error", "error connecting"):
+/// include it, so `status` says why a backend is down.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.code().code(), db.message());
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    msg
+}

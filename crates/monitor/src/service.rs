@@ -1,0 +1,151 @@
+//! The Monitor gRPC service on `monitor.sock`.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use pgwarden_proto::v1::monitor_server::Monitor;
+use pgwarden_proto::v1::{
+    BackendRequest, ChangeReply, ClusterState, GetClusterRequest, PromoteBackendRequest,
+    RecheckReply, RecheckRequest, WatchClusterRequest,
+};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tonic::{Request, Response, Status};
+
+/// A request the service passes to the monitor's core loop.
+#[derive(Debug)]
+pub enum Command {
+    /// AttachBackend.
+    Attach(usize, oneshot::Sender<Result<String, String>>),
+    /// DetachBackend.
+    Detach(usize, oneshot::Sender<Result<String, String>>),
+    /// PromoteBackend.
+    Promote(usize, bool, oneshot::Sender<Result<String, String>>),
+    /// Recheck.
+    Recheck,
+}
+
+/// The service: talks to the core loop, never to the machine directly.
+#[derive(Debug, Clone)]
+pub struct MonitorService {
+    /// Requests to the core loop.
+    pub commands: mpsc::Sender<Command>,
+    /// The latest state, live check data included.
+    pub current: watch::Receiver<ClusterState>,
+    /// Each committed generation.
+    pub generations: broadcast::Sender<ClusterState>,
+}
+
+type StateStream = Pin<Box<dyn Stream<Item = Result<ClusterState, Status>> + Send>>;
+
+impl MonitorService {
+    async fn change(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Command,
+    ) -> Result<Response<ChangeReply>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Status::unavailable("the monitor is shutting down"))?;
+        match rx.await {
+            Ok(Ok(message)) => {
+                let state = self.current.borrow().clone();
+                Ok(Response::new(ChangeReply {
+                    state: Some(state),
+                    message,
+                }))
+            }
+            Ok(Err(e)) => Err(Status::failed_precondition(e)),
+            Err(_) => Err(Status::unavailable("the monitor is shutting down")),
+        }
+    }
+}
+
+fn id(raw: u32) -> usize {
+    raw as usize
+}
+
+#[tonic::async_trait]
+impl Monitor for MonitorService {
+    type WatchClusterStream = StateStream;
+
+    async fn watch_cluster(
+        &self,
+        _: Request<WatchClusterRequest>,
+    ) -> Result<Response<StateStream>, Status> {
+        // Subscribe before reading the current state, so no generation
+        // committed in between is missed; then skip what was already sent.
+        let mut generations = self.generations.subscribe();
+        let first = self.current.borrow().clone();
+        let current = self.current.clone();
+        let (tx, rx) = mpsc::channel::<Result<ClusterState, Status>>(16);
+        tokio::spawn(async move {
+            let mut last = first.generation;
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    n = generations.recv() => n,
+                };
+                let state = match next {
+                    Ok(s) => s,
+                    // Fell behind: the newest state still goes out, in order.
+                    Err(broadcast::error::RecvError::Lagged(_)) => current.borrow().clone(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if state.generation <= last {
+                    continue;
+                }
+                last = state.generation;
+                if tx.send(Ok(state)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_cluster(
+        &self,
+        _: Request<GetClusterRequest>,
+    ) -> Result<Response<ClusterState>, Status> {
+        Ok(Response::new(self.current.borrow().clone()))
+    }
+
+    async fn attach_backend(
+        &self,
+        r: Request<BackendRequest>,
+    ) -> Result<Response<ChangeReply>, Status> {
+        let i = id(r.into_inner().id);
+        self.change(|tx| Command::Attach(i, tx)).await
+    }
+
+    async fn detach_backend(
+        &self,
+        r: Request<BackendRequest>,
+    ) -> Result<Response<ChangeReply>, Status> {
+        let i = id(r.into_inner().id);
+        self.change(|tx| Command::Detach(i, tx)).await
+    }
+
+    async fn promote_backend(
+        &self,
+        r: Request<PromoteBackendRequest>,
+    ) -> Result<Response<ChangeReply>, Status> {
+        let r = r.into_inner();
+        self.change(|tx| Command::Promote(id(r.id), r.force, tx))
+            .await
+    }
+
+    async fn recheck(&self, _: Request<RecheckRequest>) -> Result<Response<RecheckReply>, Status> {
+        self.commands
+            .send(Command::Recheck)
+            .await
+            .map_err(|_| Status::unavailable("the monitor is shutting down"))?;
+        Ok(Response::new(RecheckReply {}))
+    }
+}

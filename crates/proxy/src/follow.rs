@@ -1,0 +1,162 @@
+//! Following the monitor: the proxy routes by the newest cluster state.
+//!
+//! A long-lived `WatchCluster` stream on `monitor.sock` delivers each
+//! committed generation. The primary of a generation is routable only when
+//! its status is up; a newer generation with another primary (or none)
+//! ends every session on the old one (57P01, see [`crate::session`]) and
+//! drops its cached connections. Older or repeated generations are ignored:
+//! the proxy never goes back to a primary it has seen replaced.
+//!
+//! If the monitor is unreachable for `proxy.monitor_stale_after`, the proxy
+//! can no longer know which backend is the primary, so it stops routing
+//! (fencing) and says why, instead of guessing. A restart of the monitor
+//! alone is much shorter than that and disturbs nobody.
+
+use std::time::Duration;
+
+use pgwarden_proto::uds::{self, Daemon};
+use pgwarden_proto::v1::monitor_client::MonitorClient;
+use pgwarden_proto::v1::{ClusterState, Status, WatchClusterRequest};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+use crate::settings::BackendAddr;
+
+/// Follows the monitor until `stop` fires.
+pub async fn run(shared: &Shared, stop: &CancellationToken) {
+    let s = &shared.settings;
+    let path = uds::socket_path(&s.runtime_dir, Daemon::Monitor);
+    let mut client = MonitorClient::new(uds::connect_lazy(&path));
+    let mut backoff = uds::reconnect_backoff();
+    let mut seen: u64 = 0;
+    // When the monitor was last known reachable (or the proxy started).
+    let mut lost_since = Instant::now();
+    let mut fenced = false;
+    loop {
+        let stream = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = client.watch_cluster(WatchClusterRequest {}) => r,
+        };
+        match stream {
+            Ok(resp) => {
+                let mut stream = resp.into_inner();
+                loop {
+                    let msg = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        m = stream.message() => m,
+                    };
+                    match msg {
+                        Ok(Some(state)) => {
+                            backoff = uds::reconnect_backoff();
+                            fenced = false;
+                            apply(shared, &state, &mut seen);
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "cluster state stream ended");
+                            break;
+                        }
+                    }
+                }
+                lost_since = Instant::now();
+                tracing::warn!(socket = %path.display(), "lost the monitor; reconnecting");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, socket = %path.display(), "monitor not reachable")
+            }
+        }
+        let stale = lost_since.elapsed();
+        if !fenced && stale >= s.monitor_stale_after {
+            fenced = true;
+            let why = format!(
+                "the monitor ({}) has been unreachable for {}s (proxy.monitor_stale_after): the primary is not known",
+                path.display(),
+                stale.as_secs()
+            );
+            tracing::error!("{why}; refusing clients until it is back");
+            if let Some(old) = shared.router.set(seen, None, &why) {
+                shared.pools.close_idle(old);
+            }
+        }
+        let pause = backoff.next().unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Routes by `state` if it is newer than anything seen.
+fn apply(shared: &Shared, state: &ClusterState, seen: &mut u64) {
+    let router = &shared.router;
+    if state.generation < *seen
+        || (state.generation == *seen && router.current().generation == *seen && *seen > 0)
+    {
+        if state.generation < *seen {
+            tracing::error!(
+                got = state.generation,
+                seen = *seen,
+                "the monitor reports an older generation than already seen: ignored (was its state_dir reset? \
+                 restart the proxy to accept it)"
+            );
+        }
+        // Same generation again (a reconnect): nothing changed.
+        if state.generation == *seen {
+            route_by(shared, state);
+        }
+        return;
+    }
+    *seen = state.generation;
+    route_by(shared, state);
+}
+
+fn route_by(shared: &Shared, state: &ClusterState) {
+    let (primary, why) = primary_of(&shared.settings.backends, state);
+    if let Some(old) = shared.router.set(state.generation, primary, &why) {
+        shared.pools.close_idle(old);
+    }
+}
+
+/// The routable primary of a state, or why there is none.
+fn primary_of(backends: &[BackendAddr], state: &ClusterState) -> (Option<BackendAddr>, String) {
+    let Some(id) = state.primary_id else {
+        return (
+            None,
+            format!(
+                "the monitor knows no primary (generation {})",
+                state.generation
+            ),
+        );
+    };
+    let Some(b) = state.backends.iter().find(|b| b.id == id) else {
+        return (
+            None,
+            format!("the monitor's primary id {id} is not in its own backend list"),
+        );
+    };
+    if b.status != Status::Up as i32 {
+        let why = if b.reason.is_empty() {
+            "down".to_owned()
+        } else {
+            b.reason.clone()
+        };
+        let what = if state.failover_in_progress {
+            "failover in progress"
+        } else {
+            "the primary is not up"
+        };
+        return (None, format!("{what}: {} is {why}", b.name));
+    }
+    match backends.get(id as usize) {
+        Some(ours) if ours.name == b.name => (Some(ours.clone()), String::new()),
+        _ => (
+            None,
+            format!(
+                "the monitor's primary \"{}\" (id {id}) is not backend {id} of this proxy's config: \
+                 the nodes' [[backends]] lists differ",
+                b.name
+            ),
+        ),
+    }
+}
