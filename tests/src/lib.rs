@@ -169,10 +169,11 @@ impl Proxy {
             .unwrap_or_else(|| (0..cluster.nodes().len()).collect());
         for n in order.iter().map(|i| cluster.node(*i)) {
             toml.push_str(&format!(
-                "\n[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\n",
+                "\n[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\ndata_dir = \"{}\"\n",
                 n.name(),
                 n.host(),
-                n.port()
+                n.port(),
+                n.data_dir().display()
             ));
         }
         let config = dir.path().join("pgwarden.toml");

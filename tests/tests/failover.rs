@@ -1,0 +1,537 @@
+//! Automatic failover, end to end: real servers, the real monitor and
+//! proxy, clients writing through the proxy while the primary dies.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::time::{Duration, Instant};
+
+use pgwarden_e2e::*;
+use pgwarden_testkit::{StopMode, wait_until};
+
+fn up(s: &ClusterState, id: u32) -> bool {
+    s.backends
+        .iter()
+        .any(|b| b.id == id && b.status == Status::Up as i32)
+}
+
+fn status_of(s: &ClusterState, id: u32) -> i32 {
+    s.backends
+        .iter()
+        .find(|b| b.id == id)
+        .map_or(-1, |b| b.status)
+}
+
+fn all_up(s: &ClusterState) -> bool {
+    s.primary_id.is_some() && s.backends.iter().all(|b| b.status == Status::Up as i32)
+}
+
+/// Inserts row `i`, reconnecting as needed; Ok when acknowledged.
+async fn insert(
+    client: &mut Option<tokio_postgres::Client>,
+    proxy: &Proxy,
+    i: i32,
+) -> Result<(), String> {
+    if client.as_ref().is_none_or(|c| c.is_closed()) {
+        *client = Some(
+            proxy
+                .connect(ALICE.0, ALICE.1, "app")
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let c = client.as_ref().unwrap();
+    match c.execute("INSERT INTO ledger VALUES ($1)", &[&i]).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            *client = None;
+            Err(format!("{e:?}"))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_continue_on_the_most_advanced_standby_after_the_primary_dies() {
+    let cluster = cluster(2);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let setup = proxy.alice().await;
+    setup
+        .batch_execute("CREATE TABLE ledger (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
+    // pg1 stops replaying: pg2 is now the most advanced standby.
+    cluster
+        .node(1)
+        .psql("SELECT pg_wal_replay_pause()")
+        .unwrap();
+
+    let mut client = None;
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        insert(&mut client, &proxy, i).await.unwrap();
+        acked.push(i);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_until(Duration::from_secs(20), "pg2 to replay every row", || {
+        cluster
+            .node(2)
+            .psql_db("app", "SELECT count(*) FROM ledger")
+            .unwrap_or_default()
+            == "20"
+    })
+    .unwrap();
+
+    cluster.node(0).stop(StopMode::Immediate).unwrap();
+    let killed = Instant::now();
+    let mut first_ok_after: Option<Duration> = None;
+    let mut errors = Vec::new();
+    let mut i = 20;
+    while killed.elapsed() < Duration::from_secs(60) {
+        match insert(&mut client, &proxy, i).await {
+            Ok(()) => {
+                acked.push(i);
+                if first_ok_after.is_none() {
+                    first_ok_after = Some(killed.elapsed());
+                }
+                if acked.len() >= 40 {
+                    break;
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = first_ok_after.unwrap_or_else(|| {
+        panic!(
+            "no write succeeded after the failover: {errors:?}\n{}",
+            proxy.monitor_log()
+        )
+    });
+    eprintln!(
+        "first acknowledged write {took:?} after the primary died; {} failed attempts",
+        errors.len()
+    );
+
+    let state = proxy.cluster_state().await;
+    assert_eq!(
+        state.primary_id,
+        Some(2),
+        "the most advanced standby was promoted: {state:#?}"
+    );
+    assert!(!cluster.node(2).is_in_recovery().unwrap());
+    assert_eq!(status_of(&state, 0), Status::Detached as i32);
+
+    // Every acknowledged row is on the new primary.
+    let on_new: i64 = proxy
+        .alice()
+        .await
+        .query_one("SELECT count(*) FROM ledger", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(on_new as usize, acked.len(), "acknowledged rows lost");
+
+    // pg1 resumes and follows the new primary: it receives rows written after the failover.
+    cluster
+        .node(1)
+        .psql("SELECT pg_wal_replay_resume()")
+        .unwrap();
+    let last = *acked.last().unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "pg1 to replicate rows written after the failover",
+        || {
+            cluster
+                .node(1)
+                .psql_db(
+                    "app",
+                    &format!("SELECT count(*) FROM ledger WHERE id = {last}"),
+                )
+                .unwrap_or_default()
+                == "1"
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\nmonitor log:\n{}", proxy.monitor_log()));
+    proxy
+        .wait_state(Duration::from_secs(30), "pg1 up again", |s| up(s, 1))
+        .await;
+
+    // The old primary comes back, as a primary on the old timeline: it stays
+    // detached and gets no traffic.
+    cluster.node(0).start().unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let state = proxy.cluster_state().await;
+    assert_eq!(status_of(&state, 0), Status::Detached as i32, "{state:#?}");
+    assert_eq!(state.primary_id, Some(2));
+    for _ in 0..5 {
+        let c = proxy.alice().await;
+        let port: i32 = c
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(port, i32::from(cluster.node(2).port()));
+    }
+    let on_old = cluster
+        .node(0)
+        .psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'alice'")
+        .unwrap();
+    assert_eq!(on_old, "0", "the old primary received client traffic");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dying_standby_is_marked_down_without_failover_and_returns_when_streaming() {
+    let cluster = cluster(2);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let before = proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let c = proxy.alice().await;
+    c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+
+    cluster.node(1).stop(StopMode::Immediate).unwrap();
+    let s = proxy
+        .wait_state(Duration::from_secs(20), "pg1 down", |s| {
+            status_of(s, 1) == Status::Down as i32
+        })
+        .await;
+    assert_eq!(s.primary_id, before.primary_id, "no failover");
+    assert!(!s.failover_in_progress);
+    // The session on the primary was not disturbed.
+    c.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+
+    cluster.node(1).start().unwrap();
+    let s = proxy
+        .wait_state(Duration::from_secs(30), "pg1 up again", |s| up(s, 1))
+        .await;
+    assert_eq!(s.primary_id, Some(0));
+    assert!(s.backends[1].streaming);
+    c.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
+    assert!(
+        !proxy.monitor_log().contains("promoting"),
+        "a standby's death caused a promotion"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_client_action_changes_a_backend_status() {
+    let cluster = cluster(1);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let before = proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+
+    // A client terminates its own backend.
+    let c = proxy.alice().await;
+    let err = c
+        .batch_execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
+        "{err}"
+    );
+    // A client cancels its query.
+    let c = proxy.alice().await;
+    let token = c.cancel_token();
+    let (r, _) = tokio::join!(c.query("SELECT pg_sleep(30)", &[]), async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        token.cancel_query(tokio_postgres::NoTls).await.unwrap();
+    });
+    assert_eq!(sqlstate(&r.unwrap_err()).as_deref(), Some("57014"));
+    // A client disconnects mid-query.
+    let c = proxy.alice().await;
+    let running = tokio::spawn(async move { c.query("SELECT pg_sleep(30)", &[]).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    running.abort();
+    // A client sends garbage.
+    let _ = raw_exchange(proxy.port, b"\x00\x00\x00\x10garbagegarbage!!");
+    let _ = raw_exchange(proxy.port, &[0xff; 300]);
+    // Many clients connect and fail to authenticate.
+    for _ in 0..20 {
+        let _ = proxy.connect(ALICE.0, "wrong", "app").await;
+    }
+
+    // Several check periods later, nothing changed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = proxy.cluster_state().await;
+    assert_eq!(
+        after.generation, before.generation,
+        "a client action changed the cluster state: {after:#?}"
+    );
+    assert!(all_up(&after));
+    proxy.alice().await.batch_execute("SELECT 1").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_cluster_streams_each_generation_once_in_order() {
+    use pgwarden_proto::v1::{BackendRequest, WatchClusterRequest};
+    let cluster = cluster(2);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let mut stream = proxy
+        .monitor_client()
+        .await
+        .watch_cluster(WatchClusterRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+
+    // Four changes: detach, attach, a standby dies, it comes back.
+    let mut api = proxy.monitor_client().await;
+    api.detach_backend(BackendRequest { id: 2 }).await.unwrap();
+    proxy
+        .wait_state(Duration::from_secs(10), "pg2 detached", |s| {
+            status_of(s, 2) == Status::Detached as i32
+        })
+        .await;
+    api.attach_backend(BackendRequest { id: 2 }).await.unwrap();
+    cluster.node(1).stop(StopMode::Immediate).unwrap();
+    proxy
+        .wait_state(Duration::from_secs(20), "pg1 down", |s| {
+            status_of(s, 1) == Status::Down as i32
+        })
+        .await;
+    cluster.node(1).start().unwrap();
+    let last = proxy
+        .wait_state(Duration::from_secs(30), "pg1 up", |s| up(s, 1))
+        .await;
+
+    let mut got = vec![first.generation];
+    while got.last() < Some(&last.generation) {
+        let s = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        got.push(s.generation);
+    }
+    let expected: Vec<u64> = (first.generation..=last.generation).collect();
+    assert_eq!(got, expected, "each generation once, in order");
+    assert!(got.len() >= 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_the_monitor_alone_does_not_disturb_clients() {
+    let cluster = cluster(1);
+    let mut proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let before = proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let c = proxy.alice().await;
+    c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+    proxy.kill_monitor();
+    for i in 0..10 {
+        c.execute("INSERT INTO t VALUES ($1)", &[&i]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // New clients are served too while the monitor is away (within monitor_stale_after).
+    proxy.alice().await.batch_execute("SELECT 1").await.unwrap();
+    proxy.start_monitor();
+    let after = proxy
+        .wait_state(
+            Duration::from_secs(20),
+            "the monitor back with all up",
+            all_up,
+        )
+        .await;
+    assert_eq!(after.primary_id, before.primary_id);
+    for i in 10..20 {
+        c.execute("INSERT INTO t VALUES ($1)", &[&i]).await.unwrap();
+    }
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxy_that_loses_the_monitor_for_too_long_stops_routing_and_says_why() {
+    let cluster = cluster(0);
+    let mut proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().set("monitor_stale_after = \"2s\""),
+    );
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let c = proxy.alice().await;
+    proxy.kill_monitor();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let err = proxy
+        .connect(ALICE.0, ALICE.1, "app")
+        .await
+        .expect_err("fenced");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57P03"), "{err:?}");
+    let msg = err
+        .as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default();
+    assert!(
+        msg.contains("monitor") && msg.contains("unreachable"),
+        "{msg}"
+    );
+    // The open session was ended too: the proxy no longer knows the primary.
+    assert!(c.batch_execute("SELECT 1").await.is_err());
+    // The monitor returns: service resumes.
+    proxy.start_monitor();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match proxy.connect(ALICE.0, ALICE.1, "app").await {
+            Ok(c) => {
+                c.batch_execute("SELECT 1").await.unwrap();
+                break;
+            }
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_switchover_moves_new_sessions_and_ends_old_ones() {
+    use pgwarden_proto::v1::PromoteBackendRequest;
+    let cluster = cluster(1);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let old_session = proxy.alice().await;
+    old_session
+        .batch_execute("CREATE TABLE s (x int)")
+        .await
+        .unwrap();
+    cluster.wait_replicated(Duration::from_secs(10)).unwrap();
+
+    let reply = proxy
+        .monitor_client()
+        .await
+        .promote_backend(PromoteBackendRequest {
+            id: 1,
+            force: false,
+        })
+        .await
+        .unwrap();
+    assert!(reply.into_inner().message.contains("promoting"));
+    let s = proxy
+        .wait_state(Duration::from_secs(30), "pg1 primary", |s| {
+            s.primary_id == Some(1) && up(s, 1)
+        })
+        .await;
+    assert_eq!(status_of(&s, 0), Status::Detached as i32);
+
+    // The session on the old primary was ended with 57P01 and says why.
+    let err = old_session
+        .batch_execute("INSERT INTO s VALUES (1)")
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
+        "{err:?}"
+    );
+    let c = proxy.alice().await;
+    c.batch_execute("INSERT INTO s VALUES (2)").await.unwrap();
+    let port: i32 = c
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port, i32::from(cluster.node(1).port()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_mode_hooks_receive_pgpool_arguments() {
+    use std::os::unix::fs::PermissionsExt;
+    let cluster = cluster(2);
+    let dir = tempfile::tempdir().unwrap();
+    let failover_args = dir.path().join("failover.args");
+    let follow_args = dir.path().join("follow.args");
+    let script = dir.path().join("failover.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> {}\npsql -X -h \"$6\" -p \"$9\" -U postgres -d postgres -Atc 'SELECT pg_promote()'\n",
+            failover_args.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let all = "%d %h %p %D %m %H %M %P %r %R %N %S %%";
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions {
+            failover: vec![
+                "mode = \"command\"".into(),
+                format!("command = \"{} {all}\"", script.display()),
+                format!(
+                    "follow_primary_command = \"echo {all} >> {}\"",
+                    follow_args.display()
+                ),
+            ],
+            ..Default::default()
+        },
+    );
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    cluster.node(0).stop(StopMode::Immediate).unwrap();
+    proxy
+        .wait_state(Duration::from_secs(30), "pg1 promoted", |s| {
+            s.primary_id == Some(1) && up(s, 1)
+        })
+        .await;
+
+    let (n0, n1, n2) = (cluster.node(0), cluster.node(1), cluster.node(2));
+    let got = std::fs::read_to_string(&failover_args).unwrap();
+    let expected = format!(
+        "0 127.0.0.1 {} {} 1 127.0.0.1 0 0 {} {} 127.0.0.1 {} %\n",
+        n0.port(),
+        n0.data_dir().display(),
+        n1.port(),
+        n1.data_dir().display(),
+        n0.port()
+    );
+    assert_eq!(
+        got, expected,
+        "failover.command arguments (run exactly once)"
+    );
+    wait_until(Duration::from_secs(10), "follow_primary_command", || {
+        follow_args.exists()
+    })
+    .unwrap();
+    let got = std::fs::read_to_string(&follow_args).unwrap();
+    let expected = format!(
+        "2 127.0.0.1 {} {} 1 127.0.0.1 0 0 {} {} 127.0.0.1 {} %\n",
+        n2.port(),
+        n2.data_dir().display(),
+        n1.port(),
+        n1.data_dir().display(),
+        n0.port()
+    );
+    assert_eq!(got, expected, "follow_primary_command arguments");
+    // Writes go to the new primary.
+    let c = proxy.alice().await;
+    let recovery: bool = c
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!recovery);
+}
