@@ -1,0 +1,160 @@
+//! The command line, as typed: `pgwardenctl [--config PATH | --socket PATH] [--json] [COMMAND]`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// pgwarden's admin CLI: the cluster state as the monitor sees it, and the
+/// operator's controls over backends (pgpool-II's pcp_* commands).
+///
+/// Exit status: 0 done; 1 the monitor refused or failed the request; 2 a
+/// usage, config or connection error (unknown backend, monitor not running).
+#[derive(Debug, Parser)]
+#[command(name = "pgwardenctl", version)]
+pub struct Cli {
+    /// The node config file; only `node.runtime_dir` (where monitor.sock
+    /// lives) is used, but the whole file is validated.
+    #[arg(long, global = true, value_name = "PATH", default_value = pgwarden_config::DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+
+    /// The monitor's socket, instead of `<node.runtime_dir>/monitor.sock`
+    /// from the config (which is then not read at all).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    /// Print JSON instead of text: the state for `status`, one state per line
+    /// for `watch`, `{"message", "state"}` for the backend commands.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// What to do; `status` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The commands.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// Show every backend's role, status, lag and last check (pcp_node_info,
+    /// SHOW POOL_NODES). The default command.
+    Status,
+    /// Print one line per new generation of the cluster state, until Ctrl-C.
+    Watch,
+    /// Route to a backend again (pcp_attach_node). Refused unless the backend
+    /// is healthy and, for a standby, streams from the primary.
+    Attach(Target),
+    /// Stop routing to a backend (pcp_detach_node). Detaching the primary
+    /// fails over.
+    Detach(Target),
+    /// Planned switchover to a standby (pcp_promote_node --switchover): the
+    /// current primary is fenced (detached), then the standby is promoted.
+    Promote(PromoteArgs),
+    /// Have the monitor check every backend now.
+    Recheck,
+}
+
+/// The backend a command acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct Target {
+    /// The backend's name, or its id (its position in `[[backends]]`, from 0).
+    #[arg(value_name = "ID_OR_NAME")]
+    pub backend: String,
+}
+
+/// `promote`'s arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct PromoteArgs {
+    /// The standby to promote.
+    #[command(flatten)]
+    pub target: Target,
+
+    /// Promote even when the standby lags more than
+    /// replication_check.max_lag_bytes (transactions may be lost).
+    #[arg(long)]
+    pub force: bool,
+
+    /// Wait until the standby is the primary and up, printing each new
+    /// generation; exit 1 if the monitor gives up on it.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long `--wait` waits (e.g. "90s", "2m").
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+impl Cli {
+    /// The command to run: the one given, or `status`.
+    pub fn command_or_status(&self) -> Command {
+        self.command.clone().unwrap_or(Command::Status)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("pgwardenctl").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn status_is_the_default() {
+        let cli = parse(&[]);
+        assert_eq!(cli.command_or_status(), Command::Status);
+        assert_eq!(cli.config, PathBuf::from("/etc/pgwarden/pgwarden.toml"));
+        assert!(!cli.json);
+        assert!(parse(&["--json"]).json);
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = parse(&["status", "--json", "--config", "/x.toml"]);
+        assert!(cli.json);
+        assert_eq!(cli.config, PathBuf::from("/x.toml"));
+        let cli = parse(&["--socket", "/run/m.sock", "detach", "pg2"]);
+        assert_eq!(cli.socket, Some(PathBuf::from("/run/m.sock")));
+        assert_eq!(
+            cli.command_or_status(),
+            Command::Detach(Target {
+                backend: "pg2".into()
+            })
+        );
+    }
+
+    #[test]
+    fn promote_flags() {
+        let cli = parse(&["promote", "1", "--force", "--wait", "--timeout", "2m"]);
+        let Command::Promote(p) = cli.command_or_status() else {
+            panic!("{cli:?}")
+        };
+        assert_eq!(p.target.backend, "1");
+        assert!(p.force && p.wait);
+        assert_eq!(p.timeout, Duration::from_secs(120));
+        let Command::Promote(p) = parse(&["promote", "pg1"]).command_or_status() else {
+            panic!()
+        };
+        assert!(!p.force && !p.wait);
+        assert_eq!(p.timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn usage_errors() {
+        for args in [
+            &["attach"][..],
+            &["bogus"],
+            &["promote", "pg1", "--timeout", "soon"],
+        ] {
+            let argv = std::iter::once("pgwardenctl").chain(args.iter().copied());
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        <Cli as CommandFactory>::command().debug_assert();
+    }
+}

@@ -1,0 +1,235 @@
+//! `attach`, `detach` and `promote`: resolve the backend by the current
+//! state, make the request, print the monitor's answer.
+
+use std::io::Write;
+use std::time::Duration;
+
+use pgwarden_proto::v1::{ChangeReply, ClusterState, Status};
+
+use crate::CtlError;
+use crate::cli::{PromoteArgs, Target};
+use crate::monitor::Monitor;
+use crate::render::{change_json, summary_line};
+use crate::resolve::resolve;
+
+/// AttachBackend (pcp_attach_node).
+pub async fn attach(
+    monitor: &mut Monitor,
+    target: &Target,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let id = backend_id(monitor, target).await?;
+    let reply = monitor.attach(id).await?;
+    print_reply(&reply, json, out)
+}
+
+/// DetachBackend (pcp_detach_node).
+pub async fn detach(
+    monitor: &mut Monitor,
+    target: &Target,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<(), CtlError> {
+    let id = backend_id(monitor, target).await?;
+    let reply = monitor.detach(id).await?;
+    print_reply(&reply, json, out)
+}
+
+/// PromoteBackend (pcp_promote_node --switchover). The monitor answers as
+/// soon as the switchover starts; with `--wait`, follow it to the end.
+pub async fn promote(
+    monitor: &mut Monitor,
+    args: &PromoteArgs,
+    json: bool,
+    out: &mut impl Write,
+    interrupt: impl Future<Output = ()>,
+) -> Result<(), CtlError> {
+    let state = monitor.get_cluster().await?;
+    let backend = resolve(&state, &args.target.backend)?;
+    let (id, name) = (backend.id, backend.name.clone());
+    let reply = monitor.promote(id, args.force).await?;
+    if !args.wait {
+        return print_reply(&reply, json, out);
+    }
+    if !json {
+        writeln!(out, "{}", reply.message)?;
+        out.flush()?;
+    }
+    let since = reply.state.as_ref().map_or(0, |s| s.generation);
+    let progress = (!json).then_some(&mut *out);
+    let wait = Wait {
+        id,
+        name: &name,
+        since,
+        timeout: args.timeout,
+    };
+    let state = wait.until_primary(monitor, progress, interrupt).await?;
+    let done = ChangeReply {
+        message: format!("{name} is the primary (generation {})", state.generation),
+        state: Some(state),
+    };
+    print_reply(&done, json, out)
+}
+
+/// The id of the backend `target` names, by the monitor's current state.
+async fn backend_id(monitor: &mut Monitor, target: &Target) -> Result<u32, CtlError> {
+    let state = monitor.get_cluster().await?;
+    Ok(resolve(&state, &target.backend)?.id)
+}
+
+fn print_reply(reply: &ChangeReply, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
+    if json {
+        super::write_json(out, &change_json(reply))
+    } else {
+        writeln!(out, "{}", reply.message)?;
+        Ok(())
+    }
+}
+
+/// `promote --wait`: following a started switchover.
+struct Wait<'a> {
+    /// The standby being promoted.
+    id: u32,
+    name: &'a str,
+    /// The generation of the reply that started it.
+    since: u64,
+    timeout: Duration,
+}
+
+impl Wait<'_> {
+    /// Watches the cluster until backend `id` is the primary and up with no
+    /// failover in progress, writing each newer generation's line to
+    /// `progress`. Fails when a later generation ends the failover with
+    /// another outcome, on the timeout, or when interrupted.
+    async fn until_primary(
+        &self,
+        monitor: &mut Monitor,
+        mut progress: Option<&mut impl Write>,
+        interrupt: impl Future<Output = ()>,
+    ) -> Result<ClusterState, CtlError> {
+        let mut states = monitor.watch().await?;
+        let mut interrupt = std::pin::pin!(interrupt);
+        let mut deadline = std::pin::pin!(tokio::time::sleep(self.timeout));
+        let mut shown = self.since;
+        let follow = "it may still complete: follow it with `pgwardenctl watch`";
+        loop {
+            let state = tokio::select! {
+                () = &mut interrupt => {
+                    return Err(CtlError::NotCompleted(format!(
+                        "interrupted while waiting for {} to become the primary; {follow}",
+                        self.name
+                    )));
+                }
+                () = &mut deadline => {
+                    return Err(CtlError::NotCompleted(format!(
+                        "{} is not the primary after {}; {follow}",
+                        self.name,
+                        humantime::format_duration(self.timeout)
+                    )));
+                }
+                state = states.next() => state?,
+            };
+            if let Some(out) = progress.as_mut()
+                && state.generation > shown
+            {
+                writeln!(out, "{}", summary_line(&state))?;
+                out.flush()?;
+                shown = state.generation;
+            }
+            match self.outcome(&state) {
+                Some(Ok(())) => return Ok(state),
+                Some(Err(reason)) => return Err(CtlError::NotCompleted(reason)),
+                None => {}
+            }
+        }
+    }
+
+    /// Whether `state` ends the wait: promoted, or a failure with the reason.
+    fn outcome(&self, state: &ClusterState) -> Option<Result<(), String>> {
+        let backend = state.backends.iter().find(|b| b.id == self.id);
+        let up = backend.is_some_and(|b| b.status() == Status::Up);
+        if state.primary_id == Some(self.id) && up && !state.failover_in_progress {
+            return Some(Ok(()));
+        }
+        if state.generation > self.since && !state.failover_in_progress {
+            let why = backend
+                .map(|b| b.reason.as_str())
+                .filter(|r| !r.is_empty())
+                .unwrap_or("the monitor ended the failover");
+            let primary = summary_line(state);
+            return Some(Err(format!(
+                "{} was not promoted: {why} ({primary})",
+                self.name
+            )));
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwarden_proto::v1::{BackendState, Role};
+
+    fn state(generation: u64, primary: Option<u32>, in_progress: bool) -> ClusterState {
+        let backend = |id: u32| BackendState {
+            id,
+            name: format!("pg{id}"),
+            role: if Some(id) == primary {
+                Role::Primary as i32
+            } else {
+                Role::Standby as i32
+            },
+            status: Status::Up as i32,
+            ..Default::default()
+        };
+        ClusterState {
+            generation,
+            primary_id: primary,
+            backends: vec![backend(0), backend(1)],
+            failover_in_progress: in_progress,
+            monitor: String::new(),
+        }
+    }
+
+    const WAIT: Wait<'static> = Wait {
+        id: 1,
+        name: "pg1",
+        since: 5,
+        timeout: Duration::from_secs(1),
+    };
+
+    #[test]
+    fn promoted() {
+        assert_eq!(WAIT.outcome(&state(7, Some(1), false)), Some(Ok(())));
+    }
+
+    #[test]
+    fn still_going() {
+        assert_eq!(WAIT.outcome(&state(5, None, true)), None);
+        assert_eq!(WAIT.outcome(&state(6, None, true)), None);
+        // The reply's own generation (or older) never counts as a failure.
+        assert_eq!(WAIT.outcome(&state(5, Some(0), false)), None);
+        // Primary of record but not up yet.
+        let mut s = state(7, Some(1), false);
+        s.backends[1].status = Status::Down as i32;
+        assert!(WAIT.outcome(&s).is_some_and(|r| r.is_err()));
+        assert_eq!(WAIT.outcome(&state(7, Some(1), true)), None);
+    }
+
+    #[test]
+    fn failed() {
+        let mut s = state(7, None, false);
+        s.backends[1].status = Status::Detached as i32;
+        s.backends[1].reason = "promotion failed: timeout".into();
+        let Some(Err(reason)) = WAIT.outcome(&s) else {
+            panic!()
+        };
+        assert_eq!(
+            reason,
+            "pg1 was not promoted: promotion failed: timeout \
+             (generation 7: no primary; pg0 up, pg1 detached (promotion failed: timeout))"
+        );
+    }
+}

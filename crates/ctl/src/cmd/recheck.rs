@@ -1,0 +1,21 @@
+//! `pgwardenctl recheck`: have the monitor check every backend now.
+
+use std::io::Write;
+
+use serde_json::json;
+
+use crate::CtlError;
+use crate::monitor::Monitor;
+
+const MESSAGE: &str = "recheck requested: the monitor checks every backend now";
+
+/// Asks for the recheck; the results show in `status` once the checks ran.
+pub async fn run(monitor: &mut Monitor, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
+    monitor.recheck().await?;
+    if json {
+        super::write_json(out, &json!({ "message": MESSAGE }))
+    } else {
+        writeln!(out, "{MESSAGE}")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! [`CtlError`]: every way a `pgwardenctl` command can fail, each with its
+//! exit status and a one-line reason for the operator.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit status of a request the monitor refused or failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status of a usage, config or connection error.
+pub const EXIT_USAGE: u8 = 2;
+
+/// Why a command failed. `Display` is the whole reason, on one line, ready to
+/// follow `pgwardenctl: `.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CtlError {
+    /// The config file could not be read or is invalid.
+    #[error(transparent)]
+    Config(#[from] pgwarden_config::ConfigError),
+
+    /// No connection to the monitor's socket could be made: it is not
+    /// running, or not accepting, or the socket is not ours to open.
+    #[error("cannot reach pgwarden-monitor at {}: {reason} (is it running?)", path.display())]
+    Unreachable {
+        /// The socket.
+        path: PathBuf,
+        /// The underlying error (e.g. `Connection refused (os error 111)`).
+        reason: String,
+    },
+
+    /// The monitor went away during a call or a watch.
+    #[error("lost pgwarden-monitor at {}: {reason}", path.display())]
+    Lost {
+        /// The socket.
+        path: PathBuf,
+        /// What the transport said.
+        reason: String,
+    },
+
+    /// The monitor accepted the connection but did not answer in time.
+    #[error("pgwarden-monitor at {} did not answer {rpc} within {}", path.display(), humantime::format_duration(*after))]
+    Timeout {
+        /// The socket.
+        path: PathBuf,
+        /// The call, e.g. `GetCluster`.
+        rpc: &'static str,
+        /// How long was waited.
+        after: Duration,
+    },
+
+    /// The monitor refused the request as unsafe or impossible now (gRPC
+    /// `FailedPrecondition`); the monitor's own explanation.
+    #[error("{0}")]
+    Refused(String),
+
+    /// The call failed otherwise (any other gRPC error).
+    #[error("{rpc} failed: {message} (gRPC {code:?})")]
+    Failed {
+        /// The call, e.g. `DetachBackend`.
+        rpc: &'static str,
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The status message.
+        message: String,
+    },
+
+    /// The request was accepted but did not reach its goal (`promote
+    /// --wait`: the switchover failed, timed out, or the wait was
+    /// interrupted).
+    #[error("{0}")]
+    NotCompleted(String),
+
+    /// The named backend is not in the cluster.
+    #[error("no backend {given}; the backends are: {known}")]
+    UnknownBackend {
+        /// The name or id as given.
+        given: String,
+        /// `0 pg0, 1 pg1, ...`.
+        known: String,
+    },
+
+    /// Writing the output failed.
+    #[error("cannot write the output: {0}")]
+    Output(#[from] io::Error),
+}
+
+impl CtlError {
+    /// The process exit status for this error: [`EXIT_FAILED`] when a
+    /// request was refused or failed, [`EXIT_USAGE`] for usage, config and
+    /// connection errors.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Refused(_)
+            | CtlError::Failed { .. }
+            | CtlError::NotCompleted(_)
+            | CtlError::Output(_) => EXIT_FAILED,
+            CtlError::Config(_)
+            | CtlError::Unreachable { .. }
+            | CtlError::Lost { .. }
+            | CtlError::Timeout { .. }
+            | CtlError::UnknownBackend { .. } => EXIT_USAGE,
+        }
+    }
+
+    /// The output was a pipe closed early (`pgwardenctl watch | head`):
+    /// not a failure, and nothing to report.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, CtlError::Output(e) if e.kind() == io::ErrorKind::BrokenPipe)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_and_exit_codes() {
+        let e = CtlError::Unreachable {
+            path: "/run/pgwarden/monitor.sock".into(),
+            reason: "No such file or directory (os error 2)".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot reach pgwarden-monitor at /run/pgwarden/monitor.sock: No such file or directory (os error 2) (is it running?)"
+        );
+        assert_eq!(e.exit_code(), 2);
+
+        let e = CtlError::Refused("pg0 is already the primary".into());
+        assert_eq!(e.to_string(), "pg0 is already the primary");
+        assert_eq!(e.exit_code(), 1);
+
+        let e = CtlError::UnknownBackend {
+            given: "99".into(),
+            known: "0 pg0, 1 pg1".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "no backend 99; the backends are: 0 pg0, 1 pg1"
+        );
+        assert_eq!(e.exit_code(), 2);
+
+        let e = CtlError::Timeout {
+            path: "/m.sock".into(),
+            rpc: "GetCluster",
+            after: Duration::from_secs(30),
+        };
+        assert_eq!(
+            e.to_string(),
+            "pgwarden-monitor at /m.sock did not answer GetCluster within 30s"
+        );
+        assert_eq!(e.exit_code(), 2);
+
+        let e = CtlError::Failed {
+            rpc: "Recheck",
+            code: tonic::Code::Internal,
+            message: "boom".into(),
+        };
+        assert_eq!(e.to_string(), "Recheck failed: boom (gRPC Internal)");
+        assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn broken_pipe_is_not_a_failure() {
+        assert!(CtlError::Output(io::ErrorKind::BrokenPipe.into()).is_broken_pipe());
+        assert!(!CtlError::Output(io::ErrorKind::Other.into()).is_broken_pipe());
+        assert!(!CtlError::Refused(String::new()).is_broken_pipe());
+    }
+}

@@ -1,0 +1,181 @@
+//! Units and names shared by every format.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use pgwarden_proto::v1::{BackendState, ClusterState, Role, Status};
+
+/// The current time as Unix milliseconds, the unit of
+/// `BackendState.last_check_unix_ms`.
+pub fn now_unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A byte count for people: `0 B`, `912 B`, `1.5 KiB`, `16.0 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    // Precision loss above 2^53 bytes does not show at one decimal.
+    #[allow(clippy::cast_precision_loss)]
+    let mut value = n as f64 / 1024.0;
+    let mut unit = "KiB";
+    for next in UNITS.iter().skip(1) {
+        if value < 1024.0 {
+            break;
+        }
+        value /= 1024.0;
+        unit = next;
+    }
+    format!("{value:.1} {unit}")
+}
+
+/// A duration in seconds for people: `0.4s`, `12s`, `3m05s`, `2h07m`.
+pub fn seconds(s: f64) -> String {
+    let s = if s.is_finite() { s.max(0.0) } else { 0.0 };
+    if s < 10.0 {
+        return format!("{s:.1}s");
+    }
+    // Truncation is the point: whole seconds from here on.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let whole = s as u64;
+    match whole {
+        0..60 => format!("{whole}s"),
+        60..3600 => format!("{}m{:02}s", whole / 60, whole % 60),
+        _ => format!("{}h{:02}m", whole / 3600, whole % 3600 / 60),
+    }
+}
+
+/// How long ago a check ran: `0.4s ago`; `never` for 0. A check stamped
+/// after `now` (clocks apart) counts as just now.
+pub fn age(now_ms: i64, then_ms: i64) -> String {
+    if then_ms <= 0 {
+        return "never".to_owned();
+    }
+    // Milliseconds to seconds: exact enough for any age shown.
+    #[allow(clippy::cast_precision_loss)]
+    let secs = now_ms.saturating_sub(then_ms).max(0) as f64 / 1000.0;
+    format!("{} ago", seconds(secs))
+}
+
+/// `host:port`, bracketing an IPv6 address.
+pub fn address(b: &BackendState) -> String {
+    if b.host.contains(':') {
+        format!("[{}]:{}", b.host, b.port)
+    } else {
+        format!("{}:{}", b.host, b.port)
+    }
+}
+
+/// `primary`, `standby` or `unknown`.
+pub fn role(b: &BackendState) -> &'static str {
+    match b.role() {
+        Role::Primary => "primary",
+        Role::Standby => "standby",
+        Role::Unknown => "unknown",
+    }
+}
+
+/// `up`, `down`, `detached`, or `unknown` (unset, or a newer monitor's
+/// status this build does not know).
+pub fn status(b: &BackendState) -> &'static str {
+    match b.status() {
+        Status::Up => "up",
+        Status::Down => "down",
+        Status::Detached => "detached",
+        Status::Unspecified => "unknown",
+    }
+}
+
+/// The name of this generation's primary, if there is one: its backend's
+/// name, or `id N` for an id the state does not list.
+pub fn primary_name(state: &ClusterState) -> Option<String> {
+    let id = state.primary_id?;
+    Some(
+        state
+            .backends
+            .iter()
+            .find(|b| b.id == id)
+            .map_or_else(|| format!("id {id}"), |b| b.name.clone()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1023), "1023 B");
+        assert_eq!(bytes(1024), "1.0 KiB");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(16 * 1024 * 1024), "16.0 MiB");
+        assert_eq!(bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
+        assert_eq!(bytes(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(seconds(0.0), "0.0s");
+        assert_eq!(seconds(0.44), "0.4s");
+        assert_eq!(seconds(9.94), "9.9s");
+        assert_eq!(seconds(12.7), "12s");
+        assert_eq!(seconds(185.0), "3m05s");
+        assert_eq!(seconds(7620.0), "2h07m");
+        assert_eq!(seconds(-3.0), "0.0s");
+        assert_eq!(seconds(f64::NAN), "0.0s");
+        assert_eq!(seconds(f64::INFINITY), "0.0s");
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(age(10_000, 0), "never");
+        assert_eq!(age(10_000, 9_600), "0.4s ago");
+        assert_eq!(age(10_000, 11_000), "0.0s ago");
+        assert_eq!(age(100_000, 1), "1m39s ago");
+        assert_eq!(age(30_000, 1), "29s ago");
+    }
+
+    #[test]
+    fn addresses() {
+        let mut b = BackendState {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            ..Default::default()
+        };
+        assert_eq!(address(&b), "127.0.0.1:5432");
+        b.host = "::1".into();
+        assert_eq!(address(&b), "[::1]:5432");
+    }
+
+    #[test]
+    fn unknown_enum_values() {
+        let b = BackendState {
+            role: 42,
+            status: 42,
+            ..Default::default()
+        };
+        assert_eq!(role(&b), "unknown");
+        assert_eq!(status(&b), "unknown");
+    }
+
+    #[test]
+    fn primary_names() {
+        let mut s = ClusterState {
+            backends: vec![BackendState {
+                id: 1,
+                name: "pg1".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert_eq!(primary_name(&s), None);
+        s.primary_id = Some(1);
+        assert_eq!(primary_name(&s).as_deref(), Some("pg1"));
+        s.primary_id = Some(7);
+        assert_eq!(primary_name(&s).as_deref(), Some("id 7"));
+    }
+}

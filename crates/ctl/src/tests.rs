@@ -1,0 +1,408 @@
+//! [`run`] end to end against a stub monitor on a real unix socket: the
+//! same code path as the binary, with buffers for stdout and a channel for
+//! Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use pgwarden_proto::uds;
+use pgwarden_proto::v1::monitor_server::{Monitor, MonitorServer};
+use pgwarden_proto::v1::{
+    BackendRequest, BackendState, ChangeReply, ClusterState, GetClusterRequest,
+    PromoteBackendRequest, RecheckReply, RecheckRequest, Role, Status, WatchClusterRequest,
+};
+use tokio::sync::{oneshot, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response};
+
+use super::*;
+
+/// What the stub was asked, in order.
+type Calls = Arc<Mutex<Vec<String>>>;
+
+/// A monitor with pg0 primary and pg1, pg2 standbys; refuses to promote
+/// the primary; a promotion of pg1 commits two more generations.
+struct Stub {
+    state: watch::Sender<ClusterState>,
+    calls: Calls,
+}
+
+fn initial() -> ClusterState {
+    let backend = |id: u32| BackendState {
+        id,
+        name: format!("pg{id}"),
+        host: "127.0.0.1".into(),
+        port: 5432 + id,
+        role: if id == 0 {
+            Role::Primary
+        } else {
+            Role::Standby
+        } as i32,
+        status: Status::Up as i32,
+        replay_lsn: 0x300_0148,
+        timeline: 1,
+        last_check_unix_ms: render::now_unix_ms(),
+        ..Default::default()
+    };
+    ClusterState {
+        generation: 3,
+        primary_id: Some(0),
+        backends: (0..3).map(backend).collect(),
+        failover_in_progress: false,
+        monitor: "node1".into(),
+    }
+}
+
+type StateStream = Pin<Box<dyn Stream<Item = Result<ClusterState, tonic::Status>> + Send>>;
+
+impl Stub {
+    fn change(&self, message: String) -> Result<Response<ChangeReply>, tonic::Status> {
+        Ok(Response::new(ChangeReply {
+            state: Some(self.state.borrow().clone()),
+            message,
+        }))
+    }
+
+    fn set(&self, id: u32, status: Status, reason: &str) {
+        self.state.send_modify(|s| {
+            s.generation += 1;
+            if let Some(b) = s.backends.iter_mut().find(|b| b.id == id) {
+                b.status = status as i32;
+                b.reason = reason.to_owned();
+            }
+        });
+    }
+}
+
+#[tonic::async_trait]
+impl Monitor for Stub {
+    type WatchClusterStream = StateStream;
+
+    async fn watch_cluster(
+        &self,
+        _: Request<WatchClusterRequest>,
+    ) -> Result<Response<StateStream>, tonic::Status> {
+        self.calls.lock().unwrap().push("WatchCluster".into());
+        let states = tokio_stream::wrappers::WatchStream::new(self.state.subscribe());
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            states, Ok,
+        ))))
+    }
+
+    async fn get_cluster(
+        &self,
+        _: Request<GetClusterRequest>,
+    ) -> Result<Response<ClusterState>, tonic::Status> {
+        self.calls.lock().unwrap().push("GetCluster".into());
+        Ok(Response::new(self.state.borrow().clone()))
+    }
+
+    async fn attach_backend(
+        &self,
+        r: Request<BackendRequest>,
+    ) -> Result<Response<ChangeReply>, tonic::Status> {
+        let id = r.into_inner().id;
+        self.calls.lock().unwrap().push(format!("Attach {id}"));
+        self.set(id, Status::Up, "");
+        self.change(format!("pg{id} attached"))
+    }
+
+    async fn detach_backend(
+        &self,
+        r: Request<BackendRequest>,
+    ) -> Result<Response<ChangeReply>, tonic::Status> {
+        let id = r.into_inner().id;
+        self.calls.lock().unwrap().push(format!("Detach {id}"));
+        self.set(id, Status::Detached, "detached by an operator");
+        self.change(format!("pg{id} detached"))
+    }
+
+    async fn promote_backend(
+        &self,
+        r: Request<PromoteBackendRequest>,
+    ) -> Result<Response<ChangeReply>, tonic::Status> {
+        let PromoteBackendRequest { id, force } = r.into_inner();
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("Promote {id} force={force}"));
+        if id == 0 {
+            return Err(tonic::Status::failed_precondition(
+                "pg0 is already the primary",
+            ));
+        }
+        self.state.send_modify(|s| {
+            s.generation += 1;
+            s.failover_in_progress = true;
+            s.primary_id = None;
+            s.backends[0].status = Status::Detached as i32;
+            s.backends[0].reason = format!("switched over to pg{id}");
+        });
+        let reply = self.change(format!("promoting pg{id}"));
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            state.send_modify(|s| {
+                s.generation += 1;
+                s.failover_in_progress = false;
+                s.primary_id = Some(id);
+                for b in &mut s.backends {
+                    if b.id == id {
+                        b.role = Role::Primary as i32;
+                    }
+                }
+            });
+        });
+        reply
+    }
+
+    async fn recheck(
+        &self,
+        _: Request<RecheckRequest>,
+    ) -> Result<Response<RecheckReply>, tonic::Status> {
+        self.calls.lock().unwrap().push("Recheck".into());
+        Ok(Response::new(RecheckReply {}))
+    }
+}
+
+/// A stub monitor on a socket in a temp dir, and a config pointing at it.
+struct Served {
+    dir: tempfile::TempDir,
+    calls: Calls,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Served {
+    async fn start() -> Served {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = uds::socket_path(dir.path(), uds::Daemon::Monitor);
+        let listener = uds::bind(&socket).await.unwrap();
+        let calls = Calls::default();
+        let stub = Stub {
+            state: watch::Sender::new(initial()),
+            calls: calls.clone(),
+        };
+        let router = tonic::transport::Server::builder().add_service(MonitorServer::new(stub));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(uds::serve(listener, router, async move {
+            let _ = stopped.await;
+        }));
+        std::fs::write(
+            dir.path().join("pgwarden.toml"),
+            format!(
+                "[node]\nname = \"node1\"\nruntime_dir = \"{}\"\n\n[[backends]]\nname = \"pg0\"\nhost = \"127.0.0.1\"\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        Served {
+            dir,
+            calls,
+            _stop: stop,
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.dir.path().join("pgwarden.toml")
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+
+    /// Runs `pgwardenctl --config <config> ARGS`; returns the output and the
+    /// result.
+    async fn ctl(&self, args: &[&str]) -> (String, Result<(), CtlError>) {
+        self.ctl_until(args, std::future::pending()).await
+    }
+
+    async fn ctl_until(
+        &self,
+        args: &[&str],
+        interrupt: impl Future<Output = ()>,
+    ) -> (String, Result<(), CtlError>) {
+        let config = self.config();
+        let argv = ["pgwardenctl", "--config", config.to_str().unwrap()]
+            .into_iter()
+            .chain(args.iter().copied());
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let mut out = Vec::new();
+        let result = run(&cli, &mut out, interrupt).await;
+        (String::from_utf8(out).unwrap(), result)
+    }
+}
+
+#[tokio::test]
+async fn status_by_default_via_the_config() {
+    let served = Served::start().await;
+    let (out, result) = served.ctl(&[]).await;
+    result.unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "generation 3, primary pg0 (id 0), monitor node1");
+    assert!(lines[1].starts_with("ID  NAME  ADDRESS"), "{out}");
+    assert!(
+        lines[2].starts_with(
+            "0   pg0   127.0.0.1:5432  primary  up      -    0/3000148   1         0."
+        ),
+        "{out}"
+    );
+    assert!(lines[3].contains("standby  up      0 B"), "{out}");
+    assert_eq!(lines.len(), 5);
+    assert_eq!(served.calls(), ["GetCluster"]);
+}
+
+#[tokio::test]
+async fn status_json() {
+    let served = Served::start().await;
+    let (out, result) = served.ctl(&["status", "--json"]).await;
+    result.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["generation"], 3);
+    assert_eq!(v["primary"], "pg0");
+    assert_eq!(v["backends"][2]["role"], "standby");
+}
+
+#[tokio::test]
+async fn socket_flag_skips_the_config() {
+    let served = Served::start().await;
+    let socket = uds::socket_path(served.dir.path(), uds::Daemon::Monitor);
+    let cli = Cli::try_parse_from([
+        "pgwardenctl",
+        "--config",
+        "/nonexistent/pgwarden.toml",
+        "--socket",
+        socket.to_str().unwrap(),
+        "recheck",
+    ])
+    .unwrap();
+    let mut out = Vec::new();
+    run(&cli, &mut out, std::future::pending()).await.unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "recheck requested: the monitor checks every backend now\n"
+    );
+    assert_eq!(served.calls(), ["Recheck"]);
+}
+
+#[tokio::test]
+async fn detach_and_attach_by_name_or_id() {
+    let served = Served::start().await;
+    let (out, result) = served.ctl(&["detach", "pg2"]).await;
+    result.unwrap();
+    assert_eq!(out, "pg2 detached\n");
+    assert_eq!(served.calls(), ["GetCluster", "Detach 2"]);
+
+    let (out, result) = served.ctl(&["attach", "2", "--json"]).await;
+    result.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["message"], "pg2 attached");
+    assert_eq!(v["state"]["generation"], 5);
+    assert_eq!(v["state"]["backends"][2]["status"], "up");
+    assert_eq!(served.calls(), ["GetCluster", "Attach 2"]);
+}
+
+#[tokio::test]
+async fn unknown_backend_is_a_usage_error_and_asks_nothing() {
+    let served = Served::start().await;
+    let (out, result) = served.ctl(&["attach", "99"]).await;
+    let e = result.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no backend 99; the backends are: 0 pg0, 1 pg1, 2 pg2"
+    );
+    assert_eq!(e.exit_code(), 2);
+    assert_eq!(out, "");
+    assert_eq!(served.calls(), ["GetCluster"]);
+}
+
+#[tokio::test]
+async fn refusal_exits_1_with_the_monitors_message() {
+    let served = Served::start().await;
+    let (_, result) = served.ctl(&["promote", "pg0"]).await;
+    let e = result.unwrap_err();
+    assert_eq!(e.to_string(), "pg0 is already the primary");
+    assert_eq!(e.exit_code(), 1);
+}
+
+#[tokio::test]
+async fn promote_wait_follows_the_switchover() {
+    let served = Served::start().await;
+    let (out, result) = served.ctl(&["promote", "pg1", "--force", "--wait"]).await;
+    result.unwrap();
+    assert_eq!(
+        out,
+        "promoting pg1\n\
+         generation 5: primary pg1; pg0 detached (switched over to pg1), pg1 up, pg2 up\n\
+         pg1 is the primary (generation 5)\n"
+    );
+    assert_eq!(
+        served.calls(),
+        ["GetCluster", "Promote 1 force=true", "WatchCluster"]
+    );
+}
+
+#[tokio::test]
+async fn promote_without_wait_returns_at_once() {
+    let served = Served::start().await;
+    let (out, result) = served.ctl(&["promote", "1"]).await;
+    result.unwrap();
+    assert_eq!(out, "promoting pg1\n");
+}
+
+#[tokio::test]
+async fn watch_prints_each_generation_until_interrupted() {
+    let served = Served::start().await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = served.config();
+    let watching = tokio::spawn(async move {
+        let cli =
+            Cli::try_parse_from(["pgwardenctl", "--config", config.to_str().unwrap(), "watch"])
+                .unwrap();
+        let mut out = Vec::new();
+        let result = run(&cli, &mut out, async move {
+            let _ = stopped.await;
+        })
+        .await;
+        (String::from_utf8(out).unwrap(), result)
+    });
+    // Let the watch start, then change something.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    served.ctl(&["detach", "pg1"]).await.1.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stop.send(()).unwrap();
+    let (out, result) = watching.await.unwrap();
+    result.unwrap();
+    assert_eq!(
+        out,
+        "generation 3: primary pg0; pg0 up, pg1 up, pg2 up\n\
+         generation 4: primary pg0; pg0 up, pg1 detached (detached by an operator), pg2 up\n"
+    );
+}
+
+#[tokio::test]
+async fn broken_config_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pgwarden.toml");
+    std::fs::write(&config, "[node]\nname = \"n\"\nbogus = 1\n").unwrap();
+    let cli = Cli::try_parse_from(["pgwardenctl", "--config", config.to_str().unwrap()]).unwrap();
+    let e = run(&cli, &mut Vec::new(), std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CtlError::Config(_)), "{e:?}");
+    assert!(e.to_string().contains("bogus"), "{e}");
+    assert_eq!(e.exit_code(), 2);
+
+    let missing = Path::new("/nonexistent/pgwarden.toml");
+    let cli = Cli::try_parse_from(["pgwardenctl", "--config", missing.to_str().unwrap()]).unwrap();
+    let e = run(&cli, &mut Vec::new(), std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("cannot read config file /nonexistent/pgwarden.toml"),
+        "{e}"
+    );
+    assert_eq!(e.exit_code(), 2);
+}
