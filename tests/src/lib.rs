@@ -70,6 +70,8 @@ pub struct ProxyOptions {
     pub monitor: bool,
     /// Extra lines for the `[failover]` table.
     pub failover: Vec<String>,
+    /// Raw TOML appended after the backends (e.g. one more `[[backends]]`).
+    pub extra: Vec<String>,
 }
 
 impl Default for ProxyOptions {
@@ -80,6 +82,7 @@ impl Default for ProxyOptions {
             backends: None,
             monitor: true,
             failover: Vec::new(),
+            extra: Vec::new(),
         }
     }
 }
@@ -175,6 +178,10 @@ impl Proxy {
                 n.port(),
                 n.data_dir().display()
             ));
+        }
+        for l in &opts.extra {
+            toml.push_str(l);
+            toml.push('\n');
         }
         let config = dir.path().join("pgwarden.toml");
         std::fs::write(&config, toml).unwrap();

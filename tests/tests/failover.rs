@@ -340,6 +340,11 @@ async fn restarting_the_monitor_alone_does_not_disturb_clients() {
     // New clients are served too while the monitor is away (within monitor_stale_after).
     proxy.alice().await.batch_execute("SELECT 1").await.unwrap();
     proxy.start_monitor();
+    // While the new monitor starts up and decides, the session goes on.
+    for i in 100..140 {
+        c.execute("INSERT INTO t VALUES ($1)", &[&i]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let after = proxy
         .wait_state(
             Duration::from_secs(20),
@@ -356,7 +361,7 @@ async fn restarting_the_monitor_alone_does_not_disturb_clients() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 20);
+    assert_eq!(n, 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,4 +539,62 @@ async fn command_mode_hooks_receive_pgpool_arguments() {
         .unwrap()
         .get(0);
     assert!(!recovery);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_monitor_publishes_nothing_before_it_has_decided() {
+    use pgwarden_proto::v1::WatchClusterRequest;
+    // A third backend that accepts TCP and never answers: every check of it
+    // takes the whole timeout, so a (re)starting monitor needs seconds to decide.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in silent.incoming().take(64) {
+            conns.push(c);
+        }
+    });
+    let cluster = cluster(1);
+    let mut proxy = Proxy::start(
+        &cluster,
+        ProxyOptions {
+            extra: vec![format!(
+                "\n[[backends]]\nname = \"silent\"\nhost = \"127.0.0.1\"\nport = {silent_port}\n"
+            )],
+            ..Default::default()
+        },
+    );
+    proxy
+        .wait_state(Duration::from_secs(30), "a primary", |s| {
+            s.primary_id == Some(0) && up(s, 0)
+        })
+        .await;
+    let c = proxy.alice().await;
+    c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+
+    proxy.kill_monitor();
+    proxy.start_monitor();
+    let sock = proxy.monitor_socket();
+    wait_until(Duration::from_secs(10), "the new monitor's socket", || {
+        std::os::unix::net::UnixStream::connect(&sock).is_ok()
+    })
+    .unwrap();
+    let mut stream = proxy
+        .monitor_client()
+        .await
+        .watch_cluster(WatchClusterRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = stream.message().await.unwrap().unwrap();
+    assert_eq!(
+        first.primary_id,
+        Some(0),
+        "the first state a watcher sees is a decided one: {first:#?}"
+    );
+    // The session was never interrupted.
+    for i in 0..10 {
+        c.execute("INSERT INTO t VALUES ($1)", &[&i]).await.unwrap();
+    }
+    drop(held);
 }

@@ -1,10 +1,12 @@
 //! Start-up steps every pgwarden daemon's `main` shares.
 
 /// Logs to stderr through `tracing`, filtered by `PGWARDEN_LOG` (default
-/// `info`, e.g. `PGWARDEN_LOG=debug`); colours only on a terminal.
+/// `info`, e.g. `PGWARDEN_LOG=debug`); colours only on a terminal. Server
+/// notices that tokio-postgres logs (a health-check connection told the
+/// server is shutting down) stay below info: the checks report them.
 pub fn init_logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PGWARDEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

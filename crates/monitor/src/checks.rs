@@ -80,7 +80,8 @@ pub async fn run(
     let mut client: Option<tokio_postgres::Client> = None;
     loop {
         let result = check_once(&target, &settings, &mut client).await;
-        let wait = if result.is_ok() {
+        let healthy = result.is_ok();
+        let wait = if healthy {
             settings.period
         } else {
             settings.retry_delay
@@ -102,10 +103,12 @@ pub async fn run(
         {
             return;
         }
+        // A recheck shortens the wait between healthy checks only: retries
+        // keep their `retry_delay`, so `max_retries` still spans the same time.
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-            _ = recheck.notified() => {}
+            _ = recheck.notified(), if healthy => {}
         }
     }
 }

@@ -132,6 +132,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let (commands_tx, mut commands) = mpsc::channel::<Command>(16);
     let (current_tx, current_rx) = watch::channel(snapshot(&machine, &settings.node));
     let (generations, _) = broadcast::channel::<ClusterState>(1024);
+    let (ready_tx, ready_rx) = watch::channel(false);
     let stop = CancellationToken::new();
     let recheck = Arc::new(Notify::new());
 
@@ -146,6 +147,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         commands: commands_tx,
         current: current_rx,
         generations: generations.clone(),
+        ready: ready_rx,
     };
     let server_stop = stop.clone();
     let server = tokio::spawn(async move {
@@ -197,6 +199,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             perform(action, &machine, &settings, &events_tx, &generations);
         }
         current_tx.send_replace(snapshot(&machine, &settings.node));
+        if machine.is_bootstrapped() && !*ready_tx.borrow() {
+            ready_tx.send_replace(true);
+        }
     }
     stop.cancel();
     let _ = server.await;

@@ -33,6 +33,9 @@ pub struct MonitorService {
     pub current: watch::Receiver<ClusterState>,
     /// Each committed generation.
     pub generations: broadcast::Sender<ClusterState>,
+    /// True once the monitor has made its first decision; until then its
+    /// state is not a committed view and watchers wait for it.
+    pub ready: watch::Receiver<bool>,
 }
 
 type StateStream = Pin<Box<dyn Stream<Item = Result<ClusterState, Status>> + Send>>;
@@ -73,6 +76,12 @@ impl Monitor for MonitorService {
         &self,
         _: Request<WatchClusterRequest>,
     ) -> Result<Response<StateStream>, Status> {
+        // A restarted monitor has not decided anything yet: its first state
+        // would name no primary. Watchers get the first committed one.
+        let mut ready = self.ready.clone();
+        if ready.wait_for(|r| *r).await.is_err() {
+            return Err(Status::unavailable("the monitor is shutting down"));
+        }
         // Subscribe before reading the current state, so no generation
         // committed in between is missed; then skip what was already sent.
         let mut generations = self.generations.subscribe();

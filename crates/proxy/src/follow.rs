@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use pgwarden_proto::uds::{self, Daemon};
 use pgwarden_proto::v1::monitor_client::MonitorClient;
-use pgwarden_proto::v1::{ClusterState, Status, WatchClusterRequest};
+use pgwarden_proto::v1::{ClusterState, RecheckRequest, Status, WatchClusterRequest};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -27,7 +27,34 @@ use crate::settings::BackendAddr;
 pub async fn run(shared: &Shared, stop: &CancellationToken) {
     let s = &shared.settings;
     let path = uds::socket_path(&s.runtime_dir, Daemon::Monitor);
-    let mut client = MonitorClient::new(uds::connect_lazy(&path));
+    let client = MonitorClient::new(uds::connect_lazy(&path));
+    // Errors clients hit on the primary make the monitor check now (at most
+    // once a second): failures are found sooner, and still only by its checks.
+    let mut asker = client.clone();
+    let asking = stop.clone();
+    let router = &shared.router;
+    let ask = async move {
+        loop {
+            tokio::select! {
+                _ = asking.cancelled() => return,
+                _ = router.recheck_requested() => {}
+            }
+            if let Err(e) = asker.recheck(RecheckRequest {}).await {
+                tracing::debug!(error = %e, "could not ask the monitor for a recheck");
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    };
+    tokio::join!(ask, watch(shared, stop, client, path));
+}
+
+async fn watch(
+    shared: &Shared,
+    stop: &CancellationToken,
+    mut client: MonitorClient<tonic::transport::Channel>,
+    path: std::path::PathBuf,
+) {
+    let s = &shared.settings;
     let mut backoff = uds::reconnect_backoff();
     let mut seen: u64 = 0;
     // When the monitor was last known reachable (or the proxy started).
@@ -49,8 +76,8 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
                     match msg {
                         Ok(Some(state)) => {
                             backoff = uds::reconnect_backoff();
+                            apply(shared, &state, &mut seen, fenced);
                             fenced = false;
-                            apply(shared, &state, &mut seen);
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -87,24 +114,21 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
     }
 }
 
-/// Routes by `state` if it is newer than anything seen.
-fn apply(shared: &Shared, state: &ClusterState, seen: &mut u64) {
-    let router = &shared.router;
-    if state.generation < *seen
-        || (state.generation == *seen && router.current().generation == *seen && *seen > 0)
-    {
-        if state.generation < *seen {
-            tracing::error!(
-                got = state.generation,
-                seen = *seen,
-                "the monitor reports an older generation than already seen: ignored (was its state_dir reset? \
-                 restart the proxy to accept it)"
-            );
-        }
-        // Same generation again (a reconnect): nothing changed.
-        if state.generation == *seen {
-            route_by(shared, state);
-        }
+/// Routes by `state` if it is newer than anything seen. A generation names
+/// one committed state: the same generation again (a reconnect, a restarted
+/// monitor) changes nothing, unless the proxy fenced itself meanwhile and
+/// must route again.
+fn apply(shared: &Shared, state: &ClusterState, seen: &mut u64, fenced: bool) {
+    if state.generation < *seen {
+        tracing::error!(
+            got = state.generation,
+            seen = *seen,
+            "the monitor reports an older generation than already seen: ignored (was its state_dir reset? \
+             restart the proxy to accept it)"
+        );
+        return;
+    }
+    if state.generation == *seen && *seen > 0 && !fenced {
         return;
     }
     *seen = state.generation;

@@ -103,8 +103,15 @@ impl Router {
     }
 
     /// Asks for a check now, e.g. after a connection to the primary failed.
+    /// The proxy never decides a backend's status from what its clients see;
+    /// it only asks the checks to look sooner.
     pub fn recheck(&self) {
         self.recheck.notify_one();
+    }
+
+    /// Completes when [`Router::recheck`] was called.
+    pub async fn recheck_requested(&self) {
+        self.recheck.notified().await;
     }
 }
 

@@ -331,6 +331,9 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
     {
         let _ = client.write_all(&e.to_bytes()).await;
     }
+    if matches!(r.end, PumpEnd::ServerGone) {
+        shared.router.recheck();
+    }
     let reusable = matches!(r.end, PumpEnd::ClientTerminated | PumpEnd::ClientGone);
     match r.server_idle {
         Some(status) if reusable => {

@@ -60,7 +60,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     stop.add(Signal::SIGTERM);
     stop.thread_block().context("block SIGINT/SIGTERM")?;
 
-    let proxy_bin = workspace_bin("pgwarden-proxy");
     if args.dir.exists() {
         std::fs::remove_dir_all(&args.dir)
             .with_context(|| format!("remove old {}", args.dir.display()))?;
@@ -115,28 +114,38 @@ fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
 
-    let proxy_log = args.dir.join("proxy.log");
-    let mut proxy = ChildGuard::spawn(
-        Command::new(&proxy_bin)
-            .arg("--config")
-            .arg(&config)
-            .envs(overrides.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&proxy_log)?),
-    )
-    .with_context(|| format!("start {}", proxy_bin.display()))?;
+    // The monitor first, so the proxy finds the cluster state at once.
+    let mut daemons = Vec::new();
+    for name in ["pgwarden-monitor", "pgwarden-proxy"] {
+        let bin = workspace_bin(name);
+        let log = args
+            .dir
+            .join(format!("{}.log", name.trim_start_matches("pgwarden-")));
+        let child = ChildGuard::spawn(
+            Command::new(&bin)
+                .arg("--config")
+                .arg(&config)
+                .envs(overrides.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(&log)?),
+        )
+        .with_context(|| format!("start {}", bin.display()))?;
+        daemons.push((name, child, log));
+    }
     let up = wait_until(
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         "pgwarden-proxy to accept connections",
         || std::net::TcpStream::connect(("127.0.0.1", args.port)).is_ok(),
     );
     if up.is_err() {
-        let exited = proxy.try_wait().ok().flatten();
-        anyhow::bail!(
-            "pgwarden-proxy did not start ({}); its log:\n{}",
-            exited.map_or("still running".to_owned(), |s| s.to_string()),
-            std::fs::read_to_string(&proxy_log).unwrap_or_default()
-        );
+        let mut logs = String::new();
+        for (name, child, log) in &mut daemons {
+            let exited = child.try_wait().ok().flatten();
+            let state = exited.map_or("still running".to_owned(), |s| s.to_string());
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let _ = writeln!(logs, "--- {name} ({state}):\n{text}");
+        }
+        anyhow::bail!("the pgwarden daemons did not start:\n{logs}");
     }
 
     if let Some(path) = &args.env_file {
@@ -147,10 +156,14 @@ fn run(args: Args) -> anyhow::Result<()> {
     print_welcome(&args, &cluster, &config);
 
     let signal = stop.wait().context("wait for Ctrl-C")?;
-    eprintln!("\npgwarden-demo: {signal}: stopping the proxy and PostgreSQL...");
-    proxy.signal(Signal::SIGTERM)?;
-    if proxy.wait_timeout(Duration::from_secs(10)).is_none() {
-        proxy.kill9()?;
+    eprintln!("\npgwarden-demo: {signal}: stopping the pgwarden daemons and PostgreSQL...");
+    for (_, child, _) in daemons.iter_mut().rev() {
+        let _ = child.signal(Signal::SIGTERM);
+    }
+    for (_, child, _) in &mut daemons {
+        if child.wait_timeout(Duration::from_secs(10)).is_none() {
+            let _ = child.kill9();
+        }
     }
     drop(cluster);
     eprintln!(
@@ -206,6 +219,9 @@ fn env_lines(args: &Args, cluster: &Cluster, config: &Path) -> String {
     let _ = writeln!(env, "DEMO_PASSWORD={}", args.password);
     let _ = writeln!(env, "CONFIG={}", config.display());
     let _ = writeln!(env, "PG_NODES={}", cluster.nodes().len());
+    if let Ok(bin) = pgwarden_testkit::pg_bin_dir() {
+        let _ = writeln!(env, "PG_BIN_DIR={}", bin.display());
+    }
     for (i, n) in cluster.nodes().iter().enumerate() {
         let _ = writeln!(env, "PG{i}_PORT={}", n.port());
         let _ = writeln!(env, "PG{i}_DATA_DIR={}", n.data_dir().display());
@@ -221,13 +237,36 @@ fn print_welcome(args: &Args, cluster: &Cluster, config: &Path) {
         let role = if i == 0 { "primary" } else { "standby" };
         println!("  {:<8} {} on {}:{}", role, n.name(), n.host(), n.port());
     }
-    println!("  proxy    pgwarden-proxy on 127.0.0.1:{}", args.port);
-    println!();
-    println!("Connect through the proxy:");
     println!(
-        "  psql \"host=127.0.0.1 port={} user={} password={} dbname={}\"",
+        "  proxy    pgwarden-proxy on 127.0.0.1:{}, following pgwarden-monitor",
+        args.port
+    );
+    println!();
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user={} password={} dbname={}",
         args.port, args.user, args.password, args.user
     );
+    println!("Connect through the proxy:");
+    println!("  psql \"{conninfo}\"");
+    println!();
+    println!("Watch a failover. In one terminal, ask which server answers, twice a second:");
+    println!(
+        "  while sleep 0.5; do psql \"{conninfo}\" -XAtc \"SELECT now()::time(0), inet_server_port(), pg_is_in_recovery()\"; done"
+    );
+    if let (Ok(bin), Some(primary)) = (pgwarden_testkit::pg_bin_dir(), cluster.nodes().first()) {
+        let as_user = if pgwarden_testkit::os_user().is_some() {
+            "runuser -u postgres -- "
+        } else {
+            ""
+        };
+        println!("In another, kill the primary, and read what the monitor did:");
+        println!(
+            "  {as_user}{}/pg_ctl stop -m immediate -D {}",
+            bin.display(),
+            primary.data_dir().display()
+        );
+        println!("  tail -f {}/monitor.log", args.dir.display());
+    }
     println!();
     println!(
         "Config: {}   Logs: {}/*.log   Server logs: {}/postgres/pg*/log",
