@@ -185,11 +185,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
 
     tokio::pin!(shutdown);
     loop {
-        let actions = tokio::select! {
+        let (actions, reply) = tokio::select! {
             _ = &mut shutdown => break,
-            Some(e) = events.recv() => machine.step(e),
+            Some(e) = events.recv() => (machine.step(e), None),
             Some(c) = commands.recv() => match c {
-                Command::Recheck => { recheck.notify_waiters(); Vec::new() }
+                Command::Recheck => { recheck.notify_waiters(); (Vec::new(), None) }
                 Command::Attach(id, reply) => answer(machine.attach(id), reply),
                 Command::Detach(id, reply) => answer(machine.detach(id), reply),
                 Command::Promote(id, force, reply) => answer(machine.promote(id, force), reply),
@@ -199,6 +199,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             perform(action, &machine, &settings, &events_tx, &generations);
         }
         current_tx.send_replace(snapshot(&machine, &settings.node));
+        // Operators hear back only once the change is persisted and published.
+        if let Some((tx, r)) = reply {
+            let _ = tx.send(r);
+        }
         if machine.is_bootstrapped() && !*ready_tx.borrow() {
             ready_tx.send_replace(true);
         }
@@ -209,20 +213,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     Ok(())
 }
 
-fn answer(
-    r: Result<(String, Vec<Action>), String>,
-    reply: tokio::sync::oneshot::Sender<Result<String, String>>,
-) -> Vec<Action> {
+type Reply = tokio::sync::oneshot::Sender<Result<String, String>>;
+/// An answer held back until the request's actions are performed.
+type PendingReply = Option<(Reply, Result<String, String>)>;
+
+/// The actions of an operator request, and the answer to send once they are done.
+fn answer(r: Result<(String, Vec<Action>), String>, reply: Reply) -> (Vec<Action>, PendingReply) {
     match r {
         Ok((msg, actions)) => {
             tracing::info!("{msg}");
-            let _ = reply.send(Ok(msg));
-            actions
+            (actions, Some((reply, Ok(msg))))
         }
-        Err(e) => {
-            let _ = reply.send(Err(e));
-            Vec::new()
-        }
+        Err(e) => (Vec::new(), Some((reply, Err(e)))),
     }
 }
 
