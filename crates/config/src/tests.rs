@@ -616,3 +616,32 @@ fn example_file_documents_every_key() {
         "undocumented in deploy/pgwarden.example.toml: {missing:?}"
     );
 }
+
+#[test]
+fn watchdog_members_and_advertised_address() {
+    let c = Config::from_toml_str(&with(
+        "[watchdog]\nlisten = \"0.0.0.0:9000\"\npeers = [\"pg03:9000\", \"pg02:9000\"]\n",
+    ))
+    .unwrap();
+    let name = c.node.name.clone();
+    assert_eq!(c.watchdog.advertised(&name), format!("{name}:9000"));
+    let mut expected = vec![
+        "pg02:9000".to_owned(),
+        "pg03:9000".to_owned(),
+        format!("{name}:9000"),
+    ];
+    expected.sort();
+    assert_eq!(c.watchdog.members(&name), expected);
+
+    let c = Config::from_toml_str(&with(
+        "[watchdog]\nlisten = \"10.0.0.1:9000\"\npeers = [\"10.0.0.2:9000\"]\n",
+    ))
+    .unwrap();
+    assert_eq!(c.watchdog.advertised("x"), "10.0.0.1:9000");
+
+    let e = err_naming(
+        &with("[watchdog]\nadvertise = \"10.0.0.1:9000\"\npeers = [\"10.0.0.1:9000\"]\n"),
+        "watchdog.peers[0]",
+    );
+    assert!(e.contains("own watchdog.advertise"), "{e}");
+}

@@ -21,7 +21,14 @@ pub struct WatchdogConfig {
     /// `watchdog.peers`: the other watchdogs as `"host:port"` (validated:
     /// a host name or IP, IPv6 in brackets, and a port 1..=65535).
     pub peers: Vec<String>,
-    /// `watchdog.priority`: a higher priority is preferred as leader.
+    /// `watchdog.advertise`: this node's address as the other nodes list it
+    /// in their `peers`; `""` = `listen` when it names an address, else
+    /// `<node.name>:<listen port>`. Every node derives the same member list
+    /// (advertise plus peers, sorted) and the Raft ids from it.
+    pub advertise: String,
+    /// `watchdog.priority`: pgpool's wd_priority, accepted but unused: Raft
+    /// elects the first node whose election timer fires among those with the
+    /// newest log.
     pub priority: u32,
     /// `watchdog.auth_key_file`: the shared key peers authenticate with.
     /// Read by the watchdog, which checks its mode with
@@ -39,6 +46,12 @@ pub struct WatchdogConfig {
     pub arping_cmd: String,
     /// `watchdog.metrics_listen`: Prometheus `/metrics` of the watchdog.
     pub metrics_listen: SocketAddr,
+    /// `watchdog.escalation_cmd`: run when this node becomes leader, after
+    /// it takes the delegate IP (pgpool: wd_escalation_command); `""` = none.
+    pub escalation_cmd: String,
+    /// `watchdog.de_escalation_cmd`: run when this node stops being leader,
+    /// after it releases the delegate IP (pgpool: wd_de_escalation_command).
+    pub de_escalation_cmd: String,
 }
 
 impl Default for WatchdogConfig {
@@ -47,6 +60,7 @@ impl Default for WatchdogConfig {
             enabled: false,
             listen: SocketAddr::from(([0, 0, 0, 0], 9000)),
             peers: Vec::new(),
+            advertise: String::new(),
             priority: 1,
             auth_key_file: PathBuf::from("/etc/pgwarden/watchdog.key"),
             delegate_ip: None,
@@ -54,6 +68,8 @@ impl Default for WatchdogConfig {
             if_down_cmd: "ip addr del $_IP_$/24 dev eth0".to_owned(),
             arping_cmd: "arping -U $_IP_$ -I eth0 -w 1".to_owned(),
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9932)),
+            escalation_cmd: String::new(),
+            de_escalation_cmd: String::new(),
         }
     }
 }
@@ -72,6 +88,15 @@ impl WatchdogConfig {
                 ));
             }
         }
+        if !self.advertise.is_empty() {
+            validate::host_port("watchdog.advertise", &self.advertise)?;
+            if let Some(i) = self.peers.iter().position(|p| *p == self.advertise) {
+                return Err(ConfigError::invalid(
+                    format!("watchdog.peers[{i}]"),
+                    "lists this node's own watchdog.advertise address; peers are the other nodes",
+                ));
+            }
+        }
         if self.enabled && self.auth_key_file.as_os_str().is_empty() {
             return Err(ConfigError::invalid(
                 "watchdog.auth_key_file",
@@ -79,6 +104,29 @@ impl WatchdogConfig {
             ));
         }
         Ok(())
+    }
+}
+
+impl WatchdogConfig {
+    /// This node's advertised address (see [`WatchdogConfig::advertise`]).
+    pub fn advertised(&self, node_name: &str) -> String {
+        if !self.advertise.is_empty() {
+            return self.advertise.clone();
+        }
+        if self.listen.ip().is_unspecified() {
+            format!("{node_name}:{}", self.listen.port())
+        } else {
+            self.listen.to_string()
+        }
+    }
+
+    /// Every member's address, sorted: a node's Raft id is its position + 1.
+    pub fn members(&self, node_name: &str) -> Vec<String> {
+        let mut all = self.peers.clone();
+        all.push(self.advertised(node_name));
+        all.sort();
+        all.dedup();
+        all
     }
 }
 
