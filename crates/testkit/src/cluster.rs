@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use nix::unistd::geteuid;
 
+use crate::lab::{Host, Lab};
 use crate::node::{NODE_CONF, Node, StartError, conf_literal};
 use crate::paths::{os_user, pg_bin_dir};
 use crate::pgenv::PgEnv;
@@ -58,7 +59,7 @@ pub struct Cluster {
 }
 
 /// Options for a [`Cluster`]: number of standbys, extra pg_hba.conf lines and
-/// postgresql.conf settings, base dir.
+/// postgresql.conf settings, base dir, and the [`Lab`] to run in.
 #[derive(Debug, Clone, Default)]
 #[must_use]
 pub struct ClusterBuilder {
@@ -66,6 +67,8 @@ pub struct ClusterBuilder {
     hba: Vec<String>,
     config: Vec<(String, String)>,
     base_dir: Option<PathBuf>,
+    /// The lab's hosts and subnet, when the cluster runs in a lab.
+    lab: Option<(Vec<Host>, &'static str)>,
 }
 
 impl ClusterBuilder {
@@ -83,7 +86,8 @@ impl ClusterBuilder {
 
     /// Adds a postgresql.conf setting on every node, after the testkit's
     /// defaults (so it overrides them). The value is quoted unless it already
-    /// is (`'...'`). Port, socket dir and cluster name cannot be overridden.
+    /// is (`'...'`). Port, socket dir and cluster name (and, in a lab,
+    /// `listen_addresses`) cannot be overridden.
     pub fn config(mut self, key: &str, value: &str) -> Self {
         self.config.push((key.to_owned(), value.to_owned()));
         self
@@ -98,10 +102,39 @@ impl ClusterBuilder {
         self
     }
 
+    /// Runs the cluster in `lab`, one node per host: node i (node 0 the
+    /// primary) runs in host i's network namespace and listens on `<host
+    /// ip>:5432` (every address of the host, so also on the delegate IP while
+    /// the host holds it); its unix socket dir is as usual. pg_hba.conf
+    /// trusts `postgres` and replication from the lab subnet and asks the
+    /// other roles for a password (`md5`), after the [`ClusterBuilder::hba`]
+    /// lines and before the defaults. Standbys stream from the primary's host
+    /// address. The lab needs at least `standbys + 1` hosts and must outlive
+    /// the cluster (declare the cluster after the lab).
+    pub fn in_lab(mut self, lab: &Lab) -> Self {
+        self.lab = Some((lab.hosts().to_vec(), lab.subnet()));
+        self
+    }
+
+    /// The lab host of node `i`, when the cluster runs in a lab.
+    fn lab_host(&self, i: usize) -> anyhow::Result<Option<&Host>> {
+        let Some((hosts, _)) = &self.lab else {
+            return Ok(None);
+        };
+        hosts.get(i).map(Some).with_context(|| {
+            format!(
+                "the lab has {} hosts, too few for a primary and {} standbys",
+                hosts.len(),
+                self.standbys
+            )
+        })
+    }
+
     /// Creates and starts the cluster: `initdb` the primary, start it, then
     /// `pg_basebackup` and start each standby and wait until it streams.
     /// On failure, every server already started is stopped.
     pub fn start(self) -> anyhow::Result<Cluster> {
+        self.lab_host(self.standbys)?;
         let bin_dir = pg_bin_dir()?;
         let os_user = if geteuid().is_root() {
             Some(os_user().context(
@@ -148,7 +181,7 @@ impl ClusterBuilder {
         };
         cluster.add_primary(&self)?;
         for i in 1..=self.standbys {
-            cluster.add_standby(i)?;
+            cluster.add_standby(i, self.lab_host(i)?)?;
         }
         Ok(cluster)
     }
@@ -317,7 +350,10 @@ impl Cluster {
     /// `initdb`, configure and start node 0.
     fn add_primary(&mut self, options: &ClusterBuilder) -> anyhow::Result<()> {
         let dir = self.node_dir(0)?;
-        let node = Node::new("pg0".to_owned(), dir, free_port(), self.env.clone());
+        let mut node = Node::new("pg0".to_owned(), dir, free_port(), self.env.clone());
+        if let Some(host) = options.lab_host(0)? {
+            node = node.in_lab_host(host);
+        }
         let mut cmd = self.env.command("initdb");
         cmd.arg("-D").arg(node.data_dir()).args([
             "-U",
@@ -341,21 +377,26 @@ impl Cluster {
         self.nodes.push(node);
         self.start_last_node()?;
         eprintln!(
-            "pgwarden-testkit: pg0 (primary) up on 127.0.0.1:{} in {}",
+            "pgwarden-testkit: pg0 (primary) up on {}:{}{} in {}",
+            self.node(0).host(),
             self.node(0).port(),
+            in_namespace(self.node(0)),
             self.base_dir.display()
         );
         Ok(())
     }
 
     /// `pg_basebackup` node `i` from node 0, start it and wait until node 0
-    /// shows it streaming.
-    fn add_standby(&mut self, i: usize) -> anyhow::Result<()> {
+    /// shows it streaming. In a lab, the node runs in `host`.
+    fn add_standby(&mut self, i: usize, host: Option<&Host>) -> anyhow::Result<()> {
         let dir = self.node_dir(i)?;
         let name = format!("pg{i}");
-        let node = Node::new(name.clone(), dir, free_port(), self.env.clone());
+        let mut node = Node::new(name.clone(), dir, free_port(), self.env.clone());
+        if let Some(host) = host {
+            node = node.in_lab_host(host);
+        }
         let primary = self.primary();
-        let mut cmd = self.env.command("pg_basebackup");
+        let mut cmd = self.env.command_in(host, "pg_basebackup");
         cmd.arg("-d")
             .arg(format!(
                 "host={} port={} user={} application_name={name}",
@@ -371,7 +412,7 @@ impl Cluster {
         self.env
             .run(&mut cmd, None, &format!("{name}: pg_basebackup from pg0"))
             .map_err(|e| primary.with_log(e))?;
-        ensure_application_name(&self.env, &node)?;
+        ensure_application_name(&self.env, &node, primary.host())?;
         node.write_node_conf()?;
         self.nodes.push(node);
         self.start_last_node()?;
@@ -388,8 +429,10 @@ impl Cluster {
         )
         .map_err(|e| self.node(i).with_log(e))?;
         eprintln!(
-            "pgwarden-testkit: {name} (standby) up on 127.0.0.1:{}, streaming from pg0",
-            self.node(i).port()
+            "pgwarden-testkit: {name} (standby) up on {}:{}{}, streaming from pg0",
+            self.node(i).host(),
+            self.node(i).port(),
+            in_namespace(self.node(i)),
         );
         Ok(())
     }
@@ -403,7 +446,10 @@ impl Cluster {
         loop {
             match node.try_start() {
                 Ok(()) => return Ok(()),
-                Err(StartError::PortInUse(e)) if attempt < PORT_ATTEMPTS => {
+                // In a lab the host is the node's own: a taken port is a bug.
+                Err(StartError::PortInUse(e))
+                    if attempt < PORT_ATTEMPTS && node.lab_host().is_none() =>
+                {
                     eprintln!(
                         "pgwarden-testkit: {}: port {} taken, retrying on another port",
                         node.name(),
@@ -466,14 +512,21 @@ fn postgresql_conf(options: &ClusterBuilder) -> String {
     conf
 }
 
-/// pg_hba.conf: the builder's lines, then trust for the superuser and
-/// replication locally, md5 (which also accepts SCRAM-stored roles) for the
-/// rest over TCP.
+/// pg_hba.conf: the builder's lines, then (in a lab) the same rules for the
+/// lab subnet, then trust for the superuser and replication locally, md5
+/// (which also accepts SCRAM-stored roles) for the rest over TCP.
 fn pg_hba_conf(options: &ClusterBuilder) -> String {
     let mut hba = String::from("# written by pgwarden-testkit\n");
     for line in &options.hba {
         hba.push_str(line);
         hba.push('\n');
+    }
+    if let Some((_, subnet)) = &options.lab {
+        hba.push_str(&format!(
+            "host all postgres {subnet} trust\n\
+             host replication all {subnet} trust\n\
+             host all all {subnet} md5\n"
+        ));
     }
     hba.push_str(
         "local all all trust\n\
@@ -487,8 +540,8 @@ fn pg_hba_conf(options: &ClusterBuilder) -> String {
 
 /// Makes sure the standby's `primary_conninfo` (written by `pg_basebackup
 /// -R` into postgresql.auto.conf) names it, so `pg_stat_replication` on the
-/// primary shows the node name.
-fn ensure_application_name(env: &PgEnv, node: &Node) -> anyhow::Result<()> {
+/// primary shows the node name. `primary_host` is the primary's address.
+fn ensure_application_name(env: &PgEnv, node: &Node, primary_host: &str) -> anyhow::Result<()> {
     let auto_conf = node.data_dir().join("postgresql.auto.conf");
     let text = std::fs::read_to_string(&auto_conf)
         .with_context(|| format!("read {}", auto_conf.display()))?;
@@ -497,7 +550,7 @@ fn ensure_application_name(env: &PgEnv, node: &Node) -> anyhow::Result<()> {
         env.append_file(
             &auto_conf,
             &format!(
-                "primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={}'\n",
+                "primary_conninfo = 'host={primary_host} port={} user=postgres application_name={}'\n",
                 // The primary's port is in the existing line; fall back to parsing it.
                 primary_port_in(&text).with_context(|| format!(
                     "no primary_conninfo port in {}",
@@ -508,6 +561,13 @@ fn ensure_application_name(env: &PgEnv, node: &Node) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// " in network namespace <name>" for a lab node, else "".
+fn in_namespace(node: &Node) -> String {
+    node.lab_host()
+        .map(|h| format!(" in network namespace {}", h.name()))
+        .unwrap_or_default()
 }
 
 /// The `port=` in `primary_conninfo`.
@@ -552,6 +612,18 @@ mod tests {
         let custom = hba.find("alice").unwrap();
         let default = hba.find("local all all trust").unwrap();
         assert!(custom < default);
+    }
+
+    #[test]
+    fn lab_hba_lines_follow_custom_lines_and_precede_defaults() {
+        let mut options = Cluster::builder().hba("host all alice 10.213.0.0/24 reject");
+        options.lab = Some((Vec::new(), "10.213.0.0/24"));
+        let hba = pg_hba_conf(&options);
+        let at = |line: &str| hba.find(line).unwrap();
+        assert!(at("alice") < at("host all postgres 10.213.0.0/24 trust"));
+        assert!(at("host all postgres 10.213.0.0/24 trust") < at("host all all 10.213.0.0/24 md5"));
+        assert!(at("host replication all 10.213.0.0/24 trust") < at("local all all trust"));
+        assert!(!pg_hba_conf(&Cluster::builder()).contains("10.213"));
     }
 
     #[test]

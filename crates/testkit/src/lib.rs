@@ -11,6 +11,12 @@ starts them:
   cluster stops every server and removes the temp dir.
 - [`Node`] is one server of a cluster: start, stop, restart, `kill -9`, run SQL
   through `psql`, build a conninfo string.
+- [`Lab`] is a private network of [`Host`]s on one machine, each host a
+  network namespace (10.213.0.0/24, a bridge in a namespace of its own, no
+  route out), plus a client namespace; links can be [cut](Lab::cut) and
+  [healed](Lab::heal). [`ClusterBuilder::in_lab`] runs one node per host, so
+  multi-host tests (the watchdog's delegate IP) get a real PostgreSQL on each
+  host. Labs need root.
 - [`ChildGuard`] owns a spawned process (a pgwarden daemon under test) and stops
   it on drop; [`workspace_bin`] finds the workspace's binaries next to the running
   test; [`wait_until`] polls a condition with a deadline.
@@ -23,6 +29,7 @@ The `pgwarden-cluster` binary wraps [`Cluster`] for shell scripts (bench, demo).
 
 mod child;
 mod cluster;
+mod lab;
 mod node;
 mod paths;
 mod pgenv;
@@ -32,6 +39,7 @@ mod wait;
 
 pub use child::ChildGuard;
 pub use cluster::{Cluster, ClusterBuilder, PasswordKind};
+pub use lab::{Host, Lab};
 pub use node::{Node, StopMode};
 pub use paths::{os_user, pg_bin_dir, workspace_bin};
 pub use port::free_port;

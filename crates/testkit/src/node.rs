@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::lab::Host;
 use crate::pgenv::{PgEnv, is_not_found};
 use crate::procfs;
 use crate::wait::wait_until;
@@ -18,6 +19,10 @@ const LOG_TAIL_LINES: usize = 25;
 
 /// Seconds `pg_ctl` waits for a start, stop or promote.
 const PG_CTL_TIMEOUT_SECS: &str = "60";
+
+/// The port of every server in a [`Lab`](crate::Lab): each has a host to
+/// itself.
+pub(crate) const LAB_PORT: u16 = 5432;
 
 /// Name of the per-node settings file included at the end of
 /// `postgresql.conf` (port, socket dir, cluster name).
@@ -46,6 +51,12 @@ impl StopMode {
 /// One PostgreSQL server: a data dir, a port on 127.0.0.1, a unix socket dir,
 /// and a server log.
 ///
+/// A node of a cluster built [`in_lab`](crate::ClusterBuilder::in_lab) lives
+/// in a lab host instead: it listens on every address of that host
+/// (`listen_addresses = '*'`: its own, and the delegate IP while the host
+/// holds it) on port 5432, and every PostgreSQL program for it (`pg_ctl`,
+/// `psql`, `pg_isready`...) runs inside the host's network namespace.
+///
 /// Tests use it to break things (stop, `kill -9`, restart) and to look at the
 /// server directly (`psql`) while pgwarden sits in front of it.
 #[derive(Debug)]
@@ -58,6 +69,8 @@ pub struct Node {
     log_file: PathBuf,
     superuser: String,
     env: Arc<PgEnv>,
+    /// The lab host the server runs in, if any.
+    lab_host: Option<Host>,
 }
 
 /// Why a server did not start.
@@ -89,7 +102,29 @@ impl Node {
             dir,
             superuser: "postgres".to_owned(),
             env,
+            lab_host: None,
         }
+    }
+
+    /// Moves the node into lab host `host`: its address and port become
+    /// `<host ip>:5432`, and its programs run in the host's namespace.
+    pub(crate) fn in_lab_host(mut self, host: &Host) -> Node {
+        self.host = host.ip().to_string();
+        self.port = LAB_PORT;
+        self.lab_host = Some(host.clone());
+        self
+    }
+
+    /// The lab host the server runs in, for a cluster built
+    /// [`in_lab`](crate::ClusterBuilder::in_lab); `None` on 127.0.0.1.
+    pub fn lab_host(&self) -> Option<&Host> {
+        self.lab_host.as_ref()
+    }
+
+    /// A command for PostgreSQL program `program`, in the node's lab host if
+    /// it has one.
+    fn command(&self, program: &str) -> std::process::Command {
+        self.env.command_in(self.lab_host.as_ref(), program)
     }
 
     /// The node's name, `pg0`, `pg1`, ... (also its `cluster_name` and, on
@@ -98,12 +133,13 @@ impl Node {
         &self.name
     }
 
-    /// The address the server listens on: `127.0.0.1`.
+    /// The address clients reach the server at: `127.0.0.1`, or the lab
+    /// host's address (`10.213.0.11`...) in a lab.
     pub fn host(&self) -> &str {
         &self.host
     }
 
-    /// The TCP port the server listens on.
+    /// The TCP port the server listens on (5432 in a lab).
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -141,13 +177,14 @@ impl Node {
     }
 
     /// The superuser created by `initdb`: `postgres` (trusted over the unix
-    /// socket and over TCP from 127.0.0.1).
+    /// socket and over TCP from 127.0.0.1, and from the lab subnet in a lab).
     pub fn superuser(&self) -> &str {
         &self.superuser
     }
 
     /// A libpq conninfo string for this server over TCP:
-    /// `host=127.0.0.1 port=.. user=.. password=.. dbname=..`.
+    /// `host=127.0.0.1 port=.. user=.. password=.. dbname=..` (`host=<lab host
+    /// ip> port=5432` in a lab).
     pub fn conninfo(&self, user: &str, password: &str, db: &str) -> String {
         format!(
             "host={} port={} user={} password={} dbname={}",
@@ -191,7 +228,7 @@ impl Node {
     pub(crate) fn try_start(&self) -> Result<(), StartError> {
         self.remove_stale_lock_file().map_err(StartError::Other)?;
         let log_offset = fs::metadata(&self.log_file).map(|m| m.len()).unwrap_or(0);
-        let mut cmd = self.env.command("pg_ctl");
+        let mut cmd = self.command("pg_ctl");
         cmd.arg("start")
             .arg("-w")
             .args(["-t", PG_CTL_TIMEOUT_SECS])
@@ -259,7 +296,7 @@ impl Node {
         let Some(pid) = self.postmaster_pid() else {
             return Ok(());
         };
-        let mut cmd = self.env.command("pg_ctl");
+        let mut cmd = self.command("pg_ctl");
         cmd.arg("stop")
             .args(["-m", mode.as_pg_ctl()])
             .arg("-w")
@@ -290,7 +327,7 @@ impl Node {
     /// Promotes a standby (`pg_ctl promote -w`): it leaves recovery and
     /// becomes a primary.
     pub fn promote(&self) -> anyhow::Result<()> {
-        let mut cmd = self.env.command("pg_ctl");
+        let mut cmd = self.command("pg_ctl");
         cmd.arg("promote")
             .arg("-w")
             .args(["-t", PG_CTL_TIMEOUT_SECS])
@@ -329,7 +366,7 @@ impl Node {
             return;
         };
         let children = procfs::children_of(pid);
-        let mut cmd = self.env.command("pg_ctl");
+        let mut cmd = self.command("pg_ctl");
         cmd.args(["stop", "-m", "immediate", "-w", "-t", "10", "-D"])
             .arg(&self.data_dir);
         let _ = self.env.run(&mut cmd, None, "stop");
@@ -352,7 +389,7 @@ impl Node {
     /// `db`. Returns the trimmed output: unaligned, tuples only, `|` between
     /// columns, one row per line. The error carries psql's stderr.
     pub fn psql_db(&self, db: &str, sql: &str) -> anyhow::Result<String> {
-        let mut cmd = self.env.command("psql");
+        let mut cmd = self.command("psql");
         cmd.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"])
             .env("PGHOST", &self.dir)
             .env("PGPORT", self.port.to_string())
@@ -388,7 +425,7 @@ impl Node {
             timeout,
             &format!("{} to accept connections", self.name),
             || {
-                let mut cmd = self.env.command("pg_isready");
+                let mut cmd = self.command("pg_isready");
                 cmd.arg("-q").arg("-h").arg(&self.dir).args([
                     "-p",
                     &self.port.to_string(),
@@ -430,7 +467,7 @@ impl Node {
 
     /// Writes the per-node settings file into the data dir.
     pub(crate) fn write_node_conf(&self) -> anyhow::Result<()> {
-        let contents = format!(
+        let mut contents = format!(
             "# written by pgwarden-testkit for {name}\n\
              port = {port}\n\
              unix_socket_directories = {socket_dir}\n\
@@ -440,6 +477,10 @@ impl Node {
             socket_dir = conf_literal(&self.dir.to_string_lossy()),
             name_literal = conf_literal(&self.name),
         );
+        if self.lab_host.is_some() {
+            // Every address of the host: its own and the delegate IP.
+            contents.push_str("listen_addresses = '*'\n");
+        }
         self.env
             .write_file(&self.data_dir.join(NODE_CONF), &contents)
     }

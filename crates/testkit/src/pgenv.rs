@@ -2,7 +2,6 @@
 //! which environment.
 
 use std::env;
-use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write as _};
 use std::os::unix::fs::PermissionsExt as _;
@@ -13,6 +12,8 @@ use std::thread;
 
 use anyhow::Context as _;
 use nix::unistd::{Gid, Uid, chown};
+
+use crate::lab::{Host, netns_command, wrapped_program};
 
 /// Runs PostgreSQL programs from one bin dir as one OS user.
 #[derive(Debug, Clone)]
@@ -30,7 +31,24 @@ impl PgEnv {
     /// and the working directory set to the base dir, C locale, and the
     /// unprivileged user when root.
     pub(crate) fn command(&self, program: &str) -> Command {
-        let mut cmd = Command::new(self.bin_dir.join(program));
+        self.command_in(None, program)
+    }
+
+    /// Like [`PgEnv::command`], but inside `host`'s network namespace when
+    /// given (`ip netns exec`, then `setpriv` to the unprivileged user): a
+    /// server started this way listens in that namespace.
+    pub(crate) fn command_in(&self, host: Option<&Host>, program: &str) -> Command {
+        let path = self.bin_dir.join(program);
+        let mut cmd = match host {
+            Some(host) => netns_command(host.name(), self.os_user, path.as_os_str()),
+            None => {
+                let mut cmd = Command::new(&path);
+                if let Some((uid, gid)) = self.os_user {
+                    cmd.uid(uid).gid(gid);
+                }
+                cmd
+            }
+        };
         for (key, _) in env::vars_os() {
             if key.to_string_lossy().starts_with("PG") {
                 cmd.env_remove(key);
@@ -41,9 +59,6 @@ impl PgEnv {
             .env("LANG", "C.UTF-8")
             .current_dir(&self.home)
             .stdin(Stdio::null());
-        if let Some((uid, gid)) = self.os_user {
-            cmd.uid(uid).gid(gid);
-        }
         cmd
     }
 
@@ -59,9 +74,9 @@ impl PgEnv {
         if stdin.is_some() {
             cmd.stdin(Stdio::piped());
         }
-        let mut child = cmd.spawn().with_context(|| {
-            format!("{what}: cannot run {}", display_program(cmd.get_program()))
-        })?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("{what}: cannot run {}", display_program(cmd)))?;
         // Feed stdin from a thread so a large input cannot deadlock against a
         // child blocked on writing a full stdout pipe.
         let writer = match (stdin, child.stdin.take()) {
@@ -71,9 +86,9 @@ impl PgEnv {
             }
             _ => None,
         };
-        let output = child.wait_with_output().with_context(|| {
-            format!("{what}: waiting for {}", display_program(cmd.get_program()))
-        })?;
+        let output = child
+            .wait_with_output()
+            .with_context(|| format!("{what}: waiting for {}", display_program(cmd)))?;
         if let Some(writer) = writer {
             // A broken pipe only means the program stopped reading (it failed,
             // which its exit status reports).
@@ -82,7 +97,7 @@ impl PgEnv {
         if !output.status.success() {
             anyhow::bail!(
                 "{what}: {} failed ({}){}{}",
-                display_program(cmd.get_program()),
+                display_program(cmd),
                 output.status,
                 section("stderr", &output.stderr),
                 section("stdout", &output.stdout),
@@ -125,8 +140,10 @@ impl PgEnv {
     }
 }
 
-/// The program's file name, for error messages.
-fn display_program(program: &OsStr) -> String {
+/// The program's file name, for error messages (the wrapped program for `ip
+/// netns exec`).
+fn display_program(cmd: &Command) -> String {
+    let program = wrapped_program(cmd).unwrap_or(cmd.get_program());
     Path::new(program)
         .file_name()
         .unwrap_or(program)
