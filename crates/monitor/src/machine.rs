@@ -150,6 +150,19 @@ pub enum Event {
         /// Success, or why it cannot follow.
         result: Result<(), String>,
     },
+    /// With the watchdog: the backends a quorum of nodes sees down now
+    /// (committed through Raft). Only meaningful for a quorum machine.
+    QuorumDown(Vec<usize>),
+}
+
+/// Who decides that a backend is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decider {
+    /// This monitor's own checks (single node, `watchdog.enabled = false`).
+    Local,
+    /// A quorum of the nodes' monitors (pgpool's failover_require_consensus):
+    /// local failures alone change nothing; [`Event::QuorumDown`] does.
+    Quorum,
 }
 
 /// Output of the machine, performed by the caller in order.
@@ -227,6 +240,8 @@ pub struct Machine {
     bootstrapped: bool,
     persisted_primary: Option<usize>,
     dirty: bool,
+    decider: Decider,
+    quorum_down: std::collections::BTreeSet<usize>,
     /// Why no standby could be promoted (logged once per cause).
     pub blocked: Option<String>,
 }
@@ -281,8 +296,22 @@ impl Machine {
             bootstrapped: false,
             persisted_primary,
             dirty: false,
+            decider: Decider::Local,
+            quorum_down: std::collections::BTreeSet::new(),
             blocked: None,
         }
+    }
+
+    /// Lets a quorum of nodes, not this monitor's checks alone, decide that
+    /// a backend is down (see [`Decider::Quorum`]).
+    pub fn with_decider(mut self, decider: Decider) -> Self {
+        self.decider = decider;
+        self
+    }
+
+    /// Whether backend `id` is routable as far as who decides "down" goes.
+    fn not_voted_down(&self, id: usize) -> bool {
+        self.decider == Decider::Local || !self.quorum_down.contains(&id)
     }
 
     /// The committed generation.
@@ -402,6 +431,7 @@ impl Machine {
             Event::Checked { id, at_ms, result } => self.checked(id, at_ms, result),
             Event::Promoted { id, result } => self.promoted(id, result, &mut actions),
             Event::Followed { id, result } => self.followed(id, result),
+            Event::QuorumDown(ids) => self.quorum(ids),
         }
         self.evaluate(&mut actions);
         self.finish(&mut actions);
@@ -417,7 +447,8 @@ impl Machine {
         let obs = match result {
             Err(reason) => {
                 b.failures = b.failures.saturating_add(1);
-                if b.failures > max_retries && b.status == Status::Up {
+                let local = self.decider == Decider::Local;
+                if local && b.failures > max_retries && b.status == Status::Up {
                     let reason = format!("failed {} consecutive checks: {reason}", b.failures);
                     self.set_status(id, Status::Down, &reason);
                 }
@@ -456,7 +487,7 @@ impl Machine {
         if Some(id) == self.primary {
             if in_recovery {
                 self.set_status(id, Status::Down, "the primary is in recovery");
-            } else if self.failover.is_none() {
+            } else if self.failover.is_none() && self.not_voted_down(id) {
                 self.set_status(id, Status::Up, "");
             }
             return;
@@ -482,7 +513,7 @@ impl Machine {
             // No healthy primary to stream from: nothing to judge it by.
             return;
         };
-        let streams = self.streams_from(id, p);
+        let streams = self.streams_from(id, p) && self.not_voted_down(id);
         let max_retries = self.limits.max_retries;
         let Some(b) = self.backends.get_mut(id) else {
             return;
@@ -498,6 +529,25 @@ impl Machine {
             if b.status == Status::Up && b.not_streaming > max_retries {
                 let reason = format!("not streaming from the primary {}", self.name(p));
                 self.set_status(id, Status::Down, &reason);
+            }
+        }
+    }
+
+    /// A quorum of nodes now sees exactly `ids` down.
+    fn quorum(&mut self, ids: Vec<usize>) {
+        let now: std::collections::BTreeSet<usize> = ids.into_iter().collect();
+        let newly: Vec<usize> = now.difference(&self.quorum_down).copied().collect();
+        self.quorum_down = now;
+        if self.decider != Decider::Quorum || !self.bootstrapped {
+            return;
+        }
+        for id in newly {
+            if self
+                .backends
+                .get(id)
+                .is_some_and(|b| b.status == Status::Up)
+            {
+                self.set_status(id, Status::Down, "a quorum of nodes cannot reach it");
             }
         }
     }
@@ -707,7 +757,11 @@ impl Machine {
                 continue;
             }
             if Some(i) == chosen {
-                if b.reachable() {
+                // With a quorum deciding, this node failing to reach the
+                // primary is not enough to call it down.
+                let unreachable_here_only =
+                    self.decider == Decider::Quorum && !self.quorum_down.contains(&i);
+                if (b.reachable() || unreachable_here_only) && self.not_voted_down(i) {
                     self.set_status(i, Status::Up, "");
                 } else {
                     let reason = "the recorded primary is unreachable".to_owned();
@@ -1396,6 +1450,79 @@ mod tests {
         // pg0 still runs as a primary: it stays fenced.
         ok(&mut m, 0, Observation::primary(1, GB));
         assert_eq!(m.backends()[0].status, Status::Detached);
+    }
+
+    fn three_quorum() -> Machine {
+        three().with_decider(Decider::Quorum)
+    }
+
+    #[test]
+    fn with_a_quorum_deciding_local_failures_alone_never_fail_over() {
+        let mut m = three_quorum();
+        healthy(&mut m, GB);
+        for _ in 0..10 {
+            assert!(fail(&mut m, 0).is_empty(), "no local decision");
+        }
+        assert_eq!(statuses(&m), vec![Status::Up, Status::Up, Status::Up]);
+        // One other node agrees: a quorum sees pg0 down.
+        let a = m.step(Event::QuorumDown(vec![0]));
+        assert_eq!(
+            a,
+            vec![
+                Action::Publish,
+                Action::Promote {
+                    id: 1,
+                    old_primary: Some(0)
+                }
+            ]
+        );
+        assert_eq!(m.backends()[0].status, Status::Down);
+    }
+
+    #[test]
+    fn with_a_quorum_deciding_a_backend_comes_back_only_when_the_quorum_lets_go() {
+        let mut m = three_quorum();
+        healthy(&mut m, GB);
+        m.step(Event::QuorumDown(vec![2]));
+        assert_eq!(m.backends()[2].status, Status::Down);
+        // This node reaches it fine, but the quorum still says down.
+        assert!(ok(&mut m, 2, Observation::standby(1, GB, Some(5000))).is_empty());
+        assert_eq!(m.backends()[2].status, Status::Down);
+        m.step(Event::QuorumDown(vec![]));
+        assert_eq!(
+            ok(&mut m, 2, Observation::standby(1, GB, Some(5000))),
+            vec![Action::Publish]
+        );
+        assert_eq!(m.backends()[2].status, Status::Up);
+    }
+
+    #[test]
+    fn with_a_quorum_deciding_a_new_leader_unable_to_reach_the_primary_keeps_it() {
+        // The leader's monitor restarts from the committed record and cannot
+        // reach pg0 itself; the other nodes can.
+        let persisted = Persisted {
+            generation: 3,
+            primary: Some("pg0".into()),
+            detached: vec![],
+        };
+        let mut m = Machine::new(
+            vec![spec("pg0", 5000), spec("pg1", 5001), spec("pg2", 5002)],
+            Limits {
+                max_retries: 2,
+                max_lag_bytes: 1 << 24,
+            },
+            &persisted,
+        )
+        .with_decider(Decider::Quorum);
+        for _ in 0..3 {
+            fail(&mut m, 0);
+        }
+        ok(&mut m, 1, Observation::standby(1, GB, Some(5000)));
+        let a = ok(&mut m, 2, Observation::standby(1, GB, Some(5000)));
+        assert_eq!(a, vec![Action::Publish]);
+        assert_eq!(m.primary(), Some(0));
+        assert_eq!(m.backends()[0].status, Status::Up);
+        assert!(!m.failover_in_progress());
     }
 
     #[test]
