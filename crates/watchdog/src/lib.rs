@@ -1,0 +1,40 @@
+//! pgwarden-watchdog: the consensus core of the watchdog — Raft leader
+//! election, the replicated cluster record, and the delegate-IP lease — as
+//! plain structs with no network and no clock.
+//!
+//! - [`node`]: [`WatchdogNode`] owns a raft-rs `RawNode` (pre-vote and
+//!   check-quorum on), is driven by `tick`, `step`, `propose`, and returns the
+//!   work to do (messages, applied commands, role changes, delegate-IP
+//!   actions) from `ready`.
+//! - [`storage`]: [`DurableStorage`], the Raft log, hard state and snapshot,
+//!   persisted atomically in `state_dir` (or in memory for simulations).
+//! - [`state`]: [`ClusterRecord`], the replicated state machine (generation,
+//!   primary, detached set, failover in progress, health votes) and its
+//!   [`Command`]s.
+//! - [`lease`]: [`Lease`], when this node may hold the delegate IP.
+//! - [`logger`]: raft-rs's `slog` output routed into `tracing`.
+//!
+//! The daemon (peers over gRPC, the `watchdog.sock` API, running the
+//! delegate-IP commands) wraps these; the tests here run them over an
+//! in-memory network with fixed seeds (partitions, message loss and
+//! reordering, crashes and restarts) and check, after every simulated tick,
+//! that there is at most one leader per term and at most one holder of the
+//! delegate IP.
+
+#![forbid(unsafe_code)]
+
+pub mod lease;
+pub mod logger;
+pub mod node;
+pub mod state;
+pub mod storage;
+
+#[cfg(test)]
+mod sim;
+
+pub use lease::{Lease, VipAction};
+pub use node::{Error, NodeConfig, Output, ProposeError, RoleChange, WatchdogNode};
+pub use raft::StateRole;
+pub use raft::eraftpb::Message;
+pub use state::{Applied, ClusterRecord, Command, Generation, Rejection};
+pub use storage::{DurableStorage, FilePersist, MemoryPersist, Persist, StorageError};
