@@ -14,8 +14,9 @@
 //! - [`lease`]: [`Lease`], when this node may hold the delegate IP.
 //! - [`logger`]: raft-rs's `slog` output routed into `tracing`.
 //!
-//! The daemon (peers over gRPC, the `watchdog.sock` API, running the
-//! delegate-IP commands) wraps these; the tests here run them over an
+//! The daemon wraps these: [`runtime`] owns the node and ticks it, [`peers`]
+//! carries Raft messages between watchdogs (authenticated by [`auth`]),
+//! [`api`] serves `watchdog.sock`, [`vip`] runs the delegate-IP commands; the tests here run them over an
 //! in-memory network with fixed seeds (partitions, message loss and
 //! reordering, crashes and restarts) and check, after every simulated tick,
 //! that there is at most one leader per term and at most one holder of the
@@ -23,11 +24,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod auth;
 pub mod lease;
 pub mod logger;
 pub mod node;
+pub mod peers;
+pub mod runtime;
+pub mod settings;
 pub mod state;
 pub mod storage;
+pub mod vip;
 
 #[cfg(test)]
 mod sim;

@@ -321,10 +321,11 @@ impl WatchdogNode {
         Ok(())
     }
 
-    /// Proposes a command; only the leader accepts. It is applied (on every
+    /// Proposes a command; only the leader accepts. Returns the log index it
+    /// will have; it is applied (on every
     /// node) once committed, which [`Output::applied`] reports. Call
     /// [`Self::ready`] afterwards.
-    pub fn propose(&mut self, cmd: Command) -> Result<(), ProposeError> {
+    pub fn propose(&mut self, cmd: Command) -> Result<u64, ProposeError> {
         if self.failed || self.raw.raft.state != StateRole::Leader {
             return Err(ProposeError::NotLeader {
                 leader: self.leader(),
@@ -336,9 +337,13 @@ impl WatchdogNode {
             return Err(ProposeError::UnknownNode(*node));
         }
         let data = serde_json::to_vec(&cmd).map_err(|e| ProposeError::Dropped(e.to_string()))?;
+        // The entry lands right after the leader's last one; `ready` reports
+        // it in `Output::applied` under that index once committed.
+        let index = self.raw.raft.raft_log.last_index() + 1;
         self.raw
             .propose(Vec::new(), data)
-            .map_err(|e| ProposeError::Dropped(e.to_string()))
+            .map_err(|e| ProposeError::Dropped(e.to_string()))?;
+        Ok(index)
     }
 
     /// Starts an election now instead of waiting for the election timeout

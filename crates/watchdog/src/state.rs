@@ -31,6 +31,9 @@ pub struct ClusterRecord {
     pub detached: BTreeMap<String, String>,
     /// A failover is being carried out by the leader's monitor.
     pub failover_in_progress: bool,
+    /// Backends the leader's monitor marked down, by name, with the reason.
+    #[serde(default)]
+    pub down: BTreeMap<String, String>,
     /// Per backend name, the ids of the nodes that currently see it down.
     pub votes: BTreeMap<String, BTreeSet<u64>>,
 }
@@ -47,6 +50,9 @@ pub struct Generation {
     pub detached: BTreeMap<String, String>,
     /// Whether a failover is being carried out.
     pub failover_in_progress: bool,
+    /// Backends marked down, by name, with the reason.
+    #[serde(default)]
+    pub down: BTreeMap<String, String>,
 }
 
 /// A change to the [`ClusterRecord`], serialized into a Raft entry's data.
@@ -164,6 +170,7 @@ impl ClusterRecord {
                 self.primary.clone_from(&record.primary);
                 self.detached.clone_from(&record.detached);
                 self.failover_in_progress = record.failover_in_progress;
+                self.down = record.down.clone();
                 Applied::Committed {
                     generation: self.generation,
                 }
@@ -203,6 +210,7 @@ mod tests {
                 primary: Some(primary.to_owned()),
                 detached: BTreeMap::new(),
                 failover_in_progress: false,
+                down: BTreeMap::new(),
             },
         }
     }
@@ -239,6 +247,7 @@ mod tests {
                 primary: Some("pg02".to_owned()),
                 detached: detached.clone(),
                 failover_in_progress: true,
+                down: BTreeMap::new(),
             },
         };
         assert_eq!(r.apply(&cmd), Applied::Committed { generation: 2 });

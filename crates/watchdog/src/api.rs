@@ -1,0 +1,186 @@
+//! The `Watchdog` service on `watchdog.sock`: status for operators and the
+//! local monitor, health reports and cluster changes from the monitor.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use pgwarden_proto::v1::watchdog_server::Watchdog;
+use pgwarden_proto::v1::{
+    ClusterRecord, GetStatusRequest, LeadershipEvent, ProposeClusterChangeReply,
+    ProposeClusterChangeRequest, ReportHealthReply, ReportHealthRequest, WatchLeadershipRequest,
+    WatchdogStatus,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::{Request, Response, Status};
+
+use crate::state::Generation;
+
+/// A request from the API to the core loop.
+#[derive(Debug)]
+pub enum ApiRequest {
+    /// The local monitor's opinion of a backend.
+    ReportHealth {
+        /// Backend name.
+        backend: String,
+        /// Down or up.
+        down: bool,
+        /// Committed, or why not.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A new generation from the leader's monitor (compare-and-set).
+    Propose {
+        /// The generation the monitor based its change on.
+        expected: u64,
+        /// The new generation.
+        generation: Generation,
+        /// Committed, or why not.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+}
+
+/// The service.
+#[derive(Debug, Clone)]
+pub struct WatchdogApi {
+    /// Requests to the core loop.
+    pub requests: mpsc::Sender<ApiRequest>,
+    /// The latest status.
+    pub status: watch::Receiver<WatchdogStatus>,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<LeadershipEvent, Status>> + Send>>;
+
+/// The status without what changes all the time (last-seen times, the applied
+/// index): watchers hear only about changes that matter.
+pub fn significant(s: &WatchdogStatus) -> WatchdogStatus {
+    let mut s = s.clone();
+    for m in &mut s.members {
+        m.last_seen_unix_ms = 0;
+    }
+    if let Some(r) = s.record.as_mut() {
+        r.applied_index = 0;
+    }
+    s
+}
+
+impl WatchdogApi {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, String>>) -> ApiRequest,
+    ) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.requests
+            .send(make(tx))
+            .await
+            .map_err(|_| "the watchdog is shutting down".to_owned())?;
+        match tokio::time::timeout(std::time::Duration::from_secs(10), rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the watchdog is shutting down".to_owned()),
+            Err(_) => Err("not committed within 10 s".to_owned()),
+        }
+    }
+
+    fn record(&self) -> Option<ClusterRecord> {
+        self.status.borrow().record.clone()
+    }
+}
+
+#[tonic::async_trait]
+impl Watchdog for WatchdogApi {
+    type WatchLeadershipStream = EventStream;
+
+    async fn get_status(
+        &self,
+        _: Request<GetStatusRequest>,
+    ) -> Result<Response<WatchdogStatus>, Status> {
+        Ok(Response::new(self.status.borrow().clone()))
+    }
+
+    async fn watch_leadership(
+        &self,
+        _: Request<WatchLeadershipRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let mut rx = self.status.clone();
+        let (tx, out) = mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut last = {
+                let s = rx.borrow_and_update().clone();
+                let sig = significant(&s);
+                if tx
+                    .send(Ok(LeadershipEvent { status: Some(s) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                sig
+            };
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    changed = rx.changed() => if changed.is_err() { return },
+                }
+                let s = rx.borrow_and_update().clone();
+                let sig = significant(&s);
+                if sig == last {
+                    continue;
+                }
+                last = sig;
+                if tx
+                    .send(Ok(LeadershipEvent { status: Some(s) }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
+    async fn report_health(
+        &self,
+        r: Request<ReportHealthRequest>,
+    ) -> Result<Response<ReportHealthReply>, Status> {
+        let r = r.into_inner();
+        self.ask(|reply| ApiRequest::ReportHealth {
+            backend: r.backend,
+            down: r.down,
+            reply,
+        })
+        .await
+        .map_err(Status::unavailable)?;
+        Ok(Response::new(ReportHealthReply {}))
+    }
+
+    async fn propose_cluster_change(
+        &self,
+        r: Request<ProposeClusterChangeRequest>,
+    ) -> Result<Response<ProposeClusterChangeReply>, Status> {
+        let r = r.into_inner();
+        let generation = Generation {
+            generation: r.generation,
+            primary: r.primary,
+            detached: r.detached.into_iter().collect(),
+            failover_in_progress: r.failover_in_progress,
+            down: r.down.into_iter().collect(),
+        };
+        let result = self
+            .ask(|reply| ApiRequest::Propose {
+                expected: r.expected_generation,
+                generation,
+                reply,
+            })
+            .await;
+        let (committed, reason) = match result {
+            Ok(()) => (true, String::new()),
+            Err(e) => (false, e),
+        };
+        Ok(Response::new(ProposeClusterChangeReply {
+            committed,
+            reason,
+            record: self.record(),
+        }))
+    }
+}

@@ -1,0 +1,50 @@
+//! The `pgwarden-watchdog` binary: flags, config, logs, signals; the work is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Raft leader election among the pgwarden nodes, failover consensus and the delegate IP.
+#[derive(Debug, Parser)]
+#[command(name = "pgwarden-watchdog", version)]
+struct Args {
+    /// The node config file.
+    #[arg(long, default_value = pgwarden_config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    pgwarden_config::daemon::reset_signal_mask();
+    let args = Args::parse();
+    pgwarden_config::daemon::init_logs();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgwarden-watchdog: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let config = pgwarden_config::Config::load(&args.config)?;
+    let settings = pgwarden_watchdog::settings::Settings::from_config(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        };
+        pgwarden_watchdog::runtime::run(settings, shutdown).await?;
+        Ok(())
+    })
+}

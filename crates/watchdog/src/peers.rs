@@ -1,0 +1,298 @@
+//! Raft messages between watchdogs, over gRPC on `watchdog.listen`.
+//!
+//! Inbound, [`PeerService`] checks the member-list fingerprint, the sender
+//! and the MAC, and drops replays, before it decodes anything; then it hands
+//! the messages to the core loop through a bounded queue (a full queue drops
+//! them: Raft retransmits). Outbound, one task per peer drains a bounded
+//! queue into signed envelopes and reports undeliverable peers, so a dead
+//! peer slows nobody down.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pgwarden_proto::v1::watchdog_peer_client::WatchdogPeerClient;
+use pgwarden_proto::v1::watchdog_peer_server::WatchdogPeer;
+use pgwarden_proto::v1::{PeerAck, PeerEnvelope, PeerProposal, PeerProposalReply};
+use protobuf::Message as _;
+use raft::eraftpb::MessageType;
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::Message;
+use crate::auth::Signer;
+
+/// Outbound messages waiting per peer before new ones are dropped.
+pub const QUEUE: usize = 256;
+/// Messages per envelope at most.
+const BATCH: usize = 64;
+
+/// What the peer side hands to the core loop.
+#[derive(Debug)]
+pub enum Inbound {
+    /// Raft messages from a peer.
+    Raft(u64, Vec<Message>),
+    /// A follower forwarded its monitor's report; the reply says whether it committed.
+    Forwarded {
+        /// The reporting node.
+        from: u64,
+        /// The backend.
+        backend: String,
+        /// Down or up.
+        down: bool,
+        /// Where to answer.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Delivery to a peer failed.
+    Unreachable(u64),
+    /// A snapshot was (or was not) delivered to a peer.
+    Snapshot(u64, bool),
+}
+
+/// Who we are, for checking what arrives.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// This node's id.
+    pub me: u64,
+    /// All voters.
+    pub voters: Vec<u64>,
+    /// Fingerprint of the member list.
+    pub members_hash: u64,
+    /// The key.
+    pub signer: Signer,
+    /// Random per process start.
+    pub epoch: u64,
+}
+
+/// The `WatchdogPeer` service.
+#[derive(Debug)]
+pub struct PeerService {
+    id: Identity,
+    inbound: mpsc::Sender<Inbound>,
+    /// Per sender: the (epoch, seq) of the last envelope accepted.
+    seen_envelopes: Mutex<HashMap<u64, (u64, u64)>>,
+    /// Per sender: the (epoch, seq) of the last forwarded proposal accepted.
+    seen_proposals: Mutex<HashMap<u64, (u64, u64)>>,
+}
+
+impl PeerService {
+    /// A service handing checked messages to `inbound`.
+    pub fn new(id: Identity, inbound: mpsc::Sender<Inbound>) -> PeerService {
+        PeerService {
+            id,
+            inbound,
+            seen_envelopes: Mutex::new(HashMap::new()),
+            seen_proposals: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn check_sender(&self, from: u64, members_hash: u64) -> Result<(), Status> {
+        if members_hash != self.id.members_hash {
+            return Err(Status::failed_precondition(
+                "the member lists differ (watchdog.advertise + watchdog.peers must name the same nodes everywhere)",
+            ));
+        }
+        if from == self.id.me || !self.id.voters.contains(&from) {
+            return Err(Status::permission_denied("not a member"));
+        }
+        Ok(())
+    }
+
+    /// Accepts (epoch, seq) from `from` only if newer than the last accepted.
+    fn fresh(seen: &Mutex<HashMap<u64, (u64, u64)>>, from: u64, epoch: u64, seq: u64) -> bool {
+        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+        match seen.get(&from) {
+            Some((e, s)) if *e == epoch && seq <= *s => false,
+            _ => {
+                seen.insert(from, (epoch, seq));
+                true
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl WatchdogPeer for PeerService {
+    async fn deliver(&self, request: Request<PeerEnvelope>) -> Result<Response<PeerAck>, Status> {
+        let env = request.into_inner();
+        self.check_sender(env.from, env.members_hash)?;
+        if env.to != self.id.me {
+            return Err(Status::invalid_argument("addressed to another node"));
+        }
+        if !self.id.signer.verify_envelope(&env) {
+            tracing::warn!(
+                from = env.from,
+                "dropping a peer message with a bad MAC (wrong watchdog.auth_key_file?)"
+            );
+            return Err(Status::unauthenticated("bad MAC"));
+        }
+        if !Self::fresh(&self.seen_envelopes, env.from, env.epoch, env.seq) {
+            return Err(Status::invalid_argument("replayed"));
+        }
+        let mut msgs = Vec::with_capacity(env.messages.len());
+        for bytes in &env.messages {
+            match Message::parse_from_bytes(bytes) {
+                // The envelope's sender and the messages' must agree.
+                Ok(m) if m.from == env.from && m.to == self.id.me => msgs.push(m),
+                Ok(_) => {
+                    return Err(Status::invalid_argument(
+                        "message sender or recipient mismatch",
+                    ));
+                }
+                Err(_) => return Err(Status::invalid_argument("undecodable Raft message")),
+            }
+        }
+        let _ = self.inbound.try_send(Inbound::Raft(env.from, msgs));
+        Ok(Response::new(PeerAck {}))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<PeerProposal>,
+    ) -> Result<Response<PeerProposalReply>, Status> {
+        let p = request.into_inner();
+        self.check_sender(p.from, p.members_hash)?;
+        if !self.id.signer.verify_proposal(&p) {
+            return Err(Status::unauthenticated("bad MAC"));
+        }
+        if !Self::fresh(&self.seen_proposals, p.from, p.epoch, p.seq) {
+            return Err(Status::invalid_argument("replayed"));
+        }
+        let (tx, rx) = oneshot::channel();
+        let forwarded = Inbound::Forwarded {
+            from: p.from,
+            backend: p.backend,
+            down: p.down,
+            reply: tx,
+        };
+        if self.inbound.send(forwarded).await.is_err() {
+            return Err(Status::unavailable("shutting down"));
+        }
+        let reply = match tokio::time::timeout(Duration::from_secs(5), rx).await {
+            Ok(Ok(Ok(()))) => PeerProposalReply {
+                committed: true,
+                reason: String::new(),
+            },
+            Ok(Ok(Err(reason))) => PeerProposalReply {
+                committed: false,
+                reason,
+            },
+            _ => PeerProposalReply {
+                committed: false,
+                reason: "not committed in time".into(),
+            },
+        };
+        Ok(Response::new(reply))
+    }
+}
+
+/// A lazily connecting channel to a peer's `watchdog.listen`.
+pub fn channel(address: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map(|e| {
+            e.connect_timeout(Duration::from_secs(1))
+                .timeout(Duration::from_secs(2))
+                .tcp_nodelay(true)
+                .connect_lazy()
+        })
+        .map_err(|e| format!("bad peer address {address:?}: {e}"))
+}
+
+/// Sends the messages queued for peer `to` until the queue closes.
+pub async fn sender(
+    to: u64,
+    address: String,
+    id: Identity,
+    mut queue: mpsc::Receiver<Message>,
+    events: mpsc::Sender<Inbound>,
+) {
+    let mut client = match channel(&address) {
+        Ok(c) => WatchdogPeerClient::new(c),
+        Err(e) => {
+            tracing::error!(peer = to, "{e}");
+            return;
+        }
+    };
+    let mut seq = 0u64;
+    let mut failing = false;
+    while let Some(first) = queue.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match queue.try_recv() {
+                Ok(m) => batch.push(m),
+                Err(_) => break,
+            }
+        }
+        let snapshots = batch
+            .iter()
+            .filter(|m| m.get_msg_type() == MessageType::MsgSnapshot)
+            .count();
+        let messages = batch
+            .iter()
+            .filter_map(|m| m.write_to_bytes().ok())
+            .collect();
+        seq += 1;
+        let mut env = PeerEnvelope {
+            from: id.me,
+            to,
+            members_hash: id.members_hash,
+            seq,
+            epoch: id.epoch,
+            messages,
+            mac: Vec::new(),
+        };
+        id.signer.sign_envelope(&mut env);
+        let delivered = match client.deliver(env).await {
+            Ok(_) => {
+                if failing {
+                    tracing::info!(peer = to, %address, "peer reachable again");
+                    failing = false;
+                }
+                true
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(peer = to, %address, error = %e.message(), "cannot reach peer");
+                    failing = true;
+                }
+                let _ = events.try_send(Inbound::Unreachable(to));
+                false
+            }
+        };
+        for _ in 0..snapshots {
+            let _ = events.try_send(Inbound::Snapshot(to, delivered));
+        }
+    }
+}
+
+/// Forwards this node's report about `backend` to the leader at `address`.
+pub async fn forward(
+    address: &str,
+    id: &Identity,
+    seq: u64,
+    backend: &str,
+    down: bool,
+) -> Result<(), String> {
+    let mut client = WatchdogPeerClient::new(channel(address)?);
+    let mut p = PeerProposal {
+        from: id.me,
+        members_hash: id.members_hash,
+        backend: backend.to_owned(),
+        down,
+        epoch: id.epoch,
+        seq,
+        mac: Vec::new(),
+    };
+    id.signer.sign_proposal(&mut p);
+    let reply = client
+        .propose(p)
+        .await
+        .map_err(|e| e.message().to_owned())?
+        .into_inner();
+    if reply.committed {
+        Ok(())
+    } else {
+        Err(reply.reason)
+    }
+}

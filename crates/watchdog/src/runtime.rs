@@ -1,0 +1,356 @@
+//! The watchdog daemon: one task owns the [`WatchdogNode`] and ticks it;
+//! peers, the local API and the delegate-IP commands talk to it through
+//! queues.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pgwarden_proto::uds::{self, Daemon};
+use pgwarden_proto::v1::{
+    ClusterRecord as ProtoRecord, Member, MemberState, NodeIds, WatchdogStatus,
+    watchdog_peer_server::WatchdogPeerServer, watchdog_server::WatchdogServer,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiRequest, WatchdogApi};
+use crate::peers::{self, Identity, Inbound, PeerService};
+use crate::settings::{Settings, TICK};
+use crate::{Command, DurableStorage, Message, NodeConfig, ProposeError, VipAction, WatchdogNode};
+
+/// Why the watchdog stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The Raft state could not be opened or written: the node must not
+    /// take part in elections with state it cannot keep.
+    #[error("node.state_dir: {0}")]
+    Storage(String),
+    /// A socket could not be bound.
+    #[error("{0}")]
+    Listen(String),
+}
+
+/// A proposal waiting for its entry to be applied.
+struct Pending {
+    command: Command,
+    reply: oneshot::Sender<Result<(), String>>,
+    since: Instant,
+}
+
+/// Runs the watchdog until `shutdown` completes; releases the delegate IP on the way out.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let voters = settings.voters();
+    let storage = DurableStorage::open(settings.state_dir.clone(), &voters)
+        .map_err(|e| RunError::Storage(e.to_string()))?;
+    let mut node = WatchdogNode::new(NodeConfig::new(settings.id, voters.clone()), storage)
+        .map_err(|e| RunError::Storage(e.to_string()))?;
+    let id = Identity {
+        me: settings.id,
+        voters: voters.clone(),
+        members_hash: crate::auth::members_hash(&settings.members),
+        signer: crate::auth::Signer::new(settings.key.clone()),
+        epoch: rand::random(),
+    };
+    let stop = CancellationToken::new();
+
+    // The delegate IP: its own task, so slow commands never stall Raft.
+    let (vip_tx, vip_rx) = mpsc::channel::<VipAction>(16);
+    let (holding_tx, holding_rx) = watch::channel(false);
+    let vip_task = tokio::spawn(crate::vip::run(settings.clone(), vip_rx, holding_tx));
+
+    // Peers: the TCP server and one sender per peer.
+    let (inbound_tx, mut inbound) = mpsc::channel::<Inbound>(1024);
+    let tcp = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| {
+            RunError::Listen(format!(
+                "watchdog.listen: cannot listen on {}: {e}",
+                settings.listen
+            ))
+        })?;
+    let peer_service = PeerService::new(id.clone(), inbound_tx.clone());
+    let peer_stop = stop.clone();
+    let peer_server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
+        let r = tonic::transport::Server::builder()
+            .add_service(WatchdogPeerServer::new(peer_service))
+            .serve_with_incoming_shutdown(incoming, peer_stop.cancelled_owned())
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "peer server stopped");
+        }
+    });
+    let mut outbound: HashMap<u64, mpsc::Sender<Message>> = HashMap::new();
+    for &peer in voters.iter().filter(|v| **v != settings.id) {
+        let (tx, rx) = mpsc::channel(peers::QUEUE);
+        let address = settings.address(peer).unwrap_or_default().to_owned();
+        tokio::spawn(peers::sender(
+            peer,
+            address,
+            id.clone(),
+            rx,
+            inbound_tx.clone(),
+        ));
+        outbound.insert(peer, tx);
+    }
+
+    // Forwarding the local monitor's reports to the leader, one at a time.
+    let (forward_tx, mut forward_rx) =
+        mpsc::channel::<(String, String, bool, oneshot::Sender<Result<(), String>>)>(64);
+    let fwd_id = id.clone();
+    tokio::spawn(async move {
+        let mut seq = 0u64;
+        while let Some((address, backend, down, reply)) = forward_rx.recv().await {
+            seq += 1;
+            let r = peers::forward(&address, &fwd_id, seq, &backend, down).await;
+            let _ = reply.send(r);
+        }
+    });
+
+    // The local API.
+    let (status_tx, status_rx) = watch::channel(WatchdogStatus::default());
+    let (requests_tx, mut requests) = mpsc::channel::<ApiRequest>(64);
+    let path = uds::socket_path(&settings.runtime_dir, Daemon::Watchdog);
+    let listener = uds::bind(&path)
+        .await
+        .map_err(|e| RunError::Listen(format!("node.runtime_dir: {e}")))?;
+    let api = WatchdogApi {
+        requests: requests_tx,
+        status: status_rx,
+    };
+    let api_stop = stop.clone();
+    let api_server = tokio::spawn(async move {
+        let (_health, health) =
+            uds::health_service(pgwarden_proto::v1::watchdog_server::SERVICE_NAME).await;
+        let router = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(WatchdogServer::new(api));
+        if let Err(e) = uds::serve(listener, router, api_stop.cancelled_owned()).await {
+            tracing::error!(error = %e, "watchdog API stopped");
+        }
+    });
+    tracing::info!(
+        id = settings.id, members = ?settings.members, listen = %settings.listen, socket = %path.display(),
+        delegate_ip = ?settings.delegate_ip, "pgwarden-watchdog starting"
+    );
+
+    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
+    let mut last_seen: HashMap<u64, (Instant, i64)> = HashMap::new();
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    let result = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            _ = ticker.tick() => node.tick(),
+            Some(event) = inbound.recv() => match event {
+                Inbound::Raft(from, msgs) => {
+                    last_seen.insert(from, (Instant::now(), now_ms()));
+                    for m in msgs {
+                        if let Err(e) = node.step(m) {
+                            tracing::debug!(from, error = %e, "peer message refused");
+                        }
+                    }
+                }
+                Inbound::Forwarded { from, backend, down, reply } => {
+                    propose(&mut node, &mut pending, Command::ReportHealth { node: from, backend, down }, reply);
+                }
+                Inbound::Unreachable(peer) => node.report_unreachable(peer),
+                Inbound::Snapshot(peer, ok) => node.report_snapshot(peer, ok),
+            },
+            Some(req) = requests.recv() => match req {
+                ApiRequest::ReportHealth { backend, down, reply } => {
+                    let cmd = Command::ReportHealth { node: settings.id, backend: backend.clone(), down };
+                    if node.is_leader() {
+                        propose(&mut node, &mut pending, cmd, reply);
+                    } else if let Some(address) = node.leader().and_then(|l| settings.address(l)) {
+                        let _ = forward_tx.try_send((address.to_owned(), backend, down, reply));
+                    } else {
+                        let _ = reply.send(Err("no leader: the watchdogs have no quorum".into()));
+                    }
+                }
+                ApiRequest::Propose { expected, generation, reply } => {
+                    let cmd = Command::Commit { expected_generation: expected, record: generation };
+                    propose(&mut node, &mut pending, cmd, reply);
+                }
+            },
+        }
+        let out = match node.ready() {
+            Ok(o) => o,
+            Err(e) => break Err(RunError::Storage(e.to_string())),
+        };
+        for m in out.messages {
+            let to = m.to;
+            if let Some(q) = outbound.get(&to)
+                && q.try_send(m).is_err()
+            {
+                node.report_unreachable(to);
+            }
+        }
+        if let Some(change) = out.role_changed {
+            tracing::info!(role = ?change.role, term = change.term, leader = ?change.leader, "watchdog role changed");
+            if !node.is_leader() {
+                for (_, p) in std::mem::take(&mut pending) {
+                    let _ = p
+                        .reply
+                        .send(Err("leadership changed before the change committed".into()));
+                }
+            }
+        }
+        if let Some(v) = out.vip {
+            let _ = vip_tx.send(v).await;
+        }
+        // Status first, so an answered proposer reads the state it caused.
+        status_tx.send_replace(status(&node, &settings, &last_seen, *holding_rx.borrow()));
+        for (index, cmd, applied) in out.applied {
+            if let Some(p) = pending.remove(&index) {
+                let r = if p.command != cmd {
+                    Err("another change took this log position (leadership changed)".to_owned())
+                } else {
+                    match applied {
+                        crate::Applied::Rejected(why) => Err(format!("rejected: {why:?}")),
+                        _ => Ok(()),
+                    }
+                };
+                let _ = p.reply.send(r);
+            }
+        }
+        pending.retain(|_, p| p.since.elapsed() < Duration::from_secs(15));
+    };
+
+    // Leaving: the delegate IP goes first.
+    if *holding_rx.borrow() || settings.delegate_ip.is_some() {
+        let _ = vip_tx.send(VipAction::Release).await;
+    }
+    drop(vip_tx);
+    let _ = tokio::time::timeout(Duration::from_secs(15), vip_task).await;
+    stop.cancel();
+    let _ = peer_server.await;
+    let _ = api_server.await;
+    tracing::info!("pgwarden-watchdog stopped");
+    result
+}
+
+fn propose(
+    node: &mut WatchdogNode,
+    pending: &mut BTreeMap<u64, Pending>,
+    command: Command,
+    reply: oneshot::Sender<Result<(), String>>,
+) {
+    match node.propose(command.clone()) {
+        Ok(index) => {
+            pending.insert(
+                index,
+                Pending {
+                    command,
+                    reply,
+                    since: Instant::now(),
+                },
+            );
+        }
+        Err(ProposeError::NotLeader { leader }) => {
+            let _ = reply.send(Err(format!(
+                "this watchdog is not the leader (leader: {leader:?})"
+            )));
+        }
+        Err(e) => {
+            let _ = reply.send(Err(e.to_string()));
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Builds the status the API shows.
+fn status(
+    node: &WatchdogNode,
+    s: &Settings,
+    last_seen: &HashMap<u64, (Instant, i64)>,
+    holding: bool,
+) -> WatchdogStatus {
+    let fresh = |id: u64| {
+        last_seen
+            .get(&id)
+            .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(3))
+    };
+    let members = s
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, address)| {
+            let mid = i as u64 + 1;
+            let state = if mid == s.id || fresh(mid) {
+                MemberState::Reachable
+            } else {
+                MemberState::Unreachable
+            };
+            Member {
+                id: mid,
+                address: address.clone(),
+                state: state as i32,
+                last_seen_unix_ms: if mid == s.id {
+                    now_ms()
+                } else {
+                    last_seen.get(&mid).map_or(0, |(_, ms)| *ms)
+                },
+            }
+        })
+        .collect();
+    let leader = node.leader().unwrap_or(0);
+    let quorum = if node.is_leader() {
+        node.has_quorum()
+    } else {
+        leader != 0 && fresh(leader)
+    };
+    let r = node.record();
+    let voters = node.voters().len();
+    let record = ProtoRecord {
+        generation: r.generation,
+        primary: r.primary.clone(),
+        detached: r.detached.clone().into_iter().collect(),
+        failover_in_progress: r.failover_in_progress,
+        down_by_quorum: r
+            .votes
+            .keys()
+            .filter(|b| r.quorum_down(b, voters))
+            .cloned()
+            .collect(),
+        down_votes: r
+            .votes
+            .iter()
+            .map(|(b, ids)| {
+                (
+                    b.clone(),
+                    NodeIds {
+                        ids: ids.iter().copied().collect(),
+                    },
+                )
+            })
+            .collect(),
+        applied_index: node.applied_index(),
+        down: r.down.clone().into_iter().collect(),
+    };
+    WatchdogStatus {
+        id: s.id,
+        address: s.address(s.id).unwrap_or_default().to_owned(),
+        members,
+        leader_id: leader,
+        term: node.term(),
+        quorum,
+        delegate_ip_holder: if holding {
+            s.id
+        } else if quorum {
+            leader
+        } else {
+            0
+        },
+        holds_delegate_ip: holding,
+        delegate_ip: s.delegate_ip.map(|i| i.to_string()).unwrap_or_default(),
+        record: Some(record),
+    }
+}

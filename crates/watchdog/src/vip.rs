@@ -1,0 +1,115 @@
+//! The delegate IP: runs `if_up_cmd` + `arping_cmd` when the lease says
+//! acquire, `if_down_cmd` when it says release, one at a time and in order,
+//! each through `/bin/sh -c` with `$_IP_$` replaced, a timeout, and its
+//! output logged.
+
+use std::time::Duration;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, watch};
+
+use crate::VipAction;
+use crate::settings::Settings;
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs delegate-IP actions in order; publishes whether this node holds the IP.
+pub async fn run(
+    settings: Settings,
+    mut actions: mpsc::Receiver<VipAction>,
+    holding: watch::Sender<bool>,
+) {
+    while let Some(action) = actions.recv().await {
+        let Some(ip) = settings.delegate_ip else {
+            // No delegate IP configured: only escalation commands run.
+            holding.send_replace(action == VipAction::Acquire);
+            escalate(&settings, action).await;
+            continue;
+        };
+        match action {
+            VipAction::Acquire => {
+                tracing::info!(%ip, "taking the delegate IP");
+                let up = run_command("if_up_cmd", &settings.if_up_cmd, &ip.to_string()).await;
+                if up {
+                    holding.send_replace(true);
+                    if !settings.arping_cmd.is_empty() {
+                        run_command("arping_cmd", &settings.arping_cmd, &ip.to_string()).await;
+                    }
+                }
+            }
+            VipAction::Release => {
+                tracing::info!(%ip, "releasing the delegate IP");
+                run_command("if_down_cmd", &settings.if_down_cmd, &ip.to_string()).await;
+                holding.send_replace(false);
+            }
+        }
+        escalate(&settings, action).await;
+    }
+}
+
+async fn escalate(settings: &Settings, action: VipAction) {
+    let (name, cmd) = match action {
+        VipAction::Acquire => ("escalation_cmd", &settings.escalation_cmd),
+        VipAction::Release => ("de_escalation_cmd", &settings.de_escalation_cmd),
+    };
+    if !cmd.is_empty() {
+        let ip = settings
+            .delegate_ip
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        run_command(name, cmd, &ip).await;
+    }
+}
+
+/// Runs one command; true when it exited 0.
+pub async fn run_command(name: &str, template: &str, ip: &str) -> bool {
+    let command = template.replace("$_IP_$", ip);
+    let child = tokio::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&command)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(hook = name, error = %e, "cannot run /bin/sh");
+            return false;
+        }
+    };
+    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
+    let waited = tokio::time::timeout(COMMAND_TIMEOUT, async {
+        let mut text = String::new();
+        if let Some(o) = out.as_mut() {
+            let _ = o.read_to_string(&mut text).await;
+        }
+        if let Some(e) = err.as_mut() {
+            let _ = e.read_to_string(&mut text).await;
+        }
+        (child.wait().await, text)
+    })
+    .await;
+    match waited {
+        Ok((Ok(status), text)) => {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                tracing::info!(hook = name, "{line}");
+            }
+            if status.success() {
+                true
+            } else {
+                tracing::warn!(hook = name, %status, command = %command, "command failed");
+                false
+            }
+        }
+        Ok((Err(e), _)) => {
+            tracing::error!(hook = name, error = %e, "command failed to run");
+            false
+        }
+        Err(_) => {
+            tracing::error!(hook = name, command = %command, "command timed out after {COMMAND_TIMEOUT:?}; killed");
+            false
+        }
+    }
+}
