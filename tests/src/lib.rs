@@ -17,6 +17,8 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+pub mod lab;
+
 pub use pgwarden_proto::v1::monitor_client::MonitorClient;
 pub use pgwarden_proto::v1::{ClusterState, GetClusterRequest, Role, Status};
 use pgwarden_testkit::{ChildGuard, Cluster, PasswordKind, free_port, wait_until, workspace_bin};

@@ -10,6 +10,7 @@
 
 pub mod actions;
 pub mod checks;
+mod consensus;
 pub mod machine;
 pub mod runtime;
 pub mod service;

@@ -52,6 +52,9 @@ pub struct Settings {
     pub checks: CheckSettings,
     /// Failover actions.
     pub failover: FailoverSettings,
+    /// `watchdog.enabled`: decide with the other nodes through the local
+    /// watchdog (see [`crate::consensus`]) instead of alone.
+    pub consensus: bool,
 }
 
 impl Settings {
@@ -59,6 +62,7 @@ impl Settings {
     pub fn from_config(c: &Config) -> Settings {
         let hc = &c.health_check;
         Settings {
+            consensus: c.watchdog.enabled,
             node: c.node.name.clone(),
             runtime_dir: c.node.runtime_dir.clone(),
             state_dir: c.node.state_dir.clone(),
@@ -113,112 +117,154 @@ pub enum StartError {
     Socket(String),
 }
 
-/// Runs the monitor until `shutdown` completes.
-pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let persisted = state_file::load(&settings.state_dir)?;
-    let specs = settings
+/// What both ways of running share: the API, the checks, the channels.
+pub(crate) struct Parts {
+    pub(crate) events_tx: mpsc::Sender<Event>,
+    pub(crate) events: mpsc::Receiver<Event>,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) current_tx: watch::Sender<ClusterState>,
+    pub(crate) generations: broadcast::Sender<ClusterState>,
+    pub(crate) ready_tx: watch::Sender<bool>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) recheck: Arc<Notify>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// The backends as the machine sees them.
+pub(crate) fn specs(settings: &Settings) -> Vec<BackendSpec> {
+    settings
         .backends
         .iter()
         .zip(&settings.allow_failover)
-        .map(|(t, allow)| BackendSpec {
-            name: t.name.clone(),
-            host: t.host.clone(),
-            port: t.port,
-            allow_failover: *allow,
-        })
-        .collect();
-    let mut machine = Machine::new(specs, settings.limits, &persisted);
-    let (events_tx, mut events) = mpsc::channel::<Event>(256);
-    let (commands_tx, mut commands) = mpsc::channel::<Command>(16);
-    let (current_tx, current_rx) = watch::channel(snapshot(&machine, &settings.node));
+        .map(|(t, allow)| BackendSpec { name: t.name.clone(), host: t.host.clone(), port: t.port, allow_failover: *allow })
+        .collect()
+}
+
+/// Runs the monitor until `shutdown` completes.
+pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let persisted = state_file::load(&settings.state_dir)?;
+    let machine = Machine::new(specs(&settings), settings.limits, &persisted);
+    let parts = start(&settings, snapshot(&machine, &settings.node)).await?;
+    tracing::info!(backends = settings.backends.len(), generation = persisted.generation, consensus = settings.consensus,
+        "pgwarden-monitor checking backends");
+    if settings.consensus {
+        crate::consensus::run(settings, parts, shutdown).await
+    } else {
+        run_alone(settings, machine, parts, shutdown).await
+    }
+}
+
+/// Binds `monitor.sock`, serves the API and starts the checks.
+async fn start(settings: &Settings, first: ClusterState) -> Result<Parts, StartError> {
+    let (events_tx, events) = mpsc::channel::<Event>(256);
+    let (commands_tx, commands) = mpsc::channel::<Command>(16);
+    let (current_tx, current_rx) = watch::channel(first);
     let (generations, _) = broadcast::channel::<ClusterState>(1024);
     let (ready_tx, ready_rx) = watch::channel(false);
     let stop = CancellationToken::new();
     let recheck = Arc::new(Notify::new());
 
-    let path = pgwarden_proto::uds::socket_path(
-        &settings.runtime_dir,
-        pgwarden_proto::uds::Daemon::Monitor,
-    );
-    let listener = pgwarden_proto::uds::bind(&path)
-        .await
-        .map_err(|e| StartError::Socket(e.to_string()))?;
+    let path = pgwarden_proto::uds::socket_path(&settings.runtime_dir, pgwarden_proto::uds::Daemon::Monitor);
+    let listener = pgwarden_proto::uds::bind(&path).await.map_err(|e| StartError::Socket(e.to_string()))?;
     let service = MonitorService {
         commands: commands_tx,
         current: current_rx,
         generations: generations.clone(),
         ready: ready_rx,
+        stop: stop.clone(),
     };
     let server_stop = stop.clone();
     let server = tokio::spawn(async move {
         let (_health, health_service) =
-            pgwarden_proto::uds::health_service(pgwarden_proto::v1::monitor_server::SERVICE_NAME)
-                .await;
+            pgwarden_proto::uds::health_service(pgwarden_proto::v1::monitor_server::SERVICE_NAME).await;
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(pgwarden_proto::v1::monitor_server::MonitorServer::new(
-                service,
-            ));
-        if let Err(e) =
-            pgwarden_proto::uds::serve(listener, router, server_stop.cancelled_owned()).await
-        {
+            .add_service(pgwarden_proto::v1::monitor_server::MonitorServer::new(service));
+        if let Err(e) = pgwarden_proto::uds::serve(listener, router, server_stop.cancelled_owned()).await {
             tracing::error!(error = %e, "monitor API stopped");
         }
     });
-
     for t in &settings.backends {
-        let target = CheckTarget {
-            id: t.id,
-            host: t.host.clone(),
-            port: t.port,
-        };
-        tokio::spawn(checks::run(
-            target,
-            settings.checks.clone(),
-            events_tx.clone(),
-            Arc::clone(&recheck),
-            stop.clone(),
-        ));
+        let target = CheckTarget { id: t.id, host: t.host.clone(), port: t.port };
+        tokio::spawn(checks::run(target, settings.checks.clone(), events_tx.clone(), Arc::clone(&recheck), stop.clone()));
     }
-    tracing::info!(socket = %path.display(), backends = settings.backends.len(), generation = persisted.generation,
-        "pgwarden-monitor checking backends");
+    Ok(Parts { events_tx, events, commands, current_tx, generations, ready_tx, stop, recheck, server })
+}
 
+impl Parts {
+    /// Stops the checks and the API.
+    pub(crate) async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.server.await;
+        tracing::info!("pgwarden-monitor stopped");
+    }
+}
+
+/// Without a watchdog: this monitor decides alone and commits locally.
+async fn run_alone(
+    settings: Settings,
+    mut machine: Machine,
+    mut p: Parts,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
     tokio::pin!(shutdown);
     loop {
         let (actions, reply) = tokio::select! {
             _ = &mut shutdown => break,
-            Some(e) = events.recv() => (machine.step(e), None),
-            Some(c) = commands.recv() => match c {
-                Command::Recheck => { recheck.notify_waiters(); (Vec::new(), None) }
-                Command::Attach(id, reply) => answer(machine.attach(id), reply),
-                Command::Detach(id, reply) => answer(machine.detach(id), reply),
-                Command::Promote(id, force, reply) => answer(machine.promote(id, force), reply),
-            },
+            Some(e) = p.events.recv() => (machine.step(e), None),
+            Some(c) = p.commands.recv() => operator(&mut machine, c, &p.recheck),
         };
         for action in actions {
-            perform(action, &machine, &settings, &events_tx, &generations);
+            if action == Action::Publish {
+                publish_local(&machine, &settings, &p.generations);
+            } else {
+                perform(action, &settings, &p.events_tx);
+            }
         }
-        current_tx.send_replace(snapshot(&machine, &settings.node));
+        p.current_tx.send_replace(snapshot(&machine, &settings.node));
         // Operators hear back only once the change is persisted and published.
         if let Some((tx, r)) = reply {
             let _ = tx.send(r);
         }
-        if machine.is_bootstrapped() && !*ready_tx.borrow() {
-            ready_tx.send_replace(true);
+        if machine.is_bootstrapped() && !*p.ready_tx.borrow() {
+            p.ready_tx.send_replace(true);
         }
     }
-    stop.cancel();
-    let _ = server.await;
-    tracing::info!("pgwarden-monitor stopped");
+    p.finish().await;
     Ok(())
 }
 
-type Reply = tokio::sync::oneshot::Sender<Result<String, String>>;
+/// An operator request against the machine that decides.
+pub(crate) fn operator(machine: &mut Machine, c: Command, recheck: &Notify) -> (Vec<Action>, PendingReply) {
+    match c {
+        Command::Recheck => {
+            recheck.notify_waiters();
+            (Vec::new(), None)
+        }
+        Command::Attach(id, reply) => answer(machine.attach(id), reply),
+        Command::Detach(id, reply) => answer(machine.detach(id), reply),
+        Command::Promote(id, force, reply) => answer(machine.promote(id, force), reply),
+    }
+}
+
+/// Commits a generation without a watchdog: persist, then tell the watchers.
+fn publish_local(machine: &Machine, settings: &Settings, generations: &broadcast::Sender<ClusterState>) {
+    if let Err(e) = state_file::save(&settings.state_dir, &machine.persisted()) {
+        // Keep going: the live state is right; a restart would reconcile
+        // from the servers themselves.
+        tracing::error!(error = %e, "could not persist the cluster state");
+    }
+    let s = snapshot(machine, &settings.node);
+    tracing::info!(generation = s.generation, primary = ?s.primary_id, "cluster state committed");
+    let _ = generations.send(s);
+}
+
+pub(crate) type Reply = tokio::sync::oneshot::Sender<Result<String, String>>;
 /// An answer held back until the request's actions are performed.
-type PendingReply = Option<(Reply, Result<String, String>)>;
+pub(crate) type PendingReply = Option<(Reply, Result<String, String>)>;
 
 /// The actions of an operator request, and the answer to send once they are done.
-fn answer(r: Result<(String, Vec<Action>), String>, reply: Reply) -> (Vec<Action>, PendingReply) {
+pub(crate) fn answer(r: Result<(String, Vec<Action>), String>, reply: Reply) -> (Vec<Action>, PendingReply) {
     match r {
         Ok((msg, actions)) => {
             tracing::info!("{msg}");
@@ -228,24 +274,10 @@ fn answer(r: Result<(String, Vec<Action>), String>, reply: Reply) -> (Vec<Action
     }
 }
 
-fn perform(
-    action: Action,
-    machine: &Machine,
-    settings: &Settings,
-    events: &mpsc::Sender<Event>,
-    generations: &broadcast::Sender<ClusterState>,
-) {
+/// Starts a failover action; its result comes back as an [`Event`].
+pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender<Event>) {
     match action {
-        Action::Publish => {
-            if let Err(e) = state_file::save(&settings.state_dir, &machine.persisted()) {
-                // Keep going: the live state is right; a restart would
-                // reconcile from the servers themselves.
-                tracing::error!(error = %e, "could not persist the cluster state");
-            }
-            let s = snapshot(machine, &settings.node);
-            tracing::info!(generation = s.generation, primary = ?s.primary_id, "cluster state committed");
-            let _ = generations.send(s);
-        }
+        Action::Publish => {}
         Action::Promote { id, old_primary } => {
             let (Some(target), events) = (settings.backends.get(id).cloned(), events.clone())
             else {

@@ -36,6 +36,8 @@ pub struct MonitorService {
     /// True once the monitor has made its first decision; until then its
     /// state is not a committed view and watchers wait for it.
     pub ready: watch::Receiver<bool>,
+    /// Fires on shutdown: open streams end, so the API drains at once.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 type StateStream = Pin<Box<dyn Stream<Item = Result<ClusterState, Status>> + Send>>;
@@ -87,6 +89,7 @@ impl Monitor for MonitorService {
         let mut generations = self.generations.subscribe();
         let first = self.current.borrow().clone();
         let current = self.current.clone();
+        let stop = self.stop.clone();
         let (tx, rx) = mpsc::channel::<Result<ClusterState, Status>>(16);
         tokio::spawn(async move {
             let mut last = first.generation;
@@ -96,6 +99,7 @@ impl Monitor for MonitorService {
             loop {
                 let next = tokio::select! {
                     _ = tx.closed() => return,
+                    _ = stop.cancelled() => return,
                     n = generations.recv() => n,
                 };
                 let state = match next {

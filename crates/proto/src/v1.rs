@@ -58,6 +58,7 @@ impl Status {
             Status::Up => "up",
             Status::Down => "down",
             Status::Detached => "detached",
+            Status::Quarantined => "quarantined",
         }
     }
 }

@@ -159,7 +159,9 @@ fn primary_of(backends: &[BackendAddr], state: &ClusterState) -> (Option<Backend
             format!("the monitor's primary id {id} is not in its own backend list"),
         );
     };
-    if b.status != Status::Up as i32 {
+    // Quarantined: this node's monitor cannot reach it but the quorum can;
+    // it is still the committed primary.
+    if b.status != Status::Up as i32 && b.status != Status::Quarantined as i32 {
         let why = if b.reason.is_empty() {
             "down".to_owned()
         } else {

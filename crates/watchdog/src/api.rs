@@ -45,6 +45,8 @@ pub struct WatchdogApi {
     pub requests: mpsc::Sender<ApiRequest>,
     /// The latest status.
     pub status: watch::Receiver<WatchdogStatus>,
+    /// Fires on shutdown: open streams end, so the API drains at once.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<LeadershipEvent, Status>> + Send>>;
@@ -100,6 +102,7 @@ impl Watchdog for WatchdogApi {
         _: Request<WatchLeadershipRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let mut rx = self.status.clone();
+        let stop = self.stop.clone();
         let (tx, out) = mpsc::channel(16);
         tokio::spawn(async move {
             let mut last = {
@@ -117,6 +120,7 @@ impl Watchdog for WatchdogApi {
             loop {
                 tokio::select! {
                     _ = tx.closed() => return,
+                    _ = stop.cancelled() => return,
                     changed = rx.changed() => if changed.is_err() { return },
                 }
                 let s = rx.borrow_and_update().clone();

@@ -13,11 +13,24 @@ struct Args {
     /// The node config file.
     #[arg(long, default_value = pgwarden_config::DEFAULT_CONFIG_PATH)]
     config: PathBuf,
+    /// Internal: run as the delegate-IP guard of the parent watchdog.
+    #[arg(long, hide = true, requires_all = ["vip", "vip_down_cmd"])]
+    vip_guard: bool,
+    /// Internal: the delegate IP the guard takes down.
+    #[arg(long, hide = true)]
+    vip: Option<String>,
+    /// Internal: the command that takes it down.
+    #[arg(long, hide = true)]
+    vip_down_cmd: Option<String>,
 }
 
 fn main() -> ExitCode {
     pgwarden_config::daemon::reset_signal_mask();
     let args = Args::parse();
+    if args.vip_guard {
+        let (ip, cmd) = (args.vip.unwrap_or_default(), args.vip_down_cmd.unwrap_or_default());
+        return pgwarden_watchdog::vip::guard(&ip, &cmd);
+    }
     pgwarden_config::daemon::init_logs();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,

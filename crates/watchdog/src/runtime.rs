@@ -118,6 +118,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let api = WatchdogApi {
         requests: requests_tx,
         status: status_rx,
+        stop: stop.clone(),
     };
     let api_stop = stop.clone();
     let api_server = tokio::spawn(async move {
@@ -226,7 +227,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     drop(vip_tx);
     let _ = tokio::time::timeout(Duration::from_secs(15), vip_task).await;
     stop.cancel();
-    let _ = peer_server.await;
+    // Peers keep their HTTP/2 connections open: do not wait for them to go.
+    if tokio::time::timeout(Duration::from_secs(1), peer_server).await.is_err() {
+        tracing::debug!("peer connections still open at exit");
+    }
     let _ = api_server.await;
     tracing::info!("pgwarden-watchdog stopped");
     result

@@ -14,11 +14,17 @@ use crate::settings::Settings;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs delegate-IP actions in order; publishes whether this node holds the IP.
+///
+/// While the IP is up, a guard process (this binary with `--vip-guard`)
+/// watches the watchdog: if the watchdog dies without releasing the IP
+/// (`kill -9`, a crash), the guard runs `if_down_cmd`, so a dead watchdog
+/// never leaves the IP on a host that is still up.
 pub async fn run(
     settings: Settings,
     mut actions: mpsc::Receiver<VipAction>,
     holding: watch::Sender<bool>,
 ) {
+    let mut guard_process: Option<std::process::Child> = None;
     while let Some(action) = actions.recv().await {
         let Some(ip) = settings.delegate_ip else {
             // No delegate IP configured: only escalation commands run.
@@ -32,6 +38,7 @@ pub async fn run(
                 let up = run_command("if_up_cmd", &settings.if_up_cmd, &ip.to_string()).await;
                 if up {
                     holding.send_replace(true);
+                    guard_process = spawn_guard(&settings.if_down_cmd, &ip.to_string());
                     if !settings.arping_cmd.is_empty() {
                         run_command("arping_cmd", &settings.arping_cmd, &ip.to_string()).await;
                     }
@@ -39,11 +46,49 @@ pub async fn run(
             }
             VipAction::Release => {
                 tracing::info!(%ip, "releasing the delegate IP");
+                if let Some(mut g) = guard_process.take() {
+                    let _ = g.kill();
+                    let _ = g.wait();
+                }
                 run_command("if_down_cmd", &settings.if_down_cmd, &ip.to_string()).await;
                 holding.send_replace(false);
             }
         }
         escalate(&settings, action).await;
+    }
+}
+
+fn spawn_guard(if_down_cmd: &str, ip: &str) -> Option<std::process::Child> {
+    let exe = std::env::current_exe().ok()?;
+    let child = std::process::Command::new(exe)
+        .args(["--vip-guard", "--vip", ip, "--vip-down-cmd", if_down_cmd])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    match child {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot start the delegate-IP guard; a killed watchdog would leave the IP up");
+            None
+        }
+    }
+}
+
+/// The guard process: waits until its parent (the watchdog) is gone, then
+/// takes the IP down. Never returns while the parent lives.
+pub fn guard(ip: &str, if_down_cmd: &str) -> std::process::ExitCode {
+    let parent = nix::unistd::getppid();
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        if nix::unistd::getppid() != parent {
+            break;
+        }
+    }
+    let command = if_down_cmd.replace("$_IP_$", ip);
+    eprintln!("pgwarden-watchdog: the watchdog died holding {ip}; running if_down_cmd");
+    match std::process::Command::new("/bin/sh").arg("-c").arg(&command).status() {
+        Ok(s) if s.success() => std::process::ExitCode::SUCCESS,
+        _ => std::process::ExitCode::FAILURE,
     }
 }
 

@@ -78,13 +78,14 @@ pub fn role(b: &BackendState) -> &'static str {
     }
 }
 
-/// `up`, `down`, `detached`, or `unknown` (unset, or a newer monitor's
+/// `up`, `down`, `detached`, `quarantined`, or `unknown` (unset, or a newer monitor's
 /// status this build does not know).
 pub fn status(b: &BackendState) -> &'static str {
     match b.status() {
         Status::Up => "up",
         Status::Down => "down",
         Status::Detached => "detached",
+        Status::Quarantined => "quarantined",
         Status::Unspecified => "unknown",
     }
 }

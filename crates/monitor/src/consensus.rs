@@ -1,0 +1,391 @@
+//! The monitor with a watchdog: decisions by the nodes together.
+//!
+//! Every node's monitor checks every backend and reports what it sees to its
+//! watchdog (`ReportHealth`); the watchdogs commit those opinions through
+//! Raft, so each node knows which backends a quorum sees down (pgpool-II's
+//! failover_require_consensus). Only the monitor on the Raft leader's node
+//! runs the failover [`Machine`], with [`Decider::Quorum`]: a backend is
+//! down when a quorum says so, never on this node's word alone. Each new
+//! generation it decides is proposed to the watchdogs as a compare-and-set
+//! (`ProposeClusterChange`); only a committed generation counts, and the
+//! failover actions that follow it run only after it is committed. Every
+//! monitor, leader or not, publishes the committed record to its proxy, so
+//! all proxies route to the same primary.
+//!
+//! A node whose checks fail but whose peers disagree does nothing but say
+//! so: the backend shows as quarantined in its `status`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use pgwarden_proto::uds::{self, Daemon};
+use pgwarden_proto::v1::watchdog_client::WatchdogClient;
+use pgwarden_proto::v1::{
+    ClusterRecord, ClusterState, ProposeClusterChangeRequest, ReportHealthRequest, Status as PStatus,
+    WatchLeadershipRequest, WatchdogStatus,
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+use crate::machine::{Action, Decider, Event, Machine, Observation, Persisted, Status};
+use crate::runtime::{Parts, Settings, StartError, operator, perform, snapshot, specs};
+
+/// What this node last saw of each backend.
+#[derive(Debug, Clone, Default)]
+struct Local {
+    last: Option<Result<Observation, String>>,
+    failures: u32,
+    at_ms: i64,
+}
+
+/// Runs the monitor with the watchdog until `shutdown` completes.
+pub(crate) async fn run(
+    settings: Settings,
+    mut p: Parts,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), StartError> {
+    let path = uds::socket_path(&settings.runtime_dir, Daemon::Watchdog);
+    let mut client = WatchdogClient::new(uds::connect_lazy(&path));
+    let (status_tx, mut status_rx) = watch::channel::<Option<WatchdogStatus>>(None);
+    tokio::spawn(follow_watchdog(client.clone(), status_tx, p.stop.clone()));
+    let n = settings.backends.len();
+    let (desired_tx, desired_rx) = watch::channel::<BTreeMap<String, bool>>(BTreeMap::new());
+    tokio::spawn(report_health(client.clone(), desired_rx, status_rx.clone(), p.stop.clone()));
+
+    let mut local = vec![Local::default(); n];
+    let mut machine: Option<Machine> = None;
+    let mut published = 0u64;
+    // The newest generation known committed: the record from the stream, or
+    // what this monitor just had committed before the stream shows it.
+    let mut committed = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        let (mut actions, reply) = tokio::select! {
+            _ = &mut shutdown => break,
+            Some(e) = p.events.recv() => {
+                if let Event::Checked { id, at_ms, result } = &e
+                    && let Some(l) = local.get_mut(*id)
+                {
+                    l.failures = if result.is_ok() { 0 } else { l.failures.saturating_add(1) };
+                    l.last = Some(result.clone());
+                    l.at_ms = *at_ms;
+                }
+                desired_tx.send_if_modified(|d| update_desired(d, &settings, &local));
+                (machine.as_mut().map(|m| m.step(e)).unwrap_or_default(), None)
+            }
+            changed = status_rx.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let status = status_rx.borrow_and_update().clone();
+                (on_status(&settings, status.as_ref(), &mut machine, &local), None)
+            }
+            Some(c) = p.commands.recv() => match machine.as_mut() {
+                Some(m) => operator(m, c, &p.recheck),
+                None => {
+                    not_leader(c, status_rx.borrow().as_ref(), &p.recheck);
+                    (Vec::new(), None)
+                }
+            },
+        };
+        // Actions in order; a generation must commit before what follows it runs.
+        while !actions.is_empty() {
+            let action = actions.remove(0);
+            let Some(m) = machine.as_ref() else { break };
+            if action == Action::Publish {
+                let streamed = status_rx.borrow().as_ref().and_then(|s| s.record.as_ref()).map_or(0, |r| r.generation);
+                let expected = streamed.max(committed);
+                match propose(&mut client, m, expected).await {
+                    Ok(()) => {
+                        committed = m.generation();
+                        tracing::info!(generation = committed, primary = ?m.primary(), "cluster state committed by the quorum");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster change not committed; re-deciding from the committed state");
+                        machine = None;
+                        actions.clear();
+                    }
+                }
+            } else {
+                perform(action, &settings, &p.events_tx);
+            }
+        }
+        // What everyone sees: the committed record, with this node's live data.
+        let status = status_rx.borrow().clone();
+        if let Some(record) = status.as_ref().and_then(|s| s.record.as_ref())
+            && record.generation > 0
+        {
+            let state = committed_state(&settings, record, &local, status.as_ref(), machine.as_ref());
+            if record.generation > published {
+                published = record.generation;
+                tracing::info!(generation = published, primary = ?record.primary, "following committed cluster state");
+                let _ = p.generations.send(state.clone());
+            }
+            p.current_tx.send_replace(state);
+            if !*p.ready_tx.borrow() {
+                p.ready_tx.send_replace(true);
+            }
+        }
+        if let Some((tx, r)) = reply {
+            let _ = tx.send(r);
+        }
+    }
+    p.finish().await;
+    Ok(())
+}
+
+/// A change of leadership or of the committed record.
+fn on_status(
+    settings: &Settings,
+    status: Option<&WatchdogStatus>,
+    machine: &mut Option<Machine>,
+    local: &[Local],
+) -> Vec<Action> {
+    let Some(s) = status else {
+        *machine = None;
+        return Vec::new();
+    };
+    let leads = s.id != 0 && s.leader_id == s.id && s.quorum;
+    if !leads {
+        if machine.take().is_some() {
+            tracing::info!("this node's watchdog is no longer the leader: this monitor stops deciding");
+        }
+        return Vec::new();
+    }
+    let Some(record) = s.record.as_ref() else { return Vec::new() };
+    let down = quorum_down_ids(settings, record);
+    let mut actions = Vec::new();
+    let m = match machine {
+        Some(m) => m,
+        None => {
+            tracing::info!(generation = record.generation, "this node's watchdog leads: this monitor decides failovers");
+            let persisted = Persisted {
+                generation: record.generation,
+                primary: record.primary.clone(),
+                detached: record.detached.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            };
+            let mut m = Machine::new(specs(settings), settings.limits, &persisted).with_decider(Decider::Quorum);
+            actions.extend(m.step(Event::QuorumDown(down.clone())));
+            // Replay what this node already saw, so the first decision need
+            // not wait for a whole round of checks.
+            for (id, l) in local.iter().enumerate() {
+                match &l.last {
+                    Some(Ok(o)) => actions.extend(m.step(Event::Checked { id, at_ms: l.at_ms, result: Ok(o.clone()) })),
+                    Some(Err(e)) => {
+                        for _ in 0..l.failures.min(settings.limits.max_retries + 1) {
+                            actions.extend(m.step(Event::Checked { id, at_ms: l.at_ms, result: Err(e.clone()) }));
+                        }
+                    }
+                    None => {}
+                }
+            }
+            machine.insert(m)
+        }
+    };
+    actions.extend(m.step(Event::QuorumDown(down)));
+    actions
+}
+
+fn not_leader(c: crate::service::Command, status: Option<&WatchdogStatus>, recheck: &tokio::sync::Notify) {
+    let leader = status
+        .and_then(|s| s.members.iter().find(|m| m.id == s.leader_id && s.leader_id != 0))
+        .map_or_else(|| "none (no quorum)".to_owned(), |m| m.address.clone());
+    let msg = format!("this node's monitor does not decide: run it on the watchdog leader's node ({leader})");
+    match c {
+        crate::service::Command::Recheck => recheck.notify_waiters(),
+        crate::service::Command::Attach(_, r)
+        | crate::service::Command::Detach(_, r)
+        | crate::service::Command::Promote(_, _, r) => {
+            let _ = r.send(Err(msg));
+        }
+    }
+}
+
+/// Backend ids a quorum sees down.
+fn quorum_down_ids(settings: &Settings, record: &ClusterRecord) -> Vec<usize> {
+    settings
+        .backends
+        .iter()
+        .filter(|b| record.down_by_quorum.contains(&b.name))
+        .map(|b| b.id)
+        .collect()
+}
+
+/// Proposes the machine's current view as the next generation.
+async fn propose(client: &mut WatchdogClient<Channel>, m: &Machine, expected: u64) -> Result<(), String> {
+    let p = m.persisted();
+    let down = m
+        .backends()
+        .iter()
+        .filter(|b| b.status == Status::Down)
+        .map(|b| (b.spec.name.clone(), b.reason.clone()))
+        .collect();
+    let request = ProposeClusterChangeRequest {
+        expected_generation: expected,
+        generation: p.generation,
+        primary: p.primary,
+        detached: p.detached.into_iter().collect(),
+        failover_in_progress: m.failover_in_progress(),
+        down,
+    };
+    let call = client.propose_cluster_change(request);
+    match tokio::time::timeout(Duration::from_secs(10), call).await {
+        Ok(Ok(r)) if r.get_ref().committed => Ok(()),
+        Ok(Ok(r)) => Err(r.into_inner().reason),
+        Ok(Err(e)) => Err(e.message().to_owned()),
+        Err(_) => Err("the watchdog did not answer within 10 s".into()),
+    }
+}
+
+/// This node's opinion per backend: down after more than max_retries failed checks.
+fn update_desired(d: &mut BTreeMap<String, bool>, settings: &Settings, local: &[Local]) -> bool {
+    let mut changed = false;
+    for (b, l) in settings.backends.iter().zip(local) {
+        if l.last.is_none() {
+            continue;
+        }
+        let down = l.failures > settings.limits.max_retries;
+        if d.get(&b.name) != Some(&down) {
+            d.insert(b.name.clone(), down);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Keeps this node's votes in the committed record equal to its opinion,
+/// reporting (and retrying) whatever differs.
+async fn report_health(
+    mut client: WatchdogClient<Channel>,
+    mut desired: watch::Receiver<BTreeMap<String, bool>>,
+    mut status: watch::Receiver<Option<WatchdogStatus>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let want = desired.borrow_and_update().clone();
+        let have: Option<(u64, BTreeSet<String>)> = status.borrow_and_update().as_ref().and_then(|s| {
+            let r = s.record.as_ref()?;
+            let mine = r.down_votes.iter().filter(|(_, ids)| ids.ids.contains(&s.id)).map(|(b, _)| b.clone()).collect();
+            (s.id != 0).then_some((s.id, mine))
+        });
+        let mut failed = false;
+        if let Some((_, mine)) = have {
+            for (backend, down) in &want {
+                if mine.contains(backend) == *down {
+                    continue;
+                }
+                let call = client.report_health(ReportHealthRequest { backend: backend.clone(), down: *down });
+                match tokio::time::timeout(Duration::from_secs(10), call).await {
+                    Ok(Ok(_)) => tracing::info!(backend, down, "reported to the watchdog"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(backend, error = %e.message(), "health report not committed; retrying");
+                        failed = true;
+                    }
+                    Err(_) => failed = true,
+                }
+            }
+        }
+        let retry = tokio::time::sleep(Duration::from_millis(if failed { 500 } else { 2000 }));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = desired.changed() => if r.is_err() { return },
+            r = status.changed() => if r.is_err() { return },
+            _ = retry => {}
+        }
+    }
+}
+
+/// Streams the watchdog's status into `out`, reconnecting as needed.
+async fn follow_watchdog(
+    mut client: WatchdogClient<Channel>,
+    out: watch::Sender<Option<WatchdogStatus>>,
+    stop: CancellationToken,
+) {
+    let mut backoff = uds::reconnect_backoff();
+    let mut lost = false;
+    loop {
+        let call = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = client.watch_leadership(WatchLeadershipRequest {}) => r,
+        };
+        if let Ok(resp) = call {
+            let mut stream = resp.into_inner();
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = stream.message() => m,
+                };
+                match msg {
+                    Ok(Some(event)) => {
+                        if lost {
+                            tracing::info!("watchdog reachable again");
+                            lost = false;
+                        }
+                        backoff = uds::reconnect_backoff();
+                        out.send_replace(event.status);
+                    }
+                    _ => break,
+                }
+            }
+        }
+        if !lost {
+            tracing::warn!("lost the local watchdog: this monitor stops deciding until it is back");
+            lost = true;
+        }
+        // Without its watchdog this node cannot know the quorum's view.
+        out.send_replace(None);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(1))) => {}
+        }
+    }
+}
+
+/// The committed record as a [`ClusterState`], with this node's live check
+/// data; a backend up in the record that this node cannot reach is shown
+/// quarantined.
+fn committed_state(
+    settings: &Settings,
+    record: &ClusterRecord,
+    local: &[Local],
+    status: Option<&WatchdogStatus>,
+    machine: Option<&Machine>,
+) -> ClusterState {
+    // Live data (LSNs, lag) from a machine-shaped view of the local checks.
+    let mut view = machine.map(|m| snapshot(m, &settings.node)).unwrap_or_else(|| {
+        let mut m = Machine::new(specs(settings), settings.limits, &Persisted::default());
+        for (id, l) in local.iter().enumerate() {
+            if let Some(r) = &l.last {
+                m.step(Event::Checked { id, at_ms: l.at_ms, result: r.clone() });
+            }
+        }
+        snapshot(&m, &settings.node)
+    });
+    view.generation = record.generation;
+    view.failover_in_progress = record.failover_in_progress;
+    view.primary_id = record
+        .primary
+        .as_ref()
+        .and_then(|p| settings.backends.iter().find(|b| b.name == *p))
+        .map(|b| b.id as u32);
+    let voters = status.map_or(1, |s| s.members.len().max(1));
+    for b in &mut view.backends {
+        let name = b.name.clone();
+        let (st, reason) = if let Some(r) = record.detached.get(&name) {
+            (PStatus::Detached, r.clone())
+        } else if let Some(r) = record.down.get(&name) {
+            (PStatus::Down, r.clone())
+        } else if record.down_by_quorum.contains(&name) {
+            (PStatus::Down, format!("a quorum of the {voters} nodes cannot reach it"))
+        } else if local.get(b.id as usize).is_some_and(|l| l.failures > settings.limits.max_retries) {
+            (PStatus::Quarantined, "this node cannot reach it, but the quorum does not agree: no failover".to_owned())
+        } else {
+            (PStatus::Up, String::new())
+        };
+        b.status = st as i32;
+        b.reason = reason;
+    }
+    view
+}

@@ -1,0 +1,281 @@
+//! Multi-host tests: a [`Lab`] of network namespaces, one PostgreSQL server
+//! and the three pgwarden daemons per host, a delegate IP, and a client
+//! namespace that connects to it.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgwarden_proto::v1::watchdog_client::WatchdogClient;
+use pgwarden_proto::v1::{GetStatusRequest, WatchdogStatus};
+use pgwarden_testkit::{ChildGuard, Cluster, Lab, PasswordKind, wait_until, workspace_bin};
+
+use crate::{ALICE, ClusterState, GetClusterRequest, MONITOR, MonitorClient};
+
+/// One of the daemons.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    /// pgwarden-watchdog.
+    Watchdog,
+    /// pgwarden-monitor.
+    Monitor,
+    /// pgwarden-proxy.
+    Proxy,
+}
+
+impl Daemon {
+    fn bin(self) -> &'static str {
+        match self {
+            Daemon::Watchdog => "pgwarden-watchdog",
+            Daemon::Monitor => "pgwarden-monitor",
+            Daemon::Proxy => "pgwarden-proxy",
+        }
+    }
+}
+
+/// A pgwarden node: its directory and daemons.
+pub struct LabNode {
+    /// Index of the lab host.
+    pub index: usize,
+    /// The node's directory (config, sockets, state, logs).
+    pub dir: PathBuf,
+    daemons: Vec<(Daemon, ChildGuard)>,
+}
+
+/// Three (or more) hosts, each with PostgreSQL and the pgwarden daemons.
+pub struct Fleet {
+    // Dropped in this order: daemons, then servers, then the network.
+    /// The nodes.
+    pub nodes: Vec<LabNode>,
+    /// The servers, node i on host i (node 0 the primary).
+    pub cluster: Cluster,
+    /// The network.
+    pub lab: Lab,
+    dir: tempfile::TempDir,
+}
+
+/// Why a multi-host test cannot run here (not root, no `ip netns`...).
+pub fn unavailable() -> Option<String> {
+    Lab::unavailable()
+}
+
+impl Fleet {
+    /// A lab of `hosts` hosts, a primary and streaming standbys, and the
+    /// daemons running on every host.
+    pub fn start(hosts: usize) -> Fleet {
+        let lab = Lab::new(hosts).expect("create the lab");
+        let cluster = Cluster::builder().standbys(hosts - 1).in_lab(&lab).start().expect("start the lab cluster");
+        cluster.create_user(ALICE.0, ALICE.1, PasswordKind::Scram).unwrap();
+        cluster.create_user(MONITOR.0, MONITOR.1, PasswordKind::Scram).unwrap();
+        cluster.primary().psql("CREATE DATABASE app OWNER alice").unwrap();
+        cluster.wait_replicated(Duration::from_secs(30)).unwrap();
+        let dir = tempfile::Builder::new().prefix("pgwarden-fleet-").tempdir().unwrap();
+        let scram = cluster.primary().psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'").unwrap();
+        let auth = dir.path().join("users.txt");
+        std::fs::write(&auth, format!("\"{}\" \"{scram}\"\n", ALICE.0)).unwrap();
+        let key = dir.path().join("watchdog.key");
+        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+        for f in [&auth, &key] {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        let arping = if Command::new("arping").arg("-V").output().is_ok() {
+            "arping -U $_IP_$ -I eth0 -c 1 -w 1"
+        } else {
+            "true"
+        };
+        let mut fleet = Fleet { nodes: Vec::new(), cluster, lab, dir };
+        for i in 0..hosts {
+            let ndir = fleet.dir.path().join(format!("node{i}"));
+            std::fs::create_dir_all(&ndir).unwrap();
+            let me = fleet.lab.host(i).ip();
+            let peers: Vec<String> = (0..hosts)
+                .filter(|j| *j != i)
+                .map(|j| format!("\"{}:9000\"", fleet.lab.host(j).ip()))
+                .collect();
+            let mut t = format!(
+                "[node]\nname = \"node{i}\"\nruntime_dir = \"{d}/run\"\nstate_dir = \"{d}/state\"\n\n\
+                 [proxy]\nlisten = \"0.0.0.0:9999\"\nauth_file = \"{auth}\"\npool_size = 4\n\n\
+                 [health_check]\nuser = \"{hu}\"\npassword = \"{hp}\"\nperiod = \"500ms\"\ntimeout = \"1s\"\nmax_retries = 2\nretry_delay = \"250ms\"\n\n\
+                 [failover]\nuser = \"postgres\"\ncommand_timeout = \"30s\"\n\n\
+                 [watchdog]\nenabled = true\nlisten = \"{me}:9000\"\nadvertise = \"{me}:9000\"\npeers = [{peers}]\n\
+                 auth_key_file = \"{key}\"\ndelegate_ip = \"{vip}\"\n\
+                 if_up_cmd = \"ip addr add $_IP_$/24 dev eth0\"\nif_down_cmd = \"ip addr del $_IP_$/24 dev eth0\"\narping_cmd = \"{arping}\"\n",
+                d = ndir.display(),
+                auth = auth.display(),
+                hu = MONITOR.0,
+                hp = MONITOR.1,
+                peers = peers.join(", "),
+                key = key.display(),
+                vip = fleet.lab.delegate_ip(),
+            );
+            for n in fleet.cluster.nodes() {
+                t.push_str(&format!(
+                    "\n[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\ndata_dir = \"{}\"\n",
+                    n.name(),
+                    n.host(),
+                    n.port(),
+                    n.data_dir().display()
+                ));
+            }
+            std::fs::write(ndir.join("pgwarden.toml"), t).unwrap();
+            fleet.nodes.push(LabNode { index: i, dir: ndir, daemons: Vec::new() });
+        }
+        for i in 0..hosts {
+            for d in [Daemon::Watchdog, Daemon::Monitor, Daemon::Proxy] {
+                fleet.start_daemon(i, d);
+            }
+        }
+        fleet
+    }
+
+    /// Starts one daemon of node `i` inside host `i`.
+    pub fn start_daemon(&mut self, i: usize, d: Daemon) {
+        let node = &self.nodes[i];
+        let log = node.dir.join(format!("{}.log", d.bin()));
+        let mut cmd = self.lab.host(i).command(workspace_bin(d.bin()));
+        cmd.arg("--config")
+            .arg(node.dir.join("pgwarden.toml"))
+            .env("PGWARDEN_LOG", "debug,raft=info,h2=info,tower=info,hyper=info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap());
+        let child = ChildGuard::spawn(&mut cmd).unwrap();
+        self.nodes[i].daemons.push((d, child));
+    }
+
+    /// Kills (SIGKILL) one daemon of node `i`.
+    pub fn kill_daemon(&mut self, i: usize, d: Daemon) {
+        let node = &mut self.nodes[i];
+        if let Some(pos) = node.daemons.iter().position(|(k, _)| *k == d) {
+            let (_, mut child) = node.daemons.remove(pos);
+            child.kill9().unwrap();
+        }
+    }
+
+    /// A daemon's log.
+    pub fn log(&self, i: usize, d: Daemon) -> String {
+        std::fs::read_to_string(self.nodes[i].dir.join(format!("{}.log", d.bin()))).unwrap_or_default()
+    }
+
+    /// Every daemon's log, for failure messages.
+    pub fn logs(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.nodes.len() {
+            for d in [Daemon::Watchdog, Daemon::Monitor, Daemon::Proxy] {
+                let text = self.log(i, d);
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                out.push_str(&format!("\n--- node{i} {} (last 40 lines)\n", d.bin()));
+                for l in tail.into_iter().rev() {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
+    /// Node `i`'s watchdog status, if it answers.
+    pub async fn watchdog(&self, i: usize) -> Option<WatchdogStatus> {
+        let sock = self.nodes[i].dir.join("run/watchdog.sock");
+        let ch = pgwarden_proto::uds::connect(&sock).await.ok()?;
+        let mut client = WatchdogClient::new(ch);
+        let r = tokio::time::timeout(Duration::from_secs(2), client.get_status(GetStatusRequest {}));
+        r.await.ok()?.ok().map(|r| r.into_inner())
+    }
+
+    /// Node `i`'s monitor state, if it answers.
+    pub async fn cluster_state(&self, i: usize) -> Option<ClusterState> {
+        let sock = self.nodes[i].dir.join("run/monitor.sock");
+        let ch = pgwarden_proto::uds::connect(&sock).await.ok()?;
+        let mut client = MonitorClient::new(ch);
+        let r = tokio::time::timeout(Duration::from_secs(2), client.get_cluster(GetClusterRequest {}));
+        r.await.ok()?.ok().map(|r| r.into_inner())
+    }
+
+    /// The hosts whose eth0 carries the delegate IP now.
+    pub fn vip_holders(&self) -> Vec<usize> {
+        let vip = self.lab.delegate_ip();
+        (0..self.nodes.len())
+            .filter(|i| self.lab.host(*i).addresses().map(|a| a.contains(&vip)).unwrap_or(false))
+            .collect()
+    }
+
+    /// Waits until `f` holds, polling every 100 ms; panics with every log otherwise.
+    pub async fn wait<F, Fut>(&self, timeout: Duration, what: &str, mut f: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if f().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("timed out after {timeout:?} waiting for {what}{}", self.logs());
+    }
+
+    /// Runs `sql` with psql from the client namespace through the delegate
+    /// IP; Ok(stdout) or Err(stderr).
+    pub fn client_query(&self, sql: &str) -> Result<String, String> {
+        let out = self
+            .lab
+            .client()
+            .command("psql")
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", &self.lab.delegate_ip().to_string(), "-p", "9999"])
+            .args(["-U", ALICE.0, "-d", "app", "-c", sql])
+            .env("PGPASSWORD", ALICE.1)
+            .env("PGCONNECT_TIMEOUT", "3")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// Waits until the live watchdogs agree on one leader and the delegate
+    /// IP is up on exactly that host; returns the host index.
+    pub async fn wait_for_leader(&self, timeout: Duration, live: &[usize]) -> usize {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            let mut leaders = Vec::new();
+            for &i in live {
+                leaders.push(self.watchdog(i).await.map(|s| s.leader_id));
+            }
+            let holders = self.vip_holders();
+            last = format!("leaders seen by {live:?}: {leaders:?}, delegate IP on hosts {holders:?}");
+            if let Some(Some(first)) = leaders.first().copied()
+                && first != 0
+                && leaders.iter().all(|l| *l == Some(first))
+                && holders == vec![self.host_of_raft_id(first)]
+            {
+                return self.host_of_raft_id(first);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("no agreed leader holding the delegate IP after {timeout:?}: {last}{}", self.logs());
+    }
+
+    /// The Raft id of host i's watchdog (members are sorted by address;
+    /// host addresses sort in host order).
+    pub fn raft_id_of_host(&self, i: usize) -> u64 {
+        i as u64 + 1
+    }
+
+    /// Host index of a Raft id.
+    pub fn host_of_raft_id(&self, id: u64) -> usize {
+        (id - 1) as usize
+    }
+
+    /// Waits until `wait_until`-style polling of a sync condition holds.
+    pub fn wait_sync(&self, timeout: Duration, what: &str, f: impl FnMut() -> bool) {
+        if let Err(e) = wait_until(timeout, what, f) {
+            panic!("{e}{}", self.logs());
+        }
+    }
+}
