@@ -64,13 +64,30 @@ impl Fleet {
     /// daemons running on every host.
     pub fn start(hosts: usize) -> Fleet {
         let lab = Lab::new(hosts).expect("create the lab");
-        let cluster = Cluster::builder().standbys(hosts - 1).in_lab(&lab).start().expect("start the lab cluster");
-        cluster.create_user(ALICE.0, ALICE.1, PasswordKind::Scram).unwrap();
-        cluster.create_user(MONITOR.0, MONITOR.1, PasswordKind::Scram).unwrap();
-        cluster.primary().psql("CREATE DATABASE app OWNER alice").unwrap();
+        let cluster = Cluster::builder()
+            .standbys(hosts - 1)
+            .in_lab(&lab)
+            .start()
+            .expect("start the lab cluster");
+        cluster
+            .create_user(ALICE.0, ALICE.1, PasswordKind::Scram)
+            .unwrap();
+        cluster
+            .create_user(MONITOR.0, MONITOR.1, PasswordKind::Scram)
+            .unwrap();
+        cluster
+            .primary()
+            .psql("CREATE DATABASE app OWNER alice")
+            .unwrap();
         cluster.wait_replicated(Duration::from_secs(30)).unwrap();
-        let dir = tempfile::Builder::new().prefix("pgwarden-fleet-").tempdir().unwrap();
-        let scram = cluster.primary().psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("pgwarden-fleet-")
+            .tempdir()
+            .unwrap();
+        let scram = cluster
+            .primary()
+            .psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'alice'")
+            .unwrap();
         let auth = dir.path().join("users.txt");
         std::fs::write(&auth, format!("\"{}\" \"{scram}\"\n", ALICE.0)).unwrap();
         let key = dir.path().join("watchdog.key");
@@ -84,7 +101,12 @@ impl Fleet {
         } else {
             "true"
         };
-        let mut fleet = Fleet { nodes: Vec::new(), cluster, lab, dir };
+        let mut fleet = Fleet {
+            nodes: Vec::new(),
+            cluster,
+            lab,
+            dir,
+        };
         for i in 0..hosts {
             let ndir = fleet.dir.path().join(format!("node{i}"));
             std::fs::create_dir_all(&ndir).unwrap();
@@ -119,7 +141,11 @@ impl Fleet {
                 ));
             }
             std::fs::write(ndir.join("pgwarden.toml"), t).unwrap();
-            fleet.nodes.push(LabNode { index: i, dir: ndir, daemons: Vec::new() });
+            fleet.nodes.push(LabNode {
+                index: i,
+                dir: ndir,
+                daemons: Vec::new(),
+            });
         }
         for i in 0..hosts {
             for d in [Daemon::Watchdog, Daemon::Monitor, Daemon::Proxy] {
@@ -136,9 +162,18 @@ impl Fleet {
         let mut cmd = self.lab.host(i).command(workspace_bin(d.bin()));
         cmd.arg("--config")
             .arg(node.dir.join("pgwarden.toml"))
-            .env("PGWARDEN_LOG", "debug,raft=info,h2=info,tower=info,hyper=info")
+            .env(
+                "PGWARDEN_LOG",
+                "debug,raft=info,h2=info,tower=info,hyper=info",
+            )
             .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap());
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log)
+                    .unwrap(),
+            );
         let child = ChildGuard::spawn(&mut cmd).unwrap();
         self.nodes[i].daemons.push((d, child));
     }
@@ -154,7 +189,8 @@ impl Fleet {
 
     /// A daemon's log.
     pub fn log(&self, i: usize, d: Daemon) -> String {
-        std::fs::read_to_string(self.nodes[i].dir.join(format!("{}.log", d.bin()))).unwrap_or_default()
+        std::fs::read_to_string(self.nodes[i].dir.join(format!("{}.log", d.bin())))
+            .unwrap_or_default()
     }
 
     /// Every daemon's log, for failure messages.
@@ -179,7 +215,10 @@ impl Fleet {
         let sock = self.nodes[i].dir.join("run/watchdog.sock");
         let ch = pgwarden_proto::uds::connect(&sock).await.ok()?;
         let mut client = WatchdogClient::new(ch);
-        let r = tokio::time::timeout(Duration::from_secs(2), client.get_status(GetStatusRequest {}));
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_status(GetStatusRequest {}),
+        );
         r.await.ok()?.ok().map(|r| r.into_inner())
     }
 
@@ -188,7 +227,10 @@ impl Fleet {
         let sock = self.nodes[i].dir.join("run/monitor.sock");
         let ch = pgwarden_proto::uds::connect(&sock).await.ok()?;
         let mut client = MonitorClient::new(ch);
-        let r = tokio::time::timeout(Duration::from_secs(2), client.get_cluster(GetClusterRequest {}));
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            client.get_cluster(GetClusterRequest {}),
+        );
         r.await.ok()?.ok().map(|r| r.into_inner())
     }
 
@@ -196,7 +238,13 @@ impl Fleet {
     pub fn vip_holders(&self) -> Vec<usize> {
         let vip = self.lab.delegate_ip();
         (0..self.nodes.len())
-            .filter(|i| self.lab.host(*i).addresses().map(|a| a.contains(&vip)).unwrap_or(false))
+            .filter(|i| {
+                self.lab
+                    .host(*i)
+                    .addresses()
+                    .map(|a| a.contains(&vip))
+                    .unwrap_or(false)
+            })
             .collect()
     }
 
@@ -213,7 +261,10 @@ impl Fleet {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("timed out after {timeout:?} waiting for {what}{}", self.logs());
+        panic!(
+            "timed out after {timeout:?} waiting for {what}{}",
+            self.logs()
+        );
     }
 
     /// Runs `sql` with psql from the client namespace through the delegate
@@ -223,7 +274,16 @@ impl Fleet {
             .lab
             .client()
             .command("psql")
-            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-h", &self.lab.delegate_ip().to_string(), "-p", "9999"])
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                &self.lab.delegate_ip().to_string(),
+                "-p",
+                "9999",
+            ])
             .args(["-U", ALICE.0, "-d", "app", "-c", sql])
             .env("PGPASSWORD", ALICE.1)
             .env("PGCONNECT_TIMEOUT", "3")
@@ -237,8 +297,8 @@ impl Fleet {
         }
     }
 
-    /// Waits until the live watchdogs agree on one leader and the delegate
-    /// IP is up on exactly that host; returns the host index.
+    /// Waits until the live watchdogs agree on one leader among them and
+    /// the delegate IP is up on exactly that host; returns the host index.
     pub async fn wait_for_leader(&self, timeout: Duration, live: &[usize]) -> usize {
         let deadline = Instant::now() + timeout;
         let mut last = String::new();
@@ -248,17 +308,22 @@ impl Fleet {
                 leaders.push(self.watchdog(i).await.map(|s| s.leader_id));
             }
             let holders = self.vip_holders();
-            last = format!("leaders seen by {live:?}: {leaders:?}, delegate IP on hosts {holders:?}");
+            last =
+                format!("leaders seen by {live:?}: {leaders:?}, delegate IP on hosts {holders:?}");
             if let Some(Some(first)) = leaders.first().copied()
                 && first != 0
                 && leaders.iter().all(|l| *l == Some(first))
+                && live.contains(&self.host_of_raft_id(first))
                 && holders == vec![self.host_of_raft_id(first)]
             {
                 return self.host_of_raft_id(first);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("no agreed leader holding the delegate IP after {timeout:?}: {last}{}", self.logs());
+        panic!(
+            "no agreed leader holding the delegate IP after {timeout:?}: {last}{}",
+            self.logs()
+        );
     }
 
     /// The Raft id of host i's watchdog (members are sorted by address;

@@ -2,9 +2,18 @@
 //! daemons; a client reaching them through the delegate IP. Needs root
 //! (network namespaces); skips otherwise, saying so.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pgwarden_e2e::{Status, sqlstate};
 
 use pgwarden_e2e::lab::{Daemon, Fleet, unavailable};
 
@@ -20,18 +29,24 @@ macro_rules! need_lab {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_holds_the_delegate_ip_and_clients_reach_the_primary_through_it() {
     need_lab!();
-    let t = std::time::Instant::now();
     let fleet = Fleet::start(3);
-    eprintln!("fleet started after {:?}", t.elapsed());
-    let leader = fleet.wait_for_leader(Duration::from_secs(30), &[0, 1, 2]).await;
+    let leader = fleet
+        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
+        .await;
     eprintln!("leader: host {leader}");
     fleet
-        .wait(Duration::from_secs(30), "a query through the delegate IP", || async {
-            fleet.client_query("SELECT 1").is_ok()
-        })
+        .wait(
+            Duration::from_secs(30),
+            "a query through the delegate IP",
+            || async { fleet.client_query("SELECT 1").is_ok() },
+        )
         .await;
     let addr = fleet.client_query("SELECT inet_server_addr()").unwrap();
-    assert_eq!(addr, fleet.lab.host(0).ip().to_string(), "routed to the primary, host 0");
+    assert_eq!(
+        addr,
+        fleet.lab.host(0).ip().to_string(),
+        "routed to the primary, host 0"
+    );
     // Every node's monitor follows the same committed state.
     let mut gens = Vec::new();
     for i in 0..3 {
@@ -40,8 +55,256 @@ async fn one_leader_holds_the_delegate_ip_and_clients_reach_the_primary_through_
         gens.push(s.generation);
     }
     assert!(gens.iter().all(|g| *g == gens[0]), "{gens:?}");
-    let _ = Daemon::Proxy;
-    eprintln!("checks done after {:?}", t.elapsed());
-    drop(fleet);
-    eprintln!("fleet dropped after {:?}", t.elapsed());
+}
+
+/// Samples the delegate-IP holders every 20 ms until stopped; returns the
+/// most hosts ever seen holding it at once.
+fn sample_holders(fleet: &Arc<Fleet>) -> (Arc<AtomicBool>, std::thread::JoinHandle<usize>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (f, s) = (Arc::clone(fleet), Arc::clone(&stop));
+    let handle = std::thread::spawn(move || {
+        let most = AtomicUsize::new(0);
+        while !s.load(Ordering::Relaxed) {
+            let n = f.vip_holders().len();
+            most.fetch_max(n, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        most.load(Ordering::Relaxed)
+    });
+    (stop, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leaders_watchdog_moves_the_delegate_ip() {
+    need_lab!();
+    let mut fleet = Fleet::start(3);
+    let old = fleet
+        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
+        .await;
+    fleet
+        .wait(
+            Duration::from_secs(30),
+            "a query through the delegate IP",
+            || async { fleet.client_query("SELECT 1").is_ok() },
+        )
+        .await;
+
+    let killed = Instant::now();
+    fleet.kill_daemon(old, Daemon::Watchdog);
+    let live: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = fleet.wait_for_leader(Duration::from_secs(30), &live).await;
+    assert_ne!(new, old);
+    fleet
+        .wait(
+            Duration::from_secs(30),
+            "a query through the delegate IP again",
+            || async { fleet.client_query("SELECT 1").is_ok() },
+        )
+        .await;
+    eprintln!(
+        "delegate IP answering from host {new} {:?} after killing host {old}'s watchdog",
+        killed.elapsed()
+    );
+    assert_eq!(
+        fleet.vip_holders(),
+        vec![new],
+        "the killed watchdog's host released it (guard)"
+    );
+    assert_eq!(
+        fleet.client_query("SELECT inet_server_addr()").unwrap(),
+        fleet.lab.host(0).ip().to_string()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_leader_drops_the_ip_before_the_majority_takes_it() {
+    need_lab!();
+    let fleet = Arc::new(Fleet::start(3));
+    let old = fleet
+        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
+        .await;
+    let (stop, sampler) = sample_holders(&fleet);
+    fleet.lab.cut(old).unwrap();
+    let live: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = fleet.wait_for_leader(Duration::from_secs(30), &live).await;
+    assert_ne!(new, old);
+    assert!(
+        !fleet.vip_holders().contains(&old),
+        "the cut leader released the IP"
+    );
+    // It comes back: it does not take the IP (pre-vote keeps the leader).
+    fleet.lab.heal(old).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(fleet.vip_holders(), vec![new]);
+    stop.store(true, Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    assert!(most <= 1, "{most} hosts held the delegate IP at once");
+    fleet
+        .wait(
+            Duration::from_secs(30),
+            "a query through the delegate IP",
+            || async { fleet.client_query("SELECT 1").is_ok() },
+        )
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
+    need_lab!();
+    let fleet = Fleet::start(3);
+    fleet
+        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
+        .await;
+    fleet
+        .wait(
+            Duration::from_secs(30),
+            "a query through the delegate IP",
+            || async { fleet.client_query("SELECT 1").is_ok() },
+        )
+        .await;
+    fleet
+        .client_query("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    fleet
+        .cluster
+        .wait_replicated(Duration::from_secs(20))
+        .unwrap();
+
+    let killed = Instant::now();
+    fleet
+        .cluster
+        .node(0)
+        .stop(pgwarden_testkit::StopMode::Immediate)
+        .unwrap();
+    let mut first_write = None;
+    let mut new_primary = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && (first_write.is_none() || new_primary.is_none()) {
+        if first_write.is_none() && fleet.client_query("INSERT INTO t VALUES (2)").is_ok() {
+            first_write = Some(killed.elapsed());
+        }
+        let mut primaries = Vec::new();
+        for i in 0..3 {
+            primaries.push(fleet.cluster_state(i).await.and_then(|s| s.primary_id));
+        }
+        if primaries
+            .iter()
+            .all(|p| p.is_some() && *p != Some(0) && *p == primaries[0])
+        {
+            new_primary = primaries[0];
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (Some(took), Some(p)) = (first_write, new_primary) else {
+        panic!(
+            "no failover: write {first_write:?}, primary {new_primary:?}{}",
+            fleet.logs()
+        );
+    };
+    eprintln!(
+        "first write through the delegate IP {took:?} after the primary died; new primary backend {p}"
+    );
+    // One failover, decided by the leader's monitor alone.
+    let promotions: usize = (0..3)
+        .map(|i| {
+            fleet
+                .log(i, Daemon::Monitor)
+                .matches("failover: promotion succeeded")
+                .count()
+        })
+        .sum();
+    assert_eq!(promotions, 1, "{}", fleet.logs());
+    // Every node's proxy routes to the same new primary.
+    let expected = fleet.lab.host(p as usize).ip().to_string();
+    for i in 0..3 {
+        let out = fleet
+            .lab
+            .client()
+            .command("psql")
+            .args([
+                "-X",
+                "-At",
+                "-h",
+                &fleet.lab.host(i).ip().to_string(),
+                "-p",
+                "9999",
+                "-U",
+                "alice",
+                "-d",
+                "app",
+            ])
+            .args(["-c", "SELECT inet_server_addr()"])
+            .env("PGPASSWORD", pgwarden_e2e::ALICE.1)
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            expected,
+            "node {i}'s proxy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let states: Vec<_> =
+        futures_util::future::join_all((0..3).map(|i| fleet.cluster_state(i))).await;
+    let gens: Vec<u64> = states
+        .iter()
+        .map(|s| s.as_ref().map_or(0, |s| s.generation))
+        .collect();
+    assert!(gens.iter().all(|g| *g == gens[0]), "{gens:?}");
+    let _ = sqlstate;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_node_without_quorum_does_not_fail_over() {
+    need_lab!();
+    let fleet = Fleet::start(3);
+    let leader = fleet
+        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
+        .await;
+    fleet
+        .wait(
+            Duration::from_secs(30),
+            "a query through the delegate IP",
+            || async { fleet.client_query("SELECT 1").is_ok() },
+        )
+        .await;
+    // Cut a standby host that is not the leader: it loses the primary and the quorum.
+    let lone = if leader == 2 { 1 } else { 2 };
+    let before = fleet.cluster_state(0).await.unwrap().generation;
+    fleet.lab.cut(lone).unwrap();
+    fleet
+        .wait(
+            Duration::from_secs(20),
+            "the lone node to quarantine the primary",
+            || async {
+                fleet.cluster_state(lone).await.is_some_and(|s| {
+                    s.backends
+                        .iter()
+                        .any(|b| b.id == 0 && b.status == Status::Quarantined as i32)
+                })
+            },
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Nothing was promoted; the lone node still names pg0 as the primary.
+    let lone_state = fleet.cluster_state(lone).await.unwrap();
+    assert_eq!(lone_state.primary_id, Some(0), "{lone_state:#?}");
+    assert!(
+        fleet.cluster.node(lone).is_in_recovery().unwrap(),
+        "the lone node's server was promoted"
+    );
+    assert!(!fleet.vip_holders().contains(&lone));
+    let promotions: usize = (0..3)
+        .map(|i| fleet.log(i, Daemon::Monitor).matches("promoting").count())
+        .sum();
+    assert_eq!(promotions, 0, "{}", fleet.logs());
+    // The majority still serves clients from the same primary.
+    assert_eq!(
+        fleet.client_query("SELECT inet_server_addr()").unwrap(),
+        fleet.lab.host(0).ip().to_string()
+    );
+    let majority = fleet.cluster_state(leader).await.unwrap();
+    assert_eq!(majority.primary_id, Some(0));
+    assert!(majority.generation >= before);
+    fleet.lab.heal(lone).unwrap();
 }

@@ -22,8 +22,8 @@ use std::time::Duration;
 use pgwarden_proto::uds::{self, Daemon};
 use pgwarden_proto::v1::watchdog_client::WatchdogClient;
 use pgwarden_proto::v1::{
-    ClusterRecord, ClusterState, ProposeClusterChangeRequest, ReportHealthRequest, Status as PStatus,
-    WatchLeadershipRequest, WatchdogStatus,
+    ClusterRecord, ClusterState, ProposeClusterChangeRequest, ReportHealthRequest,
+    Status as PStatus, WatchLeadershipRequest, WatchdogStatus,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -52,7 +52,12 @@ pub(crate) async fn run(
     tokio::spawn(follow_watchdog(client.clone(), status_tx, p.stop.clone()));
     let n = settings.backends.len();
     let (desired_tx, desired_rx) = watch::channel::<BTreeMap<String, bool>>(BTreeMap::new());
-    tokio::spawn(report_health(client.clone(), desired_rx, status_rx.clone(), p.stop.clone()));
+    tokio::spawn(report_health(
+        client.clone(),
+        desired_rx,
+        status_rx.clone(),
+        p.stop.clone(),
+    ));
 
     let mut local = vec![Local::default(); n];
     let mut machine: Option<Machine> = None;
@@ -95,7 +100,11 @@ pub(crate) async fn run(
             let action = actions.remove(0);
             let Some(m) = machine.as_ref() else { break };
             if action == Action::Publish {
-                let streamed = status_rx.borrow().as_ref().and_then(|s| s.record.as_ref()).map_or(0, |r| r.generation);
+                let streamed = status_rx
+                    .borrow()
+                    .as_ref()
+                    .and_then(|s| s.record.as_ref())
+                    .map_or(0, |r| r.generation);
                 let expected = streamed.max(committed);
                 match propose(&mut client, m, expected).await {
                     Ok(()) => {
@@ -117,7 +126,8 @@ pub(crate) async fn run(
         if let Some(record) = status.as_ref().and_then(|s| s.record.as_ref())
             && record.generation > 0
         {
-            let state = committed_state(&settings, record, &local, status.as_ref(), machine.as_ref());
+            let state =
+                committed_state(&settings, record, &local, status.as_ref(), machine.as_ref());
             if record.generation > published {
                 published = record.generation;
                 tracing::info!(generation = published, primary = ?record.primary, "following committed cluster state");
@@ -150,32 +160,52 @@ fn on_status(
     let leads = s.id != 0 && s.leader_id == s.id && s.quorum;
     if !leads {
         if machine.take().is_some() {
-            tracing::info!("this node's watchdog is no longer the leader: this monitor stops deciding");
+            tracing::info!(
+                "this node's watchdog is no longer the leader: this monitor stops deciding"
+            );
         }
         return Vec::new();
     }
-    let Some(record) = s.record.as_ref() else { return Vec::new() };
+    let Some(record) = s.record.as_ref() else {
+        return Vec::new();
+    };
     let down = quorum_down_ids(settings, record);
     let mut actions = Vec::new();
     let m = match machine {
         Some(m) => m,
         None => {
-            tracing::info!(generation = record.generation, "this node's watchdog leads: this monitor decides failovers");
+            tracing::info!(
+                generation = record.generation,
+                "this node's watchdog leads: this monitor decides failovers"
+            );
             let persisted = Persisted {
                 generation: record.generation,
                 primary: record.primary.clone(),
-                detached: record.detached.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                detached: record
+                    .detached
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
             };
-            let mut m = Machine::new(specs(settings), settings.limits, &persisted).with_decider(Decider::Quorum);
+            let mut m = Machine::new(specs(settings), settings.limits, &persisted)
+                .with_decider(Decider::Quorum);
             actions.extend(m.step(Event::QuorumDown(down.clone())));
             // Replay what this node already saw, so the first decision need
             // not wait for a whole round of checks.
             for (id, l) in local.iter().enumerate() {
                 match &l.last {
-                    Some(Ok(o)) => actions.extend(m.step(Event::Checked { id, at_ms: l.at_ms, result: Ok(o.clone()) })),
+                    Some(Ok(o)) => actions.extend(m.step(Event::Checked {
+                        id,
+                        at_ms: l.at_ms,
+                        result: Ok(o.clone()),
+                    })),
                     Some(Err(e)) => {
                         for _ in 0..l.failures.min(settings.limits.max_retries + 1) {
-                            actions.extend(m.step(Event::Checked { id, at_ms: l.at_ms, result: Err(e.clone()) }));
+                            actions.extend(m.step(Event::Checked {
+                                id,
+                                at_ms: l.at_ms,
+                                result: Err(e.clone()),
+                            }));
                         }
                     }
                     None => {}
@@ -188,11 +218,21 @@ fn on_status(
     actions
 }
 
-fn not_leader(c: crate::service::Command, status: Option<&WatchdogStatus>, recheck: &tokio::sync::Notify) {
+fn not_leader(
+    c: crate::service::Command,
+    status: Option<&WatchdogStatus>,
+    recheck: &tokio::sync::Notify,
+) {
     let leader = status
-        .and_then(|s| s.members.iter().find(|m| m.id == s.leader_id && s.leader_id != 0))
+        .and_then(|s| {
+            s.members
+                .iter()
+                .find(|m| m.id == s.leader_id && s.leader_id != 0)
+        })
         .map_or_else(|| "none (no quorum)".to_owned(), |m| m.address.clone());
-    let msg = format!("this node's monitor does not decide: run it on the watchdog leader's node ({leader})");
+    let msg = format!(
+        "this node's monitor does not decide: run it on the watchdog leader's node ({leader})"
+    );
     match c {
         crate::service::Command::Recheck => recheck.notify_waiters(),
         crate::service::Command::Attach(_, r)
@@ -214,7 +254,11 @@ fn quorum_down_ids(settings: &Settings, record: &ClusterRecord) -> Vec<usize> {
 }
 
 /// Proposes the machine's current view as the next generation.
-async fn propose(client: &mut WatchdogClient<Channel>, m: &Machine, expected: u64) -> Result<(), String> {
+async fn propose(
+    client: &mut WatchdogClient<Channel>,
+    m: &Machine,
+    expected: u64,
+) -> Result<(), String> {
     let p = m.persisted();
     let down = m
         .backends()
@@ -265,18 +309,27 @@ async fn report_health(
 ) {
     loop {
         let want = desired.borrow_and_update().clone();
-        let have: Option<(u64, BTreeSet<String>)> = status.borrow_and_update().as_ref().and_then(|s| {
-            let r = s.record.as_ref()?;
-            let mine = r.down_votes.iter().filter(|(_, ids)| ids.ids.contains(&s.id)).map(|(b, _)| b.clone()).collect();
-            (s.id != 0).then_some((s.id, mine))
-        });
+        let have: Option<(u64, BTreeSet<String>)> =
+            status.borrow_and_update().as_ref().and_then(|s| {
+                let r = s.record.as_ref()?;
+                let mine = r
+                    .down_votes
+                    .iter()
+                    .filter(|(_, ids)| ids.ids.contains(&s.id))
+                    .map(|(b, _)| b.clone())
+                    .collect();
+                (s.id != 0).then_some((s.id, mine))
+            });
         let mut failed = false;
         if let Some((_, mine)) = have {
             for (backend, down) in &want {
                 if mine.contains(backend) == *down {
                     continue;
                 }
-                let call = client.report_health(ReportHealthRequest { backend: backend.clone(), down: *down });
+                let call = client.report_health(ReportHealthRequest {
+                    backend: backend.clone(),
+                    down: *down,
+                });
                 match tokio::time::timeout(Duration::from_secs(10), call).await {
                     Ok(Ok(_)) => tracing::info!(backend, down, "reported to the watchdog"),
                     Ok(Err(e)) => {
@@ -354,15 +407,21 @@ fn committed_state(
     machine: Option<&Machine>,
 ) -> ClusterState {
     // Live data (LSNs, lag) from a machine-shaped view of the local checks.
-    let mut view = machine.map(|m| snapshot(m, &settings.node)).unwrap_or_else(|| {
-        let mut m = Machine::new(specs(settings), settings.limits, &Persisted::default());
-        for (id, l) in local.iter().enumerate() {
-            if let Some(r) = &l.last {
-                m.step(Event::Checked { id, at_ms: l.at_ms, result: r.clone() });
+    let mut view = machine
+        .map(|m| snapshot(m, &settings.node))
+        .unwrap_or_else(|| {
+            let mut m = Machine::new(specs(settings), settings.limits, &Persisted::default());
+            for (id, l) in local.iter().enumerate() {
+                if let Some(r) = &l.last {
+                    m.step(Event::Checked {
+                        id,
+                        at_ms: l.at_ms,
+                        result: r.clone(),
+                    });
+                }
             }
-        }
-        snapshot(&m, &settings.node)
-    });
+            snapshot(&m, &settings.node)
+        });
     view.generation = record.generation;
     view.failover_in_progress = record.failover_in_progress;
     view.primary_id = record
@@ -378,9 +437,18 @@ fn committed_state(
         } else if let Some(r) = record.down.get(&name) {
             (PStatus::Down, r.clone())
         } else if record.down_by_quorum.contains(&name) {
-            (PStatus::Down, format!("a quorum of the {voters} nodes cannot reach it"))
-        } else if local.get(b.id as usize).is_some_and(|l| l.failures > settings.limits.max_retries) {
-            (PStatus::Quarantined, "this node cannot reach it, but the quorum does not agree: no failover".to_owned())
+            (
+                PStatus::Down,
+                format!("a quorum of the {voters} nodes cannot reach it"),
+            )
+        } else if local
+            .get(b.id as usize)
+            .is_some_and(|l| l.failures > settings.limits.max_retries)
+        {
+            (
+                PStatus::Quarantined,
+                "this node cannot reach it, but the quorum does not agree: no failover".to_owned(),
+            )
         } else {
             (PStatus::Up, String::new())
         };

@@ -136,7 +136,12 @@ pub(crate) fn specs(settings: &Settings) -> Vec<BackendSpec> {
         .backends
         .iter()
         .zip(&settings.allow_failover)
-        .map(|(t, allow)| BackendSpec { name: t.name.clone(), host: t.host.clone(), port: t.port, allow_failover: *allow })
+        .map(|(t, allow)| BackendSpec {
+            name: t.name.clone(),
+            host: t.host.clone(),
+            port: t.port,
+            allow_failover: *allow,
+        })
         .collect()
 }
 
@@ -145,8 +150,12 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let persisted = state_file::load(&settings.state_dir)?;
     let machine = Machine::new(specs(&settings), settings.limits, &persisted);
     let parts = start(&settings, snapshot(&machine, &settings.node)).await?;
-    tracing::info!(backends = settings.backends.len(), generation = persisted.generation, consensus = settings.consensus,
-        "pgwarden-monitor checking backends");
+    tracing::info!(
+        backends = settings.backends.len(),
+        generation = persisted.generation,
+        consensus = settings.consensus,
+        "pgwarden-monitor checking backends"
+    );
     if settings.consensus {
         crate::consensus::run(settings, parts, shutdown).await
     } else {
@@ -164,8 +173,13 @@ async fn start(settings: &Settings, first: ClusterState) -> Result<Parts, StartE
     let stop = CancellationToken::new();
     let recheck = Arc::new(Notify::new());
 
-    let path = pgwarden_proto::uds::socket_path(&settings.runtime_dir, pgwarden_proto::uds::Daemon::Monitor);
-    let listener = pgwarden_proto::uds::bind(&path).await.map_err(|e| StartError::Socket(e.to_string()))?;
+    let path = pgwarden_proto::uds::socket_path(
+        &settings.runtime_dir,
+        pgwarden_proto::uds::Daemon::Monitor,
+    );
+    let listener = pgwarden_proto::uds::bind(&path)
+        .await
+        .map_err(|e| StartError::Socket(e.to_string()))?;
     let service = MonitorService {
         commands: commands_tx,
         current: current_rx,
@@ -176,19 +190,44 @@ async fn start(settings: &Settings, first: ClusterState) -> Result<Parts, StartE
     let server_stop = stop.clone();
     let server = tokio::spawn(async move {
         let (_health, health_service) =
-            pgwarden_proto::uds::health_service(pgwarden_proto::v1::monitor_server::SERVICE_NAME).await;
+            pgwarden_proto::uds::health_service(pgwarden_proto::v1::monitor_server::SERVICE_NAME)
+                .await;
         let router = tonic::transport::Server::builder()
             .add_service(health_service)
-            .add_service(pgwarden_proto::v1::monitor_server::MonitorServer::new(service));
-        if let Err(e) = pgwarden_proto::uds::serve(listener, router, server_stop.cancelled_owned()).await {
+            .add_service(pgwarden_proto::v1::monitor_server::MonitorServer::new(
+                service,
+            ));
+        if let Err(e) =
+            pgwarden_proto::uds::serve(listener, router, server_stop.cancelled_owned()).await
+        {
             tracing::error!(error = %e, "monitor API stopped");
         }
     });
     for t in &settings.backends {
-        let target = CheckTarget { id: t.id, host: t.host.clone(), port: t.port };
-        tokio::spawn(checks::run(target, settings.checks.clone(), events_tx.clone(), Arc::clone(&recheck), stop.clone()));
+        let target = CheckTarget {
+            id: t.id,
+            host: t.host.clone(),
+            port: t.port,
+        };
+        tokio::spawn(checks::run(
+            target,
+            settings.checks.clone(),
+            events_tx.clone(),
+            Arc::clone(&recheck),
+            stop.clone(),
+        ));
     }
-    Ok(Parts { events_tx, events, commands, current_tx, generations, ready_tx, stop, recheck, server })
+    Ok(Parts {
+        events_tx,
+        events,
+        commands,
+        current_tx,
+        generations,
+        ready_tx,
+        stop,
+        recheck,
+        server,
+    })
 }
 
 impl Parts {
@@ -221,7 +260,8 @@ async fn run_alone(
                 perform(action, &settings, &p.events_tx);
             }
         }
-        p.current_tx.send_replace(snapshot(&machine, &settings.node));
+        p.current_tx
+            .send_replace(snapshot(&machine, &settings.node));
         // Operators hear back only once the change is persisted and published.
         if let Some((tx, r)) = reply {
             let _ = tx.send(r);
@@ -235,7 +275,11 @@ async fn run_alone(
 }
 
 /// An operator request against the machine that decides.
-pub(crate) fn operator(machine: &mut Machine, c: Command, recheck: &Notify) -> (Vec<Action>, PendingReply) {
+pub(crate) fn operator(
+    machine: &mut Machine,
+    c: Command,
+    recheck: &Notify,
+) -> (Vec<Action>, PendingReply) {
     match c {
         Command::Recheck => {
             recheck.notify_waiters();
@@ -248,7 +292,11 @@ pub(crate) fn operator(machine: &mut Machine, c: Command, recheck: &Notify) -> (
 }
 
 /// Commits a generation without a watchdog: persist, then tell the watchers.
-fn publish_local(machine: &Machine, settings: &Settings, generations: &broadcast::Sender<ClusterState>) {
+fn publish_local(
+    machine: &Machine,
+    settings: &Settings,
+    generations: &broadcast::Sender<ClusterState>,
+) {
     if let Err(e) = state_file::save(&settings.state_dir, &machine.persisted()) {
         // Keep going: the live state is right; a restart would reconcile
         // from the servers themselves.
@@ -264,7 +312,10 @@ pub(crate) type Reply = tokio::sync::oneshot::Sender<Result<String, String>>;
 pub(crate) type PendingReply = Option<(Reply, Result<String, String>)>;
 
 /// The actions of an operator request, and the answer to send once they are done.
-pub(crate) fn answer(r: Result<(String, Vec<Action>), String>, reply: Reply) -> (Vec<Action>, PendingReply) {
+pub(crate) fn answer(
+    r: Result<(String, Vec<Action>), String>,
+    reply: Reply,
+) -> (Vec<Action>, PendingReply) {
     match r {
         Ok((msg, actions)) => {
             tracing::info!("{msg}");

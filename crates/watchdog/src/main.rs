@@ -28,7 +28,10 @@ fn main() -> ExitCode {
     pgwarden_config::daemon::reset_signal_mask();
     let args = Args::parse();
     if args.vip_guard {
-        let (ip, cmd) = (args.vip.unwrap_or_default(), args.vip_down_cmd.unwrap_or_default());
+        let (ip, cmd) = (
+            args.vip.unwrap_or_default(),
+            args.vip_down_cmd.unwrap_or_default(),
+        );
         return pgwarden_watchdog::vip::guard(&ip, &cmd);
     }
     pgwarden_config::daemon::init_logs();

@@ -228,7 +228,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let _ = tokio::time::timeout(Duration::from_secs(15), vip_task).await;
     stop.cancel();
     // Peers keep their HTTP/2 connections open: do not wait for them to go.
-    if tokio::time::timeout(Duration::from_secs(1), peer_server).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(1), peer_server)
+        .await
+        .is_err()
+    {
         tracing::debug!("peer connections still open at exit");
     }
     let _ = api_server.await;

@@ -86,7 +86,11 @@ pub fn guard(ip: &str, if_down_cmd: &str) -> std::process::ExitCode {
     }
     let command = if_down_cmd.replace("$_IP_$", ip);
     eprintln!("pgwarden-watchdog: the watchdog died holding {ip}; running if_down_cmd");
-    match std::process::Command::new("/bin/sh").arg("-c").arg(&command).status() {
+    match std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(&command)
+        .status()
+    {
         Ok(s) if s.success() => std::process::ExitCode::SUCCESS,
         _ => std::process::ExitCode::FAILURE,
     }
