@@ -32,7 +32,7 @@ declare -a rows
 
 # --- pgwarden -------------------------------------------------------------
 port=$((20000 + RANDOM % 20000))
-target/release/pgwarden-demo --standbys 2 --port "$port" --dir "$work/pgwarden" --user drill --password drill \
+target/release/pgwarden-demo --nodes 1 --standbys 2 --port "$port" --dir "$work/pgwarden" --user drill --password drill \
     --env-file "$work/pgwarden.env" --set health_check.retry_delay=1s >"$work/pgwarden.out" 2>&1 &
 demo=$!; pids+=("$demo")
 wait_env "$work/pgwarden.env"

@@ -32,7 +32,7 @@ trap cleanup EXIT
 
 proxy_port=$((20000 + RANDOM % 20000))
 bouncer_port=$((proxy_port + 1))
-target/release/pgwarden-demo --standbys 0 --port "$proxy_port" --dir "$work/demo" \
+target/release/pgwarden-demo --nodes 1 --standbys 0 --port "$proxy_port" --dir "$work/demo" \
     --user bench --password bench --env-file "$work/env" --set proxy.pool_size=20 >"$work/demo.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 120); do [ -f "$work/env" ] && break; sleep 0.5; done
@@ -91,7 +91,7 @@ for t in "${targets[@]}"; do
 done
 
 rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo "?"; }
-proxy_pid=$(pgrep -f "pgwarden-proxy --config $work/demo/pgwarden.toml" | head -1 || true)
+proxy_pid=$(pgrep -f "pgwarden-proxy --config $work/demo/node0/pgwarden.toml" | head -1 || true)
 bouncer_pid=$(pgrep -f "pgbouncer $work/bouncer/pgbouncer.ini" | head -1 || true)
 
 {
