@@ -1,8 +1,10 @@
 //! `pgwarden-demo`: a local pgwarden cluster to try by hand.
 //!
-//! Starts a PostgreSQL primary and streaming standbys on 127.0.0.1, writes
-//! one node config and auth file for them, starts the pgwarden daemons from
-//! the same build, prints how to connect, and stops everything on Ctrl-C.
+//! Starts a PostgreSQL primary and streaming standbys on 127.0.0.1, and
+//! three pgwarden nodes in front of them (each a watchdog, a monitor and a
+//! proxy, as on three database hosts, but all on loopback; no delegate IP),
+//! prints how to connect, and stops everything on Ctrl-C. `--nodes 1` runs a
+//! single node without a watchdog.
 
 use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
@@ -22,9 +24,15 @@ struct Args {
     /// Number of streaming standbys.
     #[arg(long, default_value_t = 2)]
     standbys: usize,
-    /// Port the proxy listens on.
+    /// Port node 0's proxy listens on; node i's listens on port - i.
     #[arg(long, default_value_t = 9999)]
     port: u16,
+    /// pgwarden nodes (watchdog + monitor + proxy each); 1 = no watchdog.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Port node 0's watchdog listens on (for its peers); node i's uses port + i.
+    #[arg(long, default_value_t = 9000)]
+    watchdog_port: u16,
     /// Directory for the servers' data, the config and the logs (wiped at start).
     #[arg(long, default_value = "/tmp/pgwarden-demo")]
     dir: PathBuf,
@@ -92,8 +100,15 @@ fn run(args: Args) -> anyhow::Result<()> {
     std::fs::write(&auth_file, format!("\"{}\" \"{}\"\n", args.user, verifier))?;
     std::fs::set_permissions(&auth_file, std::fs::Permissions::from_mode(0o600))?;
 
-    let config = args.dir.join("pgwarden.toml");
-    std::fs::write(&config, node_config(&args, &cluster, &auth_file)?)?;
+    let key_file = args.dir.join("watchdog.key");
+    let mut key = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut key))?;
+    std::fs::write(
+        &key_file,
+        key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+    )?;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600))?;
 
     // --set section.key=value becomes the daemons' env override PGWARDEN_SECTION__KEY.
     let mut overrides = Vec::new();
@@ -114,28 +129,47 @@ fn run(args: Args) -> anyhow::Result<()> {
         ));
     }
 
-    // The monitor first, so the proxy finds the cluster state at once.
+    // Per node: the watchdog first (the monitor decides through it), then
+    // the monitor (the proxy routes by it), then the proxy.
     let mut daemons = Vec::new();
-    for name in ["pgwarden-monitor", "pgwarden-proxy"] {
-        let bin = workspace_bin(name);
-        let log = args
-            .dir
-            .join(format!("{}.log", name.trim_start_matches("pgwarden-")));
-        let child = ChildGuard::spawn(
-            Command::new(&bin)
-                .arg("--config")
-                .arg(&config)
-                .envs(overrides.iter().map(|(k, v)| (k, v)))
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log)?),
-        )
-        .with_context(|| format!("start {}", bin.display()))?;
-        daemons.push((name, child, log));
+    let nodes = args.nodes.max(1);
+    for i in 0..nodes {
+        let ndir = node_dir(&args, i);
+        std::fs::create_dir_all(&ndir)?;
+        let config = ndir.join("pgwarden.toml");
+        std::fs::write(
+            &config,
+            node_config(&args, i, &cluster, &auth_file, &key_file)?,
+        )?;
+        let names: &[&str] = if nodes > 1 {
+            &["pgwarden-watchdog", "pgwarden-monitor", "pgwarden-proxy"]
+        } else {
+            &["pgwarden-monitor", "pgwarden-proxy"]
+        };
+        for name in names {
+            let bin = workspace_bin(name);
+            let log = ndir.join(format!("{}.log", name.trim_start_matches("pgwarden-")));
+            let child = ChildGuard::spawn(
+                Command::new(&bin)
+                    .arg("--config")
+                    .arg(&config)
+                    .envs(overrides.iter().map(|(k, v)| (k, v)))
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log)?),
+            )
+            .with_context(|| format!("start {}", bin.display()))?;
+            daemons.push((format!("node{i} {name}"), child, log));
+        }
     }
+    let ports: Vec<u16> = (0..nodes).map(|i| args.port - i as u16).collect();
     let up = wait_until(
         Duration::from_secs(30),
-        "pgwarden-proxy to accept connections",
-        || std::net::TcpStream::connect(("127.0.0.1", args.port)).is_ok(),
+        "every pgwarden-proxy to accept connections",
+        || {
+            ports
+                .iter()
+                .all(|p| std::net::TcpStream::connect(("127.0.0.1", *p)).is_ok())
+        },
     );
     if up.is_err() {
         let mut logs = String::new();
@@ -147,6 +181,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         }
         anyhow::bail!("the pgwarden daemons did not start:\n{logs}");
     }
+    let config = node_dir(&args, 0).join("pgwarden.toml");
 
     if let Some(path) = &args.env_file {
         let tmp = path.with_extension("tmp");
@@ -160,6 +195,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     for (_, child, _) in daemons.iter_mut().rev() {
         let _ = child.signal(Signal::SIGTERM);
     }
+    let _ = &daemons;
     for (_, child, _) in &mut daemons {
         if child.wait_timeout(Duration::from_secs(10)).is_none() {
             let _ = child.kill9();
@@ -177,9 +213,20 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// The one node config all daemons read.
-fn node_config(args: &Args, cluster: &Cluster, auth_file: &Path) -> anyhow::Result<String> {
-    let dir = args.dir.display();
+fn node_dir(args: &Args, i: usize) -> PathBuf {
+    args.dir.join(format!("node{i}"))
+}
+
+/// Node `i`'s config, read by its three daemons.
+fn node_config(
+    args: &Args,
+    i: usize,
+    cluster: &Cluster,
+    auth_file: &Path,
+    key_file: &Path,
+) -> anyhow::Result<String> {
+    let dir = node_dir(args, i);
+    let dir = dir.display();
     let mut t = String::new();
     writeln!(
         t,
@@ -187,18 +234,45 @@ fn node_config(args: &Args, cluster: &Cluster, auth_file: &Path) -> anyhow::Resu
     )?;
     writeln!(
         t,
-        "[node]\nname = \"demo\"\nruntime_dir = \"{dir}/run\"\nstate_dir = \"{dir}/state\"\n"
+        "[node]\nname = \"node{i}\"\nruntime_dir = \"{dir}/run\"\nstate_dir = \"{dir}/state\"\n"
     )?;
     writeln!(
         t,
-        "[proxy]\nlisten = \"127.0.0.1:{}\"\nauth_file = \"{}\"\n",
-        args.port,
-        auth_file.display()
+        "[proxy]\nlisten = \"127.0.0.1:{}\"\nauth_file = \"{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n",
+        args.port - i as u16,
+        auth_file.display(),
+        9930 + 10 * i
+    )?;
+    writeln!(
+        t,
+        "[monitor]\nmetrics_listen = \"127.0.0.1:{}\"\n",
+        9931 + 10 * i
     )?;
     writeln!(
         t,
         "[health_check]\nuser = \"pgwarden\"\npassword = \"pgwarden\"\n"
     )?;
+    writeln!(
+        t,
+        "# Builtin failover logs in as the superuser (trusted on loopback in this demo)."
+    )?;
+    writeln!(t, "[failover]\nuser = \"postgres\"\n")?;
+    if args.nodes > 1 {
+        let port = |j: usize| args.watchdog_port + j as u16;
+        let peers: Vec<String> = (0..args.nodes)
+            .filter(|j| *j != i)
+            .map(|j| format!("\"127.0.0.1:{}\"", port(j)))
+            .collect();
+        writeln!(
+            t,
+            "# Three watchdogs on loopback; no delegate IP (set watchdog.delegate_ip on real hosts).\n\
+             [watchdog]\nenabled = true\nlisten = \"127.0.0.1:{}\"\npeers = [{}]\nauth_key_file = \"{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n",
+            port(i),
+            peers.join(", "),
+            key_file.display(),
+            9932 + 10 * i
+        )?;
+    }
     for n in cluster.nodes() {
         writeln!(
             t,
@@ -231,22 +305,30 @@ fn env_lines(args: &Args, cluster: &Cluster, config: &Path) -> String {
 }
 
 fn print_welcome(args: &Args, cluster: &Cluster, config: &Path) {
+    let nodes = args.nodes.max(1);
     println!();
     println!("pgwarden demo is running.");
     for (i, n) in cluster.nodes().iter().enumerate() {
         let role = if i == 0 { "primary" } else { "standby" };
         println!("  {:<8} {} on {}:{}", role, n.name(), n.host(), n.port());
     }
-    println!(
-        "  proxy    pgwarden-proxy on 127.0.0.1:{}, following pgwarden-monitor",
-        args.port
-    );
+    for i in 0..nodes {
+        let wd = if nodes > 1 {
+            format!("watchdog on 127.0.0.1:{}, ", args.watchdog_port + i as u16)
+        } else {
+            String::new()
+        };
+        println!(
+            "  node{i}    {wd}monitor, proxy on 127.0.0.1:{}",
+            args.port - i as u16
+        );
+    }
     println!();
     let conninfo = format!(
         "host=127.0.0.1 port={} user={} password={} dbname={}",
         args.port, args.user, args.password, args.user
     );
-    println!("Connect through the proxy:");
+    println!("Connect through node0's proxy (any node's proxy reaches the same primary):");
     println!("  psql \"{conninfo}\"");
     println!();
     println!("Watch a failover. In one terminal, ask which server answers, twice a second:");
@@ -259,18 +341,21 @@ fn print_welcome(args: &Args, cluster: &Cluster, config: &Path) {
         } else {
             ""
         };
-        println!("In another, kill the primary, and read what the monitor did:");
+        println!("In another, kill the primary, then look at the cluster:");
         println!(
             "  {as_user}{}/pg_ctl stop -m immediate -D {}",
             bin.display(),
             primary.data_dir().display()
         );
-        println!("  tail -f {}/monitor.log", args.dir.display());
+        println!(
+            "  target/release/pgwardenctl --config {} status",
+            config.display()
+        );
+        println!("  tail -f {}/node*/monitor.log", args.dir.display());
     }
     println!();
     println!(
-        "Config: {}   Logs: {}/*.log   Server logs: {}/postgres/pg*/log",
-        config.display(),
+        "Configs and logs: {}/node*/   Server logs: {}/postgres/pg*/log",
         args.dir.display(),
         args.dir.display()
     );
