@@ -298,6 +298,34 @@ async fn a_lone_node_without_quorum_does_not_fail_over() {
         .map(|i| fleet.log(i, Daemon::Monitor).matches("promoting").count())
         .sum();
     assert_eq!(promotions, 0, "{}", fleet.logs());
+    // Its proxy fenced itself: it cannot know where the primary is now.
+    let out = fleet
+        .lab
+        .host(lone)
+        .command("psql")
+        .args([
+            "-X",
+            "-At",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "9999",
+            "-U",
+            "alice",
+            "-d",
+            "app",
+            "-c",
+            "SELECT 1",
+        ])
+        .env("PGPASSWORD", pgwarden_e2e::ALICE.1)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no quorum"),
+        "the lone node's proxy: {err}"
+    );
     // The majority still serves clients from the same primary.
     assert_eq!(
         fleet.client_query("SELECT inet_server_addr()").unwrap(),

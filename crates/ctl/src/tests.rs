@@ -52,6 +52,7 @@ fn initial() -> ClusterState {
         backends: (0..3).map(backend).collect(),
         failover_in_progress: false,
         monitor: "node1".into(),
+        no_quorum: false,
     }
 }
 

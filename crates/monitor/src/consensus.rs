@@ -14,6 +14,13 @@
 //!
 //! A node whose checks fail but whose peers disagree does nothing but say
 //! so: the backend shows as quarantined in its `status`.
+//!
+//! Fencing the minority: a node whose watchdog loses the quorum cannot know
+//! whether the majority has moved the primary, so its monitor says so
+//! (`no_quorum`) and its proxy stops routing at once. The watchdog notices
+//! within two election timeouts (2 s); the leader's monitor therefore acts on
+//! a quorum's "down" only after [`FENCE_DELAY`], so by the time a new primary
+//! is promoted, any proxy cut off with the old one has stopped sending it writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -31,6 +38,11 @@ use tonic::transport::Channel;
 
 use crate::machine::{Action, Decider, Event, Machine, Observation, Persisted, Status};
 use crate::runtime::{Parts, Settings, StartError, operator, perform, snapshot, specs};
+
+/// How long a backend must have been down by quorum before the leader's
+/// monitor acts on it: longer than a cut-off node takes to notice it has no
+/// quorum (two election timeouts) and fence its proxy.
+pub const FENCE_DELAY: Duration = Duration::from_millis(2500);
 
 /// What this node last saw of each backend.
 #[derive(Debug, Clone, Default)]
@@ -60,15 +72,32 @@ pub(crate) async fn run(
     ));
 
     let mut local = vec![Local::default(); n];
+    // When each backend entered the quorum's down set.
+    let mut down_since: BTreeMap<usize, tokio::time::Instant> = BTreeMap::new();
+    let mut fed_down: Vec<usize> = Vec::new();
     let mut machine: Option<Machine> = None;
     let mut published = 0u64;
+    let mut published_no_quorum = false;
     // The newest generation known committed: the record from the stream, or
     // what this monitor just had committed before the stream shows it.
     let mut committed = 0u64;
     tokio::pin!(shutdown);
     loop {
+        // Wake up when a quorum's verdict has aged enough to act on.
+        let next_ripe = down_since
+            .values()
+            .map(|t| *t + FENCE_DELAY)
+            .filter(|t| *t > tokio::time::Instant::now())
+            .min();
+        let ripe = async {
+            match next_ripe {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
         let (mut actions, reply) = tokio::select! {
             _ = &mut shutdown => break,
+            _ = ripe => (Vec::new(), None),
             Some(e) = p.events.recv() => {
                 if let Event::Checked { id, at_ms, result } = &e
                     && let Some(l) = local.get_mut(*id)
@@ -85,7 +114,18 @@ pub(crate) async fn run(
                     break;
                 }
                 let status = status_rx.borrow_and_update().clone();
-                (on_status(&settings, status.as_ref(), &mut machine, &local), None)
+                let now_down = status.as_ref().and_then(|s| s.record.as_ref()).map(|r| quorum_down_ids(&settings, r)).unwrap_or_default();
+                down_since.retain(|id, _| now_down.contains(id));
+                for id in now_down {
+                    down_since.entry(id).or_insert_with(tokio::time::Instant::now);
+                }
+                let became_leader = machine.is_none();
+                let mut a = on_status(&settings, status.as_ref(), &mut machine);
+                if became_leader && let Some(m) = machine.as_mut() {
+                    a.extend(bootstrap(m, &settings, &local, &ripe_down(&down_since)));
+                    fed_down = ripe_down(&down_since);
+                }
+                (a, None)
             }
             Some(c) = p.commands.recv() => match machine.as_mut() {
                 Some(m) => operator(m, c, &p.recheck),
@@ -95,6 +135,14 @@ pub(crate) async fn run(
                 }
             },
         };
+        // Quorum verdicts old enough to act on.
+        let ripe_now = ripe_down(&down_since);
+        if ripe_now != fed_down {
+            fed_down = ripe_now.clone();
+            if let Some(m) = machine.as_mut() {
+                actions.extend(m.step(Event::QuorumDown(ripe_now)));
+            }
+        }
         // Actions in order; a generation must commit before what follows it runs.
         while !actions.is_empty() {
             let action = actions.remove(0);
@@ -126,8 +174,20 @@ pub(crate) async fn run(
         if let Some(record) = status.as_ref().and_then(|s| s.record.as_ref())
             && record.generation > 0
         {
-            let state =
+            let mut state =
                 committed_state(&settings, record, &local, status.as_ref(), machine.as_ref());
+            state.no_quorum = !status.as_ref().is_some_and(|s| s.quorum);
+            if state.no_quorum != published_no_quorum {
+                published_no_quorum = state.no_quorum;
+                if state.no_quorum {
+                    tracing::warn!(
+                        "this node's watchdog has no quorum: its proxy stops routing until it has"
+                    );
+                } else {
+                    tracing::info!("quorum regained");
+                }
+                let _ = p.generations.send(state.clone());
+            }
             if record.generation > published {
                 published = record.generation;
                 tracing::info!(generation = published, primary = ?record.primary, "following committed cluster state");
@@ -138,6 +198,15 @@ pub(crate) async fn run(
                 p.ready_tx.send_replace(true);
             }
         }
+        if status.is_none() && !published_no_quorum && *p.ready_tx.borrow() {
+            // The watchdog itself is gone: no quorum as far as this node knows.
+            published_no_quorum = true;
+            tracing::warn!("lost the local watchdog: its proxy stops routing until it is back");
+            let mut state = p.current_tx.borrow().clone();
+            state.no_quorum = true;
+            p.current_tx.send_replace(state.clone());
+            let _ = p.generations.send(state);
+        }
         if let Some((tx, r)) = reply {
             let _ = tx.send(r);
         }
@@ -146,12 +215,11 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// A change of leadership or of the committed record.
+/// A change of leadership: start or stop deciding.
 fn on_status(
     settings: &Settings,
     status: Option<&WatchdogStatus>,
     machine: &mut Option<Machine>,
-    local: &[Local],
 ) -> Vec<Action> {
     let Some(s) = status else {
         *machine = None;
@@ -166,56 +234,63 @@ fn on_status(
         }
         return Vec::new();
     }
-    let Some(record) = s.record.as_ref() else {
-        return Vec::new();
-    };
-    let down = quorum_down_ids(settings, record);
-    let mut actions = Vec::new();
-    let m = match machine {
-        Some(m) => m,
-        None => {
-            tracing::info!(
-                generation = record.generation,
-                "this node's watchdog leads: this monitor decides failovers"
-            );
-            let persisted = Persisted {
-                generation: record.generation,
-                primary: record.primary.clone(),
-                detached: record
-                    .detached
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            };
-            let mut m = Machine::new(specs(settings), settings.limits, &persisted)
-                .with_decider(Decider::Quorum);
-            actions.extend(m.step(Event::QuorumDown(down.clone())));
-            // Replay what this node already saw, so the first decision need
-            // not wait for a whole round of checks.
-            for (id, l) in local.iter().enumerate() {
-                match &l.last {
-                    Some(Ok(o)) => actions.extend(m.step(Event::Checked {
+    if machine.is_none()
+        && let Some(record) = s.record.as_ref()
+    {
+        tracing::info!(
+            generation = record.generation,
+            "this node's watchdog leads: this monitor decides failovers"
+        );
+        let persisted = Persisted {
+            generation: record.generation,
+            primary: record.primary.clone(),
+            detached: record
+                .detached
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        };
+        *machine = Some(
+            Machine::new(specs(settings), settings.limits, &persisted)
+                .with_decider(Decider::Quorum),
+        );
+    }
+    Vec::new()
+}
+
+/// A new deciding machine learns the quorum's verdicts and replays what this
+/// node already saw, so its first decision need not wait for a round of checks.
+fn bootstrap(m: &mut Machine, settings: &Settings, local: &[Local], down: &[usize]) -> Vec<Action> {
+    let mut actions = m.step(Event::QuorumDown(down.to_vec()));
+    for (id, l) in local.iter().enumerate() {
+        match &l.last {
+            Some(Ok(o)) => actions.extend(m.step(Event::Checked {
+                id,
+                at_ms: l.at_ms,
+                result: Ok(o.clone()),
+            })),
+            Some(Err(e)) => {
+                for _ in 0..l.failures.min(settings.limits.max_retries + 1) {
+                    actions.extend(m.step(Event::Checked {
                         id,
                         at_ms: l.at_ms,
-                        result: Ok(o.clone()),
-                    })),
-                    Some(Err(e)) => {
-                        for _ in 0..l.failures.min(settings.limits.max_retries + 1) {
-                            actions.extend(m.step(Event::Checked {
-                                id,
-                                at_ms: l.at_ms,
-                                result: Err(e.clone()),
-                            }));
-                        }
-                    }
-                    None => {}
+                        result: Err(e.clone()),
+                    }));
                 }
             }
-            machine.insert(m)
+            None => {}
         }
-    };
-    actions.extend(m.step(Event::QuorumDown(down)));
+    }
     actions
+}
+
+/// Backends down by quorum for at least [`FENCE_DELAY`].
+fn ripe_down(down_since: &BTreeMap<usize, tokio::time::Instant>) -> Vec<usize> {
+    down_since
+        .iter()
+        .filter(|(_, t)| t.elapsed() >= FENCE_DELAY)
+        .map(|(id, _)| *id)
+        .collect()
 }
 
 fn not_leader(

@@ -465,6 +465,7 @@ pub fn snapshot(m: &Machine, node: &str) -> ClusterState {
         primary_id: m.primary().map(|p| p as u32),
         failover_in_progress: m.failover_in_progress(),
         monitor: node.to_owned(),
+        no_quorum: false,
         backends: m
             .backends()
             .iter()

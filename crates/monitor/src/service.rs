@@ -93,6 +93,7 @@ impl Monitor for MonitorService {
         let (tx, rx) = mpsc::channel::<Result<ClusterState, Status>>(16);
         tokio::spawn(async move {
             let mut last = first.generation;
+            let mut last_no_quorum = first.no_quorum;
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
@@ -108,10 +109,13 @@ impl Monitor for MonitorService {
                     Err(broadcast::error::RecvError::Lagged(_)) => current.borrow().clone(),
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                if state.generation <= last {
+                // A new generation, or this node losing or regaining its
+                // quorum (which proxies must hear about at once).
+                if state.generation <= last && state.no_quorum == last_no_quorum {
                     continue;
                 }
-                last = state.generation;
+                last = state.generation.max(last);
+                last_no_quorum = state.no_quorum;
                 if tx.send(Ok(state)).await.is_err() {
                     return;
                 }

@@ -76,8 +76,7 @@ async fn watch(
                     match msg {
                         Ok(Some(state)) => {
                             backoff = uds::reconnect_backoff();
-                            apply(shared, &state, &mut seen, fenced);
-                            fenced = false;
+                            apply(shared, &state, &mut seen, &mut fenced);
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -118,7 +117,23 @@ async fn watch(
 /// one committed state: the same generation again (a reconnect, a restarted
 /// monitor) changes nothing, unless the proxy fenced itself meanwhile and
 /// must route again.
-fn apply(shared: &Shared, state: &ClusterState, seen: &mut u64, fenced: bool) {
+fn apply(shared: &Shared, state: &ClusterState, seen: &mut u64, fenced: &mut bool) {
+    if state.no_quorum {
+        // This node is cut off from the other nodes: the primary may have
+        // moved elsewhere. Stop routing, at once, until the quorum is back.
+        *seen = (*seen).max(state.generation);
+        let why = "this node's watchdog has no quorum: the primary may have changed elsewhere";
+        if let Some(old) = shared.router.set(*seen, None, why) {
+            shared.pools.close_idle(old);
+        }
+        *fenced = true;
+        return;
+    }
+    let was_fenced = std::mem::take(fenced);
+    apply_generation(shared, state, seen, was_fenced);
+}
+
+fn apply_generation(shared: &Shared, state: &ClusterState, seen: &mut u64, fenced: bool) {
     if state.generation < *seen {
         tracing::error!(
             got = state.generation,

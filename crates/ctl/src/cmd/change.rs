@@ -190,6 +190,7 @@ mod tests {
             backends: vec![backend(0), backend(1)],
             failover_in_progress: in_progress,
             monitor: String::new(),
+            no_quorum: false,
         }
     }
 

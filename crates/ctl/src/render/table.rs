@@ -166,6 +166,7 @@ pub(crate) mod tests {
             backends: vec![pg0, pg1, pg2, pg3],
             failover_in_progress: false,
             monitor: "node1".into(),
+            no_quorum: false,
         }
     }
 
