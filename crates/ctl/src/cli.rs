@@ -1,20 +1,22 @@
-//! The command line, as typed: `pgwardenctl [--config PATH | --socket PATH] [--json] [COMMAND]`.
+//! The command line, as typed: `pgwardenctl [--config PATH] [--socket PATH]
+//! [--watchdog-socket PATH] [--json] [COMMAND]`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-/// pgwarden's admin CLI: the cluster state as the monitor sees it, and the
-/// operator's controls over backends (pgpool-II's pcp_* commands).
+/// pgwarden's admin CLI: the cluster state as the monitor sees it, the
+/// watchdog cluster as the watchdog sees it, and the operator's controls over
+/// backends (pgpool-II's pcp_* commands).
 ///
 /// Exit status: 0 done; 1 the monitor refused or failed the request; 2 a
-/// usage, config or connection error (unknown backend, monitor not running).
+/// usage, config or connection error (unknown backend, daemon not running).
 #[derive(Debug, Parser)]
 #[command(name = "pgwardenctl", version)]
 pub struct Cli {
     /// The node config file; only `node.runtime_dir` (where monitor.sock
-    /// lives) is used, but the whole file is validated.
+    /// and watchdog.sock live) is used, but the whole file is validated.
     #[arg(long, global = true, value_name = "PATH", default_value = pgwarden_config::DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 
@@ -23,8 +25,15 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
 
+    /// The watchdog's socket, for `watchdog`, instead of
+    /// `<node.runtime_dir>/watchdog.sock` from the config (which is then not
+    /// read at all).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub watchdog_socket: Option<PathBuf>,
+
     /// Print JSON instead of text: the state for `status`, one state per line
-    /// for `watch`, `{"message", "state"}` for the backend commands.
+    /// for `watch`, `{"message", "state"}` for the backend commands, the
+    /// watchdog status for `watchdog` (one per line with `--watch`).
     #[arg(long, global = true)]
     pub json: bool,
 
@@ -52,6 +61,11 @@ pub enum Command {
     Promote(PromoteArgs),
     /// Have the monitor check every backend now.
     Recheck,
+    /// Show the watchdog cluster as this node's watchdog sees it: members,
+    /// leader, term, quorum, delegate IP holder and the committed record
+    /// (pcp_watchdog_info). Asks pgwarden-watchdog, not the monitor.
+    #[command(visible_alias = "wd")]
+    Watchdog(WatchdogArgs),
 }
 
 /// The backend a command acts on.
@@ -82,6 +96,15 @@ pub struct PromoteArgs {
     /// How long `--wait` waits (e.g. "90s", "2m").
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+/// `watchdog`'s arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct WatchdogArgs {
+    /// Print one line per change of leader, term, quorum, delegate IP
+    /// holder or committed record, until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
 }
 
 impl Cli {
@@ -140,11 +163,37 @@ mod tests {
     }
 
     #[test]
+    fn watchdog_and_its_alias() {
+        let cli = parse(&["watchdog"]);
+        assert_eq!(
+            cli.command_or_status(),
+            Command::Watchdog(WatchdogArgs { watch: false })
+        );
+        assert_eq!(cli.watchdog_socket, None);
+        let cli = parse(&[
+            "wd",
+            "--watch",
+            "--watchdog-socket",
+            "/run/w.sock",
+            "--json",
+        ]);
+        assert_eq!(
+            cli.command_or_status(),
+            Command::Watchdog(WatchdogArgs { watch: true })
+        );
+        assert_eq!(cli.watchdog_socket, Some(PathBuf::from("/run/w.sock")));
+        assert_eq!(cli.socket, None);
+        assert!(cli.json);
+    }
+
+    #[test]
     fn usage_errors() {
         for args in [
             &["attach"][..],
             &["bogus"],
             &["promote", "pg1", "--timeout", "soon"],
+            &["status", "--watch"],
+            &["watchdog", "pg1"],
         ] {
             let argv = std::iter::once("pgwardenctl").chain(args.iter().copied());
             let err = Cli::try_parse_from(argv).unwrap_err();

@@ -5,6 +5,8 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use pgwarden_proto::uds::Daemon;
+
 /// Exit status of a request the monitor refused or failed.
 pub const EXIT_FAILED: u8 = 1;
 /// Exit status of a usage, config or connection error.
@@ -19,28 +21,34 @@ pub enum CtlError {
     #[error(transparent)]
     Config(#[from] pgwarden_config::ConfigError),
 
-    /// No connection to the monitor's socket could be made: it is not
+    /// No connection to a daemon's socket could be made: it is not
     /// running, or not accepting, or the socket is not ours to open.
-    #[error("cannot reach pgwarden-monitor at {}: {reason} (is it running?)", path.display())]
+    #[error("cannot reach pgwarden-{daemon} at {}: {reason} ({})", path.display(), unreachable_hint(*daemon))]
     Unreachable {
+        /// The daemon that was asked for.
+        daemon: Daemon,
         /// The socket.
         path: PathBuf,
         /// The underlying error (e.g. `Connection refused (os error 111)`).
         reason: String,
     },
 
-    /// The monitor went away during a call or a watch.
-    #[error("lost pgwarden-monitor at {}: {reason}", path.display())]
+    /// The daemon went away during a call or a watch.
+    #[error("lost pgwarden-{daemon} at {}: {reason}", path.display())]
     Lost {
+        /// The daemon.
+        daemon: Daemon,
         /// The socket.
         path: PathBuf,
         /// What the transport said.
         reason: String,
     },
 
-    /// The monitor accepted the connection but did not answer in time.
-    #[error("pgwarden-monitor at {} did not answer {rpc} within {}", path.display(), humantime::format_duration(*after))]
+    /// The daemon accepted the connection but did not answer in time.
+    #[error("pgwarden-{daemon} at {} did not answer {rpc} within {}", path.display(), humantime::format_duration(*after))]
     Timeout {
+        /// The daemon.
+        daemon: Daemon,
         /// The socket.
         path: PathBuf,
         /// The call, e.g. `GetCluster`.
@@ -110,6 +118,15 @@ impl CtlError {
     }
 }
 
+/// What to check when a daemon cannot be reached: the watchdog only runs
+/// where `watchdog.enabled` is set.
+fn unreachable_hint(daemon: Daemon) -> &'static str {
+    match daemon {
+        Daemon::Watchdog => "is it running? watchdog.enabled?",
+        Daemon::Monitor | Daemon::Proxy => "is it running?",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,12 +134,24 @@ mod tests {
     #[test]
     fn messages_and_exit_codes() {
         let e = CtlError::Unreachable {
+            daemon: Daemon::Monitor,
             path: "/run/pgwarden/monitor.sock".into(),
             reason: "No such file or directory (os error 2)".into(),
         };
         assert_eq!(
             e.to_string(),
             "cannot reach pgwarden-monitor at /run/pgwarden/monitor.sock: No such file or directory (os error 2) (is it running?)"
+        );
+        assert_eq!(e.exit_code(), 2);
+
+        let e = CtlError::Unreachable {
+            daemon: Daemon::Watchdog,
+            path: "/run/pgwarden/watchdog.sock".into(),
+            reason: "Connection refused (os error 111)".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cannot reach pgwarden-watchdog at /run/pgwarden/watchdog.sock: Connection refused (os error 111) (is it running? watchdog.enabled?)"
         );
         assert_eq!(e.exit_code(), 2);
 
@@ -141,6 +170,7 @@ mod tests {
         assert_eq!(e.exit_code(), 2);
 
         let e = CtlError::Timeout {
+            daemon: Daemon::Monitor,
             path: "/m.sock".into(),
             rpc: "GetCluster",
             after: Duration::from_secs(30),

@@ -1,6 +1,6 @@
-//! [`run`] end to end against a stub monitor on a real unix socket: the
-//! same code path as the binary, with buffers for stdout and a channel for
-//! Ctrl-C.
+//! [`run`] end to end against a stub monitor (and a stub watchdog) on a
+//! real unix socket: the same code path as the binary, with buffers for
+//! stdout and a channel for Ctrl-C.
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -9,9 +9,12 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use pgwarden_proto::uds;
 use pgwarden_proto::v1::monitor_server::{Monitor, MonitorServer};
+use pgwarden_proto::v1::watchdog_server::{Watchdog, WatchdogServer};
 use pgwarden_proto::v1::{
-    BackendRequest, BackendState, ChangeReply, ClusterState, GetClusterRequest,
-    PromoteBackendRequest, RecheckReply, RecheckRequest, Role, Status, WatchClusterRequest,
+    BackendRequest, BackendState, ChangeReply, ClusterState, GetClusterRequest, GetStatusRequest,
+    LeadershipEvent, PromoteBackendRequest, ProposeClusterChangeReply, ProposeClusterChangeRequest,
+    RecheckReply, RecheckRequest, ReportHealthReply, ReportHealthRequest, Role, Status,
+    WatchClusterRequest, WatchLeadershipRequest, WatchdogStatus,
 };
 use tokio::sync::{oneshot, watch};
 use tokio_stream::Stream;
@@ -403,6 +406,266 @@ async fn broken_config_is_reported() {
     assert!(
         e.to_string()
             .starts_with("cannot read config file /nonexistent/pgwarden.toml"),
+        "{e}"
+    );
+    assert_eq!(e.exit_code(), 2);
+}
+
+// === watchdog ===
+
+/// A watchdog answering with `status`: GetStatus the current one,
+/// WatchLeadership every change of it, ending when its sender is dropped.
+struct WatchdogStub {
+    status: watch::Receiver<WatchdogStatus>,
+    calls: Calls,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<LeadershipEvent, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watchdog for WatchdogStub {
+    type WatchLeadershipStream = EventStream;
+
+    async fn get_status(
+        &self,
+        _: Request<GetStatusRequest>,
+    ) -> Result<Response<WatchdogStatus>, tonic::Status> {
+        self.calls.lock().unwrap().push("GetStatus".into());
+        Ok(Response::new(self.status.borrow().clone()))
+    }
+
+    async fn watch_leadership(
+        &self,
+        _: Request<WatchLeadershipRequest>,
+    ) -> Result<Response<EventStream>, tonic::Status> {
+        self.calls.lock().unwrap().push("WatchLeadership".into());
+        let statuses = tokio_stream::wrappers::WatchStream::new(self.status.clone());
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            statuses,
+            |s| Ok(LeadershipEvent { status: Some(s) }),
+        ))))
+    }
+
+    async fn report_health(
+        &self,
+        _: Request<ReportHealthRequest>,
+    ) -> Result<Response<ReportHealthReply>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not for pgwardenctl"))
+    }
+
+    async fn propose_cluster_change(
+        &self,
+        _: Request<ProposeClusterChangeRequest>,
+    ) -> Result<Response<ProposeClusterChangeReply>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not for pgwardenctl"))
+    }
+}
+
+/// A stub monitor and a stub watchdog on their sockets in one runtime dir.
+struct ServedWatchdog {
+    served: Served,
+    status: watch::Sender<WatchdogStatus>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl ServedWatchdog {
+    async fn start() -> ServedWatchdog {
+        let served = Served::start().await;
+        let socket = uds::socket_path(served.dir.path(), uds::Daemon::Watchdog);
+        let listener = uds::bind(&socket).await.unwrap();
+        let mut view = render::watchdog_tests::follower_view();
+        for m in &mut view.members {
+            m.last_seen_unix_ms = render::now_unix_ms();
+        }
+        let status = watch::Sender::new(view);
+        let stub = WatchdogStub {
+            status: status.subscribe(),
+            calls: served.calls.clone(),
+        };
+        let router = tonic::transport::Server::builder().add_service(WatchdogServer::new(stub));
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(uds::serve(listener, router, async move {
+            let _ = stopped.await;
+        }));
+        ServedWatchdog {
+            served,
+            status,
+            _stop: stop,
+        }
+    }
+}
+
+#[tokio::test]
+async fn watchdog_via_the_config() {
+    let w = ServedWatchdog::start().await;
+    for command in ["watchdog", "wd"] {
+        let (out, result) = w.served.ctl(&[command]).await;
+        result.unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "node 2 (10.213.0.12:9000): term 3, leader 1 (10.213.0.11:9000), quorum yes"
+        );
+        assert_eq!(
+            lines[1],
+            "delegate IP 10.213.0.100: held by node 1 (10.213.0.11:9000); held here: no"
+        );
+        assert!(
+            lines[3].starts_with("1   10.213.0.11:9000  reachable    0."),
+            "{out}"
+        );
+        assert!(lines[3].ends_with(" ago   leader"), "{out}");
+        assert_eq!(lines[4], "2   10.213.0.12:9000  this node    -");
+        assert_eq!(lines.len(), 10, "{out}");
+        // The monitor is not asked.
+        assert_eq!(w.served.calls(), ["GetStatus"]);
+    }
+}
+
+#[tokio::test]
+async fn watchdog_json() {
+    let w = ServedWatchdog::start().await;
+    let (out, result) = w.served.ctl(&["--json", "watchdog"]).await;
+    result.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["leader_id"], 1);
+    assert_eq!(v["term"], 3);
+    assert_eq!(v["holds_delegate_ip"], false);
+    assert_eq!(v["members"][2]["state"], "unreachable");
+    assert_eq!(v["record"]["primary"], "pg1");
+}
+
+#[tokio::test]
+async fn watchdog_socket_flag_skips_the_config_and_socket_is_the_monitors() {
+    let w = ServedWatchdog::start().await;
+    let dir = w.served.dir.path();
+    let watchdog = uds::socket_path(dir, uds::Daemon::Watchdog);
+    let monitor = uds::socket_path(dir, uds::Daemon::Monitor);
+    let argv = |args: &[&str]| {
+        let argv = ["pgwardenctl", "--config", "/nonexistent/pgwarden.toml"]
+            .into_iter()
+            .chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap()
+    };
+    let cli = argv(&["wd", "--watchdog-socket", watchdog.to_str().unwrap()]);
+    let mut out = Vec::new();
+    run(&cli, &mut out, std::future::pending()).await.unwrap();
+    assert!(String::from_utf8(out).unwrap().starts_with("node 2 "));
+
+    // `--socket` names the monitor's socket: `watchdog` still needs its own.
+    let cli = argv(&["wd", "--socket", monitor.to_str().unwrap()]);
+    let e = run(&cli, &mut Vec::new(), std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, CtlError::Config(_)), "{e:?}");
+    assert_eq!(w.served.calls(), ["GetStatus"]);
+}
+
+#[tokio::test]
+async fn no_watchdog_is_a_connection_error() {
+    // A node with the monitor but no watchdog (watchdog.enabled = false).
+    let served = Served::start().await;
+    let (out, result) = served.ctl(&["watchdog"]).await;
+    let e = result.unwrap_err();
+    let path = uds::socket_path(served.dir.path(), uds::Daemon::Watchdog);
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "cannot reach pgwarden-watchdog at {}: No such file or directory (os error 2) (is it running? watchdog.enabled?)",
+            path.display()
+        )
+    );
+    assert_eq!(e.exit_code(), 2);
+    assert_eq!(out, "");
+    assert!(served.calls().is_empty());
+}
+
+#[tokio::test]
+async fn watchdog_watch_prints_each_change_until_interrupted() {
+    let w = ServedWatchdog::start().await;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let config = w.served.config();
+    let watching = tokio::spawn(async move {
+        let cli = Cli::try_parse_from([
+            "pgwardenctl",
+            "--config",
+            config.to_str().unwrap(),
+            "watchdog",
+            "--watch",
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        let result = run(&cli, &mut out, async move {
+            let _ = stopped.await;
+        })
+        .await;
+        (String::from_utf8(out).unwrap(), result)
+    });
+    let pause = || tokio::time::sleep(std::time::Duration::from_millis(200));
+    pause().await;
+    // Node 1 is lost: node 2 leads in term 4 and takes the delegate IP.
+    w.status.send_modify(|s| {
+        s.term = 4;
+        s.leader_id = 2;
+        s.members[0].state = pgwarden_proto::v1::MemberState::Unreachable as i32;
+    });
+    pause().await;
+    // A change the line leaves out (a down vote): no line.
+    w.status.send_modify(|s| {
+        if let Some(r) = s.record.as_mut() {
+            r.down_votes.clear();
+        }
+    });
+    pause().await;
+    w.status.send_modify(|s| {
+        s.delegate_ip_holder = 2;
+        s.holds_delegate_ip = true;
+    });
+    pause().await;
+    stop.send(()).unwrap();
+    let (out, result) = watching.await.unwrap();
+    result.unwrap();
+    assert_eq!(
+        out,
+        "term 3, leader 1 (10.213.0.11:9000), quorum yes, unreachable: 3, delegate IP on node 1, \
+         generation 4: primary pg1, down pg2, detached pg0\n\
+         term 4, leader 2 (this node), quorum yes, unreachable: 1 3, delegate IP on node 1, \
+         generation 4: primary pg1, down pg2, detached pg0\n\
+         term 4, leader 2 (this node), quorum yes, unreachable: 1 3, delegate IP on this node, \
+         generation 4: primary pg1, down pg2, detached pg0\n"
+    );
+    assert_eq!(w.served.calls(), ["WatchLeadership"]);
+}
+
+#[tokio::test]
+async fn watchdog_watch_json_and_a_lost_watchdog() {
+    let w = ServedWatchdog::start().await;
+    let config = w.served.config();
+    let watching = tokio::spawn(async move {
+        let cli = Cli::try_parse_from([
+            "pgwardenctl",
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+            "wd",
+            "--watch",
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        let result = run(&cli, &mut out, std::future::pending()).await;
+        (String::from_utf8(out).unwrap(), result)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The watchdog stops: its stream ends.
+    drop(w);
+    // (The stream's end, not the server's drain, ends the watch.)
+    let (out, result) = watching.await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["term"], 3);
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let e = result.unwrap_err();
+    assert!(
+        e.to_string().starts_with("lost pgwarden-watchdog at "),
         "{e}"
     );
     assert_eq!(e.exit_code(), 2);

@@ -4,32 +4,49 @@ mod change;
 mod recheck;
 mod status;
 mod watch;
+mod watchdog;
 
 use std::io::{self, Write};
 
 use serde_json::Value;
 
 use crate::CtlError;
-use crate::cli::Command;
+use crate::cli::{Cli, Command};
 use crate::monitor::Monitor;
+use crate::watchdog::Watchdog;
 
-/// Runs `command` against the connected monitor, writing to `out`;
-/// `interrupt` ends `watch` (and `promote --wait`).
+/// Runs the command `cli` asks for, connected to the daemon it needs,
+/// writing to `out`; `interrupt` ends `watch`, `watchdog --watch` (and
+/// `promote --wait`).
 pub async fn dispatch(
-    command: Command,
-    json: bool,
-    monitor: &mut Monitor,
+    cli: &Cli,
     out: &mut impl Write,
     interrupt: impl Future<Output = ()>,
 ) -> Result<(), CtlError> {
-    match command {
-        Command::Status => status::run(monitor, json, out).await,
-        Command::Watch => watch::run(monitor, json, out, interrupt).await,
-        Command::Attach(target) => change::attach(monitor, &target, json, out).await,
-        Command::Detach(target) => change::detach(monitor, &target, json, out).await,
-        Command::Promote(args) => change::promote(monitor, &args, json, out, interrupt).await,
-        Command::Recheck => recheck::run(monitor, json, out).await,
+    let json = cli.json;
+    match cli.command_or_status() {
+        Command::Status => status::run(&mut monitor(cli).await?, json, out).await,
+        Command::Watch => watch::run(&mut monitor(cli).await?, json, out, interrupt).await,
+        Command::Attach(target) => {
+            change::attach(&mut monitor(cli).await?, &target, json, out).await
+        }
+        Command::Detach(target) => {
+            change::detach(&mut monitor(cli).await?, &target, json, out).await
+        }
+        Command::Promote(args) => {
+            change::promote(&mut monitor(cli).await?, &args, json, out, interrupt).await
+        }
+        Command::Recheck => recheck::run(&mut monitor(cli).await?, json, out).await,
+        Command::Watchdog(args) => {
+            let mut watchdog = Watchdog::connect(&crate::watchdog_socket(cli)?).await?;
+            watchdog::run(&mut watchdog, &args, json, out, interrupt).await
+        }
     }
+}
+
+/// The monitor, connected at [`crate::monitor_socket`].
+async fn monitor(cli: &Cli) -> Result<Monitor, CtlError> {
+    Monitor::connect(&crate::monitor_socket(cli)?).await
 }
 
 /// Writes `value` as indented JSON and a newline.

@@ -1,0 +1,193 @@
+//! [`Socket`]: a daemon's unix socket as `pgwardenctl` reaches it. Connects
+//! with an immediate error when the daemon is not there, runs each call
+//! with a deadline, and turns gRPC errors into [`CtlError`]s naming the
+//! daemon and the path, so `monitor` and `watchdog` report failures alike.
+
+use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pgwarden_proto::uds::{self, Daemon, UdsError};
+use tonic::transport::Channel;
+
+use crate::CtlError;
+
+/// How long a unary call may take. The daemons answer operator requests
+/// from their core loop at once (a switchover is started, not awaited), so
+/// only a stuck daemon comes near this.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which daemon listens where: what every error about it names.
+#[derive(Debug, Clone)]
+pub struct Socket {
+    /// The daemon expected on it.
+    pub daemon: Daemon,
+    /// The socket file.
+    pub path: PathBuf,
+}
+
+impl Socket {
+    /// `daemon`'s socket at `path`.
+    pub fn new(daemon: Daemon, path: &Path) -> Self {
+        Socket {
+            daemon,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// Connects now; an error means the daemon is not running (or not
+    /// accepting), reported with the underlying `io::Error`.
+    pub async fn connect(&self) -> Result<Channel, CtlError> {
+        uds::connect(&self.path)
+            .await
+            .map_err(|e| CtlError::Unreachable {
+                daemon: self.daemon,
+                path: self.path.clone(),
+                reason: match &e {
+                    UdsError::Connect { source, .. } => root_cause(source),
+                    other => other.to_string(),
+                },
+            })
+    }
+
+    /// Runs one call with [`REQUEST_TIMEOUT`], mapping its error.
+    pub async fn deadline<T>(
+        &self,
+        rpc: &'static str,
+        call: impl Future<Output = Result<T, tonic::Status>>,
+    ) -> Result<T, CtlError> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(status)) => Err(self.status_error(rpc, status)),
+            Err(_) => Err(CtlError::Timeout {
+                daemon: self.daemon,
+                path: self.path.clone(),
+                rpc,
+                after: REQUEST_TIMEOUT,
+            }),
+        }
+    }
+
+    /// A gRPC error as the operator should see it: a refusal is the
+    /// daemon's own words; an unavailable daemon is a connection error.
+    pub fn status_error(&self, rpc: &'static str, status: tonic::Status) -> CtlError {
+        match status.code() {
+            tonic::Code::FailedPrecondition => CtlError::Refused(status.message().to_owned()),
+            tonic::Code::Unavailable => self.lost(match status.source() {
+                Some(source) => root_cause(source),
+                None => status.message().to_owned(),
+            }),
+            tonic::Code::DeadlineExceeded => CtlError::Timeout {
+                daemon: self.daemon,
+                path: self.path.clone(),
+                rpc,
+                after: REQUEST_TIMEOUT,
+            },
+            code => CtlError::Failed {
+                rpc,
+                code,
+                message: status.message().to_owned(),
+            },
+        }
+    }
+
+    /// The daemon went away (or ended a stream that should not end).
+    pub fn lost(&self, reason: String) -> CtlError {
+        CtlError::Lost {
+            daemon: self.daemon,
+            path: self.path.clone(),
+            reason,
+        }
+    }
+}
+
+/// The innermost error of a chain: for a failed connect, the `io::Error`
+/// (`Connection refused (os error 111)`) rather than tonic's
+/// `transport error`.
+fn root_cause(error: &(dyn StdError + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn monitor() -> Socket {
+        Socket::new(Daemon::Monitor, Path::new("/m.sock"))
+    }
+
+    #[test]
+    fn refusals_keep_the_daemons_words() {
+        let e = monitor().status_error(
+            "PromoteBackend",
+            tonic::Status::failed_precondition("pg0 is already the primary"),
+        );
+        assert_eq!(e.to_string(), "pg0 is already the primary");
+        assert_eq!(e.exit_code(), 1);
+    }
+
+    #[test]
+    fn unavailable_is_a_connection_error() {
+        let e = monitor().status_error(
+            "GetCluster",
+            tonic::Status::unavailable("the monitor is shutting down"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "lost pgwarden-monitor at /m.sock: the monitor is shutting down"
+        );
+        assert_eq!(e.exit_code(), 2);
+
+        let watchdog = Socket::new(Daemon::Watchdog, Path::new("/w.sock"));
+        let e = watchdog.status_error("GetStatus", tonic::Status::deadline_exceeded("slow"));
+        assert_eq!(
+            e.to_string(),
+            "pgwarden-watchdog at /w.sock did not answer GetStatus within 30s"
+        );
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn other_codes_are_failures() {
+        let e = monitor().status_error("Recheck", tonic::Status::unimplemented("nope"));
+        assert_eq!(e.to_string(), "Recheck failed: nope (gRPC Unimplemented)");
+        assert_eq!(e.exit_code(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_daemon_is_unreachable_with_the_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("monitor.sock");
+        let e = Socket::new(Daemon::Monitor, &path)
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot reach pgwarden-monitor at {}: No such file or directory (os error 2) (is it running?)",
+                path.display()
+            )
+        );
+        assert_eq!(e.exit_code(), 2);
+
+        // A crashed daemon's socket file: nobody listening.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let e = Socket::new(Daemon::Watchdog, &path)
+            .connect()
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot reach pgwarden-watchdog at {}: Connection refused (os error 111) (is it running? watchdog.enabled?)",
+                path.display()
+            )
+        );
+        assert_eq!(e.exit_code(), 2);
+    }
+}
