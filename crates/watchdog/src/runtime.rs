@@ -283,7 +283,7 @@ fn status(
     let fresh = |id: u64| {
         last_seen
             .get(&id)
-            .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(3))
+            .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(2))
     };
     let members = s
         .members
@@ -291,10 +291,15 @@ fn status(
         .enumerate()
         .map(|(i, address)| {
             let mid = i as u64 + 1;
+            // In Raft only the leader talks to everyone: a follower hears
+            // from the leader alone, so it cannot judge the other followers.
+            let judged = node.is_leader() || Some(mid) == node.leader();
             let state = if mid == s.id || fresh(mid) {
                 MemberState::Reachable
-            } else {
+            } else if judged {
                 MemberState::Unreachable
+            } else {
+                MemberState::Unknown
             };
             Member {
                 id: mid,

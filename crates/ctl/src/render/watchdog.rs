@@ -65,7 +65,7 @@ pub fn leadership_line(s: &WatchdogStatus) -> String {
     let unreachable: Vec<String> = s
         .members
         .iter()
-        .filter(|m| m.id != s.id && m.state() != MemberState::Reachable)
+        .filter(|m| m.id != s.id && m.state() == MemberState::Unreachable)
         .map(|m| m.id.to_string())
         .collect();
     if !unreachable.is_empty() {
@@ -272,7 +272,7 @@ fn member(s: &WatchdogStatus, id: u64) -> Option<&Member> {
     s.members.iter().find(|m| m.id == id && id != 0)
 }
 
-/// `reachable`, `unreachable`, or `unknown` (unset, or a newer watchdog's
+/// `reachable`, `unreachable`, or `unknown` (not judged: a follower hears only from the leader; or a newer watchdog's
 /// state this build does not know).
 fn state(m: &Member) -> &'static str {
     match m.state() {
