@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::machine::{Action, Decider, Event, Machine, Observation, Persisted, Status};
-use crate::runtime::{Parts, Settings, StartError, operator, perform, snapshot, specs};
+use crate::runtime::{Parts, Settings, StartError, operator, perform, specs};
 
 /// How long a backend must have been down by quorum before the leader's
 /// monitor acts on it: longer than a cut-off node takes to notice it has no
@@ -174,8 +174,7 @@ pub(crate) async fn run(
         if let Some(record) = status.as_ref().and_then(|s| s.record.as_ref())
             && record.generation > 0
         {
-            let mut state =
-                committed_state(&settings, record, &local, status.as_ref(), machine.as_ref());
+            let mut state = committed_state(&settings, record, &local, status.as_ref());
             state.no_quorum = !status.as_ref().is_some_and(|s| s.quorum);
             if state.no_quorum != published_no_quorum {
                 published_no_quorum = state.no_quorum;
@@ -472,63 +471,89 @@ async fn follow_watchdog(
 }
 
 /// The committed record as a [`ClusterState`], with this node's live check
-/// data; a backend up in the record that this node cannot reach is shown
-/// quarantined.
+/// data (roles, WAL positions, lag); a backend up in the record that this
+/// node cannot reach is shown quarantined.
 fn committed_state(
     settings: &Settings,
     record: &ClusterRecord,
     local: &[Local],
     status: Option<&WatchdogStatus>,
-    machine: Option<&Machine>,
 ) -> ClusterState {
-    // Live data (LSNs, lag) from a machine-shaped view of the local checks.
-    let mut view = machine
-        .map(|m| snapshot(m, &settings.node))
-        .unwrap_or_else(|| {
-            let mut m = Machine::new(specs(settings), settings.limits, &Persisted::default());
-            for (id, l) in local.iter().enumerate() {
-                if let Some(r) = &l.last {
-                    m.step(Event::Checked {
-                        id,
-                        at_ms: l.at_ms,
-                        result: r.clone(),
-                    });
-                }
-            }
-            snapshot(&m, &settings.node)
-        });
-    view.generation = record.generation;
-    view.failover_in_progress = record.failover_in_progress;
-    view.primary_id = record
+    use pgwarden_proto::v1::{BackendState, Role as PRole};
+    let obs = |i: usize| {
+        local
+            .get(i)
+            .and_then(|l| l.last.as_ref())
+            .and_then(|r| r.as_ref().ok())
+    };
+    let primary_id = record
         .primary
         .as_ref()
         .and_then(|p| settings.backends.iter().find(|b| b.name == *p))
-        .map(|b| b.id as u32);
+        .map(|b| b.id);
+    let primary_obs = primary_id.and_then(obs).filter(|o| !o.in_recovery);
     let voters = status.map_or(1, |s| s.members.len().max(1));
-    for b in &mut view.backends {
-        let name = b.name.clone();
-        let (st, reason) = if let Some(r) = record.detached.get(&name) {
-            (PStatus::Detached, r.clone())
-        } else if let Some(r) = record.down.get(&name) {
-            (PStatus::Down, r.clone())
-        } else if record.down_by_quorum.contains(&name) {
-            (
-                PStatus::Down,
-                format!("a quorum of the {voters} nodes cannot reach it"),
-            )
-        } else if local
-            .get(b.id as usize)
-            .is_some_and(|l| l.failures > settings.limits.max_retries)
-        {
-            (
-                PStatus::Quarantined,
-                "this node cannot reach it, but the quorum does not agree: no failover".to_owned(),
-            )
-        } else {
-            (PStatus::Up, String::new())
-        };
-        b.status = st as i32;
-        b.reason = reason;
+    let backends = settings
+        .backends
+        .iter()
+        .map(|t| {
+            let l = local.get(t.id).cloned().unwrap_or_default();
+            let o = obs(t.id);
+            let (st, reason) = if let Some(r) = record.detached.get(&t.name) {
+                (PStatus::Detached, r.clone())
+            } else if let Some(r) = record.down.get(&t.name) {
+                (PStatus::Down, r.clone())
+            } else if record.down_by_quorum.contains(&t.name) {
+                (
+                    PStatus::Down,
+                    format!("a quorum of the {voters} nodes cannot reach it"),
+                )
+            } else if l.failures > settings.limits.max_retries {
+                (
+                    PStatus::Quarantined,
+                    "this node cannot reach it, but the quorum does not agree: no failover"
+                        .to_owned(),
+                )
+            } else {
+                (PStatus::Up, String::new())
+            };
+            let standby = o.is_some_and(|o| o.in_recovery);
+            BackendState {
+                id: t.id as u32,
+                name: t.name.clone(),
+                host: t.host.clone(),
+                port: u32::from(t.port),
+                role: match o {
+                    Some(o) if o.in_recovery => PRole::Standby,
+                    Some(_) => PRole::Primary,
+                    None => PRole::Unknown,
+                } as i32,
+                status: st as i32,
+                reason,
+                replay_lsn: o.map_or(0, |o| o.replay_lsn),
+                flush_lsn: o.map_or(0, |o| o.flush_lsn),
+                lag_bytes: match (o, primary_obs) {
+                    (Some(o), Some(p)) if standby => {
+                        p.flush_lsn.max(p.replay_lsn).saturating_sub(o.replay_lsn)
+                    }
+                    _ => 0,
+                },
+                lag_seconds: primary_obs
+                    .and_then(|p| p.replica_lag.iter().find(|(n, _)| *n == t.name))
+                    .map_or(0.0, |(_, secs)| *secs),
+                timeline: o.map_or(0, |o| o.timeline),
+                streaming: o.is_some_and(|o| o.streaming),
+                last_check_unix_ms: l.at_ms,
+                failed_checks: l.failures,
+            }
+        })
+        .collect();
+    ClusterState {
+        generation: record.generation,
+        primary_id: primary_id.map(|p| p as u32),
+        backends,
+        failover_in_progress: record.failover_in_progress,
+        monitor: settings.node.clone(),
+        no_quorum: false,
     }
-    view
 }
