@@ -95,7 +95,7 @@ pub(crate) async fn run(
                 None => std::future::pending().await,
             }
         };
-        let (mut actions, reply) = tokio::select! {
+        let (mut actions, mut reply) = tokio::select! {
             _ = &mut shutdown => break,
             _ = ripe => (Vec::new(), None),
             Some(e) = p.events.recv() => {
@@ -119,13 +119,7 @@ pub(crate) async fn run(
                 for id in now_down {
                     down_since.entry(id).or_insert_with(tokio::time::Instant::now);
                 }
-                let became_leader = machine.is_none();
-                let mut a = on_status(&settings, status.as_ref(), &mut machine);
-                if became_leader && let Some(m) = machine.as_mut() {
-                    a.extend(bootstrap(m, &settings, &local, &ripe_down(&down_since)));
-                    fed_down = ripe_down(&down_since);
-                }
-                (a, None)
+                (Vec::new(), None)
             }
             Some(c) = p.commands.recv() => match machine.as_mut() {
                 Some(m) => operator(m, c, &p.recheck),
@@ -135,6 +129,14 @@ pub(crate) async fn run(
                 }
             },
         };
+        // Decide while this node's watchdog leads (and start again from the
+        // committed record after a refused proposal).
+        let deciding = machine.is_some();
+        on_status(&settings, status_rx.borrow().as_ref(), &mut machine);
+        if !deciding && let Some(m) = machine.as_mut() {
+            actions.extend(bootstrap(m, &settings, &local, &ripe_down(&down_since)));
+            fed_down = ripe_down(&down_since);
+        }
         // Quorum verdicts old enough to act on.
         let ripe_now = ripe_down(&down_since);
         if ripe_now != fed_down {
@@ -144,8 +146,7 @@ pub(crate) async fn run(
             }
         }
         // Actions in order; a generation must commit before what follows it runs.
-        while !actions.is_empty() {
-            let action = actions.remove(0);
+        for action in std::mem::take(&mut actions) {
             let Some(m) = machine.as_ref() else { break };
             if action == Action::Publish {
                 let streamed = status_rx
@@ -162,7 +163,10 @@ pub(crate) async fn run(
                     Err(e) => {
                         tracing::warn!(error = %e, "cluster change not committed; re-deciding from the committed state");
                         machine = None;
-                        actions.clear();
+                        // An operator request that caused it hears the truth.
+                        if let Some((_, r)) = reply.as_mut() {
+                            *r = Err(format!("not committed by the watchdogs: {e}"));
+                        }
                     }
                 }
             } else {
@@ -214,15 +218,11 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// A change of leadership: start or stop deciding.
-fn on_status(
-    settings: &Settings,
-    status: Option<&WatchdogStatus>,
-    machine: &mut Option<Machine>,
-) -> Vec<Action> {
+/// Starts or stops deciding as this node's watchdog gains or loses the lead.
+fn on_status(settings: &Settings, status: Option<&WatchdogStatus>, machine: &mut Option<Machine>) {
     let Some(s) = status else {
         *machine = None;
-        return Vec::new();
+        return;
     };
     let leads = s.id != 0 && s.leader_id == s.id && s.quorum;
     if !leads {
@@ -231,7 +231,7 @@ fn on_status(
                 "this node's watchdog is no longer the leader: this monitor stops deciding"
             );
         }
-        return Vec::new();
+        return;
     }
     if machine.is_none()
         && let Some(record) = s.record.as_ref()
@@ -254,7 +254,6 @@ fn on_status(
                 .with_decider(Decider::Quorum),
         );
     }
-    Vec::new()
 }
 
 /// A new deciding machine learns the quorum's verdicts and replays what this
