@@ -15,8 +15,6 @@
 //! When the client leaves, the connection can go back to the cache only if
 //! no reply is owed and no extended-protocol message is waiting for a Sync.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
-
 use bytes::BytesMut;
 use pgwarden_wire::ProtocolError;
 use pgwarden_wire::scan::{self, Flow, Observer, Scanner};
@@ -55,14 +53,6 @@ pub enum StopReason {
     PrimaryChanged,
 }
 
-/// What the two directions share: where the server stands.
-#[derive(Debug)]
-struct SessionState {
-    owed_ready: AtomicU32,
-    status: AtomicU8,
-    unsynced: AtomicBool,
-}
-
 /// The state of the session when the data path ended.
 #[derive(Debug)]
 pub struct PumpResult {
@@ -78,22 +68,28 @@ pub struct PumpResult {
     pub last_server_tag: u8,
 }
 
-struct ClientSide<'a> {
-    state: &'a SessionState,
+/// What the client has asked of the server. Each direction keeps its own
+/// counts; only when both have stopped are they compared.
+#[derive(Debug, Default)]
+struct ClientSide {
+    /// Query, Sync and FunctionCall messages sent: each is owed one ReadyForQuery.
+    sent: u32,
+    /// Extended-protocol messages sent since the last Sync.
+    unsynced: bool,
+    /// A write to the server was under way (the server may hold half a message).
+    writing: bool,
 }
 
-impl Observer for ClientSide<'_> {
-    fn start(&mut self, tag: u8, _offset: usize) -> Result<Flow, ProtocolError> {
+impl Observer for ClientSide {
+    fn start(&mut self, tag: u8) -> Result<Flow, ProtocolError> {
         match tag {
             b'X' => return Ok(Flow::Stop),
-            b'Q' | b'F' => {
-                self.state.owed_ready.fetch_add(1, Ordering::Relaxed);
-            }
+            b'Q' | b'F' => self.sent = self.sent.wrapping_add(1),
             b'S' => {
-                self.state.owed_ready.fetch_add(1, Ordering::Relaxed);
-                self.state.unsynced.store(false, Ordering::Relaxed);
+                self.sent = self.sent.wrapping_add(1);
+                self.unsynced = false;
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' => self.state.unsynced.store(true, Ordering::Relaxed),
+            b'P' | b'B' | b'D' | b'E' | b'C' => self.unsynced = true,
             t if scan::is_frontend_tag(t) => {}
             t => return Err(ProtocolError::UnexpectedMessage { tag: t }),
         }
@@ -101,14 +97,20 @@ impl Observer for ClientSide<'_> {
     }
 }
 
+/// What the server has answered.
 struct ServerSide<'a> {
-    state: &'a SessionState,
+    /// ReadyForQuery messages received.
+    ready: u32,
+    /// The transaction status of the last one.
+    status: u8,
     params: &'a mut Vec<(String, String)>,
     last_tag: u8,
+    /// A write to the client was under way (it may hold half a message).
+    writing: bool,
 }
 
 impl Observer for ServerSide<'_> {
-    fn start(&mut self, tag: u8, _offset: usize) -> Result<Flow, ProtocolError> {
+    fn start(&mut self, tag: u8) -> Result<Flow, ProtocolError> {
         self.last_tag = tag;
         Ok(Flow::Continue)
     }
@@ -120,14 +122,9 @@ impl Observer for ServerSide<'_> {
     fn body(&mut self, tag: u8, body: &[u8]) {
         if tag == b'Z' {
             if let Some(&status) = body.first() {
-                self.state.status.store(status, Ordering::Relaxed);
+                self.status = status;
             }
-            // Saturating: a ReadyForQuery the proxy did not count (it never
-            // should happen) must not wrap the counter.
-            let _ = self
-                .state
-                .owed_ready
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            self.ready = self.ready.wrapping_add(1);
         } else {
             crate::server_conn::apply_param(self.params, body);
         }
@@ -145,42 +142,43 @@ pub async fn pump(
     shutdown: &CancellationToken,
     route_ended: &CancellationToken,
 ) -> PumpResult {
-    let state = SessionState {
-        owed_ready: AtomicU32::new(0),
-        status: AtomicU8::new(b'I'),
-        unsynced: AtomicBool::new(false),
-    };
+    // Per session, so waiting on them touches no lock shared with other sessions.
+    let (shutdown, route_ended) = (shutdown.child_token(), route_ended.child_token());
     let mut client_scan = Scanner::new(max_message);
     let mut server_scan = Scanner::new(u32::MAX);
+    let mut client_side = ClientSide::default();
     let mut server_side = ServerSide {
-        state: &state,
+        ready: 0,
+        status: b'I',
         params: &mut server.params,
         last_tag: 0,
+        writing: false,
     };
     let server_pending = server.buf.split();
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.stream.split();
 
     let client_to_server = async {
-        let mut obs = ClientSide { state: &state };
+        let obs = &mut client_side;
         let mut buf = pending;
         buf.reserve(BUF_SIZE);
         loop {
             if !buf.is_empty() {
-                match client_scan.scan(&buf, &mut obs) {
-                    Ok(None) => {
-                        if sw.write_all(&buf).await.is_err() {
-                            return PumpEnd::ServerGone;
-                        }
-                    }
-                    Ok(Some(terminate_at)) => {
-                        let before = buf.get(..terminate_at).unwrap_or_default();
-                        if !before.is_empty() && sw.write_all(before).await.is_err() {
-                            return PumpEnd::ServerGone;
-                        }
-                        return PumpEnd::ClientTerminated;
-                    }
+                let (upto, end) = match client_scan.scan(&buf, obs) {
+                    Ok(None) => (buf.len(), None),
+                    Ok(Some(terminate_at)) => (terminate_at, Some(PumpEnd::ClientTerminated)),
                     Err(e) => return PumpEnd::ClientProtocol(e),
+                };
+                let bytes = buf.get(..upto).unwrap_or_default();
+                if !bytes.is_empty() {
+                    obs.writing = true;
+                    if sw.write_all(bytes).await.is_err() {
+                        return PumpEnd::ServerGone;
+                    }
+                    obs.writing = false;
+                }
+                if let Some(end) = end {
+                    return end;
                 }
                 buf.clear();
             }
@@ -199,9 +197,11 @@ pub async fn pump(
                 if let Err(e) = server_scan.scan(&buf, &mut server_side) {
                     return PumpEnd::ServerProtocol(e);
                 }
+                server_side.writing = true;
                 if cw.write_all(&buf).await.is_err() {
                     return PumpEnd::ClientGone;
                 }
+                server_side.writing = false;
                 buf.clear();
             }
             match sr.read_buf(&mut buf).await {
@@ -218,13 +218,16 @@ pub async fn pump(
         end = client_to_server => end,
         end = server_to_client => end,
     };
-    let busy =
-        state.owed_ready.load(Ordering::Relaxed) > 0 || state.unsynced.load(Ordering::Relaxed);
+    // Owed replies, half-sent requests or half-read answers: not reusable.
+    let busy = client_side.sent != server_side.ready
+        || client_side.unsynced
+        || client_side.writing
+        || !client_scan.at_boundary()
+        || !server_scan.at_boundary();
     PumpResult {
         end,
-        server_idle: (!busy && server_scan.at_boundary() && client_scan.at_boundary())
-            .then(|| state.status.load(Ordering::Relaxed)),
-        client_at_boundary: server_scan.at_boundary(),
+        server_idle: (!busy).then_some(server_side.status),
+        client_at_boundary: server_scan.at_boundary() && !server_side.writing,
         last_server_tag: server_side.last_tag,
     }
 }

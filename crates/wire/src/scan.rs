@@ -24,9 +24,10 @@ pub enum Flow {
 
 /// Receives what a [`Scanner`] finds in a chunk.
 pub trait Observer {
-    /// A message starts at `offset` in the current chunk with type `tag`.
-    /// Returning an error (say, a type not allowed from this peer) ends the scan.
-    fn start(&mut self, tag: u8, offset: usize) -> Result<Flow, ProtocolError>;
+    /// A message of type `tag` starts. Returning [`Flow::Stop`] leaves it
+    /// unconsumed (`scan` returns where it starts); an error (say, a type not
+    /// allowed from this peer) ends the scan.
+    fn start(&mut self, tag: u8) -> Result<Flow, ProtocolError>;
 
     /// Whether [`Observer::body`] should receive bodies of messages of this type.
     fn wants_body(&self, _tag: u8) -> bool {
@@ -90,7 +91,7 @@ impl Scanner {
             match self.state {
                 State::Tag => {
                     let tag = byte;
-                    if obs.start(tag, pos)? == Flow::Stop {
+                    if obs.start(tag)? == Flow::Stop {
                         return Ok(Some(pos));
                     }
                     pos += 1;
@@ -222,7 +223,7 @@ mod tests {
     }
 
     impl Observer for Record {
-        fn start(&mut self, tag: u8, _offset: usize) -> Result<Flow, ProtocolError> {
+        fn start(&mut self, tag: u8) -> Result<Flow, ProtocolError> {
             if Some(tag) == self.stop_at {
                 return Ok(Flow::Stop);
             }
