@@ -110,15 +110,19 @@ async fn escalate(settings: &Settings, action: VipAction) {
     }
 }
 
-/// Runs one command; true when it exited 0.
+/// Runs one command; true when it exited 0. Like the monitor's failover
+/// hooks: `/bin/sh -c` in its own process group (a timeout kills all of it),
+/// stderr merged into stdout, each output line logged. A background child
+/// that keeps the output open does not hold the caller past the shell's exit.
 pub async fn run_command(name: &str, template: &str, ip: &str) -> bool {
     let command = template.replace("$_IP_$", ip);
     let child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
-        .arg(&command)
+        .arg(format!("exec 2>&1\n{command}"))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
         .kill_on_drop(true)
         .spawn();
     let mut child = match child {
@@ -128,37 +132,70 @@ pub async fn run_command(name: &str, template: &str, ip: &str) -> bool {
             return false;
         }
     };
-    let (mut out, mut err) = (child.stdout.take(), child.stderr.take());
-    let waited = tokio::time::timeout(COMMAND_TIMEOUT, async {
-        let mut text = String::new();
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(nix::unistd::Pid::from_raw);
+    let mut out = child.stdout.take();
+    let mut text = Vec::new();
+    let read = async {
         if let Some(o) = out.as_mut() {
-            let _ = o.read_to_string(&mut text).await;
+            let _ = o.read_to_end(&mut text).await;
         }
-        if let Some(e) = err.as_mut() {
-            let _ = e.read_to_string(&mut text).await;
+    };
+    let status = tokio::time::timeout(COMMAND_TIMEOUT, async {
+        tokio::pin!(read);
+        let (status, read_all) = tokio::select! {
+            s = child.wait() => (s, false),
+            // Output done first (the usual case): then just wait for the exit.
+            () = &mut read => (child.wait().await, true),
+        };
+        if !read_all {
+            // Whatever is still in the pipe, briefly.
+            let _ = tokio::time::timeout(Duration::from_millis(500), &mut read).await;
         }
-        (child.wait().await, text)
+        status
     })
     .await;
-    match waited {
-        Ok((Ok(status), text)) => {
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
-                tracing::info!(hook = name, "{line}");
-            }
-            if status.success() {
-                true
-            } else {
-                tracing::warn!(hook = name, %status, command = %command, "command failed");
-                false
-            }
+    for line in String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+    {
+        tracing::info!(hook = name, "{line}");
+    }
+    match status {
+        Ok(Ok(s)) if s.success() => true,
+        Ok(Ok(s)) => {
+            tracing::warn!(hook = name, status = %s, command = %command, "command failed");
+            false
         }
-        Ok((Err(e), _)) => {
+        Ok(Err(e)) => {
             tracing::error!(hook = name, error = %e, "command failed to run");
             false
         }
         Err(_) => {
+            if let Some(pg) = pgid {
+                let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
+            }
             tracing::error!(hook = name, command = %command, "command timed out after {COMMAND_TIMEOUT:?}; killed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commands_report_status_and_do_not_wait_for_background_children() {
+        assert!(run_command("t", "echo up $_IP_$ >&2", "10.0.0.1").await);
+        assert!(!run_command("t", "exit 3", "").await);
+        // A background child holding stdout open must not stall the caller.
+        let t = std::time::Instant::now();
+        assert!(run_command("t", "sleep 30 & echo started", "").await);
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+        // Lots of stderr does not deadlock.
+        assert!(run_command("t", "head -c 200000 /dev/zero >&2", "").await);
     }
 }
