@@ -157,6 +157,12 @@ impl Default for ProxyConfig {
 
 impl ProxyConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.pool_mode == PoolMode::Transaction {
+            return Err(ConfigError::invalid(
+                "proxy.pool_mode",
+                "\"transaction\" is not implemented yet; use \"session\"",
+            ));
+        }
         validate::at_least(
             "proxy.max_client_connections",
             self.max_client_connections,

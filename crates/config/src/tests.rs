@@ -149,7 +149,7 @@ weight = 0
 allow_failover = false
 
 [proxy]
-pool_mode = "transaction"
+pool_mode = "session"
 auth_type = "md5"
 server_idle_timeout = "0s"
 pool_timeout = "1m 30s"
@@ -165,7 +165,7 @@ delegate_ip = "192.168.122.99"
 "#,
     ))
     .unwrap();
-    assert_eq!(config.proxy.pool_mode, PoolMode::Transaction);
+    assert_eq!(config.proxy.pool_mode, PoolMode::Session);
     assert_eq!(config.proxy.auth_type, AuthType::Md5);
     assert_eq!(config.proxy.server_idle_timeout, Duration::ZERO);
     assert_eq!(config.proxy.pool_timeout, Duration::from_secs(90));
@@ -644,4 +644,13 @@ fn watchdog_members_and_advertised_address() {
         "watchdog.peers[0]",
     );
     assert!(e.contains("own watchdog.advertise"), "{e}");
+}
+
+#[test]
+fn transaction_pooling_is_refused_until_it_exists() {
+    let msg = err_naming(
+        &with("[proxy]\npool_mode = \"transaction\"\n"),
+        "proxy.pool_mode",
+    );
+    assert!(msg.contains("not implemented"), "{msg}");
 }

@@ -107,7 +107,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
 }
 
-/// A handle to a running proxy, for reloads and introspection.
+/// A handle to a running proxy, for reloads.
 #[derive(Debug, Clone)]
 pub struct ProxyHandle {
     shared: Arc<Shared>,
@@ -120,11 +120,6 @@ impl ProxyHandle {
         let n = users.len();
         *self.shared.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
         Ok(n)
-    }
-
-    /// The shared state (pools, router).
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
     }
 }
 

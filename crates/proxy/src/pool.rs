@@ -10,7 +10,6 @@
 //! is opened, every other is held by a permit holder.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -35,23 +34,6 @@ impl PoolKey {
         params.sort();
         PoolKey { backend, params }
     }
-
-    fn get(&self, name: &str) -> &str {
-        self.params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map_or("", |(_, v)| v.as_str())
-    }
-
-    /// The user.
-    pub fn user(&self) -> &str {
-        self.get("user")
-    }
-
-    /// The database.
-    pub fn database(&self) -> &str {
-        self.get("database")
-    }
 }
 
 /// Limits shared by every pool.
@@ -71,20 +53,6 @@ pub struct Pool {
     key: PoolKey,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
-    waiting: AtomicUsize,
-}
-
-/// A snapshot of one pool, for operators.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolStats {
-    /// The pool's key.
-    pub key: PoolKey,
-    /// Connections held by clients (or being opened for them).
-    pub active: usize,
-    /// Cached connections.
-    pub idle: usize,
-    /// Clients waiting for a permit.
-    pub waiting: usize,
 }
 
 /// The right to hold one server connection of a pool.
@@ -125,7 +93,6 @@ impl Pools {
             key: key.clone(),
             permits: Arc::new(Semaphore::new(self.limits.size)),
             idle: Mutex::new(Vec::new()),
-            waiting: AtomicUsize::new(0),
         });
         pools.insert(key.clone(), Arc::clone(&p));
         p
@@ -142,10 +109,8 @@ impl Pools {
         let permit = match Arc::clone(&pool.permits).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                pool.waiting.fetch_add(1, Ordering::Relaxed);
                 let r =
                     tokio::time::timeout(timeout, Arc::clone(&pool.permits).acquire_owned()).await;
-                pool.waiting.fetch_sub(1, Ordering::Relaxed);
                 match r {
                     Ok(Ok(p)) => p,
                     // The semaphore is never closed; treat it like a timeout anyway.
@@ -188,20 +153,6 @@ impl Pools {
         }
     }
 
-    /// Per-pool counts.
-    pub fn stats(&self) -> Vec<PoolStats> {
-        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        pools
-            .values()
-            .map(|p| PoolStats {
-                key: p.key.clone(),
-                active: self.limits.size - p.permits.available_permits(),
-                idle: p.idle.lock().map(|i| i.len()).unwrap_or(0),
-                waiting: p.waiting.load(Ordering::Relaxed),
-            })
-            .collect()
-    }
-
     /// How often [`Pools::reap`] should run.
     pub fn reap_period(&self) -> Duration {
         let base = self.limits.idle_timeout.unwrap_or(Duration::from_secs(60));
@@ -227,11 +178,6 @@ impl Pool {
 }
 
 impl Slot {
-    /// The key of the pool this slot belongs to.
-    pub fn key(&self) -> &PoolKey {
-        &self.pool.key
-    }
-
     /// Returns a clean, idle connection to the cache (or closes it when it
     /// is past `server_lifetime`), and frees the permit.
     pub fn release(self, mut conn: ServerConn) {

@@ -30,13 +30,6 @@ pub fn authentication_ok(buf: &mut BytesMut) {
     finish_length(buf, s);
 }
 
-/// AuthenticationCleartextPassword.
-pub fn authentication_cleartext(buf: &mut BytesMut) {
-    let s = begin(buf, b'R');
-    buf.put_u32(3);
-    finish_length(buf, s);
-}
-
 /// AuthenticationMD5Password with its 4-byte salt.
 pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
     let s = begin(buf, b'R');
@@ -100,16 +93,6 @@ pub enum TransactionStatus {
 }
 
 impl TransactionStatus {
-    /// Decodes the status byte of a ReadyForQuery body.
-    pub fn from_byte(b: u8) -> Option<Self> {
-        match b {
-            b'I' => Some(TransactionStatus::Idle),
-            b'T' => Some(TransactionStatus::InTransaction),
-            b'E' => Some(TransactionStatus::Failed),
-            _ => None,
-        }
-    }
-
     /// The status byte.
     pub fn as_byte(self) -> u8 {
         match self {
@@ -136,22 +119,6 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: u32, unrecog
     for o in unrecognized {
         put_cstr(buf, o);
     }
-    finish_length(buf, s);
-}
-
-/// NoticeResponse (`N`) with severity, SQLSTATE and message.
-pub fn notice(buf: &mut BytesMut, severity: &str, code: &str, message: &str) {
-    let s = begin(buf, b'N');
-    for (t, v) in [
-        (b'S', severity),
-        (b'V', severity),
-        (b'C', code),
-        (b'M', message),
-    ] {
-        buf.put_u8(t);
-        put_cstr(buf, v);
-    }
-    buf.put_u8(0);
     finish_length(buf, s);
 }
 

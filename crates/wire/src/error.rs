@@ -61,11 +61,10 @@ impl ProtocolError {
     }
 }
 
-/// Severity of an [`ErrorResponse`].
+/// Severity of an [`ErrorResponse`]. pgwarden only ever ends sessions it
+/// reports on: statement errors come from the server, relayed as they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
-    /// The statement failed; the session goes on.
-    Error,
     /// The session ends after this message.
     Fatal,
 }
@@ -73,7 +72,6 @@ pub enum Severity {
 impl Severity {
     fn as_str(self) -> &'static str {
         match self {
-            Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
         }
     }
@@ -99,17 +97,6 @@ impl ErrorResponse {
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
         ErrorResponse {
             severity: Severity::Fatal,
-            code,
-            message: message.into(),
-            detail: None,
-            hint: None,
-        }
-    }
-
-    /// A statement-level ERROR: the session continues.
-    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        ErrorResponse {
-            severity: Severity::Error,
             code,
             message: message.into(),
             detail: None,

@@ -27,8 +27,5 @@ pub mod startup;
 
 pub use error::{ErrorResponse, ProtocolError, ServerMessageFields, Severity};
 
-/// PostgreSQL's own ceiling for one message body (`PQ_LARGE_MESSAGE_LIMIT`, 1 GB - 1).
-pub const MAX_MESSAGE_LEN: u32 = 0x3fff_ffff;
-
 /// The largest startup-phase packet PostgreSQL accepts (`MAX_STARTUP_PACKET_LENGTH`).
 pub const MAX_STARTUP_LEN: u32 = 10_000;

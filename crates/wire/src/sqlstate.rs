@@ -5,8 +5,6 @@
 pub const PROTOCOL_VIOLATION: &str = "08P01";
 /// `08006`: the server connection failed or was lost.
 pub const CONNECTION_FAILURE: &str = "08006";
-/// `08001`: no server connection could be established for the client.
-pub const SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION: &str = "08001";
 /// `28P01`: wrong password or unknown user (the message never says which).
 pub const INVALID_PASSWORD: &str = "28P01";
 /// `28000`: the authentication exchange itself was malformed or refused.
@@ -21,5 +19,3 @@ pub const ADMIN_SHUTDOWN: &str = "57P01";
 pub const CANNOT_CONNECT_NOW: &str = "57P03";
 /// `0A000`: the client asked for something the proxy does not support.
 pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-/// `XX000`: a bug in pgwarden.
-pub const INTERNAL_ERROR: &str = "XX000";

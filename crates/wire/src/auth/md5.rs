@@ -9,12 +9,10 @@ use subtle::ConstantTimeEq;
 
 use super::hex;
 
-/// The stored form: `"md5"` + hex(md5(password || user)).
+/// The stored form: `"md5"` + hex(md5(password || user)), as PostgreSQL
+/// stores it (postgres-protocol computes it).
 pub fn secret(password: &str, user: &str) -> String {
-    let mut h = Md5::new();
-    h.update(password.as_bytes());
-    h.update(user.as_bytes());
-    format!("md5{}", hex(&h.finalize()))
+    postgres_protocol::password::md5(password.as_bytes(), user)
 }
 
 /// The answer to a salt challenge, from the stored form (`md5...`).
