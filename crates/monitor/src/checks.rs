@@ -11,6 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use tokio_postgres::types::PgLsn;
+
+use crate::actions::SqlLogin;
+use crate::actions::sql::{self, describe};
 use crate::machine::{Event, Observation};
 
 /// How to reach one backend.
@@ -56,17 +60,17 @@ impl std::fmt::Debug for CheckSettings {
 /// running); on a primary it is read from the current WAL file name.
 const CHECK_SQL: &str = "
 SELECT r.rec,
-       CASE WHEN r.rec THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END::text,
-       CASE WHEN r.rec THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_flush_lsn() END::text,
+       CASE WHEN r.rec THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,
+       CASE WHEN r.rec THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_flush_lsn() END,
        CASE WHEN r.rec
             THEN COALESCE((SELECT received_tli FROM pg_stat_wal_receiver),
                           (SELECT timeline_id FROM pg_control_checkpoint()))::int8
             ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int8 END,
        (SELECT status FROM pg_stat_wal_receiver),
        (SELECT sender_port FROM pg_stat_wal_receiver),
+       CASE WHEN r.rec THEN NULL ELSE (SELECT array_agg(application_name) FROM pg_stat_replication) END,
        CASE WHEN r.rec THEN NULL ELSE
-            (SELECT string_agg(application_name || '=' || COALESCE(EXTRACT(epoch FROM replay_lag)::float8, 0)::text, ',')
-               FROM pg_stat_replication) END
+            (SELECT array_agg(COALESCE(EXTRACT(epoch FROM replay_lag)::float8, 0)) FROM pg_stat_replication) END
   FROM (SELECT pg_is_in_recovery() AS rec) r";
 
 /// Runs the check loop of one backend until `stop` fires.
@@ -138,17 +142,15 @@ pub async fn check_once(
         }
     };
     let get_lsn = |i: usize| -> Result<u64, String> {
-        let text: Option<String> = row.try_get(i).map_err(|e| e.to_string())?;
-        Ok(text
-            .as_deref()
-            .and_then(pgwarden_proto::lsn::parse_lsn)
-            .unwrap_or(0))
+        let lsn: Option<PgLsn> = row.try_get(i).map_err(|e| e.to_string())?;
+        Ok(lsn.map_or(0, u64::from))
     };
     let in_recovery: bool = row.try_get(0).map_err(|e| e.to_string())?;
     let timeline: Option<i64> = row.try_get(3).map_err(|e| e.to_string())?;
     let status: Option<String> = row.try_get(4).map_err(|e| e.to_string())?;
     let sender_port: Option<i32> = row.try_get(5).map_err(|e| e.to_string())?;
-    let lags: Option<String> = row.try_get(6).map_err(|e| e.to_string())?;
+    let names: Option<Vec<String>> = row.try_get(6).map_err(|e| e.to_string())?;
+    let lags: Option<Vec<f64>> = row.try_get(7).map_err(|e| e.to_string())?;
     let streaming = status.as_deref() == Some("streaming");
     Ok(Observation {
         in_recovery,
@@ -161,26 +163,22 @@ pub async fn check_once(
         } else {
             None
         },
-        replica_lag: lags
+        replica_lag: names
             .unwrap_or_default()
-            .split(',')
-            .filter_map(|kv| kv.rsplit_once('='))
-            .map(|(name, secs)| (name.to_owned(), secs.parse().unwrap_or(0.0)))
+            .into_iter()
+            .zip(lags.unwrap_or_default())
             .collect(),
     })
 }
 
 async fn connect(t: &CheckTarget, s: &CheckSettings) -> Result<tokio_postgres::Client, String> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&t.host)
-        .port(t.port)
-        .user(&s.user)
-        .dbname(&s.database)
-        .application_name("pgwarden-monitor")
-        .connect_timeout(s.timeout);
-    if let Some(p) = &s.password {
-        cfg.password(p);
-    }
+    let login = SqlLogin {
+        user: s.user.clone(),
+        password: s.password.clone(),
+        database: s.database.clone(),
+        connect_timeout: s.timeout,
+    };
+    let cfg = sql::pg_config(&t.host, t.port, &login);
     match tokio::time::timeout(s.timeout, cfg.connect(tokio_postgres::NoTls)).await {
         Ok(Ok((client, conn))) => {
             tokio::spawn(async move {
@@ -191,20 +189,4 @@ async fn connect(t: &CheckTarget, s: &CheckSettings) -> Result<tokio_postgres::C
         Ok(Err(e)) => Err(describe(&e)),
         Err(_) => Err(format!("connect timed out after {:?}", s.timeout)),
     }
-}
-
-/// tokio-postgres's Display hides the cause ("db error", "error connecting"):
-/// include it, so `status` says why a backend is down.
-fn describe(e: &tokio_postgres::Error) -> String {
-    if let Some(db) = e.as_db_error() {
-        return format!("{}: {}", db.code().code(), db.message());
-    }
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    msg
 }

@@ -25,7 +25,7 @@ pub mod builtin;
 pub mod command;
 pub mod conninfo;
 mod error;
-mod sql;
+pub(crate) mod sql;
 mod target;
 
 pub use command::Placeholders;

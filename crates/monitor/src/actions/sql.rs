@@ -43,7 +43,7 @@ pub(crate) fn limit(deadline: Instant) -> Duration {
 }
 
 /// A driver error with its causes (`db error: ERROR: ...`), on one line.
-fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -54,14 +54,12 @@ fn describe(e: &tokio_postgres::Error) -> String {
     one_line(&text)
 }
 
-/// Logs in to `target` as `login`. The whole handshake (TCP, startup,
-/// authentication) is bounded by `login.connect_timeout`.
-pub(crate) async fn connect(target: &Target, login: &SqlLogin) -> Result<Session, ActionError> {
-    let label = target.label();
+/// How the monitor's sessions log in to `host:port` (actions and checks alike).
+pub(crate) fn pg_config(host: &str, port: u16, login: &SqlLogin) -> tokio_postgres::Config {
     let mut config = tokio_postgres::Config::new();
     config
-        .host(&target.host)
-        .port(target.port)
+        .host(host)
+        .port(port)
         .user(&login.user)
         .dbname(&login.database)
         .application_name(APPLICATION_NAME)
@@ -69,6 +67,14 @@ pub(crate) async fn connect(target: &Target, login: &SqlLogin) -> Result<Session
     if let Some(password) = &login.password {
         config.password(password);
     }
+    config
+}
+
+/// Logs in to `target` as `login`. The whole handshake (TCP, startup,
+/// authentication) is bounded by `login.connect_timeout`.
+pub(crate) async fn connect(target: &Target, login: &SqlLogin) -> Result<Session, ActionError> {
+    let label = target.label();
+    let config = pg_config(&target.host, target.port, login);
     let (client, connection) =
         match tokio::time::timeout(login.connect_timeout, config.connect(NoTls)).await {
             Ok(Ok(pair)) => pair,
