@@ -23,3 +23,18 @@ pub fn init_logs() {
 pub fn reset_signal_mask() {
     let _ = nix::sys::signal::SigSet::empty().thread_set_mask();
 }
+
+/// Completes on the first SIGTERM or SIGINT, logging which: the `shutdown`
+/// future every daemon's `run` takes. Call inside the runtime; an error means
+/// the signal handlers could not be installed.
+pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tokio::signal::unix::{SignalKind, signal};
 
 /// Health and replication checks of every backend, and automatic failover.
 #[derive(Debug, Parser)]
@@ -36,14 +35,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
-            }
-        };
+        let shutdown = pgwarden_config::daemon::shutdown_signal()?;
         pgwarden_monitor::runtime::run(settings, shutdown).await?;
         Ok(())
     })

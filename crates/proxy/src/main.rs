@@ -37,8 +37,6 @@ fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let proxy = pgwarden_proxy::Proxy::bind(settings).await?;
         let handle = proxy.handle();
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
@@ -50,12 +48,7 @@ fn run(args: Args) -> anyhow::Result<()> {
                 }
             }
         });
-        let shutdown = async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM received"),
-                _ = int.recv() => tracing::info!("SIGINT received"),
-            }
-        };
+        let shutdown = pgwarden_config::daemon::shutdown_signal()?;
         proxy.serve(shutdown).await;
         Ok(())
     })
