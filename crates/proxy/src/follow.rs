@@ -59,7 +59,6 @@ async fn watch(
     let mut seen: u64 = 0;
     // When the monitor was last known reachable (or the proxy started).
     let mut lost_since = Instant::now();
-    let mut fenced = false;
     loop {
         let stream = tokio::select! {
             _ = stop.cancelled() => return,
@@ -76,7 +75,7 @@ async fn watch(
                     match msg {
                         Ok(Some(state)) => {
                             backoff = uds::reconnect_backoff();
-                            apply(shared, &state, &mut seen, &mut fenced);
+                            apply(shared, &state, &mut seen);
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -93,17 +92,14 @@ async fn watch(
             }
         }
         let stale = lost_since.elapsed();
-        if !fenced && stale >= s.monitor_stale_after {
-            fenced = true;
+        if stale >= s.monitor_stale_after && shared.router.current().primary.is_some() {
             let why = format!(
                 "the monitor ({}) has been unreachable for {}s (proxy.monitor_stale_after): the primary is not known",
                 path.display(),
                 stale.as_secs()
             );
             tracing::error!("{why}; refusing clients until it is back");
-            if let Some(old) = shared.router.set(seen, None, &why) {
-                shared.pools.close_idle(old);
-            }
+            route(shared, seen, None, &why);
         }
         let pause = backoff.next().unwrap_or(Duration::from_secs(1));
         tokio::select! {
@@ -115,25 +111,15 @@ async fn watch(
 
 /// Routes by `state` if it is newer than anything seen. A generation names
 /// one committed state: the same generation again (a reconnect, a restarted
-/// monitor) changes nothing, unless the proxy fenced itself meanwhile and
-/// must route again.
-fn apply(shared: &Shared, state: &ClusterState, seen: &mut u64, fenced: &mut bool) {
+/// monitor) changes nothing, unless the proxy stopped routing meanwhile.
+fn apply(shared: &Shared, state: &ClusterState, seen: &mut u64) {
     if state.no_quorum {
         // This node is cut off from the other nodes: the primary may have
         // moved elsewhere. Stop routing, at once, until the quorum is back.
-        *seen = (*seen).max(state.generation);
         let why = "this node's watchdog has no quorum: the primary may have changed elsewhere";
-        if let Some(old) = shared.router.set(*seen, None, why) {
-            shared.pools.close_idle(old);
-        }
-        *fenced = true;
+        route(shared, *seen, None, why);
         return;
     }
-    let was_fenced = std::mem::take(fenced);
-    apply_generation(shared, state, seen, was_fenced);
-}
-
-fn apply_generation(shared: &Shared, state: &ClusterState, seen: &mut u64, fenced: bool) {
     if state.generation < *seen {
         tracing::error!(
             got = state.generation,
@@ -143,16 +129,17 @@ fn apply_generation(shared: &Shared, state: &ClusterState, seen: &mut u64, fence
         );
         return;
     }
-    if state.generation == *seen && *seen > 0 && !fenced {
+    if state.generation == *seen && *seen > 0 && shared.router.current().primary.is_some() {
         return;
     }
     *seen = state.generation;
-    route_by(shared, state);
+    let (primary, why) = primary_of(&shared.settings.backends, state);
+    route(shared, state.generation, primary, &why);
 }
 
-fn route_by(shared: &Shared, state: &ClusterState) {
-    let (primary, why) = primary_of(&shared.settings.backends, state);
-    if let Some(old) = shared.router.set(state.generation, primary, &why) {
+/// Sets the route; when the primary changed, its cached connections go.
+fn route(shared: &Shared, generation: u64, primary: Option<BackendAddr>, why: &str) {
+    if let Some(old) = shared.router.set(generation, primary, why) {
         shared.pools.close_idle(old);
     }
 }
