@@ -476,3 +476,40 @@ pub fn server_sessions(cluster: &Cluster, user: &str) -> usize {
         .parse()
         .unwrap()
 }
+
+/// Logs in over a raw socket as bob (md5) and returns the stream, ready for queries.
+pub fn raw_login(port: u16) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    std::io::Write::write_all(&mut s, &startup_packet(BOB.0, "app")).unwrap();
+    let mut buf = vec![0u8; 13];
+    std::io::Read::read_exact(&mut s, &mut buf).unwrap();
+    assert_eq!(buf[0], b'R');
+    assert_eq!(&buf[5..9], &5u32.to_be_bytes(), "md5 challenge");
+    let salt: [u8; 4] = buf[9..13].try_into().unwrap();
+    let mut inner = md5_hex(format!("{}{}", BOB.1, BOB.0).as_bytes()).into_bytes();
+    inner.extend_from_slice(&salt);
+    let answer = format!("md5{}", md5_hex(&inner));
+    let mut msg = vec![b'p'];
+    msg.extend_from_slice(&((answer.len() + 5) as u32).to_be_bytes());
+    msg.extend_from_slice(answer.as_bytes());
+    msg.push(0);
+    std::io::Write::write_all(&mut s, &msg).unwrap();
+    // Read until ReadyForQuery.
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !messages(&got).iter().any(|(t, _)| *t == b'Z') {
+        let n = std::io::Read::read(&mut s, &mut chunk).unwrap();
+        assert!(n > 0, "closed during login: {:?}", messages(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    s
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

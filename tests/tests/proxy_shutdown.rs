@@ -22,6 +22,8 @@ async fn sigterm_drains_sessions_then_closes_them() {
     );
     let c = proxy.alice().await;
     c.batch_execute("SELECT 1").await.unwrap();
+    // A raw session too, to read exactly what the proxy sends at the end.
+    let mut raw = raw_login(proxy.port);
 
     proxy.child().signal(Signal::SIGTERM).unwrap();
     let signalled = Instant::now();
@@ -47,6 +49,14 @@ async fn sigterm_drains_sessions_then_closes_them() {
     assert!(
         err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
         "{err}"
+    );
+    let mut last = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut raw, &mut last);
+    assert_eq!(
+        error_code(&last).as_deref(),
+        Some("57P01"),
+        "{:?}",
+        messages(&last)
     );
     assert!(proxy.log().contains("shutdown timeout reached"));
 }
