@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pgwardenctl::CtlError;
 use pgwardenctl::cli::Cli;
+use tokio::signal::unix::{SignalKind, signal};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -26,13 +27,23 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let mut out = io::stdout().lock();
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            // No SIGINT handler: never interrupted, as without one.
-            std::future::pending::<()>().await;
-        }
-    };
-    runtime.block_on(pgwardenctl::run(cli, &mut out, interrupt))?;
+    runtime.block_on(async {
+        // The handler is installed here, before anything is printed: a
+        // SIGINT sent as soon as the first line appears must end the command
+        // cleanly, not kill it (`ctrl_c()` would install it only when first
+        // polled, which may come after the first line).
+        let mut sigint = signal(SignalKind::interrupt()).ok();
+        let interrupt = async move {
+            match sigint.as_mut() {
+                Some(sigint) => {
+                    sigint.recv().await;
+                }
+                // No SIGINT handler: never interrupted, as without one.
+                None => std::future::pending::<()>().await,
+            }
+        };
+        pgwardenctl::run(cli, &mut out, interrupt).await
+    })?;
     Ok(())
 }
 
