@@ -1,5 +1,5 @@
 //! The command line, as typed: `pgwardenctl [--config PATH] [--socket PATH]
-//! [--watchdog-socket PATH] [--json] [COMMAND]`.
+//! [--watchdog-socket PATH] [--proxy-socket PATH] [--json] [COMMAND]`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,8 +15,9 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "pgwardenctl", version)]
 pub struct Cli {
-    /// The node config file; only `node.runtime_dir` (where monitor.sock
-    /// and watchdog.sock live) is used, but the whole file is validated.
+    /// The node config file; only `node.runtime_dir` (where monitor.sock,
+    /// watchdog.sock and proxy.sock live) is used, but the whole file is
+    /// validated.
     #[arg(long, global = true, value_name = "PATH", default_value = pgwarden_config::DEFAULT_CONFIG_PATH)]
     pub config: PathBuf,
 
@@ -30,6 +31,12 @@ pub struct Cli {
     /// read at all).
     #[arg(long, global = true, value_name = "PATH")]
     pub watchdog_socket: Option<PathBuf>,
+
+    /// The proxy's socket, for `pools`, `clients`, `pause`, `resume`,
+    /// `reload` and `terminate`, instead of `<node.runtime_dir>/proxy.sock`
+    /// from the config (which is then not read at all).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub proxy_socket: Option<PathBuf>,
 
     /// Print JSON instead of text: the state for `status`, one state per line
     /// for `watch`, `{"message", "state"}` for the backend commands, the
@@ -66,6 +73,31 @@ pub enum Command {
     /// (pcp_watchdog_info). Asks pgwarden-watchdog, not the monitor.
     #[command(visible_alias = "wd")]
     Watchdog(WatchdogArgs),
+    /// Show the proxy's server connection pools: connections held by
+    /// clients, cached, and clients waiting (PgBouncer's SHOW POOLS).
+    /// Asks pgwarden-proxy.
+    Pools,
+    /// List the clients logged in to the proxy, with the pid each was given
+    /// (pcp_proc_info, PgBouncer's SHOW CLIENTS). Asks pgwarden-proxy.
+    Clients,
+    /// Make new sessions wait (up to proxy.pool_timeout) until `resume`;
+    /// sessions already open go on. Asks pgwarden-proxy.
+    Pause,
+    /// Let waiting and new sessions through again after `pause`.
+    Resume,
+    /// Have the proxy re-read its auth file (as SIGHUP does); a broken file
+    /// is reported and the old one stays in force (pcp_reload_config).
+    Reload,
+    /// End one client's session, as pg_terminate_backend() does (it gets
+    /// SQLSTATE 57P01). The pid is the one `clients` shows.
+    Terminate(TerminateArgs),
+}
+
+/// `terminate`'s arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct TerminateArgs {
+    /// The client's pid, as `clients` shows it.
+    pub pid: i32,
 }
 
 /// The backend a command acts on.
@@ -187,6 +219,26 @@ mod tests {
     }
 
     #[test]
+    fn proxy_commands() {
+        let cli = parse(&["terminate", "1842291877", "--proxy-socket", "/run/p.sock"]);
+        assert_eq!(
+            cli.command_or_status(),
+            Command::Terminate(TerminateArgs { pid: 1_842_291_877 })
+        );
+        assert_eq!(cli.proxy_socket, Some(PathBuf::from("/run/p.sock")));
+        assert_eq!(cli.socket, None);
+        for (arg, command) in [
+            ("pools", Command::Pools),
+            ("clients", Command::Clients),
+            ("pause", Command::Pause),
+            ("resume", Command::Resume),
+            ("reload", Command::Reload),
+        ] {
+            assert_eq!(parse(&[arg]).command_or_status(), command);
+        }
+    }
+
+    #[test]
     fn usage_errors() {
         for args in [
             &["attach"][..],
@@ -194,6 +246,9 @@ mod tests {
             &["promote", "pg1", "--timeout", "soon"],
             &["status", "--watch"],
             &["watchdog", "pg1"],
+            &["terminate"],
+            &["terminate", "12x"],
+            &["pools", "pg1"],
         ] {
             let argv = std::iter::once("pgwardenctl").chain(args.iter().copied());
             let err = Cli::try_parse_from(argv).unwrap_err();

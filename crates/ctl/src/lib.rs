@@ -2,12 +2,15 @@
 `pgwardenctl`: pgwarden's admin CLI, what pgpool-II's `pcp_*` commands are
 to pgpool. A gRPC client of `pgwarden-monitor` on
 `<node.runtime_dir>/monitor.sock`, and (for `watchdog`) of
-`pgwarden-watchdog` on `<node.runtime_dir>/watchdog.sock`.
+`pgwarden-watchdog` on `<node.runtime_dir>/watchdog.sock`, and (for
+`pools`, `clients`, `pause`, `resume`, `reload`, `terminate`) of
+`pgwarden-proxy` on `<node.runtime_dir>/proxy.sock`.
 
 - [`cli::Cli`]: the command line as typed (clap derive): `--config`,
-  `--socket`, `--watchdog-socket`, `--json` and the [`cli::Command`]
-  (`status` by default, `watch`, `attach`, `detach`, `promote`, `recheck`,
-  `watchdog`).
+  `--socket`, `--watchdog-socket`, `--proxy-socket`, `--json` and the
+  [`cli::Command`] (`status` by default, `watch`, `attach`, `detach`,
+  `promote`, `recheck`, `watchdog`, and the proxy's `pools`, `clients`,
+  `pause`, `resume`, `reload`, `terminate`).
 - [`run`]: finds the daemon's socket ([`monitor_socket`],
   [`watchdog_socket`]: from the flag, or from the config, which is loaded
   and validated whole so a broken config is reported), connects, and runs
@@ -19,7 +22,7 @@ to pgpool. A gRPC client of `pgwarden-monitor` on
 
 Inside, one module per command (`cmd/`), the socket with its deadline and
 gRPC-to-operator error mapping (`socket`), one client per daemon (`monitor`,
-`watchdog`), backend name resolution (`resolve`), and the output formats as
+`watchdog`, `proxy`), backend name resolution (`resolve`), and the output formats as
 pure functions (`render`: the status table, the watch line, the watchdog
 view, JSON).
 */
@@ -28,6 +31,7 @@ pub mod cli;
 mod cmd;
 mod error;
 mod monitor;
+mod proxy;
 mod render;
 mod resolve;
 mod socket;
@@ -60,6 +64,12 @@ pub async fn run(
 /// with its `PGWARDEN_*` overrides and validated).
 pub fn monitor_socket(cli: &Cli) -> Result<PathBuf, CtlError> {
     daemon_socket(cli, cli.socket.as_ref(), Daemon::Monitor)
+}
+
+/// The proxy's socket: `--proxy-socket` as given, or else
+/// `<node.runtime_dir>/proxy.sock` from the config at `--config`.
+pub fn proxy_socket(cli: &Cli) -> Result<PathBuf, CtlError> {
+    daemon_socket(cli, cli.proxy_socket.as_ref(), Daemon::Proxy)
 }
 
 /// The watchdog's socket: `--watchdog-socket` as given, or else

@@ -9,11 +9,14 @@
 //! - [`Proxy`]: binds, accepts and shuts down ([`Proxy::serve`]).
 //! - [`session`]: one client's life; [`client_auth`]: its authentication.
 //! - [`pool`]: the server connection cache; [`server_conn`]: one server connection.
-//! - [`pump`]: the data path; [`cancel`]: CancelRequest forwarding.
+//! - [`pump`]: the data path; [`clients`]: the logged-in clients, their
+//!   cancel keys and their termination.
+//! - [`admin`]: the admin API on `proxy.sock`.
 //! - [`routing`]: which backend is the primary.
 
-pub mod cancel;
+pub mod admin;
 pub mod client_auth;
+pub mod clients;
 pub mod follow;
 mod net;
 pub mod pool;
@@ -28,6 +31,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use pgwarden_proto::uds::{self, Daemon};
 use pgwarden_wire::auth::auth_file::AuthFile;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -36,8 +40,9 @@ use tokio_util::task::TaskTracker;
 
 pub use settings::Settings;
 
-use crate::cancel::CancelRegistry;
+use crate::admin::AdminService;
 use crate::client_auth::Users;
+use crate::clients::ClientRegistry;
 use crate::pool::{PoolLimits, Pools};
 use crate::routing::Router;
 
@@ -52,6 +57,10 @@ pub enum StartError {
         /// What is wrong.
         reason: String,
     },
+    /// The admin socket could not be bound (another proxy runs with the
+    /// same `node.runtime_dir`, or the directory is not writable).
+    #[error("node.runtime_dir: cannot serve the admin API: {0}")]
+    AdminSocket(String),
     /// The listen address could not be bound.
     #[error("proxy.listen: cannot listen on {addr}: {source}")]
     Bind {
@@ -70,8 +79,10 @@ pub struct Shared {
     users: RwLock<Arc<Users>>,
     /// The server connection cache.
     pub pools: Pools,
-    /// Live cancel keys.
-    pub cancels: Arc<CancelRegistry>,
+    /// The logged-in clients and their cancel keys.
+    pub clients: Arc<ClientRegistry>,
+    /// True while an operator has paused the proxy: new sessions wait.
+    pub paused: tokio::sync::watch::Sender<bool>,
     /// The current primary.
     pub router: Router,
     /// Fires when sessions must end now (shutdown timeout reached).
@@ -104,6 +115,7 @@ pub fn load_users(settings: &Settings) -> Result<Users, StartError> {
 #[derive(Debug)]
 pub struct Proxy {
     listener: TcpListener,
+    admin: tokio::net::UnixListener,
     shared: Arc<Shared>,
 }
 
@@ -116,10 +128,7 @@ pub struct ProxyHandle {
 impl ProxyHandle {
     /// Re-reads the auth file; on error the old one stays in force.
     pub fn reload_auth_file(&self) -> Result<usize, StartError> {
-        let users = load_users(&self.shared.settings)?;
-        let n = users.len();
-        *self.shared.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
-        Ok(n)
+        admin::reload_auth_file(&self.shared)
     }
 }
 
@@ -137,6 +146,10 @@ impl Proxy {
                     addr: settings.listen,
                     source,
                 })?;
+        let admin_path = uds::socket_path(&settings.runtime_dir, Daemon::Proxy);
+        let admin = uds::bind(&admin_path)
+            .await
+            .map_err(|e| StartError::AdminSocket(e.to_string()))?;
         let mut mock_key = [0u8; 32];
         rand::fill(&mut mock_key);
         let limits = PoolLimits {
@@ -147,13 +160,18 @@ impl Proxy {
         let shared = Arc::new(Shared {
             users: RwLock::new(Arc::new(users)),
             pools: Pools::new(limits),
-            cancels: Arc::new(CancelRegistry::default()),
+            clients: Arc::new(ClientRegistry::default()),
+            paused: tokio::sync::watch::Sender::new(false),
             router: Router::default(),
             hard_stop: CancellationToken::new(),
             mock_key,
             settings,
         });
-        Ok(Proxy { listener, shared })
+        Ok(Proxy {
+            listener,
+            admin,
+            shared,
+        })
     }
 
     /// The bound address (useful with port 0).
@@ -172,9 +190,26 @@ impl Proxy {
     /// sessions finish for up to `shutdown_timeout`, and closes the rest with
     /// 57P01.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
-        let Proxy { listener, shared } = self;
+        let Proxy {
+            listener,
+            admin,
+            shared,
+        } = self;
         let background = CancellationToken::new();
         let tasks = TaskTracker::new();
+        // The admin API stays up while sessions drain, so an operator can
+        // see who is left.
+        let (sh, stop) = (Arc::clone(&shared), background.clone());
+        tokio::spawn(async move {
+            let (_health, health) =
+                uds::health_service(pgwarden_proto::v1::proxy_server::SERVICE_NAME).await;
+            let router = tonic::transport::Server::builder()
+                .add_service(health)
+                .add_service(AdminService::new(sh).into_server());
+            if let Err(e) = uds::serve(admin, router, stop.cancelled_owned()).await {
+                tracing::error!(error = %e, "the admin API stopped");
+            }
+        });
         let (sh, stop) = (Arc::clone(&shared), background.clone());
         tokio::spawn(async move {
             let s = &sh.settings;

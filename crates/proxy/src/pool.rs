@@ -10,6 +10,7 @@
 //! is opened, every other is held by a permit holder.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +54,25 @@ pub struct Pool {
     key: PoolKey,
     permits: Arc<Semaphore>,
     idle: Mutex<Vec<ServerConn>>,
+    /// Clients waiting for a permit.
+    waiting: AtomicUsize,
+}
+
+/// One pool's numbers, for the admin API (PgBouncer's SHOW POOLS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Backend id.
+    pub backend: usize,
+    /// The pool's user.
+    pub user: String,
+    /// The pool's database.
+    pub database: String,
+    /// Server connections held (or being opened) by clients.
+    pub active: usize,
+    /// Cached server connections.
+    pub idle: usize,
+    /// Clients waiting for a server connection.
+    pub waiting: usize,
 }
 
 /// The right to hold one server connection of a pool.
@@ -93,6 +113,7 @@ impl Pools {
             key: key.clone(),
             permits: Arc::new(Semaphore::new(self.limits.size)),
             idle: Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
         });
         pools.insert(key.clone(), Arc::clone(&p));
         p
@@ -109,8 +130,10 @@ impl Pools {
         let permit = match Arc::clone(&pool.permits).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
+                pool.waiting.fetch_add(1, Ordering::Relaxed);
                 let r =
                     tokio::time::timeout(timeout, Arc::clone(&pool.permits).acquire_owned()).await;
+                pool.waiting.fetch_sub(1, Ordering::Relaxed);
                 match r {
                     Ok(Ok(p)) => p,
                     // The semaphore is never closed; treat it like a timeout anyway.
@@ -151,6 +174,39 @@ impl Pools {
         for pool in pools.values().filter(|p| p.key.backend == backend) {
             pool.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
+    }
+
+    /// Every pool's numbers, sorted by backend, user and database.
+    pub fn stats(&self) -> Vec<PoolStats> {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<PoolStats> = pools
+            .values()
+            .map(|pool| {
+                let param = |name: &str| {
+                    pool.key
+                        .params
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                PoolStats {
+                    backend: pool.key.backend,
+                    user: param("user"),
+                    database: param("database"),
+                    active: self
+                        .limits
+                        .size
+                        .saturating_sub(pool.permits.available_permits()),
+                    idle: pool.idle.lock().map(|i| i.len()).unwrap_or(0),
+                    waiting: pool.waiting.load(Ordering::Relaxed),
+                }
+            })
+            .collect();
+        all.sort_by(|a, b| {
+            (a.backend, &a.user, &a.database).cmp(&(b.backend, &b.user, &b.database))
+        });
+        all
     }
 
     /// How often [`Pools::reap`] should run.

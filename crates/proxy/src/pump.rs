@@ -51,6 +51,8 @@ pub enum StopReason {
     /// Its server is no longer the primary (failover, or the proxy lost
     /// the monitor and fences).
     PrimaryChanged,
+    /// An operator terminated the client (`TerminateClient`).
+    Terminated,
 }
 
 /// The state of the session when the data path ended.
@@ -131,8 +133,9 @@ impl Observer for ServerSide<'_> {
     }
 }
 
-/// Runs the data path until either side leaves, `shutdown` fires, or the
-/// route the session was given ends (`route_ended`). `pending` holds client
+/// Runs the data path until either side leaves, `shutdown` fires, the
+/// route the session was given ends (`route_ended`), or an operator
+/// terminates the client (`terminated`, a token of this session's own). `pending` holds client
 /// bytes read before the session started.
 pub async fn pump(
     client: &mut TcpStream,
@@ -141,6 +144,7 @@ pub async fn pump(
     max_message: u32,
     shutdown: &CancellationToken,
     route_ended: &CancellationToken,
+    terminated: &CancellationToken,
 ) -> PumpResult {
     // Per session, so waiting on them touches no lock shared with other sessions.
     let (shutdown, route_ended) = (shutdown.child_token(), route_ended.child_token());
@@ -215,6 +219,7 @@ pub async fn pump(
         biased;
         _ = shutdown.cancelled() => PumpEnd::Stopped(StopReason::Shutdown),
         _ = route_ended.cancelled() => PumpEnd::Stopped(StopReason::PrimaryChanged),
+        _ = terminated.cancelled() => PumpEnd::Stopped(StopReason::Terminated),
         end = client_to_server => end,
         end = server_to_client => end,
     };

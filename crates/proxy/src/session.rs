@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::BytesMut;
 use pgwarden_wire::backend::{self, TransactionStatus};
@@ -16,9 +17,10 @@ use tracing::Instrument;
 
 use crate::Shared;
 use crate::client_auth::{self, AuthError};
+use crate::clients::ClientMeta;
 use crate::pool::PoolKey;
 use crate::pump::{self, PumpEnd, StopReason};
-use crate::server_conn::{ServerConn, ServerError};
+use crate::server_conn::{ServerConn, ServerCredentials, ServerError};
 
 /// Serves one accepted client. `permit` is `None` when the proxy is at
 /// `max_client_connections`: the client is told so (53300) after its
@@ -38,7 +40,7 @@ pub async fn serve(
                 Ok(Ok(Some(StartupPacket::Startup(m)))) => m,
                 Ok(Ok(Some(StartupPacket::Cancel { pid, secret }))) => {
                     shared
-                        .cancels
+                        .clients
                         .cancel(pid, secret, shared.settings.server_connect_timeout)
                         .await;
                     return;
@@ -66,7 +68,7 @@ pub async fn serve(
         let _permit = permit;
         match tokio::time::timeout(
             login_timeout,
-            login(&shared, &mut stream, &mut buf, &startup),
+            login(&shared, peer, &mut stream, &mut buf, &startup),
         )
         .await
         {
@@ -122,7 +124,7 @@ async fn read_startup(
 struct Session {
     slot: crate::pool::Slot,
     conn: ServerConn,
-    cancel: crate::cancel::CancelKey,
+    cancel: crate::clients::CancelKey,
     route: crate::routing::Route,
 }
 
@@ -137,6 +139,7 @@ fn reject(e: ErrorResponse) -> Reject {
 /// Authenticates the client and hands it a server connection.
 async fn login(
     shared: &Shared,
+    peer: SocketAddr,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     startup: &StartupMessage,
@@ -191,7 +194,45 @@ async fn login(
         .collect();
     params.push(("database".into(), database.to_owned()));
 
+    // From here on the client is listed, and an operator may end it.
+    let cancel = shared.clients.register(ClientMeta {
+        address: peer,
+        user: user.to_owned(),
+        database: database.to_owned(),
+        connected: SystemTime::now(),
+    });
+    let (slot, conn, route) = tokio::select! {
+        r = server_for(shared, &params, &creds) => r?,
+        () = cancel.terminated().cancelled() => {
+            tracing::info!("client terminated by an operator while waiting for a server");
+            return Err(reject(terminated_error()));
+        }
+    };
+    cancel.set_server(conn.backend, conn.addr, conn.key);
+    for (k, v) in &conn.params {
+        backend::parameter_status(&mut out, k, v);
+    }
+    backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
+    backend::ready_for_query(&mut out, TransactionStatus::Idle);
+    stream.write_all(&out).await.map_err(|_| None)?;
+    Ok(Session {
+        slot,
+        conn,
+        cancel,
+        route,
+    })
+}
+
+/// The right to a server connection of the primary, and the connection:
+/// waits while the proxy is paused, then takes a cached connection or opens
+/// one.
+async fn server_for(
+    shared: &Shared,
+    params: &[(String, String)],
+    creds: &ServerCredentials,
+) -> Result<(crate::pool::Slot, ServerConn, crate::routing::Route), Reject> {
     let settings = &shared.settings;
+    wait_while_paused(shared).await?;
     let route = shared
         .router
         .route(settings.server_connect_timeout)
@@ -208,7 +249,7 @@ async fn login(
             "no primary backend is available",
         )));
     };
-    let key = PoolKey::new(b.id, &params);
+    let key = PoolKey::new(b.id, params);
     let (slot, cached) = shared
         .pools
         .acquire(&key, settings.pool_timeout)
@@ -227,7 +268,7 @@ async fn login(
             &b.host,
             b.port,
             &key.params,
-            &creds,
+            creds,
             settings.tcp_keepalive,
             settings.server_connect_timeout,
         )
@@ -250,21 +291,35 @@ async fn login(
             ))
         })?,
     };
+    Ok((slot, conn, route))
+}
 
-    let cancel = shared.cancels.register();
-    cancel.set_server(conn.addr, conn.key);
-    for (k, v) in &conn.params {
-        backend::parameter_status(&mut out, k, v);
+/// Returns at once unless an operator paused the proxy; then waits for
+/// Resume, up to `pool_timeout`.
+async fn wait_while_paused(shared: &Shared) -> Result<(), Reject> {
+    let mut paused = shared.paused.subscribe();
+    if !*paused.borrow_and_update() {
+        return Ok(());
     }
-    backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
-    backend::ready_for_query(&mut out, TransactionStatus::Idle);
-    stream.write_all(&out).await.map_err(|_| None)?;
-    Ok(Session {
-        slot,
-        conn,
-        cancel,
-        route,
-    })
+    tracing::debug!("the proxy is paused; waiting for resume");
+    let timeout = shared.settings.pool_timeout;
+    match tokio::time::timeout(timeout, paused.wait_for(|p| !*p)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(reject(ErrorResponse::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!(
+                "pgwarden-proxy is paused by an operator and was not resumed within {timeout:?}"
+            ),
+        ))),
+    }
+}
+
+/// What a client an operator terminated is told, as by `pg_terminate_backend`.
+fn terminated_error() -> ErrorResponse {
+    ErrorResponse::fatal(
+        sqlstate::ADMIN_SHUTDOWN,
+        "terminating connection due to administrator command",
+    )
 }
 
 async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut, mut s: Session) {
@@ -276,6 +331,7 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
         shared.settings.max_message_bytes,
         &shared.hard_stop,
         &s.route.ended,
+        s.cancel.terminated(),
     )
     .await;
     s.cancel.clear_server();
@@ -296,6 +352,10 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
                 sqlstate::CONNECTION_FAILURE,
                 format!("server protocol error: {e}"),
             ))
+        }
+        PumpEnd::Stopped(StopReason::Terminated) => {
+            tracing::info!("client terminated by an operator");
+            Some(terminated_error())
         }
         PumpEnd::Stopped(StopReason::Shutdown) => Some(ErrorResponse::fatal(
             sqlstate::ADMIN_SHUTDOWN,

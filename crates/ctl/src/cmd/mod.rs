@@ -1,6 +1,7 @@
 //! One module per command; this one only dispatches.
 
 mod change;
+mod proxy;
 mod recheck;
 mod status;
 mod watch;
@@ -13,6 +14,7 @@ use serde_json::Value;
 use crate::CtlError;
 use crate::cli::{Cli, Command};
 use crate::monitor::Monitor;
+use crate::proxy::Proxy;
 use crate::watchdog::Watchdog;
 
 /// Runs the command `cli` asks for, connected to the daemon it needs,
@@ -41,12 +43,25 @@ pub async fn dispatch(
             let mut watchdog = Watchdog::connect(&crate::watchdog_socket(cli)?).await?;
             watchdog::run(&mut watchdog, &args, json, out, interrupt).await
         }
+        Command::Pools => proxy::pools(&mut proxy_api(cli).await?, json, out).await,
+        Command::Clients => proxy::clients(&mut proxy_api(cli).await?, json, out).await,
+        Command::Pause => proxy::pause(&mut proxy_api(cli).await?, json, out).await,
+        Command::Resume => proxy::resume(&mut proxy_api(cli).await?, json, out).await,
+        Command::Reload => proxy::reload(&mut proxy_api(cli).await?, json, out).await,
+        Command::Terminate(args) => {
+            proxy::terminate(&mut proxy_api(cli).await?, args.pid, json, out).await
+        }
     }
 }
 
 /// The monitor, connected at [`crate::monitor_socket`].
 async fn monitor(cli: &Cli) -> Result<Monitor, CtlError> {
     Monitor::connect(&crate::monitor_socket(cli)?).await
+}
+
+/// The proxy's admin API, connected at [`crate::proxy_socket`].
+async fn proxy_api(cli: &Cli) -> Result<Proxy, CtlError> {
+    Proxy::connect(&crate::proxy_socket(cli)?).await
 }
 
 /// Writes `value` as indented JSON and a newline.

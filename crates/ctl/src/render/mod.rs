@@ -3,12 +3,14 @@
 //! JSON, so every format is unit-tested on fixed states.
 
 mod json;
+mod proxy;
 mod summary;
 mod table;
 mod units;
 mod watchdog;
 
 pub use json::{change_json, state_json};
+pub use proxy::{clients_json, clients_text, pools_json, pools_text};
 pub use summary::summary_line;
 pub use table::status_text;
 pub use units::now_unix_ms;

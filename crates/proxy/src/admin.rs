@@ -1,0 +1,145 @@
+//! The proxy's admin API on `<node.runtime_dir>/proxy.sock`: its pools
+//! and clients (PgBouncer's SHOW POOLS and SHOW CLIENTS, pgpool's
+//! pcp_pool_status and pcp_proc_info), pause and resume, reload, and
+//! terminating one client.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use pgwarden_proto::v1::proxy_server::{Proxy as ProxyApi, ProxyServer};
+use pgwarden_proto::v1::{
+    ClientInfo, GetPoolsReply, GetPoolsRequest, ListClientsReply, ListClientsRequest, PauseReply,
+    PauseRequest, PoolState, ReloadReply, ReloadRequest, ResumeReply, ResumeRequest,
+    TerminateClientReply, TerminateClientRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::{Shared, load_users};
+
+/// The service, over the state every session shares.
+#[derive(Debug, Clone)]
+pub struct AdminService {
+    shared: Arc<Shared>,
+}
+
+impl AdminService {
+    /// The service for a proxy's shared state.
+    pub fn new(shared: Arc<Shared>) -> AdminService {
+        AdminService { shared }
+    }
+
+    /// The tonic server for it.
+    pub fn into_server(self) -> ProxyServer<AdminService> {
+        ProxyServer::new(self)
+    }
+}
+
+/// Re-reads the auth file into `shared`; on error the old one stays in force.
+pub fn reload_auth_file(shared: &Shared) -> Result<usize, crate::StartError> {
+    let users = load_users(&shared.settings)?;
+    let n = users.len();
+    *shared.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
+    Ok(n)
+}
+
+fn id32(id: usize) -> u32 {
+    u32::try_from(id).unwrap_or(u32::MAX)
+}
+
+#[tonic::async_trait]
+impl ProxyApi for AdminService {
+    async fn get_pools(
+        &self,
+        _: Request<GetPoolsRequest>,
+    ) -> Result<Response<GetPoolsReply>, Status> {
+        let route = self.shared.router.current();
+        let pools = self
+            .shared
+            .pools
+            .stats()
+            .into_iter()
+            .map(|p| PoolState {
+                backend_id: id32(p.backend),
+                user: p.user,
+                database: p.database,
+                active: id32(p.active),
+                idle: id32(p.idle),
+                waiting: id32(p.waiting),
+            })
+            .collect();
+        Ok(Response::new(GetPoolsReply {
+            pools,
+            generation: route.generation,
+            primary_id: route.primary.map(|b| id32(b.id)),
+        }))
+    }
+
+    async fn list_clients(
+        &self,
+        _: Request<ListClientsRequest>,
+    ) -> Result<Response<ListClientsReply>, Status> {
+        let clients = self
+            .shared
+            .clients
+            .list()
+            .into_iter()
+            .map(|c| ClientInfo {
+                pid: c.pid,
+                address: c.meta.address.to_string(),
+                user: c.meta.user,
+                database: c.meta.database,
+                backend_id: c.backend.map(id32),
+                connected_unix_ms: c
+                    .meta
+                    .connected
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                    .unwrap_or(0),
+            })
+            .collect();
+        Ok(Response::new(ListClientsReply { clients }))
+    }
+
+    async fn pause(&self, _: Request<PauseRequest>) -> Result<Response<PauseReply>, Status> {
+        if !self.shared.paused.send_replace(true) {
+            tracing::info!("paused by an operator: new sessions wait for resume");
+        }
+        Ok(Response::new(PauseReply {}))
+    }
+
+    async fn resume(&self, _: Request<ResumeRequest>) -> Result<Response<ResumeReply>, Status> {
+        if self.shared.paused.send_replace(false) {
+            tracing::info!("resumed by an operator");
+        }
+        Ok(Response::new(ResumeReply {}))
+    }
+
+    async fn reload(&self, _: Request<ReloadRequest>) -> Result<Response<ReloadReply>, Status> {
+        match reload_auth_file(&self.shared) {
+            Ok(n) => {
+                tracing::info!(users = n, "auth file reloaded");
+                Ok(Response::new(ReloadReply {
+                    message: format!("auth file reloaded: {n} users"),
+                }))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "auth file not reloaded; keeping the old one");
+                Err(Status::failed_precondition(format!(
+                    "{e}; the old auth file stays in force"
+                )))
+            }
+        }
+    }
+
+    async fn terminate_client(
+        &self,
+        request: Request<TerminateClientRequest>,
+    ) -> Result<Response<TerminateClientReply>, Status> {
+        let pid = request.into_inner().pid;
+        let found = self.shared.clients.terminate(pid);
+        if found {
+            tracing::info!(pid, "terminating a client at an operator's request");
+        }
+        Ok(Response::new(TerminateClientReply { found }))
+    }
+}

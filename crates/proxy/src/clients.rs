@@ -1,0 +1,259 @@
+//! The logged-in clients: their cancel keys, what the admin API lists of
+//! them, and how an operator ends one.
+//!
+//! Each client gets its own BackendKeyData (a random process id and secret)
+//! instead of the server's, so a key never reveals or reaches a server the
+//! client is not using. A CancelRequest quoting that key is forwarded, with
+//! the server's real key, to the server connection the client holds now.
+//! The process id also names the client to operators (`ListClients`,
+//! `TerminateClient`), as a backend pid does in `pg_stat_activity`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::BytesMut;
+use postgres_protocol::message::frontend;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Who a client is, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientMeta {
+    /// Its address.
+    pub address: SocketAddr,
+    /// The user it logged in as.
+    pub user: String,
+    /// The database it asked for.
+    pub database: String,
+    /// When it logged in.
+    pub connected: SystemTime,
+}
+
+/// One live client, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSnapshot {
+    /// The process id it was given.
+    pub pid: i32,
+    /// Who it is.
+    pub meta: ClientMeta,
+    /// The backend of the server connection it holds, if it holds one.
+    pub backend: Option<usize>,
+}
+
+/// Where a client's server connection is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Server {
+    backend: usize,
+    addr: SocketAddr,
+    pid: i32,
+    secret: i32,
+}
+
+#[derive(Debug)]
+struct Entry {
+    secret: i32,
+    server: Option<Server>,
+    meta: ClientMeta,
+    terminate: CancellationToken,
+}
+
+/// The live clients, by the process id they were given.
+#[derive(Debug, Default)]
+pub struct ClientRegistry {
+    keys: Mutex<HashMap<i32, Entry>>,
+}
+
+/// A client's registration: its key, and the token an operator's
+/// `TerminateClient` fires. Unregisters on drop.
+#[derive(Debug)]
+pub struct CancelKey {
+    registry: Arc<ClientRegistry>,
+    /// The process id the client was given.
+    pub pid: i32,
+    /// The secret the client was given.
+    pub secret: i32,
+    terminate: CancellationToken,
+}
+
+impl ClientRegistry {
+    /// Issues a fresh key for a logged-in client.
+    pub fn register(self: &Arc<Self>, meta: ClientMeta) -> CancelKey {
+        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            // Positive, like real process ids, so tools that print them look sane.
+            let pid = rand::random::<i32>() & 0x7fff_ffff;
+            if pid != 0 && !keys.contains_key(&pid) {
+                let secret = rand::random::<i32>();
+                let terminate = CancellationToken::new();
+                keys.insert(
+                    pid,
+                    Entry {
+                        secret,
+                        server: None,
+                        meta,
+                        terminate: terminate.clone(),
+                    },
+                );
+                return CancelKey {
+                    registry: Arc::clone(self),
+                    pid,
+                    secret,
+                    terminate,
+                };
+            }
+        }
+    }
+
+    fn lookup(&self, pid: i32, secret: i32) -> Option<Server> {
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.get(&pid)
+            .filter(|t| t.secret == secret)
+            .and_then(|t| t.server)
+    }
+
+    /// Every live client, oldest first.
+    pub fn list(&self) -> Vec<ClientSnapshot> {
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<ClientSnapshot> = keys
+            .iter()
+            .map(|(pid, e)| ClientSnapshot {
+                pid: *pid,
+                meta: e.meta.clone(),
+                backend: e.server.map(|s| s.backend),
+            })
+            .collect();
+        all.sort_by_key(|c| (c.meta.connected, c.pid));
+        all
+    }
+
+    /// Ends the client with process id `pid` (its session gets 57P01);
+    /// false when there is no such client.
+    pub fn terminate(&self, pid: i32) -> bool {
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        match keys.get(&pid) {
+            Some(e) => {
+                e.terminate.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forwards a client's CancelRequest to its server, if the key is live.
+    /// Like PostgreSQL, nothing is reported back either way.
+    pub async fn cancel(&self, pid: i32, secret: i32, timeout: Duration) {
+        let Some(server) = self.lookup(pid, secret) else {
+            tracing::debug!(pid, "cancel request for an unknown key ignored");
+            return;
+        };
+        let addr = server.addr;
+        let send = async {
+            let mut s = TcpStream::connect(addr).await?;
+            let mut buf = BytesMut::with_capacity(16);
+            frontend::cancel_request(server.pid, server.secret, &mut buf);
+            s.write_all(&buf).await?;
+            s.shutdown().await
+        };
+        match tokio::time::timeout(timeout, send).await {
+            Ok(Ok(())) => tracing::debug!(pid, %addr, "cancel forwarded"),
+            Ok(Err(e)) => {
+                tracing::warn!(pid, %addr, error = %e, "could not forward a cancel request")
+            }
+            Err(_) => tracing::warn!(pid, %addr, "forwarding a cancel request timed out"),
+        }
+    }
+}
+
+impl CancelKey {
+    /// Points the key at the server connection the client now holds: on
+    /// `backend`, at `addr`, with the server's BackendKeyData.
+    pub fn set_server(&self, backend: usize, addr: SocketAddr, server_key: (i32, i32)) {
+        self.update(Some(Server {
+            backend,
+            addr,
+            pid: server_key.0,
+            secret: server_key.1,
+        }));
+    }
+
+    /// The client holds no server connection.
+    pub fn clear_server(&self) {
+        self.update(None);
+    }
+
+    /// Fires when an operator terminates this client.
+    pub fn terminated(&self) -> &CancellationToken {
+        &self.terminate
+    }
+
+    fn update(&self, server: Option<Server>) {
+        let mut keys = self.registry.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = keys.get_mut(&self.pid) {
+            t.server = server;
+        }
+    }
+}
+
+impl Drop for CancelKey {
+    fn drop(&mut self) {
+        let mut keys = self.registry.keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.remove(&self.pid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(user: &str, secs: u64) -> ClientMeta {
+        ClientMeta {
+            address: "127.0.0.1:40000".parse().unwrap(),
+            user: user.into(),
+            database: "db".into(),
+            connected: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+        }
+    }
+
+    #[test]
+    fn keys_route_only_with_the_right_secret_and_vanish_on_drop() {
+        let reg = Arc::new(ClientRegistry::default());
+        let key = reg.register(meta("a", 1));
+        assert_eq!(reg.lookup(key.pid, key.secret), None, "no server yet");
+        let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        key.set_server(2, addr, (77, 88));
+        let server = reg.lookup(key.pid, key.secret).unwrap();
+        assert_eq!((server.addr, server.pid, server.secret), (addr, 77, 88));
+        assert_eq!(reg.lookup(key.pid, key.secret.wrapping_add(1)), None);
+        let (pid, secret) = (key.pid, key.secret);
+        drop(key);
+        assert_eq!(reg.lookup(pid, secret), None);
+        assert!(reg.list().is_empty());
+    }
+
+    #[test]
+    fn lists_oldest_first_with_backends_and_terminates_by_pid() {
+        let reg = Arc::new(ClientRegistry::default());
+        let newer = reg.register(meta("newer", 20));
+        let older = reg.register(meta("older", 10));
+        older.set_server(1, "127.0.0.1:5432".parse().unwrap(), (1, 2));
+        let list = reg.list();
+        assert_eq!(
+            list.iter()
+                .map(|c| (c.meta.user.as_str(), c.backend))
+                .collect::<Vec<_>>(),
+            vec![("older", Some(1)), ("newer", None)]
+        );
+        assert_eq!(list[0].pid, older.pid);
+        let absent = (1..).find(|p| ![newer.pid, older.pid].contains(p)).unwrap();
+        assert!(!reg.terminate(absent));
+        assert!(!newer.terminated().is_cancelled());
+        assert!(reg.terminate(newer.pid));
+        assert!(newer.terminated().is_cancelled());
+        assert!(!older.terminated().is_cancelled());
+        older.clear_server();
+        assert_eq!(reg.list()[0].backend, None);
+    }
+}
