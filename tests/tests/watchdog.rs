@@ -336,3 +336,91 @@ async fn a_lone_node_without_quorum_does_not_fail_over() {
     assert!(majority.generation >= before);
     fleet.lab.heal(lone).unwrap();
 }
+
+/// Only the leader's monitor decides failovers. With that monitor gone (and
+/// not restarted), the leader hands the lead to a node whose monitor
+/// answers, and a primary that dies afterwards is still failed over, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_its_monitor_hands_over_and_failover_still_happens() {
+    need_lab!();
+    let mut fleet = Fleet::start(3);
+    let old = fleet
+        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
+        .await;
+    fleet
+        .wait(
+            Duration::from_secs(30),
+            "a query through the delegate IP",
+            || async { fleet.client_query("CREATE TABLE t (x int)").is_ok() },
+        )
+        .await;
+    fleet
+        .cluster
+        .wait_replicated(Duration::from_secs(20))
+        .unwrap();
+
+    let killed = Instant::now();
+    fleet.kill_daemon(old, Daemon::Monitor);
+    let old_id = fleet.raft_id_of_host(old);
+    // Another leader, with the old leader's monitor recorded gone.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let new = loop {
+        let s = fleet.watchdog((old + 1) % 3).await;
+        if let Some(s) = &s
+            && s.record
+                .as_ref()
+                .is_some_and(|r| r.monitors_down == [old_id])
+            && s.leader_id != 0
+            && s.leader_id != old_id
+            && s.quorum
+        {
+            break fleet.host_of_raft_id(s.leader_id);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lead did not move: {s:?}{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "lead moved from host {old} to host {new} {:?} after host {old}'s monitor was killed",
+        killed.elapsed()
+    );
+    fleet
+        .wait(
+            Duration::from_secs(30),
+            "the delegate IP on the new leader's host",
+            || async { fleet.vip_holders() == [new] && fleet.client_query("SELECT 1").is_ok() },
+        )
+        .await;
+
+    // The primary dies: the new leader's monitor fails over.
+    let primary_killed = Instant::now();
+    fleet
+        .cluster
+        .node(0)
+        .stop(pgwarden_testkit::StopMode::Immediate)
+        .unwrap();
+    fleet
+        .wait(
+            Duration::from_secs(60),
+            "a write through the delegate IP after the primary died",
+            || async { fleet.client_query("INSERT INTO t VALUES (1)").is_ok() },
+        )
+        .await;
+    eprintln!(
+        "first write through the delegate IP {:?} after the primary died",
+        primary_killed.elapsed()
+    );
+    let promotions: Vec<usize> = (0..3)
+        .map(|i| {
+            fleet
+                .log(i, Daemon::Monitor)
+                .matches("failover: promotion succeeded")
+                .count()
+        })
+        .collect();
+    assert_eq!(promotions.iter().sum::<usize>(), 1, "{}", fleet.logs());
+    assert_eq!(promotions[new], 1, "decided by the new leader's monitor");
+}

@@ -516,7 +516,7 @@ async fn watchdog_via_the_config() {
         );
         assert!(lines[3].ends_with(" ago   leader"), "{out}");
         assert_eq!(lines[4], "2   10.213.0.12:9000  this node    -");
-        assert_eq!(lines.len(), 10, "{out}");
+        assert_eq!(lines.len(), 11, "{out}");
         // The monitor is not asked.
         assert_eq!(w.served.calls(), ["GetStatus"]);
     }

@@ -79,7 +79,7 @@ impl Signer {
             &p.epoch.to_be_bytes(),
             &p.seq.to_be_bytes(),
             p.backend.as_bytes(),
-            &[u8::from(p.down)],
+            &[u8::from(p.down), u8::from(p.monitor)],
         ])
     }
 
@@ -139,11 +139,18 @@ mod tests {
             epoch: 1,
             seq: 1,
             mac: vec![],
+            monitor: false,
         };
         s.sign_proposal(&mut p);
         assert!(s.verify_proposal(&p));
         p.down = false;
         assert!(!s.verify_proposal(&p));
+        p.down = true;
+        p.monitor = true;
+        assert!(
+            !s.verify_proposal(&p),
+            "a backend report cannot pass as a monitor report"
+        );
     }
 
     #[test]

@@ -358,6 +358,16 @@ impl WatchdogNode {
         Ok(())
     }
 
+    /// Hands the lead to `to` (Raft's leadership transfer: it campaigns as
+    /// soon as its log is caught up, without waiting for an election
+    /// timeout). Only a leader transfers; a follower ignores it. Call
+    /// [`Self::ready`] afterwards.
+    pub fn transfer_leader(&mut self, to: u64) {
+        if self.is_leader() && to != self.config.id && self.config.voters.contains(&to) {
+            self.raw.transfer_leader(to);
+        }
+    }
+
     /// Tells Raft that a message to `peer` could not be delivered, so the
     /// leader probes it again instead of streaming.
     pub fn report_unreachable(&mut self, peer: u64) {

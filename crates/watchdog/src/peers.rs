@@ -33,14 +33,12 @@ const BATCH: usize = 64;
 pub enum Inbound {
     /// Raft messages from a peer.
     Raft(u64, Vec<Message>),
-    /// A follower forwarded its monitor's report; the reply says whether it committed.
+    /// A follower forwarded a report; the reply says whether it committed.
     Forwarded {
         /// The reporting node.
         from: u64,
-        /// The backend.
-        backend: String,
-        /// Down or up.
-        down: bool,
+        /// What it reports.
+        report: Report,
         /// Where to answer.
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -48,6 +46,37 @@ pub enum Inbound {
     Unreachable(u64),
     /// A snapshot was (or was not) delivered to a peer.
     Snapshot(u64, bool),
+}
+
+/// What a node reports about its own view, committed through the leader.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    /// Its monitor sees `backend` down, or up again.
+    Backend {
+        /// The backend's name.
+        backend: String,
+        /// Down or up.
+        down: bool,
+    },
+    /// Its monitor answers, or has stopped answering.
+    Monitor {
+        /// Whether the monitor answers.
+        alive: bool,
+    },
+}
+
+impl Report {
+    /// The command that records `node`'s report.
+    pub fn command(self, node: u64) -> crate::Command {
+        match self {
+            Report::Backend { backend, down } => crate::Command::ReportHealth {
+                node,
+                backend,
+                down,
+            },
+            Report::Monitor { alive } => crate::Command::MonitorHealth { node, alive },
+        }
+    }
 }
 
 /// Who we are, for checking what arrives.
@@ -160,10 +189,17 @@ impl WatchdogPeer for PeerService {
             return Err(Status::invalid_argument("replayed"));
         }
         let (tx, rx) = oneshot::channel();
+        let report = if p.monitor {
+            Report::Monitor { alive: !p.down }
+        } else {
+            Report::Backend {
+                backend: p.backend,
+                down: p.down,
+            }
+        };
         let forwarded = Inbound::Forwarded {
             from: p.from,
-            backend: p.backend,
-            down: p.down,
+            report,
             reply: tx,
         };
         if self.inbound.send(forwarded).await.is_err() {
@@ -271,18 +307,22 @@ pub async fn forward(
     address: &str,
     id: &Identity,
     seq: u64,
-    backend: &str,
-    down: bool,
+    report: &Report,
 ) -> Result<(), String> {
     let mut client = WatchdogPeerClient::new(channel(address)?);
+    let (backend, down, monitor) = match report {
+        Report::Backend { backend, down } => (backend.clone(), *down, false),
+        Report::Monitor { alive } => (String::new(), !*alive, true),
+    };
     let mut p = PeerProposal {
         from: id.me,
         members_hash: id.members_hash,
-        backend: backend.to_owned(),
+        backend,
         down,
         epoch: id.epoch,
         seq,
         mac: Vec::new(),
+        monitor,
     };
     id.signer.sign_proposal(&mut p);
     let reply = client

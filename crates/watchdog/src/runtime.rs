@@ -31,6 +31,16 @@ pub enum RunError {
     Listen(String),
 }
 
+/// How often the watchdog asks its node's monitor whether it answers.
+const MONITOR_PROBE: Duration = Duration::from_secs(1);
+/// How long the monitor must go unanswered before it counts as gone:
+/// longer than systemd takes to restart it (`Restart=always`, 1 s).
+pub const MONITOR_GRACE: Duration = Duration::from_secs(5);
+/// How often a leader without its monitor may try to hand the lead over,
+/// and how often a node re-sends its monitor's state when the record
+/// disagrees.
+const MONITOR_RETRY: Duration = Duration::from_secs(3);
+
 /// A proposal waiting for its entry to be applied.
 struct Pending {
     command: Command,
@@ -95,18 +105,27 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         outbound.insert(peer, tx);
     }
 
-    // Forwarding the local monitor's reports to the leader, one at a time.
-    let (forward_tx, mut forward_rx) =
-        mpsc::channel::<(String, String, bool, oneshot::Sender<Result<(), String>>)>(64);
+    // Forwarding this node's reports to the leader, one at a time.
+    let (forward_tx, mut forward_rx) = mpsc::channel::<Forward>(64);
     let fwd_id = id.clone();
     tokio::spawn(async move {
         let mut seq = 0u64;
-        while let Some((address, backend, down, reply)) = forward_rx.recv().await {
+        while let Some((address, report, reply)) = forward_rx.recv().await {
             seq += 1;
-            let r = peers::forward(&address, &fwd_id, seq, &backend, down).await;
+            let r = peers::forward(&address, &fwd_id, seq, &report).await;
             let _ = reply.send(r);
         }
     });
+
+    // Whether this node's monitor answers (None until known).
+    let (monitor_tx, mut monitor_rx) = watch::channel::<Option<bool>>(None);
+    tokio::spawn(probe_monitor(
+        uds::socket_path(&settings.runtime_dir, Daemon::Monitor),
+        monitor_tx,
+        stop.clone(),
+    ));
+    let mut monitor_sent: Option<Instant> = None;
+    let mut transfer_tried: Option<Instant> = None;
 
     // The local API.
     let (status_tx, status_rx) = watch::channel(WatchdogStatus::default());
@@ -154,28 +173,68 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                         }
                     }
                 }
-                Inbound::Forwarded { from, backend, down, reply } => {
-                    propose(&mut node, &mut pending, Command::ReportHealth { node: from, backend, down }, reply);
+                Inbound::Forwarded { from, report, reply } => {
+                    propose(&mut node, &mut pending, report.command(from), reply);
                 }
                 Inbound::Unreachable(peer) => node.report_unreachable(peer),
                 Inbound::Snapshot(peer, ok) => node.report_snapshot(peer, ok),
             },
             Some(req) = requests.recv() => match req {
                 ApiRequest::ReportHealth { backend, down, reply } => {
-                    let cmd = Command::ReportHealth { node: settings.id, backend: backend.clone(), down };
-                    if node.is_leader() {
-                        propose(&mut node, &mut pending, cmd, reply);
-                    } else if let Some(address) = node.leader().and_then(|l| settings.address(l)) {
-                        let _ = forward_tx.try_send((address.to_owned(), backend, down, reply));
-                    } else {
-                        let _ = reply.send(Err("no leader: the watchdogs have no quorum".into()));
-                    }
+                    let report = peers::Report::Backend { backend, down };
+                    submit(&mut node, &mut pending, &settings, &forward_tx, report, reply);
                 }
                 ApiRequest::Propose { expected, generation, reply } => {
                     let cmd = Command::Commit { expected_generation: expected, record: generation };
                     propose(&mut node, &mut pending, cmd, reply);
                 }
             },
+            Ok(()) = monitor_rx.changed() => {
+                monitor_sent = None;
+            }
+        }
+        // This node's monitor: recorded as it is, and a leader without one
+        // hands the lead to a node whose monitor answers.
+        let monitor = *monitor_rx.borrow();
+        if let Some(alive) = monitor {
+            let recorded_alive = !node.record().monitors_down.contains(&settings.id);
+            if recorded_alive != alive && monitor_sent.is_none_or(|t| t.elapsed() >= MONITOR_RETRY)
+            {
+                monitor_sent = Some(Instant::now());
+                if alive {
+                    tracing::info!("this node's monitor answers again");
+                } else {
+                    tracing::warn!(grace = ?MONITOR_GRACE, "this node's monitor does not answer");
+                }
+                let (reply, _) = oneshot::channel();
+                let report = peers::Report::Monitor { alive };
+                submit(
+                    &mut node,
+                    &mut pending,
+                    &settings,
+                    &forward_tx,
+                    report,
+                    reply,
+                );
+            }
+            if !alive
+                && node.is_leader()
+                && transfer_tried.is_none_or(|t| t.elapsed() >= MONITOR_RETRY)
+            {
+                transfer_tried = Some(Instant::now());
+                match transferee(&node, &last_seen) {
+                    Some(to) => {
+                        tracing::warn!(
+                            to,
+                            "this node's monitor is gone and only the leader's monitor decides failovers: handing the lead to a node whose monitor answers"
+                        );
+                        node.transfer_leader(to);
+                    }
+                    None => tracing::warn!(
+                        "this node's monitor is gone, and no reachable node has one that answers: keeping the lead; no failover can be decided"
+                    ),
+                }
+            }
         }
         let out = match node.ready() {
             Ok(o) => o,
@@ -237,6 +296,69 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let _ = api_server.await;
     tracing::info!("pgwarden-watchdog stopped");
     result
+}
+
+/// A report on its way to the leader: its address, the report, the answer.
+type Forward = (String, peers::Report, oneshot::Sender<Result<(), String>>);
+
+/// Commits this node's `report`: proposed here when this node leads,
+/// forwarded to the leader otherwise.
+fn submit(
+    node: &mut WatchdogNode,
+    pending: &mut BTreeMap<u64, Pending>,
+    settings: &Settings,
+    forward: &mpsc::Sender<Forward>,
+    report: peers::Report,
+    reply: oneshot::Sender<Result<(), String>>,
+) {
+    if node.is_leader() {
+        propose(node, pending, report.command(settings.id), reply);
+    } else if let Some(address) = node.leader().and_then(|l| settings.address(l)) {
+        let _ = forward.try_send((address.to_owned(), report, reply));
+    } else {
+        let _ = reply.send(Err("no leader: the watchdogs have no quorum".into()));
+    }
+}
+
+/// Where a leader without its monitor hands the lead: the lowest-id voter
+/// heard from in the last two seconds whose monitor is not recorded gone.
+fn transferee(node: &WatchdogNode, last_seen: &HashMap<u64, (Instant, i64)>) -> Option<u64> {
+    let me = node.id();
+    node.voters().iter().copied().find(|&v| {
+        v != me
+            && !node.record().monitors_down.contains(&v)
+            && last_seen
+                .get(&v)
+                .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(2))
+    })
+}
+
+/// Asks the monitor on `path` every [`MONITOR_PROBE`] whether it answers,
+/// and publishes what is known: alive at its first answer, gone once it has
+/// not answered for [`MONITOR_GRACE`].
+async fn probe_monitor(
+    path: std::path::PathBuf,
+    known: watch::Sender<Option<bool>>,
+    stop: CancellationToken,
+) {
+    let service = pgwarden_proto::v1::monitor_server::SERVICE_NAME;
+    let mut failing_since = Some(Instant::now());
+    loop {
+        let alive = uds::is_serving(&path, service, MONITOR_PROBE).await;
+        if alive {
+            failing_since = None;
+            known.send_if_modified(|k| k.replace(true) != Some(true));
+        } else {
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= MONITOR_GRACE {
+                known.send_if_modified(|k| k.replace(false) != Some(false));
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(MONITOR_PROBE) => {}
+        }
+    }
 }
 
 fn propose(
@@ -346,6 +468,7 @@ fn status(
             .collect(),
         applied_index: node.applied_index(),
         down: r.down.clone().into_iter().collect(),
+        monitors_down: r.monitors_down.iter().copied().collect(),
     };
     WatchdogStatus {
         id: s.id,

@@ -446,6 +446,12 @@ impl Sim {
         Ok(())
     }
 
+    /// Makes leader `id` hand the lead to `to`.
+    pub fn transfer_leader(&mut self, id: u64, to: u64) {
+        self.node_mut(id).transfer_leader(to);
+        self.ready(id);
+    }
+
     /// Makes node `id` campaign now.
     pub fn campaign(&mut self, id: u64) {
         self.node_mut(id).campaign().unwrap();
@@ -670,6 +676,42 @@ mod tests {
         assert_eq!(sim.node(old).leader(), Some(new));
         assert_eq!(vip_event(&sim, old, VipAction::Acquire, t0 + 1), None);
         assert_eq!(sim.vip_holders(), vec![new]);
+    }
+
+    /// A leader whose monitor is gone hands the lead over: the chosen node
+    /// leads in the next term, the old leader releases the IP before the new
+    /// one takes it (checked after every step), and the log goes on.
+    #[test]
+    fn leadership_transfer_moves_the_lead_and_the_ip_safely() {
+        let mut sim = Sim::new(3, 11, SimConfig::default());
+        sim.run_until(300, |s| !s.vip_holders().is_empty())
+            .expect("the leader takes the IP");
+        let old = sim.leader().unwrap();
+        let to = sim.ids().into_iter().find(|&i| i != old).unwrap();
+        let term = sim.node(old).term();
+        // A follower asked to transfer does nothing.
+        sim.transfer_leader(to, old);
+        sim.run(5);
+        assert_eq!(sim.leader(), Some(old));
+
+        let t0 = sim.now();
+        sim.transfer_leader(old, to);
+        sim.run_until(E, |s| s.leader() == Some(to))
+            .expect("the transferee leads within an election timeout");
+        assert_eq!(sim.node(to).term(), term + 1);
+        sim.run_until(4 * E, |s| s.vip_holders() == vec![to])
+            .expect("the new leader takes the IP");
+        let released = vip_event(&sim, old, VipAction::Release, t0).unwrap();
+        let acquired = vip_event(&sim, to, VipAction::Acquire, t0).unwrap();
+        assert!(acquired > released);
+        sim.propose(to, report(to, "pg0", true)).unwrap();
+        sim.run(20);
+        assert!(
+            sim.node(old).record().votes.contains_key("pg0"),
+            "the old leader follows the new one's log"
+        );
+        sim.run(200);
+        assert_eq!(sim.leader(), Some(to), "and it keeps the lead");
     }
 
     /// Isolates the leader at every phase of its heartbeat and check-quorum

@@ -11,6 +11,10 @@
 //!   record keeps, per backend, the set of nodes that currently see it down;
 //!   [`ClusterRecord::quorum_down`] says whether a majority of voters agree
 //!   (pgpool-II's `failover_require_consensus`).
+//! - [`Command::MonitorHealth`]: whether a node's own monitor answers. The
+//!   leader's monitor is the one that decides failovers, so a leader whose
+//!   monitor is gone hands the lead to a node whose monitor is not in
+//!   [`ClusterRecord::monitors_down`].
 //! - [`Command::Commit`]: a new generation of the cluster state (primary,
 //!   detached set, failover in progress), applied only if the record is still
 //!   at the generation the proposer saw (compare-and-set), so two proposers
@@ -36,6 +40,9 @@ pub struct ClusterRecord {
     pub down: BTreeMap<String, String>,
     /// Per backend name, the ids of the nodes that currently see it down.
     pub votes: BTreeMap<String, BTreeSet<u64>>,
+    /// The ids of the nodes whose watchdog reports its monitor gone.
+    #[serde(default)]
+    pub monitors_down: BTreeSet<u64>,
 }
 
 /// The part of the record a [`Command::Commit`] replaces: a whole new
@@ -70,6 +77,13 @@ pub enum Command {
         /// `true`: the node sees the backend down; `false`: up again.
         down: bool,
     },
+    /// Node `node`'s watchdog says whether its own monitor answers.
+    MonitorHealth {
+        /// The Raft id of the reporting node.
+        node: u64,
+        /// `false`: the monitor has not answered for a while.
+        alive: bool,
+    },
     /// Compare-and-set: replace the generation-scoped state if the record is
     /// still at `expected_generation`.
     Commit {
@@ -92,6 +106,12 @@ pub enum Applied {
         changed: bool,
         /// How many nodes now see the backend down.
         down_votes: usize,
+    },
+    /// A [`Command::MonitorHealth`]; `changed` is false when it was
+    /// already recorded.
+    Monitor {
+        /// Whether [`ClusterRecord::monitors_down`] changed.
+        changed: bool,
     },
     /// A [`Command::Commit`] was applied: the record is at `generation` now.
     Committed {
@@ -150,6 +170,13 @@ impl ClusterRecord {
                     down_votes: self.down_votes(backend),
                 }
             }
+            Command::MonitorHealth { node, alive } => Applied::Monitor {
+                changed: if *alive {
+                    self.monitors_down.remove(node)
+                } else {
+                    self.monitors_down.insert(*node)
+                },
+            },
             Command::Commit {
                 expected_generation,
                 record,
@@ -193,6 +220,24 @@ impl ClusterRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn monitor_health_is_recorded_per_node_and_idempotent() {
+        let mut r = ClusterRecord::default();
+        let down = |node| Command::MonitorHealth { node, alive: false };
+        let up = |node| Command::MonitorHealth { node, alive: true };
+        assert_eq!(r.apply(&up(1)), Applied::Monitor { changed: false });
+        assert_eq!(r.apply(&down(1)), Applied::Monitor { changed: true });
+        assert_eq!(r.apply(&down(1)), Applied::Monitor { changed: false });
+        assert_eq!(r.apply(&down(3)), Applied::Monitor { changed: true });
+        assert_eq!(r.monitors_down, BTreeSet::from([1, 3]));
+        assert_eq!(r.apply(&up(1)), Applied::Monitor { changed: true });
+        assert_eq!(r.monitors_down, BTreeSet::from([3]));
+        // A record written before the field existed reads as "none down".
+        let old = r#"{"generation":1,"primary":"pg0","detached":{},"failover_in_progress":false,"votes":{}}"#;
+        let parsed: ClusterRecord = serde_json::from_str(old).unwrap();
+        assert!(parsed.monitors_down.is_empty());
+    }
 
     fn report(node: u64, backend: &str, down: bool) -> Command {
         Command::ReportHealth {

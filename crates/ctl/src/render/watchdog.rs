@@ -26,6 +26,7 @@ use super::units::age;
 /// down: none
 /// detached: pg0 (switched over to pg1)
 /// seen down by nodes: none
+/// monitors gone on nodes: none
 /// ```
 pub fn watchdog_text(s: &WatchdogStatus, now_ms: i64) -> String {
     let mut out = format!(
@@ -137,6 +138,8 @@ pub fn watchdog_json(s: &WatchdogStatus) -> Value {
 fn record_json(r: &ClusterRecord) -> Value {
     let mut down_by_quorum = r.down_by_quorum.clone();
     down_by_quorum.sort();
+    let mut monitors_down = r.monitors_down.clone();
+    monitors_down.sort_unstable();
     json!({
         "generation": r.generation,
         "primary": r.primary,
@@ -146,6 +149,7 @@ fn record_json(r: &ClusterRecord) -> Value {
         "detached": r.detached.iter().collect::<BTreeMap<_, _>>(),
         "down_by_quorum": down_by_quorum,
         "down_votes": down_votes(r),
+        "monitors_down": monitors_down,
     })
 }
 
@@ -244,6 +248,10 @@ fn record_text(r: &ClusterRecord) -> String {
         })
         .collect();
     let _ = writeln!(out, "seen down by nodes: {}", or_none(&votes));
+    let mut gone = r.monitors_down.clone();
+    gone.sort_unstable();
+    let gone: Vec<String> = gone.iter().map(u64::to_string).collect();
+    let _ = writeln!(out, "monitors gone on nodes: {}", or_none(&gone));
     out
 }
 
@@ -358,6 +366,7 @@ pub(crate) mod tests {
                 .into(),
                 applied_index: 17,
                 down: [("pg2".to_owned(), "connection refused".to_owned())].into(),
+                monitors_down: vec![3],
             }),
         }
     }
@@ -376,6 +385,7 @@ committed generation 4: primary pg1, failover in progress: no, log index 17
 down: pg2 (connection refused)
 detached: pg0 (switched over to pg1: rejoin it as a standby)
 seen down by nodes: pg2 by 1, 3 (quorum), pg3 by 2
+monitors gone on nodes: 3
 ";
         assert_eq!(text, expected, "\n{text}");
     }
@@ -399,6 +409,7 @@ committed generation 0: no primary, failover in progress: no, log index 0
 down: none
 detached: none
 seen down by nodes: none
+monitors gone on nodes: none
 ";
         assert_eq!(text, expected, "\n{text}");
 
@@ -501,6 +512,7 @@ no committed record
                     "detached": {"pg0": "switched over to pg1:\nrejoin it as a standby"},
                     "down_by_quorum": ["pg2"],
                     "down_votes": {"pg2": [1, 3], "pg3": [2]},
+                    "monitors_down": [3],
                 },
             })
         );

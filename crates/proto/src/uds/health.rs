@@ -19,3 +19,27 @@ pub async fn health_service(service_name: &str) -> (HealthReporter, HealthServer
         .await;
     (reporter, server)
 }
+
+/// Asks the daemon on `path` whether `service_name` is serving, within
+/// `timeout`: `true` only for an answer of SERVING. A daemon that is not
+/// there, does not answer in time, or answers anything else is `false`.
+pub async fn is_serving(
+    path: &std::path::Path,
+    service_name: &str,
+    timeout: std::time::Duration,
+) -> bool {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus as Answer;
+    use tonic_health::pb::health_client::HealthClient;
+    let ask = async {
+        let channel = super::connect(path).await.ok()?;
+        let reply = HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: service_name.to_owned(),
+            })
+            .await
+            .ok()?;
+        Some(reply.into_inner().status == Answer::Serving as i32)
+    };
+    matches!(tokio::time::timeout(timeout, ask).await, Ok(Some(true)))
+}

@@ -23,7 +23,7 @@ mod serve;
 pub use backoff::reconnect_backoff;
 pub use connect::{CONNECT_TIMEOUT, connect, connect_lazy};
 pub use error::UdsError;
-pub use health::health_service;
+pub use health::{health_service, is_serving};
 pub use listen::bind;
 pub use path::{Daemon, socket_path};
 pub use serve::{DRAIN_TIMEOUT, serve, serve_with_drain_timeout};

@@ -200,7 +200,11 @@ async fn health_reports_serving_through_the_socket() {
         .unwrap_err();
     assert_eq!(unknown.code(), tonic::Code::NotFound);
 
+    let t = Duration::from_secs(2);
+    assert!(is_serving(&path, "pgwarden.v1.Monitor", t).await);
+    assert!(!is_serving(&path, "pgwarden.v1.Nope", t).await);
     served.stop().await.unwrap();
+    assert!(!is_serving(&path, "pgwarden.v1.Monitor", t).await, "gone");
 }
 
 #[tokio::test]
