@@ -109,6 +109,10 @@ pub struct Proxy {
     child: ChildGuard,
     monitor: Option<ChildGuard>,
     pub port: u16,
+    /// Where the proxy serves `/metrics`.
+    pub proxy_metrics: u16,
+    /// Where the monitor serves `/metrics`.
+    pub monitor_metrics: u16,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     log: PathBuf,
@@ -147,8 +151,11 @@ impl Proxy {
         std::fs::write(&auth, lines.join("\n") + "\n").unwrap();
         std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
 
+        let (proxy_metrics, monitor_metrics) = (free_port(), free_port());
         let mut toml = format!(
-            "[node]\nname = \"test\"\nruntime_dir = \"{d}\"\nstate_dir = \"{d}\"\n\n[proxy]\nlisten = \"127.0.0.1:{port}\"\nauth_file = \"{a}\"\nmetrics_listen = \"127.0.0.1:0\"\n",
+            "[node]\nname = \"test\"\nruntime_dir = \"{d}\"\nstate_dir = \"{d}\"\n\n\
+             [monitor]\nmetrics_listen = \"127.0.0.1:{monitor_metrics}\"\n\n\
+             [proxy]\nlisten = \"127.0.0.1:{port}\"\nauth_file = \"{a}\"\nmetrics_listen = \"127.0.0.1:{proxy_metrics}\"\n",
             d = dir.path().display(),
             a = auth.display()
         );
@@ -214,6 +221,8 @@ impl Proxy {
             child,
             monitor,
             port,
+            proxy_metrics,
+            monitor_metrics,
             dir,
             config,
             log,
@@ -365,6 +374,30 @@ fn spawn_monitor(config: &std::path::Path, log: &std::path::Path) -> ChildGuard 
             ),
     )
     .unwrap()
+}
+
+/// `GET /metrics` from a daemon on loopback `port`: the body, or why not.
+pub fn scrape(port: u16) -> Result<String, String> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+    match out.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200 ") => Ok(body.to_owned()),
+        _ => Err(out),
+    }
+}
+
+/// The value of the series `name` (with its labels, as printed) in a
+/// `/metrics` body.
+pub fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.parse().ok())
 }
 
 /// Connects with tokio-postgres and drives the connection in the background.

@@ -12,6 +12,7 @@ pub mod actions;
 pub mod checks;
 mod consensus;
 pub mod machine;
+pub mod metrics;
 pub mod runtime;
 pub mod service;
 pub mod state_file;

@@ -55,6 +55,8 @@ pub struct Settings {
     /// `watchdog.enabled`: decide with the other nodes through the local
     /// watchdog (see [`crate::consensus`]) instead of alone.
     pub consensus: bool,
+    /// Where Prometheus scrapes `/metrics`.
+    pub metrics_listen: std::net::SocketAddr,
 }
 
 impl Settings {
@@ -63,6 +65,7 @@ impl Settings {
         let hc = &c.health_check;
         Settings {
             consensus: c.watchdog.enabled,
+            metrics_listen: c.monitor.metrics_listen,
             node: c.node.name.clone(),
             runtime_dir: c.node.runtime_dir.clone(),
             state_dir: c.node.state_dir.clone(),
@@ -182,7 +185,7 @@ async fn start(settings: &Settings, first: ClusterState) -> Result<Parts, StartE
         .map_err(|e| StartError::Socket(e.to_string()))?;
     let service = MonitorService {
         commands: commands_tx,
-        current: current_rx,
+        current: current_rx.clone(),
         generations: generations.clone(),
         ready: ready_rx,
         stop: stop.clone(),
@@ -203,6 +206,7 @@ async fn start(settings: &Settings, first: ClusterState) -> Result<Parts, StartE
             tracing::error!(error = %e, "monitor API stopped");
         }
     });
+    crate::metrics::spawn(settings.metrics_listen, current_rx.clone(), stop.clone()).await;
     for t in &settings.backends {
         let target = CheckTarget {
             id: t.id,

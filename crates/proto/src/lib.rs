@@ -47,6 +47,7 @@
 //! ```
 
 pub mod lsn;
+pub mod metrics;
 pub mod uds;
 pub mod v1;
 

@@ -114,6 +114,16 @@ impl ClientRegistry {
             .and_then(|t| t.server)
     }
 
+    /// How many clients are logged in.
+    pub fn len(&self) -> usize {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    /// True when no client is logged in.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every live client, oldest first.
     pub fn list(&self) -> Vec<ClientSnapshot> {
         let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());

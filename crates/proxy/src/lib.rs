@@ -18,6 +18,7 @@ pub mod admin;
 pub mod client_auth;
 pub mod clients;
 pub mod follow;
+pub mod metrics;
 mod net;
 pub mod pool;
 pub mod pump;
@@ -83,6 +84,8 @@ pub struct Shared {
     pub clients: Arc<ClientRegistry>,
     /// True while an operator has paused the proxy: new sessions wait.
     pub paused: tokio::sync::watch::Sender<bool>,
+    /// Counters for `/metrics`.
+    pub counters: metrics::Counters,
     /// The current primary.
     pub router: Router,
     /// Fires when sessions must end now (shutdown timeout reached).
@@ -116,6 +119,7 @@ pub fn load_users(settings: &Settings) -> Result<Users, StartError> {
 pub struct Proxy {
     listener: TcpListener,
     admin: tokio::net::UnixListener,
+    metrics: Option<TcpListener>,
     shared: Arc<Shared>,
 }
 
@@ -150,6 +154,7 @@ impl Proxy {
         let admin = uds::bind(&admin_path)
             .await
             .map_err(|e| StartError::AdminSocket(e.to_string()))?;
+        let metrics = metrics::bind(settings.metrics_listen).await;
         let mut mock_key = [0u8; 32];
         rand::fill(&mut mock_key);
         let limits = PoolLimits {
@@ -162,6 +167,7 @@ impl Proxy {
             pools: Pools::new(limits),
             clients: Arc::new(ClientRegistry::default()),
             paused: tokio::sync::watch::Sender::new(false),
+            counters: metrics::Counters::default(),
             router: Router::default(),
             hard_stop: CancellationToken::new(),
             mock_key,
@@ -170,6 +176,7 @@ impl Proxy {
         Ok(Proxy {
             listener,
             admin,
+            metrics,
             shared,
         })
     }
@@ -193,6 +200,7 @@ impl Proxy {
         let Proxy {
             listener,
             admin,
+            metrics,
             shared,
         } = self;
         let background = CancellationToken::new();
@@ -219,6 +227,14 @@ impl Proxy {
                 routing::discover(&sh.router, &s.backends, &s.discovery, &stop).await;
             }
         });
+        if let Some(listener) = metrics {
+            let sh = Arc::clone(&shared);
+            tokio::spawn(pgwarden_proto::metrics::serve(
+                listener,
+                move |r| metrics::render(&sh, r),
+                background.clone(),
+            ));
+        }
         let (sh, stop) = (Arc::clone(&shared), background.clone());
         tokio::spawn(async move {
             let period = sh.pools.reap_period();

@@ -58,6 +58,7 @@ pub async fn serve(
             };
         if permit.is_none() {
             tracing::info!(%peer, "refusing a client: max_client_connections reached");
+            shared.counters.refused_max_clients.inc();
             let e = ErrorResponse::fatal(
                 sqlstate::TOO_MANY_CONNECTIONS,
                 "sorry, too many clients already",
@@ -176,6 +177,7 @@ async fn login(
         Ok(c) => c,
         Err(e) => {
             if matches!(e, AuthError::Failed(_)) {
+                shared.counters.auth_failures.inc();
                 tracing::info!(user, "password authentication failed");
             } else {
                 tracing::debug!(error = %e, "authentication did not complete");
@@ -184,6 +186,7 @@ async fn login(
         }
     };
     backend::authentication_ok(&mut out);
+    shared.counters.logins.inc();
 
     // The server session gets the client's parameters, minus protocol options.
     let mut params: Vec<(String, String)> = startup
@@ -255,6 +258,7 @@ async fn server_for(
         .acquire(&key, settings.pool_timeout)
         .await
         .map_err(|e| {
+            shared.counters.pool_timeouts.inc();
             tracing::info!(backend = b.id, "{e}");
             reject(ErrorResponse::fatal(
                 sqlstate::TOO_MANY_CONNECTIONS,
@@ -263,33 +267,37 @@ async fn server_for(
         })?;
     let conn = match cached {
         Some(c) => c,
-        None => ServerConn::connect(
-            b.id,
-            &b.host,
-            b.port,
-            &key.params,
-            creds,
-            settings.tcp_keepalive,
-            settings.server_connect_timeout,
-        )
-        .await
-        .map_err(|e| {
-            match &e {
-                // The server's own answer (no such database, role not allowed...): relay it.
-                ServerError::Refused { raw, .. } => {
-                    tracing::debug!(backend = b.id, error = %e, "server refused the session");
-                    return Some(raw.clone());
+        None => {
+            let c = ServerConn::connect(
+                b.id,
+                &b.host,
+                b.port,
+                &key.params,
+                creds,
+                settings.tcp_keepalive,
+                settings.server_connect_timeout,
+            )
+            .await
+            .map_err(|e| {
+                match &e {
+                    // The server's own answer (no such database, role not allowed...): relay it.
+                    ServerError::Refused { raw, .. } => {
+                        tracing::debug!(backend = b.id, error = %e, "server refused the session");
+                        return Some(raw.clone());
+                    }
+                    _ => {
+                        tracing::warn!(backend = b.id, name = %b.name, error = %e, "cannot open a server connection");
+                        shared.router.recheck();
+                    }
                 }
-                _ => {
-                    tracing::warn!(backend = b.id, name = %b.name, error = %e, "cannot open a server connection");
-                    shared.router.recheck();
-                }
-            }
-            reject(ErrorResponse::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                format!("could not connect to backend \"{}\": {e}", b.name),
-            ))
-        })?,
+                reject(ErrorResponse::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("could not connect to backend \"{}\": {e}", b.name),
+                ))
+            })?;
+            shared.counters.server_connects.inc();
+            c
+        }
     };
     Ok((slot, conn, route))
 }
@@ -376,6 +384,7 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
                 .as_ref()
                 .map_or_else(|| s.conn.backend.to_string(), |b| b.name.clone());
             tracing::info!(backend = %old, "ending a session: its server is no longer the primary");
+            shared.counters.failover_terminations.inc();
             Some(
                 ErrorResponse::fatal(
                     sqlstate::ADMIN_SHUTDOWN,

@@ -94,6 +94,8 @@ pub struct Settings {
     pub monitor_stale_after: Duration,
     /// Where `monitor.sock` and `proxy.sock` live.
     pub runtime_dir: PathBuf,
+    /// Where Prometheus scrapes `/metrics`.
+    pub metrics_listen: std::net::SocketAddr,
 }
 
 impl Settings {
@@ -131,6 +133,7 @@ impl Settings {
             follow_monitor: c.proxy.follow_monitor,
             monitor_stale_after: c.proxy.monitor_stale_after,
             runtime_dir: c.node.runtime_dir.clone(),
+            metrics_listen: c.proxy.metrics_listen,
             discovery: Discovery {
                 period: c.health_check.period,
                 timeout: c.health_check.timeout,

@@ -28,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod lease;
 pub mod logger;
+pub mod metrics;
 pub mod node;
 pub mod peers;
 pub mod runtime;

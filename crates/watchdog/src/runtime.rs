@@ -134,6 +134,19 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let listener = uds::bind(&path)
         .await
         .map_err(|e| RunError::Listen(format!("node.runtime_dir: {e}")))?;
+    match pgwarden_proto::metrics::bind(settings.metrics_listen).await {
+        Ok(listener) => {
+            let status = status_rx.clone();
+            tokio::spawn(pgwarden_proto::metrics::serve(
+                listener,
+                move |r| crate::metrics::render(&status.borrow(), r),
+                stop.clone(),
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(addr = %settings.metrics_listen, error = %e, "watchdog.metrics_listen: cannot serve /metrics; running without")
+        }
+    }
     let api = WatchdogApi {
         requests: requests_tx,
         status: status_rx,

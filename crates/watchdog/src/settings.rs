@@ -38,6 +38,8 @@ pub struct Settings {
     pub escalation_cmd: String,
     /// `watchdog.de_escalation_cmd`.
     pub de_escalation_cmd: String,
+    /// Where Prometheus scrapes `/metrics`.
+    pub metrics_listen: SocketAddr,
 }
 
 impl std::fmt::Debug for Settings {
@@ -106,6 +108,7 @@ impl Settings {
             arping_cmd: w.arping_cmd.clone(),
             escalation_cmd: w.escalation_cmd.clone(),
             de_escalation_cmd: w.de_escalation_cmd.clone(),
+            metrics_listen: w.metrics_listen,
         })
     }
 

@@ -1,0 +1,187 @@
+//! The monitor's Prometheus `/metrics` (`monitor.metrics_listen`): the
+//! cluster state it publishes, per backend (pgpool-II's SHOW POOL_NODES as
+//! gauges).
+
+use std::net::SocketAddr;
+
+use pgwarden_proto::metrics::{self as m, Labels, Registry, labels};
+use pgwarden_proto::v1::{BackendState, ClusterState, Role, Status};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Serves `/metrics` on `addr` from the published state until `stop`. A
+/// bind failure is logged and the monitor runs without metrics: scraping is
+/// never worth a failover.
+pub async fn spawn(
+    addr: SocketAddr,
+    state: watch::Receiver<ClusterState>,
+    stop: CancellationToken,
+) {
+    match m::bind(addr).await {
+        Ok(listener) => {
+            tokio::spawn(m::serve(
+                listener,
+                move |r| render(&state.borrow(), r),
+                stop,
+            ));
+        }
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "monitor.metrics_listen: cannot serve /metrics; running without");
+        }
+    }
+}
+
+fn backend_labels(b: &BackendState) -> Labels {
+    labels([("backend", b.id.to_string()), ("name", b.name.clone())])
+}
+
+/// Renders `state` into `r`.
+pub fn render(state: &ClusterState, r: &mut Registry) {
+    m::gauge(
+        r,
+        "pgwarden_monitor_generation",
+        "Generation of the cluster state the monitor publishes",
+        i64::try_from(state.generation).unwrap_or(i64::MAX),
+    );
+    m::gauge(
+        r,
+        "pgwarden_monitor_primary_backend",
+        "Backend id of the primary (-1: none)",
+        state.primary_id.map_or(-1, i64::from),
+    );
+    m::gauge(
+        r,
+        "pgwarden_monitor_failover_in_progress",
+        "1 while a failover is being carried out",
+        i64::from(state.failover_in_progress),
+    );
+    m::gauge(
+        r,
+        "pgwarden_monitor_no_quorum",
+        "1 while this node's watchdog has no quorum (its proxy does not route)",
+        i64::from(state.no_quorum),
+    );
+    let each = |f: fn(&BackendState) -> i64| {
+        state
+            .backends
+            .iter()
+            .map(move |b| (backend_labels(b), f(b)))
+            .collect::<Vec<_>>()
+    };
+    m::gauges(
+        r,
+        "pgwarden_monitor_backend_up",
+        "1 when the backend is up (routable), 0 when down, detached or quarantined",
+        each(|b| i64::from(b.status == Status::Up as i32)),
+    );
+    m::gauges(
+        r,
+        "pgwarden_monitor_backend_detached",
+        "1 when the backend is fenced until an operator attaches it",
+        each(|b| i64::from(b.status == Status::Detached as i32)),
+    );
+    m::gauges(
+        r,
+        "pgwarden_monitor_backend_primary",
+        "1 when the backend's last check found it out of recovery",
+        each(|b| i64::from(b.role == Role::Primary as i32)),
+    );
+    m::gauges(
+        r,
+        "pgwarden_monitor_backend_failed_checks",
+        "Consecutive failed health checks",
+        each(|b| i64::from(b.failed_checks)),
+    );
+    m::gauges(
+        r,
+        "pgwarden_monitor_backend_timeline",
+        "Timeline the backend is on (0: unknown)",
+        each(|b| i64::from(b.timeline)),
+    );
+    m::gauges(
+        r,
+        "pgwarden_monitor_replication_lag_bytes",
+        "Standbys: WAL bytes behind the primary",
+        each(|b| i64::try_from(b.lag_bytes).unwrap_or(i64::MAX)),
+    );
+    m::gauges_f64(
+        r,
+        "pgwarden_monitor_replication_lag_seconds",
+        "Standbys: seconds behind the primary",
+        state
+            .backends
+            .iter()
+            .map(|b| (backend_labels(b), b.lag_seconds)),
+    );
+    m::gauges_f64(
+        r,
+        "pgwarden_monitor_backend_last_check_timestamp_seconds",
+        "Unix time of the last health check (0: never)",
+        state.backends.iter().map(|b| {
+            // Milliseconds to seconds: a timestamp, exact enough as f64.
+            #[allow(clippy::cast_precision_loss)]
+            let secs = b.last_check_unix_ms as f64 / 1000.0;
+            (backend_labels(b), secs)
+        }),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_the_state_per_backend() {
+        let state = ClusterState {
+            generation: 4,
+            primary_id: Some(1),
+            backends: vec![
+                BackendState {
+                    id: 0,
+                    name: "pg0".into(),
+                    status: Status::Detached as i32,
+                    role: Role::Primary as i32,
+                    failed_checks: 3,
+                    ..Default::default()
+                },
+                BackendState {
+                    id: 1,
+                    name: "pg1".into(),
+                    status: Status::Up as i32,
+                    role: Role::Primary as i32,
+                    timeline: 2,
+                    last_check_unix_ms: 1_500,
+                    ..Default::default()
+                },
+                BackendState {
+                    id: 2,
+                    name: "pg2".into(),
+                    status: Status::Up as i32,
+                    role: Role::Standby as i32,
+                    lag_bytes: 4096,
+                    lag_seconds: 0.25,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        let mut r = Registry::default();
+        render(&state, &mut r);
+        let text = m::to_text(&r).unwrap();
+        for line in [
+            "pgwarden_monitor_generation 4",
+            "pgwarden_monitor_primary_backend 1",
+            "pgwarden_monitor_backend_up{backend=\"0\",name=\"pg0\"} 0",
+            "pgwarden_monitor_backend_detached{backend=\"0\",name=\"pg0\"} 1",
+            "pgwarden_monitor_backend_up{backend=\"1\",name=\"pg1\"} 1",
+            "pgwarden_monitor_backend_failed_checks{backend=\"0\",name=\"pg0\"} 3",
+            "pgwarden_monitor_backend_timeline{backend=\"1\",name=\"pg1\"} 2",
+            "pgwarden_monitor_replication_lag_bytes{backend=\"2\",name=\"pg2\"} 4096",
+            "pgwarden_monitor_replication_lag_seconds{backend=\"2\",name=\"pg2\"} 0.25",
+            "pgwarden_monitor_backend_last_check_timestamp_seconds{backend=\"1\",name=\"pg1\"} 1.5",
+            "pgwarden_monitor_backend_primary{backend=\"2\",name=\"pg2\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The proxy's Prometheus `/metrics` (`proxy.metrics_listen`): clients,
+//! pools (PgBouncer's SHOW POOLS as gauges), the route, and counters of what
+//! happened to sessions.
+
+use std::net::SocketAddr;
+
+use pgwarden_proto::metrics::{self as m, Counter, Registry, labels};
+use tokio::net::TcpListener;
+
+use crate::Shared;
+
+/// What the proxy counts, since it started.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Clients that logged in.
+    pub logins: Counter,
+    /// Logins refused for a wrong password or an unknown user (28P01).
+    pub auth_failures: Counter,
+    /// Clients turned away at `max_client_connections` (53300).
+    pub refused_max_clients: Counter,
+    /// Clients that waited `pool_timeout` for a server connection in vain.
+    pub pool_timeouts: Counter,
+    /// Sessions ended because their server stopped being the primary.
+    pub failover_terminations: Counter,
+    /// Server connections opened (cached ones reused are not counted).
+    pub server_connects: Counter,
+}
+
+/// Binds `proxy.metrics_listen`. A failure is logged and the proxy runs
+/// without metrics: scraping is never worth refusing clients over.
+pub async fn bind(addr: SocketAddr) -> Option<TcpListener> {
+    match m::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(%addr, error = %e, "proxy.metrics_listen: cannot serve /metrics; running without");
+            None
+        }
+    }
+}
+
+/// Renders the proxy's metrics into `r`.
+pub fn render(shared: &Shared, r: &mut Registry) {
+    let route = shared.router.current();
+    m::gauge(
+        r,
+        "pgwarden_proxy_generation",
+        "Generation of the cluster state the proxy routes by (0: none yet)",
+        i64::try_from(route.generation).unwrap_or(i64::MAX),
+    );
+    m::gauge(
+        r,
+        "pgwarden_proxy_primary_backend",
+        "Backend id new sessions go to (-1: none, the proxy refuses them with 57P03)",
+        route
+            .primary
+            .as_ref()
+            .map_or(-1, |b| i64::try_from(b.id).unwrap_or(-1)),
+    );
+    m::gauge(
+        r,
+        "pgwarden_proxy_paused",
+        "1 while an operator has paused the proxy",
+        i64::from(*shared.paused.borrow()),
+    );
+    m::gauge(
+        r,
+        "pgwarden_proxy_clients",
+        "Clients logged in now",
+        i64::try_from(shared.clients.len()).unwrap_or(i64::MAX),
+    );
+    let pools = shared.pools.stats();
+    let key = |p: &crate::pool::PoolStats| {
+        labels([
+            ("backend", p.backend.to_string()),
+            ("user", p.user.clone()),
+            ("database", p.database.clone()),
+        ])
+    };
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    m::gauges(
+        r,
+        "pgwarden_proxy_pool_server_connections",
+        "Server connections per pool: held by clients (active) or cached (idle)",
+        pools.iter().flat_map(|p| {
+            let with = |state: &str| {
+                let mut l = key(p);
+                l.push(("state".to_owned(), state.to_owned()));
+                l
+            };
+            [
+                (with("active"), count(p.active)),
+                (with("idle"), count(p.idle)),
+            ]
+        }),
+    );
+    m::gauges(
+        r,
+        "pgwarden_proxy_pool_waiting_clients",
+        "Clients waiting for a server connection of the pool",
+        pools.iter().map(|p| (key(p), count(p.waiting))),
+    );
+    let c = &shared.counters;
+    m::counter(
+        r,
+        "pgwarden_proxy_logins",
+        "Clients that logged in",
+        &c.logins,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_auth_failures",
+        "Logins refused with 28P01 (wrong password or unknown user)",
+        &c.auth_failures,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_refused_max_clients",
+        "Clients refused with 53300 at proxy.max_client_connections",
+        &c.refused_max_clients,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_pool_timeouts",
+        "Clients refused with 53300 after waiting proxy.pool_timeout for a server connection",
+        &c.pool_timeouts,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_failover_terminations",
+        "Sessions ended with 57P01 because their server stopped being the primary",
+        &c.failover_terminations,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_server_connects",
+        "Server connections opened",
+        &c.server_connects,
+    );
+}
