@@ -101,6 +101,12 @@ impl ProxyOptions {
         self.users.push(line.to_owned());
         self
     }
+
+    /// Adds a `[failover]` line.
+    pub fn failover(mut self, line: &str) -> Self {
+        self.failover.push(line.to_owned());
+        self
+    }
 }
 
 /// A pgwarden node under test: `pgwarden-proxy`, and `pgwarden-monitor`

@@ -59,6 +59,15 @@ pub struct FailoverConfig {
     /// `failover.command_timeout`: a hook still running after this is
     /// killed and counts as failed.
     pub command_timeout: Duration,
+    /// `failover.rejoin_command`: makes a detached backend a standby of the
+    /// current primary when an operator asks (`pgwardenctl rejoin`,
+    /// pgpool's pcp_recovery_node with recovery_1st_stage_command); same
+    /// placeholders, `%d %h %p %D` the backend, `%m %H %r %R` the primary,
+    /// and `%a` the backend's name. Empty = rejoin is refused.
+    pub rejoin_command: String,
+    /// `failover.rejoin_timeout`: a rejoin (a pg_rewind, or a whole base
+    /// backup) still running after this is killed and counts as failed.
+    pub rejoin_timeout: Duration,
 }
 
 impl Default for FailoverConfig {
@@ -70,6 +79,8 @@ impl Default for FailoverConfig {
             command: String::new(),
             follow_primary_command: String::new(),
             command_timeout: Duration::from_secs(60),
+            rejoin_command: String::new(),
+            rejoin_timeout: Duration::from_secs(3600),
         }
     }
 }
@@ -86,6 +97,9 @@ pub(crate) struct RawFailover {
     follow_primary_command: String,
     #[serde(with = "humantime_serde")]
     command_timeout: Duration,
+    rejoin_command: String,
+    #[serde(with = "humantime_serde")]
+    rejoin_timeout: Duration,
 }
 
 impl Default for RawFailover {
@@ -99,6 +113,8 @@ impl Default for RawFailover {
             command: d.command,
             follow_primary_command: d.follow_primary_command,
             command_timeout: d.command_timeout,
+            rejoin_command: d.rejoin_command,
+            rejoin_timeout: d.rejoin_timeout,
         }
     }
 }
@@ -117,6 +133,7 @@ impl RawFailover {
             }
         }
         validate::positive("failover.command_timeout", self.command_timeout)?;
+        validate::positive("failover.rejoin_timeout", self.rejoin_timeout)?;
         let password = resolve_password("failover", self.password, self.password_file.as_deref())?;
         Ok(FailoverConfig {
             mode: self.mode,
@@ -125,6 +142,8 @@ impl RawFailover {
             command: self.command,
             follow_primary_command: self.follow_primary_command,
             command_timeout: self.command_timeout,
+            rejoin_command: self.rejoin_command,
+            rejoin_timeout: self.rejoin_timeout,
         })
     }
 }

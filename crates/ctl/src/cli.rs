@@ -66,6 +66,11 @@ pub enum Command {
     /// Planned switchover to a standby (pcp_promote_node --switchover): the
     /// current primary is fenced (detached), then the standby is promoted.
     Promote(PromoteArgs),
+    /// Make a detached backend (a former primary) a standby of the primary
+    /// again (pcp_recovery_node): the monitor runs failover.rejoin_command
+    /// (pg_rewind, or a new base backup), then attaches the backend once it
+    /// streams from the primary.
+    Rejoin(RejoinArgs),
     /// Have the monitor check every backend now.
     Recheck,
     /// Show the watchdog cluster as this node's watchdog sees it: members,
@@ -127,6 +132,23 @@ pub struct PromoteArgs {
 
     /// How long `--wait` waits (e.g. "90s", "2m").
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `rejoin`'s arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct RejoinArgs {
+    /// The backend to rejoin.
+    #[command(flatten)]
+    pub target: Target,
+
+    /// Wait until the backend is attached, printing its progress; exit 1
+    /// if the rejoin fails.
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long `--wait` waits (a base backup of a big cluster takes long).
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }
 
@@ -216,6 +238,16 @@ mod tests {
         assert_eq!(cli.watchdog_socket, Some(PathBuf::from("/run/w.sock")));
         assert_eq!(cli.socket, None);
         assert!(cli.json);
+    }
+
+    #[test]
+    fn rejoin_flags() {
+        let Command::Rejoin(r) = parse(&["rejoin", "pg0", "--wait"]).command_or_status() else {
+            panic!()
+        };
+        assert_eq!(r.target.backend, "pg0");
+        assert!(r.wait);
+        assert_eq!(r.timeout, Duration::from_secs(1800));
     }
 
     #[test]

@@ -48,6 +48,13 @@ impl Monitor {
         Ok(reply.into_inner())
     }
 
+    /// `RejoinBackend`.
+    pub async fn rejoin(&mut self, id: u32) -> Result<ChangeReply, CtlError> {
+        let call = self.client.rejoin_backend(BackendRequest { id });
+        let reply = self.socket.deadline("RejoinBackend", call).await?;
+        Ok(reply.into_inner())
+    }
+
     /// `DetachBackend`.
     pub async fn detach(&mut self, id: u32) -> Result<ChangeReply, CtlError> {
         let call = self.client.detach_backend(BackendRequest { id });

@@ -169,6 +169,17 @@ impl Monitor for Stub {
         self.calls.lock().unwrap().push("Recheck".into());
         Ok(Response::new(RecheckReply {}))
     }
+
+    async fn rejoin_backend(
+        &self,
+        r: Request<BackendRequest>,
+    ) -> Result<Response<ChangeReply>, tonic::Status> {
+        let id = r.into_inner().id;
+        self.calls.lock().unwrap().push(format!("Rejoin {id}"));
+        Err(tonic::Status::failed_precondition(
+            "failover.rejoin_command is not set",
+        ))
+    }
 }
 
 /// A stub monitor on a socket in a temp dir, and a config pointing at it.

@@ -122,7 +122,7 @@ pub(crate) async fn run(
                 (Vec::new(), None)
             }
             Some(c) = p.commands.recv() => match machine.as_mut() {
-                Some(m) => operator(m, c, &p.recheck),
+                Some(m) => operator(m, c, &settings, &p.recheck),
                 None => {
                     not_leader(c, status_rx.borrow().as_ref(), &p.recheck);
                     (Vec::new(), None)
@@ -310,6 +310,7 @@ fn not_leader(
         crate::service::Command::Recheck => recheck.notify_waiters(),
         crate::service::Command::Attach(_, r)
         | crate::service::Command::Detach(_, r)
+        | crate::service::Command::Rejoin(_, r)
         | crate::service::Command::Promote(_, _, r) => {
             let _ = r.send(Err(msg));
         }

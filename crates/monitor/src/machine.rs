@@ -153,6 +153,13 @@ pub enum Event {
     /// With the watchdog: the backends a quorum of nodes sees down now
     /// (committed through Raft). Only meaningful for a quorum machine.
     QuorumDown(Vec<usize>),
+    /// `failover.rejoin_command` finished for backend `id`.
+    Rejoined {
+        /// The backend being rejoined.
+        id: usize,
+        /// Success, or why it failed.
+        result: Result<(), String>,
+    },
 }
 
 /// Who decides that a backend is down.
@@ -186,6 +193,26 @@ pub enum Action {
         /// The primary it replaced (for hook placeholders).
         old_primary: Option<usize>,
     },
+    /// Run `failover.rejoin_command` to make backend `id` a standby of
+    /// `primary` (pcp_recovery_node).
+    Rejoin {
+        /// The backend to rejoin.
+        id: usize,
+        /// The primary it must follow.
+        primary: usize,
+    },
+}
+
+/// Where a rejoin of a detached backend stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Rejoin {
+    /// None asked for.
+    #[default]
+    No,
+    /// `failover.rejoin_command` is running.
+    Running,
+    /// It succeeded: attached as soon as it streams from the primary.
+    Waiting,
 }
 
 /// One backend in the machine.
@@ -209,6 +236,8 @@ pub struct BackendView {
     pub last_check_ms: i64,
     /// Being repointed at the new primary.
     pub following: bool,
+    /// An operator's rejoin in progress.
+    pub rejoin: Rejoin,
 }
 
 impl BackendView {
@@ -279,6 +308,7 @@ impl Machine {
                     last: None,
                     last_check_ms: 0,
                     following: false,
+                    rejoin: Rejoin::No,
                     spec,
                 }
             })
@@ -413,6 +443,9 @@ impl Machine {
         }
         let changed = b.status != status;
         b.status = status;
+        if status == Status::Up {
+            b.rejoin = Rejoin::No;
+        }
         b.reason = if status == Status::Up {
             String::new()
         } else {
@@ -432,6 +465,7 @@ impl Machine {
             Event::Promoted { id, result } => self.promoted(id, result, &mut actions),
             Event::Followed { id, result } => self.followed(id, result),
             Event::QuorumDown(ids) => self.quorum(ids),
+            Event::Rejoined { id, result } => self.rejoined(id, result),
         }
         self.evaluate(&mut actions);
         self.finish(&mut actions);
@@ -480,6 +514,9 @@ impl Machine {
             return;
         };
         if b.status == Status::Detached {
+            if b.rejoin == Rejoin::Waiting {
+                self.attach_rejoined(id);
+            }
             return;
         }
         let in_recovery = b.in_recovery().unwrap_or(true);
@@ -917,6 +954,102 @@ impl Machine {
         Ok((format!("{name} attached"), actions))
     }
 
+    /// Starts making detached (or down) backend `id` a standby of the
+    /// primary again (pgpool-II's pcp_recovery_node): the caller runs
+    /// `failover.rejoin_command`, and once it succeeded the backend is
+    /// attached as soon as a check sees it stream from the primary.
+    pub fn rejoin(&mut self, id: usize) -> Result<(String, Vec<Action>), String> {
+        let name = self.name(id);
+        let b = self
+            .backends
+            .get(id)
+            .ok_or_else(|| format!("no backend with id {id}"))?;
+        if Some(id) == self.primary {
+            return Err(format!(
+                "{name} is the primary: switch over first (pgwardenctl promote)"
+            ));
+        }
+        if b.status == Status::Up {
+            return Err(format!("{name} is up: nothing to rejoin"));
+        }
+        if b.rejoin == Rejoin::Running {
+            return Err(format!("{name} is already being rejoined"));
+        }
+        if self.failover.is_some() {
+            return Err("a failover is in progress: rejoin once it is over".to_owned());
+        }
+        let Some(p) = self.primary.filter(|p| {
+            self.backends
+                .get(*p)
+                .is_some_and(|pb| pb.status == Status::Up)
+        }) else {
+            return Err("there is no healthy primary to rejoin it to".to_owned());
+        };
+        let reason = format!("rejoining as a standby of {}", self.name(p));
+        self.set_status(id, Status::Detached, &reason);
+        if let Some(b) = self.backends.get_mut(id) {
+            b.rejoin = Rejoin::Running;
+        }
+        self.commit();
+        let mut actions = Vec::new();
+        self.finish(&mut actions);
+        actions.push(Action::Rejoin { id, primary: p });
+        Ok((format!("{name}: rejoin started"), actions))
+    }
+
+    fn rejoined(&mut self, id: usize, result: Result<(), String>) {
+        let primary = self.primary.map(|p| self.name(p)).unwrap_or_default();
+        let Some(b) = self
+            .backends
+            .get_mut(id)
+            .filter(|b| b.rejoin == Rejoin::Running)
+        else {
+            return;
+        };
+        match result {
+            Ok(()) => {
+                b.rejoin = Rejoin::Waiting;
+                b.reason = format!("rejoined; attached once it streams from {primary}");
+                // Reasons of detached backends are part of the committed state.
+                self.dirty = true;
+                tracing::info!(backend = id, name = %b.spec.name, "rejoin command succeeded; waiting for the backend to stream from the primary");
+                self.attach_rejoined(id);
+            }
+            Err(e) => {
+                b.rejoin = Rejoin::No;
+                b.reason = format!("rejoin failed: {e}");
+                self.dirty = true;
+                tracing::warn!(backend = id, name = %b.spec.name, error = %e, "rejoin failed; the backend stays detached");
+            }
+        }
+    }
+
+    /// Attaches a rejoined backend once it streams from a healthy primary.
+    fn attach_rejoined(&mut self, id: usize) {
+        let Some(p) = self.primary.filter(|p| {
+            self.backends
+                .get(*p)
+                .is_some_and(|pb| pb.status == Status::Up && pb.reachable())
+        }) else {
+            return;
+        };
+        let ready = self.backends.get(id).is_some_and(|b| {
+            b.reachable() && b.in_recovery() == Some(true) && b.rejoin == Rejoin::Waiting
+        }) && self.streams_from(id, p)
+            && self.not_voted_down(id);
+        if !ready {
+            return;
+        }
+        if let Some(b) = self.backends.get_mut(id) {
+            b.rejoin = Rejoin::No;
+            b.following = false;
+            b.not_streaming = 0;
+            b.role = Role::Standby;
+            tracing::info!(backend = id, name = %b.spec.name, "rejoined backend streams from the primary: attached");
+        }
+        self.set_status(id, Status::Up, "");
+    }
+
     /// Stops routing to backend `id` (pcp_detach_node). Detaching the
     /// primary fails over, as in pgpool-II.
     pub fn detach(&mut self, id: usize) -> Result<(String, Vec<Action>), String> {
@@ -929,6 +1062,9 @@ impl Machine {
             return Err(format!("{name} is being promoted"));
         }
         self.set_status(id, Status::Detached, "detached by an operator");
+        if let Some(b) = self.backends.get_mut(id) {
+            b.rejoin = Rejoin::No;
+        }
         self.evaluate(&mut actions);
         self.finish(&mut actions);
         Ok((format!("{name} detached"), actions))
@@ -1043,6 +1179,84 @@ mod tests {
             all.extend(fail(m, 0));
         }
         all
+    }
+
+    #[test]
+    fn rejoin_runs_the_command_then_attaches_once_streaming() {
+        let mut m = three();
+        healthy(&mut m, GB);
+        let a = kill_primary(&mut m);
+        // Equal positions: the lowest id wins.
+        let promoted = 1;
+        assert!(a.contains(&Action::Promote {
+            id: promoted,
+            old_primary: Some(0)
+        }));
+        ok(&mut m, promoted, Observation::primary(2, GB));
+        m.step(Event::Promoted {
+            id: promoted,
+            result: Ok(2),
+        });
+        let other = 3 - promoted;
+        m.step(Event::Followed {
+            id: other,
+            result: Ok(()),
+        });
+        let port = 5000 + u16::try_from(promoted).unwrap();
+        ok(&mut m, other, Observation::standby(2, GB, Some(port)));
+        assert_eq!(m.backends()[other].status, Status::Up);
+        // The old primary comes back out of recovery: fenced.
+        ok(&mut m, 0, Observation::primary(1, GB));
+        assert_eq!(m.backends()[0].status, Status::Detached);
+        assert!(m.rejoin(promoted).unwrap_err().contains("is the primary"));
+        assert!(m.rejoin(other).unwrap_err().contains("is up"));
+
+        let g = m.generation();
+        let (_, actions) = m.rejoin(0).unwrap();
+        assert_eq!(
+            actions.last(),
+            Some(&Action::Rejoin {
+                id: 0,
+                primary: promoted
+            })
+        );
+        assert!(m.backends()[0].reason.starts_with("rejoining as a standby"));
+        assert!(m.rejoin(0).unwrap_err().contains("already being rejoined"));
+        // Checks while the command runs change nothing.
+        fail(&mut m, 0);
+        ok(&mut m, 0, Observation::standby(1, GB, None));
+        assert_eq!(m.backends()[0].status, Status::Detached);
+
+        // A failed command leaves it detached, saying why; it may be retried.
+        m.step(Event::Rejoined {
+            id: 0,
+            result: Err("pg_rewind: could not connect".into()),
+        });
+        assert_eq!(
+            m.backends()[0].reason,
+            "rejoin failed: pg_rewind: could not connect"
+        );
+        m.rejoin(0).unwrap();
+        let a = m.step(Event::Rejoined {
+            id: 0,
+            result: Ok(()),
+        });
+        // The new reason is committed; not attached until it streams.
+        assert_eq!(a, vec![Action::Publish]);
+        assert_eq!(m.backends()[0].status, Status::Detached);
+        assert_eq!(
+            m.backends()[0].reason,
+            format!("rejoined; attached once it streams from pg{promoted}")
+        );
+        // Streaming from the old timeline's primary port is not enough.
+        ok(&mut m, 0, Observation::standby(1, GB, Some(5000)));
+        assert_eq!(m.backends()[0].status, Status::Detached);
+        let a = ok(&mut m, 0, Observation::standby(2, GB, Some(port)));
+        assert_eq!(a, vec![Action::Publish]);
+        assert_eq!(m.backends()[0].status, Status::Up);
+        assert_eq!(m.backends()[0].rejoin, Rejoin::No);
+        assert!(m.generation() > g);
+        assert_eq!(m.primary(), Some(promoted));
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct FailoverSettings {
     pub follow_command: String,
     /// Timeout of each action.
     pub timeout: Duration,
+    /// `failover.rejoin_command` (empty: rejoin is refused).
+    pub rejoin_command: String,
+    /// `failover.rejoin_timeout`.
+    pub rejoin_timeout: Duration,
 }
 
 /// The monitor's settings, from the node config.
@@ -104,6 +108,8 @@ impl Settings {
                 command: c.failover.command.clone(),
                 follow_command: c.failover.follow_primary_command.clone(),
                 timeout: c.failover.command_timeout,
+                rejoin_command: c.failover.rejoin_command.clone(),
+                rejoin_timeout: c.failover.rejoin_timeout,
             },
         }
     }
@@ -255,7 +261,7 @@ async fn run_alone(
         let (actions, reply) = tokio::select! {
             _ = &mut shutdown => break,
             Some(e) = p.events.recv() => (machine.step(e), None),
-            Some(c) = p.commands.recv() => operator(&mut machine, c, &p.recheck),
+            Some(c) = p.commands.recv() => operator(&mut machine, c, &settings, &p.recheck),
         };
         for action in actions {
             if action == Action::Publish {
@@ -282,9 +288,15 @@ async fn run_alone(
 pub(crate) fn operator(
     machine: &mut Machine,
     c: Command,
+    settings: &Settings,
     recheck: &Notify,
 ) -> (Vec<Action>, PendingReply) {
     match c {
+        Command::Rejoin(_, reply) if settings.failover.rejoin_command.trim().is_empty() => {
+            let refusal = "failover.rejoin_command is not set: rejoin the backend by hand (pg_rewind or a new base backup), then attach it".to_owned();
+            (Vec::new(), Some((reply, Err(refusal))))
+        }
+        Command::Rejoin(id, reply) => answer(machine.rejoin(id), reply),
         Command::Recheck => {
             recheck.notify_waiters();
             (Vec::new(), None)
@@ -333,6 +345,20 @@ pub(crate) fn answer(
 pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender<Event>) {
     match action {
         Action::Publish => {}
+        Action::Rejoin { id, primary } => {
+            let (Some(target), Some(primary)) = (
+                settings.backends.get(id).cloned(),
+                settings.backends.get(primary).cloned(),
+            ) else {
+                return;
+            };
+            let f = settings.failover.clone();
+            let events = events.clone();
+            tokio::spawn(async move {
+                let result = rejoin(&f, &target, &primary).await;
+                let _ = events.send(Event::Rejoined { id, result }).await;
+            });
+        }
         Action::Promote { id, old_primary } => {
             let (Some(target), events) = (settings.backends.get(id).cloned(), events.clone())
             else {
@@ -376,6 +402,21 @@ pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender
             });
         }
     }
+}
+
+/// Runs `failover.rejoin_command` for backend `target`, to follow `primary`.
+async fn rejoin(f: &FailoverSettings, target: &Target, primary: &Target) -> Result<(), String> {
+    let p = Placeholders {
+        node: target.clone(),
+        new_main: primary.clone(),
+        old_main_id: primary.id,
+        old_primary: primary.clone(),
+    };
+    let cmd = actions::command::expand(&f.rejoin_command, &p);
+    actions::command::run_hook("failover.rejoin_command", &cmd, f.rejoin_timeout)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn promote(

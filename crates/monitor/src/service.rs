@@ -22,6 +22,8 @@ pub enum Command {
     Promote(usize, bool, oneshot::Sender<Result<String, String>>),
     /// Recheck.
     Recheck,
+    /// RejoinBackend.
+    Rejoin(usize, oneshot::Sender<Result<String, String>>),
 }
 
 /// The service: talks to the core loop, never to the machine directly.
@@ -164,5 +166,13 @@ impl Monitor for MonitorService {
             .await
             .map_err(|_| Status::unavailable("the monitor is shutting down"))?;
         Ok(Response::new(RecheckReply {}))
+    }
+
+    async fn rejoin_backend(
+        &self,
+        r: Request<BackendRequest>,
+    ) -> Result<Response<ChangeReply>, Status> {
+        let backend = id(r.into_inner().id);
+        self.change(|tx| Command::Rejoin(backend, tx)).await
     }
 }

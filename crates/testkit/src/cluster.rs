@@ -492,6 +492,7 @@ fn postgresql_conf(options: &ClusterBuilder) -> String {
          hot_standby = on\n\
          fsync = off\n\
          full_page_writes = on\n\
+         wal_log_hints = on\n\
          shared_buffers = 32MB\n\
          max_connections = 100\n\
          wal_keep_size = 256MB\n\

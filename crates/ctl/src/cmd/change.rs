@@ -1,5 +1,5 @@
-//! `attach`, `detach` and `promote`: resolve the backend by the current
-//! state, make the request, print the monitor's answer.
+//! `attach`, `detach`, `promote` and `rejoin`: resolve the backend by the
+//! current state, make the request, print the monitor's answer.
 
 use std::io::Write;
 use std::time::Duration;
@@ -7,7 +7,7 @@ use std::time::Duration;
 use pgwarden_proto::v1::{ChangeReply, ClusterState, Status};
 
 use crate::CtlError;
-use crate::cli::{PromoteArgs, Target};
+use crate::cli::{PromoteArgs, RejoinArgs, Target};
 use crate::monitor::Monitor;
 use crate::render::{change_json, summary_line};
 use crate::resolve::resolve;
@@ -70,6 +70,76 @@ pub async fn promote(
         state: Some(state),
     };
     print_reply(&done, json, out)
+}
+
+/// How often `rejoin --wait` looks at the backend.
+const REJOIN_POLL: Duration = Duration::from_millis(500);
+
+/// RejoinBackend (pcp_recovery_node). The monitor answers once the rejoin
+/// command has started; with `--wait`, follow the backend until it is
+/// attached (exit 0) or the rejoin failed (exit 1), printing each new reason.
+pub async fn rejoin(
+    monitor: &mut Monitor,
+    args: &RejoinArgs,
+    json: bool,
+    out: &mut impl Write,
+    interrupt: impl Future<Output = ()>,
+) -> Result<(), CtlError> {
+    let state = monitor.get_cluster().await?;
+    let backend = resolve(&state, &args.target.backend)?;
+    let (id, name) = (backend.id, backend.name.clone());
+    let reply = monitor.rejoin(id).await?;
+    if !args.wait {
+        return print_reply(&reply, json, out);
+    }
+    if !json {
+        writeln!(out, "{}", reply.message)?;
+        out.flush()?;
+    }
+    let mut interrupt = std::pin::pin!(interrupt);
+    let deadline = tokio::time::Instant::now() + args.timeout;
+    let follow = "it may still complete: follow it with `pgwardenctl status`";
+    let mut shown = String::new();
+    loop {
+        let state = monitor.get_cluster().await?;
+        let b = state.backends.iter().find(|b| b.id == id);
+        let status = b.map(pgwarden_proto::v1::BackendState::status);
+        let reason = b.map(|b| b.reason.clone()).unwrap_or_default();
+        if status == Some(Status::Up) {
+            let done = ChangeReply {
+                message: format!(
+                    "{name} rejoined and attached (generation {})",
+                    state.generation
+                ),
+                state: Some(state),
+            };
+            return print_reply(&done, json, out);
+        }
+        if let Some(why) = reason.strip_prefix("rejoin failed: ") {
+            return Err(CtlError::NotCompleted(format!(
+                "{name} was not rejoined: {why}"
+            )));
+        }
+        if !json && reason != shown && !reason.is_empty() {
+            writeln!(out, "{name}: {reason}")?;
+            out.flush()?;
+            shown = reason;
+        }
+        tokio::select! {
+            () = &mut interrupt => {
+                return Err(CtlError::NotCompleted(format!(
+                    "interrupted while waiting for {name} to rejoin; {follow}"
+                )));
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(CtlError::NotCompleted(format!(
+                    "{name} is not attached after {}; {follow}",
+                    humantime::format_duration(args.timeout)
+                )));
+            }
+            () = tokio::time::sleep(REJOIN_POLL) => {}
+        }
+    }
 }
 
 /// The id of the backend `target` names, by the monitor's current state.

@@ -38,6 +38,9 @@ pub async fn dispatch(
         Command::Promote(args) => {
             change::promote(&mut monitor(cli).await?, &args, json, out, interrupt).await
         }
+        Command::Rejoin(args) => {
+            change::rejoin(&mut monitor(cli).await?, &args, json, out, interrupt).await
+        }
         Command::Recheck => recheck::run(&mut monitor(cli).await?, json, out).await,
         Command::Watchdog(args) => {
             let mut watchdog = Watchdog::connect(&crate::watchdog_socket(cli)?).await?;

@@ -41,6 +41,8 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 ///   node;
 /// - `%M`: the old main node id; `%P`: the old primary node id;
 /// - `%N %S`: host and port of the old primary;
+/// - `%a`: the name of [`node`](Self::node) (pgwarden's own, for
+///   `failover.rejoin_command`);
 /// - `%%`: a literal `%`. An unknown `%x` is left as it is.
 #[derive(Debug, Clone)]
 pub struct Placeholders {
@@ -70,6 +72,7 @@ impl Placeholders {
             'P' => self.old_primary.id.to_string(),
             'N' => self.old_primary.host.clone(),
             'S' => self.old_primary.port.to_string(),
+            'a' => self.node.name.clone(),
             '%' => "%".to_owned(),
             _ => return None,
         };

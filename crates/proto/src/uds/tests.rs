@@ -89,6 +89,13 @@ impl Monitor for StubMonitor {
     ) -> Result<tonic::Response<RecheckReply>, tonic::Status> {
         Ok(tonic::Response::new(RecheckReply {}))
     }
+
+    async fn rejoin_backend(
+        &self,
+        _: tonic::Request<crate::v1::BackendRequest>,
+    ) -> Result<tonic::Response<crate::v1::ChangeReply>, tonic::Status> {
+        Err(tonic::Status::unimplemented("stub"))
+    }
 }
 
 /// A stub monitor served on `path` until the returned sender fires (or is

@@ -256,7 +256,13 @@ fn node_config(
         t,
         "# Builtin failover logs in as the superuser (trusted on loopback in this demo)."
     )?;
-    writeln!(t, "[failover]\nuser = \"postgres\"\n")?;
+    let rejoin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/scripts/pgwarden-rejoin");
+    writeln!(
+        t,
+        "[failover]\nuser = \"postgres\"\n# `pgwardenctl rejoin pg0` runs this: pg_rewind, then pg0 follows the primary.\nrejoin_command = \"{} %D %H %r %a\"\n",
+        rejoin.display()
+    )?;
     if args.nodes > 1 {
         let port = |j: usize| args.watchdog_port + j as u16;
         let peers: Vec<String> = (0..args.nodes)
