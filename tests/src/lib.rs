@@ -90,8 +90,10 @@ impl Default for ProxyOptions {
 }
 
 impl ProxyOptions {
-    /// Adds a `[proxy]` line.
+    /// Adds a `[proxy]` line (replacing one that sets the same key).
     pub fn set(mut self, line: &str) -> Self {
+        let key = |l: &str| l.split('=').next().unwrap_or_default().trim().to_owned();
+        self.proxy.retain(|l| key(l) != key(line));
         self.proxy.push(line.to_owned());
         self
     }

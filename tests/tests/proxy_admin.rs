@@ -313,3 +313,86 @@ async fn a_second_proxy_on_the_same_runtime_dir_refuses_to_start() {
     )
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminate_ends_busy_and_waiting_sessions_and_pools_add_up_per_user() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default()
+            .set("pool_size = 2")
+            .set("pool_timeout = \"30s\""),
+    );
+    // Two clients of alice that differ only in application_name: one row.
+    let conninfo = |app: &str| {
+        format!(
+            "{} application_name={app}",
+            proxy.conninfo(ALICE.0, ALICE.1, "app")
+        )
+    };
+    let busy = connect(&conninfo("one")).await.unwrap();
+    let holder = connect(&conninfo("two")).await.unwrap();
+    holder.batch_execute("SELECT 1").await.unwrap();
+    assert_eq!(
+        pools(&proxy).await,
+        [("0".into(), ALICE.0.into(), "app".into(), 2, 0, 0)]
+    );
+
+    // A running statement: terminating its client cancels it on the server.
+    let busy_pid = clients(&proxy).await[0].0;
+    let sleeping = tokio::spawn(async move { busy.batch_execute("SELECT pg_sleep(60)").await });
+    wait_until(Duration::from_secs(10), "pg_sleep running", || {
+        cluster
+            .primary()
+            .psql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'")
+            .unwrap_or_default()
+            == "1"
+    })
+    .unwrap();
+    ctl_ok(&proxy, &["terminate", &busy_pid.to_string()]).await;
+    let err = tokio::time::timeout(Duration::from_secs(10), sleeping)
+        .await
+        .expect("the terminated client hears at once")
+        .unwrap()
+        .expect_err("terminated mid-statement");
+    assert!(
+        err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
+        "{err:?}"
+    );
+    wait_until(Duration::from_secs(10), "pg_sleep cancelled on the server", || {
+        cluster
+            .primary()
+            .psql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' AND state = 'active'")
+            .unwrap_or_default()
+            == "0"
+    })
+    .unwrap();
+
+    // Pools are per full set of startup parameters: with "two" holding
+    // both of its pool's connections, a third "two" client waits, listed
+    // without a backend; terminating it ends its wait with 57P01.
+    let second = connect(&conninfo("two")).await.unwrap();
+    let info = conninfo("two");
+    let waiting = tokio::spawn(async move { connect(&info).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let waiter = loop {
+        let rows = pools(&proxy).await;
+        if rows.first().is_some_and(|r| r.5 == 1) {
+            let listed = clients(&proxy).await;
+            let w = listed.iter().find(|c| c.3 == "-").cloned();
+            break w.expect("the waiting client is listed without a backend");
+        }
+        assert!(Instant::now() < deadline, "no waiting client: {rows:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ctl_ok(&proxy, &["terminate", &waiter.0.to_string()]).await;
+    let err = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect_err("terminated while waiting");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57P01"), "{err:?}");
+    let rows = pools(&proxy).await;
+    assert_eq!(rows[0].5, 0, "no one waits any more: {rows:?}");
+    drop((second, holder));
+}

@@ -166,6 +166,19 @@ impl Cli {
     pub fn command_or_status(&self) -> Command {
         self.command.clone().unwrap_or(Command::Status)
     }
+
+    /// Whether the command waits until interrupted or done (`watch`,
+    /// `watchdog --watch`, `promote --wait`, `rejoin --wait`): Ctrl-C ends
+    /// those cleanly instead of killing them.
+    pub fn waits(&self) -> bool {
+        match self.command_or_status() {
+            Command::Watch => true,
+            Command::Watchdog(w) => w.watch,
+            Command::Promote(p) => p.wait,
+            Command::Rejoin(r) => r.wait,
+            _ => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +251,22 @@ mod tests {
         assert_eq!(cli.watchdog_socket, Some(PathBuf::from("/run/w.sock")));
         assert_eq!(cli.socket, None);
         assert!(cli.json);
+    }
+
+    #[test]
+    fn only_waiting_commands_catch_ctrl_c() {
+        for (args, waits) in [
+            (&["watch"][..], true),
+            (&["watchdog", "--watch"], true),
+            (&["watchdog"], false),
+            (&["promote", "pg1", "--wait"], true),
+            (&["promote", "pg1"], false),
+            (&["rejoin", "pg0", "--wait"], true),
+            (&["status"], false),
+            (&["pools"], false),
+        ] {
+            assert_eq!(parse(args).waits(), waits, "{args:?}");
+        }
     }
 
     #[test]

@@ -28,11 +28,16 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         .build()?;
     let mut out = io::stdout().lock();
     runtime.block_on(async {
-        // The handler is installed here, before anything is printed: a
-        // SIGINT sent as soon as the first line appears must end the command
-        // cleanly, not kill it (`ctrl_c()` would install it only when first
-        // polled, which may come after the first line).
-        let mut sigint = signal(SignalKind::interrupt()).ok();
+        // Commands that wait (watch, --watch, --wait) end cleanly on Ctrl-C;
+        // their handler is installed here, before anything is printed: a
+        // SIGINT sent as soon as the first line appears must end the command,
+        // not kill it (`ctrl_c()` would install it only when first polled).
+        // Other commands keep the default: Ctrl-C kills them at once.
+        let mut sigint = if cli.waits() {
+            signal(SignalKind::interrupt()).ok()
+        } else {
+            None
+        };
         let interrupt = async move {
             match sigint.as_mut() {
                 Some(sigint) => {

@@ -159,21 +159,27 @@ impl ClientRegistry {
             tracing::debug!(pid, "cancel request for an unknown key ignored");
             return;
         };
-        let addr = server.addr;
-        let send = async {
-            let mut s = TcpStream::connect(addr).await?;
-            let mut buf = BytesMut::with_capacity(16);
-            frontend::cancel_request(server.pid, server.secret, &mut buf);
-            s.write_all(&buf).await?;
-            s.shutdown().await
-        };
-        match tokio::time::timeout(timeout, send).await {
-            Ok(Ok(())) => tracing::debug!(pid, %addr, "cancel forwarded"),
-            Ok(Err(e)) => {
-                tracing::warn!(pid, %addr, error = %e, "could not forward a cancel request")
-            }
-            Err(_) => tracing::warn!(pid, %addr, "forwarding a cancel request timed out"),
+        send_cancel(server.addr, (server.pid, server.secret), timeout).await;
+    }
+}
+
+/// Sends a CancelRequest for the server session with BackendKeyData
+/// `key` at `addr`, within `timeout`; failures are logged, as nothing is
+/// owed to anyone either way.
+pub async fn send_cancel(addr: SocketAddr, key: (i32, i32), timeout: Duration) {
+    let send = async {
+        let mut s = TcpStream::connect(addr).await?;
+        let mut buf = BytesMut::with_capacity(16);
+        frontend::cancel_request(key.0, key.1, &mut buf);
+        s.write_all(&buf).await?;
+        s.shutdown().await
+    };
+    match tokio::time::timeout(timeout, send).await {
+        Ok(Ok(())) => tracing::debug!(server_pid = key.0, %addr, "cancel sent"),
+        Ok(Err(e)) => {
+            tracing::warn!(server_pid = key.0, %addr, error = %e, "could not send a cancel request")
         }
+        Err(_) => tracing::warn!(server_pid = key.0, %addr, "sending a cancel request timed out"),
     }
 }
 

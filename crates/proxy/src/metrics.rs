@@ -12,7 +12,8 @@ use crate::Shared;
 /// What the proxy counts, since it started.
 #[derive(Debug, Default)]
 pub struct Counters {
-    /// Clients that logged in.
+    /// Clients whose password was accepted (whether a server connection
+    /// was then found for them or not).
     pub logins: Counter,
     /// Logins refused for a wrong password or an unknown user (28P01).
     pub auth_failures: Counter,
@@ -103,7 +104,7 @@ pub fn render(shared: &Shared, r: &mut Registry) {
     m::counter(
         r,
         "pgwarden_proxy_logins",
-        "Clients that logged in",
+        "Clients whose password was accepted",
         &c.logins,
     );
     m::counter(
@@ -127,7 +128,7 @@ pub fn render(shared: &Shared, r: &mut Registry) {
     m::counter(
         r,
         "pgwarden_proxy_failover_terminations",
-        "Sessions ended with 57P01 because their server stopped being the primary",
+        "Sessions ended with 57P01 because their server stopped being the primary (failover, or fencing)",
         &c.failover_terminations,
     );
     m::counter(

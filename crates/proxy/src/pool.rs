@@ -130,10 +130,11 @@ impl Pools {
         let permit = match Arc::clone(&pool.permits).try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                pool.waiting.fetch_add(1, Ordering::Relaxed);
+                // Counted while waiting, however the wait ends (a client
+                // terminated or timed out drops this future mid-wait).
+                let _waiting = Waiting::new(&pool.waiting);
                 let r =
                     tokio::time::timeout(timeout, Arc::clone(&pool.permits).acquire_owned()).await;
-                pool.waiting.fetch_sub(1, Ordering::Relaxed);
                 match r {
                     Ok(Ok(p)) => p,
                     // The semaphore is never closed; treat it like a timeout anyway.
@@ -176,10 +177,33 @@ impl Pools {
         }
     }
 
-    /// Every pool's numbers, sorted by backend, user and database.
+    /// The numbers per backend, user and database, sorted so: pools that
+    /// differ only in other startup parameters (application_name,
+    /// TimeZone...) are added up, as operators think of them as one.
     pub fn stats(&self) -> Vec<PoolStats> {
+        let mut all: Vec<PoolStats> = Vec::new();
+        for p in self.each_stats() {
+            match all
+                .iter_mut()
+                .find(|a| (a.backend, &a.user, &a.database) == (p.backend, &p.user, &p.database))
+            {
+                Some(a) => {
+                    a.active += p.active;
+                    a.idle += p.idle;
+                    a.waiting += p.waiting;
+                }
+                None => all.push(p),
+            }
+        }
+        all.sort_by(|a, b| {
+            (a.backend, &a.user, &a.database).cmp(&(b.backend, &b.user, &b.database))
+        });
+        all
+    }
+
+    fn each_stats(&self) -> Vec<PoolStats> {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
-        let mut all: Vec<PoolStats> = pools
+        pools
             .values()
             .map(|pool| {
                 let param = |name: &str| {
@@ -202,17 +226,29 @@ impl Pools {
                     waiting: pool.waiting.load(Ordering::Relaxed),
                 }
             })
-            .collect();
-        all.sort_by(|a, b| {
-            (a.backend, &a.user, &a.database).cmp(&(b.backend, &b.user, &b.database))
-        });
-        all
+            .collect()
     }
 
     /// How often [`Pools::reap`] should run.
     pub fn reap_period(&self) -> Duration {
         let base = self.limits.idle_timeout.unwrap_or(Duration::from_secs(60));
         (base / 4).clamp(Duration::from_millis(100), Duration::from_secs(30))
+    }
+}
+
+/// One client counted in a pool's `waiting` for as long as it lives.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Waiting(count)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -67,25 +67,12 @@ pub async fn serve(
             return;
         }
         let _permit = permit;
-        match tokio::time::timeout(
-            login_timeout,
-            login(&shared, peer, &mut stream, &mut buf, &startup),
-        )
-        .await
-        {
-            Ok(Ok(session)) => run_session(&shared, &mut stream, buf, session).await,
-            Ok(Err(Some(bytes))) => {
+        match login(&shared, peer, &mut stream, &mut buf, &startup).await {
+            Ok(session) => run_session(&shared, &mut stream, buf, session).await,
+            Err(Some(bytes)) => {
                 let _ = stream.write_all(&bytes).await;
             }
-            Ok(Err(None)) => {}
-            Err(_) => {
-                tracing::debug!("login timed out");
-                let e = ErrorResponse::fatal(
-                    sqlstate::PROTOCOL_VIOLATION,
-                    "canceling authentication due to timeout",
-                );
-                let _ = stream.write_all(&e.to_bytes()).await;
-            }
+            Err(None) => {}
         }
     }
     .instrument(span)
@@ -163,17 +150,28 @@ async fn login(
     span.record("user", user);
     span.record("db", database);
 
+    // client_login_timeout bounds the authentication exchange; waiting for
+    // a server afterwards has its own bounds (pool_timeout, a pause,
+    // server_connect_timeout), each with its own error.
     let users = shared.users();
-    let creds = match client_auth::authenticate(
+    let exchange = client_auth::authenticate(
         stream,
         buf,
         user,
         &users,
         shared.settings.plain_auth,
         &shared.mock_key,
-    )
-    .await
-    {
+    );
+    let Ok(authenticated) =
+        tokio::time::timeout(shared.settings.client_login_timeout, exchange).await
+    else {
+        tracing::debug!("login timed out");
+        return Err(reject(ErrorResponse::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "canceling authentication due to timeout",
+        )));
+    };
+    let creds = match authenticated {
         Ok(c) => c,
         Err(e) => {
             if matches!(e, AuthError::Failed(_)) {
@@ -402,6 +400,17 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
     }
     if matches!(r.end, PumpEnd::ServerGone) {
         shared.router.recheck();
+    }
+    if matches!(r.end, PumpEnd::Stopped(_)) && r.server_idle.is_none() {
+        // The server would go on running the statement, holding its locks,
+        // until it next writes to the closed socket: cancel it first, as
+        // pg_terminate_backend() ends it at once.
+        let timeout = shared.settings.server_connect_timeout;
+        tokio::spawn(crate::clients::send_cancel(
+            s.conn.addr,
+            s.conn.key,
+            timeout,
+        ));
     }
     let reusable = matches!(r.end, PumpEnd::ClientTerminated | PumpEnd::ClientGone);
     match r.server_idle {

@@ -73,13 +73,21 @@ impl Signer {
     }
 
     fn proposal_mac(&self, p: &PeerProposal) -> Vec<u8> {
+        // The monitor flag is signed only when set, so a backend report
+        // signs as it did before the flag existed: watchdogs of both versions
+        // accept each other's reports during a rolling upgrade.
+        let flags: &[u8] = if p.monitor {
+            &[u8::from(p.down), 1]
+        } else {
+            &[u8::from(p.down)]
+        };
         self.mac(&[
             &p.from.to_be_bytes(),
             &p.members_hash.to_be_bytes(),
             &p.epoch.to_be_bytes(),
             &p.seq.to_be_bytes(),
             p.backend.as_bytes(),
-            &[u8::from(p.down), u8::from(p.monitor)],
+            flags,
         ])
     }
 
