@@ -142,4 +142,22 @@ async fn the_old_primary_rejoins_as_a_standby_of_the_new_one() {
             .unwrap(),
         "t"
     );
+
+    // The script refuses to rewind the primary itself (say, the placeholders
+    // swapped in the config), and the primary goes on untouched.
+    let pg1 = cluster.node(1);
+    let out = Command::new(rejoin_script())
+        .arg(pg1.data_dir())
+        .args([pg1.host(), &pg1.port().to_string(), "pg1"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("it is not behind the primary (is it the primary itself?)"),
+        "{stderr}"
+    );
+    assert_eq!(pg1.psql("SELECT pg_is_in_recovery()").unwrap(), "f");
+    c.batch_execute("INSERT INTO t VALUES (4)").await.unwrap();
 }

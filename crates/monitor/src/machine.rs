@@ -157,6 +157,9 @@ pub enum Event {
     Rejoined {
         /// The backend being rejoined.
         id: usize,
+        /// Which rejoin (from [`Action::Rejoin`]): an older one's result is
+        /// ignored.
+        attempt: u64,
         /// Success, or why it failed.
         result: Result<(), String>,
     },
@@ -200,6 +203,8 @@ pub enum Action {
         id: usize,
         /// The primary it must follow.
         primary: usize,
+        /// Tells this rejoin's [`Event::Rejoined`] from an older one's.
+        attempt: u64,
     },
 }
 
@@ -209,8 +214,8 @@ pub enum Rejoin {
     /// None asked for.
     #[default]
     No,
-    /// `failover.rejoin_command` is running.
-    Running,
+    /// `failover.rejoin_command` is running (this attempt).
+    Running(u64),
     /// It succeeded: attached as soon as it streams from the primary.
     Waiting,
 }
@@ -257,6 +262,9 @@ struct Failover {
     tried: Vec<usize>,
     force: bool,
 }
+
+/// Rejoin attempts started in this process (see [`Action::Rejoin`]).
+static REJOIN_ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The failover state machine. See the module docs.
 #[derive(Debug, Clone)]
@@ -465,7 +473,11 @@ impl Machine {
             Event::Promoted { id, result } => self.promoted(id, result, &mut actions),
             Event::Followed { id, result } => self.followed(id, result),
             Event::QuorumDown(ids) => self.quorum(ids),
-            Event::Rejoined { id, result } => self.rejoined(id, result),
+            Event::Rejoined {
+                id,
+                attempt,
+                result,
+            } => self.rejoined(id, attempt, result),
         }
         self.evaluate(&mut actions);
         self.finish(&mut actions);
@@ -972,8 +984,13 @@ impl Machine {
         if b.status == Status::Up {
             return Err(format!("{name} is up: nothing to rejoin"));
         }
-        if b.rejoin == Rejoin::Running {
+        if matches!(b.rejoin, Rejoin::Running(_)) {
             return Err(format!("{name} is already being rejoined"));
+        }
+        if b.following {
+            return Err(format!(
+                "{name} is being repointed at the new primary: rejoin it once that is over"
+            ));
         }
         if self.failover.is_some() {
             return Err("a failover is in progress: rejoin once it is over".to_owned());
@@ -987,23 +1004,36 @@ impl Machine {
         };
         let reason = format!("rejoining as a standby of {}", self.name(p));
         self.set_status(id, Status::Detached, &reason);
+        // Unique in the process, across machines: a machine rebuilt (after
+        // a refused proposal, a change of leader) never mistakes an older
+        // machine's rejoin result for its own.
+        let attempt = REJOIN_ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if let Some(b) = self.backends.get_mut(id) {
-            b.rejoin = Rejoin::Running;
+            b.rejoin = Rejoin::Running(attempt);
         }
         self.commit();
         let mut actions = Vec::new();
         self.finish(&mut actions);
-        actions.push(Action::Rejoin { id, primary: p });
+        actions.push(Action::Rejoin {
+            id,
+            primary: p,
+            attempt,
+        });
         Ok((format!("{name}: rejoin started"), actions))
     }
 
-    fn rejoined(&mut self, id: usize, result: Result<(), String>) {
+    fn rejoined(&mut self, id: usize, attempt: u64, result: Result<(), String>) {
         let primary = self.primary.map(|p| self.name(p)).unwrap_or_default();
         let Some(b) = self
             .backends
             .get_mut(id)
-            .filter(|b| b.rejoin == Rejoin::Running)
+            .filter(|b| b.rejoin == Rejoin::Running(attempt))
         else {
+            tracing::debug!(
+                backend = id,
+                attempt,
+                "result of a rejoin no longer awaited ignored"
+            );
             return;
         };
         match result {
@@ -1073,6 +1103,16 @@ impl Machine {
     /// Planned switchover to standby `id` (pcp_promote_node --switchover):
     /// the current primary is fenced first, then `id` is promoted.
     pub fn promote(&mut self, id: usize, force: bool) -> Result<(String, Vec<Action>), String> {
+        if let Some(b) = self
+            .backends
+            .iter()
+            .find(|b| matches!(b.rejoin, Rejoin::Running(_)))
+        {
+            return Err(format!(
+                "{} is being rejoined to the current primary: switch over once that is over",
+                b.spec.name
+            ));
+        }
         let mut actions = Vec::new();
         let name = self.name(id);
         let b = self
@@ -1213,13 +1253,15 @@ mod tests {
 
         let g = m.generation();
         let (_, actions) = m.rejoin(0).unwrap();
-        assert_eq!(
-            actions.last(),
-            Some(&Action::Rejoin {
-                id: 0,
-                primary: promoted
-            })
-        );
+        let Some(&Action::Rejoin {
+            id: 0,
+            primary,
+            attempt,
+        }) = actions.last()
+        else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(primary, promoted);
         assert!(m.backends()[0].reason.starts_with("rejoining as a standby"));
         assert!(m.rejoin(0).unwrap_err().contains("already being rejoined"));
         // Checks while the command runs change nothing.
@@ -1228,17 +1270,39 @@ mod tests {
         assert_eq!(m.backends()[0].status, Status::Detached);
 
         // A failed command leaves it detached, saying why; it may be retried.
+        // A switchover waits for the rejoin.
+        assert!(
+            m.promote(other, false)
+                .unwrap_err()
+                .contains("being rejoined")
+        );
         m.step(Event::Rejoined {
             id: 0,
+            attempt,
             result: Err("pg_rewind: could not connect".into()),
         });
         assert_eq!(
             m.backends()[0].reason,
             "rejoin failed: pg_rewind: could not connect"
         );
-        m.rejoin(0).unwrap();
+        let (_, actions) = m.rejoin(0).unwrap();
+        let Some(&Action::Rejoin {
+            attempt: second, ..
+        }) = actions.last()
+        else {
+            panic!("{actions:?}")
+        };
+        assert_ne!(second, attempt);
+        // The first attempt's late result is not this one's.
+        m.step(Event::Rejoined {
+            id: 0,
+            attempt,
+            result: Ok(()),
+        });
+        assert_eq!(m.backends()[0].rejoin, Rejoin::Running(second));
         let a = m.step(Event::Rejoined {
             id: 0,
+            attempt: second,
             result: Ok(()),
         });
         // The new reason is committed; not attached until it streams.
@@ -1248,8 +1312,13 @@ mod tests {
             m.backends()[0].reason,
             format!("rejoined; attached once it streams from pg{promoted}")
         );
-        // Streaming from the old timeline's primary port is not enough.
+        // Streaming from another server than the primary is not enough, on
+        // the old timeline or on the new one.
         ok(&mut m, 0, Observation::standby(1, GB, Some(5000)));
+        assert_eq!(m.backends()[0].status, Status::Detached);
+        ok(&mut m, 0, Observation::standby(2, GB, Some(5000)));
+        assert_eq!(m.backends()[0].status, Status::Detached);
+        ok(&mut m, 0, Observation::standby(1, GB, Some(port)));
         assert_eq!(m.backends()[0].status, Status::Detached);
         let a = ok(&mut m, 0, Observation::standby(2, GB, Some(port)));
         assert_eq!(a, vec![Action::Publish]);

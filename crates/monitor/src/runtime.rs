@@ -345,7 +345,11 @@ pub(crate) fn answer(
 pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender<Event>) {
     match action {
         Action::Publish => {}
-        Action::Rejoin { id, primary } => {
+        Action::Rejoin {
+            id,
+            primary,
+            attempt,
+        } => {
             let (Some(target), Some(primary)) = (
                 settings.backends.get(id).cloned(),
                 settings.backends.get(primary).cloned(),
@@ -356,7 +360,13 @@ pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender
             let events = events.clone();
             tokio::spawn(async move {
                 let result = rejoin(&f, &target, &primary).await;
-                let _ = events.send(Event::Rejoined { id, result }).await;
+                let _ = events
+                    .send(Event::Rejoined {
+                        id,
+                        attempt,
+                        result,
+                    })
+                    .await;
             });
         }
         Action::Promote { id, old_primary } => {
