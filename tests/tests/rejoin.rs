@@ -161,3 +161,34 @@ async fn the_old_primary_rejoins_as_a_standby_of_the_new_one() {
     assert_eq!(pg1.psql("SELECT pg_is_in_recovery()").unwrap(), "f");
     c.batch_execute("INSERT INTO t VALUES (4)").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rejoin_leaves_the_backend_detached_and_says_why_each_time() {
+    let cluster = cluster(1);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default()
+            .failover("rejoin_command = \"echo rejoining %a from %H:%r; exit 3\""),
+    );
+    proxy
+        .wait_state(Duration::from_secs(20), "both backends up", |s| {
+            s.backends.iter().all(|b| b.status == Status::Up as i32)
+        })
+        .await;
+    let (code, _, err) = ctl(&proxy, &["detach", "pg1"]).await;
+    assert_eq!(code, 0, "{err}");
+    let primary_port = cluster.node(0).port();
+    for attempt in 0..2 {
+        let (code, out, err) = ctl(&proxy, &["rejoin", "pg1", "--wait", "--timeout", "30s"]).await;
+        assert_eq!(code, 1, "attempt {attempt}: {out}{err}");
+        assert!(out.starts_with("pg1: rejoin started\n"), "{out}");
+        assert!(
+            err.starts_with("pgwardenctl: pg1 was not rejoined: hook failover.rejoin_command failed (exit status 3): ")
+                && err.contains(&format!("rejoining pg1 from 127.0.0.1:{primary_port}")),
+            "attempt {attempt}: {err}"
+        );
+        let s = proxy.cluster_state().await;
+        assert_eq!(status_of(&s, 1).0, Status::Detached as i32);
+        assert!(status_of(&s, 1).1.starts_with("rejoin failed: "), "{s:#?}");
+    }
+}

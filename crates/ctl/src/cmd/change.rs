@@ -88,7 +88,13 @@ pub async fn rejoin(
     let state = monitor.get_cluster().await?;
     let backend = resolve(&state, &args.target.backend)?;
     let (id, name) = (backend.id, backend.name.clone());
+    // An earlier attempt's failure, still in a state that has not caught up
+    // with this request, is not this attempt's outcome: a failure counts
+    // once its reason is new or its generation is past the reply's (the
+    // start of a rejoin and its failure each commit a generation).
+    let before = backend.reason.clone();
     let reply = monitor.rejoin(id).await?;
+    let replied = reply.state.as_ref().map_or(0, |s| s.generation);
     if !args.wait {
         return print_reply(&reply, json, out);
     }
@@ -115,12 +121,15 @@ pub async fn rejoin(
             };
             return print_reply(&done, json, out);
         }
-        if let Some(why) = reason.strip_prefix("rejoin failed: ") {
+        let current = reason != before || state.generation > replied;
+        if let Some(why) = reason.strip_prefix("rejoin failed: ")
+            && current
+        {
             return Err(CtlError::NotCompleted(format!(
                 "{name} was not rejoined: {why}"
             )));
         }
-        if !json && reason != shown && !reason.is_empty() {
+        if !json && current && reason != shown && !reason.is_empty() {
             writeln!(out, "{name}: {reason}")?;
             out.flush()?;
             shown = reason;
