@@ -225,3 +225,67 @@ async fn every_node_shows_the_same_leader_and_one_delegate_ip_holder() {
         )
     );
 }
+
+/// pgpool's pcp commands work against any node: so do pgwardenctl's. On a
+/// follower, the monitor hands the request to the leader's monitor through
+/// the watchdogs, and every node then shows the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_on_a_follower_are_decided_by_the_leader() {
+    if let Some(why) = unavailable() {
+        eprintln!("SKIPPED: multi-host test needs network namespaces: {why}");
+        return;
+    }
+    let fleet = Fleet::start(3);
+    let leader = fleet
+        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
+        .await;
+    let follower = (leader + 1) % 3;
+    // Every node sees all three backends up first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ups: Vec<usize> = (0..3)
+            .map(|i| ctl(&fleet, i, &["status"]).stdout.matches("  up  ").count())
+            .collect();
+        if ups.iter().all(|n| *n == 3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all up: {ups:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let run = ctl(&fleet, follower, &["detach", "pg2"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        run.stdout,
+        "pg2 detached (decided by the leader's monitor)\n"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let detached: Vec<bool> = (0..3)
+            .map(|i| {
+                ctl(&fleet, i, &["status"])
+                    .stdout
+                    .lines()
+                    .any(|l| l.starts_with("2   pg2") && l.contains(" detached "))
+            })
+            .collect();
+        if detached.iter().all(|d| *d) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "pg2 detached on {detached:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A refusal by the leader's monitor reaches the follower's operator as one.
+    let other = (leader + 2) % 3;
+    let run = ctl(&fleet, other, &["promote", "pg0"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("pg0"), "{run:?}");
+
+    let run = ctl(&fleet, other, &["attach", "pg2"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        run.stdout,
+        "pg2 attached (decided by the leader's monitor)\n"
+    );
+}

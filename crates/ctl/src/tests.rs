@@ -470,6 +470,13 @@ impl Watchdog for WatchdogStub {
     ) -> Result<Response<ProposeClusterChangeReply>, tonic::Status> {
         Err(tonic::Status::unimplemented("not for pgwardenctl"))
     }
+
+    async fn forward_operator(
+        &self,
+        _: Request<pgwarden_proto::v1::OperatorRequest>,
+    ) -> Result<Response<pgwarden_proto::v1::OperatorReply>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not for pgwardenctl"))
+    }
 }
 
 /// A stub monitor and a stub watchdog on their sockets in one runtime dir.

@@ -29,7 +29,7 @@ use std::time::Duration;
 use pgwarden_proto::uds::{self, Daemon};
 use pgwarden_proto::v1::watchdog_client::WatchdogClient;
 use pgwarden_proto::v1::{
-    ClusterRecord, ClusterState, ProposeClusterChangeRequest, ReportHealthRequest,
+    ClusterRecord, ClusterState, OperatorRequest, ProposeClusterChangeRequest, ReportHealthRequest,
     Status as PStatus, WatchLeadershipRequest, WatchdogStatus,
 };
 use tokio::sync::watch;
@@ -124,7 +124,7 @@ pub(crate) async fn run(
             Some(c) = p.commands.recv() => match machine.as_mut() {
                 Some(m) => operator(m, c, &settings, &p.recheck),
                 None => {
-                    not_leader(c, status_rx.borrow().as_ref(), &p.recheck);
+                    not_leader(c, &client, &p.recheck);
                     (Vec::new(), None)
                 }
             },
@@ -291,30 +291,42 @@ fn ripe_down(down_since: &BTreeMap<usize, tokio::time::Instant>) -> Vec<usize> {
         .collect()
 }
 
+/// An operator's request made to a monitor that does not decide: handed
+/// to the leader's monitor through the watchdogs (as pgpool's pcp commands
+/// work against any node), its answer passed back.
 fn not_leader(
     c: crate::service::Command,
-    status: Option<&WatchdogStatus>,
+    watchdog: &WatchdogClient<Channel>,
     recheck: &tokio::sync::Notify,
 ) {
-    let leader = status
-        .and_then(|s| {
-            s.members
-                .iter()
-                .find(|m| m.id == s.leader_id && s.leader_id != 0)
-        })
-        .map_or_else(|| "none (no quorum)".to_owned(), |m| m.address.clone());
-    let msg = format!(
-        "this node's monitor does not decide: run it on the watchdog leader's node ({leader})"
-    );
-    match c {
-        crate::service::Command::Recheck => recheck.notify_waiters(),
-        crate::service::Command::Attach(_, r)
-        | crate::service::Command::Detach(_, r)
-        | crate::service::Command::Rejoin(_, r)
-        | crate::service::Command::Promote(_, _, r) => {
-            let _ = r.send(Err(msg));
+    use crate::service::Command;
+    use pgwarden_proto::v1::operator_request::Kind;
+    let (kind, id, force, reply) = match c {
+        Command::Recheck => {
+            recheck.notify_waiters();
+            return;
         }
-    }
+        Command::Attach(id, r) => (Kind::Attach, id, false, r),
+        Command::Detach(id, r) => (Kind::Detach, id, false, r),
+        Command::Rejoin(id, r) => (Kind::Rejoin, id, false, r),
+        Command::Promote(id, force, r) => (Kind::Promote, id, force, r),
+    };
+    let mut watchdog = watchdog.clone();
+    tokio::spawn(async move {
+        let request = OperatorRequest {
+            kind: kind as i32,
+            backend_id: u32::try_from(id).unwrap_or(u32::MAX),
+            force,
+        };
+        let answer = match watchdog.forward_operator(request).await {
+            Ok(r) => Ok(format!(
+                "{} (decided by the leader's monitor)",
+                r.into_inner().message
+            )),
+            Err(status) => Err(status.message().to_owned()),
+        };
+        let _ = reply.send(answer);
+    });
 }
 
 /// Backend ids a quorum sees down.

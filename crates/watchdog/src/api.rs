@@ -6,9 +6,9 @@ use std::pin::Pin;
 use futures_util::Stream;
 use pgwarden_proto::v1::watchdog_server::Watchdog;
 use pgwarden_proto::v1::{
-    ClusterRecord, GetStatusRequest, LeadershipEvent, ProposeClusterChangeReply,
-    ProposeClusterChangeRequest, ReportHealthReply, ReportHealthRequest, WatchLeadershipRequest,
-    WatchdogStatus,
+    ClusterRecord, GetStatusRequest, LeadershipEvent, OperatorReply, OperatorRequest,
+    ProposeClusterChangeReply, ProposeClusterChangeRequest, ReportHealthReply, ReportHealthRequest,
+    WatchLeadershipRequest, WatchdogStatus,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status};
@@ -26,6 +26,14 @@ pub enum ApiRequest {
         down: bool,
         /// Committed, or why not.
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// An operator's request the local monitor does not decide: for the
+    /// leader's monitor.
+    Operator {
+        /// What the operator asked.
+        request: OperatorRequest,
+        /// The leader's monitor's answer, or why there is none.
+        reply: oneshot::Sender<Result<String, Status>>,
     },
     /// A new generation from the leader's monitor (compare-and-set).
     Propose {
@@ -186,5 +194,28 @@ impl Watchdog for WatchdogApi {
             reason,
             record: self.record(),
         }))
+    }
+
+    async fn forward_operator(
+        &self,
+        r: Request<OperatorRequest>,
+    ) -> Result<Response<OperatorReply>, Status> {
+        let (tx, rx) = oneshot::channel();
+        let request = ApiRequest::Operator {
+            request: r.into_inner(),
+            reply: tx,
+        };
+        if self.requests.send(request).await.is_err() {
+            return Err(Status::unavailable("the watchdog is shutting down"));
+        }
+        let wait = crate::peers::OPERATOR_TIMEOUT + std::time::Duration::from_secs(5);
+        match tokio::time::timeout(wait, rx).await {
+            Ok(Ok(Ok(message))) => Ok(Response::new(OperatorReply { message })),
+            Ok(Ok(Err(status))) => Err(status),
+            Ok(Err(_)) => Err(Status::unavailable("the watchdog is shutting down")),
+            Err(_) => Err(Status::deadline_exceeded(
+                "the leader's monitor did not answer in time",
+            )),
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! sequence number so a captured envelope cannot be replayed.
 
 use hmac::{Hmac, KeyInit, Mac};
-use pgwarden_proto::v1::{PeerEnvelope, PeerProposal};
+use pgwarden_proto::v1::{PeerEnvelope, PeerOperator, PeerProposal};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -91,6 +91,30 @@ impl Signer {
         ])
     }
 
+    fn operator_mac(&self, p: &PeerOperator) -> Vec<u8> {
+        let r = p.request.unwrap_or_default();
+        self.mac(&[
+            b"operator",
+            &p.from.to_be_bytes(),
+            &p.members_hash.to_be_bytes(),
+            &p.epoch.to_be_bytes(),
+            &p.seq.to_be_bytes(),
+            &r.kind.to_be_bytes(),
+            &r.backend_id.to_be_bytes(),
+            &[u8::from(r.force)],
+        ])
+    }
+
+    /// Fills in the MAC of a forwarded operator request.
+    pub fn sign_operator(&self, p: &mut PeerOperator) {
+        p.mac = self.operator_mac(p);
+    }
+
+    /// True when the operator request was signed with the cluster key.
+    pub fn verify_operator(&self, p: &PeerOperator) -> bool {
+        self.operator_mac(p).ct_eq(&p.mac).into()
+    }
+
     /// Fills in the MAC of a forwarded proposal.
     pub fn sign_proposal(&self, p: &mut PeerProposal) {
         p.mac = self.proposal_mac(p);
@@ -105,6 +129,7 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pgwarden_proto::v1::OperatorRequest;
 
     fn envelope() -> PeerEnvelope {
         PeerEnvelope {
@@ -159,6 +184,40 @@ mod tests {
             !s.verify_proposal(&p),
             "a backend report cannot pass as a monitor report"
         );
+    }
+
+    #[test]
+    fn operator_requests_verify_only_unchanged() {
+        let s = Signer::new(b"0123456789abcdef".to_vec());
+        let mut p = PeerOperator {
+            from: 2,
+            members_hash: 1,
+            epoch: 1,
+            seq: 1,
+            request: Some(OperatorRequest {
+                kind: 2,
+                backend_id: 1,
+                force: false,
+            }),
+            mac: vec![],
+        };
+        s.sign_operator(&mut p);
+        assert!(s.verify_operator(&p));
+        let mut other = p.clone();
+        other.request = Some(OperatorRequest {
+            kind: 2,
+            backend_id: 0,
+            force: false,
+        });
+        assert!(!s.verify_operator(&other), "another backend");
+        let mut forced = p.clone();
+        forced.request = Some(OperatorRequest {
+            kind: 2,
+            backend_id: 1,
+            force: true,
+        });
+        assert!(!s.verify_operator(&forced));
+        assert!(!Signer::new(b"another key......".to_vec()).verify_operator(&p));
     }
 
     #[test]

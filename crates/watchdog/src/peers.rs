@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use pgwarden_proto::v1::watchdog_peer_client::WatchdogPeerClient;
 use pgwarden_proto::v1::watchdog_peer_server::WatchdogPeer;
-use pgwarden_proto::v1::{PeerAck, PeerEnvelope, PeerProposal, PeerProposalReply};
+use pgwarden_proto::v1::{
+    OperatorReply, OperatorRequest, PeerAck, PeerEnvelope, PeerOperator, PeerProposal,
+    PeerProposalReply,
+};
 use protobuf::Message as _;
 use raft::eraftpb::MessageType;
 use tokio::sync::{mpsc, oneshot};
@@ -41,6 +44,13 @@ pub enum Inbound {
         report: Report,
         /// Where to answer.
         reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// A follower forwarded an operator's request for this node's monitor.
+    Operator {
+        /// What the operator asked.
+        request: OperatorRequest,
+        /// The monitor's answer, or why there is none.
+        reply: oneshot::Sender<Result<String, Status>>,
     },
     /// Delivery to a peer failed.
     Unreachable(u64),
@@ -103,6 +113,8 @@ pub struct PeerService {
     seen_envelopes: Mutex<HashMap<u64, (u64, u64)>>,
     /// Per sender: the (epoch, seq) of the last forwarded proposal accepted.
     seen_proposals: Mutex<HashMap<u64, (u64, u64)>>,
+    /// Per sender: the (epoch, seq) of the last operator request accepted.
+    seen_operators: Mutex<HashMap<u64, (u64, u64)>>,
 }
 
 impl PeerService {
@@ -113,6 +125,7 @@ impl PeerService {
             inbound,
             seen_envelopes: Mutex::new(HashMap::new()),
             seen_proposals: Mutex::new(HashMap::new()),
+            seen_operators: Mutex::new(HashMap::new()),
         }
     }
 
@@ -221,6 +234,72 @@ impl WatchdogPeer for PeerService {
         };
         Ok(Response::new(reply))
     }
+
+    async fn operator(
+        &self,
+        request: Request<PeerOperator>,
+    ) -> Result<Response<OperatorReply>, Status> {
+        let p = request.into_inner();
+        self.check_sender(p.from, p.members_hash)?;
+        if !self.id.signer.verify_operator(&p) {
+            tracing::warn!(from = p.from, "dropping an operator request with a bad MAC");
+            return Err(Status::unauthenticated("bad MAC"));
+        }
+        if !Self::fresh(&self.seen_operators, p.from, p.epoch, p.seq) {
+            return Err(Status::invalid_argument("replayed"));
+        }
+        let Some(request) = p.request else {
+            return Err(Status::invalid_argument("no request"));
+        };
+        let (tx, rx) = oneshot::channel();
+        if self
+            .inbound
+            .send(Inbound::Operator { request, reply: tx })
+            .await
+            .is_err()
+        {
+            return Err(Status::unavailable("shutting down"));
+        }
+        match tokio::time::timeout(OPERATOR_TIMEOUT, rx).await {
+            Ok(Ok(Ok(message))) => Ok(Response::new(OperatorReply { message })),
+            Ok(Ok(Err(status))) => Err(status),
+            Ok(Err(_)) => Err(Status::unavailable("shutting down")),
+            Err(_) => Err(Status::deadline_exceeded(
+                "the leader's monitor did not answer in time",
+            )),
+        }
+    }
+}
+
+/// How long an operator's request forwarded to the leader may take: the
+/// leader's monitor answers once the change is committed.
+pub const OPERATOR_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Hands an operator's request to the leader's watchdog at `address`, which
+/// passes it to its monitor; the monitor's answer, or why there is none.
+pub async fn forward_operator(
+    address: &str,
+    id: &Identity,
+    seq: u64,
+    request: OperatorRequest,
+) -> Result<String, Status> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| Status::invalid_argument(format!("bad peer address {address:?}: {e}")))?;
+    let channel = endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(OPERATOR_TIMEOUT)
+        .connect_lazy();
+    let mut p = PeerOperator {
+        from: id.me,
+        members_hash: id.members_hash,
+        epoch: id.epoch,
+        seq,
+        request: Some(request),
+        mac: Vec::new(),
+    };
+    id.signer.sign_operator(&mut p);
+    let reply = WatchdogPeerClient::new(channel).operator(p).await?;
+    Ok(reply.into_inner().message)
 }
 
 /// A lazily connecting channel to a peer's `watchdog.listen`.

@@ -117,6 +117,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         }
     });
 
+    // Operators' requests for the leader's monitor, one at a time.
+    let (operator_tx, mut operator_rx) = mpsc::channel::<OperatorForward>(16);
+    let op_id = id.clone();
+    tokio::spawn(async move {
+        let mut seq = 0u64;
+        while let Some((address, request, reply)) = operator_rx.recv().await {
+            seq += 1;
+            let r = peers::forward_operator(&address, &op_id, seq, request).await;
+            let _ = reply.send(r);
+        }
+    });
+
     // Whether this node's monitor answers (None until known).
     let (monitor_tx, mut monitor_rx) = watch::channel::<Option<bool>>(None);
     tokio::spawn(probe_monitor(
@@ -189,6 +201,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 Inbound::Forwarded { from, report, reply } => {
                     propose(&mut node, &mut pending, report.command(from), reply);
                 }
+                Inbound::Operator { request, reply } => {
+                    if node.is_leader() {
+                        let path = uds::socket_path(&settings.runtime_dir, Daemon::Monitor);
+                        tokio::spawn(async move {
+                            let _ = reply.send(ask_monitor(&path, request).await);
+                        });
+                    } else {
+                        let _ = reply.send(Err(tonic::Status::failed_precondition(
+                            "this watchdog is no longer the leader: retry",
+                        )));
+                    }
+                }
                 Inbound::Unreachable(peer) => node.report_unreachable(peer),
                 Inbound::Snapshot(peer, ok) => node.report_snapshot(peer, ok),
             },
@@ -196,6 +220,24 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 ApiRequest::ReportHealth { backend, down, reply } => {
                     let report = peers::Report::Backend { backend, down };
                     submit(&mut node, &mut pending, &settings, &forward_tx, report, reply);
+                }
+                ApiRequest::Operator { request, reply } => {
+                    // The local monitor asks only when it does not decide: if
+                    // this node leads, its monitor has not caught up yet.
+                    if node.is_leader() {
+                        let _ = reply.send(Err(tonic::Status::failed_precondition(
+                            "this node's watchdog has just become the leader and its monitor does not decide yet: retry in a moment",
+                        )));
+                    } else if let Some(address) = node.leader().and_then(|l| settings.address(l)) {
+                        if let Err(e) = operator_tx.try_send((address.to_owned(), request, reply)) {
+                            let (_, _, reply) = e.into_inner();
+                            let _ = reply.send(Err(tonic::Status::resource_exhausted("too many operator requests at once: retry")));
+                        }
+                    } else {
+                        let _ = reply.send(Err(tonic::Status::unavailable(
+                            "no leader: the watchdogs have no quorum, so nothing can be changed now",
+                        )));
+                    }
                 }
                 ApiRequest::Propose { expected, generation, reply } => {
                     let cmd = Command::Commit { expected_generation: expected, record: generation };
@@ -309,6 +351,43 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let _ = api_server.await;
     tracing::info!("pgwarden-watchdog stopped");
     result
+}
+
+/// An operator's request on its way to the leader: its address, the
+/// request, the answer.
+type OperatorForward = (
+    String,
+    pgwarden_proto::v1::OperatorRequest,
+    oneshot::Sender<Result<String, tonic::Status>>,
+);
+
+/// Hands an operator's request to this node's monitor (on the leader: the
+/// one that decides) and returns its answer.
+async fn ask_monitor(
+    path: &std::path::Path,
+    request: pgwarden_proto::v1::OperatorRequest,
+) -> Result<String, tonic::Status> {
+    use pgwarden_proto::v1::monitor_client::MonitorClient;
+    use pgwarden_proto::v1::operator_request::Kind;
+    use pgwarden_proto::v1::{BackendRequest, PromoteBackendRequest};
+    let channel = uds::connect(path).await.map_err(|e| {
+        tonic::Status::unavailable(format!("the leader's monitor is not reachable: {e}"))
+    })?;
+    let mut monitor = MonitorClient::new(channel);
+    let id = request.backend_id;
+    let reply = match request.kind() {
+        Kind::Attach => monitor.attach_backend(BackendRequest { id }).await,
+        Kind::Detach => monitor.detach_backend(BackendRequest { id }).await,
+        Kind::Rejoin => monitor.rejoin_backend(BackendRequest { id }).await,
+        Kind::Promote => {
+            let force = request.force;
+            monitor
+                .promote_backend(PromoteBackendRequest { id, force })
+                .await
+        }
+        Kind::Unspecified => return Err(tonic::Status::invalid_argument("no operator request")),
+    }?;
+    Ok(reply.into_inner().message)
 }
 
 /// A report on its way to the leader: its address, the report, the answer.

@@ -358,15 +358,7 @@ fn print_welcome(args: &Args, cluster: &Cluster, config: &Path) {
             config.display()
         );
         println!("  tail -f {}/node*/monitor.log", args.dir.display());
-        let leader = if args.nodes > 1 {
-            " (ask the leader's node: `watchdog` shows it; node0 says so if it is not)"
-        } else {
-            ""
-        };
-        println!(
-            "Then make {} a standby of the new primary{leader}:",
-            primary.name()
-        );
+        println!("Then make {} a standby of the new primary:", primary.name());
         println!(
             "  target/release/pgwardenctl --config {} rejoin {} --wait",
             config.display(),
