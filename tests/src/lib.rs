@@ -384,6 +384,45 @@ fn spawn_monitor(config: &std::path::Path, log: &std::path::Path) -> ChildGuard 
     .unwrap()
 }
 
+/// The outcome of one `pgwardenctl` run.
+#[derive(Debug)]
+pub struct CtlRun {
+    /// Exit status (-1 when killed by a signal).
+    pub code: i32,
+    /// Its standard output.
+    pub stdout: String,
+    /// Its standard error.
+    pub stderr: String,
+}
+
+/// Runs `pgwardenctl --config <config> ARGS`.
+pub fn pgwardenctl(config: &std::path::Path, args: &[&str]) -> CtlRun {
+    let out = Command::new(workspace_bin("pgwardenctl"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    CtlRun {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(out.stdout).unwrap(),
+        stderr: String::from_utf8(out.stderr).unwrap(),
+    }
+}
+
+/// [`pgwardenctl`] off the async runtime's threads.
+pub async fn pgwardenctl_async(config: &std::path::Path, args: &[&str]) -> CtlRun {
+    let config = config.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        pgwardenctl(&config, &args)
+    })
+    .await
+    .unwrap()
+}
+
 /// `GET /metrics` from a daemon on loopback `port`: the body, or why not.
 pub fn scrape(port: u16) -> Result<String, String> {
     use std::io::Read;

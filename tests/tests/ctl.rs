@@ -17,28 +17,9 @@ use std::time::Duration;
 use pgwarden_e2e::*;
 use pgwarden_testkit::workspace_bin;
 
-/// The outcome of one `pgwardenctl` run.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs `pgwardenctl --config <the node's config> ARGS`.
-fn ctl(proxy: &Proxy, args: &[&str]) -> Run {
-    let out = Command::new(workspace_bin("pgwardenctl"))
-        .arg("--config")
-        .arg(&proxy.config)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+fn ctl(proxy: &Proxy, args: &[&str]) -> CtlRun {
+    pgwardenctl(&proxy.config, args)
 }
 
 /// Runs `pgwardenctl`, asserting it succeeded.

@@ -16,35 +16,17 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use pgwarden_e2e::lab::{Fleet, unavailable};
+use pgwarden_e2e::{CtlRun, pgwardenctl};
 use pgwarden_testkit::workspace_bin;
 use serde_json::Value;
-
-/// The outcome of one `pgwardenctl` run.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
 
 fn config(fleet: &Fleet, i: usize) -> PathBuf {
     fleet.nodes[i].dir.join("pgwarden.toml")
 }
 
 /// Runs `pgwardenctl --config <node i's config> ARGS`.
-fn ctl(fleet: &Fleet, i: usize, args: &[&str]) -> Run {
-    let out = Command::new(workspace_bin("pgwardenctl"))
-        .arg("--config")
-        .arg(config(fleet, i))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+fn ctl(fleet: &Fleet, i: usize, args: &[&str]) -> CtlRun {
+    pgwardenctl(&config(fleet, i), args)
 }
 
 /// Every node's `pgwardenctl wd --json`, parsed; `Err` with the run when

@@ -15,31 +15,8 @@ use std::time::{Duration, Instant};
 use pgwarden_e2e::*;
 use pgwarden_testkit::{PasswordKind, wait_until, workspace_bin};
 
-/// The outcome of one `pgwardenctl` run.
-#[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `pgwardenctl --config <the node's config> ARGS` (off the async
-/// runtime's threads).
-async fn ctl(proxy: &Proxy, args: &[&str]) -> Run {
-    let mut cmd = Command::new(workspace_bin("pgwardenctl"));
-    cmd.arg("--config")
-        .arg(&proxy.config)
-        .args(args)
-        .stdin(Stdio::null());
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
+async fn ctl(proxy: &Proxy, args: &[&str]) -> CtlRun {
+    pgwardenctl_async(&proxy.config, args).await
 }
 
 async fn ctl_ok(proxy: &Proxy, args: &[&str]) -> String {

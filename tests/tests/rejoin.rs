@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pgwarden_e2e::*;
-use pgwarden_testkit::{StopMode, wait_until, workspace_bin};
+use pgwarden_testkit::{StopMode, wait_until};
 
 fn rejoin_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/pgwarden-rejoin")
@@ -28,22 +28,9 @@ fn status_of(s: &ClusterState, id: u32) -> (i32, String) {
         .unwrap()
 }
 
-/// Runs `pgwardenctl --config <config> ARGS` off the runtime's threads.
 async fn ctl(proxy: &Proxy, args: &[&str]) -> (i32, String, String) {
-    let mut cmd = Command::new(workspace_bin("pgwardenctl"));
-    cmd.arg("--config")
-        .arg(&proxy.config)
-        .args(args)
-        .stdin(Stdio::null());
-    let out = tokio::task::spawn_blocking(move || cmd.output())
-        .await
-        .unwrap()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let run = pgwardenctl_async(&proxy.config, args).await;
+    (run.code, run.stdout, run.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

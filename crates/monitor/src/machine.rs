@@ -554,11 +554,7 @@ impl Machine {
             return;
         }
         // A standby: healthy when it streams from the primary.
-        let Some(p) = self.primary.filter(|p| {
-            self.backends
-                .get(*p)
-                .is_some_and(|pb| pb.status == Status::Up && pb.reachable())
-        }) else {
+        let Some(p) = self.healthy_primary() else {
             // No healthy primary to stream from: nothing to judge it by.
             return;
         };
@@ -599,6 +595,16 @@ impl Machine {
                 self.set_status(id, Status::Down, "a quorum of nodes cannot reach it");
             }
         }
+    }
+
+    /// The primary, when it is up and its last check succeeded: what a
+    /// standby can be judged by.
+    fn healthy_primary(&self) -> Option<usize> {
+        self.primary.filter(|p| {
+            self.backends
+                .get(*p)
+                .is_some_and(|pb| pb.status == Status::Up && pb.reachable())
+        })
     }
 
     fn name(&self, id: usize) -> String {
@@ -1056,11 +1062,7 @@ impl Machine {
 
     /// Attaches a rejoined backend once it streams from a healthy primary.
     fn attach_rejoined(&mut self, id: usize) {
-        let Some(p) = self.primary.filter(|p| {
-            self.backends
-                .get(*p)
-                .is_some_and(|pb| pb.status == Status::Up && pb.reachable())
-        }) else {
+        let Some(p) = self.healthy_primary() else {
             return;
         };
         let ready = self.backends.get(id).is_some_and(|b| {
