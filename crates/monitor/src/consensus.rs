@@ -38,6 +38,7 @@ use tonic::transport::Channel;
 
 use crate::machine::{Action, Decider, Event, Machine, Observation, Persisted, Status};
 use crate::runtime::{Parts, Settings, StartError, operator, perform, specs};
+use crate::service::Command;
 
 /// How long a backend must have been down by quorum before the leader's
 /// monitor acts on it: longer than a cut-off node takes to notice it has no
@@ -121,10 +122,17 @@ pub(crate) async fn run(
                 }
                 (Vec::new(), None)
             }
-            Some(c) = p.commands.recv() => match machine.as_mut() {
-                Some(m) => operator(m, c, &settings, &p.recheck),
-                None => {
-                    not_leader(c, &client, &p.recheck);
+            Some(c) = p.commands.recv() => match (machine.as_mut(), c) {
+                (Some(m), Command::Forwarded(inner)) => operator(m, *inner, &settings, &p.recheck),
+                (Some(m), c) => operator(m, c, &settings, &p.recheck),
+                // Handed over by another node because this one led: never
+                // handed on again (no loops), the operator retries.
+                (None, Command::Forwarded(inner)) => {
+                    inner.refuse("the lead moved while the request was on its way; retry".to_owned());
+                    (Vec::new(), None)
+                }
+                (None, c) => {
+                    not_leader(c, &settings, &client, &p.recheck);
                     (Vec::new(), None)
                 }
             },
@@ -295,15 +303,19 @@ fn ripe_down(down_since: &BTreeMap<usize, tokio::time::Instant>) -> Vec<usize> {
 /// to the leader's monitor through the watchdogs (as pgpool's pcp commands
 /// work against any node), its answer passed back.
 fn not_leader(
-    c: crate::service::Command,
+    c: Command,
+    settings: &Settings,
     watchdog: &WatchdogClient<Channel>,
     recheck: &tokio::sync::Notify,
 ) {
-    use crate::service::Command;
     use pgwarden_proto::v1::operator_request::Kind;
     let (kind, id, force, reply) = match c {
         Command::Recheck => {
             recheck.notify_waiters();
+            return;
+        }
+        forwarded @ Command::Forwarded(_) => {
+            forwarded.refuse("the lead moved while the request was on its way; retry".to_owned());
             return;
         }
         Command::Attach(id, r) => (Kind::Attach, id, false, r),
@@ -311,19 +323,42 @@ fn not_leader(
         Command::Rejoin(id, r) => (Kind::Rejoin, id, false, r),
         Command::Promote(id, force, r) => (Kind::Promote, id, force, r),
     };
+    let Some(backend) = settings.backends.get(id) else {
+        let _ = reply.send(Err(format!("no backend with id {id}")));
+        return;
+    };
+    let request = OperatorRequest {
+        kind: kind as i32,
+        backend_id: u32::try_from(id).unwrap_or(u32::MAX),
+        force,
+        backend_name: backend.name.clone(),
+    };
     let mut watchdog = watchdog.clone();
     tokio::spawn(async move {
-        let request = OperatorRequest {
-            kind: kind as i32,
-            backend_id: u32::try_from(id).unwrap_or(u32::MAX),
-            force,
-        };
         let answer = match watchdog.forward_operator(request).await {
             Ok(r) => Ok(format!(
                 "{} (decided by the leader's monitor)",
                 r.into_inner().message
             )),
-            Err(status) => Err(status.message().to_owned()),
+            // The leader's monitor's (or watchdog's) own refusal.
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                Err(status.message().to_owned())
+            }
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+                ) =>
+            {
+                Err(format!(
+                    "the leader's monitor did not answer in time ({}): the change may still be made; check `pgwardenctl status`",
+                    status.message()
+                ))
+            }
+            Err(status) => Err(format!(
+                "cannot hand the request to the leader's monitor: {}",
+                status.message()
+            )),
         };
         let _ = reply.send(answer);
     });

@@ -292,6 +292,8 @@ pub(crate) fn operator(
     recheck: &Notify,
 ) -> (Vec<Action>, PendingReply) {
     match c {
+        // Alone, this monitor always decides.
+        Command::Forwarded(inner) => operator(machine, *inner, settings, recheck),
         Command::Rejoin(_, reply) if settings.failover.rejoin_command.trim().is_empty() => {
             let refusal = "failover.rejoin_command is not set: rejoin the backend by hand (pg_rewind or a new base backup), then attach it".to_owned();
             (Vec::new(), Some((reply, Err(refusal))))

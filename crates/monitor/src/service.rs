@@ -24,6 +24,27 @@ pub enum Command {
     Recheck,
     /// RejoinBackend.
     Rejoin(usize, oneshot::Sender<Result<String, String>>),
+    /// A request another node's monitor handed over (through the
+    /// watchdogs) because this one leads: decided here or refused, never
+    /// handed on again.
+    Forwarded(Box<Command>),
+}
+
+impl Command {
+    /// Answers the request with `why`, deciding nothing (a recheck has no
+    /// answer to give).
+    pub fn refuse(self, why: String) {
+        match self {
+            Command::Attach(_, r)
+            | Command::Detach(_, r)
+            | Command::Rejoin(_, r)
+            | Command::Promote(_, _, r) => {
+                let _ = r.send(Err(why));
+            }
+            Command::Forwarded(inner) => inner.refuse(why),
+            Command::Recheck => {}
+        }
+    }
 }
 
 /// The service: talks to the core loop, never to the machine directly.
@@ -45,13 +66,21 @@ pub struct MonitorService {
 type StateStream = Pin<Box<dyn Stream<Item = Result<ClusterState, Status>> + Send>>;
 
 impl MonitorService {
-    async fn change(
+    async fn change<T>(
         &self,
+        request: &Request<T>,
         make: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Command,
     ) -> Result<Response<ChangeReply>, Status> {
         let (tx, rx) = oneshot::channel();
+        let mut command = make(tx);
+        if request
+            .metadata()
+            .contains_key(pgwarden_proto::OPERATOR_FORWARDED)
+        {
+            command = Command::Forwarded(Box::new(command));
+        }
         self.commands
-            .send(make(tx))
+            .send(command)
             .await
             .map_err(|_| Status::unavailable("the monitor is shutting down"))?;
         match rx.await {
@@ -139,25 +168,24 @@ impl Monitor for MonitorService {
         &self,
         r: Request<BackendRequest>,
     ) -> Result<Response<ChangeReply>, Status> {
-        let i = id(r.into_inner().id);
-        self.change(|tx| Command::Attach(i, tx)).await
+        let i = id(r.get_ref().id);
+        self.change(&r, |tx| Command::Attach(i, tx)).await
     }
 
     async fn detach_backend(
         &self,
         r: Request<BackendRequest>,
     ) -> Result<Response<ChangeReply>, Status> {
-        let i = id(r.into_inner().id);
-        self.change(|tx| Command::Detach(i, tx)).await
+        let i = id(r.get_ref().id);
+        self.change(&r, |tx| Command::Detach(i, tx)).await
     }
 
     async fn promote_backend(
         &self,
         r: Request<PromoteBackendRequest>,
     ) -> Result<Response<ChangeReply>, Status> {
-        let r = r.into_inner();
-        self.change(|tx| Command::Promote(id(r.id), r.force, tx))
-            .await
+        let (i, force) = (id(r.get_ref().id), r.get_ref().force);
+        self.change(&r, |tx| Command::Promote(i, force, tx)).await
     }
 
     async fn recheck(&self, _: Request<RecheckRequest>) -> Result<Response<RecheckReply>, Status> {
@@ -172,7 +200,7 @@ impl Monitor for MonitorService {
         &self,
         r: Request<BackendRequest>,
     ) -> Result<Response<ChangeReply>, Status> {
-        let backend = id(r.into_inner().id);
-        self.change(|tx| Command::Rejoin(backend, tx)).await
+        let backend = id(r.get_ref().id);
+        self.change(&r, |tx| Command::Rejoin(backend, tx)).await
     }
 }

@@ -46,6 +46,11 @@
 //! # }
 //! ```
 
+/// gRPC metadata a leader's watchdog sets on an operator request it hands
+/// to its monitor on another node's behalf: that monitor decides it or
+/// refuses it, never hands it on again.
+pub const OPERATOR_FORWARDED: &str = "pgwarden-forwarded";
+
 pub mod lsn;
 pub mod metrics;
 pub mod uds;

@@ -92,16 +92,20 @@ impl Signer {
     }
 
     fn operator_mac(&self, p: &PeerOperator) -> Vec<u8> {
-        let r = p.request.unwrap_or_default();
+        let r = p.request.clone().unwrap_or_default();
         self.mac(&[
             b"operator",
             &p.from.to_be_bytes(),
+            &p.to.to_be_bytes(),
             &p.members_hash.to_be_bytes(),
             &p.epoch.to_be_bytes(),
             &p.seq.to_be_bytes(),
+            &p.term.to_be_bytes(),
+            &p.sent_unix_ms.to_be_bytes(),
             &r.kind.to_be_bytes(),
             &r.backend_id.to_be_bytes(),
             &[u8::from(r.force)],
+            r.backend_name.as_bytes(),
         ])
     }
 
@@ -198,8 +202,12 @@ mod tests {
                 kind: 2,
                 backend_id: 1,
                 force: false,
+                backend_name: "pg1".into(),
             }),
             mac: vec![],
+            to: 1,
+            term: 4,
+            sent_unix_ms: 1_000,
         };
         s.sign_operator(&mut p);
         assert!(s.verify_operator(&p));
@@ -208,6 +216,7 @@ mod tests {
             kind: 2,
             backend_id: 0,
             force: false,
+            backend_name: "pg1".into(),
         });
         assert!(!s.verify_operator(&other), "another backend");
         let mut forced = p.clone();
@@ -215,8 +224,22 @@ mod tests {
             kind: 2,
             backend_id: 1,
             force: true,
+            backend_name: "pg1".into(),
         });
         assert!(!s.verify_operator(&forced));
+        for changed in [
+            PeerOperator { to: 3, ..p.clone() },
+            PeerOperator {
+                term: 5,
+                ..p.clone()
+            },
+            PeerOperator {
+                sent_unix_ms: 2_000,
+                ..p.clone()
+            },
+        ] {
+            assert!(!s.verify_operator(&changed), "{changed:?}");
+        }
         assert!(!Signer::new(b"another key......".to_vec()).verify_operator(&p));
     }
 

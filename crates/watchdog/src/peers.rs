@@ -49,6 +49,8 @@ pub enum Inbound {
     Operator {
         /// What the operator asked.
         request: OperatorRequest,
+        /// The Raft term the follower addressed this node as leader in.
+        term: u64,
         /// The monitor's answer, or why there is none.
         reply: oneshot::Sender<Result<String, Status>>,
     },
@@ -113,8 +115,9 @@ pub struct PeerService {
     seen_envelopes: Mutex<HashMap<u64, (u64, u64)>>,
     /// Per sender: the (epoch, seq) of the last forwarded proposal accepted.
     seen_proposals: Mutex<HashMap<u64, (u64, u64)>>,
-    /// Per sender: the (epoch, seq) of the last operator request accepted.
-    seen_operators: Mutex<HashMap<u64, (u64, u64)>>,
+    /// Operator requests accepted in the last [`OPERATOR_WINDOW`], by
+    /// (sender, epoch, seq): each is carried out once.
+    seen_operators: Mutex<HashMap<(u64, u64, u64), std::time::Instant>>,
 }
 
 impl PeerService {
@@ -245,8 +248,34 @@ impl WatchdogPeer for PeerService {
             tracing::warn!(from = p.from, "dropping an operator request with a bad MAC");
             return Err(Status::unauthenticated("bad MAC"));
         }
-        if !Self::fresh(&self.seen_operators, p.from, p.epoch, p.seq) {
-            return Err(Status::invalid_argument("replayed"));
+        if p.to != self.id.me {
+            return Err(Status::invalid_argument("addressed to another node"));
+        }
+        // Replays: only within the window (clocks in sync to within it, as
+        // for any HA cluster), and once.
+        let skew = now_unix_ms().abs_diff(p.sent_unix_ms);
+        if u128::from(skew) > OPERATOR_WINDOW.as_millis() {
+            tracing::warn!(
+                from = p.from,
+                skew_ms = skew,
+                "refusing an operator request sent too long ago (or clocks apart)"
+            );
+            return Err(Status::failed_precondition(
+                "the request is too old, or the nodes' clocks are more than 30 s apart",
+            ));
+        }
+        {
+            let mut seen = self
+                .seen_operators
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            seen.retain(|_, at| at.elapsed() < 2 * OPERATOR_WINDOW);
+            if seen
+                .insert((p.from, p.epoch, p.seq), std::time::Instant::now())
+                .is_some()
+            {
+                return Err(Status::invalid_argument("replayed"));
+            }
         }
         let Some(request) = p.request else {
             return Err(Status::invalid_argument("no request"));
@@ -254,7 +283,11 @@ impl WatchdogPeer for PeerService {
         let (tx, rx) = oneshot::channel();
         if self
             .inbound
-            .send(Inbound::Operator { request, reply: tx })
+            .send(Inbound::Operator {
+                request,
+                term: p.term,
+                reply: tx,
+            })
             .await
             .is_err()
         {
@@ -275,20 +308,34 @@ impl WatchdogPeer for PeerService {
 /// leader's monitor answers once the change is committed.
 pub const OPERATOR_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How far a forwarded operator request's send time may be from the
+/// receiver's clock.
+pub const OPERATOR_WINDOW: Duration = Duration::from_secs(30);
+
+fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Hands an operator's request to the leader's watchdog at `address`, which
 /// passes it to its monitor; the monitor's answer, or why there is none.
 pub async fn forward_operator(
     address: &str,
     id: &Identity,
     seq: u64,
+    leader: (u64, u64),
     request: OperatorRequest,
 ) -> Result<String, Status> {
     let endpoint = Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| Status::invalid_argument(format!("bad peer address {address:?}: {e}")))?;
     let channel = endpoint
         .connect_timeout(Duration::from_secs(2))
-        .timeout(OPERATOR_TIMEOUT)
+        // Longer than the leader's own bound, so its answer (even "no answer
+        // in time") arrives rather than a bare client timeout.
+        .timeout(OPERATOR_TIMEOUT + Duration::from_secs(2))
         .connect_lazy();
+    let (to, term) = leader;
     let mut p = PeerOperator {
         from: id.me,
         members_hash: id.members_hash,
@@ -296,9 +343,22 @@ pub async fn forward_operator(
         seq,
         request: Some(request),
         mac: Vec::new(),
+        to,
+        term,
+        sent_unix_ms: now_unix_ms(),
     };
     id.signer.sign_operator(&mut p);
-    let reply = WatchdogPeerClient::new(channel).operator(p).await?;
+    let reply =
+        WatchdogPeerClient::new(channel)
+            .operator(p)
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unavailable | tonic::Code::Unknown => Status::unavailable(format!(
+                    "cannot reach the leader's watchdog at {address}: {}",
+                    status.message()
+                )),
+                _ => status,
+            })?;
     Ok(reply.into_inner().message)
 }
 
@@ -413,5 +473,91 @@ pub async fn forward(
         Ok(())
     } else {
         Err(reply.reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Signer;
+
+    fn identity(me: u64) -> Identity {
+        Identity {
+            me,
+            voters: vec![1, 2, 3],
+            members_hash: 42,
+            signer: Signer::new(b"0123456789abcdef".to_vec()),
+            epoch: 7,
+        }
+    }
+
+    fn request(to: u64, seq: u64, sent_unix_ms: i64) -> PeerOperator {
+        let mut p = PeerOperator {
+            from: 2,
+            members_hash: 42,
+            epoch: 9,
+            seq,
+            request: Some(OperatorRequest {
+                kind: 2,
+                backend_id: 1,
+                force: false,
+                backend_name: "pg1".into(),
+            }),
+            mac: Vec::new(),
+            to,
+            term: 3,
+            sent_unix_ms,
+        };
+        identity(2).signer.sign_operator(&mut p);
+        p
+    }
+
+    /// The leader's side: every request that gets through is answered by a
+    /// stand-in for the core loop, which counts them.
+    #[tokio::test]
+    async fn operator_requests_are_carried_out_once_and_only_when_fresh_and_for_us() {
+        let (tx, mut inbound) = mpsc::channel(8);
+        let service = PeerService::new(identity(1), tx);
+        let carried_out = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&carried_out);
+        tokio::spawn(async move {
+            while let Some(Inbound::Operator { term, reply, .. }) = inbound.recv().await {
+                assert_eq!(term, 3);
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = reply.send(Ok("pg1 detached".to_owned()));
+            }
+        });
+        let now = now_unix_ms();
+        let ok = service
+            .operator(Request::new(request(1, 1, now)))
+            .await
+            .unwrap();
+        assert_eq!(ok.into_inner().message, "pg1 detached");
+        // The same message again: refused, not carried out.
+        let replay = service.operator(Request::new(request(1, 1, now))).await;
+        assert_eq!(replay.unwrap_err().code(), tonic::Code::InvalidArgument);
+        // Addressed to another node, too old, or tampered with: refused.
+        let other = service.operator(Request::new(request(3, 2, now))).await;
+        assert_eq!(other.unwrap_err().code(), tonic::Code::InvalidArgument);
+        let old = service
+            .operator(Request::new(request(1, 3, now - 60_000)))
+            .await;
+        assert_eq!(old.unwrap_err().code(), tonic::Code::FailedPrecondition);
+        let mut forged = request(1, 4, now);
+        forged.request = Some(OperatorRequest {
+            kind: 3,
+            backend_id: 1,
+            force: true,
+            backend_name: "pg1".into(),
+        });
+        let forged = service.operator(Request::new(forged)).await;
+        assert_eq!(forged.unwrap_err().code(), tonic::Code::Unauthenticated);
+        assert_eq!(carried_out.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // A new message (next seq) goes through.
+        service
+            .operator(Request::new(request(1, 5, now)))
+            .await
+            .unwrap();
+        assert_eq!(carried_out.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 }

@@ -122,9 +122,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let op_id = id.clone();
     tokio::spawn(async move {
         let mut seq = 0u64;
-        while let Some((address, request, reply)) = operator_rx.recv().await {
+        while let Some((address, leader, request, reply)) = operator_rx.recv().await {
+            // Its operator gave up waiting (it was told the outcome is
+            // unknown): do not make the change behind their back.
+            if reply.is_closed() {
+                continue;
+            }
             seq += 1;
-            let r = peers::forward_operator(&address, &op_id, seq, request).await;
+            let r = peers::forward_operator(&address, &op_id, seq, leader, request).await;
             let _ = reply.send(r);
         }
     });
@@ -201,15 +206,23 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 Inbound::Forwarded { from, report, reply } => {
                     propose(&mut node, &mut pending, report.command(from), reply);
                 }
-                Inbound::Operator { request, reply } => {
-                    if node.is_leader() {
+                Inbound::Operator { request, term, reply } => {
+                    if node.is_leader() && node.term() == term {
                         let path = uds::socket_path(&settings.runtime_dir, Daemon::Monitor);
                         tokio::spawn(async move {
-                            let _ = reply.send(ask_monitor(&path, request).await);
+                            if reply.is_closed() {
+                                return;
+                            }
+                            let answer = tokio::time::timeout(peers::OPERATOR_TIMEOUT, ask_monitor(&path, request))
+                                .await
+                                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(
+                                    "the leader's monitor did not answer in time; the change may still be made",
+                                )));
+                            let _ = reply.send(answer);
                         });
                     } else {
                         let _ = reply.send(Err(tonic::Status::failed_precondition(
-                            "this watchdog is no longer the leader: retry",
+                            "the lead moved while the request was on its way; retry",
                         )));
                     }
                 }
@@ -228,9 +241,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                         let _ = reply.send(Err(tonic::Status::failed_precondition(
                             "this node's watchdog has just become the leader and its monitor does not decide yet: retry in a moment",
                         )));
-                    } else if let Some(address) = node.leader().and_then(|l| settings.address(l)) {
-                        if let Err(e) = operator_tx.try_send((address.to_owned(), request, reply)) {
-                            let (_, _, reply) = e.into_inner();
+                    } else if let Some((leader, address)) = node.leader().and_then(|l| settings.address(l).map(|a| (l, a))) {
+                        let forward = (address.to_owned(), (leader, node.term()), request, reply);
+                        if let Err(e) = operator_tx.try_send(forward) {
+                            let (_, _, _, reply) = e.into_inner();
                             let _ = reply.send(Err(tonic::Status::resource_exhausted("too many operator requests at once: retry")));
                         }
                     } else {
@@ -357,6 +371,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
 /// request, the answer.
 type OperatorForward = (
     String,
+    (u64, u64),
     pgwarden_proto::v1::OperatorRequest,
     oneshot::Sender<Result<String, tonic::Status>>,
 );
@@ -375,14 +390,41 @@ async fn ask_monitor(
     })?;
     let mut monitor = MonitorClient::new(channel);
     let id = request.backend_id;
+    // The same backend here as where the operator named it, or nothing.
+    let state = monitor
+        .get_cluster(pgwarden_proto::v1::GetClusterRequest {})
+        .await?
+        .into_inner();
+    let here = state
+        .backends
+        .iter()
+        .find(|b| b.id == id)
+        .map(|b| b.name.as_str());
+    if here != Some(request.backend_name.as_str()) {
+        return Err(tonic::Status::failed_precondition(format!(
+            "backend {id} is {:?} on the leader's node but {:?} where the request was made: the [[backends]] lists must be the same, in the same order, on every node",
+            here.unwrap_or("missing"),
+            request.backend_name
+        )));
+    }
+    // Marked, so that a monitor that no longer leads refuses rather than
+    // hands it on again.
+    fn mark<T>(message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        r.metadata_mut().insert(
+            pgwarden_proto::OPERATOR_FORWARDED,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        r
+    }
     let reply = match request.kind() {
-        Kind::Attach => monitor.attach_backend(BackendRequest { id }).await,
-        Kind::Detach => monitor.detach_backend(BackendRequest { id }).await,
-        Kind::Rejoin => monitor.rejoin_backend(BackendRequest { id }).await,
+        Kind::Attach => monitor.attach_backend(mark(BackendRequest { id })).await,
+        Kind::Detach => monitor.detach_backend(mark(BackendRequest { id })).await,
+        Kind::Rejoin => monitor.rejoin_backend(mark(BackendRequest { id })).await,
         Kind::Promote => {
             let force = request.force;
             monitor
-                .promote_backend(PromoteBackendRequest { id, force })
+                .promote_backend(mark(PromoteBackendRequest { id, force }))
                 .await
         }
         Kind::Unspecified => return Err(tonic::Status::invalid_argument("no operator request")),
