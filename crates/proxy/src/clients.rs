@@ -79,15 +79,17 @@ pub struct CancelKey {
 }
 
 impl ClientRegistry {
-    /// Issues a fresh key for a logged-in client.
-    pub fn register(self: &Arc<Self>, meta: ClientMeta) -> CancelKey {
+    /// Issues a fresh key for a logged-in client, with its own stop token:
+    /// a child of `stop_all` (the proxy's hard stop), fired alone by
+    /// [`ClientRegistry::terminate`].
+    pub fn register(self: &Arc<Self>, meta: ClientMeta, stop_all: &CancellationToken) -> CancelKey {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             // Positive, like real process ids, so tools that print them look sane.
             let pid = rand::random::<i32>() & 0x7fff_ffff;
             if pid != 0 && !keys.contains_key(&pid) {
                 let secret = rand::random::<i32>();
-                let terminate = CancellationToken::new();
+                let terminate = stop_all.child_token();
                 keys.insert(
                     pid,
                     Entry {
@@ -200,8 +202,9 @@ impl CancelKey {
         self.update(None);
     }
 
-    /// Fires when an operator terminates this client.
-    pub fn terminated(&self) -> &CancellationToken {
+    /// Fires when an operator terminates this client, or when the proxy
+    /// ends every session (shutdown timeout reached).
+    pub fn stop(&self) -> &CancellationToken {
         &self.terminate
     }
 
@@ -236,7 +239,7 @@ mod tests {
     #[test]
     fn keys_route_only_with_the_right_secret_and_vanish_on_drop() {
         let reg = Arc::new(ClientRegistry::default());
-        let key = reg.register(meta("a", 1));
+        let key = reg.register(meta("a", 1), &CancellationToken::new());
         assert_eq!(reg.lookup(key.pid, key.secret), None, "no server yet");
         let addr: SocketAddr = "127.0.0.1:5432".parse().unwrap();
         key.set_server(2, addr, (77, 88));
@@ -252,8 +255,9 @@ mod tests {
     #[test]
     fn lists_oldest_first_with_backends_and_terminates_by_pid() {
         let reg = Arc::new(ClientRegistry::default());
-        let newer = reg.register(meta("newer", 20));
-        let older = reg.register(meta("older", 10));
+        let all = CancellationToken::new();
+        let newer = reg.register(meta("newer", 20), &all);
+        let older = reg.register(meta("older", 10), &all);
         older.set_server(1, "127.0.0.1:5432".parse().unwrap(), (1, 2));
         let list = reg.list();
         assert_eq!(
@@ -265,11 +269,14 @@ mod tests {
         assert_eq!(list[0].pid, older.pid);
         let absent = (1..).find(|p| ![newer.pid, older.pid].contains(p)).unwrap();
         assert!(!reg.terminate(absent));
-        assert!(!newer.terminated().is_cancelled());
+        assert!(!newer.stop().is_cancelled());
         assert!(reg.terminate(newer.pid));
-        assert!(newer.terminated().is_cancelled());
-        assert!(!older.terminated().is_cancelled());
+        assert!(newer.stop().is_cancelled());
+        assert!(!older.stop().is_cancelled());
         older.clear_server();
         assert_eq!(reg.list()[0].backend, None);
+        // Stopping every session reaches each one's token.
+        all.cancel();
+        assert!(older.stop().is_cancelled());
     }
 }

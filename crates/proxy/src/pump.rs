@@ -46,13 +46,12 @@ pub enum PumpEnd {
 /// Why the proxy ended a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
-    /// The proxy is shutting down.
-    Shutdown,
+    /// The session's own stop token fired: the proxy is shutting down, or
+    /// an operator terminated the client (the caller knows which).
+    Stopped,
     /// Its server is no longer the primary (failover, or the proxy lost
     /// the monitor and fences).
     PrimaryChanged,
-    /// An operator terminated the client (`TerminateClient`).
-    Terminated,
 }
 
 /// The state of the session when the data path ended.
@@ -133,21 +132,21 @@ impl Observer for ServerSide<'_> {
     }
 }
 
-/// Runs the data path until either side leaves, `shutdown` fires, the
-/// route the session was given ends (`route_ended`), or an operator
-/// terminates the client (`terminated`, a token of this session's own). `pending` holds client
-/// bytes read before the session started.
+/// Runs the data path until either side leaves, the session's `stop`
+/// token fires (shutdown or terminate), or the route the session was given
+/// ends (`route_ended`). `pending` holds client bytes read before the
+/// session started.
 pub async fn pump(
     client: &mut TcpStream,
     server: &mut ServerConn,
     pending: BytesMut,
     max_message: u32,
-    shutdown: &CancellationToken,
+    stop: &CancellationToken,
     route_ended: &CancellationToken,
-    terminated: &CancellationToken,
 ) -> PumpResult {
-    // Per session, so waiting on them touches no lock shared with other sessions.
-    let (shutdown, route_ended) = (shutdown.child_token(), route_ended.child_token());
+    // Per session, so waiting on it touches no lock shared with other
+    // sessions (`stop` is the session's own already).
+    let route_ended = route_ended.child_token();
     let mut client_scan = Scanner::new(max_message);
     let mut server_scan = Scanner::new(u32::MAX);
     let mut client_side = ClientSide::default();
@@ -217,9 +216,8 @@ pub async fn pump(
 
     let end = tokio::select! {
         biased;
-        _ = shutdown.cancelled() => PumpEnd::Stopped(StopReason::Shutdown),
+        _ = stop.cancelled() => PumpEnd::Stopped(StopReason::Stopped),
         _ = route_ended.cancelled() => PumpEnd::Stopped(StopReason::PrimaryChanged),
-        _ = terminated.cancelled() => PumpEnd::Stopped(StopReason::Terminated),
         end = client_to_server => end,
         end = server_to_client => end,
     };

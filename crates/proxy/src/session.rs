@@ -196,17 +196,18 @@ async fn login(
     params.push(("database".into(), database.to_owned()));
 
     // From here on the client is listed, and an operator may end it.
-    let cancel = shared.clients.register(ClientMeta {
+    let meta = ClientMeta {
         address: peer,
         user: user.to_owned(),
         database: database.to_owned(),
         connected: SystemTime::now(),
-    });
+    };
+    let cancel = shared.clients.register(meta, &shared.hard_stop);
     let (slot, conn, route) = tokio::select! {
         r = server_for(shared, &params, &creds) => r?,
-        () = cancel.terminated().cancelled() => {
-            tracing::info!("client terminated by an operator while waiting for a server");
-            return Err(reject(terminated_error()));
+        () = cancel.stop().cancelled() => {
+            tracing::info!("client ended while waiting for a server");
+            return Err(reject(stopped_error(shared)));
         }
     };
     cancel.set_server(conn.backend, conn.addr, conn.key);
@@ -320,12 +321,15 @@ async fn wait_while_paused(shared: &Shared) -> Result<(), Reject> {
     }
 }
 
-/// What a client an operator terminated is told, as by `pg_terminate_backend`.
-fn terminated_error() -> ErrorResponse {
-    ErrorResponse::fatal(
-        sqlstate::ADMIN_SHUTDOWN,
-        "terminating connection due to administrator command",
-    )
+/// What a client whose session's stop token fired is told: the proxy's
+/// shutdown, or an operator's terminate (as by `pg_terminate_backend`).
+fn stopped_error(shared: &Shared) -> ErrorResponse {
+    let why = if shared.hard_stop.is_cancelled() {
+        "terminating connection because pgwarden-proxy is shutting down"
+    } else {
+        "terminating connection due to administrator command"
+    };
+    ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, why)
 }
 
 async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut, mut s: Session) {
@@ -335,9 +339,8 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
         &mut s.conn,
         pending,
         shared.settings.max_message_bytes,
-        &shared.hard_stop,
+        s.cancel.stop(),
         &s.route.ended,
-        s.cancel.terminated(),
     )
     .await;
     s.cancel.clear_server();
@@ -359,14 +362,12 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
                 format!("server protocol error: {e}"),
             ))
         }
-        PumpEnd::Stopped(StopReason::Terminated) => {
-            tracing::info!("client terminated by an operator");
-            Some(terminated_error())
+        PumpEnd::Stopped(StopReason::Stopped) => {
+            if !shared.hard_stop.is_cancelled() {
+                tracing::info!("client terminated by an operator");
+            }
+            Some(stopped_error(shared))
         }
-        PumpEnd::Stopped(StopReason::Shutdown) => Some(ErrorResponse::fatal(
-            sqlstate::ADMIN_SHUTDOWN,
-            "terminating connection because pgwarden-proxy is shutting down",
-        )),
         PumpEnd::Stopped(StopReason::PrimaryChanged) => {
             let now = shared.router.current();
             let detail = match &now.primary {
