@@ -297,6 +297,22 @@ impl Fleet {
         }
     }
 
+    /// Waits until the three watchdogs agree on a leader holding the
+    /// delegate IP and a query through it succeeds; returns the leader's
+    /// host index. Where every multi-host test starts.
+    pub async fn wait_serving(&self) -> usize {
+        let leader = self
+            .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
+            .await;
+        self.wait(
+            Duration::from_secs(30),
+            "a query through the delegate IP",
+            || async { self.client_query("SELECT 1").is_ok() },
+        )
+        .await;
+        leader
+    }
+
     /// Waits until the live watchdogs agree on one leader among them and
     /// the delegate IP is up on exactly that host; returns the host index.
     pub async fn wait_for_leader(&self, timeout: Duration, live: &[usize]) -> usize {

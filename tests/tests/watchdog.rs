@@ -30,17 +30,8 @@ macro_rules! need_lab {
 async fn one_leader_holds_the_delegate_ip_and_clients_reach_the_primary_through_it() {
     need_lab!();
     let fleet = Fleet::start(3);
-    let leader = fleet
-        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
-        .await;
+    let leader = fleet.wait_serving().await;
     eprintln!("leader: host {leader}");
-    fleet
-        .wait(
-            Duration::from_secs(30),
-            "a query through the delegate IP",
-            || async { fleet.client_query("SELECT 1").is_ok() },
-        )
-        .await;
     let addr = fleet.client_query("SELECT inet_server_addr()").unwrap();
     assert_eq!(
         addr,
@@ -78,16 +69,7 @@ fn sample_holders(fleet: &Arc<Fleet>) -> (Arc<AtomicBool>, std::thread::JoinHand
 async fn killing_the_leaders_watchdog_moves_the_delegate_ip() {
     need_lab!();
     let mut fleet = Fleet::start(3);
-    let old = fleet
-        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
-        .await;
-    fleet
-        .wait(
-            Duration::from_secs(30),
-            "a query through the delegate IP",
-            || async { fleet.client_query("SELECT 1").is_ok() },
-        )
-        .await;
+    let old = fleet.wait_serving().await;
 
     let killed = Instant::now();
     fleet.kill_daemon(old, Daemon::Watchdog);
@@ -152,16 +134,7 @@ async fn a_cut_leader_drops_the_ip_before_the_majority_takes_it() {
 async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
     need_lab!();
     let fleet = Fleet::start(3);
-    fleet
-        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
-        .await;
-    fleet
-        .wait(
-            Duration::from_secs(30),
-            "a query through the delegate IP",
-            || async { fleet.client_query("SELECT 1").is_ok() },
-        )
-        .await;
+    fleet.wait_serving().await;
     fleet
         .client_query("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
         .unwrap();
@@ -258,16 +231,7 @@ async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
 async fn a_lone_node_without_quorum_does_not_fail_over() {
     need_lab!();
     let fleet = Fleet::start(3);
-    let leader = fleet
-        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
-        .await;
-    fleet
-        .wait(
-            Duration::from_secs(30),
-            "a query through the delegate IP",
-            || async { fleet.client_query("SELECT 1").is_ok() },
-        )
-        .await;
+    let leader = fleet.wait_serving().await;
     // Cut a standby host that is not the leader: it loses the primary and the quorum.
     let lone = if leader == 2 { 1 } else { 2 };
     let before = fleet.cluster_state(0).await.unwrap().generation;
@@ -344,16 +308,8 @@ async fn a_lone_node_without_quorum_does_not_fail_over() {
 async fn a_leader_without_its_monitor_hands_over_and_failover_still_happens() {
     need_lab!();
     let mut fleet = Fleet::start(3);
-    let old = fleet
-        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
-        .await;
-    fleet
-        .wait(
-            Duration::from_secs(30),
-            "a query through the delegate IP",
-            || async { fleet.client_query("CREATE TABLE t (x int)").is_ok() },
-        )
-        .await;
+    let old = fleet.wait_serving().await;
+    fleet.client_query("CREATE TABLE t (x int)").unwrap();
     fleet
         .cluster
         .wait_replicated(Duration::from_secs(20))
