@@ -559,6 +559,11 @@ pub fn server_sessions(cluster: &Cluster, user: &str) -> usize {
 
 /// Logs in over a raw socket as bob (md5) and returns the stream, ready for queries.
 pub fn raw_login(port: u16) -> std::net::TcpStream {
+    raw_login_with_key(port).0
+}
+
+/// [`raw_login`], with the BackendKeyData (pid, secret) the client was given.
+pub fn raw_login_with_key(port: u16) -> (std::net::TcpStream, (i32, i32)) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     std::io::Write::write_all(&mut s, &startup_packet(BOB.0, "app")).unwrap();
@@ -583,7 +588,31 @@ pub fn raw_login(port: u16) -> std::net::TcpStream {
         assert!(n > 0, "closed during login: {:?}", messages(&got));
         got.extend_from_slice(&chunk[..n]);
     }
-    s
+    let (_, key) = messages(&got)
+        .into_iter()
+        .find(|(t, _)| *t == b'K')
+        .expect("BackendKeyData");
+    let pid = i32::from_be_bytes(key[0..4].try_into().unwrap());
+    let secret = i32::from_be_bytes(key[4..8].try_into().unwrap());
+    (s, (pid, secret))
+}
+
+/// A simple-protocol Query message.
+pub fn query_message(sql: &str) -> Vec<u8> {
+    let mut m = vec![b'Q'];
+    m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
+    m.extend_from_slice(sql.as_bytes());
+    m.push(0);
+    m
+}
+
+/// A CancelRequest packet for BackendKeyData `key`.
+pub fn cancel_packet(key: (i32, i32)) -> Vec<u8> {
+    let mut p = 16u32.to_be_bytes().to_vec();
+    p.extend_from_slice(&80_877_102u32.to_be_bytes());
+    p.extend_from_slice(&key.0.to_be_bytes());
+    p.extend_from_slice(&key.1.to_be_bytes());
+    p
 }
 
 fn md5_hex(data: &[u8]) -> String {

@@ -7,16 +7,30 @@
 //! the server's real key, to the server connection the client holds now.
 //! The process id also names the client to operators (`ListClients`,
 //! `TerminateClient`), as a backend pid does in `pg_stat_activity`.
+//!
+//! A cancel must reach only the statement its client was running, as with
+//! PostgreSQL itself:
+//! - it is forwarded only while the session waits on its server
+//!   ([`Activity::is_busy`]); a cancel of an idle session is dropped, so it
+//!   cannot hit the client's next statement;
+//! - the client's cancel socket stays open until the server has closed its
+//!   own (the postmaster closes it once the backend is signalled), so a
+//!   client that waits for that close, as libpq does, sends its next query
+//!   only after the cancel has landed;
+//! - the session's server connection is not handed to another client while
+//!   a cancel for it is in flight ([`CancelKey::clear_server`] waits).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tokio_util::sync::CancellationToken;
 
 /// Who a client is, as the admin API shows it.
@@ -58,6 +72,54 @@ struct Entry {
     server: Option<Server>,
     meta: ClientMeta,
     terminate: CancellationToken,
+    activity: Arc<Activity>,
+}
+
+/// What a session's server connection is doing, as far as a cancel needs to
+/// know: the data path updates it as messages pass, the cancel path reads it.
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// Replies owed by the server: Query, Sync and FunctionCall messages
+    /// sent, less ReadyForQuery messages received (wrapping).
+    owed: AtomicU32,
+    /// Extended-protocol messages were sent since the last Sync.
+    unsynced: AtomicBool,
+    /// Held (shared) by each cancel in flight for this session's server
+    /// connection; taken whole before the connection is handed on.
+    cancels: Arc<RwLock<()>>,
+}
+
+impl Activity {
+    /// The client sent a message that the server answers with ReadyForQuery.
+    pub fn request(&self) {
+        self.owed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The server sent ReadyForQuery.
+    pub fn ready(&self) {
+        self.owed.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Extended-protocol messages await (`true`) or no longer await a Sync.
+    pub fn set_unsynced(&self, unsynced: bool) {
+        self.unsynced.store(unsynced, Ordering::Relaxed);
+    }
+
+    /// True when extended-protocol messages await a Sync.
+    pub fn unsynced(&self) -> bool {
+        self.unsynced.load(Ordering::Relaxed)
+    }
+
+    /// ReadyForQuery replies the server still owes.
+    pub fn owed(&self) -> u32 {
+        self.owed.load(Ordering::Relaxed)
+    }
+
+    /// True while the session waits on its server: a request is not fully
+    /// answered, or extended-protocol messages (an Execute) await their Sync.
+    pub fn is_busy(&self) -> bool {
+        self.owed() != 0 || self.unsynced()
+    }
 }
 
 /// The live clients, by the process id they were given.
@@ -76,6 +138,16 @@ pub struct CancelKey {
     /// The secret the client was given.
     pub secret: i32,
     terminate: CancellationToken,
+    activity: Arc<Activity>,
+}
+
+/// A cancel allowed through: where to send it, and the share of the
+/// session's cancel gate that keeps its server connection from being handed
+/// on until the cancel has landed.
+#[derive(Debug)]
+struct CancelTicket {
+    server: Server,
+    _gate: OwnedRwLockReadGuard<()>,
 }
 
 impl ClientRegistry {
@@ -90,6 +162,7 @@ impl ClientRegistry {
             if pid != 0 && !keys.contains_key(&pid) {
                 let secret = rand::random::<i32>();
                 let terminate = stop_all.child_token();
+                let activity = Arc::new(Activity::default());
                 keys.insert(
                     pid,
                     Entry {
@@ -97,6 +170,7 @@ impl ClientRegistry {
                         server: None,
                         meta,
                         terminate: terminate.clone(),
+                        activity: Arc::clone(&activity),
                     },
                 );
                 return CancelKey {
@@ -104,16 +178,44 @@ impl ClientRegistry {
                     pid,
                     secret,
                     terminate,
+                    activity,
                 };
             }
         }
     }
 
+    #[cfg(test)]
     fn lookup(&self, pid: i32, secret: i32) -> Option<Server> {
         let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         keys.get(&pid)
             .filter(|t| t.secret == secret)
             .and_then(|t| t.server)
+    }
+
+    /// Lets a cancel through when the key is live, the client holds a
+    /// server connection and that connection is busy with the client's
+    /// work. Decided under the registry lock, the same lock
+    /// [`CancelKey::clear_server`] takes, so a ticket is never issued for a
+    /// connection that is being handed on.
+    fn admit_cancel(&self, pid: i32, secret: i32) -> Result<CancelTicket, &'static str> {
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = keys
+            .get(&pid)
+            .filter(|t| t.secret == secret)
+            .ok_or("unknown key")?;
+        let server = entry
+            .server
+            .ok_or("the client holds no server connection")?;
+        if !entry.activity.is_busy() {
+            return Err("the session is idle");
+        }
+        let gate = Arc::clone(&entry.activity.cancels)
+            .try_read_owned()
+            .map_err(|_| "the session is ending")?;
+        Ok(CancelTicket {
+            server,
+            _gate: gate,
+        })
     }
 
     /// How many clients are logged in.
@@ -154,27 +256,39 @@ impl ClientRegistry {
         }
     }
 
-    /// Forwards a client's CancelRequest to its server, if the key is live.
-    /// Like PostgreSQL, nothing is reported back either way.
+    /// Forwards a client's CancelRequest to its server when the key is live
+    /// and the session is waiting on the server, and returns once the server
+    /// has acted on it (closed its side), so the caller closes the client's
+    /// cancel socket only then, as PostgreSQL does. Like PostgreSQL, nothing
+    /// is reported back either way.
     pub async fn cancel(&self, pid: i32, secret: i32, timeout: Duration) {
-        let Some(server) = self.lookup(pid, secret) else {
-            tracing::debug!(pid, "cancel request for an unknown key ignored");
-            return;
+        let ticket = match self.admit_cancel(pid, secret) {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::debug!(pid, why, "cancel request not forwarded");
+                return;
+            }
         };
+        let server = ticket.server;
         send_cancel(server.addr, (server.pid, server.secret), timeout).await;
+        drop(ticket);
     }
 }
 
 /// Sends a CancelRequest for the server session with BackendKeyData
-/// `key` at `addr`, within `timeout`; failures are logged, as nothing is
-/// owed to anyone either way.
+/// `key` at `addr`, and waits until the server closes the connection (the
+/// postmaster does so once it has signalled the backend), all within
+/// `timeout`; failures are logged, as nothing is owed to anyone either way.
 pub async fn send_cancel(addr: SocketAddr, key: (i32, i32), timeout: Duration) {
     let send = async {
         let mut s = TcpStream::connect(addr).await?;
         let mut buf = BytesMut::with_capacity(16);
         frontend::cancel_request(key.0, key.1, &mut buf);
         s.write_all(&buf).await?;
-        s.shutdown().await
+        // The server sends nothing back; EOF (or a reset) means it is done.
+        let mut sink = [0u8; 64];
+        while s.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
     };
     match tokio::time::timeout(timeout, send).await {
         Ok(Ok(())) => tracing::debug!(server_pid = key.0, %addr, "cancel sent"),
@@ -197,9 +311,18 @@ impl CancelKey {
         }));
     }
 
-    /// The client holds no server connection.
-    pub fn clear_server(&self) {
+    /// The client holds no server connection any more: no new cancel can
+    /// reach it, and this returns once the cancels already under way have
+    /// landed, so the connection can be handed on.
+    pub async fn clear_server(&self) {
         self.update(None);
+        let _all = self.activity.cancels.write().await;
+    }
+
+    /// What the session's server connection is doing, for the data path to
+    /// keep up to date.
+    pub fn activity(&self) -> &Activity {
+        &self.activity
     }
 
     /// Fires when an operator terminates this client, or when the proxy
@@ -252,8 +375,56 @@ mod tests {
         assert!(reg.list().is_empty());
     }
 
-    #[test]
-    fn lists_oldest_first_with_backends_and_terminates_by_pid() {
+    #[tokio::test]
+    async fn cancels_pass_only_while_the_session_waits_on_its_server() {
+        let reg = Arc::new(ClientRegistry::default());
+        let key = reg.register(meta("a", 1), &CancellationToken::new());
+        let why = |r: Result<CancelTicket, &'static str>| r.err();
+        assert_eq!(
+            why(reg.admit_cancel(key.pid, key.secret)),
+            Some("the client holds no server connection")
+        );
+        key.set_server(0, "127.0.0.1:5432".parse().unwrap(), (7, 8));
+        assert_eq!(
+            why(reg.admit_cancel(key.pid, key.secret)),
+            Some("the session is idle")
+        );
+        key.activity().request();
+        assert_eq!(
+            why(reg.admit_cancel(key.pid, key.secret ^ 1)),
+            Some("unknown key")
+        );
+        let ticket = reg.admit_cancel(key.pid, key.secret).unwrap();
+        key.activity().ready();
+        assert_eq!(
+            why(reg.admit_cancel(key.pid, key.secret)),
+            Some("the session is idle")
+        );
+        // An Execute waiting for its Sync is work the server may be doing.
+        key.activity().set_unsynced(true);
+        assert!(reg.admit_cancel(key.pid, key.secret).is_ok());
+        // The connection is not handed on while the first cancel is in flight.
+        let key = Arc::new(key);
+        let k = Arc::clone(&key);
+        let cleared = tokio::spawn(async move { k.clear_server().await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !cleared.is_finished(),
+            "clear_server waits for the cancel in flight"
+        );
+        assert_eq!(
+            why(reg.admit_cancel(key.pid, key.secret)),
+            Some("the client holds no server connection")
+        );
+        drop(ticket);
+        tokio::time::timeout(Duration::from_secs(5), cleared)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn lists_oldest_first_with_backends_and_terminates_by_pid() {
         let reg = Arc::new(ClientRegistry::default());
         let all = CancellationToken::new();
         let newer = reg.register(meta("newer", 20), &all);
@@ -273,7 +444,7 @@ mod tests {
         assert!(reg.terminate(newer.pid));
         assert!(newer.stop().is_cancelled());
         assert!(!older.stop().is_cancelled());
-        older.clear_server();
+        older.clear_server().await;
         assert_eq!(reg.list()[0].backend, None);
         // Stopping every session reaches each one's token.
         all.cancel();

@@ -18,6 +18,7 @@ pub mod admin;
 pub mod client_auth;
 pub mod clients;
 pub mod follow;
+pub mod handshake;
 pub mod metrics;
 mod net;
 pub mod pool;
@@ -82,6 +83,10 @@ pub struct Shared {
     pub pools: Pools,
     /// The logged-in clients and their cancel keys.
     pub clients: Arc<ClientRegistry>,
+    /// The places of logged-in clients (`max_client_connections`).
+    pub client_slots: Arc<Semaphore>,
+    /// Connections not logged in yet.
+    pub handshakes: Arc<handshake::Handshakes>,
     /// True while an operator has paused the proxy: new sessions wait.
     pub paused: tokio::sync::watch::Sender<bool>,
     /// Counters for `/metrics`.
@@ -166,6 +171,10 @@ impl Proxy {
             users: RwLock::new(Arc::new(users)),
             pools: Pools::new(limits),
             clients: Arc::new(ClientRegistry::default()),
+            client_slots: Arc::new(Semaphore::new(settings.max_client_connections)),
+            handshakes: handshake::Handshakes::new(handshake::Handshakes::limit_for(
+                settings.max_client_connections,
+            )),
             paused: tokio::sync::watch::Sender::new(false),
             counters: metrics::Counters::default(),
             router: Router::default(),
@@ -245,9 +254,6 @@ impl Proxy {
                 }
             }
         });
-        let clients = Arc::new(Semaphore::new(shared.settings.max_client_connections));
-        // Clients turned away still get their 53300; this bounds how many at once.
-        let refusals = Arc::new(Semaphore::new(64));
         tracing::info!(listen = %shared.settings.listen, "pgwarden-proxy accepting clients");
         tokio::pin!(shutdown);
         loop {
@@ -265,21 +271,10 @@ impl Proxy {
                 }
             };
             net::tune(&stream, shared.settings.tcp_keepalive);
-            let permit = match Arc::clone(&clients).try_acquire_owned() {
-                Ok(p) => Some(p),
-                Err(_) => match Arc::clone(&refusals).try_acquire_owned() {
-                    Ok(r) => {
-                        let shared = Arc::clone(&shared);
-                        tasks.spawn(async move {
-                            session::serve(shared, stream, peer, None).await;
-                            drop(r);
-                        });
-                        continue;
-                    }
-                    Err(_) => continue,
-                },
-            };
-            tasks.spawn(session::serve(Arc::clone(&shared), stream, peer, permit));
+            // Every connection starts in the handshake phase, which bounds
+            // itself (see `handshake`); it counts against
+            // max_client_connections once logged in.
+            tasks.spawn(session::serve(Arc::clone(&shared), stream, peer));
         }
         drop(listener);
         tasks.close();

@@ -12,16 +12,20 @@
 //!   Sync and FunctionCall);
 //! - from the server: ReadyForQuery's transaction status and ParameterStatus.
 //!
-//! When the client leaves, the connection can go back to the cache only if
-//! no reply is owed and no extended-protocol message is waiting for a Sync.
+//! When the client leaves, the connection goes back to the cache only once
+//! no reply is owed and no extended-protocol message is waiting for a Sync:
+//! a client gone in the middle of a query leaves a server that still owes
+//! replies, which the session cancels and [`drain`]s first.
 
 use bytes::BytesMut;
 use pgwarden_wire::ProtocolError;
 use pgwarden_wire::scan::{self, Flow, Observer, Scanner};
+use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::Activity;
 use crate::server_conn::ServerConn;
 
 const BUF_SIZE: usize = 32 * 1024;
@@ -59,9 +63,8 @@ pub enum StopReason {
 pub struct PumpResult {
     /// Why it ended.
     pub end: PumpEnd,
-    /// The transaction status when the server is between requests
-    /// (`b'I'`, `b'T'` or `b'E'`); `None` when it is busy.
-    pub server_idle: Option<u8>,
+    /// Where the server connection's conversation stands.
+    pub server: ServerState,
     /// True when the client's stream is between server messages, so the
     /// proxy may still write an ErrorResponse to it.
     pub client_at_boundary: bool,
@@ -69,28 +72,54 @@ pub struct PumpResult {
     pub last_server_tag: u8,
 }
 
-/// What the client has asked of the server. Each direction keeps its own
-/// counts; only when both have stopped are they compared.
-#[derive(Debug, Default)]
-struct ClientSide {
-    /// Query, Sync and FunctionCall messages sent: each is owed one ReadyForQuery.
-    sent: u32,
-    /// Extended-protocol messages sent since the last Sync.
-    unsynced: bool,
+/// Where a server connection's conversation stands when its client stops.
+#[derive(Debug)]
+pub enum ServerState {
+    /// Every request answered: between requests, with this transaction
+    /// status (`b'I'`, `b'T'` or `b'E'`).
+    Idle(u8),
+    /// The server still owes replies, but every byte the client sent it was
+    /// a whole message: [`drain`] can bring it back to idle.
+    Owing(Owing),
+    /// Half a client message reached the server (or a write failed): the
+    /// connection cannot be brought back.
+    Broken,
+}
+
+impl ServerState {
+    /// True when the server may be running something for the client.
+    pub fn is_busy(&self) -> bool {
+        !matches!(self, ServerState::Idle(_))
+    }
+}
+
+/// A server connection owing replies: what [`drain`] needs to read them.
+#[derive(Debug)]
+pub struct Owing {
+    scan: Scanner,
+    status: u8,
+    last_tag: u8,
+}
+
+/// What the client has asked of the server: the counts live in the
+/// session's [`Activity`], which the cancel path reads too.
+#[derive(Debug)]
+struct ClientSide<'a> {
+    activity: &'a Activity,
     /// A write to the server was under way (the server may hold half a message).
     writing: bool,
 }
 
-impl Observer for ClientSide {
+impl Observer for ClientSide<'_> {
     fn start(&mut self, tag: u8) -> Result<Flow, ProtocolError> {
         match tag {
             b'X' => return Ok(Flow::Stop),
-            b'Q' | b'F' => self.sent = self.sent.wrapping_add(1),
+            b'Q' | b'F' => self.activity.request(),
             b'S' => {
-                self.sent = self.sent.wrapping_add(1);
-                self.unsynced = false;
+                self.activity.request();
+                self.activity.set_unsynced(false);
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' => self.unsynced = true,
+            b'P' | b'B' | b'D' | b'E' | b'C' => self.activity.set_unsynced(true),
             t if scan::is_frontend_tag(t) => {}
             t => return Err(ProtocolError::UnexpectedMessage { tag: t }),
         }
@@ -100,9 +129,8 @@ impl Observer for ClientSide {
 
 /// What the server has answered.
 struct ServerSide<'a> {
-    /// ReadyForQuery messages received.
-    ready: u32,
-    /// The transaction status of the last one.
+    activity: &'a Activity,
+    /// The transaction status of the last ReadyForQuery.
     status: u8,
     params: &'a mut Vec<(String, String)>,
     last_tag: u8,
@@ -125,7 +153,7 @@ impl Observer for ServerSide<'_> {
             if let Some(&status) = body.first() {
                 self.status = status;
             }
-            self.ready = self.ready.wrapping_add(1);
+            self.activity.ready();
         } else {
             crate::server_conn::apply_param(self.params, body);
         }
@@ -141,6 +169,7 @@ pub async fn pump(
     server: &mut ServerConn,
     pending: BytesMut,
     max_message: u32,
+    activity: &Activity,
     stop: &CancellationToken,
     route_ended: &CancellationToken,
 ) -> PumpResult {
@@ -149,9 +178,12 @@ pub async fn pump(
     let route_ended = route_ended.child_token();
     let mut client_scan = Scanner::new(max_message);
     let mut server_scan = Scanner::new(u32::MAX);
-    let mut client_side = ClientSide::default();
+    let mut client_side = ClientSide {
+        activity,
+        writing: false,
+    };
     let mut server_side = ServerSide {
-        ready: 0,
+        activity,
         status: b'I',
         params: &mut server.params,
         last_tag: 0,
@@ -221,16 +253,77 @@ pub async fn pump(
         end = client_to_server => end,
         end = server_to_client => end,
     };
-    // Owed replies, half-sent requests or half-read answers: not reusable.
-    let busy = client_side.sent != server_side.ready
-        || client_side.unsynced
-        || client_side.writing
-        || !client_scan.at_boundary()
-        || !server_scan.at_boundary();
+    let client_at_boundary = server_scan.at_boundary() && !server_side.writing;
+    let (status, last_tag) = (server_side.status, server_side.last_tag);
+    // Half a client message at the server cannot be taken back; owed
+    // replies and half-read answers can still be read to the end.
+    let server = if client_side.writing || !client_scan.at_boundary() {
+        ServerState::Broken
+    } else if activity.is_busy() || !server_scan.at_boundary() {
+        ServerState::Owing(Owing {
+            scan: server_scan,
+            status,
+            last_tag,
+        })
+    } else {
+        ServerState::Idle(status)
+    };
     PumpResult {
         end,
-        server_idle: (!busy).then_some(server_side.status),
-        client_at_boundary: server_scan.at_boundary() && !server_side.writing,
-        last_server_tag: server_side.last_tag,
+        server,
+        client_at_boundary,
+        last_server_tag: last_tag,
     }
+}
+
+/// Reads what a server still owes after its client left, discarding it,
+/// until the server is idle again, within `timeout`: first ending what
+/// would otherwise wait for the client forever (a COPY from the client gets
+/// CopyFail, an unsynced extended-protocol exchange gets its Sync). The
+/// caller has cancelled the running statement. Returns the transaction
+/// status, or `None` when the connection must be closed instead.
+pub async fn drain(
+    server: &mut ServerConn,
+    owing: Owing,
+    activity: &Activity,
+    timeout: std::time::Duration,
+) -> Option<u8> {
+    let Owing {
+        mut scan,
+        status,
+        last_tag,
+    } = owing;
+    let mut side = ServerSide {
+        activity,
+        status,
+        params: &mut server.params,
+        last_tag,
+        writing: false,
+    };
+    let stream = &mut server.stream;
+    let run = async {
+        let mut out = BytesMut::new();
+        // CopyInResponse / CopyBothResponse: the server waits for client data.
+        if matches!(side.last_tag, b'G' | b'W') {
+            frontend::copy_fail("the client disconnected", &mut out).ok()?;
+        }
+        if activity.unsynced() {
+            frontend::sync(&mut out);
+            activity.request();
+            activity.set_unsynced(false);
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await.ok()?;
+        }
+        let mut buf = BytesMut::with_capacity(BUF_SIZE);
+        while activity.owed() != 0 || !scan.at_boundary() {
+            buf.clear();
+            if stream.read_buf(&mut buf).await.ok()? == 0 {
+                return None;
+            }
+            scan.scan(&buf, &mut side).ok()?;
+        }
+        Some(side.status)
+    };
+    tokio::time::timeout(timeout, run).await.ok().flatten()
 }

@@ -12,71 +12,106 @@ use pgwarden_wire::startup::{self, StartupMessage, StartupPacket};
 use pgwarden_wire::{ErrorResponse, ProtocolError, sqlstate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use crate::Shared;
 use crate::client_auth::{self, AuthError};
 use crate::clients::ClientMeta;
+use crate::handshake;
 use crate::pool::PoolKey;
-use crate::pump::{self, PumpEnd, StopReason};
+use crate::pump::{self, PumpEnd, ServerState, StopReason};
 use crate::server_conn::{ServerConn, ServerCredentials, ServerError};
 
-/// Serves one accepted client. `permit` is `None` when the proxy is at
-/// `max_client_connections`: the client is told so (53300) after its
-/// startup packet, as PostgreSQL does. Cancel requests are served either way.
-pub async fn serve(
-    shared: Arc<Shared>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    permit: Option<OwnedSemaphorePermit>,
-) {
+/// Serves one accepted client: the handshake phase (startup packet and
+/// authentication, bounded by [`crate::handshake`]), then, once logged in,
+/// a place among `max_client_connections` (53300 when there is none, as
+/// PostgreSQL says it) and the session. Cancel requests are served in the
+/// handshake phase, so they get through at the limit.
+pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let span = tracing::debug_span!("client", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async move {
+        let handshake = shared.handshakes.enter();
+        let pushed_out = handshake.pushed_out().clone();
         let mut buf = BytesMut::with_capacity(1024);
-        let login_timeout = shared.settings.client_login_timeout;
-        let startup =
-            match tokio::time::timeout(login_timeout, read_startup(&mut stream, &mut buf)).await {
-                Ok(Ok(Some(StartupPacket::Startup(m)))) => m,
-                Ok(Ok(Some(StartupPacket::Cancel { pid, secret }))) => {
-                    shared
-                        .clients
-                        .cancel(pid, secret, shared.settings.server_connect_timeout)
-                        .await;
-                    return;
-                }
-                Ok(Ok(_)) => return,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "bad startup packet");
-                    let _ = stream.write_all(&e.to_error_response().to_bytes()).await;
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!("startup timed out");
-                    return;
-                }
-            };
-        if permit.is_none() {
-            tracing::info!(%peer, "refusing a client: max_client_connections reached");
+        let startup_timeout = shared
+            .settings
+            .client_login_timeout
+            .min(handshake::STARTUP_PACKET_TIMEOUT);
+        let startup = tokio::select! {
+            () = pushed_out.cancelled() => {
+                refuse_pushed_out(&shared, &mut stream).await;
+                return;
+            }
+            r = tokio::time::timeout(startup_timeout, read_startup(&mut stream, &mut buf)) => r,
+        };
+        let startup = match startup {
+            Ok(Ok(Some(StartupPacket::Startup(m)))) => m,
+            Ok(Ok(Some(StartupPacket::Cancel { pid, secret }))) => {
+                shared
+                    .clients
+                    .cancel(pid, secret, shared.settings.server_connect_timeout)
+                    .await;
+                return;
+            }
+            Ok(Ok(_)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "bad startup packet");
+                let _ = stream.write_all(&e.to_error_response().to_bytes()).await;
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("no startup packet in time");
+                return;
+            }
+        };
+        let login = tokio::select! {
+            () = pushed_out.cancelled() => {
+                refuse_pushed_out(&shared, &mut stream).await;
+                return;
+            }
+            r = authenticate(&shared, &mut stream, &mut buf, &startup) => r,
+        };
+        drop(handshake);
+        let login = match login {
+            Ok(login) => login,
+            Err(e) => return send_reject(&mut stream, e).await,
+        };
+        // Logged in: only now does the client take one of the places.
+        let Ok(_place) = Arc::clone(&shared.client_slots).try_acquire_owned() else {
+            tracing::info!("refusing a client: max_client_connections reached");
             shared.counters.refused_max_clients.inc();
             let e = ErrorResponse::fatal(
                 sqlstate::TOO_MANY_CONNECTIONS,
                 "sorry, too many clients already",
             );
-            let _ = stream.write_all(&e.to_bytes()).await;
-            return;
-        }
-        let _permit = permit;
-        match login(&shared, peer, &mut stream, &mut buf, &startup).await {
+            return send_reject(&mut stream, reject(e)).await;
+        };
+        match start_session(&shared, peer, &mut stream, login).await {
             Ok(session) => run_session(&shared, &mut stream, buf, session).await,
-            Err(Some(bytes)) => {
-                let _ = stream.write_all(&bytes).await;
-            }
-            Err(None) => {}
+            Err(e) => send_reject(&mut stream, e).await,
         }
     }
     .instrument(span)
     .await
+}
+
+async fn send_reject(stream: &mut TcpStream, e: Reject) {
+    if let Some(bytes) = e {
+        let _ = stream.write_all(&bytes).await;
+    }
+}
+
+/// Tells a connection pushed out of a full handshake phase why it is closed.
+async fn refuse_pushed_out(shared: &Shared, stream: &mut TcpStream) {
+    tracing::debug!(
+        limit = shared.handshakes.limit(),
+        "closing the oldest connection that has not logged in: too many are logging in"
+    );
+    let e = ErrorResponse::fatal(
+        sqlstate::TOO_MANY_CONNECTIONS,
+        "sorry, too many clients are logging in already",
+    );
+    let _ = stream.write_all(&e.to_bytes()).await;
 }
 
 /// Reads startup packets, answering SSL and GSS encryption requests with
@@ -124,14 +159,25 @@ fn reject(e: ErrorResponse) -> Reject {
     Some(e.to_bytes())
 }
 
-/// Authenticates the client and hands it a server connection.
-async fn login(
+/// A client that has authenticated: what its session needs.
+struct Login {
+    user: String,
+    database: String,
+    /// The server session's startup parameters.
+    params: Vec<(String, String)>,
+    creds: ServerCredentials,
+    /// What the client is sent once it has a server: AuthenticationOk
+    /// (and a protocol negotiation answer already went out).
+    out: BytesMut,
+}
+
+/// Authenticates the client, within `client_login_timeout`.
+async fn authenticate(
     shared: &Shared,
-    peer: SocketAddr,
     stream: &mut TcpStream,
     buf: &mut BytesMut,
     startup: &StartupMessage,
-) -> Result<Session, Reject> {
+) -> Result<Login, Reject> {
     let mut out = BytesMut::new();
     if startup.needs_negotiation() {
         let opts: Vec<&str> = startup.protocol_options().collect();
@@ -194,12 +240,34 @@ async fn login(
         .cloned()
         .collect();
     params.push(("database".into(), database.to_owned()));
+    Ok(Login {
+        user: user.to_owned(),
+        database: database.to_owned(),
+        params,
+        creds,
+        out,
+    })
+}
 
+/// Lists a logged-in client and hands it a server connection.
+async fn start_session(
+    shared: &Shared,
+    peer: SocketAddr,
+    stream: &mut TcpStream,
+    login: Login,
+) -> Result<Session, Reject> {
+    let Login {
+        user,
+        database,
+        params,
+        creds,
+        mut out,
+    } = login;
     // From here on the client is listed, and an operator may end it.
     let meta = ClientMeta {
         address: peer,
-        user: user.to_owned(),
-        database: database.to_owned(),
+        user,
+        database,
         connected: SystemTime::now(),
     };
     let cancel = shared.clients.register(meta, &shared.hard_stop);
@@ -339,11 +407,14 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
         &mut s.conn,
         pending,
         shared.settings.max_message_bytes,
+        s.cancel.activity(),
         s.cancel.stop(),
         &s.route.ended,
     )
     .await;
-    s.cancel.clear_server();
+    // No client cancel reaches the connection from here on, and those
+    // already under way have landed: it may be handed on.
+    s.cancel.clear_server().await;
     let notice = match &r.end {
         PumpEnd::ClientTerminated | PumpEnd::ClientGone => None,
         PumpEnd::ClientProtocol(e) => {
@@ -402,31 +473,41 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
     if matches!(r.end, PumpEnd::ServerGone) {
         shared.router.recheck();
     }
-    if matches!(r.end, PumpEnd::Stopped(_)) && r.server_idle.is_none() {
-        // The server would go on running the statement, holding its locks,
-        // until it next writes to the closed socket: cancel it first, as
-        // pg_terminate_backend() ends it at once.
-        let timeout = shared.settings.server_connect_timeout;
-        tokio::spawn(crate::clients::send_cancel(
-            s.conn.addr,
-            s.conn.key,
-            timeout,
-        ));
+    let server_alive = !matches!(r.end, PumpEnd::ServerGone | PumpEnd::ServerProtocol(_));
+    let timeout = shared.settings.server_connect_timeout;
+    if server_alive && r.server.is_busy() {
+        // The server would go on running the statement (holding its locks
+        // and a PostgreSQL connection) until it next writes to a closed
+        // socket: cancel it first, as PostgreSQL ends the query of a
+        // terminated backend at once. The pool slot stays taken until the
+        // connection is idle again or closed.
+        tracing::debug!(end = ?r.end, "cancelling the statement the session left running");
+        crate::clients::send_cancel(s.conn.addr, s.conn.key, timeout).await;
     }
     let reusable = matches!(r.end, PumpEnd::ClientTerminated | PumpEnd::ClientGone);
-    match r.server_idle {
-        Some(status) if reusable => {
+    let idle = match r.server {
+        ServerState::Idle(status) if reusable => Some(status),
+        ServerState::Owing(owing) if reusable => {
+            let status = pump::drain(&mut s.conn, owing, s.cancel.activity(), timeout).await;
+            if status.is_none() {
+                tracing::info!(
+                    backend = s.conn.backend,
+                    "a server connection did not finish its cancelled statement in time; closing it"
+                );
+            }
+            status
+        }
+        _ => None,
+    };
+    match idle {
+        Some(status) => {
             let rollback = status != b'I';
             let query = &shared.settings.server_reset_query;
-            match s
-                .conn
-                .reset(rollback, query, shared.settings.server_connect_timeout)
-                .await
-            {
+            match s.conn.reset(rollback, query, timeout).await {
                 Ok(()) => s.slot.release(s.conn),
                 Err(e) => tracing::debug!(error = %e, "server connection not reusable after reset"),
             }
         }
-        _ => tracing::debug!(end = ?r.end, "closing the server connection"),
+        None => tracing::debug!(end = ?r.end, "closing the server connection"),
     }
 }
