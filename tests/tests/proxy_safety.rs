@@ -277,3 +277,33 @@ fn a_cancel_sent_as_its_client_leaves_never_reaches_the_next_client() {
     println!("next clients whose query a leaving client's cancel hit: {hit} of 20");
     assert_eq!(hit, 0, "{hit} of 20 next clients had their query cancelled");
 }
+
+#[test]
+fn a_query_pipelined_before_terminate_still_commits() {
+    // Terminate is a goodbye, not a vanishing: PostgreSQL runs what came
+    // before it, and so does the proxy (no cancel).
+    let cluster = cluster(0);
+    cluster
+        .primary()
+        .psql_db(
+            "app",
+            "CREATE TABLE goodbye (x int); GRANT ALL ON goodbye TO bob",
+        )
+        .unwrap();
+    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("pool_size = 1"));
+    let mut s = raw_login(proxy.port);
+    let mut out = query_message("INSERT INTO goodbye SELECT 1 FROM pg_sleep(0.5)");
+    out.extend_from_slice(b"X\0\0\0\x04");
+    s.write_all(&out).unwrap();
+    drop(s);
+    // The pool's one connection comes back once the insert is done.
+    let mut next = raw_login(proxy.port);
+    next.write_all(&query_message("SELECT count(*) FROM goodbye"))
+        .unwrap();
+    let answer = until_ready(&mut next);
+    let row = answer.iter().find(|(t, _)| *t == b'D').expect("a row");
+    assert!(
+        row.1.ends_with(b"1"),
+        "the insert was not committed: {answer:?}"
+    );
+}

@@ -475,7 +475,12 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
     }
     let server_alive = !matches!(r.end, PumpEnd::ServerGone | PumpEnd::ServerProtocol(_));
     let timeout = shared.settings.server_connect_timeout;
-    if server_alive && r.server.is_busy() {
+    let busy = server_alive && r.server.is_busy();
+    // A client that said goodbye (Terminate) after its last requests gets
+    // them run to the end, as PostgreSQL runs a pipeline before the
+    // Terminate behind it; any other end cancels what the server still runs.
+    let said_goodbye = matches!(r.end, PumpEnd::ClientTerminated);
+    if busy && !said_goodbye {
         // The server would go on running the statement (holding its locks
         // and a PostgreSQL connection) until it next writes to a closed
         // socket: cancel it first, as PostgreSQL ends the query of a
@@ -492,8 +497,12 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
             if status.is_none() {
                 tracing::info!(
                     backend = s.conn.backend,
-                    "a server connection did not finish its cancelled statement in time; closing it"
+                    ?timeout,
+                    "a server connection did not finish what its client left in time; closing it"
                 );
+                if said_goodbye {
+                    crate::clients::send_cancel(s.conn.addr, s.conn.key, timeout).await;
+                }
             }
             status
         }
