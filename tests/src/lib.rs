@@ -622,3 +622,31 @@ fn md5_hex(data: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// Reads from a raw session until ReadyForQuery; returns the messages.
+pub fn read_until_ready(s: &mut std::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !messages(&got).iter().any(|(t, _)| *t == b'Z') {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed: {:?}", messages(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    messages(&got)
+}
+
+/// The SQLSTATE of the first ErrorResponse among `msgs`.
+pub fn first_sqlstate(msgs: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, body) = msgs.iter().find(|(t, _)| *t == b'E')?;
+    let code = body.split(|b| *b == 0).find(|f| f.first() == Some(&b'C'))?;
+    Some(String::from_utf8_lossy(&code[1..]).into_owned())
+}
+
+/// The first column of the first DataRow among `msgs`, as text.
+pub fn first_value(msgs: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, row) = msgs.iter().find(|(t, _)| *t == b'D')?;
+    let len = i32::from_be_bytes(row.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    Some(String::from_utf8_lossy(row.get(6..6 + len)?).into_owned())
+}

@@ -171,3 +171,54 @@ fn psql_works_through_the_proxy() {
     assert!(!ok);
     assert!(err.contains("database \"nope\" does not exist"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_is_told_its_real_server_pid() {
+    use std::io::Write;
+    let cluster = cluster(0);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (mut s, (pid, _)) = raw_login_with_key(proxy.port);
+    s.write_all(&query_message("SELECT pg_backend_pid()"))
+        .unwrap();
+    let answer = read_until_ready(&mut s);
+    assert_eq!(first_value(&answer), Some(pid.to_string()), "{answer:?}");
+    // pg_stat_activity and pgwardenctl clients agree.
+    let seen = cluster
+        .primary()
+        .psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {pid} AND usename = 'bob'"
+        ))
+        .unwrap();
+    assert_eq!(seen, "1");
+    let listed = pgwardenctl_async(&proxy.config, &["clients"]).await;
+    assert!(
+        listed
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&format!("{pid} "))),
+        "{listed:?}"
+    );
+    // A notification from the session itself carries its own pid.
+    s.write_all(&query_message("LISTEN me; NOTIFY me, 'hi'"))
+        .unwrap();
+    let answer = read_until_ready(&mut s);
+    let (_, note) = answer
+        .iter()
+        .find(|(t, _)| *t == b'A')
+        .expect("NotificationResponse");
+    assert_eq!(i32::from_be_bytes(note[0..4].try_into().unwrap()), pid);
+    // Terminating "itself" terminates its own server session.
+    s.write_all(&query_message(&format!(
+        "SELECT pg_terminate_backend({pid})"
+    )))
+    .unwrap();
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
+    assert_eq!(
+        error_code(&rest).as_deref(),
+        Some("57P01"),
+        "{:?}",
+        messages(&rest)
+    );
+}

@@ -1,12 +1,15 @@
 //! The logged-in clients: their cancel keys, what the admin API lists of
 //! them, and how an operator ends one.
 //!
-//! Each client gets its own BackendKeyData (a random process id and secret)
-//! instead of the server's, so a key never reveals or reaches a server the
-//! client is not using. A CancelRequest quoting that key is forwarded, with
-//! the server's real key, to the server connection the client holds now.
-//! The process id also names the client to operators (`ListClients`,
-//! `TerminateClient`), as a backend pid does in `pg_stat_activity`.
+//! Each client gets its own BackendKeyData: the process id of the server
+//! backend it holds (so `pg_backend_pid()`, `pg_stat_activity`,
+//! `pg_terminate_backend()` and NOTIFY pids agree with what it was told),
+//! with a secret of the proxy's own, so the key never reaches a server the
+//! client is not using. Only when that pid is taken by another client (two
+//! backends' pids can coincide) does it get a random one instead. A
+//! CancelRequest quoting the key is forwarded, with the server's real key,
+//! to the server connection the client holds now. The process id also names
+//! the client to operators (`ListClients`, `TerminateClient`).
 //!
 //! A cancel must reach only the statement its client was running, as with
 //! PostgreSQL itself:
@@ -311,6 +314,24 @@ impl CancelKey {
         }));
     }
 
+    /// Takes the server backend's process id as the client's own, unless
+    /// another client already has it; true when it did.
+    pub fn adopt_pid(&mut self, pid: i32) -> bool {
+        if pid == self.pid {
+            return true;
+        }
+        let mut keys = self.registry.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if pid <= 0 || keys.contains_key(&pid) {
+            return false;
+        }
+        let Some(entry) = keys.remove(&self.pid) else {
+            return false;
+        };
+        keys.insert(pid, entry);
+        self.pid = pid;
+        true
+    }
+
     /// The client holds no server connection any more: no new cancel can
     /// reach it, and this returns once the cancels already under way have
     /// landed, so the connection can be handed on.
@@ -421,6 +442,27 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn a_client_takes_its_backends_pid_unless_another_client_has_it() {
+        let reg = Arc::new(ClientRegistry::default());
+        let all = CancellationToken::new();
+        let mut a = reg.register(meta("a", 1), &all);
+        let mut b = reg.register(meta("b", 2), &all);
+        assert!(a.adopt_pid(4242));
+        assert_eq!(a.pid, 4242);
+        a.set_server(0, "127.0.0.1:5432".parse().unwrap(), (4242, 9));
+        assert_eq!(reg.lookup(4242, a.secret).map(|s| s.pid), Some(4242));
+        // Another backend with the same pid: b keeps its own.
+        let before = b.pid;
+        assert!(!b.adopt_pid(4242));
+        assert_eq!(b.pid, before);
+        assert!(reg.terminate(4242));
+        assert!(a.stop().is_cancelled() && !b.stop().is_cancelled());
+        drop(a);
+        assert!(b.adopt_pid(4242), "free again once a left");
+        assert_eq!(reg.len(), 1);
     }
 
     #[tokio::test]

@@ -274,7 +274,8 @@ impl Proxy {
             // Every connection starts in the handshake phase, which bounds
             // itself (see `handshake`); it counts against
             // max_client_connections once logged in.
-            tasks.spawn(session::serve(Arc::clone(&shared), stream, peer));
+            let handshake = shared.handshakes.enter();
+            tasks.spawn(session::serve(Arc::clone(&shared), stream, peer, handshake));
         }
         drop(listener);
         tasks.close();

@@ -23,14 +23,19 @@ use crate::pump::{self, PumpEnd, ServerState, StopReason};
 use crate::server_conn::{ServerConn, ServerCredentials, ServerError};
 
 /// Serves one accepted client: the handshake phase (startup packet and
-/// authentication, bounded by [`crate::handshake`]), then, once logged in,
+/// authentication, bounded by [`crate::handshake`]; `handshake` is its
+/// place there, taken at accept so the oldest is the first accepted), then, once logged in,
 /// a place among `max_client_connections` (53300 when there is none, as
 /// PostgreSQL says it) and the session. Cancel requests are served in the
 /// handshake phase, so they get through at the limit.
-pub async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
+pub async fn serve(
+    shared: Arc<Shared>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    handshake: handshake::Handshake,
+) {
     let span = tracing::debug_span!("client", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async move {
-        let handshake = shared.handshakes.enter();
         let pushed_out = handshake.pushed_out().clone();
         let mut buf = BytesMut::with_capacity(1024);
         let startup_timeout = shared
@@ -270,7 +275,7 @@ async fn start_session(
         database,
         connected: SystemTime::now(),
     };
-    let cancel = shared.clients.register(meta, &shared.hard_stop);
+    let mut cancel = shared.clients.register(meta, &shared.hard_stop);
     let (slot, conn, route) = tokio::select! {
         r = server_for(shared, &params, &creds) => r?,
         () = cancel.stop().cancelled() => {
@@ -278,6 +283,13 @@ async fn start_session(
             return Err(reject(stopped_error(shared)));
         }
     };
+    if !cancel.adopt_pid(conn.key.0) {
+        tracing::debug!(
+            server_pid = conn.key.0,
+            pid = cancel.pid,
+            "another client has this backend pid; the client gets a pid of its own"
+        );
+    }
     cancel.set_server(conn.backend, conn.addr, conn.key);
     for (k, v) in &conn.params {
         backend::parameter_status(&mut out, k, v);
