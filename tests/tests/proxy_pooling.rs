@@ -218,3 +218,110 @@ async fn a_server_connection_killed_while_cached_is_not_handed_out() {
         .get(0);
     assert_ne!(pid, pid2);
 }
+
+/// `SHOW application_name` and what pg_stat_activity shows for the session.
+async fn application_names(c: &tokio_postgres::Client) -> (String, String) {
+    let row = c
+        .query_one(
+            "SELECT current_setting('application_name'),
+                    (SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid())",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_with_different_startup_settings_share_one_pool_and_keep_their_own() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("pool_size = 20"));
+    // 60 clients, 60 application names, a few at a time or all at once:
+    // never more than pool_size server connections (keyed by every startup
+    // parameter, this was one pool per name: 60 connections and more).
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let conninfo = format!(
+            "{} application_name=client{i} options='-c search_path=s{i},public -c statement_timeout={}ms'",
+            proxy.conninfo(ALICE.0, ALICE.1, "app"),
+            1001 + i
+        );
+        tasks.push(tokio::spawn(async move {
+            let c = connect(&conninfo).await.unwrap();
+            let (shown, activity) = application_names(&c).await;
+            assert_eq!(shown, format!("client{i}"));
+            assert_eq!(activity, format!("client{i}"));
+            let row = c
+                .query_one(
+                    "SELECT current_setting('search_path'), current_setting('statement_timeout')",
+                    &[],
+                )
+                .await
+                .unwrap();
+            assert_eq!(row.get::<_, String>(0), format!("s{i},public"));
+            assert_eq!(row.get::<_, String>(1), format!("{}ms", 1001 + i));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }));
+    }
+    let mut most = 0;
+    while !tasks.iter().all(|t| t.is_finished()) {
+        most = most.max(server_sessions(&cluster, ALICE.0));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let now = server_sessions(&cluster, ALICE.0);
+    println!(
+        "60 application names at pool_size 20: at most {most} server connections, {now} at the end"
+    );
+    assert!(most <= 20, "{most} server connections for pool_size 20");
+    assert!(now <= 20, "{now} server connections cached");
+
+    // Two clients with different names on the pool at once: each sees its own.
+    let a = connect(&format!(
+        "{} application_name=first",
+        proxy.conninfo(ALICE.0, ALICE.1, "app")
+    ))
+    .await
+    .unwrap();
+    let b = connect(&format!(
+        "{} application_name=second",
+        proxy.conninfo(ALICE.0, ALICE.1, "app")
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        application_names(&a).await,
+        ("first".into(), "first".into())
+    );
+    assert_eq!(
+        application_names(&b).await,
+        ("second".into(), "second".into())
+    );
+    // A client that sets nothing gets the server's default, not a name left
+    // on the connection by the one before.
+    drop((a, b));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let plain = proxy.alice().await;
+    assert_eq!(
+        application_names(&plain).await,
+        (String::new(), String::new())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_startup_setting_is_refused_as_postgresql_refuses_it() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("pool_size = 1"));
+    let err = connect(&format!(
+        "{} options='-c DateStyle=bogus'",
+        proxy.conninfo(ALICE.0, ALICE.1, "app")
+    ))
+    .await
+    .expect_err("an invalid DateStyle");
+    assert_eq!(sqlstate(&err).as_deref(), Some("22023"), "{err}");
+    // The pool's one connection is fine for the next client.
+    let c = proxy.alice().await;
+    c.batch_execute("SELECT 1").await.unwrap();
+}

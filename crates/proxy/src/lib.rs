@@ -27,6 +27,7 @@ pub mod routing;
 pub mod server_conn;
 pub mod session;
 pub mod settings;
+pub mod startup_params;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -23,13 +23,13 @@ use crate::server_conn::ServerConn;
 pub struct PoolKey {
     /// Backend id.
     pub backend: usize,
-    /// Every startup parameter the client sent (user and database included),
-    /// sorted by name.
+    /// The server connection's startup parameters (user, database, and
+    /// those that cannot be replayed), sorted by name.
     pub params: Vec<(String, String)>,
 }
 
 impl PoolKey {
-    /// The key for a backend and a client's startup parameters.
+    /// The key for a backend and a server connection's startup parameters.
     pub fn new(backend: usize, params: &[(String, String)]) -> PoolKey {
         let mut params = params.to_vec();
         params.sort();

@@ -346,6 +346,81 @@ impl ServerConn {
         }
     }
 
+    /// Gives the session the client's settings (its replayed startup
+    /// parameters), within `timeout`: one `set_config(name, value, false)`
+    /// per setting, in one round trip, skipping those the server already
+    /// reports with the wanted value. Session-level, so the next reset
+    /// (`DISCARD ALL`) takes them back to the server's defaults. An invalid
+    /// setting is refused by the server, as it would refuse it at startup.
+    pub async fn apply_params(
+        &mut self,
+        wanted: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
+        let todo: Vec<&(String, String)> = wanted
+            .iter()
+            .filter(|(name, value)| {
+                !self
+                    .params
+                    .iter()
+                    .any(|(k, v)| k.eq_ignore_ascii_case(name) && v == value)
+            })
+            .collect();
+        if todo.is_empty() {
+            return Ok(());
+        }
+        tokio::time::timeout(timeout, self.apply_params_inner(&todo))
+            .await
+            .map_err(|_| ServerError::Timeout(timeout))?
+    }
+
+    async fn apply_params_inner(&mut self, todo: &[&(String, String)]) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        frontend::parse(
+            "",
+            "SELECT pg_catalog.set_config($1, $2, false)",
+            std::iter::empty(),
+            &mut out,
+        )?;
+        for (name, value) in todo {
+            frontend::bind(
+                "",
+                "",
+                std::iter::empty(),
+                [name.as_bytes(), value.as_bytes()],
+                |v, buf| {
+                    buf.extend_from_slice(v);
+                    Ok(postgres_protocol::IsNull::No)
+                },
+                std::iter::empty(),
+                &mut out,
+            )
+            .map_err(|e| match e {
+                frontend::BindError::Conversion(e) => std::io::Error::other(e.to_string()),
+                frontend::BindError::Serialization(e) => e,
+            })?;
+            frontend::execute("", 0, &mut out)?;
+        }
+        frontend::sync(&mut out);
+        self.stream.write_all(&out).await?;
+        let mut failed = None;
+        loop {
+            let m = self.read().await?;
+            match m.tag {
+                b'S' => self.record_param(&m.body),
+                b'E' => failed = Some(refused(&m)),
+                b'Z' => break,
+                // ParseComplete, BindComplete, RowDescription, DataRow,
+                // CommandComplete, NoticeResponse.
+                _ => {}
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// True when a cached connection cannot be handed out: the server closed
     /// it, or sent something while idle (a FATAL from `pg_terminate_backend`,
     /// a shutdown notice). Costs one non-blocking read, no round trip.

@@ -21,6 +21,7 @@ use crate::handshake;
 use crate::pool::PoolKey;
 use crate::pump::{self, PumpEnd, ServerState, StopReason};
 use crate::server_conn::{ServerConn, ServerCredentials, ServerError};
+use crate::startup_params::StartupParams;
 
 /// Serves one accepted client: the handshake phase (startup packet and
 /// authentication, bounded by [`crate::handshake`]; `handshake` is its
@@ -168,8 +169,8 @@ fn reject(e: ErrorResponse) -> Reject {
 struct Login {
     user: String,
     database: String,
-    /// The server session's startup parameters.
-    params: Vec<(String, String)>,
+    /// The client's other startup parameters, by what becomes of them.
+    params: StartupParams,
     creds: ServerCredentials,
     /// What the client is sent once it has a server: AuthenticationOk
     /// (and a protocol negotiation answer already went out).
@@ -237,14 +238,14 @@ async fn authenticate(
     backend::authentication_ok(&mut out);
     shared.counters.logins.inc();
 
-    // The server session gets the client's parameters, minus protocol options.
-    let mut params: Vec<(String, String)> = startup
+    // The client's parameters, minus protocol options, user and database.
+    let params: Vec<(String, String)> = startup
         .params
         .iter()
-        .filter(|(k, _)| !k.starts_with("_pq_.") && k != "database")
+        .filter(|(k, _)| !k.starts_with("_pq_.") && k != "database" && k != "user")
         .cloned()
         .collect();
-    params.push(("database".into(), database.to_owned()));
+    let params = StartupParams::split(&params);
     Ok(Login {
         user: user.to_owned(),
         database: database.to_owned(),
@@ -268,6 +269,12 @@ async fn start_session(
         creds,
         mut out,
     } = login;
+    // The server connection's own startup parameters: the pool's key.
+    let mut server_params = vec![
+        ("user".to_owned(), user.clone()),
+        ("database".to_owned(), database.clone()),
+    ];
+    server_params.extend(params.startup_only.iter().cloned());
     // From here on the client is listed, and an operator may end it.
     let meta = ClientMeta {
         address: peer,
@@ -277,7 +284,7 @@ async fn start_session(
     };
     let mut cancel = shared.clients.register(meta, &shared.hard_stop);
     let (slot, conn, route) = tokio::select! {
-        r = server_for(shared, &params, &creds) => r?,
+        r = server_for(shared, &server_params, &params.replayed, &creds) => r?,
         () = cancel.stop().cancelled() => {
             tracing::info!("client ended while waiting for a server");
             return Err(reject(stopped_error(shared)));
@@ -307,10 +314,12 @@ async fn start_session(
 
 /// The right to a server connection of the primary, and the connection:
 /// waits while the proxy is paused, then takes a cached connection or opens
-/// one.
+/// one (with `params`, the pool's startup parameters), and gives it the
+/// client's settings (`client_settings`).
 async fn server_for(
     shared: &Shared,
     params: &[(String, String)],
+    client_settings: &[(String, String)],
     creds: &ServerCredentials,
 ) -> Result<(crate::pool::Slot, ServerConn, crate::routing::Route), Reject> {
     let settings = &shared.settings;
@@ -344,7 +353,7 @@ async fn server_for(
                 e.to_string(),
             ))
         })?;
-    let conn = match cached {
+    let mut conn = match cached {
         Some(c) => c,
         None => {
             let c = ServerConn::connect(
@@ -378,6 +387,24 @@ async fn server_for(
             c
         }
     };
+    if let Err(e) = conn
+        .apply_params(client_settings, settings.server_connect_timeout)
+        .await
+    {
+        // The server's own answer (an invalid value...): relay it, as the
+        // server would have refused the same startup parameter.
+        tracing::debug!(backend = b.id, error = %e, "the client's settings were refused");
+        return Err(match e {
+            ServerError::Refused { raw, .. } => Some(raw),
+            e => reject(ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!(
+                    "could not set up the session on backend \"{}\": {e}",
+                    b.name
+                ),
+            )),
+        });
+    }
     Ok((slot, conn, route))
 }
 
