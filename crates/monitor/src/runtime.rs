@@ -472,7 +472,10 @@ async fn wait_out_of_recovery(
     };
     let mut client = None;
     loop {
-        if let Ok(o) = checks::check_once(&probe, s, &mut client).await
+        if let Some(o) = checks::check_once(&probe, s, &mut client)
+            .await
+            .outcome
+            .observation()
             && !o.in_recovery
         {
             return Ok(o.timeline);
