@@ -376,12 +376,16 @@ pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender
             else {
                 return;
             };
-            let old = old_primary
-                .and_then(|o| settings.backends.get(o).cloned())
-                .unwrap_or_else(|| target.clone());
+            let replaced = old_primary
+                .filter(|o| *o != id)
+                .and_then(|o| settings.backends.get(o).cloned());
+            let old = replaced.clone().unwrap_or_else(|| target.clone());
             let f = settings.failover.clone();
             let login = settings.checks.clone();
             tokio::spawn(async move {
+                if let Some(old) = replaced.filter(|_| f.mode == FailoverMode::Builtin) {
+                    fence(&f, &old).await;
+                }
                 let result = promote(&f, &login, &target, &old).await;
                 if let Err(e) = &result {
                     tracing::error!(backend = id, error = %e, "promotion failed");
@@ -429,6 +433,28 @@ async fn rejoin(f: &FailoverSettings, target: &Target, primary: &Target) -> Resu
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
+}
+
+/// How long the builtin fence of a still reachable old primary may hold up
+/// a promotion (a dead one refuses at once; only an unreachable host that
+/// drops packets costs this much).
+pub const FENCE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Builtin mode: fences the primary being replaced at the database when it
+/// is still reachable ([`actions::builtin::fence`]), so that clients
+/// bypassing the proxy stop writing to it. Best effort, bounded by
+/// [`FENCE_TIMEOUT`]; the promotion follows whatever happens. (In command
+/// mode, fencing is `failover.command`'s job.)
+async fn fence(f: &FailoverSettings, old: &Target) {
+    match actions::builtin::fence(old, &f.login, FENCE_TIMEOUT).await {
+        Ok(actions::builtin::Fenced::ReadOnly { .. }) => {}
+        Ok(actions::builtin::Fenced::Standby) => {
+            tracing::info!(backend = %old.label(), "old primary is in recovery: nothing to fence");
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "old primary not fenced at the database (unreachable is the usual reason); promoting anyway");
+        }
+    }
 }
 
 async fn promote(
