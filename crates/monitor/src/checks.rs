@@ -11,7 +11,7 @@
 //! check's session. When the session dies under the check (SQLSTATE 57P01
 //! from `pg_terminate_backend()`, a cancel, a closed or reset connection),
 //! the check is retried at once on a fresh connection, a few times within
-//! `health_check.timeout` ([`Round`]). A server that keeps accepting fresh
+//! `health_check.timeout` (`Round`). A server that keeps accepting fresh
 //! connections whose sessions keep being killed is alive: that check ends
 //! [`CheckOutcome::Alive`], which resets the failure count without a new
 //! observation. A connection the server does not accept (refused, timed
