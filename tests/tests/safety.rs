@@ -329,6 +329,15 @@ async fn issue_7_switchover_fences_the_old_primary_at_the_database() {
     )
     .await
     .unwrap();
+    // What the old primary acknowledged before the switchover is there.
+    assert_eq!(
+        pg1.psql("SELECT count(*) FROM bypass WHERE x = 1").unwrap(),
+        "1"
+    );
     let log = proxy.monitor_log();
     assert!(log.contains("fenced the old primary"), "{log}");
+    assert!(
+        log.contains("received all the fenced primary flushed"),
+        "{log}"
+    );
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgwarden_monitor::actions::builtin::{Fenced, fence, follow, promote};
+use pgwarden_monitor::actions::builtin::{Fenced, fence, follow, promote, wait_received};
 use pgwarden_monitor::actions::{ActionError, SqlLogin, Target, conninfo};
 use pgwarden_testkit::{Cluster, Node, StopMode, wait_until};
 
@@ -271,9 +271,30 @@ async fn issue_7_fence_makes_a_reachable_old_primary_read_only_and_ends_its_clie
     let started = Instant::now();
     let fenced = fence(&t0, &login(), Duration::from_secs(1)).await.unwrap();
     eprintln!("fence took {:?}: {fenced:?}", started.elapsed());
+    let Fenced::ReadOnly {
+        terminated,
+        flush_lsn,
+    } = fenced
+    else {
+        panic!("{fenced:?}")
+    };
+    assert!(terminated >= 1, "{fenced:?}");
+    // The standby gets what the old primary flushed until the fence.
     assert!(
-        matches!(fenced, Fenced::ReadOnly { terminated } if terminated >= 1),
-        "{fenced:?}"
+        wait_received(&t1, &login(), flush_lsn, Duration::from_secs(2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !wait_received(
+            &t1,
+            &login(),
+            flush_lsn + (1 << 30),
+            Duration::from_millis(300)
+        )
+        .await
+        .unwrap(),
+        "WAL nobody wrote is never received"
     );
     // The client's session is gone; pgwarden's own is not.
     assert!(

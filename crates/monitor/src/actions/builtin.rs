@@ -34,6 +34,9 @@ pub enum Fenced {
     ReadOnly {
         /// Client backends terminated.
         terminated: u64,
+        /// Its flushed WAL then (`pg_current_wal_flush_lsn()`): what the
+        /// standby to promote should receive first ([`wait_received`]).
+        flush_lsn: u64,
     },
     /// It is in recovery: nothing to fence.
     Standby,
@@ -115,12 +118,59 @@ async fn fence_steps(
         .await?;
     let terminated: i64 = session.column(TERMINATE, &row, 0)?;
     let terminated = u64::try_from(terminated).unwrap_or(0);
+    const FLUSHED: &str = "SELECT pg_current_wal_flush_lsn()";
+    let row = session
+        .query_one(FLUSHED, FLUSHED, &[], limit(deadline))
+        .await?;
+    let flush_lsn: PgLsn = session.column(FLUSHED, &row, 0)?;
     tracing::warn!(
         backend = %session.label(),
         terminated,
+        flush_lsn = %flush_lsn,
         "fenced the old primary: default_transaction_read_only = on, client sessions terminated"
     );
-    Ok(Fenced::ReadOnly { terminated })
+    Ok(Fenced::ReadOnly {
+        terminated,
+        flush_lsn: flush_lsn.into(),
+    })
+}
+
+/// Waits until standby `target` holds the WAL up to `lsn` (received, or
+/// replayed), polling, for at most `timeout`: after a [`fence`], the
+/// standby about to be promoted gets what the old primary wrote until then
+/// (its WAL senders keep sending), so a switchover loses nothing. `Ok(false)`
+/// when `timeout` passed first.
+///
+/// # Errors
+/// [`ActionError::Connect`], [`ActionError::Sql`] / [`ActionError::Timeout`].
+pub async fn wait_received(
+    target: &Target,
+    login: &SqlLogin,
+    lsn: u64,
+    timeout: Duration,
+) -> Result<bool, ActionError> {
+    let session = sql::connect(target, login).await?;
+    let deadline = Instant::now() + timeout;
+    const WHAT: &str = "read the WAL received";
+    let lsn = PgLsn::from(lsn);
+    loop {
+        let row = session
+            .query_one(
+                WHAT,
+                "SELECT COALESCE(GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) >= $1, false)",
+                &[&lsn],
+                limit(deadline),
+            )
+            .await?;
+        if session.column::<bool>(WHAT, &row, 0)? {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
+    }
 }
 
 /// `pg_reload_conf()`, which must signal the postmaster.
