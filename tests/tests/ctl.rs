@@ -62,6 +62,7 @@ fn row(status: &str, name: &str) -> HashMap<String, String> {
         "STATUS",
         "LAG",
         "REPLAY LSN",
+        "RECEIVED LSN",
         "TIMELINE",
         "LAST CHECK",
         "REASON",
@@ -139,6 +140,7 @@ async fn status_detach_attach_watch_and_errors() {
         assert_eq!((&*r["ROLE"], &*r["STATUS"]), ("standby", "up"), "{status}");
         assert!(r["LAG"].contains('B'), "{status}");
         assert!(r["REPLAY LSN"].contains('/'), "{status}");
+        assert!(r["RECEIVED LSN"].contains('/'), "{status}");
         assert_eq!(r["TIMELINE"], "1", "{status}");
         assert_eq!(r["REASON"], "", "{status}");
     }

@@ -45,6 +45,7 @@ fn initial() -> ClusterState {
         } as i32,
         status: Status::Up as i32,
         replay_lsn: 0x300_0148,
+        flush_lsn: 0x300_0148,
         timeline: 1,
         last_check_unix_ms: render::now_unix_ms(),
         ..Default::default()
@@ -259,7 +260,7 @@ async fn status_by_default_via_the_config() {
     assert!(lines[1].starts_with("ID  NAME  ADDRESS"), "{out}");
     assert!(
         lines[2].starts_with(
-            "0   pg0   127.0.0.1:5432  primary  up      -    0/3000148   1         0."
+            "0   pg0   127.0.0.1:5432  primary  up      -    0/3000148   0/3000148     1         0."
         ),
         "{out}"
     );

@@ -107,6 +107,14 @@ pub(crate) async fn run(
                     l.last = Some(result.clone());
                     l.at_ms = *at_ms;
                 }
+                // Alive without an observation: not failing, the last
+                // observation stands (see `Event::AliveUnobserved`).
+                if let Event::AliveUnobserved { id, at_ms, .. } = &e
+                    && let Some(l) = local.get_mut(*id)
+                {
+                    l.failures = 0;
+                    l.at_ms = *at_ms;
+                }
                 desired_tx.send_if_modified(|d| update_desired(d, &settings, &local));
                 (machine.as_mut().map(|m| m.step(e)).unwrap_or_default(), None)
             }

@@ -9,10 +9,15 @@
 //!
 //! The rules, in short:
 //! - a backend is `Down` after more than `max_retries` consecutive failed
-//!   checks, and keeps being checked;
+//!   checks, and keeps being checked; a check whose sessions were killed by
+//!   someone else while the server kept accepting fresh connections
+//!   ([`Event::AliveUnobserved`]) is not a failure;
 //! - when the primary is not `Up` and no failover runs, the reachable
-//!   standby with the highest replay LSN (lag within `max_lag_bytes`,
-//!   `allow_failover`, ties by lowest id) is promoted;
+//!   standby holding the most WAL is promoted ([`Observation::received_lsn`]:
+//!   received and flushed, which `pg_promote()` replays; never the replay
+//!   position alone), among those on the primary's timeline, lag (from the
+//!   received position) within `max_lag_bytes`, `allow_failover`; ties go to
+//!   the one that replayed further (less to replay), then to the lowest id;
 //! - the promoted standby becomes the primary of generation g+1; the old
 //!   primary is `Detached` (fenced) at that moment, so wherever it comes back
 //!   it is never routed to; the other standbys are repointed;
@@ -21,6 +26,8 @@
 //! - only checks and operators change a status: nothing a client does reaches here.
 
 use std::fmt;
+
+use pgwarden_proto::lsn::lsn_to_string;
 
 /// Role a backend plays, as last seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +71,15 @@ pub struct Observation {
 }
 
 impl Observation {
+    /// Standby: the WAL it holds, which a promotion keeps: the last WAL
+    /// received and flushed (`pg_last_wal_receive_lsn()`), or the replay
+    /// position when that is further (WAL restored from an archive) or
+    /// unknown (0: no WAL receiver ran since the server started).
+    /// Primary: its flushed WAL.
+    pub fn received_lsn(&self) -> u64 {
+        self.flush_lsn.max(self.replay_lsn)
+    }
+
     /// A primary at `lsn` on `timeline`.
     pub fn primary(timeline: u32, lsn: u64) -> Self {
         Observation {
@@ -149,6 +165,19 @@ pub enum Event {
         id: usize,
         /// Success, or why it cannot follow.
         result: Result<(), String>,
+    },
+    /// A check of backend `id` could not observe it, but the server is
+    /// alive: it accepted fresh connections whose sessions someone else
+    /// ended (`pg_terminate_backend()`) before the check answered. Resets
+    /// the failure count, keeps the last observation: only the monitor's own
+    /// evidence (a fresh connection refused or unanswered) fails a check.
+    AliveUnobserved {
+        /// Backend id.
+        id: usize,
+        /// When (unix ms, for display only).
+        at_ms: i64,
+        /// What happened, for the log.
+        reason: String,
     },
     /// With the watchdog: the backends a quorum of nodes sees down now
     /// (committed through Raft). Only meaningful for a quorum machine.
@@ -283,6 +312,22 @@ pub struct Machine {
     pub blocked: Option<String>,
 }
 
+/// Why standby `o` cannot take over from a primary on `timeline`, when its
+/// WAL is not that primary's history: a newer timeline (it follows another
+/// server), or an older one while it streams (it has not followed a
+/// timeline switch). An older timeline while not streaming says nothing: it
+/// is then the last restartpoint's, which trails a switch for a while.
+fn off_timeline(o: &Observation, timeline: u32) -> Option<String> {
+    let newer = o.timeline > timeline;
+    let behind = o.streaming && o.timeline != 0 && o.timeline < timeline;
+    (newer || behind).then(|| {
+        format!(
+            "on timeline {}, the primary's is {timeline}: its WAL is not the primary's history",
+            o.timeline
+        )
+    })
+}
+
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -377,7 +422,9 @@ impl Machine {
         self.bootstrapped
     }
 
-    /// Lag of standby `id` behind the primary, in bytes (0 when unknown).
+    /// Replay lag of standby `id` behind the primary, in bytes (0 when
+    /// unknown): how stale its reads are. (Promotion decisions use the WAL
+    /// it holds instead, see [`Observation::received_lsn`].)
     pub fn lag_bytes(&self, id: usize) -> u64 {
         let Some(b) = self.backends.get(id) else {
             return 0;
@@ -470,6 +517,7 @@ impl Machine {
         let mut actions = Vec::new();
         match event {
             Event::Checked { id, at_ms, result } => self.checked(id, at_ms, result),
+            Event::AliveUnobserved { id, at_ms, .. } => self.alive(id, at_ms),
             Event::Promoted { id, result } => self.promoted(id, result, &mut actions),
             Event::Followed { id, result } => self.followed(id, result),
             Event::QuorumDown(ids) => self.quorum(ids),
@@ -518,6 +566,15 @@ impl Machine {
             return;
         }
         self.reconcile(id);
+    }
+
+    /// Backend `id` accepts connections, with nothing new to observe: no
+    /// longer failing, its last observation stands.
+    fn alive(&mut self, id: usize, at_ms: i64) {
+        if let Some(b) = self.backends.get_mut(id) {
+            b.last_check_ms = at_ms;
+            b.failures = 0;
+        }
     }
 
     /// Applies a successful check of `id` to its status.
@@ -854,8 +911,10 @@ impl Machine {
         actions: &mut Vec<Action>,
     ) {
         let reference = self.reference_lsn();
+        let timeline = self.primary_timeline(old);
         let mut why_not = Vec::new();
-        let mut best: Option<(u64, usize)> = None;
+        // (received, replayed, id) of the best candidate so far.
+        let mut best: Option<(u64, u64, usize)> = None;
         for (i, b) in self.backends.iter().enumerate() {
             if Some(i) == old || tried.contains(&i) {
                 continue;
@@ -864,7 +923,7 @@ impl Machine {
                 why_not.push(format!("{}: never checked", b.spec.name));
                 continue;
             };
-            let lag = reference.map_or(0, |r| r.saturating_sub(o.replay_lsn));
+            let lag = reference.map_or(0, |r| r.saturating_sub(o.received_lsn()));
             let refusal = if b.status == Status::Detached {
                 Some("detached".to_owned())
             } else if !b.reachable() {
@@ -873,6 +932,8 @@ impl Machine {
                 Some("not a standby".to_owned())
             } else if !b.spec.allow_failover {
                 Some("allow_failover = false".to_owned())
+            } else if let Some(r) = timeline.and_then(|t| off_timeline(o, t)).filter(|_| !force) {
+                Some(r)
             } else if !force && lag > self.limits.max_lag_bytes {
                 Some(format!(
                     "{lag} bytes behind (max_lag_bytes {})",
@@ -885,15 +946,17 @@ impl Machine {
                 why_not.push(format!("{}: {r}", b.spec.name));
                 continue;
             }
-            if best.is_none_or(|(lsn, _)| o.replay_lsn > lsn) {
-                best = Some((o.replay_lsn, i));
+            let key = (o.received_lsn(), o.replay_lsn);
+            if best.is_none_or(|(received, replayed, _)| key > (received, replayed)) {
+                best = Some((key.0, key.1, i));
             }
         }
         match best {
-            Some((lsn, id)) => {
+            Some((received, replayed, id)) => {
                 tracing::warn!(
-                    old_primary = ?old, candidate = id, name = %self.name(id), replay_lsn = lsn,
-                    "failover: promoting the most advanced standby"
+                    old_primary = ?old, candidate = id, name = %self.name(id),
+                    received_lsn = %lsn_to_string(received), replay_lsn = %lsn_to_string(replayed),
+                    "failover: promoting the standby holding the most WAL (it replays the rest)"
                 );
                 self.failover = Some(Failover {
                     candidate: id,
@@ -920,6 +983,27 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// The timeline the primary `old` was last seen on (`None` when unknown).
+    fn primary_timeline(&self, old: Option<usize>) -> Option<u32> {
+        let o = self.backends.get(old?)?.last.as_ref()?;
+        (o.timeline != 0).then_some(o.timeline)
+    }
+
+    /// Lag of standby `id` behind the primary by the WAL it holds
+    /// ([`Observation::received_lsn`]): what a promotion would lose.
+    fn received_lag_bytes(&self, id: usize) -> u64 {
+        let Some(o) = self
+            .backends
+            .get(id)
+            .and_then(|b| b.last.as_ref())
+            .filter(|o| o.in_recovery)
+        else {
+            return 0;
+        };
+        self.reference_lsn()
+            .map_or(0, |r| r.saturating_sub(o.received_lsn()))
     }
 
     // === operator requests ===
@@ -1133,7 +1217,7 @@ impl Machine {
         if !b.reachable() || b.in_recovery() != Some(true) {
             return Err(format!("{name} is not a reachable standby"));
         }
-        let lag = self.lag_bytes(id);
+        let lag = self.received_lag_bytes(id);
         if !force && lag > self.limits.max_lag_bytes {
             return Err(format!(
                 "{name} is {lag} bytes behind (max_lag_bytes {}); use force to promote it anyway",
@@ -1408,6 +1492,175 @@ mod tests {
         assert!(ok(&mut m, 0, Observation::primary(1, GB)).is_empty());
         assert_eq!(m.backends()[0].status, Status::Detached);
         assert_eq!(m.primary(), Some(2));
+    }
+
+    /// A standby that received (and flushed) WAL up to `received` and
+    /// replayed it up to `replayed`, streaming from pg0 unless `streaming` is false.
+    fn standby_at(timeline: u32, received: u64, replayed: u64, streaming: bool) -> Observation {
+        Observation {
+            flush_lsn: received,
+            replay_lsn: replayed,
+            ..Observation::standby(timeline, replayed, streaming.then_some(5000))
+        }
+    }
+
+    fn alive(m: &mut Machine, id: usize) -> Vec<Action> {
+        m.step(Event::AliveUnobserved {
+            id,
+            at_ms: 0,
+            reason: "terminated by someone else".into(),
+        })
+    }
+
+    #[test]
+    fn issue_7_candidates_rank_by_received_wal_not_replayed() {
+        // The issue's figures: pg1 replayed all it received, pg2 received
+        // more but its replay is paused further back.
+        let mut m = three();
+        healthy(&mut m, 0x402_0000);
+        ok(&mut m, 0, Observation::primary(1, 0x402_CC68));
+        ok(&mut m, 1, standby_at(1, 0x402_48C8, 0x402_48C8, false));
+        ok(&mut m, 2, standby_at(1, 0x402_CC68, 0x402_2780, false));
+        let a = kill_primary(&mut m);
+        assert!(
+            a.contains(&Action::Promote {
+                id: 2,
+                old_primary: Some(0)
+            }),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn issue_7_no_walreceiver_ever_ran_falls_back_to_the_replay_position() {
+        // pg_last_wal_receive_lsn() is NULL (0) after a restart until a WAL
+        // receiver streams again: the replay position is what it holds.
+        let mut m = three();
+        healthy(&mut m, GB);
+        ok(&mut m, 1, standby_at(1, 0, GB + 300, false));
+        ok(&mut m, 2, standby_at(1, GB + 200, GB + 100, false));
+        let a = kill_primary(&mut m);
+        assert!(
+            a.contains(&Action::Promote {
+                id: 1,
+                old_primary: Some(0)
+            }),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn issue_7_equal_received_wal_prefers_the_one_that_replayed_further_then_the_lowest_id() {
+        let mut m = three();
+        healthy(&mut m, GB);
+        ok(&mut m, 1, standby_at(1, GB + 500, GB, true));
+        ok(&mut m, 2, standby_at(1, GB + 500, GB + 400, true));
+        let a = kill_primary(&mut m);
+        assert!(
+            a.contains(&Action::Promote {
+                id: 2,
+                old_primary: Some(0)
+            }),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn issue_7_lag_for_promotion_counts_received_wal() {
+        // pg1's replay is far behind (paused), but it received everything:
+        // promotable. pg2 received too little: not.
+        let mut m = three();
+        healthy(&mut m, GB);
+        ok(&mut m, 0, Observation::primary(1, 2 * GB));
+        ok(&mut m, 1, standby_at(1, 2 * GB, GB, true));
+        ok(&mut m, 2, standby_at(1, GB, GB, true));
+        assert_eq!(m.lag_bytes(1), GB, "status shows the replay lag");
+        let a = kill_primary(&mut m);
+        assert!(
+            a.contains(&Action::Promote {
+                id: 1,
+                old_primary: Some(0)
+            }),
+            "{a:?}"
+        );
+        // A switchover measures it the same way.
+        let mut m = three();
+        healthy(&mut m, GB);
+        ok(&mut m, 0, Observation::primary(1, 2 * GB));
+        ok(&mut m, 1, standby_at(1, 2 * GB, GB, true));
+        ok(&mut m, 2, standby_at(1, GB, GB, true));
+        assert!(m.promote(2, false).unwrap_err().contains("max_lag_bytes"));
+        assert!(m.promote(1, false).is_ok());
+    }
+
+    #[test]
+    fn issue_7_a_standby_off_the_primarys_timeline_is_not_promoted() {
+        let mut m = three();
+        healthy(&mut m, GB);
+        // pg1 is on a newer timeline (it follows some other server); pg2
+        // streams but is still on an older one.
+        ok(&mut m, 0, Observation::primary(3, GB));
+        ok(&mut m, 1, standby_at(4, GB + 900, GB + 900, false));
+        ok(&mut m, 2, standby_at(2, GB + 800, GB + 800, true));
+        let a = kill_primary(&mut m);
+        assert_eq!(a, vec![Action::Publish], "nobody promoted");
+        let why = m.blocked.clone().unwrap_or_default();
+        assert!(
+            why.contains("pg1: on timeline 4, the primary's is 3")
+                && why.contains("pg2: on timeline 2, the primary's is 3"),
+            "{why}"
+        );
+        // Not streaming, an older timeline is the last restartpoint's: fine.
+        let a = ok(&mut m, 2, standby_at(2, GB + 800, GB + 800, false));
+        assert!(
+            a.contains(&Action::Promote {
+                id: 2,
+                old_primary: Some(0)
+            }),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn issue_7_killed_check_sessions_reset_the_failure_count_and_keep_the_observation() {
+        let mut m = three();
+        healthy(&mut m, GB);
+        let g = m.generation();
+        for _ in 0..50 {
+            assert!(fail(&mut m, 0).is_empty());
+            assert!(fail(&mut m, 0).is_empty());
+            assert!(alive(&mut m, 0).is_empty());
+            assert!(alive(&mut m, 1).is_empty());
+        }
+        assert_eq!(m.generation(), g);
+        assert_eq!(statuses(&m), vec![Status::Up, Status::Up, Status::Up]);
+        assert_eq!(m.backends()[0].failures, 0);
+        assert_eq!(
+            m.backends()[0].last,
+            Some(Observation::primary(1, GB)),
+            "the last observation stands"
+        );
+        // Real failures still count from there.
+        let a = kill_primary(&mut m);
+        assert!(
+            a.contains(&Action::Promote {
+                id: 1,
+                old_primary: Some(0)
+            }),
+            "{a:?}"
+        );
+    }
+
+    #[test]
+    fn issue_7_alive_without_an_observation_brings_nothing_back_up() {
+        let mut m = three();
+        healthy(&mut m, GB);
+        for _ in 0..3 {
+            fail(&mut m, 2);
+        }
+        assert_eq!(m.backends()[2].status, Status::Down);
+        assert!(alive(&mut m, 2).is_empty());
+        assert_eq!(m.backends()[2].status, Status::Down, "needs an observation");
     }
 
     #[test]

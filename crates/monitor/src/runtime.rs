@@ -376,12 +376,16 @@ pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender
             else {
                 return;
             };
-            let old = old_primary
-                .and_then(|o| settings.backends.get(o).cloned())
-                .unwrap_or_else(|| target.clone());
+            let replaced = old_primary
+                .filter(|o| *o != id)
+                .and_then(|o| settings.backends.get(o).cloned());
+            let old = replaced.clone().unwrap_or_else(|| target.clone());
             let f = settings.failover.clone();
             let login = settings.checks.clone();
             tokio::spawn(async move {
+                if let Some(old) = replaced.filter(|_| f.mode == FailoverMode::Builtin) {
+                    fence(&f, &old, &target).await;
+                }
                 let result = promote(&f, &login, &target, &old).await;
                 if let Err(e) = &result {
                     tracing::error!(backend = id, error = %e, "promotion failed");
@@ -431,6 +435,48 @@ async fn rejoin(f: &FailoverSettings, target: &Target, primary: &Target) -> Resu
         .map_err(|e| e.to_string())
 }
 
+/// How long the builtin fence of a still reachable old primary may hold up
+/// a promotion (a dead one refuses at once; only an unreachable host that
+/// drops packets costs this much).
+pub const FENCE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a promotion waits, after fencing a reachable old primary, for
+/// the standby to receive what the old primary flushed until the fence.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Builtin mode: fences the primary being replaced at the database when it
+/// is still reachable ([`actions::builtin::fence`]), so that clients
+/// bypassing the proxy stop writing to it, then lets `candidate` receive
+/// the WAL it flushed until then. Best effort, bounded by [`FENCE_TIMEOUT`]
+/// and [`CATCH_UP_TIMEOUT`]; the promotion follows whatever happens. (In
+/// command mode, fencing is `failover.command`'s job.)
+async fn fence(f: &FailoverSettings, old: &Target, candidate: &Target) {
+    match actions::builtin::fence(old, &f.login, FENCE_TIMEOUT).await {
+        Ok(actions::builtin::Fenced::ReadOnly { flush_lsn, .. }) => {
+            let lsn = pgwarden_proto::lsn::lsn_to_string(flush_lsn);
+            match actions::builtin::wait_received(candidate, &f.login, flush_lsn, CATCH_UP_TIMEOUT)
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(backend = %candidate.label(), lsn, "the standby to promote received all the fenced primary flushed");
+                }
+                Ok(false) => {
+                    tracing::warn!(backend = %candidate.label(), lsn, timeout = ?CATCH_UP_TIMEOUT, "the standby to promote did not receive all the fenced primary flushed in time; promoting anyway");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not tell whether the standby to promote received all the fenced primary flushed; promoting anyway");
+                }
+            }
+        }
+        Ok(actions::builtin::Fenced::Standby) => {
+            tracing::info!(backend = %old.label(), "old primary is in recovery: nothing to fence");
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "old primary not fenced at the database (unreachable is the usual reason); promoting anyway");
+        }
+    }
+}
+
 async fn promote(
     f: &FailoverSettings,
     checks: &CheckSettings,
@@ -472,7 +518,10 @@ async fn wait_out_of_recovery(
     };
     let mut client = None;
     loop {
-        if let Ok(o) = checks::check_once(&probe, s, &mut client).await
+        if let Some(o) = checks::check_once(&probe, s, &mut client)
+            .await
+            .outcome
+            .observation()
             && !o.in_recovery
         {
             return Ok(o.timeline);

@@ -1,9 +1,10 @@
 //! Builtin failover actions against real PostgreSQL: promote a standby with
-//! `pg_promote()`, repoint another at it over SQL, and the ways that fails.
+//! `pg_promote()`, repoint another at it over SQL, fence an old primary, and
+//! the ways that fails.
 
 use std::time::{Duration, Instant};
 
-use pgwarden_monitor::actions::builtin::{follow, promote};
+use pgwarden_monitor::actions::builtin::{Fenced, fence, follow, promote, wait_received};
 use pgwarden_monitor::actions::{ActionError, SqlLogin, Target, conninfo};
 use pgwarden_testkit::{Cluster, Node, StopMode, wait_until};
 
@@ -191,4 +192,148 @@ async fn refusals_and_a_diverged_standby() {
         matches!(&err, ActionError::Connect { target, .. } if target.starts_with("pg0 ")),
         "{err:?}"
     );
+}
+
+/// Connects with tokio-postgres as the superuser, with `application_name`.
+async fn session(node: &Node, application_name: &str) -> tokio_postgres::Client {
+    let conninfo = format!(
+        "host={} port={} user=postgres dbname=postgres application_name={application_name}",
+        node.host(),
+        node.port()
+    );
+    let (client, conn) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", node.name()));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
+/// `pg_wal_lsn_diff(a, b) >= 0` for two LSNs in text form, asked of `node`.
+fn at_least(node: &Node, a: &str, b: &str) -> bool {
+    node.psql(&format!("SELECT '{a}'::pg_lsn >= '{b}'::pg_lsn"))
+        .is_ok_and(|r| r == "t")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_7_a_paused_standby_promotes_with_all_the_wal_it_received_and_takes_writes() {
+    let cluster = Cluster::builder().standbys(1).start().unwrap();
+    let (pg0, pg1) = (cluster.node(0), cluster.node(1));
+    pg0.psql("CREATE TABLE t (id int PRIMARY KEY)").unwrap();
+    cluster.wait_replicated(WAIT).unwrap();
+    // pg1 carries the fence of a former primary (a rejoin keeps
+    // postgresql.auto.conf), and its replay is paused.
+    pg1.psql("ALTER SYSTEM SET default_transaction_read_only = on")
+        .unwrap();
+    pg1.psql("SELECT pg_reload_conf()").unwrap();
+    pg1.psql("SELECT pg_wal_replay_pause()").unwrap();
+    pg0.psql("INSERT INTO t SELECT generate_series(1, 100)")
+        .unwrap();
+    let flushed = pg0.psql("SELECT pg_current_wal_flush_lsn()").unwrap();
+    wait_until(WAIT, "pg1 to receive every row", || {
+        pg1.psql("SELECT pg_last_wal_receive_lsn()")
+            .is_ok_and(|r| at_least(pg1, &r, &flushed))
+    })
+    .unwrap();
+    let replayed: i64 = pg1.psql("SELECT count(*) FROM t").unwrap().parse().unwrap();
+    assert!(replayed < 100, "replay is paused: {replayed}");
+    pg0.stop(StopMode::Immediate).unwrap();
+
+    let promoted = promote(&target(1, pg1), &login(), WAIT).await.unwrap();
+    assert_eq!(promoted.timeline, 2);
+    assert_eq!(
+        pg1.psql("SELECT count(*) FROM t").unwrap(),
+        "100",
+        "the promotion replayed everything received"
+    );
+    assert_eq!(
+        pg1.psql("SHOW default_transaction_read_only").unwrap(),
+        "off"
+    );
+    pg1.psql("INSERT INTO t VALUES (101)").unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue_7_fence_makes_a_reachable_old_primary_read_only_and_ends_its_client_sessions() {
+    let cluster = Cluster::builder().standbys(1).start().unwrap();
+    let (pg0, pg1) = (cluster.node(0), cluster.node(1));
+    let (t0, t1) = (target(0, pg0), target(1, pg1));
+    pg0.psql("CREATE TABLE t (id int)").unwrap();
+    cluster.wait_replicated(WAIT).unwrap();
+    let client = session(pg0, "app").await;
+    let ours = session(pg0, "pgwarden-monitor").await;
+    client
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let fenced = fence(&t0, &login(), Duration::from_secs(1)).await.unwrap();
+    eprintln!("fence took {:?}: {fenced:?}", started.elapsed());
+    let Fenced::ReadOnly {
+        terminated,
+        flush_lsn,
+    } = fenced
+    else {
+        panic!("{fenced:?}")
+    };
+    assert!(terminated >= 1, "{fenced:?}");
+    // The standby gets what the old primary flushed until the fence.
+    assert!(
+        wait_received(&t1, &login(), flush_lsn, Duration::from_secs(2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !wait_received(
+            &t1,
+            &login(),
+            flush_lsn + (1 << 30),
+            Duration::from_millis(300)
+        )
+        .await
+        .unwrap(),
+        "WAL nobody wrote is never received"
+    );
+    // The client's session is gone; pgwarden's own is not.
+    assert!(
+        client
+            .batch_execute("INSERT INTO t VALUES (2)")
+            .await
+            .is_err()
+    );
+    ours.batch_execute("SELECT 1").await.unwrap();
+    // New sessions cannot write; the standby still streams from it.
+    let err = pg0.psql("INSERT INTO t VALUES (3)").unwrap_err();
+    assert!(
+        format!("{err:#}").contains("read-only transaction"),
+        "{err:#}"
+    );
+    assert_eq!(
+        pg0.psql("SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'")
+            .unwrap(),
+        "1"
+    );
+    // A standby needs no fence.
+    assert_eq!(
+        fence(&t1, &login(), Duration::from_secs(1)).await.unwrap(),
+        Fenced::Standby
+    );
+    // Promoting it (here: a primary already, as a retried promotion finds
+    // it) lifts the fence.
+    promote(&t0, &login(), WAIT).await.unwrap();
+    assert_eq!(
+        pg0.psql("SHOW default_transaction_read_only").unwrap(),
+        "off"
+    );
+    pg0.psql("INSERT INTO t VALUES (4)").unwrap();
+    // A dead old primary: a connection error, at once.
+    pg0.stop(StopMode::Immediate).unwrap();
+    let started = Instant::now();
+    let err = fence(&t0, &login(), Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ActionError::Connect { .. }), "{err:?}");
+    assert!(started.elapsed() < Duration::from_millis(1500));
 }

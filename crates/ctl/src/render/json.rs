@@ -85,7 +85,7 @@ mod tests {
                 "id": 2, "name": "pg2", "host": "127.0.0.1", "port": 5434,
                 "address": "127.0.0.1:5434", "role": "standby", "status": "down",
                 "reason": "not streaming\nfrom the primary",
-                "replay_lsn": "0/3000A10", "flush_lsn": "0/3000A10",
+                "replay_lsn": "0/3000A10", "flush_lsn": "0/3000F00",
                 "lag_bytes": 1536, "lag_seconds": 2.34, "timeline": 2,
                 "streaming": true, "last_check_unix_ms": 9800, "failed_checks": 0,
             })

@@ -8,7 +8,7 @@ use pgwarden_proto::v1::{BackendState, ClusterState, Role};
 
 use super::units::{address, age, bytes, role, seconds, status};
 
-const HEADER: [&str; 10] = [
+const HEADER: [&str; 11] = [
     "ID",
     "NAME",
     "ADDRESS",
@@ -16,6 +16,7 @@ const HEADER: [&str; 10] = [
     "STATUS",
     "LAG",
     "REPLAY LSN",
+    "RECEIVED LSN",
     "TIMELINE",
     "LAST CHECK",
     "REASON",
@@ -26,10 +27,15 @@ const HEADER: [&str; 10] = [
 ///
 /// ```text
 /// generation 4, primary pg1 (id 1), monitor node1
-/// ID  NAME  ADDRESS         ROLE     STATUS    LAG  REPLAY LSN  TIMELINE  LAST CHECK  REASON
-/// 0   pg0   127.0.0.1:5432  primary  detached  -    0/3000148   1         0.4s ago    switched over to pg1
-/// 1   pg1   127.0.0.1:5433  primary  up        -    0/3000A10   2         0.2s ago
+/// ID  NAME  ADDRESS         ROLE     STATUS    LAG  REPLAY LSN  RECEIVED LSN  TIMELINE  LAST CHECK  REASON
+/// 0   pg0   127.0.0.1:5432  primary  detached  -    0/3000148   0/3000148     1         0.4s ago    switched over to pg1
+/// 1   pg1   127.0.0.1:5433  primary  up        -    0/3000A10   0/3000A10     2         0.2s ago
 /// ```
+///
+/// `REPLAY LSN` is what a standby replayed (what its reads see);
+/// `RECEIVED LSN` the WAL it received and flushed, which a promotion keeps
+/// and failover candidates rank by (on a primary: its current and flushed
+/// WAL). `LAG` is the replay lag.
 pub fn status_text(state: &ClusterState, now_ms: i64) -> String {
     let mut out = header_line(state);
     out.push('\n');
@@ -62,7 +68,7 @@ fn header_line(state: &ClusterState) -> String {
     line
 }
 
-fn row(b: &BackendState, now_ms: i64) -> [String; 10] {
+fn row(b: &BackendState, now_ms: i64) -> [String; 11] {
     [
         b.id.to_string(),
         b.name.clone(),
@@ -70,11 +76,8 @@ fn row(b: &BackendState, now_ms: i64) -> [String; 10] {
         role(b).to_owned(),
         status(b).to_owned(),
         lag(b),
-        if b.replay_lsn == 0 {
-            "-".to_owned()
-        } else {
-            lsn_to_string(b.replay_lsn)
-        },
+        lsn(b.replay_lsn),
+        lsn(b.flush_lsn),
         if b.timeline == 0 {
             "-".to_owned()
         } else {
@@ -83,6 +86,15 @@ fn row(b: &BackendState, now_ms: i64) -> [String; 10] {
         age(now_ms, b.last_check_unix_ms),
         one_line(&b.reason),
     ]
+}
+
+/// An LSN, `-` when unknown (0).
+fn lsn(lsn: u64) -> String {
+    if lsn == 0 {
+        "-".to_owned()
+    } else {
+        lsn_to_string(lsn)
+    }
 }
 
 /// Standbys: bytes behind, and seconds when they show (`1.5 MiB (2.3s)`,
@@ -154,11 +166,13 @@ pub(crate) mod tests {
         let mut pg2 = backend(2, Role::Standby, Status::Down);
         pg2.reason = "not streaming\nfrom the primary".into();
         pg2.lag_bytes = 1536;
+        pg2.flush_lsn = 0x300_0F00;
         pg2.lag_seconds = 2.34;
         let mut pg3 = backend(3, Role::Standby, Status::Up);
         pg3.lag_seconds = 0.04;
         pg3.last_check_unix_ms = 0;
         pg3.replay_lsn = 0;
+        pg3.flush_lsn = 0;
         pg3.timeline = 0;
         ClusterState {
             generation: 4,
@@ -175,11 +189,11 @@ pub(crate) mod tests {
         let text = status_text(&switched_over(), 10_000);
         let expected = "\
 generation 4, primary pg1 (id 1), monitor node1
-ID  NAME  ADDRESS         ROLE     STATUS    LAG             REPLAY LSN  TIMELINE  LAST CHECK  REASON
-0   pg0   127.0.0.1:5432  primary  detached  -               0/3000148   1         0.4s ago    switched over to pg1: rejoin it as a standby, then attach it
-1   pg1   127.0.0.1:5433  primary  up        -               0/3000A10   2         0.2s ago
-2   pg2   127.0.0.1:5434  standby  down      1.5 KiB (2.3s)  0/3000A10   2         0.2s ago    not streaming from the primary
-3   pg3   127.0.0.1:5435  standby  up        0 B             -           -         never
+ID  NAME  ADDRESS         ROLE     STATUS    LAG             REPLAY LSN  RECEIVED LSN  TIMELINE  LAST CHECK  REASON
+0   pg0   127.0.0.1:5432  primary  detached  -               0/3000148   0/3000A10     1         0.4s ago    switched over to pg1: rejoin it as a standby, then attach it
+1   pg1   127.0.0.1:5433  primary  up        -               0/3000A10   0/3000A10     2         0.2s ago
+2   pg2   127.0.0.1:5434  standby  down      1.5 KiB (2.3s)  0/3000A10   0/3000F00     2         0.2s ago    not streaming from the primary
+3   pg3   127.0.0.1:5435  standby  up        0 B             -           -             -         never
 ";
         assert_eq!(text, expected, "\n{text}");
     }
@@ -209,7 +223,7 @@ ID  NAME  ADDRESS         ROLE     STATUS    LAG             REPLAY LSN  TIMELIN
         let text = status_text(&ClusterState::default(), 0);
         assert_eq!(
             text,
-            "generation 0, no primary\nID  NAME  ADDRESS  ROLE  STATUS  LAG  REPLAY LSN  TIMELINE  LAST CHECK  REASON\n"
+            "generation 0, no primary\nID  NAME  ADDRESS  ROLE  STATUS  LAG  REPLAY LSN  RECEIVED LSN  TIMELINE  LAST CHECK  REASON\n"
         );
     }
 }

@@ -1,6 +1,9 @@
-//! `failover.mode = "builtin"`: promotion and repointing over SQL.
+//! `failover.mode = "builtin"`: promotion, fencing and repointing over SQL.
 //!
-//! [`promote`] runs `pg_promote()` on the chosen standby; [`follow`]
+//! [`fence`] makes a still reachable old primary refuse writes before a
+//! standby replaces it; [`promote`] runs `pg_promote()` on the chosen
+//! standby (resuming a paused replay first) and makes sure it takes writes;
+//! [`follow`]
 //! repoints another standby at it: its replication slot is created on the
 //! new primary (slots are not replicated), its `primary_conninfo` rewritten
 //! with `ALTER SYSTEM` and reloaded, and the action waits until the standby
@@ -18,6 +21,173 @@ use super::{ActionError, Promoted, SqlLogin, Target};
 
 /// How often [`follow`] looks at the standby's WAL receiver.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long [`promote`] waits for a reset `default_transaction_read_only`
+/// to show in new sessions.
+const UNFENCE_WAIT: Duration = Duration::from_secs(2);
+
+/// What [`fence`] found and did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fenced {
+    /// It was a primary: it now defaults to read-only transactions, and
+    /// this many client sessions were terminated.
+    ReadOnly {
+        /// Client backends terminated.
+        terminated: u64,
+        /// Its flushed WAL then (`pg_current_wal_flush_lsn()`): what the
+        /// standby to promote should receive first ([`wait_received`]).
+        flush_lsn: u64,
+    },
+    /// It is in recovery: nothing to fence.
+    Standby,
+}
+
+/// Fences `target`, the primary being replaced, at the database, so that
+/// clients that bypass the proxy stop writing to it:
+///
+/// 1. `ALTER SYSTEM SET default_transaction_read_only = on` and
+///    `pg_reload_conf()`: new transactions are read-only by default (it
+///    survives a restart: it is in `postgresql.auto.conf`; [`promote`]
+///    resets it should this server ever be promoted again);
+/// 2. terminates every client backend (`backend_type = 'client backend'`)
+///    but this session and pgwarden's own (`application_name =
+///    'pgwarden-monitor'`: the monitors' checks and actions), so that no
+///    transaction begun before the fence commits. WAL senders are left
+///    alone: the standbys keep receiving what was written until then.
+///
+/// A soft fence, best effort: a session may still `SET
+/// default_transaction_read_only = off` or `BEGIN READ WRITE`, a superuser
+/// may undo it. A hard fence (stopping the server, or the node) is
+/// `failover.mode = "command"`'s hooks' job. The whole of it, logging in
+/// included, is bounded by `timeout`: the caller goes on with the
+/// promotion whatever happens here.
+///
+/// # Errors
+/// [`ActionError::Connect`] when `target` cannot be reached (the usual case
+/// when it died), [`ActionError::Sql`] / [`ActionError::Timeout`] when a
+/// step fails or `timeout` passes.
+pub async fn fence(
+    target: &Target,
+    login: &SqlLogin,
+    timeout: Duration,
+) -> Result<Fenced, ActionError> {
+    let label = target.label();
+    let login = SqlLogin {
+        connect_timeout: login.connect_timeout.min(timeout),
+        ..login.clone()
+    };
+    match tokio::time::timeout(timeout, fence_steps(target, &login, timeout)).await {
+        Ok(r) => r,
+        Err(_) => Err(ActionError::Timeout {
+            what: format!("{label}: fence the old primary"),
+            after: timeout,
+        }),
+    }
+}
+
+async fn fence_steps(
+    target: &Target,
+    login: &SqlLogin,
+    timeout: Duration,
+) -> Result<Fenced, ActionError> {
+    let session = sql::connect(target, login).await?;
+    let deadline = Instant::now() + timeout;
+    if session.in_recovery(limit(deadline)).await? {
+        return Ok(Fenced::Standby);
+    }
+    session
+        .execute_simple(
+            "ALTER SYSTEM SET default_transaction_read_only",
+            "ALTER SYSTEM SET default_transaction_read_only = on",
+            limit(deadline),
+        )
+        .await?;
+    reload(&session, deadline).await?;
+    const TERMINATE: &str = "terminate client sessions";
+    let row = session
+        .query_one(
+            TERMINATE,
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
+               FROM pg_stat_activity \
+              WHERE backend_type = 'client backend' \
+                AND pid <> pg_backend_pid() \
+                AND application_name IS DISTINCT FROM $1",
+            &[&sql::APPLICATION_NAME],
+            limit(deadline),
+        )
+        .await?;
+    let terminated: i64 = session.column(TERMINATE, &row, 0)?;
+    let terminated = u64::try_from(terminated).unwrap_or(0);
+    const FLUSHED: &str = "SELECT pg_current_wal_flush_lsn()";
+    let row = session
+        .query_one(FLUSHED, FLUSHED, &[], limit(deadline))
+        .await?;
+    let flush_lsn: PgLsn = session.column(FLUSHED, &row, 0)?;
+    tracing::warn!(
+        backend = %session.label(),
+        terminated,
+        flush_lsn = %flush_lsn,
+        "fenced the old primary: default_transaction_read_only = on, client sessions terminated"
+    );
+    Ok(Fenced::ReadOnly {
+        terminated,
+        flush_lsn: flush_lsn.into(),
+    })
+}
+
+/// Waits until standby `target` holds the WAL up to `lsn` (received, or
+/// replayed), polling, for at most `timeout`: after a [`fence`], the
+/// standby about to be promoted gets what the old primary wrote until then
+/// (its WAL senders keep sending), so a switchover loses nothing. `Ok(false)`
+/// when `timeout` passed first.
+///
+/// # Errors
+/// [`ActionError::Connect`], [`ActionError::Sql`] / [`ActionError::Timeout`].
+pub async fn wait_received(
+    target: &Target,
+    login: &SqlLogin,
+    lsn: u64,
+    timeout: Duration,
+) -> Result<bool, ActionError> {
+    let session = sql::connect(target, login).await?;
+    let deadline = Instant::now() + timeout;
+    const WHAT: &str = "read the WAL received";
+    let lsn = PgLsn::from(lsn);
+    loop {
+        let row = session
+            .query_one(
+                WHAT,
+                "SELECT COALESCE(GREATEST(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) >= $1, false)",
+                &[&lsn],
+                limit(deadline),
+            )
+            .await?;
+        if session.column::<bool>(WHAT, &row, 0)? {
+            return Ok(true);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(POLL_INTERVAL.min(deadline - now)).await;
+    }
+}
+
+/// `pg_reload_conf()`, which must signal the postmaster.
+async fn reload(session: &Session, deadline: Instant) -> Result<(), ActionError> {
+    const RELOAD: &str = "SELECT pg_reload_conf()";
+    let row = session
+        .query_one(RELOAD, RELOAD, &[], limit(deadline))
+        .await?;
+    if session.column::<bool>(RELOAD, &row, 0)? {
+        Ok(())
+    } else {
+        Err(ActionError::Sql {
+            target: session.label().to_owned(),
+            message: "pg_reload_conf() returned false (could not signal the postmaster)".to_owned(),
+        })
+    }
+}
 
 /// Promotes `target` with `pg_promote(wait => true, wait_seconds => ...)`,
 /// checks it left recovery, and returns its new timeline and WAL position.
@@ -41,6 +211,7 @@ pub async fn promote(
     let session = sql::connect(target, login).await?;
     let deadline = Instant::now() + timeout;
     if session.in_recovery(limit(deadline)).await? {
+        resume_replay(&session, deadline).await;
         tracing::info!(backend = %session.label(), "promoting: pg_promote()");
         const WHAT: &str = "pg_promote()";
         // The server gives up waiting a second before we give up on it, so
@@ -92,7 +263,121 @@ pub async fn promote(
         lsn = %PgLsn::from(promoted.lsn),
         "primary"
     );
+    if let Err(e) = unfence(target, login, &session, deadline).await {
+        // Promoted it is: failing now would only promote a second one.
+        tracing::error!(
+            backend = %session.label(),
+            error = %e,
+            "the new primary may refuse writes: could not reset default_transaction_read_only"
+        );
+    }
     Ok(promoted)
+}
+
+/// Before `pg_promote()`: a standby whose replay is paused
+/// (`pg_wal_replay_pause()`) replays the WAL it holds first. (PostgreSQL
+/// 14 and later end the pause on promotion anyway; resuming makes it
+/// explicit and covers older servers.) Best effort: a failure is logged
+/// and the promotion goes on.
+async fn resume_replay(session: &Session, deadline: Instant) {
+    const PAUSED: &str = "SELECT pg_is_wal_replay_paused()";
+    let paused = match session
+        .query_one(PAUSED, PAUSED, &[], limit(deadline))
+        .await
+    {
+        Ok(row) => session.column::<bool>(PAUSED, &row, 0),
+        Err(e) => Err(e),
+    };
+    match paused {
+        Ok(false) => {}
+        Ok(true) => {
+            const RESUME: &str = "SELECT pg_wal_replay_resume()";
+            match session
+                .query_one(RESUME, RESUME, &[], limit(deadline))
+                .await
+            {
+                Ok(_) => tracing::info!(
+                    backend = %session.label(),
+                    "replay was paused: resumed, so the promotion replays all the WAL received"
+                ),
+                Err(e) => tracing::warn!(
+                    backend = %session.label(),
+                    error = %e,
+                    "replay is paused and could not be resumed; promoting anyway"
+                ),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(backend = %session.label(), error = %e, "could not tell whether replay is paused");
+        }
+    }
+}
+
+/// On the new primary: undoes a [`fence`] left in `postgresql.auto.conf`
+/// (a former primary, rejoined as a standby, keeps it), so it takes writes.
+/// Only when `default_transaction_read_only` is on from a configuration
+/// file: `ALTER SYSTEM RESET` and reload, then waits (at most
+/// [`UNFENCE_WAIT`]) until a new session sees it off. Set in `postgresql.conf` itself, it
+/// stays, with an error in the log.
+async fn unfence(
+    target: &Target,
+    login: &SqlLogin,
+    session: &Session,
+    deadline: Instant,
+) -> Result<(), ActionError> {
+    const READ: &str = "read default_transaction_read_only";
+    let row = session
+        .query_one(
+            READ,
+            "SELECT setting, source FROM pg_settings WHERE name = 'default_transaction_read_only'",
+            &[],
+            limit(deadline),
+        )
+        .await?;
+    let setting: String = session.column(READ, &row, 0)?;
+    let source: String = session.column(READ, &row, 1)?;
+    if setting != "on" || source != "configuration file" {
+        return Ok(());
+    }
+    // Never long: the promotion is done, the cluster waits for its result.
+    let deadline = deadline.min(Instant::now() + UNFENCE_WAIT);
+    session
+        .execute_simple(
+            "ALTER SYSTEM RESET default_transaction_read_only",
+            "ALTER SYSTEM RESET default_transaction_read_only",
+            limit(deadline),
+        )
+        .await?;
+    reload(session, deadline).await?;
+    // The postmaster reloads asynchronously: wait until new sessions (the
+    // proxies' next ones) see it.
+    loop {
+        let fresh = sql::connect(target, login).await?;
+        const SHOW: &str = "SHOW default_transaction_read_only";
+        let row = fresh
+            .query_one(
+                SHOW,
+                "SELECT current_setting('default_transaction_read_only')",
+                &[],
+                limit(deadline),
+            )
+            .await?;
+        let now: String = fresh.column(SHOW, &row, 0)?;
+        if now == "off" {
+            tracing::info!(
+                backend = %session.label(),
+                "reset default_transaction_read_only (a fence left from when it was a primary): it takes writes"
+            );
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(ActionError::Sql {
+                target: session.label().to_owned(),
+                message: "default_transaction_read_only is still on after ALTER SYSTEM RESET: it is set in postgresql.conf".to_owned(),
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
 }
 
 /// The current timeline and WAL insert position of a primary.
@@ -213,16 +498,7 @@ pub async fn follow(
             limit(deadline),
         )
         .await?;
-    const RELOAD: &str = "SELECT pg_reload_conf()";
-    let row = session
-        .query_one(RELOAD, RELOAD, &[], limit(deadline))
-        .await?;
-    if !session.column::<bool>(RELOAD, &row, 0)? {
-        return Err(ActionError::Sql {
-            target: session.label().to_owned(),
-            message: "pg_reload_conf() returned false (could not signal the postmaster)".to_owned(),
-        });
-    }
+    reload(&session, deadline).await?;
 
     // 4. Wait until it streams from the new primary.
     match wait_streaming(&session, new_primary, timeline, deadline).await? {

@@ -15,7 +15,7 @@ use super::{ActionError, SqlLogin, Target};
 
 /// `application_name` of the actions' sessions, so DBAs can tell them apart
 /// in `pg_stat_activity`.
-const APPLICATION_NAME: &str = "pgwarden-monitor";
+pub(crate) const APPLICATION_NAME: &str = "pgwarden-monitor";
 
 /// The least time a statement is given, even when the action's deadline is
 /// (almost) reached: a limit of zero would fail before the query is sent.

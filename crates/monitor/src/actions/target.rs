@@ -41,9 +41,11 @@ impl From<&pgwarden_config::Backend> for Target {
 
 /// How the builtin actions log in: `failover.user` / `failover.password`,
 /// database `postgres`. The role must be a superuser, or be granted
-/// `pg_promote()`, `ALTER SYSTEM` on `primary_conninfo`, reading
-/// `primary_conninfo` (`pg_read_all_settings`) and `REPLICATION` (to create
-/// slots).
+/// `pg_promote()`, `pg_is_wal_replay_paused()` and `pg_wal_replay_resume()`,
+/// `ALTER SYSTEM` on `primary_conninfo` and `default_transaction_read_only`
+/// (the fence), reading settings (`pg_read_all_settings`),
+/// `pg_signal_backend` (the fence terminates client sessions; a superuser's
+/// only a superuser can) and `REPLICATION` (to create slots).
 ///
 /// `Debug` never prints the password.
 #[derive(Clone)]
