@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiRequest, WatchdogApi};
 use crate::peers::{self, Identity, Inbound, PeerService};
+use crate::replay::{ReplayGuard, Sequence};
 use crate::settings::{Settings, TICK};
 use crate::{Command, DurableStorage, Message, NodeConfig, ProposeError, VipAction, WatchdogNode};
 
@@ -55,12 +56,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         .map_err(|e| RunError::Storage(e.to_string()))?;
     let mut node = WatchdogNode::new(NodeConfig::new(settings.id, voters.clone()), storage)
         .map_err(|e| RunError::Storage(e.to_string()))?;
+    // The epoch every signed message carries: durable before any is sent.
+    let mut replay = ReplayGuard::open(settings.state_dir.clone())
+        .map_err(|e| RunError::Storage(e.to_string()))?;
+    let epoch = replay
+        .start_epoch(u64::try_from(now_ms()).unwrap_or(0))
+        .map_err(|e| RunError::Storage(e.to_string()))?;
     let id = Identity {
         me: settings.id,
         voters: voters.clone(),
         members_hash: crate::auth::members_hash(&settings.members),
         signer: crate::auth::Signer::new(settings.key.clone()),
-        epoch: rand::random(),
+        epoch,
     };
     let stop = CancellationToken::new();
 
@@ -79,7 +86,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 settings.listen
             ))
         })?;
-    let peer_service = PeerService::new(id.clone(), inbound_tx.clone());
+    let peer_service = PeerService::new(id.clone(), replay, inbound_tx.clone());
     let peer_stop = stop.clone();
     let peer_server = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
@@ -109,10 +116,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let (forward_tx, mut forward_rx) = mpsc::channel::<Forward>(64);
     let fwd_id = id.clone();
     tokio::spawn(async move {
-        let mut seq = 0u64;
+        let mut seq = Sequence::new();
         while let Some((address, report, reply)) = forward_rx.recv().await {
-            seq += 1;
-            let r = peers::forward(&address, &fwd_id, seq, &report).await;
+            let r = peers::forward(&address, &fwd_id, seq.take(), &report).await;
             let _ = reply.send(r);
         }
     });
@@ -121,15 +127,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let (operator_tx, mut operator_rx) = mpsc::channel::<OperatorForward>(16);
     let op_id = id.clone();
     tokio::spawn(async move {
-        let mut seq = 0u64;
+        let mut seq = Sequence::new();
         while let Some((address, leader, request, reply)) = operator_rx.recv().await {
             // Its operator gave up waiting (it was told the outcome is
             // unknown): do not make the change behind their back.
             if reply.is_closed() {
                 continue;
             }
-            seq += 1;
-            let r = peers::forward_operator(&address, &op_id, seq, leader, request).await;
+            let r = peers::forward_operator(&address, &op_id, seq.take(), leader, request).await;
             let _ = reply.send(r);
         }
     });
