@@ -35,7 +35,8 @@ pub enum RunError {
 /// How often the watchdog asks its node's monitor whether it answers.
 const MONITOR_PROBE: Duration = Duration::from_secs(1);
 /// How long the monitor must go unanswered before it counts as gone:
-/// longer than systemd takes to restart it (`Restart=always`, 1 s).
+/// longer than systemd takes to restart it once (`Restart=always`, the
+/// first restart after 1 s, backing off when it keeps failing).
 pub const MONITOR_GRACE: Duration = Duration::from_secs(5);
 /// How often a leader without its monitor may try to hand the lead over,
 /// and how often a node re-sends its monitor's state when the record
