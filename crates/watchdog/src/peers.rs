@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status};
 
 use crate::Message;
 use crate::auth::Signer;
-use crate::replay::{Kind, ReplayGuard, Sequence};
+use crate::replay::{Kind, PERSISTED_EPOCH, ReplayGuard, Sequence};
 
 /// Outbound messages waiting per peer before new ones are dropped.
 pub const QUEUE: usize = 256;
@@ -43,6 +43,9 @@ pub enum Inbound {
         from: u64,
         /// What it reports.
         report: Report,
+        /// The Raft term the follower addressed this node as leader in
+        /// (`None` from a watchdog of an older version, which does not say).
+        term: Option<u64>,
         /// Where to answer.
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -199,6 +202,21 @@ impl WatchdogPeer for PeerService {
         if !self.id.signer.verify_proposal(&p) {
             return Err(Status::unauthenticated("bad MAC"));
         }
+        // Bound to a leader and term by every sender of this version (the
+        // flag is under both MACs, so it cannot be stripped).
+        let bound = p.seq & PERSISTED_EPOCH != 0;
+        if bound {
+            if !self.id.signer.verify_bound_proposal(&p) {
+                tracing::warn!(
+                    from = p.from,
+                    "dropping a forwarded report with a bad leader-and-term MAC"
+                );
+                return Err(Status::unauthenticated("bad MAC"));
+            }
+            if p.to != self.id.me {
+                return Err(Status::invalid_argument("addressed to another node"));
+            }
+        }
         self.fresh(Kind::Proposal, p.from, p.epoch, p.seq)?;
         let (tx, rx) = oneshot::channel();
         let report = if p.monitor {
@@ -212,6 +230,7 @@ impl WatchdogPeer for PeerService {
         let forwarded = Inbound::Forwarded {
             from: p.from,
             report,
+            term: bound.then_some(p.term),
             reply: tx,
         };
         if self.inbound.send(forwarded).await.is_err() {
@@ -425,11 +444,13 @@ pub async fn sender(
     }
 }
 
-/// Forwards this node's report about `backend` to the leader at `address`.
+/// Forwards this node's report to the leader at `address`, for that
+/// leader (`leader`: its id and Raft term) only.
 pub async fn forward(
     address: &str,
     id: &Identity,
     seq: u64,
+    leader: (u64, u64),
     report: &Report,
 ) -> Result<(), String> {
     let mut client = WatchdogPeerClient::new(channel(address)?);
@@ -446,6 +467,9 @@ pub async fn forward(
         seq,
         mac: Vec::new(),
         monitor,
+        to: leader.0,
+        term: leader.1,
+        bound_mac: Vec::new(),
     };
     id.signer.sign_proposal(&mut p);
     let reply = client
@@ -584,6 +608,9 @@ mod tests {
             seq: seq.take(),
             mac: Vec::new(),
             monitor: true,
+            to: 1,
+            term: 3,
+            bound_mac: Vec::new(),
         };
         id.signer.sign_proposal(&mut p);
         p
@@ -686,5 +713,53 @@ mod tests {
             .await
             .unwrap();
         answer.abort();
+    }
+
+    #[tokio::test]
+    async fn reports_are_bound_to_the_leader_and_term_they_were_sent_to() {
+        let (tx, mut inbound) = mpsc::channel(8);
+        let service = PeerService::new(identity(1), ReplayGuard::in_memory(), tx);
+        let terms = tokio::spawn(async move {
+            let mut terms = Vec::new();
+            while let Some(Inbound::Forwarded { term, reply, .. }) = inbound.recv().await {
+                terms.push(term);
+                let _ = reply.send(Ok(()));
+            }
+            terms
+        });
+        let sender = identity(2);
+        let mut seq = Sequence::new();
+        service
+            .propose(Request::new(monitor_down(&sender, &mut seq)))
+            .await
+            .unwrap();
+        // For another node.
+        let mut other = PeerProposal {
+            to: 3,
+            ..monitor_down(&sender, &mut seq)
+        };
+        sender.signer.sign_proposal(&mut other);
+        let e = service.propose(Request::new(other)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // Its term changed, or its binding stripped: the MAC says no.
+        let mut moved = monitor_down(&sender, &mut seq);
+        moved.term = 9;
+        let e = service.propose(Request::new(moved)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let mut stripped = monitor_down(&sender, &mut seq);
+        stripped.bound_mac.clear();
+        let e = service.propose(Request::new(stripped)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        // An older version's report (no flag in seq) carries no term; from
+        // node 3, as node 2 is known upgraded now.
+        let older = identity(3);
+        let mut legacy = PeerProposal {
+            seq: 7,
+            ..monitor_down(&older, &mut seq)
+        };
+        older.signer.sign_proposal(&mut legacy);
+        service.propose(Request::new(legacy)).await.unwrap();
+        drop(service);
+        assert_eq!(terms.await.unwrap(), vec![Some(3), None]);
     }
 }

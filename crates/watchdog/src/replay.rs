@@ -20,7 +20,11 @@
 //!   kind whose replay changes the committed record) also have their last
 //!   (epoch, seq) persisted per peer (they are rare: one write each), so
 //!   not even a report from the sender's *current* epoch is accepted twice
-//!   across a receiver restart.
+//!   across a receiver restart. And each is bound (under its `bound_mac`)
+//!   to the leader and Raft term it was sent to, as operator requests are:
+//!   a report captured on its way to one leader is refused by any other
+//!   node and in any later term, even by a node that never heard of the
+//!   sender's newer epoch.
 //!
 //! What is left, deliberately: after a *receiver* restart, a Raft envelope
 //! or an operator request from the sender's current epoch with a sequence

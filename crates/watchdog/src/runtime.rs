@@ -118,8 +118,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let fwd_id = id.clone();
     tokio::spawn(async move {
         let mut seq = Sequence::new();
-        while let Some((address, report, reply)) = forward_rx.recv().await {
-            let r = peers::forward(&address, &fwd_id, seq.take(), &report).await;
+        while let Some((address, leader, report, reply)) = forward_rx.recv().await {
+            let r = peers::forward(&address, &fwd_id, seq.take(), leader, &report).await;
             let _ = reply.send(r);
         }
     });
@@ -209,8 +209,16 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                         }
                     }
                 }
-                Inbound::Forwarded { from, report, reply } => {
-                    propose(&mut node, &mut pending, report.command(from), reply);
+                Inbound::Forwarded { from, report, term, reply } => {
+                    // A report is for the leader and term it was sent to:
+                    // captured, it cannot be committed again by a later leader.
+                    if term.is_some_and(|t| !node.is_leader() || node.term() != t) {
+                        let _ = reply.send(Err(
+                            "the lead moved while the report was on its way; retry".into(),
+                        ));
+                    } else {
+                        propose(&mut node, &mut pending, report.command(from), reply);
+                    }
                 }
                 Inbound::Operator { request, term, reply } => {
                     if node.is_leader() && node.term() == term {
@@ -438,8 +446,14 @@ async fn ask_monitor(
     Ok(reply.into_inner().message)
 }
 
-/// A report on its way to the leader: its address, the report, the answer.
-type Forward = (String, peers::Report, oneshot::Sender<Result<(), String>>);
+/// A report on its way to the leader: its address, the leader's id and
+/// term, the report, the answer.
+type Forward = (
+    String,
+    (u64, u64),
+    peers::Report,
+    oneshot::Sender<Result<(), String>>,
+);
 
 /// Commits this node's `report`: proposed here when this node leads,
 /// forwarded to the leader otherwise.
@@ -453,8 +467,11 @@ fn submit(
 ) {
     if node.is_leader() {
         propose(node, pending, report.command(settings.id), reply);
-    } else if let Some(address) = node.leader().and_then(|l| settings.address(l)) {
-        let _ = forward.try_send((address.to_owned(), report, reply));
+    } else if let Some((leader, address)) = node
+        .leader()
+        .and_then(|l| settings.address(l).map(|a| (l, a)))
+    {
+        let _ = forward.try_send((address.to_owned(), (leader, node.term()), report, reply));
     } else {
         let _ = reply.send(Err("no leader: the watchdogs have no quorum".into()));
     }
