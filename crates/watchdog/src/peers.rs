@@ -31,6 +31,9 @@ use crate::replay::{Kind, PERSISTED_EPOCH, ReplayGuard, Sequence};
 pub const QUEUE: usize = 256;
 /// Messages per envelope at most.
 const BATCH: usize = 64;
+/// How often a sender retries announcing its epoch to a peer it has not
+/// reached yet in this process.
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
 
 /// What the peer side hands to the core loop.
 #[derive(Debug)]
@@ -189,7 +192,10 @@ impl WatchdogPeer for PeerService {
             }
         }
         self.fresh(Kind::Envelope, env.from, env.epoch, env.seq)?;
-        let _ = self.inbound.try_send(Inbound::Raft(env.from, msgs));
+        // An envelope without messages only announces the sender's epoch.
+        if !msgs.is_empty() {
+            let _ = self.inbound.try_send(Inbound::Raft(env.from, msgs));
+        }
         Ok(Response::new(PeerAck {}))
     }
 
@@ -395,7 +401,36 @@ pub async fn sender(
     };
     let mut seq = Sequence::new();
     let mut failing = false;
-    while let Some(first) = queue.recv().await {
+    // Until one envelope has reached the peer, this process's epoch is
+    // announced in an envelope without messages, every ANNOUNCE_RETRY: a
+    // peer Raft gives nothing to say to (a follower, to another follower)
+    // still learns (and persists) the new epoch, and refuses everything
+    // from the earlier ones.
+    let mut announced = false;
+    loop {
+        let first = if announced {
+            queue.recv().await
+        } else {
+            let mut env = PeerEnvelope {
+                from: id.me,
+                to,
+                members_hash: id.members_hash,
+                seq: seq.take(),
+                epoch: id.epoch,
+                messages: Vec::new(),
+                mac: Vec::new(),
+            };
+            id.signer.sign_envelope(&mut env);
+            if client.deliver(env).await.is_ok() {
+                announced = true;
+                continue;
+            }
+            match tokio::time::timeout(ANNOUNCE_RETRY, queue.recv()).await {
+                Ok(m) => m,
+                Err(_) => continue,
+            }
+        };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match queue.try_recv() {
@@ -427,6 +462,7 @@ pub async fn sender(
                     tracing::info!(peer = to, %address, "peer reachable again");
                     failing = false;
                 }
+                announced = true;
                 true
             }
             Err(e) => {

@@ -15,7 +15,10 @@
 //!   write per peer restart), and in memory, per peer and message kind, the
 //!   last (epoch, seq) accepted. A message from an earlier epoch than the
 //!   newest seen is refused, also after the receiver itself restarted; in
-//!   the newest epoch the sequence number must increase.
+//!   the newest epoch the sequence number must increase. A sender announces
+//!   its new epoch to every peer (an envelope without messages, retried
+//!   every second until one gets through), so a peer learns it even when
+//!   Raft gives the two nothing to say to each other (two followers).
 //! - **Forwarded reports** (a "backend down" or "monitor down" vote, the
 //!   kind whose replay changes the committed record) also have their last
 //!   (epoch, seq) persisted per peer (they are rare: one write each), so
