@@ -1,7 +1,8 @@
 //! Peer authentication: every message between watchdogs carries an
 //! HMAC-SHA256 over its canonical bytes with the cluster key, checked before
-//! any of its bytes reach the Raft decoder, plus a per-process epoch and
-//! sequence number so a captured envelope cannot be replayed.
+//! any of its bytes reach the Raft decoder, plus an epoch (persisted, only
+//! increasing) and a sequence number so a captured message cannot be
+//! replayed ([`crate::replay`]).
 
 use hmac::{Hmac, KeyInit, Mac};
 use pgwarden_proto::v1::{PeerEnvelope, PeerOperator, PeerProposal};
@@ -91,6 +92,20 @@ impl Signer {
         ])
     }
 
+    fn bound_proposal_mac(&self, p: &PeerProposal) -> Vec<u8> {
+        self.mac(&[
+            b"proposal",
+            &p.from.to_be_bytes(),
+            &p.to.to_be_bytes(),
+            &p.members_hash.to_be_bytes(),
+            &p.epoch.to_be_bytes(),
+            &p.seq.to_be_bytes(),
+            &p.term.to_be_bytes(),
+            p.backend.as_bytes(),
+            &[u8::from(p.down), u8::from(p.monitor)],
+        ])
+    }
+
     fn operator_mac(&self, p: &PeerOperator) -> Vec<u8> {
         let r = p.request.clone().unwrap_or_default();
         self.mac(&[
@@ -119,14 +134,22 @@ impl Signer {
         self.operator_mac(p).ct_eq(&p.mac).into()
     }
 
-    /// Fills in the MAC of a forwarded proposal.
+    /// Fills in both MACs of a forwarded proposal: `mac` for watchdogs of
+    /// older versions, `bound_mac` (which also covers the leader and term
+    /// it is for) for this one.
     pub fn sign_proposal(&self, p: &mut PeerProposal) {
         p.mac = self.proposal_mac(p);
+        p.bound_mac = self.bound_proposal_mac(p);
     }
 
-    /// True when the proposal was signed with the cluster key.
+    /// True when the proposal was signed with the cluster key (`mac`).
     pub fn verify_proposal(&self, p: &PeerProposal) -> bool {
         self.proposal_mac(p).ct_eq(&p.mac).into()
+    }
+
+    /// True when the proposal's leader and term were signed too (`bound_mac`).
+    pub fn verify_bound_proposal(&self, p: &PeerProposal) -> bool {
+        self.bound_proposal_mac(p).ct_eq(&p.bound_mac).into()
     }
 }
 
@@ -177,9 +200,26 @@ mod tests {
             seq: 1,
             mac: vec![],
             monitor: false,
+            to: 1,
+            term: 4,
+            bound_mac: vec![],
         };
         s.sign_proposal(&mut p);
         assert!(s.verify_proposal(&p));
+        assert!(s.verify_bound_proposal(&p));
+        for changed in [
+            PeerProposal { to: 3, ..p.clone() },
+            PeerProposal {
+                term: 5,
+                ..p.clone()
+            },
+            PeerProposal {
+                seq: 2,
+                ..p.clone()
+            },
+        ] {
+            assert!(!s.verify_bound_proposal(&changed), "{changed:?}");
+        }
         p.down = false;
         assert!(!s.verify_proposal(&p));
         p.down = true;

@@ -15,7 +15,8 @@
 //! - [`logger`]: raft-rs's `slog` output routed into `tracing`.
 //!
 //! The daemon wraps these: [`runtime`] owns the node and ticks it, [`peers`]
-//! carries Raft messages between watchdogs (authenticated by [`auth`]),
+//! carries Raft messages between watchdogs (authenticated by [`auth`],
+//! replays refused by [`replay`]),
 //! [`api`] serves `watchdog.sock`, [`vip`] runs the delegate-IP commands; the tests here run them over an
 //! in-memory network with fixed seeds (partitions, message loss and
 //! reordering, crashes and restarts) and check, after every simulated tick,
@@ -31,6 +32,7 @@ pub mod logger;
 pub mod metrics;
 pub mod node;
 pub mod peers;
+pub mod replay;
 pub mod runtime;
 pub mod settings;
 pub mod state;

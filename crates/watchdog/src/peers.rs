@@ -1,13 +1,13 @@
 //! Raft messages between watchdogs, over gRPC on `watchdog.listen`.
 //!
 //! Inbound, [`PeerService`] checks the member-list fingerprint, the sender
-//! and the MAC, and drops replays, before it decodes anything; then it hands
+//! and the MAC, and drops replays ([`crate::replay`]: epochs that only
+//! increase), before it decodes anything; then it hands
 //! the messages to the core loop through a bounded queue (a full queue drops
 //! them: Raft retransmits). Outbound, one task per peer drains a bounded
 //! queue into signed envelopes and reports undeliverable peers, so a dead
 //! peer slows nobody down.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,11 +25,15 @@ use tonic::{Request, Response, Status};
 
 use crate::Message;
 use crate::auth::Signer;
+use crate::replay::{Kind, PERSISTED_EPOCH, ReplayGuard, Sequence};
 
 /// Outbound messages waiting per peer before new ones are dropped.
 pub const QUEUE: usize = 256;
 /// Messages per envelope at most.
 const BATCH: usize = 64;
+/// How often a sender retries announcing its epoch to a peer it has not
+/// reached yet in this process.
+const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
 
 /// What the peer side hands to the core loop.
 #[derive(Debug)]
@@ -42,6 +46,9 @@ pub enum Inbound {
         from: u64,
         /// What it reports.
         report: Report,
+        /// The Raft term the follower addressed this node as leader in
+        /// (`None` from a watchdog of an older version, which does not say).
+        term: Option<u64>,
         /// Where to answer.
         reply: oneshot::Sender<Result<(), String>>,
     },
@@ -102,7 +109,8 @@ pub struct Identity {
     pub members_hash: u64,
     /// The key.
     pub signer: Signer,
-    /// Random per process start.
+    /// This process's epoch: persisted, higher than any before it
+    /// ([`ReplayGuard::start_epoch`]).
     pub epoch: u64,
 }
 
@@ -111,24 +119,20 @@ pub struct Identity {
 pub struct PeerService {
     id: Identity,
     inbound: mpsc::Sender<Inbound>,
-    /// Per sender: the (epoch, seq) of the last envelope accepted.
-    seen_envelopes: Mutex<HashMap<u64, (u64, u64)>>,
-    /// Per sender: the (epoch, seq) of the last forwarded proposal accepted.
-    seen_proposals: Mutex<HashMap<u64, (u64, u64)>>,
-    /// Operator requests accepted in the last [`OPERATOR_WINDOW`], by
-    /// (sender, epoch, seq): each is carried out once.
-    seen_operators: Mutex<HashMap<(u64, u64, u64), std::time::Instant>>,
+    /// Per sender: the newest epoch (persisted) and what was accepted in it.
+    /// Locked briefly; it writes to disk only at a peer's new epoch and at
+    /// each forwarded report.
+    replay: Mutex<ReplayGuard>,
 }
 
 impl PeerService {
-    /// A service handing checked messages to `inbound`.
-    pub fn new(id: Identity, inbound: mpsc::Sender<Inbound>) -> PeerService {
+    /// A service handing checked messages to `inbound`, refusing replays
+    /// with `replay`.
+    pub fn new(id: Identity, replay: ReplayGuard, inbound: mpsc::Sender<Inbound>) -> PeerService {
         PeerService {
             id,
             inbound,
-            seen_envelopes: Mutex::new(HashMap::new()),
-            seen_proposals: Mutex::new(HashMap::new()),
-            seen_operators: Mutex::new(HashMap::new()),
+            replay: Mutex::new(replay),
         }
     }
 
@@ -144,16 +148,16 @@ impl PeerService {
         Ok(())
     }
 
-    /// Accepts (epoch, seq) from `from` only if newer than the last accepted.
-    fn fresh(seen: &Mutex<HashMap<u64, (u64, u64)>>, from: u64, epoch: u64, seq: u64) -> bool {
-        let mut seen = seen.lock().unwrap_or_else(|p| p.into_inner());
-        match seen.get(&from) {
-            Some((e, s)) if *e == epoch && seq <= *s => false,
-            _ => {
-                seen.insert(from, (epoch, seq));
-                true
-            }
-        }
+    /// Accepts (epoch, seq) from `from` only if not a replay (logged).
+    fn fresh(&self, kind: Kind, from: u64, epoch: u64, seq: u64) -> Result<(), Status> {
+        self.replay
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .check(kind, from, epoch, seq)
+            .map_err(|why| match why {
+                crate::replay::Refusal::NotDurable { .. } => Status::unavailable(why.to_string()),
+                _ => Status::invalid_argument(why.to_string()),
+            })
     }
 }
 
@@ -172,9 +176,8 @@ impl WatchdogPeer for PeerService {
             );
             return Err(Status::unauthenticated("bad MAC"));
         }
-        if !Self::fresh(&self.seen_envelopes, env.from, env.epoch, env.seq) {
-            return Err(Status::invalid_argument("replayed"));
-        }
+        // Decoded first (pure): a message refused for its content must not
+        // use up its seq.
         let mut msgs = Vec::with_capacity(env.messages.len());
         for bytes in &env.messages {
             match Message::parse_from_bytes(bytes) {
@@ -188,7 +191,11 @@ impl WatchdogPeer for PeerService {
                 Err(_) => return Err(Status::invalid_argument("undecodable Raft message")),
             }
         }
-        let _ = self.inbound.try_send(Inbound::Raft(env.from, msgs));
+        self.fresh(Kind::Envelope, env.from, env.epoch, env.seq)?;
+        // An envelope without messages only announces the sender's epoch.
+        if !msgs.is_empty() {
+            let _ = self.inbound.try_send(Inbound::Raft(env.from, msgs));
+        }
         Ok(Response::new(PeerAck {}))
     }
 
@@ -201,9 +208,22 @@ impl WatchdogPeer for PeerService {
         if !self.id.signer.verify_proposal(&p) {
             return Err(Status::unauthenticated("bad MAC"));
         }
-        if !Self::fresh(&self.seen_proposals, p.from, p.epoch, p.seq) {
-            return Err(Status::invalid_argument("replayed"));
+        // Bound to a leader and term by every sender of this version (the
+        // flag is under both MACs, so it cannot be stripped).
+        let bound = p.seq & PERSISTED_EPOCH != 0;
+        if bound {
+            if !self.id.signer.verify_bound_proposal(&p) {
+                tracing::warn!(
+                    from = p.from,
+                    "dropping a forwarded report with a bad leader-and-term MAC"
+                );
+                return Err(Status::unauthenticated("bad MAC"));
+            }
+            if p.to != self.id.me {
+                return Err(Status::invalid_argument("addressed to another node"));
+            }
         }
+        self.fresh(Kind::Proposal, p.from, p.epoch, p.seq)?;
         let (tx, rx) = oneshot::channel();
         let report = if p.monitor {
             Report::Monitor { alive: !p.down }
@@ -216,6 +236,7 @@ impl WatchdogPeer for PeerService {
         let forwarded = Inbound::Forwarded {
             from: p.from,
             report,
+            term: bound.then_some(p.term),
             reply: tx,
         };
         if self.inbound.send(forwarded).await.is_err() {
@@ -264,22 +285,11 @@ impl WatchdogPeer for PeerService {
                 "the request is too old, or the nodes' clocks are more than 30 s apart",
             ));
         }
-        {
-            let mut seen = self
-                .seen_operators
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            seen.retain(|_, at| at.elapsed() < 2 * OPERATOR_WINDOW);
-            if seen
-                .insert((p.from, p.epoch, p.seq), std::time::Instant::now())
-                .is_some()
-            {
-                return Err(Status::invalid_argument("replayed"));
-            }
-        }
         let Some(request) = p.request else {
             return Err(Status::invalid_argument("no request"));
         };
+        // Once: each (epoch, seq) is used up here.
+        self.fresh(Kind::Operator, p.from, p.epoch, p.seq)?;
         let (tx, rx) = oneshot::channel();
         if self
             .inbound
@@ -389,9 +399,38 @@ pub async fn sender(
             return;
         }
     };
-    let mut seq = 0u64;
+    let mut seq = Sequence::new();
     let mut failing = false;
-    while let Some(first) = queue.recv().await {
+    // Until one envelope has reached the peer, this process's epoch is
+    // announced in an envelope without messages, every ANNOUNCE_RETRY: a
+    // peer Raft gives nothing to say to (a follower, to another follower)
+    // still learns (and persists) the new epoch, and refuses everything
+    // from the earlier ones.
+    let mut announced = false;
+    loop {
+        let first = if announced {
+            queue.recv().await
+        } else {
+            let mut env = PeerEnvelope {
+                from: id.me,
+                to,
+                members_hash: id.members_hash,
+                seq: seq.take(),
+                epoch: id.epoch,
+                messages: Vec::new(),
+                mac: Vec::new(),
+            };
+            id.signer.sign_envelope(&mut env);
+            if client.deliver(env).await.is_ok() {
+                announced = true;
+                continue;
+            }
+            match tokio::time::timeout(ANNOUNCE_RETRY, queue.recv()).await {
+                Ok(m) => m,
+                Err(_) => continue,
+            }
+        };
+        let Some(first) = first else { break };
         let mut batch = vec![first];
         while batch.len() < BATCH {
             match queue.try_recv() {
@@ -407,12 +446,11 @@ pub async fn sender(
             .iter()
             .filter_map(|m| m.write_to_bytes().ok())
             .collect();
-        seq += 1;
         let mut env = PeerEnvelope {
             from: id.me,
             to,
             members_hash: id.members_hash,
-            seq,
+            seq: seq.take(),
             epoch: id.epoch,
             messages,
             mac: Vec::new(),
@@ -424,6 +462,7 @@ pub async fn sender(
                     tracing::info!(peer = to, %address, "peer reachable again");
                     failing = false;
                 }
+                announced = true;
                 true
             }
             Err(e) => {
@@ -441,11 +480,13 @@ pub async fn sender(
     }
 }
 
-/// Forwards this node's report about `backend` to the leader at `address`.
+/// Forwards this node's report to the leader at `address`, for that
+/// leader (`leader`: its id and Raft term) only.
 pub async fn forward(
     address: &str,
     id: &Identity,
     seq: u64,
+    leader: (u64, u64),
     report: &Report,
 ) -> Result<(), String> {
     let mut client = WatchdogPeerClient::new(channel(address)?);
@@ -462,6 +503,9 @@ pub async fn forward(
         seq,
         mac: Vec::new(),
         monitor,
+        to: leader.0,
+        term: leader.1,
+        bound_mac: Vec::new(),
     };
     id.signer.sign_proposal(&mut p);
     let reply = client
@@ -496,7 +540,7 @@ mod tests {
             from: 2,
             members_hash: 42,
             epoch: 9,
-            seq,
+            seq: crate::replay::PERSISTED_EPOCH | seq,
             request: Some(OperatorRequest {
                 kind: 2,
                 backend_id: 1,
@@ -517,7 +561,7 @@ mod tests {
     #[tokio::test]
     async fn operator_requests_are_carried_out_once_and_only_when_fresh_and_for_us() {
         let (tx, mut inbound) = mpsc::channel(8);
-        let service = PeerService::new(identity(1), tx);
+        let service = PeerService::new(identity(1), ReplayGuard::in_memory(), tx);
         let carried_out = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = std::sync::Arc::clone(&carried_out);
         tokio::spawn(async move {
@@ -559,5 +603,199 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(carried_out.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A node of `voters` whose epoch comes from `state_dir`, as at its start.
+    fn started(me: u64, state_dir: &std::path::Path, now: u64) -> Identity {
+        let mut replay = ReplayGuard::open(state_dir).unwrap();
+        Identity {
+            epoch: replay.start_epoch(now).unwrap(),
+            ..identity(me)
+        }
+    }
+
+    fn envelope(id: &Identity, to: u64, seq: &mut Sequence) -> PeerEnvelope {
+        let mut m = Message {
+            from: id.me,
+            to,
+            ..Default::default()
+        };
+        m.set_msg_type(MessageType::MsgHeartbeat);
+        let mut env = PeerEnvelope {
+            from: id.me,
+            to,
+            members_hash: id.members_hash,
+            seq: seq.take(),
+            epoch: id.epoch,
+            messages: vec![m.write_to_bytes().unwrap()],
+            mac: Vec::new(),
+        };
+        id.signer.sign_envelope(&mut env);
+        env
+    }
+
+    fn monitor_down(id: &Identity, seq: &mut Sequence) -> PeerProposal {
+        let mut p = PeerProposal {
+            from: id.me,
+            members_hash: id.members_hash,
+            backend: String::new(),
+            down: true,
+            epoch: id.epoch,
+            seq: seq.take(),
+            mac: Vec::new(),
+            monitor: true,
+            to: 1,
+            term: 3,
+            bound_mac: Vec::new(),
+        };
+        id.signer.sign_proposal(&mut p);
+        p
+    }
+
+    /// Replays `envelopes` and `report` to `receiver`: how many it accepted.
+    async fn replay(
+        receiver: &PeerService,
+        envelopes: &[PeerEnvelope],
+        report: &PeerProposal,
+    ) -> usize {
+        let mut accepted = 0;
+        for e in envelopes {
+            if receiver.deliver(Request::new(e.clone())).await.is_ok() {
+                accepted += 1;
+            }
+        }
+        if receiver.propose(Request::new(report.clone())).await.is_ok() {
+            accepted += 1;
+        }
+        accepted
+    }
+
+    /// Issue 7, defect 6: every message captured from a peer was accepted
+    /// again once that peer had restarted (a new random epoch), an old
+    /// "monitor down" report included. Also across the receiver's restart.
+    #[tokio::test]
+    async fn messages_captured_before_a_peers_restart_are_refused_after_it() {
+        let sender_dir = tempfile::tempdir().unwrap();
+        let receiver_dir = tempfile::tempdir().unwrap();
+        let (tx, mut inbound) = mpsc::channel(1024);
+        let receiver = PeerService::new(
+            identity(1),
+            ReplayGuard::open(receiver_dir.path()).unwrap(),
+            tx.clone(),
+        );
+
+        // Node 2 talks to node 1; everything it sends is captured.
+        let before = started(2, sender_dir.path(), 1_000);
+        let (mut envs, mut props) = (Sequence::new(), Sequence::new());
+        let captured_envelopes: Vec<_> = (0..50).map(|_| envelope(&before, 1, &mut envs)).collect();
+        let captured_report = monitor_down(&before, &mut props);
+        for e in &captured_envelopes {
+            receiver.deliver(Request::new(e.clone())).await.unwrap();
+        }
+        let answer = tokio::spawn(async move {
+            while let Some(event) = inbound.recv().await {
+                if let Inbound::Forwarded { reply, .. } = event {
+                    let _ = reply.send(Ok(()));
+                }
+            }
+        });
+        let first = receiver
+            .propose(Request::new(captured_report.clone()))
+            .await
+            .unwrap();
+        assert!(first.into_inner().committed);
+
+        // Node 2 restarts with the same state_dir (same wall clock even).
+        let after = started(2, sender_dir.path(), 1_000);
+        assert!(
+            after.epoch > before.epoch,
+            "{} then {}",
+            before.epoch,
+            after.epoch
+        );
+        let (mut envs, mut props) = (Sequence::new(), Sequence::new());
+        receiver
+            .deliver(Request::new(envelope(&after, 1, &mut envs)))
+            .await
+            .unwrap();
+        let mut up = PeerProposal {
+            down: false,
+            ..monitor_down(&after, &mut props)
+        };
+        after.signer.sign_proposal(&mut up);
+        receiver.propose(Request::new(up)).await.unwrap();
+
+        assert_eq!(
+            replay(&receiver, &captured_envelopes, &captured_report).await,
+            0,
+            "replayed after the sender's restart"
+        );
+
+        // The receiver restarts too: what it learnt is on disk.
+        drop(receiver);
+        let receiver = PeerService::new(
+            identity(1),
+            ReplayGuard::open(receiver_dir.path()).unwrap(),
+            tx,
+        );
+        assert_eq!(
+            replay(&receiver, &captured_envelopes, &captured_report).await,
+            0,
+            "replayed after the receiver's restart"
+        );
+        // Node 2's current messages still go through.
+        receiver
+            .deliver(Request::new(envelope(&after, 1, &mut envs)))
+            .await
+            .unwrap();
+        answer.abort();
+    }
+
+    #[tokio::test]
+    async fn reports_are_bound_to_the_leader_and_term_they_were_sent_to() {
+        let (tx, mut inbound) = mpsc::channel(8);
+        let service = PeerService::new(identity(1), ReplayGuard::in_memory(), tx);
+        let terms = tokio::spawn(async move {
+            let mut terms = Vec::new();
+            while let Some(Inbound::Forwarded { term, reply, .. }) = inbound.recv().await {
+                terms.push(term);
+                let _ = reply.send(Ok(()));
+            }
+            terms
+        });
+        let sender = identity(2);
+        let mut seq = Sequence::new();
+        service
+            .propose(Request::new(monitor_down(&sender, &mut seq)))
+            .await
+            .unwrap();
+        // For another node.
+        let mut other = PeerProposal {
+            to: 3,
+            ..monitor_down(&sender, &mut seq)
+        };
+        sender.signer.sign_proposal(&mut other);
+        let e = service.propose(Request::new(other)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        // Its term changed, or its binding stripped: the MAC says no.
+        let mut moved = monitor_down(&sender, &mut seq);
+        moved.term = 9;
+        let e = service.propose(Request::new(moved)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let mut stripped = monitor_down(&sender, &mut seq);
+        stripped.bound_mac.clear();
+        let e = service.propose(Request::new(stripped)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        // An older version's report (no flag in seq) carries no term; from
+        // node 3, as node 2 is known upgraded now.
+        let older = identity(3);
+        let mut legacy = PeerProposal {
+            seq: 7,
+            ..monitor_down(&older, &mut seq)
+        };
+        older.signer.sign_proposal(&mut legacy);
+        service.propose(Request::new(legacy)).await.unwrap();
+        drop(service);
+        assert_eq!(terms.await.unwrap(), vec![Some(3), None]);
     }
 }

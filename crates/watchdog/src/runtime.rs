@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiRequest, WatchdogApi};
 use crate::peers::{self, Identity, Inbound, PeerService};
+use crate::replay::{ReplayGuard, Sequence};
 use crate::settings::{Settings, TICK};
 use crate::{Command, DurableStorage, Message, NodeConfig, ProposeError, VipAction, WatchdogNode};
 
@@ -34,7 +35,8 @@ pub enum RunError {
 /// How often the watchdog asks its node's monitor whether it answers.
 const MONITOR_PROBE: Duration = Duration::from_secs(1);
 /// How long the monitor must go unanswered before it counts as gone:
-/// longer than systemd takes to restart it (`Restart=always`, 1 s).
+/// longer than systemd takes to restart it once (`Restart=always`, the
+/// first restart after 1 s, backing off when it keeps failing).
 pub const MONITOR_GRACE: Duration = Duration::from_secs(5);
 /// How often a leader without its monitor may try to hand the lead over,
 /// and how often a node re-sends its monitor's state when the record
@@ -55,12 +57,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         .map_err(|e| RunError::Storage(e.to_string()))?;
     let mut node = WatchdogNode::new(NodeConfig::new(settings.id, voters.clone()), storage)
         .map_err(|e| RunError::Storage(e.to_string()))?;
+    // The epoch every signed message carries: durable before any is sent.
+    let mut replay = ReplayGuard::open(settings.state_dir.clone())
+        .map_err(|e| RunError::Storage(e.to_string()))?;
+    let epoch = replay
+        .start_epoch(u64::try_from(now_ms()).unwrap_or(0))
+        .map_err(|e| RunError::Storage(e.to_string()))?;
     let id = Identity {
         me: settings.id,
         voters: voters.clone(),
         members_hash: crate::auth::members_hash(&settings.members),
         signer: crate::auth::Signer::new(settings.key.clone()),
-        epoch: rand::random(),
+        epoch,
     };
     let stop = CancellationToken::new();
 
@@ -79,7 +87,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 settings.listen
             ))
         })?;
-    let peer_service = PeerService::new(id.clone(), inbound_tx.clone());
+    let peer_service = PeerService::new(id.clone(), replay, inbound_tx.clone());
     let peer_stop = stop.clone();
     let peer_server = tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
@@ -109,10 +117,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let (forward_tx, mut forward_rx) = mpsc::channel::<Forward>(64);
     let fwd_id = id.clone();
     tokio::spawn(async move {
-        let mut seq = 0u64;
-        while let Some((address, report, reply)) = forward_rx.recv().await {
-            seq += 1;
-            let r = peers::forward(&address, &fwd_id, seq, &report).await;
+        let mut seq = Sequence::new();
+        while let Some((address, leader, report, reply)) = forward_rx.recv().await {
+            let r = peers::forward(&address, &fwd_id, seq.take(), leader, &report).await;
             let _ = reply.send(r);
         }
     });
@@ -121,15 +128,14 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let (operator_tx, mut operator_rx) = mpsc::channel::<OperatorForward>(16);
     let op_id = id.clone();
     tokio::spawn(async move {
-        let mut seq = 0u64;
+        let mut seq = Sequence::new();
         while let Some((address, leader, request, reply)) = operator_rx.recv().await {
             // Its operator gave up waiting (it was told the outcome is
             // unknown): do not make the change behind their back.
             if reply.is_closed() {
                 continue;
             }
-            seq += 1;
-            let r = peers::forward_operator(&address, &op_id, seq, leader, request).await;
+            let r = peers::forward_operator(&address, &op_id, seq.take(), leader, request).await;
             let _ = reply.send(r);
         }
     });
@@ -203,8 +209,16 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                         }
                     }
                 }
-                Inbound::Forwarded { from, report, reply } => {
-                    propose(&mut node, &mut pending, report.command(from), reply);
+                Inbound::Forwarded { from, report, term, reply } => {
+                    // A report is for the leader and term it was sent to:
+                    // captured, it cannot be committed again by a later leader.
+                    if term.is_some_and(|t| !node.is_leader() || node.term() != t) {
+                        let _ = reply.send(Err(
+                            "the lead moved while the report was on its way; retry".into(),
+                        ));
+                    } else {
+                        propose(&mut node, &mut pending, report.command(from), reply);
+                    }
                 }
                 Inbound::Operator { request, term, reply } => {
                     if node.is_leader() && node.term() == term {
@@ -432,8 +446,14 @@ async fn ask_monitor(
     Ok(reply.into_inner().message)
 }
 
-/// A report on its way to the leader: its address, the report, the answer.
-type Forward = (String, peers::Report, oneshot::Sender<Result<(), String>>);
+/// A report on its way to the leader: its address, the leader's id and
+/// term, the report, the answer.
+type Forward = (
+    String,
+    (u64, u64),
+    peers::Report,
+    oneshot::Sender<Result<(), String>>,
+);
 
 /// Commits this node's `report`: proposed here when this node leads,
 /// forwarded to the leader otherwise.
@@ -447,8 +467,11 @@ fn submit(
 ) {
     if node.is_leader() {
         propose(node, pending, report.command(settings.id), reply);
-    } else if let Some(address) = node.leader().and_then(|l| settings.address(l)) {
-        let _ = forward.try_send((address.to_owned(), report, reply));
+    } else if let Some((leader, address)) = node
+        .leader()
+        .and_then(|l| settings.address(l).map(|a| (l, a)))
+    {
+        let _ = forward.try_send((address.to_owned(), (leader, node.term()), report, reply));
     } else {
         let _ = reply.send(Err("no leader: the watchdogs have no quorum".into()));
     }

@@ -87,21 +87,32 @@ pub trait Persist: Send {
     fn location(&self) -> PathBuf;
 }
 
-/// Persists to `dir/raft-state.json` with write-temp, fsync, rename, fsync-dir.
+/// Persists to `dir/raft-state.json` (or another file name) with
+/// write-temp, fsync, rename, fsync-dir.
 #[derive(Debug, Clone)]
 pub struct FilePersist {
     dir: PathBuf,
+    name: &'static str,
 }
 
 impl FilePersist {
-    /// Persistence in `dir` (created if missing on the first save).
+    /// Persistence of the Raft state in `dir` (created if missing on the first save).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self::named(dir, STATE_FILE)
+    }
+
+    /// Persistence in `dir/name`, written the same way (the replay state of
+    /// [`crate::replay`] lives beside the Raft state).
+    pub fn named(dir: impl Into<PathBuf>, name: &'static str) -> Self {
+        Self {
+            dir: dir.into(),
+            name,
+        }
     }
 
     /// The path of the state file.
     pub fn path(&self) -> PathBuf {
-        self.dir.join(STATE_FILE)
+        self.dir.join(self.name)
     }
 }
 
@@ -125,7 +136,7 @@ impl Persist for FilePersist {
     fn save(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
         fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let path = self.path();
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let tmp = self.dir.join(format!("{}.tmp", self.name));
         {
             let mut file = OpenOptions::new()
                 .write(true)
