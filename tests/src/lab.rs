@@ -199,7 +199,21 @@ impl Fleet {
         for i in 0..self.nodes.len() {
             for d in [Daemon::Watchdog, Daemon::Monitor, Daemon::Proxy] {
                 let text = self.log(i, d);
-                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                // Without the noise that would hide what matters: tonic's
+                // reconnect attempts to a stopped peer and the check SQL.
+                let tail: Vec<&str> = text
+                    .lines()
+                    .filter(|l| {
+                        !l.contains("reconnect::poll_ready") && !l.contains("tcp connect error")
+                    })
+                    .filter(|l| !l.starts_with(char::is_whitespace))
+                    .filter(|l| {
+                        !l.contains("DEBUG preparing query")
+                            && !l.contains("DEBUG executing statement")
+                    })
+                    .rev()
+                    .take(40)
+                    .collect();
                 out.push_str(&format!("\n--- node{i} {} (last 40 lines)\n", d.bin()));
                 for l in tail.into_iter().rev() {
                     out.push_str(l);
