@@ -198,27 +198,8 @@ impl Fleet {
         let mut out = String::new();
         for i in 0..self.nodes.len() {
             for d in [Daemon::Watchdog, Daemon::Monitor, Daemon::Proxy] {
-                let text = self.log(i, d);
-                // Without the noise that would hide what matters: tonic's
-                // reconnect attempts to a stopped peer and the check SQL.
-                let tail: Vec<&str> = text
-                    .lines()
-                    .filter(|l| {
-                        !l.contains("reconnect::poll_ready") && !l.contains("tcp connect error")
-                    })
-                    .filter(|l| !l.starts_with(char::is_whitespace))
-                    .filter(|l| {
-                        !l.contains("DEBUG preparing query")
-                            && !l.contains("DEBUG executing statement")
-                    })
-                    .rev()
-                    .take(40)
-                    .collect();
-                out.push_str(&format!("\n--- node{i} {} (last 40 lines)\n", d.bin()));
-                for l in tail.into_iter().rev() {
-                    out.push_str(l);
-                    out.push('\n');
-                }
+                let title = format!("node{i} {}", d.bin());
+                out.push_str(&crate::log_tail(&title, &self.log(i, d), 40));
             }
         }
         out
@@ -263,22 +244,17 @@ impl Fleet {
     }
 
     /// Waits until `f` holds, polling every 100 ms; panics with every log otherwise.
-    pub async fn wait<F, Fut>(&self, timeout: Duration, what: &str, mut f: F)
+    pub async fn wait<F, Fut>(&self, timeout: Duration, what: &str, f: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if f().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !crate::poll_until(timeout, f).await {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                self.logs()
+            );
         }
-        panic!(
-            "timed out after {timeout:?} waiting for {what}{}",
-            self.logs()
-        );
     }
 
     /// Runs `sql` with psql from the client namespace through the delegate

@@ -650,3 +650,41 @@ pub fn first_value(msgs: &[(u8, Vec<u8>)]) -> Option<String> {
     let len = usize::try_from(len).ok()?;
     Some(String::from_utf8_lossy(row.get(6..6 + len)?).into_owned())
 }
+
+/// Polls `f` every 100 ms until it holds (true) or `timeout` passes (false).
+pub async fn poll_until<F, Fut>(timeout: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+/// The last `n` lines of a daemon's log under `title`, for a failure
+/// message, without the noise that would hide what matters: tonic's
+/// reconnect attempts to a stopped peer and the checks' SQL.
+pub fn log_tail(title: &str, text: &str, n: usize) -> String {
+    let tail: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.contains("reconnect::poll_ready") && !l.contains("tcp connect error"))
+        .filter(|l| !l.starts_with(char::is_whitespace))
+        .filter(|l| {
+            !l.contains("DEBUG preparing query") && !l.contains("DEBUG executing statement")
+        })
+        .rev()
+        .take(n)
+        .collect();
+    let mut out = format!("\n--- {title} (last {n} lines)\n");
+    for l in tail.into_iter().rev() {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgwarden_proto::uds::{self, Daemon};
 use pgwarden_proto::v1::watchdog_client::WatchdogClient;
@@ -268,35 +268,23 @@ impl Cluster {
         let mut out = String::new();
         for (i, n) in self.nodes.iter().enumerate() {
             let text = std::fs::read_to_string(n.dir.join("watchdog.log")).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40).collect();
-            out.push_str(&format!(
-                "\n--- node{i} (id {}, relay :{}) watchdog (last 40 lines)\n",
-                n.id, n.advertised
-            ));
-            for l in tail.into_iter().rev() {
-                out.push_str(l);
-                out.push('\n');
-            }
+            let title = format!("node{i} (id {}, relay :{}) watchdog", n.id, n.advertised);
+            out.push_str(&pgwarden_e2e::log_tail(&title, &text, 40));
         }
         out
     }
 
-    async fn wait<F, Fut>(&self, timeout: Duration, what: &str, mut f: F)
+    async fn wait<F, Fut>(&self, timeout: Duration, what: &str, f: F)
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if f().await {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !pgwarden_e2e::poll_until(timeout, f).await {
+            panic!(
+                "timed out after {timeout:?} waiting for {what}{}",
+                self.logs()
+            );
         }
-        panic!(
-            "timed out after {timeout:?} waiting for {what}{}",
-            self.logs()
-        );
     }
 
     /// The newest epoch node `i` has persisted for peer `peer`.

@@ -384,6 +384,26 @@ pub fn channel(address: &str) -> Result<Channel, String> {
         .map_err(|e| format!("bad peer address {address:?}: {e}"))
 }
 
+/// The next envelope from this node to peer `to`, signed.
+fn signed_envelope(
+    id: &Identity,
+    to: u64,
+    seq: &mut Sequence,
+    messages: Vec<Vec<u8>>,
+) -> PeerEnvelope {
+    let mut env = PeerEnvelope {
+        from: id.me,
+        to,
+        members_hash: id.members_hash,
+        seq: seq.take(),
+        epoch: id.epoch,
+        messages,
+        mac: Vec::new(),
+    };
+    id.signer.sign_envelope(&mut env);
+    env
+}
+
 /// Sends the messages queued for peer `to` until the queue closes.
 pub async fn sender(
     to: u64,
@@ -411,16 +431,7 @@ pub async fn sender(
         let first = if announced {
             queue.recv().await
         } else {
-            let mut env = PeerEnvelope {
-                from: id.me,
-                to,
-                members_hash: id.members_hash,
-                seq: seq.take(),
-                epoch: id.epoch,
-                messages: Vec::new(),
-                mac: Vec::new(),
-            };
-            id.signer.sign_envelope(&mut env);
+            let env = signed_envelope(&id, to, &mut seq, Vec::new());
             if client.deliver(env).await.is_ok() {
                 announced = true;
                 continue;
@@ -446,16 +457,7 @@ pub async fn sender(
             .iter()
             .filter_map(|m| m.write_to_bytes().ok())
             .collect();
-        let mut env = PeerEnvelope {
-            from: id.me,
-            to,
-            members_hash: id.members_hash,
-            seq: seq.take(),
-            epoch: id.epoch,
-            messages,
-            mac: Vec::new(),
-        };
-        id.signer.sign_envelope(&mut env);
+        let env = signed_envelope(&id, to, &mut seq, messages);
         let delivered = match client.deliver(env).await {
             Ok(_) => {
                 if failing {
