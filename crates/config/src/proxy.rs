@@ -78,9 +78,14 @@ pub struct ProxyConfig {
     pub max_client_connections: u32,
     /// `proxy.pool_mode`.
     pub pool_mode: PoolMode,
-    /// `proxy.pool_size`: server connections per (user, database, startup
-    /// parameters) per backend.
+    /// `proxy.pool_size`: server connections per (user, database) per
+    /// backend.
     pub pool_size: u32,
+    /// `proxy.max_prepared_statements`: in transaction mode, protocol-level
+    /// prepared statements kept per server connection (PgBouncer's key, the
+    /// same default); 0 = not tracked: a client that prepares a named
+    /// statement keeps its server connection until it leaves.
+    pub max_prepared_statements: u32,
     /// `proxy.auth_file`: `"user" "secret"` lines. Read by the proxy, which
     /// also checks its mode with [`crate::check_secret_file_mode`].
     pub auth_file: PathBuf,
@@ -136,6 +141,7 @@ impl Default for ProxyConfig {
             max_client_connections: 1000,
             pool_mode: PoolMode::Session,
             pool_size: 20,
+            max_prepared_statements: 200,
             auth_file: PathBuf::from("/etc/pgwarden/users.txt"),
             auth_type: AuthType::ScramSha256,
             server_reset_query: "DISCARD ALL".to_owned(),
@@ -157,12 +163,6 @@ impl Default for ProxyConfig {
 
 impl ProxyConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        if self.pool_mode == PoolMode::Transaction {
-            return Err(ConfigError::invalid(
-                "proxy.pool_mode",
-                "\"transaction\" is not implemented yet; use \"session\"",
-            ));
-        }
         validate::at_least(
             "proxy.max_client_connections",
             self.max_client_connections,

@@ -647,10 +647,16 @@ fn watchdog_members_and_advertised_address() {
 }
 
 #[test]
-fn transaction_pooling_is_refused_until_it_exists() {
-    let msg = err_naming(
-        &with("[proxy]\npool_mode = \"transaction\"\n"),
-        "proxy.pool_mode",
+fn transaction_pooling_and_its_statement_cache_are_configurable() {
+    let c = Config::from_toml_str(&with(
+        "[proxy]\npool_mode = \"transaction\"\nmax_prepared_statements = 0\n",
+    ))
+    .unwrap();
+    assert_eq!(c.proxy.pool_mode, PoolMode::Transaction);
+    assert_eq!(c.proxy.max_prepared_statements, 0);
+    let e = err_naming(
+        &with("[proxy]\nmax_prepared_statements = -1\n"),
+        "proxy.max_prepared_statements",
     );
-    assert!(msg.contains("not implemented"), "{msg}");
+    assert!(!e.is_empty());
 }

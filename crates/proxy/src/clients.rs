@@ -87,6 +87,11 @@ pub struct Activity {
     owed: AtomicU32,
     /// Extended-protocol messages were sent since the last Sync.
     unsynced: AtomicBool,
+    /// Syncs sent since the last Query or Execute: the server ignores them
+    /// if that command turns out to start a COPY from the client.
+    syncs_since_command: AtomicU32,
+    /// The server is in COPY FROM STDIN mode (until CopyDone / CopyFail).
+    copy_in: AtomicBool,
     /// Held (shared) by each cancel in flight for this session's server
     /// connection; taken whole before the connection is handed on.
     cancels: Arc<RwLock<()>>,
@@ -96,6 +101,39 @@ impl Activity {
     /// The client sent a message that the server answers with ReadyForQuery.
     pub fn request(&self) {
         self.owed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The client sent Sync: a ReadyForQuery is owed, unless the server
+    /// is copying from the client, which makes it ignore Sync.
+    pub fn sync(&self) {
+        if self.copy_in.load(Ordering::Relaxed) {
+            return;
+        }
+        self.request();
+        self.set_unsynced(false);
+        self.syncs_since_command.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The client sent a command (Query or Execute).
+    pub fn command(&self) {
+        self.syncs_since_command.store(0, Ordering::Relaxed);
+    }
+
+    /// The server started a COPY from the client (CopyInResponse): the
+    /// Syncs sent after the command that started it are ignored (drivers
+    /// such as tokio-postgres send Bind, Execute, Sync before the data),
+    /// and so are those sent until the copy ends. Returns how many were
+    /// taken back.
+    pub fn copy_in_started(&self) -> u32 {
+        self.copy_in.store(true, Ordering::Relaxed);
+        let n = self.syncs_since_command.swap(0, Ordering::Relaxed);
+        self.owed.fetch_sub(n, Ordering::Relaxed);
+        n
+    }
+
+    /// The client ended a COPY (CopyDone or CopyFail).
+    pub fn copy_in_ended(&self) {
+        self.copy_in.store(false, Ordering::Relaxed);
     }
 
     /// The server sent ReadyForQuery.

@@ -23,6 +23,7 @@ pub mod metrics;
 mod net;
 pub mod pool;
 pub mod pump;
+pub mod relay;
 pub mod routing;
 pub mod server_conn;
 pub mod session;

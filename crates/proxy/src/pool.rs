@@ -93,6 +93,29 @@ pub struct PoolTimeout(pub Duration, pub usize);
 pub struct Pools {
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     limits: PoolLimits,
+    /// Per server startup parameters (sorted), what a welcome is made of.
+    welcomes: Mutex<HashMap<Vec<(String, String)>, Welcome>>,
+}
+
+/// What the proxy learnt of the ParameterStatus messages a server sends,
+/// so a transaction-mode client can be welcomed without a server
+/// connection (while every one is busy).
+#[derive(Debug, Default)]
+struct Welcome {
+    /// What a fresh connection reports.
+    defaults: Vec<(String, String)>,
+    /// (setting in lower case, value a client asked for) → the value the
+    /// server reported for it (`utf8` → `UTF8`, `ISO` → `ISO, MDY`).
+    reported: HashMap<(String, String), String>,
+}
+
+/// Bound on the `reported` values learnt per set of server parameters.
+const MAX_REPORTED: usize = 1024;
+
+fn sorted(params: &[(String, String)]) -> Vec<(String, String)> {
+    let mut p = params.to_vec();
+    p.sort();
+    p
 }
 
 impl Pools {
@@ -101,7 +124,74 @@ impl Pools {
         Pools {
             pools: Mutex::new(HashMap::new()),
             limits,
+            welcomes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Records what a fresh connection opened with `server_params`
+    /// reported.
+    pub fn learn_defaults(
+        &self,
+        server_params: &[(String, String)],
+        reported: &[(String, String)],
+    ) {
+        let mut w = self.welcomes.lock().unwrap_or_else(|p| p.into_inner());
+        w.entry(sorted(server_params)).or_default().defaults = reported.to_vec();
+    }
+
+    /// Records what a connection reports after a client's settings
+    /// (`wanted`) were applied to it.
+    pub fn learn_reported(
+        &self,
+        server_params: &[(String, String)],
+        wanted: &[(String, String)],
+        reported: &[(String, String)],
+    ) {
+        if wanted.is_empty() {
+            return;
+        }
+        let mut w = self.welcomes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = w.get_mut(&sorted(server_params)) else {
+            return;
+        };
+        if w.reported.len() > MAX_REPORTED {
+            w.reported.clear();
+        }
+        for (name, value) in wanted {
+            if let Some((_, r)) = reported.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                w.reported
+                    .insert((name.to_ascii_lowercase(), value.clone()), r.clone());
+            }
+        }
+    }
+
+    /// The ParameterStatus values a server would welcome a client with
+    /// `wanted` settings with, when all of them are known.
+    pub fn welcome(
+        &self,
+        server_params: &[(String, String)],
+        wanted: &[(String, String)],
+    ) -> Option<Vec<(String, String)>> {
+        let w = self.welcomes.lock().unwrap_or_else(|p| p.into_inner());
+        let w = w.get(&sorted(server_params))?;
+        if w.defaults.is_empty() {
+            return None;
+        }
+        let mut params = w.defaults.clone();
+        for (name, value) in wanted {
+            let Some(slot) = params
+                .iter_mut()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            else {
+                // Not a reported setting: nothing in the welcome.
+                continue;
+            };
+            slot.1 = w
+                .reported
+                .get(&(name.to_ascii_lowercase(), value.clone()))?
+                .clone();
+        }
+        Some(params)
     }
 
     fn pool(&self, key: &PoolKey) -> Arc<Pool> {

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clients::Activity;
 use crate::server_conn::ServerConn;
 
-const BUF_SIZE: usize = 32 * 1024;
+pub(crate) const BUF_SIZE: usize = 32 * 1024;
 
 /// Why a session's data path ended.
 #[derive(Debug)]
@@ -101,6 +101,18 @@ pub struct Owing {
     last_tag: u8,
 }
 
+impl Owing {
+    /// Where the server's side of a data path stopped: its scanner, the
+    /// last transaction status and the last message type.
+    pub(crate) fn new(scan: Scanner, status: u8, last_tag: u8) -> Owing {
+        Owing {
+            scan,
+            status,
+            last_tag,
+        }
+    }
+}
+
 /// What the client has asked of the server: the counts live in the
 /// session's [`Activity`], which the cancel path reads too.
 #[derive(Debug)]
@@ -114,12 +126,18 @@ impl Observer for ClientSide<'_> {
     fn start(&mut self, tag: u8) -> Result<Flow, ProtocolError> {
         match tag {
             b'X' => return Ok(Flow::Stop),
-            b'Q' | b'F' => self.activity.request(),
-            b'S' => {
+            b'Q' => {
                 self.activity.request();
-                self.activity.set_unsynced(false);
+                self.activity.command();
             }
-            b'P' | b'B' | b'D' | b'E' | b'C' => self.activity.set_unsynced(true),
+            b'F' => self.activity.request(),
+            b'S' => self.activity.sync(),
+            b'E' => {
+                self.activity.set_unsynced(true);
+                self.activity.command();
+            }
+            b'c' | b'f' => self.activity.copy_in_ended(),
+            b'P' | b'B' | b'D' | b'C' => self.activity.set_unsynced(true),
             t if scan::is_frontend_tag(t) => {}
             t => return Err(ProtocolError::UnexpectedMessage { tag: t }),
         }
@@ -133,6 +151,7 @@ struct ServerSide<'a> {
     /// The transaction status of the last ReadyForQuery.
     status: u8,
     params: &'a mut Vec<(String, String)>,
+    applied: &'a mut Vec<(String, String)>,
     last_tag: u8,
     /// A write to the client was under way (it may hold half a message).
     writing: bool,
@@ -141,6 +160,9 @@ struct ServerSide<'a> {
 impl Observer for ServerSide<'_> {
     fn start(&mut self, tag: u8) -> Result<Flow, ProtocolError> {
         self.last_tag = tag;
+        if tag == b'G' {
+            self.activity.copy_in_started();
+        }
         Ok(Flow::Continue)
     }
 
@@ -155,7 +177,7 @@ impl Observer for ServerSide<'_> {
             }
             self.activity.ready();
         } else {
-            crate::server_conn::apply_param(self.params, body);
+            ServerConn::note_param(self.params, self.applied, body);
         }
     }
 }
@@ -186,6 +208,7 @@ pub async fn pump(
         activity,
         status: b'I',
         params: &mut server.params,
+        applied: &mut server.applied,
         last_tag: 0,
         writing: false,
     };
@@ -297,6 +320,7 @@ pub async fn drain(
         activity,
         status,
         params: &mut server.params,
+        applied: &mut server.applied,
         last_tag,
         writing: false,
     };

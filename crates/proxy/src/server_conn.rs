@@ -101,6 +101,12 @@ pub struct ServerConn {
     pub addr: std::net::SocketAddr,
     /// The role this connection is logged in as.
     pub user: String,
+    /// Client settings [`ServerConn::apply_params`] set, as the client
+    /// spelled them (the server may report them spelled otherwise:
+    /// `utf8` / `UTF8`), until the session changes or resets them.
+    pub applied: Vec<(String, String)>,
+    /// Transaction mode: the prepared statements this connection holds.
+    pub statements: crate::relay::ServerStatements,
     created: Instant,
     /// When it was last handed back to its pool.
     pub idle_since: Instant,
@@ -150,6 +156,8 @@ impl ServerConn {
                 .find(|(k, _)| k == "user")
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default(),
+            applied: Vec::new(),
+            statements: Default::default(),
             created: now,
             idle_since: now,
             buf: BytesMut::with_capacity(4096),
@@ -307,6 +315,12 @@ impl ServerConn {
         if !rollback && query.is_empty() {
             return Ok(());
         }
+        if !query.is_empty() {
+            // DISCARD ALL and the like: settings and statements go back to
+            // the server's defaults (dropping what the proxy knows is safe).
+            self.applied.clear();
+            self.statements.clear();
+        }
         tokio::time::timeout(timeout, self.reset_inner(rollback, query))
             .await
             .map_err(|_| ServerError::Timeout(timeout))?
@@ -360,10 +374,8 @@ impl ServerConn {
         let todo: Vec<&(String, String)> = wanted
             .iter()
             .filter(|(name, value)| {
-                !self
-                    .params
-                    .iter()
-                    .any(|(k, v)| k.eq_ignore_ascii_case(name) && v == value)
+                let has = |(k, v): &(String, String)| k.eq_ignore_ascii_case(name) && v == value;
+                !self.params.iter().any(has) && !self.applied.iter().any(has)
             })
             .collect();
         if todo.is_empty() {
@@ -371,7 +383,25 @@ impl ServerConn {
         }
         tokio::time::timeout(timeout, self.apply_params_inner(&todo))
             .await
-            .map_err(|_| ServerError::Timeout(timeout))?
+            .map_err(|_| ServerError::Timeout(timeout))??;
+        for (name, value) in todo {
+            self.applied.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+            self.applied.push((name.clone(), value.clone()));
+        }
+        Ok(())
+    }
+
+    /// Records a ParameterStatus the data path saw: the session changed a
+    /// setting, so what [`ServerConn::apply_params`] set of it is stale.
+    pub fn note_param(
+        params: &mut Vec<(String, String)>,
+        applied: &mut Vec<(String, String)>,
+        body: &[u8],
+    ) {
+        apply_param(params, body);
+        if let Some(name) = body.split(|b| *b == 0).next() {
+            applied.retain(|(k, _)| !k.as_bytes().eq_ignore_ascii_case(name));
+        }
     }
 
     async fn apply_params_inner(&mut self, todo: &[&(String, String)]) -> Result<(), ServerError> {

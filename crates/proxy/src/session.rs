@@ -93,7 +93,10 @@ pub async fn serve(
             return send_reject(&mut stream, reject(e)).await;
         };
         match start_session(&shared, peer, &mut stream, login).await {
-            Ok(session) => run_session(&shared, &mut stream, buf, session).await,
+            Ok(Started::Session(session)) => run_session(&shared, &mut stream, buf, session).await,
+            Ok(Started::Transaction(cancel, client)) => {
+                crate::relay::txn::serve(&shared, &mut stream, buf, cancel, client).await
+            }
             Err(e) => send_reject(&mut stream, e).await,
         }
     }
@@ -101,7 +104,7 @@ pub async fn serve(
     .await
 }
 
-async fn send_reject(stream: &mut TcpStream, e: Reject) {
+pub(crate) async fn send_reject(stream: &mut TcpStream, e: Reject) {
     if let Some(bytes) = e {
         let _ = stream.write_all(&bytes).await;
     }
@@ -149,6 +152,14 @@ async fn read_startup(
     }
 }
 
+/// A logged-in client, ready for its first query.
+enum Started {
+    /// Session mode: with its server connection.
+    Session(Session),
+    /// Transaction mode: a server connection per transaction.
+    Transaction(crate::clients::CancelKey, crate::relay::txn::TxnClient),
+}
+
 /// A logged-in client with its server connection.
 struct Session {
     slot: crate::pool::Slot,
@@ -159,7 +170,7 @@ struct Session {
 
 /// Why a login ended without a session: the bytes to send the client (an
 /// ErrorResponse), or `None` when the client is gone.
-type Reject = Option<BytesMut>;
+pub(crate) type Reject = Option<BytesMut>;
 
 fn reject(e: ErrorResponse) -> Reject {
     Some(e.to_bytes())
@@ -255,13 +266,14 @@ async fn authenticate(
     })
 }
 
-/// Lists a logged-in client and hands it a server connection.
+/// Lists a logged-in client and, in session mode, hands it a server
+/// connection; in transaction mode it gets one per transaction.
 async fn start_session(
     shared: &Shared,
     peer: SocketAddr,
     stream: &mut TcpStream,
     login: Login,
-) -> Result<Session, Reject> {
+) -> Result<Started, Reject> {
     let Login {
         user,
         database,
@@ -283,6 +295,47 @@ async fn start_session(
         connected: SystemTime::now(),
     };
     let mut cancel = shared.clients.register(meta, &shared.hard_stop);
+    if shared.settings.transaction_mode {
+        let wanted = params.replayed;
+        // The welcome a server would give: from what the pool learnt, or
+        // from a server connection taken for the moment.
+        let welcome = match shared.pools.welcome(&server_params, &wanted) {
+            Some(w) => w,
+            None => {
+                let (slot, conn, _route) = tokio::select! {
+                    r = server_for(shared, &server_params, &wanted, &creds) => r?,
+                    () = cancel.stop().cancelled() => return Err(reject(stopped_error(shared))),
+                };
+                let w = conn.params.clone();
+                slot.release(conn);
+                w
+            }
+        };
+        for (k, v) in &welcome {
+            backend::parameter_status(&mut out, k, v);
+        }
+        // The client now believes the tracked settings it did not send
+        // have these values: each server connection it gets must agree.
+        let mut wanted = wanted;
+        for (k, v) in &welcome {
+            if crate::relay::features::is_tracked(k)
+                && !wanted.iter().any(|(w, _)| w.eq_ignore_ascii_case(k))
+            {
+                wanted.push((k.clone(), v.clone()));
+            }
+        }
+        backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
+        backend::ready_for_query(&mut out, TransactionStatus::Idle);
+        stream.write_all(&out).await.map_err(|_| None)?;
+        let s = &shared.settings;
+        let client = crate::relay::txn::TxnClient {
+            server_params,
+            wanted,
+            creds,
+            tracker: crate::relay::Tracker::new(s.max_prepared_statements, s.max_message_bytes),
+        };
+        return Ok(Started::Transaction(cancel, client));
+    }
     let (slot, conn, route) = tokio::select! {
         r = server_for(shared, &server_params, &params.replayed, &creds) => r?,
         () = cancel.stop().cancelled() => {
@@ -304,19 +357,19 @@ async fn start_session(
     backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
     backend::ready_for_query(&mut out, TransactionStatus::Idle);
     stream.write_all(&out).await.map_err(|_| None)?;
-    Ok(Session {
+    Ok(Started::Session(Session {
         slot,
         conn,
         cancel,
         route,
-    })
+    }))
 }
 
 /// The right to a server connection of the primary, and the connection:
 /// waits while the proxy is paused, then takes a cached connection or opens
 /// one (with `params`, the pool's startup parameters), and gives it the
 /// client's settings (`client_settings`).
-async fn server_for(
+pub(crate) async fn server_for(
     shared: &Shared,
     params: &[(String, String)],
     client_settings: &[(String, String)],
@@ -384,6 +437,7 @@ async fn server_for(
                 ))
             })?;
             shared.counters.server_connects.inc();
+            shared.pools.learn_defaults(params, &c.params);
             c
         }
     };
@@ -405,6 +459,9 @@ async fn server_for(
             )),
         });
     }
+    shared
+        .pools
+        .learn_reported(params, client_settings, &conn.params);
     Ok((slot, conn, route))
 }
 
@@ -430,7 +487,7 @@ async fn wait_while_paused(shared: &Shared) -> Result<(), Reject> {
 
 /// What a client whose session's stop token fired is told: the proxy's
 /// shutdown, or an operator's terminate (as by `pg_terminate_backend`).
-fn stopped_error(shared: &Shared) -> ErrorResponse {
+pub(crate) fn stopped_error(shared: &Shared) -> ErrorResponse {
     let why = if shared.hard_stop.is_cancelled() {
         "terminating connection because pgwarden-proxy is shutting down"
     } else {
@@ -454,6 +511,28 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
     // No client cancel reaches the connection from here on, and those
     // already under way have landed: it may be handed on.
     s.cancel.clear_server().await;
+    let reset = shared.settings.server_reset_query.as_str();
+    finish(
+        shared, client, r, s.slot, s.conn, &s.cancel, &s.route, reset,
+    )
+    .await;
+}
+
+/// After a session's data path ended: tells the client why (while it can
+/// still be told), cancels and drains what the server still runs, and
+/// caches the connection again after a reset (ROLLBACK when a transaction
+/// was left open, then `reset_query`), or closes it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn finish(
+    shared: &Shared,
+    client: &mut TcpStream,
+    r: pump::PumpResult,
+    slot: crate::pool::Slot,
+    mut conn: ServerConn,
+    cancel: &crate::clients::CancelKey,
+    route: &crate::routing::Route,
+    reset_query: &str,
+) {
     let notice = match &r.end {
         PumpEnd::ClientTerminated | PumpEnd::ClientGone => None,
         PumpEnd::ClientProtocol(e) => {
@@ -487,11 +566,10 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
                 ),
                 None => format!("there is no primary right now: {}", now.why_none),
             };
-            let old = s
-                .route
+            let old = route
                 .primary
                 .as_ref()
-                .map_or_else(|| s.conn.backend.to_string(), |b| b.name.clone());
+                .map_or_else(|| conn.backend.to_string(), |b| b.name.clone());
             tracing::info!(backend = %old, "ending a session: its server is no longer the primary");
             shared.counters.failover_terminations.inc();
             Some(
@@ -526,21 +604,21 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
         // terminated backend at once. The pool slot stays taken until the
         // connection is idle again or closed.
         tracing::debug!(end = ?r.end, "cancelling the statement the session left running");
-        crate::clients::send_cancel(s.conn.addr, s.conn.key, timeout).await;
+        crate::clients::send_cancel(conn.addr, conn.key, timeout).await;
     }
     let reusable = matches!(r.end, PumpEnd::ClientTerminated | PumpEnd::ClientGone);
     let idle = match r.server {
         ServerState::Idle(status) if reusable => Some(status),
         ServerState::Owing(owing) if reusable => {
-            let status = pump::drain(&mut s.conn, owing, s.cancel.activity(), timeout).await;
+            let status = pump::drain(&mut conn, owing, cancel.activity(), timeout).await;
             if status.is_none() {
                 tracing::info!(
-                    backend = s.conn.backend,
+                    backend = conn.backend,
                     ?timeout,
                     "a server connection did not finish what its client left in time; closing it"
                 );
                 if said_goodbye {
-                    crate::clients::send_cancel(s.conn.addr, s.conn.key, timeout).await;
+                    crate::clients::send_cancel(conn.addr, conn.key, timeout).await;
                 }
             }
             status
@@ -550,9 +628,8 @@ async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut,
     match idle {
         Some(status) => {
             let rollback = status != b'I';
-            let query = &shared.settings.server_reset_query;
-            match s.conn.reset(rollback, query, timeout).await {
-                Ok(()) => s.slot.release(s.conn),
+            match conn.reset(rollback, reset_query, timeout).await {
+                Ok(()) => slot.release(conn),
                 Err(e) => tracing::debug!(error = %e, "server connection not reusable after reset"),
             }
         }

@@ -62,6 +62,11 @@ pub struct Settings {
     pub max_client_connections: usize,
     /// Server connections per (backend, user, database, startup parameters).
     pub pool_size: usize,
+    /// True: a client holds a server connection per transaction only.
+    pub transaction_mode: bool,
+    /// Transaction mode: prepared statements kept per server connection
+    /// (0: named statements pin their client).
+    pub max_prepared_statements: usize,
     /// The `"user" "secret"` file.
     pub auth_file: PathBuf,
     /// How plain-text secrets are checked.
@@ -106,6 +111,8 @@ impl Settings {
             listen: c.proxy.listen,
             max_client_connections: c.proxy.max_client_connections as usize,
             pool_size: c.proxy.pool_size as usize,
+            transaction_mode: c.proxy.pool_mode == pgwarden_config::PoolMode::Transaction,
+            max_prepared_statements: c.proxy.max_prepared_statements as usize,
             auth_file: c.proxy.auth_file.clone(),
             plain_auth: match c.proxy.auth_type {
                 pgwarden_config::AuthType::ScramSha256 => PlainAuth::Scram,

@@ -29,6 +29,12 @@ pub trait Observer {
     /// allowed from this peer) ends the scan.
     fn start(&mut self, tag: u8) -> Result<Flow, ProtocolError>;
 
+    /// Like [`Observer::start`], with the offset in the chunk where the
+    /// message starts (for observers that edit the chunk afterwards).
+    fn start_at(&mut self, tag: u8, _offset: usize) -> Result<Flow, ProtocolError> {
+        self.start(tag)
+    }
+
     /// Whether [`Observer::body`] should receive bodies of messages of this type.
     fn wants_body(&self, _tag: u8) -> bool {
         false
@@ -91,7 +97,7 @@ impl Scanner {
             match self.state {
                 State::Tag => {
                     let tag = byte;
-                    if obs.start(tag)? == Flow::Stop {
+                    if obs.start_at(tag, pos)? == Flow::Stop {
                         return Ok(Some(pos));
                     }
                     pos += 1;

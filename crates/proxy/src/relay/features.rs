@@ -1,0 +1,294 @@
+//! Session features that cannot move between server connections, found in
+//! the SQL a client sends in transaction mode.
+//!
+//! A transaction-mode client runs each transaction on whichever server
+//! connection is free. State that outlives a transaction on the server
+//! would be lost (or, worse, met by another client) when the next
+//! transaction runs elsewhere, so a client that creates such state is
+//! *pinned*: it keeps its server connection until it leaves, as in session
+//! mode. The check is a light lexer over the statement text (comments and
+//! quoted strings skipped), looking at how each statement starts, plus a few
+//! function names anywhere: it errs on the side of pinning.
+
+/// Settings whose changes the server reports (ParameterStatus), which the
+/// proxy tracks per client and replays on the next server connection
+/// (PgBouncer's varcache): SET of these does not pin.
+pub const TRACKED_SETTINGS: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "standard_conforming_strings",
+];
+
+/// True for a setting the proxy tracks (case-insensitive).
+pub fn is_tracked(name: &str) -> bool {
+    TRACKED_SETTINGS
+        .iter()
+        .any(|t| t.eq_ignore_ascii_case(name))
+}
+
+/// What a client's SQL does to the session, as far as pooling cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SqlEffects {
+    /// A session feature that pins the client to its server, named for
+    /// logs and the admin API.
+    pub pins: Option<&'static str>,
+    /// `DISCARD ALL` / `DISCARD PLANS` / `DEALLOCATE`: the server forgets
+    /// its prepared statements.
+    pub drops_statements: bool,
+}
+
+/// Looks at `sql` (one Query or Parse text, possibly several statements).
+pub fn effects(sql: &[u8]) -> SqlEffects {
+    let mut fx = SqlEffects::default();
+    let words = Words::new(sql);
+    let mut statement: Vec<String> = Vec::new();
+    for w in words.chain(std::iter::once(Word::End)) {
+        match w {
+            Word::Ident(w) => {
+                if is_session_lock_function(&w) {
+                    fx.pins = fx.pins.or(Some("session advisory lock"));
+                }
+                // The first few words say what a statement is.
+                if statement.len() < 8 {
+                    statement.push(w);
+                }
+            }
+            Word::Semicolon | Word::End => {
+                let s: Vec<&str> = statement.iter().map(String::as_str).collect();
+                let (pins, drops) = statement_effects(&s);
+                fx.pins = fx.pins.or(pins);
+                fx.drops_statements |= drops;
+                statement.clear();
+            }
+        }
+    }
+    fx
+}
+
+fn is_session_lock_function(word: &str) -> bool {
+    matches!(
+        word,
+        "pg_advisory_lock"
+            | "pg_advisory_lock_shared"
+            | "pg_try_advisory_lock"
+            | "pg_try_advisory_lock_shared"
+    )
+}
+
+/// (pins, drops statements) of one statement, given its first words
+/// (lower case).
+fn statement_effects(s: &[&str]) -> (Option<&'static str>, bool) {
+    match s {
+        ["listen", ..] => (Some("LISTEN"), false),
+        ["set", "local" | "transaction" | "constraints", ..] => (None, false),
+        ["set", "session", "characteristics", ..] => (Some("SET SESSION CHARACTERISTICS"), false),
+        ["set", "session", "authorization", ..] | ["set", "role", ..] => {
+            (Some("SET ROLE / SESSION AUTHORIZATION"), false)
+        }
+        ["set", "session", name, ..] | ["set", name, ..] => {
+            if is_tracked(name) || (*name == "time" && s.contains(&"zone")) {
+                (None, false)
+            } else {
+                (Some("SET of a setting the proxy does not track"), false)
+            }
+        }
+        ["reset", "all", ..] => (None, false),
+        ["create", rest @ ..] if is_temp_create(rest) => (Some("temporary table"), false),
+        ["declare", ..] if s.windows(2).any(|w| w == ["with", "hold"]) => {
+            (Some("WITH HOLD cursor"), false)
+        }
+        ["prepare", ..] | ["execute", ..] => (Some("SQL PREPARE / EXECUTE"), false),
+        ["deallocate", ..] => (Some("SQL PREPARE / EXECUTE"), true),
+        ["discard", "all" | "plans", ..] => (None, true),
+        ["discard", "temp" | "temporary" | "sequences", ..] => (None, false),
+        ["load", ..] => (Some("LOAD"), false),
+        _ if s.contains(&"set_config") => (Some("set_config()"), false),
+        _ => (None, false),
+    }
+}
+
+/// `CREATE [GLOBAL|LOCAL] TEMP[ORARY] ...` (tables, views, sequences).
+fn is_temp_create(rest: &[&str]) -> bool {
+    rest.iter()
+        .take(3)
+        .any(|w| *w == "temp" || *w == "temporary")
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Word {
+    Ident(String),
+    Semicolon,
+    End,
+}
+
+/// Lower-cased identifiers and keywords of SQL text, with `;` between
+/// statements; comments, quoted strings and quoted identifiers are skipped
+/// (a dollar-quoted body too).
+struct Words<'a> {
+    sql: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Words<'a> {
+    fn new(sql: &'a [u8]) -> Self {
+        Words { sql, pos: 0 }
+    }
+
+    fn peek(&self, ahead: usize) -> Option<u8> {
+        self.sql.get(self.pos + ahead).copied()
+    }
+
+    /// Skips to just after `end`, or to the end of the text.
+    fn skip_past(&mut self, end: &[u8]) {
+        match self
+            .sql
+            .get(self.pos..)
+            .and_then(|rest| rest.windows(end.len()).position(|w| w == end))
+        {
+            Some(i) => self.pos += i + end.len(),
+            None => self.pos = self.sql.len(),
+        }
+    }
+}
+
+impl Iterator for Words<'_> {
+    type Item = Word;
+
+    fn next(&mut self) -> Option<Word> {
+        while let Some(c) = self.peek(0) {
+            match c {
+                b';' => {
+                    self.pos += 1;
+                    return Some(Word::Semicolon);
+                }
+                b'-' if self.peek(1) == Some(b'-') => self.skip_past(b"\n"),
+                b'/' if self.peek(1) == Some(b'*') => {
+                    self.pos += 2;
+                    self.skip_past(b"*/");
+                }
+                b'\'' => {
+                    // '' inside a string is two strings back to back: same result.
+                    self.pos += 1;
+                    self.skip_past(b"'");
+                }
+                b'"' => {
+                    self.pos += 1;
+                    self.skip_past(b"\"");
+                }
+                b'$' => {
+                    // $tag$ ... $tag$, or a parameter like $1.
+                    let rest = self.sql.get(self.pos + 1..).unwrap_or_default();
+                    let tag_len = rest
+                        .iter()
+                        .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                        .count();
+                    if rest.get(tag_len) == Some(&b'$')
+                        && !rest.first().is_some_and(u8::is_ascii_digit)
+                    {
+                        let delim = self
+                            .sql
+                            .get(self.pos..self.pos + tag_len + 2)
+                            .unwrap_or_default()
+                            .to_vec();
+                        self.pos += delim.len();
+                        self.skip_past(&delim);
+                    } else {
+                        self.pos += 1 + tag_len;
+                    }
+                }
+                c if c.is_ascii_alphabetic() || c == b'_' => {
+                    let start = self.pos;
+                    while self
+                        .peek(0)
+                        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
+                    {
+                        self.pos += 1;
+                    }
+                    let w = self.sql.get(start..self.pos).unwrap_or_default();
+                    return Some(Word::Ident(String::from_utf8_lossy(w).to_ascii_lowercase()));
+                }
+                _ => self.pos += 1,
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pins(sql: &str) -> Option<&'static str> {
+        effects(sql.as_bytes()).pins
+    }
+
+    #[test]
+    fn session_state_pins_and_transaction_state_does_not() {
+        assert_eq!(pins("LISTEN jobs"), Some("LISTEN"));
+        assert_eq!(
+            pins("  create TEMP table t (x int)"),
+            Some("temporary table")
+        );
+        assert_eq!(
+            pins("CREATE LOCAL TEMPORARY TABLE t(x int)"),
+            Some("temporary table")
+        );
+        assert_eq!(
+            pins("select pg_advisory_lock(1)"),
+            Some("session advisory lock")
+        );
+        assert_eq!(pins("select pg_advisory_xact_lock(1)"), None);
+        assert_eq!(
+            pins("DECLARE c CURSOR WITH HOLD FOR SELECT 1"),
+            Some("WITH HOLD cursor")
+        );
+        assert_eq!(pins("DECLARE c CURSOR FOR SELECT 1"), None);
+        assert_eq!(
+            pins("set search_path = app"),
+            Some("SET of a setting the proxy does not track")
+        );
+        assert_eq!(pins("SET application_name = 'x'"), None);
+        assert_eq!(pins("SET SESSION TimeZone TO 'UTC'"), None);
+        assert_eq!(pins("set time zone 'UTC'"), None);
+        assert_eq!(pins("SET LOCAL search_path = app"), None);
+        assert_eq!(pins("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE"), None);
+        assert_eq!(pins("PREPARE p AS SELECT 1"), Some("SQL PREPARE / EXECUTE"));
+        assert_eq!(pins("SELECT 1; LISTEN x; SELECT 2"), Some("LISTEN"));
+        assert_eq!(pins("BEGIN; SELECT 1; COMMIT"), None);
+        assert_eq!(pins("select 1"), None);
+    }
+
+    #[test]
+    fn comments_and_quoted_text_do_not_pin() {
+        assert_eq!(pins("SELECT 'LISTEN x; listen y'"), None);
+        assert_eq!(pins("-- listen x\nSELECT 1"), None);
+        assert_eq!(pins("/* LISTEN x */ SELECT 1"), None);
+        assert_eq!(pins("SELECT \"listen\" FROM t"), None);
+        assert_eq!(pins("SELECT $$; LISTEN x$$"), None);
+        assert_eq!(pins("SELECT $q$ pg_advisory_lock( $q$, $1"), None);
+        assert_eq!(pins("SELECT 1 /* ; */ ; LISTEN x"), Some("LISTEN"));
+    }
+
+    #[test]
+    fn discard_all_drops_the_servers_statements() {
+        assert!(effects(b"DISCARD ALL").drops_statements);
+        assert!(effects(b"deallocate all").drops_statements);
+        assert!(!effects(b"SELECT 1").drops_statements);
+    }
+
+    #[test]
+    fn garbage_and_unterminated_text_end_cleanly() {
+        for sql in [
+            &b"'unterminated"[..],
+            b"/* open",
+            b"$a$ open",
+            b"\xff\xfe;;",
+            b"",
+        ] {
+            let _ = effects(sql);
+        }
+    }
+}

@@ -1,0 +1,610 @@
+//! The transaction-mode tracker: sans-IO, fed the client's messages and the
+//! server's reply types, it keeps protocol-level prepared statements
+//! working while a client's transactions run on different server
+//! connections (PgBouncer 1.21's `max_prepared_statements`, pgdog's
+//! prepared statement cache).
+//!
+//! - A client's named statement is known by its *definition*: the Parse
+//!   body after the name (query text and parameter types). Each server
+//!   connection keeps the definitions it has prepared, under names of its
+//!   own (`pgwarden_<n>`), at most `max_prepared_statements`, least
+//!   recently used closed first ([`ServerStatements`]).
+//! - Parse of a named statement is sent under the server's name, or, when
+//!   that server has the definition already, replaced by a Close of a name
+//!   that never exists, whose CloseComplete is turned into the
+//!   ParseComplete the client waits for. Bind and Describe of a statement
+//!   the server lacks get a Parse sent before them, whose ParseComplete is
+//!   dropped. Close of a statement only forgets the client's name; the
+//!   server keeps the statement for the next client.
+//! - Every Parse and Close sent has an entry in the reply queue, in order,
+//!   saying what becomes of its reply ([`Edit`]). After an ErrorResponse
+//!   the server skips the rest of the batch up to Sync, and so do the
+//!   entries: what they would have created is undone.
+//!
+//! The common case costs nothing: a message without a statement name
+//! (simple Query, unnamed Parse/Bind, Execute, Sync, CopyData) is passed on
+//! as it came, without copying.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{BufMut, BytesMut};
+use pgwarden_wire::ProtocolError;
+use pgwarden_wire::scan;
+
+use super::features;
+use crate::clients::Activity;
+
+/// A statement's definition: the Parse body after the name.
+pub type Definition = Arc<[u8]>;
+
+/// A statement name no server connection ever has: Close of it is a no-op
+/// that still gets a CloseComplete.
+const NO_STATEMENT: &[u8] = b"pgwarden_none";
+
+/// Prefix of the statement names the proxy gives server connections.
+const PREFIX: &[u8] = b"pgwarden_";
+
+/// Simple Query messages up to this size are read whole to look for session
+/// features; longer ones stream through unexamined.
+const WHOLE_QUERY_LIMIT: u32 = 1 << 20;
+
+/// The prepared statements one server connection holds.
+#[derive(Debug, Default)]
+pub struct ServerStatements {
+    by_definition: HashMap<Definition, Named>,
+    next_id: u64,
+    clock: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Named {
+    id: u64,
+    used: u64,
+}
+
+impl ServerStatements {
+    /// Forgets every statement (the server dropped them: `DISCARD ALL`).
+    pub fn clear(&mut self) {
+        self.by_definition.clear();
+    }
+
+    /// How many statements the server connection holds.
+    pub fn len(&self) -> usize {
+        self.by_definition.len()
+    }
+
+    /// True when it holds none.
+    pub fn is_empty(&self) -> bool {
+        self.by_definition.is_empty()
+    }
+
+    fn get(&mut self, def: &Definition) -> Option<u64> {
+        self.clock += 1;
+        let now = self.clock;
+        self.by_definition.get_mut(def).map(|n| {
+            n.used = now;
+            n.id
+        })
+    }
+
+    /// Adds `def` under a new id; when that makes more than `cap`, the
+    /// least recently used other statement is forgotten and returned, for
+    /// the caller to close on the server.
+    fn insert(&mut self, def: Definition, cap: usize) -> (u64, Option<u64>) {
+        let evicted = if self.by_definition.len() >= cap.max(1) {
+            let victim = self
+                .by_definition
+                .iter()
+                .min_by_key(|(_, n)| n.used)
+                .map(|(d, n)| (Arc::clone(d), n.id));
+            victim.map(|(d, id)| {
+                self.by_definition.remove(&d);
+                id
+            })
+        } else {
+            None
+        };
+        self.next_id += 1;
+        self.clock += 1;
+        let id = self.next_id;
+        self.by_definition.insert(
+            def,
+            Named {
+                id,
+                used: self.clock,
+            },
+        );
+        (id, evicted)
+    }
+
+    fn remove(&mut self, def: &Definition) {
+        self.by_definition.remove(def);
+    }
+}
+
+/// What becomes of a ParseComplete or CloseComplete from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edit {
+    /// Passed to the client.
+    Keep,
+    /// Dropped: it answers a message the proxy added.
+    Drop,
+    /// A CloseComplete that stands for a ParseComplete: its type byte
+    /// becomes `1`.
+    Retag,
+}
+
+#[derive(Debug)]
+struct Pending {
+    /// Which batch (up to a Sync, Query or FunctionCall) the message is in.
+    batch: u64,
+    edit: Edit,
+    /// Undone when the server skips the message (an error before it).
+    undo_server: Option<Definition>,
+    undo_client: Option<Box<[u8]>>,
+}
+
+/// How a client's buffered bytes go on to the server.
+#[derive(Debug)]
+pub struct Fed {
+    /// Bytes of the buffer consumed; the rest is the start of a message
+    /// that needs more bytes.
+    pub upto: usize,
+    /// When set, send this instead of the consumed bytes (a message was
+    /// rewritten).
+    pub rewritten: Option<BytesMut>,
+    /// A Terminate starts at `upto`.
+    pub terminate: bool,
+}
+
+/// Whether buffered client bytes are enough to start a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Not yet a whole first message (or its header).
+    NeedMore(usize),
+    /// The client says goodbye.
+    Terminate,
+    /// Work to do: take a server connection.
+    Go,
+}
+
+/// One transaction-mode client's protocol state, kept across its
+/// transactions.
+#[derive(Debug)]
+pub struct Tracker {
+    /// The client's statement names and their definitions.
+    client: HashMap<Box<[u8]>, Definition>,
+    queue: VecDeque<Pending>,
+    sent_batches: u64,
+    done_batches: u64,
+    max_prepared: usize,
+    max_message: u32,
+    /// Body bytes of a streamed message still to pass on.
+    streaming: u32,
+    /// Why the client keeps its server connection until it leaves.
+    pub pinned: Option<&'static str>,
+    scratch: BytesMut,
+}
+
+impl Tracker {
+    /// A client's tracker: at most `max_prepared` statements per server
+    /// connection (0: named statements pin the client), messages up to
+    /// `max_message` bytes.
+    pub fn new(max_prepared: usize, max_message: u32) -> Tracker {
+        Tracker {
+            client: HashMap::new(),
+            queue: VecDeque::new(),
+            sent_batches: 0,
+            done_batches: 0,
+            max_prepared,
+            max_message,
+            streaming: 0,
+            pinned: None,
+            scratch: BytesMut::new(),
+        }
+    }
+
+    /// Named statements the client has prepared.
+    pub fn statements(&self) -> usize {
+        self.client.len()
+    }
+
+    /// True when no message is half sent to the server.
+    pub fn at_boundary(&self) -> bool {
+        self.streaming == 0
+    }
+
+    /// A new server connection: nothing is owed on it yet.
+    pub fn begin(&mut self) {
+        self.queue.clear();
+        self.sent_batches = 0;
+        self.done_batches = 0;
+    }
+
+    /// The connection is given up while replies are still owed: what
+    /// those replies would confirm is forgotten, so the connection's
+    /// statement cache never names a statement it may lack.
+    pub fn abandon(&mut self, server: &mut ServerStatements) {
+        for p in self.queue.drain(..) {
+            if let Some(def) = &p.undo_server {
+                server.remove(def);
+            }
+        }
+    }
+
+    /// Whether `buf` (client bytes, nothing of them sent yet) holds enough
+    /// to begin: the first message whole when it is one the proxy rewrites,
+    /// else its header.
+    pub fn start(&self, buf: &[u8]) -> Start {
+        let Some(header) = buf.first_chunk::<5>() else {
+            return Start::NeedMore(5);
+        };
+        let [tag, len @ ..] = *header;
+        if tag == b'X' {
+            return Start::Terminate;
+        }
+        let body = u32::from_be_bytes(len).saturating_sub(4);
+        if Self::is_whole(tag, body) && body <= self.max_message {
+            let need = 5 + body as usize;
+            if buf.len() < need {
+                return Start::NeedMore(need);
+            }
+        }
+        Start::Go
+    }
+
+    fn is_whole(tag: u8, body: u32) -> bool {
+        matches!(tag, b'P' | b'B' | b'D' | b'C') || (tag == b'Q' && body <= WHOLE_QUERY_LIMIT)
+    }
+
+    /// Takes the client's buffered bytes: what to send the server, and how
+    /// much of `buf` that consumed. Counts requests in `activity`.
+    pub fn feed(
+        &mut self,
+        buf: &[u8],
+        server: &mut ServerStatements,
+        activity: &Activity,
+    ) -> Result<Fed, ProtocolError> {
+        let mut pos = 0usize;
+        let mut out: Option<BytesMut> = None;
+        loop {
+            if self.streaming > 0 {
+                let rest = buf.get(pos..).unwrap_or_default();
+                let take = (self.streaming as usize).min(rest.len());
+                if take == 0 {
+                    break;
+                }
+                if let (Some(o), Some(part)) = (out.as_mut(), rest.get(..take)) {
+                    o.extend_from_slice(part);
+                }
+                pos += take;
+                self.streaming -= take as u32;
+                continue;
+            }
+            let Some(header) = buf.get(pos..).and_then(|b| b.first_chunk::<5>()) else {
+                break;
+            };
+            let [tag, len @ ..] = *header;
+            let len = u32::from_be_bytes(len);
+            if len < 4 {
+                return Err(ProtocolError::InvalidLength { len });
+            }
+            let body_len = len - 4;
+            if body_len > self.max_message {
+                return Err(ProtocolError::TooLong {
+                    len: body_len,
+                    max: self.max_message,
+                });
+            }
+            if tag == b'X' {
+                return Ok(Fed {
+                    upto: pos,
+                    rewritten: out,
+                    terminate: true,
+                });
+            }
+            if !scan::is_frontend_tag(tag) {
+                return Err(ProtocolError::UnexpectedMessage { tag });
+            }
+            if !Self::is_whole(tag, body_len) {
+                self.count(tag, activity);
+                if let (Some(o), Some(h)) = (out.as_mut(), buf.get(pos..pos + 5)) {
+                    o.extend_from_slice(h);
+                }
+                pos += 5;
+                self.streaming = body_len;
+                continue;
+            }
+            let end = pos + 5 + body_len as usize;
+            let (Some(whole), Some(body)) = (buf.get(pos..end), buf.get(pos + 5..end)) else {
+                break;
+            };
+            self.count(tag, activity);
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.clear();
+            let replaced = self.message(tag, body, server, &mut scratch)?;
+            match (&mut out, replaced) {
+                (Some(o), true) => o.extend_from_slice(&scratch),
+                (Some(o), false) => o.extend_from_slice(whole),
+                (None, true) => {
+                    let mut o = BytesMut::with_capacity(pos + scratch.len() + 64);
+                    o.extend_from_slice(buf.get(..pos).unwrap_or_default());
+                    o.extend_from_slice(&scratch);
+                    out = Some(o);
+                }
+                (None, false) => {}
+            }
+            self.scratch = scratch;
+            pos = end;
+        }
+        Ok(Fed {
+            upto: pos,
+            rewritten: out,
+            terminate: false,
+        })
+    }
+
+    fn count(&mut self, tag: u8, activity: &Activity) {
+        match tag {
+            b'Q' => {
+                activity.request();
+                activity.command();
+                self.sent_batches += 1;
+            }
+            b'F' => {
+                activity.request();
+                self.sent_batches += 1;
+            }
+            b'S' => {
+                let before = activity.owed();
+                activity.sync();
+                if activity.owed() != before {
+                    self.sent_batches += 1;
+                }
+            }
+            b'E' => {
+                activity.set_unsynced(true);
+                activity.command();
+            }
+            b'c' | b'f' => activity.copy_in_ended(),
+            b'P' | b'B' | b'D' | b'C' => activity.set_unsynced(true),
+            _ => {}
+        }
+    }
+
+    /// The server started a COPY from the client and ignores the `syncs`
+    /// Syncs sent since the command that started it.
+    pub fn copy_in_started(&mut self, syncs: u32) {
+        self.sent_batches = self.sent_batches.saturating_sub(u64::from(syncs));
+        let done = self.done_batches;
+        for p in self.queue.iter_mut().filter(|p| p.batch > done) {
+            p.batch = p.batch.saturating_sub(u64::from(syncs)).max(done);
+        }
+    }
+
+    fn pin(&mut self, why: &'static str) {
+        if self.pinned.is_none() {
+            tracing::debug!(feature = why, "the client keeps its server connection");
+            self.pinned = Some(why);
+        }
+    }
+
+    fn sql(&mut self, text: &[u8], server: &mut ServerStatements) {
+        let fx = features::effects(text);
+        if let Some(why) = fx.pins {
+            self.pin(why);
+        }
+        if fx.drops_statements {
+            server.clear();
+        }
+    }
+
+    fn push(
+        &mut self,
+        edit: Edit,
+        undo_server: Option<Definition>,
+        undo_client: Option<Box<[u8]>>,
+    ) {
+        self.queue.push_back(Pending {
+            batch: self.sent_batches,
+            edit,
+            undo_server,
+            undo_client,
+        });
+    }
+
+    /// One whole client message; true when `out` holds its replacement.
+    fn message(
+        &mut self,
+        tag: u8,
+        body: &[u8],
+        server: &mut ServerStatements,
+        out: &mut BytesMut,
+    ) -> Result<bool, ProtocolError> {
+        match tag {
+            b'Q' => {
+                self.sql(cstr(body, "Query")?.0, server);
+                Ok(false)
+            }
+            b'P' => {
+                let (name, def) = cstr(body, "Parse")?;
+                self.sql(cstr(def, "Parse")?.0, server);
+                if name.is_empty() {
+                    self.push(Edit::Keep, None, None);
+                    return Ok(false);
+                }
+                if self.max_prepared == 0 {
+                    self.pin("prepared statements (proxy.max_prepared_statements = 0)");
+                    self.push(Edit::Keep, None, None);
+                    return Ok(false);
+                }
+                let def: Definition = Arc::from(def);
+                self.client.insert(name.into(), Arc::clone(&def));
+                match server.get(&def) {
+                    Some(_) => {
+                        // The server has it: a no-op whose reply stands in for ParseComplete.
+                        close_statement(out, NO_STATEMENT);
+                        self.push(Edit::Retag, None, Some(name.into()));
+                    }
+                    None => {
+                        // The client waits for this one's ParseComplete.
+                        self.prepare(&def, server, out);
+                        if let Some(p) = self.queue.back_mut() {
+                            p.edit = Edit::Keep;
+                            p.undo_client = Some(name.into());
+                        }
+                    }
+                }
+                Ok(true)
+            }
+            b'B' => {
+                let (portal, rest) = cstr(body, "Bind")?;
+                let (name, rest) = cstr(rest, "Bind")?;
+                let Some(server_name) = self.server_name(name, server, out) else {
+                    return Ok(false);
+                };
+                put_message(out, b'B', &[portal, b"\0", &server_name, b"\0", rest]);
+                Ok(true)
+            }
+            b'D' => {
+                let Some((&kind, rest)) = body.split_first() else {
+                    return Err(ProtocolError::Malformed { what: "Describe" });
+                };
+                let (name, _) = cstr(rest, "Describe")?;
+                if kind != b'S' {
+                    return Ok(false);
+                }
+                let Some(server_name) = self.server_name(name, server, out) else {
+                    return Ok(false);
+                };
+                put_message(out, b'D', &[b"S", &server_name, b"\0"]);
+                Ok(true)
+            }
+            b'C' => {
+                let Some((&kind, rest)) = body.split_first() else {
+                    return Err(ProtocolError::Malformed { what: "Close" });
+                };
+                let (name, _) = cstr(rest, "Close")?;
+                self.push(Edit::Keep, None, None);
+                if kind != b'S' || name.is_empty() || self.max_prepared == 0 {
+                    return Ok(false);
+                }
+                // The server keeps the statement for other clients.
+                self.client.remove(name);
+                close_statement(out, NO_STATEMENT);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Sends Parse of `def` under a new server name (closing the least
+    /// recently used statement first when the server is full); its reply
+    /// is dropped unless the caller changes the queue's last entry.
+    fn prepare(
+        &mut self,
+        def: &Definition,
+        server: &mut ServerStatements,
+        out: &mut BytesMut,
+    ) -> u64 {
+        let (id, evicted) = server.insert(Arc::clone(def), self.max_prepared);
+        if let Some(old) = evicted {
+            close_statement(out, &server_name(old));
+            self.push(Edit::Drop, None, None);
+        }
+        put_message(out, b'P', &[&server_name(id), b"\0", def]);
+        self.push(Edit::Drop, Some(Arc::clone(def)), None);
+        id
+    }
+
+    /// The server's name for the client's statement `name`, preparing it
+    /// there first when needed; `None` to pass the message on as it is
+    /// (the unnamed statement, or a name the client never prepared, which
+    /// the server then reports missing).
+    fn server_name(
+        &mut self,
+        name: &[u8],
+        server: &mut ServerStatements,
+        out: &mut BytesMut,
+    ) -> Option<Vec<u8>> {
+        if name.is_empty() || self.max_prepared == 0 {
+            return None;
+        }
+        let Some(def) = self.client.get(name).map(Arc::clone) else {
+            // Never a name of the proxy's own on the server: those are other clients'.
+            return name.starts_with(PREFIX).then(|| NO_STATEMENT.to_vec());
+        };
+        let id = match server.get(&def) {
+            Some(id) => id,
+            None => self.prepare(&def, server, out),
+        };
+        Some(server_name(id))
+    }
+
+    /// The server sent a message of type `tag`: what to do with it.
+    pub fn reply(&mut self, tag: u8, server: &mut ServerStatements) -> Edit {
+        match tag {
+            b'1' | b'3' => self.queue.pop_front().map_or(Edit::Keep, |p| p.edit),
+            b'E' => {
+                // The server skips the rest of this batch; so do its entries.
+                while self
+                    .queue
+                    .front()
+                    .is_some_and(|p| p.batch == self.done_batches)
+                {
+                    if let Some(p) = self.queue.pop_front() {
+                        if let Some(def) = &p.undo_server {
+                            server.remove(def);
+                        }
+                        if let Some(name) = &p.undo_client {
+                            self.client.remove(name);
+                        }
+                    }
+                }
+                Edit::Keep
+            }
+            b'Z' => {
+                self.done_batches += 1;
+                Edit::Keep
+            }
+            _ => Edit::Keep,
+        }
+    }
+}
+
+fn server_name(id: u64) -> Vec<u8> {
+    let mut n = PREFIX.to_vec();
+    n.extend_from_slice(id.to_string().as_bytes());
+    n
+}
+
+fn close_statement(out: &mut BytesMut, name: &[u8]) {
+    put_message(out, b'C', &[b"S", name, b"\0"]);
+}
+
+/// Appends a message of type `tag` whose body is `parts`, concatenated.
+fn put_message(out: &mut BytesMut, tag: u8, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum::<usize>() + 4;
+    out.reserve(len + 1);
+    out.put_u8(tag);
+    out.put_u32(u32::try_from(len).unwrap_or(u32::MAX));
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+}
+
+/// Splits a NUL-terminated string off the front of `body`.
+fn cstr<'a>(body: &'a [u8], what: &'static str) -> Result<(&'a [u8], &'a [u8]), ProtocolError> {
+    let nul = body
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or(ProtocolError::Malformed { what })?;
+    Ok((
+        body.get(..nul).unwrap_or_default(),
+        body.get(nul + 1..).unwrap_or_default(),
+    ))
+}
+
+#[cfg(test)]
+mod tests;

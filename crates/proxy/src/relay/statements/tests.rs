@@ -1,0 +1,314 @@
+#![allow(clippy::indexing_slicing)]
+
+use super::*;
+use postgres_protocol::message::frontend;
+
+fn parse(name: &str, query: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::parse(name, query, [23u32], &mut b).unwrap();
+    b.to_vec()
+}
+
+fn bind(stmt: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::bind(
+        "",
+        stmt,
+        [1i16],
+        [&b"7"[..]],
+        |v, buf| {
+            buf.extend_from_slice(v);
+            Ok(postgres_protocol::IsNull::No)
+        },
+        [1i16],
+        &mut b,
+    )
+    .map_err(|_| ())
+    .unwrap();
+    b.to_vec()
+}
+
+fn execute_sync() -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::execute("", 0, &mut b).unwrap();
+    frontend::sync(&mut b);
+    b.to_vec()
+}
+
+fn close(name: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::close(b'S', name, &mut b).unwrap();
+    b.to_vec()
+}
+
+/// (type, body) of each message in `bytes`.
+fn messages(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        out.push((rest[0], rest[5..1 + len].to_vec()));
+        rest = &rest[1 + len..];
+    }
+    out
+}
+
+/// The statement name a Parse, Bind or Describe (statement) body names.
+fn stmt_of(tag: u8, body: &[u8]) -> String {
+    let field = match tag {
+        b'P' => body.split(|b| *b == 0).next().unwrap(),
+        b'B' => body.split(|b| *b == 0).nth(1).unwrap(),
+        b'D' | b'C' => body[1..].split(|b| *b == 0).next().unwrap(),
+        _ => panic!("no statement in {}", tag as char),
+    };
+    String::from_utf8(field.to_vec()).unwrap()
+}
+
+/// Feeds `input` whole; returns what goes to the server.
+fn send(t: &mut Tracker, s: &mut ServerStatements, input: &[u8]) -> Vec<u8> {
+    let activity = Activity::default();
+    let fed = t.feed(input, s, &activity).unwrap();
+    assert_eq!(fed.upto, input.len(), "all consumed");
+    fed.rewritten.map_or_else(|| input.to_vec(), |b| b.to_vec())
+}
+
+fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
+    parts.concat()
+}
+
+#[test]
+fn messages_without_statement_names_pass_uncopied() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    let mut input = BytesMut::new();
+    frontend::query("SELECT 1", &mut input).unwrap();
+    input.extend_from_slice(&parse("", "SELECT $1"));
+    input.extend_from_slice(&bind(""));
+    input.extend_from_slice(&execute_sync());
+    let activity = Activity::default();
+    let fed = t.feed(&input, &mut s, &activity).unwrap();
+    assert!(fed.rewritten.is_none());
+    assert_eq!(fed.upto, input.len());
+    assert_eq!(activity.owed(), 2, "a Query and a Sync are owed replies");
+    assert_eq!(t.reply(b'1', &mut s), Edit::Keep);
+}
+
+#[test]
+fn a_statement_moves_with_its_client_to_another_server() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut a = ServerStatements::default();
+    // First transaction, on server a: Parse goes out under a's name.
+    t.begin();
+    let out = send(
+        &mut t,
+        &mut a,
+        &cat(&[parse("s1", "SELECT $1"), bind("s1"), execute_sync()]),
+    );
+    let m = messages(&out);
+    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PBES");
+    assert_eq!(stmt_of(b'P', &m[0].1), "pgwarden_1");
+    assert_eq!(stmt_of(b'B', &m[1].1), "pgwarden_1");
+    assert_eq!(
+        t.reply(b'1', &mut a),
+        Edit::Keep,
+        "the client's ParseComplete"
+    );
+    t.reply(b'Z', &mut a);
+
+    // Next transaction on server b, which never saw it: a Parse goes first
+    // and its ParseComplete is dropped.
+    let mut b = ServerStatements::default();
+    t.begin();
+    let out = send(&mut t, &mut b, &cat(&[bind("s1"), execute_sync()]));
+    let m = messages(&out);
+    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PBES");
+    assert_eq!(stmt_of(b'P', &m[0].1), stmt_of(b'B', &m[1].1));
+    assert_eq!(t.reply(b'1', &mut b), Edit::Drop);
+    assert_eq!(t.reply(b'2', &mut b), Edit::Keep);
+
+    // Another client parsing the same text on b: no Parse reaches b; a
+    // Close of nothing answers for it.
+    let mut t2 = Tracker::new(200, 1 << 20);
+    let out = send(
+        &mut t2,
+        &mut b,
+        &cat(&[parse("other", "SELECT $1"), bind("other"), execute_sync()]),
+    );
+    let m = messages(&out);
+    assert_eq!(m[0].0, b'C');
+    assert_eq!(stmt_of(b'C', &m[0].1), "pgwarden_none");
+    assert_eq!(
+        stmt_of(b'B', &m[1].1),
+        stmt_of(b'B', &messages(&send(&mut t, &mut b, &bind("s1")))[0].1)
+    );
+    assert_eq!(t2.reply(b'3', &mut b), Edit::Retag);
+}
+
+#[test]
+fn a_failed_parse_leaves_no_statement_behind() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    send(
+        &mut t,
+        &mut s,
+        &cat(&[parse("bad", "SELEC $1"), bind("bad"), execute_sync()]),
+    );
+    assert_eq!(s.len(), 1);
+    // The server's answer: ErrorResponse, then ReadyForQuery after the Sync.
+    t.reply(b'E', &mut s);
+    t.reply(b'Z', &mut s);
+    assert!(s.is_empty(), "the server has no such statement");
+    assert_eq!(t.statements(), 0, "nor has the client");
+    // A Bind of it now is passed as it is: the server says it does not exist.
+    let out = send(&mut t, &mut s, &bind("bad"));
+    assert_eq!(out, bind("bad"));
+}
+
+#[test]
+fn an_error_skips_only_the_rest_of_its_own_batch() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    // Batch 0 fails at its Execute; batch 1 prepares a statement.
+    let input = cat(&[
+        parse("a", "SELECT 1/$1"),
+        bind("a"),
+        execute_sync(),
+        parse("b", "SELECT 2"),
+        execute_sync(),
+    ]);
+    send(&mut t, &mut s, &input);
+    assert_eq!(t.reply(b'1', &mut s), Edit::Keep);
+    t.reply(b'2', &mut s);
+    t.reply(b'E', &mut s);
+    t.reply(b'Z', &mut s);
+    assert_eq!(t.statements(), 2, "a's Parse had succeeded");
+    assert_eq!(
+        t.reply(b'1', &mut s),
+        Edit::Keep,
+        "b's ParseComplete is b's"
+    );
+    t.reply(b'Z', &mut s);
+    assert_eq!(s.len(), 2);
+}
+
+#[test]
+fn the_least_recently_used_statement_is_closed_when_a_server_is_full() {
+    let mut t = Tracker::new(2, 1 << 20);
+    let mut s = ServerStatements::default();
+    send(
+        &mut t,
+        &mut s,
+        &cat(&[parse("a", "SELECT 1"), parse("b", "SELECT 2")]),
+    );
+    send(&mut t, &mut s, &bind("a"));
+    let out = send(&mut t, &mut s, &parse("c", "SELECT 3"));
+    let m = messages(&out);
+    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"CP");
+    assert_eq!(
+        stmt_of(b'C', &m[0].1),
+        "pgwarden_2",
+        "b was used least recently"
+    );
+    assert_eq!(s.len(), 2);
+    for _ in 0..2 {
+        t.reply(b'1', &mut s);
+    }
+    assert_eq!(
+        t.reply(b'3', &mut s),
+        Edit::Drop,
+        "the eviction's CloseComplete"
+    );
+    assert_eq!(t.reply(b'1', &mut s), Edit::Keep, "c's ParseComplete");
+}
+
+#[test]
+fn closing_a_statement_keeps_it_on_the_server() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    send(&mut t, &mut s, &parse("a", "SELECT 1"));
+    let out = send(&mut t, &mut s, &close("a"));
+    assert_eq!(stmt_of(b'C', &messages(&out)[0].1), "pgwarden_none");
+    assert_eq!(t.statements(), 0);
+    assert_eq!(s.len(), 1);
+    t.reply(b'1', &mut s);
+    assert_eq!(t.reply(b'3', &mut s), Edit::Keep);
+}
+
+#[test]
+fn names_of_the_proxys_own_never_reach_a_server() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    send(&mut t, &mut s, &parse("x", "SELECT 1"));
+    let out = send(&mut t, &mut s, &bind("pgwarden_1"));
+    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
+}
+
+#[test]
+fn half_a_message_waits_for_the_rest() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    let p = parse("a", "SELECT 1");
+    let input = cat(&[execute_sync(), p.clone()]);
+    let cut = input.len() - 3;
+    assert_eq!(t.start(&p[..4]), Start::NeedMore(5));
+    assert_eq!(t.start(&p[..p.len() - 1]), Start::NeedMore(p.len()));
+    assert_eq!(t.start(&p), Start::Go);
+    let activity = Activity::default();
+    let fed = t.feed(&input[..cut], &mut s, &activity).unwrap();
+    assert_eq!(fed.upto, execute_sync().len());
+    assert!(fed.rewritten.is_none());
+    assert!(t.at_boundary());
+    // A streamed message (CopyData) goes on in parts.
+    let mut copy = vec![b'd'];
+    copy.extend_from_slice(&104u32.to_be_bytes());
+    copy.extend_from_slice(&[9u8; 100]);
+    let fed = t.feed(&copy[..50], &mut s, &activity).unwrap();
+    assert_eq!(fed.upto, 50);
+    assert!(!t.at_boundary(), "half a CopyData is at the server");
+    let fed = t.feed(&copy[50..], &mut s, &activity).unwrap();
+    assert_eq!(fed.upto, copy.len() - 50);
+    assert!(t.at_boundary());
+}
+
+#[test]
+fn terminate_and_bad_messages_end_the_feed() {
+    let mut t = Tracker::new(200, 100);
+    let mut s = ServerStatements::default();
+    let activity = Activity::default();
+    let mut input = execute_sync();
+    let at = input.len();
+    input.extend_from_slice(b"X\0\0\0\x04");
+    let fed = t.feed(&input, &mut s, &activity).unwrap();
+    assert!(fed.terminate);
+    assert_eq!(fed.upto, at);
+    assert_eq!(t.start(b"X\0\0\0\x04"), Start::Terminate);
+    assert!(t.feed(b"Z\0\0\0\x05I", &mut s, &activity).is_err());
+    assert!(
+        t.feed(b"Q\0\0\x10\0", &mut s, &activity).is_err(),
+        "over max_message"
+    );
+}
+
+#[test]
+fn zero_max_prepared_statements_pins_instead_of_mapping() {
+    let mut t = Tracker::new(0, 1 << 20);
+    let mut s = ServerStatements::default();
+    let input = cat(&[parse("a", "SELECT 1"), bind("a")]);
+    assert_eq!(send(&mut t, &mut s, &input), input);
+    assert!(t.pinned.is_some());
+}
+
+#[test]
+fn session_features_in_queries_pin() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    let mut q = BytesMut::new();
+    frontend::query("LISTEN jobs", &mut q).unwrap();
+    send(&mut t, &mut s, &q);
+    assert_eq!(t.pinned, Some("LISTEN"));
+    send(&mut t, &mut s, &parse("a", "SELECT 1"));
+    let mut q = BytesMut::new();
+    frontend::query("DISCARD ALL", &mut q).unwrap();
+    send(&mut t, &mut s, &q);
+    assert!(s.is_empty(), "DISCARD ALL drops the server's statements");
+}

@@ -1,0 +1,438 @@
+//! A transaction-mode client's life after login: idle without a server
+//! connection, a checkout at the first message of each transaction, the
+//! relay, and the release at the ReadyForQuery that ends it.
+//!
+//! Release happens when every request is answered (no ReadyForQuery owed,
+//! no extended-protocol message waiting for its Sync, nothing half sent
+//! either way) and the server says `I`: outside a transaction. The
+//! connection goes back to its pool as it is: the client's settings are
+//! compared and replayed at the next checkout, its prepared statements are
+//! mapped ([`super::statements`]), and whatever else could outlive the
+//! transaction pins the client instead ([`super::features`]). A pinned
+//! client keeps its server until it leaves, and the connection is then
+//! reset with `server_reset_query` as in session mode.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::{Buf, BytesMut};
+use pgwarden_wire::ProtocolError;
+use pgwarden_wire::scan::{Flow, Observer, Scanner};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+use super::statements::{Edit, ServerStatements, Start, Tracker};
+use crate::Shared;
+use crate::clients::{Activity, CancelKey};
+use crate::pump::{self, Owing, PumpEnd, PumpResult, ServerState, StopReason};
+use crate::server_conn::{ServerConn, ServerCredentials};
+use crate::session;
+
+/// A logged-in transaction-mode client.
+#[derive(Debug)]
+pub(crate) struct TxnClient {
+    /// The server connections' startup parameters (the pool's key).
+    pub server_params: Vec<(String, String)>,
+    /// The client's settings: its startup parameters, then what it SET of
+    /// the tracked ones; replayed on each server connection it gets.
+    pub wanted: Vec<(String, String)>,
+    /// How to log in to servers as the client's user.
+    pub creds: ServerCredentials,
+    /// Its prepared statements and reply queue.
+    pub tracker: Tracker,
+}
+
+/// Serves the client until it leaves or is stopped; `buf` holds what it
+/// sent after logging in.
+pub(crate) async fn serve(
+    shared: &Shared,
+    client: &mut TcpStream,
+    mut buf: BytesMut,
+    cancel: CancelKey,
+    mut c: TxnClient,
+) {
+    loop {
+        match idle(client, &mut buf, cancel.stop(), &c.tracker).await {
+            Idle::Work => {}
+            Idle::Left => return,
+            Idle::Stopped => {
+                let _ = client
+                    .write_all(&session::stopped_error(shared).to_bytes())
+                    .await;
+                return;
+            }
+        }
+        let got = tokio::select! {
+            r = session::server_for(shared, &c.server_params, &c.wanted, &c.creds) => r,
+            () = cancel.stop().cancelled() => {
+                let _ = client.write_all(&session::stopped_error(shared).to_bytes()).await;
+                return;
+            }
+        };
+        let (slot, mut conn, route) = match got {
+            Ok(got) => got,
+            Err(reject) => return session::send_reject(client, reject).await,
+        };
+        cancel.set_server(conn.backend, conn.addr, conn.key);
+        let outcome = relay(
+            client,
+            &mut conn,
+            &mut buf,
+            &mut c,
+            cancel.activity(),
+            cancel.stop(),
+            &route.ended,
+        )
+        .await;
+        cancel.clear_server().await;
+        match outcome {
+            Outcome::Released => {
+                slot.release(conn);
+                if buf.is_empty() {
+                    // An idle client keeps no buffer.
+                    buf = BytesMut::new();
+                }
+            }
+            Outcome::Ended(r) => {
+                // Only a pinned client can have left session state behind.
+                let reset = match c.tracker.pinned {
+                    Some(_) => shared.settings.server_reset_query.as_str(),
+                    None => "",
+                };
+                session::finish(shared, client, r, slot, conn, &cancel, &route, reset).await;
+                return;
+            }
+        }
+    }
+}
+
+enum Idle {
+    /// The client sent (the start of) a transaction.
+    Work,
+    /// It left (Terminate, closed socket, or a broken message, answered).
+    Left,
+    /// An operator or the shutdown ended it.
+    Stopped,
+}
+
+/// Waits, holding no server connection and no buffer, until the client
+/// sends enough to start a transaction.
+async fn idle(
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    stop: &CancellationToken,
+    tracker: &Tracker,
+) -> Idle {
+    loop {
+        match tracker.start(buf) {
+            Start::Go => return Idle::Work,
+            Start::Terminate => return Idle::Left,
+            Start::NeedMore(n) => {
+                tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return Idle::Stopped,
+                    r = client.readable() => if r.is_err() { return Idle::Left },
+                }
+                buf.reserve(n.max(1024).saturating_sub(buf.len()));
+                match client.try_read_buf(buf) {
+                    Ok(0) => return Idle::Left,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Idle::Left,
+                }
+            }
+        }
+    }
+}
+
+/// How a transaction's relay ended.
+#[derive(Debug)]
+enum Outcome {
+    /// At a release point: the connection can go back to its pool.
+    Released,
+    /// The session ends; the connection is in the state given.
+    Ended(PumpResult),
+}
+
+/// The server's replies during a transaction.
+struct Replies<'a> {
+    activity: &'a Activity,
+    tracker: &'a Mutex<Tracker>,
+    statements: &'a Mutex<ServerStatements>,
+    status: u8,
+    last_tag: u8,
+    params: &'a mut Vec<(String, String)>,
+    applied: &'a mut Vec<(String, String)>,
+    wanted: &'a mut Vec<(String, String)>,
+    /// Where the chunk being scanned needs changing.
+    edits: Vec<(usize, Edit)>,
+}
+
+impl Observer for Replies<'_> {
+    fn start(&mut self, tag: u8) -> Result<Flow, ProtocolError> {
+        self.last_tag = tag;
+        Ok(Flow::Continue)
+    }
+
+    fn start_at(&mut self, tag: u8, offset: usize) -> Result<Flow, ProtocolError> {
+        self.last_tag = tag;
+        if tag == b'G' {
+            let syncs = self.activity.copy_in_started();
+            lock(self.tracker).copy_in_started(syncs);
+        }
+        let edit = self
+            .tracker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .reply(tag, &mut lock(self.statements));
+        if edit != Edit::Keep {
+            self.edits.push((offset, edit));
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn wants_body(&self, tag: u8) -> bool {
+        tag == b'Z' || tag == b'S'
+    }
+
+    fn body(&mut self, tag: u8, body: &[u8]) {
+        if tag == b'Z' {
+            if let Some(&status) = body.first() {
+                self.status = status;
+            }
+            self.activity.ready();
+            return;
+        }
+        ServerConn::note_param(self.params, self.applied, body);
+        // A tracked setting the client changed follows it to its next server.
+        let mut parts = body.split(|b| *b == 0);
+        if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
+            let name = String::from_utf8_lossy(name);
+            if super::features::is_tracked(&name) {
+                let value = String::from_utf8_lossy(value).into_owned();
+                self.wanted.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
+                self.wanted.push((name.into_owned(), value));
+            }
+        }
+    }
+}
+
+/// The two halves of the relay run in one task, never at once: the locks
+/// are never contended (they make the shared state `Send`).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Applies the edits the reply scan asked for to the chunk: retags in
+/// place, cuts (of five-byte messages) by copying; a cut running past the
+/// chunk's end continues in the next one (`carry`).
+fn apply_edits(buf: &mut BytesMut, edits: &[(usize, Edit)], carry: &mut usize) {
+    let mut cuts: Vec<(usize, usize)> = Vec::new();
+    if *carry > 0 {
+        let end = (*carry).min(buf.len());
+        cuts.push((0, end));
+        *carry -= end;
+    }
+    for &(at, edit) in edits {
+        match edit {
+            Edit::Retag => {
+                if let Some(b) = buf.get_mut(at) {
+                    *b = b'1';
+                }
+            }
+            Edit::Drop => {
+                let end = at + 5;
+                if end > buf.len() {
+                    *carry = end - buf.len();
+                }
+                cuts.push((at, end.min(buf.len())));
+            }
+            Edit::Keep => {}
+        }
+    }
+    if cuts.is_empty() {
+        return;
+    }
+    let mut kept = BytesMut::with_capacity(buf.len());
+    let mut from = 0;
+    for (start, end) in cuts {
+        kept.extend_from_slice(buf.get(from..start).unwrap_or_default());
+        from = end;
+    }
+    kept.extend_from_slice(buf.get(from..).unwrap_or_default());
+    *buf = kept;
+}
+
+/// Relays one transaction (or, for a pinned client, the rest of the
+/// session) between the client and `server`.
+async fn relay(
+    client: &mut TcpStream,
+    server: &mut ServerConn,
+    buf: &mut BytesMut,
+    c: &mut TxnClient,
+    activity: &Activity,
+    stop: &CancellationToken,
+    route_ended: &CancellationToken,
+) -> Outcome {
+    let route_ended = route_ended.child_token();
+    let statements = Mutex::new(std::mem::take(&mut server.statements));
+    c.tracker.begin();
+    // Taken for the relay, given back at its end (an empty tracker
+    // allocates nothing).
+    let tracker = Mutex::new(std::mem::replace(&mut c.tracker, Tracker::new(0, 0)));
+    let client_writing = AtomicBool::new(false);
+    let server_writing = AtomicBool::new(false);
+    let mut server_scan = Scanner::new(u32::MAX);
+    let mut replies = Replies {
+        activity,
+        tracker: &tracker,
+        statements: &statements,
+        status: b'I',
+        last_tag: 0,
+        params: &mut server.params,
+        applied: &mut server.applied,
+        wanted: &mut c.wanted,
+        edits: Vec::new(),
+    };
+    let server_pending = server.buf.split();
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.stream.split();
+
+    let client_to_server = async {
+        loop {
+            if !buf.is_empty() {
+                let fed = tracker.lock().unwrap_or_else(|p| p.into_inner()).feed(
+                    buf,
+                    &mut lock(&statements),
+                    activity,
+                );
+                let fed = match fed {
+                    Ok(f) => f,
+                    Err(e) => return PumpEnd::ClientProtocol(e),
+                };
+                let bytes: &[u8] = match &fed.rewritten {
+                    Some(b) => b,
+                    None => buf.get(..fed.upto).unwrap_or_default(),
+                };
+                if !bytes.is_empty() {
+                    client_writing.store(true, Ordering::Relaxed);
+                    if sw.write_all(bytes).await.is_err() {
+                        return PumpEnd::ServerGone;
+                    }
+                    client_writing.store(false, Ordering::Relaxed);
+                }
+                buf.advance(fed.upto);
+                if fed.terminate {
+                    return PumpEnd::ClientTerminated;
+                }
+                if let Start::NeedMore(n) = lock(&tracker).start(buf) {
+                    // Room for the rest of a message that must be whole.
+                    buf.reserve(n.saturating_sub(buf.len()));
+                }
+            }
+            buf.reserve(pump::BUF_SIZE / 4);
+            match cr.read_buf(buf).await {
+                Ok(0) | Err(_) => return PumpEnd::ClientGone,
+                Ok(_) => {}
+            }
+        }
+    };
+
+    let server_to_client = async {
+        let mut sbuf = server_pending;
+        sbuf.reserve(pump::BUF_SIZE);
+        let mut carry = 0usize;
+        loop {
+            if !sbuf.is_empty() {
+                replies.edits.clear();
+                if let Err(e) = server_scan.scan(&sbuf, &mut replies) {
+                    return Err(PumpEnd::ServerProtocol(e));
+                }
+                apply_edits(&mut sbuf, &replies.edits, &mut carry);
+                if !sbuf.is_empty() {
+                    server_writing.store(true, Ordering::Relaxed);
+                    if cw.write_all(&sbuf).await.is_err() {
+                        return Err(PumpEnd::ClientGone);
+                    }
+                    server_writing.store(false, Ordering::Relaxed);
+                }
+                sbuf.clear();
+                let released = replies.status == b'I'
+                    && !activity.is_busy()
+                    && server_scan.at_boundary()
+                    && carry == 0
+                    && !client_writing.load(Ordering::Relaxed)
+                    && {
+                        let t = lock(&tracker);
+                        t.at_boundary() && t.pinned.is_none()
+                    };
+                if released {
+                    return Ok(());
+                }
+            }
+            match sr.read_buf(&mut sbuf).await {
+                Ok(0) | Err(_) => return Err(PumpEnd::ServerGone),
+                Ok(_) => {}
+            }
+        }
+    };
+
+    let end = tokio::select! {
+        biased;
+        _ = stop.cancelled() => Some(PumpEnd::Stopped(StopReason::Stopped)),
+        _ = route_ended.cancelled() => Some(PumpEnd::Stopped(StopReason::PrimaryChanged)),
+        end = client_to_server => Some(end),
+        r = server_to_client => r.err(),
+    };
+    let (status, last_tag) = (replies.status, replies.last_tag);
+    drop(replies);
+    let mut statements = statements.into_inner().unwrap_or_else(|p| p.into_inner());
+    let Some(end) = end else {
+        server.statements = statements;
+        c.tracker = tracker.into_inner().unwrap_or_else(|p| p.into_inner());
+        return Outcome::Released;
+    };
+    c.tracker = tracker.into_inner().unwrap_or_else(|p| p.into_inner());
+    // What is still owed may never be confirmed: forget it.
+    c.tracker.abandon(&mut statements);
+    server.statements = statements;
+    let client_at_boundary = server_scan.at_boundary() && !server_writing.load(Ordering::Relaxed);
+    let state = if client_writing.load(Ordering::Relaxed) || !c.tracker.at_boundary() {
+        ServerState::Broken
+    } else if activity.is_busy() || !server_scan.at_boundary() {
+        ServerState::Owing(Owing::new(server_scan, status, last_tag))
+    } else {
+        ServerState::Idle(status)
+    };
+    Outcome::Ended(PumpResult {
+        end,
+        server: state,
+        client_at_boundary,
+        last_server_tag: last_tag,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_retag_in_place_and_cut_across_chunks() {
+        // ParseComplete, CloseComplete, BindComplete.
+        let mut buf = BytesMut::from(&b"1\0\0\0\x043\0\0\0\x042\0\0\0\x04"[..]);
+        let mut carry = 0;
+        apply_edits(&mut buf, &[(0, Edit::Drop), (5, Edit::Retag)], &mut carry);
+        assert_eq!(&buf[..], b"1\0\0\0\x042\0\0\0\x04");
+        assert_eq!(carry, 0);
+        // A dropped message split over two chunks.
+        let mut first = BytesMut::from(&b"2\0\0\0\x041\0\0"[..]);
+        apply_edits(&mut first, &[(5, Edit::Drop)], &mut carry);
+        assert_eq!(&first[..], b"2\0\0\0\x04");
+        assert_eq!(carry, 2);
+        let mut second = BytesMut::from(&b"\0\x04Z\0\0\0\x05I"[..]);
+        apply_edits(&mut second, &[], &mut carry);
+        assert_eq!(&second[..], b"Z\0\0\0\x05I");
+        assert_eq!(carry, 0);
+    }
+}

@@ -1,0 +1,365 @@
+//! `proxy.pool_mode = "transaction"`: many clients on few server
+//! connections, with prepared statements, COPY, errors, LISTEN and each
+//! client's own settings working as on a direct connection.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt, TryStreamExt};
+use pgwarden_e2e::*;
+use pgwarden_testkit::Cluster;
+
+fn transaction_proxy(cluster: &Cluster, pool_size: usize) -> Proxy {
+    Proxy::start(
+        cluster,
+        ProxyOptions::default()
+            .set("pool_mode = \"transaction\"")
+            .set(&format!("pool_size = {pool_size}"))
+            .set("max_client_connections = 300"),
+    )
+}
+
+/// Connects and hands the connection's notifications to a channel.
+async fn connect_listening(
+    conninfo: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) {
+    let (client, mut conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = m {
+                let _ = tx.send(n);
+            }
+        }
+    });
+    (client, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_pgbench_clients_with_prepared_statements_share_five_server_connections() {
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 5);
+    let bin = pgwarden_testkit::pg_bin_dir().unwrap().join("pgbench");
+    let pg = cluster.primary();
+    let init = Command::new(&bin)
+        .args(["-i", "-q", "-s", "1", "-h", pg.host()])
+        .args(["-p", &pg.port().to_string(), "-U", ALICE.0, "app"])
+        .env("PGPASSWORD", ALICE.1)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+
+    // Count the server sessions while the run goes on.
+    let running = Arc::new(AtomicBool::new(true));
+    let most = Arc::new(AtomicUsize::new(0));
+    let sampler = {
+        let (running, most) = (Arc::clone(&running), Arc::clone(&most));
+        let (dir, port) = (pg.socket_dir().to_owned(), pg.port());
+        std::thread::spawn(move || {
+            let psql = pgwarden_testkit::pg_bin_dir().unwrap().join("psql");
+            let mut samples = 0;
+            while running.load(Ordering::Relaxed) && samples < 600 {
+                samples += 1;
+                let out = Command::new(&psql)
+                    .args(["-XAt", "-h"])
+                    .arg(&dir)
+                    .args(["-p", &port.to_string(), "-U", "postgres", "-d", "postgres", "-c"])
+                    .arg("SELECT count(*) FROM pg_stat_activity WHERE usename = 'alice' AND backend_type = 'client backend'")
+                    .output();
+                if let Ok(o) = out
+                    && let Ok(n) = String::from_utf8_lossy(&o.stdout).trim().parse::<usize>()
+                {
+                    most.fetch_max(n, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            samples
+        })
+    };
+    let run = Command::new(&bin)
+        .args(["-c", "100", "-j", "2", "-S", "-M", "prepared", "-t", "100"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &proxy.port.to_string(),
+            "-U",
+            ALICE.0,
+            "app",
+        ])
+        .env("PGPASSWORD", ALICE.1)
+        .output()
+        .unwrap();
+    running.store(false, Ordering::Relaxed);
+    let samples = sampler.join().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "pgbench failed:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&run.stderr),
+        log_tail("proxy", &proxy.log(), 40)
+    );
+    assert!(
+        stdout.contains("number of transactions actually processed: 10000/10000"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("number of failed transactions: 0 "),
+        "{stdout}"
+    );
+    let most = most.load(Ordering::Relaxed);
+    assert!(samples > 0);
+    assert!(
+        (1..=5).contains(&most),
+        "{most} server sessions at once for 100 clients on pool_size 5"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepared_statements_follow_their_clients_across_server_connections() {
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 2);
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        clients.push(proxy.alice().await);
+    }
+    // Each client prepares its statements, then runs them in many small
+    // transactions while the others do too: each lands on whichever of
+    // the two server connections is free.
+    let mut tasks = Vec::new();
+    for (i, c) in clients.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let add = c.prepare("SELECT $1::int + 1").await.unwrap();
+            let mul = c.prepare("SELECT $1::int * $2::int").await.unwrap();
+            for n in 0..60i32 {
+                let v: i32 = c.query_one(&add, &[&n]).await.unwrap().get(0);
+                assert_eq!(v, n + 1);
+                let v: i32 = c.query_one(&mul, &[&n, &(i as i32)]).await.unwrap().get(0);
+                assert_eq!(v, n * i as i32);
+            }
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    assert!(server_sessions(&cluster, ALICE.0) <= 2);
+    // A statement closed by one client stays usable by another that
+    // prepared the same text.
+    let a = &clients[0];
+    let b = &clients[1];
+    let sa = a.prepare("SELECT 40 + $1::int").await.unwrap();
+    let sb = b.prepare("SELECT 40 + $1::int").await.unwrap();
+    drop(sa);
+    let v: i32 = b.query_one(&sb, &[&2i32]).await.unwrap().get(0);
+    assert_eq!(v, 42);
+    // A statement that fails to prepare leaves nothing behind.
+    let e = a.prepare("SELEC nonsense").await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("42601"));
+    let v: i32 = a.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    assert_eq!(v, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_failing_transactions_and_listen_work_in_transaction_mode() {
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 2);
+    let a = proxy.alice().await;
+    a.batch_execute("CREATE TABLE items (id int, name text)")
+        .await
+        .unwrap();
+
+    // COPY in and out.
+    let sink = a
+        .copy_in("COPY items FROM STDIN (FORMAT csv)")
+        .await
+        .unwrap();
+    futures_util::pin_mut!(sink);
+    for i in 0..1000 {
+        sink.send(bytes::Bytes::from(format!("{i},item {i}\n")))
+            .await
+            .unwrap();
+    }
+    assert_eq!(sink.finish().await.unwrap(), 1000);
+    let out: Vec<bytes::Bytes> = a
+        .copy_out("COPY (SELECT * FROM items ORDER BY id) TO STDOUT")
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(out.concat().iter().filter(|b| **b == b'\n').count(), 1000);
+
+    // A failing transaction: the error, the aborted state, the rollback,
+    // and the server connection is fine for the next client.
+    a.batch_execute("BEGIN").await.unwrap();
+    let e = a.query_one("SELECT 1/0", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("22012"));
+    let e = a.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&e).as_deref(), Some("25P02"));
+    a.batch_execute("ROLLBACK").await.unwrap();
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM items", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1000);
+
+    // LISTEN pins its client; NOTIFY from another client reaches it, with
+    // the notifying backend's pid.
+    let conninfo = proxy.conninfo(ALICE.0, ALICE.1, "app");
+    let (listener, mut notes) = connect_listening(&conninfo).await;
+    listener.batch_execute("LISTEN jobs").await.unwrap();
+    let b = proxy.alice().await;
+    for i in 0..5 {
+        b.batch_execute(&format!("NOTIFY jobs, 'job {i}'"))
+            .await
+            .unwrap();
+    }
+    for i in 0..5 {
+        let n = tokio::time::timeout(Duration::from_secs(10), notes.recv())
+            .await
+            .expect("notification in time")
+            .unwrap();
+        assert_eq!(n.channel(), "jobs");
+        assert_eq!(n.payload(), format!("job {i}"));
+    }
+    // The pinned listener keeps its server; the others share the other one.
+    for _ in 0..20 {
+        let v: i32 = a.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        assert_eq!(v, 1);
+        let v: i32 = b.query_one("SELECT 2", &[]).await.unwrap().get(0);
+        assert_eq!(v, 2);
+    }
+    assert!(server_sessions(&cluster, ALICE.0) <= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_with_their_own_settings_share_one_server_connection() {
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 1);
+    let conninfo = |app: &str| {
+        format!(
+            "{} application_name={app}",
+            proxy.conninfo(ALICE.0, ALICE.1, "app")
+        )
+    };
+    let a = connect(&conninfo("app-a")).await.unwrap();
+    let b = connect(&conninfo("app-b")).await.unwrap();
+    for _ in 0..5 {
+        for (c, name) in [(&a, "app-a"), (&b, "app-b")] {
+            let shown: String = c
+                .query_one("SHOW application_name", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(shown, name);
+            let seen: String = c
+                .query_one(
+                    "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(seen, name);
+        }
+    }
+    assert_eq!(
+        server_sessions(&cluster, ALICE.0),
+        1,
+        "one server connection"
+    );
+    // A tracked setting a client SETs follows it; the other keeps its own.
+    a.batch_execute("SET TimeZone = 'Asia/Tokyo'")
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let tz: String = a.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+        assert_eq!(tz, "Asia/Tokyo");
+        let tz: String = b.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+        assert_ne!(tz, "Asia/Tokyo");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_pins_its_client_and_never_reaches_another() {
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 2);
+    let a = proxy.alice().await;
+    let b = proxy.alice().await;
+    let c = proxy.alice().await;
+    a.batch_execute("CREATE TEMP TABLE mine (x int)")
+        .await
+        .unwrap();
+    let pinned: i32 = a
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for i in 0..20 {
+        // a keeps its server (and its temp table) through every transaction.
+        a.execute("INSERT INTO mine VALUES ($1)", &[&i])
+            .await
+            .unwrap();
+        let pid: i32 = a
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(pid, pinned);
+        // b and c share the other server and never see a's table.
+        for other in [&b, &c] {
+            let pid: i32 = other
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .unwrap()
+                .get(0);
+            assert_ne!(pid, pinned, "another client got the pinned server");
+            let e = other
+                .query_one("SELECT * FROM mine", &[])
+                .await
+                .unwrap_err();
+            assert_eq!(sqlstate(&e).as_deref(), Some("42P01"));
+        }
+    }
+    let n: i64 = a
+        .query_one("SELECT count(*) FROM mine", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 20);
+    // Once a leaves, its server is reset before anyone else gets it.
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let d = proxy.alice().await;
+    for _ in 0..10 {
+        for other in [&b, &c, &d] {
+            let e = other
+                .query_one("SELECT * FROM mine", &[])
+                .await
+                .unwrap_err();
+            assert_eq!(sqlstate(&e).as_deref(), Some("42P01"));
+        }
+    }
+}
