@@ -308,6 +308,49 @@ async fn clients_with_different_startup_settings_share_one_pool_and_keep_their_o
         application_names(&plain).await,
         (String::new(), String::new())
     );
+    let path: String = plain
+        .query_one("SELECT current_setting('search_path')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(path, "\"$user\", public", "no search_path left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_copy_from_stdin_the_server_connection_is_cached_for_the_next_client() {
+    use futures_util::SinkExt;
+    let cluster = cluster(0);
+    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("pool_size = 1"));
+    let c = proxy.alice().await;
+    c.batch_execute("CREATE TABLE copied (x int)")
+        .await
+        .unwrap();
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // tokio-postgres sends Bind, Execute, Sync before the data: the server
+    // ignores that Sync, so no ReadyForQuery is owed for it.
+    let sink = c.copy_in("COPY copied FROM STDIN").await.unwrap();
+    futures_util::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"1\n2\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    drop(c);
+    // The connection is idle, so it is cached at once for the next client
+    // (counting that Sync, the proxy waited for a reply that never came,
+    // then closed the connection).
+    let started = std::time::Instant::now();
+    let next = proxy.alice().await;
+    let next_pid: i32 = next
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(next_pid, pid, "the same server connection, reused");
+    assert!(started.elapsed() < Duration::from_secs(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -363,3 +363,36 @@ async fn session_state_pins_its_client_and_never_reaches_another() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clients_startup_settings_never_reach_another_client() {
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 1);
+    let base = proxy.conninfo(ALICE.0, ALICE.1, "app");
+    let a = connect(&format!(
+        "{base} options='-c search_path=private -c statement_timeout=4321ms'"
+    ))
+    .await
+    .unwrap();
+    let b = connect(&base).await.unwrap();
+    // Both on the one server connection, in turns.
+    for _ in 0..5 {
+        assert_eq!(settings_of(&a).await, ("private".into(), "4321ms".into()));
+        assert_eq!(
+            settings_of(&b).await,
+            ("\"$user\", public".into(), "0".into())
+        );
+    }
+    assert_eq!(server_sessions(&cluster, ALICE.0), 1);
+}
+
+async fn settings_of(c: &tokio_postgres::Client) -> (String, String) {
+    let row = c
+        .query_one(
+            "SELECT current_setting('search_path'), current_setting('statement_timeout')",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}

@@ -315,15 +315,21 @@ impl ServerConn {
         if !rollback && query.is_empty() {
             return Ok(());
         }
-        if !query.is_empty() {
-            // DISCARD ALL and the like: settings and statements go back to
-            // the server's defaults (dropping what the proxy knows is safe).
-            self.applied.clear();
+        // DISCARD ALL and the like take settings and statements back to the
+        // server's defaults (forgetting statements is always safe).
+        let previous = if query.is_empty() {
+            Vec::new()
+        } else {
             self.statements.clear();
-        }
+            std::mem::take(&mut self.applied)
+        };
         tokio::time::timeout(timeout, self.reset_inner(rollback, query))
             .await
-            .map_err(|_| ServerError::Timeout(timeout))?
+            .map_err(|_| ServerError::Timeout(timeout))??;
+        // The next client most likely wants what the last one did (the
+        // same application): give the settings back now, off its login's
+        // path; one that wants others has them changed at login.
+        self.apply_params(&previous, timeout).await
     }
 
     async fn reset_inner(&mut self, rollback: bool, query: &str) -> Result<(), ServerError> {
@@ -361,75 +367,78 @@ impl ServerConn {
     }
 
     /// Gives the session the client's settings (its replayed startup
-    /// parameters), within `timeout`: one `set_config(name, value, false)`
-    /// per setting, in one round trip, skipping those the server already
-    /// reports with the wanted value. Session-level, so the next reset
-    /// (`DISCARD ALL`) takes them back to the server's defaults. An invalid
-    /// setting is refused by the server, as it would refuse it at startup.
+    /// parameters), within `timeout`, in one round trip: one
+    /// `set_config(name, value, false)` per setting, skipping those the
+    /// server already reports with the wanted value or that were applied
+    /// already; settings an earlier client had applied and this one does
+    /// not want go back to their reset value first. Session-level, so the
+    /// next reset (`DISCARD ALL`) takes them back to the server's defaults.
+    /// An invalid setting is refused by the server, as it would refuse it
+    /// at startup.
     pub async fn apply_params(
         &mut self,
         wanted: &[(String, String)],
         timeout: Duration,
     ) -> Result<(), ServerError> {
-        let todo: Vec<&(String, String)> = wanted
+        let todo: Vec<(String, String)> = wanted
             .iter()
             .filter(|(name, value)| {
                 let has = |(k, v): &(String, String)| k.eq_ignore_ascii_case(name) && v == value;
                 !self.params.iter().any(has) && !self.applied.iter().any(has)
             })
+            .cloned()
             .collect();
-        if todo.is_empty() {
+        let stale: Vec<String> = self
+            .applied
+            .iter()
+            .filter(|(k, _)| !wanted.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if todo.is_empty() && stale.is_empty() {
             return Ok(());
         }
-        tokio::time::timeout(timeout, self.apply_params_inner(&todo))
+        tokio::time::timeout(timeout, self.apply_params_inner(&stale, &todo))
             .await
             .map_err(|_| ServerError::Timeout(timeout))??;
+        self.applied
+            .retain(|(k, _)| !stale.iter().any(|s| s.eq_ignore_ascii_case(k)));
         for (name, value) in todo {
-            self.applied.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-            self.applied.push((name.clone(), value.clone()));
+            self.applied.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
+            self.applied.push((name, value));
         }
         Ok(())
     }
 
-    /// Records a ParameterStatus the data path saw: the session changed a
-    /// setting, so what [`ServerConn::apply_params`] set of it is stale.
-    pub fn note_param(
-        params: &mut Vec<(String, String)>,
-        applied: &mut Vec<(String, String)>,
-        body: &[u8],
-    ) {
-        apply_param(params, body);
-        if let Some(name) = body.split(|b| *b == 0).next() {
-            applied.retain(|(k, _)| !k.as_bytes().eq_ignore_ascii_case(name));
-        }
-    }
-
-    async fn apply_params_inner(&mut self, todo: &[&(String, String)]) -> Result<(), ServerError> {
+    async fn apply_params_inner(
+        &mut self,
+        stale: &[String],
+        todo: &[(String, String)],
+    ) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
-        frontend::parse(
-            "",
-            "SELECT pg_catalog.set_config($1, $2, false)",
-            std::iter::empty(),
-            &mut out,
-        )?;
-        for (name, value) in todo {
-            frontend::bind(
+        if !stale.is_empty() {
+            frontend::parse(
                 "",
-                "",
-                std::iter::empty(),
-                [name.as_bytes(), value.as_bytes()],
-                |v, buf| {
-                    buf.extend_from_slice(v);
-                    Ok(postgres_protocol::IsNull::No)
-                },
+                "SELECT pg_catalog.set_config(name, reset_val, false) \
+                 FROM pg_catalog.pg_settings WHERE name = pg_catalog.lower($1)",
                 std::iter::empty(),
                 &mut out,
-            )
-            .map_err(|e| match e {
-                frontend::BindError::Conversion(e) => std::io::Error::other(e.to_string()),
-                frontend::BindError::Serialization(e) => e,
-            })?;
-            frontend::execute("", 0, &mut out)?;
+            )?;
+            for name in stale {
+                bind_text(&mut out, &[name.as_bytes()])?;
+                frontend::execute("", 0, &mut out)?;
+            }
+        }
+        if !todo.is_empty() {
+            frontend::parse(
+                "",
+                "SELECT pg_catalog.set_config($1, $2, false)",
+                std::iter::empty(),
+                &mut out,
+            )?;
+            for (name, value) in todo {
+                bind_text(&mut out, &[name.as_bytes(), value.as_bytes()])?;
+                frontend::execute("", 0, &mut out)?;
+            }
         }
         frontend::sync(&mut out);
         self.stream.write_all(&out).await?;
@@ -448,6 +457,19 @@ impl ServerConn {
         match failed {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+
+    /// Records a ParameterStatus the data path saw: the session changed a
+    /// setting, so what [`ServerConn::apply_params`] set of it is stale.
+    pub fn note_param(
+        params: &mut Vec<(String, String)>,
+        applied: &mut Vec<(String, String)>,
+        body: &[u8],
+    ) {
+        apply_param(params, body);
+        if let Some(name) = body.split(|b| *b == 0).next() {
+            applied.retain(|(k, _)| !k.as_bytes().eq_ignore_ascii_case(name));
         }
     }
 
@@ -471,6 +493,26 @@ impl Drop for ServerConn {
         // of "unexpected EOF" lines when the proxy closes a connection.
         let _ = self.stream.try_write(b"X\0\0\0\x04");
     }
+}
+
+/// Appends a Bind of the unnamed statement with text parameters.
+fn bind_text(out: &mut BytesMut, values: &[&[u8]]) -> std::io::Result<()> {
+    frontend::bind(
+        "",
+        "",
+        std::iter::empty(),
+        values.iter().copied(),
+        |v, buf| {
+            buf.extend_from_slice(v);
+            Ok(postgres_protocol::IsNull::No)
+        },
+        std::iter::empty(),
+        out,
+    )
+    .map_err(|e| match e {
+        frontend::BindError::Conversion(e) => std::io::Error::other(e.to_string()),
+        frontend::BindError::Serialization(e) => e,
+    })
 }
 
 /// Records a ParameterStatus body (`name\0value\0`) in `params`.
