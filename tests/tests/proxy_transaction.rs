@@ -349,6 +349,21 @@ async fn session_state_pins_its_client_and_never_reaches_another() {
         .unwrap()
         .get(0);
     assert_eq!(n, 20);
+    // `pools` counts them: a holds a server (pinned), b and c hold none.
+    let run = pgwardenctl_async(&proxy.config, &["pools"]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let row: Vec<&str> = run
+        .stdout
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(ALICE.0))
+        .unwrap_or_else(|| panic!("no alice row:\n{}", run.stdout))
+        .split_whitespace()
+        .collect();
+    // BACKEND USER DATABASE ACTIVE IDLE WAITING CL_ACTIVE CL_IDLE CL_PINNED
+    assert_eq!(&row[3..], ["1", "1", "0", "1", "2", "1"], "{}", run.stdout);
+    let metrics = scrape(proxy.proxy_metrics).unwrap();
+    let pinned = "pgwarden_proxy_pool_clients{backend=\"0\",user=\"alice\",database=\"app\",state=\"pinned\"}";
+    assert_eq!(metric(&metrics, pinned), Some(1.0), "{metrics}");
     // Once a leaves, its server is reset before anyone else gets it.
     drop(a);
     tokio::time::sleep(Duration::from_millis(300)).await;

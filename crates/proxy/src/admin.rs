@@ -55,8 +55,7 @@ impl ProxyApi for AdminService {
         let route = self.shared.router.current();
         let pools = self
             .shared
-            .pools
-            .stats()
+            .pool_report()
             .into_iter()
             .map(|p| PoolState {
                 backend_id: id32(p.backend),
@@ -65,6 +64,9 @@ impl ProxyApi for AdminService {
                 active: id32(p.active),
                 idle: id32(p.idle),
                 waiting: id32(p.waiting),
+                clients_active: id32(p.clients_active),
+                clients_idle: id32(p.clients_idle),
+                clients_pinned: id32(p.clients_pinned),
             })
             .collect();
         Ok(Response::new(GetPoolsReply {

@@ -92,6 +92,8 @@ pub struct Activity {
     syncs_since_command: AtomicU32,
     /// The server is in COPY FROM STDIN mode (until CopyDone / CopyFail).
     copy_in: AtomicBool,
+    /// Transaction mode: session state keeps the client on its server.
+    pinned: AtomicBool,
     /// Held (shared) by each cancel in flight for this session's server
     /// connection; taken whole before the connection is handed on.
     cancels: Arc<RwLock<()>>,
@@ -129,6 +131,16 @@ impl Activity {
         let n = self.syncs_since_command.swap(0, Ordering::Relaxed);
         self.owed.fetch_sub(n, Ordering::Relaxed);
         n
+    }
+
+    /// Session state now keeps the client on its server connection.
+    pub fn set_pinned(&self) {
+        self.pinned.store(true, Ordering::Relaxed);
+    }
+
+    /// True once the client is pinned to its server connection.
+    pub fn pinned(&self) -> bool {
+        self.pinned.load(Ordering::Relaxed)
     }
 
     /// The client ended a COPY (CopyDone or CopyFail).
@@ -257,6 +269,24 @@ impl ClientRegistry {
             server,
             _gate: gate,
         })
+    }
+
+    /// Logged-in clients per (backend they hold a server connection of,
+    /// user, database): (holding one, pinned); `None` for those holding none.
+    pub fn usage(&self) -> HashMap<(Option<usize>, String, String), (usize, usize)> {
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: HashMap<(Option<usize>, String, String), (usize, usize)> = HashMap::new();
+        for e in keys.values() {
+            let key = (
+                e.server.map(|s| s.backend),
+                e.meta.user.clone(),
+                e.meta.database.clone(),
+            );
+            let n = out.entry(key).or_default();
+            n.0 += 1;
+            n.1 += usize::from(e.activity.pinned());
+        }
+        out
     }
 
     /// How many clients are logged in.

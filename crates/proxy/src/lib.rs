@@ -102,6 +102,42 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Every pool's numbers with its clients' (PgBouncer's SHOW POOLS):
+    /// clients holding a server connection count on that pool, those
+    /// holding none (and not waiting) on the current primary's pool of
+    /// their user and database.
+    pub fn pool_report(&self) -> Vec<pool::PoolStats> {
+        let mut rows = self.pools.stats();
+        let primary = self.router.current().primary.map(|b| b.id);
+        for ((holding, user, database), (n, pinned)) in self.clients.usage() {
+            let Some(backend) = holding.or(primary) else {
+                continue;
+            };
+            let i = match rows
+                .iter()
+                .position(|r| r.backend == backend && r.user == user && r.database == database)
+            {
+                Some(i) => i,
+                None => {
+                    rows.push(pool::PoolStats::empty(backend, user, database));
+                    rows.len() - 1
+                }
+            };
+            let Some(r) = rows.get_mut(i) else { continue };
+            if holding.is_some() {
+                r.clients_active += n;
+                r.clients_pinned += pinned;
+            } else {
+                // Waiting clients hold none either; they are counted apart.
+                r.clients_idle += n.saturating_sub(r.waiting);
+            }
+        }
+        rows.sort_by(|a, b| {
+            (a.backend, &a.user, &a.database).cmp(&(b.backend, &b.user, &b.database))
+        });
+        rows
+    }
+
     /// The current auth file.
     pub fn users(&self) -> Arc<Users> {
         Arc::clone(&self.users.read().unwrap_or_else(|p| p.into_inner()))

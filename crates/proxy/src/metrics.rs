@@ -69,7 +69,7 @@ pub fn render(shared: &Shared, r: &mut Registry) {
         "Clients logged in now",
         i64::try_from(shared.clients.len()).unwrap_or(i64::MAX),
     );
-    let pools = shared.pools.stats();
+    let pools = shared.pool_report();
     let key = |p: &crate::pool::PoolStats| {
         labels([
             ("backend", p.backend.to_string()),
@@ -99,6 +99,23 @@ pub fn render(shared: &Shared, r: &mut Registry) {
         "pgwarden_proxy_pool_waiting_clients",
         "Clients waiting for a server connection of the pool",
         pools.iter().map(|p| (key(p), count(p.waiting))),
+    );
+    m::gauges(
+        r,
+        "pgwarden_proxy_pool_clients",
+        "Logged-in clients per pool: holding a server connection (active), holding none between transactions (idle), or kept on theirs by session state (pinned, also active)",
+        pools.iter().flat_map(|p| {
+            let with = |state: &str| {
+                let mut l = key(p);
+                l.push(("state".to_owned(), state.to_owned()));
+                l
+            };
+            [
+                (with("active"), count(p.clients_active)),
+                (with("idle"), count(p.clients_idle)),
+                (with("pinned"), count(p.clients_pinned)),
+            ]
+        }),
     );
     let c = &shared.counters;
     m::counter(

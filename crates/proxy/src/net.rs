@@ -17,3 +17,17 @@ pub fn tune(stream: &TcpStream, keepalive: bool) {
         let _ = SockRef::from(stream).set_tcp_keepalive(&ka);
     }
 }
+
+/// Call after a read of `n` bytes into `room` bytes of space: when the read
+/// came back short, the socket was drained, so its cached readiness is
+/// dropped and the next read waits for the reactor instead of first trying
+/// (a `recv` that fails with EAGAIN, one per message without this). Safe
+/// with edge-triggered readiness: new data either sets a newer readiness
+/// (which this leaves alone) or raises an event still to come.
+pub fn after_read(stream: &TcpStream, n: usize, room: usize) {
+    if n < room {
+        let _ = stream.try_io(tokio::io::Interest::READABLE, || {
+            Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+        });
+    }
+}

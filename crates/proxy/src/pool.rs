@@ -73,6 +73,29 @@ pub struct PoolStats {
     pub idle: usize,
     /// Clients waiting for a server connection.
     pub waiting: usize,
+    /// Clients holding a server connection of the pool.
+    pub clients_active: usize,
+    /// Clients holding none and not waiting (on the primary's pool).
+    pub clients_idle: usize,
+    /// Clients pinned to their server connection.
+    pub clients_pinned: usize,
+}
+
+impl PoolStats {
+    /// A pool with nothing in it yet.
+    pub fn empty(backend: usize, user: String, database: String) -> PoolStats {
+        PoolStats {
+            backend,
+            user,
+            database,
+            active: 0,
+            idle: 0,
+            waiting: 0,
+            clients_active: 0,
+            clients_idle: 0,
+            clients_pinned: 0,
+        }
+    }
 }
 
 /// The right to hold one server connection of a pool.
@@ -305,6 +328,9 @@ impl Pools {
                         .unwrap_or_default()
                 };
                 PoolStats {
+                    clients_active: 0,
+                    clients_idle: 0,
+                    clients_pinned: 0,
                     backend: pool.key.backend,
                     user: param("user"),
                     database: param("database"),

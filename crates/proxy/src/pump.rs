@@ -240,9 +240,10 @@ pub async fn pump(
                 }
                 buf.clear();
             }
+            let room = buf.capacity() - buf.len();
             match cr.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return PumpEnd::ClientGone,
-                Ok(_) => {}
+                Ok(n) => crate::net::after_read(cr.as_ref(), n, room),
             }
         }
     };
@@ -262,9 +263,10 @@ pub async fn pump(
                 server_side.writing = false;
                 buf.clear();
             }
+            let room = buf.capacity() - buf.len();
             match sr.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return PumpEnd::ServerGone,
-                Ok(_) => {}
+                Ok(n) => crate::net::after_read(sr.as_ref(), n, room),
             }
         }
     };

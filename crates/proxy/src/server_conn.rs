@@ -329,7 +329,7 @@ impl ServerConn {
         // The next client most likely wants what the last one did (the
         // same application): give the settings back now, off its login's
         // path; one that wants others has them changed at login.
-        self.apply_params(&previous, timeout).await
+        self.apply_params(&previous, timeout).await.map(|_| ())
     }
 
     async fn reset_inner(&mut self, rollback: bool, query: &str) -> Result<(), ServerError> {
@@ -375,11 +375,12 @@ impl ServerConn {
     /// next reset (`DISCARD ALL`) takes them back to the server's defaults.
     /// An invalid setting is refused by the server, as it would refuse it
     /// at startup.
+    /// True when it had anything to do.
     pub async fn apply_params(
         &mut self,
         wanted: &[(String, String)],
         timeout: Duration,
-    ) -> Result<(), ServerError> {
+    ) -> Result<bool, ServerError> {
         let todo: Vec<(String, String)> = wanted
             .iter()
             .filter(|(name, value)| {
@@ -395,7 +396,7 @@ impl ServerConn {
             .map(|(k, _)| k.clone())
             .collect();
         if todo.is_empty() && stale.is_empty() {
-            return Ok(());
+            return Ok(false);
         }
         tokio::time::timeout(timeout, self.apply_params_inner(&stale, &todo))
             .await
@@ -406,7 +407,7 @@ impl ServerConn {
             self.applied.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
             self.applied.push((name, value));
         }
-        Ok(())
+        Ok(true)
     }
 
     async fn apply_params_inner(

@@ -406,6 +406,7 @@ pub(crate) async fn server_for(
                 e.to_string(),
             ))
         })?;
+    let fresh = cached.is_none();
     let mut conn = match cached {
         Some(c) => c,
         None => {
@@ -441,10 +442,10 @@ pub(crate) async fn server_for(
             c
         }
     };
-    if let Err(e) = conn
+    let applied = conn
         .apply_params(client_settings, settings.server_connect_timeout)
-        .await
-    {
+        .await;
+    if let Err(e) = applied {
         // The server's own answer (an invalid value...): relay it, as the
         // server would have refused the same startup parameter.
         tracing::debug!(backend = b.id, error = %e, "the client's settings were refused");
@@ -459,9 +460,11 @@ pub(crate) async fn server_for(
             )),
         });
     }
-    shared
-        .pools
-        .learn_reported(params, client_settings, &conn.params);
+    if fresh || matches!(applied, Ok(true)) {
+        shared
+            .pools
+            .learn_reported(params, client_settings, &conn.params);
+    }
     Ok((slot, conn, route))
 }
 

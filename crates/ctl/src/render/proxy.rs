@@ -28,8 +28,20 @@ pub fn pools_text(reply: &GetPoolsReply) -> String {
         out.push_str("no pools yet: they appear with their first client\n");
         return out;
     }
-    let mut rows =
-        vec![["BACKEND", "USER", "DATABASE", "ACTIVE", "IDLE", "WAITING"].map(str::to_owned)];
+    let mut rows = vec![
+        [
+            "BACKEND",
+            "USER",
+            "DATABASE",
+            "ACTIVE",
+            "IDLE",
+            "WAITING",
+            "CL_ACTIVE",
+            "CL_IDLE",
+            "CL_PINNED",
+        ]
+        .map(str::to_owned),
+    ];
     rows.extend(reply.pools.iter().map(|p| {
         [
             p.backend_id.to_string(),
@@ -38,6 +50,9 @@ pub fn pools_text(reply: &GetPoolsReply) -> String {
             p.active.to_string(),
             p.idle.to_string(),
             p.waiting.to_string(),
+            p.clients_active.to_string(),
+            p.clients_idle.to_string(),
+            p.clients_pinned.to_string(),
         ]
     }));
     out.push_str(&align(&rows));
@@ -56,6 +71,9 @@ pub fn pools_json(reply: &GetPoolsReply) -> Value {
             "active": p.active,
             "idle": p.idle,
             "waiting": p.waiting,
+            "clients_active": p.clients_active,
+            "clients_idle": p.clients_idle,
+            "clients_pinned": p.clients_pinned,
         })).collect::<Vec<_>>(),
     })
 }
@@ -122,6 +140,9 @@ mod tests {
                     active: 1,
                     idle: 4,
                     waiting: 0,
+                    clients_active: 1,
+                    clients_idle: 30,
+                    clients_pinned: 1,
                 },
                 PoolState {
                     backend_id: 0,
@@ -130,6 +151,9 @@ mod tests {
                     active: 10,
                     idle: 0,
                     waiting: 3,
+                    clients_active: 10,
+                    clients_idle: 0,
+                    clients_pinned: 0,
                 },
             ],
             generation: 3,
@@ -142,9 +166,9 @@ mod tests {
         assert_eq!(
             pools_text(&reply()),
             "routing to backend 0 (generation 3)\n\
-             BACKEND  USER   DATABASE  ACTIVE  IDLE  WAITING\n\
-             0        alice  app       1       4     0\n\
-             0        bob    reports   10      0     3\n"
+             BACKEND  USER   DATABASE  ACTIVE  IDLE  WAITING  CL_ACTIVE  CL_IDLE  CL_PINNED\n\
+             0        alice  app       1       4     0        1          30       1\n\
+             0        bob    reports   10      0     3        10         0        0\n"
         );
         let empty = GetPoolsReply {
             pools: vec![],

@@ -44,38 +44,54 @@ pub struct SqlEffects {
 pub fn effects(sql: &[u8]) -> SqlEffects {
     let mut fx = SqlEffects::default();
     let words = Words::new(sql);
-    let mut statement: Vec<String> = Vec::new();
+    // The first few words of a statement say what it is; kept lower-cased
+    // in a small fixed buffer, so the common query costs no allocation.
+    let mut first = [[0u8; WORD_LEN]; FIRST_WORDS];
+    let mut n = 0usize;
     for w in words.chain(std::iter::once(Word::End)) {
         match w {
             Word::Ident(w) => {
-                if is_session_lock_function(&w) {
+                if is_session_lock_function(w) {
                     fx.pins = fx.pins.or(Some("session advisory lock"));
                 }
-                // The first few words say what a statement is.
-                if statement.len() < 8 {
-                    statement.push(w);
+                if let Some(slot) = first.get_mut(n) {
+                    slot.fill(0);
+                    for (d, c) in slot.iter_mut().zip(w) {
+                        *d = c.to_ascii_lowercase();
+                    }
+                    n += 1;
                 }
             }
             Word::Semicolon | Word::End => {
-                let s: Vec<&str> = statement.iter().map(String::as_str).collect();
-                let (pins, drops) = statement_effects(&s);
+                let mut words = [""; FIRST_WORDS];
+                for (out, w) in words.iter_mut().zip(first.iter()) {
+                    let len = w.iter().position(|b| *b == 0).unwrap_or(WORD_LEN);
+                    *out = std::str::from_utf8(w.get(..len).unwrap_or_default()).unwrap_or("");
+                }
+                let (pins, drops) = statement_effects(words.get(..n).unwrap_or_default());
                 fx.pins = fx.pins.or(pins);
                 fx.drops_statements |= drops;
-                statement.clear();
+                n = 0;
             }
         }
     }
     fx
 }
 
-fn is_session_lock_function(word: &str) -> bool {
-    matches!(
-        word,
-        "pg_advisory_lock"
-            | "pg_advisory_lock_shared"
-            | "pg_try_advisory_lock"
-            | "pg_try_advisory_lock_shared"
-    )
+/// Words of a statement looked at, and the length they are compared to
+/// (longer words are cut: no keyword or tracked setting is that long).
+const FIRST_WORDS: usize = 8;
+const WORD_LEN: usize = 32;
+
+fn is_session_lock_function(word: &[u8]) -> bool {
+    [
+        &b"pg_advisory_lock"[..],
+        b"pg_advisory_lock_shared",
+        b"pg_try_advisory_lock",
+        b"pg_try_advisory_lock_shared",
+    ]
+    .iter()
+    .any(|f| f.eq_ignore_ascii_case(word))
 }
 
 /// (pins, drops statements) of one statement, given its first words
@@ -118,8 +134,8 @@ fn is_temp_create(rest: &[&str]) -> bool {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Word {
-    Ident(String),
+enum Word<'a> {
+    Ident(&'a [u8]),
     Semicolon,
     End,
 }
@@ -154,10 +170,10 @@ impl<'a> Words<'a> {
     }
 }
 
-impl Iterator for Words<'_> {
-    type Item = Word;
+impl<'a> Iterator for Words<'a> {
+    type Item = Word<'a>;
 
-    fn next(&mut self) -> Option<Word> {
+    fn next(&mut self) -> Option<Word<'a>> {
         while let Some(c) = self.peek(0) {
             match c {
                 b';' => {
@@ -208,7 +224,7 @@ impl Iterator for Words<'_> {
                         self.pos += 1;
                     }
                     let w = self.sql.get(start..self.pos).unwrap_or_default();
-                    return Some(Word::Ident(String::from_utf8_lossy(w).to_ascii_lowercase()));
+                    return Some(Word::Ident(w));
                 }
                 _ => self.pos += 1,
             }

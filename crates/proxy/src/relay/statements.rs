@@ -338,6 +338,9 @@ impl Tracker {
             self.scratch = scratch;
             pos = end;
         }
+        if self.pinned.is_some() {
+            activity.set_pinned();
+        }
         Ok(Fed {
             upto: pos,
             rewritten: out,

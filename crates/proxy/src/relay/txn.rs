@@ -134,10 +134,11 @@ async fn idle(
                     () = stop.cancelled() => return Idle::Stopped,
                     r = client.readable() => if r.is_err() { return Idle::Left },
                 }
-                buf.reserve(n.max(1024).saturating_sub(buf.len()));
+                buf.reserve(n.max(2048).saturating_sub(buf.len()));
+                let room = buf.capacity() - buf.len();
                 match client.try_read_buf(buf) {
                     Ok(0) => return Idle::Left,
-                    Ok(_) => {}
+                    Ok(n) => crate::net::after_read(client, n, room),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return Idle::Left,
                 }
@@ -295,7 +296,8 @@ async fn relay(
         wanted: &mut c.wanted,
         edits: Vec::new(),
     };
-    let server_pending = server.buf.split();
+    // The connection's own read buffer, kept from one transaction to the next.
+    let sbuf = &mut server.buf;
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.stream.split();
 
@@ -331,28 +333,32 @@ async fn relay(
                     buf.reserve(n.saturating_sub(buf.len()));
                 }
             }
-            buf.reserve(pump::BUF_SIZE / 4);
+            if buf.capacity() - buf.len() < 256 {
+                buf.reserve(pump::BUF_SIZE / 4);
+            }
+            let room = buf.capacity() - buf.len();
             match cr.read_buf(buf).await {
                 Ok(0) | Err(_) => return PumpEnd::ClientGone,
-                Ok(_) => {}
+                Ok(n) => crate::net::after_read(cr.as_ref(), n, room),
             }
         }
     };
 
     let server_to_client = async {
-        let mut sbuf = server_pending;
-        sbuf.reserve(pump::BUF_SIZE);
+        if sbuf.capacity() < pump::BUF_SIZE {
+            sbuf.reserve(pump::BUF_SIZE - sbuf.len());
+        }
         let mut carry = 0usize;
         loop {
             if !sbuf.is_empty() {
                 replies.edits.clear();
-                if let Err(e) = server_scan.scan(&sbuf, &mut replies) {
+                if let Err(e) = server_scan.scan(sbuf, &mut replies) {
                     return Err(PumpEnd::ServerProtocol(e));
                 }
-                apply_edits(&mut sbuf, &replies.edits, &mut carry);
+                apply_edits(sbuf, &replies.edits, &mut carry);
                 if !sbuf.is_empty() {
                     server_writing.store(true, Ordering::Relaxed);
-                    if cw.write_all(&sbuf).await.is_err() {
+                    if cw.write_all(sbuf).await.is_err() {
                         return Err(PumpEnd::ClientGone);
                     }
                     server_writing.store(false, Ordering::Relaxed);
@@ -371,9 +377,10 @@ async fn relay(
                     return Ok(());
                 }
             }
-            match sr.read_buf(&mut sbuf).await {
+            let room = sbuf.capacity() - sbuf.len();
+            match sr.read_buf(sbuf).await {
                 Ok(0) | Err(_) => return Err(PumpEnd::ServerGone),
-                Ok(_) => {}
+                Ok(n) => crate::net::after_read(sr.as_ref(), n, room),
             }
         }
     };
@@ -394,6 +401,8 @@ async fn relay(
         return Outcome::Released;
     };
     c.tracker = tracker.into_inner().unwrap_or_else(|p| p.into_inner());
+    // Scanned already but never delivered: not for whoever reads next.
+    server.buf.clear();
     // What is still owed may never be confirmed: forget it.
     c.tracker.abandon(&mut statements);
     server.statements = statements;

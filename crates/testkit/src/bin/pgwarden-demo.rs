@@ -48,6 +48,10 @@ struct Args {
     /// Extra `section.key=value` config settings (repeatable), e.g. `proxy.pool_size=40`.
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     set: Vec<String>,
+    /// Extra `postgresql.conf` settings for every server (repeatable), e.g.
+    /// `max_connections=300`.
+    #[arg(long = "pg-set", value_name = "KEY=VALUE")]
+    pg_set: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -80,10 +84,14 @@ fn run(args: Args) -> anyhow::Result<()> {
         "pgwarden-demo: starting PostgreSQL (1 primary, {} standbys)...",
         args.standbys
     );
-    let cluster = Cluster::builder()
-        .standbys(args.standbys)
-        .base_dir(pg_dir)
-        .start()?;
+    let mut builder = Cluster::builder().standbys(args.standbys).base_dir(pg_dir);
+    for s in &args.pg_set {
+        let (key, value) = s
+            .split_once('=')
+            .with_context(|| format!("--pg-set {s}: expected key=value"))?;
+        builder = builder.config(key, value);
+    }
+    let cluster = builder.start()?;
     cluster.create_user(&args.user, &args.password, PasswordKind::Scram)?;
     cluster.create_user("pgwarden", "pgwarden", PasswordKind::Scram)?;
     cluster.primary().psql(&format!(
