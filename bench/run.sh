@@ -4,21 +4,24 @@
 # client count, auth (SCRAM-SHA-256) and pool size. Prints a markdown section
 # and, with --record, appends it to bench/RESULTS.md.
 #
-#   bench/run.sh [--record] [--seconds N] [--clients N] [--mode session|transaction]
+#   bench/run.sh [--record] [--seconds N] [--clients N] [--mode session|transaction] [--idle N]
 #
 # --mode transaction runs pgwarden and PgBouncer with transaction pooling
 # (pool size 20 either way) and the servers with max_connections = 400, so
-# the direct runs can have as many clients.
+# the direct runs can have as many clients. --idle N then opens N logged-in
+# idle clients (bench/idle_clients.py) to pgwarden and to PgBouncer in turn
+# and reports the memory each gained per client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-record=0 seconds=20 clients=16 scale=10 mode=session
+record=0 seconds=20 clients=16 scale=10 mode=session idle=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --record) record=1 ;;
         --seconds) seconds=$2; shift ;;
         --clients) clients=$2; shift ;;
         --mode) mode=$2; shift ;;
+        --idle) idle=$2; shift ;;
         *) echo "usage: bench/run.sh [--record] [--seconds N] [--clients N] [--mode session|transaction]" >&2; exit 2 ;;
     esac
     shift
@@ -74,7 +77,8 @@ INI
         chown -R postgres "$work/bouncer"
         as_user=(runuser -u postgres --)
     fi
-    "${as_user[@]}" pgbouncer "$work/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
+    # runuser resets the open files limit; PgBouncer needs one per client.
+    "${as_user[@]}" sh -c "ulimit -n $(ulimit -Hn); exec pgbouncer $work/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
     pids+=($!)
     sleep 1
     targets+=("pgbouncer:$bouncer_port")
@@ -105,6 +109,22 @@ done
 rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 proxy_pid=$(pgrep -f "pgwarden-proxy --config $work/demo/node0/pgwarden.toml" | head -1 || true)
 bouncer_pid=$(pgrep -f "pgbouncer $work/bouncer/pgbouncer.ini" | head -1 || true)
+peak="pgwarden-proxy $(rss "$proxy_pid") kB${bouncer_pid:+, pgbouncer $(rss "$bouncer_pid") kB}"
+
+idle_line=""
+if [ "$idle" -gt 0 ]; then
+    ulimit -n "$(ulimit -Hn)"
+    idle_one() { python3 bench/idle_clients.py --port "$1" --user bench --password bench --db bench --pid "$2" -n "$idle" | tail -1; }
+    p=$(idle_one "$proxy_port" "$proxy_pid")
+    echo "pgwarden idle: $p" >&2
+    idle_line="$idle idle logged-in clients: pgwarden-proxy gained $(echo "$p" | sed -n 's/.*per_client_bytes=\([0-9]*\).*/\1/p') bytes per client"
+    if [ -n "$bouncer_pid" ]; then
+        b=$(idle_one "$bouncer_port" "$bouncer_pid")
+        echo "pgbouncer idle: $b" >&2
+        idle_line+=", PgBouncer $(echo "$b" | sed -n 's/.*per_client_bytes=\([0-9]*\).*/\1/p')"
+    fi
+    idle_line+=" (VmRSS after all were up, less before, over the clients; SCRAM logins, \`SELECT 1\` once each)."
+fi
 
 {
     echo "## $(date -u +%Y-%m-%d) — $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/Mem:/ {print $2}') GiB"
@@ -122,8 +142,9 @@ bouncer_pid=$(pgrep -f "pgbouncer $work/bouncer/pgbouncer.ini" | head -1 || true
         echo "$row"
     done
     echo
-    echo "Peak RSS after all runs: pgwarden-proxy $(rss "$proxy_pid") kB${bouncer_pid:+, pgbouncer $(rss "$bouncer_pid") kB}."
+    echo "Peak RSS after the pgbench runs: $peak."
     echo
+    if [ -n "$idle_line" ]; then echo "$idle_line"; echo; fi
 } | tee "$work/section.md"
 
 if [ "$record" = 1 ]; then

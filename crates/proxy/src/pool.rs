@@ -127,6 +127,9 @@ pub struct Pools {
 struct Welcome {
     /// What a fresh connection reports.
     defaults: Vec<(String, String)>,
+    /// Those of the settings clients' sessions track, shared by every
+    /// client of the pool.
+    tracked: Arc<[(String, String)]>,
     /// (setting in lower case, value a client asked for) → the value the
     /// server reported for it (`utf8` → `UTF8`, `ISO` → `ISO, MDY`).
     reported: HashMap<(String, String), String>,
@@ -159,7 +162,13 @@ impl Pools {
         reported: &[(String, String)],
     ) {
         let mut w = self.welcomes.lock().unwrap_or_else(|p| p.into_inner());
-        w.entry(sorted(server_params)).or_default().defaults = reported.to_vec();
+        let w = w.entry(sorted(server_params)).or_default();
+        w.defaults = reported.to_vec();
+        w.tracked = reported
+            .iter()
+            .filter(|(k, _)| crate::relay::features::is_tracked(k))
+            .cloned()
+            .collect();
     }
 
     /// Records what a connection reports after a client's settings
@@ -186,6 +195,14 @@ impl Pools {
                     .insert((name.to_ascii_lowercase(), value.clone()), r.clone());
             }
         }
+    }
+
+    /// The tracked settings a fresh server connection reports: what a
+    /// client that did not set them believes they are.
+    pub fn tracked_defaults(&self, server_params: &[(String, String)]) -> Arc<[(String, String)]> {
+        let w = self.welcomes.lock().unwrap_or_else(|p| p.into_inner());
+        w.get(&sorted(server_params))
+            .map_or_else(|| Arc::from(Vec::new()), |w| Arc::clone(&w.tracked))
     }
 
     /// The ParameterStatus values a server would welcome a client with

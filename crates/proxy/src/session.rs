@@ -37,50 +37,9 @@ pub async fn serve(
 ) {
     let span = tracing::debug_span!("client", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async move {
-        let pushed_out = handshake.pushed_out().clone();
-        let mut buf = BytesMut::with_capacity(1024);
-        let startup_timeout = shared
-            .settings
-            .client_login_timeout
-            .min(handshake::STARTUP_PACKET_TIMEOUT);
-        let startup = tokio::select! {
-            () = pushed_out.cancelled() => {
-                refuse_pushed_out(&shared, &mut stream).await;
-                return;
-            }
-            r = tokio::time::timeout(startup_timeout, read_startup(&mut stream, &mut buf)) => r,
-        };
-        let startup = match startup {
-            Ok(Ok(Some(StartupPacket::Startup(m)))) => m,
-            Ok(Ok(Some(StartupPacket::Cancel { pid, secret }))) => {
-                shared
-                    .clients
-                    .cancel(pid, secret, shared.settings.server_connect_timeout)
-                    .await;
-                return;
-            }
-            Ok(Ok(_)) => return,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "bad startup packet");
-                let _ = stream.write_all(&e.to_error_response().to_bytes()).await;
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("no startup packet in time");
-                return;
-            }
-        };
-        let login = tokio::select! {
-            () = pushed_out.cancelled() => {
-                refuse_pushed_out(&shared, &mut stream).await;
-                return;
-            }
-            r = authenticate(&shared, &mut stream, &mut buf, &startup) => r,
-        };
-        drop(handshake);
-        let login = match login {
-            Ok(login) => login,
-            Err(e) => return send_reject(&mut stream, e).await,
+        let Some((login, buf)) = Box::pin(login_phase(&shared, &mut stream, handshake)).await
+        else {
+            return;
         };
         // Logged in: only now does the client take one of the places.
         let Ok(_place) = Arc::clone(&shared.client_slots).try_acquire_owned() else {
@@ -92,8 +51,12 @@ pub async fn serve(
             );
             return send_reject(&mut stream, reject(e)).await;
         };
-        match start_session(&shared, peer, &mut stream, login).await {
-            Ok(Started::Session(session)) => run_session(&shared, &mut stream, buf, session).await,
+        // Boxed, as the steps below: an idle transaction-mode client keeps
+        // only what it needs, not room for the biggest step's state.
+        match Box::pin(start_session(&shared, peer, &mut stream, login)).await {
+            Ok(Started::Session(session)) => {
+                Box::pin(run_session(&shared, &mut stream, buf, session)).await
+            }
             Ok(Started::Transaction(cancel, client)) => {
                 crate::relay::txn::serve(&shared, &mut stream, buf, cancel, client).await
             }
@@ -102,6 +65,64 @@ pub async fn serve(
     }
     .instrument(span)
     .await
+}
+
+/// The handshake phase: the startup packet (a cancel request is served
+/// here) and authentication. `None` when the connection ends in it (the
+/// client was told why, if it could be).
+async fn login_phase(
+    shared: &Shared,
+    stream: &mut TcpStream,
+    handshake: handshake::Handshake,
+) -> Option<(Login, BytesMut)> {
+    let pushed_out = handshake.pushed_out().clone();
+    let mut buf = BytesMut::with_capacity(1024);
+    let startup_timeout = shared
+        .settings
+        .client_login_timeout
+        .min(handshake::STARTUP_PACKET_TIMEOUT);
+    let startup = tokio::select! {
+        () = pushed_out.cancelled() => {
+            refuse_pushed_out(shared, stream).await;
+            return None;
+        }
+        r = tokio::time::timeout(startup_timeout, read_startup(stream, &mut buf)) => r,
+    };
+    let startup = match startup {
+        Ok(Ok(Some(StartupPacket::Startup(m)))) => m,
+        Ok(Ok(Some(StartupPacket::Cancel { pid, secret }))) => {
+            shared
+                .clients
+                .cancel(pid, secret, shared.settings.server_connect_timeout)
+                .await;
+            return None;
+        }
+        Ok(Ok(_)) => return None,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "bad startup packet");
+            let _ = stream.write_all(&e.to_error_response().to_bytes()).await;
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("no startup packet in time");
+            return None;
+        }
+    };
+    let login = tokio::select! {
+        () = pushed_out.cancelled() => {
+            refuse_pushed_out(shared, stream).await;
+            return None;
+        }
+        r = authenticate(shared, stream, &mut buf, &startup) => r,
+    };
+    drop(handshake);
+    match login {
+        Ok(login) => Some((login, buf)),
+        Err(e) => {
+            send_reject(stream, e).await;
+            None
+        }
+    }
 }
 
 pub(crate) async fn send_reject(stream: &mut TcpStream, e: Reject) {
@@ -303,7 +324,7 @@ async fn start_session(
             Some(w) => w,
             None => {
                 let (slot, conn, _route) = tokio::select! {
-                    r = server_for(shared, &server_params, &wanted, &creds) => r?,
+                    r = server_for(shared, &server_params, &wanted, &[], &creds) => r?,
                     () = cancel.stop().cancelled() => return Err(reject(stopped_error(shared))),
                 };
                 let w = conn.params.clone();
@@ -315,15 +336,9 @@ async fn start_session(
             backend::parameter_status(&mut out, k, v);
         }
         // The client now believes the tracked settings it did not send
-        // have these values: each server connection it gets must agree.
-        let mut wanted = wanted;
-        for (k, v) in &welcome {
-            if crate::relay::features::is_tracked(k)
-                && !wanted.iter().any(|(w, _)| w.eq_ignore_ascii_case(k))
-            {
-                wanted.push((k.clone(), v.clone()));
-            }
-        }
+        // have the server's defaults: each server connection it gets must
+        // agree (shared by the pool's clients, not copied per client).
+        let believed = shared.pools.tracked_defaults(&server_params);
         backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
         backend::ready_for_query(&mut out, TransactionStatus::Idle);
         stream.write_all(&out).await.map_err(|_| None)?;
@@ -331,13 +346,14 @@ async fn start_session(
         let client = crate::relay::txn::TxnClient {
             server_params,
             wanted,
+            believed,
             creds,
             tracker: crate::relay::Tracker::new(s.max_prepared_statements, s.max_message_bytes),
         };
         return Ok(Started::Transaction(cancel, client));
     }
     let (slot, conn, route) = tokio::select! {
-        r = server_for(shared, &server_params, &params.replayed, &creds) => r?,
+        r = server_for(shared, &server_params, &params.replayed, &[], &creds) => r?,
         () = cancel.stop().cancelled() => {
             tracing::info!("client ended while waiting for a server");
             return Err(reject(stopped_error(shared)));
@@ -373,6 +389,7 @@ pub(crate) async fn server_for(
     shared: &Shared,
     params: &[(String, String)],
     client_settings: &[(String, String)],
+    believed: &[(String, String)],
     creds: &ServerCredentials,
 ) -> Result<(crate::pool::Slot, ServerConn, crate::routing::Route), Reject> {
     let settings = &shared.settings;
@@ -442,8 +459,26 @@ pub(crate) async fn server_for(
             c
         }
     };
+    // Tracked settings the client did not set but believes at their
+    // defaults, where an earlier client left this connection otherwise.
+    let differing = believed.iter().filter(|(k, v)| {
+        !client_settings
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(k))
+            && !conn
+                .params
+                .iter()
+                .any(|(pk, pv)| pk.eq_ignore_ascii_case(k) && pv == v)
+    });
+    let all: Vec<(String, String)>;
+    let wanted = if differing.clone().next().is_none() {
+        client_settings
+    } else {
+        all = client_settings.iter().chain(differing).cloned().collect();
+        &all
+    };
     let applied = conn
-        .apply_params(client_settings, settings.server_connect_timeout)
+        .apply_params(wanted, settings.server_connect_timeout)
         .await;
     if let Err(e) = applied {
         // The server's own answer (an invalid value...): relay it, as the

@@ -442,6 +442,18 @@ impl Tracker {
                     self.push(Edit::Keep, None, None);
                     return Ok(false);
                 }
+                if let Some(old) = self.client.get(name).map(Arc::clone) {
+                    // PostgreSQL refuses a name in use (42P05) and skips to
+                    // Sync; so does the server, asked to prepare the old
+                    // statement's own name again. The client keeps the old one.
+                    let id = match server.get(&old) {
+                        Some(id) => id,
+                        None => self.prepare(&old, server, out),
+                    };
+                    put_message(out, b'P', &[&server_name(id), b"\0", &old]);
+                    self.push(Edit::Keep, None, None);
+                    return Ok(true);
+                }
                 let def: Definition = Arc::from(def);
                 self.client.insert(name.into(), Arc::clone(&def));
                 match server.get(&def) {

@@ -37,6 +37,9 @@ pub(crate) struct TxnClient {
     /// The client's settings: its startup parameters, then what it SET of
     /// the tracked ones; replayed on each server connection it gets.
     pub wanted: Vec<(String, String)>,
+    /// The tracked settings it did not set, at the values it was welcomed
+    /// with (the pool's defaults).
+    pub believed: std::sync::Arc<[(String, String)]>,
     /// How to log in to servers as the client's user.
     pub creds: ServerCredentials,
     /// Its prepared statements and reply queue.
@@ -63,46 +66,70 @@ pub(crate) async fn serve(
                 return;
             }
         }
-        let got = tokio::select! {
-            r = session::server_for(shared, &c.server_params, &c.wanted, &c.creds) => r,
-            () = cancel.stop().cancelled() => {
-                let _ = client.write_all(&session::stopped_error(shared).to_bytes()).await;
-                return;
-            }
-        };
-        let (slot, mut conn, route) = match got {
-            Ok(got) => got,
-            Err(reject) => return session::send_reject(client, reject).await,
-        };
-        cancel.set_server(conn.backend, conn.addr, conn.key);
-        let outcome = relay(
-            client,
-            &mut conn,
-            &mut buf,
-            &mut c,
-            cancel.activity(),
-            cancel.stop(),
-            &route.ended,
-        )
-        .await;
-        cancel.clear_server().await;
-        match outcome {
-            Outcome::Released => {
-                slot.release(conn);
-                if buf.is_empty() {
-                    // An idle client keeps no buffer.
-                    buf = BytesMut::new();
-                }
-            }
-            Outcome::Ended(r) => {
-                // Only a pinned client can have left session state behind.
-                let reset = match c.tracker.pinned {
-                    Some(_) => shared.settings.server_reset_query.as_str(),
-                    None => "",
-                };
-                session::finish(shared, client, r, slot, conn, &cancel, &route, reset).await;
-                return;
-            }
+        // Boxed: while idle, the client's task holds no room for a
+        // transaction's state (a few KiB per client otherwise).
+        let go_on = Box::pin(transaction(shared, client, &mut buf, &cancel, &mut c)).await;
+        if !go_on {
+            return;
+        }
+        if buf.is_empty() {
+            // An idle client keeps no buffer.
+            buf = BytesMut::new();
+        }
+    }
+}
+
+/// One transaction: a server connection, the relay, the release. False
+/// when the session ends with it.
+async fn transaction(
+    shared: &Shared,
+    client: &mut TcpStream,
+    buf: &mut BytesMut,
+    cancel: &CancelKey,
+    c: &mut TxnClient,
+) -> bool {
+    let got = tokio::select! {
+        r = session::server_for(shared, &c.server_params, &c.wanted, &c.believed, &c.creds) => r,
+        () = cancel.stop().cancelled() => {
+            let _ = client.write_all(&session::stopped_error(shared).to_bytes()).await;
+            return false;
+        }
+    };
+    let (slot, mut conn, route) = match got {
+        Ok(got) => got,
+        Err(reject) => {
+            session::send_reject(client, reject).await;
+            return false;
+        }
+    };
+    cancel.set_server(conn.backend, conn.addr, conn.key);
+    let outcome = relay(
+        client,
+        &mut conn,
+        buf,
+        c,
+        cancel.activity(),
+        cancel.stop(),
+        &route.ended,
+    )
+    .await;
+    cancel.clear_server().await;
+    match outcome {
+        Outcome::Released => {
+            slot.release(conn);
+            true
+        }
+        Outcome::Ended(r) => {
+            // Only a pinned client can have left session state behind.
+            let reset = match c.tracker.pinned {
+                Some(_) => shared.settings.server_reset_query.as_str(),
+                None => "",
+            };
+            Box::pin(session::finish(
+                shared, client, r, slot, conn, cancel, &route, reset,
+            ))
+            .await;
+            false
         }
     }
 }

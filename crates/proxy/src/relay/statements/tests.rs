@@ -312,3 +312,27 @@ fn session_features_in_queries_pin() {
     send(&mut t, &mut s, &q);
     assert!(s.is_empty(), "DISCARD ALL drops the server's statements");
 }
+
+#[test]
+fn preparing_a_name_in_use_fails_as_on_postgresql() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    send(&mut t, &mut s, &parse("a", "SELECT 1"));
+    t.reply(b'1', &mut s);
+    // The server is asked to prepare its own name for "a" again: it
+    // refuses with 42P05, and the client's "a" is still SELECT 1.
+    let out = send(
+        &mut t,
+        &mut s,
+        &cat(&[parse("a", "SELECT 2"), execute_sync()]),
+    );
+    let m = messages(&out);
+    assert_eq!(m[0].0, b'P');
+    assert_eq!(stmt_of(b'P', &m[0].1), "pgwarden_1");
+    t.reply(b'E', &mut s);
+    t.reply(b'Z', &mut s);
+    assert_eq!(t.statements(), 1);
+    assert_eq!(s.len(), 1, "the server keeps the first one");
+    let out = send(&mut t, &mut s, &bind("a"));
+    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_1");
+}
