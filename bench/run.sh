@@ -4,7 +4,7 @@
 # client count, auth (SCRAM-SHA-256) and pool size. Prints a markdown section
 # and, with --record, appends it to bench/RESULTS.md.
 #
-#   bench/run.sh [--record] [--seconds N] [--clients N] [--mode session|transaction] [--idle N]
+#   bench/run.sh [--record] [--seconds N] [--rounds N] [--clients N] [--mode session|transaction] [--idle N]
 #
 # --mode transaction runs pgwarden and PgBouncer with transaction pooling
 # (pool size 20 either way) and the servers with max_connections = 400, so
@@ -14,15 +14,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-record=0 seconds=20 clients=16 scale=10 mode=session idle=0
+record=0 seconds=10 rounds=3 clients=16 scale=10 mode=session idle=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --record) record=1 ;;
         --seconds) seconds=$2; shift ;;
+        --rounds) rounds=$2; shift ;;
         --clients) clients=$2; shift ;;
         --mode) mode=$2; shift ;;
         --idle) idle=$2; shift ;;
-        *) echo "usage: bench/run.sh [--record] [--seconds N] [--clients N] [--mode session|transaction]" >&2; exit 2 ;;
+        *) echo "usage: bench/run.sh [--record] [--seconds N] [--rounds N] [--clients N] [--mode session|transaction] [--idle N]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -42,7 +43,7 @@ proxy_port=$((20000 + RANDOM % 20000))
 bouncer_port=$((proxy_port + 1))
 target/release/pgwarden-demo --nodes 1 --standbys 0 --port "$proxy_port" --dir "$work/demo" \
     --user bench --password bench --env-file "$work/env" --set proxy.pool_size=20 \
-    --set proxy.pool_mode="$mode" --set proxy.max_client_connections=2000 \
+    --set proxy.pool_mode="$mode" --set proxy.max_client_connections=$((idle + 2000)) \
     --pg-set max_connections=400 >"$work/demo.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 120); do [ -f "$work/env" ] && break; sleep 0.5; done
@@ -68,7 +69,7 @@ auth_type = scram-sha-256
 auth_file = $work/bouncer/users.txt
 pool_mode = $mode
 default_pool_size = 20
-max_client_conn = 2000
+max_client_conn = $((idle + 2000))
 server_reset_query = DISCARD ALL
 logfile = $work/bouncer/pgbouncer.log
 INI
@@ -84,25 +85,43 @@ INI
     targets+=("pgbouncer:$bouncer_port")
 fi
 
-declare -A tps lat
+declare -A tps lat runs
 tests=("select:-S" "select-prepared:-S -M prepared" "tpcb-like:" "select-connect:-S -C")
 ulimit -n 65536 2>/dev/null || true
 for t in "${targets[@]}"; do
-    name=${t%%:*} port=${t##*:}
     # Warm up (caches, connection pools) so the first measured run is not penalised.
-    pgbench -h 127.0.0.1 -p "$port" -c "$clients" -j 2 -T 5 -S >/dev/null 2>&1
+    pgbench -h 127.0.0.1 -p "${t##*:}" -c "$clients" -j 2 -T 5 -S >/dev/null 2>&1
+done
+# Targets take turns test by test, round after round, so a slow spell of
+# this shared machine hits them alike; each cell is the median round.
+for round in $(seq 1 "$rounds"); do
     for spec in "${tests[@]}"; do
         test=${spec%%:*} flags=${spec#*:}
-        # shellcheck disable=SC2086
-        out=$(pgbench -h 127.0.0.1 -p "$port" -c "$clients" -j 2 -T "$seconds" $flags 2>&1) || {
-            echo "$out" | tail -5 >&2; echo "pgbench failed: $name $test" >&2
-            # PgBouncer before 1.21 has no prepared statements in transaction mode.
-            [ "$name" = pgbouncer ] || exit 1
-            tps[$name,$test]=fails lat[$name,$test]=-
-            continue; }
-        tps[$name,$test]=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1 | xargs printf '%.0f')
-        lat[$name,$test]=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' | head -1)
-        echo "$name $test: ${tps[$name,$test]} tps, ${lat[$name,$test]} ms" >&2
+        for t in "${targets[@]}"; do
+            name=${t%%:*} port=${t##*:}
+            [ "${tps[$name,$test]:-}" = fails ] && continue
+            # shellcheck disable=SC2086
+            out=$(pgbench -h 127.0.0.1 -p "$port" -c "$clients" -j 2 -T "$seconds" $flags 2>&1) || {
+                echo "$out" | tail -5 >&2; echo "pgbench failed: $name $test" >&2
+                # PgBouncer before 1.21 has no prepared statements in transaction mode.
+                [ "$name" = pgbouncer ] || exit 1
+                tps[$name,$test]=fails lat[$name,$test]=-
+                continue; }
+            t_=$(echo "$out" | sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1 | xargs printf '%.0f')
+            l_=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' | head -1)
+            runs[$name,$test]+="$t_ $l_
+"
+            echo "round $round $name $test: $t_ tps, $l_ ms" >&2
+        done
+    done
+done
+for spec in "${tests[@]}"; do
+    test=${spec%%:*}
+    for t in "${targets[@]}"; do
+        name=${t%%:*}
+        [ "${tps[$name,$test]:-}" = fails ] && continue
+        median=$(printf '%s' "${runs[$name,$test]}" | sort -n | sed -n "$(( (rounds + 1) / 2 ))p")
+        tps[$name,$test]=${median%% *} lat[$name,$test]=${median##* }
     done
 done
 
@@ -115,11 +134,11 @@ idle_line=""
 if [ "$idle" -gt 0 ]; then
     ulimit -n "$(ulimit -Hn)"
     idle_one() { python3 bench/idle_clients.py --port "$1" --user bench --password bench --db bench --pid "$2" -n "$idle" | tail -1; }
-    p=$(idle_one "$proxy_port" "$proxy_pid")
+    p=$(idle_one "$proxy_port" "$proxy_pid") || p="failed"
     echo "pgwarden idle: $p" >&2
     idle_line="$idle idle logged-in clients: pgwarden-proxy gained $(echo "$p" | sed -n 's/.*per_client_bytes=\([0-9]*\).*/\1/p') bytes per client"
     if [ -n "$bouncer_pid" ]; then
-        b=$(idle_one "$bouncer_port" "$bouncer_pid")
+        b=$(idle_one "$bouncer_port" "$bouncer_pid") || b="failed"
         echo "pgbouncer idle: $b" >&2
         idle_line+=", PgBouncer $(echo "$b" | sed -n 's/.*per_client_bytes=\([0-9]*\).*/\1/p')"
     fi
@@ -129,7 +148,7 @@ fi
 {
     echo "## $(date -u +%Y-%m-%d) — $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/Mem:/ {print $2}') GiB"
     echo
-    echo "PostgreSQL $(postgres_ver=$(psql -h 127.0.0.1 -p "$PG0_PORT" -Atc 'SHOW server_version'); echo "$postgres_ver"), pgbench scale $scale, $clients clients, -j 2, ${seconds}s per run, SCRAM-SHA-256 everywhere, pool size 20, $mode pooling, everything on one machine (pgbench, proxy and server share the cores)."
+    echo "PostgreSQL $(postgres_ver=$(psql -h 127.0.0.1 -p "$PG0_PORT" -Atc 'SHOW server_version'); echo "$postgres_ver"), pgbench scale $scale, $clients clients, -j 2, ${seconds}s per run, median of $rounds rounds (targets taking turns), SCRAM-SHA-256 everywhere, pool size 20, $mode pooling, everything on one machine (pgbench, proxy and server share the cores)."
     command -v pgbouncer >/dev/null && echo "PgBouncer: $(pgbouncer --version | head -1)."
     echo
     header="| test |" sep="|---|"

@@ -9,8 +9,9 @@
 //! - [`Proxy`]: binds, accepts and shuts down ([`Proxy::serve`]).
 //! - [`session`]: one client's life; [`client_auth`]: its authentication.
 //! - [`pool`]: the server connection cache; [`server_conn`]: one server connection.
-//! - [`pump`]: the data path; [`clients`]: the logged-in clients, their
-//!   cancel keys and their termination.
+//! - [`relay`]: the data paths: session mode's [`relay::pump`], and
+//!   transaction mode's tracker and loop; [`clients`]: the logged-in
+//!   clients, their cancel keys and their termination.
 //! - [`admin`]: the admin API on `proxy.sock`.
 //! - [`routing`]: which backend is the primary.
 
@@ -22,7 +23,6 @@ pub mod handshake;
 pub mod metrics;
 mod net;
 pub mod pool;
-pub mod pump;
 pub mod relay;
 pub mod routing;
 pub mod server_conn;

@@ -19,7 +19,7 @@ use crate::client_auth::{self, AuthError};
 use crate::clients::ClientMeta;
 use crate::handshake;
 use crate::pool::PoolKey;
-use crate::pump::{self, PumpEnd, ServerState, StopReason};
+use crate::relay::pump::{self, PumpEnd, ServerState, StopReason};
 use crate::server_conn::{ServerConn, ServerCredentials, ServerError};
 use crate::startup_params::StartupParams;
 
@@ -349,6 +349,7 @@ async fn start_session(
             believed,
             creds,
             tracker: crate::relay::Tracker::new(s.max_prepared_statements, s.max_message_bytes),
+            route_ended: None,
         };
         return Ok(Started::Transaction(cancel, client));
     }

@@ -15,9 +15,11 @@
 //! - `txn`: the client's loop: idle without a server, a checkout per
 //!   transaction, the relay, the release.
 //!
-//! Session mode keeps its own, simpler data path ([`crate::pump`]).
+//! - [`pump`]: session mode's own, simpler data path: a client and its one
+//!   server connection, copy-free both ways.
 
 pub mod features;
+pub mod pump;
 pub mod statements;
 pub(crate) mod txn;
 

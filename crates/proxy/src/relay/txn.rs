@@ -22,10 +22,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
+use super::pump::{self, Owing, PumpEnd, PumpResult, ServerState, StopReason};
 use super::statements::{Edit, ServerStatements, Start, Tracker};
 use crate::Shared;
 use crate::clients::{Activity, CancelKey};
-use crate::pump::{self, Owing, PumpEnd, PumpResult, ServerState, StopReason};
 use crate::server_conn::{ServerConn, ServerCredentials};
 use crate::session;
 
@@ -44,6 +44,10 @@ pub(crate) struct TxnClient {
     pub creds: ServerCredentials,
     /// Its prepared statements and reply queue.
     pub tracker: Tracker,
+    /// A child of the current route's `ended` token, with the route's
+    /// generation: made once per route rather than per transaction (a
+    /// child token locks the parent, which every client shares).
+    pub route_ended: Option<(u64, CancellationToken)>,
 }
 
 /// Serves the client until it leaves or is stopped; `buf` holds what it
@@ -103,6 +107,14 @@ async fn transaction(
         }
     };
     cancel.set_server(conn.backend, conn.addr, conn.key);
+    let ended = match &c.route_ended {
+        Some((generation, t)) if *generation == route.generation && !t.is_cancelled() => t.clone(),
+        _ => {
+            let t = route.ended.child_token();
+            c.route_ended = Some((route.generation, t.clone()));
+            t
+        }
+    };
     let outcome = relay(
         client,
         &mut conn,
@@ -110,7 +122,7 @@ async fn transaction(
         c,
         cancel.activity(),
         cancel.stop(),
-        &route.ended,
+        &ended,
     )
     .await;
     cancel.clear_server().await;
@@ -225,14 +237,17 @@ impl Observer for Replies<'_> {
     }
 
     fn body(&mut self, tag: u8, body: &[u8]) {
-        if tag == b'Z' {
-            if let Some(&status) = body.first() {
-                self.status = status;
-            }
-            self.activity.ready();
+        pump::server_body(
+            tag,
+            body,
+            self.activity,
+            &mut self.status,
+            self.params,
+            self.applied,
+        );
+        if tag != b'S' {
             return;
         }
-        ServerConn::note_param(self.params, self.applied, body);
         // A tracked setting the client changed follows it to its next server.
         let mut parts = body.split(|b| *b == 0);
         if let (Some(name), Some(value)) = (parts.next(), parts.next()) {
@@ -303,7 +318,8 @@ async fn relay(
     stop: &CancellationToken,
     route_ended: &CancellationToken,
 ) -> Outcome {
-    let route_ended = route_ended.child_token();
+    // The client's own token (see `TxnClient::route_ended`): waiting on it
+    // touches no lock shared with other clients.
     let statements = Mutex::new(std::mem::take(&mut server.statements));
     c.tracker.begin();
     // Taken for the relay, given back at its end (an empty tracker

@@ -171,14 +171,35 @@ impl Observer for ServerSide<'_> {
     }
 
     fn body(&mut self, tag: u8, body: &[u8]) {
-        if tag == b'Z' {
-            if let Some(&status) = body.first() {
-                self.status = status;
-            }
-            self.activity.ready();
-        } else {
-            ServerConn::note_param(self.params, self.applied, body);
+        server_body(
+            tag,
+            body,
+            self.activity,
+            &mut self.status,
+            self.params,
+            self.applied,
+        );
+    }
+}
+
+/// What both data paths do with the server's ReadyForQuery (`Z`: its
+/// transaction status, one reply less owed) and ParameterStatus (`S`: the
+/// connection's reported settings) bodies.
+pub(crate) fn server_body(
+    tag: u8,
+    body: &[u8],
+    activity: &Activity,
+    status: &mut u8,
+    params: &mut Vec<(String, String)>,
+    applied: &mut Vec<(String, String)>,
+) {
+    if tag == b'Z' {
+        if let Some(&s) = body.first() {
+            *status = s;
         }
+        activity.ready();
+    } else {
+        ServerConn::note_param(params, applied, body);
     }
 }
 
