@@ -127,7 +127,8 @@ done
 
 rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo "?"; }
 proxy_pid=$(pgrep -f "pgwarden-proxy --config $work/demo/node0/pgwarden.toml" | head -1 || true)
-bouncer_pid=$(pgrep -f "pgbouncer $work/bouncer/pgbouncer.ini" | head -1 || true)
+# The pgbouncer process itself, not the runuser / sh that started it.
+bouncer_pid=$(pgrep -f "^pgbouncer $work/bouncer/pgbouncer.ini" | head -1 || true)
 peak="pgwarden-proxy $(rss "$proxy_pid") kB${bouncer_pid:+, pgbouncer $(rss "$bouncer_pid") kB}"
 
 idle_line=""

@@ -411,3 +411,23 @@ async fn settings_of(c: &tokio_postgres::Client) -> (String, String) {
         .unwrap();
     (row.get(0), row.get(1))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_clients_discard_all_its_startup_settings_come_back() {
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 1);
+    let base = proxy.conninfo(ALICE.0, ALICE.1, "app");
+    let a = connect(&format!(
+        "{base} options='-c search_path=private -c statement_timeout=4321ms'"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(settings_of(&a).await, ("private".into(), "4321ms".into()));
+    // DISCARD ALL takes the server connection back to its defaults; as on
+    // a direct connection, the client's startup settings are still its own
+    // afterwards (the proxy had kept thinking they were applied).
+    a.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(settings_of(&a).await, ("private".into(), "4321ms".into()));
+    a.batch_execute("RESET ALL").await.unwrap();
+    assert_eq!(settings_of(&a).await, ("private".into(), "4321ms".into()));
+}

@@ -92,6 +92,9 @@ pub struct Activity {
     syncs_since_command: AtomicU32,
     /// The server is in COPY FROM STDIN mode (until CopyDone / CopyFail).
     copy_in: AtomicBool,
+    /// The client ended a COPY (CopyDone / CopyFail) since its last
+    /// command: a CopyInResponse still to come is for a copy already over.
+    copy_ended: AtomicBool,
     /// Transaction mode: session state keeps the client on its server.
     pinned: AtomicBool,
     /// Held (shared) by each cancel in flight for this session's server
@@ -113,12 +116,15 @@ impl Activity {
         }
         self.request();
         self.set_unsynced(false);
-        self.syncs_since_command.fetch_add(1, Ordering::Relaxed);
+        if !self.copy_ended.load(Ordering::Relaxed) {
+            self.syncs_since_command.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// The client sent a command (Query or Execute).
     pub fn command(&self) {
         self.syncs_since_command.store(0, Ordering::Relaxed);
+        self.copy_ended.store(false, Ordering::Relaxed);
     }
 
     /// The server started a COPY from the client (CopyInResponse): the
@@ -127,7 +133,11 @@ impl Activity {
     /// and so are those sent until the copy ends. Returns how many were
     /// taken back.
     pub fn copy_in_started(&self) -> u32 {
-        self.copy_in.store(true, Ordering::Relaxed);
+        // A client that already sent CopyDone (pipelined behind its COPY)
+        // has ended the copy: Syncs from then on count again.
+        if !self.copy_ended.load(Ordering::Relaxed) {
+            self.copy_in.store(true, Ordering::Relaxed);
+        }
         let n = self.syncs_since_command.swap(0, Ordering::Relaxed);
         self.owed.fetch_sub(n, Ordering::Relaxed);
         n
@@ -146,6 +156,7 @@ impl Activity {
     /// The client ended a COPY (CopyDone or CopyFail).
     pub fn copy_in_ended(&self) {
         self.copy_in.store(false, Ordering::Relaxed);
+        self.copy_ended.store(true, Ordering::Relaxed);
     }
 
     /// The server sent ReadyForQuery.
@@ -510,6 +521,31 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[test]
+    fn syncs_during_a_copy_from_the_client_are_not_owed() {
+        // Bind, Execute, Sync, then the data: the server ignores that Sync.
+        let a = Activity::default();
+        a.command();
+        a.sync();
+        assert_eq!(a.owed(), 1);
+        assert_eq!(a.copy_in_started(), 1);
+        assert_eq!(a.owed(), 0);
+        a.sync();
+        assert_eq!(a.owed(), 0, "ignored while copying");
+        a.copy_in_ended();
+        a.sync();
+        assert_eq!(a.owed(), 1);
+        // COPY and CopyDone pipelined ahead of the CopyInResponse: the copy
+        // is over by the time the server says it started.
+        let b = Activity::default();
+        b.request();
+        b.command();
+        b.copy_in_ended();
+        b.copy_in_started();
+        b.sync();
+        assert_eq!(b.owed(), 2, "the Sync after CopyDone counts");
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub struct SqlEffects {
     /// `DISCARD ALL` / `DISCARD PLANS` / `DEALLOCATE`: the server forgets
     /// its prepared statements.
     pub drops_statements: bool,
+    /// `DISCARD ALL` / `RESET`: settings go back to the server
+    /// connection's own defaults, whatever was applied for the client.
+    pub resets_settings: bool,
 }
 
 /// Looks at `sql` (one Query or Parse text, possibly several statements).
@@ -48,12 +51,14 @@ pub fn effects(sql: &[u8]) -> SqlEffects {
     // in a small fixed buffer, so the common query costs no allocation.
     let mut first = [[0u8; WORD_LEN]; FIRST_WORDS];
     let mut n = 0usize;
+    let mut prev: &[u8] = b"";
     for w in words.chain(std::iter::once(Word::End)) {
         match w {
             Word::Ident(w) => {
-                if is_session_lock_function(w) {
-                    fx.pins = fx.pins.or(Some("session advisory lock"));
-                }
+                // Anywhere in a statement, not only at its start.
+                let anywhere = anywhere_pins(prev, w);
+                fx.pins = fx.pins.or(anywhere);
+                prev = w;
                 if let Some(slot) = first.get_mut(n) {
                     slot.fill(0);
                     for (d, c) in slot.iter_mut().zip(w) {
@@ -68,14 +73,37 @@ pub fn effects(sql: &[u8]) -> SqlEffects {
                     let len = w.iter().position(|b| *b == 0).unwrap_or(WORD_LEN);
                     *out = std::str::from_utf8(w.get(..len).unwrap_or_default()).unwrap_or("");
                 }
-                let (pins, drops) = statement_effects(words.get(..n).unwrap_or_default());
+                let words = words.get(..n).unwrap_or_default();
+                let (pins, drops) = statement_effects(words);
                 fx.pins = fx.pins.or(pins);
                 fx.drops_statements |= drops;
+                fx.resets_settings |= matches!(words, ["discard", "all", ..] | ["reset", ..]);
                 n = 0;
+                prev = b"";
             }
         }
     }
     fx
+}
+
+/// Session state made by a word anywhere in a statement (given the word
+/// before it): session advisory locks, `set_config()`, `WITH HOLD`,
+/// `INTO TEMP`, objects in `pg_temp`.
+fn anywhere_pins(prev: &[u8], word: &[u8]) -> Option<&'static str> {
+    let is = |a: &[u8], b: &str| a.eq_ignore_ascii_case(b.as_bytes());
+    if is_session_lock_function(word) {
+        Some("session advisory lock")
+    } else if is(word, "set_config") {
+        Some("set_config()")
+    } else if is(prev, "with") && is(word, "hold") {
+        Some("WITH HOLD cursor")
+    } else if (is(prev, "into") && (is(word, "temp") || is(word, "temporary")))
+        || is(word, "pg_temp")
+    {
+        Some("temporary table")
+    } else {
+        None
+    }
 }
 
 /// Words of a statement looked at, and the length they are compared to
@@ -113,15 +141,13 @@ fn statement_effects(s: &[&str]) -> (Option<&'static str>, bool) {
         }
         ["reset", "all", ..] => (None, false),
         ["create", rest @ ..] if is_temp_create(rest) => (Some("temporary table"), false),
-        ["declare", ..] if s.windows(2).any(|w| w == ["with", "hold"]) => {
-            (Some("WITH HOLD cursor"), false)
-        }
+        // What a DO block does is not looked into.
+        ["do", ..] => (Some("DO block"), false),
         ["prepare", ..] | ["execute", ..] => (Some("SQL PREPARE / EXECUTE"), false),
         ["deallocate", ..] => (Some("SQL PREPARE / EXECUTE"), true),
         ["discard", "all" | "plans", ..] => (None, true),
         ["discard", "temp" | "temporary" | "sequences", ..] => (None, false),
         ["load", ..] => (Some("LOAD"), false),
-        _ if s.contains(&"set_config") => (Some("set_config()"), false),
         _ => (None, false),
     }
 }
@@ -191,8 +217,12 @@ impl<'a> Iterator for Words<'a> {
                     self.skip_past(b"'");
                 }
                 b'"' => {
+                    // A quoted identifier is a word (`SET "search_path" ...`).
+                    let start = self.pos + 1;
                     self.pos += 1;
                     self.skip_past(b"\"");
+                    let end = self.pos.saturating_sub(1).max(start);
+                    return Some(Word::Ident(self.sql.get(start..end).unwrap_or_default()));
                 }
                 b'$' => {
                     // $tag$ ... $tag$, or a parameter like $1.
@@ -275,6 +305,34 @@ mod tests {
         assert_eq!(pins("SELECT 1; LISTEN x; SELECT 2"), Some("LISTEN"));
         assert_eq!(pins("BEGIN; SELECT 1; COMMIT"), None);
         assert_eq!(pins("select 1"), None);
+    }
+
+    #[test]
+    fn session_state_anywhere_in_a_statement_pins() {
+        assert_eq!(
+            pins("SET \"search_path\" = 'x'"),
+            Some("SET of a setting the proxy does not track")
+        );
+        assert_eq!(
+            pins("DO $$ BEGIN PERFORM set_config('search_path', 'x', false); END $$"),
+            Some("DO block")
+        );
+        assert_eq!(
+            pins("SELECT a.x, a.y, a.z, a.w, a.v, set_config('search_path', 'x', false) FROM a"),
+            Some("set_config()")
+        );
+        assert_eq!(pins("SELECT 1 INTO TEMP t"), Some("temporary table"));
+        assert_eq!(
+            pins("CREATE TABLE pg_temp.t (x int)"),
+            Some("temporary table")
+        );
+        assert_eq!(
+            pins("DECLARE c NO SCROLL BINARY INSENSITIVE CURSOR WITH HOLD FOR SELECT 1"),
+            Some("WITH HOLD cursor")
+        );
+        assert!(effects(b"RESET ALL").resets_settings);
+        assert!(effects(b"discard all").resets_settings);
+        assert!(!effects(b"SELECT 1").resets_settings);
     }
 
     #[test]

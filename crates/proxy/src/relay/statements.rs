@@ -91,16 +91,15 @@ impl ServerStatements {
     /// Adds `def` under a new id; when that makes more than `cap`, the
     /// least recently used other statement is forgotten and returned, for
     /// the caller to close on the server.
-    fn insert(&mut self, def: Definition, cap: usize) -> (u64, Option<u64>) {
+    fn insert(&mut self, def: Definition, cap: usize) -> (u64, Option<(Definition, u64)>) {
         let evicted = if self.by_definition.len() >= cap.max(1) {
             let victim = self
                 .by_definition
                 .iter()
                 .min_by_key(|(_, n)| n.used)
                 .map(|(d, n)| (Arc::clone(d), n.id));
-            victim.map(|(d, id)| {
-                self.by_definition.remove(&d);
-                id
+            victim.inspect(|(d, _)| {
+                self.by_definition.remove(d);
             })
         } else {
             None
@@ -120,6 +119,13 @@ impl ServerStatements {
 
     fn remove(&mut self, def: &Definition) {
         self.by_definition.remove(def);
+    }
+
+    /// Puts back a statement whose eviction the server skipped.
+    fn restore(&mut self, def: Definition, id: u64) {
+        self.by_definition
+            .entry(def)
+            .or_insert(Named { id, used: 0 });
     }
 }
 
@@ -143,6 +149,10 @@ struct Pending {
     /// Undone when the server skips the message (an error before it).
     undo_server: Option<Definition>,
     undo_client: Option<Box<[u8]>>,
+    /// Put back when the server skips the message: a client's statement
+    /// its Close forgot, a server statement an eviction forgot.
+    restore_client: Option<(Box<[u8]>, Definition)>,
+    restore_server: Option<(Definition, u64)>,
 }
 
 /// How a client's buffered bytes go on to the server.
@@ -184,6 +194,13 @@ pub struct Tracker {
     streaming: u32,
     /// Why the client keeps its server connection until it leaves.
     pub pinned: Option<&'static str>,
+    /// The client ran `DISCARD ALL` or `RESET`: the settings applied for
+    /// it on this server connection are gone.
+    pub settings_reset: bool,
+    /// The transaction status of the last ReadyForQuery.
+    status: u8,
+    /// An unnamed statement was parsed on this server connection.
+    unnamed_parsed: bool,
     scratch: BytesMut,
 }
 
@@ -201,6 +218,9 @@ impl Tracker {
             max_message,
             streaming: 0,
             pinned: None,
+            settings_reset: false,
+            status: b'I',
+            unnamed_parsed: false,
             scratch: BytesMut::new(),
         }
     }
@@ -220,6 +240,12 @@ impl Tracker {
         self.queue.clear();
         self.sent_batches = 0;
         self.done_batches = 0;
+        self.unnamed_parsed = false;
+    }
+
+    /// The server sent ReadyForQuery with transaction status `status`.
+    pub fn ready(&mut self, status: u8) {
+        self.status = status;
     }
 
     /// The connection is given up while replies are still owed: what
@@ -307,7 +333,19 @@ impl Tracker {
             if !scan::is_frontend_tag(tag) {
                 return Err(ProtocolError::UnexpectedMessage { tag });
             }
+            if matches!(tag, b'Q' | b'F') && activity.unsynced() {
+                // The server would skip it after an error in the batch,
+                // and the replies could no longer be told apart.
+                return Err(ProtocolError::Malformed {
+                    what: "Query or FunctionCall before the Sync of an extended-query batch",
+                });
+            }
             if !Self::is_whole(tag, body_len) {
+                match tag {
+                    b'Q' => self.pin("a query text over 1 MiB, not examined"),
+                    b'F' => self.pin("FunctionCall"),
+                    _ => {}
+                }
                 self.count(tag, activity);
                 if let (Some(o), Some(h)) = (out.as_mut(), buf.get(pos..pos + 5)) {
                     o.extend_from_slice(h);
@@ -335,7 +373,10 @@ impl Tracker {
                 }
                 (None, false) => {}
             }
-            self.scratch = scratch;
+            // A big rewrite's buffer is not kept while the client idles.
+            if scratch.capacity() <= 64 * 1024 {
+                self.scratch = scratch;
+            }
             pos = end;
         }
         if self.pinned.is_some() {
@@ -393,13 +434,22 @@ impl Tracker {
         }
     }
 
-    fn sql(&mut self, text: &[u8], server: &mut ServerStatements) {
+    /// What the SQL of a Query (`prepared` false: it runs now, in order)
+    /// or of a Parse (`prepared` true: it runs whenever it is executed)
+    /// does to the session.
+    fn sql(&mut self, text: &[u8], server: &mut ServerStatements, prepared: bool) {
         let fx = features::effects(text);
         if let Some(why) = fx.pins {
             self.pin(why);
         }
-        if fx.drops_statements {
-            server.clear();
+        if prepared && (fx.drops_statements || fx.resets_settings) {
+            // When it will run is not known: keep to one server.
+            self.pin("DISCARD, DEALLOCATE or RESET in a prepared statement");
+        } else {
+            if fx.drops_statements {
+                server.clear();
+            }
+            self.settings_reset |= fx.resets_settings;
         }
     }
 
@@ -414,6 +464,8 @@ impl Tracker {
             edit,
             undo_server,
             undo_client,
+            restore_client: None,
+            restore_server: None,
         });
     }
 
@@ -427,13 +479,14 @@ impl Tracker {
     ) -> Result<bool, ProtocolError> {
         match tag {
             b'Q' => {
-                self.sql(cstr(body, "Query")?.0, server);
+                self.sql(cstr(body, "Query")?.0, server, false);
                 Ok(false)
             }
             b'P' => {
                 let (name, def) = cstr(body, "Parse")?;
-                self.sql(cstr(def, "Parse")?.0, server);
+                self.sql(cstr(def, "Parse")?.0, server, true);
                 if name.is_empty() {
+                    self.unnamed_parsed = true;
                     self.push(Edit::Keep, None, None);
                     return Ok(false);
                 }
@@ -457,6 +510,13 @@ impl Tracker {
                 let def: Definition = Arc::from(def);
                 self.client.insert(name.into(), Arc::clone(&def));
                 match server.get(&def) {
+                    Some(_) if self.status == b'E' => {
+                        // In a failed transaction PostgreSQL refuses any
+                        // Parse (25P02): so does the server, asked to
+                        // prepare an empty statement.
+                        put_message(out, b'P', &[NO_STATEMENT, b"\0\0\0\0"]);
+                        self.push(Edit::Keep, None, Some(name.into()));
+                    }
                     Some(_) => {
                         // The server has it: a no-op whose reply stands in for ParseComplete.
                         close_statement(out, NO_STATEMENT);
@@ -506,7 +566,11 @@ impl Tracker {
                     return Ok(false);
                 }
                 // The server keeps the statement for other clients.
-                self.client.remove(name);
+                if let Some(def) = self.client.remove(name)
+                    && let Some(p) = self.queue.back_mut()
+                {
+                    p.restore_client = Some((name.into(), def));
+                }
                 close_statement(out, NO_STATEMENT);
                 Ok(true)
             }
@@ -524,9 +588,12 @@ impl Tracker {
         out: &mut BytesMut,
     ) -> u64 {
         let (id, evicted) = server.insert(Arc::clone(def), self.max_prepared);
-        if let Some(old) = evicted {
+        if let Some((old_def, old)) = evicted {
             close_statement(out, &server_name(old));
             self.push(Edit::Drop, None, None);
+            if let Some(p) = self.queue.back_mut() {
+                p.restore_server = Some((old_def, old));
+            }
         }
         put_message(out, b'P', &[&server_name(id), b"\0", def]);
         self.push(Edit::Drop, Some(Arc::clone(def)), None);
@@ -543,7 +610,11 @@ impl Tracker {
         server: &mut ServerStatements,
         out: &mut BytesMut,
     ) -> Option<Vec<u8>> {
-        if name.is_empty() || self.max_prepared == 0 {
+        if name.is_empty() {
+            // Not another client's unnamed statement, left on this server.
+            return (!self.unnamed_parsed && self.max_prepared != 0).then(|| NO_STATEMENT.to_vec());
+        }
+        if self.max_prepared == 0 {
             return None;
         }
         let Some(def) = self.client.get(name).map(Arc::clone) else {
@@ -574,6 +645,12 @@ impl Tracker {
                         }
                         if let Some(name) = &p.undo_client {
                             self.client.remove(name);
+                        }
+                        if let Some((name, def)) = p.restore_client {
+                            self.client.insert(name, def);
+                        }
+                        if let Some((def, id)) = p.restore_server {
+                            server.restore(def, id);
                         }
                     }
                 }

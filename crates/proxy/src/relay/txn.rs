@@ -173,7 +173,7 @@ async fn idle(
                     () = stop.cancelled() => return Idle::Stopped,
                     r = client.readable() => if r.is_err() { return Idle::Left },
                 }
-                buf.reserve(n.max(2048).saturating_sub(buf.len()));
+                buf.reserve(n.max(2048).saturating_sub(buf.len()).min(1 << 20));
                 let room = buf.capacity() - buf.len();
                 match client.try_read_buf(buf) {
                     Ok(0) => return Idle::Left,
@@ -245,7 +245,8 @@ impl Observer for Replies<'_> {
             self.params,
             self.applied,
         );
-        if tag != b'S' {
+        if tag == b'Z' {
+            lock(self.tracker).ready(self.status);
             return;
         }
         // A tracked setting the client changed follows it to its next server.
@@ -297,7 +298,7 @@ fn apply_edits(buf: &mut BytesMut, edits: &[(usize, Edit)], carry: &mut usize) {
     if cuts.is_empty() {
         return;
     }
-    let mut kept = BytesMut::with_capacity(buf.len());
+    let mut kept = BytesMut::with_capacity(buf.capacity());
     let mut from = 0;
     for (start, end) in cuts {
         kept.extend_from_slice(buf.get(from..start).unwrap_or_default());
@@ -372,8 +373,9 @@ async fn relay(
                     return PumpEnd::ClientTerminated;
                 }
                 if let Start::NeedMore(n) = lock(&tracker).start(buf) {
-                    // Room for the rest of a message that must be whole.
-                    buf.reserve(n.saturating_sub(buf.len()));
+                    // Room for the rest of a message that must be whole,
+                    // a MiB at a time: a header alone reserves no GiB.
+                    buf.reserve(n.saturating_sub(buf.len()).min(1 << 20));
                 }
             }
             if buf.capacity() - buf.len() < 256 {
@@ -438,12 +440,16 @@ async fn relay(
     let (status, last_tag) = (replies.status, replies.last_tag);
     drop(replies);
     let mut statements = statements.into_inner().unwrap_or_else(|p| p.into_inner());
+    c.tracker = tracker.into_inner().unwrap_or_else(|p| p.into_inner());
+    if c.tracker.settings_reset {
+        // DISCARD ALL / RESET by the client: what was applied is gone.
+        server.applied.clear();
+        c.tracker.settings_reset = false;
+    }
     let Some(end) = end else {
         server.statements = statements;
-        c.tracker = tracker.into_inner().unwrap_or_else(|p| p.into_inner());
         return Outcome::Released;
     };
-    c.tracker = tracker.into_inner().unwrap_or_else(|p| p.into_inner());
     // Scanned already but never delivered: not for whoever reads next.
     server.buf.clear();
     // What is still owed may never be confirmed: forget it.

@@ -336,3 +336,114 @@ fn preparing_a_name_in_use_fails_as_on_postgresql() {
     let out = send(&mut t, &mut s, &bind("a"));
     assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_1");
 }
+
+fn query(sql: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::query(sql, &mut b).unwrap();
+    b.to_vec()
+}
+
+#[test]
+fn a_close_the_server_skipped_leaves_the_statement_with_its_client() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    send(
+        &mut t,
+        &mut s,
+        &cat(&[parse("a", "SELECT 1"), execute_sync()]),
+    );
+    t.reply(b'1', &mut s);
+    t.reply(b'Z', &mut s);
+    // An error before the Close: the server skips it, so "a" lives on.
+    send(
+        &mut t,
+        &mut s,
+        &cat(&[bind("nope"), close("a"), execute_sync()]),
+    );
+    t.reply(b'E', &mut s);
+    t.reply(b'Z', &mut s);
+    assert_eq!(t.statements(), 1);
+    let out = send(&mut t, &mut s, &bind("a"));
+    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_1");
+}
+
+#[test]
+fn an_eviction_the_server_skipped_is_remembered() {
+    let mut t = Tracker::new(1, 1 << 20);
+    let mut s = ServerStatements::default();
+    send(
+        &mut t,
+        &mut s,
+        &cat(&[parse("a", "SELECT 1"), execute_sync()]),
+    );
+    t.reply(b'1', &mut s);
+    t.reply(b'Z', &mut s);
+    // The Close of "a"'s server statement and the Parse of "b" come after
+    // an error: skipped, so the server still has "a"'s.
+    send(
+        &mut t,
+        &mut s,
+        &cat(&[bind("nope"), parse("b", "SELECT 2"), execute_sync()]),
+    );
+    t.reply(b'E', &mut s);
+    t.reply(b'Z', &mut s);
+    let out = send(&mut t, &mut s, &bind("a"));
+    assert_eq!(messages(&out).len(), 1, "no new Parse: the server has it");
+}
+
+#[test]
+fn another_clients_unnamed_statement_is_never_run() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    t.begin();
+    let out = send(&mut t, &mut s, &bind(""));
+    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
+    // Its own, parsed on this server connection, is its own.
+    let input = cat(&[parse("", "SELECT 1"), bind("")]);
+    assert_eq!(send(&mut t, &mut s, &input), input);
+}
+
+#[test]
+fn a_query_inside_an_unsynced_batch_is_refused() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    let activity = Activity::default();
+    let input = cat(&[parse("", "SELECT 1"), query("SELECT 2")]);
+    assert!(t.feed(&input, &mut s, &activity).is_err());
+}
+
+#[test]
+fn what_cannot_be_followed_pins() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    send(&mut t, &mut s, &parse("d", "DISCARD ALL"));
+    assert!(t.pinned.is_some(), "a DISCARD ALL prepared for later");
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut f = vec![b'F'];
+    f.extend_from_slice(&14u32.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+    send(&mut t, &mut s, &f);
+    assert_eq!(t.pinned, Some("FunctionCall"));
+    let mut t = Tracker::new(200, 1 << 20);
+    send(&mut t, &mut s, &query("RESET ALL"));
+    assert!(t.pinned.is_none() && t.settings_reset);
+}
+
+#[test]
+fn a_parse_in_a_failed_transaction_fails_as_on_postgresql() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    send(&mut t, &mut s, &parse("a", "SELECT 1"));
+    t.reply(b'1', &mut s);
+    t.ready(b'E');
+    let mut t2 = Tracker::new(200, 1 << 20);
+    t2.ready(b'E');
+    let out = send(&mut t2, &mut s, &parse("b", "SELECT 1"));
+    let m = messages(&out);
+    assert_eq!(
+        m[0].0, b'P',
+        "a Parse the server refuses with 25P02, not a no-op"
+    );
+    t2.reply(b'E', &mut s);
+    assert_eq!(t2.statements(), 0);
+}
