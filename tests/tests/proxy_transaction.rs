@@ -431,3 +431,39 @@ async fn after_a_clients_discard_all_its_startup_settings_come_back() {
     a.batch_execute("RESET ALL").await.unwrap();
     assert_eq!(settings_of(&a).await, ("private".into(), "4321ms".into()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_reaches_the_server_running_the_clients_transaction_only() {
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 2);
+    let a = proxy.alice().await;
+    let b = proxy.alice().await;
+    // b is busy on the other server connection the whole time.
+    let busy = tokio::spawn(async move {
+        let r = b.query_one("SELECT pg_sleep(2)::text", &[]).await;
+        (b, r)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let token = a.cancel_token();
+    let started = std::time::Instant::now();
+    let canceller = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        token.cancel_query(tokio_postgres::NoTls).await
+    });
+    let err = a.query("SELECT pg_sleep(60)", &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20));
+    canceller.await.unwrap().unwrap();
+    // b's statement, on the other server, was not touched.
+    let (b, r) = busy.await.unwrap();
+    assert!(r.is_ok(), "b's query was cancelled too: {r:?}");
+    // An idle client's cancel reaches nobody: b's next query runs to its end.
+    a.cancel_token()
+        .cancel_query(tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let v: i32 = b.query_one("SELECT 3", &[]).await.unwrap().get(0);
+    assert_eq!(v, 3);
+    let v: i32 = a.query_one("SELECT 4", &[]).await.unwrap().get(0);
+    assert_eq!(v, 4);
+}
