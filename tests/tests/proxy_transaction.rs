@@ -467,3 +467,77 @@ async fn a_cancel_reaches_the_server_running_the_clients_transaction_only() {
     let v: i32 = a.query_one("SELECT 4", &[]).await.unwrap().get(0);
     assert_eq!(v, 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_and_their_statements_move_to_a_new_primary_open_transactions_end() {
+    use pgwarden_proto::v1::PromoteBackendRequest;
+    let up = |s: &ClusterState, id: u32| {
+        s.backends
+            .iter()
+            .any(|b| b.id == id && b.status == Status::Up as i32)
+    };
+    let cluster = cluster(1);
+    let proxy = transaction_proxy(&cluster, 2);
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", |s| {
+            s.primary_id.is_some() && s.backends.iter().all(|b| b.status == Status::Up as i32)
+        })
+        .await;
+    let idle = proxy.alice().await;
+    idle.batch_execute("CREATE TABLE moved (x int)")
+        .await
+        .unwrap();
+    let insert = idle.prepare("INSERT INTO moved VALUES ($1)").await.unwrap();
+    idle.execute(&insert, &[&1i32]).await.unwrap();
+    let open = proxy.alice().await;
+    open.batch_execute("BEGIN; INSERT INTO moved VALUES (100)")
+        .await
+        .unwrap();
+    cluster.wait_replicated(Duration::from_secs(10)).unwrap();
+
+    proxy
+        .monitor_client()
+        .await
+        .promote_backend(PromoteBackendRequest {
+            id: 1,
+            force: false,
+        })
+        .await
+        .unwrap();
+    proxy
+        .wait_state(Duration::from_secs(30), "pg1 primary", |s| {
+            s.primary_id == Some(1) && up(s, 1)
+        })
+        .await;
+
+    // The transaction open on the old primary is not carried on elsewhere.
+    let err = open
+        .batch_execute("INSERT INTO moved VALUES (101); COMMIT")
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
+        "{err:?}"
+    );
+    // The idle client holds no server: its next transaction, with its
+    // prepared statement, runs on the new primary without an error.
+    idle.execute(&insert, &[&2i32]).await.unwrap();
+    let port: i32 = idle
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port, i32::from(cluster.node(1).port()));
+    let rows: Vec<i32> = idle
+        .query("SELECT x FROM moved ORDER BY x", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![1, 2],
+        "the open transaction's rows were not committed"
+    );
+}
