@@ -7,7 +7,8 @@
 //! client instead of one process.
 //!
 //! - [`Proxy`]: binds, accepts and shuts down ([`Proxy::serve`]).
-//! - [`session`]: one client's life; [`client_auth`]: its authentication.
+//! - [`session`]: one client's life; [`client_auth`]: its authentication;
+//!   [`checkout`]: a server connection for it, and what becomes of it after.
 //! - [`pool`]: the server connection cache; [`server_conn`]: one server connection.
 //! - [`relay`]: the data paths: session mode's [`relay::pump`], and
 //!   transaction mode's tracker and loop; [`clients`]: the logged-in
@@ -16,6 +17,7 @@
 //! - [`routing`]: which backend is the primary.
 
 pub mod admin;
+pub mod checkout;
 pub mod client_auth;
 pub mod clients;
 pub mod follow;

@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use super::pump::{self, Owing, PumpEnd, PumpResult, ServerState, StopReason};
 use super::statements::{Edit, ServerStatements, Start, Tracker};
 use crate::Shared;
+use crate::checkout;
 use crate::clients::{Activity, CancelKey};
 use crate::server_conn::{ServerConn, ServerCredentials};
-use crate::session;
 
 /// A logged-in transaction-mode client.
 #[derive(Debug)]
@@ -65,7 +65,7 @@ pub(crate) async fn serve(
             Idle::Left => return,
             Idle::Stopped => {
                 let _ = client
-                    .write_all(&session::stopped_error(shared).to_bytes())
+                    .write_all(&checkout::stopped_error(shared).to_bytes())
                     .await;
                 return;
             }
@@ -93,16 +93,16 @@ async fn transaction(
     c: &mut TxnClient,
 ) -> bool {
     let got = tokio::select! {
-        r = session::server_for(shared, &c.server_params, &c.wanted, &c.believed, &c.creds) => r,
+        r = checkout::server_for(shared, &c.server_params, &c.wanted, &c.believed, &c.creds) => r,
         () = cancel.stop().cancelled() => {
-            let _ = client.write_all(&session::stopped_error(shared).to_bytes()).await;
+            let _ = client.write_all(&checkout::stopped_error(shared).to_bytes()).await;
             return false;
         }
     };
     let (slot, mut conn, route) = match got {
         Ok(got) => got,
         Err(reject) => {
-            session::send_reject(client, reject).await;
+            checkout::send_reject(client, reject).await;
             return false;
         }
     };
@@ -137,7 +137,7 @@ async fn transaction(
                 Some(_) => shared.settings.server_reset_query.as_str(),
                 None => "",
             };
-            Box::pin(session::finish(
+            Box::pin(checkout::finish(
                 shared, client, r, slot, conn, cancel, &route, reset,
             ))
             .await;

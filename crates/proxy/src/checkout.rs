@@ -1,0 +1,301 @@
+//! A server connection for a client, and what becomes of it afterwards:
+//! the checkout both pool modes share (route, pause, pool, connect, the
+//! client's settings) and the end of a hold (cancel and drain what the
+//! server still runs, reset, cache or close), with the errors clients get
+//! on the way.
+
+use bytes::BytesMut;
+use pgwarden_wire::{ErrorResponse, sqlstate};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::Shared;
+use crate::pool::PoolKey;
+use crate::relay::pump::{self, PumpEnd, ServerState, StopReason};
+use crate::server_conn::{ServerConn, ServerCredentials, ServerError};
+
+pub(crate) async fn send_reject(stream: &mut TcpStream, e: Reject) {
+    if let Some(bytes) = e {
+        let _ = stream.write_all(&bytes).await;
+    }
+}
+
+/// Why a login ended without a session: the bytes to send the client (an
+/// ErrorResponse), or `None` when the client is gone.
+pub(crate) type Reject = Option<BytesMut>;
+
+pub(crate) fn reject(e: ErrorResponse) -> Reject {
+    Some(e.to_bytes())
+}
+
+/// The right to a server connection of the primary, and the connection:
+/// waits while the proxy is paused, then takes a cached connection or opens
+/// one (with `params`, the pool's startup parameters), and gives it the
+/// client's settings (`client_settings`).
+pub(crate) async fn server_for(
+    shared: &Shared,
+    params: &[(String, String)],
+    client_settings: &[(String, String)],
+    believed: &[(String, String)],
+    creds: &ServerCredentials,
+) -> Result<(crate::pool::Slot, ServerConn, crate::routing::Route), Reject> {
+    let settings = &shared.settings;
+    wait_while_paused(shared).await?;
+    let route = shared
+        .router
+        .route(settings.server_connect_timeout)
+        .await
+        .map_err(|why| {
+            reject(ErrorResponse::fatal(
+                sqlstate::CANNOT_CONNECT_NOW,
+                format!("no primary backend is available: {why}"),
+            ))
+        })?;
+    let Some(b) = route.primary.clone() else {
+        return Err(reject(ErrorResponse::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            "no primary backend is available",
+        )));
+    };
+    let key = PoolKey::new(b.id, params);
+    let (slot, cached) = shared
+        .pools
+        .acquire(&key, settings.pool_timeout)
+        .await
+        .map_err(|e| {
+            shared.counters.pool_timeouts.inc();
+            tracing::info!(backend = b.id, "{e}");
+            reject(ErrorResponse::fatal(
+                sqlstate::TOO_MANY_CONNECTIONS,
+                e.to_string(),
+            ))
+        })?;
+    let fresh = cached.is_none();
+    let mut conn = match cached {
+        Some(c) => c,
+        None => {
+            let c = ServerConn::connect(
+                b.id,
+                &b.host,
+                b.port,
+                &key.params,
+                creds,
+                settings.tcp_keepalive,
+                settings.server_connect_timeout,
+            )
+            .await
+            .map_err(|e| {
+                match &e {
+                    // The server's own answer (no such database, role not allowed...): relay it.
+                    ServerError::Refused { raw, .. } => {
+                        tracing::debug!(backend = b.id, error = %e, "server refused the session");
+                        return Some(raw.clone());
+                    }
+                    _ => {
+                        tracing::warn!(backend = b.id, name = %b.name, error = %e, "cannot open a server connection");
+                        shared.router.recheck();
+                    }
+                }
+                reject(ErrorResponse::fatal(
+                    sqlstate::CONNECTION_FAILURE,
+                    format!("could not connect to backend \"{}\": {e}", b.name),
+                ))
+            })?;
+            shared.counters.server_connects.inc();
+            shared.pools.learn_defaults(params, &c.params);
+            c
+        }
+    };
+    // Tracked settings the client did not set but believes at their
+    // defaults, where an earlier client left this connection otherwise.
+    let differing = believed.iter().filter(|(k, v)| {
+        !client_settings
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(k))
+            && !conn
+                .params
+                .iter()
+                .any(|(pk, pv)| pk.eq_ignore_ascii_case(k) && pv == v)
+    });
+    let all: Vec<(String, String)>;
+    let wanted = if differing.clone().next().is_none() {
+        client_settings
+    } else {
+        all = client_settings.iter().chain(differing).cloned().collect();
+        &all
+    };
+    let applied = conn
+        .apply_params(wanted, settings.server_connect_timeout)
+        .await;
+    if let Err(e) = applied {
+        // The server's own answer (an invalid value...): relay it, as the
+        // server would have refused the same startup parameter.
+        tracing::debug!(backend = b.id, error = %e, "the client's settings were refused");
+        return Err(match e {
+            ServerError::Refused { raw, .. } => Some(raw),
+            e => reject(ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!(
+                    "could not set up the session on backend \"{}\": {e}",
+                    b.name
+                ),
+            )),
+        });
+    }
+    if fresh || matches!(applied, Ok(true)) {
+        shared
+            .pools
+            .learn_reported(params, client_settings, &conn.params);
+    }
+    Ok((slot, conn, route))
+}
+
+/// Returns at once unless an operator paused the proxy; then waits for
+/// Resume, up to `pool_timeout`.
+async fn wait_while_paused(shared: &Shared) -> Result<(), Reject> {
+    let mut paused = shared.paused.subscribe();
+    if !*paused.borrow_and_update() {
+        return Ok(());
+    }
+    tracing::debug!("the proxy is paused; waiting for resume");
+    let timeout = shared.settings.pool_timeout;
+    match tokio::time::timeout(timeout, paused.wait_for(|p| !*p)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(reject(ErrorResponse::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!(
+                "pgwarden-proxy is paused by an operator and was not resumed within {timeout:?}"
+            ),
+        ))),
+    }
+}
+
+/// What a client whose session's stop token fired is told: the proxy's
+/// shutdown, or an operator's terminate (as by `pg_terminate_backend`).
+pub(crate) fn stopped_error(shared: &Shared) -> ErrorResponse {
+    let why = if shared.hard_stop.is_cancelled() {
+        "terminating connection because pgwarden-proxy is shutting down"
+    } else {
+        "terminating connection due to administrator command"
+    };
+    ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, why)
+}
+
+/// After a session's data path ended: tells the client why (while it can
+/// still be told), cancels and drains what the server still runs, and
+/// caches the connection again after a reset (ROLLBACK when a transaction
+/// was left open, then `reset_query`), or closes it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn finish(
+    shared: &Shared,
+    client: &mut TcpStream,
+    r: pump::PumpResult,
+    slot: crate::pool::Slot,
+    mut conn: ServerConn,
+    cancel: &crate::clients::CancelKey,
+    route: &crate::routing::Route,
+    reset_query: &str,
+) {
+    let notice = match &r.end {
+        PumpEnd::ClientTerminated | PumpEnd::ClientGone => None,
+        PumpEnd::ClientProtocol(e) => {
+            tracing::info!(error = %e, "client broke the protocol; closing its session");
+            Some(e.to_error_response())
+        }
+        PumpEnd::ServerGone if r.last_server_tag != b'E' => Some(ErrorResponse::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            "server closed the connection unexpectedly",
+        )),
+        PumpEnd::ServerGone => None,
+        PumpEnd::ServerProtocol(e) => {
+            tracing::warn!(error = %e, "server broke the protocol");
+            Some(ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("server protocol error: {e}"),
+            ))
+        }
+        PumpEnd::Stopped(StopReason::Stopped) => {
+            if !shared.hard_stop.is_cancelled() {
+                tracing::info!("client terminated by an operator");
+            }
+            Some(stopped_error(shared))
+        }
+        PumpEnd::Stopped(StopReason::PrimaryChanged) => {
+            let now = shared.router.current();
+            let detail = match &now.primary {
+                Some(p) => format!(
+                    "the primary is now backend \"{}\" (generation {})",
+                    p.name, now.generation
+                ),
+                None => format!("there is no primary right now: {}", now.why_none),
+            };
+            let old = route
+                .primary
+                .as_ref()
+                .map_or_else(|| conn.backend.to_string(), |b| b.name.clone());
+            tracing::info!(backend = %old, "ending a session: its server is no longer the primary");
+            shared.counters.failover_terminations.inc();
+            Some(
+                ErrorResponse::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    format!("terminating connection because of failover: backend \"{old}\" is no longer the primary"),
+                )
+                .with_detail(detail)
+                .with_hint("reconnect: new sessions go to the new primary"),
+            )
+        }
+    };
+    if let Some(e) = notice
+        && r.client_at_boundary
+    {
+        let _ = client.write_all(&e.to_bytes()).await;
+    }
+    if matches!(r.end, PumpEnd::ServerGone) {
+        shared.router.recheck();
+    }
+    let server_alive = !matches!(r.end, PumpEnd::ServerGone | PumpEnd::ServerProtocol(_));
+    let timeout = shared.settings.server_connect_timeout;
+    let busy = server_alive && r.server.is_busy();
+    // A client that said goodbye (Terminate) after its last requests gets
+    // them run to the end, as PostgreSQL runs a pipeline before the
+    // Terminate behind it; any other end cancels what the server still runs.
+    let said_goodbye = matches!(r.end, PumpEnd::ClientTerminated);
+    if busy && !said_goodbye {
+        // The server would go on running the statement (holding its locks
+        // and a PostgreSQL connection) until it next writes to a closed
+        // socket: cancel it first, as PostgreSQL ends the query of a
+        // terminated backend at once. The pool slot stays taken until the
+        // connection is idle again or closed.
+        tracing::debug!(end = ?r.end, "cancelling the statement the session left running");
+        crate::clients::send_cancel(conn.addr, conn.key, timeout).await;
+    }
+    let reusable = matches!(r.end, PumpEnd::ClientTerminated | PumpEnd::ClientGone);
+    let idle = match r.server {
+        ServerState::Idle(status) if reusable => Some(status),
+        ServerState::Owing(owing) if reusable => {
+            let status = pump::drain(&mut conn, owing, cancel.activity(), timeout).await;
+            if status.is_none() {
+                tracing::info!(
+                    backend = conn.backend,
+                    ?timeout,
+                    "a server connection did not finish what its client left in time; closing it"
+                );
+                if said_goodbye {
+                    crate::clients::send_cancel(conn.addr, conn.key, timeout).await;
+                }
+            }
+            status
+        }
+        _ => None,
+    };
+    match idle {
+        Some(status) => {
+            let rollback = status != b'I';
+            match conn.reset(rollback, reset_query, timeout).await {
+                Ok(()) => slot.release(conn),
+                Err(e) => tracing::debug!(error = %e, "server connection not reusable after reset"),
+            }
+        }
+        None => tracing::debug!(end = ?r.end, "closing the server connection"),
+    }
+}
