@@ -384,6 +384,26 @@ fn spawn_monitor(config: &std::path::Path, log: &std::path::Path) -> ChildGuard 
     .unwrap()
 }
 
+/// True when backend `id` is up in `s`.
+pub fn up(s: &ClusterState, id: u32) -> bool {
+    s.backends
+        .iter()
+        .any(|b| b.id == id && b.status == Status::Up as i32)
+}
+
+/// Backend `id`'s status in `s` (-1 when it is not listed).
+pub fn status_of(s: &ClusterState, id: u32) -> i32 {
+    s.backends
+        .iter()
+        .find(|b| b.id == id)
+        .map_or(-1, |b| b.status)
+}
+
+/// True when there is a primary and every backend is up.
+pub fn all_up(s: &ClusterState) -> bool {
+    s.primary_id.is_some() && s.backends.iter().all(|b| b.status == Status::Up as i32)
+}
+
 /// The outcome of one `pgwardenctl` run.
 #[derive(Debug)]
 pub struct CtlRun {

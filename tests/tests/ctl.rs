@@ -89,17 +89,6 @@ fn row(status: &str, name: &str) -> HashMap<String, String> {
         .collect()
 }
 
-fn all_up(s: &ClusterState) -> bool {
-    s.primary_id.is_some() && s.backends.iter().all(|b| b.status == Status::Up as i32)
-}
-
-fn status_of(s: &ClusterState, id: u32) -> i32 {
-    s.backends
-        .iter()
-        .find(|b| b.id == id)
-        .map_or(-1, |b| b.status)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_detach_attach_watch_and_errors() {
     let cluster = cluster(2);

@@ -13,23 +13,6 @@ use std::time::{Duration, Instant};
 use pgwarden_e2e::*;
 use pgwarden_testkit::{StopMode, wait_until};
 
-fn up(s: &ClusterState, id: u32) -> bool {
-    s.backends
-        .iter()
-        .any(|b| b.id == id && b.status == Status::Up as i32)
-}
-
-fn status_of(s: &ClusterState, id: u32) -> i32 {
-    s.backends
-        .iter()
-        .find(|b| b.id == id)
-        .map_or(-1, |b| b.status)
-}
-
-fn all_up(s: &ClusterState) -> bool {
-    s.primary_id.is_some() && s.backends.iter().all(|b| b.status == Status::Up as i32)
-}
-
 /// Inserts row `i`, reconnecting as needed; Ok when acknowledged.
 async fn insert(
     client: &mut Option<tokio_postgres::Client>,

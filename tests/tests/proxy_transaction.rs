@@ -471,17 +471,10 @@ async fn a_cancel_reaches_the_server_running_the_clients_transaction_only() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_clients_and_their_statements_move_to_a_new_primary_open_transactions_end() {
     use pgwarden_proto::v1::PromoteBackendRequest;
-    let up = |s: &ClusterState, id: u32| {
-        s.backends
-            .iter()
-            .any(|b| b.id == id && b.status == Status::Up as i32)
-    };
     let cluster = cluster(1);
     let proxy = transaction_proxy(&cluster, 2);
     proxy
-        .wait_state(Duration::from_secs(20), "all backends up", |s| {
-            s.primary_id.is_some() && s.backends.iter().all(|b| b.status == Status::Up as i32)
-        })
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
         .await;
     let idle = proxy.alice().await;
     idle.batch_execute("CREATE TABLE moved (x int)")

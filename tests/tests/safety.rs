@@ -22,10 +22,6 @@ const WAIT: Duration = Duration::from_secs(30);
 const KILL_CHECKS: &str = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
                            FROM pg_stat_activity WHERE usename = 'pgwarden'";
 
-fn all_up(s: &ClusterState) -> bool {
-    s.primary_id.is_some() && s.backends.iter().all(|b| b.status == Status::Up as i32)
-}
-
 fn statuses(s: &ClusterState) -> Vec<(u32, i32)> {
     s.backends.iter().map(|b| (b.id, b.status)).collect()
 }

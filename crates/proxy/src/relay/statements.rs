@@ -628,6 +628,12 @@ impl Tracker {
         Some(server_name(id))
     }
 
+    /// True for the reply types [`Tracker::reply`] acts on
+    /// (ParseComplete, CloseComplete, ErrorResponse, ReadyForQuery).
+    pub fn follows_reply(tag: u8) -> bool {
+        matches!(tag, b'1' | b'3' | b'E' | b'Z')
+    }
+
     /// The server sent a message of type `tag`: what to do with it.
     pub fn reply(&mut self, tag: u8, server: &mut ServerStatements) -> Edit {
         match tag {

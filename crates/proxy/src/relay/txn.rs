@@ -221,11 +221,12 @@ impl Observer for Replies<'_> {
             let syncs = self.activity.copy_in_started();
             lock(self.tracker).copy_in_started(syncs);
         }
-        let edit = self
-            .tracker
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reply(tag, &mut lock(self.statements));
+        // Only these replies move the tracker; rows and the rest pass
+        // without touching it.
+        if !Tracker::follows_reply(tag) {
+            return Ok(Flow::Continue);
+        }
+        let edit = lock(self.tracker).reply(tag, &mut lock(self.statements));
         if edit != Edit::Keep {
             self.edits.push((offset, edit));
         }
