@@ -4,17 +4,17 @@
 //! server still runs, reset, cache or close), with the errors clients get
 //! on the way.
 
+use crate::net::Stream;
 use bytes::BytesMut;
 use pgwarden_wire::{ErrorResponse, sqlstate};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::Shared;
 use crate::pool::PoolKey;
 use crate::relay::pump::{self, PumpEnd, ServerState, StopReason};
 use crate::server_conn::{ServerConn, ServerCredentials, ServerError};
 
-pub(crate) async fn send_reject(stream: &mut TcpStream, e: Reject) {
+pub(crate) async fn send_reject(stream: &mut Stream, e: Reject) {
     if let Some(bytes) = e {
         let _ = stream.write_all(&bytes).await;
     }
@@ -188,7 +188,7 @@ pub(crate) fn stopped_error(shared: &Shared) -> ErrorResponse {
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn finish(
     shared: &Shared,
-    client: &mut TcpStream,
+    client: &mut Stream,
     r: pump::PumpResult,
     slot: crate::pool::Slot,
     mut conn: ServerConn,

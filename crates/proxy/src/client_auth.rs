@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::net::Stream;
 use bytes::BytesMut;
 use pgwarden_wire::auth::auth_file::AuthFile;
 use pgwarden_wire::auth::md5;
@@ -15,7 +16,6 @@ use pgwarden_wire::auth::{ScramVerifier, Secret};
 use pgwarden_wire::frame::{self, Message};
 use pgwarden_wire::{ErrorResponse, ProtocolError, backend, sqlstate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::server_conn::ServerCredentials;
 use crate::settings::PlainAuth;
@@ -109,7 +109,7 @@ impl AuthError {
 /// Authenticates `user` on `stream` and returns how to log in to servers as
 /// that user. `buf` holds client bytes read but not yet consumed.
 pub async fn authenticate(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
     users: &Users,
@@ -162,7 +162,7 @@ pub async fn authenticate(
 }
 
 async fn scram_exchange(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     mut server: ScramServer,
     user: &str,
@@ -200,7 +200,7 @@ async fn scram_exchange(
 }
 
 async fn md5_exchange(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     stored: &str,
     user: &str,
@@ -219,13 +219,13 @@ async fn md5_exchange(
     }
 }
 
-async fn send(stream: &mut TcpStream, bytes: &[u8]) -> Result<(), AuthError> {
+async fn send(stream: &mut Stream, bytes: &[u8]) -> Result<(), AuthError> {
     stream.write_all(bytes).await.map_err(|_| AuthError::Gone)
 }
 
 /// Reads the next client message, which must be a PasswordMessage (`p`).
 async fn read_password_message(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Result<Message, AuthError> {
     let m = read_message(stream, buf, MAX_AUTH_MESSAGE).await?;
@@ -238,7 +238,7 @@ async fn read_password_message(
 
 /// Reads one whole client message of at most `max` bytes.
 pub async fn read_message(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     max: u32,
 ) -> Result<Message, AuthError> {

@@ -315,7 +315,12 @@ impl Proxy {
             // itself (see `handshake`); it counts against
             // max_client_connections once logged in.
             let handshake = shared.handshakes.enter();
-            tasks.spawn(session::serve(Arc::clone(&shared), stream, peer, handshake));
+            tasks.spawn(session::serve(
+                Arc::clone(&shared),
+                stream.into(),
+                peer,
+                handshake,
+            ));
         }
         drop(listener);
         tasks.close();

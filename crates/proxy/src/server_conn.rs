@@ -14,7 +14,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::net;
+use crate::net::{self, Stream};
 
 /// Largest message the proxy accepts from a server outside the data path.
 const MAX_CONTROL_MESSAGE: u32 = 1 << 20;
@@ -90,7 +90,7 @@ pub enum ServerError {
 /// An open, authenticated server connection, idle between queries.
 #[derive(Debug)]
 pub struct ServerConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: Stream,
     /// Backend id in `[[backends]]`.
     pub backend: usize,
     /// ParameterStatus values the server reported, kept current.
@@ -146,7 +146,7 @@ impl ServerConn {
         let addr = stream.peer_addr()?;
         let now = Instant::now();
         let mut conn = ServerConn {
-            stream,
+            stream: stream.into(),
             backend,
             params: Vec::new(),
             key: (0, 0),
@@ -478,8 +478,7 @@ impl ServerConn {
     /// it, or sent something while idle (a FATAL from `pg_terminate_backend`,
     /// a shutdown notice). Costs one non-blocking read, no round trip.
     pub fn is_stale(&self) -> bool {
-        let mut probe = [0u8; 1];
-        !matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.stream.has_input()
     }
 
     /// Age since the connection was opened.
@@ -492,7 +491,7 @@ impl Drop for ServerConn {
     fn drop(&mut self) {
         // Best effort, never blocks: a Terminate keeps the server's log free
         // of "unexpected EOF" lines when the proxy closes a connection.
-        let _ = self.stream.try_write(b"X\0\0\0\x04");
+        self.stream.try_write_last(b"X\0\0\0\x04");
     }
 }
 

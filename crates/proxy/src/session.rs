@@ -7,12 +7,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::net::Stream;
 use bytes::BytesMut;
 use pgwarden_wire::backend::{self, TransactionStatus};
 use pgwarden_wire::startup::{self, StartupMessage, StartupPacket};
 use pgwarden_wire::{ErrorResponse, ProtocolError, sqlstate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tracing::Instrument;
 
 use crate::Shared;
@@ -32,7 +32,7 @@ use crate::startup_params::StartupParams;
 /// handshake phase, so they get through at the limit.
 pub async fn serve(
     shared: Arc<Shared>,
-    mut stream: TcpStream,
+    mut stream: Stream,
     peer: SocketAddr,
     handshake: handshake::Handshake,
 ) {
@@ -73,7 +73,7 @@ pub async fn serve(
 /// client was told why, if it could be).
 async fn login_phase(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     handshake: handshake::Handshake,
 ) -> Option<(Login, BytesMut)> {
     let pushed_out = handshake.pushed_out().clone();
@@ -127,7 +127,7 @@ async fn login_phase(
 }
 
 /// Tells a connection pushed out of a full handshake phase why it is closed.
-async fn refuse_pushed_out(shared: &Shared, stream: &mut TcpStream) {
+async fn refuse_pushed_out(shared: &Shared, stream: &mut Stream) {
     tracing::debug!(
         limit = shared.handshakes.limit(),
         "closing the oldest connection that has not logged in: too many are logging in"
@@ -143,7 +143,7 @@ async fn refuse_pushed_out(shared: &Shared, stream: &mut TcpStream) {
 /// `N`, until a StartupMessage or CancelRequest arrives. `Ok(None)`: the
 /// client left.
 async fn read_startup(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
 ) -> Result<Option<StartupPacket>, ProtocolError> {
     loop {
@@ -199,7 +199,7 @@ struct Login {
 /// Authenticates the client, within `client_login_timeout`.
 async fn authenticate(
     shared: &Shared,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     buf: &mut BytesMut,
     startup: &StartupMessage,
 ) -> Result<Login, Reject> {
@@ -279,7 +279,7 @@ async fn authenticate(
 async fn start_session(
     shared: &Shared,
     peer: SocketAddr,
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     login: Login,
 ) -> Result<Started, Reject> {
     let Login {
@@ -369,7 +369,7 @@ async fn start_session(
     }))
 }
 
-async fn run_session(shared: &Shared, client: &mut TcpStream, pending: BytesMut, mut s: Session) {
+async fn run_session(shared: &Shared, client: &mut Stream, pending: BytesMut, mut s: Session) {
     tracing::debug!(backend = s.conn.backend, "session started");
     let r = pump::pump(
         client,

@@ -17,12 +17,12 @@
 //! a client gone in the middle of a query leaves a server that still owes
 //! replies, which the session cancels and [`drain`]s first.
 
+use crate::net::Stream;
 use bytes::BytesMut;
 use pgwarden_wire::ProtocolError;
 use pgwarden_wire::scan::{self, Flow, Observer, Scanner};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::Activity;
@@ -208,7 +208,7 @@ pub(crate) fn server_body(
 /// ends (`route_ended`). `pending` holds client bytes read before the
 /// session started.
 pub async fn pump(
-    client: &mut TcpStream,
+    client: &mut Stream,
     server: &mut ServerConn,
     pending: BytesMut,
     max_message: u32,
@@ -264,7 +264,7 @@ pub async fn pump(
             let room = buf.capacity() - buf.len();
             match cr.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return PumpEnd::ClientGone,
-                Ok(n) => crate::net::after_read(cr.as_ref(), n, room),
+                Ok(n) => cr.after_read(n, room),
             }
         }
     };
@@ -287,7 +287,7 @@ pub async fn pump(
             let room = buf.capacity() - buf.len();
             match sr.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => return PumpEnd::ServerGone,
-                Ok(n) => crate::net::after_read(sr.as_ref(), n, room),
+                Ok(n) => sr.after_read(n, room),
             }
         }
     };

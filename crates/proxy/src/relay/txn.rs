@@ -15,11 +15,11 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::net::Stream;
 use bytes::{Buf, BytesMut};
 use pgwarden_wire::ProtocolError;
 use pgwarden_wire::scan::{Flow, Observer, Scanner};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use super::pump::{self, Owing, PumpEnd, PumpResult, ServerState, StopReason};
@@ -54,7 +54,7 @@ pub(crate) struct TxnClient {
 /// sent after logging in.
 pub(crate) async fn serve(
     shared: &Shared,
-    client: &mut TcpStream,
+    client: &mut Stream,
     mut buf: BytesMut,
     cancel: CancelKey,
     mut c: TxnClient,
@@ -87,7 +87,7 @@ pub(crate) async fn serve(
 /// when the session ends with it.
 async fn transaction(
     shared: &Shared,
-    client: &mut TcpStream,
+    client: &mut Stream,
     buf: &mut BytesMut,
     cancel: &CancelKey,
     c: &mut TxnClient,
@@ -158,7 +158,7 @@ enum Idle {
 /// Waits, holding no server connection and no buffer, until the client
 /// sends enough to start a transaction.
 async fn idle(
-    client: &mut TcpStream,
+    client: &mut Stream,
     buf: &mut BytesMut,
     stop: &CancellationToken,
     tracker: &Tracker,
@@ -171,13 +171,12 @@ async fn idle(
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => return Idle::Stopped,
-                    r = client.readable() => if r.is_err() { return Idle::Left },
+                    r = client.ready_to_read() => if r.is_err() { return Idle::Left },
                 }
                 buf.reserve(n.max(2048).saturating_sub(buf.len()).min(1 << 20));
-                let room = buf.capacity() - buf.len();
                 match client.try_read_buf(buf) {
                     Ok(0) => return Idle::Left,
-                    Ok(n) => crate::net::after_read(client, n, room),
+                    Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return Idle::Left,
                 }
@@ -312,7 +311,7 @@ fn apply_edits(buf: &mut BytesMut, edits: &[(usize, Edit)], carry: &mut usize) {
 /// Relays one transaction (or, for a pinned client, the rest of the
 /// session) between the client and `server`.
 async fn relay(
-    client: &mut TcpStream,
+    client: &mut Stream,
     server: &mut ServerConn,
     buf: &mut BytesMut,
     c: &mut TxnClient,
@@ -385,7 +384,7 @@ async fn relay(
             let room = buf.capacity() - buf.len();
             match cr.read_buf(buf).await {
                 Ok(0) | Err(_) => return PumpEnd::ClientGone,
-                Ok(n) => crate::net::after_read(cr.as_ref(), n, room),
+                Ok(n) => cr.after_read(n, room),
             }
         }
     };
@@ -426,7 +425,7 @@ async fn relay(
             let room = sbuf.capacity() - sbuf.len();
             match sr.read_buf(sbuf).await {
                 Ok(0) | Err(_) => return Err(PumpEnd::ServerGone),
-                Ok(n) => crate::net::after_read(sr.as_ref(), n, room),
+                Ok(n) => sr.after_read(n, room),
             }
         }
     };
