@@ -53,7 +53,16 @@ async fn connect_listening(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_pgbench_clients_with_prepared_statements_share_five_server_connections() {
     let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 5);
+    // On two threads: the other tests run the default single-threaded
+    // proxy, this one the multi-threaded runtime, under load.
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default()
+            .set("pool_mode = \"transaction\"")
+            .set("pool_size = 5")
+            .set("worker_threads = 2")
+            .set("max_client_connections = 300"),
+    );
     let bin = pgwarden_testkit::pg_bin_dir().unwrap().join("pgbench");
     let pg = cluster.primary();
     let init = Command::new(&bin)

@@ -81,6 +81,11 @@ pub struct ProxyConfig {
     /// `proxy.pool_size`: server connections per (user, database) per
     /// backend.
     pub pool_size: u32,
+    /// `proxy.worker_threads`: threads running client sessions. One (the
+    /// default, as PgBouncer) spends the least CPU per query on a host the
+    /// proxy shares with PostgreSQL; more serve more clients at once where
+    /// cores are free.
+    pub worker_threads: u32,
     /// `proxy.max_prepared_statements`: in transaction mode, protocol-level
     /// prepared statements kept per server connection (PgBouncer's key, the
     /// same default); 0 = not tracked: a client that prepares a named
@@ -141,6 +146,7 @@ impl Default for ProxyConfig {
             max_client_connections: 1000,
             pool_mode: PoolMode::Session,
             pool_size: 20,
+            worker_threads: 1,
             max_prepared_statements: 200,
             auth_file: PathBuf::from("/etc/pgwarden/users.txt"),
             auth_type: AuthType::ScramSha256,
@@ -169,6 +175,7 @@ impl ProxyConfig {
             1,
         )?;
         validate::at_least("proxy.pool_size", self.pool_size, 1)?;
+        validate::at_least("proxy.worker_threads", self.worker_threads, 1)?;
         validate::at_least("proxy.max_message_bytes", self.max_message_bytes, 1)?;
         if self.auth_file.as_os_str().is_empty() {
             return Err(ConfigError::invalid("proxy.auth_file", "must not be empty"));

@@ -660,3 +660,16 @@ fn transaction_pooling_and_its_statement_cache_are_configurable() {
     );
     assert!(!e.is_empty());
 }
+
+#[test]
+fn the_proxy_runs_on_one_thread_unless_told_otherwise() {
+    let c = Config::from_toml_str(&with("")).unwrap();
+    assert_eq!(c.proxy.worker_threads, 1);
+    let c = Config::from_toml_str(&with("[proxy]\nworker_threads = 4\n")).unwrap();
+    assert_eq!(c.proxy.worker_threads, 4);
+    let e = err_naming(
+        &with("[proxy]\nworker_threads = 0\n"),
+        "proxy.worker_threads",
+    );
+    assert!(e.contains("at least 1"), "{e}");
+}

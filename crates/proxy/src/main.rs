@@ -31,9 +31,17 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_config::Config::load(&args.config)?;
     let settings = pgwarden_proxy::Settings::from_config(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // One thread (the default) runs everything on the main thread: no
+    // work stealing, no wakeups across threads.
+    let runtime = match config.proxy.worker_threads {
+        0 | 1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n as usize)
+            .enable_all()
+            .build()?,
+    };
     runtime.block_on(async move {
         let proxy = pgwarden_proxy::Proxy::bind(settings).await?;
         let handle = proxy.handle();
