@@ -31,13 +31,15 @@ pub(crate) fn reject(e: ErrorResponse) -> Reject {
 /// The right to a server connection of the primary, and the connection:
 /// waits while the proxy is paused, then takes a cached connection or opens
 /// one (with `params`, the pool's startup parameters), and gives it the
-/// client's settings (`client_settings`).
+/// client's settings (`client_settings`). `key_cache` keeps the pool's key
+/// from one checkout to the next of the same client.
 pub(crate) async fn server_for(
     shared: &Shared,
     params: &[(String, String)],
     client_settings: &[(String, String)],
     believed: &[(String, String)],
     creds: &ServerCredentials,
+    key_cache: &mut Option<PoolKey>,
 ) -> Result<(crate::pool::Slot, ServerConn, crate::routing::Route), Reject> {
     let settings = &shared.settings;
     wait_while_paused(shared).await?;
@@ -57,10 +59,13 @@ pub(crate) async fn server_for(
             "no primary backend is available",
         )));
     };
-    let key = PoolKey::new(b.id, params);
+    let key = match key_cache {
+        Some(k) if k.backend == b.id => k,
+        _ => key_cache.insert(PoolKey::new(b.id, params)),
+    };
     let (slot, cached) = shared
         .pools
-        .acquire(&key, settings.pool_timeout)
+        .acquire(key, settings.pool_timeout)
         .await
         .map_err(|e| {
             shared.counters.pool_timeouts.inc();
@@ -106,8 +111,38 @@ pub(crate) async fn server_for(
             c
         }
     };
-    // Tracked settings the client did not set but believes at their
-    // defaults, where an earlier client left this connection otherwise.
+    // The common case: the connection's last client had the same
+    // settings, and nothing changed them since.
+    let fingerprint = fingerprint(client_settings, believed);
+    if conn.settled != Some(fingerprint) {
+        settle(
+            shared,
+            &b,
+            params,
+            client_settings,
+            believed,
+            &mut conn,
+            fresh,
+        )
+        .await?;
+        conn.settled = Some(fingerprint);
+    }
+    Ok((slot, conn, route))
+}
+
+/// Gives `conn` the client's settings: `client_settings`, and the tracked
+/// settings it did not set but believes at their defaults (`believed`)
+/// where an earlier client left the connection otherwise.
+async fn settle(
+    shared: &Shared,
+    b: &crate::settings::BackendAddr,
+    params: &[(String, String)],
+    client_settings: &[(String, String)],
+    believed: &[(String, String)],
+    conn: &mut ServerConn,
+    fresh: bool,
+) -> Result<(), Reject> {
+    let settings = &shared.settings;
     let differing = believed.iter().filter(|(k, v)| {
         !client_settings
             .iter()
@@ -147,7 +182,20 @@ pub(crate) async fn server_for(
             .pools
             .learn_reported(params, client_settings, &conn.params);
     }
-    Ok((slot, conn, route))
+    Ok(())
+}
+
+/// A fingerprint of the settings a client wants of its server connection
+/// (see [`ServerConn::settled`]), keyed per process so that no client can
+/// aim for another's.
+fn fingerprint(client_settings: &[(String, String)], believed: &[(String, String)]) -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let mut h = KEYS.get_or_init(Default::default).build_hasher();
+    client_settings.hash(&mut h);
+    believed.hash(&mut h);
+    h.finish()
 }
 
 /// Returns at once unless an operator paused the proxy; then waits for

@@ -22,7 +22,7 @@ pub struct Route {
     /// proxy finds the primary itself).
     pub generation: u64,
     /// The primary, or `None` with the reason in `why_none`.
-    pub primary: Option<BackendAddr>,
+    pub primary: Option<std::sync::Arc<BackendAddr>>,
     /// Why there is no primary.
     pub why_none: String,
     /// Cancelled when the primary changes: sessions on it must end.
@@ -97,7 +97,7 @@ impl Router {
             replaced = cur.primary.as_ref().map(|b| b.id);
             cur.ended.cancel();
             cur.ended = CancellationToken::new();
-            cur.primary = primary;
+            cur.primary = primary.map(std::sync::Arc::new);
         });
         replaced
     }
@@ -136,7 +136,7 @@ pub async fn discover(
         for (b, client) in backends.iter().zip(clients.iter_mut()) {
             seen.push(probe(b, client, d).await);
         }
-        let current = router.current().primary;
+        let current = router.current().primary.map(|p| (*p).clone());
         let still = current.filter(|p| seen.get(p.id) == Some(&Seen::Primary));
         let next = still.or_else(|| {
             backends

@@ -105,6 +105,12 @@ pub struct ServerConn {
     /// spelled them (the server may report them spelled otherwise:
     /// `utf8` / `UTF8`), until the session changes or resets them.
     pub applied: Vec<(String, String)>,
+    /// The client settings (and believed defaults) the session was last
+    /// found to match, as a [`crate::checkout`] fingerprint; `None` once the
+    /// server reports a setting changed or a reset, so the next checkout
+    /// compares again. Spares the common checkout (the same settings as
+    /// the last client's) its comparisons.
+    pub settled: Option<u64>,
     /// Transaction mode: the prepared statements this connection holds.
     pub statements: crate::relay::ServerStatements,
     created: Instant,
@@ -157,6 +163,7 @@ impl ServerConn {
                 .map(|(_, v)| v.clone())
                 .unwrap_or_default(),
             applied: Vec::new(),
+            settled: None,
             statements: Default::default(),
             created: now,
             idle_since: now,
@@ -300,6 +307,7 @@ impl ServerConn {
     }
 
     fn record_param(&mut self, body: &[u8]) {
+        self.settled = None;
         apply_param(&mut self.params, body);
     }
 
@@ -321,6 +329,7 @@ impl ServerConn {
             Vec::new()
         } else {
             self.statements.clear();
+            self.settled = None;
             std::mem::take(&mut self.applied)
         };
         tokio::time::timeout(timeout, self.reset_inner(rollback, query))

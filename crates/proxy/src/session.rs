@@ -310,8 +310,9 @@ async fn start_session(
         let welcome = match shared.pools.welcome(&server_params, &wanted) {
             Some(w) => w,
             None => {
+                let mut key = None;
                 let (slot, conn, _route) = tokio::select! {
-                    r = server_for(shared, &server_params, &wanted, &[], &creds) => r?,
+                    r = server_for(shared, &server_params, &wanted, &[], &creds, &mut key) => r?,
                     () = cancel.stop().cancelled() => return Err(reject(stopped_error(shared))),
                 };
                 let w = conn.params.clone();
@@ -336,12 +337,14 @@ async fn start_session(
             believed,
             creds,
             tracker: crate::relay::Tracker::new(s.max_prepared_statements, s.max_message_bytes),
+            pool_key: None,
             route_ended: None,
         };
         return Ok(Started::Transaction(cancel, client));
     }
+    let mut key = None;
     let (slot, conn, route) = tokio::select! {
-        r = server_for(shared, &server_params, &params.replayed, &[], &creds) => r?,
+        r = server_for(shared, &server_params, &params.replayed, &[], &creds, &mut key) => r?,
         () = cancel.stop().cancelled() => {
             tracing::info!("client ended while waiting for a server");
             return Err(reject(stopped_error(shared)));

@@ -152,6 +152,7 @@ struct ServerSide<'a> {
     status: u8,
     params: &'a mut Vec<(String, String)>,
     applied: &'a mut Vec<(String, String)>,
+    settled: &'a mut Option<u64>,
     last_tag: u8,
     /// A write to the client was under way (it may hold half a message).
     writing: bool,
@@ -178,13 +179,15 @@ impl Observer for ServerSide<'_> {
             &mut self.status,
             self.params,
             self.applied,
+            self.settled,
         );
     }
 }
 
 /// What both data paths do with the server's ReadyForQuery (`Z`: its
 /// transaction status, one reply less owed) and ParameterStatus (`S`: the
-/// connection's reported settings) bodies.
+/// connection's reported settings, which unsettles it: see
+/// [`ServerConn::settled`]) bodies.
 pub(crate) fn server_body(
     tag: u8,
     body: &[u8],
@@ -192,6 +195,7 @@ pub(crate) fn server_body(
     status: &mut u8,
     params: &mut Vec<(String, String)>,
     applied: &mut Vec<(String, String)>,
+    settled: &mut Option<u64>,
 ) {
     if tag == b'Z' {
         if let Some(&s) = body.first() {
@@ -199,6 +203,7 @@ pub(crate) fn server_body(
         }
         activity.ready();
     } else {
+        *settled = None;
         ServerConn::note_param(params, applied, body);
     }
 }
@@ -230,6 +235,7 @@ pub async fn pump(
         status: b'I',
         params: &mut server.params,
         applied: &mut server.applied,
+        settled: &mut server.settled,
         last_tag: 0,
         writing: false,
     };
@@ -344,6 +350,7 @@ pub async fn drain(
         status,
         params: &mut server.params,
         applied: &mut server.applied,
+        settled: &mut server.settled,
         last_tag,
         writing: false,
     };

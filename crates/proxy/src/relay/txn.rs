@@ -44,6 +44,8 @@ pub(crate) struct TxnClient {
     pub creds: ServerCredentials,
     /// Its prepared statements and reply queue.
     pub tracker: Tracker,
+    /// The key of its pool on the backend it last used.
+    pub pool_key: Option<crate::pool::PoolKey>,
     /// A child of the current route's `ended` token, with the route's
     /// generation: made once per route rather than per transaction (a
     /// child token locks the parent, which every client shares).
@@ -93,7 +95,9 @@ async fn transaction(
     c: &mut TxnClient,
 ) -> bool {
     let got = tokio::select! {
-        r = checkout::server_for(shared, &c.server_params, &c.wanted, &c.believed, &c.creds) => r,
+        r = checkout::server_for(
+            shared, &c.server_params, &c.wanted, &c.believed, &c.creds, &mut c.pool_key,
+        ) => r,
         () = cancel.stop().cancelled() => {
             let _ = client.write_all(&checkout::stopped_error(shared).to_bytes()).await;
             return false;
@@ -203,6 +207,7 @@ struct Replies<'a> {
     last_tag: u8,
     params: &'a mut Vec<(String, String)>,
     applied: &'a mut Vec<(String, String)>,
+    settled: &'a mut Option<u64>,
     wanted: &'a mut Vec<(String, String)>,
     /// Where the chunk being scanned needs changing.
     edits: Vec<(usize, Edit)>,
@@ -244,6 +249,7 @@ impl Observer for Replies<'_> {
             &mut self.status,
             self.params,
             self.applied,
+            self.settled,
         );
         if tag == b'Z' {
             lock(self.tracker).ready(self.status);
@@ -337,6 +343,7 @@ async fn relay(
         last_tag: 0,
         params: &mut server.params,
         applied: &mut server.applied,
+        settled: &mut server.settled,
         wanted: &mut c.wanted,
         edits: Vec::new(),
     };
@@ -444,6 +451,7 @@ async fn relay(
     if c.tracker.settings_reset {
         // DISCARD ALL / RESET by the client: what was applied is gone.
         server.applied.clear();
+        server.settled = None;
         c.tracker.settings_reset = false;
     }
     let Some(end) = end else {
