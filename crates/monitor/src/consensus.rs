@@ -29,7 +29,7 @@ use std::time::Duration;
 use pgwarden_proto::uds::{self, Daemon};
 use pgwarden_proto::v1::watchdog_client::WatchdogClient;
 use pgwarden_proto::v1::{
-    ClusterRecord, ClusterState, OperatorRequest, ProposeClusterChangeRequest, ReportHealthRequest,
+    ClusterRecord, ClusterState, ProposeClusterChangeRequest, ReportHealthRequest,
     Status as PStatus, WatchLeadershipRequest, WatchdogStatus,
 };
 use tokio::sync::watch;
@@ -37,13 +37,19 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
 use crate::machine::{Action, Decider, Event, Machine, Observation, Persisted, Status};
-use crate::runtime::{Parts, Settings, StartError, operator, perform, specs};
+use crate::operator::{self, Ask};
+use crate::parts::{Parts, StartError};
+use crate::perform::perform;
 use crate::service::Command;
+use crate::settings::Settings;
 
 /// How long a backend must have been down by quorum before the leader's
 /// monitor acts on it: longer than a cut-off node takes to notice it has no
 /// quorum (two election timeouts) and fence its proxy.
 pub const FENCE_DELAY: Duration = Duration::from_millis(2500);
+
+/// Where an operator's answer goes.
+type Reply = tokio::sync::oneshot::Sender<Result<String, String>>;
 
 /// What this node last saw of each backend.
 #[derive(Debug, Clone, Default)]
@@ -131,16 +137,22 @@ pub(crate) async fn run(
                 (Vec::new(), None)
             }
             Some(c) = p.commands.recv() => match (machine.as_mut(), c) {
-                (Some(m), Command::Forwarded(inner)) => operator(m, *inner, &settings, &p.recheck),
-                (Some(m), c) => operator(m, c, &settings, &p.recheck),
-                // Handed over by another node because this one led: never
-                // handed on again (no loops), the operator retries.
-                (None, Command::Forwarded(inner)) => {
-                    inner.refuse("the lead moved while the request was on its way; retry".to_owned());
+                (_, Command::Recheck) => {
+                    p.recheck.notify_waiters();
                     (Vec::new(), None)
                 }
-                (None, c) => {
-                    not_leader(c, &settings, &client, &p.recheck);
+                (Some(m), Command::Change { ask, reply, .. }) => {
+                    let (actions, answer) = operator::decide(m, ask, settings.rejoin_enabled());
+                    (actions, Some((reply, answer)))
+                }
+                // Handed over by another node because this one led: never
+                // handed on again (no loops), the operator retries.
+                (None, Command::Change { forwarded: true, reply, .. }) => {
+                    let _ = reply.send(Err("the lead moved while the request was on its way; retry".to_owned()));
+                    (Vec::new(), None)
+                }
+                (None, Command::Change { ask, reply, .. }) => {
+                    not_leader(ask, reply, &settings, &client);
                     (Vec::new(), None)
                 }
             },
@@ -266,7 +278,7 @@ fn on_status(settings: &Settings, status: Option<&WatchdogStatus>, machine: &mut
                 .collect(),
         };
         *machine = Some(
-            Machine::new(specs(settings), settings.limits, &persisted)
+            Machine::new(settings.specs(), settings.limits, &persisted)
                 .with_decider(Decider::Quorum),
         );
     }
@@ -310,37 +322,12 @@ fn ripe_down(down_since: &BTreeMap<usize, tokio::time::Instant>) -> Vec<usize> {
 /// An operator's request made to a monitor that does not decide: handed
 /// to the leader's monitor through the watchdogs (as pgpool's pcp commands
 /// work against any node), its answer passed back.
-fn not_leader(
-    c: Command,
-    settings: &Settings,
-    watchdog: &WatchdogClient<Channel>,
-    recheck: &tokio::sync::Notify,
-) {
-    use pgwarden_proto::v1::operator_request::Kind;
-    let (kind, id, force, reply) = match c {
-        Command::Recheck => {
-            recheck.notify_waiters();
-            return;
-        }
-        forwarded @ Command::Forwarded(_) => {
-            forwarded.refuse("the lead moved while the request was on its way; retry".to_owned());
-            return;
-        }
-        Command::Attach(id, r) => (Kind::Attach, id, false, r),
-        Command::Detach(id, r) => (Kind::Detach, id, false, r),
-        Command::Rejoin(id, r) => (Kind::Rejoin, id, false, r),
-        Command::Promote(id, force, r) => (Kind::Promote, id, force, r),
-    };
-    let Some(backend) = settings.backends.get(id) else {
-        let _ = reply.send(Err(format!("no backend with id {id}")));
+fn not_leader(ask: Ask, reply: Reply, settings: &Settings, watchdog: &WatchdogClient<Channel>) {
+    let Some(backend) = settings.backends.get(ask.backend()) else {
+        let _ = reply.send(Err(format!("no backend with id {}", ask.backend())));
         return;
     };
-    let request = OperatorRequest {
-        kind: kind as i32,
-        backend_id: u32::try_from(id).unwrap_or(u32::MAX),
-        force,
-        backend_name: backend.name.clone(),
-    };
+    let request = ask.forwarded(&backend.name);
     let mut watchdog = watchdog.clone();
     tokio::spawn(async move {
         let answer = match watchdog.forward_operator(request).await {
