@@ -5,6 +5,8 @@
 //! - [`machine`]: the failover decision as a pure state machine.
 //! - [`actions`]: promote a standby, repoint the others (builtin SQL or
 //!   pgpool-II-style hook commands).
+//! - [`coordinator`]: with a watchdog, when this node's monitor decides,
+//!   what it proposes, what the proxies see, as a pure `step`/`tick` core.
 //! - [`operator`]: operator requests (attach, detach, promote, rejoin)
 //!   against the machine that decides.
 //! - [`runtime`]: the daemon loop tying them together (alone, or with the
@@ -15,6 +17,7 @@
 pub mod actions;
 pub mod checks;
 mod consensus;
+pub mod coordinator;
 pub mod machine;
 pub mod metrics;
 pub mod operator;
