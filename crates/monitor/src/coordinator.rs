@@ -578,7 +578,7 @@ fn update_opinion(d: &mut BTreeMap<String, bool>, setup: &Setup, local: &[Local]
         if l.last.is_none() {
             continue;
         }
-        let down = l.failures > setup.limits.max_retries;
+        let down = setup.limits.exceeded(l.failures);
         if d.get(&b.name) != Some(&down) {
             d.insert(b.name.clone(), down);
             changed = true;
@@ -624,7 +624,7 @@ fn committed_state(
                     PStatus::Down,
                     format!("a quorum of the {voters} nodes cannot reach it"),
                 )
-            } else if l.failures > setup.limits.max_retries {
+            } else if setup.limits.exceeded(l.failures) {
                 (
                     PStatus::Quarantined,
                     "this node cannot reach it, but the quorum does not agree: no failover"
