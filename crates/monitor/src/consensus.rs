@@ -29,21 +29,20 @@
 //! [`Coordinator`]'s; this module is its driver: it turns channel and timer
 //! events into [`Input`]s and performs the [`Output`]s.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::time::Duration;
 
 use pgwarden_proto::uds::{self, Daemon};
 use pgwarden_proto::v1::watchdog_client::WatchdogClient;
 use pgwarden_proto::v1::{
-    OperatorRequest, ProposeClusterChangeRequest, ReportHealthRequest, WatchLeadershipRequest,
-    WatchdogStatus,
+    OperatorRequest, ProposeClusterChangeRequest, WatchLeadershipRequest, WatchdogStatus,
 };
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::coordinator::{Coordinator, Input, Output, Setup, TICK};
+use crate::coordinator::{Coordinator, Input, Output, Setup, TICK, unreported};
 use crate::parts::{Parts, StartError};
 use crate::perform::perform;
 use crate::service::Command;
@@ -189,36 +188,20 @@ async fn report_health(
     stop: CancellationToken,
 ) {
     loop {
-        let want = desired.borrow_and_update().clone();
-        let have: Option<(u64, BTreeSet<String>)> =
-            status.borrow_and_update().as_ref().and_then(|s| {
-                let r = s.record.as_ref()?;
-                let mine = r
-                    .down_votes
-                    .iter()
-                    .filter(|(_, ids)| ids.ids.contains(&s.id))
-                    .map(|(b, _)| b.clone())
-                    .collect();
-                (s.id != 0).then_some((s.id, mine))
-            });
+        let votes = unreported(
+            &desired.borrow_and_update(),
+            status.borrow_and_update().as_ref(),
+        );
         let mut failed = false;
-        if let Some((_, mine)) = have {
-            for (backend, down) in &want {
-                if mine.contains(backend) == *down {
-                    continue;
+        for vote in votes {
+            let (backend, down) = (vote.backend.clone(), vote.down);
+            match tokio::time::timeout(Duration::from_secs(10), client.report_health(vote)).await {
+                Ok(Ok(_)) => tracing::info!(backend, down, "reported to the watchdog"),
+                Ok(Err(e)) => {
+                    tracing::debug!(backend, error = %e.message(), "health report not committed; retrying");
+                    failed = true;
                 }
-                let call = client.report_health(ReportHealthRequest {
-                    backend: backend.clone(),
-                    down: *down,
-                });
-                match tokio::time::timeout(Duration::from_secs(10), call).await {
-                    Ok(Ok(_)) => tracing::info!(backend, down, "reported to the watchdog"),
-                    Ok(Err(e)) => {
-                        tracing::debug!(backend, error = %e.message(), "health report not committed; retrying");
-                        failed = true;
-                    }
-                    Err(_) => failed = true,
-                }
+                Err(_) => failed = true,
             }
         }
         let retry = tokio::time::sleep(Duration::from_millis(if failed { 500 } else { 2000 }));

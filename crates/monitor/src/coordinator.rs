@@ -33,7 +33,7 @@ use std::time::Duration;
 
 use pgwarden_proto::v1::{
     BackendState, ClusterRecord, ClusterState, OperatorRequest, ProposeClusterChangeRequest,
-    Role as PRole, Status as PStatus, WatchdogStatus,
+    ReportHealthRequest, Role as PRole, Status as PStatus, WatchdogStatus,
 };
 
 use crate::actions::Target;
@@ -585,6 +585,34 @@ fn update_opinion(d: &mut BTreeMap<String, bool>, setup: &Setup, local: &[Local]
         }
     }
     changed
+}
+
+/// This node's votes that its watchdog does not hold yet: each backend
+/// whose vote in the committed record differs from this node's `opinion`
+/// (none while the watchdog, or this node's id, is unknown).
+pub fn unreported(
+    opinion: &BTreeMap<String, bool>,
+    status: Option<&WatchdogStatus>,
+) -> Vec<ReportHealthRequest> {
+    let Some((s, r)) = status
+        .filter(|s| s.id != 0)
+        .and_then(|s| Some((s, s.record.as_ref()?)))
+    else {
+        return Vec::new();
+    };
+    let voted = |backend: &str| {
+        r.down_votes
+            .get(backend)
+            .is_some_and(|ids| ids.ids.contains(&s.id))
+    };
+    opinion
+        .iter()
+        .filter(|(backend, down)| voted(backend) != **down)
+        .map(|(backend, down)| ReportHealthRequest {
+            backend: backend.clone(),
+            down: *down,
+        })
+        .collect()
 }
 
 /// The committed record as a [`ClusterState`], with this node's live check
