@@ -889,3 +889,96 @@ fn generations_only_grow() {
         last = m.generation();
     }
 }
+
+/// Candidate choice alone: pg0 the primary being replaced (at LSN 1000, on
+/// timeline 2), pg1 and pg2 standbys as each row says.
+#[test]
+fn candidates_as_a_table() {
+    use super::candidate::{Candidate, Field};
+    let view = |id: usize, o: Option<Observation>| BackendView {
+        spec: spec(&format!("pg{id}"), 5000 + id as u16),
+        role: Role::Standby,
+        status: Status::Up,
+        reason: String::new(),
+        failures: 0,
+        not_streaming: 0,
+        last: o,
+        last_check_ms: 0,
+        following: false,
+        rejoin: Rejoin::No,
+    };
+    let at = |received, replayed| Some(standby_at(2, received, replayed, true));
+    let detached = |mut b: BackendView| {
+        b.status = Status::Detached;
+        b
+    };
+    let failing = |mut b: BackendView| {
+        b.failures = 1;
+        b
+    };
+    let no_failover = |mut b: BackendView| {
+        b.spec.allow_failover = false;
+        b
+    };
+    let limits = Limits {
+        max_retries: 2,
+        max_lag_bytes: 100,
+    };
+    // (pg1, pg2, force, chosen id or why not)
+    let table: Vec<(BackendView, BackendView, bool, Result<usize, &str>)> = vec![
+        (view(1, at(990, 990)), view(2, at(995, 900)), false, Ok(2)),
+        (view(1, at(995, 990)), view(2, at(995, 900)), false, Ok(1)),
+        (view(1, at(995, 990)), view(2, at(995, 990)), false, Ok(1)),
+        (
+            detached(view(1, at(995, 995))),
+            failing(view(2, at(995, 995))),
+            false,
+            Err("pg1: detached; pg2: unreachable"),
+        ),
+        (
+            view(1, None),
+            view(2, Some(Observation::primary(2, 995))),
+            false,
+            Err("pg1: never checked; pg2: not a standby"),
+        ),
+        (
+            no_failover(view(1, at(995, 995))),
+            view(2, at(800, 800)),
+            false,
+            Err("pg1: allow_failover = false; pg2: 200 bytes behind (max_lag_bytes 100)"),
+        ),
+        (view(1, at(800, 800)), view(2, at(700, 700)), true, Ok(1)),
+        (
+            view(1, Some(standby_at(3, 995, 995, true))),
+            view(2, at(800, 800)),
+            false,
+            Err(
+                "pg1: on timeline 3, the primary's is 2: its WAL is not the primary's history; pg2: 200 bytes behind (max_lag_bytes 100)",
+            ),
+        ),
+        (
+            view(1, Some(standby_at(3, 995, 995, true))),
+            view(2, at(800, 800)),
+            true,
+            Ok(1),
+        ),
+    ];
+    for (i, (pg1, pg2, force, want)) in table.into_iter().enumerate() {
+        let backends = vec![view(0, Some(Observation::primary(2, 1000))), pg1, pg2];
+        let field = Field {
+            backends: &backends,
+            limits: &limits,
+            reference: Some(1000),
+            timeline: Some(2),
+        };
+        let got = field.choose(&[0], force).map(|c: Candidate| c.id);
+        assert_eq!(got, want.map_err(str::to_owned), "row {i}");
+    }
+    let field = Field {
+        backends: &[],
+        limits: &limits,
+        reference: None,
+        timeline: None,
+    };
+    assert_eq!(field.choose(&[], false), Err("no standby".to_owned()));
+}
