@@ -698,15 +698,19 @@ impl Machine {
 
     // === operator requests ===
 
+    /// Backend `id`, or the refusal an operator naming it gets.
+    fn known(&self, id: usize) -> Result<&BackendView, String> {
+        self.backends
+            .get(id)
+            .ok_or_else(|| format!("no backend with id {id}"))
+    }
+
     /// Routes to backend `id` again (pcp_attach_node): only a healthy primary
     /// of record, or a standby streaming from the primary.
     pub fn attach(&mut self, id: usize) -> Result<(String, Vec<Action>), String> {
         let mut actions = Vec::new();
         let name = self.name(id);
-        let b = self
-            .backends
-            .get(id)
-            .ok_or_else(|| format!("no backend with id {id}"))?;
+        let b = self.known(id)?;
         if b.status == Status::Up {
             return Ok((format!("{name} is already up"), actions));
         }
@@ -752,10 +756,7 @@ impl Machine {
     /// attached as soon as a check sees it stream from the primary.
     pub fn rejoin(&mut self, id: usize) -> Result<(String, Vec<Action>), String> {
         let name = self.name(id);
-        let b = self
-            .backends
-            .get(id)
-            .ok_or_else(|| format!("no backend with id {id}"))?;
+        let b = self.known(id)?;
         if Some(id) == self.primary {
             return Err(format!(
                 "{name} is the primary: switch over first (pgwardenctl promote)"
@@ -861,9 +862,7 @@ impl Machine {
     pub fn detach(&mut self, id: usize) -> Result<(String, Vec<Action>), String> {
         let mut actions = Vec::new();
         let name = self.name(id);
-        if self.backends.get(id).is_none() {
-            return Err(format!("no backend with id {id}"));
-        }
+        self.known(id)?;
         if self.failover.as_ref().is_some_and(|f| f.candidate == id) {
             return Err(format!("{name} is being promoted"));
         }
@@ -891,10 +890,7 @@ impl Machine {
         }
         let mut actions = Vec::new();
         let name = self.name(id);
-        let b = self
-            .backends
-            .get(id)
-            .ok_or_else(|| format!("no backend with id {id}"))?;
+        let b = self.known(id)?;
         if self.failover.is_some() {
             return Err("a failover is already in progress".to_owned());
         }
