@@ -1,7 +1,7 @@
 //! The monitor's decisions with a watchdog, as pure code: no tokio, no
 //! sockets, no clock (time is counted in [`TICK`]s).
 //!
-//! [`crate::consensus`] feeds a [`Coordinator`] every check result, every
+//! The driver (`consensus.rs`) feeds a [`Coordinator`] every check result, every
 //! change of the local watchdog's status and every operator request as an
 //! [`Input`], calls [`Coordinator::tick`] every [`TICK`], and performs the
 //! [`Output`]s in order. The coordinator decides:

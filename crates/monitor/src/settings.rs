@@ -48,7 +48,7 @@ pub struct Settings {
     /// Failover actions.
     pub failover: FailoverSettings,
     /// `watchdog.enabled`: decide with the other nodes through the local
-    /// watchdog (see [`crate::consensus`]) instead of alone.
+    /// watchdog (see [`crate::coordinator`]) instead of alone.
     pub consensus: bool,
     /// Where Prometheus scrapes `/metrics`.
     pub metrics_listen: std::net::SocketAddr,
