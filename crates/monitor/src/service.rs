@@ -11,40 +11,25 @@ use pgwarden_proto::v1::{
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tonic::{Request, Response, Status};
 
+use crate::operator::Ask;
+
 /// A request the service passes to the monitor's core loop.
 #[derive(Debug)]
 pub enum Command {
-    /// AttachBackend.
-    Attach(usize, oneshot::Sender<Result<String, String>>),
-    /// DetachBackend.
-    Detach(usize, oneshot::Sender<Result<String, String>>),
-    /// PromoteBackend.
-    Promote(usize, bool, oneshot::Sender<Result<String, String>>),
+    /// AttachBackend, DetachBackend, PromoteBackend or RejoinBackend:
+    /// answered once its change is committed, or refused.
+    Change {
+        /// What is asked.
+        ask: Ask,
+        /// Another node's monitor handed it over (through the watchdogs)
+        /// because this one leads: decided here or refused, never handed
+        /// on again.
+        forwarded: bool,
+        /// Where the answer goes.
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     /// Recheck.
     Recheck,
-    /// RejoinBackend.
-    Rejoin(usize, oneshot::Sender<Result<String, String>>),
-    /// A request another node's monitor handed over (through the
-    /// watchdogs) because this one leads: decided here or refused, never
-    /// handed on again.
-    Forwarded(Box<Command>),
-}
-
-impl Command {
-    /// Answers the request with `why`, deciding nothing (a recheck has no
-    /// answer to give).
-    pub fn refuse(self, why: String) {
-        match self {
-            Command::Attach(_, r)
-            | Command::Detach(_, r)
-            | Command::Rejoin(_, r)
-            | Command::Promote(_, _, r) => {
-                let _ = r.send(Err(why));
-            }
-            Command::Forwarded(inner) => inner.refuse(why),
-            Command::Recheck => {}
-        }
-    }
 }
 
 /// The service: talks to the core loop, never to the machine directly.
@@ -69,16 +54,16 @@ impl MonitorService {
     async fn change<T>(
         &self,
         request: &Request<T>,
-        make: impl FnOnce(oneshot::Sender<Result<String, String>>) -> Command,
+        ask: Ask,
     ) -> Result<Response<ChangeReply>, Status> {
-        let (tx, rx) = oneshot::channel();
-        let mut command = make(tx);
-        if request
-            .metadata()
-            .contains_key(pgwarden_proto::OPERATOR_FORWARDED)
-        {
-            command = Command::Forwarded(Box::new(command));
-        }
+        let (reply, rx) = oneshot::channel();
+        let command = Command::Change {
+            ask,
+            forwarded: request
+                .metadata()
+                .contains_key(pgwarden_proto::OPERATOR_FORWARDED),
+            reply,
+        };
         self.commands
             .send(command)
             .await
@@ -169,7 +154,7 @@ impl Monitor for MonitorService {
         r: Request<BackendRequest>,
     ) -> Result<Response<ChangeReply>, Status> {
         let i = id(r.get_ref().id);
-        self.change(&r, |tx| Command::Attach(i, tx)).await
+        self.change(&r, Ask::Attach(i)).await
     }
 
     async fn detach_backend(
@@ -177,7 +162,7 @@ impl Monitor for MonitorService {
         r: Request<BackendRequest>,
     ) -> Result<Response<ChangeReply>, Status> {
         let i = id(r.get_ref().id);
-        self.change(&r, |tx| Command::Detach(i, tx)).await
+        self.change(&r, Ask::Detach(i)).await
     }
 
     async fn promote_backend(
@@ -185,7 +170,7 @@ impl Monitor for MonitorService {
         r: Request<PromoteBackendRequest>,
     ) -> Result<Response<ChangeReply>, Status> {
         let (i, force) = (id(r.get_ref().id), r.get_ref().force);
-        self.change(&r, |tx| Command::Promote(i, force, tx)).await
+        self.change(&r, Ask::Promote { id: i, force }).await
     }
 
     async fn recheck(&self, _: Request<RecheckRequest>) -> Result<Response<RecheckReply>, Status> {
@@ -201,6 +186,6 @@ impl Monitor for MonitorService {
         r: Request<BackendRequest>,
     ) -> Result<Response<ChangeReply>, Status> {
         let backend = id(r.get_ref().id);
-        self.change(&r, |tx| Command::Rejoin(backend, tx)).await
+        self.change(&r, Ask::Rejoin(backend)).await
     }
 }

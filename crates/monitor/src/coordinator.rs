@@ -1,0 +1,706 @@
+//! The monitor's decisions with a watchdog, as pure code: no tokio, no
+//! sockets, no clock (time is counted in [`TICK`]s).
+//!
+//! The driver (`consensus.rs`) feeds a [`Coordinator`] every check result, every
+//! change of the local watchdog's status and every operator request as an
+//! [`Input`], calls [`Coordinator::tick`] every [`TICK`], and performs the
+//! [`Output`]s in order. The coordinator decides:
+//! - **leadership**: only while this node's watchdog leads with a quorum does
+//!   its monitor run the failover [`Machine`] (with [`Decider::Quorum`]),
+//!   built afresh from the committed record each time it starts leading,
+//!   and told at once what the quorum and this node already saw;
+//! - **the fence delay**: a backend a quorum sees down is handed to the
+//!   machine only once it has been down for [`FENCE_DELAY`] (see
+//!   [`FENCE_DELAY_TICKS`]), so that a node cut off from the majority has
+//!   fenced its proxy before the majority promotes a new primary;
+//! - **proposals**: each new generation the machine decides is proposed to
+//!   the watchdogs ([`Output::Propose`]) and nothing that follows it is
+//!   performed before it is committed; a refused proposal drops the
+//!   machine, so that the next round decides again from the committed
+//!   record, and the operator whose request caused it hears why;
+//! - **fencing the proxies**: what every proxy sees is the committed record
+//!   ([`Output::Publish`]), marked `no_quorum` while this node's watchdog
+//!   has no quorum or is gone, which stops the proxy routing;
+//! - **where operator requests go**: to the machine while this node decides,
+//!   else to the leader's monitor through the watchdogs, never twice.
+//!
+//! It also keeps this node's own opinion of each backend (down after more
+//! than `max_retries` failed checks), which the driver reports to the
+//! watchdog as this node's vote ([`Output::Opinion`]).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use pgwarden_proto::v1::{
+    BackendState, ClusterRecord, ClusterState, OperatorRequest, ProposeClusterChangeRequest,
+    ReportHealthRequest, Role as PRole, Status as PStatus, WatchdogStatus,
+};
+
+use crate::actions::Target;
+use crate::machine::{
+    Action, BackendSpec, Decider, Event, Limits, Machine, Observation, Persisted, Status,
+};
+use crate::operator::{self, Ask};
+
+/// One tick of the coordinator's clock: how often the driver calls
+/// [`Coordinator::tick`].
+pub const TICK: Duration = Duration::from_millis(100);
+
+/// How long a backend must have been down by quorum before the leader's
+/// monitor acts on it: longer than a cut-off node takes to notice it has no
+/// quorum (two election timeouts) and fence its proxy.
+pub const FENCE_DELAY: Duration = Duration::from_millis(2500);
+
+/// [`FENCE_DELAY`] in ticks. A verdict first seen after `n` ticks ripens at
+/// the tick that makes it more than this many ticks old (`n +
+/// FENCE_DELAY_TICKS + 1`): at least [`FENCE_DELAY`] later, at most one
+/// tick more, however the verdict fell between two ticks.
+pub const FENCE_DELAY_TICKS: u64 = FENCE_DELAY.as_millis().div_ceil(TICK.as_millis()) as u64;
+
+/// The answer to a request handed over by another node's monitor when this
+/// one no longer decides (never handed on again: the operator retries).
+pub const LEAD_MOVED: &str = "the lead moved while the request was on its way; retry";
+
+/// What the coordinator knows of the cluster, from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Setup {
+    /// `node.name`: the monitor named in every state shown.
+    pub node: String,
+    /// The backends, by id.
+    pub backends: Vec<Target>,
+    /// The backends as the machine sees them.
+    pub specs: Vec<BackendSpec>,
+    /// Thresholds.
+    pub limits: Limits,
+    /// `failover.rejoin_command` is set.
+    pub rejoin_enabled: bool,
+}
+
+/// Input to the coordinator; `R` is where an operator's answer goes.
+#[derive(Debug)]
+pub enum Input<R> {
+    /// A check finished, or a failover action's result came back.
+    Event(Event),
+    /// The local watchdog's status changed; `None`: it is unreachable.
+    Watchdog(Option<Box<WatchdogStatus>>),
+    /// An operator asks for a change.
+    Operator {
+        /// What is asked.
+        ask: Ask,
+        /// Handed over by another node's monitor because this one leads.
+        forwarded: bool,
+        /// Where the answer goes.
+        reply: R,
+    },
+    /// An operator asks for every backend to be checked now.
+    Recheck,
+    /// The answer to the last [`Output::Propose`]: committed, or why not.
+    Proposed(Result<(), String>),
+}
+
+/// Output of the coordinator, performed by the driver in order.
+#[derive(Debug, PartialEq)]
+pub enum Output<R> {
+    /// Start a failover action (never [`Action::Publish`]); its result
+    /// comes back as an [`Input::Event`].
+    Perform(Action),
+    /// Propose this generation to the watchdogs (a compare-and-set on
+    /// `expected_generation`). Always the last output of its batch: the
+    /// rest of the round waits for the [`Input::Proposed`] answering it,
+    /// which the driver gives before any other input (any other is held
+    /// back until then).
+    Propose(ProposeClusterChangeRequest),
+    /// This node's opinion of the backends (name -> down) changed: its
+    /// votes in the committed record must follow it.
+    Opinion(BTreeMap<String, bool>),
+    /// Tell every watcher (the proxies): a new committed generation, or
+    /// this node losing or regaining its quorum.
+    Publish(ClusterState),
+    /// The state `GetCluster` shows from now on.
+    Current(ClusterState),
+    /// The first committed state is shown: watchers may start.
+    Ready,
+    /// Answer an operator.
+    Reply {
+        /// Where the answer goes.
+        to: R,
+        /// The message, or why the request was refused.
+        answer: Result<String, String>,
+    },
+    /// Hand an operator's request to the leader's monitor through the
+    /// watchdogs, and pass its answer back to `reply`.
+    Forward {
+        /// The request as the leader's monitor gets it.
+        request: OperatorRequest,
+        /// Where its answer goes.
+        reply: R,
+    },
+    /// Check every backend now.
+    Recheck,
+}
+
+/// What this node last saw of each backend.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Local {
+    last: Option<Result<Observation, String>>,
+    failures: u32,
+    at_ms: i64,
+}
+
+/// An operator's answer, held until its round's actions are carried out.
+type Held<R> = (R, Result<String, String>);
+
+/// The machine's actions of one round, carried out in order; `reply`
+/// answers the operator request that started it once they are.
+#[derive(Debug)]
+struct Round<R> {
+    actions: VecDeque<Action>,
+    reply: Option<Held<R>>,
+}
+
+/// The decisions of the monitor with a watchdog. See the module docs.
+#[derive(Debug)]
+pub struct Coordinator<R> {
+    setup: Setup,
+    /// Ticks so far.
+    now: u64,
+    local: Vec<Local>,
+    /// This node's opinion: backend name -> down.
+    opinion: BTreeMap<String, bool>,
+    /// The local watchdog's last status (`None`: unreachable).
+    watchdog: Option<WatchdogStatus>,
+    /// When (in ticks) each backend entered the quorum's down set.
+    down_since: BTreeMap<usize, u64>,
+    /// The ripe verdicts last handed to the machine.
+    fed_down: Vec<usize>,
+    /// The machine, while this node decides.
+    machine: Option<Machine>,
+    /// The newest generation this coordinator had committed (the stream
+    /// may not show it yet).
+    committed: u64,
+    /// The newest generation published to the watchers.
+    published: u64,
+    /// Whether the last published state said `no_quorum`.
+    published_no_quorum: bool,
+    /// What `GetCluster` shows.
+    current: ClusterState,
+    ready: bool,
+    /// The round waiting for its proposal's answer.
+    proposing: Option<Round<R>>,
+    /// Inputs that came while a proposal was out, taken in order after it.
+    deferred: VecDeque<Input<R>>,
+}
+
+impl<R> Coordinator<R> {
+    /// A coordinator for `setup` that decides nothing until its watchdog
+    /// leads; `current` is what `GetCluster` shows until the first
+    /// committed state.
+    pub fn new(setup: Setup, current: ClusterState) -> Self {
+        let n = setup.backends.len();
+        Coordinator {
+            setup,
+            now: 0,
+            local: vec![Local::default(); n],
+            opinion: BTreeMap::new(),
+            watchdog: None,
+            down_since: BTreeMap::new(),
+            fed_down: Vec::new(),
+            machine: None,
+            committed: 0,
+            published: 0,
+            published_no_quorum: false,
+            current,
+            ready: false,
+            proposing: None,
+            deferred: VecDeque::new(),
+        }
+    }
+
+    /// The machine, while this node's monitor decides.
+    pub fn machine(&self) -> Option<&Machine> {
+        self.machine.as_ref()
+    }
+
+    /// Feeds one input; returns what to do, in order.
+    pub fn step(&mut self, input: Input<R>) -> Vec<Output<R>> {
+        let mut out = Vec::new();
+        match input {
+            Input::Proposed(result) => self.proposed(result, &mut out),
+            input if self.proposing.is_some() => self.deferred.push_back(input),
+            input => self.round(input, &mut out),
+        }
+        while self.proposing.is_none()
+            && let Some(input) = self.deferred.pop_front()
+        {
+            self.round(input, &mut out);
+        }
+        out
+    }
+
+    /// One [`TICK`] passed: acts on the quorum's verdicts that ripened.
+    pub fn tick(&mut self) -> Vec<Output<R>> {
+        self.now += 1;
+        let mut out = Vec::new();
+        if self.proposing.is_none() && self.ripe_down() != self.fed_down {
+            self.decide(Vec::new(), None, &mut out);
+        }
+        out
+    }
+
+    /// Takes `input` in, then decides and carries out what follows.
+    fn round(&mut self, input: Input<R>, out: &mut Vec<Output<R>>) {
+        let (actions, reply) = match input {
+            Input::Event(e) => {
+                self.observe(&e);
+                if update_opinion(&mut self.opinion, &self.setup, &self.local) {
+                    out.push(Output::Opinion(self.opinion.clone()));
+                }
+                let actions = self.machine.as_mut().map(|m| m.step(e));
+                (actions.unwrap_or_default(), None)
+            }
+            Input::Watchdog(status) => {
+                let now_down = status
+                    .as_ref()
+                    .and_then(|s| s.record.as_ref())
+                    .map(|r| quorum_down_ids(&self.setup, r))
+                    .unwrap_or_default();
+                self.down_since.retain(|id, _| now_down.contains(id));
+                for id in now_down {
+                    self.down_since.entry(id).or_insert(self.now);
+                }
+                self.watchdog = status.map(|s| *s);
+                (Vec::new(), None)
+            }
+            Input::Operator {
+                ask,
+                forwarded,
+                reply,
+            } => self.route(ask, forwarded, reply, out),
+            Input::Recheck => {
+                out.push(Output::Recheck);
+                (Vec::new(), None)
+            }
+            Input::Proposed(_) => (Vec::new(), None),
+        };
+        self.decide(actions, reply, out);
+    }
+
+    /// What this node saw of a backend, whoever decides.
+    fn observe(&mut self, e: &Event) {
+        match e {
+            Event::Checked { id, at_ms, result } => {
+                if let Some(l) = self.local.get_mut(*id) {
+                    l.failures = if result.is_ok() {
+                        0
+                    } else {
+                        l.failures.saturating_add(1)
+                    };
+                    l.last = Some(result.clone());
+                    l.at_ms = *at_ms;
+                }
+            }
+            // Alive without an observation: not failing, the last
+            // observation stands (see `Event::AliveUnobserved`).
+            Event::AliveUnobserved { id, at_ms, .. } => {
+                if let Some(l) = self.local.get_mut(*id) {
+                    l.failures = 0;
+                    l.at_ms = *at_ms;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Where an operator's request goes: the machine while this node
+    /// decides (its answer then waits for the round's actions), else the
+    /// leader's monitor through the watchdogs (as pgpool's pcp commands
+    /// work against any node).
+    fn route(
+        &mut self,
+        ask: Ask,
+        forwarded: bool,
+        reply: R,
+        out: &mut Vec<Output<R>>,
+    ) -> (Vec<Action>, Option<Held<R>>) {
+        if let Some(m) = self.machine.as_mut() {
+            let (actions, answer) = operator::decide(m, ask, self.setup.rejoin_enabled);
+            return (actions, Some((reply, answer)));
+        }
+        let answer = if forwarded {
+            // Handed over by another node because this one led: never
+            // handed on again (no loops).
+            Err(LEAD_MOVED.to_owned())
+        } else if let Some(b) = self.setup.backends.get(ask.backend()) {
+            out.push(Output::Forward {
+                request: ask.forwarded(&b.name),
+                reply,
+            });
+            return (Vec::new(), None);
+        } else {
+            Err(format!("no backend with id {}", ask.backend()))
+        };
+        out.push(Output::Reply { to: reply, answer });
+        (Vec::new(), None)
+    }
+
+    /// After an input: follows the lead, hands the machine the ripe
+    /// verdicts, then carries out the round.
+    fn decide(
+        &mut self,
+        mut actions: Vec<Action>,
+        reply: Option<Held<R>>,
+        out: &mut Vec<Output<R>>,
+    ) {
+        // Decide while this node's watchdog leads (and start again from
+        // the committed record after a refused proposal).
+        let deciding = self.machine.is_some();
+        self.follow_lead();
+        let ripe = self.ripe_down();
+        if !deciding && let Some(m) = self.machine.as_mut() {
+            actions.extend(bootstrap(m, self.setup.limits, &self.local, &ripe));
+            self.fed_down.clone_from(&ripe);
+        }
+        // Quorum verdicts old enough to act on.
+        if ripe != self.fed_down {
+            self.fed_down.clone_from(&ripe);
+            if let Some(m) = self.machine.as_mut() {
+                actions.extend(m.step(Event::QuorumDown(ripe)));
+            }
+        }
+        let round = Round {
+            actions: actions.into(),
+            reply,
+        };
+        self.carry_out(round, out);
+    }
+
+    /// Starts or stops deciding as this node's watchdog gains or loses the lead.
+    fn follow_lead(&mut self) {
+        let Some(s) = self.watchdog.as_ref() else {
+            self.machine = None;
+            return;
+        };
+        let leads = s.id != 0 && s.leader_id == s.id && s.quorum;
+        if !leads {
+            if self.machine.take().is_some() {
+                tracing::info!(
+                    "this node's watchdog is no longer the leader: this monitor stops deciding"
+                );
+            }
+            return;
+        }
+        if self.machine.is_none()
+            && let Some(record) = s.record.as_ref()
+        {
+            tracing::info!(
+                generation = record.generation,
+                "this node's watchdog leads: this monitor decides failovers"
+            );
+            let persisted = Persisted {
+                generation: record.generation,
+                primary: record.primary.clone(),
+                detached: record
+                    .detached
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            };
+            self.machine = Some(
+                Machine::new(self.setup.specs.clone(), self.setup.limits, &persisted)
+                    .with_decider(Decider::Quorum),
+            );
+        }
+    }
+
+    /// Backends down by quorum for more than [`FENCE_DELAY_TICKS`].
+    fn ripe_down(&self) -> Vec<usize> {
+        self.down_since
+            .iter()
+            .filter(|(_, since)| self.now.saturating_sub(**since) > FENCE_DELAY_TICKS)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The round's actions in order; a generation must commit before what
+    /// follows it runs. Then what everyone sees, then the operator's answer.
+    fn carry_out(&mut self, mut round: Round<R>, out: &mut Vec<Output<R>>) {
+        while let Some(action) = round.actions.pop_front() {
+            let Some(m) = self.machine.as_ref() else {
+                break;
+            };
+            if action == Action::Publish {
+                let streamed = self
+                    .watchdog
+                    .as_ref()
+                    .and_then(|s| s.record.as_ref())
+                    .map_or(0, |r| r.generation);
+                out.push(Output::Propose(proposal(m, streamed.max(self.committed))));
+                self.proposing = Some(round);
+                return;
+            }
+            out.push(Output::Perform(action));
+        }
+        self.show(out);
+        if let Some((to, answer)) = round.reply {
+            out.push(Output::Reply { to, answer });
+        }
+    }
+
+    /// The watchdogs answered the proposal: the round goes on, or (refused)
+    /// stops, the machine dropped.
+    fn proposed(&mut self, result: Result<(), String>, out: &mut Vec<Output<R>>) {
+        let Some(mut round) = self.proposing.take() else {
+            tracing::debug!("an answer to no proposal ignored");
+            return;
+        };
+        match result {
+            Ok(()) => {
+                if let Some(m) = self.machine.as_ref() {
+                    self.committed = m.generation();
+                    tracing::info!(generation = self.committed, primary = ?m.primary(), "cluster state committed by the quorum");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster change not committed; re-deciding from the committed state");
+                self.machine = None;
+                // An operator request that caused it hears the truth.
+                if let Some((_, answer)) = round.reply.as_mut() {
+                    *answer = Err(format!("not committed by the watchdogs: {e}"));
+                }
+            }
+        }
+        self.carry_out(round, out);
+    }
+
+    /// What everyone sees: the committed record, with this node's live
+    /// data, `no_quorum` while this node's watchdog has none (or is gone).
+    fn show(&mut self, out: &mut Vec<Output<R>>) {
+        if let Some(s) = self.watchdog.as_ref()
+            && let Some(record) = s.record.as_ref()
+            && record.generation > 0
+        {
+            let mut state = committed_state(&self.setup, record, &self.local, Some(s));
+            state.no_quorum = !s.quorum;
+            if state.no_quorum != self.published_no_quorum {
+                self.published_no_quorum = state.no_quorum;
+                if state.no_quorum {
+                    tracing::warn!(
+                        "this node's watchdog has no quorum: its proxy stops routing until it has"
+                    );
+                } else {
+                    tracing::info!("quorum regained");
+                }
+                out.push(Output::Publish(state.clone()));
+            }
+            if record.generation > self.published {
+                self.published = record.generation;
+                tracing::info!(generation = self.published, primary = ?record.primary, "following committed cluster state");
+                out.push(Output::Publish(state.clone()));
+            }
+            self.current = state.clone();
+            out.push(Output::Current(state));
+            if !self.ready {
+                self.ready = true;
+                out.push(Output::Ready);
+            }
+        }
+        if self.watchdog.is_none() && !self.published_no_quorum && self.ready {
+            // The watchdog itself is gone: no quorum as far as this node knows.
+            self.published_no_quorum = true;
+            tracing::warn!("lost the local watchdog: its proxy stops routing until it is back");
+            self.current.no_quorum = true;
+            out.push(Output::Current(self.current.clone()));
+            out.push(Output::Publish(self.current.clone()));
+        }
+    }
+}
+
+/// A new deciding machine learns the quorum's verdicts and replays what this
+/// node already saw, so its first decision need not wait for a round of checks.
+fn bootstrap(m: &mut Machine, limits: Limits, local: &[Local], down: &[usize]) -> Vec<Action> {
+    let mut actions = m.step(Event::QuorumDown(down.to_vec()));
+    for (id, l) in local.iter().enumerate() {
+        match &l.last {
+            Some(Ok(o)) => actions.extend(m.step(Event::Checked {
+                id,
+                at_ms: l.at_ms,
+                result: Ok(o.clone()),
+            })),
+            Some(Err(e)) => {
+                for _ in 0..l.failures.min(limits.max_retries + 1) {
+                    actions.extend(m.step(Event::Checked {
+                        id,
+                        at_ms: l.at_ms,
+                        result: Err(e.clone()),
+                    }));
+                }
+            }
+            None => {}
+        }
+    }
+    actions
+}
+
+/// Backend ids a quorum sees down.
+fn quorum_down_ids(setup: &Setup, record: &ClusterRecord) -> Vec<usize> {
+    setup
+        .backends
+        .iter()
+        .filter(|b| record.down_by_quorum.contains(&b.name))
+        .map(|b| b.id)
+        .collect()
+}
+
+/// The machine's current view as the generation after `expected`.
+fn proposal(m: &Machine, expected: u64) -> ProposeClusterChangeRequest {
+    let p = m.persisted();
+    let down = m
+        .backends()
+        .iter()
+        .filter(|b| b.status == Status::Down)
+        .map(|b| (b.spec.name.clone(), b.reason.clone()))
+        .collect();
+    ProposeClusterChangeRequest {
+        expected_generation: expected,
+        generation: p.generation,
+        primary: p.primary,
+        detached: p.detached.into_iter().collect(),
+        failover_in_progress: m.failover_in_progress(),
+        down,
+    }
+}
+
+/// This node's opinion per backend: down after more than max_retries
+/// failed checks. True when it changed.
+fn update_opinion(d: &mut BTreeMap<String, bool>, setup: &Setup, local: &[Local]) -> bool {
+    let mut changed = false;
+    for (b, l) in setup.backends.iter().zip(local) {
+        if l.last.is_none() {
+            continue;
+        }
+        let down = setup.limits.exceeded(l.failures);
+        if d.get(&b.name) != Some(&down) {
+            d.insert(b.name.clone(), down);
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// This node's votes that its watchdog does not hold yet: each backend
+/// whose vote in the committed record differs from this node's `opinion`
+/// (none while the watchdog, or this node's id, is unknown).
+pub fn unreported(
+    opinion: &BTreeMap<String, bool>,
+    status: Option<&WatchdogStatus>,
+) -> Vec<ReportHealthRequest> {
+    let Some((s, r)) = status
+        .filter(|s| s.id != 0)
+        .and_then(|s| Some((s, s.record.as_ref()?)))
+    else {
+        return Vec::new();
+    };
+    let voted = |backend: &str| {
+        r.down_votes
+            .get(backend)
+            .is_some_and(|ids| ids.ids.contains(&s.id))
+    };
+    opinion
+        .iter()
+        .filter(|(backend, down)| voted(backend) != **down)
+        .map(|(backend, down)| ReportHealthRequest {
+            backend: backend.clone(),
+            down: *down,
+        })
+        .collect()
+}
+
+/// The committed record as a [`ClusterState`], with this node's live check
+/// data (roles, WAL positions, lag); a backend up in the record that this
+/// node cannot reach is shown quarantined.
+fn committed_state(
+    setup: &Setup,
+    record: &ClusterRecord,
+    local: &[Local],
+    status: Option<&WatchdogStatus>,
+) -> ClusterState {
+    let obs = |i: usize| {
+        local
+            .get(i)
+            .and_then(|l| l.last.as_ref())
+            .and_then(|r| r.as_ref().ok())
+    };
+    let primary_id = record
+        .primary
+        .as_ref()
+        .and_then(|p| setup.backends.iter().find(|b| b.name == *p))
+        .map(|b| b.id);
+    let primary_obs = primary_id.and_then(obs).filter(|o| !o.in_recovery);
+    let voters = status.map_or(1, |s| s.members.len().max(1));
+    let backends = setup
+        .backends
+        .iter()
+        .map(|t| {
+            let l = local.get(t.id).cloned().unwrap_or_default();
+            let o = obs(t.id);
+            let (st, reason) = if let Some(r) = record.detached.get(&t.name) {
+                (PStatus::Detached, r.clone())
+            } else if let Some(r) = record.down.get(&t.name) {
+                (PStatus::Down, r.clone())
+            } else if record.down_by_quorum.contains(&t.name) {
+                (
+                    PStatus::Down,
+                    format!("a quorum of the {voters} nodes cannot reach it"),
+                )
+            } else if setup.limits.exceeded(l.failures) {
+                (
+                    PStatus::Quarantined,
+                    "this node cannot reach it, but the quorum does not agree: no failover"
+                        .to_owned(),
+                )
+            } else {
+                (PStatus::Up, String::new())
+            };
+            let standby = o.is_some_and(|o| o.in_recovery);
+            BackendState {
+                id: t.id as u32,
+                name: t.name.clone(),
+                host: t.host.clone(),
+                port: u32::from(t.port),
+                role: match o {
+                    Some(o) if o.in_recovery => PRole::Standby,
+                    Some(_) => PRole::Primary,
+                    None => PRole::Unknown,
+                } as i32,
+                status: st as i32,
+                reason,
+                replay_lsn: o.map_or(0, |o| o.replay_lsn),
+                flush_lsn: o.map_or(0, |o| o.flush_lsn),
+                lag_bytes: match (o, primary_obs) {
+                    (Some(o), Some(p)) if standby => {
+                        p.flush_lsn.max(p.replay_lsn).saturating_sub(o.replay_lsn)
+                    }
+                    _ => 0,
+                },
+                lag_seconds: primary_obs
+                    .and_then(|p| p.replica_lag.iter().find(|(n, _)| *n == t.name))
+                    .map_or(0.0, |(_, secs)| *secs),
+                timeline: o.map_or(0, |o| o.timeline),
+                streaming: o.is_some_and(|o| o.streaming),
+                last_check_unix_ms: l.at_ms,
+                failed_checks: l.failures,
+            }
+        })
+        .collect();
+    ClusterState {
+        generation: record.generation,
+        primary_id: primary_id.map(|p| p as u32),
+        backends,
+        failover_in_progress: record.failover_in_progress,
+        monitor: setup.node.clone(),
+        no_quorum: false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,667 @@
+//! The coordinator's decisions as tables: leadership, the fence delay,
+//! proposals and refusals, the proxies' fencing, operator routing.
+
+use super::*;
+
+type C = Coordinator<u32>;
+type Out = Output<u32>;
+type Opinion = BTreeMap<String, bool>;
+/// A case: its name, the watchdog's status, what is published (generation, no_quorum).
+type Shown = (&'static str, Option<WatchdogStatus>, Vec<(u64, bool)>);
+/// A case: its name, the watchdog's status, the votes reported (backend, down).
+type Votes = (
+    &'static str,
+    Option<WatchdogStatus>,
+    Vec<(&'static str, bool)>,
+);
+
+fn setup() -> Setup {
+    let backends: Vec<Target> = (0..3)
+        .map(|i| Target {
+            id: i,
+            name: format!("pg{i}"),
+            host: "127.0.0.1".to_owned(),
+            port: 5432 + i as u16,
+            data_dir: std::path::PathBuf::new(),
+        })
+        .collect();
+    let specs = backends
+        .iter()
+        .map(|t| BackendSpec {
+            name: t.name.clone(),
+            host: t.host.clone(),
+            port: t.port,
+            allow_failover: true,
+        })
+        .collect();
+    Setup {
+        node: "node1".to_owned(),
+        backends,
+        specs,
+        limits: Limits {
+            max_retries: 2,
+            max_lag_bytes: 1 << 20,
+        },
+        rejoin_enabled: true,
+    }
+}
+
+fn record(generation: u64, down_by_quorum: &[&str]) -> ClusterRecord {
+    ClusterRecord {
+        generation,
+        primary: Some("pg0".to_owned()),
+        down_by_quorum: down_by_quorum.iter().map(|s| (*s).to_owned()).collect(),
+        ..ClusterRecord::default()
+    }
+}
+
+/// This node (id 1) as its watchdog sees it: `leader`, `quorum`, `record`.
+fn status(leader: u64, quorum: bool, record: ClusterRecord) -> Option<WatchdogStatus> {
+    Some(WatchdogStatus {
+        id: 1,
+        leader_id: leader,
+        quorum,
+        members: vec![Default::default(); 3],
+        record: Some(record),
+        ..WatchdogStatus::default()
+    })
+}
+
+fn watchdog(s: Option<WatchdogStatus>) -> Input<u32> {
+    Input::Watchdog(s.map(Box::new))
+}
+
+fn leading(generation: u64, down: &[&str]) -> Input<u32> {
+    watchdog(status(1, true, record(generation, down)))
+}
+
+fn following(generation: u64, down: &[&str]) -> Input<u32> {
+    watchdog(status(2, true, record(generation, down)))
+}
+
+fn operator(ask: Ask, forwarded: bool, reply: u32) -> Input<u32> {
+    Input::Operator {
+        ask,
+        forwarded,
+        reply,
+    }
+}
+
+fn checked(id: usize, result: Result<Observation, String>) -> Input<u32> {
+    Input::Event(Event::Checked {
+        id,
+        at_ms: 1,
+        result,
+    })
+}
+
+/// pg0 a primary at LSN 100, pg1 and pg2 standbys streaming from it.
+fn healthy(c: &mut C) -> Vec<Out> {
+    let mut out = c.step(checked(0, Ok(Observation::primary(1, 100))));
+    for id in 1..3 {
+        out.extend(c.step(checked(id, Ok(Observation::standby(1, 100, Some(5432))))));
+    }
+    out
+}
+
+/// Performs `outputs` as the driver does, answering every proposal with
+/// `answer`; returns every output seen, proposals' followers included.
+fn drive(c: &mut C, outputs: Vec<Out>, answer: Result<(), String>) -> Vec<Out> {
+    let mut seen = Vec::new();
+    let mut queue = VecDeque::from(outputs);
+    while let Some(o) = queue.pop_front() {
+        if matches!(o, Output::Propose(_)) {
+            queue.extend(c.step(Input::Proposed(answer.clone())));
+        }
+        seen.push(o);
+    }
+    seen
+}
+
+fn proposals(out: &[Out]) -> Vec<&ProposeClusterChangeRequest> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Propose(p) => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+fn performed(out: &[Out]) -> Vec<&Action> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Perform(a) => Some(a),
+            _ => None,
+        })
+        .collect()
+}
+
+fn published(out: &[Out]) -> Vec<(u64, bool)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Publish(s) => Some((s.generation, s.no_quorum)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn replies(out: &[Out]) -> Vec<(u32, Result<String, String>)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::Reply { to, answer } => Some((*to, answer.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A coordinator deciding with a healthy cluster, its first generation (2) committed.
+fn deciding() -> C {
+    let mut c = C::new(setup(), ClusterState::default());
+    healthy(&mut c);
+    let out = c.step(leading(1, &[]));
+    drive(&mut c, out, Ok(()));
+    assert!(c.machine().is_some());
+    c
+}
+
+fn ticks(c: &mut C, n: u64) -> Vec<Out> {
+    (0..n).flat_map(|_| c.tick()).collect()
+}
+
+// === leadership ===
+
+#[test]
+fn decides_only_while_its_watchdog_leads_with_a_quorum() {
+    let no_record = Some(WatchdogStatus {
+        id: 1,
+        leader_id: 1,
+        quorum: true,
+        ..WatchdogStatus::default()
+    });
+    let unknown_self = Some(WatchdogStatus {
+        id: 0,
+        leader_id: 0,
+        quorum: true,
+        record: Some(record(1, &[])),
+        ..WatchdogStatus::default()
+    });
+    let table: Vec<(&str, Option<WatchdogStatus>, bool)> = vec![
+        ("no watchdog", None, false),
+        ("this node's id unknown", unknown_self, false),
+        ("another node leads", status(2, true, record(1, &[])), false),
+        (
+            "leads without a quorum",
+            status(1, false, record(1, &[])),
+            false,
+        ),
+        ("leads, no record yet", no_record, false),
+        ("leads with a quorum", status(1, true, record(1, &[])), true),
+    ];
+    for (case, s, decides) in table {
+        let mut c = C::new(setup(), ClusterState::default());
+        healthy(&mut c);
+        let out = c.step(Input::Watchdog(s.map(Box::new)));
+        assert_eq!(c.machine().is_some(), decides, "{case}");
+        // A new leader decides at once from what this node already saw.
+        assert_eq!(proposals(&out).len(), usize::from(decides), "{case}");
+    }
+}
+
+#[test]
+fn a_new_leader_starts_from_the_committed_record_and_proposes_the_next_generation() {
+    let mut c = C::new(setup(), ClusterState::default());
+    healthy(&mut c);
+    let out = c.step(leading(7, &[]));
+    let p = proposals(&out);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].expected_generation, 7);
+    assert_eq!(p[0].generation, 8);
+    assert_eq!(p[0].primary.as_deref(), Some("pg0"));
+    assert!(
+        matches!(out.last(), Some(Output::Propose(_))),
+        "the round waits"
+    );
+}
+
+#[test]
+fn losing_the_lead_or_the_watchdog_stops_deciding_and_regaining_it_starts_afresh() {
+    let table: Vec<(&str, Input<u32>)> = vec![
+        ("another leader", following(2, &[])),
+        ("no quorum", watchdog(status(1, false, record(2, &[])))),
+        ("watchdog gone", watchdog(None)),
+    ];
+    for (case, lose) in table {
+        let mut c = deciding();
+        c.step(lose);
+        assert!(c.machine().is_none(), "{case}");
+        let out = c.step(leading(5, &[]));
+        assert_eq!(c.machine().map(Machine::generation), Some(6), "{case}");
+        assert_eq!(proposals(&out)[0].expected_generation, 5, "{case}");
+    }
+}
+
+// === the fence delay ===
+
+#[test]
+fn fence_delay_in_ticks_is_at_least_the_fence_delay() {
+    assert!(TICK * u32::try_from(FENCE_DELAY_TICKS).unwrap() >= FENCE_DELAY);
+    assert!(TICK * u32::try_from(FENCE_DELAY_TICKS - 1).unwrap() < FENCE_DELAY);
+}
+
+#[test]
+fn a_quorums_down_is_acted_on_only_once_ripe() {
+    // (ticks the verdict stands before the quorum lets go, failover started?)
+    let table: Vec<(u64, bool)> = vec![
+        (0, false),
+        (1, false),
+        (FENCE_DELAY_TICKS, false),
+        (FENCE_DELAY_TICKS + 1, true),
+        (FENCE_DELAY_TICKS + 10, true),
+    ];
+    for (kept, fails_over) in table {
+        let mut c = deciding();
+        // The primary stops answering here too.
+        for _ in 0..3 {
+            c.step(checked(0, Err("refused".to_owned())));
+        }
+        let mut out = c.step(leading(2, &["pg0"]));
+        assert!(
+            proposals(&out).is_empty(),
+            "a fresh verdict is not acted on"
+        );
+        out.extend(ticks(&mut c, kept));
+        out.extend(c.step(leading(2, &[])));
+        out.extend(ticks(&mut c, 2 * FENCE_DELAY_TICKS));
+        let out = drive(&mut c, out, Ok(()));
+        let promoted = performed(&out).iter().any(|a| {
+            matches!(
+                a,
+                Action::Promote {
+                    old_primary: Some(0),
+                    ..
+                }
+            )
+        });
+        assert_eq!(promoted, fails_over, "verdict kept {kept} ticks");
+    }
+}
+
+#[test]
+fn the_fence_delay_starts_when_the_verdict_is_seen_not_at_the_next_tick() {
+    let mut c = deciding();
+    ticks(&mut c, 3);
+    c.step(leading(2, &["pg0"]));
+    let quiet = ticks(&mut c, FENCE_DELAY_TICKS);
+    assert!(quiet.is_empty(), "{quiet:?}");
+    let ripe = c.tick();
+    assert_eq!(proposals(&ripe).len(), 1, "{ripe:?}");
+}
+
+#[test]
+fn a_verdict_that_ripened_before_this_node_led_is_acted_on_when_it_starts() {
+    let mut c = C::new(setup(), ClusterState::default());
+    healthy(&mut c);
+    for _ in 0..3 {
+        c.step(checked(0, Err("refused".to_owned())));
+    }
+    c.step(following(2, &["pg0"]));
+    ticks(&mut c, FENCE_DELAY_TICKS + 1);
+    let out = c.step(leading(2, &["pg0"]));
+    let out = drive(&mut c, out, Ok(()));
+    assert!(
+        performed(&out)
+            .iter()
+            .any(|a| matches!(a, Action::Promote { id: 1, .. })),
+        "{out:?}"
+    );
+}
+
+// === proposals and refusals ===
+
+#[test]
+fn what_follows_a_generation_runs_only_once_it_is_committed() {
+    let table: Vec<(Result<(), String>, bool)> = vec![
+        (Ok(()), true),
+        (Err("generation moved on".to_owned()), false),
+    ];
+    for (answer, promotes) in table {
+        let mut c = deciding();
+        c.step(leading(2, &["pg0"]));
+        let out = ticks(&mut c, FENCE_DELAY_TICKS + 1);
+        assert!(performed(&out).is_empty(), "nothing before the proposal");
+        let out = drive(&mut c, out, answer.clone());
+        let promote = performed(&out)
+            .iter()
+            .any(|a| matches!(a, Action::Promote { .. }));
+        assert_eq!(promote, promotes, "{answer:?}");
+        assert_eq!(c.machine().is_some(), answer.is_ok(), "{answer:?}");
+    }
+}
+
+#[test]
+fn after_a_refusal_the_next_round_decides_again_from_the_committed_record() {
+    let mut c = deciding();
+    let out = c.step(operator(Ask::Detach(2), false, 9));
+    let out = drive(&mut c, out, Err("generation moved on".to_owned()));
+    assert_eq!(
+        replies(&out),
+        vec![(
+            9,
+            Err("not committed by the watchdogs: generation moved on".to_owned())
+        )]
+    );
+    assert!(c.machine().is_none());
+    // The stream shows what the watchdogs did commit: decide from there.
+    let out = c.step(leading(4, &[]));
+    assert_eq!(c.machine().map(Machine::generation), Some(5));
+    assert_eq!(proposals(&out)[0].expected_generation, 4);
+}
+
+#[test]
+fn a_proposal_expects_the_newest_generation_committed_even_before_the_stream_shows_it() {
+    let mut c = deciding();
+    // Generation 2 committed; the stream still shows 1.
+    let out = c.step(operator(Ask::Detach(2), false, 1));
+    let p = proposals(&out);
+    assert_eq!((p[0].expected_generation, p[0].generation), (2, 3));
+}
+
+#[test]
+fn inputs_while_a_proposal_is_out_wait_for_its_answer() {
+    let mut c = C::new(setup(), ClusterState::default());
+    healthy(&mut c);
+    let out = c.step(leading(1, &[]));
+    assert_eq!(proposals(&out).len(), 1);
+    let held = c.step(operator(Ask::Detach(2), false, 3));
+    assert!(held.is_empty(), "{held:?}");
+    assert!(c.tick().is_empty());
+    // The answer ends the first round, then the held request runs.
+    let out = c.step(Input::Proposed(Ok(())));
+    let p = proposals(&out);
+    assert_eq!((p[0].expected_generation, p[0].generation), (2, 3));
+    let out = drive(&mut c, out, Ok(()));
+    assert_eq!(replies(&out), vec![(3, Ok("pg2 detached".to_owned()))]);
+}
+
+#[test]
+fn an_answer_to_no_proposal_changes_nothing() {
+    let mut c = deciding();
+    assert!(c.step(Input::Proposed(Ok(()))).is_empty());
+    assert!(c.machine().is_some());
+}
+
+// === fencing the proxies ===
+
+#[test]
+fn proxies_see_each_committed_generation_and_each_change_of_quorum() {
+    // Another node leads; this one sees `generation` committed, with or without a quorum.
+    let seen = |generation, quorum| status(2, quorum, record(generation, &[]));
+    // (case, watchdog status, what is published: (generation, no_quorum))
+    let table: Vec<Shown> = vec![
+        ("first record", seen(1, true), vec![(1, false)]),
+        ("nothing new", seen(1, true), vec![]),
+        ("next generation", seen(2, true), vec![(2, false)]),
+        ("quorum lost", seen(2, false), vec![(2, true)]),
+        ("still lost", seen(2, false), vec![]),
+        ("regained", seen(2, true), vec![(2, false)]),
+        ("watchdog gone", None, vec![(2, true)]),
+        ("still gone", None, vec![]),
+        ("back, newer", seen(3, true), vec![(3, false), (3, false)]),
+    ];
+    let mut c = C::new(setup(), ClusterState::default());
+    for (case, s, want) in table {
+        let out = c.step(Input::Watchdog(s.map(Box::new)));
+        assert_eq!(published(&out), want, "{case}");
+    }
+}
+
+#[test]
+fn watchers_wait_for_a_committed_record() {
+    let table: Vec<(&str, Option<WatchdogStatus>, bool)> = vec![
+        ("no watchdog", None, false),
+        ("generation 0", status(2, true, record(0, &[])), false),
+        ("generation 1", status(2, true, record(1, &[])), true),
+    ];
+    for (case, s, ready) in table {
+        let mut c = C::new(setup(), ClusterState::default());
+        let out = c.step(Input::Watchdog(s.map(Box::new)));
+        assert_eq!(out.contains(&Output::Ready), ready, "{case}");
+        assert!(published(&out).iter().all(|(_, nq)| !nq), "{case}");
+    }
+}
+
+#[test]
+fn the_state_shown_is_the_committed_record_with_this_nodes_view() {
+    let mut c = C::new(setup(), ClusterState::default());
+    healthy(&mut c);
+    for _ in 0..3 {
+        c.step(checked(2, Err("timeout".to_owned())));
+    }
+    let mut r = record(4, &["pg1"]);
+    r.detached.insert("pg0".to_owned(), "fenced".to_owned());
+    let out = c.step(watchdog(status(2, true, r)));
+    let Some(Output::Current(s)) = out.iter().find(|o| matches!(o, Output::Current(_))) else {
+        panic!("no state shown: {out:?}");
+    };
+    let status: Vec<i32> = s.backends.iter().map(|b| b.status).collect();
+    let want = [PStatus::Detached, PStatus::Down, PStatus::Quarantined];
+    assert_eq!(status, want.map(|s| s as i32).to_vec());
+    assert_eq!(
+        (s.generation, s.primary_id, s.no_quorum),
+        (4, Some(0), false)
+    );
+    assert_eq!(s.monitor, "node1");
+}
+
+// === operator requests ===
+
+#[test]
+fn operator_requests_go_to_the_machine_or_to_the_leader_never_twice() {
+    use pgwarden_proto::v1::operator_request::Kind;
+    let forward = |kind: Kind, id: u32, name: &str| Output::Forward {
+        request: OperatorRequest {
+            kind: kind as i32,
+            backend_id: id,
+            force: false,
+            backend_name: name.to_owned(),
+        },
+        reply: 1,
+    };
+    let answer = |answer: Result<&str, &str>| Output::Reply {
+        to: 1,
+        answer: answer.map(str::to_owned).map_err(str::to_owned),
+    };
+    // (deciding, forwarded, ask, where it goes)
+    let table: Vec<(bool, bool, Ask, Out)> = vec![
+        (
+            false,
+            false,
+            Ask::Detach(2),
+            forward(Kind::Detach, 2, "pg2"),
+        ),
+        (
+            false,
+            false,
+            Ask::Attach(1),
+            forward(Kind::Attach, 1, "pg1"),
+        ),
+        (false, true, Ask::Detach(2), answer(Err(LEAD_MOVED))),
+        (
+            false,
+            false,
+            Ask::Detach(9),
+            answer(Err("no backend with id 9")),
+        ),
+        (true, false, Ask::Attach(1), answer(Ok("pg1 is already up"))),
+        (true, true, Ask::Attach(1), answer(Ok("pg1 is already up"))),
+    ];
+    for (decides, forwarded, ask, want) in table {
+        let mut c = if decides {
+            deciding()
+        } else {
+            let mut c = C::new(setup(), ClusterState::default());
+            healthy(&mut c);
+            c
+        };
+        let out = c.step(operator(ask, forwarded, 1));
+        let routed: Vec<&Out> = out
+            .iter()
+            .filter(|o| matches!(o, Output::Reply { .. } | Output::Forward { .. }))
+            .collect();
+        assert_eq!(routed, vec![&want], "{ask:?} forwarded {forwarded}");
+    }
+}
+
+#[test]
+fn a_decided_request_is_answered_after_its_generation_is_committed() {
+    let mut c = deciding();
+    let out = c.step(operator(Ask::Detach(2), true, 5));
+    assert!(replies(&out).is_empty(), "not before the commit: {out:?}");
+    let out = drive(&mut c, out, Ok(()));
+    assert_eq!(replies(&out), vec![(5, Ok("pg2 detached".to_owned()))]);
+}
+
+#[test]
+fn a_rejoin_without_a_rejoin_command_is_refused() {
+    let mut s = setup();
+    s.rejoin_enabled = false;
+    let mut c = C::new(s, ClusterState::default());
+    healthy(&mut c);
+    let out = c.step(leading(1, &[]));
+    drive(&mut c, out, Ok(()));
+    let out = c.step(operator(Ask::Rejoin(2), false, 2));
+    let r = replies(&out);
+    assert!(
+        r[0].1
+            .as_ref()
+            .is_err_and(|e| e.contains("rejoin_command is not set")),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn a_recheck_is_always_this_nodes() {
+    for mut c in [deciding(), C::new(setup(), ClusterState::default())] {
+        let out = c.step(Input::Recheck);
+        assert_eq!(out.first(), Some(&Output::Recheck));
+    }
+}
+
+// === this node's opinion ===
+
+#[test]
+fn this_nodes_opinion_changes_after_more_than_max_retries_failures() {
+    let mut c = C::new(setup(), ClusterState::default());
+    let opinions = |out: &[Out]| -> Vec<Opinion> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Opinion(m) => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let up = BTreeMap::from([("pg0".to_owned(), false)]);
+    let down = BTreeMap::from([("pg0".to_owned(), true)]);
+    let fail = || checked(0, Err("refused".to_owned()));
+    // (input, opinion reported)
+    let table: Vec<(Input<u32>, Vec<Opinion>)> = vec![
+        (checked(0, Ok(Observation::primary(1, 1))), vec![up.clone()]),
+        (fail(), vec![]),
+        (fail(), vec![]),
+        (fail(), vec![down]),
+        (fail(), vec![]),
+        (
+            Input::Event(Event::AliveUnobserved {
+                id: 0,
+                at_ms: 2,
+                reason: "terminated".to_owned(),
+            }),
+            vec![up],
+        ),
+    ];
+    for (i, (input, want)) in table.into_iter().enumerate() {
+        assert_eq!(opinions(&c.step(input)), want, "row {i}");
+    }
+}
+
+#[test]
+fn this_node_reports_the_votes_its_watchdog_does_not_hold() {
+    use pgwarden_proto::v1::NodeIds;
+    let opinion = BTreeMap::from([
+        ("pg0".to_owned(), true),
+        ("pg1".to_owned(), false),
+        ("pg2".to_owned(), true),
+    ]);
+    let voted = |id: u64, down_votes: &[(&str, &[u64])]| {
+        let mut r = record(1, &[]);
+        r.down_votes = down_votes
+            .iter()
+            .map(|(b, ids)| ((*b).to_owned(), NodeIds { ids: ids.to_vec() }))
+            .collect();
+        let mut s = status(2, true, r);
+        if let Some(s) = s.as_mut() {
+            s.id = id;
+        }
+        s
+    };
+    // (case, watchdog status, votes reported: (backend, down))
+    let table: Vec<Votes> = vec![
+        ("no watchdog", None, vec![]),
+        ("its id unknown", voted(0, &[]), vec![]),
+        (
+            "no vote yet",
+            voted(1, &[]),
+            vec![("pg0", true), ("pg2", true)],
+        ),
+        (
+            "others' votes are not this node's",
+            voted(1, &[("pg0", &[2, 3])]),
+            vec![("pg0", true), ("pg2", true)],
+        ),
+        (
+            "one held, one to withdraw",
+            voted(1, &[("pg0", &[1]), ("pg1", &[1, 2])]),
+            vec![("pg1", false), ("pg2", true)],
+        ),
+        (
+            "all held",
+            voted(1, &[("pg0", &[1]), ("pg2", &[3, 1])]),
+            vec![],
+        ),
+    ];
+    for (case, s, want) in table {
+        let got: Vec<(String, bool)> = unreported(&opinion, s.as_ref())
+            .into_iter()
+            .map(|v| (v.backend, v.down))
+            .collect();
+        let want: Vec<(String, bool)> = want.into_iter().map(|(b, d)| (b.to_owned(), d)).collect();
+        assert_eq!(got, want, "{case}");
+    }
+}
+
+// === known bugs (behaviour kept; fixing them is a behaviour change) ===
+
+/// Two generations decided in one round are proposed twice with the
+/// machine's final state: the second proposal expects the generation the
+/// first committed and proposes it again, which the watchdogs refuse
+/// (`GenerationNotIncreasing`); the machine is dropped and what followed
+/// the second `Publish` (here the promotion) is not performed until a new
+/// machine decides it again. Here: a verdict ripens while a proposal is
+/// out, and the request held back meanwhile decides a generation too.
+#[test]
+#[ignore = "known bug: two Publish actions in one round propose one generation twice"]
+fn known_bug_two_generations_in_one_round_are_proposed_once_each() {
+    let mut c = deciding();
+    c.step(leading(2, &["pg0"]));
+    let out = c.step(operator(Ask::Detach(2), false, 1));
+    assert_eq!(proposals(&out).len(), 1);
+    // The verdict ripens while the detach is being committed ...
+    assert!(ticks(&mut c, FENCE_DELAY_TICKS + 1).is_empty());
+    // ... and an attach waits for it.
+    assert!(c.step(operator(Ask::Attach(2), false, 2)).is_empty());
+    let out = c.step(Input::Proposed(Ok(())));
+    let out = drive(&mut c, out, Ok(()));
+    for p in proposals(&out) {
+        assert!(p.generation > p.expected_generation, "{p:?}");
+    }
+}

@@ -1,0 +1,116 @@
+//! What both ways of running the monitor share (alone, or with the
+//! watchdog): the API on `monitor.sock`, one check task per backend, and
+//! the channels between them and the loop that decides.
+
+use std::sync::Arc;
+
+use pgwarden_proto::v1::ClusterState;
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::checks::{self, CheckTarget};
+use crate::machine::Event;
+use crate::service::{Command, MonitorService};
+use crate::settings::Settings;
+use crate::state_file;
+
+/// Why the monitor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The state file is unreadable.
+    #[error("node.state_dir: {0}")]
+    State(#[from] state_file::StateFileError),
+    /// The socket could not be bound.
+    #[error("node.runtime_dir: {0}")]
+    Socket(String),
+}
+
+/// What both ways of running share: the API, the checks, the channels.
+pub(crate) struct Parts {
+    pub(crate) events_tx: mpsc::Sender<Event>,
+    pub(crate) events: mpsc::Receiver<Event>,
+    pub(crate) commands: mpsc::Receiver<Command>,
+    pub(crate) current_tx: watch::Sender<ClusterState>,
+    pub(crate) generations: broadcast::Sender<ClusterState>,
+    pub(crate) ready_tx: watch::Sender<bool>,
+    pub(crate) stop: CancellationToken,
+    pub(crate) recheck: Arc<Notify>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Binds `monitor.sock`, serves the API and starts the checks.
+pub(crate) async fn start(settings: &Settings, first: ClusterState) -> Result<Parts, StartError> {
+    let (events_tx, events) = mpsc::channel::<Event>(256);
+    let (commands_tx, commands) = mpsc::channel::<Command>(16);
+    let (current_tx, current_rx) = watch::channel(first);
+    let (generations, _) = broadcast::channel::<ClusterState>(1024);
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let recheck = Arc::new(Notify::new());
+
+    let path = pgwarden_proto::uds::socket_path(
+        &settings.runtime_dir,
+        pgwarden_proto::uds::Daemon::Monitor,
+    );
+    let listener = pgwarden_proto::uds::bind(&path)
+        .await
+        .map_err(|e| StartError::Socket(e.to_string()))?;
+    let service = MonitorService {
+        commands: commands_tx,
+        current: current_rx.clone(),
+        generations: generations.clone(),
+        ready: ready_rx,
+        stop: stop.clone(),
+    };
+    let server_stop = stop.clone();
+    let server = tokio::spawn(async move {
+        let (_health, health_service) =
+            pgwarden_proto::uds::health_service(pgwarden_proto::v1::monitor_server::SERVICE_NAME)
+                .await;
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(pgwarden_proto::v1::monitor_server::MonitorServer::new(
+                service,
+            ));
+        if let Err(e) =
+            pgwarden_proto::uds::serve(listener, router, server_stop.cancelled_owned()).await
+        {
+            tracing::error!(error = %e, "monitor API stopped");
+        }
+    });
+    crate::metrics::spawn(settings.metrics_listen, current_rx.clone(), stop.clone()).await;
+    for t in &settings.backends {
+        let target = CheckTarget {
+            id: t.id,
+            host: t.host.clone(),
+            port: t.port,
+        };
+        tokio::spawn(checks::run(
+            target,
+            settings.checks.clone(),
+            events_tx.clone(),
+            Arc::clone(&recheck),
+            stop.clone(),
+        ));
+    }
+    Ok(Parts {
+        events_tx,
+        events,
+        commands,
+        current_tx,
+        generations,
+        ready_tx,
+        stop,
+        recheck,
+        server,
+    })
+}
+
+impl Parts {
+    /// Stops the checks and the API.
+    pub(crate) async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.server.await;
+        tracing::info!("pgwarden-monitor stopped");
+    }
+}

@@ -1,0 +1,233 @@
+//! Carries out the machine's failover actions (promote, repoint, rejoin)
+//! with the builtin SQL or the hook commands of [`crate::actions`]; each
+//! result comes back to the deciding loop as an [`Event`].
+
+use std::time::Duration;
+
+use pgwarden_config::FailoverMode;
+use tokio::sync::mpsc;
+
+use crate::actions::{self, Placeholders, Target};
+use crate::checks::{self, CheckSettings, CheckTarget};
+use crate::machine::{Action, Event};
+use crate::settings::{FailoverSettings, Settings};
+
+/// Starts a failover action; its result comes back as an [`Event`].
+pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender<Event>) {
+    match action {
+        Action::Publish => {}
+        Action::Rejoin {
+            id,
+            primary,
+            attempt,
+        } => {
+            let (Some(target), Some(primary)) = (
+                settings.backends.get(id).cloned(),
+                settings.backends.get(primary).cloned(),
+            ) else {
+                return;
+            };
+            let f = settings.failover.clone();
+            let events = events.clone();
+            tokio::spawn(async move {
+                let result = rejoin(&f, &target, &primary).await;
+                let _ = events
+                    .send(Event::Rejoined {
+                        id,
+                        attempt,
+                        result,
+                    })
+                    .await;
+            });
+        }
+        Action::Promote { id, old_primary } => {
+            let (Some(target), events) = (settings.backends.get(id).cloned(), events.clone())
+            else {
+                return;
+            };
+            let replaced = old_primary
+                .filter(|o| *o != id)
+                .and_then(|o| settings.backends.get(o).cloned());
+            let old = replaced.clone().unwrap_or_else(|| target.clone());
+            let f = settings.failover.clone();
+            let login = settings.checks.clone();
+            tokio::spawn(async move {
+                if let Some(old) = replaced.filter(|_| f.mode == FailoverMode::Builtin) {
+                    fence(&f, &old, &target).await;
+                }
+                let result = promote(&f, &login, &target, &old).await;
+                if let Err(e) = &result {
+                    tracing::error!(backend = id, error = %e, "promotion failed");
+                }
+                let _ = events.send(Event::Promoted { id, result }).await;
+            });
+        }
+        Action::Follow {
+            id,
+            new_primary,
+            old_primary,
+        } => {
+            let (Some(standby), Some(primary)) = (
+                settings.backends.get(id).cloned(),
+                settings.backends.get(new_primary).cloned(),
+            ) else {
+                return;
+            };
+            let old = old_primary
+                .and_then(|o| settings.backends.get(o).cloned())
+                .unwrap_or_else(|| primary.clone());
+            let f = settings.failover.clone();
+            let events = events.clone();
+            tokio::spawn(async move {
+                let result = follow(&f, &standby, &primary, &old).await;
+                if let Err(e) = &result {
+                    tracing::warn!(backend = id, error = %e, "repointing a standby failed");
+                }
+                let _ = events.send(Event::Followed { id, result }).await;
+            });
+        }
+    }
+}
+
+/// Runs `failover.rejoin_command` for backend `target`, to follow `primary`.
+async fn rejoin(f: &FailoverSettings, target: &Target, primary: &Target) -> Result<(), String> {
+    let p = Placeholders {
+        node: target.clone(),
+        new_main: primary.clone(),
+        old_main_id: primary.id,
+        old_primary: primary.clone(),
+    };
+    let cmd = actions::command::expand(&f.rejoin_command, &p);
+    actions::command::run_hook("failover.rejoin_command", &cmd, f.rejoin_timeout)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// How long the builtin fence of a still reachable old primary may hold up
+/// a promotion (a dead one refuses at once; only an unreachable host that
+/// drops packets costs this much).
+pub const FENCE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a promotion waits, after fencing a reachable old primary, for
+/// the standby to receive what the old primary flushed until the fence.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Builtin mode: fences the primary being replaced at the database when it
+/// is still reachable ([`actions::builtin::fence`]), so that clients
+/// bypassing the proxy stop writing to it, then lets `candidate` receive
+/// the WAL it flushed until then. Best effort, bounded by [`FENCE_TIMEOUT`]
+/// and [`CATCH_UP_TIMEOUT`]; the promotion follows whatever happens. (In
+/// command mode, fencing is `failover.command`'s job.)
+async fn fence(f: &FailoverSettings, old: &Target, candidate: &Target) {
+    match actions::builtin::fence(old, &f.login, FENCE_TIMEOUT).await {
+        Ok(actions::builtin::Fenced::ReadOnly { flush_lsn, .. }) => {
+            let lsn = pgwarden_proto::lsn::lsn_to_string(flush_lsn);
+            match actions::builtin::wait_received(candidate, &f.login, flush_lsn, CATCH_UP_TIMEOUT)
+                .await
+            {
+                Ok(true) => {
+                    tracing::info!(backend = %candidate.label(), lsn, "the standby to promote received all the fenced primary flushed");
+                }
+                Ok(false) => {
+                    tracing::warn!(backend = %candidate.label(), lsn, timeout = ?CATCH_UP_TIMEOUT, "the standby to promote did not receive all the fenced primary flushed in time; promoting anyway");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not tell whether the standby to promote received all the fenced primary flushed; promoting anyway");
+                }
+            }
+        }
+        Ok(actions::builtin::Fenced::Standby) => {
+            tracing::info!(backend = %old.label(), "old primary is in recovery: nothing to fence");
+        }
+        Err(e) => {
+            tracing::info!(error = %e, "old primary not fenced at the database (unreachable is the usual reason); promoting anyway");
+        }
+    }
+}
+
+async fn promote(
+    f: &FailoverSettings,
+    checks: &CheckSettings,
+    target: &Target,
+    old: &Target,
+) -> Result<u32, String> {
+    match f.mode {
+        FailoverMode::Builtin => actions::builtin::promote(target, &f.login, f.timeout)
+            .await
+            .map(|p| p.timeline)
+            .map_err(|e| e.to_string()),
+        FailoverMode::Command => {
+            let p = Placeholders {
+                node: old.clone(),
+                new_main: target.clone(),
+                old_main_id: old.id,
+                old_primary: old.clone(),
+            };
+            let cmd = actions::command::expand(&f.command, &p);
+            actions::command::run_hook("failover.command", &cmd, f.timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            wait_out_of_recovery(target, checks, f.timeout).await
+        }
+    }
+}
+
+/// After a failover command: the new primary must have left recovery.
+async fn wait_out_of_recovery(
+    target: &Target,
+    s: &CheckSettings,
+    timeout: Duration,
+) -> Result<u32, String> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let probe = CheckTarget {
+        id: target.id,
+        host: target.host.clone(),
+        port: target.port,
+    };
+    let mut client = None;
+    loop {
+        if let Some(o) = checks::check_once(&probe, s, &mut client)
+            .await
+            .outcome
+            .observation()
+            && !o.in_recovery
+        {
+            return Ok(o.timeline);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "{} is still in recovery {timeout:?} after failover.command",
+                target.name
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn follow(
+    f: &FailoverSettings,
+    standby: &Target,
+    primary: &Target,
+    old: &Target,
+) -> Result<(), String> {
+    match f.mode {
+        FailoverMode::Builtin => actions::builtin::follow(standby, primary, &f.login, f.timeout)
+            .await
+            .map_err(|e| e.to_string()),
+        FailoverMode::Command if f.follow_command.is_empty() => Ok(()),
+        FailoverMode::Command => {
+            let p = Placeholders {
+                node: standby.clone(),
+                new_main: primary.clone(),
+                old_main_id: old.id,
+                old_primary: old.clone(),
+            };
+            let cmd = actions::command::expand(&f.follow_command, &p);
+            actions::command::run_hook("failover.follow_primary_command", &cmd, f.timeout)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+}

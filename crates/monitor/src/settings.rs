@@ -1,0 +1,126 @@
+//! The monitor's settings: its part of the node config, taken once at start-up.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pgwarden_config::{Config, FailoverMode};
+
+use crate::actions::{SqlLogin, Target};
+use crate::checks::CheckSettings;
+use crate::machine::{BackendSpec, Limits};
+
+/// How failovers are carried out.
+#[derive(Debug, Clone)]
+pub struct FailoverSettings {
+    /// Builtin SQL or pgpool-style hooks.
+    pub mode: FailoverMode,
+    /// Login for the builtin actions.
+    pub login: SqlLogin,
+    /// `failover.command`.
+    pub command: String,
+    /// `failover.follow_primary_command`.
+    pub follow_command: String,
+    /// Timeout of each action.
+    pub timeout: Duration,
+    /// `failover.rejoin_command` (empty: rejoin is refused).
+    pub rejoin_command: String,
+    /// `failover.rejoin_timeout`.
+    pub rejoin_timeout: Duration,
+}
+
+/// The monitor's settings, from the node config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// `node.name`.
+    pub node: String,
+    /// Where `monitor.sock` lives.
+    pub runtime_dir: PathBuf,
+    /// Where the state file lives.
+    pub state_dir: PathBuf,
+    /// The backends, by id.
+    pub backends: Vec<Target>,
+    /// `allow_failover` per backend.
+    pub allow_failover: Vec<bool>,
+    /// Thresholds.
+    pub limits: Limits,
+    /// Health checks.
+    pub checks: CheckSettings,
+    /// Failover actions.
+    pub failover: FailoverSettings,
+    /// `watchdog.enabled`: decide with the other nodes through the local
+    /// watchdog (see [`crate::coordinator`]) instead of alone.
+    pub consensus: bool,
+    /// Where Prometheus scrapes `/metrics`.
+    pub metrics_listen: std::net::SocketAddr,
+}
+
+impl Settings {
+    /// Takes the monitor's part of the node config.
+    pub fn from_config(c: &Config) -> Settings {
+        let hc = &c.health_check;
+        Settings {
+            consensus: c.watchdog.enabled,
+            metrics_listen: c.monitor.metrics_listen,
+            node: c.node.name.clone(),
+            runtime_dir: c.node.runtime_dir.clone(),
+            state_dir: c.node.state_dir.clone(),
+            backends: c
+                .backends
+                .iter()
+                .map(|b| Target {
+                    id: b.id,
+                    name: b.name.clone(),
+                    host: b.host.clone(),
+                    port: b.port,
+                    data_dir: b.data_dir.clone(),
+                })
+                .collect(),
+            allow_failover: c.backends.iter().map(|b| b.allow_failover).collect(),
+            limits: Limits {
+                max_retries: hc.max_retries,
+                max_lag_bytes: c.replication_check.max_lag_bytes,
+            },
+            checks: CheckSettings {
+                period: hc.period,
+                timeout: hc.timeout,
+                retry_delay: hc.retry_delay,
+                user: hc.user.clone(),
+                password: hc.password.as_ref().map(|p| p.expose().to_owned()),
+                database: hc.database.clone(),
+            },
+            failover: FailoverSettings {
+                mode: c.failover.mode,
+                login: SqlLogin {
+                    user: c.failover.user.clone(),
+                    password: c.failover.password.as_ref().map(|p| p.expose().to_owned()),
+                    database: hc.database.clone(),
+                    connect_timeout: hc.timeout.max(Duration::from_secs(2)),
+                },
+                command: c.failover.command.clone(),
+                follow_command: c.failover.follow_primary_command.clone(),
+                timeout: c.failover.command_timeout,
+                rejoin_command: c.failover.rejoin_command.clone(),
+                rejoin_timeout: c.failover.rejoin_timeout,
+            },
+        }
+    }
+
+    /// The backends as the machine sees them.
+    pub fn specs(&self) -> Vec<BackendSpec> {
+        self.backends
+            .iter()
+            .zip(&self.allow_failover)
+            .map(|(t, allow)| BackendSpec {
+                name: t.name.clone(),
+                host: t.host.clone(),
+                port: t.port,
+                allow_failover: *allow,
+            })
+            .collect()
+    }
+
+    /// Whether `failover.rejoin_command` is set (without it a rejoin is refused).
+    pub fn rejoin_enabled(&self) -> bool {
+        !self.failover.rejoin_command.trim().is_empty()
+    }
+}
