@@ -312,6 +312,38 @@ async fn clients_with_their_own_settings_share_one_server_connection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_setting_one_client_changes_never_reaches_a_client_with_the_same_startup_settings() {
+    // Clients with the same settings skip the comparison at checkout;
+    // a SET by one of them must still not follow the connection to the next.
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 1);
+    let a = proxy.alice().await;
+    let b = proxy.alice().await;
+    let show = async |c: &tokio_postgres::Client, what: &str| -> String {
+        c.query_one(&format!("SHOW {what}"), &[])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    let default_tz = show(&b, "TimeZone").await;
+    assert_ne!(default_tz, "Asia/Tokyo");
+    for round in 0..3 {
+        a.batch_execute("SET TimeZone = 'Asia/Tokyo'; SET DateStyle = 'SQL, DMY'")
+            .await
+            .unwrap();
+        assert_eq!(show(&b, "TimeZone").await, default_tz, "round {round}");
+        assert_eq!(show(&b, "DateStyle").await, "ISO, MDY", "round {round}");
+        assert_eq!(show(&a, "TimeZone").await, "Asia/Tokyo", "round {round}");
+        a.batch_execute("RESET TimeZone; RESET DateStyle")
+            .await
+            .unwrap();
+        assert_eq!(show(&a, "TimeZone").await, default_tz, "round {round}");
+        assert_eq!(show(&b, "TimeZone").await, default_tz, "round {round}");
+    }
+    assert_eq!(server_sessions(&cluster, ALICE.0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_pins_its_client_and_never_reaches_another() {
     let cluster = cluster(0);
     let proxy = transaction_proxy(&cluster, 2);
