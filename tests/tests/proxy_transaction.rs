@@ -190,6 +190,48 @@ async fn prepared_statements_follow_their_clients_across_server_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_prepared_after_a_schema_change_sees_the_new_schema() {
+    // One server connection: the second client's Parse of the same text
+    // lands where the first client's statement, prepared before the
+    // change, still is.
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 1);
+    let a = proxy.alice().await;
+    a.batch_execute("CREATE TABLE stale_t (v int)")
+        .await
+        .unwrap();
+    let insert = "INSERT INTO stale_t VALUES ($1)";
+    let select = "SELECT v FROM stale_t";
+    let before = a.prepare(insert).await.unwrap();
+    assert_eq!(before.params(), [tokio_postgres::types::Type::INT4]);
+    let rows = a.prepare(select).await.unwrap();
+    assert_eq!(
+        rows.columns()[0].type_(),
+        &tokio_postgres::types::Type::INT4
+    );
+    a.batch_execute("DROP TABLE stale_t; CREATE TABLE stale_t (v text)")
+        .await
+        .unwrap();
+    // A new client, as on a direct connection, gets the new types...
+    let b = proxy.alice().await;
+    let after = b.prepare(insert).await.unwrap();
+    assert_eq!(after.params(), [tokio_postgres::types::Type::TEXT]);
+    b.execute(&after, &[&"seven"]).await.unwrap();
+    let rows = b.prepare(select).await.unwrap();
+    assert_eq!(
+        rows.columns()[0].type_(),
+        &tokio_postgres::types::Type::TEXT
+    );
+    let v: String = b.query_one(&rows, &[]).await.unwrap().get(0);
+    assert_eq!(v, "seven");
+    // ...and so does the first one when it prepares again.
+    let again = a.prepare(insert).await.unwrap();
+    assert_eq!(again.params(), [tokio_postgres::types::Type::TEXT]);
+    a.execute(&again, &[&"eight"]).await.unwrap();
+    assert_eq!(server_sessions(&cluster, ALICE.0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_failing_transactions_and_listen_work_in_transaction_mode() {
     let cluster = cluster(0);
     let proxy = transaction_proxy(&cluster, 2);

@@ -9,13 +9,13 @@
 //!   connection keeps the definitions it has prepared, under names of its
 //!   own (`pgwarden_<n>`), at most `max_prepared_statements`, least
 //!   recently used closed first ([`ServerStatements`]).
-//! - Parse of a named statement is sent under the server's name, or, when
-//!   that server has the definition already, replaced by a Close of a name
-//!   that never exists, whose CloseComplete is turned into the
-//!   ParseComplete the client waits for. Bind and Describe of a statement
-//!   the server lacks get a Parse sent before them, whose ParseComplete is
-//!   dropped. Close of a statement only forgets the client's name; the
-//!   server keeps the statement for the next client.
+//! - Parse of a named statement is sent under a new server name; when that
+//!   server had the definition already (another client's, perhaps from
+//!   before a schema change), the old name is closed after it, so every
+//!   Parse is analysed afresh, as on PostgreSQL. Bind and Describe of a
+//!   statement the server lacks get a Parse sent before them, whose
+//!   ParseComplete is dropped. Close of a statement only forgets the
+//!   client's name; the server keeps the statement for the next client.
 //! - Every Parse and Close sent has an entry in the reply queue, in order,
 //!   saying what becomes of its reply ([`Edit`]). After an ErrorResponse
 //!   the server skips the rest of the batch up to Sync, and so do the
@@ -136,9 +136,6 @@ pub enum Edit {
     Keep,
     /// Dropped: it answers a message the proxy added.
     Drop,
-    /// A CloseComplete that stands for a ParseComplete: its type byte
-    /// becomes `1`.
-    Retag,
 }
 
 #[derive(Debug)]
@@ -517,10 +514,24 @@ impl Tracker {
                         put_message(out, b'P', &[NO_STATEMENT, b"\0\0\0\0"]);
                         self.push(Edit::Keep, None, Some(name.into()));
                     }
-                    Some(_) => {
-                        // The server has it: a no-op whose reply stands in for ParseComplete.
-                        close_statement(out, NO_STATEMENT);
-                        self.push(Edit::Retag, None, Some(name.into()));
+                    Some(stale) => {
+                        // The server has it, maybe from before a schema
+                        // change: PostgreSQL analyses every Parse afresh, so
+                        // this one is prepared again under a new name (the
+                        // client waits for its ParseComplete), and the old
+                        // one closed after it, or kept if the server skips
+                        // the batch.
+                        server.remove(&def);
+                        self.prepare(&def, server, out);
+                        if let Some(p) = self.queue.back_mut() {
+                            p.edit = Edit::Keep;
+                            p.undo_client = Some(name.into());
+                        }
+                        close_statement(out, &server_name(stale));
+                        self.push(Edit::Drop, None, None);
+                        if let Some(p) = self.queue.back_mut() {
+                            p.restore_server = Some((def, stale));
+                        }
                     }
                     None => {
                         // The client waits for this one's ParseComplete.

@@ -274,8 +274,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Applies the edits the reply scan asked for to the chunk: retags in
-/// place, cuts (of five-byte messages) by copying; a cut running past the
+/// Applies the edits the reply scan asked for to the chunk: cuts (of
+/// five-byte messages) by copying; a cut running past the
 /// chunk's end continues in the next one (`carry`).
 fn apply_edits(buf: &mut BytesMut, edits: &[(usize, Edit)], carry: &mut usize) {
     let mut cuts: Vec<(usize, usize)> = Vec::new();
@@ -286,11 +286,6 @@ fn apply_edits(buf: &mut BytesMut, edits: &[(usize, Edit)], carry: &mut usize) {
     }
     for &(at, edit) in edits {
         match edit {
-            Edit::Retag => {
-                if let Some(b) = buf.get_mut(at) {
-                    *b = b'1';
-                }
-            }
             Edit::Drop => {
                 let end = at + 5;
                 if end > buf.len() {
@@ -484,11 +479,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn edits_retag_in_place_and_cut_across_chunks() {
+    fn edits_cut_within_and_across_chunks() {
         // ParseComplete, CloseComplete, BindComplete.
         let mut buf = BytesMut::from(&b"1\0\0\0\x043\0\0\0\x042\0\0\0\x04"[..]);
         let mut carry = 0;
-        apply_edits(&mut buf, &[(0, Edit::Drop), (5, Edit::Retag)], &mut carry);
+        apply_edits(&mut buf, &[(5, Edit::Drop)], &mut carry);
         assert_eq!(&buf[..], b"1\0\0\0\x042\0\0\0\x04");
         assert_eq!(carry, 0);
         // A dropped message split over two chunks.

@@ -126,22 +126,70 @@ fn a_statement_moves_with_its_client_to_another_server() {
     assert_eq!(t.reply(b'1', &mut b), Edit::Drop);
     assert_eq!(t.reply(b'2', &mut b), Edit::Keep);
 
-    // Another client parsing the same text on b: no Parse reaches b; a
-    // Close of nothing answers for it.
+    // Another client parsing the same text on b: analysed afresh (the
+    // schema may have changed since), under a new name, b's old one closed.
     let mut t2 = Tracker::new(200, 1 << 20);
+    let old = stmt_of(b'P', &m[0].1);
     let out = send(
         &mut t2,
         &mut b,
         &cat(&[parse("other", "SELECT $1"), bind("other"), execute_sync()]),
     );
     let m = messages(&out);
-    assert_eq!(m[0].0, b'C');
-    assert_eq!(stmt_of(b'C', &m[0].1), "pgwarden_none");
+    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PCBES");
+    let fresh = stmt_of(b'P', &m[0].1);
+    assert_ne!(fresh, old);
+    assert_eq!(stmt_of(b'C', &m[1].1), old);
+    assert_eq!(stmt_of(b'B', &m[2].1), fresh);
+    assert_eq!(t2.reply(b'1', &mut b), Edit::Keep, "its ParseComplete");
+    assert_eq!(t2.reply(b'3', &mut b), Edit::Drop, "the old one's close");
+    t2.reply(b'Z', &mut b);
+    // The first client's statement is the fresh one too.
     assert_eq!(
-        stmt_of(b'B', &m[1].1),
-        stmt_of(b'B', &messages(&send(&mut t, &mut b, &bind("s1")))[0].1)
+        stmt_of(b'B', &messages(&send(&mut t, &mut b, &bind("s1")))[0].1),
+        fresh
     );
-    assert_eq!(t2.reply(b'3', &mut b), Edit::Retag);
+    assert_eq!(b.len(), 1);
+}
+
+#[test]
+fn a_parse_the_server_skips_keeps_the_statement_it_had() {
+    // Client 1 leaves "SELECT $1" on the server; client 2's Parse of it
+    // comes after an error in its batch, so the server skips the Parse and
+    // the Close of the old name: the server still has the old one.
+    let mut s = ServerStatements::default();
+    let mut t1 = Tracker::new(200, 1 << 20);
+    let out = send(
+        &mut t1,
+        &mut s,
+        &cat(&[parse("a", "SELECT $1"), execute_sync()]),
+    );
+    let old = stmt_of(b'P', &messages(&out)[0].1);
+    t1.reply(b'1', &mut s);
+    t1.reply(b'Z', &mut s);
+    let mut t2 = Tracker::new(200, 1 << 20);
+    send(
+        &mut t2,
+        &mut s,
+        &cat(&[bind("a_missing"), parse("b", "SELECT $1"), execute_sync()]),
+    );
+    t2.reply(b'E', &mut s);
+    t2.reply(b'Z', &mut s);
+    assert_eq!(t2.statements(), 0, "client 2 has no statement");
+    let out = send(&mut t1, &mut s, &bind("a"));
+    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), old, "no Parse needed");
+    // The Parse itself failing (the table is gone) keeps the old one too.
+    let mut t3 = Tracker::new(200, 1 << 20);
+    send(
+        &mut t3,
+        &mut s,
+        &cat(&[parse("c", "SELECT $1"), execute_sync()]),
+    );
+    t3.reply(b'E', &mut s);
+    t3.reply(b'Z', &mut s);
+    let out = send(&mut t1, &mut s, &bind("a"));
+    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), old);
+    assert_eq!(s.len(), 1);
 }
 
 #[test]
