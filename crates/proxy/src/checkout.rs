@@ -246,6 +246,10 @@ pub(crate) async fn finish(
 ) {
     let notice = match &r.end {
         PumpEnd::ClientTerminated | PumpEnd::ClientGone => None,
+        PumpEnd::ClientProtocol(e @ pgwarden_wire::ProtocolError::NotSupported { .. }) => {
+            tracing::info!(error = %e, "client needs what its pool mode cannot do; closing its session");
+            Some(e.to_error_response())
+        }
         PumpEnd::ClientProtocol(e) => {
             tracing::info!(error = %e, "client broke the protocol; closing its session");
             Some(e.to_error_response())

@@ -43,6 +43,12 @@ pub enum ProtocolError {
         /// Which message.
         what: &'static str,
     },
+    /// Valid protocol the proxy cannot follow in its current mode.
+    #[error("not supported: {what}")]
+    NotSupported {
+        /// What, and what to do instead.
+        what: &'static str,
+    },
 }
 
 impl ProtocolError {
@@ -50,7 +56,9 @@ impl ProtocolError {
     pub fn sqlstate(&self) -> &'static str {
         match self {
             ProtocolError::TooLong { .. } => sqlstate::PROGRAM_LIMIT_EXCEEDED,
-            ProtocolError::UnsupportedProtocol { .. } => sqlstate::FEATURE_NOT_SUPPORTED,
+            ProtocolError::UnsupportedProtocol { .. } | ProtocolError::NotSupported { .. } => {
+                sqlstate::FEATURE_NOT_SUPPORTED
+            }
             _ => sqlstate::PROTOCOL_VIOLATION,
         }
     }

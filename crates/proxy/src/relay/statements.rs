@@ -331,10 +331,12 @@ impl Tracker {
                 return Err(ProtocolError::UnexpectedMessage { tag });
             }
             if matches!(tag, b'Q' | b'F') && activity.unsynced() {
-                // The server would skip it after an error in the batch,
-                // and the replies could no longer be told apart.
-                return Err(ProtocolError::Malformed {
-                    what: "Query or FunctionCall before the Sync of an extended-query batch",
+                // Valid protocol, but the server would skip it after an
+                // error in the batch, and the replies could no longer be
+                // told apart.
+                return Err(ProtocolError::NotSupported {
+                    what: "a Query or FunctionCall before the Sync of an extended-query batch, \
+                           in transaction pooling (use session pooling)",
                 });
             }
             if !Self::is_whole(tag, body_len) {

@@ -457,7 +457,12 @@ fn a_query_inside_an_unsynced_batch_is_refused() {
     let mut s = ServerStatements::default();
     let activity = Activity::default();
     let input = cat(&[parse("", "SELECT 1"), query("SELECT 2")]);
-    assert!(t.feed(&input, &mut s, &activity).is_err());
+    let e = t.feed(&input, &mut s, &activity).unwrap_err();
+    assert_eq!(
+        e.sqlstate(),
+        "0A000",
+        "valid protocol, but not followed: {e}"
+    );
 }
 
 #[test]
