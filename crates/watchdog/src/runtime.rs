@@ -73,7 +73,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let stop = CancellationToken::new();
 
     // The delegate IP: its own task, so slow commands never stall Raft.
-    let (vip_tx, vip_rx) = mpsc::channel::<VipAction>(16);
+    // What the lease wants of the delegate IP: never waited on.
+    let (vip_tx, vip_rx) = watch::channel::<Option<VipAction>>(None);
     let (holding_tx, holding_rx) = watch::channel(false);
     let vip_task = tokio::spawn(crate::vip::run(settings.clone(), vip_rx, holding_tx));
 
@@ -342,7 +343,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             }
         }
         if let Some(v) = out.vip {
-            let _ = vip_tx.send(v).await;
+            vip_tx.send_replace(Some(v));
         }
         // Status first, so an answered proposer reads the state it caused.
         status_tx.send_replace(status(&node, &settings, &last_seen, *holding_rx.borrow()));
@@ -364,7 +365,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
 
     // Leaving: the delegate IP goes first.
     if *holding_rx.borrow() || settings.delegate_ip.is_some() {
-        let _ = vip_tx.send(VipAction::Release).await;
+        vip_tx.send_replace(Some(VipAction::Release));
     }
     drop(vip_tx);
     let _ = tokio::time::timeout(Duration::from_secs(15), vip_task).await;

@@ -1,12 +1,14 @@
 //! The delegate IP: runs `if_up_cmd` + `arping_cmd` when the lease says
-//! acquire, `if_down_cmd` when it says release, one at a time and in order,
-//! each through `/bin/sh -c` with `$_IP_$` replaced, a timeout, and its
-//! output logged.
+//! acquire, `if_down_cmd` when it says release, one at a time, each through
+//! `/bin/sh -c` with `$_IP_$` replaced, a timeout, and its output logged.
+//! The lease states what it wants and never waits for the commands: while
+//! one runs, only the newest wish is kept (an acquire and release that came
+//! and went meanwhile run nothing).
 
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::VipAction;
 use crate::settings::Settings;
@@ -21,11 +23,20 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// never leaves the IP on a host that is still up.
 pub async fn run(
     settings: Settings,
-    mut actions: mpsc::Receiver<VipAction>,
+    mut wanted: watch::Receiver<Option<VipAction>>,
     holding: watch::Sender<bool>,
 ) {
     let mut guard_process: Option<std::process::Child> = None;
-    while let Some(action) = actions.recv().await {
+    let mut done: Option<VipAction> = None;
+    // Ends once the sender is gone and its last wish has been seen.
+    while wanted.changed().await.is_ok() {
+        let Some(action) = *wanted.borrow_and_update() else {
+            continue;
+        };
+        if done == Some(action) {
+            continue;
+        }
+        done = Some(action);
         let Some(ip) = settings.delegate_ip else {
             // No delegate IP configured: only escalation commands run.
             holding.send_replace(action == VipAction::Acquire);
@@ -186,6 +197,59 @@ pub async fn run_command(name: &str, template: &str, ip: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn wishes_never_wait_for_the_commands_and_only_the_newest_runs() {
+        let dir = std::env::temp_dir().join(format!("pgwarden-vip-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log");
+        let settings = Settings {
+            node_name: "n".into(),
+            runtime_dir: dir.clone(),
+            state_dir: dir.clone(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            members: vec!["n".into()],
+            id: 1,
+            key: vec![0; 32],
+            delegate_ip: None,
+            if_up_cmd: String::new(),
+            if_down_cmd: String::new(),
+            arping_cmd: String::new(),
+            escalation_cmd: format!("sleep 0.5; echo up >> {}", log.display()),
+            de_escalation_cmd: format!("echo down >> {}", log.display()),
+            metrics_listen: "127.0.0.1:0".parse().unwrap(),
+        };
+        let (tx, rx) = watch::channel(None);
+        let (holding_tx, mut holding) = watch::channel(false);
+        let task = tokio::spawn(run(settings, rx, holding_tx));
+        tx.send_replace(Some(VipAction::Acquire));
+        holding.wait_for(|h| *h).await.unwrap();
+        // While the slow escalation runs, the lease changes its mind often;
+        // none of this may wait (the Raft loop sends these).
+        let t = std::time::Instant::now();
+        for _ in 0..100 {
+            tx.send_replace(Some(VipAction::Release));
+            tx.send_replace(Some(VipAction::Acquire));
+        }
+        tx.send_replace(Some(VipAction::Release));
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !*holding.borrow(),
+            "the last wish (release) was carried out"
+        );
+        let ran = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(ran, "up\ndown\n", "only the first and the newest ran");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[tokio::test]
     async fn commands_report_status_and_do_not_wait_for_background_children() {
