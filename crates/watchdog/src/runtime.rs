@@ -43,6 +43,9 @@ pub const MONITOR_GRACE: Duration = Duration::from_secs(5);
 /// disagrees.
 const MONITOR_RETRY: Duration = Duration::from_secs(3);
 
+/// How long a proposed change may wait for its commit.
+const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// A proposal waiting for its entry to be applied.
 struct Pending {
     command: Command,
@@ -360,7 +363,21 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 let _ = p.reply.send(r);
             }
         }
-        pending.retain(|_, p| p.since.elapsed() < Duration::from_secs(15));
+        // A proposal not committed in time is answered, not forgotten: its
+        // proposer (a monitor) must not wait on a reply that never comes.
+        let expired: Vec<u64> = pending
+            .iter()
+            .filter(|(_, p)| p.since.elapsed() >= PROPOSAL_TIMEOUT)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in expired {
+            if let Some(p) = pending.remove(&index) {
+                tracing::warn!(index, "a proposed change was not committed in time");
+                let _ = p.reply.send(Err(format!(
+                    "not committed within {PROPOSAL_TIMEOUT:?} (no quorum?)"
+                )));
+            }
+        }
     };
 
     // Leaving: the delegate IP goes first.
