@@ -434,7 +434,13 @@ impl<R> Coordinator<R> {
                     .as_ref()
                     .and_then(|s| s.record.as_ref())
                     .map_or(0, |r| r.generation);
-                out.push(Output::Propose(proposal(m, streamed.max(self.committed))));
+                let expected = streamed.max(self.committed);
+                if m.generation() <= expected {
+                    // Already committed: a round's publishes all carry the
+                    // machine's newest state, which the first one sent.
+                    continue;
+                }
+                out.push(Output::Propose(proposal(m, expected)));
                 self.proposing = Some(round);
                 return;
             }

@@ -639,18 +639,15 @@ fn this_node_reports_the_votes_its_watchdog_does_not_hold() {
     }
 }
 
-// === known bugs (behaviour kept; fixing them is a behaviour change) ===
-
-/// Two generations decided in one round are proposed twice with the
-/// machine's final state: the second proposal expects the generation the
-/// first committed and proposes it again, which the watchdogs refuse
-/// (`GenerationNotIncreasing`); the machine is dropped and what followed
-/// the second `Publish` (here the promotion) is not performed until a new
-/// machine decides it again. Here: a verdict ripens while a proposal is
-/// out, and the request held back meanwhile decides a generation too.
+/// Two generations decided in one round: every `Publish` carries the
+/// machine's newest state, so once the first is committed the second has
+/// nothing new and is skipped, rather than proposed again (which the
+/// watchdogs refuse as `GenerationNotIncreasing`, dropping the machine and
+/// what followed, here the promotion). Here: a verdict ripens while a
+/// proposal is out, and the request held back meanwhile decides a
+/// generation too.
 #[test]
-#[ignore = "known bug: two Publish actions in one round propose one generation twice"]
-fn known_bug_two_generations_in_one_round_are_proposed_once_each() {
+fn a_generation_already_committed_is_never_proposed_again() {
     let mut c = deciding();
     c.step(leading(2, &["pg0"]));
     let out = c.step(operator(Ask::Detach(2), false, 1));
