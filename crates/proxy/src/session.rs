@@ -321,6 +321,11 @@ async fn start_session(
                     r = server_for(shared, &server_params, &wanted, &[], &creds, &mut key) => r?,
                     () = cancel.stop().cancelled() => return Err(reject(stopped_error(shared))),
                 };
+                let mut conn = conn;
+                // Later replays of these settings (a transaction's
+                // checkout) keep what the server says about them: the
+                // client was told once, at login, as a direct client is.
+                conn.login_notices(&wanted, &mut out);
                 let w = conn.params.clone();
                 slot.release(conn);
                 w
@@ -349,7 +354,7 @@ async fn start_session(
         return Ok(Started::Transaction(cancel, client));
     }
     let mut key = None;
-    let (slot, conn, route) = tokio::select! {
+    let (slot, mut conn, route) = tokio::select! {
         r = server_for(shared, &server_params, &params.replayed, &[], &creds, &mut key) => r?,
         () = cancel.stop().cancelled() => {
             tracing::info!("client ended while waiting for a server");
@@ -364,6 +369,7 @@ async fn start_session(
         );
     }
     cancel.set_server(conn.backend, conn.addr, conn.key);
+    conn.login_notices(&params.replayed, &mut out);
     for (k, v) in &conn.params {
         backend::parameter_status(&mut out, k, v);
     }
