@@ -554,8 +554,17 @@ pub fn error_code(bytes: &[u8]) -> Option<String> {
 
 /// A StartupMessage for `user` and `database`.
 pub fn startup_packet(user: &str, database: &str) -> Vec<u8> {
+    startup_packet_with(user, database, &[])
+}
+
+/// A StartupMessage for `user` and `database` with other parameters
+/// (`replication`, `application_name`...).
+pub fn startup_packet_with(user: &str, database: &str, params: &[(&str, &str)]) -> Vec<u8> {
     let mut body = vec![0, 3, 0, 0];
-    for (k, v) in [("user", user), ("database", database)] {
+    for (k, v) in [("user", user), ("database", database)]
+        .into_iter()
+        .chain(params.iter().copied())
+    {
         body.extend_from_slice(k.as_bytes());
         body.push(0);
         body.extend_from_slice(v.as_bytes());
@@ -584,9 +593,26 @@ pub fn raw_login(port: u16) -> std::net::TcpStream {
 
 /// [`raw_login`], with the BackendKeyData (pid, secret) the client was given.
 pub fn raw_login_with_key(port: u16) -> (std::net::TcpStream, (i32, i32)) {
+    let (s, msgs) = raw_login_with(port, &[]);
+    let (_, key) = msgs
+        .into_iter()
+        .find(|(t, _)| *t == b'K')
+        .expect("BackendKeyData");
+    let pid = i32::from_be_bytes(key[0..4].try_into().unwrap());
+    let secret = i32::from_be_bytes(key[4..8].try_into().unwrap());
+    (s, (pid, secret))
+}
+
+/// [`raw_login`] with other startup parameters (`replication`...); returns
+/// the stream and what the login got after authentication, up to its
+/// ReadyForQuery.
+pub fn raw_login_with(
+    port: u16,
+    params: &[(&str, &str)],
+) -> (std::net::TcpStream, Vec<(u8, Vec<u8>)>) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    std::io::Write::write_all(&mut s, &startup_packet(BOB.0, "app")).unwrap();
+    std::io::Write::write_all(&mut s, &startup_packet_with(BOB.0, "app", params)).unwrap();
     let mut buf = vec![0u8; 13];
     std::io::Read::read_exact(&mut s, &mut buf).unwrap();
     assert_eq!(buf[0], b'R');
@@ -608,13 +634,7 @@ pub fn raw_login_with_key(port: u16) -> (std::net::TcpStream, (i32, i32)) {
         assert!(n > 0, "closed during login: {:?}", messages(&got));
         got.extend_from_slice(&chunk[..n]);
     }
-    let (_, key) = messages(&got)
-        .into_iter()
-        .find(|(t, _)| *t == b'K')
-        .expect("BackendKeyData");
-    let pid = i32::from_be_bytes(key[0..4].try_into().unwrap());
-    let secret = i32::from_be_bytes(key[4..8].try_into().unwrap());
-    (s, (pid, secret))
+    (s, messages(&got))
 }
 
 /// A simple-protocol Query message.

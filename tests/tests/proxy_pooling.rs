@@ -368,3 +368,68 @@ async fn an_invalid_startup_setting_is_refused_as_postgresql_refuses_it() {
     let c = proxy.alice().await;
     c.batch_execute("SELECT 1").await.unwrap();
 }
+
+/// Connects, runs `sql`, leaves, and returns the messages of the notices
+/// the client got (at login and from `sql`), as tokio-postgres's own
+/// `notices` test does on a direct connection.
+async fn notices_of(conninfo: &str, sql: &str) -> Vec<String> {
+    let (client, mut conn) = tokio_postgres::connect(conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| conn.poll_message(cx));
+        while let Some(Ok(m)) = futures_util::StreamExt::next(&mut messages).await {
+            if let tokio_postgres::AsyncMessage::Notice(n) = m {
+                let _ = tx.send(n.message().to_owned());
+            }
+        }
+    });
+    client.batch_execute(sql).await.unwrap();
+    drop(client);
+    driver.await.unwrap();
+    let mut out = Vec::new();
+    while let Ok(m) = rx.try_recv() {
+        out.push(m);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_from_a_replayed_startup_setting_reaches_the_client_at_login() {
+    let cluster = cluster(0);
+    let long_name = "x".repeat(65);
+    let truncated = format!(
+        "identifier \"{long_name}\" will be truncated to \"{}\"",
+        "x".repeat(63)
+    );
+    let sql = "DROP TABLE IF EXISTS no_such_table";
+    let skipping = "table \"no_such_table\" does not exist, skipping";
+    for mode in ["session", "transaction"] {
+        let proxy = Proxy::start(
+            &cluster,
+            ProxyOptions::default()
+                .set(&format!("pool_mode = \"{mode}\""))
+                .set("pool_size = 1"),
+        );
+        let conninfo = format!(
+            "{} application_name={long_name}",
+            proxy.conninfo(BOB.0, BOB.1, "app")
+        );
+        // A fresh server connection, then (pool_size 1) the cached one,
+        // which already has the setting; in transaction mode, later
+        // transactions' replays say nothing more.
+        let rounds: &[&str] = match mode {
+            "session" => &["fresh", "cached"],
+            _ => &["fresh"],
+        };
+        for round in rounds {
+            assert_eq!(
+                notices_of(&conninfo, sql).await,
+                [truncated.as_str(), skipping],
+                "{mode} mode, {round} server connection"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -229,10 +229,23 @@ pub(crate) fn stopped_error(shared: &Shared) -> ErrorResponse {
     ErrorResponse::fatal(sqlstate::ADMIN_SHUTDOWN, why)
 }
 
+/// What becomes of a server connection once its client is done with it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Afterwards<'a> {
+    /// Cached again once idle, after a reset: ROLLBACK when a transaction
+    /// was left open, then this query (none when empty).
+    Reset(&'a str),
+    /// Closed at once, whatever it was doing: a replication connection (a
+    /// walsender cannot be reset, and its client's leaving must end its
+    /// streaming and release its temporary slot now, as a direct
+    /// connection's close would).
+    Close,
+}
+
 /// After a session's data path ended: tells the client why (while it can
-/// still be told), cancels and drains what the server still runs, and
-/// caches the connection again after a reset (ROLLBACK when a transaction
-/// was left open, then `reset_query`), or closes it.
+/// still be told), then, as `afterwards` says, cancels and drains what the
+/// server still runs and caches the connection again after a reset, or
+/// closes it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn finish(
     shared: &Shared,
@@ -242,7 +255,7 @@ pub(crate) async fn finish(
     mut conn: ServerConn,
     cancel: &crate::clients::CancelKey,
     route: &crate::routing::Route,
-    reset_query: &str,
+    afterwards: Afterwards<'_>,
 ) {
     let notice = match &r.end {
         PumpEnd::ClientTerminated | PumpEnd::ClientGone => None,
@@ -305,6 +318,14 @@ pub(crate) async fn finish(
     if matches!(r.end, PumpEnd::ServerGone) {
         shared.router.recheck();
     }
+    let reset_query = match afterwards {
+        Afterwards::Reset(query) => query,
+        Afterwards::Close => {
+            tracing::debug!(end = ?r.end, "closing a replication connection with its client");
+            drop(conn);
+            return;
+        }
+    };
     let server_alive = !matches!(r.end, PumpEnd::ServerGone | PumpEnd::ServerProtocol(_));
     let timeout = shared.settings.server_connect_timeout;
     let busy = server_alive && r.server.is_busy();

@@ -111,6 +111,12 @@ pub struct ServerConn {
     /// compares again. Spares the common checkout (the same settings as
     /// the last client's) its comparisons.
     pub settled: Option<u64>,
+    /// NoticeResponses (whole messages) the server sent while taking the
+    /// settings in `applied`, by setting name, and those of its startup
+    /// under `""`: a direct client would have seen them at login
+    /// (`identifier ... will be truncated`), so a client gets them with
+    /// its welcome ([`ServerConn::login_notices`]).
+    pub notices: Vec<(String, BytesMut)>,
     /// Transaction mode: the prepared statements this connection holds.
     pub statements: crate::relay::ServerStatements,
     created: Instant,
@@ -164,6 +170,7 @@ impl ServerConn {
                 .unwrap_or_default(),
             applied: Vec::new(),
             settled: None,
+            notices: Vec::new(),
             statements: Default::default(),
             created: now,
             idle_since: now,
@@ -197,7 +204,7 @@ impl ServerConn {
                     conn.key = (i32::from_be_bytes(*pid), i32::from_be_bytes(*secret));
                 }
                 b'Z' => return Ok(conn),
-                b'N' => {}
+                b'N' => conn.note_notice("", &m),
                 b'E' => return Err(refused(&m)),
                 tag => return Err(ProtocolError::UnexpectedMessage { tag }.into()),
             }
@@ -302,6 +309,37 @@ impl ServerConn {
             }
             if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Err(ServerError::Closed);
+            }
+        }
+    }
+
+    /// Keeps a NoticeResponse the server sent while taking `setting`.
+    fn note_notice(&mut self, setting: &str, m: &Message) {
+        match self.notices.iter_mut().find(|(k, _)| k == setting) {
+            Some((_, raw)) => raw.extend_from_slice(&m.to_bytes()),
+            None => self.notices.push((setting.to_owned(), m.to_bytes())),
+        }
+    }
+
+    /// What the server said while taking a client's settings (`wanted`,
+    /// just applied), and what it said at startup when this is the
+    /// connection's first client: the NoticeResponses to send the client
+    /// before its ReadyForQuery, as a direct connection would.
+    pub fn login_notices(&mut self, wanted: &[(String, String)], out: &mut BytesMut) {
+        if let Some(i) = self.notices.iter().position(|(k, _)| k.is_empty()) {
+            out.extend_from_slice(&self.notices.swap_remove(i).1);
+        }
+        for (name, value) in wanted {
+            let applied = |(k, v): &(String, String)| k.eq_ignore_ascii_case(name) && v == value;
+            if !self.applied.iter().any(applied) {
+                continue;
+            }
+            if let Some((_, raw)) = self
+                .notices
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            {
+                out.extend_from_slice(raw);
             }
         }
     }
@@ -416,6 +454,12 @@ impl ServerConn {
             self.applied.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
             self.applied.push((name, value));
         }
+        // Notices of settings no longer applied (reset, or changed by the
+        // session since) are stale.
+        let applied = &self.applied;
+        self.notices.retain(|(k, _)| {
+            k.is_empty() || applied.iter().any(|(a, _)| a.eq_ignore_ascii_case(k))
+        });
         Ok(true)
     }
 
@@ -452,6 +496,13 @@ impl ServerConn {
         }
         frontend::sync(&mut out);
         self.stream.write_all(&out).await?;
+        // What the server says while running the k-th Execute (one
+        // CommandComplete each) is about its setting: the stale ones
+        // first, then `todo`'s.
+        for (name, _) in todo {
+            self.notices.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        }
+        let mut done: usize = 0;
         let mut failed = None;
         loop {
             let m = self.read().await?;
@@ -459,8 +510,14 @@ impl ServerConn {
                 b'S' => self.record_param(&m.body),
                 b'E' => failed = Some(refused(&m)),
                 b'Z' => break,
-                // ParseComplete, BindComplete, RowDescription, DataRow,
-                // CommandComplete, NoticeResponse.
+                b'C' => done += 1,
+                b'N' => {
+                    if let Some((name, _)) = done.checked_sub(stale.len()).and_then(|i| todo.get(i))
+                    {
+                        self.note_notice(name, &m);
+                    }
+                }
+                // ParseComplete, BindComplete, DataRow.
                 _ => {}
             }
         }

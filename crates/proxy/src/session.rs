@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::Instrument;
 
 use crate::Shared;
-use crate::checkout::{Reject, finish, reject, send_reject, server_for, stopped_error};
+use crate::checkout::{Afterwards, Reject, finish, reject, send_reject, server_for, stopped_error};
 use crate::client_auth::{self, AuthError};
 use crate::clients::ClientMeta;
 use crate::handshake;
@@ -182,6 +182,9 @@ struct Session {
     conn: ServerConn,
     cancel: crate::clients::CancelKey,
     route: crate::routing::Route,
+    /// A replication connection: closed when its client leaves, never
+    /// reset or cached.
+    replication: bool,
 }
 
 /// A client that has authenticated: what its session needs.
@@ -303,7 +306,10 @@ async fn start_session(
         connected: SystemTime::now(),
     };
     let mut cancel = shared.clients.register(meta, &shared.hard_stop);
-    if shared.settings.transaction_mode {
+    // A replication client keeps its walsender for its whole session,
+    // whatever pool_mode says: a walsender's state (streaming, a temporary
+    // slot, an exported snapshot) is the session's.
+    if shared.settings.transaction_mode && !params.replication {
         let wanted = params.replayed;
         // The welcome a server would give: from what the pool learnt, or
         // from a server connection taken for the moment.
@@ -315,6 +321,11 @@ async fn start_session(
                     r = server_for(shared, &server_params, &wanted, &[], &creds, &mut key) => r?,
                     () = cancel.stop().cancelled() => return Err(reject(stopped_error(shared))),
                 };
+                let mut conn = conn;
+                // Later replays of these settings (a transaction's
+                // checkout) keep what the server says about them: the
+                // client was told once, at login, as a direct client is.
+                conn.login_notices(&wanted, &mut out);
                 let w = conn.params.clone();
                 slot.release(conn);
                 w
@@ -343,7 +354,7 @@ async fn start_session(
         return Ok(Started::Transaction(cancel, client));
     }
     let mut key = None;
-    let (slot, conn, route) = tokio::select! {
+    let (slot, mut conn, route) = tokio::select! {
         r = server_for(shared, &server_params, &params.replayed, &[], &creds, &mut key) => r?,
         () = cancel.stop().cancelled() => {
             tracing::info!("client ended while waiting for a server");
@@ -358,6 +369,7 @@ async fn start_session(
         );
     }
     cancel.set_server(conn.backend, conn.addr, conn.key);
+    conn.login_notices(&params.replayed, &mut out);
     for (k, v) in &conn.params {
         backend::parameter_status(&mut out, k, v);
     }
@@ -369,6 +381,7 @@ async fn start_session(
         conn,
         cancel,
         route,
+        replication: params.replication,
     }))
 }
 
@@ -387,7 +400,11 @@ async fn run_session(shared: &Shared, client: &mut Stream, pending: BytesMut, mu
     // No client cancel reaches the connection from here on, and those
     // already under way have landed: it may be handed on.
     s.cancel.clear_server().await;
-    let reset = shared.settings.server_reset_query.as_str();
+    let reset = if s.replication {
+        Afterwards::Close
+    } else {
+        Afterwards::Reset(shared.settings.server_reset_query.as_str())
+    };
     finish(
         shared, client, r, s.slot, s.conn, &s.cancel, &s.route, reset,
     )

@@ -9,6 +9,11 @@
 //! connection it gets. Only what cannot be replayed stays a startup
 //! parameter of the server connection, and so part of the pool's key:
 //! `replication`, and an `options` string holding anything but settings.
+//!
+//! A replication connection (`replication=true`, `database`, `on`...) takes
+//! no replayed settings at all: a walsender refuses the extended query
+//! protocol `set_config()` is replayed with, so every parameter its client
+//! sent goes into the server connection's startup packet.
 
 /// Where each of a client's startup parameters goes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -20,12 +25,26 @@ pub struct StartupParams {
     /// Parameters the server connection must be opened with (besides user
     /// and database): they key the pool.
     pub startup_only: Vec<(String, String)>,
+    /// The client asked for a replication connection (a walsender): it
+    /// gets a server connection of its own for its whole session, never
+    /// cached, whatever `pool_mode` says.
+    pub replication: bool,
 }
 
 impl StartupParams {
     /// Splits a client's startup parameters (without `user`, `database` and
     /// protocol options).
     pub fn split(params: &[(String, String)]) -> StartupParams {
+        let replication = params
+            .iter()
+            .any(|(name, value)| name == "replication" && !is_false(value));
+        if replication {
+            return StartupParams {
+                replayed: Vec::new(),
+                startup_only: params.to_vec(),
+                replication,
+            };
+        }
         let mut out = StartupParams::default();
         let mut from_options = Vec::new();
         for (name, value) in params {
@@ -41,6 +60,15 @@ impl StartupParams {
         out.replayed.extend(from_options);
         out
     }
+}
+
+/// True for the values PostgreSQL's `parse_bool` reads as false (`false`,
+/// `off`, `no`, `0`, and their unique prefixes, in any case): a
+/// `replication` parameter with one of them asks for a normal connection.
+fn is_false(value: &str) -> bool {
+    let v = value.to_ascii_lowercase();
+    let prefix_of = |word: &str, min: usize| v.len() >= min && word.starts_with(v.as_str());
+    v == "0" || prefix_of("false", 1) || prefix_of("no", 1) || prefix_of("off", 2)
 }
 
 /// The settings in an `options` startup parameter (`-c name=value`,
@@ -145,11 +173,33 @@ mod tests {
             ])
         );
         assert!(p.startup_only.is_empty());
-        let p = StartupParams::split(&pairs(&[("options", "-d 2"), ("replication", "true")]));
+        let p = StartupParams::split(&pairs(&[("options", "-d 2"), ("replication", "false")]));
         assert!(p.replayed.is_empty());
+        assert!(!p.replication);
         assert_eq!(
             p.startup_only,
-            pairs(&[("options", "-d 2"), ("replication", "true")])
+            pairs(&[("options", "-d 2"), ("replication", "false")])
         );
+    }
+
+    #[test]
+    fn a_replication_connection_takes_every_parameter_at_startup() {
+        for value in ["true", "database", "on", "1", "yes"] {
+            let sent = pairs(&[
+                ("application_name", "standby1"),
+                ("replication", value),
+                ("options", "-c datestyle=german"),
+            ]);
+            let p = StartupParams::split(&sent);
+            assert!(p.replication, "replication={value}");
+            assert!(p.replayed.is_empty(), "replication={value}");
+            assert_eq!(p.startup_only, sent, "replication={value}");
+        }
+        for value in ["false", "off", "no", "0", "F", "of"] {
+            let p =
+                StartupParams::split(&pairs(&[("replication", value), ("application_name", "a")]));
+            assert!(!p.replication, "replication={value}");
+            assert_eq!(p.replayed, pairs(&[("application_name", "a")]));
+        }
     }
 }

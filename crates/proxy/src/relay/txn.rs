@@ -137,10 +137,10 @@ async fn transaction(
         }
         Outcome::Ended(r) => {
             // Only a pinned client can have left session state behind.
-            let reset = match c.tracker.pinned {
+            let reset = checkout::Afterwards::Reset(match c.tracker.pinned {
                 Some(_) => shared.settings.server_reset_query.as_str(),
                 None => "",
-            };
+            });
             Box::pin(checkout::finish(
                 shared, client, r, slot, conn, cancel, &route, reset,
             ))
