@@ -35,8 +35,17 @@ impl AdminService {
 }
 
 /// Re-reads the auth file into `shared`; on error the old one stays in force.
-pub fn reload_auth_file(shared: &Shared) -> Result<usize, crate::StartError> {
-    let users = load_users(&shared.settings)?;
+///
+/// Read and prepared (a SCRAM verifier per plain-text secret, a PBKDF2
+/// each) on the blocking pool: the thread serving clients never waits.
+pub async fn reload_auth_file(shared: &Arc<Shared>) -> Result<usize, crate::StartError> {
+    let s = Arc::clone(shared);
+    let users = tokio::task::spawn_blocking(move || load_users(&s.settings))
+        .await
+        .map_err(|e| crate::StartError::AuthFile {
+            path: shared.settings.auth_file.clone(),
+            reason: format!("reading it failed: {e}"),
+        })??;
     let n = users.len();
     *shared.users.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(users);
     Ok(n)
@@ -117,7 +126,7 @@ impl ProxyApi for AdminService {
     }
 
     async fn reload(&self, _: Request<ReloadRequest>) -> Result<Response<ReloadReply>, Status> {
-        match reload_auth_file(&self.shared) {
+        match reload_auth_file(&self.shared).await {
             Ok(n) => {
                 tracing::info!(users = n, "auth file reloaded");
                 Ok(Response::new(ReloadReply {

@@ -176,8 +176,8 @@ pub struct ProxyHandle {
 
 impl ProxyHandle {
     /// Re-reads the auth file; on error the old one stays in force.
-    pub fn reload_auth_file(&self) -> Result<usize, StartError> {
-        admin::reload_auth_file(&self.shared)
+    pub async fn reload_auth_file(&self) -> Result<usize, StartError> {
+        admin::reload_auth_file(&self.shared).await
     }
 }
 
