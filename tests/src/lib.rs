@@ -489,24 +489,18 @@ pub fn psql(
     db: &str,
     sql: &str,
 ) -> (bool, String, String) {
-    let out = Command::new("psql")
-        .args([
-            "-X",
-            "-At",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &proxy.port.to_string(),
-            "-U",
-            user,
-            "-d",
-            db,
-            "-c",
-            sql,
-        ])
-        .env("PGPASSWORD", password)
+    psql_with(&proxy.conninfo(user, password, db), &[sql])
+}
+
+/// Runs psql with `conninfo` and each of `commands` as a `-c`, stopping at
+/// the first error: (success, trimmed stdout, stderr).
+pub fn psql_with(conninfo: &str, commands: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new("psql");
+    cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", conninfo]);
+    for c in commands {
+        cmd.args(["-c", c]);
+    }
+    let out = cmd
         .env("PGCONNECT_TIMEOUT", "10")
         .stdin(Stdio::null())
         .output()

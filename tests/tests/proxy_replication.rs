@@ -11,7 +11,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgwarden_e2e::*;
@@ -38,24 +37,9 @@ fn transaction_proxy(cluster: &Cluster) -> Proxy {
 /// Runs psql as bob through the proxy with `conninfo` added to the
 /// connection string; one `-c` per command. Returns (success, stdout, stderr).
 fn psql_replication(proxy: &Proxy, conninfo: &str, commands: &[&str]) -> (bool, String, String) {
-    let mut cmd = Command::new("psql");
-    cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d"])
-        .arg(format!(
-            "{} {conninfo}",
-            proxy.conninfo(BOB.0, BOB.1, "app")
-        ));
-    for c in commands {
-        cmd.args(["-c", c]);
-    }
-    let out = cmd
-        .env("PGCONNECT_TIMEOUT", "10")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).trim().to_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    psql_with(
+        &format!("{} {conninfo}", proxy.conninfo(BOB.0, BOB.1, "app")),
+        commands,
     )
 }
 

@@ -363,21 +363,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 let _ = p.reply.send(r);
             }
         }
-        // A proposal not committed in time is answered, not forgotten: its
-        // proposer (a monitor) must not wait on a reply that never comes.
-        let expired: Vec<u64> = pending
-            .iter()
-            .filter(|(_, p)| p.since.elapsed() >= PROPOSAL_TIMEOUT)
-            .map(|(i, _)| *i)
-            .collect();
-        for index in expired {
-            if let Some(p) = pending.remove(&index) {
-                tracing::warn!(index, "a proposed change was not committed in time");
-                let _ = p.reply.send(Err(format!(
-                    "not committed within {PROPOSAL_TIMEOUT:?} (no quorum?)"
-                )));
-            }
-        }
+        answer_expired(&mut pending, Instant::now());
     };
 
     // Leaving: the delegate IP goes first.
@@ -662,5 +648,58 @@ fn status(
         holds_delegate_ip: holding,
         delegate_ip: s.delegate_ip.map(|i| i.to_string()).unwrap_or_default(),
         record: Some(record),
+    }
+}
+
+/// Answers the proposals not committed within [`PROPOSAL_TIMEOUT`] of
+/// `now`, and forgets them: their proposer (a monitor) must not wait on a
+/// reply that never comes.
+fn answer_expired(pending: &mut BTreeMap<u64, Pending>, now: Instant) {
+    let expired: Vec<u64> = pending
+        .iter()
+        .filter(|(_, p)| now.saturating_duration_since(p.since) >= PROPOSAL_TIMEOUT)
+        .map(|(i, _)| *i)
+        .collect();
+    for index in expired {
+        if let Some(p) = pending.remove(&index) {
+            tracing::warn!(index, "a proposed change was not committed in time");
+            let _ = p.reply.send(Err(format!(
+                "not committed within {PROPOSAL_TIMEOUT:?} (no quorum?)"
+            )));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proposal_not_committed_in_time_is_answered_with_why() {
+        let start = Instant::now();
+        let mut pending = BTreeMap::new();
+        let (old_tx, mut old_rx) = oneshot::channel();
+        let (new_tx, mut new_rx) = oneshot::channel();
+        pending.insert(
+            1,
+            Pending {
+                command: Command::Noop,
+                reply: old_tx,
+                since: start,
+            },
+        );
+        pending.insert(
+            2,
+            Pending {
+                command: Command::Noop,
+                reply: new_tx,
+                since: start + Duration::from_secs(10),
+            },
+        );
+        answer_expired(&mut pending, start + PROPOSAL_TIMEOUT);
+        let answer = old_rx.try_recv().expect("the old proposal is answered");
+        assert!(answer.unwrap_err().contains("not committed within"));
+        assert!(new_rx.try_recv().is_err(), "the young one still waits");
+        assert_eq!(pending.keys().copied().collect::<Vec<_>>(), [2]);
     }
 }
