@@ -85,7 +85,15 @@ INI
     targets+=("pgbouncer:$bouncer_port")
 fi
 
-declare -A tps lat runs
+proxy_pid=$(pgrep -f "pgwarden-proxy --config $work/demo/node0/pgwarden.toml" | head -1 || true)
+# The pgbouncer process itself, not the runuser / sh that started it.
+bouncer_pid=$(pgrep -f "^pgbouncer $work/bouncer/pgbouncer.ini" | head -1 || true)
+declare -A pid_of=([pgwarden]=$proxy_pid [pgbouncer]=$bouncer_pid)
+# CPU time (user + system, in clock ticks) a process has used so far.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+hz=$(getconf CLK_TCK)
+
+declare -A tps lat runs cpu
 tests=("select:-S" "select-prepared:-S -M prepared" "tpcb-like:" "select-connect:-S -C")
 ulimit -n 65536 2>/dev/null || true
 for t in "${targets[@]}"; do
@@ -101,6 +109,8 @@ for round in $(seq 1 "$rounds"); do
             name=${t%%:*} port=${t##*:}
             [ "${tps[$name,$test]:-}" = fails ] && continue
             # shellcheck disable=SC2086
+            pid=${pid_of[$name]:-}
+            before=$([ -n "$pid" ] && ticks "$pid" || echo 0)
             out=$(pgbench -h 127.0.0.1 -p "$port" -c "$clients" -j 2 -T "$seconds" $flags 2>&1) || {
                 echo "$out" | tail -5 >&2; echo "pgbench failed: $name $test" >&2
                 # PgBouncer before 1.21 has no prepared statements in transaction mode.
@@ -111,6 +121,14 @@ for round in $(seq 1 "$rounds"); do
             l_=$(echo "$out" | sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' | head -1)
             runs[$name,$test]+="$t_ $l_
 "
+            if [ -n "$pid" ]; then
+                # The pooler's CPU per transaction (µs): unlike tps, it hardly
+                # moves with what else this shared machine runs.
+                done_=$(echo "$out" | sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' | head -1)
+                used=$(( $(ticks "$pid") - before ))
+                [ "${done_:-0}" -gt 0 ] && cpu[$name,$test]+="$(( used * 1000000 / hz / done_ ))
+"
+            fi
             echo "round $round $name $test: $t_ tps, $l_ ms" >&2
         done
     done
@@ -122,13 +140,13 @@ for spec in "${tests[@]}"; do
         [ "${tps[$name,$test]:-}" = fails ] && continue
         median=$(printf '%s' "${runs[$name,$test]}" | sort -n | sed -n "$(( (rounds + 1) / 2 ))p")
         tps[$name,$test]=${median%% *} lat[$name,$test]=${median##* }
+        if [ -n "${cpu[$name,$test]:-}" ]; then
+            cpu[$name,$test]=$(printf '%s' "${cpu[$name,$test]}" | sort -n | sed -n "$(( ($(printf '%s' "${cpu[$name,$test]}" | wc -l) + 1) / 2 ))p")
+        fi
     done
 done
 
 rss() { awk '/VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo "?"; }
-proxy_pid=$(pgrep -f "pgwarden-proxy --config $work/demo/node0/pgwarden.toml" | head -1 || true)
-# The pgbouncer process itself, not the runuser / sh that started it.
-bouncer_pid=$(pgrep -f "^pgbouncer $work/bouncer/pgbouncer.ini" | head -1 || true)
 peak="pgwarden-proxy $(rss "$proxy_pid") kB${bouncer_pid:+, pgbouncer $(rss "$bouncer_pid") kB}"
 
 idle_line=""
@@ -161,6 +179,17 @@ fi
         for t in "${targets[@]}"; do n=${t%%:*}; row+=" ${tps[$n,$test]} (${lat[$n,$test]}) |"; done
         echo "$row"
     done
+    echo
+    row="Pooler CPU per transaction (µs, user + system, median round):"
+    for spec in "${tests[@]}"; do
+        test=${spec%%:*}
+        row+=" $test"
+        for n in pgwarden pgbouncer; do
+            [ -n "${cpu[$n,$test]:-}" ] && row+=" $n ${cpu[$n,$test]}"
+        done
+        row+=";"
+    done
+    echo "${row%;}."
     echo
     echo "Peak RSS after the pgbench runs: $peak."
     echo

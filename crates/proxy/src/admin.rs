@@ -81,7 +81,7 @@ impl ProxyApi for AdminService {
         Ok(Response::new(GetPoolsReply {
             pools,
             generation: route.generation,
-            primary_id: route.primary.map(|b| id32(b.id)),
+            primary_id: route.primary.as_ref().map(|b| id32(b.id)),
         }))
     }
 

@@ -9,9 +9,12 @@ use bytes::BytesMut;
 use pgwarden_wire::{ErrorResponse, sqlstate};
 use tokio::io::AsyncWriteExt;
 
+use std::sync::Arc;
+
 use crate::Shared;
-use crate::pool::PoolKey;
+use crate::pool::{Pool, PoolKey};
 use crate::relay::pump::{self, PumpEnd, ServerState, StopReason};
+use crate::routing::Route;
 use crate::server_conn::{ServerConn, ServerCredentials, ServerError};
 
 pub(crate) async fn send_reject(stream: &mut Stream, e: Reject) {
@@ -28,21 +31,42 @@ pub(crate) fn reject(e: ErrorResponse) -> Reject {
     Some(e.to_bytes())
 }
 
+/// What a client's checkouts keep from one to the next, so the common
+/// checkout (same backend, same settings) looks nothing up and hashes
+/// nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Memo {
+    /// The pool the client last took a connection of.
+    pool: Option<Arc<Pool>>,
+    /// The fingerprint of its settings ([`ServerConn::settled`]), until
+    /// they change.
+    fingerprint: Option<u64>,
+}
+
+impl Memo {
+    /// The client's settings changed: their fingerprint is made afresh.
+    pub fn settings_changed(&mut self) {
+        self.fingerprint = None;
+    }
+}
+
 /// The right to a server connection of the primary, and the connection:
 /// waits while the proxy is paused, then takes a cached connection or opens
 /// one (with `params`, the pool's startup parameters), and gives it the
-/// client's settings (`client_settings`). `key_cache` keeps the pool's key
-/// from one checkout to the next of the same client.
+/// client's settings (`client_settings`). `memo` is the client's own, kept
+/// from one checkout to the next.
 pub(crate) async fn server_for(
     shared: &Shared,
     params: &[(String, String)],
     client_settings: &[(String, String)],
     believed: &[(String, String)],
     creds: &ServerCredentials,
-    key_cache: &mut Option<PoolKey>,
-) -> Result<(crate::pool::Slot, ServerConn, crate::routing::Route), Reject> {
+    memo: &mut Memo,
+) -> Result<(crate::pool::Slot, Box<ServerConn>, Arc<Route>), Reject> {
     let settings = &shared.settings;
-    wait_while_paused(shared).await?;
+    if *shared.paused.borrow() {
+        Box::pin(wait_while_paused(shared)).await?;
+    }
     let route = shared
         .router
         .route(settings.server_connect_timeout)
@@ -59,13 +83,15 @@ pub(crate) async fn server_for(
             "no primary backend is available",
         )));
     };
-    let key = match key_cache {
-        Some(k) if k.backend == b.id => k,
-        _ => key_cache.insert(PoolKey::new(b.id, params)),
+    let pool = match &memo.pool {
+        Some(p) if p.backend() == b.id => p,
+        _ => memo
+            .pool
+            .insert(shared.pools.pool(&PoolKey::new(b.id, params))),
     };
     let (slot, cached) = shared
         .pools
-        .acquire(key, settings.pool_timeout)
+        .acquire(pool, settings.pool_timeout)
         .await
         .map_err(|e| {
             shared.counters.pool_timeouts.inc();
@@ -79,15 +105,17 @@ pub(crate) async fn server_for(
     let mut conn = match cached {
         Some(c) => c,
         None => {
-            let c = ServerConn::connect(
+            // Boxed, as the settling below: the rare steps keep their
+            // state off the future every transaction makes.
+            let c = Box::pin(ServerConn::connect(
                 b.id,
                 &b.host,
                 b.port,
-                &key.params,
+                &pool.key().params,
                 creds,
                 settings.tcp_keepalive,
                 settings.server_connect_timeout,
-            )
+            ))
             .await
             .map_err(|e| {
                 match &e {
@@ -108,14 +136,16 @@ pub(crate) async fn server_for(
             })?;
             shared.counters.server_connects.inc();
             shared.pools.learn_defaults(params, &c.params);
-            c
+            Box::new(c)
         }
     };
     // The common case: the connection's last client had the same
     // settings, and nothing changed them since.
-    let fingerprint = fingerprint(client_settings, believed);
+    let fingerprint = *memo
+        .fingerprint
+        .get_or_insert_with(|| fingerprint(client_settings, believed));
     if conn.settled != Some(fingerprint) {
-        settle(
+        Box::pin(settle(
             shared,
             &b,
             params,
@@ -123,7 +153,7 @@ pub(crate) async fn server_for(
             believed,
             &mut conn,
             fresh,
-        )
+        ))
         .await?;
         conn.settled = Some(fingerprint);
     }
@@ -199,7 +229,8 @@ fn fingerprint(client_settings: &[(String, String)], believed: &[(String, String
 }
 
 /// Returns at once unless an operator paused the proxy; then waits for
-/// Resume, up to `pool_timeout`.
+/// Resume, up to `pool_timeout`. (Boxed by its caller: the state of a
+/// wait is not in every checkout's future.)
 async fn wait_while_paused(shared: &Shared) -> Result<(), Reject> {
     let mut paused = shared.paused.subscribe();
     if !*paused.borrow_and_update() {
@@ -252,9 +283,9 @@ pub(crate) async fn finish(
     client: &mut Stream,
     r: pump::PumpResult,
     slot: crate::pool::Slot,
-    mut conn: ServerConn,
+    mut conn: Box<ServerConn>,
     cancel: &crate::clients::CancelKey,
-    route: &crate::routing::Route,
+    route: &Route,
     afterwards: Afterwards<'_>,
 ) {
     let notice = match &r.end {

@@ -72,7 +72,6 @@ struct Server {
 #[derive(Debug)]
 struct Entry {
     secret: i32,
-    server: Option<Server>,
     meta: ClientMeta,
     terminate: CancellationToken,
     activity: Arc<Activity>,
@@ -100,9 +99,16 @@ pub struct Activity {
     /// Held (shared) by each cancel in flight for this session's server
     /// connection; taken whole before the connection is handed on.
     cancels: Arc<RwLock<()>>,
+    /// The server connection the client holds now: the client's own lock,
+    /// so setting it at each checkout touches nothing other clients use.
+    server: Mutex<Option<Server>>,
 }
 
 impl Activity {
+    fn server(&self) -> Option<Server> {
+        *lock(&self.server)
+    }
+
     /// The client sent a message that the server answers with ReadyForQuery.
     pub fn request(&self) {
         self.owed.fetch_add(1, Ordering::Relaxed);
@@ -186,6 +192,10 @@ impl Activity {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The live clients, by the process id they were given.
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
@@ -231,7 +241,6 @@ impl ClientRegistry {
                     pid,
                     Entry {
                         secret,
-                        server: None,
                         meta,
                         terminate: terminate.clone(),
                         activity: Arc::clone(&activity),
@@ -253,12 +262,12 @@ impl ClientRegistry {
         let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         keys.get(&pid)
             .filter(|t| t.secret == secret)
-            .and_then(|t| t.server)
+            .and_then(|t| t.activity.server())
     }
 
     /// Lets a cancel through when the key is live, the client holds a
     /// server connection and that connection is busy with the client's
-    /// work. Decided under the registry lock, the same lock
+    /// work. Decided under the client's server lock, the one
     /// [`CancelKey::clear_server`] takes, so a ticket is never issued for a
     /// connection that is being handed on.
     fn admit_cancel(&self, pid: i32, secret: i32) -> Result<CancelTicket, &'static str> {
@@ -267,9 +276,8 @@ impl ClientRegistry {
             .get(&pid)
             .filter(|t| t.secret == secret)
             .ok_or("unknown key")?;
-        let server = entry
-            .server
-            .ok_or("the client holds no server connection")?;
+        let held = lock(&entry.activity.server);
+        let server = held.ok_or("the client holds no server connection")?;
         if !entry.activity.is_busy() {
             return Err("the session is idle");
         }
@@ -289,7 +297,7 @@ impl ClientRegistry {
         let mut out: HashMap<(Option<usize>, String, String), (usize, usize)> = HashMap::new();
         for e in keys.values() {
             let key = (
-                e.server.map(|s| s.backend),
+                e.activity.server().map(|s| s.backend),
                 e.meta.user.clone(),
                 e.meta.database.clone(),
             );
@@ -318,7 +326,7 @@ impl ClientRegistry {
             .map(|(pid, e)| ClientSnapshot {
                 pid: *pid,
                 meta: e.meta.clone(),
-                backend: e.server.map(|s| s.backend),
+                backend: e.activity.server().map(|s| s.backend),
             })
             .collect();
         all.sort_by_key(|c| (c.meta.connected, c.pid));
@@ -416,7 +424,10 @@ impl CancelKey {
     /// landed, so the connection can be handed on.
     pub async fn clear_server(&self) {
         self.update(None);
-        let _all = self.activity.cancels.write().await;
+        // Nearly always no cancel is under way: then nothing to wait for.
+        if self.activity.cancels.try_write().is_err() {
+            let _all = self.activity.cancels.write().await;
+        }
     }
 
     /// What the session's server connection is doing, for the data path to
@@ -432,10 +443,7 @@ impl CancelKey {
     }
 
     fn update(&self, server: Option<Server>) {
-        let mut keys = self.registry.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(t) = keys.get_mut(&self.pid) {
-            t.server = server;
-        }
+        *lock(&self.activity.server) = server;
     }
 }
 

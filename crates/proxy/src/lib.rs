@@ -110,7 +110,7 @@ impl Shared {
     /// their user and database.
     pub fn pool_report(&self) -> Vec<pool::PoolStats> {
         let mut rows = self.pools.stats();
-        let primary = self.router.current().primary.map(|b| b.id);
+        let primary = self.router.current().primary.as_ref().map(|b| b.id);
         for ((holding, user, database), (n, pinned)) in self.clients.usage() {
             let Some(backend) = holding.or(primary) else {
                 continue;

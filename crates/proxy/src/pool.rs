@@ -53,7 +53,10 @@ pub struct PoolLimits {
 pub struct Pool {
     key: PoolKey,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    // Boxed: a connection is handed out and back whole, so a pointer
+    // moves at each checkout, not the connection.
+    #[allow(clippy::vec_box)]
+    idle: Mutex<Vec<Box<ServerConn>>>,
     /// Clients waiting for a permit.
     waiting: AtomicUsize,
 }
@@ -234,7 +237,9 @@ impl Pools {
         Some(params)
     }
 
-    fn pool(&self, key: &PoolKey) -> Arc<Pool> {
+    /// The pool of `key`, made on first use. A client keeps it from one
+    /// checkout to the next (see [`Pools::acquire`]).
+    pub fn pool(&self, key: &PoolKey) -> Arc<Pool> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(p) = pools.get(key) {
             return Arc::clone(p);
@@ -249,28 +254,20 @@ impl Pools {
         p
     }
 
-    /// Waits up to `timeout` for the right to hold a connection of `key`,
-    /// and hands over a cached live connection if there is one.
+    /// Waits up to `timeout` for the right to hold a connection of `pool`
+    /// (from [`Pools::pool`]), and hands over a cached live connection if
+    /// there is one. A pool someone holds is never forgotten by
+    /// [`Pools::reap`], so it stays the one of its key.
     pub async fn acquire(
         &self,
-        key: &PoolKey,
+        pool: &Arc<Pool>,
         timeout: Duration,
-    ) -> Result<(Slot, Option<ServerConn>), PoolTimeout> {
-        let pool = self.pool(key);
+    ) -> Result<(Slot, Option<Box<ServerConn>>), PoolTimeout> {
+        let pool = Arc::clone(pool);
         let permit = match Arc::clone(&pool.permits).try_acquire_owned() {
             Ok(p) => p,
-            Err(_) => {
-                // Counted while waiting, however the wait ends (a client
-                // terminated or timed out drops this future mid-wait).
-                let _waiting = Waiting::new(&pool.waiting);
-                let r =
-                    tokio::time::timeout(timeout, Arc::clone(&pool.permits).acquire_owned()).await;
-                match r {
-                    Ok(Ok(p)) => p,
-                    // The semaphore is never closed; treat it like a timeout anyway.
-                    Ok(Err(_)) | Err(_) => return Err(PoolTimeout(timeout, self.limits.size)),
-                }
-            }
+            // Boxed: the state of a wait is not in every checkout's future.
+            Err(_) => Box::pin(self.wait_for_permit(&pool, timeout)).await?,
         };
         let conn = pool.take_idle();
         Ok((
@@ -281,6 +278,22 @@ impl Pools {
             },
             conn,
         ))
+    }
+
+    async fn wait_for_permit(
+        &self,
+        pool: &Pool,
+        timeout: Duration,
+    ) -> Result<OwnedSemaphorePermit, PoolTimeout> {
+        // Counted while waiting, however the wait ends (a client
+        // terminated or timed out drops this future mid-wait).
+        let _waiting = Waiting::new(&pool.waiting);
+        let r = tokio::time::timeout(timeout, Arc::clone(&pool.permits).acquire_owned()).await;
+        match r {
+            Ok(Ok(p)) => Ok(p),
+            // The semaphore is never closed; treat it like a timeout anyway.
+            Ok(Err(_)) | Err(_) => Err(PoolTimeout(timeout, self.limits.size)),
+        }
     }
 
     /// Closes idle connections past `idle_timeout`, and forgets pools with
@@ -386,7 +399,17 @@ impl Drop for Waiting<'_> {
 }
 
 impl Pool {
-    fn take_idle(&self) -> Option<ServerConn> {
+    /// The key of the pool's connections.
+    pub fn key(&self) -> &PoolKey {
+        &self.key
+    }
+
+    /// The backend of the pool's connections.
+    pub fn backend(&self) -> usize {
+        self.key.backend
+    }
+
+    fn take_idle(&self) -> Option<Box<ServerConn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Most recently used first: it is the likeliest to be warm and alive.
         while let Some(c) = idle.pop() {
@@ -405,7 +428,7 @@ impl Pool {
 impl Slot {
     /// Returns a clean, idle connection to the cache (or closes it when it
     /// is past `server_lifetime`), and frees the permit.
-    pub fn release(self, mut conn: ServerConn) {
+    pub fn release(self, mut conn: Box<ServerConn>) {
         if self.limits.lifetime.is_some_and(|l| conn.age() >= l) {
             return;
         }

@@ -8,6 +8,7 @@
 //! primary is withdrawn at once: sessions on it end, and clients get a clear
 //! 57P03 rather than writes to a server that may be a standby.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -22,7 +23,7 @@ pub struct Route {
     /// proxy finds the primary itself).
     pub generation: u64,
     /// The primary, or `None` with the reason in `why_none`.
-    pub primary: Option<std::sync::Arc<BackendAddr>>,
+    pub primary: Option<Arc<BackendAddr>>,
     /// Why there is no primary.
     pub why_none: String,
     /// Cancelled when the primary changes: sessions on it must end.
@@ -32,7 +33,7 @@ pub struct Route {
 /// Publishes the current route.
 #[derive(Debug)]
 pub struct Router {
-    tx: watch::Sender<Route>,
+    tx: watch::Sender<Arc<Route>>,
     recheck: Notify,
 }
 
@@ -45,7 +46,7 @@ impl Default for Router {
             ended: CancellationToken::new(),
         };
         Router {
-            tx: watch::channel(route).0,
+            tx: watch::channel(Arc::new(route)).0,
             recheck: Notify::new(),
         }
     }
@@ -53,19 +54,32 @@ impl Default for Router {
 
 impl Router {
     /// The route to a primary, waiting up to `timeout` for one; otherwise
-    /// why there is none.
-    pub async fn route(&self, timeout: Duration) -> Result<Route, String> {
+    /// why there is none. Runs at every checkout: with a primary, it
+    /// costs a read lock and a reference count.
+    pub async fn route(&self, timeout: Duration) -> Result<Arc<Route>, String> {
+        {
+            let now = self.tx.borrow();
+            if now.primary.is_some() {
+                return Ok(Arc::clone(&now));
+            }
+        }
+        Box::pin(self.wait_for_primary(timeout)).await
+    }
+
+    /// Waits up to `timeout` for a primary (boxed by [`Router::route`], so
+    /// its state is not in every checkout's future).
+    async fn wait_for_primary(&self, timeout: Duration) -> Result<Arc<Route>, String> {
         let mut rx = self.tx.subscribe();
         let wait = rx.wait_for(|r| r.primary.is_some());
         match tokio::time::timeout(timeout, wait).await {
-            Ok(Ok(r)) => Ok(r.clone()),
+            Ok(Ok(r)) => Ok(Arc::clone(&r)),
             _ => Err(self.tx.borrow().why_none.clone()),
         }
     }
 
     /// The current route.
-    pub fn current(&self) -> Route {
-        self.tx.borrow().clone()
+    pub fn current(&self) -> Arc<Route> {
+        Arc::clone(&self.tx.borrow())
     }
 
     /// Sets the route. When the primary changes (or goes away), sessions on
@@ -78,6 +92,7 @@ impl Router {
     ) -> Option<usize> {
         let mut replaced = None;
         self.tx.send_modify(|cur| {
+            let cur = Arc::make_mut(cur);
             let same = cur.primary.as_ref().map(|b| b.id) == primary.as_ref().map(|b| b.id);
             cur.generation = generation;
             cur.why_none = why_none.to_owned();
@@ -97,7 +112,7 @@ impl Router {
             replaced = cur.primary.as_ref().map(|b| b.id);
             cur.ended.cancel();
             cur.ended = CancellationToken::new();
-            cur.primary = primary.map(std::sync::Arc::new);
+            cur.primary = primary.map(Arc::new);
         });
         replaced
     }
@@ -136,7 +151,7 @@ pub async fn discover(
         for (b, client) in backends.iter().zip(clients.iter_mut()) {
             seen.push(probe(b, client, d).await);
         }
-        let current = router.current().primary.map(|p| (*p).clone());
+        let current = router.current().primary.as_deref().cloned();
         let still = current.filter(|p| seen.get(p.id) == Some(&Seen::Primary));
         let next = still.or_else(|| {
             backends

@@ -59,7 +59,7 @@ pub async fn serve(
                 Box::pin(run_session(&shared, &mut stream, buf, session)).await
             }
             Ok(Started::Transaction(cancel, client)) => {
-                crate::relay::txn::serve(&shared, &mut stream, buf, cancel, client).await
+                crate::relay::txn::serve(&shared, &mut stream, buf, cancel, *client).await
             }
             Err(e) => send_reject(&mut stream, e).await,
         }
@@ -173,15 +173,15 @@ enum Started {
     /// Session mode: with its server connection.
     Session(Session),
     /// Transaction mode: a server connection per transaction.
-    Transaction(crate::clients::CancelKey, crate::relay::txn::TxnClient),
+    Transaction(crate::clients::CancelKey, Box<crate::relay::txn::TxnClient>),
 }
 
 /// A logged-in client with its server connection.
 struct Session {
     slot: crate::pool::Slot,
-    conn: ServerConn,
+    conn: Box<ServerConn>,
     cancel: crate::clients::CancelKey,
-    route: crate::routing::Route,
+    route: std::sync::Arc<crate::routing::Route>,
     /// A replication connection: closed when its client leaves, never
     /// reset or cached.
     replication: bool,
@@ -316,9 +316,9 @@ async fn start_session(
         let welcome = match shared.pools.welcome(&server_params, &wanted) {
             Some(w) => w,
             None => {
-                let mut key = None;
+                let mut memo = crate::checkout::Memo::default();
                 let (slot, conn, _route) = tokio::select! {
-                    r = server_for(shared, &server_params, &wanted, &[], &creds, &mut key) => r?,
+                    r = server_for(shared, &server_params, &wanted, &[], &creds, &mut memo) => r?,
                     () = cancel.stop().cancelled() => return Err(reject(stopped_error(shared))),
                 };
                 let mut conn = conn;
@@ -348,14 +348,14 @@ async fn start_session(
             believed,
             creds,
             tracker: crate::relay::Tracker::new(s.max_prepared_statements, s.max_message_bytes),
-            pool_key: None,
+            memo: Default::default(),
             route_ended: None,
         };
-        return Ok(Started::Transaction(cancel, client));
+        return Ok(Started::Transaction(cancel, Box::new(client)));
     }
-    let mut key = None;
+    let mut memo = crate::checkout::Memo::default();
     let (slot, mut conn, route) = tokio::select! {
-        r = server_for(shared, &server_params, &params.replayed, &[], &creds, &mut key) => r?,
+        r = server_for(shared, &server_params, &params.replayed, &[], &creds, &mut memo) => r?,
         () = cancel.stop().cancelled() => {
             tracing::info!("client ended while waiting for a server");
             return Err(reject(stopped_error(shared)));

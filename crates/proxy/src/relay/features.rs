@@ -44,40 +44,39 @@ pub struct SqlEffects {
 }
 
 /// Looks at `sql` (one Query or Parse text, possibly several statements).
+/// Runs on every statement a transaction-mode client sends, so the common
+/// statement (a SELECT, an INSERT...) costs a walk over its words and
+/// nothing else: no copy, no allocation.
 pub fn effects(sql: &[u8]) -> SqlEffects {
     let mut fx = SqlEffects::default();
-    let words = Words::new(sql);
-    // The first few words of a statement say what it is; kept lower-cased
-    // in a small fixed buffer, so the common query costs no allocation.
-    let mut first = [[0u8; WORD_LEN]; FIRST_WORDS];
+    // The first few words of a statement say what it is.
+    let mut first: [&[u8]; FIRST_WORDS] = [b""; FIRST_WORDS];
     let mut n = 0usize;
     let mut prev: &[u8] = b"";
-    for w in words.chain(std::iter::once(Word::End)) {
+    for w in Words::new(sql).chain(std::iter::once(Word::End)) {
         match w {
             Word::Ident(w) => {
                 // Anywhere in a statement, not only at its start.
-                let anywhere = anywhere_pins(prev, w);
-                fx.pins = fx.pins.or(anywhere);
+                if fx.pins.is_none() {
+                    fx.pins = anywhere_pins(prev, w);
+                }
                 prev = w;
                 if let Some(slot) = first.get_mut(n) {
-                    slot.fill(0);
-                    for (d, c) in slot.iter_mut().zip(w) {
-                        *d = c.to_ascii_lowercase();
-                    }
+                    *slot = w;
                     n += 1;
                 }
             }
             Word::Semicolon | Word::End => {
-                let mut words = [""; FIRST_WORDS];
-                for (out, w) in words.iter_mut().zip(first.iter()) {
-                    let len = w.iter().position(|b| *b == 0).unwrap_or(WORD_LEN);
-                    *out = std::str::from_utf8(w.get(..len).unwrap_or_default()).unwrap_or("");
+                let words = first.get(..n).unwrap_or_default();
+                if words.first().is_some_and(|w| starts_with_effect(w)) {
+                    statement_words(words, |words| {
+                        let (pins, drops) = statement_effects(words);
+                        fx.pins = fx.pins.or(pins);
+                        fx.drops_statements |= drops;
+                        fx.resets_settings |=
+                            matches!(words, ["discard", "all", ..] | ["reset", ..]);
+                    });
                 }
-                let words = words.get(..n).unwrap_or_default();
-                let (pins, drops) = statement_effects(words);
-                fx.pins = fx.pins.or(pins);
-                fx.drops_statements |= drops;
-                fx.resets_settings |= matches!(words, ["discard", "all", ..] | ["reset", ..]);
                 n = 0;
                 prev = b"";
             }
@@ -86,10 +85,51 @@ pub fn effects(sql: &[u8]) -> SqlEffects {
     fx
 }
 
+/// True when a statement starting with `word` can have an effect
+/// [`statement_effects`] knows of.
+fn starts_with_effect(word: &[u8]) -> bool {
+    const FIRST: &[&[u8]] = &[
+        b"listen",
+        b"set",
+        b"reset",
+        b"create",
+        b"do",
+        b"prepare",
+        b"execute",
+        b"deallocate",
+        b"discard",
+        b"load",
+    ];
+    FIRST.iter().any(|k| k.eq_ignore_ascii_case(word))
+}
+
+/// Calls `f` with a statement's first words in lower case (cut at
+/// [`WORD_LEN`] bytes: no keyword or tracked setting is that long).
+fn statement_words(words: &[&[u8]], f: impl FnOnce(&[&str])) {
+    let mut lower = [[0u8; WORD_LEN]; FIRST_WORDS];
+    let mut out = [""; FIRST_WORDS];
+    for ((buf, o), w) in lower.iter_mut().zip(out.iter_mut()).zip(words) {
+        let len = w.len().min(WORD_LEN);
+        for (d, c) in buf.iter_mut().zip(w.iter()) {
+            *d = c.to_ascii_lowercase();
+        }
+        *o = std::str::from_utf8(buf.get(..len).unwrap_or_default()).unwrap_or("");
+    }
+    f(out.get(..words.len()).unwrap_or_default());
+}
+
 /// Session state made by a word anywhere in a statement (given the word
 /// before it): session advisory locks, `set_config()`, `WITH HOLD`,
 /// `INTO TEMP`, objects in `pg_temp`.
 fn anywhere_pins(prev: &[u8], word: &[u8]) -> Option<&'static str> {
+    // Every word looked for starts with one of these letters: most words
+    // are passed over at the first byte.
+    if !matches!(
+        word.first().map(u8::to_ascii_lowercase),
+        Some(b'p' | b's' | b'h' | b't')
+    ) {
+        return None;
+    }
     let is = |a: &[u8], b: &str| a.eq_ignore_ascii_case(b.as_bytes());
     if is_session_lock_function(word) {
         Some("session advisory lock")
@@ -200,7 +240,21 @@ impl<'a> Iterator for Words<'a> {
     type Item = Word<'a>;
 
     fn next(&mut self) -> Option<Word<'a>> {
-        while let Some(c) = self.peek(0) {
+        let sql = self.sql;
+        while let Some(&c) = sql.get(self.pos) {
+            let kind = class(c);
+            if kind == OTHER {
+                self.pos += 1;
+                continue;
+            }
+            if kind & START != 0 {
+                let start = self.pos;
+                self.pos += 1;
+                while sql.get(self.pos).is_some_and(|b| class(*b) & PART != 0) {
+                    self.pos += 1;
+                }
+                return Some(Word::Ident(sql.get(start..self.pos).unwrap_or_default()));
+            }
             match c {
                 b';' => {
                     self.pos += 1;
@@ -245,23 +299,45 @@ impl<'a> Iterator for Words<'a> {
                         self.pos += 1 + tag_len;
                     }
                 }
-                c if c.is_ascii_alphabetic() || c == b'_' => {
-                    let start = self.pos;
-                    while self
-                        .peek(0)
-                        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$')
-                    {
-                        self.pos += 1;
-                    }
-                    let w = self.sql.get(start..self.pos).unwrap_or_default();
-                    return Some(Word::Ident(w));
-                }
                 _ => self.pos += 1,
             }
         }
         None
     }
 }
+
+/// What a byte can be to the lexer: nothing to it ([`OTHER`]), the start
+/// of a word ([`START`]), part of a word ([`PART`]), or the start of
+/// something else it must look at (`;`, comments, quotes, `$`).
+const OTHER: u8 = 0;
+const START: u8 = 1;
+const PART: u8 = 2;
+const SPECIAL: u8 = 4;
+fn class(b: u8) -> u8 {
+    // 256 entries: never out of bounds, and compiled without a check.
+    CLASS.get(usize::from(b)).copied().unwrap_or(OTHER)
+}
+#[allow(clippy::indexing_slicing)] // const evaluation: out of bounds fails the build
+static CLASS: [u8; 256] = {
+    let mut t = [OTHER; 256];
+    let mut c = 0usize;
+    while c < 256 {
+        let b = c as u8;
+        if b.is_ascii_alphabetic() || b == b'_' {
+            t[c] = START | PART;
+        } else if b.is_ascii_digit() {
+            t[c] = PART;
+        }
+        c += 1;
+    }
+    t[b'$' as usize] = PART | SPECIAL;
+    t[b';' as usize] = SPECIAL;
+    t[b'-' as usize] = SPECIAL;
+    t[b'/' as usize] = SPECIAL;
+    t[b'\'' as usize] = SPECIAL;
+    t[b'"' as usize] = SPECIAL;
+    t
+};
 
 #[cfg(test)]
 mod tests {

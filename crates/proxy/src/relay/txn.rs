@@ -44,8 +44,8 @@ pub(crate) struct TxnClient {
     pub creds: ServerCredentials,
     /// Its prepared statements and reply queue.
     pub tracker: Tracker,
-    /// The key of its pool on the backend it last used.
-    pub pool_key: Option<crate::pool::PoolKey>,
+    /// What its checkouts keep from one to the next.
+    pub memo: checkout::Memo,
     /// A child of the current route's `ended` token, with the route's
     /// generation: made once per route rather than per transaction (a
     /// child token locks the parent, which every client shares).
@@ -79,8 +79,9 @@ pub(crate) async fn serve(
             return;
         }
         if buf.is_empty() {
-            // An idle client keeps no buffer.
-            buf = BytesMut::new();
+            // An idle client keeps no buffer: the next client to read on
+            // this thread takes it.
+            spare::put(std::mem::take(&mut buf));
         }
     }
 }
@@ -95,8 +96,11 @@ async fn transaction(
     c: &mut TxnClient,
 ) -> bool {
     let got = tokio::select! {
+        // The checkout first: it is nearly always ready at once, and then
+        // the stop token is never polled (nor registered with).
+        biased;
         r = checkout::server_for(
-            shared, &c.server_params, &c.wanted, &c.believed, &c.creds, &mut c.pool_key,
+            shared, &c.server_params, &c.wanted, &c.believed, &c.creds, &mut c.memo,
         ) => r,
         () = cancel.stop().cancelled() => {
             let _ = client.write_all(&checkout::stopped_error(shared).to_bytes()).await;
@@ -111,13 +115,10 @@ async fn transaction(
         }
     };
     cancel.set_server(conn.backend, conn.addr, conn.key);
-    let ended = match &c.route_ended {
-        Some((generation, t)) if *generation == route.generation && !t.is_cancelled() => t.clone(),
-        _ => {
-            let t = route.ended.child_token();
-            c.route_ended = Some((route.generation, t.clone()));
-            t
-        }
+    // Taken for the relay and put back: no clone per transaction.
+    let ended = match c.route_ended.take() {
+        Some((generation, t)) if generation == route.generation && !t.is_cancelled() => t,
+        _ => route.ended.child_token(),
     };
     let outcome = relay(
         client,
@@ -129,6 +130,7 @@ async fn transaction(
         &ended,
     )
     .await;
+    c.route_ended = Some((route.generation, ended));
     cancel.clear_server().await;
     match outcome {
         Outcome::Released => {
@@ -177,6 +179,11 @@ async fn idle(
                     () = stop.cancelled() => return Idle::Stopped,
                     r = client.ready_to_read() => if r.is_err() { return Idle::Left },
                 }
+                if buf.capacity() == 0
+                    && let Some(b) = spare::take()
+                {
+                    *buf = b;
+                }
                 buf.reserve(n.max(2048).saturating_sub(buf.len()).min(1 << 20));
                 match client.try_read_buf(buf) {
                     Ok(0) => return Idle::Left,
@@ -186,6 +193,43 @@ async fn idle(
                 }
             }
         }
+    }
+}
+
+/// Read buffers idle clients gave up, for the next client that reads on
+/// the same thread: a transaction then costs no allocation for its
+/// buffer, and idle clients still hold none.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// Buffers kept per thread, at most.
+    const KEPT: usize = 32;
+    /// Bigger buffers (a client sent a big message) are freed.
+    const BIGGEST: usize = 64 * 1024;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Keeps an empty buffer for later, or frees it.
+    pub(super) fn put(mut buf: BytesMut) {
+        if buf.capacity() == 0 || buf.capacity() > BIGGEST {
+            return;
+        }
+        buf.clear();
+        SPARE.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.len() < KEPT {
+                s.push(buf);
+            }
+        });
+    }
+
+    /// An empty buffer someone gave up, if there is one.
+    pub(super) fn take() -> Option<BytesMut> {
+        SPARE.with(|s| s.borrow_mut().pop())
     }
 }
 
@@ -199,21 +243,22 @@ enum Outcome {
 }
 
 /// The server's replies during a transaction.
-struct Replies<'a> {
+struct Replies<'a, 'm> {
     activity: &'a Activity,
-    tracker: &'a Mutex<Tracker>,
-    statements: &'a Mutex<ServerStatements>,
+    tracker: &'a Mutex<&'m mut Tracker>,
+    statements: &'a Mutex<&'m mut ServerStatements>,
     status: u8,
     last_tag: u8,
     params: &'a mut Vec<(String, String)>,
     applied: &'a mut Vec<(String, String)>,
     settled: &'a mut Option<u64>,
     wanted: &'a mut Vec<(String, String)>,
+    memo: &'a mut checkout::Memo,
     /// Where the chunk being scanned needs changing.
     edits: Vec<(usize, Edit)>,
 }
 
-impl Observer for Replies<'_> {
+impl Observer for Replies<'_, '_> {
     fn start(&mut self, tag: u8) -> Result<Flow, ProtocolError> {
         self.last_tag = tag;
         Ok(Flow::Continue)
@@ -263,6 +308,7 @@ impl Observer for Replies<'_> {
                 let value = String::from_utf8_lossy(value).into_owned();
                 self.wanted.retain(|(k, _)| !k.eq_ignore_ascii_case(&name));
                 self.wanted.push((name.into_owned(), value));
+                self.memo.settings_changed();
             }
         }
     }
@@ -322,11 +368,10 @@ async fn relay(
 ) -> Outcome {
     // The client's own token (see `TxnClient::route_ended`): waiting on it
     // touches no lock shared with other clients.
-    let statements = Mutex::new(std::mem::take(&mut server.statements));
     c.tracker.begin();
-    // Taken for the relay, given back at its end (an empty tracker
-    // allocates nothing).
-    let tracker = Mutex::new(std::mem::replace(&mut c.tracker, Tracker::new(0, 0)));
+    // Borrowed, not moved: the relay copies nothing in or out.
+    let statements = Mutex::new(&mut server.statements);
+    let tracker = Mutex::new(&mut c.tracker);
     let client_writing = AtomicBool::new(false);
     let server_writing = AtomicBool::new(false);
     let mut server_scan = Scanner::new(u32::MAX);
@@ -340,6 +385,7 @@ async fn relay(
         applied: &mut server.applied,
         settled: &mut server.settled,
         wanted: &mut c.wanted,
+        memo: &mut c.memo,
         edits: Vec::new(),
     };
     // The connection's own read buffer, kept from one transaction to the next.
@@ -441,8 +487,6 @@ async fn relay(
     };
     let (status, last_tag) = (replies.status, replies.last_tag);
     drop(replies);
-    let mut statements = statements.into_inner().unwrap_or_else(|p| p.into_inner());
-    c.tracker = tracker.into_inner().unwrap_or_else(|p| p.into_inner());
     if c.tracker.settings_reset {
         // DISCARD ALL / RESET by the client: what was applied is gone.
         server.applied.clear();
@@ -450,14 +494,12 @@ async fn relay(
         c.tracker.settings_reset = false;
     }
     let Some(end) = end else {
-        server.statements = statements;
         return Outcome::Released;
     };
     // Scanned already but never delivered: not for whoever reads next.
     server.buf.clear();
     // What is still owed may never be confirmed: forget it.
-    c.tracker.abandon(&mut statements);
-    server.statements = statements;
+    c.tracker.abandon(&mut server.statements);
     let client_at_boundary = server_scan.at_boundary() && !server_writing.load(Ordering::Relaxed);
     let state = if client_writing.load(Ordering::Relaxed) || !c.tracker.at_boundary() {
         ServerState::Broken
@@ -477,6 +519,29 @@ async fn relay(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spare_buffers_are_bounded_in_number_and_size() {
+        while spare::take().is_some() {}
+        // A big buffer (a client sent a big message) is freed, not kept.
+        spare::put(BytesMut::with_capacity(1 << 20));
+        assert!(spare::take().is_none());
+        // An empty one is not worth keeping.
+        spare::put(BytesMut::new());
+        assert!(spare::take().is_none());
+        for _ in 0..100 {
+            let mut b = BytesMut::with_capacity(2048);
+            b.extend_from_slice(b"leftover");
+            spare::put(b);
+        }
+        let mut kept = 0;
+        while let Some(b) = spare::take() {
+            // Handed out empty: nothing of its last client is left.
+            assert!(b.is_empty());
+            kept += 1;
+        }
+        assert_eq!(kept, 32);
+    }
 
     #[test]
     fn edits_cut_within_and_across_chunks() {
