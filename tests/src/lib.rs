@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub mod lab;
+pub mod tls;
 
 pub use pgwarden_proto::v1::monitor_client::MonitorClient;
 pub use pgwarden_proto::v1::{ClusterState, GetClusterRequest, Role, Status};
@@ -101,6 +102,12 @@ impl ProxyOptions {
     /// Adds an auth file line.
     pub fn user(mut self, line: &str) -> Self {
         self.users.push(line.to_owned());
+        self
+    }
+
+    /// Appends raw TOML after the backends (a whole table, say).
+    pub fn with_extra(mut self, toml: &str) -> Self {
+        self.extra.push(toml.to_owned());
         self
     }
 

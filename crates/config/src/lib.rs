@@ -42,6 +42,7 @@ mod monitor;
 mod node;
 mod proxy;
 mod secret;
+mod server_tls;
 mod validate;
 mod watchdog;
 
@@ -58,8 +59,9 @@ pub use error::ConfigError;
 pub use failover::{FailoverConfig, FailoverMode};
 pub use monitor::MonitorConfig;
 pub use node::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, NodeConfig};
-pub use proxy::{AuthType, PoolMode, ProxyConfig};
+pub use proxy::{AuthType, ClientTlsMode, PoolMode, ProxyConfig};
 pub use secret::{Secret, check_secret_file_mode};
+pub use server_tls::{ServerTlsConfig, ServerTlsMode};
 pub use watchdog::WatchdogConfig;
 
 /// Where daemons and `pgwardenctl` look for the config without `--config`.
@@ -90,6 +92,8 @@ pub struct Config {
     pub failover: FailoverConfig,
     /// `[watchdog]`.
     pub watchdog: WatchdogConfig,
+    /// `[server_tls]`.
+    pub server_tls: ServerTlsConfig,
 }
 
 /// The file as written, before validation.
@@ -111,6 +115,8 @@ struct RawConfig {
     failover: failover::RawFailover,
     #[serde(default)]
     watchdog: WatchdogConfig,
+    #[serde(default)]
+    server_tls: ServerTlsConfig,
 }
 
 impl Config {
@@ -169,6 +175,7 @@ impl RawConfig {
         self.replication_check.validate()?;
         let failover = self.failover.validate()?;
         self.watchdog.validate()?;
+        self.server_tls.validate()?;
         Ok(Config {
             node: self.node,
             proxy: self.proxy,
@@ -178,6 +185,7 @@ impl RawConfig {
             replication_check: self.replication_check,
             failover,
             watchdog: self.watchdog,
+            server_tls: self.server_tls,
         })
     }
 }

@@ -66,6 +66,36 @@ impl fmt::Display for AuthType {
     }
 }
 
+/// `proxy.client_tls_mode`: TLS between clients and the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientTlsMode {
+    /// `"disable"`: SSLRequest is answered `N` (the default, as PgBouncer's).
+    #[default]
+    Disable,
+    /// `"allow"`: TLS for clients that ask, plain text for the others.
+    Allow,
+    /// `"require"`: plain-text clients are refused (28000).
+    Require,
+}
+
+impl ClientTlsMode {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disable => "disable",
+            Self::Allow => "allow",
+            Self::Require => "require",
+        }
+    }
+}
+
+impl fmt::Display for ClientTlsMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `[proxy]`: the pgwarden-proxy daemon, the PostgreSQL endpoint clients
 /// connect to.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -137,6 +167,16 @@ pub struct ProxyConfig {
     /// the proxy stops routing (it can no longer know the primary) and says why.
     #[serde(with = "humantime_serde")]
     pub monitor_stale_after: Duration,
+    /// `proxy.client_tls_mode`.
+    pub client_tls_mode: ClientTlsMode,
+    /// `proxy.client_tls_cert_file`: the proxy's certificate chain (PEM,
+    /// leaf first); required unless `client_tls_mode = "disable"`.
+    pub client_tls_cert_file: PathBuf,
+    /// `proxy.client_tls_key_file`: its private key (PEM, mode 600 or 640).
+    pub client_tls_key_file: PathBuf,
+    /// `proxy.client_tls_ca_file`: CA certificates client certificates are
+    /// checked against; empty = client certificates are not asked for.
+    pub client_tls_ca_file: PathBuf,
 }
 
 impl Default for ProxyConfig {
@@ -163,6 +203,10 @@ impl Default for ProxyConfig {
             tcp_keepalive: true,
             follow_monitor: true,
             monitor_stale_after: Duration::from_secs(10),
+            client_tls_mode: ClientTlsMode::Disable,
+            client_tls_cert_file: PathBuf::new(),
+            client_tls_key_file: PathBuf::new(),
+            client_tls_ca_file: PathBuf::new(),
         }
     }
 }
@@ -185,6 +229,22 @@ impl ProxyConfig {
         validate::positive("proxy.client_login_timeout", self.client_login_timeout)?;
         validate::positive("proxy.shutdown_timeout", self.shutdown_timeout)?;
         validate::positive("proxy.monitor_stale_after", self.monitor_stale_after)?;
+        if self.client_tls_mode != ClientTlsMode::Disable {
+            for (key, path) in [
+                ("proxy.client_tls_cert_file", &self.client_tls_cert_file),
+                ("proxy.client_tls_key_file", &self.client_tls_key_file),
+            ] {
+                if path.as_os_str().is_empty() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "required when proxy.client_tls_mode is \"{}\"",
+                            self.client_tls_mode
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -66,6 +66,7 @@ fn minimal_config_gets_defaults() {
     assert_eq!(config.replication_check, ReplicationCheckConfig::default());
     assert_eq!(config.failover, FailoverConfig::default());
     assert_eq!(config.watchdog, WatchdogConfig::default());
+    assert_eq!(config.server_tls, ServerTlsConfig::default());
     assert_eq!(
         config.backends,
         vec![Backend {
@@ -586,6 +587,7 @@ fn example_file_documents_every_key() {
         "[replication_check]",
         "[failover]",
         "[watchdog]",
+        "[server_tls]",
     ] {
         let table = header.lines().next().unwrap();
         assert!(EXAMPLE.contains(&format!("\n{table}\n")), "{table} missing");
@@ -672,4 +674,43 @@ fn the_proxy_runs_on_one_thread_unless_told_otherwise() {
         "proxy.worker_threads",
     );
     assert!(e.contains("at least 1"), "{e}");
+}
+
+#[test]
+fn tls_keys_need_their_files_and_name_themselves() {
+    let c = Config::from_toml_str(&with("")).unwrap();
+    assert_eq!(c.proxy.client_tls_mode, ClientTlsMode::Disable);
+    assert_eq!(c.server_tls.mode, ServerTlsMode::Prefer);
+    let e = err_naming(
+        &with("[proxy]\nclient_tls_mode = \"require\"\n"),
+        "proxy.client_tls_cert_file",
+    );
+    assert!(
+        e.contains("required when proxy.client_tls_mode is \"require\""),
+        "{e}"
+    );
+    err_naming(
+        &with("[proxy]\nclient_tls_mode = \"allow\"\nclient_tls_cert_file = \"/c\"\n"),
+        "proxy.client_tls_key_file",
+    );
+    err_naming(
+        &with("[proxy]\nclient_tls_mode = \"sometimes\"\n"),
+        "proxy.client_tls_mode",
+    );
+    let e = err_naming(
+        &with("[server_tls]\nmode = \"verify-full\"\n"),
+        "server_tls.ca_file",
+    );
+    assert!(e.contains("verify-full"), "{e}");
+    err_naming(
+        &with("[server_tls]\ncert_file = \"/c\"\n"),
+        "server_tls.key_file",
+    );
+    err_naming(&with("[server_tls]\nmode = \"on\"\n"), "server_tls.mode");
+    let c = Config::from_toml_str(&with(
+        "[server_tls]\nmode = \"verify-ca\"\nca_file = \"/ca.pem\"\n",
+    ))
+    .unwrap();
+    assert_eq!(c.server_tls.mode, ServerTlsMode::VerifyCa);
+    assert!(c.server_tls.mode.required());
 }

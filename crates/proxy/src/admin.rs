@@ -51,6 +51,59 @@ pub async fn reload_auth_file(shared: &Arc<Shared>) -> Result<usize, crate::Star
     Ok(n)
 }
 
+/// A reload: the auth file, and the TLS files where some are configured.
+/// Each keeps its old contents when its new ones cannot be used; the
+/// message says what was reloaded, the error what was not and why.
+pub async fn reload(shared: &Arc<Shared>) -> Result<String, String> {
+    let auth = reload_auth_file(shared).await;
+    let tls_files = shared.settings.client_tls.mode != pgwarden_config::ClientTlsMode::Disable
+        || [
+            &shared.settings.server_tls.ca_file,
+            &shared.settings.server_tls.cert_file,
+        ]
+        .iter()
+        .any(|p| !p.as_os_str().is_empty());
+    let tls = if tls_files {
+        let s = Arc::clone(shared);
+        let r = tokio::task::spawn_blocking(move || s.tls.reload(&s.settings)).await;
+        Some(
+            r.map_err(|e| format!("reading the TLS files failed: {e}"))
+                .and_then(|r| r.map_err(|e| e.to_string())),
+        )
+    } else {
+        None
+    };
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    match auth {
+        Ok(n) => {
+            tracing::info!(users = n, "auth file reloaded");
+            done.push(format!("auth file reloaded: {n} users"));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "auth file not reloaded; keeping the old one");
+            failed.push(format!("{e}; the old auth file stays in force"));
+        }
+    }
+    match tls {
+        Some(Ok(())) => {
+            tracing::info!("TLS certificates and keys reloaded");
+            done.push("TLS certificates and keys reloaded".to_owned());
+        }
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "TLS files not reloaded; keeping the old ones");
+            failed.push(format!("{e}; the old TLS files stay in force"));
+        }
+        None => {}
+    }
+    if failed.is_empty() {
+        Ok(done.join("; "))
+    } else {
+        failed.extend(done);
+        Err(failed.join("; "))
+    }
+}
+
 fn id32(id: usize) -> u32 {
     u32::try_from(id).unwrap_or(u32::MAX)
 }
@@ -126,19 +179,9 @@ impl ProxyApi for AdminService {
     }
 
     async fn reload(&self, _: Request<ReloadRequest>) -> Result<Response<ReloadReply>, Status> {
-        match reload_auth_file(&self.shared).await {
-            Ok(n) => {
-                tracing::info!(users = n, "auth file reloaded");
-                Ok(Response::new(ReloadReply {
-                    message: format!("auth file reloaded: {n} users"),
-                }))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "auth file not reloaded; keeping the old one");
-                Err(Status::failed_precondition(format!(
-                    "{e}; the old auth file stays in force"
-                )))
-            }
+        match reload(&self.shared).await {
+            Ok(message) => Ok(Response::new(ReloadReply { message })),
+            Err(e) => Err(Status::failed_precondition(e)),
         }
     }
 

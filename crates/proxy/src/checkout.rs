@@ -113,8 +113,11 @@ pub(crate) async fn server_for(
                 b.port,
                 &pool.key().params,
                 creds,
-                settings.tcp_keepalive,
-                settings.server_connect_timeout,
+                &crate::server_conn::Dial {
+                    keepalive: settings.tcp_keepalive,
+                    tls: shared.tls.to_server(),
+                    timeout: settings.server_connect_timeout,
+                },
             ))
             .await
             .map_err(|e| {

@@ -11,7 +11,7 @@ use crate::net::Stream;
 use bytes::BytesMut;
 use pgwarden_wire::auth::auth_file::AuthFile;
 use pgwarden_wire::auth::md5;
-use pgwarden_wire::auth::scram::{self, Credentials, ScramError, ScramServer};
+use pgwarden_wire::auth::scram::{self, ChannelBinding, Credentials, ScramError, ScramServer};
 use pgwarden_wire::auth::{ScramVerifier, Secret};
 use pgwarden_wire::frame::{self, Message};
 use pgwarden_wire::{ErrorResponse, ProtocolError, backend, sqlstate};
@@ -107,7 +107,9 @@ impl AuthError {
 }
 
 /// Authenticates `user` on `stream` and returns how to log in to servers as
-/// that user. `buf` holds client bytes read but not yet consumed.
+/// that user. `buf` holds client bytes read but not yet consumed; `binding`
+/// is the TLS channel's `tls-server-end-point` data, which a SCRAM client
+/// may bind its proof to (SCRAM-SHA-256-PLUS).
 pub async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
@@ -115,19 +117,21 @@ pub async fn authenticate(
     users: &Users,
     plain: PlainAuth,
     mock_key: &[u8],
+    binding: Option<&[u8]>,
 ) -> Result<ServerCredentials, AuthError> {
     let found = users.users.get(user);
     let failed = || AuthError::Failed(user.to_owned());
     match found.map(|u| (&u.secret, u.verifier.as_ref())) {
         Some((Secret::Scram(v), _)) => {
-            let client_key = scram_exchange(stream, buf, ScramServer::new(v.clone()), user).await?;
+            let client_key =
+                scram_exchange(stream, buf, ScramServer::new(v.clone()), user, binding).await?;
             Ok(ServerCredentials::ScramKey(Credentials::ClientKey {
                 client_key,
                 verifier: v.clone(),
             }))
         }
         Some((Secret::Plain(p), Some(v))) => {
-            scram_exchange(stream, buf, ScramServer::new(v.clone()), user).await?;
+            scram_exchange(stream, buf, ScramServer::new(v.clone()), user, binding).await?;
             Ok(ServerCredentials::Password(p.clone()))
         }
         Some((Secret::Plain(p), None)) => {
@@ -141,7 +145,14 @@ pub async fn authenticate(
         None => {
             match plain {
                 PlainAuth::Scram => {
-                    scram_exchange(stream, buf, ScramServer::mock(user, mock_key), user).await?;
+                    scram_exchange(
+                        stream,
+                        buf,
+                        ScramServer::mock(user, mock_key),
+                        user,
+                        binding,
+                    )
+                    .await?;
                 }
                 PlainAuth::Md5 => {
                     // A secret nobody knows: the exchange runs, then fails.
@@ -164,20 +175,32 @@ pub async fn authenticate(
 async fn scram_exchange(
     stream: &mut Stream,
     buf: &mut BytesMut,
-    mut server: ScramServer,
+    server: ScramServer,
     user: &str,
+    binding: Option<&[u8]>,
 ) -> Result<[u8; 32], AuthError> {
     let mut out = BytesMut::new();
-    backend::authentication_sasl(&mut out, &[scram::MECHANISM]);
+    // PostgreSQL's order: the bound mechanism first, where there is one.
+    let offered: &[&str] = match binding {
+        Some(_) => &[scram::MECHANISM_PLUS, scram::MECHANISM],
+        None => &[scram::MECHANISM],
+    };
+    backend::authentication_sasl(&mut out, offered);
     send(stream, &out).await?;
 
     let m = read_password_message(stream, buf).await?;
     let initial = frame::parse_sasl_initial_response(&m.body)?;
-    if initial.mechanism != scram::MECHANISM {
-        return Err(AuthError::Scram(ScramError::Malformed(
-            "client selected an invalid SASL authentication mechanism",
-        )));
-    }
+    let chosen = match (initial.mechanism, binding) {
+        (m, Some(data)) if m == scram::MECHANISM_PLUS => ChannelBinding::Chosen(data.to_vec()),
+        (m, Some(_)) if m == scram::MECHANISM => ChannelBinding::Declined,
+        (m, None) if m == scram::MECHANISM => ChannelBinding::NotOffered,
+        _ => {
+            return Err(AuthError::Scram(ScramError::Malformed(
+                "client selected an invalid SASL authentication mechanism",
+            )));
+        }
+    };
+    let mut server = server.with_channel_binding(chosen);
     let data = initial.data.ok_or(AuthError::Scram(ScramError::Malformed(
         "missing client-first-message",
     )))?;

@@ -31,6 +31,7 @@ pub mod server_conn;
 pub mod session;
 pub mod settings;
 pub mod startup_params;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -67,6 +68,10 @@ pub enum StartError {
     /// same `node.runtime_dir`, or the directory is not writable).
     #[error("node.runtime_dir: cannot serve the admin API: {0}")]
     AdminSocket(String),
+    /// A TLS file is missing, unreadable, too open or broken (the error
+    /// names its key).
+    #[error(transparent)]
+    Tls(#[from] pgwarden_tls::TlsError),
     /// The listen address could not be bound.
     #[error("proxy.listen: cannot listen on {addr}: {source}")]
     Bind {
@@ -101,6 +106,8 @@ pub struct Shared {
     pub hard_stop: CancellationToken,
     /// Key for mock SCRAM salts of unknown users (random per process).
     mock_key: [u8; 32],
+    /// TLS with clients and with servers.
+    pub tls: tls::Tls,
 }
 
 impl Shared {
@@ -175,9 +182,10 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
-    /// Re-reads the auth file; on error the old one stays in force.
-    pub async fn reload_auth_file(&self) -> Result<usize, StartError> {
-        admin::reload_auth_file(&self.shared).await
+    /// Re-reads the auth file and the TLS files; what cannot be read
+    /// keeps its old contents. What was reloaded, or what was not and why.
+    pub async fn reload(&self) -> Result<String, String> {
+        admin::reload(&self.shared).await
     }
 }
 
@@ -185,6 +193,7 @@ impl Proxy {
     /// Loads the auth file and binds the listen address.
     pub async fn bind(settings: Settings) -> Result<Proxy, StartError> {
         let users = load_users(&settings)?;
+        let tls = tls::Tls::load(&settings)?;
         if users.is_empty() {
             tracing::warn!(path = %settings.auth_file.display(), "the auth file lists no users: nobody can log in");
         }
@@ -220,6 +229,7 @@ impl Proxy {
             router: Router::default(),
             hard_stop: CancellationToken::new(),
             mock_key,
+            tls,
             settings,
         });
         Ok(Proxy {

@@ -48,12 +48,8 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut hup = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                match handle.reload_auth_file().await {
-                    Ok(n) => tracing::info!(users = n, "auth file reloaded"),
-                    Err(e) => {
-                        tracing::error!(error = %e, "auth file not reloaded; keeping the old one")
-                    }
-                }
+                // Logged by the reload itself.
+                let _ = handle.reload().await;
             }
         });
         let shutdown = pgwarden_config::daemon::shutdown_signal()?;

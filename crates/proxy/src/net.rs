@@ -2,8 +2,9 @@
 //! socket options both sides share.
 //!
 //! Everything past the accept or the connect talks to a [`Stream`], never
-//! to a bare socket, so another transport (TLS) is one more variant here and
-//! no change to the session, the relay or the pool. The data path splits a
+//! to a bare socket: plain TCP, or TLS either way (the proxy serving a
+//! client, or the client of a server), with no change to the session, the
+//! relay or the pool. The data path splits a
 //! stream into a [`ReadHalf`] and a [`WriteHalf`] borrowed at once, for the
 //! two directions of the pump.
 
@@ -13,6 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use pgwarden_tls::rustls;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -23,6 +25,15 @@ use tokio::net::tcp;
 pub enum Stream {
     /// Plain TCP.
     Tcp(TcpStream),
+    /// TLS with a client, the proxy serving (boxed: rustls' state is
+    /// big, and plain connections should not pay for it).
+    TlsServed(Box<pgwarden_tls::server::TlsStream<TcpStream>>),
+    /// TLS with a server, the proxy its client.
+    TlsClient(Box<pgwarden_tls::client::TlsStream<TcpStream>>),
+    /// Nothing: what is left while a plain connection is handed to a TLS
+    /// handshake (and after a failed one). Reads see the end of the
+    /// stream; writes fail.
+    Closed,
 }
 
 impl From<TcpStream> for Stream {
@@ -30,6 +41,15 @@ impl From<TcpStream> for Stream {
         Stream::Tcp(s)
     }
 }
+
+/// A TLS stream's reading and writing through one lock, for the two
+/// directions of the pump (rustls' state is one for both).
+type TlsHalf<'a> = tokio::io::ReadHalf<&'a mut (dyn Io + 'a)>;
+type TlsWriteHalf<'a> = tokio::io::WriteHalf<&'a mut (dyn Io + 'a)>;
+
+/// A TLS stream, either side.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl Stream {
     /// The two directions, usable at once.
@@ -39,20 +59,71 @@ impl Stream {
                 let (r, w) = s.split();
                 (ReadHalf::Tcp(r), WriteHalf::Tcp(w))
             }
+            Stream::TlsServed(s) => {
+                let io: &mut dyn Io = &mut **s;
+                let (r, w) = tokio::io::split(io);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
+            Stream::TlsClient(s) => {
+                let io: &mut dyn Io = &mut **s;
+                let (r, w) = tokio::io::split(io);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
+            Stream::Closed => (ReadHalf::Closed, WriteHalf::Closed),
+        }
+    }
+
+    /// True for a TLS connection.
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::TlsServed(_) | Stream::TlsClient(_))
+    }
+
+    /// The TCP connection under it.
+    fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            Stream::Tcp(s) => Some(s),
+            Stream::TlsServed(s) => Some(s.get_ref().0),
+            Stream::TlsClient(s) => Some(s.get_ref().0),
+            Stream::Closed => None,
+        }
+    }
+
+    /// Takes the plain connection out for a TLS handshake, leaving
+    /// [`Stream::Closed`]; `None` when it is not a plain connection.
+    pub fn take_tcp(&mut self) -> Option<TcpStream> {
+        match std::mem::replace(self, Stream::Closed) {
+            Stream::Tcp(s) => Some(s),
+            other => {
+                *self = other;
+                None
+            }
         }
     }
 
     /// Waits until a read would not block (data, end of stream or an
     /// error), without reading: an idle client holds no buffer meanwhile.
-    pub async fn ready_to_read(&self) -> io::Result<()> {
+    pub async fn ready_to_read(&mut self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.readable().await,
+            Stream::TlsServed(s) => {
+                if has_plaintext(s.get_mut().1) {
+                    return Ok(());
+                }
+                s.get_ref().0.readable().await
+            }
+            Stream::TlsClient(s) => {
+                if has_plaintext(s.get_mut().1) {
+                    return Ok(());
+                }
+                s.get_ref().0.readable().await
+            }
+            Stream::Closed => Ok(()),
         }
     }
 
     /// Reads what is there without waiting (`WouldBlock` when nothing is),
     /// dropping the cached readiness after a short read (see [`after_read`]).
-    pub fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
+    pub fn try_read_buf(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         match self {
             Stream::Tcp(s) => {
                 let room = buf.capacity() - buf.len();
@@ -60,34 +131,84 @@ impl Stream {
                 after_read(s, n, room);
                 Ok(n)
             }
+            Stream::Closed => Ok(0),
+            tls => {
+                // A poll that registers no one: TLS may need more bytes
+                // than are there, which is `WouldBlock` to the caller.
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match tokio_util::io::poll_read_buf(Pin::new(tls), &mut cx, buf) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
         }
     }
 
     /// True when the peer sent something or closed the connection, which a
-    /// connection at rest must not have: costs one non-blocking peek.
+    /// connection at rest must not have: costs one non-blocking peek (none
+    /// when the reactor has seen nothing arrive).
     pub fn has_input(&self) -> bool {
-        match self {
-            Stream::Tcp(s) => {
-                let mut probe = [0u8; 1];
-                !matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+        let Some(s) = self.tcp() else {
+            return true;
+        };
+        let mut probe = [0u8; 1];
+        !matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Writes what fits without waiting, for a last word before dropping
-    /// the connection (best effort).
-    pub fn try_write_last(&self, bytes: &[u8]) {
+    /// the connection (best effort; over TLS, with a close_notify after).
+    pub fn try_write_last(&mut self, bytes: &[u8]) {
         match self {
             Stream::Tcp(s) => {
                 let _ = s.try_write(bytes);
             }
+            Stream::TlsServed(s) => {
+                let (tcp, conn) = s.get_mut();
+                last_tls_words(tcp, conn, bytes);
+            }
+            Stream::TlsClient(s) => {
+                let (tcp, conn) = s.get_mut();
+                last_tls_words(tcp, conn, bytes);
+            }
+            Stream::Closed => {}
         }
     }
 
     /// The peer's address.
     pub fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        match self {
-            Stream::Tcp(s) => s.peer_addr(),
+        self.tcp()
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?
+            .peer_addr()
+    }
+}
+
+/// True when rustls holds decrypted bytes not read yet (or the peer's
+/// close), so a read needs nothing from the socket.
+fn has_plaintext<D>(conn: &mut rustls::ConnectionCommon<D>) -> bool {
+    match conn.process_new_packets() {
+        Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+        // The read reports it.
+        Err(_) => true,
+    }
+}
+
+/// Encrypts `bytes` and a close_notify and writes what the socket takes now.
+fn last_tls_words<D>(tcp: &TcpStream, conn: &mut rustls::ConnectionCommon<D>, bytes: &[u8]) {
+    use std::io::Write;
+    struct Now<'a>(&'a TcpStream);
+    impl Write for Now<'_> {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.try_write(b)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let _ = conn.writer().write_all(bytes);
+    conn.send_close_notify();
+    while conn.wants_write() {
+        if conn.write_tls(&mut Now(tcp)).is_err() {
+            break;
         }
     }
 }
@@ -100,8 +221,15 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::TlsServed(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::TlsClient(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
+}
+
+fn closed() -> io::Error {
+    io::ErrorKind::BrokenPipe.into()
 }
 
 impl AsyncWrite for Stream {
@@ -112,35 +240,57 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::TlsServed(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Stream::TlsClient(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::TlsServed(s) => Pin::new(&mut **s).poll_flush(cx),
+            Stream::TlsClient(s) => Pin::new(&mut **s).poll_flush(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::TlsServed(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Stream::TlsClient(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 }
 
 /// The reading direction of a split [`Stream`].
-#[derive(Debug)]
 pub enum ReadHalf<'a> {
     /// Plain TCP.
     Tcp(tcp::ReadHalf<'a>),
+    /// TLS.
+    Tls(TlsHalf<'a>),
+    /// Nothing (end of stream).
+    Closed,
+}
+
+impl std::fmt::Debug for ReadHalf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ReadHalf::Tcp(_) => "ReadHalf::Tcp",
+            ReadHalf::Tls(_) => "ReadHalf::Tls",
+            ReadHalf::Closed => "ReadHalf::Closed",
+        })
+    }
 }
 
 impl ReadHalf<'_> {
     /// Call after a read of `n` bytes into `room` bytes of space (see
-    /// [`after_read`]).
+    /// [`after_read`]; nothing to do over TLS, whose reads rustls buffers).
     pub fn after_read(&self, n: usize, room: usize) {
-        match self {
-            ReadHalf::Tcp(r) => after_read(r.as_ref(), n, room),
+        if let ReadHalf::Tcp(r) = self {
+            after_read(r.as_ref(), n, room);
         }
     }
 }
@@ -153,15 +303,30 @@ impl AsyncRead for ReadHalf<'_> {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ReadHalf::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalf::Tls(r) => Pin::new(r).poll_read(cx, buf),
+            ReadHalf::Closed => Poll::Ready(Ok(())),
         }
     }
 }
 
 /// The writing direction of a split [`Stream`].
-#[derive(Debug)]
 pub enum WriteHalf<'a> {
     /// Plain TCP.
     Tcp(tcp::WriteHalf<'a>),
+    /// TLS.
+    Tls(TlsWriteHalf<'a>),
+    /// Nothing (writes fail).
+    Closed,
+}
+
+impl std::fmt::Debug for WriteHalf<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriteHalf::Tcp(_) => "WriteHalf::Tcp",
+            WriteHalf::Tls(_) => "WriteHalf::Tls",
+            WriteHalf::Closed => "WriteHalf::Closed",
+        })
+    }
 }
 
 impl AsyncWrite for WriteHalf<'_> {
@@ -172,18 +337,24 @@ impl AsyncWrite for WriteHalf<'_> {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             WriteHalf::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            WriteHalf::Tls(w) => Pin::new(w).poll_write(cx, buf),
+            WriteHalf::Closed => Poll::Ready(Err(closed())),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             WriteHalf::Tcp(w) => Pin::new(w).poll_flush(cx),
+            WriteHalf::Tls(w) => Pin::new(w).poll_flush(cx),
+            WriteHalf::Closed => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             WriteHalf::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            WriteHalf::Tls(w) => Pin::new(w).poll_shutdown(cx),
+            WriteHalf::Closed => Poll::Ready(Ok(())),
         }
     }
 }

@@ -82,6 +82,9 @@ pub enum ServerError {
     /// The server closed the connection.
     #[error("server closed the connection")]
     Closed,
+    /// TLS with the server could not be had (`server_tls.mode`).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// After a reset the session was still inside a transaction.
     #[error("the session is still inside a transaction after the reset")]
     NotIdle,
@@ -125,6 +128,59 @@ pub struct ServerConn {
     pub(crate) buf: BytesMut,
 }
 
+/// SSLRequest: length 8, code 1234.5679.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+/// Asks the server for TLS as `server_tls.mode` says (libpq's `sslmode`):
+/// not at all, preferably, or as a must; then checks its certificate as
+/// the mode says, against `host`.
+async fn encrypt(
+    mut tcp: TcpStream,
+    host: &str,
+    tls: &crate::tls::ToServer,
+) -> Result<Stream, ServerError> {
+    let Some(config) = &tls.config else {
+        return Ok(tcp.into());
+    };
+    tcp.write_all(&SSL_REQUEST).await?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await?;
+    match answer {
+        [b'S'] => {
+            let name = pgwarden_tls::server_name(host).map_err(ServerError::Tls)?;
+            let s = pgwarden_tls::TlsConnector::from(std::sync::Arc::clone(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|e| {
+                    ServerError::Tls(format!(
+                        "handshake failed (server_tls.mode = \"{}\"): {e}",
+                        tls.mode
+                    ))
+                })?;
+            Ok(Stream::TlsClient(Box::new(s)))
+        }
+        [b'N'] if !tls.mode.required() => Ok(tcp.into()),
+        [b'N'] => Err(ServerError::Tls(format!(
+            "the server does not accept TLS, and server_tls.mode = \"{}\" requires it",
+            tls.mode
+        ))),
+        _ => Err(ServerError::Tls(
+            "the server answered SSLRequest with neither S nor N".to_owned(),
+        )),
+    }
+}
+
+/// How new server connections are made.
+#[derive(Debug, Clone)]
+pub struct Dial {
+    /// TCP keepalive.
+    pub keepalive: bool,
+    /// TLS, as `server_tls` says.
+    pub tls: crate::tls::ToServer,
+    /// Connect, TLS, startup and login must finish within this.
+    pub timeout: Duration,
+}
+
 impl ServerConn {
     /// Opens a connection to `host:port`, starts a session with the client's
     /// startup parameters and logs in with `creds`.
@@ -134,15 +190,14 @@ impl ServerConn {
         port: u16,
         params: &[(String, String)],
         creds: &ServerCredentials,
-        keepalive: bool,
-        timeout: Duration,
+        dial: &Dial,
     ) -> Result<ServerConn, ServerError> {
         tokio::time::timeout(
-            timeout,
-            Self::connect_inner(backend, host, port, params, creds, keepalive),
+            dial.timeout,
+            Self::connect_inner(backend, host, port, params, creds, dial),
         )
         .await
-        .map_err(|_| ServerError::Timeout(timeout))?
+        .map_err(|_| ServerError::Timeout(dial.timeout))?
     }
 
     async fn connect_inner(
@@ -151,14 +206,16 @@ impl ServerConn {
         port: u16,
         params: &[(String, String)],
         creds: &ServerCredentials,
-        keepalive: bool,
+        dial: &Dial,
     ) -> Result<ServerConn, ServerError> {
+        let (keepalive, tls) = (dial.keepalive, &dial.tls);
         let stream = TcpStream::connect((host, port)).await?;
         net::tune(&stream, keepalive);
         let addr = stream.peer_addr()?;
+        let stream = encrypt(stream, host, tls).await?;
         let now = Instant::now();
         let mut conn = ServerConn {
-            stream: stream.into(),
+            stream,
             backend,
             params: Vec::new(),
             key: (0, 0),

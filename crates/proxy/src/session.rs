@@ -78,6 +78,8 @@ async fn login_phase(
 ) -> Option<(Login, BytesMut)> {
     let pushed_out = handshake.pushed_out().clone();
     let mut buf = BytesMut::with_capacity(1024);
+    // The TLS the client was served with, if it asked.
+    let mut served: Option<Arc<pgwarden_tls::ServerTls>> = None;
     let startup_timeout = shared
         .settings
         .client_login_timeout
@@ -87,7 +89,7 @@ async fn login_phase(
             refuse_pushed_out(shared, stream).await;
             return None;
         }
-        r = tokio::time::timeout(startup_timeout, read_startup(stream, &mut buf)) => r,
+        r = tokio::time::timeout(startup_timeout, read_startup(shared, stream, &mut buf, &mut served)) => r,
     };
     let startup = match startup {
         Ok(Ok(Some(StartupPacket::Startup(m)))) => m,
@@ -109,12 +111,23 @@ async fn login_phase(
             return None;
         }
     };
+    if served.is_none() && shared.tls.required() {
+        tracing::debug!("refusing a plain-text client: client_tls_mode = \"require\"");
+        let e = ErrorResponse::fatal(
+            sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+            "TLS required: pgwarden-proxy accepts only encrypted connections (proxy.client_tls_mode = \"require\")",
+        )
+        .with_hint("connect with sslmode=require (or stronger)");
+        let _ = stream.write_all(&e.to_bytes()).await;
+        return None;
+    }
+    let binding = served.as_ref().and_then(|t| t.end_point.as_deref());
     let login = tokio::select! {
         () = pushed_out.cancelled() => {
             refuse_pushed_out(shared, stream).await;
             return None;
         }
-        r = authenticate(shared, stream, &mut buf, &startup) => r,
+        r = authenticate(shared, stream, &mut buf, &startup, binding) => r,
     };
     drop(handshake);
     match login {
@@ -139,23 +152,50 @@ async fn refuse_pushed_out(shared: &Shared, stream: &mut Stream) {
     let _ = stream.write_all(&e.to_bytes()).await;
 }
 
-/// Reads startup packets, answering SSL and GSS encryption requests with
-/// `N`, until a StartupMessage or CancelRequest arrives. `Ok(None)`: the
-/// client left.
+/// Reads startup packets until a StartupMessage or CancelRequest arrives.
+/// An SSLRequest is answered `S` and the TLS handshake done when the proxy
+/// serves TLS (`served` then holds what it served with), `N` otherwise; a
+/// GSS encryption request always `N`. A TLS hello in place of the first
+/// packet is PostgreSQL 17's direct TLS, served likewise. `Ok(None)`: the
+/// client left (or its handshake failed).
 async fn read_startup(
+    shared: &Shared,
     stream: &mut Stream,
     buf: &mut BytesMut,
+    served: &mut Option<Arc<pgwarden_tls::ServerTls>>,
 ) -> Result<Option<StartupPacket>, ProtocolError> {
+    if let Stream::Tcp(tcp) = stream {
+        let mut first = [0u8; 1];
+        match tcp.peek(&mut first).await {
+            Ok(1..) if first == [TLS_HANDSHAKE] => {
+                if !start_tls(shared, stream, served, true).await {
+                    return Ok(None);
+                }
+            }
+            Ok(1..) => {}
+            Ok(0) | Err(_) => return Ok(None),
+        }
+    }
     loop {
         match startup::parse_startup(buf)? {
-            Some(StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
+            Some(p @ (StartupPacket::SslRequest | StartupPacket::GssEncRequest)) => {
                 // Anything sent before our answer would be a MITM injection (CVE-2021-23222 style).
                 if !buf.is_empty() {
                     return Err(ProtocolError::Malformed {
                         what: "data after encryption request",
                     });
                 }
-                if stream.write_all(b"N").await.is_err() {
+                let tls = matches!(p, StartupPacket::SslRequest)
+                    && !stream.is_tls()
+                    && shared.tls.served().is_some();
+                if stream
+                    .write_all(if tls { b"S" } else { b"N" })
+                    .await
+                    .is_err()
+                {
+                    return Ok(None);
+                }
+                if tls && !start_tls(shared, stream, served, false).await {
                     return Ok(None);
                 }
             }
@@ -164,6 +204,43 @@ async fn read_startup(
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => {}
             },
+        }
+    }
+}
+
+/// The first byte of a TLS record carrying a handshake message.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+/// The TLS handshake with a client, in place of its plain connection.
+/// False when it failed (the client was told by TLS, if at all). A direct
+/// TLS client must name `postgresql` in ALPN, as PostgreSQL 17 requires
+/// (so no other protocol's client is mistaken for one).
+async fn start_tls(
+    shared: &Shared,
+    stream: &mut Stream,
+    served: &mut Option<Arc<pgwarden_tls::ServerTls>>,
+    direct: bool,
+) -> bool {
+    let Some(tls) = shared.tls.served() else {
+        tracing::debug!("a TLS hello, but client_tls_mode = \"disable\"");
+        return false;
+    };
+    let Some(tcp) = stream.take_tcp() else {
+        return false;
+    };
+    match tls.acceptor.accept(tcp).await {
+        Ok(s) => {
+            if direct && s.get_ref().1.alpn_protocol() != Some(pgwarden_tls::ALPN_POSTGRESQL) {
+                tracing::debug!("refusing a direct TLS connection without ALPN \"postgresql\"");
+                return false;
+            }
+            *stream = Stream::TlsServed(Box::new(s));
+            *served = Some(tls);
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "TLS handshake with a client failed");
+            false
         }
     }
 }
@@ -205,6 +282,7 @@ async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     startup: &StartupMessage,
+    binding: Option<&[u8]>,
 ) -> Result<Login, Reject> {
     let mut out = BytesMut::new();
     if startup.needs_negotiation() {
@@ -235,6 +313,7 @@ async fn authenticate(
         &users,
         shared.settings.plain_auth,
         &shared.mock_key,
+        binding,
     );
     let Ok(authenticated) =
         tokio::time::timeout(shared.settings.client_login_timeout, exchange).await

@@ -101,6 +101,23 @@ pub struct Settings {
     pub runtime_dir: PathBuf,
     /// Where Prometheus scrapes `/metrics`.
     pub metrics_listen: std::net::SocketAddr,
+    /// TLS with clients: the mode and the files.
+    pub client_tls: ClientTlsFiles,
+    /// TLS with servers (`[server_tls]`).
+    pub server_tls: pgwarden_config::ServerTlsConfig,
+}
+
+/// `proxy.client_tls_*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// `proxy.client_tls_mode`.
+    pub mode: pgwarden_config::ClientTlsMode,
+    /// `proxy.client_tls_cert_file`.
+    pub cert: PathBuf,
+    /// `proxy.client_tls_key_file`.
+    pub key: PathBuf,
+    /// `proxy.client_tls_ca_file` (empty: none).
+    pub ca: PathBuf,
 }
 
 impl Settings {
@@ -141,6 +158,13 @@ impl Settings {
             monitor_stale_after: c.proxy.monitor_stale_after,
             runtime_dir: c.node.runtime_dir.clone(),
             metrics_listen: c.proxy.metrics_listen,
+            client_tls: ClientTlsFiles {
+                mode: c.proxy.client_tls_mode,
+                cert: c.proxy.client_tls_cert_file.clone(),
+                key: c.proxy.client_tls_key_file.clone(),
+                ca: c.proxy.client_tls_ca_file.clone(),
+            },
+            server_tls: c.server_tls.clone(),
             discovery: Discovery {
                 period: c.health_check.period,
                 timeout: c.health_check.timeout,

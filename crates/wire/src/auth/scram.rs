@@ -3,8 +3,9 @@
 //! [`ScramServer`] checks clients of the proxy; [`ScramClient`] logs the
 //! proxy in to servers. Both are small state machines fed whole SASL
 //! messages and returning the next one, with the nonce injectable so tests
-//! can replay recorded exchanges. No channel binding: the proxy offers only
-//! `SCRAM-SHA-256`, never `-PLUS`, until it terminates TLS.
+//! can replay recorded exchanges. Over TLS the proxy also offers
+//! `SCRAM-SHA-256-PLUS`, bound to its certificate (`tls-server-end-point`,
+//! RFC 5929), as PostgreSQL does; see [`ChannelBinding`].
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -14,8 +15,30 @@ use subtle::ConstantTimeEq;
 
 use super::ScramVerifier;
 
-/// The only mechanism the proxy offers and uses.
+/// The mechanism every client is offered, and the one the proxy uses with
+/// servers.
 pub const MECHANISM: &str = "SCRAM-SHA-256";
+
+/// The mechanism bound to the TLS channel, offered to TLS clients.
+pub const MECHANISM_PLUS: &str = "SCRAM-SHA-256-PLUS";
+
+/// The one channel binding type offered (PostgreSQL's).
+const BINDING_TYPE: &str = "tls-server-end-point";
+
+/// Channel binding in one exchange: what the server offered, and what the
+/// client chose.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ChannelBinding {
+    /// Not offered (a plain-text connection).
+    #[default]
+    NotOffered,
+    /// Offered (`SCRAM-SHA-256-PLUS` was listed), and the client chose
+    /// `SCRAM-SHA-256`: it must not claim the server cannot bind (`y`).
+    Declined,
+    /// The client chose `SCRAM-SHA-256-PLUS`: its proof must cover this
+    /// `tls-server-end-point` data.
+    Chosen(Vec<u8>),
+}
 
 /// Why a SCRAM exchange failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -25,7 +48,7 @@ pub enum ScramError {
     #[error("malformed SCRAM message: {0}")]
     Malformed(&'static str),
     /// The client asked for channel binding the proxy did not offer.
-    #[error("channel binding is not supported")]
+    #[error("SCRAM channel binding negotiation error or check failed")]
     ChannelBinding,
     /// The nonce in a later message is not the one agreed.
     #[error("SCRAM nonce mismatch")]
@@ -165,6 +188,7 @@ pub struct ScramServer {
     server_nonce: String,
     /// A mock exchange for an unknown user: looks real, always fails.
     mock: bool,
+    binding: ChannelBinding,
     state: ServerState,
 }
 
@@ -180,6 +204,7 @@ impl ScramServer {
             verifier,
             server_nonce,
             mock: false,
+            binding: ChannelBinding::NotOffered,
             state: ServerState::AwaitClientFirst,
         }
     }
@@ -201,6 +226,13 @@ impl ScramServer {
         s
     }
 
+    /// Sets what was offered and chosen of channel binding (before the
+    /// client-first-message).
+    pub fn with_channel_binding(mut self, binding: ChannelBinding) -> Self {
+        self.binding = binding;
+        self
+    }
+
     /// Handles the client-first-message (the SASLInitialResponse data) and
     /// returns the server-first-message.
     pub fn client_first(&mut self, msg: &[u8]) -> Result<Vec<u8>, ScramError> {
@@ -212,9 +244,17 @@ impl ScramServer {
         let (flag, rest) = msg
             .split_once(',')
             .ok_or(ScramError::Malformed("no gs2 header"))?;
-        match flag {
-            "n" | "y" => {}
-            f if f.starts_with("p=") => return Err(ScramError::ChannelBinding),
+        // RFC 5802 section 6, as PostgreSQL applies it.
+        match (flag, &self.binding) {
+            ("n", ChannelBinding::NotOffered | ChannelBinding::Declined) => {}
+            // The client could bind but believes the server cannot: over
+            // TLS, where the server offered it, that is a downgrade.
+            ("y", ChannelBinding::NotOffered) => {}
+            ("y", ChannelBinding::Declined) => return Err(ScramError::ChannelBinding),
+            (f, ChannelBinding::Chosen(_)) if f.strip_prefix("p=") == Some(BINDING_TYPE) => {}
+            (f, _) if f.starts_with("p=") || f == "n" || f == "y" => {
+                return Err(ScramError::ChannelBinding);
+            }
             _ => return Err(ScramError::Malformed("bad channel binding flag")),
         }
         let (authzid, bare) = rest
@@ -270,9 +310,17 @@ impl ScramServer {
             .rsplit_once(",p=")
             .ok_or(ScramError::Malformed("no proof"))?;
         let mut attrs = attributes(without_proof);
+        let mut expected = gs2_header.into_bytes();
+        if let ChannelBinding::Chosen(data) = &self.binding {
+            expected.extend_from_slice(data);
+        }
         match attrs.next() {
             Some((b'c', cb)) => {
-                if B64.decode(cb).ok().as_deref() != Some(gs2_header.as_bytes()) {
+                let same: bool = B64
+                    .decode(cb)
+                    .map(|c| c.ct_eq(&expected).into())
+                    .unwrap_or(false);
+                if !same {
                     return Err(ScramError::ChannelBinding);
                 }
             }
@@ -602,6 +650,88 @@ mod tests {
             s.client_final(b"c=biws"),
             Err(ScramError::OutOfOrder)
         ));
+    }
+
+    /// A client's final message over a channel with `cbind` data: the
+    /// proof computed as a libpq client computes it.
+    fn client_final_bound(server_first: &str, gs2: &str, cbind: &[u8], bare: &str) -> String {
+        let nonce = server_first
+            .split(',')
+            .find_map(|a| a.strip_prefix("r="))
+            .unwrap_or_default();
+        let mut c = gs2.as_bytes().to_vec();
+        c.extend_from_slice(cbind);
+        let without_proof = format!("c={},r={nonce}", B64.encode(&c));
+        let salt = B64.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let keys = Keys::derive("pencil", &salt, 4096);
+        let client_key = keys.client_key;
+        let stored = sha256(&client_key);
+        let auth = format!("{bare},{server_first},{without_proof}");
+        let proof = xor(&client_key, &hmac(&stored, &[auth.as_bytes()]));
+        format!("{without_proof},p={}", B64.encode(proof))
+    }
+
+    #[test]
+    fn plus_binds_the_proof_to_the_servers_certificate() {
+        let cert_hash = b"0123456789abcdef0123456789abcdef".to_vec();
+        let bare = "n=,r=abc";
+        let first = format!("p=tls-server-end-point,,{bare}");
+        let exchange = |client_binds: &[u8]| {
+            let mut s = ScramServer::new(rfc_verifier())
+                .with_channel_binding(ChannelBinding::Chosen(cert_hash.clone()));
+            let server_first =
+                String::from_utf8(s.client_first(first.as_bytes()).unwrap()).unwrap();
+            let fin = client_final_bound(
+                &server_first,
+                "p=tls-server-end-point,,",
+                client_binds,
+                bare,
+            );
+            s.client_final(fin.as_bytes()).map(|_| ())
+        };
+        assert_eq!(exchange(&cert_hash), Ok(()));
+        // A man in the middle terminates TLS with another certificate: the
+        // client binds to that one, and the proof no longer passes.
+        assert_eq!(
+            exchange(b"another certificate's hash......"),
+            Err(ScramError::ChannelBinding)
+        );
+    }
+
+    #[test]
+    fn binding_negotiation_refuses_downgrades_and_unknown_types() {
+        let hash = ChannelBinding::Chosen(vec![1; 32]);
+        let first = |binding: ChannelBinding, msg: &str| {
+            ScramServer::new(rfc_verifier())
+                .with_channel_binding(binding)
+                .client_first(msg.as_bytes())
+                .map(|_| ())
+        };
+        // Over TLS the server offered -PLUS: a client saying "y" (I could
+        // bind, you cannot) is a downgrade.
+        assert_eq!(
+            first(ChannelBinding::Declined, "y,,n=,r=abc"),
+            Err(ScramError::ChannelBinding)
+        );
+        assert_eq!(first(ChannelBinding::NotOffered, "y,,n=,r=abc"), Ok(()));
+        assert_eq!(first(ChannelBinding::Declined, "n,,n=,r=abc"), Ok(()));
+        // -PLUS chosen but no binding asked for, or another type.
+        assert_eq!(
+            first(hash.clone(), "n,,n=,r=abc"),
+            Err(ScramError::ChannelBinding)
+        );
+        assert_eq!(
+            first(hash, "p=tls-unique,,n=,r=abc"),
+            Err(ScramError::ChannelBinding)
+        );
+        // Binding asked for where none was offered.
+        assert_eq!(
+            first(
+                ChannelBinding::NotOffered,
+                "p=tls-server-end-point,,n=,r=abc"
+            ),
+            Err(ScramError::ChannelBinding)
+        );
     }
 
     proptest::proptest! {

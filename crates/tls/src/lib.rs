@@ -1,0 +1,336 @@
+//! TLS for pgwarden's connections: rustls with the ring provider, no
+//! OpenSSL.
+//!
+//! - [`server_tls`]: what the proxy answers an SSLRequest (or a direct TLS
+//!   hello) with: its certificate and key, optionally a CA for client
+//!   certificates, ALPN `postgresql` as PostgreSQL 17 asks, and the
+//!   certificate's `tls-server-end-point` data for SCRAM-SHA-256-PLUS.
+//! - [`client_config`]: how pgwarden's own connections to PostgreSQL check
+//!   the server, with libpq's `sslmode` meanings: `require` encrypts and
+//!   checks nothing, `verify-ca` checks the chain, `verify-full` the chain
+//!   and the host name.
+//! - [`server_end_point`]: RFC 5929's channel binding data of a
+//!   certificate, hashed as PostgreSQL hashes it.
+//!
+//! Every file is named in errors by the config key that points at it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+
+mod endpoint;
+
+pub use endpoint::server_end_point;
+pub use rustls;
+pub use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
+
+/// The ALPN protocol PostgreSQL 17 uses for direct TLS connections.
+pub const ALPN_POSTGRESQL: &[u8] = b"postgresql";
+
+/// A file that could not be used, named by the config key that gave it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key} ({}): {why}", path.display())]
+pub struct TlsError {
+    /// The config key, as `proxy.client_tls_cert_file`.
+    pub key: &'static str,
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// A PEM file and the config key that names it.
+#[derive(Debug, Clone, Copy)]
+pub struct PemFile<'a> {
+    /// The config key, for errors.
+    pub key: &'static str,
+    /// The file.
+    pub path: &'a Path,
+}
+
+impl PemFile<'_> {
+    fn error(&self, why: impl Into<String>) -> TlsError {
+        TlsError {
+            key: self.key,
+            path: self.path.to_owned(),
+            why: why.into(),
+        }
+    }
+
+    fn certificates(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        std::fs::metadata(self.path).map_err(|e| self.error(e.to_string()))?;
+        let certs = CertificateDer::pem_file_iter(self.path)
+            .map_err(|e| self.error(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.error(format!("not a PEM certificate file: {e}")))?;
+        if certs.is_empty() {
+            return Err(self.error("no certificate in the file"));
+        }
+        Ok(certs)
+    }
+
+    fn roots(&self) -> Result<RootCertStore, TlsError> {
+        let mut roots = RootCertStore::empty();
+        for cert in self.certificates()? {
+            roots
+                .add(cert)
+                .map_err(|e| self.error(format!("not a usable CA certificate: {e}")))?;
+        }
+        Ok(roots)
+    }
+
+    /// The private key, refused (as PostgreSQL refuses it) when others
+    /// than its owner and group can read the file.
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>, TlsError> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(self.path).map_err(|e| self.error(e.to_string()))?;
+        if meta.permissions().mode() & 0o007 != 0 {
+            return Err(self.error(format!(
+                "a private key must not be readable by others (mode {:o}; chmod 600 or 640)",
+                meta.permissions().mode() & 0o777
+            )));
+        }
+        PrivateKeyDer::from_pem_file(self.path)
+            .map_err(|e| self.error(format!("no private key in the file: {e}")))
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// What the proxy serves TLS clients with.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// Accepts a client's TLS handshake.
+    pub acceptor: TlsAcceptor,
+    /// The certificate's `tls-server-end-point` data, for
+    /// SCRAM-SHA-256-PLUS; `None` when its signature algorithm gives none
+    /// (Ed25519, RSA-PSS), as with PostgreSQL.
+    pub end_point: Option<Vec<u8>>,
+    /// Client certificates are checked against a CA (`cert` auth).
+    pub verifies_clients: bool,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("channel_binding", &self.end_point.is_some())
+            .field("verifies_clients", &self.verifies_clients)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The proxy's TLS for clients: `cert` (the chain, leaf first) and `key`;
+/// with `client_ca`, client certificates signed by it are checked when
+/// sent (clients without one are still let in: authentication decides).
+pub fn server_tls(
+    cert: PemFile<'_>,
+    key: PemFile<'_>,
+    client_ca: Option<PemFile<'_>>,
+) -> Result<ServerTls, TlsError> {
+    let chain = cert.certificates()?;
+    let private = key.private_key()?;
+    let provider = provider();
+    let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| cert.error(e.to_string()))?;
+    let builder = match client_ca {
+        Some(ca) => {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(ca.roots()?), provider)
+                    .allow_unauthenticated()
+                    .build()
+                    .map_err(|e| ca.error(e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let end_point = chain.first().and_then(|c| server_end_point(c));
+    let mut config = builder
+        .with_single_cert(chain, private)
+        .map_err(|e| key.error(format!("does not go with the certificate: {e}")))?;
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    Ok(ServerTls {
+        acceptor: TlsAcceptor::from(Arc::new(config)),
+        end_point,
+        verifies_clients: client_ca.is_some(),
+    })
+}
+
+/// What a connection to PostgreSQL checks of the server's certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verify {
+    /// Nothing (libpq's `prefer` and `require`): encryption against
+    /// eavesdroppers, no protection against an impostor.
+    Nothing,
+    /// That a trusted CA signed it (`verify-ca`).
+    Ca,
+    /// That, and that it names the host connected to (`verify-full`).
+    Full,
+}
+
+/// A client config for pgwarden's connections to PostgreSQL. `ca` is
+/// required by [`Verify::Ca`] and [`Verify::Full`]; `identity` (certificate
+/// and key) is sent when the server asks for one.
+pub fn client_config(
+    verify: Verify,
+    ca: Option<PemFile<'_>>,
+    identity: Option<(PemFile<'_>, PemFile<'_>)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let builder = ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError {
+            key: "server_tls.mode",
+            path: PathBuf::new(),
+            why: e.to_string(),
+        })?;
+    let verifier: Arc<dyn ServerCertVerifier> = match (verify, ca) {
+        (Verify::Nothing, _) => Arc::new(NoVerify(Arc::clone(&provider))),
+        (Verify::Ca | Verify::Full, None) => {
+            return Err(TlsError {
+                key: "server_tls.ca_file",
+                path: PathBuf::new(),
+                why: "required by verify-ca and verify-full".to_owned(),
+            });
+        }
+        (v, Some(ca)) => {
+            let webpki =
+                WebPkiServerVerifier::builder_with_provider(Arc::new(ca.roots()?), provider)
+                    .build()
+                    .map_err(|e| ca.error(e.to_string()))?;
+            if v == Verify::Full {
+                webpki
+            } else {
+                Arc::new(AnyName(webpki))
+            }
+        }
+    };
+    let builder = builder
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(cert.certificates()?, key.private_key()?)
+            .map_err(|e| key.error(format!("does not go with the certificate: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The name a server's certificate is checked against: a DNS name or an
+/// IP address.
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("\"{host}\" is not a host name TLS can check: {e}"))
+}
+
+/// Accepts any certificate, still checking that the server holds its key
+/// (the handshake signatures): libpq's `require`.
+#[derive(Debug)]
+struct NoVerify(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The chain checked, the name not: libpq's `verify-ca`.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        use rustls::{CertificateError, Error};
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests;

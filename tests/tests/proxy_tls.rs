@@ -1,0 +1,313 @@
+//! TLS through the proxy, with certificates the tests make: clients with
+//! `sslmode=verify-full` and `channel_binding=require`, plain text refused
+//! under "require", PostgreSQL 17's direct TLS, and the proxy's own
+//! connections to PostgreSQL under `[server_tls]`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::sync::Arc;
+
+use pgwarden_e2e::tls::Pki;
+use pgwarden_e2e::*;
+
+/// Client TLS settings for a proxy with `pki`'s certificate for
+/// localhost and 127.0.0.1.
+fn client_tls(pki: &Pki, mode: &str) -> ProxyOptions {
+    let (crt, key) = pki.issue("proxy", &["localhost", "127.0.0.1"]);
+    ProxyOptions::default()
+        .set(&format!("client_tls_mode = \"{mode}\""))
+        .set(&format!("client_tls_cert_file = \"{}\"", crt.display()))
+        .set(&format!("client_tls_key_file = \"{}\"", key.display()))
+}
+
+fn tls_conninfo(proxy: &Proxy, pki: &Pki, extra: &str) -> String {
+    format!(
+        "host=localhost port={} user={} password={} dbname=app sslrootcert={} {extra}",
+        proxy.port,
+        CAROL.0,
+        CAROL.1,
+        pki.ca().display()
+    )
+}
+
+#[test]
+fn psql_verify_full_and_channel_binding_work_through_the_proxy() {
+    let cluster = cluster(0);
+    let pki = Pki::new();
+    let proxy = Proxy::start(&cluster, client_tls(&pki, "require"));
+    let (ok, out, err) = psql_with(
+        &tls_conninfo(&proxy, &pki, "sslmode=verify-full channel_binding=require"),
+        &["SELECT current_user"],
+    );
+    assert!(ok, "{err}\n{}", log_tail("proxy", &proxy.log(), 30));
+    assert_eq!(out, "carol");
+    // alice's SCRAM verifier login (the proxy logs in to the server with
+    // the ClientKey of her proof) works bound too.
+    let (ok, out, err) = psql_with(
+        &format!(
+            "host=localhost port={} user={} password={} dbname=app sslmode=verify-full sslrootcert={} channel_binding=require",
+            proxy.port,
+            ALICE.0,
+            ALICE.1,
+            pki.ca().display()
+        ),
+        &["SELECT current_user"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "alice");
+    // A wrong password is still a wrong password.
+    let (ok, _, err) = psql_with(
+        &tls_conninfo(&proxy, &pki, "sslmode=require password=nope")
+            .replace(&format!("password={}", CAROL.1), ""),
+        &["SELECT 1"],
+    );
+    assert!(!ok);
+    assert!(err.contains("password authentication failed"), "{err}");
+}
+
+#[test]
+fn plain_text_clients_are_refused_under_require_and_served_under_allow() {
+    let cluster = cluster(0);
+    let pki = Pki::new();
+    let strict = Proxy::start(&cluster, client_tls(&pki, "require"));
+    let (ok, _, err) = psql_with(
+        &tls_conninfo(&strict, &pki, "sslmode=disable"),
+        &["SELECT 1"],
+    );
+    assert!(!ok, "a plain-text client got in");
+    assert!(err.contains("TLS required"), "{err}");
+    // The same from the wire: SQLSTATE 28000.
+    let answer = raw_exchange(strict.port, &startup_packet(CAROL.0, "app"));
+    assert_eq!(error_code(&answer).as_deref(), Some("28000"));
+
+    let lenient = Proxy::start(&cluster, client_tls(&pki, "allow"));
+    for mode in ["disable", "require", "verify-full"] {
+        let (ok, out, err) = psql_with(
+            &tls_conninfo(&lenient, &pki, &format!("sslmode={mode}")),
+            &["SELECT 1"],
+        );
+        assert!(ok, "sslmode={mode}: {err}");
+        assert_eq!(out, "1");
+    }
+    // Without TLS configured, SSLRequest is answered N, as before.
+    let plain = Proxy::start(&cluster, ProxyOptions::default());
+    let (ok, _, err) = psql_with(
+        &tls_conninfo(&plain, &pki, "sslmode=require"),
+        &["SELECT 1"],
+    );
+    assert!(!ok);
+    assert!(err.contains("does not support SSL"), "{err}");
+}
+
+/// PostgreSQL 17's direct TLS: the client's first bytes are a TLS hello
+/// with ALPN `postgresql`, then the startup packet inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_tls_with_alpn_is_served_and_offers_scram_plus() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cluster = cluster(0);
+    let pki = Pki::new();
+    let proxy = Proxy::start(&cluster, client_tls(&pki, "require"));
+    let ca = pki.ca();
+    let config = pgwarden_tls::client_config(
+        pgwarden_tls::Verify::Full,
+        Some(pgwarden_tls::PemFile {
+            key: "test",
+            path: &ca,
+        }),
+        None,
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    let mut tls = pgwarden_tls::TlsConnector::from(Arc::clone(&config))
+        .connect(pgwarden_tls::server_name("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(&startup_packet(CAROL.0, "app"))
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), tls.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let msgs = messages(&buf[..n]);
+    let (tag, body) = msgs.first().expect("an answer");
+    assert_eq!(*tag, b'R', "{msgs:?}");
+    let text = String::from_utf8_lossy(body);
+    assert!(text.contains("SCRAM-SHA-256-PLUS"), "{text}");
+
+    // Without ALPN a direct TLS client is not served.
+    let mut no_alpn = (*config).clone();
+    no_alpn.alpn_protocols.clear();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    let r = pgwarden_tls::TlsConnector::from(Arc::new(no_alpn))
+        .connect(pgwarden_tls::server_name("localhost").unwrap(), tcp)
+        .await;
+    if let Ok(mut s) = r {
+        // TLS 1.3: the server may close only after the handshake.
+        let _ = s.write_all(&startup_packet(CAROL.0, "app")).await;
+        let mut rest = Vec::new();
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+        assert!(
+            !rest.starts_with(b"R"),
+            "a direct TLS client without ALPN was served"
+        );
+    }
+}
+
+#[test]
+fn server_tls_require_encrypts_the_proxys_sessions() {
+    let cluster = cluster(0);
+    let pki = Pki::new();
+    pki.serve_tls(&cluster, &["localhost", "127.0.0.1"]);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default()
+            .set("pool_mode = \"session\"")
+            .with_extra("[server_tls]\nmode = \"require\"\n"),
+    );
+    let (ok, out, err) = psql(
+        &proxy,
+        CAROL.0,
+        CAROL.1,
+        "app",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert!(ok, "{err}\n{}", log_tail("proxy", &proxy.log(), 30));
+    assert_eq!(out, "t");
+
+    // verify-full with the CA: the certificate names 127.0.0.1, the
+    // backend's host.
+    let verified = Proxy::start(
+        &cluster,
+        ProxyOptions::default().with_extra(&format!(
+            "[server_tls]\nmode = \"verify-full\"\nca_file = \"{}\"\n",
+            pki.ca().display()
+        )),
+    );
+    let (ok, out, err) = psql(
+        &verified,
+        CAROL.0,
+        CAROL.1,
+        "app",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "t");
+}
+
+#[test]
+fn verify_full_refuses_a_server_certificate_for_another_name_naming_the_backend() {
+    let cluster = cluster(0);
+    let pki = Pki::new();
+    pki.serve_tls(&cluster, &["wrong.example"]);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().with_extra(&format!(
+            "[server_tls]\nmode = \"verify-full\"\nca_file = \"{}\"\n",
+            pki.ca().display()
+        )),
+    );
+    let (ok, _, err) = psql(&proxy, CAROL.0, CAROL.1, "app", "SELECT 1");
+    assert!(
+        !ok,
+        "the proxy used a server whose certificate names another host"
+    );
+    let backend = cluster.node(0).name().to_owned();
+    assert!(
+        err.contains(&format!("backend \"{backend}\"")) && err.contains("not valid for name"),
+        "{err}"
+    );
+    // verify-ca checks the chain only: the same server passes.
+    let by_ca = Proxy::start(
+        &cluster,
+        ProxyOptions::default().with_extra(&format!(
+            "[server_tls]\nmode = \"verify-ca\"\nca_file = \"{}\"\n",
+            pki.ca().display()
+        )),
+    );
+    let (ok, out, err) = psql(&by_ca, CAROL.0, CAROL.1, "app", "SELECT 1");
+    assert!(ok, "{err}");
+    assert_eq!(out, "1");
+}
+
+#[test]
+fn require_refuses_a_server_without_tls() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().with_extra("[server_tls]\nmode = \"require\"\n"),
+    );
+    let (ok, _, err) = psql(&proxy, CAROL.0, CAROL.1, "app", "SELECT 1");
+    assert!(!ok);
+    assert!(err.contains("does not accept TLS"), "{err}");
+    // "prefer" (the default) falls back to plain text.
+    let prefer = Proxy::start(&cluster, ProxyOptions::default());
+    let (ok, out, err) = psql(
+        &prefer,
+        CAROL.0,
+        CAROL.1,
+        "app",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "f");
+}
+
+#[test]
+fn a_broken_certificate_on_reload_keeps_the_old_one_and_says_why() {
+    let cluster = cluster(0);
+    let pki = Pki::new();
+    let proxy = Proxy::start(&cluster, client_tls(&pki, "require"));
+    let connects = || {
+        psql_with(
+            &tls_conninfo(&proxy, &pki, "sslmode=verify-full"),
+            &["SELECT 1"],
+        )
+    };
+    assert!(connects().0);
+    std::fs::write(pki.path("proxy.crt"), "not a certificate\n").unwrap();
+    let r = pgwardenctl(&proxy.config, &["reload"]);
+    assert_ne!(
+        r.code, 0,
+        "reload accepted a broken certificate: {}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains("proxy.client_tls_cert_file"),
+        "{}",
+        r.stderr
+    );
+    // The old certificate still serves.
+    let (ok, _, err) = connects();
+    assert!(ok, "{err}");
+    // A good new pair is taken: clients now see the new certificate
+    // (issued by another CA, so the old CA no longer verifies it).
+    let other = Pki::new();
+    let (crt, key) = other.issue("proxy", &["localhost", "127.0.0.1"]);
+    std::fs::copy(&crt, pki.path("proxy.crt")).unwrap();
+    std::fs::copy(&key, pki.path("proxy.key")).unwrap();
+    let r = pgwardenctl(&proxy.config, &["reload"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stdout.contains("TLS"), "{}", r.stdout);
+    let (ok, _, _) = connects();
+    assert!(
+        !ok,
+        "the old CA still verifies the proxy: the new pair was not taken"
+    );
+    let (ok, _, err) = psql_with(
+        &tls_conninfo(&proxy, &other, "sslmode=verify-full"),
+        &["SELECT 1"],
+    );
+    assert!(ok, "{err}");
+}
