@@ -206,6 +206,31 @@ fn server_tls_require_encrypts_the_proxys_sessions() {
     assert_eq!(out, "t");
 }
 
+/// The backend's row of `pgwardenctl status`, once its reason mentions
+/// `what`.
+fn status_row(proxy: &Proxy, backend: &str, what: &str) -> String {
+    let mut row = String::new();
+    let shown = pgwarden_testkit::wait_until(
+        std::time::Duration::from_secs(20),
+        "the backend's reason in pgwardenctl status",
+        || {
+            let out = pgwardenctl(&proxy.config, &["status"]).stdout;
+            row = out
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(backend))
+                .unwrap_or_default()
+                .to_owned();
+            row.contains(what)
+        },
+    );
+    assert!(
+        shown.is_ok(),
+        "{row}\n{}",
+        log_tail("monitor", &proxy.monitor_log(), 20)
+    );
+    row
+}
+
 #[test]
 fn verify_full_refuses_a_server_certificate_for_another_name_naming_the_backend() {
     let cluster = cluster(0);
@@ -218,16 +243,17 @@ fn verify_full_refuses_a_server_certificate_for_another_name_naming_the_backend(
             pki.ca().display()
         )),
     );
+    // Neither the monitor nor the proxy talks to it: no primary, and the
+    // operator reads why on the backend's own line.
+    let backend = cluster.node(0).name().to_owned();
+    let row = status_row(&proxy, &backend, "not valid for name");
+    assert!(row.contains("down"), "{row}");
     let (ok, _, err) = psql(&proxy, CAROL.0, CAROL.1, "app", "SELECT 1");
     assert!(
         !ok,
-        "the proxy used a server whose certificate names another host"
+        "a client reached a server whose certificate names another host"
     );
-    let backend = cluster.node(0).name().to_owned();
-    assert!(
-        err.contains(&format!("backend \"{backend}\"")) && err.contains("not valid for name"),
-        "{err}"
-    );
+    assert!(err.contains("no primary backend is available"), "{err}");
     // verify-ca checks the chain only: the same server passes.
     let by_ca = Proxy::start(
         &cluster,
@@ -248,9 +274,12 @@ fn require_refuses_a_server_without_tls() {
         &cluster,
         ProxyOptions::default().with_extra("[server_tls]\nmode = \"require\"\n"),
     );
+    let backend = cluster.node(0).name().to_owned();
+    let row = status_row(&proxy, &backend, "TLS");
+    assert!(row.contains("down"), "{row}");
     let (ok, _, err) = psql(&proxy, CAROL.0, CAROL.1, "app", "SELECT 1");
     assert!(!ok);
-    assert!(err.contains("does not accept TLS"), "{err}");
+    assert!(err.contains("no primary backend is available"), "{err}");
     // "prefer" (the default) falls back to plain text.
     let prefer = Proxy::start(&cluster, ProxyOptions::default());
     let (ok, out, err) = psql(
@@ -264,6 +293,56 @@ fn require_refuses_a_server_without_tls() {
     assert_eq!(out, "f");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitors_checks_are_encrypted_under_server_tls_require() {
+    let cluster = cluster(0);
+    let pki = Pki::new();
+    pki.serve_tls(&cluster, &["localhost", "127.0.0.1"]);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().with_extra("[server_tls]\nmode = \"require\"\n"),
+    );
+    // The monitor found the primary: its checks got through.
+    proxy
+        .wait_state(
+            std::time::Duration::from_secs(20),
+            "the primary is known",
+            |s| s.primary_id.is_some(),
+        )
+        .await;
+    // Every session of the health-check role is encrypted, and there is one.
+    let sessions = || {
+        cluster
+            .primary()
+            .psql(&format!(
+                "SELECT count(*), coalesce(bool_and(s.ssl), false) FROM pg_stat_ssl s \
+                 JOIN pg_stat_activity a USING (pid) WHERE a.usename = '{}'",
+                MONITOR.0
+            ))
+            .unwrap()
+    };
+    let seen = poll_until(std::time::Duration::from_secs(20), || async {
+        let out = sessions();
+        out != "0|f" && out.ends_with("|t")
+    })
+    .await;
+    assert!(
+        seen,
+        "monitor sessions: {}\n{}",
+        sessions(),
+        proxy.monitor_log()
+    );
+    // The proxy's own session, too.
+    let (ok, out, err) = psql(
+        &proxy,
+        CAROL.0,
+        CAROL.1,
+        "app",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "t");
+}
 #[test]
 fn a_broken_certificate_on_reload_keeps_the_old_one_and_says_why() {
     let cluster = cluster(0);

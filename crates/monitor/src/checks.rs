@@ -57,6 +57,8 @@ pub struct CheckSettings {
     pub password: Option<String>,
     /// `health_check.database`.
     pub database: String,
+    /// TLS, as `server_tls` says.
+    pub tls: pgwarden_tls::postgres::PgTls,
 }
 
 impl std::fmt::Debug for CheckSettings {
@@ -454,9 +456,11 @@ async fn connect(
         password: s.password.clone(),
         database: s.database.clone(),
         connect_timeout: s.timeout,
+        tls: s.tls.clone(),
     };
-    let cfg = sql::pg_config(&t.host, t.port, &login);
-    match tokio::time::timeout(s.timeout, cfg.connect(tokio_postgres::NoTls)).await {
+    let mut cfg = sql::pg_config(&t.host, t.port, &login);
+    let tls = login.tls.apply(&mut cfg);
+    match tokio::time::timeout(s.timeout, cfg.connect(tls)).await {
         Ok(Ok((client, conn))) => {
             tokio::spawn(async move {
                 let _ = conn.await;

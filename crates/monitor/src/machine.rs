@@ -90,6 +90,7 @@ impl Machine {
                     reason: detached
                         .map_or_else(|| "not checked yet".to_owned(), |(_, r)| r.clone()),
                     failures: 0,
+                    last_error: None,
                     not_streaming: 0,
                     last: None,
                     last_check_ms: 0,
@@ -273,6 +274,7 @@ impl Machine {
         let obs = match result {
             Err(reason) => {
                 b.failures = b.failures.saturating_add(1);
+                b.last_error = Some(reason.clone());
                 let local = self.decider == Decider::Local;
                 if local && limits.exceeded(b.failures) && b.status == Status::Up {
                     let reason = format!("failed {} consecutive checks: {reason}", b.failures);
@@ -283,6 +285,7 @@ impl Machine {
             Ok(o) => o,
         };
         b.failures = 0;
+        b.last_error = None;
         let role = if obs.in_recovery {
             Role::Standby
         } else {
@@ -609,7 +612,13 @@ impl Machine {
                 let reason = "also out of recovery at start-up: fenced (rejoin it as a standby, then attach it)";
                 self.set_status(i, Status::Detached, reason);
             } else if !b.reachable() {
-                self.set_status(i, Status::Down, "unreachable at start-up");
+                // What the checks say (a refused login, a certificate for
+                // another name...) is what the operator needs to know.
+                let reason = match &b.last_error {
+                    Some(e) => format!("unreachable at start-up: {e}"),
+                    None => "unreachable at start-up".to_owned(),
+                };
+                self.set_status(i, Status::Down, &reason);
             } else if chosen.is_some_and(|p| self.streams_from(i, p)) {
                 self.set_status(i, Status::Up, "");
             } else {

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_config::Config::load(&args.config)?;
-    let settings = pgwarden_monitor::settings::Settings::from_config(&config);
+    let settings = pgwarden_monitor::settings::Settings::from_config(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

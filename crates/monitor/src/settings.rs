@@ -54,11 +54,23 @@ pub struct Settings {
     pub metrics_listen: std::net::SocketAddr,
 }
 
+/// The monitor's TLS towards PostgreSQL, from `[server_tls]`.
+pub fn server_tls(
+    c: &pgwarden_config::ServerTlsConfig,
+) -> Result<pgwarden_tls::postgres::PgTls, pgwarden_tls::TlsError> {
+    Ok(match pgwarden_tls::for_servers(c)? {
+        Some(config) => pgwarden_tls::postgres::PgTls::new(config, c.mode.required()),
+        None => pgwarden_tls::postgres::PgTls::disabled(),
+    })
+}
+
 impl Settings {
-    /// Takes the monitor's part of the node config.
-    pub fn from_config(c: &Config) -> Settings {
+    /// Takes the monitor's part of the node config, reading the TLS files
+    /// `[server_tls]` names.
+    pub fn from_config(c: &Config) -> Result<Settings, pgwarden_tls::TlsError> {
         let hc = &c.health_check;
-        Settings {
+        let tls = server_tls(&c.server_tls)?;
+        Ok(Settings {
             consensus: c.watchdog.enabled,
             metrics_listen: c.monitor.metrics_listen,
             node: c.node.name.clone(),
@@ -87,6 +99,7 @@ impl Settings {
                 user: hc.user.clone(),
                 password: hc.password.as_ref().map(|p| p.expose().to_owned()),
                 database: hc.database.clone(),
+                tls: tls.clone(),
             },
             failover: FailoverSettings {
                 mode: c.failover.mode,
@@ -95,6 +108,7 @@ impl Settings {
                     password: c.failover.password.as_ref().map(|p| p.expose().to_owned()),
                     database: hc.database.clone(),
                     connect_timeout: hc.timeout.max(Duration::from_secs(2)),
+                    tls,
                 },
                 command: c.failover.command.clone(),
                 follow_command: c.failover.follow_primary_command.clone(),
@@ -102,7 +116,7 @@ impl Settings {
                 rejoin_command: c.failover.rejoin_command.clone(),
                 rejoin_timeout: c.failover.rejoin_timeout,
             },
-        }
+        })
     }
 
     /// The backends as the machine sees them.

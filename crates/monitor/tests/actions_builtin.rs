@@ -26,6 +26,7 @@ fn login() -> SqlLogin {
         password: None,
         database: "postgres".to_owned(),
         connect_timeout: Duration::from_secs(2),
+        tls: pgwarden_tls::postgres::PgTls::disabled(),
     }
 }
 

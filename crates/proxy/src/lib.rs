@@ -283,7 +283,7 @@ impl Proxy {
             if s.follow_monitor {
                 follow::run(&sh, &stop).await;
             } else {
-                routing::discover(&sh.router, &s.backends, &s.discovery, &stop).await;
+                routing::discover(&sh.router, &s.backends, &s.discovery, &sh.tls, &stop).await;
             }
         });
         if let Some(listener) = metrics {

@@ -143,13 +143,15 @@ pub async fn discover(
     router: &Router,
     backends: &[BackendAddr],
     d: &Discovery,
+    tls: &crate::tls::Tls,
     stop: &CancellationToken,
 ) {
     let mut clients: Vec<Option<tokio_postgres::Client>> = backends.iter().map(|_| None).collect();
     loop {
         let mut seen = Vec::with_capacity(backends.len());
+        let pg = tls.to_server().postgres();
         for (b, client) in backends.iter().zip(clients.iter_mut()) {
-            seen.push(probe(b, client, d).await);
+            seen.push(probe(b, client, d, &pg).await);
         }
         let current = router.current().primary.as_deref().cloned();
         let still = current.filter(|p| seen.get(p.id) == Some(&Seen::Primary));
@@ -181,9 +183,10 @@ async fn probe(
     b: &BackendAddr,
     client: &mut Option<tokio_postgres::Client>,
     d: &Discovery,
+    tls: &pgwarden_tls::postgres::PgTls,
 ) -> Seen {
     if client.as_ref().is_none_or(|c| c.is_closed()) {
-        *client = connect(b, d).await;
+        *client = connect(b, d, tls).await;
     }
     let Some(c) = client.as_ref() else {
         return Seen::Unreachable;
@@ -206,7 +209,11 @@ async fn probe(
     }
 }
 
-async fn connect(b: &BackendAddr, d: &Discovery) -> Option<tokio_postgres::Client> {
+async fn connect(
+    b: &BackendAddr,
+    d: &Discovery,
+    tls: &pgwarden_tls::postgres::PgTls,
+) -> Option<tokio_postgres::Client> {
     let mut cfg = tokio_postgres::Config::new();
     cfg.host(&b.host)
         .port(b.port)
@@ -217,7 +224,8 @@ async fn connect(b: &BackendAddr, d: &Discovery) -> Option<tokio_postgres::Clien
     if let Some(p) = &d.password {
         cfg.password(p);
     }
-    match tokio::time::timeout(d.timeout, cfg.connect(tokio_postgres::NoTls)).await {
+    let tls = tls.apply(&mut cfg);
+    match tokio::time::timeout(d.timeout, cfg.connect(tls)).await {
         Ok(Ok((client, conn))) => {
             tokio::spawn(async move {
                 let _ = conn.await;

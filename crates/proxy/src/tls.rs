@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-use pgwarden_config::{ClientTlsMode, ServerTlsConfig, ServerTlsMode};
-use pgwarden_tls::{PemFile, ServerTls, TlsError, Verify};
+use pgwarden_config::{ClientTlsMode, ServerTlsMode};
+use pgwarden_tls::{PemFile, ServerTls, TlsError};
 
 use crate::settings::Settings;
 
@@ -30,7 +30,7 @@ pub struct ToServer {
 }
 
 fn pem<'a>(key: &'static str, path: &'a Path) -> Option<PemFile<'a>> {
-    (!path.as_os_str().is_empty()).then_some(PemFile { key, path })
+    PemFile::optional(key, path)
 }
 
 fn load_served(settings: &Settings) -> Result<Option<ServerTls>, TlsError> {
@@ -49,25 +49,21 @@ fn load_served(settings: &Settings) -> Result<Option<ServerTls>, TlsError> {
     pgwarden_tls::server_tls(cert, key, pem("proxy.client_tls_ca_file", &f.ca)).map(Some)
 }
 
-fn load_to_servers(
-    c: &ServerTlsConfig,
-) -> Result<Option<Arc<pgwarden_tls::rustls::ClientConfig>>, TlsError> {
-    let verify = match c.mode {
-        ServerTlsMode::Disable => return Ok(None),
-        ServerTlsMode::Prefer | ServerTlsMode::Require => Verify::Nothing,
-        ServerTlsMode::VerifyCa => Verify::Ca,
-        ServerTlsMode::VerifyFull => Verify::Full,
-    };
-    let identity =
-        pem("server_tls.cert_file", &c.cert_file).zip(pem("server_tls.key_file", &c.key_file));
-    pgwarden_tls::client_config(verify, pem("server_tls.ca_file", &c.ca_file), identity).map(Some)
+impl ToServer {
+    /// The same for tokio-postgres connections (primary discovery).
+    pub fn postgres(&self) -> pgwarden_tls::postgres::PgTls {
+        match &self.config {
+            Some(c) => pgwarden_tls::postgres::PgTls::new(Arc::clone(c), self.mode.required()),
+            None => pgwarden_tls::postgres::PgTls::disabled(),
+        }
+    }
 }
 
 impl Tls {
     /// Reads every file the settings name.
     pub fn load(settings: &Settings) -> Result<Tls, TlsError> {
         let served = load_served(settings)?.map(Arc::new);
-        let to_servers = load_to_servers(&settings.server_tls)?;
+        let to_servers = pgwarden_tls::for_servers(&settings.server_tls)?;
         Ok(Tls {
             client_mode: settings.client_tls.mode,
             served: RwLock::new(served),
@@ -79,7 +75,7 @@ impl Tls {
     /// Reads the files again; on error the old ones stay in force.
     pub fn reload(&self, settings: &Settings) -> Result<(), TlsError> {
         let served = load_served(settings)?.map(Arc::new);
-        let to_servers = load_to_servers(&settings.server_tls)?;
+        let to_servers = pgwarden_tls::for_servers(&settings.server_tls)?;
         *self.served.write().unwrap_or_else(|p| p.into_inner()) = served;
         *self.to_servers.write().unwrap_or_else(|p| p.into_inner()) = to_servers;
         Ok(())

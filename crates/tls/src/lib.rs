@@ -11,6 +11,8 @@
 //!   and the host name.
 //! - [`server_end_point`]: RFC 5929's channel binding data of a
 //!   certificate, hashed as PostgreSQL hashes it.
+//! - [`postgres`]: the same client configs for tokio-postgres (the
+//!   monitor's checks and actions), with channel binding.
 //!
 //! Every file is named in errors by the config key that points at it.
 
@@ -26,6 +28,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 mod endpoint;
+pub mod postgres;
 
 pub use endpoint::server_end_point;
 pub use rustls;
@@ -53,6 +56,13 @@ pub struct PemFile<'a> {
     pub key: &'static str,
     /// The file.
     pub path: &'a Path,
+}
+
+impl<'a> PemFile<'a> {
+    /// `path` under `key`, or `None` when the path is empty (the key unset).
+    pub fn optional(key: &'static str, path: &'a Path) -> Option<PemFile<'a>> {
+        (!path.as_os_str().is_empty()).then_some(PemFile { key, path })
+    }
 }
 
 impl PemFile<'_> {
@@ -225,6 +235,27 @@ pub fn client_config(
     };
     config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// The client config `[server_tls]` asks for, `None` under `disable`.
+pub fn for_servers(
+    c: &pgwarden_config::ServerTlsConfig,
+) -> Result<Option<Arc<ClientConfig>>, TlsError> {
+    use pgwarden_config::ServerTlsMode;
+    let verify = match c.mode {
+        ServerTlsMode::Disable => return Ok(None),
+        ServerTlsMode::Prefer | ServerTlsMode::Require => Verify::Nothing,
+        ServerTlsMode::VerifyCa => Verify::Ca,
+        ServerTlsMode::VerifyFull => Verify::Full,
+    };
+    let identity = PemFile::optional("server_tls.cert_file", &c.cert_file)
+        .zip(PemFile::optional("server_tls.key_file", &c.key_file));
+    client_config(
+        verify,
+        PemFile::optional("server_tls.ca_file", &c.ca_file),
+        identity,
+    )
+    .map(Some)
 }
 
 /// The name a server's certificate is checked against: a DNS name or an

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_postgres::types::{FromSql, ToSql};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, Row};
 
 use super::error::one_line;
 use super::{ActionError, SqlLogin, Target};
@@ -74,9 +74,10 @@ pub(crate) fn pg_config(host: &str, port: u16, login: &SqlLogin) -> tokio_postgr
 /// authentication) is bounded by `login.connect_timeout`.
 pub(crate) async fn connect(target: &Target, login: &SqlLogin) -> Result<Session, ActionError> {
     let label = target.label();
-    let config = pg_config(&target.host, target.port, login);
+    let mut config = pg_config(&target.host, target.port, login);
+    let tls = login.tls.apply(&mut config);
     let (client, connection) =
-        match tokio::time::timeout(login.connect_timeout, config.connect(NoTls)).await {
+        match tokio::time::timeout(login.connect_timeout, config.connect(tls)).await {
             Ok(Ok(pair)) => pair,
             Ok(Err(e)) => {
                 return Err(ActionError::Connect {

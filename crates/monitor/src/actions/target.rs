@@ -59,6 +59,8 @@ pub struct SqlLogin {
     /// Limit on establishing a connection (TCP connect, startup and
     /// authentication together).
     pub connect_timeout: Duration,
+    /// TLS, as `server_tls` says.
+    pub tls: pgwarden_tls::postgres::PgTls,
 }
 
 impl fmt::Debug for SqlLogin {
@@ -68,6 +70,7 @@ impl fmt::Debug for SqlLogin {
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("database", &self.database)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -93,6 +96,7 @@ mod tests {
             password: Some("hunter2".into()),
             database: "postgres".into(),
             connect_timeout: Duration::from_secs(2),
+            tls: pgwarden_tls::postgres::PgTls::disabled(),
         };
         let debug = format!("{login:?}");
         assert!(!debug.contains("hunter2"), "{debug}");

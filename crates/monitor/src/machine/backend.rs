@@ -140,6 +140,8 @@ pub struct BackendView {
     pub reason: String,
     /// Consecutive failed checks.
     pub failures: u32,
+    /// Why the last check failed, while checks fail.
+    pub last_error: Option<String>,
     /// Consecutive checks that found a standby not streaming from the primary.
     pub not_streaming: u32,
     /// The last successful check.

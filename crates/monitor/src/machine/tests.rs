@@ -901,6 +901,7 @@ fn candidates_as_a_table() {
         status: Status::Up,
         reason: String::new(),
         failures: 0,
+        last_error: None,
         not_streaming: 0,
         last: o,
         last_check_ms: 0,
