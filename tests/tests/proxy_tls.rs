@@ -390,3 +390,33 @@ fn a_broken_certificate_on_reload_keeps_the_old_one_and_says_why() {
     );
     assert!(ok, "{err}");
 }
+
+/// Regression: with TLS disabled the monitor's connector was asked for a
+/// TLS session anyway (tokio-postgres prepares one per host whatever the
+/// sslmode) and refused, so no check ever got through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_tls_disable_keeps_the_monitor_and_proxy_in_plain_text() {
+    let cluster = cluster(0);
+    let pki = Pki::new();
+    pki.serve_tls(&cluster, &["localhost", "127.0.0.1"]);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().with_extra("[server_tls]\nmode = \"disable\"\n"),
+    );
+    proxy
+        .wait_state(
+            std::time::Duration::from_secs(20),
+            "the primary is known",
+            |s| s.primary_id.is_some(),
+        )
+        .await;
+    let (ok, out, err) = psql(
+        &proxy,
+        CAROL.0,
+        CAROL.1,
+        "app",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "f");
+}

@@ -80,23 +80,28 @@ where
     type TlsConnect = RustlsConnect;
     type Error = io::Error;
 
+    /// Called for every host before connecting, whatever the `sslmode`
+    /// (so never an error when TLS is disabled: tokio-postgres then does
+    /// not use the connector).
     fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, io::Error> {
-        let config = self.config.clone().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::Unsupported,
-                "TLS is disabled (server_tls.mode)",
-            )
-        })?;
-        let name = crate::server_name(domain)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(RustlsConnect { config, name })
+        let name = match &self.config {
+            Some(_) => Some(
+                crate::server_name(domain)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            ),
+            None => None,
+        };
+        Ok(RustlsConnect {
+            config: self.config.clone(),
+            name,
+        })
     }
 }
 
 /// One handshake to come.
 pub struct RustlsConnect {
-    config: Arc<ClientConfig>,
-    name: rustls_pki_types::ServerName<'static>,
+    config: Option<Arc<ClientConfig>>,
+    name: Option<rustls_pki_types::ServerName<'static>>,
 }
 
 impl<S> TlsConnect<S> for RustlsConnect
@@ -109,8 +114,14 @@ where
 
     fn connect(self, stream: S) -> Self::Future {
         Box::pin(async move {
-            let s = tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
+            let (Some(config), Some(name)) = (self.config, self.name) else {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "TLS is disabled (server_tls.mode)",
+                ));
+            };
+            let s = tokio_rustls::TlsConnector::from(config)
+                .connect(name, stream)
                 .await?;
             Ok(RustlsStream(Box::new(s)))
         })
