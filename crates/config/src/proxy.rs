@@ -177,6 +177,10 @@ pub struct ProxyConfig {
     /// `proxy.client_tls_ca_file`: CA certificates client certificates are
     /// checked against; empty = client certificates are not asked for.
     pub client_tls_ca_file: PathBuf,
+    /// `proxy.hba_file`: host-based rules for clients, in pg_hba.conf's
+    /// syntax; empty = every client may try, with the method its secret
+    /// asks for.
+    pub hba_file: PathBuf,
 }
 
 impl Default for ProxyConfig {
@@ -207,6 +211,7 @@ impl Default for ProxyConfig {
             client_tls_cert_file: PathBuf::new(),
             client_tls_key_file: PathBuf::new(),
             client_tls_ca_file: PathBuf::new(),
+            hba_file: PathBuf::new(),
         }
     }
 }

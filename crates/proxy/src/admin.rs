@@ -75,6 +75,20 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<String, String> {
     };
     let mut done = Vec::new();
     let mut failed = Vec::new();
+    if !shared.settings.hba_file.as_os_str().is_empty() {
+        match crate::load_hba(&shared.settings) {
+            Ok(hba) => {
+                let n = hba.as_ref().map_or(0, |h| h.len());
+                shared.set_hba(hba);
+                tracing::info!(rules = n, "hba file reloaded");
+                done.push(format!("hba file reloaded: {n} rules"));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "hba file not reloaded; keeping the old one");
+                failed.push(format!("{e}; the old hba file stays in force"));
+            }
+        }
+    }
     match auth {
         Ok(n) => {
             tracing::info!(users = n, "auth file reloaded");

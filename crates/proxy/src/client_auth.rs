@@ -17,8 +17,10 @@ use pgwarden_wire::frame::{self, Message};
 use pgwarden_wire::{ErrorResponse, ProtocolError, backend, sqlstate};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::hba::Method;
 use crate::server_conn::ServerCredentials;
 use crate::settings::PlainAuth;
+use subtle::ConstantTimeEq;
 
 /// PostgreSQL's `PG_MAX_AUTH_TOKEN_LENGTH`.
 const MAX_AUTH_MESSAGE: u32 = 65_535;
@@ -86,6 +88,13 @@ pub enum AuthError {
     /// The client left during authentication (psql does, to prompt for a password).
     #[error("client closed the connection during authentication")]
     Gone,
+    /// The hba file says `cert`, and the client sent no certificate the
+    /// proxy's CA signed (28000).
+    #[error("connection requires a valid client certificate")]
+    NoCertificate,
+    /// Its certificate names someone else (28000).
+    #[error("certificate authentication failed for user \"{0}\"")]
+    Certificate(String),
 }
 
 impl AuthError {
@@ -101,25 +110,47 @@ impl AuthError {
                 sqlstate::PROTOCOL_VIOLATION,
                 e.to_string(),
             )),
+            AuthError::NoCertificate | AuthError::Certificate(_) => Some(ErrorResponse::fatal(
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                self.to_string(),
+            )),
             AuthError::Gone => None,
         }
     }
 }
 
+/// How a client is to authenticate.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy<'a> {
+    /// How plain-text secrets are checked without an hba file.
+    pub plain: PlainAuth,
+    /// Key for the mock SCRAM salts of unknown users.
+    pub mock_key: &'a [u8],
+    /// The TLS channel's `tls-server-end-point` data, which a SCRAM client
+    /// may bind its proof to (SCRAM-SHA-256-PLUS).
+    pub binding: Option<&'a [u8]>,
+    /// The method the hba file chose; `None` without an hba file (the
+    /// secret's kind decides).
+    pub method: Option<Method>,
+    /// The common name of the client's TLS certificate, when it sent one
+    /// the proxy's CA signed.
+    pub certificate: Option<&'a str>,
+}
+
 /// Authenticates `user` on `stream` and returns how to log in to servers as
-/// that user. `buf` holds client bytes read but not yet consumed; `binding`
-/// is the TLS channel's `tls-server-end-point` data, which a SCRAM client
-/// may bind its proof to (SCRAM-SHA-256-PLUS).
+/// that user. `buf` holds client bytes read but not yet consumed.
 pub async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     user: &str,
     users: &Users,
-    plain: PlainAuth,
-    mock_key: &[u8],
-    binding: Option<&[u8]>,
+    policy: &Policy<'_>,
 ) -> Result<ServerCredentials, AuthError> {
+    let (plain, mock_key, binding) = (policy.plain, policy.mock_key, policy.binding);
     let found = users.users.get(user);
+    if let Some(method) = policy.method {
+        return by_method(stream, buf, user, found, method, policy).await;
+    }
     let failed = || AuthError::Failed(user.to_owned());
     match found.map(|u| (&u.secret, u.verifier.as_ref())) {
         Some((Secret::Scram(v), _)) => {
@@ -168,6 +199,98 @@ pub async fn authenticate(
                 }
             }
             Err(failed())
+        }
+    }
+}
+
+/// What the proxy can log in to servers with when the client proved
+/// nothing the proxy can pass on (trust, cert).
+fn unproven(found: Option<&User>) -> ServerCredentials {
+    match found.map(|u| &u.secret) {
+        Some(Secret::Plain(p)) => ServerCredentials::Password(p.clone()),
+        Some(Secret::Md5(m)) => ServerCredentials::Md5(m.clone()),
+        Some(Secret::Scram(_)) | None => ServerCredentials::Nothing,
+    }
+}
+
+/// Authentication as an hba line's method says, with PostgreSQL's
+/// meanings: `md5` does SCRAM for a SCRAM secret; `scram-sha-256` fails
+/// for an md5 one (after a full mock exchange, telling nothing).
+async fn by_method(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    user: &str,
+    found: Option<&User>,
+    method: Method,
+    policy: &Policy<'_>,
+) -> Result<ServerCredentials, AuthError> {
+    let failed = || AuthError::Failed(user.to_owned());
+    let mock = || ScramServer::mock(user, policy.mock_key);
+    let binding = policy.binding;
+    match method {
+        Method::Trust => Ok(unproven(found)),
+        Method::Reject => Err(failed()),
+        Method::Cert => match policy.certificate {
+            Some(name) if name == user => Ok(unproven(found)),
+            Some(_) => Err(AuthError::Certificate(user.to_owned())),
+            None => Err(AuthError::NoCertificate),
+        },
+        Method::Password => {
+            let mut out = BytesMut::new();
+            backend::authentication_cleartext(&mut out);
+            send(stream, &out).await?;
+            let m = read_password_message(stream, buf).await?;
+            let given = frame::parse_password(&m.body)?;
+            let ok = match found.map(|u| &u.secret) {
+                Some(Secret::Plain(p)) => bool::from(p.as_bytes().ct_eq(given.as_bytes())),
+                Some(Secret::Md5(m)) => {
+                    bool::from(md5::secret(given, user).as_bytes().ct_eq(m.as_bytes()))
+                }
+                Some(Secret::Scram(v)) => {
+                    let derived = ScramVerifier::from_password(given, &v.salt, v.iterations);
+                    bool::from(derived.stored_key.ct_eq(&v.stored_key))
+                }
+                None => false,
+            };
+            if ok {
+                Ok(ServerCredentials::Password(given.to_owned()))
+            } else {
+                Err(failed())
+            }
+        }
+        Method::Md5 | Method::ScramSha256 => {
+            match found.map(|u| (&u.secret, u.verifier.as_ref())) {
+                Some((Secret::Scram(v), _)) => {
+                    let client_key =
+                        scram_exchange(stream, buf, ScramServer::new(v.clone()), user, binding)
+                            .await?;
+                    Ok(ServerCredentials::ScramKey(Credentials::ClientKey {
+                        client_key,
+                        verifier: v.clone(),
+                    }))
+                }
+                Some((Secret::Plain(p), _)) if method == Method::Md5 => {
+                    md5_exchange(stream, buf, &md5::secret(p, user), user).await?;
+                    Ok(ServerCredentials::Password(p.clone()))
+                }
+                Some((Secret::Plain(p), verifier)) => {
+                    let v = verifier
+                        .cloned()
+                        .unwrap_or_else(|| ScramVerifier::generate(p));
+                    scram_exchange(stream, buf, ScramServer::new(v), user, binding).await?;
+                    Ok(ServerCredentials::Password(p.clone()))
+                }
+                Some((Secret::Md5(m), _)) if method == Method::Md5 => {
+                    md5_exchange(stream, buf, m, user).await?;
+                    Ok(ServerCredentials::Md5(m.clone()))
+                }
+                // An md5 secret cannot check SCRAM, and nobody is unknown
+                // in a way a client can tell.
+                Some((Secret::Md5(_), _)) | None => {
+                    scram_exchange(stream, buf, mock(), user, binding).await?;
+                    Err(failed())
+                }
+            }
         }
     }
 }

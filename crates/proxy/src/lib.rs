@@ -22,6 +22,7 @@ pub mod client_auth;
 pub mod clients;
 pub mod follow;
 pub mod handshake;
+pub mod hba;
 pub mod metrics;
 mod net;
 pub mod pool;
@@ -68,6 +69,15 @@ pub enum StartError {
     /// same `node.runtime_dir`, or the directory is not writable).
     #[error("node.runtime_dir: cannot serve the admin API: {0}")]
     AdminSocket(String),
+    /// The hba file is missing, unreadable or holds a line that cannot be
+    /// honoured.
+    #[error("proxy.hba_file: {path}: {reason}")]
+    HbaFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// A TLS file is missing, unreadable, too open or broken (the error
     /// names its key).
     #[error(transparent)]
@@ -108,6 +118,8 @@ pub struct Shared {
     mock_key: [u8; 32],
     /// TLS with clients and with servers.
     pub tls: tls::Tls,
+    /// The hba file's rules, when there is one.
+    hba: RwLock<Option<Arc<hba::Hba>>>,
 }
 
 impl Shared {
@@ -147,10 +159,38 @@ impl Shared {
         rows
     }
 
+    /// The hba rules in force, if any.
+    pub fn hba(&self) -> Option<Arc<hba::Hba>> {
+        self.hba.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Puts new hba rules in force.
+    pub fn set_hba(&self, hba: Option<hba::Hba>) {
+        *self.hba.write().unwrap_or_else(|p| p.into_inner()) = hba.map(Arc::new);
+    }
+
     /// The current auth file.
     pub fn users(&self) -> Arc<Users> {
         Arc::clone(&self.users.read().unwrap_or_else(|p| p.into_inner()))
     }
+}
+
+/// Reads the hba file, if there is one.
+pub fn load_hba(settings: &Settings) -> Result<Option<hba::Hba>, StartError> {
+    let path = &settings.hba_file;
+    if path.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let err = |reason: String| StartError::HbaFile {
+        path: path.clone(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let hba = hba::Hba::parse(&text).map_err(|e| err(e.to_string()))?;
+    if hba.is_empty() {
+        tracing::warn!(path = %path.display(), "the hba file holds no rule: every client is refused");
+    }
+    Ok(Some(hba))
 }
 
 /// Reads and checks the auth file.
@@ -194,6 +234,7 @@ impl Proxy {
     pub async fn bind(settings: Settings) -> Result<Proxy, StartError> {
         let users = load_users(&settings)?;
         let tls = tls::Tls::load(&settings)?;
+        let hba = load_hba(&settings)?.map(Arc::new);
         if users.is_empty() {
             tracing::warn!(path = %settings.auth_file.display(), "the auth file lists no users: nobody can log in");
         }
@@ -230,6 +271,7 @@ impl Proxy {
             hard_stop: CancellationToken::new(),
             mock_key,
             tls,
+            hba: RwLock::new(hba),
             settings,
         });
         Ok(Proxy {

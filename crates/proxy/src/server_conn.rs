@@ -28,6 +28,10 @@ pub enum ServerCredentials {
     Md5(String),
     /// The ClientKey the client proved: SCRAM only, with the same verifier.
     ScramKey(Credentials),
+    /// Nothing: the client proved no password (hba `trust` or `cert`) and
+    /// the auth file holds none to pass on; only a server that asks for
+    /// none lets the proxy in.
+    Nothing,
 }
 
 impl std::fmt::Debug for ServerCredentials {
@@ -36,6 +40,7 @@ impl std::fmt::Debug for ServerCredentials {
             ServerCredentials::Password(_) => "Password(***)",
             ServerCredentials::Md5(_) => "Md5(***)",
             ServerCredentials::ScramKey(_) => "ScramKey(***)",
+            ServerCredentials::Nothing => "Nothing",
         })
     }
 }
@@ -127,6 +132,9 @@ pub struct ServerConn {
     pub idle_since: Instant,
     pub(crate) buf: BytesMut,
 }
+
+/// Why a login with [`ServerCredentials::Nothing`] failed.
+const NOTHING: &str = "the server asks for a password, and the proxy has none for this user: its hba method (trust or cert) took none, and the auth file holds no plain or md5 secret to use";
 
 /// SSLRequest: length 8, code 1234.5679.
 const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
@@ -306,6 +314,9 @@ impl ServerConn {
                                 "the server asks for md5 but the auth file holds a SCRAM verifier for this user".into(),
                             ));
                         }
+                        ServerCredentials::Nothing => {
+                            return Err(ServerError::Auth(NOTHING.into()));
+                        }
                     };
                     frontend::password_message(md5::response(&stored, salt).as_bytes(), &mut out)?;
                 }
@@ -325,6 +336,9 @@ impl ServerConn {
                             return Err(ServerError::Auth(
                                 "the server asks for SCRAM but the auth file holds an md5 secret for this user".into(),
                             ));
+                        }
+                        ServerCredentials::Nothing => {
+                            return Err(ServerError::Auth(NOTHING.into()));
                         }
                     };
                     let client = ScramClient::new(c);

@@ -38,7 +38,7 @@ pub async fn serve(
 ) {
     let span = tracing::debug_span!("client", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async move {
-        let Some((login, buf)) = Box::pin(login_phase(&shared, &mut stream, handshake)).await
+        let Some((login, buf)) = Box::pin(login_phase(&shared, &mut stream, peer, handshake)).await
         else {
             return;
         };
@@ -74,6 +74,7 @@ pub async fn serve(
 async fn login_phase(
     shared: &Shared,
     stream: &mut Stream,
+    peer: SocketAddr,
     handshake: handshake::Handshake,
 ) -> Option<(Login, BytesMut)> {
     let pushed_out = handshake.pushed_out().clone();
@@ -121,13 +122,38 @@ async fn login_phase(
         let _ = stream.write_all(&e.to_bytes()).await;
         return None;
     }
-    let binding = served.as_ref().and_then(|t| t.end_point.as_deref());
+    let method = match shared.hba() {
+        Some(hba) => match check_hba(&hba, peer, served.is_some(), &startup) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                let _ = stream.write_all(&e.to_bytes()).await;
+                return None;
+            }
+        },
+        None => None,
+    };
+    let certificate = match &*stream {
+        Stream::TlsServed(s) => s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(pgwarden_tls::common_name),
+        _ => None,
+    };
+    let policy = client_auth::Policy {
+        plain: shared.settings.plain_auth,
+        mock_key: &shared.mock_key,
+        binding: served.as_ref().and_then(|t| t.end_point.as_deref()),
+        method,
+        certificate: certificate.as_deref(),
+    };
     let login = tokio::select! {
         () = pushed_out.cancelled() => {
             refuse_pushed_out(shared, stream).await;
             return None;
         }
-        r = authenticate(shared, stream, &mut buf, &startup, binding) => r,
+        r = authenticate(shared, stream, &mut buf, &startup, &policy) => r,
     };
     drop(handshake);
     match login {
@@ -135,6 +161,63 @@ async fn login_phase(
         Err(e) => {
             send_reject(stream, e).await;
             None
+        }
+    }
+}
+
+/// The hba file's method for this client, or the 28000 that refuses it, in
+/// PostgreSQL's words.
+fn check_hba(
+    hba: &crate::hba::Hba,
+    peer: SocketAddr,
+    tls: bool,
+    startup: &StartupMessage,
+) -> Result<crate::hba::Method, ErrorResponse> {
+    let user = startup.user().unwrap_or_default();
+    let database = startup.database().unwrap_or(user);
+    let replication = startup
+        .params
+        .iter()
+        .find(|(k, _)| k == "replication")
+        .is_some_and(|(_, v)| {
+            matches!(v.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1")
+        });
+    let client = crate::hba::Client {
+        addr: peer.ip(),
+        tls,
+        user,
+        database,
+        replication,
+    };
+    let encryption = if tls {
+        "SSL encryption"
+    } else {
+        "no encryption"
+    };
+    let who = format!(
+        "host \"{}\", user \"{user}\", database \"{database}\", {encryption}",
+        peer.ip().to_canonical()
+    );
+    match hba.decide(&client) {
+        Some(d) if d.method == crate::hba::Method::Reject => {
+            tracing::info!(
+                line = d.line,
+                user,
+                database,
+                "refused by a reject line of the hba file"
+            );
+            Err(ErrorResponse::fatal(
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("hba_file rejects connection for {who}"),
+            ))
+        }
+        Some(d) => Ok(d.method),
+        None => {
+            tracing::info!(user, database, "refused: no line of the hba file matches");
+            Err(ErrorResponse::fatal(
+                sqlstate::INVALID_AUTHORIZATION_SPECIFICATION,
+                format!("no hba_file entry for {who}"),
+            ))
         }
     }
 }
@@ -282,7 +365,7 @@ async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     startup: &StartupMessage,
-    binding: Option<&[u8]>,
+    policy: &client_auth::Policy<'_>,
 ) -> Result<Login, Reject> {
     let mut out = BytesMut::new();
     if startup.needs_negotiation() {
@@ -306,15 +389,7 @@ async fn authenticate(
     // a server afterwards has its own bounds (pool_timeout, a pause,
     // server_connect_timeout), each with its own error.
     let users = shared.users();
-    let exchange = client_auth::authenticate(
-        stream,
-        buf,
-        user,
-        &users,
-        shared.settings.plain_auth,
-        &shared.mock_key,
-        binding,
-    );
+    let exchange = client_auth::authenticate(stream, buf, user, &users, policy);
     let Ok(authenticated) =
         tokio::time::timeout(shared.settings.client_login_timeout, exchange).await
     else {

@@ -105,6 +105,8 @@ pub struct Settings {
     pub client_tls: ClientTlsFiles,
     /// TLS with servers (`[server_tls]`).
     pub server_tls: pgwarden_config::ServerTlsConfig,
+    /// `proxy.hba_file` (empty: none).
+    pub hba_file: PathBuf,
 }
 
 /// `proxy.client_tls_*`.
@@ -165,6 +167,7 @@ impl Settings {
                 ca: c.proxy.client_tls_ca_file.clone(),
             },
             server_tls: c.server_tls.clone(),
+            hba_file: c.proxy.hba_file.clone(),
             discovery: Discovery {
                 period: c.health_check.period,
                 timeout: c.health_check.timeout,

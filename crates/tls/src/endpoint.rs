@@ -77,10 +77,16 @@ const OID: u8 = 0x06;
 /// One DER element of type `tag` at the start of `der`: its contents and
 /// what follows it.
 fn element(der: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&t, rest) = der.split_first()?;
-    if t != tag {
-        return None;
+    match element_any(der)? {
+        (t, contents, rest) if t == tag => Some((contents, rest)),
+        _ => None,
     }
+}
+
+/// The DER element at the start of `der`: its tag, its contents and what
+/// follows it (single-byte tags only, which X.509 uses).
+pub(crate) fn element_any(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&t, rest) = der.split_first()?;
     let (&first, rest) = rest.split_first()?;
     let (len, rest) = if first < 0x80 {
         (usize::from(first), rest)
@@ -95,7 +101,8 @@ fn element(der: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
             .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
         (len, rest)
     };
-    rest.split_at_checked(len)
+    let (contents, rest) = rest.split_at_checked(len)?;
+    Some((t, contents, rest))
 }
 
 #[cfg(test)]

@@ -28,9 +28,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 mod endpoint;
+mod names;
 pub mod postgres;
 
 pub use endpoint::server_end_point;
+pub use names::common_name;
 pub use rustls;
 pub use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
 

@@ -30,6 +30,13 @@ pub fn authentication_ok(buf: &mut BytesMut) {
     finish_length(buf, s);
 }
 
+/// AuthenticationCleartextPassword.
+pub fn authentication_cleartext(buf: &mut BytesMut) {
+    let s = begin(buf, b'R');
+    buf.put_u32(3);
+    finish_length(buf, s);
+}
+
 /// AuthenticationMD5Password with its 4-byte salt.
 pub fn authentication_md5(buf: &mut BytesMut, salt: [u8; 4]) {
     let s = begin(buf, b'R');
