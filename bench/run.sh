@@ -4,17 +4,20 @@
 # client count, auth (SCRAM-SHA-256) and pool size. Prints a markdown section
 # and, with --record, appends it to bench/RESULTS.md.
 #
-#   bench/run.sh [--record] [--seconds N] [--rounds N] [--clients N] [--mode session|transaction] [--idle N]
+#   bench/run.sh [--record] [--seconds N] [--rounds N] [--clients N] [--mode session|transaction] [--idle N] [--tls]
 #
 # --mode transaction runs pgwarden and PgBouncer with transaction pooling
 # (pool size 20 either way) and the servers with max_connections = 400, so
 # the direct runs can have as many clients. --idle N then opens N logged-in
 # idle clients (bench/idle_clients.py) to pgwarden and to PgBouncer in turn
-# and reports the memory each gained per client.
+# and reports the memory each gained per client. --tls runs every target
+# over TLS (sslmode=require): PostgreSQL with a certificate, pgwarden with
+# client_tls_mode = "require" and server_tls.mode = "require", PgBouncer
+# with client_tls_sslmode and server_tls_sslmode = require.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-record=0 seconds=10 rounds=3 clients=16 scale=10 mode=session idle=0
+record=0 seconds=10 rounds=3 clients=16 scale=10 mode=session idle=0 tls=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --record) record=1 ;;
@@ -23,7 +26,8 @@ while [ $# -gt 0 ]; do
         --clients) clients=$2; shift ;;
         --mode) mode=$2; shift ;;
         --idle) idle=$2; shift ;;
-        *) echo "usage: bench/run.sh [--record] [--seconds N] [--rounds N] [--clients N] [--mode session|transaction] [--idle N]" >&2; exit 2 ;;
+        --tls) tls=1 ;;
+        *) echo "usage: bench/run.sh [--record] [--seconds N] [--rounds N] [--clients N] [--mode session|transaction] [--idle N] [--tls]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -41,16 +45,31 @@ trap cleanup EXIT
 
 proxy_port=$((20000 + RANDOM % 20000))
 bouncer_port=$((proxy_port + 1))
+tls_args=()
+if [ "$tls" = 1 ]; then
+    # One self-signed certificate for localhost, served by PostgreSQL, the
+    # proxy and PgBouncer alike; every client asks for TLS and checks nothing.
+    mkdir -p "$work/tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+        -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+        -keyout "$work/tls/key.pem" -out "$work/tls/cert.pem" >/dev/null 2>&1
+    chmod 644 "$work/tls/cert.pem"; chmod 600 "$work/tls/key.pem"
+    [ "$(id -u)" = 0 ] && chown postgres "$work/tls" "$work/tls/key.pem" "$work/tls/cert.pem"
+    tls_args=(--pg-set ssl=on --pg-set "ssl_cert_file=$work/tls/cert.pem" --pg-set "ssl_key_file=$work/tls/key.pem"
+        --set proxy.client_tls_mode=require --set "proxy.client_tls_cert_file=$work/tls/cert.pem"
+        --set "proxy.client_tls_key_file=$work/tls/key.pem" --set server_tls.mode=require)
+fi
 target/release/pgwarden-demo --nodes 1 --standbys 0 --port "$proxy_port" --dir "$work/demo" \
     --user bench --password bench --env-file "$work/env" --set proxy.pool_size=20 \
     --set proxy.pool_mode="$mode" --set proxy.max_client_connections=$((idle + 2000)) \
-    --pg-set max_connections=400 >"$work/demo.out" 2>&1 &
+    --pg-set max_connections=400 "${tls_args[@]}" >"$work/demo.out" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 120); do [ -f "$work/env" ] && break; sleep 0.5; done
 [ -f "$work/env" ] || { cat "$work/demo.out" >&2; echo "demo did not start" >&2; exit 1; }
 # shellcheck disable=SC1091
 . "$work/env"
 export PGPASSWORD=bench PGUSER=bench PGDATABASE=bench
+[ "$tls" = 1 ] && export PGSSLMODE=require
 
 pgbench -h 127.0.0.1 -p "$PG0_PORT" -i -q -s "$scale" >/dev/null 2>&1
 
@@ -73,6 +92,14 @@ max_client_conn = $((idle + 2000))
 server_reset_query = DISCARD ALL
 logfile = $work/bouncer/pgbouncer.log
 INI
+    if [ "$tls" = 1 ]; then
+        cat >>"$work/bouncer/pgbouncer.ini" <<INI
+client_tls_sslmode = require
+client_tls_cert_file = $work/tls/cert.pem
+client_tls_key_file = $work/tls/key.pem
+server_tls_sslmode = require
+INI
+    fi
     as_user=()
     if [ "$(id -u)" = 0 ]; then
         chown -R postgres "$work/bouncer"
@@ -167,7 +194,7 @@ fi
 {
     echo "## $(date -u +%Y-%m-%d) — $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/Mem:/ {print $2}') GiB"
     echo
-    echo "PostgreSQL $(postgres_ver=$(psql -h 127.0.0.1 -p "$PG0_PORT" -Atc 'SHOW server_version'); echo "$postgres_ver"), pgbench scale $scale, $clients clients, -j 2, ${seconds}s per run, median of $rounds rounds (targets taking turns), SCRAM-SHA-256 everywhere, pool size 20, $mode pooling, everything on one machine (pgbench, proxy and server share the cores)."
+    echo "PostgreSQL $(postgres_ver=$(psql -h 127.0.0.1 -p "$PG0_PORT" -Atc 'SHOW server_version'); echo "$postgres_ver"), pgbench scale $scale, $clients clients, -j 2, ${seconds}s per run, median of $rounds rounds (targets taking turns), SCRAM-SHA-256 everywhere, pool size 20, $mode pooling,$([ "$tls" = 1 ] && echo " TLS everywhere (sslmode=require, ECDSA P-256 certificate),") everything on one machine (pgbench, proxy and server share the cores)."
     command -v pgbouncer >/dev/null && echo "PgBouncer: $(pgbouncer --version | head -1)."
     echo
     header="| test |" sep="|---|"

@@ -141,6 +141,12 @@ impl Fleet {
                 ));
             }
             std::fs::write(ndir.join("pgwarden.toml"), t).unwrap();
+            // It holds the health check's password: only its owner reads it.
+            std::fs::set_permissions(
+                ndir.join("pgwarden.toml"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap();
             fleet.nodes.push(LabNode {
                 index: i,
                 dir: ndir,

@@ -80,7 +80,9 @@ pub struct ProxyOptions {
 impl Default for ProxyOptions {
     fn default() -> Self {
         ProxyOptions {
-            proxy: vec!["pool_size = 4".into()],
+            // Tests fail logins on purpose, from one address: answered at
+            // once unless a test asks otherwise (proxy_auth tests the delay).
+            proxy: vec!["pool_size = 4".into(), "auth_failure_delay = \"0s\"".into()],
             users: Vec::new(),
             backends: None,
             monitor: true,
@@ -209,6 +211,8 @@ impl Proxy {
         }
         let config = dir.path().join("pgwarden.toml");
         std::fs::write(&config, toml).unwrap();
+        // It holds the health check's password: only its owner reads it.
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
         let log = dir.path().join("proxy.log");
         let monitor_log = dir.path().join("monitor.log");
         let monitor = opts.monitor.then(|| spawn_monitor(&config, &monitor_log));

@@ -154,3 +154,33 @@ async fn sighup_reloads_the_auth_file() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_login_is_answered_late_and_slows_nobody_else() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().set("auth_failure_delay = \"3s\""),
+    );
+    let start = std::time::Instant::now();
+    let conninfo = proxy.conninfo(ALICE.0, "wrong", "app");
+    let bad = tokio::spawn(async move {
+        let r = connect(&conninfo).await;
+        (r.err(), start.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Meanwhile another client (from the same address, even) gets in at
+    // once.
+    let good = proxy.connect(CAROL.0, CAROL.1, "app").await.unwrap();
+    let good_at = start.elapsed();
+    let one: i32 = good.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    let (err, bad_at) = bad.await.unwrap();
+    let err = err.expect("a wrong password got in");
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err}");
+    assert!(
+        bad_at >= Duration::from_millis(2900),
+        "answered after {bad_at:?}"
+    );
+    assert!(good_at < bad_at, "the good login waited for the bad one");
+}

@@ -119,6 +119,36 @@ struct RawConfig {
     server_tls: ServerTlsConfig,
 }
 
+/// The keys that may hold a password in the config file itself.
+const INLINE_SECRETS: &[&str] = &["health_check.password", "failover.password"];
+
+/// Refuses a config file every local user can read when it holds a
+/// password inline, as secret files are refused (the `*_password_file`
+/// keys, or a tighter mode, are the way out).
+fn check_inline_secrets(path: &Path) -> Result<(), ConfigError> {
+    let file = Figment::from(Toml::file_exact(path));
+    for key in INLINE_SECRETS {
+        let inline = file
+            .find_value(key)
+            .ok()
+            .and_then(|v| v.into_string())
+            .is_some_and(|s| !s.is_empty());
+        if !inline {
+            continue;
+        }
+        if let Err(why) = check_secret_file_mode(path) {
+            return Err(ConfigError::invalid(
+                *key,
+                format!(
+                    "a password written in {}, which {why}; or put it in {key}_file",
+                    path.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl Config {
     /// Reads the TOML file at `path` (which must exist), applies
     /// `PGWARDEN_*` environment overrides, then parses and validates.
@@ -136,6 +166,7 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
+        check_inline_secrets(path)?;
         let figment = Figment::new()
             .merge(Toml::file_exact(path))
             .merge(env::EnvOverrides::new());

@@ -181,6 +181,14 @@ pub struct ProxyConfig {
     /// syntax; empty = every client may try, with the method its secret
     /// asks for.
     pub hba_file: PathBuf,
+    /// `proxy.auth_failure_delay`: a failed login is answered after this,
+    /// doubled per further failure from the same address (PostgreSQL's
+    /// auth_delay); zero = at once.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_delay: Duration,
+    /// `proxy.auth_failure_max_delay`: the most a failure is delayed.
+    #[serde(with = "humantime_serde")]
+    pub auth_failure_max_delay: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -212,6 +220,8 @@ impl Default for ProxyConfig {
             client_tls_key_file: PathBuf::new(),
             client_tls_ca_file: PathBuf::new(),
             hba_file: PathBuf::new(),
+            auth_failure_delay: Duration::from_millis(500),
+            auth_failure_max_delay: Duration::from_secs(10),
         }
     }
 }

@@ -714,3 +714,30 @@ fn tls_keys_need_their_files_and_name_themselves() {
     assert_eq!(c.server_tls.mode, ServerTlsMode::VerifyCa);
     assert!(c.server_tls.mode.required());
 }
+
+#[test]
+fn a_config_every_user_can_read_may_not_hold_a_password_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pgwarden.toml");
+    fs::write(&path, with("[health_check]\npassword = \"hunter2\"\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let err = Config::load(&path).unwrap_err();
+    let msg = err.to_string();
+    assert_eq!(err.key(), Some("health_check.password"), "{msg}");
+    assert!(
+        msg.contains("0644") && msg.contains("password_file"),
+        "{msg}"
+    );
+    assert!(!msg.contains("hunter2"), "{msg}");
+    // Owner and group only: fine.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o640)).unwrap();
+    assert!(Config::load(&path).is_ok());
+    // No inline password: any mode.
+    fs::write(&path, with("[health_check]\nuser = \"pgwarden\"\n")).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    assert!(Config::load(&path).is_ok());
+    // failover.password likewise.
+    fs::write(&path, with("[failover]\npassword = \"pw\"\n")).unwrap();
+    let err = Config::load(&path).unwrap_err();
+    assert_eq!(err.key(), Some("failover.password"), "{err}");
+}

@@ -32,6 +32,7 @@ pub mod server_conn;
 pub mod session;
 pub mod settings;
 pub mod startup_params;
+pub mod throttle;
 pub mod tls;
 
 use std::future::Future;
@@ -120,6 +121,8 @@ pub struct Shared {
     pub tls: tls::Tls,
     /// The hba file's rules, when there is one.
     hba: RwLock<Option<Arc<hba::Hba>>>,
+    /// Failed logins per address.
+    pub throttle: throttle::Throttle,
 }
 
 impl Shared {
@@ -272,6 +275,10 @@ impl Proxy {
             mock_key,
             tls,
             hba: RwLock::new(hba),
+            throttle: throttle::Throttle::new(
+                settings.auth_failure_delay,
+                settings.auth_failure_max_delay,
+            ),
             settings,
         });
         Ok(Proxy {

@@ -122,10 +122,17 @@ async fn login_phase(
         let _ = stream.write_all(&e.to_bytes()).await;
         return None;
     }
+    // An address that kept failing waits before it may try again.
+    let wait = shared.throttle.before(peer.ip(), std::time::Instant::now());
+    if !wait.is_zero() {
+        tracing::debug!(?wait, "slowing a login from an address that kept failing");
+        tokio::time::sleep(wait).await;
+    }
     let method = match shared.hba() {
         Some(hba) => match check_hba(&hba, peer, served.is_some(), &startup) {
             Ok(m) => Some(m),
             Err(e) => {
+                delay_failure(shared, peer).await;
                 let _ = stream.write_all(&e.to_bytes()).await;
                 return None;
             }
@@ -153,7 +160,7 @@ async fn login_phase(
             refuse_pushed_out(shared, stream).await;
             return None;
         }
-        r = authenticate(shared, stream, &mut buf, &startup, &policy) => r,
+        r = authenticate(shared, stream, &mut buf, &startup, &policy, peer) => r,
     };
     drop(handshake);
     match login {
@@ -162,6 +169,15 @@ async fn login_phase(
             send_reject(stream, e).await;
             None
         }
+    }
+}
+
+/// Holds back the answer to a failed login from `peer` (see
+/// [`crate::throttle`]): this client's task waits, nobody else.
+async fn delay_failure(shared: &Shared, peer: SocketAddr) {
+    let wait = shared.throttle.failed(peer.ip(), std::time::Instant::now());
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
     }
 }
 
@@ -366,6 +382,7 @@ async fn authenticate(
     buf: &mut BytesMut,
     startup: &StartupMessage,
     policy: &client_auth::Policy<'_>,
+    peer: SocketAddr,
 ) -> Result<Login, Reject> {
     let mut out = BytesMut::new();
     if startup.needs_negotiation() {
@@ -402,9 +419,13 @@ async fn authenticate(
     let creds = match authenticated {
         Ok(c) => c,
         Err(e) => {
-            if matches!(e, AuthError::Failed(_)) {
+            if matches!(
+                e,
+                AuthError::Failed(_) | AuthError::Certificate(_) | AuthError::NoCertificate
+            ) {
                 shared.counters.auth_failures.inc();
-                tracing::info!(user, "password authentication failed");
+                tracing::info!(user, "{e}");
+                delay_failure(shared, peer).await;
             } else {
                 tracing::debug!(error = %e, "authentication did not complete");
             }
@@ -413,6 +434,7 @@ async fn authenticate(
     };
     backend::authentication_ok(&mut out);
     shared.counters.logins.inc();
+    shared.throttle.succeeded(peer.ip());
 
     // The client's parameters, minus protocol options, user and database.
     let params: Vec<(String, String)> = startup

@@ -107,6 +107,10 @@ pub struct Settings {
     pub server_tls: pgwarden_config::ServerTlsConfig,
     /// `proxy.hba_file` (empty: none).
     pub hba_file: PathBuf,
+    /// `proxy.auth_failure_delay` (zero: none).
+    pub auth_failure_delay: Duration,
+    /// `proxy.auth_failure_max_delay`.
+    pub auth_failure_max_delay: Duration,
 }
 
 /// `proxy.client_tls_*`.
@@ -168,6 +172,8 @@ impl Settings {
             },
             server_tls: c.server_tls.clone(),
             hba_file: c.proxy.hba_file.clone(),
+            auth_failure_delay: c.proxy.auth_failure_delay,
+            auth_failure_max_delay: c.proxy.auth_failure_max_delay,
             discovery: Discovery {
                 period: c.health_check.period,
                 timeout: c.health_check.timeout,

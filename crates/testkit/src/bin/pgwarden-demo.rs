@@ -149,6 +149,8 @@ fn run(args: Args) -> anyhow::Result<()> {
             &config,
             node_config(&args, i, &cluster, &auth_file, &key_file)?,
         )?;
+        // It holds the health check's password: only its owner reads it.
+        std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
         let names: &[&str] = if nodes > 1 {
             &["pgwarden-watchdog", "pgwarden-monitor", "pgwarden-proxy"]
         } else {
