@@ -263,6 +263,8 @@ async fn a_second_proxy_on_the_same_runtime_dir_refuses_to_start() {
     );
     let second = proxy.dir.path().join("second.toml");
     std::fs::write(&second, config).unwrap();
+    // It holds the health check's password, as the first one does.
+    std::fs::set_permissions(&second, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let out = Command::new(workspace_bin("pgwarden-proxy"))
         .arg("--config")
         .arg(&second)
