@@ -420,3 +420,39 @@ async fn server_tls_disable_keeps_the_monitor_and_proxy_in_plain_text() {
     assert!(ok, "{err}");
     assert_eq!(out, "f");
 }
+
+/// Big results over TLS both ways, in both pool modes (the flush of every
+/// TLS write is tested with a full socket in the proxy's `net` module).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_results_over_tls_arrive_whole_in_both_pool_modes() {
+    let cluster = cluster(0);
+    let pki = Pki::new();
+    pki.serve_tls(&cluster, &["localhost", "127.0.0.1"]);
+    for mode in ["session", "transaction"] {
+        let proxy = Proxy::start(
+            &cluster,
+            client_tls(&pki, "require")
+                .set(&format!("pool_mode = \"{mode}\""))
+                .with_extra("[server_tls]\nmode = \"require\"\n"),
+        );
+        let config =
+            pgwarden_tls::client_config(pgwarden_tls::Verify::Nothing, None, None).unwrap();
+        let tls = pgwarden_tls::postgres::PgTls::new(config, true);
+        let mut cfg: tokio_postgres::Config =
+            proxy.conninfo(CAROL.0, CAROL.1, "app").parse().unwrap();
+        let connector = tls.apply(&mut cfg);
+        let (client, conn) = cfg.connect(connector).await.unwrap();
+        tokio::spawn(conn);
+        for _ in 0..3 {
+            let row = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                client.query_one("SELECT repeat('ab', 8000000)", &[]),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{mode}: the result never arrived whole"))
+            .unwrap();
+            let text: String = row.get(0);
+            assert_eq!(text.len(), 16_000_000, "{mode}");
+        }
+    }
+}

@@ -76,7 +76,16 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<String, String> {
     let mut done = Vec::new();
     let mut failed = Vec::new();
     if !shared.settings.hba_file.as_os_str().is_empty() {
-        match crate::load_hba(&shared.settings) {
+        let s = Arc::clone(shared);
+        let loaded = tokio::task::spawn_blocking(move || crate::load_hba(&s.settings))
+            .await
+            .unwrap_or_else(|e| {
+                Err(crate::StartError::HbaFile {
+                    path: shared.settings.hba_file.clone(),
+                    reason: format!("reading it failed: {e}"),
+                })
+            });
+        match loaded {
             Ok(hba) => {
                 let n = hba.as_ref().map_or(0, |h| h.len());
                 shared.set_hba(hba);

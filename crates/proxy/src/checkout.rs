@@ -7,7 +7,6 @@
 use crate::net::Stream;
 use bytes::BytesMut;
 use pgwarden_wire::{ErrorResponse, sqlstate};
-use tokio::io::AsyncWriteExt;
 
 use std::sync::Arc;
 
@@ -19,7 +18,7 @@ use crate::server_conn::{ServerConn, ServerCredentials, ServerError};
 
 pub(crate) async fn send_reject(stream: &mut Stream, e: Reject) {
     if let Some(bytes) = e {
-        let _ = stream.write_all(&bytes).await;
+        let _ = stream.send(&bytes).await;
     }
 }
 
@@ -347,7 +346,7 @@ pub(crate) async fn finish(
     if let Some(e) = notice
         && r.client_at_boundary
     {
-        let _ = client.write_all(&e.to_bytes()).await;
+        let _ = client.send(&e.to_bytes()).await;
     }
     if matches!(r.end, PumpEnd::ServerGone) {
         shared.router.recheck();

@@ -15,7 +15,7 @@ use pgwarden_wire::auth::scram::{self, ChannelBinding, Credentials, ScramError, 
 use pgwarden_wire::auth::{ScramVerifier, Secret};
 use pgwarden_wire::frame::{self, Message};
 use pgwarden_wire::{ErrorResponse, ProtocolError, backend, sqlstate};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 
 use crate::hba::Method;
 use crate::server_conn::ServerCredentials;
@@ -240,20 +240,34 @@ async fn by_method(
             backend::authentication_cleartext(&mut out);
             send(stream, &out).await?;
             let m = read_password_message(stream, buf).await?;
-            let given = frame::parse_password(&m.body)?;
-            let ok = match found.map(|u| &u.secret) {
-                Some(Secret::Plain(p)) => bool::from(p.as_bytes().ct_eq(given.as_bytes())),
-                Some(Secret::Md5(m)) => {
-                    bool::from(md5::secret(given, user).as_bytes().ct_eq(m.as_bytes()))
+            let given = frame::parse_password(&m.body)?.to_owned();
+            // A SCRAM verifier costs a PBKDF2 to check (on the blocking
+            // pool, never the threads serving clients); an unknown user
+            // costs the same, so the answer's timing tells nothing.
+            let against = match found.map(|u| &u.secret) {
+                Some(Secret::Scram(v)) => Some(v.clone()),
+                None => Some(ScramServer::mock_verifier(user, policy.mock_key)),
+                _ => None,
+            };
+            let ok = match (found.map(|u| &u.secret), against) {
+                (Some(Secret::Plain(p)), _) => bool::from(p.as_bytes().ct_eq(given.as_bytes())),
+                (Some(Secret::Md5(m)), _) => {
+                    bool::from(md5::secret(&given, user).as_bytes().ct_eq(m.as_bytes()))
                 }
-                Some(Secret::Scram(v)) => {
-                    let derived = ScramVerifier::from_password(given, &v.salt, v.iterations);
-                    bool::from(derived.stored_key.ct_eq(&v.stored_key))
+                (found, Some(v)) => {
+                    let pw = given.clone();
+                    let derived = tokio::task::spawn_blocking(move || {
+                        ScramVerifier::from_password(&pw, &v.salt, v.iterations).stored_key
+                            == v.stored_key
+                    })
+                    .await
+                    .unwrap_or(false);
+                    derived && found.is_some()
                 }
-                None => false,
+                (_, None) => false,
             };
             if ok {
-                Ok(ServerCredentials::Password(given.to_owned()))
+                Ok(ServerCredentials::Password(given))
             } else {
                 Err(failed())
             }
@@ -274,9 +288,17 @@ async fn by_method(
                     Ok(ServerCredentials::Password(p.clone()))
                 }
                 Some((Secret::Plain(p), verifier)) => {
-                    let v = verifier
-                        .cloned()
-                        .unwrap_or_else(|| ScramVerifier::generate(p));
+                    // Made at load unless auth_type = "md5": then once
+                    // here, on the blocking pool.
+                    let v = match verifier {
+                        Some(v) => v.clone(),
+                        None => {
+                            let p = p.clone();
+                            tokio::task::spawn_blocking(move || ScramVerifier::generate(&p))
+                                .await
+                                .map_err(|_| AuthError::Failed(user.to_owned()))?
+                        }
+                    };
                     scram_exchange(stream, buf, ScramServer::new(v), user, binding).await?;
                     Ok(ServerCredentials::Password(p.clone()))
                 }
@@ -366,7 +388,7 @@ async fn md5_exchange(
 }
 
 async fn send(stream: &mut Stream, bytes: &[u8]) -> Result<(), AuthError> {
-    stream.write_all(bytes).await.map_err(|_| AuthError::Gone)
+    stream.send(bytes).await.map_err(|_| AuthError::Gone)
 }
 
 /// Reads the next client message, which must be a PasswordMessage (`p`).

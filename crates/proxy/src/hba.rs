@@ -275,12 +275,31 @@ fn parse_address(addr: &str, mask: Option<&str>) -> Result<(Address, bool), Stri
             let mask: IpAddr = mask
                 .parse()
                 .map_err(|_| format!("invalid IP mask \"{mask}\""))?;
+            if mask.is_ipv4() != ip.is_ipv4() {
+                return Err(format!(
+                    "IP address and mask do not match (\"{addr}\", \"{mask}\")"
+                ));
+            }
             (ip, mask_bits(mask)?, true)
         }
     };
     let max = if ip.is_ipv4() { 32 } else { 128 };
     if prefix > max {
         return Err(format!("invalid CIDR mask in \"{addr}\""));
+    }
+    // An IPv4-mapped network matches IPv4 clients (whose addresses are
+    // compared in IPv4 form), as in PostgreSQL.
+    if let IpAddr::V6(v6) = ip
+        && let Some(v4) = v6.to_ipv4_mapped()
+        && prefix >= 96
+    {
+        return Ok((
+            Address::Net {
+                ip: IpAddr::V4(v4),
+                prefix: prefix - 96,
+            },
+            used_mask,
+        ));
     }
     Ok((Address::Net { ip, prefix }, used_mask))
 }
@@ -483,6 +502,18 @@ mod tests {
             method(&hba, client("::ffff:127.0.0.1", false, "x", "x")),
             Some(Md5)
         );
+        // A rule written as an IPv4-mapped network matches IPv4 clients.
+        let mapped =
+            Hba::parse("host all all ::ffff:10.0.0.0/104 reject\nhost all all all trust\n")
+                .unwrap();
+        assert_eq!(
+            method(&mapped, client("10.1.2.3", false, "u", "d")),
+            Some(Reject)
+        );
+        assert_eq!(
+            method(&mapped, client("11.1.2.3", false, "u", "d")),
+            Some(Trust)
+        );
         assert_eq!(
             hba.decide(&client("10.1.2.3", true, "bob", "app"))
                 .map(|d| d.line),
@@ -516,6 +547,7 @@ mod tests {
             ("host all all 10.0.0.0/33 md5", "invalid CIDR mask"),
             ("host all all 10.0.0.0 255.0.255.0 md5", "invalid IP mask"),
             ("host all all 10.0.0.0", "needs a CIDR mask"),
+            ("host all all 10.0.0.0 ffff:ff00:: md5", "do not match"),
             ("host all all all", "no authentication method"),
             ("host \"all all all md5", "unterminated"),
         ] {

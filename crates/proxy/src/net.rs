@@ -52,6 +52,16 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 impl Stream {
+    /// Writes all of `bytes` and flushes: over TLS a write only hands the
+    /// bytes to rustls, which sends what the socket takes at once and the
+    /// rest on a flush. Every write of the proxy goes through here (or
+    /// [`WriteHalf::send`]).
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
+
     /// The two directions, usable at once.
     pub fn split(&mut self) -> (ReadHalf<'_>, WriteHalf<'_>) {
         match self {
@@ -147,7 +157,16 @@ impl Stream {
     /// True when the peer sent something or closed the connection, which a
     /// connection at rest must not have: costs one non-blocking peek (none
     /// when the reactor has seen nothing arrive).
-    pub fn has_input(&self) -> bool {
+    pub fn has_input(&mut self) -> bool {
+        // Over TLS, rustls may hold decrypted bytes already read.
+        let buffered = match self {
+            Stream::TlsServed(s) => has_plaintext(s.get_mut().1),
+            Stream::TlsClient(s) => has_plaintext(s.get_mut().1),
+            _ => false,
+        };
+        if buffered {
+            return true;
+        }
         let Some(s) = self.tcp() else {
             return true;
         };
@@ -329,6 +348,15 @@ impl std::fmt::Debug for WriteHalf<'_> {
     }
 }
 
+impl WriteHalf<'_> {
+    /// Writes all of `bytes` and flushes (see [`Stream::send`]).
+    pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
+}
+
 impl AsyncWrite for WriteHalf<'_> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -383,5 +411,86 @@ fn after_read(stream: &TcpStream, n: usize, room: usize) {
         let _ = stream.try_io(tokio::io::Interest::READABLE, || {
             Err::<(), _>(io::ErrorKind::WouldBlock.into())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::io::AsyncReadExt;
+
+    /// Regression: over TLS a write only hands bytes to rustls, which sends
+    /// what the socket takes; without the flush in [`Stream::send`] the
+    /// tail of a reply stayed in rustls once the socket was full, and the
+    /// client waited for it forever.
+    #[tokio::test]
+    async fn a_tls_send_delivers_everything_through_a_full_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (crt_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+        std::fs::write(&crt_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(
+            &key_path,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        let served = pgwarden_tls::server_tls(
+            pgwarden_tls::PemFile {
+                key: "c",
+                path: &crt_path,
+            },
+            pgwarden_tls::PemFile {
+                key: "k",
+                path: &key_path,
+            },
+            None,
+        )
+        .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        const TOTAL: usize = 1 << 20;
+        let reader = tokio::spawn(async move {
+            let config =
+                pgwarden_tls::client_config(pgwarden_tls::Verify::Nothing, None, None).unwrap();
+            // A small receive window too: the data waits in the sender.
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let tcp = socket.connect(addr).await.unwrap();
+            let mut s = pgwarden_tls::TlsConnector::from(Arc::clone(&config))
+                .connect(pgwarden_tls::server_name("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            let mut got = 0usize;
+            let mut chunk = vec![0u8; 4096];
+            while got < TOTAL {
+                // A slow reader: the proxy's socket stays full.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let n = s.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "closed after {got} bytes");
+                got += n;
+            }
+            got
+        });
+        let (tcp, _) = listener.accept().await.unwrap();
+        // A small send buffer fills at once.
+        SockRef::from(&tcp).set_send_buffer_size(4096).unwrap();
+        let tls = served.acceptor.accept(tcp).await.unwrap();
+        let mut stream = Stream::TlsServed(Box::new(tls));
+        let block = vec![7u8; 32 * 1024];
+        for _ in 0..TOTAL / block.len() {
+            stream.send(&block).await.unwrap();
+        }
+        // Nothing more is written: what was sent must arrive alone.
+        let got = tokio::time::timeout(Duration::from_secs(30), reader)
+            .await
+            .expect("the tail of the data never arrived")
+            .unwrap();
+        assert_eq!(got, TOTAL);
     }
 }

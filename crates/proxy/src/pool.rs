@@ -412,7 +412,7 @@ impl Pool {
     fn take_idle(&self) -> Option<Box<ServerConn>> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Most recently used first: it is the likeliest to be warm and alive.
-        while let Some(c) = idle.pop() {
+        while let Some(mut c) = idle.pop() {
             if !c.is_stale() {
                 return Some(c);
             }

@@ -246,7 +246,7 @@ impl ServerConn {
             params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
             &mut out,
         )?;
-        conn.stream.write_all(&out).await?;
+        conn.stream.send(&out).await?;
         conn.authenticate(creds).await?;
         // Then ParameterStatus*, BackendKeyData, ReadyForQuery.
         loop {
@@ -368,7 +368,7 @@ impl ServerConn {
                     )));
                 }
             }
-            self.stream.write_all(&out).await?;
+            self.stream.send(&out).await?;
         }
     }
 
@@ -461,7 +461,7 @@ impl ServerConn {
             frontend::query(query, &mut out)?;
             pending += 1;
         }
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         let mut failed = None;
         while pending > 0 {
             let m = self.read().await?;
@@ -566,7 +566,7 @@ impl ServerConn {
             }
         }
         frontend::sync(&mut out);
-        self.stream.write_all(&out).await?;
+        self.stream.send(&out).await?;
         // What the server says while running the k-th Execute (one
         // CommandComplete each) is about its setting: the stale ones
         // first, then `todo`'s.
@@ -614,7 +614,7 @@ impl ServerConn {
     /// True when a cached connection cannot be handed out: the server closed
     /// it, or sent something while idle (a FATAL from `pg_terminate_backend`,
     /// a shutdown notice). Costs one non-blocking read, no round trip.
-    pub fn is_stale(&self) -> bool {
+    pub fn is_stale(&mut self) -> bool {
         self.stream.has_input()
     }
 

@@ -12,7 +12,7 @@ use bytes::BytesMut;
 use pgwarden_wire::backend::{self, TransactionStatus};
 use pgwarden_wire::startup::{self, StartupMessage, StartupPacket};
 use pgwarden_wire::{ErrorResponse, ProtocolError, sqlstate};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tracing::Instrument;
 
 use crate::Shared;
@@ -104,7 +104,7 @@ async fn login_phase(
         Ok(Ok(_)) => return None,
         Ok(Err(e)) => {
             tracing::debug!(error = %e, "bad startup packet");
-            let _ = stream.write_all(&e.to_error_response().to_bytes()).await;
+            let _ = stream.send(&e.to_error_response().to_bytes()).await;
             return None;
         }
         Err(_) => {
@@ -119,21 +119,31 @@ async fn login_phase(
             "TLS required: pgwarden-proxy accepts only encrypted connections (proxy.client_tls_mode = \"require\")",
         )
         .with_hint("connect with sslmode=require (or stronger)");
-        let _ = stream.write_all(&e.to_bytes()).await;
+        let _ = stream.send(&e.to_bytes()).await;
         return None;
     }
     // An address that kept failing waits before it may try again.
     let wait = shared.throttle.before(peer.ip(), std::time::Instant::now());
     if !wait.is_zero() {
         tracing::debug!(?wait, "slowing a login from an address that kept failing");
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            () = pushed_out.cancelled() => {
+                refuse_pushed_out(shared, stream).await;
+                return None;
+            }
+            () = tokio::time::sleep(wait.min(shared.settings.client_login_timeout)) => {}
+        }
     }
     let method = match shared.hba() {
         Some(hba) => match check_hba(&hba, peer, served.is_some(), &startup) {
             Ok(m) => Some(m),
             Err(e) => {
-                delay_failure(shared, peer).await;
-                let _ = stream.write_all(&e.to_bytes()).await;
+                tokio::select! {
+                    () = pushed_out.cancelled() => {}
+                    () = delay_failure(shared, peer) => {
+                        let _ = stream.send(&e.to_bytes()).await;
+                    }
+                }
                 return None;
             }
         },
@@ -191,13 +201,9 @@ fn check_hba(
 ) -> Result<crate::hba::Method, ErrorResponse> {
     let user = startup.user().unwrap_or_default();
     let database = startup.database().unwrap_or(user);
-    let replication = startup
-        .params
-        .iter()
-        .find(|(k, _)| k == "replication")
-        .is_some_and(|(_, v)| {
-            matches!(v.to_ascii_lowercase().as_str(), "true" | "on" | "yes" | "1")
-        });
+    // As the split of startup parameters reads it, so the hba check sees
+    // every walsender the server would start.
+    let replication = crate::startup_params::physical_replication(&startup.params);
     let client = crate::hba::Client {
         addr: peer.ip(),
         tls,
@@ -248,7 +254,7 @@ async fn refuse_pushed_out(shared: &Shared, stream: &mut Stream) {
         sqlstate::TOO_MANY_CONNECTIONS,
         "sorry, too many clients are logging in already",
     );
-    let _ = stream.write_all(&e.to_bytes()).await;
+    let _ = stream.send(&e.to_bytes()).await;
 }
 
 /// Reads startup packets until a StartupMessage or CancelRequest arrives.
@@ -287,11 +293,7 @@ async fn read_startup(
                 let tls = matches!(p, StartupPacket::SslRequest)
                     && !stream.is_tls()
                     && shared.tls.served().is_some();
-                if stream
-                    .write_all(if tls { b"S" } else { b"N" })
-                    .await
-                    .is_err()
-                {
+                if stream.send(if tls { b"S" } else { b"N" }).await.is_err() {
                     return Ok(None);
                 }
                 if tls && !start_tls(shared, stream, served, false).await {
@@ -388,7 +390,7 @@ async fn authenticate(
     if startup.needs_negotiation() {
         let opts: Vec<&str> = startup.protocol_options().collect();
         backend::negotiate_protocol_version(&mut out, u32::from(startup::NEWEST_MINOR), &opts);
-        stream.write_all(&out).await.map_err(|_| None)?;
+        stream.send(&out).await.map_err(|_| None)?;
         out.clear();
     }
     let Some(user) = startup.user() else {
@@ -516,7 +518,7 @@ async fn start_session(
         let believed = shared.pools.tracked_defaults(&server_params);
         backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
         backend::ready_for_query(&mut out, TransactionStatus::Idle);
-        stream.write_all(&out).await.map_err(|_| None)?;
+        stream.send(&out).await.map_err(|_| None)?;
         let s = &shared.settings;
         let client = crate::relay::txn::TxnClient {
             server_params,
@@ -551,7 +553,7 @@ async fn start_session(
     }
     backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
     backend::ready_for_query(&mut out, TransactionStatus::Idle);
-    stream.write_all(&out).await.map_err(|_| None)?;
+    stream.send(&out).await.map_err(|_| None)?;
     Ok(Started::Session(Session {
         slot,
         conn,

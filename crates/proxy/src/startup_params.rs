@@ -65,6 +65,16 @@ impl StartupParams {
 /// True for the values PostgreSQL's `parse_bool` reads as false (`false`,
 /// `off`, `no`, `0`, and their unique prefixes, in any case): a
 /// `replication` parameter with one of them asks for a normal connection.
+/// What a client's `replication` startup parameter asks for, read as
+/// PostgreSQL reads it: a physical walsender for any true spelling (`t`,
+/// `yes`, `1`... anything not false and not `database`), a logical one
+/// (attached to its database) for `database`.
+pub fn physical_replication(params: &[(String, String)]) -> bool {
+    params.iter().any(|(name, value)| {
+        name == "replication" && !is_false(value) && !value.eq_ignore_ascii_case("database")
+    })
+}
+
 fn is_false(value: &str) -> bool {
     let v = value.to_ascii_lowercase();
     let prefix_of = |word: &str, min: usize| v.len() >= min && word.starts_with(v.as_str());
@@ -124,6 +134,19 @@ pub fn parse_options(options: &str) -> Option<Vec<(String, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_true_spelling_is_physical_replication_and_database_is_not() {
+        let p = |v: &str| vec![("replication".to_owned(), v.to_owned())];
+        for v in ["t", "tr", "true", "y", "ye", "yes", "on", "1", "TRUE"] {
+            assert!(physical_replication(&p(v)), "{v}");
+            assert!(StartupParams::split(&p(v)).replication, "{v}");
+        }
+        for v in ["f", "false", "n", "no", "off", "0", "database", "DATABASE"] {
+            assert!(!physical_replication(&p(v)), "{v}");
+        }
+        assert!(!physical_replication(&[]));
+    }
 
     fn pairs(v: &[(&str, &str)]) -> Vec<(String, String)> {
         v.iter()

@@ -4,8 +4,9 @@
 //! `proxy.auth_failure_max_delay`; once an address has failed three times
 //! in a row, its next logins wait before they are even asked for a
 //! password. Each wait is the client's own (its task sleeps): nobody else
-//! is slowed. An address is forgotten after a successful login or a quiet
-//! [`WINDOW`]; at most [`MAX_ADDRESSES`] are remembered.
+//! is slowed. IPv6 clients are counted per /64. A successful login forgives
+//! one failure; a quiet [`WINDOW`] forgets the address; at most
+//! [`MAX_ADDRESSES`] are remembered.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -33,6 +34,15 @@ pub struct Throttle {
     base: Duration,
     max: Duration,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+}
+
+/// Whom failures are counted for: an IPv4 address, or an IPv6 /64 (one
+/// host can hold a whole /64).
+fn key(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
 }
 
 impl Throttle {
@@ -63,7 +73,7 @@ impl Throttle {
         if self.base.is_zero() {
             return Duration::ZERO;
         }
-        let addr = addr.to_canonical();
+        let addr = key(addr);
         let mut map = self.lock();
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&addr) {
             map.retain(|_, f| now.saturating_duration_since(f.last) < WINDOW);
@@ -92,7 +102,7 @@ impl Throttle {
             return Duration::ZERO;
         }
         let map = self.lock();
-        match map.get(&addr.to_canonical()) {
+        match map.get(&key(addr)) {
             Some(f) if f.count >= SLOW_AFTER && now.saturating_duration_since(f.last) < WINDOW => {
                 self.doubled(f.count - SLOW_AFTER)
             }
@@ -100,12 +110,21 @@ impl Throttle {
         }
     }
 
-    /// A login from `addr` succeeded: its failures are forgotten.
+    /// A login from `addr` succeeded: one failure is forgiven (a user
+    /// who mistyped once is back to normal; someone guessing between
+    /// logins to an account of their own still climbs).
     pub fn succeeded(&self, addr: IpAddr) {
         if self.base.is_zero() {
             return;
         }
-        self.lock().remove(&addr.to_canonical());
+        let key = key(addr);
+        let mut map = self.lock();
+        if let Some(f) = map.get_mut(&key) {
+            f.count = f.count.saturating_sub(1);
+            if f.count == 0 {
+                map.remove(&key);
+            }
+        }
     }
 
     /// Addresses remembered now.
@@ -149,13 +168,24 @@ mod tests {
         assert_eq!(t.before(a, now), 4000 * MS);
         assert_eq!(t.before(b, now), Duration::ZERO);
         assert_eq!(t.failed(b, now), 500 * MS);
-        // A success forgets the address; so does a quiet window.
+        // A success forgives one failure only: failing twice between
+        // logins of one's own still climbs.
         t.succeeded(a);
+        assert_eq!(t.before(a, now), 2000 * MS);
+        for _ in 0..5 {
+            t.succeeded(a);
+        }
         assert_eq!(t.before(a, now), Duration::ZERO);
+        // A quiet window forgets too.
         assert_eq!(t.failed(b, now + WINDOW), 500 * MS);
         // v4-mapped v6 is the same address.
         let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
         assert_eq!(t.failed(mapped, now + WINDOW), 1000 * MS);
+        // Two addresses of one IPv6 /64 count together.
+        let x: IpAddr = "2001:db8::1".parse().unwrap();
+        let y: IpAddr = "2001:db8::ffff:2".parse().unwrap();
+        assert_eq!(t.failed(x, now), 500 * MS);
+        assert_eq!(t.failed(y, now), 1000 * MS);
     }
 
     #[test]

@@ -223,6 +223,21 @@ impl<'a> Words<'a> {
         self.sql.get(self.pos + ahead).copied()
     }
 
+    /// Skips the rest of an E'...' string: to just after its closing quote
+    /// (not one escaped with a backslash, nor a doubled one).
+    fn skip_escape_string(&mut self) {
+        while let Some(&c) = self.sql.get(self.pos) {
+            self.pos += 1;
+            match c {
+                b'\\' => self.pos += 1,
+                b'\'' if self.peek(0) == Some(b'\'') => self.pos += 1,
+                b'\'' => return,
+                _ => {}
+            }
+        }
+        self.pos = self.pos.min(self.sql.len());
+    }
+
     /// Skips to just after `end`, or to the end of the text.
     fn skip_past(&mut self, end: &[u8]) {
         match self
@@ -253,7 +268,15 @@ impl<'a> Iterator for Words<'a> {
                 while sql.get(self.pos).is_some_and(|b| class(*b) & PART != 0) {
                     self.pos += 1;
                 }
-                return Some(Word::Ident(sql.get(start..self.pos).unwrap_or_default()));
+                let word = sql.get(start..self.pos).unwrap_or_default();
+                // E'...': a string with backslash escapes, where \' does not
+                // end it (else a quote could hide a statement behind it).
+                if word.eq_ignore_ascii_case(b"e") && sql.get(self.pos) == Some(&b'\'') {
+                    self.pos += 1;
+                    self.skip_escape_string();
+                    continue;
+                }
+                return Some(Word::Ident(word));
             }
             match c {
                 b';' => {
@@ -345,6 +368,18 @@ mod tests {
 
     fn pins(sql: &str) -> Option<&'static str> {
         effects(sql.as_bytes()).pins
+    }
+
+    #[test]
+    fn an_escaped_quote_in_an_e_string_hides_no_statement() {
+        assert_eq!(
+            pins(r"SELECT E'\''; SET ROLE x; --'"),
+            Some("SET ROLE / SESSION AUTHORIZATION")
+        );
+        assert_eq!(pins(r"SELECT e'it''s \\'; LISTEN q"), Some("LISTEN"));
+        assert_eq!(pins(r"SELECT E'\'; LISTEN q'"), None);
+        // A word e followed by no string is still a word.
+        assert_eq!(pins("SELECT e FROM t"), None);
     }
 
     #[test]

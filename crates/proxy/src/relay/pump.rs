@@ -22,7 +22,7 @@ use bytes::BytesMut;
 use pgwarden_wire::ProtocolError;
 use pgwarden_wire::scan::{self, Flow, Observer, Scanner};
 use postgres_protocol::message::frontend;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::clients::Activity;
@@ -257,7 +257,7 @@ pub async fn pump(
                 let bytes = buf.get(..upto).unwrap_or_default();
                 if !bytes.is_empty() {
                     obs.writing = true;
-                    if sw.write_all(bytes).await.is_err() {
+                    if sw.send(bytes).await.is_err() {
                         return PumpEnd::ServerGone;
                     }
                     obs.writing = false;
@@ -284,7 +284,7 @@ pub async fn pump(
                     return PumpEnd::ServerProtocol(e);
                 }
                 server_side.writing = true;
-                if cw.write_all(&buf).await.is_err() {
+                if cw.send(&buf).await.is_err() {
                     return PumpEnd::ClientGone;
                 }
                 server_side.writing = false;
@@ -367,7 +367,7 @@ pub async fn drain(
             activity.set_unsynced(false);
         }
         if !out.is_empty() {
-            stream.write_all(&out).await.ok()?;
+            stream.send(&out).await.ok()?;
         }
         let mut buf = BytesMut::with_capacity(BUF_SIZE);
         while activity.owed() != 0 || !scan.at_boundary() {

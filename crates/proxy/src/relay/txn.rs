@@ -19,7 +19,7 @@ use crate::net::Stream;
 use bytes::{Buf, BytesMut};
 use pgwarden_wire::ProtocolError;
 use pgwarden_wire::scan::{Flow, Observer, Scanner};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::pump::{self, Owing, PumpEnd, PumpResult, ServerState, StopReason};
@@ -67,7 +67,7 @@ pub(crate) async fn serve(
             Idle::Left => return,
             Idle::Stopped => {
                 let _ = client
-                    .write_all(&checkout::stopped_error(shared).to_bytes())
+                    .send(&checkout::stopped_error(shared).to_bytes())
                     .await;
                 return;
             }
@@ -103,7 +103,7 @@ async fn transaction(
             shared, &c.server_params, &c.wanted, &c.believed, &c.creds, &mut c.memo,
         ) => r,
         () = cancel.stop().cancelled() => {
-            let _ = client.write_all(&checkout::stopped_error(shared).to_bytes()).await;
+            let _ = client.send(&checkout::stopped_error(shared).to_bytes()).await;
             return false;
         }
     };
@@ -411,7 +411,7 @@ async fn relay(
                 };
                 if !bytes.is_empty() {
                     client_writing.store(true, Ordering::Relaxed);
-                    if sw.write_all(bytes).await.is_err() {
+                    if sw.send(bytes).await.is_err() {
                         return PumpEnd::ServerGone;
                     }
                     client_writing.store(false, Ordering::Relaxed);
@@ -451,7 +451,7 @@ async fn relay(
                 apply_edits(sbuf, &replies.edits, &mut carry);
                 if !sbuf.is_empty() {
                     server_writing.store(true, Ordering::Relaxed);
-                    if cw.write_all(sbuf).await.is_err() {
+                    if cw.send(sbuf).await.is_err() {
                         return Err(PumpEnd::ClientGone);
                     }
                     server_writing.store(false, Ordering::Relaxed);

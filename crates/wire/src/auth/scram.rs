@@ -214,16 +214,21 @@ impl ScramServer {
     /// and `mock_key` (stable per user, so retries cannot tell), then fails
     /// exactly as a wrong password does.
     pub fn mock(user: &str, mock_key: &[u8]) -> Self {
+        let mut s = Self::new(Self::mock_verifier(user, mock_key));
+        s.mock = true;
+        s
+    }
+
+    /// The verifier of a user that does not exist (see [`ScramServer::mock`]):
+    /// stable per user, matching no password anyone knows.
+    pub fn mock_verifier(user: &str, mock_key: &[u8]) -> ScramVerifier {
         let salt = hmac(mock_key, &[b"salt", user.as_bytes()]);
-        let verifier = ScramVerifier {
+        ScramVerifier {
             iterations: 4096,
             salt: salt.get(..16).unwrap_or(&salt).to_vec(),
             stored_key: hmac(mock_key, &[b"stored", user.as_bytes()]),
             server_key: hmac(mock_key, &[b"server", user.as_bytes()]),
-        };
-        let mut s = Self::new(verifier);
-        s.mock = true;
-        s
+        }
     }
 
     /// Sets what was offered and chosen of channel binding (before the
