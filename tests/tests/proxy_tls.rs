@@ -25,6 +25,20 @@ fn client_tls(pki: &Pki, mode: &str) -> ProxyOptions {
         .set(&format!("client_tls_key_file = \"{}\"", key.display()))
 }
 
+/// `pg_stat_ssl.ssl` of the server session a client gets through `proxy`
+/// (session mode: the client's own backend).
+fn server_side_tls(proxy: &Proxy) -> String {
+    let (ok, out, err) = psql(
+        proxy,
+        CAROL.0,
+        CAROL.1,
+        "app",
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    );
+    assert!(ok, "{err}\n{}", log_tail("proxy", &proxy.log(), 30));
+    out
+}
+
 fn tls_conninfo(proxy: &Proxy, pki: &Pki, extra: &str) -> String {
     format!(
         "host=localhost port={} user={} password={} dbname=app sslrootcert={} {extra}",
@@ -176,15 +190,7 @@ fn server_tls_require_encrypts_the_proxys_sessions() {
             .set("pool_mode = \"session\"")
             .with_extra("[server_tls]\nmode = \"require\"\n"),
     );
-    let (ok, out, err) = psql(
-        &proxy,
-        CAROL.0,
-        CAROL.1,
-        "app",
-        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-    );
-    assert!(ok, "{err}\n{}", log_tail("proxy", &proxy.log(), 30));
-    assert_eq!(out, "t");
+    assert_eq!(server_side_tls(&proxy), "t");
 
     // verify-full with the CA: the certificate names 127.0.0.1, the
     // backend's host.
@@ -195,15 +201,7 @@ fn server_tls_require_encrypts_the_proxys_sessions() {
             pki.ca().display()
         )),
     );
-    let (ok, out, err) = psql(
-        &verified,
-        CAROL.0,
-        CAROL.1,
-        "app",
-        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-    );
-    assert!(ok, "{err}");
-    assert_eq!(out, "t");
+    assert_eq!(server_side_tls(&verified), "t");
 }
 
 /// The backend's row of `pgwardenctl status`, once its reason mentions
@@ -282,15 +280,7 @@ fn require_refuses_a_server_without_tls() {
     assert!(err.contains("no primary backend is available"), "{err}");
     // "prefer" (the default) falls back to plain text.
     let prefer = Proxy::start(&cluster, ProxyOptions::default());
-    let (ok, out, err) = psql(
-        &prefer,
-        CAROL.0,
-        CAROL.1,
-        "app",
-        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-    );
-    assert!(ok, "{err}");
-    assert_eq!(out, "f");
+    assert_eq!(server_side_tls(&prefer), "f");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,15 +323,7 @@ async fn the_monitors_checks_are_encrypted_under_server_tls_require() {
         proxy.monitor_log()
     );
     // The proxy's own session, too.
-    let (ok, out, err) = psql(
-        &proxy,
-        CAROL.0,
-        CAROL.1,
-        "app",
-        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-    );
-    assert!(ok, "{err}");
-    assert_eq!(out, "t");
+    assert_eq!(server_side_tls(&proxy), "t");
 }
 #[test]
 fn a_broken_certificate_on_reload_keeps_the_old_one_and_says_why() {
@@ -410,15 +392,7 @@ async fn server_tls_disable_keeps_the_monitor_and_proxy_in_plain_text() {
             |s| s.primary_id.is_some(),
         )
         .await;
-    let (ok, out, err) = psql(
-        &proxy,
-        CAROL.0,
-        CAROL.1,
-        "app",
-        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
-    );
-    assert!(ok, "{err}");
-    assert_eq!(out, "f");
+    assert_eq!(server_side_tls(&proxy), "f");
 }
 
 /// Big results over TLS both ways, in both pool modes (the flush of every
