@@ -39,6 +39,26 @@ fn server_side_tls(proxy: &Proxy) -> String {
     out
 }
 
+/// A cluster serving TLS and a proxy (with its monitor) whose
+/// `server_tls.mode` is `mode`, once the monitor knows the primary: its
+/// checks got through.
+async fn tls_servers_behind_a_proxy(mode: &str) -> (pgwarden_testkit::Cluster, Proxy) {
+    let cluster = cluster(0);
+    Pki::new().serve_tls(&cluster, &["localhost", "127.0.0.1"]);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().with_extra(&format!("[server_tls]\nmode = \"{mode}\"\n")),
+    );
+    proxy
+        .wait_state(
+            std::time::Duration::from_secs(20),
+            "the primary is known",
+            |s| s.primary_id.is_some(),
+        )
+        .await;
+    (cluster, proxy)
+}
+
 fn tls_conninfo(proxy: &Proxy, pki: &Pki, extra: &str) -> String {
     format!(
         "host=localhost port={} user={} password={} dbname=app sslrootcert={} {extra}",
@@ -285,21 +305,7 @@ fn require_refuses_a_server_without_tls() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitors_checks_are_encrypted_under_server_tls_require() {
-    let cluster = cluster(0);
-    let pki = Pki::new();
-    pki.serve_tls(&cluster, &["localhost", "127.0.0.1"]);
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions::default().with_extra("[server_tls]\nmode = \"require\"\n"),
-    );
-    // The monitor found the primary: its checks got through.
-    proxy
-        .wait_state(
-            std::time::Duration::from_secs(20),
-            "the primary is known",
-            |s| s.primary_id.is_some(),
-        )
-        .await;
+    let (cluster, proxy) = tls_servers_behind_a_proxy("require").await;
     // Every session of the health-check role is encrypted, and there is one.
     let sessions = || {
         cluster
@@ -378,20 +384,7 @@ fn a_broken_certificate_on_reload_keeps_the_old_one_and_says_why() {
 /// sslmode) and refused, so no check ever got through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_tls_disable_keeps_the_monitor_and_proxy_in_plain_text() {
-    let cluster = cluster(0);
-    let pki = Pki::new();
-    pki.serve_tls(&cluster, &["localhost", "127.0.0.1"]);
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions::default().with_extra("[server_tls]\nmode = \"disable\"\n"),
-    );
-    proxy
-        .wait_state(
-            std::time::Duration::from_secs(20),
-            "the primary is known",
-            |s| s.primary_id.is_some(),
-        )
-        .await;
+    let (_cluster, proxy) = tls_servers_behind_a_proxy("disable").await;
     assert_eq!(server_side_tls(&proxy), "f");
 }
 
