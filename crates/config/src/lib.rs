@@ -32,6 +32,7 @@
 //! `***`; [`check_secret_file_mode`] is the permission check the daemons
 //! also apply to `proxy.auth_file` and `watchdog.auth_key_file`.
 
+mod admin;
 mod backend;
 mod checks;
 pub mod daemon;
@@ -53,6 +54,7 @@ use figment::Figment;
 use figment::providers::{Format as _, Toml};
 use serde::Deserialize;
 
+pub use admin::AdminConfig;
 pub use backend::{Backend, DEFAULT_BACKEND_PORT};
 pub use checks::{HealthCheckConfig, ReplicationCheckConfig};
 pub use error::ConfigError;
@@ -94,6 +96,8 @@ pub struct Config {
     pub watchdog: WatchdogConfig,
     /// `[server_tls]`.
     pub server_tls: ServerTlsConfig,
+    /// `[admin]`.
+    pub admin: AdminConfig,
 }
 
 /// The file as written, before validation.
@@ -117,6 +121,8 @@ struct RawConfig {
     watchdog: WatchdogConfig,
     #[serde(default)]
     server_tls: ServerTlsConfig,
+    #[serde(default)]
+    admin: AdminConfig,
 }
 
 /// The keys that may hold a password in the config file itself.
@@ -207,6 +213,7 @@ impl RawConfig {
         let failover = self.failover.validate()?;
         self.watchdog.validate()?;
         self.server_tls.validate()?;
+        self.admin.validate()?;
         Ok(Config {
             node: self.node,
             proxy: self.proxy,
@@ -217,6 +224,7 @@ impl RawConfig {
             failover,
             watchdog: self.watchdog,
             server_tls: self.server_tls,
+            admin: self.admin,
         })
     }
 }

@@ -84,19 +84,10 @@ impl ServerTlsConfig {
                 format!("required when server_tls.mode is \"{}\"", self.mode),
             ));
         }
-        let cert = !self.cert_file.as_os_str().is_empty();
-        let key = !self.key_file.as_os_str().is_empty();
-        if cert != key {
-            let (missing, given) = if cert {
-                ("server_tls.key_file", "server_tls.cert_file")
-            } else {
-                ("server_tls.cert_file", "server_tls.key_file")
-            };
-            return Err(ConfigError::invalid(
-                missing,
-                format!("required when {given} is set"),
-            ));
-        }
+        crate::validate::together(&[
+            ("server_tls.cert_file", self.cert_file.as_path()),
+            ("server_tls.key_file", self.key_file.as_path()),
+        ])?;
         Ok(())
     }
 }

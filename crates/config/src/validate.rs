@@ -173,3 +173,18 @@ mod tests {
         }
     }
 }
+
+/// Files that only work together (a certificate, its key, a CA): when any
+/// is set, each one left empty is an error naming it.
+pub(crate) fn together(files: &[(&str, &std::path::Path)]) -> Result<(), ConfigError> {
+    let Some((given, _)) = files.iter().find(|(_, p)| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    match files.iter().find(|(_, p)| p.as_os_str().is_empty()) {
+        Some((missing, _)) => Err(ConfigError::invalid(
+            *missing,
+            format!("required when {given} is set"),
+        )),
+        None => Ok(()),
+    }
+}

@@ -52,6 +52,17 @@ pub struct WatchdogConfig {
     /// `watchdog.de_escalation_cmd`: run when this node stops being leader,
     /// after it releases the delegate IP (pgpool: wd_de_escalation_command).
     pub de_escalation_cmd: String,
+    /// `watchdog.tls_cert_file`: this node's certificate, shown to peers
+    /// (as their server and as their client); with `tls_key_file` and
+    /// `tls_ca_file`, peers talk mutual TLS. All three empty = plain TCP
+    /// (messages still authenticated by the cluster key, not encrypted).
+    pub tls_cert_file: PathBuf,
+    /// `watchdog.tls_key_file`: its private key (mode 600 or 640).
+    pub tls_key_file: PathBuf,
+    /// `watchdog.tls_ca_file`: the cluster's CA; a peer whose certificate
+    /// it did not sign is refused, and a peer's server certificate must
+    /// name the host its address in `peers` gives.
+    pub tls_ca_file: PathBuf,
 }
 
 impl Default for WatchdogConfig {
@@ -70,6 +81,9 @@ impl Default for WatchdogConfig {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9932)),
             escalation_cmd: String::new(),
             de_escalation_cmd: String::new(),
+            tls_cert_file: PathBuf::new(),
+            tls_key_file: PathBuf::new(),
+            tls_ca_file: PathBuf::new(),
         }
     }
 }
@@ -103,11 +117,20 @@ impl WatchdogConfig {
                 "must not be empty when watchdog.enabled = true",
             ));
         }
-        Ok(())
+        validate::together(&[
+            ("watchdog.tls_cert_file", self.tls_cert_file.as_path()),
+            ("watchdog.tls_key_file", self.tls_key_file.as_path()),
+            ("watchdog.tls_ca_file", self.tls_ca_file.as_path()),
+        ])
     }
 }
 
 impl WatchdogConfig {
+    /// Peers talk TLS (the three `tls_*` files are set).
+    pub fn tls(&self) -> bool {
+        !self.tls_cert_file.as_os_str().is_empty()
+    }
+
     /// This node's advertised address (see [`WatchdogConfig::advertise`]).
     pub fn advertised(&self, node_name: &str) -> String {
         if !self.advertise.is_empty() {

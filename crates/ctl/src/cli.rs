@@ -1,5 +1,6 @@
 //! The command line, as typed: `pgwardenctl [--config PATH] [--socket PATH]
-//! [--watchdog-socket PATH] [--proxy-socket PATH] [--json] [COMMAND]`.
+//! [--watchdog-socket PATH] [--proxy-socket PATH] [--host HOST:PORT --ca
+//! PATH [--cert PATH --key PATH]] [--json] [COMMAND]`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,6 +38,28 @@ pub struct Cli {
     /// from the config (which is then not read at all).
     #[arg(long, global = true, value_name = "PATH")]
     pub proxy_socket: Option<PathBuf>,
+
+    /// Reach the node at HOST:PORT through its remote admin API
+    /// (`admin.listen`, mutual TLS) instead of the local sockets; the config
+    /// is then not read. Needs `--ca`, and `--cert` with `--key` for the
+    /// client certificate the node admits.
+    #[arg(long, global = true, value_name = "HOST:PORT", requires = "ca",
+          conflicts_with_all = ["socket", "watchdog_socket", "proxy_socket"])]
+    pub host: Option<String>,
+
+    /// With `--host`: this operator's client certificate (PEM), signed by
+    /// the node's `admin.client_ca_file`.
+    #[arg(long, global = true, value_name = "PATH", requires_all = ["host", "key"])]
+    pub cert: Option<PathBuf>,
+
+    /// With `--host`: the private key of `--cert` (mode 600 or 640).
+    #[arg(long, global = true, value_name = "PATH", requires_all = ["host", "cert"])]
+    pub key: Option<PathBuf>,
+
+    /// With `--host`: the CA that signed the node's `admin.cert_file`,
+    /// which must name HOST.
+    #[arg(long, global = true, value_name = "PATH", requires = "host")]
+    pub ca: Option<PathBuf>,
 
     /// Print JSON instead of text: the state for `status`, one state per line
     /// for `watch`, `{"message", "state"}` for the backend commands, the

@@ -2,10 +2,11 @@
 //! exit status and a one-line reason for the operator.
 
 use std::io;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use pgwarden_proto::uds::Daemon;
+
+use crate::socket::Place;
 
 /// Exit status of a request the monitor refused or failed.
 pub const EXIT_FAILED: u8 = 1;
@@ -23,34 +24,34 @@ pub enum CtlError {
 
     /// No connection to a daemon's socket could be made: it is not
     /// running, or not accepting, or the socket is not ours to open.
-    #[error("cannot reach pgwarden-{daemon} at {}: {reason} ({})", path.display(), unreachable_hint(*daemon))]
+    #[error("cannot reach pgwarden-{daemon} at {at}: {reason} ({})", unreachable_hint(*daemon, at))]
     Unreachable {
         /// The daemon that was asked for.
         daemon: Daemon,
-        /// The socket.
-        path: PathBuf,
+        /// Where: its socket, or a node's admin API.
+        at: Place,
         /// The underlying error (e.g. `Connection refused (os error 111)`).
         reason: String,
     },
 
     /// The daemon went away during a call or a watch.
-    #[error("lost pgwarden-{daemon} at {}: {reason}", path.display())]
+    #[error("lost pgwarden-{daemon} at {at}: {reason}")]
     Lost {
         /// The daemon.
         daemon: Daemon,
-        /// The socket.
-        path: PathBuf,
+        /// Where.
+        at: Place,
         /// What the transport said.
         reason: String,
     },
 
     /// The daemon accepted the connection but did not answer in time.
-    #[error("pgwarden-{daemon} at {} did not answer {rpc} within {}", path.display(), humantime::format_duration(*after))]
+    #[error("pgwarden-{daemon} at {at} did not answer {rpc} within {}", humantime::format_duration(*after))]
     Timeout {
         /// The daemon.
         daemon: Daemon,
-        /// The socket.
-        path: PathBuf,
+        /// Where.
+        at: Place,
         /// The call, e.g. `GetCluster`.
         rpc: &'static str,
         /// How long was waited.
@@ -88,6 +89,10 @@ pub enum CtlError {
         known: String,
     },
 
+    /// A `--cert`, `--key` or `--ca` file is unusable.
+    #[error(transparent)]
+    Tls(#[from] pgwarden_tls::TlsError),
+
     /// Writing the output failed.
     #[error("cannot write the output: {0}")]
     Output(#[from] io::Error),
@@ -104,6 +109,7 @@ impl CtlError {
             | CtlError::NotCompleted(_)
             | CtlError::Output(_) => EXIT_FAILED,
             CtlError::Config(_)
+            | CtlError::Tls(_)
             | CtlError::Unreachable { .. }
             | CtlError::Lost { .. }
             | CtlError::Timeout { .. }
@@ -120,7 +126,10 @@ impl CtlError {
 
 /// What to check when a daemon cannot be reached: the watchdog only runs
 /// where `watchdog.enabled` is set.
-fn unreachable_hint(daemon: Daemon) -> &'static str {
+fn unreachable_hint(daemon: Daemon, at: &Place) -> &'static str {
+    if at.is_remote() {
+        return "is admin.listen set on that node, and does it admit this certificate?";
+    }
     match daemon {
         Daemon::Watchdog => "is it running? watchdog.enabled?",
         Daemon::Monitor | Daemon::Proxy => "is it running?",
@@ -135,7 +144,7 @@ mod tests {
     fn messages_and_exit_codes() {
         let e = CtlError::Unreachable {
             daemon: Daemon::Monitor,
-            path: "/run/pgwarden/monitor.sock".into(),
+            at: "/run/pgwarden/monitor.sock".into(),
             reason: "No such file or directory (os error 2)".into(),
         };
         assert_eq!(
@@ -146,7 +155,7 @@ mod tests {
 
         let e = CtlError::Unreachable {
             daemon: Daemon::Watchdog,
-            path: "/run/pgwarden/watchdog.sock".into(),
+            at: "/run/pgwarden/watchdog.sock".into(),
             reason: "Connection refused (os error 111)".into(),
         };
         assert_eq!(
@@ -171,7 +180,7 @@ mod tests {
 
         let e = CtlError::Timeout {
             daemon: Daemon::Monitor,
-            path: "/m.sock".into(),
+            at: "/m.sock".into(),
             rpc: "GetCluster",
             after: Duration::from_secs(30),
         };

@@ -79,6 +79,32 @@ pub fn watchdog_socket(cli: &Cli) -> Result<PathBuf, CtlError> {
     daemon_socket(cli, cli.watchdog_socket.as_ref(), Daemon::Watchdog)
 }
 
+/// Where `daemon` is reached: through the remote admin API of `--host`
+/// (with `--ca`, `--cert`, `--key`), or else on its local socket
+/// ([`monitor_socket`], [`proxy_socket`], [`watchdog_socket`]).
+pub fn place(cli: &Cli, daemon: Daemon) -> Result<socket::Place, CtlError> {
+    use pgwarden_tls::PemFile;
+    if let Some(address) = &cli.host {
+        let ca = cli.ca.as_deref().unwrap_or(std::path::Path::new(""));
+        let identity = cli
+            .cert
+            .as_deref()
+            .zip(cli.key.as_deref())
+            .map(|(cert, key)| (PemFile { key: "--cert", path: cert }, PemFile { key: "--key", path: key }));
+        let tls = pgwarden_tls::mutual_client(PemFile { key: "--ca", path: ca }, identity)?;
+        return Ok(socket::Place::Remote {
+            address: address.clone(),
+            tls,
+        });
+    }
+    let path = match daemon {
+        Daemon::Monitor => monitor_socket(cli)?,
+        Daemon::Proxy => proxy_socket(cli)?,
+        Daemon::Watchdog => watchdog_socket(cli)?,
+    };
+    Ok(socket::Place::Unix(path))
+}
+
 fn daemon_socket(cli: &Cli, given: Option<&PathBuf>, daemon: Daemon) -> Result<PathBuf, CtlError> {
     if let Some(path) = given {
         return Ok(path.clone());

@@ -2,8 +2,6 @@
 //! gRPC errors turned into [`CtlError`]s that say what the operator should
 //! know (see [`Socket`]).
 
-use std::path::Path;
-
 use pgwarden_proto::MonitorClient;
 use pgwarden_proto::uds::Daemon;
 use pgwarden_proto::v1::{
@@ -14,7 +12,7 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 
 use crate::CtlError;
-use crate::socket::Socket;
+use crate::socket::{Place, Socket};
 
 /// A connected client of the monitor on one socket.
 #[derive(Debug)]
@@ -26,8 +24,8 @@ pub struct Monitor {
 impl Monitor {
     /// Connects to the monitor's socket now; an error means it is not
     /// running (or not accepting).
-    pub async fn connect(path: &Path) -> Result<Self, CtlError> {
-        let socket = Socket::new(Daemon::Monitor, path);
+    pub async fn connect(at: Place) -> Result<Self, CtlError> {
+        let socket = Socket::new(Daemon::Monitor, at);
         Ok(Monitor {
             client: MonitorClient::new(socket.connect().await?),
             socket,
@@ -116,7 +114,7 @@ mod tests {
     async fn no_daemon_is_unreachable() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("monitor.sock");
-        let e = Monitor::connect(&path).await.unwrap_err();
+        let e = Monitor::connect(path.clone().into()).await.unwrap_err();
         assert_eq!(
             e.to_string(),
             format!(

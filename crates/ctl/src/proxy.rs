@@ -1,8 +1,6 @@
 //! The connection to `pgwarden-proxy`'s admin API on `proxy.sock`, with the
 //! same deadlines and error mapping as the monitor's (see [`Socket`]).
 
-use std::path::Path;
-
 use pgwarden_proto::uds::Daemon;
 use pgwarden_proto::v1::proxy_client::ProxyClient;
 use pgwarden_proto::v1::{
@@ -12,7 +10,7 @@ use pgwarden_proto::v1::{
 use tonic::transport::Channel;
 
 use crate::CtlError;
-use crate::socket::Socket;
+use crate::socket::{Place, Socket};
 
 /// A connected client of the proxy's admin API.
 #[derive(Debug)]
@@ -23,8 +21,8 @@ pub struct Proxy {
 
 impl Proxy {
     /// Connects to the proxy's socket now; an error means it is not running.
-    pub async fn connect(path: &Path) -> Result<Self, CtlError> {
-        let socket = Socket::new(Daemon::Proxy, path);
+    pub async fn connect(at: Place) -> Result<Self, CtlError> {
+        let socket = Socket::new(Daemon::Proxy, at);
         Ok(Proxy {
             client: ProxyClient::new(socket.connect().await?),
             socket,

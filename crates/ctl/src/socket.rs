@@ -1,16 +1,83 @@
-//! [`Socket`]: a daemon's unix socket as `pgwardenctl` reaches it. Connects
-//! with an immediate error when the daemon is not there, runs each call
-//! with a deadline, and turns gRPC errors into [`CtlError`]s naming the
-//! daemon and the path, so `monitor` and `watchdog` report failures alike.
+//! [`Socket`]: a daemon as `pgwardenctl` reaches it, on its unix socket or
+//! through a node's remote admin API ([`Place`]). Connects with an
+//! immediate error when the daemon is not there, runs each call with a
+//! deadline, and turns gRPC errors into [`CtlError`]s naming the daemon and
+//! where it was looked for, so every daemon reports failures alike.
 
 use std::error::Error as StdError;
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pgwarden_proto::uds::{self, Daemon, UdsError};
+use pgwarden_tls::rustls::ClientConfig;
 use tonic::transport::Channel;
 
 use crate::CtlError;
+
+/// Where a daemon is reached.
+#[derive(Clone)]
+pub enum Place {
+    /// Its unix socket on this machine.
+    Unix(PathBuf),
+    /// A node's remote admin API (`--host`), over mutual TLS.
+    Remote {
+        /// `HOST:PORT`.
+        address: String,
+        /// The CA and the client certificate.
+        tls: Arc<ClientConfig>,
+    },
+}
+
+impl Place {
+    /// Whether this is a node's remote admin API.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Place::Remote { .. })
+    }
+}
+
+impl fmt::Display for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Unix(path) => write!(f, "{}", path.display()),
+            Place::Remote { address, .. } => write!(f, "{address}"),
+        }
+    }
+}
+
+impl fmt::Debug for Place {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Place::Unix(path) => f.debug_tuple("Unix").field(path).finish(),
+            Place::Remote { address, .. } => f.debug_tuple("Remote").field(address).finish(),
+        }
+    }
+}
+
+impl From<&Path> for Place {
+    fn from(path: &Path) -> Place {
+        Place::Unix(path.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for Place {
+    fn from(path: &PathBuf) -> Place {
+        Place::Unix(path.clone())
+    }
+}
+
+impl From<PathBuf> for Place {
+    fn from(path: PathBuf) -> Place {
+        Place::Unix(path)
+    }
+}
+
+impl From<&str> for Place {
+    fn from(path: &str) -> Place {
+        Place::Unix(PathBuf::from(path))
+    }
+}
 
 /// How long a unary call may take. The daemons answer operator requests
 /// from their core loop at once (a switchover is started, not awaited), so
@@ -22,32 +89,41 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Socket {
     /// The daemon expected on it.
     pub daemon: Daemon,
-    /// The socket file.
-    pub path: PathBuf,
+    /// Where.
+    pub at: Place,
 }
 
 impl Socket {
-    /// `daemon`'s socket at `path`.
-    pub fn new(daemon: Daemon, path: &Path) -> Self {
+    /// `daemon` at `at` (a socket path, or a remote [`Place`]).
+    pub fn new(daemon: Daemon, at: impl Into<Place>) -> Self {
         Socket {
             daemon,
-            path: path.to_path_buf(),
+            at: at.into(),
         }
     }
 
     /// Connects now; an error means the daemon is not running (or not
-    /// accepting), reported with the underlying `io::Error`.
+    /// accepting; remotely, the node's admin API refused the TLS
+    /// handshake), reported with the underlying error.
     pub async fn connect(&self) -> Result<Channel, CtlError> {
-        uds::connect(&self.path)
-            .await
-            .map_err(|e| CtlError::Unreachable {
-                daemon: self.daemon,
-                path: self.path.clone(),
-                reason: match &e {
+        let unreachable = |reason| CtlError::Unreachable {
+            daemon: self.daemon,
+            at: self.at.clone(),
+            reason,
+        };
+        match &self.at {
+            Place::Unix(path) => uds::connect(path).await.map_err(|e| {
+                unreachable(match &e {
                     UdsError::Connect { source, .. } => root_cause(source),
                     other => other.to_string(),
-                },
-            })
+                })
+            }),
+            Place::Remote { address, tls } => {
+                pgwarden_proto::tcp::dial_now(address, Some(Arc::clone(tls)), uds::CONNECT_TIMEOUT)
+                    .await
+                    .map_err(|e| unreachable(root_cause(e.as_ref())))
+            }
+        }
     }
 
     /// Runs one call with [`REQUEST_TIMEOUT`], mapping its error.
@@ -61,7 +137,7 @@ impl Socket {
             Ok(Err(status)) => Err(self.status_error(rpc, status)),
             Err(_) => Err(CtlError::Timeout {
                 daemon: self.daemon,
-                path: self.path.clone(),
+                at: self.at.clone(),
                 rpc,
                 after: REQUEST_TIMEOUT,
             }),
@@ -79,7 +155,7 @@ impl Socket {
             }),
             tonic::Code::DeadlineExceeded => CtlError::Timeout {
                 daemon: self.daemon,
-                path: self.path.clone(),
+                at: self.at.clone(),
                 rpc,
                 after: REQUEST_TIMEOUT,
             },
@@ -95,7 +171,7 @@ impl Socket {
     pub fn lost(&self, reason: String) -> CtlError {
         CtlError::Lost {
             daemon: self.daemon,
-            path: self.path.clone(),
+            at: self.at.clone(),
             reason,
         }
     }

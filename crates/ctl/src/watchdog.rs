@@ -2,8 +2,6 @@
 //! calls an operator makes (`GetStatus`, `WatchLeadership`), with the same
 //! deadlines and error mapping as the monitor's (see [`Socket`]).
 
-use std::path::Path;
-
 use pgwarden_proto::uds::Daemon;
 use pgwarden_proto::v1::watchdog_client::WatchdogClient;
 use pgwarden_proto::v1::{
@@ -13,7 +11,7 @@ use tonic::Streaming;
 use tonic::transport::Channel;
 
 use crate::CtlError;
-use crate::socket::Socket;
+use crate::socket::{Place, Socket};
 
 /// A connected client of the watchdog on one socket.
 #[derive(Debug)]
@@ -25,8 +23,8 @@ pub struct Watchdog {
 impl Watchdog {
     /// Connects to the watchdog's socket now; an error means it is not
     /// running (or `watchdog.enabled` is off, so it was never started).
-    pub async fn connect(path: &Path) -> Result<Self, CtlError> {
-        let socket = Socket::new(Daemon::Watchdog, path);
+    pub async fn connect(at: Place) -> Result<Self, CtlError> {
+        let socket = Socket::new(Daemon::Watchdog, at);
         Ok(Watchdog {
             client: WatchdogClient::new(socket.connect().await?),
             socket,

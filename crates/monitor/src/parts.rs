@@ -23,6 +23,14 @@ pub enum StartError {
     /// The socket could not be bound.
     #[error("node.runtime_dir: {0}")]
     Socket(String),
+    /// `admin.listen` could not be bound.
+    #[error("admin.listen: cannot listen on {listen}: {error}")]
+    Admin {
+        /// The address.
+        listen: std::net::SocketAddr,
+        /// Why.
+        error: std::io::Error,
+    },
 }
 
 /// What both ways of running share: the API, the checks, the channels.
@@ -36,6 +44,7 @@ pub(crate) struct Parts {
     pub(crate) stop: CancellationToken,
     pub(crate) recheck: Arc<Notify>,
     server: tokio::task::JoinHandle<()>,
+    admin: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Binds `monitor.sock`, serves the API and starts the checks.
@@ -78,6 +87,10 @@ pub(crate) async fn start(settings: &Settings, first: ClusterState) -> Result<Pa
             tracing::error!(error = %e, "monitor API stopped");
         }
     });
+    let admin = match &settings.admin {
+        Some(admin) => Some(serve_admin(admin, settings, &stop).await?),
+        None => None,
+    };
     crate::metrics::spawn(settings.metrics_listen, current_rx.clone(), stop.clone()).await;
     for t in &settings.backends {
         let target = CheckTarget {
@@ -103,7 +116,36 @@ pub(crate) async fn start(settings: &Settings, first: ClusterState) -> Result<Pa
         stop,
         recheck,
         server,
+        admin,
     })
+}
+
+/// Serves the remote admin API (`[admin]`): every daemon's service over
+/// mutual TLS, each call passed on to that daemon's socket.
+async fn serve_admin(
+    admin: &crate::settings::Admin,
+    settings: &Settings,
+    stop: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, StartError> {
+    let listener = tokio::net::TcpListener::bind(admin.listen)
+        .await
+        .map_err(|error| StartError::Admin {
+            listen: admin.listen,
+            error,
+        })?;
+    tracing::info!(listen = %admin.listen, "remote admin API listening (mutual TLS)");
+    let incoming =
+        pgwarden_proto::tcp::incoming(listener, Some(Arc::clone(&admin.tls)), "admin client");
+    let router = pgwarden_proto::tcp::gateway::router(&settings.runtime_dir);
+    let stop = stop.clone();
+    Ok(tokio::spawn(async move {
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+            .await
+        {
+            tracing::error!(error = %e, "remote admin API stopped");
+        }
+    }))
 }
 
 impl Parts {
@@ -111,6 +153,10 @@ impl Parts {
     pub(crate) async fn finish(self) {
         self.stop.cancel();
         let _ = self.server.await;
+        if let Some(admin) = self.admin {
+            // Open watch streams do not end by themselves: bounded, as the socket's drain.
+            let _ = tokio::time::timeout(pgwarden_proto::uds::DRAIN_TIMEOUT, admin).await;
+        }
         tracing::info!("pgwarden-monitor stopped");
     }
 }

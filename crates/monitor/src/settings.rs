@@ -52,6 +52,40 @@ pub struct Settings {
     pub consensus: bool,
     /// Where Prometheus scrapes `/metrics`.
     pub metrics_listen: std::net::SocketAddr,
+    /// The remote admin API (`[admin]`), when `admin.listen` is set.
+    pub admin: Option<Admin>,
+}
+
+/// The remote admin API: where, and the mutual TLS it is served with.
+#[derive(Clone)]
+pub struct Admin {
+    /// `admin.listen`.
+    pub listen: std::net::SocketAddr,
+    /// `admin.cert_file` and `key_file`; clients checked against
+    /// `admin.client_ca_file`.
+    pub tls: std::sync::Arc<pgwarden_tls::rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admin")
+            .field("listen", &self.listen)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[admin]`, its files read and checked; `None` when `admin.listen` is off.
+pub fn admin(c: &pgwarden_config::AdminConfig) -> Result<Option<Admin>, pgwarden_tls::TlsError> {
+    use pgwarden_tls::PemFile;
+    let Some(listen) = c.listen else {
+        return Ok(None);
+    };
+    let tls = pgwarden_tls::mutual_server(
+        PemFile { key: "admin.cert_file", path: &c.cert_file },
+        PemFile { key: "admin.key_file", path: &c.key_file },
+        PemFile { key: "admin.client_ca_file", path: &c.client_ca_file },
+    )?;
+    Ok(Some(Admin { listen, tls }))
 }
 
 /// The monitor's TLS towards PostgreSQL, from `[server_tls]`.
@@ -73,6 +107,7 @@ impl Settings {
         Ok(Settings {
             consensus: c.watchdog.enabled,
             metrics_listen: c.monitor.metrics_listen,
+            admin: admin(&c.admin)?,
             node: c.node.name.clone(),
             runtime_dir: c.node.runtime_dir.clone(),
             state_dir: c.node.state_dir.clone(),

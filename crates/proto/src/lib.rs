@@ -14,6 +14,9 @@
 //!   one), serving a tonic router on it until shutdown ([`uds::serve`]), the
 //!   health service ([`uds::health_service`]), and the client side
 //!   ([`uds::connect`], [`uds::connect_lazy`], [`uds::reconnect_backoff`]).
+//! - [`tcp`]: gRPC between nodes over TCP with mutual TLS: accepting
+//!   ([`tcp::incoming`]), dialling ([`tcp::dial`]), and the remote admin
+//!   API that passes calls on to the local sockets ([`tcp::gateway`]).
 //! - [`lsn`]: PostgreSQL LSNs between `u64` (as on the wire) and the `16/B374D848`
 //!   text form (as in logs and SQL).
 //!
@@ -53,6 +56,7 @@ pub const OPERATOR_FORWARDED: &str = "pgwarden-forwarded";
 
 pub mod lsn;
 pub mod metrics;
+pub mod tcp;
 pub mod uds;
 pub mod v1;
 

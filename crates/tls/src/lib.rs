@@ -11,6 +11,8 @@
 //!   and the host name.
 //! - [`server_end_point`]: RFC 5929's channel binding data of a
 //!   certificate, hashed as PostgreSQL hashes it.
+//! - [`Mutual`], [`mutual_server`], [`mutual_client`]: mutual TLS between
+//!   pgwarden's own processes (watchdog peers, the remote admin API).
 //! - [`postgres`]: the same client configs for tokio-postgres (the
 //!   monitor's checks and actions), with channel binding.
 //!
@@ -28,10 +30,12 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 mod endpoint;
+mod mutual;
 mod names;
 pub mod postgres;
 
 pub use endpoint::server_end_point;
+pub use mutual::{ALPN_H2, Mutual, mutual_client, mutual_server};
 pub use names::common_name;
 pub use rustls;
 pub use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};

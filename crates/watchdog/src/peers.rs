@@ -8,7 +8,7 @@
 //! queue into signed envelopes and reports undeliverable peers, so a dead
 //! peer slows nobody down.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgwarden_proto::v1::watchdog_peer_client::WatchdogPeerClient;
@@ -20,7 +20,8 @@ use pgwarden_proto::v1::{
 use protobuf::Message as _;
 use raft::eraftpb::MessageType;
 use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint};
+use pgwarden_tls::rustls::ClientConfig;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::Message;
@@ -112,6 +113,9 @@ pub struct Identity {
     /// This process's epoch: persisted, higher than any before it
     /// ([`ReplayGuard::start_epoch`]).
     pub epoch: u64,
+    /// How peers are dialled: mutual TLS with the cluster's CA
+    /// (`watchdog.tls_*`), or plain TCP when `None`.
+    pub tls: Option<Arc<ClientConfig>>,
 }
 
 /// The `WatchdogPeer` service.
@@ -337,14 +341,15 @@ pub async fn forward_operator(
     leader: (u64, u64),
     request: OperatorRequest,
 ) -> Result<String, Status> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .map_err(|e| Status::invalid_argument(format!("bad peer address {address:?}: {e}")))?;
-    let channel = endpoint
-        .connect_timeout(Duration::from_secs(2))
+    let channel = pgwarden_proto::tcp::dial(
+        address,
+        id.tls.clone(),
+        Duration::from_secs(2),
         // Longer than the leader's own bound, so its answer (even "no answer
         // in time") arrives rather than a bare client timeout.
-        .timeout(OPERATOR_TIMEOUT + Duration::from_secs(2))
-        .connect_lazy();
+        OPERATOR_TIMEOUT + Duration::from_secs(2),
+    )
+    .map_err(|e| Status::invalid_argument(format!("peer: {e}")))?;
     let (to, term) = leader;
     let mut p = PeerOperator {
         from: id.me,
@@ -372,16 +377,16 @@ pub async fn forward_operator(
     Ok(reply.into_inner().message)
 }
 
-/// A lazily connecting channel to a peer's `watchdog.listen`.
-pub fn channel(address: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{address}"))
-        .map(|e| {
-            e.connect_timeout(Duration::from_secs(1))
-                .timeout(Duration::from_secs(2))
-                .tcp_nodelay(true)
-                .connect_lazy()
-        })
-        .map_err(|e| format!("bad peer address {address:?}: {e}"))
+/// A lazily connecting channel to a peer's `watchdog.listen`, over
+/// mutual TLS when `tls` is set.
+pub fn channel(address: &str, tls: Option<Arc<ClientConfig>>) -> Result<Channel, String> {
+    pgwarden_proto::tcp::dial(
+        address,
+        tls,
+        Duration::from_secs(1),
+        Duration::from_secs(2),
+    )
+    .map_err(|e| format!("peer: {e}"))
 }
 
 /// The next envelope from this node to peer `to`, signed.
@@ -412,7 +417,7 @@ pub async fn sender(
     mut queue: mpsc::Receiver<Message>,
     events: mpsc::Sender<Inbound>,
 ) {
-    let mut client = match channel(&address) {
+    let mut client = match channel(&address, id.tls.clone()) {
         Ok(c) => WatchdogPeerClient::new(c),
         Err(e) => {
             tracing::error!(peer = to, "{e}");
@@ -491,7 +496,7 @@ pub async fn forward(
     leader: (u64, u64),
     report: &Report,
 ) -> Result<(), String> {
-    let mut client = WatchdogPeerClient::new(channel(address)?);
+    let mut client = WatchdogPeerClient::new(channel(address, id.tls.clone())?);
     let (backend, down, monitor) = match report {
         Report::Backend { backend, down } => (backend.clone(), *down, false),
         Report::Monitor { alive } => (String::new(), !*alive, true),
@@ -534,6 +539,7 @@ mod tests {
             members_hash: 42,
             signer: Signer::new(b"0123456789abcdef".to_vec()),
             epoch: 7,
+            tls: None,
         }
     }
 

@@ -72,6 +72,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         members_hash: crate::auth::members_hash(&settings.members),
         signer: crate::auth::Signer::new(settings.key.clone()),
         epoch,
+        tls: settings.tls.as_ref().map(|t| std::sync::Arc::clone(&t.client)),
     };
     let stop = CancellationToken::new();
 
@@ -93,8 +94,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         })?;
     let peer_service = PeerService::new(id.clone(), replay, inbound_tx.clone());
     let peer_stop = stop.clone();
+    let peer_tls = settings.tls.as_ref().map(|t| std::sync::Arc::clone(&t.server));
     let peer_server = tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(tcp);
+        let incoming = pgwarden_proto::tcp::incoming(tcp, peer_tls, "watchdog peer");
         let r = tonic::transport::Server::builder()
             .add_service(WatchdogPeerServer::new(peer_service))
             .serve_with_incoming_shutdown(incoming, peer_stop.cancelled_owned())
@@ -192,8 +194,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     });
     tracing::info!(
         id = settings.id, members = ?settings.members, listen = %settings.listen, socket = %path.display(),
-        delegate_ip = ?settings.delegate_ip, "pgwarden-watchdog starting"
+        delegate_ip = ?settings.delegate_ip, peer_tls = settings.tls.is_some(), "pgwarden-watchdog starting"
     );
+    if settings.tls.is_none() && settings.members.len() > 1 {
+        tracing::info!(
+            "watchdog peers talk plain TCP: messages are authenticated by the cluster key but not encrypted (set watchdog.tls_cert_file, tls_key_file and tls_ca_file for mutual TLS)"
+        );
+    }
 
     let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
     let mut last_seen: HashMap<u64, (Instant, i64)> = HashMap::new();

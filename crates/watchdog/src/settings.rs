@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use pgwarden_config::Config;
+use pgwarden_tls::{Mutual, PemFile};
 
 /// How long one Raft tick lasts; elections take 10 ticks (1 s), heartbeats 2.
 pub const TICK: Duration = Duration::from_millis(100);
@@ -40,6 +41,8 @@ pub struct Settings {
     pub de_escalation_cmd: String,
     /// Where Prometheus scrapes `/metrics`.
     pub metrics_listen: SocketAddr,
+    /// Mutual TLS with the peers (`watchdog.tls_*`); `None` = plain TCP.
+    pub tls: Option<Mutual>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for Settings {
             .field("members", &self.members)
             .field("id", &self.id)
             .field("delegate_ip", &self.delegate_ip)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -68,6 +72,9 @@ pub enum SettingsError {
         /// What is wrong.
         reason: String,
     },
+    /// A `watchdog.tls_*` file is unusable.
+    #[error(transparent)]
+    Tls(#[from] pgwarden_tls::TlsError),
 }
 
 impl Settings {
@@ -88,6 +95,15 @@ impl Settings {
         if key.len() < 16 {
             return Err(key_err("the key must be at least 16 bytes long".into()));
         }
+        let tls = if w.tls() {
+            Some(Mutual::load(
+                PemFile { key: "watchdog.tls_cert_file", path: &w.tls_cert_file },
+                PemFile { key: "watchdog.tls_key_file", path: &w.tls_key_file },
+                PemFile { key: "watchdog.tls_ca_file", path: &w.tls_ca_file },
+            )?)
+        } else {
+            None
+        };
         let members = w.members(&c.node.name);
         let me = w.advertised(&c.node.name);
         let id = members
@@ -109,6 +125,7 @@ impl Settings {
             escalation_cmd: w.escalation_cmd.clone(),
             de_escalation_cmd: w.de_escalation_cmd.clone(),
             metrics_listen: w.metrics_listen,
+            tls,
         })
     }
 

@@ -218,6 +218,7 @@ mod tests {
             escalation_cmd: format!("sleep 0.5; echo up >> {}", log.display()),
             de_escalation_cmd: format!("echo down >> {}", log.display()),
             metrics_listen: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
         };
         let (tx, rx) = watch::channel(None);
         let (holding_tx, mut holding) = watch::channel(false);

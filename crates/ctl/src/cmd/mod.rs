@@ -9,6 +9,7 @@ mod watchdog;
 
 use std::io::{self, Write};
 
+use pgwarden_proto::uds::Daemon;
 use serde_json::Value;
 
 use crate::CtlError;
@@ -43,7 +44,7 @@ pub async fn dispatch(
         }
         Command::Recheck => recheck::run(&mut monitor(cli).await?, json, out).await,
         Command::Watchdog(args) => {
-            let mut watchdog = Watchdog::connect(&crate::watchdog_socket(cli)?).await?;
+            let mut watchdog = Watchdog::connect(crate::place(cli, Daemon::Watchdog)?).await?;
             watchdog::run(&mut watchdog, &args, json, out, interrupt).await
         }
         Command::Pools => proxy::pools(&mut proxy_api(cli).await?, json, out).await,
@@ -57,14 +58,14 @@ pub async fn dispatch(
     }
 }
 
-/// The monitor, connected at [`crate::monitor_socket`].
+/// The monitor, connected at [`crate::place`].
 async fn monitor(cli: &Cli) -> Result<Monitor, CtlError> {
-    Monitor::connect(&crate::monitor_socket(cli)?).await
+    Monitor::connect(crate::place(cli, Daemon::Monitor)?).await
 }
 
-/// The proxy's admin API, connected at [`crate::proxy_socket`].
+/// The proxy's admin API, connected at [`crate::place`].
 async fn proxy_api(cli: &Cli) -> Result<Proxy, CtlError> {
-    Proxy::connect(&crate::proxy_socket(cli)?).await
+    Proxy::connect(crate::place(cli, Daemon::Proxy)?).await
 }
 
 /// Writes `value` as indented JSON and a newline.

@@ -1,0 +1,197 @@
+//! The accepting side: TCP connections, with TLS done before tonic reads.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pgwarden_tls::rustls::ServerConfig;
+use pgwarden_tls::{TlsAcceptor, server::TlsStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes under way at once; connections beyond wait in the kernel's
+/// backlog, so unauthenticated clients cannot hold more than this.
+const HANDSHAKES: usize = 64;
+
+/// An accepted connection, plain or TLS.
+#[derive(Debug)]
+pub enum Conn {
+    /// Plain TCP (no TLS configured).
+    Plain(TcpStream),
+    /// TLS, the client's certificate checked.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Who is at the other end: what tonic hands the services as the request's
+/// connect info.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// The client's address.
+    pub address: Option<SocketAddr>,
+    /// The common name of its certificate, under TLS.
+    pub name: Option<String>,
+}
+
+impl Conn {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Conn::Plain(s) => s,
+            Conn::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    fn certificate_name(&self) -> Option<String> {
+        match self {
+            Conn::Plain(_) => None,
+            Conn::Tls(s) => s
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(pgwarden_tls::common_name),
+        }
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = Peer;
+
+    fn connect_info(&self) -> Peer {
+        Peer {
+            address: self.tcp().peer_addr().ok(),
+            name: self.certificate_name(),
+        }
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Conn::Plain(s) => s.is_write_vectored(),
+            Conn::Tls(s) => s.is_write_vectored(),
+        }
+    }
+}
+
+/// The connections `listener` accepts, for tonic's
+/// `serve_with_incoming_shutdown`: with `tls`, only those whose TLS
+/// handshake succeeded (the client certificate checked by `tls`'s
+/// verifier). `what` names the listener in the logs ("watchdog peer",
+/// "admin client"). Accepting stops when the stream is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<Arc<ServerConfig>>,
+    what: &'static str,
+) -> ReceiverStream<io::Result<Conn>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(accept_loop(listener, tls.map(TlsAcceptor::from), what, tx));
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    what: &'static str,
+    tx: mpsc::Sender<io::Result<Conn>>,
+) {
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES));
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&handshakes).acquire_owned() => p,
+            () = tx.closed() => return,
+        };
+        let Ok(permit) = permit else { return };
+        let (tcp, address) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: wait rather than spin.
+                    tracing::warn!(listener = what, error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = tx.closed() => return,
+        };
+        let _ = tcp.set_nodelay(true);
+        let Some(acceptor) = tls.clone() else {
+            drop(permit);
+            if tx.send(Ok(Conn::Plain(tcp))).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => {
+                    let _ = tx.send(Ok(Conn::Tls(Box::new(stream)))).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(%address, error = %e, "{what} refused: TLS handshake failed");
+                }
+                Err(_) => {
+                    tracing::warn!(%address, timeout = ?HANDSHAKE_TIMEOUT, "{what} refused: no TLS handshake in time");
+                }
+            }
+        });
+    }
+}
