@@ -19,6 +19,7 @@ use std::time::Duration;
 
 pub mod lab;
 pub mod tls;
+pub mod watchdogs;
 
 pub use pgwarden_proto::v1::monitor_client::MonitorClient;
 pub use pgwarden_proto::v1::{ClusterState, GetClusterRequest, Role, Status};

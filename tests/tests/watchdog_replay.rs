@@ -13,21 +13,15 @@
     missing_docs
 )]
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pgwarden_proto::uds::{self, Daemon};
-use pgwarden_proto::v1::watchdog_client::WatchdogClient;
+use pgwarden_e2e::watchdogs::{Setup, Watchdogs};
 use pgwarden_proto::v1::watchdog_peer_client::WatchdogPeerClient;
 use pgwarden_proto::v1::watchdog_peer_server::{WatchdogPeer, WatchdogPeerServer};
 use pgwarden_proto::v1::{
-    GetStatusRequest, OperatorReply, PeerAck, PeerEnvelope, PeerOperator, PeerProposal,
-    PeerProposalReply, WatchdogStatus,
+    OperatorReply, PeerAck, PeerEnvelope, PeerOperator, PeerProposal, PeerProposalReply,
 };
-use pgwarden_testkit::{ChildGuard, free_port, workspace_bin};
-use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -86,213 +80,46 @@ fn channel(port: u16) -> Channel {
         .connect_lazy()
 }
 
-struct Node {
-    dir: PathBuf,
-    /// Where the watchdog listens.
-    listen: u16,
-    /// Where its peers reach it: the relay.
-    advertised: u16,
-    /// Its Raft id (position in the sorted member list, from 1).
-    id: u64,
-    watchdog: Option<ChildGuard>,
-    monitor: Option<oneshot::Sender<()>>,
+/// The watchdogs, each reached by its peers through a recording relay.
+struct Cluster {
+    w: Watchdogs,
+    capture: Arc<Mutex<Capture>>,
 }
 
-struct Cluster {
-    nodes: Vec<Node>,
-    capture: Arc<Mutex<Capture>>,
-    _dir: tempfile::TempDir,
+impl std::ops::Deref for Cluster {
+    type Target = Watchdogs;
+    fn deref(&self) -> &Watchdogs {
+        &self.w
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut Watchdogs {
+        &mut self.w
+    }
 }
 
 impl Cluster {
     async fn start() -> Cluster {
-        let dir = tempfile::Builder::new()
-            .prefix("pgwarden-replay-")
-            .tempdir()
-            .unwrap();
-        let key = dir.path().join("watchdog.key");
-        std::fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let mut members: Vec<String> = ports
-            .iter()
-            .map(|(_, a)| format!("127.0.0.1:{a}"))
-            .collect();
-        members.sort();
+        let mut w = Watchdogs::new(&Setup {
+            relayed: true,
+            ..Setup::default()
+        });
         let capture = Arc::new(Mutex::new(Capture::default()));
-        let mut nodes = Vec::new();
-        for (i, (listen, advertised)) in ports.iter().copied().enumerate() {
-            let ndir = dir.path().join(format!("node{i}"));
-            std::fs::create_dir_all(ndir.join("run")).unwrap();
-            let me = format!("127.0.0.1:{advertised}");
-            let peers: Vec<String> = members
-                .iter()
-                .filter(|m| **m != me)
-                .map(|m| format!("\"{m}\""))
-                .collect();
-            let config = format!(
-                "[node]\nname = \"node{i}\"\nruntime_dir = \"{d}/run\"\nstate_dir = \"{d}/state\"\n\n\
-                 [watchdog]\nenabled = true\nlisten = \"127.0.0.1:{listen}\"\nadvertise = \"{me}\"\n\
-                 peers = [{peers}]\nauth_key_file = \"{key}\"\nmetrics_listen = \"127.0.0.1:0\"\n\n\
-                 [[backends]]\nname = \"pg0\"\nhost = \"127.0.0.1\"\nport = 1\n",
-                d = ndir.display(),
-                peers = peers.join(", "),
-                key = key.display(),
-            );
-            std::fs::write(ndir.join("pgwarden.toml"), config).unwrap();
+        for (i, n) in w.nodes.iter().enumerate() {
             let relay = Relay {
                 node: i,
-                upstream: channel(listen),
+                upstream: channel(n.listen),
                 capture: Arc::clone(&capture),
             };
             tokio::spawn(
                 tonic::transport::Server::builder()
                     .add_service(WatchdogPeerServer::new(relay))
-                    .serve(([127, 0, 0, 1], advertised).into()),
-            );
-            let id = members.iter().position(|m| *m == me).unwrap() as u64 + 1;
-            nodes.push(Node {
-                dir: ndir,
-                listen,
-                advertised,
-                id,
-                watchdog: None,
-                monitor: None,
-            });
-        }
-        let mut cluster = Cluster {
-            nodes,
-            capture,
-            _dir: dir,
-        };
-        for i in 0..3 {
-            cluster.start_monitor(i).await;
-            cluster.start_watchdog(i);
-        }
-        cluster
-    }
-
-    fn start_watchdog(&mut self, i: usize) {
-        let node = &mut self.nodes[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(node.dir.join("watchdog.log"))
-            .unwrap();
-        let mut cmd = Command::new(workspace_bin("pgwarden-watchdog"));
-        cmd.arg("--config")
-            .arg(node.dir.join("pgwarden.toml"))
-            .env(
-                "PGWARDEN_LOG",
-                "debug,raft=info,h2=info,tower=info,hyper=info",
-            )
-            .stdout(Stdio::null())
-            .stderr(log);
-        node.watchdog = Some(ChildGuard::spawn(&mut cmd).unwrap());
-    }
-
-    /// A crash: SIGKILL, nothing flushed but what the watchdog had made durable.
-    fn kill_watchdog(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].watchdog.take() {
-            child.kill9().unwrap();
-        }
-    }
-
-    fn restart_watchdog(&mut self, i: usize) {
-        self.kill_watchdog(i);
-        self.start_watchdog(i);
-    }
-
-    /// Answers the watchdog's health probe on `monitor.sock` as a monitor would.
-    async fn start_monitor(&mut self, i: usize) {
-        let path = uds::socket_path(&self.nodes[i].dir.join("run"), Daemon::Monitor);
-        let listener = uds::bind(&path).await.unwrap();
-        let (reporter, health) =
-            uds::health_service(pgwarden_proto::v1::monitor_server::SERVICE_NAME).await;
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let _reporter = reporter;
-            let router = tonic::transport::Server::builder().add_service(health);
-            let _ = uds::serve(listener, router, async {
-                let _ = stopped.await;
-            })
-            .await;
-        });
-        self.nodes[i].monitor = Some(stop);
-    }
-
-    fn stop_monitor(&mut self, i: usize) {
-        if let Some(stop) = self.nodes[i].monitor.take() {
-            let _ = stop.send(());
-        }
-    }
-
-    async fn status(&self, i: usize) -> Option<WatchdogStatus> {
-        let sock = self.nodes[i].dir.join("run/watchdog.sock");
-        let ch = uds::connect(&sock).await.ok()?;
-        let mut client = WatchdogClient::new(ch);
-        let r = tokio::time::timeout(
-            Duration::from_secs(2),
-            client.get_status(GetStatusRequest {}),
-        );
-        r.await.ok()?.ok().map(|r| r.into_inner())
-    }
-
-    fn host_of(&self, id: u64) -> usize {
-        self.nodes.iter().position(|n| n.id == id).unwrap()
-    }
-
-    /// The leader every node names, with a quorum, and its status.
-    async fn agreed_leader(&self) -> Option<(usize, WatchdogStatus)> {
-        let mut leader = None;
-        for i in 0..3 {
-            let s = self.status(i).await?;
-            if s.leader_id == 0 || !s.quorum || leader.is_some_and(|l| l != s.leader_id) {
-                return None;
-            }
-            leader = Some(s.leader_id);
-        }
-        let host = self.host_of(leader?);
-        Some((host, self.status(host).await?))
-    }
-
-    fn monitors_down(s: &WatchdogStatus) -> Vec<u64> {
-        s.record
-            .as_ref()
-            .map(|r| r.monitors_down.clone())
-            .unwrap_or_default()
-    }
-
-    fn logs(&self) -> String {
-        let mut out = String::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            let text = std::fs::read_to_string(n.dir.join("watchdog.log")).unwrap_or_default();
-            let title = format!("node{i} (id {}, relay :{}) watchdog", n.id, n.advertised);
-            out.push_str(&pgwarden_e2e::log_tail(&title, &text, 40));
-        }
-        out
-    }
-
-    async fn wait<F, Fut>(&self, timeout: Duration, what: &str, f: F)
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        if !pgwarden_e2e::poll_until(timeout, f).await {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}{}",
-                self.logs()
+                    .serve(([127, 0, 0, 1], n.advertised).into()),
             );
         }
-    }
-
-    /// The newest epoch node `i` has persisted for peer `peer`.
-    fn persisted_epoch(&self, i: usize, peer: u64) -> Option<u64> {
-        let text =
-            std::fs::read_to_string(self.nodes[i].dir.join("state/peer-epochs.json")).ok()?;
-        let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-        v["peers"][peer.to_string()]["epoch"].as_u64()
+        w.start_all().await;
+        Cluster { w, capture }
     }
 }
 
@@ -370,7 +197,7 @@ async fn messages_captured_before_a_watchdog_restarts_are_refused_after_it() {
                 cluster
                     .agreed_leader()
                     .await
-                    .is_some_and(|(_, s)| Cluster::monitors_down(&s).contains(&a_id))
+                    .is_some_and(|(_, s)| Watchdogs::monitors_down(&s).contains(&a_id))
             },
         )
         .await;
@@ -414,7 +241,7 @@ async fn messages_captured_before_a_watchdog_restarts_are_refused_after_it() {
                 cluster
                     .agreed_leader()
                     .await
-                    .is_some_and(|(_, s)| !Cluster::monitors_down(&s).contains(&a_id))
+                    .is_some_and(|(_, s)| !Watchdogs::monitors_down(&s).contains(&a_id))
             },
         )
         .await;
@@ -458,11 +285,11 @@ async fn messages_captured_before_a_watchdog_restarts_are_refused_after_it() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, s) = cluster.agreed_leader().await.unwrap();
     assert!(
-        !Cluster::monitors_down(&s).contains(&a_id),
+        !Watchdogs::monitors_down(&s).contains(&a_id),
         "the old \"monitor down\" report was committed: {s:?}"
     );
     for i in (0..3).filter(|i| *i != a) {
-        let log = std::fs::read_to_string(cluster.nodes[i].dir.join("watchdog.log")).unwrap();
+        let log = cluster.log(i);
         assert!(
             log.contains("refusing a peer message: replayed"),
             "node{i} did not log the refused replays"
@@ -491,7 +318,7 @@ async fn messages_captured_before_a_watchdog_restarts_are_refused_after_it() {
     assert_eq!(r.committed, 0);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (_, s) = cluster.agreed_leader().await.unwrap();
-    assert!(!Cluster::monitors_down(&s).contains(&a_id), "{s:?}");
+    assert!(!Watchdogs::monitors_down(&s).contains(&a_id), "{s:?}");
     for i in 0..3 {
         cluster.stop_monitor(i);
     }

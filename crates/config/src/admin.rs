@@ -53,8 +53,7 @@ fn empty_as_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D
     if value.is_empty() {
         return Ok(None);
     }
-    value
-        .parse()
-        .map(Some)
-        .map_err(|_| serde::de::Error::custom("expected \"address:port\" (e.g. \"0.0.0.0:9898\") or \"\""))
+    value.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom("expected \"address:port\" (e.g. \"0.0.0.0:9898\") or \"\"")
+    })
 }

@@ -716,6 +716,50 @@ fn tls_keys_need_their_files_and_name_themselves() {
 }
 
 #[test]
+fn watchdog_tls_and_the_admin_api_need_all_their_files() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(
+        c.admin.listen, None,
+        "the remote admin API is off by default"
+    );
+    assert!(!c.watchdog.tls());
+    for (missing, given) in [
+        (
+            "watchdog.tls_key_file",
+            "tls_cert_file = \"/c\"\ntls_ca_file = \"/ca\"\n",
+        ),
+        (
+            "watchdog.tls_ca_file",
+            "tls_cert_file = \"/c\"\ntls_key_file = \"/k\"\n",
+        ),
+        ("watchdog.tls_cert_file", "tls_ca_file = \"/ca\"\n"),
+    ] {
+        err_naming(&with(&format!("[watchdog]\n{given}")), missing);
+    }
+    let c = Config::from_toml_str(&with(
+        "[watchdog]\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"\ntls_ca_file = \"/ca\"\n",
+    ))
+    .unwrap();
+    assert!(c.watchdog.tls());
+
+    let e = err_naming(
+        &with("[admin]\nlisten = \"0.0.0.0:9898\"\n"),
+        "admin.cert_file",
+    );
+    assert!(e.contains("mutual TLS"), "{e}");
+    err_naming(
+        &with("[admin]\nlisten = \"0.0.0.0:9898\"\ncert_file = \"/c\"\nkey_file = \"/k\"\n"),
+        "admin.client_ca_file",
+    );
+    err_naming(&with("[admin]\nlisten = \"9898\"\n"), "admin.listen");
+    let c = Config::from_toml_str(&with(
+        "[admin]\nlisten = \"0.0.0.0:9898\"\ncert_file = \"/c\"\nkey_file = \"/k\"\nclient_ca_file = \"/ca\"\n",
+    ))
+    .unwrap();
+    assert_eq!(c.admin.listen, Some("0.0.0.0:9898".parse().unwrap()));
+}
+
+#[test]
 fn a_config_every_user_can_read_may_not_hold_a_password_inline() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("pgwarden.toml");

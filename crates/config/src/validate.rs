@@ -120,6 +120,21 @@ fn host_reason(value: &str) -> Option<String> {
     None
 }
 
+/// Files that only work together (a certificate, its key, a CA): when any
+/// is set, each one left empty is an error naming it.
+pub(crate) fn together(files: &[(&str, &std::path::Path)]) -> Result<(), ConfigError> {
+    let Some((given, _)) = files.iter().find(|(_, p)| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    match files.iter().find(|(_, p)| p.as_os_str().is_empty()) {
+        Some((missing, _)) => Err(ConfigError::invalid(
+            *missing,
+            format!("required when {given} is set"),
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,20 +186,5 @@ mod tests {
         for bad in ["", "pg01:5432", "/var/run/postgresql", "-x", "a..b", "a b"] {
             assert!(host("k", bad).is_err(), "{bad}");
         }
-    }
-}
-
-/// Files that only work together (a certificate, its key, a CA): when any
-/// is set, each one left empty is an error naming it.
-pub(crate) fn together(files: &[(&str, &std::path::Path)]) -> Result<(), ConfigError> {
-    let Some((given, _)) = files.iter().find(|(_, p)| !p.as_os_str().is_empty()) else {
-        return Ok(());
-    };
-    match files.iter().find(|(_, p)| p.as_os_str().is_empty()) {
-        Some((missing, _)) => Err(ConfigError::invalid(
-            *missing,
-            format!("required when {given} is set"),
-        )),
-        None => Ok(()),
     }
 }

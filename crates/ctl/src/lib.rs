@@ -90,8 +90,25 @@ pub fn place(cli: &Cli, daemon: Daemon) -> Result<socket::Place, CtlError> {
             .cert
             .as_deref()
             .zip(cli.key.as_deref())
-            .map(|(cert, key)| (PemFile { key: "--cert", path: cert }, PemFile { key: "--key", path: key }));
-        let tls = pgwarden_tls::mutual_client(PemFile { key: "--ca", path: ca }, identity)?;
+            .map(|(cert, key)| {
+                (
+                    PemFile {
+                        key: "--cert",
+                        path: cert,
+                    },
+                    PemFile {
+                        key: "--key",
+                        path: key,
+                    },
+                )
+            });
+        let tls = pgwarden_tls::mutual_client(
+            PemFile {
+                key: "--ca",
+                path: ca,
+            },
+            identity,
+        )?;
         return Ok(socket::Place::Remote {
             address: address.clone(),
             tls,

@@ -147,6 +147,22 @@ impl Socket {
     /// A gRPC error as the operator should see it: a refusal is the
     /// daemon's own words; an unavailable daemon is a connection error.
     pub fn status_error(&self, rpc: &'static str, status: tonic::Status) -> CtlError {
+        // Under TLS 1.3 a node that refuses the client's certificate says
+        // so after the handshake, failing the first call: the connection
+        // was never usable, so it is unreachable, with the node's alert.
+        if self.at.is_remote()
+            && matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown
+            )
+            && let Some(source) = status.source()
+        {
+            return CtlError::Unreachable {
+                daemon: self.daemon,
+                at: self.at.clone(),
+                reason: root_cause(source),
+            };
+        }
         match status.code() {
             tonic::Code::FailedPrecondition => CtlError::Refused(status.message().to_owned()),
             tonic::Code::Unavailable => self.lost(match status.source() {

@@ -81,9 +81,18 @@ pub fn admin(c: &pgwarden_config::AdminConfig) -> Result<Option<Admin>, pgwarden
         return Ok(None);
     };
     let tls = pgwarden_tls::mutual_server(
-        PemFile { key: "admin.cert_file", path: &c.cert_file },
-        PemFile { key: "admin.key_file", path: &c.key_file },
-        PemFile { key: "admin.client_ca_file", path: &c.client_ca_file },
+        PemFile {
+            key: "admin.cert_file",
+            path: &c.cert_file,
+        },
+        PemFile {
+            key: "admin.key_file",
+            path: &c.key_file,
+        },
+        PemFile {
+            key: "admin.client_ca_file",
+            path: &c.client_ca_file,
+        },
     )?;
     Ok(Some(Admin { listen, tls }))
 }

@@ -24,10 +24,12 @@ pub fn mutual_server(
     client_ca: PemFile<'_>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let verifier =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(client_ca.roots()?), Arc::clone(&provider))
-            .build()
-            .map_err(|e| client_ca.error(e.to_string()))?;
+    let verifier = WebPkiClientVerifier::builder_with_provider(
+        Arc::new(client_ca.roots()?),
+        Arc::clone(&provider),
+    )
+    .build()
+    .map_err(|e| client_ca.error(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| cert.error(e.to_string()))?
@@ -47,9 +49,10 @@ pub fn mutual_client(
     identity: Option<(PemFile<'_>, PemFile<'_>)>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(ca.roots()?), Arc::clone(&provider))
-        .build()
-        .map_err(|e| ca.error(e.to_string()))?;
+    let verifier =
+        WebPkiServerVerifier::builder_with_provider(Arc::new(ca.roots()?), Arc::clone(&provider))
+            .build()
+            .map_err(|e| ca.error(e.to_string()))?;
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ca.error(e.to_string()))?

@@ -17,10 +17,10 @@ use pgwarden_proto::v1::{
     OperatorReply, OperatorRequest, PeerAck, PeerEnvelope, PeerOperator, PeerProposal,
     PeerProposalReply,
 };
+use pgwarden_tls::rustls::ClientConfig;
 use protobuf::Message as _;
 use raft::eraftpb::MessageType;
 use tokio::sync::{mpsc, oneshot};
-use pgwarden_tls::rustls::ClientConfig;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -380,13 +380,8 @@ pub async fn forward_operator(
 /// A lazily connecting channel to a peer's `watchdog.listen`, over
 /// mutual TLS when `tls` is set.
 pub fn channel(address: &str, tls: Option<Arc<ClientConfig>>) -> Result<Channel, String> {
-    pgwarden_proto::tcp::dial(
-        address,
-        tls,
-        Duration::from_secs(1),
-        Duration::from_secs(2),
-    )
-    .map_err(|e| format!("peer: {e}"))
+    pgwarden_proto::tcp::dial(address, tls, Duration::from_secs(1), Duration::from_secs(2))
+        .map_err(|e| format!("peer: {e}"))
 }
 
 /// The next envelope from this node to peer `to`, signed.

@@ -72,7 +72,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         members_hash: crate::auth::members_hash(&settings.members),
         signer: crate::auth::Signer::new(settings.key.clone()),
         epoch,
-        tls: settings.tls.as_ref().map(|t| std::sync::Arc::clone(&t.client)),
+        tls: settings
+            .tls
+            .as_ref()
+            .map(|t| std::sync::Arc::clone(&t.client)),
     };
     let stop = CancellationToken::new();
 
@@ -94,7 +97,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         })?;
     let peer_service = PeerService::new(id.clone(), replay, inbound_tx.clone());
     let peer_stop = stop.clone();
-    let peer_tls = settings.tls.as_ref().map(|t| std::sync::Arc::clone(&t.server));
+    let peer_tls = settings
+        .tls
+        .as_ref()
+        .map(|t| std::sync::Arc::clone(&t.server));
     let peer_server = tokio::spawn(async move {
         let incoming = pgwarden_proto::tcp::incoming(tcp, peer_tls, "watchdog peer");
         let r = tonic::transport::Server::builder()

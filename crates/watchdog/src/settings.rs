@@ -97,9 +97,18 @@ impl Settings {
         }
         let tls = if w.tls() {
             Some(Mutual::load(
-                PemFile { key: "watchdog.tls_cert_file", path: &w.tls_cert_file },
-                PemFile { key: "watchdog.tls_key_file", path: &w.tls_key_file },
-                PemFile { key: "watchdog.tls_ca_file", path: &w.tls_ca_file },
+                PemFile {
+                    key: "watchdog.tls_cert_file",
+                    path: &w.tls_cert_file,
+                },
+                PemFile {
+                    key: "watchdog.tls_key_file",
+                    path: &w.tls_key_file,
+                },
+                PemFile {
+                    key: "watchdog.tls_ca_file",
+                    path: &w.tls_ca_file,
+                },
             )?)
         } else {
             None

@@ -1,19 +1,66 @@
 //! The dialling side: a channel to `host:port`, over TLS when configured.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use pgwarden_tls::rustls::ClientConfig;
 use pgwarden_tls::rustls::pki_types::ServerName;
 use pgwarden_tls::{TlsConnector, client::TlsStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 /// A dialled connection, plain or TLS.
-pub type Dialled = TokioIo<Either<TcpStream, Box<TlsStream<TcpStream>>>>;
+pub type Dialled = TokioIo<Either<TcpStream, Box<Confirmed>>>;
+
+/// A TLS connection, with what was read to confirm it (see [`dial_now`])
+/// handed out first.
+#[derive(Debug)]
+pub struct Confirmed {
+    head: Vec<u8>,
+    at: usize,
+    tls: TlsStream<TcpStream>,
+}
+
+impl AsyncRead for Confirmed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(rest) = this.head.get(this.at..).filter(|r| !r.is_empty()) {
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(rest.get(..n).unwrap_or_default());
+            this.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Confirmed {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+    }
+}
 
 /// The error of [`dial_now`]: the whole chain, so the caller can show its
 /// innermost cause (`Connection refused`, `received fatal alert: ...`).
@@ -37,18 +84,22 @@ pub fn dial(
     timeout: Duration,
 ) -> Result<Channel, String> {
     let endpoint = endpoint(address, tls.is_some(), connect_timeout)?.timeout(timeout);
-    Ok(endpoint.connect_with_connector_lazy(connector(address, tls)?))
+    Ok(endpoint.connect_with_connector_lazy(connector(address, tls, false)?))
 }
 
 /// [`dial`], connected now and without a call timeout: an error says why
 /// the server cannot be reached (refused, or the TLS handshake failed).
+/// Under TLS it waits for the server's first bytes (gRPC servers speak
+/// first): TLS 1.3 servers refuse a client's certificate only after the
+/// handshake, and the refusal (`received fatal alert: ...`) is then this
+/// error rather than a failed first call.
 pub async fn dial_now(
     address: &str,
     tls: Option<Arc<ClientConfig>>,
     connect_timeout: Duration,
 ) -> Result<Channel, DialError> {
     let endpoint = endpoint(address, tls.is_some(), connect_timeout)?;
-    let connector = connector(address, tls)?;
+    let connector = connector(address, tls, true)?;
     Ok(endpoint.connect_with_connector(connector).await?)
 }
 
@@ -63,6 +114,7 @@ fn endpoint(address: &str, tls: bool, connect_timeout: Duration) -> Result<Endpo
 fn connector(
     address: &str,
     tls: Option<Arc<ClientConfig>>,
+    confirm: bool,
 ) -> Result<
     impl tower::Service<
         Uri,
@@ -90,7 +142,22 @@ fn connector(
             let tcp = TcpStream::connect(&target).await?;
             tcp.set_nodelay(true)?;
             let stream = match tls {
-                Some((connector, name)) => Either::Right(Box::new(connector.connect(name, tcp).await?)),
+                Some((connector, name)) => {
+                    let mut tls = connector.connect(name, tcp).await?;
+                    let mut head = Vec::new();
+                    if confirm {
+                        head.resize(4096, 0);
+                        let n = tls.read(&mut head).await?;
+                        if n == 0 {
+                            return Err(io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "the server closed the connection after the TLS handshake",
+                            ));
+                        }
+                        head.truncate(n);
+                    }
+                    Either::Right(Box::new(Confirmed { head, at: 0, tls }))
+                }
                 None => Either::Left(tcp),
             };
             Ok::<_, io::Error>(TokioIo::new(stream))

@@ -14,4 +14,4 @@ mod dial;
 pub mod gateway;
 
 pub use conn::{Conn, Peer, incoming};
-pub use dial::{DialError, Dialled, dial, dial_now, host_of};
+pub use dial::{Confirmed, DialError, Dialled, dial, dial_now, host_of};
