@@ -251,7 +251,7 @@ async fn a_watchdog_does_not_talk_to_a_peer_whose_certificate_another_ca_signed(
         w.logs()
     );
     w.wait(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "node0 to say why it cannot reach node 2",
         || async { w.log(0).contains("cannot reach peer") },
     )

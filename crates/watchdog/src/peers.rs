@@ -432,9 +432,22 @@ pub async fn sender(
             queue.recv().await
         } else {
             let env = signed_envelope(&id, to, &mut seq, Vec::new());
-            if client.deliver(env).await.is_ok() {
-                announced = true;
-                continue;
+            match client.deliver(env).await {
+                Ok(_) => {
+                    if failing {
+                        tracing::info!(peer = to, %address, "peer reachable again");
+                        failing = false;
+                    }
+                    announced = true;
+                    continue;
+                }
+                // Said once, so that a node with nothing else to send to
+                // a peer (a follower) still tells why it cannot reach it.
+                Err(e) if !failing => {
+                    tracing::warn!(peer = to, %address, error = %e.message(), "cannot reach peer");
+                    failing = true;
+                }
+                Err(_) => {}
             }
             match tokio::time::timeout(ANNOUNCE_RETRY, queue.recv()).await {
                 Ok(m) => m,
