@@ -233,13 +233,23 @@ pub fn client_config(
     let builder = builder
         .dangerous()
         .with_custom_certificate_verifier(verifier);
+    finish_client(builder, identity, ALPN_POSTGRESQL)
+}
+
+/// A client config with `identity` (certificate and key) shown when the
+/// server asks for one, offering the ALPN protocol `alpn`.
+fn finish_client(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    identity: Option<(PemFile<'_>, PemFile<'_>)>,
+    alpn: &[u8],
+) -> Result<Arc<ClientConfig>, TlsError> {
     let mut config = match identity {
         Some((cert, key)) => builder
             .with_client_auth_cert(cert.certificates()?, key.private_key()?)
             .map_err(|e| key.error(format!("does not go with the certificate: {e}")))?,
         None => builder.with_no_client_auth(),
     };
-    config.alpn_protocols = vec![ALPN_POSTGRESQL.to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     Ok(Arc::new(config))
 }
 

@@ -11,7 +11,7 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ServerConfig};
 
-use crate::{PemFile, TlsError, provider};
+use crate::{PemFile, TlsError, finish_client, provider};
 
 /// The ALPN protocol of gRPC (HTTP/2).
 pub const ALPN_H2: &[u8] = b"h2";
@@ -57,14 +57,7 @@ pub fn mutual_client(
         .with_safe_default_protocol_versions()
         .map_err(|e| ca.error(e.to_string()))?
         .with_webpki_verifier(verifier);
-    let mut config = match identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(cert.certificates()?, key.private_key()?)
-            .map_err(|e| key.error(format!("does not go with the certificate: {e}")))?,
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![ALPN_H2.to_vec()];
-    Ok(Arc::new(config))
+    finish_client(builder, identity, ALPN_H2)
 }
 
 /// Both sides of a node's mutual TLS from one certificate, key and CA: a
