@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pgwarden_proto::v1::watchdog_client::WatchdogClient;
-use pgwarden_proto::v1::{GetStatusRequest, WatchdogStatus};
+use pgwarden_proto::v1::WatchdogStatus;
 use pgwarden_testkit::{ChildGuard, Cluster, Lab, PasswordKind, wait_until, workspace_bin};
 
 use crate::{ALICE, ClusterState, GetClusterRequest, MONITOR, MonitorClient};
@@ -213,14 +212,7 @@ impl Fleet {
 
     /// Node `i`'s watchdog status, if it answers.
     pub async fn watchdog(&self, i: usize) -> Option<WatchdogStatus> {
-        let sock = self.nodes[i].dir.join("run/watchdog.sock");
-        let ch = pgwarden_proto::uds::connect(&sock).await.ok()?;
-        let mut client = WatchdogClient::new(ch);
-        let r = tokio::time::timeout(
-            Duration::from_secs(2),
-            client.get_status(GetStatusRequest {}),
-        );
-        r.await.ok()?.ok().map(|r| r.into_inner())
+        crate::watchdog_status(&self.nodes[i].dir.join("run")).await
     }
 
     /// Node `i`'s monitor state, if it answers.
@@ -255,12 +247,7 @@ impl Fleet {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        if !crate::poll_until(timeout, f).await {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}{}",
-                self.logs()
-            );
-        }
+        crate::wait_or_panic(timeout, what, || self.logs(), f).await;
     }
 
     /// Runs `sql` with psql from the client namespace through the delegate

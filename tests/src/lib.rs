@@ -713,6 +713,37 @@ where
     false
 }
 
+/// [`poll_until`], panicking with `what` and the `logs` when `f` never holds.
+pub async fn wait_or_panic<F, Fut>(
+    timeout: Duration,
+    what: &str,
+    logs: impl FnOnce() -> String,
+    f: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    if !poll_until(timeout, f).await {
+        panic!("timed out after {timeout:?} waiting for {what}{}", logs());
+    }
+}
+
+/// `GetStatus` of the watchdog whose socket is in `runtime_dir`, if it
+/// answers within 2 s.
+pub async fn watchdog_status(
+    runtime_dir: &std::path::Path,
+) -> Option<pgwarden_proto::v1::WatchdogStatus> {
+    use pgwarden_proto::uds::{self, Daemon};
+    use pgwarden_proto::v1::{GetStatusRequest, watchdog_client::WatchdogClient};
+    let ch = uds::connect(&uds::socket_path(runtime_dir, Daemon::Watchdog))
+        .await
+        .ok()?;
+    let mut client = WatchdogClient::new(ch);
+    let call = client.get_status(GetStatusRequest {});
+    let reply = tokio::time::timeout(Duration::from_secs(2), call).await;
+    reply.ok()?.ok().map(|r| r.into_inner())
+}
+
 /// The last `n` lines of a daemon's log under `title`, for a failure
 /// message, without the noise that would hide what matters: tonic's
 /// reconnect attempts to a stopped peer and the checks' SQL.

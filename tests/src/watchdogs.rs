@@ -7,8 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use pgwarden_proto::uds::{self, Daemon};
-use pgwarden_proto::v1::watchdog_client::WatchdogClient;
-use pgwarden_proto::v1::{GetStatusRequest, WatchdogStatus};
+use pgwarden_proto::v1::WatchdogStatus;
 use pgwarden_testkit::{ChildGuard, free_port, workspace_bin};
 use tokio::sync::oneshot;
 
@@ -168,14 +167,7 @@ impl Watchdogs {
 
     /// Node `i`'s watchdog status, if it answers.
     pub async fn status(&self, i: usize) -> Option<WatchdogStatus> {
-        let sock = self.nodes[i].dir.join("run/watchdog.sock");
-        let ch = uds::connect(&sock).await.ok()?;
-        let mut client = WatchdogClient::new(ch);
-        let r = tokio::time::timeout(
-            Duration::from_secs(2),
-            client.get_status(GetStatusRequest {}),
-        );
-        r.await.ok()?.ok().map(|r| r.into_inner())
+        crate::watchdog_status(&self.nodes[i].dir.join("run")).await
     }
 
     /// The node with Raft id `id`.
@@ -229,12 +221,7 @@ impl Watchdogs {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = bool>,
     {
-        if !crate::poll_until(timeout, f).await {
-            panic!(
-                "timed out after {timeout:?} waiting for {what}{}",
-                self.logs()
-            );
-        }
+        crate::wait_or_panic(timeout, what, || self.logs(), f).await;
     }
 
     /// The newest epoch node `i` has persisted for peer `peer`.

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgwarden_proto::root_cause;
 use pgwarden_proto::uds::{self, Daemon, UdsError};
 use pgwarden_tls::rustls::ClientConfig;
 use tonic::transport::Channel;
@@ -191,17 +192,6 @@ impl Socket {
             reason,
         }
     }
-}
-
-/// The innermost error of a chain: for a failed connect, the `io::Error`
-/// (`Connection refused (os error 111)`) rather than tonic's
-/// `transport error`.
-fn root_cause(error: &(dyn StdError + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 #[cfg(test)]

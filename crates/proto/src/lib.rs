@@ -54,6 +54,17 @@
 /// refuses it, never hands it on again.
 pub const OPERATOR_FORWARDED: &str = "pgwarden-forwarded";
 
+/// The innermost error of a chain: for a failed connect, the `io::Error`
+/// (`Connection refused (os error 111)`, `received fatal alert: ...`)
+/// rather than tonic's `transport error`.
+pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
 pub mod lsn;
 pub mod metrics;
 pub mod tcp;

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::either::Either;
 use tonic::transport::server::Connected;
 
 /// How long a client may take over its TLS handshake.
@@ -21,14 +22,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// backlog, so unauthenticated clients cannot hold more than this.
 const HANDSHAKES: usize = 64;
 
-/// An accepted connection, plain or TLS.
+/// An accepted connection, plain or TLS (its certificate checked).
 #[derive(Debug)]
-pub enum Conn {
-    /// Plain TCP (no TLS configured).
-    Plain(TcpStream),
-    /// TLS, the client's certificate checked.
-    Tls(Box<TlsStream<TcpStream>>),
-}
+pub struct Conn(Either<TcpStream, Box<TlsStream<TcpStream>>>);
 
 /// Who is at the other end: what tonic hands the services as the request's
 /// connect info.
@@ -40,34 +36,21 @@ pub struct Peer {
     pub name: Option<String>,
 }
 
-impl Conn {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Conn::Plain(s) => s,
-            Conn::Tls(s) => s.get_ref().0,
-        }
-    }
-
-    fn certificate_name(&self) -> Option<String> {
-        match self {
-            Conn::Plain(_) => None,
-            Conn::Tls(s) => s
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(pgwarden_tls::common_name),
-        }
-    }
-}
-
 impl Connected for Conn {
     type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Peer {
+        let (tcp, name) = match &self.0 {
+            Either::Left(tcp) => (tcp, None),
+            Either::Right(tls) => {
+                let (tcp, session) = tls.get_ref();
+                let leaf = session.peer_certificates().and_then(|c| c.first());
+                (tcp, leaf.and_then(pgwarden_tls::common_name))
+            }
+        };
         Peer {
-            address: self.tcp().peer_addr().ok(),
-            name: self.certificate_name(),
+            address: tcp.peer_addr().ok(),
+            name,
         }
     }
 }
@@ -78,10 +61,7 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
     }
 }
 
@@ -91,24 +71,15 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
     }
 
     fn poll_write_vectored(
@@ -116,17 +87,11 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
+        Pin::new(&mut self.get_mut().0).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match self {
-            Conn::Plain(s) => s.is_write_vectored(),
-            Conn::Tls(s) => s.is_write_vectored(),
-        }
+        self.0.is_write_vectored()
     }
 }
 
@@ -173,7 +138,7 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let Some(acceptor) = tls.clone() else {
             drop(permit);
-            if tx.send(Ok(Conn::Plain(tcp))).await.is_err() {
+            if tx.send(Ok(Conn(Either::Left(tcp)))).await.is_err() {
                 return;
             }
             continue;
@@ -183,7 +148,7 @@ async fn accept_loop(
             let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(stream)) => {
-                    let _ = tx.send(Ok(Conn::Tls(Box::new(stream)))).await;
+                    let _ = tx.send(Ok(Conn(Either::Right(Box::new(stream))))).await;
                 }
                 Ok(Err(e)) => {
                     tracing::warn!(%address, error = %e, "{what} refused: TLS handshake failed");

@@ -119,20 +119,12 @@ impl<S: Served> Service<http::Request<Body>> for Forward<S> {
                 Err(e) => Ok(tonic::Status::unavailable(format!(
                     "pgwarden-{} does not answer on this node: {}",
                     S::DAEMON,
-                    root_cause(&e)
+                    crate::root_cause(&e)
                 ))
                 .into_http()),
             }
         })
     }
-}
-
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
-    cause.to_string()
 }
 
 /// A tonic router with every daemon's service (and the monitor's health)
