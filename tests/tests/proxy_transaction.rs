@@ -617,3 +617,155 @@ async fn idle_clients_and_their_statements_move_to_a_new_primary_open_transactio
         "the open transaction's rows were not committed"
     );
 }
+
+/// A frontend message of type `tag` whose body is `parts`, each followed by
+/// a NUL when it is a string (`Ok`), as is otherwise (`Err`).
+fn frontend_message(tag: u8, parts: &[Result<&str, &[u8]>]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for p in parts {
+        match p {
+            Ok(s) => {
+                body.extend_from_slice(s.as_bytes());
+                body.push(0);
+            }
+            Err(b) => body.extend_from_slice(b),
+        }
+    }
+    let mut m = vec![tag];
+    m.extend_from_slice(&((body.len() + 4) as u32).to_be_bytes());
+    m.extend(body);
+    m
+}
+
+fn parse_msg(name: &str, sql: &str) -> Vec<u8> {
+    frontend_message(b'P', &[Ok(name), Ok(sql), Err(&[0, 0])])
+}
+
+fn bind_execute(name: &str) -> Vec<u8> {
+    let mut m = frontend_message(b'B', &[Ok(""), Ok(name), Err(&[0, 0, 0, 0, 0, 0])]);
+    m.extend(frontend_message(b'E', &[Ok(""), Err(&[0, 0, 0, 0])]));
+    m
+}
+
+fn sync_msg() -> Vec<u8> {
+    frontend_message(b'S', &[])
+}
+
+/// Reads messages until `done` holds for what was read.
+fn read_until(
+    s: &mut std::net::TcpStream,
+    done: impl Fn(&[(u8, Vec<u8>)]) -> bool,
+) -> Vec<(u8, Vec<u8>)> {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !done(&messages(&got)) {
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed: {:?}", messages(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    messages(&got)
+}
+
+fn readies(n: usize) -> impl Fn(&[(u8, Vec<u8>)]) -> bool {
+    move |m| m.iter().filter(|(t, _)| *t == b'Z').count() >= n
+}
+
+/// What a client sees of replies: types, row values, error codes.
+fn seen(msgs: &[(u8, Vec<u8>)]) -> Vec<String> {
+    msgs.iter()
+        .map(|(t, body)| match t {
+            b'D' => format!(
+                "D {}",
+                first_value(&[(*t, body.clone())]).unwrap_or_default()
+            ),
+            b'E' => format!(
+                "E {}",
+                first_sqlstate(&[(*t, body.clone())]).unwrap_or_default()
+            ),
+            b'Z' => format!("Z {}", body[0] as char),
+            _ => (*t as char).to_string(),
+        })
+        .collect()
+}
+
+/// asyncpg's `prepare()` then a simple query, and the like: a Query before
+/// the Sync of extended-protocol messages, answered as PostgreSQL answers
+/// it, and skipped as PostgreSQL skips it when one of them failed.
+fn query_before_sync_conversation(port: u16) -> Vec<Vec<String>> {
+    use std::io::Write;
+    let mut s = raw_login(port);
+    let mut seen_all = Vec::new();
+    // Runs: ParseComplete, BindComplete, row, CommandComplete, then the
+    // Query's answer with its ReadyForQuery, then the Sync's.
+    let mut m = parse_msg("", "SELECT 1");
+    m.extend(bind_execute(""));
+    m.extend(query_message("SELECT 2"));
+    m.extend(sync_msg());
+    s.write_all(&m).unwrap();
+    seen_all.push(seen(&read_until(&mut s, readies(2))));
+    // A failed Parse: the Query and the next Parse are skipped; one
+    // ReadyForQuery, the Sync's.
+    let mut m = parse_msg("bad", "SELEC 1");
+    m.extend(query_message("SELECT 3"));
+    m.extend(parse_msg("good", "SELECT 4"));
+    m.extend(sync_msg());
+    s.write_all(&m).unwrap();
+    seen_all.push(seen(&read_until(&mut s, readies(1))));
+    // Neither statement exists.
+    let mut m = bind_execute("good");
+    m.extend(sync_msg());
+    s.write_all(&m).unwrap();
+    seen_all.push(seen(&read_until(&mut s, readies(1))));
+    // The Query's own error skips nothing after it.
+    let mut m = parse_msg("a", "SELECT 5");
+    m.extend(query_message("SELEC 6"));
+    m.extend(bind_execute("a"));
+    m.extend(sync_msg());
+    s.write_all(&m).unwrap();
+    seen_all.push(seen(&read_until(&mut s, readies(2))));
+    // asyncpg's way: Parse and Flush, the error read, then a Query (skipped)
+    // and the Sync.
+    let mut m = parse_msg("p", "SELEC 7");
+    m.extend(frontend_message(b'H', &[]));
+    s.write_all(&m).unwrap();
+    seen_all.push(seen(&read_until(&mut s, |m| {
+        m.iter().any(|(t, _)| *t == b'E')
+    })));
+    s.write_all(&query_message("SELECT 8")).unwrap();
+    s.write_all(&sync_msg()).unwrap();
+    seen_all.push(seen(&read_until(&mut s, readies(1))));
+    s.write_all(&query_message("SELECT 9")).unwrap();
+    seen_all.push(seen(&read_until(&mut s, readies(1))));
+    seen_all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_before_sync_is_answered_and_skipped_as_on_postgresql() {
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 1);
+    let port = cluster.primary().port();
+    let direct = tokio::task::spawn_blocking(move || query_before_sync_conversation(port))
+        .await
+        .unwrap();
+    assert_eq!(
+        direct[0],
+        ["1", "2", "D 1", "C", "T", "D 2", "C", "Z I", "Z I"],
+        "PostgreSQL's own answer, which the proxy must give"
+    );
+    let port = proxy.port;
+    let proxied = tokio::task::spawn_blocking(move || query_before_sync_conversation(port))
+        .await
+        .unwrap();
+    assert_eq!(proxied, direct);
+    // The connection went back to the pool in order: another client on
+    // the one server connection gets its own answers.
+    let other = proxy.alice().await;
+    let v: i32 = other.query_one("SELECT 10", &[]).await.unwrap().get(0);
+    assert_eq!(v, 10);
+    assert!(
+        !proxy.log().contains("0A000"),
+        "{}",
+        log_tail("proxy", &proxy.log(), 30)
+    );
+}

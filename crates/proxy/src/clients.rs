@@ -165,6 +165,14 @@ impl Activity {
         self.copy_ended.store(true, Ordering::Relaxed);
     }
 
+    /// `n` requests will not be answered: the server skipped them after
+    /// an error, up to a Sync.
+    pub fn unanswered(&self, n: u32) {
+        if n > 0 {
+            self.owed.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
     /// The server sent ReadyForQuery.
     pub fn ready(&self) {
         self.owed.fetch_sub(1, Ordering::Relaxed);

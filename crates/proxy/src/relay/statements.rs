@@ -20,6 +20,13 @@
 //!   saying what becomes of its reply ([`Edit`]). After an ErrorResponse
 //!   the server skips the rest of the batch up to Sync, and so do the
 //!   entries: what they would have created is undone.
+//! - A Query or FunctionCall sent after extended-protocol messages, before
+//!   their Sync (asyncpg does this), is legal: the server runs it, unless
+//!   one of those messages failed, and then skips it with the rest up to
+//!   the Sync, so no ReadyForQuery answers it. To tell the two apart the
+//!   proxy sends a *marker* before it, a Close of a statement no server has:
+//!   its CloseComplete (dropped) says the messages before it succeeded; an
+//!   error while it is outstanding is theirs, and the Query is skipped.
 //!
 //! The common case costs nothing: a message without a statement name
 //! (simple Query, unnamed Parse/Bind, Execute, Sync, CopyData) is passed on
@@ -143,6 +150,9 @@ struct Pending {
     /// Which batch (up to a Sync, Query or FunctionCall) the message is in.
     batch: u64,
     edit: Edit,
+    /// The marker sent before a Query or FunctionCall that follows
+    /// unsynced extended-protocol messages.
+    marker: bool,
     /// Undone when the server skips the message (an error before it).
     undo_server: Option<Definition>,
     undo_client: Option<Box<[u8]>>,
@@ -165,6 +175,14 @@ pub struct Fed {
     pub terminate: bool,
 }
 
+/// What ends a batch the server answers with one ReadyForQuery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Sync,
+    /// A Query or FunctionCall.
+    Request,
+}
+
 /// Whether buffered client bytes are enough to start a transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
@@ -185,6 +203,18 @@ pub struct Tracker {
     queue: VecDeque<Pending>,
     sent_batches: u64,
     done_batches: u64,
+    /// How each batch sent and not yet answered ends, oldest first.
+    ends: VecDeque<End>,
+    /// Extended-protocol messages were sent since the last Sync, Query or
+    /// FunctionCall.
+    open_extended: bool,
+    /// An extended-protocol message failed and nothing sent since has
+    /// reached its Sync: the server skips whatever the client sends up to
+    /// the next Sync.
+    skipping: bool,
+    /// Queries and FunctionCalls the server skipped: ReadyForQuery replies
+    /// that will not come (taken by [`Tracker::take_skipped`]).
+    skipped: u32,
     max_prepared: usize,
     max_message: u32,
     /// Body bytes of a streamed message still to pass on.
@@ -211,6 +241,10 @@ impl Tracker {
             queue: VecDeque::new(),
             sent_batches: 0,
             done_batches: 0,
+            ends: VecDeque::new(),
+            open_extended: false,
+            skipping: false,
+            skipped: 0,
             max_prepared,
             max_message,
             streaming: 0,
@@ -237,7 +271,17 @@ impl Tracker {
         self.queue.clear();
         self.sent_batches = 0;
         self.done_batches = 0;
+        self.ends.clear();
+        self.open_extended = false;
+        self.skipping = false;
+        self.skipped = 0;
         self.unnamed_parsed = false;
+    }
+
+    /// ReadyForQuery replies the server will not send after all: Queries
+    /// and FunctionCalls it skipped after an error, since the last call.
+    pub fn take_skipped(&mut self) -> u32 {
+        std::mem::take(&mut self.skipped)
     }
 
     /// The server sent ReadyForQuery with transaction status `status`.
@@ -330,14 +374,19 @@ impl Tracker {
             if !scan::is_frontend_tag(tag) {
                 return Err(ProtocolError::UnexpectedMessage { tag });
             }
-            if matches!(tag, b'Q' | b'F') && activity.unsynced() {
-                // Valid protocol, but the server would skip it after an
-                // error in the batch, and the replies could no longer be
-                // told apart.
-                return Err(ProtocolError::NotSupported {
-                    what: "a Query or FunctionCall before the Sync of an extended-query batch, \
-                           in transaction pooling (use session pooling)",
+            if matches!(tag, b'Q' | b'F') && self.open_extended && !self.skipping {
+                // Before the Sync of extended-protocol messages: a marker
+                // first, to know whether they failed (module docs).
+                let o = out.get_or_insert_with(|| {
+                    let mut o = BytesMut::with_capacity(pos + 64);
+                    o.extend_from_slice(buf.get(..pos).unwrap_or_default());
+                    o
                 });
+                close_statement(o, NO_STATEMENT);
+                self.push(Edit::Drop, None, None);
+                if let Some(p) = self.queue.back_mut() {
+                    p.marker = true;
+                }
             }
             if !Self::is_whole(tag, body_len) {
                 match tag {
@@ -390,36 +439,52 @@ impl Tracker {
 
     fn count(&mut self, tag: u8, activity: &Activity) {
         match tag {
+            // Skipped by the server, unanswered.
+            b'Q' | b'F' if self.skipping => {}
             b'Q' => {
                 activity.request();
                 activity.command();
-                self.sent_batches += 1;
+                self.end_batch(End::Request);
             }
             b'F' => {
                 activity.request();
-                self.sent_batches += 1;
+                self.end_batch(End::Request);
             }
             b'S' => {
                 let before = activity.owed();
                 activity.sync();
                 if activity.owed() != before {
-                    self.sent_batches += 1;
+                    self.end_batch(End::Sync);
+                    self.skipping = false;
                 }
             }
             b'E' => {
                 activity.set_unsynced(true);
                 activity.command();
+                self.open_extended = true;
             }
             b'c' | b'f' => activity.copy_in_ended(),
-            b'P' | b'B' | b'D' | b'C' => activity.set_unsynced(true),
+            b'P' | b'B' | b'D' | b'C' => {
+                activity.set_unsynced(true);
+                self.open_extended = true;
+            }
             _ => {}
         }
+    }
+
+    fn end_batch(&mut self, end: End) {
+        self.sent_batches += 1;
+        self.ends.push_back(end);
+        self.open_extended = false;
     }
 
     /// The server started a COPY from the client and ignores the `syncs`
     /// Syncs sent since the command that started it.
     pub fn copy_in_started(&mut self, syncs: u32) {
         self.sent_batches = self.sent_batches.saturating_sub(u64::from(syncs));
+        for _ in 0..syncs {
+            self.ends.pop_back();
+        }
         let done = self.done_batches;
         for p in self.queue.iter_mut().filter(|p| p.batch > done) {
             p.batch = p.batch.saturating_sub(u64::from(syncs)).max(done);
@@ -461,6 +526,7 @@ impl Tracker {
         self.queue.push_back(Pending {
             batch: self.sent_batches,
             edit,
+            marker: false,
             undo_server,
             undo_client,
             restore_client: None,
@@ -652,34 +718,78 @@ impl Tracker {
         match tag {
             b'1' | b'3' => self.queue.pop_front().map_or(Edit::Keep, |p| p.edit),
             b'E' => {
-                // The server skips the rest of this batch; so do its entries.
-                while self
-                    .queue
-                    .front()
-                    .is_some_and(|p| p.batch == self.done_batches)
-                {
-                    if let Some(p) = self.queue.pop_front() {
-                        if let Some(def) = &p.undo_server {
-                            server.remove(def);
-                        }
-                        if let Some(name) = &p.undo_client {
-                            self.client.remove(name);
-                        }
-                        if let Some((name, def)) = p.restore_client {
-                            self.client.insert(name, def);
-                        }
-                        if let Some((def, id)) = p.restore_server {
-                            server.restore(def, id);
-                        }
-                    }
-                }
+                self.failed(server);
                 Edit::Keep
             }
             b'Z' => {
+                // Anything of this batch still unanswered was skipped.
+                self.skip_batch(self.done_batches, server);
+                self.ends.pop_front();
                 self.done_batches += 1;
                 Edit::Keep
             }
             _ => Edit::Keep,
+        }
+    }
+}
+
+impl Tracker {
+    /// The server sent ErrorResponse for the oldest unanswered batch. When
+    /// an extended-protocol message failed, the server skips everything up
+    /// to the next Sync: the rest of the batch, and the Queries and
+    /// FunctionCalls before that Sync with their batches, which will get
+    /// no ReadyForQuery. A Query's own error skips nothing after it.
+    fn failed(&mut self, server: &mut ServerStatements) {
+        let batch = self.done_batches;
+        let extended = match self.ends.front() {
+            None => self.open_extended,
+            Some(End::Sync) => true,
+            Some(End::Request) => self
+                .queue
+                .iter()
+                .take_while(|p| p.batch == batch)
+                .any(|p| p.marker),
+        };
+        self.skip_batch(batch, server);
+        if !extended || self.ends.front() == Some(&End::Sync) {
+            return;
+        }
+        let mut requests = 0u64;
+        while self.ends.front() == Some(&End::Request) {
+            self.ends.pop_front();
+            requests += 1;
+            self.skip_batch(batch + requests, server);
+        }
+        // The loop skipped the Sync's batch too (or the open one).
+        if self.ends.is_empty() {
+            // The Sync is still to come.
+            self.skipping = true;
+        }
+        // The skipped batches are gone: renumber those after them.
+        self.sent_batches -= requests;
+        for p in &mut self.queue {
+            p.batch -= requests;
+        }
+        self.skipped += u32::try_from(requests).unwrap_or(u32::MAX);
+    }
+
+    /// Undoes the unanswered entries of `batch`: the server skipped them.
+    fn skip_batch(&mut self, batch: u64, server: &mut ServerStatements) {
+        while self.queue.front().is_some_and(|p| p.batch == batch) {
+            if let Some(p) = self.queue.pop_front() {
+                if let Some(def) = &p.undo_server {
+                    server.remove(def);
+                }
+                if let Some(name) = &p.undo_client {
+                    self.client.remove(name);
+                }
+                if let Some((name, def)) = p.restore_client {
+                    self.client.insert(name, def);
+                }
+                if let Some((def, id)) = p.restore_server {
+                    server.restore(def, id);
+                }
+            }
         }
     }
 }

@@ -275,7 +275,12 @@ impl Observer for Replies<'_, '_> {
         if !Tracker::follows_reply(tag) {
             return Ok(Flow::Continue);
         }
-        let edit = lock(self.tracker).reply(tag, &mut lock(self.statements));
+        let mut tracker = lock(self.tracker);
+        let edit = tracker.reply(tag, &mut lock(self.statements));
+        if tag == b'E' {
+            self.activity.unanswered(tracker.take_skipped());
+        }
+        drop(tracker);
         if edit != Edit::Keep {
             self.edits.push((offset, edit));
         }

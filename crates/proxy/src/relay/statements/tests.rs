@@ -451,18 +451,142 @@ fn another_clients_unnamed_statement_is_never_run() {
     assert_eq!(send(&mut t, &mut s, &input), input);
 }
 
+/// Feeds `input` whole, counting in `activity`; returns the message types
+/// that go to the server.
+fn send_counted(t: &mut Tracker, s: &mut ServerStatements, a: &Activity, input: &[u8]) -> Vec<u8> {
+    let fed = t.feed(input, s, a).unwrap();
+    assert_eq!(fed.upto, input.len(), "all consumed");
+    let out = fed.rewritten.map_or_else(|| input.to_vec(), |b| b.to_vec());
+    messages(&out).iter().map(|m| m.0).collect()
+}
+
+fn describe(name: &str) -> Vec<u8> {
+    let mut b = BytesMut::new();
+    frontend::describe(b'S', name, &mut b).unwrap();
+    b.to_vec()
+}
+
 #[test]
-fn a_query_inside_an_unsynced_batch_is_refused() {
+fn a_query_before_sync_runs_after_a_marker_whose_reply_is_dropped() {
     let mut t = Tracker::new(200, 1 << 20);
     let mut s = ServerStatements::default();
-    let activity = Activity::default();
-    let input = cat(&[parse("", "SELECT 1"), query("SELECT 2")]);
-    let e = t.feed(&input, &mut s, &activity).unwrap_err();
+    let a = Activity::default();
+    let input = cat(&[
+        parse("", "SELECT $1"),
+        bind(""),
+        query("SELECT 2"),
+        execute_sync(),
+    ]);
+    let sent = send_counted(&mut t, &mut s, &a, &input);
+    assert_eq!(sent, b"PBCQES", "a Close (the marker) before the Query");
+    assert_eq!(a.owed(), 2, "the Query and the Sync");
+    assert_eq!(t.reply(b'1', &mut s), Edit::Keep);
     assert_eq!(
-        e.sqlstate(),
-        "0A000",
-        "valid protocol, but not followed: {e}"
+        t.reply(b'3', &mut s),
+        Edit::Drop,
+        "the marker's CloseComplete"
     );
+    t.reply(b'Z', &mut s);
+    t.reply(b'Z', &mut s);
+    assert_eq!(t.take_skipped(), 0);
+    // After the Sync, a Query needs no marker.
+    assert_eq!(send_counted(&mut t, &mut s, &a, &query("SELECT 3")), b"Q");
+}
+
+#[test]
+fn a_failed_parse_skips_the_query_and_the_statements_before_the_sync() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    let a = Activity::default();
+    let input = cat(&[
+        parse("bad", "SELEC 1"),
+        query("SELECT 2"),
+        parse("good", "SELECT 1"),
+        execute_sync(),
+    ]);
+    send_counted(&mut t, &mut s, &a, &input);
+    assert_eq!(a.owed(), 2);
+    // The Parse fails: the server skips the Query (no ReadyForQuery for
+    // it), the marker and the second Parse, up to the Sync.
+    t.reply(b'E', &mut s);
+    assert_eq!(
+        t.take_skipped(),
+        1,
+        "the Query's ReadyForQuery will not come"
+    );
+    t.reply(b'Z', &mut s);
+    assert_eq!(
+        t.statements(),
+        0,
+        "neither statement exists, as on PostgreSQL"
+    );
+    assert!(s.is_empty(), "nor on the server");
+    // The next batch is answered in order.
+    let sent = send_counted(
+        &mut t,
+        &mut s,
+        &a,
+        &cat(&[parse("good", "SELECT 1"), execute_sync()]),
+    );
+    assert_eq!(sent, b"PES");
+    assert_eq!(t.reply(b'1', &mut s), Edit::Keep);
+    t.reply(b'Z', &mut s);
+    assert_eq!(t.statements(), 1);
+}
+
+#[test]
+fn a_querys_own_error_skips_nothing_after_it() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    let a = Activity::default();
+    let input = cat(&[
+        parse("a", "SELECT 1"),
+        query("SELEC 2"),
+        parse("b", "SELECT 2"),
+        execute_sync(),
+    ]);
+    send_counted(&mut t, &mut s, &a, &input);
+    assert_eq!(t.reply(b'1', &mut s), Edit::Keep, "a's ParseComplete");
+    assert_eq!(t.reply(b'3', &mut s), Edit::Drop, "the marker");
+    t.reply(b'E', &mut s);
+    assert_eq!(
+        t.take_skipped(),
+        0,
+        "the Query's own error: its ReadyForQuery follows"
+    );
+    t.reply(b'Z', &mut s);
+    assert_eq!(t.reply(b'1', &mut s), Edit::Keep, "b's ParseComplete");
+    t.reply(b'Z', &mut s);
+    assert_eq!(t.statements(), 2);
+}
+
+#[test]
+fn a_query_sent_after_the_error_arrived_is_skipped_until_the_sync() {
+    // asyncpg: Parse, Describe, Flush; the error comes back; then a Query.
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    let a = Activity::default();
+    let mut flush = BytesMut::new();
+    frontend::flush(&mut flush);
+    send_counted(
+        &mut t,
+        &mut s,
+        &a,
+        &cat(&[parse("p", "SELEC 1"), describe("p"), flush.to_vec()]),
+    );
+    t.reply(b'E', &mut s);
+    assert_eq!(t.take_skipped(), 0);
+    assert_eq!(t.statements(), 0);
+    let sent = send_counted(&mut t, &mut s, &a, &query("SELECT 1"));
+    assert_eq!(sent, b"Q", "no marker: the server skips it anyway");
+    assert_eq!(a.owed(), 0, "and will not answer it");
+    let mut sync = BytesMut::new();
+    frontend::sync(&mut sync);
+    send_counted(&mut t, &mut s, &a, &sync);
+    assert_eq!(a.owed(), 1);
+    t.reply(b'Z', &mut s);
+    assert_eq!(send_counted(&mut t, &mut s, &a, &query("SELECT 1")), b"Q");
+    assert_eq!(a.owed(), 2, "a Query after the Sync is answered");
 }
 
 #[test]
