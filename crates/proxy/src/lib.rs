@@ -7,33 +7,28 @@
 //! client instead of one process.
 //!
 //! - [`Proxy`]: binds, accepts and shuts down ([`Proxy::serve`]).
-//! - [`session`]: one client's life; [`client_auth`]: its authentication;
-//!   [`checkout`]: a server connection for it, and what becomes of it after.
-//! - [`pool`]: the server connection cache; [`server_conn`]: one server connection.
+//! - [`frontend`]: the client side: the startup handshake, pg_hba rules,
+//!   authentication, the session's life, the logged-in clients and their
+//!   cancel keys.
+//! - [`backend`]: one server connection: its login, reset and parameters.
+//! - [`pool`]: the server connections cached per (backend, user, database)
+//!   and the checkout that gives a client one.
 //! - [`relay`]: the data paths: session mode's [`relay::pump`], and
-//!   transaction mode's tracker and loop; [`clients`]: the logged-in
-//!   clients, their cancel keys and their termination.
-//! - [`admin`]: the admin API on `proxy.sock`.
-//! - [`routing`]: which backend is the primary.
+//!   transaction mode's tracker and loop.
+//! - [`route`]: which backend takes the next transaction: the primary, as
+//!   the monitor says.
+//! - `net`: the byte streams (plain TCP, TLS, unix sockets).
+//! - [`admin`]: the admin API on `proxy.sock`; [`metrics`].
 
 pub mod admin;
-pub mod checkout;
-pub mod client_auth;
-pub mod clients;
-pub mod follow;
-pub mod handshake;
-pub mod hba;
+pub mod backend;
+pub mod frontend;
 pub mod metrics;
 mod net;
 pub mod pool;
 pub mod relay;
-pub mod routing;
-pub mod server_conn;
-pub mod session;
+pub mod route;
 pub mod settings;
-pub mod startup_params;
-pub mod throttle;
-pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,10 +45,12 @@ use tokio_util::task::TaskTracker;
 pub use settings::Settings;
 
 use crate::admin::AdminService;
-use crate::client_auth::Users;
-use crate::clients::ClientRegistry;
+use crate::frontend::auth::Users;
+use crate::frontend::clients::ClientRegistry;
+use crate::frontend::{handshake, hba, session, throttle};
+use crate::net::tls;
 use crate::pool::{PoolLimits, Pools};
-use crate::routing::Router;
+use crate::route::Router;
 
 /// Why the proxy could not start (or reload).
 #[derive(Debug, thiserror::Error)]
@@ -330,9 +327,9 @@ impl Proxy {
         tokio::spawn(async move {
             let s = &sh.settings;
             if s.follow_monitor {
-                follow::run(&sh, &stop).await;
+                route::follow::run(&sh, &stop).await;
             } else {
-                routing::discover(&sh.router, &s.backends, &s.discovery, &sh.tls, &stop).await;
+                route::discover(&sh.router, &s.backends, &s.discovery, &sh.tls, &stop).await;
             }
         });
         if let Some(listener) = metrics {

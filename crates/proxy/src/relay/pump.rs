@@ -25,8 +25,8 @@ use postgres_protocol::message::frontend;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::clients::Activity;
-use crate::server_conn::ServerConn;
+use crate::backend::ServerConn;
+use crate::frontend::clients::Activity;
 
 pub(crate) const BUF_SIZE: usize = 32 * 1024;
 

@@ -40,7 +40,7 @@ use pgwarden_wire::ProtocolError;
 use pgwarden_wire::scan;
 
 use super::features;
-use crate::clients::Activity;
+use crate::frontend::clients::Activity;
 
 /// A statement's definition: the Parse body after the name.
 pub type Definition = Arc<[u8]>;

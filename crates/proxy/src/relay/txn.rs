@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use super::pump::{self, Owing, PumpEnd, PumpResult, ServerState, StopReason};
 use super::statements::{Edit, ServerStatements, Start, Tracker};
 use crate::Shared;
-use crate::checkout;
-use crate::clients::{Activity, CancelKey};
-use crate::server_conn::{ServerConn, ServerCredentials};
+use crate::backend::{ServerConn, ServerCredentials};
+use crate::frontend::clients::{Activity, CancelKey};
+use crate::pool::checkout;
 
 /// A logged-in transaction-mode client.
 #[derive(Debug)]

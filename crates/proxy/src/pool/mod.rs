@@ -9,6 +9,8 @@
 //! pool never has more than `pool_size` connections open: at the moment one
 //! is opened, every other is held by a permit holder.
 
+pub mod checkout;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::server_conn::ServerConn;
+use crate::backend::ServerConn;
 
 /// What makes server connections interchangeable.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -17,8 +17,8 @@ use pgwarden_wire::frame::{self, Message};
 use pgwarden_wire::{ErrorResponse, ProtocolError, backend, sqlstate};
 use tokio::io::AsyncReadExt;
 
-use crate::hba::Method;
-use crate::server_conn::ServerCredentials;
+use crate::backend::ServerCredentials;
+use crate::frontend::hba::Method;
 use crate::settings::PlainAuth;
 use subtle::ConstantTimeEq;
 

@@ -8,6 +8,8 @@
 //! stream into a [`ReadHalf`] and a [`WriteHalf`] borrowed at once, for the
 //! two directions of the pump.
 
+pub mod tls;
+
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -1,12 +1,14 @@
 //! Which backend takes the clients: the primary.
 //!
 //! [`Router`] publishes the current [`Route`] on a watch channel. Normally
-//! the monitor's cluster state feeds it (see [`crate::follow`]); with
+//! the monitor's cluster state feeds it (see [`crate::route::follow`]); with
 //! `proxy.follow_monitor = false`, [`discover`] finds the primary alone:
 //! every `health_check.period` it asks each backend `pg_is_in_recovery()`
 //! with the health-check role. Either way a backend that stops being the
 //! primary is withdrawn at once: sessions on it end, and clients get a clear
 //! 57P03 rather than writes to a server that may be a standby.
+
+pub mod follow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -143,7 +145,7 @@ pub async fn discover(
     router: &Router,
     backends: &[BackendAddr],
     d: &Discovery,
-    tls: &crate::tls::Tls,
+    tls: &crate::net::tls::Tls,
     stop: &CancellationToken,
 ) {
     let mut clients: Vec<Option<tokio_postgres::Client>> = backends.iter().map(|_| None).collect();

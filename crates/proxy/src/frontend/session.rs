@@ -1,6 +1,6 @@
 //! One client, from its first byte to its last: startup, authentication,
 //! the welcome, then the session: in session mode one server connection for
-//! all of it (taken and given back by [`crate::checkout`]), in transaction
+//! all of it (taken and given back by [`crate::pool::checkout`]), in transaction
 //! mode one per transaction ([`crate::relay`]'s loop).
 
 use std::net::SocketAddr;
@@ -16,16 +16,18 @@ use tokio::io::AsyncReadExt;
 use tracing::Instrument;
 
 use crate::Shared;
-use crate::checkout::{Afterwards, Reject, finish, reject, send_reject, server_for, stopped_error};
-use crate::client_auth::{self, AuthError};
-use crate::clients::ClientMeta;
-use crate::handshake;
+use crate::backend::{ServerConn, ServerCredentials};
+use crate::frontend::auth::{self, AuthError};
+use crate::frontend::clients::ClientMeta;
+use crate::frontend::handshake;
+use crate::frontend::startup_params::StartupParams;
+use crate::pool::checkout::{
+    Afterwards, Reject, finish, reject, send_reject, server_for, stopped_error,
+};
 use crate::relay::pump;
-use crate::server_conn::{ServerConn, ServerCredentials};
-use crate::startup_params::StartupParams;
 
 /// Serves one accepted client: the handshake phase (startup packet and
-/// authentication, bounded by [`crate::handshake`]; `handshake` is its
+/// authentication, bounded by [`crate::frontend::handshake`]; `handshake` is its
 /// place there, taken at accept so the oldest is the first accepted), then, once logged in,
 /// a place among `max_client_connections` (53300 when there is none, as
 /// PostgreSQL says it) and the session. Cancel requests are served in the
@@ -158,7 +160,7 @@ async fn login_phase(
             .and_then(pgwarden_tls::common_name),
         _ => None,
     };
-    let policy = client_auth::Policy {
+    let policy = auth::Policy {
         plain: shared.settings.plain_auth,
         mock_key: &shared.mock_key,
         binding: served.as_ref().and_then(|t| t.end_point.as_deref()),
@@ -183,7 +185,7 @@ async fn login_phase(
 }
 
 /// Holds back the answer to a failed login from `peer` (see
-/// [`crate::throttle`]): this client's task waits, nobody else.
+/// [`crate::frontend::throttle`]): this client's task waits, nobody else.
 async fn delay_failure(shared: &Shared, peer: SocketAddr) {
     let wait = shared.throttle.failed(peer.ip(), std::time::Instant::now());
     if !wait.is_zero() {
@@ -194,17 +196,17 @@ async fn delay_failure(shared: &Shared, peer: SocketAddr) {
 /// The hba file's method for this client, or the 28000 that refuses it, in
 /// PostgreSQL's words.
 fn check_hba(
-    hba: &crate::hba::Hba,
+    hba: &crate::frontend::hba::Hba,
     peer: SocketAddr,
     tls: bool,
     startup: &StartupMessage,
-) -> Result<crate::hba::Method, ErrorResponse> {
+) -> Result<crate::frontend::hba::Method, ErrorResponse> {
     let user = startup.user().unwrap_or_default();
     let database = startup.database().unwrap_or(user);
     // As the split of startup parameters reads it, so the hba check sees
     // every walsender the server would start.
-    let replication = crate::startup_params::physical_replication(&startup.params);
-    let client = crate::hba::Client {
+    let replication = crate::frontend::startup_params::physical_replication(&startup.params);
+    let client = crate::frontend::hba::Client {
         addr: peer.ip(),
         tls,
         user,
@@ -221,7 +223,7 @@ fn check_hba(
         peer.ip().to_canonical()
     );
     match hba.decide(&client) {
-        Some(d) if d.method == crate::hba::Method::Reject => {
+        Some(d) if d.method == crate::frontend::hba::Method::Reject => {
             tracing::info!(
                 line = d.line,
                 user,
@@ -351,15 +353,18 @@ enum Started {
     /// Session mode: with its server connection.
     Session(Session),
     /// Transaction mode: a server connection per transaction.
-    Transaction(crate::clients::CancelKey, Box<crate::relay::txn::TxnClient>),
+    Transaction(
+        crate::frontend::clients::CancelKey,
+        Box<crate::relay::txn::TxnClient>,
+    ),
 }
 
 /// A logged-in client with its server connection.
 struct Session {
     slot: crate::pool::Slot,
     conn: Box<ServerConn>,
-    cancel: crate::clients::CancelKey,
-    route: std::sync::Arc<crate::routing::Route>,
+    cancel: crate::frontend::clients::CancelKey,
+    route: std::sync::Arc<crate::route::Route>,
     /// A replication connection: closed when its client leaves, never
     /// reset or cached.
     replication: bool,
@@ -383,7 +388,7 @@ async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
     startup: &StartupMessage,
-    policy: &client_auth::Policy<'_>,
+    policy: &auth::Policy<'_>,
     peer: SocketAddr,
 ) -> Result<Login, Reject> {
     let mut out = BytesMut::new();
@@ -408,7 +413,7 @@ async fn authenticate(
     // a server afterwards has its own bounds (pool_timeout, a pause,
     // server_connect_timeout), each with its own error.
     let users = shared.users();
-    let exchange = client_auth::authenticate(stream, buf, user, &users, policy);
+    let exchange = auth::authenticate(stream, buf, user, &users, policy);
     let Ok(authenticated) =
         tokio::time::timeout(shared.settings.client_login_timeout, exchange).await
     else {
@@ -494,7 +499,7 @@ async fn start_session(
         let welcome = match shared.pools.welcome(&server_params, &wanted) {
             Some(w) => w,
             None => {
-                let mut memo = crate::checkout::Memo::default();
+                let mut memo = crate::pool::checkout::Memo::default();
                 let (slot, conn, _route) = tokio::select! {
                     r = server_for(shared, &server_params, &wanted, &[], &creds, &mut memo) => r?,
                     () = cancel.stop().cancelled() => return Err(reject(stopped_error(shared))),
@@ -531,7 +536,7 @@ async fn start_session(
         };
         return Ok(Started::Transaction(cancel, Box::new(client)));
     }
-    let mut memo = crate::checkout::Memo::default();
+    let mut memo = crate::pool::checkout::Memo::default();
     let (slot, mut conn, route) = tokio::select! {
         r = server_for(shared, &server_params, &params.replayed, &[], &creds, &mut memo) => r?,
         () = cancel.stop().cancelled() => {

@@ -3,7 +3,7 @@
 //! A long-lived `WatchCluster` stream on `monitor.sock` delivers each
 //! committed generation. The primary of a generation is routable only when
 //! its status is up; a newer generation with another primary (or none)
-//! ends every session on the old one (57P01, see [`crate::session`]) and
+//! ends every session on the old one (57P01, see [`crate::frontend::session`]) and
 //! drops its cached connections. Older or repeated generations are ignored:
 //! the proxy never goes back to a primary it has seen replaced.
 //!

@@ -11,10 +11,10 @@ use pgwarden_wire::{ErrorResponse, sqlstate};
 use std::sync::Arc;
 
 use crate::Shared;
+use crate::backend::{ServerConn, ServerCredentials, ServerError};
 use crate::pool::{Pool, PoolKey};
 use crate::relay::pump::{self, PumpEnd, ServerState, StopReason};
-use crate::routing::Route;
-use crate::server_conn::{ServerConn, ServerCredentials, ServerError};
+use crate::route::Route;
 
 pub(crate) async fn send_reject(stream: &mut Stream, e: Reject) {
     if let Some(bytes) = e {
@@ -112,7 +112,7 @@ pub(crate) async fn server_for(
                 b.port,
                 &pool.key().params,
                 creds,
-                &crate::server_conn::Dial {
+                &crate::backend::Dial {
                     keepalive: settings.tcp_keepalive,
                     tls: shared.tls.to_server(),
                     timeout: settings.server_connect_timeout,
@@ -286,7 +286,7 @@ pub(crate) async fn finish(
     r: pump::PumpResult,
     slot: crate::pool::Slot,
     mut conn: Box<ServerConn>,
-    cancel: &crate::clients::CancelKey,
+    cancel: &crate::frontend::clients::CancelKey,
     route: &Route,
     afterwards: Afterwards<'_>,
 ) {
@@ -373,7 +373,7 @@ pub(crate) async fn finish(
         // terminated backend at once. The pool slot stays taken until the
         // connection is idle again or closed.
         tracing::debug!(end = ?r.end, "cancelling the statement the session left running");
-        crate::clients::send_cancel(conn.addr, conn.key, timeout).await;
+        crate::frontend::clients::send_cancel(conn.addr, conn.key, timeout).await;
     }
     let reusable = matches!(r.end, PumpEnd::ClientTerminated | PumpEnd::ClientGone);
     let idle = match r.server {
@@ -387,7 +387,7 @@ pub(crate) async fn finish(
                     "a server connection did not finish what its client left in time; closing it"
                 );
                 if said_goodbye {
-                    crate::clients::send_cancel(conn.addr, conn.key, timeout).await;
+                    crate::frontend::clients::send_cancel(conn.addr, conn.key, timeout).await;
                 }
             }
             status

@@ -114,7 +114,7 @@ pub struct ServerConn {
     /// `utf8` / `UTF8`), until the session changes or resets them.
     pub applied: Vec<(String, String)>,
     /// The client settings (and believed defaults) the session was last
-    /// found to match, as a [`crate::checkout`] fingerprint; `None` once the
+    /// found to match, as a [`crate::pool::checkout`] fingerprint; `None` once the
     /// server reports a setting changed or a reset, so the next checkout
     /// compares again. Spares the common checkout (the same settings as
     /// the last client's) its comparisons.
@@ -145,7 +145,7 @@ const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
 async fn encrypt(
     mut tcp: TcpStream,
     host: &str,
-    tls: &crate::tls::ToServer,
+    tls: &crate::net::tls::ToServer,
 ) -> Result<Stream, ServerError> {
     let Some(config) = &tls.config else {
         return Ok(tcp.into());
@@ -184,7 +184,7 @@ pub struct Dial {
     /// TCP keepalive.
     pub keepalive: bool,
     /// TLS, as `server_tls` says.
-    pub tls: crate::tls::ToServer,
+    pub tls: crate::net::tls::ToServer,
     /// Connect, TLS, startup and login must finish within this.
     pub timeout: Duration,
 }
