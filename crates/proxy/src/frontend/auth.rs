@@ -138,10 +138,13 @@ pub struct Policy<'a> {
 }
 
 /// Authenticates `user` on `stream` and returns how to log in to servers as
-/// that user. `buf` holds client bytes read but not yet consumed.
+/// that user. `buf` holds client bytes read but not yet consumed; `after`
+/// gets what the client is to be sent with AuthenticationOk (SCRAM's final
+/// message).
 pub async fn authenticate(
     stream: &mut Stream,
     buf: &mut BytesMut,
+    after: &mut BytesMut,
     user: &str,
     users: &Users,
     policy: &Policy<'_>,
@@ -149,20 +152,35 @@ pub async fn authenticate(
     let (plain, mock_key, binding) = (policy.plain, policy.mock_key, policy.binding);
     let found = users.users.get(user);
     if let Some(method) = policy.method {
-        return by_method(stream, buf, user, found, method, policy).await;
+        return by_method(stream, buf, after, user, found, method, policy).await;
     }
     let failed = || AuthError::Failed(user.to_owned());
     match found.map(|u| (&u.secret, u.verifier.as_ref())) {
         Some((Secret::Scram(v), _)) => {
-            let client_key =
-                scram_exchange(stream, buf, ScramServer::new(v.clone()), user, binding).await?;
+            let client_key = scram_exchange(
+                stream,
+                buf,
+                after,
+                ScramServer::new(v.clone()),
+                user,
+                binding,
+            )
+            .await?;
             Ok(ServerCredentials::ScramKey(Credentials::ClientKey {
                 client_key,
                 verifier: v.clone(),
             }))
         }
         Some((Secret::Plain(p), Some(v))) => {
-            scram_exchange(stream, buf, ScramServer::new(v.clone()), user, binding).await?;
+            scram_exchange(
+                stream,
+                buf,
+                after,
+                ScramServer::new(v.clone()),
+                user,
+                binding,
+            )
+            .await?;
             Ok(ServerCredentials::Password(p.clone()))
         }
         Some((Secret::Plain(p), None)) => {
@@ -179,6 +197,7 @@ pub async fn authenticate(
                     scram_exchange(
                         stream,
                         buf,
+                        after,
                         ScramServer::mock(user, mock_key),
                         user,
                         binding,
@@ -219,6 +238,7 @@ fn unproven(found: Option<&User>) -> ServerCredentials {
 async fn by_method(
     stream: &mut Stream,
     buf: &mut BytesMut,
+    after: &mut BytesMut,
     user: &str,
     found: Option<&User>,
     method: Method,
@@ -275,9 +295,15 @@ async fn by_method(
         Method::Md5 | Method::ScramSha256 => {
             match found.map(|u| (&u.secret, u.verifier.as_ref())) {
                 Some((Secret::Scram(v), _)) => {
-                    let client_key =
-                        scram_exchange(stream, buf, ScramServer::new(v.clone()), user, binding)
-                            .await?;
+                    let client_key = scram_exchange(
+                        stream,
+                        buf,
+                        after,
+                        ScramServer::new(v.clone()),
+                        user,
+                        binding,
+                    )
+                    .await?;
                     Ok(ServerCredentials::ScramKey(Credentials::ClientKey {
                         client_key,
                         verifier: v.clone(),
@@ -299,7 +325,7 @@ async fn by_method(
                                 .map_err(|_| AuthError::Failed(user.to_owned()))?
                         }
                     };
-                    scram_exchange(stream, buf, ScramServer::new(v), user, binding).await?;
+                    scram_exchange(stream, buf, after, ScramServer::new(v), user, binding).await?;
                     Ok(ServerCredentials::Password(p.clone()))
                 }
                 Some((Secret::Md5(m), _)) if method == Method::Md5 => {
@@ -309,7 +335,7 @@ async fn by_method(
                 // An md5 secret cannot check SCRAM, and nobody is unknown
                 // in a way a client can tell.
                 Some((Secret::Md5(_), _)) | None => {
-                    scram_exchange(stream, buf, mock(), user, binding).await?;
+                    scram_exchange(stream, buf, after, mock(), user, binding).await?;
                     Err(failed())
                 }
             }
@@ -320,6 +346,7 @@ async fn by_method(
 async fn scram_exchange(
     stream: &mut Stream,
     buf: &mut BytesMut,
+    after: &mut BytesMut,
     server: ScramServer,
     user: &str,
     binding: Option<&[u8]>,
@@ -357,9 +384,9 @@ async fn scram_exchange(
     let m = read_password_message(stream, buf).await?;
     match server.client_final(&m.body) {
         Ok(ok) => {
-            out.clear();
-            backend::authentication_sasl_final(&mut out, &ok.server_final);
-            send(stream, &out).await?;
+            // Sent with AuthenticationOk and the welcome, not alone: as
+            // PostgreSQL does, one write less per login.
+            backend::authentication_sasl_final(after, &ok.server_final);
             Ok(ok.client_key)
         }
         Err(ScramError::InvalidProof) => Err(AuthError::Failed(user.to_owned())),

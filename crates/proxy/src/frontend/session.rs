@@ -413,7 +413,7 @@ async fn authenticate(
     // a server afterwards has its own bounds (pool_timeout, a pause,
     // server_connect_timeout), each with its own error.
     let users = shared.users();
-    let exchange = auth::authenticate(stream, buf, user, &users, policy);
+    let exchange = auth::authenticate(stream, buf, &mut out, user, &users, policy);
     let Ok(authenticated) =
         tokio::time::timeout(shared.settings.client_login_timeout, exchange).await
     else {
