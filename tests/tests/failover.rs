@@ -581,3 +581,84 @@ async fn a_restarted_monitor_publishes_nothing_before_it_has_decided() {
     }
     drop(held);
 }
+
+/// A writer that opens a new connection for each INSERT, every 50 ms, while
+/// the primary is killed: logins and transactions wait for the new primary
+/// (`proxy.failover_hold_timeout`) instead of failing, so it sees no error,
+/// and every row it was told was written is on the new primary.
+async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
+    let cluster = cluster(1);
+    let proxy = Proxy::start(&cluster, options);
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    proxy
+        .alice()
+        .await
+        .batch_execute("CREATE TABLE ledger (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    let mut errors = Vec::new();
+    let mut killed: Option<Instant> = None;
+    let mut slowest_after_kill = Duration::ZERO;
+    let mut i = 0;
+    let started = Instant::now();
+    while acked.len() < 40 && started.elapsed() < Duration::from_secs(90) {
+        let attempt = Instant::now();
+        let mut client = None;
+        match insert(&mut client, &proxy, i).await {
+            Ok(()) => acked.push(i),
+            Err(e) => errors.push(format!("row {i}: {e}")),
+        }
+        if killed.is_some() {
+            slowest_after_kill = slowest_after_kill.max(attempt.elapsed());
+        }
+        drop(client);
+        if i == 10 {
+            // Between two of the writer's attempts, once the standby has
+            // every acknowledged row (asynchronous replication would lose
+            // the rest, which is another issue's matter).
+            cluster.wait_replicated(Duration::from_secs(20)).unwrap();
+            cluster.node(0).stop(StopMode::Immediate).unwrap();
+            killed = Some(Instant::now());
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        errors.is_empty(),
+        "the writer saw errors through the failover: {errors:?}\n{}",
+        log_tail("proxy", &proxy.log(), 40)
+    );
+    assert_eq!(acked.len(), 40, "the writer did not get through");
+    let state = proxy.cluster_state().await;
+    assert_eq!(state.primary_id, Some(1), "{state:#?}");
+    let on_new: i64 = proxy
+        .alice()
+        .await
+        .query_one("SELECT count(*) FROM ledger", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(on_new as usize, acked.len(), "acknowledged rows lost");
+    eprintln!("the longest attempt after the kill took {slowest_after_kill:?}");
+    let metrics = scrape(proxy.proxy_metrics).unwrap();
+    assert!(
+        metric(&metrics, "pgwarden_proxy_held_checkouts_total").unwrap_or(0.0) >= 1.0,
+        "the writer was held: {metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_connecting_per_insert_sees_no_error_through_a_primary_kill_in_session_mode() {
+    a_writer_sees_no_error_through_a_primary_kill(ProxyOptions::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_connecting_per_insert_sees_no_error_through_a_primary_kill_in_transaction_mode() {
+    a_writer_sees_no_error_through_a_primary_kill(
+        ProxyOptions::default().set("pool_mode = \"transaction\""),
+    )
+    .await;
+}

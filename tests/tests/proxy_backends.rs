@@ -49,13 +49,49 @@ async fn no_primary_means_57p03_not_a_standby() {
             backends: Some(vec![1]),
             ..Default::default()
         }
-        .set("server_connect_timeout = \"2s\""),
+        .set("server_connect_timeout = \"2s\"")
+        .set("failover_hold_timeout = \"2s\""),
     );
     let err = proxy
         .connect(ALICE.0, ALICE.1, "app")
         .await
         .expect_err("no primary");
     assert_eq!(sqlstate(&err).as_deref(), Some("57P03"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_without_failover_holds_clients_for_the_hold_timeout_then_57p03() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().set("failover_hold_timeout = \"2s\""),
+    );
+    drop(proxy.alice().await);
+    cluster
+        .node(0)
+        .stop(pgwarden_testkit::StopMode::Immediate)
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = proxy
+        .connect(ALICE.0, ALICE.1, "app")
+        .await
+        .expect_err("no primary to go to");
+    let waited = started.elapsed();
+    assert_eq!(sqlstate(&err).as_deref(), Some("57P03"), "{err}");
+    let db = err.as_db_error().expect("the proxy's own error");
+    assert!(
+        db.message().contains("no primary backend is available"),
+        "{}",
+        db.message()
+    );
+    assert!(
+        waited >= std::time::Duration::from_millis(1500),
+        "refused after {waited:?}, not held"
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "held past the hold timeout: {waited:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

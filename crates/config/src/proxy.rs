@@ -167,6 +167,12 @@ pub struct ProxyConfig {
     /// the proxy stops routing (it can no longer know the primary) and says why.
     #[serde(with = "humantime_serde")]
     pub monitor_stale_after: Duration,
+    /// `proxy.failover_hold_timeout`: when the primary cannot be reached,
+    /// or there is none while a failover is under way, new logins and new
+    /// transactions wait this long for a primary (the new one, or the old
+    /// one back) before they get 57P03; zero = they fail at once (08006).
+    #[serde(with = "humantime_serde")]
+    pub failover_hold_timeout: Duration,
     /// `proxy.client_tls_mode`.
     pub client_tls_mode: ClientTlsMode,
     /// `proxy.client_tls_cert_file`: the proxy's certificate chain (PEM,
@@ -215,6 +221,7 @@ impl Default for ProxyConfig {
             tcp_keepalive: true,
             follow_monitor: true,
             monitor_stale_after: Duration::from_secs(10),
+            failover_hold_timeout: Duration::from_secs(10),
             client_tls_mode: ClientTlsMode::Disable,
             client_tls_cert_file: PathBuf::new(),
             client_tls_key_file: PathBuf::new(),

@@ -97,6 +97,7 @@ fn defaults_match_the_design() {
     );
     assert_eq!(p.pool_timeout, Duration::from_secs(30));
     assert_eq!(p.server_connect_timeout, Duration::from_secs(5));
+    assert_eq!(p.failover_hold_timeout, Duration::from_secs(10));
     assert_eq!(p.server_idle_timeout, Duration::from_secs(600));
     assert_eq!(p.server_lifetime, Duration::from_secs(3600));
     assert_eq!(p.client_login_timeout, Duration::from_secs(60));

@@ -25,6 +25,11 @@ pub struct Counters {
     pub failover_terminations: Counter,
     /// Server connections opened (cached ones reused are not counted).
     pub server_connects: Counter,
+    /// Checkouts (logins, transactions) that found the primary unreachable
+    /// and waited for one (`proxy.failover_hold_timeout`).
+    pub held_checkouts: Counter,
+    /// Held checkouts that got no primary in time (57P03).
+    pub held_checkout_timeouts: Counter,
 }
 
 /// Binds `proxy.metrics_listen`. A failure is logged and the proxy runs
@@ -153,5 +158,17 @@ pub fn render(shared: &Shared, r: &mut Registry) {
         "pgwarden_proxy_server_connects",
         "Server connections opened",
         &c.server_connects,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_held_checkouts",
+        "Logins and transactions that found the primary unreachable and waited for one (proxy.failover_hold_timeout)",
+        &c.held_checkouts,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_held_checkout_timeouts",
+        "Held logins and transactions refused with 57P03: no primary within proxy.failover_hold_timeout",
+        &c.held_checkout_timeouts,
     );
 }

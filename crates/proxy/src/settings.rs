@@ -97,6 +97,9 @@ pub struct Settings {
     pub follow_monitor: bool,
     /// Stop routing when the monitor has been unreachable this long.
     pub monitor_stale_after: Duration,
+    /// How long new work waits for a primary when there is none or it
+    /// cannot be reached; zero = no wait.
+    pub failover_hold_timeout: Duration,
     /// Where `monitor.sock` and `proxy.sock` live.
     pub runtime_dir: PathBuf,
     /// Where Prometheus scrapes `/metrics`.
@@ -162,6 +165,7 @@ impl Settings {
                 .collect(),
             follow_monitor: c.proxy.follow_monitor,
             monitor_stale_after: c.proxy.monitor_stale_after,
+            failover_hold_timeout: c.proxy.failover_hold_timeout,
             runtime_dir: c.node.runtime_dir.clone(),
             metrics_listen: c.proxy.metrics_listen,
             client_tls: ClientTlsFiles {

@@ -49,11 +49,26 @@ impl Memo {
     }
 }
 
+/// What a checkout gets: the right to a connection of the primary's
+/// pool, the connection, and the route it followed.
+pub(crate) type Checkout = (crate::pool::Slot, Box<ServerConn>, Arc<Route>);
+
+/// Why one try at a checkout failed.
+enum Failed {
+    /// What the client is told.
+    Reject(Reject),
+    /// The primary could not be reached (refused, reset, timed out): a
+    /// failover may be under way.
+    Unreachable { route: Arc<Route>, why: String },
+}
+
 /// The right to a server connection of the primary, and the connection:
 /// waits while the proxy is paused, then takes a cached connection or opens
 /// one (with `params`, the pool's startup parameters), and gives it the
 /// client's settings (`client_settings`). `memo` is the client's own, kept
-/// from one checkout to the next.
+/// from one checkout to the next. When the primary cannot be reached, or
+/// there is none, the checkout waits up to `proxy.failover_hold_timeout`
+/// for one (see [`hold`]).
 pub(crate) async fn server_for(
     shared: &Shared,
     params: &[(String, String)],
@@ -61,26 +76,144 @@ pub(crate) async fn server_for(
     believed: &[(String, String)],
     creds: &ServerCredentials,
     memo: &mut Memo,
-) -> Result<(crate::pool::Slot, Box<ServerConn>, Arc<Route>), Reject> {
+) -> Result<Checkout, Reject> {
+    let settings = &shared.settings;
+    let hold = settings.failover_hold_timeout;
+    let wait = if hold.is_zero() {
+        settings.server_connect_timeout
+    } else {
+        hold
+    };
+    let first = attempt(shared, params, client_settings, believed, creds, memo, wait).await;
+    match first {
+        Ok(got) => Ok(got),
+        Err(Failed::Reject(r)) => Err(r),
+        Err(Failed::Unreachable { route, why }) if hold.is_zero() => {
+            let name = route.primary.as_ref().map_or("", |b| b.name.as_str());
+            Err(reject(ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                format!("could not connect to backend \"{name}\": {why}"),
+            )))
+        }
+        Err(Failed::Unreachable { route, why }) => {
+            Box::pin(hold_for_primary(
+                shared,
+                params,
+                client_settings,
+                believed,
+                creds,
+                memo,
+                route,
+                why,
+            ))
+            .await
+        }
+    }
+}
+
+/// The primary could not be reached: holds the checkout until a route
+/// change (the monitor's new primary) or the old primary back lets a try
+/// succeed, for at most `proxy.failover_hold_timeout`. The proxy only asks
+/// the monitor to check sooner; whether there is a failover is the
+/// monitor's decision alone.
+#[allow(clippy::too_many_arguments)]
+async fn hold_for_primary(
+    shared: &Shared,
+    params: &[(String, String)],
+    client_settings: &[(String, String)],
+    believed: &[(String, String)],
+    creds: &ServerCredentials,
+    memo: &mut Memo,
+    mut route: Arc<Route>,
+    mut why: String,
+) -> Result<Checkout, Reject> {
+    let hold = shared.settings.failover_hold_timeout;
+    let until = tokio::time::Instant::now() + hold;
+    shared.counters.held_checkouts.inc();
+    tracing::debug!(?hold, error = %why, "the primary cannot be reached: holding the checkout");
+    loop {
+        shared.router.recheck();
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        // A new route at once; the same primary again after a short pause.
+        shared.router.changed(&route, left.min(RETRY_HELD)).await;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        match attempt(shared, params, client_settings, believed, creds, memo, left).await {
+            Ok(got) => {
+                tracing::debug!("a held checkout got its server");
+                return Ok(got);
+            }
+            Err(Failed::Reject(r)) => return Err(r),
+            Err(Failed::Unreachable { route: r, why: w }) => {
+                route = r;
+                why = w;
+            }
+        }
+    }
+    shared.counters.held_checkout_timeouts.inc();
+    let name = route.primary.as_ref().map_or("", |b| b.name.as_str());
+    tracing::info!(backend = name, ?hold, error = %why, "no primary within proxy.failover_hold_timeout: refusing a held checkout");
+    Err(reject(
+        ErrorResponse::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!(
+                "no primary backend is available: \"{name}\" cannot be reached ({why}) \
+                 and no failover completed within proxy.failover_hold_timeout ({hold:?})"
+            ),
+        )
+        .with_hint("retry later; pgwardenctl status shows the backends"),
+    ))
+}
+
+/// True for a server's refusal that says it is going away or not ready
+/// yet, rather than anything about the client.
+fn going_away(e: &ServerError) -> bool {
+    matches!(e, ServerError::Refused { fields, .. }
+        if fields.code == sqlstate::CANNOT_CONNECT_NOW || fields.code == sqlstate::ADMIN_SHUTDOWN)
+}
+
+/// How often a held checkout tries the same primary again.
+const RETRY_HELD: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// One try at a checkout; `route_wait` bounds the wait for a primary when
+/// there is none.
+async fn attempt(
+    shared: &Shared,
+    params: &[(String, String)],
+    client_settings: &[(String, String)],
+    believed: &[(String, String)],
+    creds: &ServerCredentials,
+    memo: &mut Memo,
+    route_wait: std::time::Duration,
+) -> Result<Checkout, Failed> {
     let settings = &shared.settings;
     if *shared.paused.borrow() {
-        Box::pin(wait_while_paused(shared)).await?;
+        Box::pin(wait_while_paused(shared))
+            .await
+            .map_err(Failed::Reject)?;
     }
-    let route = shared
-        .router
-        .route(settings.server_connect_timeout)
-        .await
-        .map_err(|why| {
-            reject(ErrorResponse::fatal(
-                sqlstate::CANNOT_CONNECT_NOW,
-                format!("no primary backend is available: {why}"),
-            ))
-        })?;
+    let route = match shared.router.ready() {
+        Some(r) => r,
+        None => {
+            // No primary now (a failover under way, or not known yet):
+            // wait for one.
+            shared.counters.held_checkouts.inc();
+            shared.router.route(route_wait).await.map_err(|why| {
+                shared.counters.held_checkout_timeouts.inc();
+                Failed::Reject(reject(ErrorResponse::fatal(
+                    sqlstate::CANNOT_CONNECT_NOW,
+                    format!("no primary backend is available: {why}"),
+                )))
+            })?
+        }
+    };
     let Some(b) = route.primary.clone() else {
-        return Err(reject(ErrorResponse::fatal(
+        return Err(Failed::Reject(reject(ErrorResponse::fatal(
             sqlstate::CANNOT_CONNECT_NOW,
             "no primary backend is available",
-        )));
+        ))));
     };
     let pool = match &memo.pool {
         Some(p) if p.backend() == b.id => p,
@@ -95,10 +228,10 @@ pub(crate) async fn server_for(
         .map_err(|e| {
             shared.counters.pool_timeouts.inc();
             tracing::info!(backend = b.id, "{e}");
-            reject(ErrorResponse::fatal(
+            Failed::Reject(reject(ErrorResponse::fatal(
                 sqlstate::TOO_MANY_CONNECTIONS,
                 e.to_string(),
-            ))
+            )))
         })?;
     let fresh = cached.is_none();
     let mut conn = match cached {
@@ -118,24 +251,36 @@ pub(crate) async fn server_for(
                     timeout: settings.server_connect_timeout,
                 },
             ))
-            .await
-            .map_err(|e| {
-                match &e {
-                    // The server's own answer (no such database, role not allowed...): relay it.
-                    ServerError::Refused { raw, .. } => {
-                        tracing::debug!(backend = b.id, error = %e, "server refused the session");
-                        return Some(raw.clone());
-                    }
-                    _ => {
-                        tracing::warn!(backend = b.id, name = %b.name, error = %e, "cannot open a server connection");
-                        shared.router.recheck();
-                    }
+            .await;
+            let c = match c {
+                Ok(c) => c,
+                // Shutting down, starting up, in recovery (57P03), or
+                // ended at once (57P01): the server is going away or not
+                // there yet, as in a failover or a switchover.
+                Err(e @ ServerError::Refused { .. }) if going_away(&e) => {
+                    tracing::info!(backend = b.id, name = %b.name, error = %e, "the server does not take sessions now");
+                    shared.router.recheck();
+                    drop(slot);
+                    return Err(Failed::Unreachable {
+                        route,
+                        why: e.to_string(),
+                    });
                 }
-                reject(ErrorResponse::fatal(
-                    sqlstate::CONNECTION_FAILURE,
-                    format!("could not connect to backend \"{}\": {e}", b.name),
-                ))
-            })?;
+                // The server's own answer (no such database, role not allowed...): relay it.
+                Err(ServerError::Refused { raw, .. }) => {
+                    tracing::debug!(backend = b.id, "server refused the session");
+                    return Err(Failed::Reject(Some(raw)));
+                }
+                Err(e) => {
+                    tracing::warn!(backend = b.id, name = %b.name, error = %e, "cannot open a server connection");
+                    shared.router.recheck();
+                    drop(slot);
+                    return Err(Failed::Unreachable {
+                        route,
+                        why: e.to_string(),
+                    });
+                }
+            };
             shared.counters.server_connects.inc();
             shared.pools.learn_defaults(params, &c.params);
             Box::new(c)
@@ -156,7 +301,8 @@ pub(crate) async fn server_for(
             &mut conn,
             fresh,
         ))
-        .await?;
+        .await
+        .map_err(Failed::Reject)?;
         conn.settled = Some(fingerprint);
     }
     Ok((slot, conn, route))

@@ -68,6 +68,12 @@ impl Router {
         Box::pin(self.wait_for_primary(timeout)).await
     }
 
+    /// The route, when it has a primary now.
+    pub fn ready(&self) -> Option<Arc<Route>> {
+        let now = self.tx.borrow();
+        now.primary.is_some().then(|| Arc::clone(&now))
+    }
+
     /// Waits up to `timeout` for a primary (boxed by [`Router::route`], so
     /// its state is not in every checkout's future).
     async fn wait_for_primary(&self, timeout: Duration) -> Result<Arc<Route>, String> {
@@ -77,6 +83,17 @@ impl Router {
             Ok(Ok(r)) => Ok(Arc::clone(&r)),
             _ => Err(self.tx.borrow().why_none.clone()),
         }
+    }
+
+    /// Waits up to `timeout` for a route other than `seen` (a new
+    /// generation, another primary); true when there is one.
+    pub async fn changed(&self, seen: &Route, timeout: Duration) -> bool {
+        let mut rx = self.tx.subscribe();
+        let id = seen.primary.as_ref().map(|b| b.id);
+        let generation = seen.generation;
+        let wait =
+            rx.wait_for(|r| r.generation != generation || r.primary.as_ref().map(|b| b.id) != id);
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
     }
 
     /// The current route.
