@@ -23,6 +23,10 @@ pub struct HealthCheckConfig {
     pub max_retries: u32,
     /// `health_check.retry_delay`: wait between retries.
     pub retry_delay: Duration,
+    /// `health_check.recheck_retry_delay`: wait between the retries of a
+    /// failed probe that a proxy asked for (its connection to the backend
+    /// failed): a short burst, so a dead primary is found sooner.
+    pub recheck_retry_delay: Duration,
     /// `health_check.user`: the role probes log in as.
     pub user: String,
     /// `health_check.password`, or the contents of
@@ -39,6 +43,7 @@ impl Default for HealthCheckConfig {
             timeout: Duration::from_secs(1),
             max_retries: 2,
             retry_delay: Duration::from_millis(500),
+            recheck_retry_delay: Duration::from_millis(100),
             user: "pgwarden".to_owned(),
             password: None,
             database: "postgres".to_owned(),
@@ -57,6 +62,8 @@ pub(crate) struct RawHealthCheck {
     max_retries: u32,
     #[serde(with = "humantime_serde")]
     retry_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    recheck_retry_delay: Duration,
     user: String,
     password: Option<Secret>,
     password_file: Option<PathBuf>,
@@ -71,6 +78,7 @@ impl Default for RawHealthCheck {
             timeout: d.timeout,
             max_retries: d.max_retries,
             retry_delay: d.retry_delay,
+            recheck_retry_delay: d.recheck_retry_delay,
             user: d.user,
             password: None,
             password_file: None,
@@ -92,6 +100,7 @@ impl RawHealthCheck {
             timeout: self.timeout,
             max_retries: self.max_retries,
             retry_delay: self.retry_delay,
+            recheck_retry_delay: self.recheck_retry_delay,
             user: self.user,
             password,
             database: self.database,

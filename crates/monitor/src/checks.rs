@@ -51,6 +51,8 @@ pub struct CheckSettings {
     pub timeout: Duration,
     /// `health_check.retry_delay`.
     pub retry_delay: Duration,
+    /// `health_check.recheck_retry_delay`.
+    pub recheck_retry_delay: Duration,
     /// `health_check.user`.
     pub user: String,
     /// `health_check.password`.
@@ -278,11 +280,17 @@ pub async fn run(
 ) {
     let mut client: Option<tokio_postgres::Client> = None;
     let mut told = false;
+    // The failures since a check a proxy asked for (its connection to the
+    // backend failed): retried in a short burst.
+    let mut asked = false;
     loop {
         let Checked { outcome, ended } = check_once(&target, &settings, &mut client).await;
         let healthy = !matches!(outcome, CheckOutcome::Failed(_));
+        asked &= !healthy;
         let wait = if healthy {
             settings.period
+        } else if asked {
+            settings.recheck_retry_delay.min(settings.retry_delay)
         } else {
             settings.retry_delay
         };
@@ -320,12 +328,13 @@ pub async fn run(
         {
             return;
         }
-        // A recheck shortens the wait between healthy checks only: retries
-        // keep their `retry_delay`, so `max_retries` still spans the same time.
+        // A recheck ends the wait between healthy checks; if that check
+        // fails, its retries come every `recheck_retry_delay`. Either way
+        // only the monitor's own probes decide, `max_retries` + 1 of them.
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-            _ = recheck.notified(), if healthy => {}
+            _ = recheck.notified(), if healthy => asked = true,
         }
     }
 }

@@ -140,6 +140,7 @@ impl Settings {
                 period: hc.period,
                 timeout: hc.timeout,
                 retry_delay: hc.retry_delay,
+                recheck_retry_delay: hc.recheck_retry_delay,
                 user: hc.user.clone(),
                 password: hc.password.as_ref().map(|p| p.expose().to_owned()),
                 database: hc.database.clone(),
