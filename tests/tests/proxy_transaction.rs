@@ -769,3 +769,28 @@ async fn a_query_before_sync_is_answered_and_skipped_as_on_postgresql() {
         log_tail("proxy", &proxy.log(), 30)
     );
 }
+
+/// asyncpg with its statement cache off: Parse of the unnamed statement and
+/// Flush, then a Close of another statement with a Sync (a release point),
+/// then Bind of the unnamed statement. Directly, it still exists; through
+/// the proxy it must too when the client got its connection back unused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_unnamed_statement_survives_a_sync_when_the_connection_comes_back_unused() {
+    use std::io::Write;
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 2);
+    let mut s = raw_login(proxy.port);
+    let mut m = parse_msg("", "SELECT 41 + 1");
+    m.extend(frontend_message(b'H', &[]));
+    s.write_all(&m).unwrap();
+    read_until(&mut s, |m| m.iter().any(|(t, _)| *t == b'1'));
+    let mut m = frontend_message(b'C', &[Err(b"S"), Ok("gone")]);
+    m.extend(sync_msg());
+    s.write_all(&m).unwrap();
+    read_until(&mut s, readies(1));
+    let mut m = bind_execute("");
+    m.extend(sync_msg());
+    s.write_all(&m).unwrap();
+    let got = seen(&read_until(&mut s, readies(1)));
+    assert_eq!(got, ["2", "D 42", "C", "Z I"]);
+}

@@ -128,10 +128,18 @@ pub struct ServerConn {
     /// Transaction mode: the prepared statements this connection holds.
     pub statements: crate::relay::ServerStatements,
     created: Instant,
+    /// Unique among the proxy's server connections.
+    pub(crate) serial: u64,
+    /// Transactions it served (transaction mode): a client that gets it
+    /// back with the count where it left it knows nobody else used it.
+    pub(crate) served: u64,
     /// When it was last handed back to its pool.
     pub idle_since: Instant,
     pub(crate) buf: BytesMut,
 }
+
+/// The next [`ServerConn::serial`].
+static SERIALS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Why a login with [`ServerCredentials::Nothing`] failed.
 const NOTHING: &str = "the server asks for a password, and the proxy has none for this user: its hba method (trust or cert) took none, and the auth file holds no plain or md5 secret to use";
@@ -238,6 +246,8 @@ impl ServerConn {
             notices: Vec::new(),
             statements: Default::default(),
             created: now,
+            serial: SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            served: 0,
             idle_since: now,
             buf: BytesMut::with_capacity(4096),
         };

@@ -533,6 +533,7 @@ async fn start_session(
             tracker: crate::relay::Tracker::new(s.max_prepared_statements, s.max_message_bytes),
             memo: Default::default(),
             route_ended: None,
+            last_server: None,
         };
         return Ok(Started::Transaction(cancel, Box::new(client)));
     }

@@ -266,8 +266,10 @@ impl Tracker {
         self.streaming == 0
     }
 
-    /// A new server connection: nothing is owed on it yet.
-    pub fn begin(&mut self) {
+    /// A new server connection: nothing is owed on it yet. `unused_since`:
+    /// it is the client's last one, and nobody used it since, so the
+    /// unnamed statement the client parsed there is still there.
+    pub fn begin(&mut self, unused_since: bool) {
         self.queue.clear();
         self.sent_batches = 0;
         self.done_batches = 0;
@@ -275,7 +277,7 @@ impl Tracker {
         self.open_extended = false;
         self.skipping = false;
         self.skipped = 0;
-        self.unnamed_parsed = false;
+        self.unnamed_parsed &= unused_since;
     }
 
     /// ReadyForQuery replies the server will not send after all: Queries

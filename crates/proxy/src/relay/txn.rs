@@ -50,6 +50,9 @@ pub(crate) struct TxnClient {
     /// generation: made once per route rather than per transaction (a
     /// child token locks the parent, which every client shares).
     pub route_ended: Option<(u64, CancellationToken)>,
+    /// The server connection of its last transaction ([`ServerConn`]'s
+    /// serial and served count as it left it).
+    pub last_server: Option<(u64, u64)>,
 }
 
 /// Serves the client until it leaves or is stopped; `buf` holds what it
@@ -373,7 +376,10 @@ async fn relay(
 ) -> Outcome {
     // The client's own token (see `TxnClient::route_ended`): waiting on it
     // touches no lock shared with other clients.
-    c.tracker.begin();
+    c.tracker
+        .begin(c.last_server == Some((server.serial, server.served)));
+    server.served += 1;
+    c.last_server = Some((server.serial, server.served));
     // Borrowed, not moved: the relay copies nothing in or out.
     let statements = Mutex::new(&mut server.statements);
     let tracker = Mutex::new(&mut c.tracker);

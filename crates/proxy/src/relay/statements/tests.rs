@@ -98,7 +98,7 @@ fn a_statement_moves_with_its_client_to_another_server() {
     let mut t = Tracker::new(200, 1 << 20);
     let mut a = ServerStatements::default();
     // First transaction, on server a: Parse goes out under a's name.
-    t.begin();
+    t.begin(false);
     let out = send(
         &mut t,
         &mut a,
@@ -118,7 +118,7 @@ fn a_statement_moves_with_its_client_to_another_server() {
     // Next transaction on server b, which never saw it: a Parse goes first
     // and its ParseComplete is dropped.
     let mut b = ServerStatements::default();
-    t.begin();
+    t.begin(false);
     let out = send(&mut t, &mut b, &cat(&[bind("s1"), execute_sync()]));
     let m = messages(&out);
     assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PBES");
@@ -443,7 +443,7 @@ fn an_eviction_the_server_skipped_is_remembered() {
 fn another_clients_unnamed_statement_is_never_run() {
     let mut t = Tracker::new(200, 1 << 20);
     let mut s = ServerStatements::default();
-    t.begin();
+    t.begin(false);
     let out = send(&mut t, &mut s, &bind(""));
     assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
     // Its own, parsed on this server connection, is its own.
@@ -623,4 +623,20 @@ fn a_parse_in_a_failed_transaction_fails_as_on_postgresql() {
     );
     t2.reply(b'E', &mut s);
     assert_eq!(t2.statements(), 0);
+}
+
+#[test]
+fn the_unnamed_statement_outlives_a_sync_on_a_connection_nobody_used_since() {
+    let mut t = Tracker::new(200, 1 << 20);
+    let mut s = ServerStatements::default();
+    t.begin(false);
+    send(&mut t, &mut s, &parse("", "SELECT 1"));
+    // The same connection back, unused by anyone else: the client's own.
+    t.begin(true);
+    let input = bind("");
+    assert_eq!(send(&mut t, &mut s, &input), input);
+    // Another client had it in between: not the client's any more.
+    t.begin(false);
+    let out = send(&mut t, &mut s, &bind(""));
+    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
 }
