@@ -662,3 +662,61 @@ async fn a_writer_connecting_per_insert_sees_no_error_through_a_primary_kill_in_
     )
     .await;
 }
+
+/// Transaction mode: a statement running outside any transaction block
+/// when the primary dies gets 08007 (its outcome is unknown), and its
+/// session goes on, on the new primary; a session inside a transaction
+/// block is ended (that transaction is gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_running_when_the_primary_dies_gets_08007_and_its_session_goes_on() {
+    let cluster = cluster(1);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default().set("pool_mode = \"transaction\""),
+    );
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let running = proxy.alice().await;
+    let in_block = proxy.alice().await;
+    in_block.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
+    let sleeper = tokio::spawn(async move {
+        let r = running.query_one("SELECT pg_sleep(30)", &[]).await;
+        (running, r)
+    });
+    wait_until(Duration::from_secs(10), "the statement to run", || {
+        cluster
+            .node(0)
+            .psql("SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(30)'")
+            .unwrap_or_default()
+            == "1"
+    })
+    .unwrap();
+    cluster.node(0).stop(StopMode::Immediate).unwrap();
+    let (running, r) = tokio::time::timeout(Duration::from_secs(20), sleeper)
+        .await
+        .expect("the running statement was answered")
+        .unwrap();
+    let e = r.expect_err("its server died");
+    assert_eq!(sqlstate(&e).as_deref(), Some("08007"), "{e:?}");
+    // The session goes on: its next statement waits for the new primary.
+    let port: i32 = running
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", log_tail("proxy", &proxy.log(), 40)))
+        .get(0);
+    assert_eq!(port, i32::from(cluster.node(1).port()));
+    // The transaction block is gone with its server: that session ends.
+    let e = in_block
+        .query_one("SELECT 1", &[])
+        .await
+        .expect_err("its transaction died with the old primary");
+    assert_ne!(sqlstate(&e).as_deref(), Some("08007"), "{e:?}");
+    let metrics = scrape(proxy.proxy_metrics).unwrap();
+    assert_eq!(
+        metric(&metrics, "pgwarden_proxy_lost_requests_total"),
+        Some(1.0),
+        "{metrics}"
+    );
+}

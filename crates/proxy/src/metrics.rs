@@ -30,6 +30,9 @@ pub struct Counters {
     pub held_checkouts: Counter,
     /// Held checkouts that got no primary in time (57P03).
     pub held_checkout_timeouts: Counter,
+    /// Requests answered 08007 because their server was lost while they
+    /// ran (transaction mode); their sessions went on.
+    pub lost_requests: Counter,
 }
 
 /// Binds `proxy.metrics_listen`. A failure is logged and the proxy runs
@@ -170,5 +173,11 @@ pub fn render(shared: &Shared, r: &mut Registry) {
         "pgwarden_proxy_held_checkout_timeouts",
         "Held logins and transactions refused with 57P03: no primary within proxy.failover_hold_timeout",
         &c.held_checkout_timeouts,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_lost_requests",
+        "Requests answered 08007 (outcome unknown) because their server was lost while they ran; their sessions went on (transaction mode)",
+        &c.lost_requests,
     );
 }

@@ -69,10 +69,13 @@ impl ProtocolError {
     }
 }
 
-/// Severity of an [`ErrorResponse`]. pgwarden only ever ends sessions it
-/// reports on: statement errors come from the server, relayed as they are.
+/// Severity of an [`ErrorResponse`]. Statement errors come from the
+/// server, relayed as they are; pgwarden's own are FATAL, but for a
+/// request whose server was lost while the session goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Severity {
+    /// The request failed; the session goes on.
+    Error,
     /// The session ends after this message.
     Fatal,
 }
@@ -80,6 +83,7 @@ pub enum Severity {
 impl Severity {
     fn as_str(self) -> &'static str {
         match self {
+            Severity::Error => "ERROR",
             Severity::Fatal => "FATAL",
         }
     }
@@ -109,6 +113,14 @@ impl ErrorResponse {
             message: message.into(),
             detail: None,
             hint: None,
+        }
+    }
+
+    /// An ERROR: the request failed, the session goes on.
+    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
+        ErrorResponse {
+            severity: Severity::Error,
+            ..Self::fatal(code, message)
         }
     }
 

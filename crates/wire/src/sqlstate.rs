@@ -3,6 +3,9 @@
 
 /// `08P01`: the peer broke the protocol (bad length, unknown message, ...).
 pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// `08007`: the server was lost while it ran a request: whether it
+/// committed is unknown.
+pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
 /// `08006`: the server connection failed or was lost.
 pub const CONNECTION_FAILURE: &str = "08006";
 /// `28P01`: wrong password or unknown user (the message never says which).

@@ -178,6 +178,11 @@ impl Activity {
         self.owed.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// True while the server copies from the client (COPY FROM STDIN).
+    pub fn copying_in(&self) -> bool {
+        self.copy_in.load(Ordering::Relaxed)
+    }
+
     /// Extended-protocol messages await (`true`) or no longer await a Sync.
     pub fn set_unsynced(&self, unsynced: bool) {
         self.unsynced.store(unsynced, Ordering::Relaxed);

@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::net::Stream;
 use bytes::{Buf, BytesMut};
-use pgwarden_wire::ProtocolError;
+use pgwarden_wire::backend::{self, TransactionStatus};
 use pgwarden_wire::scan::{Flow, Observer, Scanner};
+use pgwarden_wire::{ErrorResponse, ProtocolError, sqlstate};
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
@@ -140,6 +141,27 @@ async fn transaction(
             slot.release(conn);
             true
         }
+        Outcome::Lost(r) => {
+            let went_on =
+                Box::pin(answer_lost(shared, client, cancel.activity(), &route, &r)).await;
+            // Tell nothing more: the cleanup only cancels and closes.
+            let r = PumpResult {
+                client_at_boundary: false,
+                ..r
+            };
+            Box::pin(checkout::finish(
+                shared,
+                client,
+                r,
+                slot,
+                conn,
+                cancel,
+                &route,
+                checkout::Afterwards::Reset(""),
+            ))
+            .await;
+            went_on
+        }
         Outcome::Ended(r) => {
             // Only a pinned client can have left session state behind.
             let reset = checkout::Afterwards::Reset(match c.tracker.pinned {
@@ -153,6 +175,46 @@ async fn transaction(
             false
         }
     }
+}
+
+/// Answers each request still owed with 08007 and ReadyForQuery (idle):
+/// the server was lost while it ran them, so whether they committed is
+/// unknown, and nothing more will come of them. False when the client is
+/// gone.
+async fn answer_lost(
+    shared: &Shared,
+    client: &mut Stream,
+    activity: &Activity,
+    route: &crate::route::Route,
+    r: &PumpResult,
+) -> bool {
+    let backend = route.primary.as_ref().map_or("", |b| b.name.as_str());
+    let why = match r.end {
+        PumpEnd::ServerGone => format!("the server connection to backend \"{backend}\" was lost"),
+        _ => format!("backend \"{backend}\" stopped being the primary"),
+    };
+    let e = ErrorResponse::error(
+        sqlstate::TRANSACTION_RESOLUTION_UNKNOWN,
+        format!("{why} while it ran this statement: whether it committed is unknown"),
+    )
+    .with_detail(
+        "no transaction block was open; the session goes on, its next statements go to the primary",
+    )
+    .with_hint("check whether its effects are there before running it again");
+    let mut out = BytesMut::new();
+    let owed = activity.owed();
+    for _ in 0..owed {
+        e.encode(&mut out);
+        backend::ready_for_query(&mut out, TransactionStatus::Idle);
+        activity.ready();
+    }
+    shared.counters.lost_requests.inc_by(u64::from(owed));
+    tracing::info!(
+        backend,
+        requests = owed,
+        "{why}: its client's requests are answered 08007 and its session goes on"
+    );
+    client.send(&out).await.is_ok()
 }
 
 enum Idle {
@@ -241,6 +303,11 @@ mod spare {
 enum Outcome {
     /// At a release point: the connection can go back to its pool.
     Released,
+    /// The server was lost (it died, or stopped being the primary) while
+    /// it ran requests outside any transaction block the client knows of,
+    /// with nothing half sent either way: the requests are answered
+    /// 08007 and the session goes on.
+    Lost(PumpResult),
     /// The session ends; the connection is in the state given.
     Ended(PumpResult),
 }
@@ -512,19 +579,34 @@ async fn relay(
     // What is still owed may never be confirmed: forget it.
     c.tracker.abandon(&mut server.statements);
     let client_at_boundary = server_scan.at_boundary() && !server_writing.load(Ordering::Relaxed);
-    let state = if client_writing.load(Ordering::Relaxed) || !c.tracker.at_boundary() {
+    let broken = client_writing.load(Ordering::Relaxed) || !c.tracker.at_boundary();
+    let state = if broken {
         ServerState::Broken
     } else if activity.is_busy() || !server_scan.at_boundary() {
         ServerState::Owing(Owing::new(server_scan, status, last_tag))
     } else {
         ServerState::Idle(status)
     };
-    Outcome::Ended(PumpResult {
+    let lost = matches!(
+        end,
+        PumpEnd::ServerGone | PumpEnd::Stopped(StopReason::PrimaryChanged)
+    ) && status == b'I'
+        && !broken
+        && client_at_boundary
+        && c.tracker.pinned.is_none()
+        && !activity.unsynced()
+        && !activity.copying_in();
+    let r = PumpResult {
         end,
         server: state,
         client_at_boundary,
         last_server_tag: last_tag,
-    })
+    };
+    if lost {
+        Outcome::Lost(r)
+    } else {
+        Outcome::Ended(r)
+    }
 }
 
 #[cfg(test)]
