@@ -720,3 +720,106 @@ async fn a_statement_running_when_the_primary_dies_gets_08007_and_its_session_go
         "{metrics}"
     );
 }
+
+/// A planned switchover under load (pgbench tpcb-like, 16 clients,
+/// transaction mode): the proxies hold new transactions, the old primary's
+/// running ones finish before it is fenced, and the held ones go on on the
+/// new primary. No transaction fails, and every one pgbench counted is on
+/// the new primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_switchover_under_pgbench_load_fails_no_transaction() {
+    use pgwarden_proto::v1::PromoteBackendRequest;
+    let cluster = cluster(1);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default()
+            .set("pool_mode = \"transaction\"")
+            .set("max_client_connections = 100"),
+    );
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let bin = pgwarden_testkit::pg_bin_dir().unwrap().join("pgbench");
+    let pg = cluster.primary();
+    let init = std::process::Command::new(&bin)
+        .args(["-i", "-q", "-s", "1", "-h", pg.host()])
+        .args(["-p", &pg.port().to_string(), "-U", ALICE.0, "app"])
+        .env("PGPASSWORD", ALICE.1)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
+    let port = proxy.port.to_string();
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(&bin)
+            .args([
+                "-c",
+                "16",
+                "-j",
+                "2",
+                "-T",
+                "8",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+            ])
+            .args(["-U", ALICE.0, "app"])
+            .env("PGPASSWORD", ALICE.1)
+            .output()
+            .unwrap()
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy
+        .monitor_client()
+        .await
+        .promote_backend(PromoteBackendRequest {
+            id: 1,
+            force: false,
+        })
+        .await
+        .unwrap();
+    proxy
+        .wait_state(Duration::from_secs(30), "pg1 primary", |s| {
+            s.primary_id == Some(1) && up(s, 1)
+        })
+        .await;
+    let out = run.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !stderr.contains("aborted"),
+        "pgbench failed through the switchover:\n{stdout}\n{stderr}\n{}\n{}",
+        log_tail("proxy", &proxy.log(), 30),
+        log_tail("monitor", &proxy.monitor_log(), 30)
+    );
+    assert!(
+        stdout.contains("number of failed transactions: 0 "),
+        "{stdout}"
+    );
+    let processed: i64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+        .and_then(|n| n.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(processed > 0, "{stdout}");
+    // Each tpcb-like transaction adds one history row: all are on the new primary.
+    let on_new: i64 = cluster
+        .node(1)
+        .psql_db("app", "SELECT count(*) FROM pgbench_history")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(on_new, processed, "acknowledged transactions lost");
+    assert!(
+        proxy
+            .monitor_log()
+            .contains("the old primary's running transactions finished"),
+        "{}",
+        log_tail("monitor", &proxy.monitor_log(), 30)
+    );
+}

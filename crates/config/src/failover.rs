@@ -68,6 +68,11 @@ pub struct FailoverConfig {
     /// `failover.rejoin_timeout`: a rejoin (a pg_rewind, or a whole base
     /// backup) still running after this is killed and counts as failed.
     pub rejoin_timeout: Duration,
+    /// `failover.switchover_drain_timeout`: a planned switchover (builtin
+    /// mode) lets the old primary's running transactions finish, new ones
+    /// held by the proxies, for at most this long before it fences the old
+    /// primary (which ends what still runs); zero = fence at once.
+    pub switchover_drain_timeout: Duration,
 }
 
 impl Default for FailoverConfig {
@@ -81,6 +86,7 @@ impl Default for FailoverConfig {
             command_timeout: Duration::from_secs(60),
             rejoin_command: String::new(),
             rejoin_timeout: Duration::from_secs(3600),
+            switchover_drain_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -100,6 +106,8 @@ pub(crate) struct RawFailover {
     rejoin_command: String,
     #[serde(with = "humantime_serde")]
     rejoin_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    switchover_drain_timeout: Duration,
 }
 
 impl Default for RawFailover {
@@ -115,6 +123,7 @@ impl Default for RawFailover {
             command_timeout: d.command_timeout,
             rejoin_command: d.rejoin_command,
             rejoin_timeout: d.rejoin_timeout,
+            switchover_drain_timeout: d.switchover_drain_timeout,
         }
     }
 }
@@ -144,6 +153,7 @@ impl RawFailover {
             command_timeout: self.command_timeout,
             rejoin_command: self.rejoin_command,
             rejoin_timeout: self.rejoin_timeout,
+            switchover_drain_timeout: self.switchover_drain_timeout,
         })
     }
 }

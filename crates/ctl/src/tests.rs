@@ -57,6 +57,7 @@ fn initial() -> ClusterState {
         failover_in_progress: false,
         monitor: "node1".into(),
         no_quorum: false,
+        switchover_in_progress: false,
     }
 }
 

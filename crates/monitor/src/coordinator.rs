@@ -705,6 +705,7 @@ fn committed_state(
         failover_in_progress: record.failover_in_progress,
         monitor: setup.node.clone(),
         no_quorum: false,
+        switchover_in_progress: false,
     }
 }
 

@@ -49,6 +49,9 @@ struct Failover {
     old_primary: Option<usize>,
     tried: Vec<usize>,
     force: bool,
+    /// An operator's switchover: the old primary is alive and let finish
+    /// its running transactions before it is fenced.
+    planned: bool,
 }
 
 /// Rejoin attempts started in this process (see [`Action::Rejoin`]).
@@ -149,6 +152,12 @@ impl Machine {
     /// True while a promotion runs.
     pub fn failover_in_progress(&self) -> bool {
         self.failover.is_some()
+    }
+
+    /// True while an operator's switchover runs: the old primary's running
+    /// transactions are let finish before it is fenced.
+    pub fn switchover_in_progress(&self) -> bool {
+        self.failover.as_ref().is_some_and(|f| f.planned)
     }
 
     /// True once the first decision (which backend is the primary) is made.
@@ -668,12 +677,14 @@ impl Machine {
                     old_primary: old,
                     tried,
                     force,
+                    planned: false,
                 });
                 self.blocked = None;
                 self.commit();
                 actions.push(Action::Promote {
                     id,
                     old_primary: old,
+                    drain: false,
                 });
             }
             Err(why) => {
@@ -929,11 +940,13 @@ impl Machine {
             old_primary: old,
             tried: Vec::new(),
             force,
+            planned: true,
         });
         self.commit();
         actions.push(Action::Promote {
             id,
             old_primary: old,
+            drain: old.is_some(),
         });
         self.finish(&mut actions);
         Ok((format!("promoting {name}"), actions))

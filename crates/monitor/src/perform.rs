@@ -40,7 +40,11 @@ pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender
                     .await;
             });
         }
-        Action::Promote { id, old_primary } => {
+        Action::Promote {
+            id,
+            old_primary,
+            drain,
+        } => {
             let (Some(target), events) = (settings.backends.get(id).cloned(), events.clone())
             else {
                 return;
@@ -53,6 +57,9 @@ pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender
             let login = settings.checks.clone();
             tokio::spawn(async move {
                 if let Some(old) = replaced.filter(|_| f.mode == FailoverMode::Builtin) {
+                    if drain && !f.drain_timeout.is_zero() {
+                        let_finish(&f, &old).await;
+                    }
                     fence(&f, &old, &target).await;
                 }
                 let result = promote(&f, &login, &target, &old).await;
@@ -112,6 +119,24 @@ pub const FENCE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a promotion waits, after fencing a reachable old primary, for
 /// the standby to receive what the old primary flushed until the fence.
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A switchover: the proxies hold new transactions (the published state
+/// says so); waits, at most `failover.switchover_drain_timeout`, until the
+/// old primary runs no client transaction, so none is cut. The fence after
+/// it ends whatever still runs.
+async fn let_finish(f: &FailoverSettings, old: &Target) {
+    match actions::builtin::drain(old, &f.login, f.drain_timeout).await {
+        Ok(0) => {
+            tracing::info!(backend = %old.label(), "switchover: the old primary's running transactions finished")
+        }
+        Ok(left) => {
+            tracing::warn!(backend = %old.label(), left, timeout = ?f.drain_timeout, "switchover: transactions still running on the old primary after failover.switchover_drain_timeout; the fence ends them")
+        }
+        Err(e) => {
+            tracing::info!(backend = %old.label(), error = %e, "switchover: could not wait for the old primary's transactions; fencing it now")
+        }
+    }
+}
 
 /// Builtin mode: fences the primary being replaced at the database when it
 /// is still reachable ([`actions::builtin::fence`]), so that clients

@@ -103,6 +103,7 @@ pub fn snapshot(m: &Machine, node: &str) -> ClusterState {
         failover_in_progress: m.failover_in_progress(),
         monitor: node.to_owned(),
         no_quorum: false,
+        switchover_in_progress: m.switchover_in_progress(),
         backends: m
             .backends()
             .iter()

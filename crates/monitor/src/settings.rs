@@ -26,6 +26,8 @@ pub struct FailoverSettings {
     pub rejoin_command: String,
     /// `failover.rejoin_timeout`.
     pub rejoin_timeout: Duration,
+    /// `failover.switchover_drain_timeout`.
+    pub drain_timeout: Duration,
 }
 
 /// The monitor's settings, from the node config.
@@ -160,6 +162,7 @@ impl Settings {
                 timeout: c.failover.command_timeout,
                 rejoin_command: c.failover.rejoin_command.clone(),
                 rejoin_timeout: c.failover.rejoin_timeout,
+                drain_timeout: c.failover.switchover_drain_timeout,
             },
         })
     }

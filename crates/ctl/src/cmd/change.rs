@@ -270,6 +270,7 @@ mod tests {
             failover_in_progress: in_progress,
             monitor: String::new(),
             no_quorum: false,
+            switchover_in_progress: false,
         }
     }
 

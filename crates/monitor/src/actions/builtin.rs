@@ -85,6 +85,42 @@ pub async fn fence(
     }
 }
 
+/// Waits until `target` runs no client transaction (but the monitor's own),
+/// polling every 20 ms, for at most `timeout`; returns how many still run.
+///
+/// # Errors
+/// [`ActionError::Connect`] when `target` cannot be reached,
+/// [`ActionError::Sql`] when the query fails.
+pub async fn drain(
+    target: &Target,
+    login: &SqlLogin,
+    timeout: Duration,
+) -> Result<u64, ActionError> {
+    let deadline = Instant::now() + timeout;
+    let session = sql::connect(target, login).await?;
+    const RUNNING: &str = "count running client transactions";
+    loop {
+        let row = session
+            .query_one(
+                RUNNING,
+                "SELECT count(*) FROM pg_stat_activity \
+                  WHERE backend_type = 'client backend' \
+                    AND pid <> pg_backend_pid() \
+                    AND xact_start IS NOT NULL \
+                    AND application_name IS DISTINCT FROM $1",
+                &[&sql::APPLICATION_NAME],
+                limit(deadline),
+            )
+            .await?;
+        let running: i64 = session.column(RUNNING, &row, 0)?;
+        let running = u64::try_from(running).unwrap_or(0);
+        if running == 0 || Instant::now() >= deadline {
+            return Ok(running);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn fence_steps(
     target: &Target,
     login: &SqlLogin,

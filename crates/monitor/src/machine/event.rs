@@ -78,6 +78,9 @@ pub enum Action {
         id: usize,
         /// The primary it replaces (if there was one).
         old_primary: Option<usize>,
+        /// A switchover: first let the old primary's running transactions
+        /// finish (`failover.switchover_drain_timeout`), then fence it.
+        drain: bool,
     },
     /// Repoint standby `id` at `new_primary`.
     Follow {

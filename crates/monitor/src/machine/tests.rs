@@ -69,7 +69,8 @@ fn rejoin_runs_the_command_then_attaches_once_streaming() {
     let promoted = 1;
     assert!(a.contains(&Action::Promote {
         id: promoted,
-        old_primary: Some(0)
+        old_primary: Some(0),
+        drain: false
     }));
     ok(&mut m, promoted, Observation::primary(2, GB));
     m.step(Event::Promoted {
@@ -200,7 +201,8 @@ fn primary_dies_most_advanced_standby_is_promoted_and_the_other_follows() {
             Action::Publish,
             Action::Promote {
                 id: 2,
-                old_primary: Some(0)
+                old_primary: Some(0),
+                drain: false
             }
         ]
     );
@@ -278,7 +280,8 @@ fn issue_7_candidates_rank_by_received_wal_not_replayed() {
     assert!(
         a.contains(&Action::Promote {
             id: 2,
-            old_primary: Some(0)
+            old_primary: Some(0),
+            drain: false
         }),
         "{a:?}"
     );
@@ -296,7 +299,8 @@ fn issue_7_no_walreceiver_ever_ran_falls_back_to_the_replay_position() {
     assert!(
         a.contains(&Action::Promote {
             id: 1,
-            old_primary: Some(0)
+            old_primary: Some(0),
+            drain: false
         }),
         "{a:?}"
     );
@@ -312,7 +316,8 @@ fn issue_7_equal_received_wal_prefers_the_one_that_replayed_further_then_the_low
     assert!(
         a.contains(&Action::Promote {
             id: 2,
-            old_primary: Some(0)
+            old_primary: Some(0),
+            drain: false
         }),
         "{a:?}"
     );
@@ -332,7 +337,8 @@ fn issue_7_lag_for_promotion_counts_received_wal() {
     assert!(
         a.contains(&Action::Promote {
             id: 1,
-            old_primary: Some(0)
+            old_primary: Some(0),
+            drain: false
         }),
         "{a:?}"
     );
@@ -368,7 +374,8 @@ fn issue_7_a_standby_off_the_primarys_timeline_is_not_promoted() {
     assert!(
         a.contains(&Action::Promote {
             id: 2,
-            old_primary: Some(0)
+            old_primary: Some(0),
+            drain: false
         }),
         "{a:?}"
     );
@@ -398,7 +405,8 @@ fn issue_7_killed_check_sessions_reset_the_failure_count_and_keep_the_observatio
     assert!(
         a.contains(&Action::Promote {
             id: 1,
-            old_primary: Some(0)
+            old_primary: Some(0),
+            drain: false
         }),
         "{a:?}"
     );
@@ -423,7 +431,8 @@ fn ties_go_to_the_lowest_id() {
     let a = kill_primary(&mut m);
     assert!(a.contains(&Action::Promote {
         id: 1,
-        old_primary: Some(0)
+        old_primary: Some(0),
+        drain: false
     }));
 }
 
@@ -473,7 +482,8 @@ fn both_standbys_lagging_means_no_promotion() {
     let (_, a) = m.promote(2, true).unwrap();
     assert!(a.contains(&Action::Promote {
         id: 2,
-        old_primary: Some(0)
+        old_primary: Some(0),
+        drain: true
     }));
 }
 
@@ -582,7 +592,8 @@ fn a_failed_promotion_fences_that_standby_and_tries_the_next() {
     let a = kill_primary(&mut m);
     assert!(a.contains(&Action::Promote {
         id: 2,
-        old_primary: Some(0)
+        old_primary: Some(0),
+        drain: false
     }));
     let a = m.step(Event::Promoted {
         id: 2,
@@ -591,7 +602,8 @@ fn a_failed_promotion_fences_that_standby_and_tries_the_next() {
     assert!(
         a.contains(&Action::Promote {
             id: 1,
-            old_primary: Some(0)
+            old_primary: Some(0),
+            drain: false
         }),
         "{a:?}"
     );
@@ -640,7 +652,8 @@ fn standbys_are_not_marked_down_for_not_streaming_while_the_primary_is_failing()
     assert!(
         a.contains(&Action::Promote {
             id: 1,
-            old_primary: Some(0)
+            old_primary: Some(0),
+            drain: false
         }),
         "{a:?}"
     );
@@ -669,7 +682,8 @@ fn allow_failover_false_is_never_promoted() {
     assert!(
         a.contains(&Action::Promote {
             id: 2,
-            old_primary: Some(0)
+            old_primary: Some(0),
+            drain: false
         }),
         "{a:?}"
     );
@@ -693,7 +707,8 @@ fn operator_detach_and_attach() {
     assert!(
         a.contains(&Action::Promote {
             id: 1,
-            old_primary: Some(0)
+            old_primary: Some(0),
+            drain: false
         }),
         "{a:?}"
     );
@@ -727,17 +742,23 @@ fn switchover_fences_the_old_primary_before_promoting() {
             Action::Publish,
             Action::Promote {
                 id: 2,
-                old_primary: Some(0)
+                old_primary: Some(0),
+                drain: true
             }
         ]
     );
     assert_eq!(m.backends()[0].status, Status::Detached);
+    assert!(
+        m.switchover_in_progress(),
+        "published: proxies let running transactions finish"
+    );
     assert!(m.promote(1, false).is_err(), "one at a time");
     m.step(Event::Promoted {
         id: 2,
         result: Ok(2),
     });
     assert_eq!(m.primary(), Some(2));
+    assert!(!m.switchover_in_progress());
     // pg0 still runs as a primary: it stays fenced.
     ok(&mut m, 0, Observation::primary(1, GB));
     assert_eq!(m.backends()[0].status, Status::Detached);
@@ -763,7 +784,8 @@ fn with_a_quorum_deciding_local_failures_alone_never_fail_over() {
             Action::Publish,
             Action::Promote {
                 id: 1,
-                old_primary: Some(0)
+                old_primary: Some(0),
+                drain: false
             }
         ]
     );

@@ -134,7 +134,20 @@ fn apply(shared: &Shared, state: &ClusterState, seen: &mut u64) {
     }
     *seen = state.generation;
     let (primary, why) = primary_of(&shared.settings.backends, state);
-    route(shared, state.generation, primary, &why);
+    // A switchover lets the old primary's running transactions finish (the
+    // monitor waits for them before it fences); the cap is only a backstop.
+    let drain = state.switchover_in_progress.then(|| {
+        shared
+            .settings
+            .failover_hold_timeout
+            .max(Duration::from_secs(10))
+    });
+    if let Some(old) = shared
+        .router
+        .set_draining(state.generation, primary, &why, drain)
+    {
+        shared.pools.close_idle(old);
+    }
 }
 
 /// Sets the route; when the primary changed, its cached connections go.

@@ -37,6 +37,9 @@ pub struct Route {
 pub struct Router {
     tx: watch::Sender<Arc<Route>>,
     recheck: Notify,
+    /// During a switchover: the old primary's `ended`, not fired yet, so
+    /// its running transactions finish; fired at the next route change.
+    draining: std::sync::Mutex<Option<CancellationToken>>,
 }
 
 impl Default for Router {
@@ -50,6 +53,7 @@ impl Default for Router {
         Router {
             tx: watch::channel(Arc::new(route)).0,
             recheck: Notify::new(),
+            draining: std::sync::Mutex::new(None),
         }
     }
 }
@@ -109,7 +113,23 @@ impl Router {
         primary: Option<BackendAddr>,
         why_none: &str,
     ) -> Option<usize> {
+        self.set_draining(generation, primary, why_none, None)
+    }
+
+    /// [`Router::set`]; with `drain` (an operator's switchover withdrew the
+    /// primary), sessions on the old primary are not told to end yet: their
+    /// running transactions finish while new ones wait for the new primary.
+    /// They are told at the next change of primary, or after `drain` at the
+    /// latest.
+    pub fn set_draining(
+        &self,
+        generation: u64,
+        primary: Option<BackendAddr>,
+        why_none: &str,
+        drain: Option<Duration>,
+    ) -> Option<usize> {
         let mut replaced = None;
+        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
         self.tx.send_modify(|cur| {
             let cur = Arc::make_mut(cur);
             let same = cur.primary.as_ref().map(|b| b.id) == primary.as_ref().map(|b| b.id);
@@ -129,8 +149,25 @@ impl Router {
                 ),
             }
             replaced = cur.primary.as_ref().map(|b| b.id);
-            cur.ended.cancel();
-            cur.ended = CancellationToken::new();
+            if let Some(t) = draining.take() {
+                t.cancel();
+            }
+            let old = std::mem::replace(&mut cur.ended, CancellationToken::new());
+            match drain {
+                Some(cap) if primary.is_none() && cur.primary.is_some() => {
+                    tracing::info!(
+                        generation,
+                        "switchover: running transactions on the old primary may finish; new ones wait"
+                    );
+                    let late = old.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(cap).await;
+                        late.cancel();
+                    });
+                    *draining = Some(old);
+                }
+                _ => old.cancel(),
+            }
             cur.primary = primary.map(Arc::new);
         });
         replaced
