@@ -824,9 +824,9 @@ async fn a_switchover_under_pgbench_load_fails_no_transaction() {
     );
 }
 
-/// Transaction mode: an idle client with its own settings (`TimeZone`, a
-/// tracked one) and a prepared statement runs its next query on the new
-/// primary after the old one is killed, its setting and its statement
+/// Transaction mode: an idle client with its own settings (`search_path`,
+/// `TimeZone`) and a prepared statement runs its next query on the new
+/// primary after the old one is killed, its settings and its statement
 /// intact, and no error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_transaction_mode_client_keeps_its_settings_and_statements_through_a_primary_kill()
@@ -840,10 +840,14 @@ async fn an_idle_transaction_mode_client_keeps_its_settings_and_statements_throu
         .wait_state(Duration::from_secs(20), "all backends up", all_up)
         .await;
     let c = proxy.alice().await;
-    c.batch_execute("CREATE TABLE kept (x int); SET TimeZone = 'Asia/Tokyo'")
-        .await
-        .unwrap();
-    let insert = c.prepare("INSERT INTO kept VALUES ($1)").await.unwrap();
+    c.batch_execute(
+        "CREATE SCHEMA kept; CREATE TABLE kept.t (x int); \
+         SET search_path = kept, public; SET TimeZone = 'Asia/Tokyo'",
+    )
+    .await
+    .unwrap();
+    // `t` is kept.t through the client's search_path.
+    let insert = c.prepare("INSERT INTO t VALUES ($1)").await.unwrap();
     c.execute(&insert, &[&1i32]).await.unwrap();
     cluster.wait_replicated(Duration::from_secs(20)).unwrap();
     cluster.node(0).stop(StopMode::Immediate).unwrap();
@@ -853,12 +857,14 @@ async fn an_idle_transaction_mode_client_keeps_its_settings_and_statements_throu
         .unwrap_or_else(|e| panic!("{e:?}\n{}", log_tail("proxy", &proxy.log(), 30)));
     let row = c
         .query_one(
-            "SELECT current_setting('TimeZone'), inet_server_port(), count(*) FROM kept",
+            "SELECT current_setting('search_path'), current_setting('TimeZone'), \
+                    inet_server_port(), count(*) FROM t",
             &[],
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "Asia/Tokyo");
-    assert_eq!(row.get::<_, i32>(1), i32::from(cluster.node(1).port()));
-    assert_eq!(row.get::<_, i64>(2), 2);
+    assert_eq!(row.get::<_, String>(0), "kept, public");
+    assert_eq!(row.get::<_, String>(1), "Asia/Tokyo");
+    assert_eq!(row.get::<_, i32>(2), i32::from(cluster.node(1).port()));
+    assert_eq!(row.get::<_, i64>(3), 2);
 }

@@ -794,3 +794,73 @@ async fn the_unnamed_statement_survives_a_sync_when_the_connection_comes_back_un
     let got = seen(&read_until(&mut s, readies(1)));
     assert_eq!(got, ["2", "D 42", "C", "Z I"]);
 }
+
+/// `SET search_path` does not pin in transaction mode: the proxy reads the
+/// setting back when the transaction is over, so it follows its client to
+/// every server connection (as PostgreSQL keeps it for the session), a
+/// rolled-back or LOCAL change is not kept, and no other client ever sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_path_follows_its_client_and_never_reaches_another() {
+    let cluster = cluster(0);
+    let proxy = transaction_proxy(&cluster, 2);
+    let a = proxy.alice().await;
+    let b = proxy.alice().await;
+    let c = proxy.alice().await;
+    a.batch_execute("CREATE SCHEMA s1; CREATE TABLE s1.only_in_s1 (x int); INSERT INTO s1.only_in_s1 VALUES (7)")
+        .await
+        .unwrap();
+    let default: String = b.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    a.batch_execute("SET search_path = s1, public")
+        .await
+        .unwrap();
+    // Interleaved on two server connections: each keeps its own.
+    for _ in 0..20 {
+        assert_eq!(show_search_path(&a).await, "s1, public");
+        assert_eq!(show_search_path(&b).await, default);
+        let in_block = c
+            .query_one(
+                "SELECT count(*) FROM pg_catalog.pg_tables WHERE tablename = 'only_in_s1'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0);
+        assert_eq!(in_block, 1);
+        assert_eq!(show_search_path(&c).await, default);
+    }
+    let v: i32 = a
+        .query_one("SELECT x FROM only_in_s1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 7, "unqualified names resolve in the client's schema");
+    // A rolled-back SET and a LOCAL one are not kept.
+    a.batch_execute("BEGIN; SET search_path = public; ROLLBACK")
+        .await
+        .unwrap();
+    assert_eq!(show_search_path(&a).await, "s1, public");
+    a.batch_execute("BEGIN; SET LOCAL search_path = public; COMMIT")
+        .await
+        .unwrap();
+    assert_eq!(show_search_path(&a).await, "s1, public");
+    // RESET gives the default back.
+    a.batch_execute("RESET search_path").await.unwrap();
+    assert_eq!(show_search_path(&a).await, default);
+    let pools = pgwardenctl(&proxy.config, &["--json", "pools"]);
+    let json: serde_json::Value = serde_json::from_str(&pools.stdout).unwrap();
+    let pinned: u64 = json["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["clients_pinned"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        pinned, 0,
+        "SET search_path pinned a client: {}",
+        pools.stdout
+    );
+}
+
+async fn show_search_path(c: &tokio_postgres::Client) -> String {
+    c.query_one("SHOW search_path", &[]).await.unwrap().get(0)
+}

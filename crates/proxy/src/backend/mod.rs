@@ -461,6 +461,8 @@ impl ServerConn {
     }
 
     async fn reset_inner(&mut self, rollback: bool, query: &str) -> Result<(), ServerError> {
+        // The unnamed statement is no longer a client's.
+        self.served += 1;
         let mut out = BytesMut::new();
         let mut pending = 0;
         if rollback {
@@ -549,6 +551,8 @@ impl ServerConn {
         stale: &[String],
         todo: &[(String, String)],
     ) -> Result<(), ServerError> {
+        // The unnamed statement is no longer a client's.
+        self.served += 1;
         let mut out = BytesMut::new();
         if !stale.is_empty() {
             frontend::parse(
@@ -608,6 +612,51 @@ impl ServerConn {
         }
     }
 
+    /// The session's current value of setting `name`, within `timeout`,
+    /// in one round trip (for settings the server does not report).
+    pub async fn current_setting(
+        &mut self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<String, ServerError> {
+        tokio::time::timeout(timeout, self.current_setting_inner(name))
+            .await
+            .map_err(|_| ServerError::Timeout(timeout))?
+    }
+
+    async fn current_setting_inner(&mut self, name: &str) -> Result<String, ServerError> {
+        // The unnamed statement is no longer a client's.
+        self.served += 1;
+        let mut out = BytesMut::new();
+        frontend::parse(
+            "",
+            "SELECT pg_catalog.current_setting($1)",
+            std::iter::empty(),
+            &mut out,
+        )?;
+        bind_text(&mut out, &[name.as_bytes()])?;
+        frontend::execute("", 0, &mut out)?;
+        frontend::sync(&mut out);
+        self.stream.send(&out).await?;
+        let mut value = None;
+        let mut failed = None;
+        loop {
+            let m = self.read().await?;
+            match m.tag {
+                b'S' => self.record_param(&m.body),
+                b'E' => failed = Some(refused(&m)),
+                b'D' => value = first_text_column(&m.body),
+                b'Z' => break,
+                _ => {}
+            }
+        }
+        match (failed, value) {
+            (Some(e), _) => Err(e),
+            (None, Some(v)) => Ok(v),
+            (None, None) => Err(ServerError::NotIdle),
+        }
+    }
+
     /// Records a ParameterStatus the data path saw: the session changed a
     /// setting, so what [`ServerConn::apply_params`] set of it is stale.
     pub fn note_param(
@@ -640,6 +689,13 @@ impl Drop for ServerConn {
         // of "unexpected EOF" lines when the proxy closes a connection.
         self.stream.try_write_last(b"X\0\0\0\x04");
     }
+}
+
+/// The first column of a DataRow, as text (`None` when NULL or malformed).
+fn first_text_column(row: &[u8]) -> Option<String> {
+    let len = i32::from_be_bytes(row.get(2..6)?.try_into().ok()?);
+    let len = usize::try_from(len).ok()?;
+    Some(String::from_utf8_lossy(row.get(6..6 + len)?).into_owned())
 }
 
 /// Appends a Bind of the unnamed statement with text parameters.

@@ -41,7 +41,16 @@ pub struct SqlEffects {
     /// `DISCARD ALL` / `RESET`: settings go back to the server
     /// connection's own defaults, whatever was applied for the client.
     pub resets_settings: bool,
+    /// `SET search_path` (or a RESET, or DISCARD ALL): a setting the server
+    /// does not report, read back by the proxy at the release point, so it
+    /// follows the client like the tracked ones ([`READ_BACK`]).
+    pub reads_back: bool,
 }
+
+/// Settings the server does not report (no ParameterStatus) that the proxy
+/// still lets clients SET in transaction mode: it reads them back when the
+/// transaction is over, so a rolled-back or LOCAL change is seen as such.
+pub const READ_BACK: &[&str] = &["search_path"];
 
 /// Looks at `sql` (one Query or Parse text, possibly several statements).
 /// Runs on every statement a transaction-mode client sends, so the common
@@ -75,6 +84,13 @@ pub fn effects(sql: &[u8]) -> SqlEffects {
                         fx.drops_statements |= drops;
                         fx.resets_settings |=
                             matches!(words, ["discard", "all", ..] | ["reset", ..]);
+                        fx.reads_back |= matches!(
+                            words,
+                            ["discard", "all", ..]
+                                | ["reset", ..]
+                                | ["set", "search_path", ..]
+                                | ["set", "session", "search_path", ..]
+                        );
                     });
                 }
                 n = 0;
@@ -173,7 +189,10 @@ fn statement_effects(s: &[&str]) -> (Option<&'static str>, bool) {
             (Some("SET ROLE / SESSION AUTHORIZATION"), false)
         }
         ["set", "session", name, ..] | ["set", name, ..] => {
-            if is_tracked(name) || (*name == "time" && s.contains(&"zone")) {
+            if is_tracked(name)
+                || READ_BACK.contains(name)
+                || (*name == "time" && s.contains(&"zone"))
+            {
                 (None, false)
             } else {
                 (Some("SET of a setting the proxy does not track"), false)
@@ -403,8 +422,12 @@ mod tests {
             Some("WITH HOLD cursor")
         );
         assert_eq!(pins("DECLARE c CURSOR FOR SELECT 1"), None);
+        assert_eq!(pins("set search_path = app"), None, "read back");
+        assert!(effects(b"SET search_path TO app, public").reads_back);
+        assert!(effects(b"RESET search_path").reads_back);
+        assert!(!effects(b"SET TimeZone = 'UTC'").reads_back);
         assert_eq!(
-            pins("set search_path = app"),
+            pins("set work_mem = '64MB'"),
             Some("SET of a setting the proxy does not track")
         );
         assert_eq!(pins("SET application_name = 'x'"), None);
@@ -420,8 +443,10 @@ mod tests {
 
     #[test]
     fn session_state_anywhere_in_a_statement_pins() {
+        assert_eq!(pins("SET \"search_path\" = 'x'"), None);
+        assert!(effects(b"SET \"search_path\" = 'x'").reads_back);
         assert_eq!(
-            pins("SET \"search_path\" = 'x'"),
+            pins("SET \"work_mem\" = '1MB'"),
             Some("SET of a setting the proxy does not track")
         );
         assert_eq!(

@@ -224,6 +224,9 @@ pub struct Tracker {
     /// The client ran `DISCARD ALL` or `RESET`: the settings applied for
     /// it on this server connection are gone.
     pub settings_reset: bool,
+    /// The client may have changed a setting the server does not report
+    /// (`SET search_path`): read it back at the release point.
+    pub read_back: bool,
     /// The transaction status of the last ReadyForQuery.
     status: u8,
     /// An unnamed statement was parsed on this server connection.
@@ -250,6 +253,7 @@ impl Tracker {
             streaming: 0,
             pinned: None,
             settings_reset: false,
+            read_back: false,
             status: b'I',
             unnamed_parsed: false,
             scratch: BytesMut::new(),
@@ -503,10 +507,18 @@ impl Tracker {
     /// What the SQL of a Query (`prepared` false: it runs now, in order)
     /// or of a Parse (`prepared` true: it runs whenever it is executed)
     /// does to the session.
-    fn sql(&mut self, text: &[u8], server: &mut ServerStatements, prepared: bool) {
+    fn sql(&mut self, text: &[u8], server: &mut ServerStatements, prepared: bool, named: bool) {
         let fx = features::effects(text);
         if let Some(why) = fx.pins {
             self.pin(why);
+        }
+        if fx.reads_back {
+            if named {
+                // It may run in any later transaction.
+                self.pin("SET search_path in a named prepared statement");
+            } else {
+                self.read_back = true;
+            }
         }
         if prepared && (fx.drops_statements || fx.resets_settings) {
             // When it will run is not known: keep to one server.
@@ -546,12 +558,12 @@ impl Tracker {
     ) -> Result<bool, ProtocolError> {
         match tag {
             b'Q' => {
-                self.sql(cstr(body, "Query")?.0, server, false);
+                self.sql(cstr(body, "Query")?.0, server, false, false);
                 Ok(false)
             }
             b'P' => {
                 let (name, def) = cstr(body, "Parse")?;
-                self.sql(cstr(def, "Parse")?.0, server, true);
+                self.sql(cstr(def, "Parse")?.0, server, true, !name.is_empty());
                 if name.is_empty() {
                     self.unnamed_parsed = true;
                     self.push(Edit::Keep, None, None);

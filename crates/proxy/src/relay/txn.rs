@@ -138,10 +138,18 @@ async fn transaction(
     cancel.clear_server().await;
     match outcome {
         Outcome::Released => {
+            if std::mem::take(&mut c.tracker.read_back)
+                && !Box::pin(read_back(shared, c, &mut conn)).await
+            {
+                // Not reusable after a failed exchange: closed.
+                return true;
+            }
             slot.release(conn);
             true
         }
         Outcome::Lost(r) => {
+            // What the lost transaction set is unknown: the old values stay.
+            c.tracker.read_back = false;
             let went_on =
                 Box::pin(answer_lost(shared, client, cancel.activity(), &route, &r)).await;
             // Tell nothing more: the cleanup only cancels and closes.
@@ -175,6 +183,33 @@ async fn transaction(
             false
         }
     }
+}
+
+/// The client may have changed a setting the server does not report
+/// (`SET search_path`, a RESET): reads its value back now, between
+/// transactions, so it follows the client to its next server connection
+/// as a tracked setting does, and goes back to its default for the next
+/// client of this one (as applied settings do). False when the server did
+/// not answer: the connection is not to be reused.
+async fn read_back(shared: &Shared, c: &mut TxnClient, conn: &mut ServerConn) -> bool {
+    let timeout = shared.settings.server_connect_timeout;
+    for name in super::features::READ_BACK {
+        match conn.current_setting(name, timeout).await {
+            Ok(value) => {
+                c.wanted.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+                c.wanted.push(((*name).to_owned(), value.clone()));
+                conn.applied.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+                conn.applied.push(((*name).to_owned(), value));
+                conn.settled = None;
+                c.memo.settings_changed();
+            }
+            Err(e) => {
+                tracing::warn!(setting = name, error = %e, "could not read back a client's setting; its value stays the one it had");
+                return false;
+            }
+        }
+    }
+    true
 }
 
 /// Answers each request still owed with 08007 and ReadyForQuery (idle):
