@@ -588,7 +588,7 @@ async fn a_restarted_monitor_publishes_nothing_before_it_has_decided() {
 /// and every row it was told was written is on the new primary.
 async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
     let cluster = cluster(1);
-    let proxy = Proxy::start(&cluster, options);
+    let mut proxy = Proxy::start(&cluster, options);
     proxy
         .wait_state(Duration::from_secs(20), "all backends up", all_up)
         .await;
@@ -648,6 +648,45 @@ async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
         metric(&metrics, "pgwarden_proxy_held_checkouts_total").unwrap_or(0.0) >= 1.0,
         "the writer was held: {metrics}"
     );
+    // The failover's timeline, kept across a monitor restart.
+    let check_history = |proxy: &Proxy| {
+        let run = pgwardenctl(&proxy.config, &["--json", "history"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let records = json["records"].as_array().unwrap();
+        assert_eq!(records.len(), 1, "{json}");
+        let r = &records[0];
+        assert_eq!(r["kind"], "failover");
+        assert_eq!(r["old_primary"], "pg0");
+        assert_eq!(r["new_primary"], "pg1");
+        assert!(r["rpo_bytes"].is_u64(), "{r}");
+        let phases: Vec<&str> = r["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(phases.first(), Some(&"suspect"), "{phases:?}");
+        for p in ["down", "promoted", "completed"] {
+            assert!(phases.contains(&p), "{p} missing: {phases:?}");
+        }
+        let text = pgwardenctl(&proxy.config, &["history"]);
+        eprintln!("{}", text.stdout);
+        assert!(
+            text.stdout.starts_with("failover  generation "),
+            "{}",
+            text.stdout
+        );
+    };
+    check_history(&proxy);
+    proxy.kill_monitor();
+    proxy.start_monitor();
+    proxy
+        .wait_state(Duration::from_secs(20), "the monitor back", |s| {
+            s.primary_id == Some(1)
+        })
+        .await;
+    check_history(&proxy);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

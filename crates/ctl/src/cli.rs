@@ -96,6 +96,10 @@ pub enum Command {
     Rejoin(RejoinArgs),
     /// Have the monitor check every backend now.
     Recheck,
+    /// Show the failovers and switchovers the monitor decided, with the
+    /// time of each phase (suspect, down or switchover, promoted, repointed,
+    /// completed) and the WAL the promoted standby lacked (RPO).
+    History,
     /// Show the watchdog cluster as this node's watchdog sees it: members,
     /// leader, term, quorum, delegate IP holder and the committed record
     /// (pcp_watchdog_info). Asks pgwarden-watchdog, not the monitor.

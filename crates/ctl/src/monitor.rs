@@ -5,8 +5,8 @@
 use pgwarden_proto::MonitorClient;
 use pgwarden_proto::uds::Daemon;
 use pgwarden_proto::v1::{
-    BackendRequest, ChangeReply, ClusterState, GetClusterRequest, PromoteBackendRequest,
-    RecheckRequest, WatchClusterRequest,
+    BackendRequest, ChangeReply, ClusterState, GetClusterRequest, GetHistoryReply,
+    GetHistoryRequest, PromoteBackendRequest, RecheckRequest, WatchClusterRequest,
 };
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -66,6 +66,13 @@ impl Monitor {
             .client
             .promote_backend(PromoteBackendRequest { id, force });
         let reply = self.socket.deadline("PromoteBackend", call).await?;
+        Ok(reply.into_inner())
+    }
+
+    /// `GetHistory`.
+    pub async fn history(&mut self) -> Result<GetHistoryReply, CtlError> {
+        let call = self.client.get_history(GetHistoryRequest {});
+        let reply = self.socket.deadline("GetHistory", call).await?;
         Ok(reply.into_inner())
     }
 

@@ -164,6 +164,14 @@ impl Monitor for Stub {
         reply
     }
 
+    async fn get_history(
+        &self,
+        _: Request<pgwarden_proto::v1::GetHistoryRequest>,
+    ) -> Result<Response<pgwarden_proto::v1::GetHistoryReply>, tonic::Status> {
+        self.calls.lock().unwrap().push("GetHistory".into());
+        Ok(Response::new(pgwarden_proto::v1::GetHistoryReply::default()))
+    }
+
     async fn recheck(
         &self,
         _: Request<RecheckRequest>,

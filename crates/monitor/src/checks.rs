@@ -143,6 +143,9 @@ pub struct Checked {
     pub outcome: CheckOutcome,
     /// The first "session ended by someone else" this check retried past.
     pub ended: Option<String>,
+    /// It failed because nothing listens on the backend's port (a fresh
+    /// connection refused): the postmaster is gone, not restarting.
+    pub refused: bool,
 }
 
 /// When one attempt (connect if needed, then the query) went wrong.
@@ -223,6 +226,8 @@ pub(crate) struct Round {
     accepted: bool,
     /// The first session end retried past.
     ended: Option<String>,
+    /// The last fresh connection was refused at the TCP level.
+    refused: bool,
 }
 
 impl Round {
@@ -284,12 +289,19 @@ pub async fn run(
     // backend failed): retried in a short burst.
     let mut asked = false;
     loop {
-        let Checked { outcome, ended } = check_once(&target, &settings, &mut client).await;
+        let Checked {
+            outcome,
+            ended,
+            refused,
+        } = check_once(&target, &settings, &mut client).await;
         let healthy = !matches!(outcome, CheckOutcome::Failed(_));
         asked &= !healthy;
         let wait = if healthy {
             settings.period
-        } else if asked {
+        } else if asked && refused {
+            // Only when nothing listens: a server that answers (57P03,
+            // restarting after a backend crash a client may have caused)
+            // keeps the full retry_delay.
             settings.recheck_retry_delay.min(settings.retry_delay)
         } else {
             settings.retry_delay
@@ -328,15 +340,28 @@ pub async fn run(
         {
             return;
         }
-        // A recheck ends the wait between healthy checks; if that check
-        // fails, its retries come every `recheck_retry_delay`. Either way
-        // only the monitor's own probes decide, `max_retries` + 1 of them.
+        // A recheck ends the wait (between healthy checks, or before a
+        // retry); the retries of a failing check come every
+        // `recheck_retry_delay` from then on. Either way only the monitor's
+        // own probes decide, `max_retries` + 1 of them.
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
-            _ = recheck.notified(), if healthy => asked = true,
+            _ = recheck.notified() => asked = true,
         }
     }
+}
+
+/// True when nothing listened on the port: the TCP connection was refused.
+fn is_refused(e: &tokio_postgres::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A driver error, for [`classify`].
@@ -375,6 +400,7 @@ pub async fn check_once(
                 return Checked {
                     outcome,
                     ended: round.ended().map(str::to_owned),
+                    refused: round.refused,
                 };
             }
         }
@@ -398,7 +424,10 @@ async fn attempt(
                 round.logged_in();
                 *client = Some(c);
             }
-            Err((kind, why)) => return round.failed(kind, why, time_left()),
+            Err((kind, why, refused)) => {
+                round.refused = refused;
+                return round.failed(kind, why, time_left());
+            }
         }
     }
     let Some(c) = client.as_ref() else {
@@ -459,7 +488,7 @@ fn observation(row: &tokio_postgres::Row) -> Result<Observation, String> {
 async fn connect(
     t: &CheckTarget,
     s: &CheckSettings,
-) -> Result<tokio_postgres::Client, (Attempt, String)> {
+) -> Result<tokio_postgres::Client, (Attempt, String, bool)> {
     let login = SqlLogin {
         user: s.user.clone(),
         password: s.password.clone(),
@@ -476,10 +505,15 @@ async fn connect(
             });
             Ok(client)
         }
-        Ok(Err(e)) => Err((classify(Phase::Connect, failure(&e)), describe(&e))),
+        Ok(Err(e)) => Err((
+            classify(Phase::Connect, failure(&e)),
+            describe(&e),
+            is_refused(&e),
+        )),
         Err(_) => Err((
             classify(Phase::Connect, Failure::OurTimeout),
             format!("connect timed out after {:?}", s.timeout),
+            false,
         )),
     }
 }
@@ -633,5 +667,39 @@ mod tests {
                 reason: "killed".into()
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod refused_tests {
+    use super::is_refused;
+
+    #[tokio::test]
+    async fn a_port_nothing_listens_on_is_refused_and_a_timeout_is_not() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let e = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user=x connect_timeout=2"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(is_refused(&e), "{e:?}");
+        // A server that answers, however badly, is not "refused".
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let closer = std::thread::spawn(move || drop(l.accept()));
+        let e = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user=x connect_timeout=2"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(!is_refused(&e), "{e:?}");
+        closer.join().unwrap();
     }
 }

@@ -27,3 +27,4 @@ pub mod runtime;
 pub mod service;
 pub mod settings;
 pub mod state_file;
+pub mod timeline;

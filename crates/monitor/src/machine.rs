@@ -154,6 +154,11 @@ impl Machine {
         self.failover.is_some()
     }
 
+    /// The standby being promoted, while a failover runs.
+    pub fn failover_candidate(&self) -> Option<usize> {
+        self.failover.as_ref().map(|f| f.candidate)
+    }
+
     /// True while an operator's switchover runs: the old primary's running
     /// transactions are let finish before it is fenced.
     pub fn switchover_in_progress(&self) -> bool {

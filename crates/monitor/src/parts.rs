@@ -41,6 +41,8 @@ pub(crate) struct Parts {
     pub(crate) current_tx: watch::Sender<ClusterState>,
     pub(crate) generations: broadcast::Sender<ClusterState>,
     pub(crate) ready_tx: watch::Sender<bool>,
+    /// The failover history the API shows.
+    pub(crate) history_tx: watch::Sender<Vec<pgwarden_proto::v1::FailoverRecord>>,
     pub(crate) stop: CancellationToken,
     pub(crate) recheck: Arc<Notify>,
     server: tokio::task::JoinHandle<()>,
@@ -54,6 +56,7 @@ pub(crate) async fn start(settings: &Settings, first: ClusterState) -> Result<Pa
     let (current_tx, current_rx) = watch::channel(first);
     let (generations, _) = broadcast::channel::<ClusterState>(1024);
     let (ready_tx, ready_rx) = watch::channel(false);
+    let (history_tx, history_rx) = watch::channel(Vec::new());
     let stop = CancellationToken::new();
     let recheck = Arc::new(Notify::new());
 
@@ -69,6 +72,7 @@ pub(crate) async fn start(settings: &Settings, first: ClusterState) -> Result<Pa
         current: current_rx.clone(),
         generations: generations.clone(),
         ready: ready_rx,
+        history: history_rx,
         stop: stop.clone(),
     };
     let server_stop = stop.clone();
@@ -113,6 +117,7 @@ pub(crate) async fn start(settings: &Settings, first: ClusterState) -> Result<Pa
         current_tx,
         generations,
         ready_tx,
+        history_tx,
         stop,
         recheck,
         server,

@@ -14,6 +14,7 @@ use crate::perform::perform;
 use crate::service::Command;
 use crate::settings::Settings;
 use crate::state_file;
+use crate::timeline::{Timeline, now_ms};
 
 /// Runs the monitor until `shutdown` completes.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
@@ -41,13 +42,19 @@ async fn run_alone(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), StartError> {
     tokio::pin!(shutdown);
+    let mut timeline = Timeline::load(&settings.state_dir);
+    p.history_tx.send_replace(timeline.records());
     loop {
         let (actions, reply) = tokio::select! {
             _ = &mut shutdown => break,
-            Some(e) = p.events.recv() => (machine.step(e), None),
+            Some(e) = p.events.recv() => {
+                timeline.before(&machine, &e, now_ms());
+                (machine.step(e), None)
+            }
             Some(c) = p.commands.recv() => match c {
                 // Alone, this monitor always decides (`forwarded` is moot).
                 Command::Change { ask, reply, .. } => {
+                    timeline.mark(&machine);
                     let (actions, answer) = operator::decide(&mut machine, ask, settings.rejoin_enabled());
                     (actions, Some((reply, answer)))
                 }
@@ -63,6 +70,11 @@ async fn run_alone(
             } else {
                 perform(action, &settings, &p.events_tx);
             }
+        }
+        let seen = timeline.version();
+        timeline.after(&machine, now_ms());
+        if timeline.version() != seen {
+            p.history_tx.send_replace(timeline.records());
         }
         p.current_tx
             .send_replace(snapshot(&machine, &settings.node));

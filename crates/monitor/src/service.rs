@@ -44,6 +44,8 @@ pub struct MonitorService {
     /// True once the monitor has made its first decision; until then its
     /// state is not a committed view and watchers wait for it.
     pub ready: watch::Receiver<bool>,
+    /// The failover history (empty with the watchdog: not recorded yet).
+    pub history: watch::Receiver<Vec<pgwarden_proto::v1::FailoverRecord>>,
     /// Fires on shutdown: open streams end, so the API drains at once.
     pub stop: tokio_util::sync::CancellationToken,
 }
@@ -140,6 +142,15 @@ impl Monitor for MonitorService {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn get_history(
+        &self,
+        _: Request<pgwarden_proto::v1::GetHistoryRequest>,
+    ) -> Result<Response<pgwarden_proto::v1::GetHistoryReply>, Status> {
+        Ok(Response::new(pgwarden_proto::v1::GetHistoryReply {
+            records: self.history.borrow().clone(),
+        }))
     }
 
     async fn get_cluster(

@@ -1,6 +1,7 @@
 //! One module per command; this one only dispatches.
 
 mod change;
+mod history;
 mod proxy;
 mod recheck;
 mod status;
@@ -43,6 +44,7 @@ pub async fn dispatch(
             change::rejoin(&mut monitor(cli).await?, &args, json, out, interrupt).await
         }
         Command::Recheck => recheck::run(&mut monitor(cli).await?, json, out).await,
+        Command::History => history::run(&mut monitor(cli).await?, json, out).await,
         Command::Watchdog(args) => {
             let mut watchdog = Watchdog::connect(crate::place(cli, Daemon::Watchdog)?).await?;
             watchdog::run(&mut watchdog, &args, json, out, interrupt).await

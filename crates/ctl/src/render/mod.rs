@@ -2,6 +2,7 @@
 //! from the protobuf messages (and, for ages, the current time) to text or
 //! JSON, so every format is unit-tested on fixed states.
 
+mod history;
 mod json;
 mod proxy;
 mod summary;
@@ -9,6 +10,7 @@ mod table;
 mod units;
 mod watchdog;
 
+pub use history::{history_json, history_text};
 pub use json::{change_json, state_json};
 pub use proxy::{clients_json, clients_text, pools_json, pools_text};
 pub use summary::summary_line;

@@ -83,6 +83,13 @@ impl Monitor for StubMonitor {
         Err(tonic::Status::unimplemented("stub"))
     }
 
+    async fn get_history(
+        &self,
+        _: tonic::Request<crate::v1::GetHistoryRequest>,
+    ) -> Result<tonic::Response<crate::v1::GetHistoryReply>, tonic::Status> {
+        Ok(tonic::Response::new(crate::v1::GetHistoryReply::default()))
+    }
+
     async fn recheck(
         &self,
         _: tonic::Request<RecheckRequest>,

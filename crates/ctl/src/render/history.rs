@@ -1,0 +1,124 @@
+//! `history`: a block per failover or switchover, newest last:
+//!
+//! ```text
+//! failover  generation 3 -> 4  pg0 -> pg1  RPO 0 B  took 412 ms
+//!   +0 ms      suspect    pg0: connection refused
+//!   +204 ms    down       promoting pg1
+//!   +412 ms    completed  generation 4, primary pg1
+//! ```
+
+use pgwarden_proto::v1::{FailoverRecord, GetHistoryReply};
+use serde_json::{Value, json};
+
+use super::units;
+
+fn took_ms(r: &FailoverRecord) -> i64 {
+    match (r.phases.first(), r.phases.last()) {
+        (Some(f), Some(l)) => l.at_unix_ms - f.at_unix_ms,
+        _ => 0,
+    }
+}
+
+/// The text form.
+pub fn history_text(reply: &GetHistoryReply) -> String {
+    if reply.records.is_empty() {
+        return "no failover or switchover recorded\n".to_owned();
+    }
+    let mut s = String::new();
+    for r in &reply.records {
+        let to = if r.to_generation == 0 {
+            "(under way)".to_owned()
+        } else {
+            r.to_generation.to_string()
+        };
+        let rpo = r
+            .rpo_bytes
+            .map_or_else(|| "unknown".to_owned(), units::bytes);
+        s.push_str(&format!(
+            "{}  generation {} -> {}  {} -> {}  RPO {}  took {} ms\n",
+            r.kind,
+            r.from_generation,
+            to,
+            r.old_primary,
+            r.new_primary,
+            rpo,
+            took_ms(r)
+        ));
+        let start = r.phases.first().map_or(0, |p| p.at_unix_ms);
+        let width = r.phases.iter().map(|p| p.name.len()).max().unwrap_or(0);
+        for p in &r.phases {
+            let offset = format!("+{} ms", p.at_unix_ms - start);
+            s.push_str(&format!(
+                "  {offset:<10} {:<width$}  {}\n",
+                p.name, p.detail
+            ));
+        }
+    }
+    s
+}
+
+/// The `--json` form.
+pub fn history_json(reply: &GetHistoryReply) -> Value {
+    json!({
+        "records": reply.records.iter().map(|r| json!({
+            "kind": r.kind,
+            "from_generation": r.from_generation,
+            "to_generation": r.to_generation,
+            "old_primary": r.old_primary,
+            "new_primary": r.new_primary,
+            "rpo_bytes": r.rpo_bytes,
+            "took_ms": took_ms(r),
+            "phases": r.phases.iter().map(|p| json!({
+                "name": p.name,
+                "at_unix_ms": p.at_unix_ms,
+                "detail": p.detail,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pgwarden_proto::v1::FailoverPhase;
+
+    fn phase(name: &str, at: i64, detail: &str) -> FailoverPhase {
+        FailoverPhase {
+            name: name.to_owned(),
+            at_unix_ms: at,
+            detail: detail.to_owned(),
+        }
+    }
+
+    #[test]
+    fn each_phase_shows_its_offset_from_the_first() {
+        let reply = GetHistoryReply {
+            records: vec![FailoverRecord {
+                kind: "failover".to_owned(),
+                from_generation: 3,
+                to_generation: 4,
+                old_primary: "pg0".to_owned(),
+                new_primary: "pg1".to_owned(),
+                phases: vec![
+                    phase("suspect", 1000, "pg0: refused"),
+                    phase("down", 1204, "promoting pg1"),
+                    phase("completed", 1412, "generation 4, primary pg1"),
+                ],
+                rpo_bytes: Some(0),
+            }],
+        };
+        let text = history_text(&reply);
+        assert_eq!(
+            text,
+            "failover  generation 3 -> 4  pg0 -> pg1  RPO 0 B  took 412 ms\n  \
+             +0 ms      suspect    pg0: refused\n  \
+             +204 ms    down       promoting pg1\n  \
+             +412 ms    completed  generation 4, primary pg1\n"
+        );
+        assert_eq!(history_json(&reply)["records"][0]["took_ms"], 412);
+        assert_eq!(
+            history_text(&GetHistoryReply { records: vec![] }),
+            "no failover or switchover recorded\n"
+        );
+    }
+}
