@@ -513,6 +513,14 @@ async fn after_a_clients_discard_all_its_startup_settings_come_back() {
     assert_eq!(settings_of(&a).await, ("private".into(), "4321ms".into()));
     a.batch_execute("RESET ALL").await.unwrap();
     assert_eq!(settings_of(&a).await, ("private".into(), "4321ms".into()));
+    // A search_path it SET goes, and its startup one comes back.
+    a.batch_execute("SET search_path = public").await.unwrap();
+    assert_eq!(settings_of(&a).await.0, "public");
+    a.batch_execute("DISCARD ALL").await.unwrap();
+    assert_eq!(settings_of(&a).await, ("private".into(), "4321ms".into()));
+    a.batch_execute("SET search_path = public").await.unwrap();
+    a.batch_execute("RESET search_path").await.unwrap();
+    assert_eq!(settings_of(&a).await.0, "private");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

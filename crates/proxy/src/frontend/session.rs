@@ -534,6 +534,7 @@ async fn start_session(
             memo: Default::default(),
             route_ended: None,
             last_server: None,
+            search_path_startup: None,
         };
         return Ok(Started::Transaction(cancel, Box::new(client)));
     }

@@ -167,11 +167,10 @@ async fn hold_for_primary(
     ))
 }
 
-/// True for a server's refusal that says it is going away or not ready
-/// yet, rather than anything about the client.
-fn going_away(e: &ServerError) -> bool {
-    matches!(e, ServerError::Refused { fields, .. }
-        if fields.code == sqlstate::CANNOT_CONNECT_NOW || fields.code == sqlstate::ADMIN_SHUTDOWN)
+/// True for a server's refusal (SQLSTATE `code`) that says it is going
+/// away or not ready yet, rather than anything about the client.
+fn going_away(code: &str) -> bool {
+    code == sqlstate::CANNOT_CONNECT_NOW || code == sqlstate::ADMIN_SHUTDOWN
 }
 
 /// How often a held checkout tries the same primary again.
@@ -254,20 +253,11 @@ async fn attempt(
             .await;
             let c = match c {
                 Ok(c) => c,
-                // Shutting down, starting up, in recovery (57P03), or
-                // ended at once (57P01): the server is going away or not
-                // there yet, as in a failover or a switchover.
-                Err(e @ ServerError::Refused { .. }) if going_away(&e) => {
-                    tracing::info!(backend = b.id, name = %b.name, error = %e, "the server does not take sessions now");
-                    shared.router.recheck();
-                    drop(slot);
-                    return Err(Failed::Unreachable {
-                        route,
-                        why: e.to_string(),
-                    });
-                }
                 // The server's own answer (no such database, role not allowed...): relay it.
-                Err(ServerError::Refused { raw, .. }) => {
+                // But for shutting down, starting up, in recovery (57P03)
+                // or ended at once (57P01): the server is going away or not
+                // there yet, as in a failover or a switchover.
+                Err(ServerError::Refused { raw, fields }) if !going_away(&fields.code) => {
                     tracing::debug!(backend = b.id, "server refused the session");
                     return Err(Failed::Reject(Some(raw)));
                 }

@@ -41,9 +41,9 @@ pub struct SqlEffects {
     /// `DISCARD ALL` / `RESET`: settings go back to the server
     /// connection's own defaults, whatever was applied for the client.
     pub resets_settings: bool,
-    /// `SET search_path` (or a RESET, or DISCARD ALL): a setting the server
-    /// does not report, read back by the proxy at the release point, so it
-    /// follows the client like the tracked ones ([`READ_BACK`]).
+    /// `SET search_path`: a setting the server does not report, read back
+    /// by the proxy at the release point, so it follows the client like the
+    /// tracked ones ([`READ_BACK`]).
     pub reads_back: bool,
 }
 
@@ -86,10 +86,7 @@ pub fn effects(sql: &[u8]) -> SqlEffects {
                             matches!(words, ["discard", "all", ..] | ["reset", ..]);
                         fx.reads_back |= matches!(
                             words,
-                            ["discard", "all", ..]
-                                | ["reset", ..]
-                                | ["set", "search_path", ..]
-                                | ["set", "session", "search_path", ..]
+                            ["set", "search_path", ..] | ["set", "session", "search_path", ..]
                         );
                     });
                 }
@@ -424,7 +421,8 @@ mod tests {
         assert_eq!(pins("DECLARE c CURSOR FOR SELECT 1"), None);
         assert_eq!(pins("set search_path = app"), None, "read back");
         assert!(effects(b"SET search_path TO app, public").reads_back);
-        assert!(effects(b"RESET search_path").reads_back);
+        assert!(!effects(b"RESET search_path").reads_back);
+        assert!(effects(b"RESET search_path").resets_settings);
         assert!(!effects(b"SET TimeZone = 'UTC'").reads_back);
         assert_eq!(
             pins("set work_mem = '64MB'"),

@@ -520,6 +520,11 @@ impl Tracker {
                 self.read_back = true;
             }
         }
+        if self.read_back && (fx.resets_settings || self.settings_reset) {
+            // The value read back would be the server connection's reset
+            // value, not the client's own (its startup one).
+            self.pin("SET search_path with RESET or DISCARD ALL in one transaction");
+        }
         if prepared && (fx.drops_statements || fx.resets_settings) {
             // When it will run is not known: keep to one server.
             self.pin("DISCARD, DEALLOCATE or RESET in a prepared statement");

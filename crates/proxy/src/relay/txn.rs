@@ -54,6 +54,9 @@ pub(crate) struct TxnClient {
     /// The server connection of its last transaction ([`ServerConn`]'s
     /// serial and served count as it left it).
     pub last_server: Option<(u64, u64)>,
+    /// Once the client SET `search_path`: its startup value (if it gave
+    /// one), which a RESET or DISCARD ALL brings back, as on PostgreSQL.
+    pub search_path_startup: Option<Option<String>>,
 }
 
 /// Serves the client until it leaves or is stopped; `buf` holds what it
@@ -196,6 +199,14 @@ async fn read_back(shared: &Shared, c: &mut TxnClient, conn: &mut ServerConn) ->
     for name in super::features::READ_BACK {
         match conn.current_setting(name, timeout).await {
             Ok(value) => {
+                if c.search_path_startup.is_none() {
+                    c.search_path_startup = Some(
+                        c.wanted
+                            .iter()
+                            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                            .map(|(_, v)| v.clone()),
+                    );
+                }
                 c.wanted.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
                 c.wanted.push(((*name).to_owned(), value.clone()));
                 conn.applied.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
@@ -605,6 +616,14 @@ async fn relay(
         server.applied.clear();
         server.settled = None;
         c.tracker.settings_reset = false;
+        // And a search_path it SET goes back to its startup one.
+        if let Some(startup) = c.search_path_startup.take() {
+            c.wanted
+                .retain(|(k, _)| !k.eq_ignore_ascii_case("search_path"));
+            c.wanted
+                .extend(startup.map(|v| ("search_path".to_owned(), v)));
+            c.memo.settings_changed();
+        }
     }
     let Some(end) = end else {
         return Outcome::Released;
