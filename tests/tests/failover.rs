@@ -352,7 +352,9 @@ async fn a_proxy_that_loses_the_monitor_for_too_long_stops_routing_and_says_why(
     let cluster = cluster(0);
     let mut proxy = Proxy::start(
         &cluster,
-        ProxyOptions::default().set("monitor_stale_after = \"2s\""),
+        ProxyOptions::default()
+            .set("monitor_stale_after = \"2s\"")
+            .set("failover_hold_timeout = \"1s\""),
     );
     proxy
         .wait_state(Duration::from_secs(20), "all backends up", all_up)
@@ -679,6 +681,20 @@ async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
         );
     };
     check_history(&proxy);
+    let metrics = scrape(proxy.monitor_metrics).unwrap();
+    assert_eq!(
+        metric(&metrics, "pgwarden_monitor_failovers_recorded"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "pgwarden_monitor_last_failover_phase_ms{phase=\"completed\"}"
+        )
+        .is_some_and(|ms| ms > 0.0),
+        "{metrics}"
+    );
     proxy.kill_monitor();
     proxy.start_monitor();
     proxy

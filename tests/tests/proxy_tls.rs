@@ -256,10 +256,12 @@ fn verify_full_refuses_a_server_certificate_for_another_name_naming_the_backend(
     pki.serve_tls(&cluster, &["wrong.example"]);
     let proxy = Proxy::start(
         &cluster,
-        ProxyOptions::default().with_extra(&format!(
-            "[server_tls]\nmode = \"verify-full\"\nca_file = \"{}\"\n",
-            pki.ca().display()
-        )),
+        ProxyOptions::default()
+            .set("failover_hold_timeout = \"1s\"")
+            .with_extra(&format!(
+                "[server_tls]\nmode = \"verify-full\"\nca_file = \"{}\"\n",
+                pki.ca().display()
+            )),
     );
     // Neither the monitor nor the proxy talks to it: no primary, and the
     // operator reads why on the backend's own line.
@@ -290,7 +292,9 @@ fn require_refuses_a_server_without_tls() {
     let cluster = cluster(0);
     let proxy = Proxy::start(
         &cluster,
-        ProxyOptions::default().with_extra("[server_tls]\nmode = \"require\"\n"),
+        ProxyOptions::default()
+            .set("failover_hold_timeout = \"1s\"")
+            .with_extra("[server_tls]\nmode = \"require\"\n"),
     );
     let backend = cluster.node(0).name().to_owned();
     let row = status_row(&proxy, &backend, "TLS");

@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use pgwarden_proto::metrics::{self as m, Labels, Registry, labels};
-use pgwarden_proto::v1::{BackendState, ClusterState, Role, Status};
+use pgwarden_proto::v1::{BackendState, ClusterState, FailoverRecord, Role, Status};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -15,13 +15,17 @@ use tokio_util::sync::CancellationToken;
 pub async fn spawn(
     addr: SocketAddr,
     state: watch::Receiver<ClusterState>,
+    history: watch::Receiver<Vec<FailoverRecord>>,
     stop: CancellationToken,
 ) {
     match m::bind(addr).await {
         Ok(listener) => {
             tokio::spawn(m::serve(
                 listener,
-                move |r| render(&state.borrow(), r),
+                move |r| {
+                    render(&state.borrow(), r);
+                    render_history(&history.borrow(), r);
+                },
                 stop,
             ));
         }
@@ -33,6 +37,36 @@ pub async fn spawn(
 
 fn backend_labels(b: &BackendState) -> Labels {
     labels([("backend", b.id.to_string()), ("name", b.name.clone())])
+}
+
+/// Renders the failover history into `r`: how many are recorded, and the
+/// phases of the newest, in ms from its first.
+pub fn render_history(history: &[FailoverRecord], r: &mut Registry) {
+    m::gauge(
+        r,
+        "pgwarden_monitor_failovers_recorded",
+        "Failovers and switchovers in the history (pgwardenctl history; the last 50)",
+        i64::try_from(history.len()).unwrap_or(i64::MAX),
+    );
+    let Some(last) = history.last() else { return };
+    let start = last.phases.first().map_or(0, |p| p.at_unix_ms);
+    m::gauges(
+        r,
+        "pgwarden_monitor_last_failover_phase_ms",
+        "Milliseconds from the newest failover's first phase (suspect) to each of its phases",
+        last.phases
+            .iter()
+            .map(|p| (labels([("phase", p.name.clone())]), p.at_unix_ms - start))
+            .collect::<Vec<_>>(),
+    );
+    if let Some(rpo) = last.rpo_bytes {
+        m::gauge(
+            r,
+            "pgwarden_monitor_last_failover_rpo_bytes",
+            "WAL the old primary had flushed beyond what the promoted standby had received, at their last checks",
+            i64::try_from(rpo).unwrap_or(i64::MAX),
+        );
+    }
 }
 
 /// Renders `state` into `r`.

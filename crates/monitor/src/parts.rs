@@ -72,7 +72,7 @@ pub(crate) async fn start(settings: &Settings, first: ClusterState) -> Result<Pa
         current: current_rx.clone(),
         generations: generations.clone(),
         ready: ready_rx,
-        history: history_rx,
+        history: history_rx.clone(),
         stop: stop.clone(),
     };
     let server_stop = stop.clone();
@@ -95,7 +95,13 @@ pub(crate) async fn start(settings: &Settings, first: ClusterState) -> Result<Pa
         Some(admin) => Some(serve_admin(admin, settings, &stop).await?),
         None => None,
     };
-    crate::metrics::spawn(settings.metrics_listen, current_rx.clone(), stop.clone()).await;
+    crate::metrics::spawn(
+        settings.metrics_listen,
+        current_rx.clone(),
+        history_rx,
+        stop.clone(),
+    )
+    .await;
     for t in &settings.backends {
         let target = CheckTarget {
             id: t.id,

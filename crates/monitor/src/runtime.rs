@@ -66,6 +66,10 @@ async fn run_alone(
         };
         for action in actions {
             if action == Action::Publish {
+                // GetCluster never lags behind a published generation (an
+                // operator's `promote --wait` reads it right after).
+                p.current_tx
+                    .send_replace(snapshot(&machine, &settings.node));
                 publish_local(&machine, &settings, &p.generations);
             } else {
                 perform(action, &settings, &p.events_tx);
