@@ -396,7 +396,7 @@ async fn a_proxy_that_loses_the_monitor_for_too_long_stops_routing_and_says_why(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn planned_switchover_moves_new_sessions_and_ends_old_ones() {
+async fn planned_switchover_moves_idle_sessions_and_ends_those_that_cannot_move() {
     use pgwarden_proto::v1::PromoteBackendRequest;
     let cluster = cluster(1);
     let proxy = Proxy::start(&cluster, ProxyOptions::default());
@@ -406,6 +406,15 @@ async fn planned_switchover_moves_new_sessions_and_ends_old_ones() {
     let old_session = proxy.alice().await;
     old_session
         .batch_execute("CREATE TABLE s (x int)")
+        .await
+        .unwrap();
+    old_session
+        .batch_execute("SET search_path = pg_catalog, public")
+        .await
+        .unwrap();
+    let pinned = proxy.alice().await;
+    pinned
+        .batch_execute("CREATE TEMP TABLE scratch (x int)")
         .await
         .unwrap();
     cluster.wait_replicated(Duration::from_secs(10)).unwrap();
@@ -427,11 +436,23 @@ async fn planned_switchover_moves_new_sessions_and_ends_old_ones() {
         .await;
     assert_eq!(status_of(&s, 0), Status::Detached as i32);
 
-    // The session on the old primary was ended with 57P01 and says why.
-    let err = old_session
+    // The idle session on the old primary goes on on the new one, with
+    // its search_path.
+    old_session
         .batch_execute("INSERT INTO s VALUES (1)")
         .await
-        .unwrap_err();
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", log_tail("proxy", &proxy.log(), 30)));
+    let row = old_session
+        .query_one(
+            "SELECT inet_server_port(), current_setting('search_path')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), i32::from(cluster.node(1).port()));
+    assert_eq!(row.get::<_, String>(1), "pg_catalog, public");
+    // The one with a temporary table was ended with 57P01.
+    let err = pinned.batch_execute("SELECT 1").await.unwrap_err();
     assert!(
         err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
         "{err:?}"

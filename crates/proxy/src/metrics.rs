@@ -33,6 +33,9 @@ pub struct Counters {
     /// Requests answered 08007 because their server was lost while they
     /// ran (transaction mode); their sessions went on.
     pub lost_requests: Counter,
+    /// Idle session-mode sessions moved to a new server connection (the
+    /// new primary) with their state, when theirs was lost.
+    pub moved_sessions: Counter,
 }
 
 /// Binds `proxy.metrics_listen`. A failure is logged and the proxy runs
@@ -179,5 +182,11 @@ pub fn render(shared: &Shared, r: &mut Registry) {
         "pgwarden_proxy_lost_requests",
         "Requests answered 08007 (outcome unknown) because their server was lost while they ran; their sessions went on (transaction mode)",
         &c.lost_requests,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_moved_sessions",
+        "Idle session-mode sessions moved with their settings, prepared statements and LISTENs to a new server connection when theirs was lost (failover)",
+        &c.moved_sessions,
     );
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 use pgwarden_wire::auth::Secret;
 use pgwarden_wire::auth::md5;
 use pgwarden_wire::auth::scram::{self, Credentials, ScramClient};
@@ -603,6 +603,70 @@ impl ServerConn {
                     }
                 }
                 // ParseComplete, BindComplete, DataRow.
+                _ => {}
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Gives a new session the state of one that was lost: runs each of
+    /// `queries` (SQL text as a client sent it, one Query each), then sends
+    /// the `parses` (whole Parse messages) and a Sync, within `timeout`.
+    /// Any error refuses the whole; the session must end idle.
+    pub async fn restore<'a>(
+        &mut self,
+        queries: impl Iterator<Item = &'a bytes::Bytes>,
+        parses: impl Iterator<Item = &'a bytes::Bytes>,
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        let mut pending = 0u32;
+        for q in queries {
+            out.put_u8(b'Q');
+            out.put_u32(
+                u32::try_from(q.len() + 5).map_err(|_| ProtocolError::Malformed {
+                    what: "replayed query too long",
+                })?,
+            );
+            out.extend_from_slice(q);
+            out.put_u8(0);
+            pending += 1;
+        }
+        let before = out.len();
+        for p in parses {
+            out.extend_from_slice(p);
+        }
+        if out.len() > before {
+            frontend::sync(&mut out);
+            pending += 1;
+        }
+        if pending == 0 {
+            return Ok(());
+        }
+        tokio::time::timeout(timeout, self.restore_inner(out, pending))
+            .await
+            .map_err(|_| ServerError::Timeout(timeout))?
+    }
+
+    async fn restore_inner(&mut self, out: BytesMut, mut pending: u32) -> Result<(), ServerError> {
+        self.served += 1;
+        self.settled = None;
+        self.stream.send(&out).await?;
+        let mut failed = None;
+        while pending > 0 {
+            let m = self.read().await?;
+            match m.tag {
+                b'S' => self.record_param(&m.body),
+                b'E' => failed = failed.or(Some(refused(&m))),
+                b'Z' => {
+                    pending -= 1;
+                    if pending == 0 && failed.is_none() && m.body.first() != Some(&b'I') {
+                        return Err(ServerError::NotIdle);
+                    }
+                }
                 _ => {}
             }
         }

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::SystemTime;
 
 use crate::net::Stream;
@@ -24,7 +25,9 @@ use crate::frontend::startup_params::StartupParams;
 use crate::pool::checkout::{
     Afterwards, Reject, finish, reject, send_reject, server_for, stopped_error,
 };
+use crate::relay::features::is_tracked;
 use crate::relay::pump;
+use crate::relay::session_log::SessionLog;
 
 /// Serves one accepted client: the handshake phase (startup packet and
 /// authentication, bounded by [`crate::frontend::handshake`]; `handshake` is its
@@ -351,7 +354,7 @@ async fn start_tls(
 /// A logged-in client, ready for its first query.
 enum Started {
     /// Session mode: with its server connection.
-    Session(Session),
+    Session(Box<Session>),
     /// Transaction mode: a server connection per transaction.
     Transaction(
         crate::frontend::clients::CancelKey,
@@ -368,6 +371,12 @@ struct Session {
     /// A replication connection: closed when its client leaves, never
     /// reset or cached.
     replication: bool,
+    /// What a server connection on another backend needs to carry the
+    /// session on: the pool's key, the client's replayed startup
+    /// parameters, its credentials.
+    server_params: Vec<(String, String)>,
+    wanted: Vec<(String, String)>,
+    creds: ServerCredentials,
 }
 
 /// A client that has authenticated: what its session needs.
@@ -561,27 +570,47 @@ async fn start_session(
     backend::backend_key_data(&mut out, cancel.pid, cancel.secret);
     backend::ready_for_query(&mut out, TransactionStatus::Idle);
     stream.send(&out).await.map_err(|_| None)?;
-    Ok(Started::Session(Session {
+    Ok(Started::Session(Box::new(Session {
         slot,
         conn,
         cancel,
         route,
         replication: params.replication,
-    }))
+        server_params,
+        wanted: params.replayed,
+        creds,
+    })))
 }
 
-async fn run_session(shared: &Shared, client: &mut Stream, pending: BytesMut, mut s: Session) {
+async fn run_session(shared: &Shared, client: &mut Stream, pending: BytesMut, mut s: Box<Session>) {
     tracing::debug!(backend = s.conn.backend, "session started");
-    let r = pump::pump(
-        client,
-        &mut s.conn,
-        pending,
-        shared.settings.max_message_bytes,
-        s.cancel.activity(),
-        s.cancel.stop(),
-        &s.route.ended,
-    )
-    .await;
+    // A walsender's session is its server's alone: never moved.
+    let log = (!s.replication).then(|| Mutex::new(SessionLog::default()));
+    let mut pending = pending;
+    let r = loop {
+        let mut r = pump::pump(
+            client,
+            &mut s.conn,
+            std::mem::take(&mut pending),
+            shared.settings.max_message_bytes,
+            s.cancel.activity(),
+            s.cancel.stop(),
+            &s.route.ended,
+            log.as_ref(),
+            log.as_ref().map(|_| &s.route.withdrawn),
+        )
+        .await;
+        let Some(log) = log.as_ref().filter(|_| may_move(&r)) else {
+            break r;
+        };
+        if let Some(why) = pump::lock(log).unmovable() {
+            r.unmovable = Some(why);
+            break r;
+        }
+        if !Box::pin(move_session(shared, client, &mut s, log, &r)).await {
+            return;
+        }
+    };
     // No client cancel reaches the connection from here on, and those
     // already under way have landed: it may be handed on.
     s.cancel.clear_server().await;
@@ -594,4 +623,108 @@ async fn run_session(shared: &Shared, client: &mut Stream, pending: BytesMut, mu
         shared, client, r, s.slot, s.conn, &s.cancel, &s.route, reset,
     )
     .await;
+}
+
+/// True when a session's server was lost (it closed, or is no longer the
+/// primary) while the session was idle, outside a transaction, and its
+/// client saw no error for it: the session may go on on another server.
+fn may_move(r: &pump::PumpResult) -> bool {
+    matches!(
+        r.end,
+        pump::PumpEnd::ServerGone | pump::PumpEnd::Stopped(pump::StopReason::PrimaryChanged)
+    ) && matches!(r.server, pump::ServerState::Idle(b'I'))
+        && r.client_at_boundary
+        && r.last_server_tag != b'E'
+}
+
+/// Carries an idle session to a server connection of the primary (the new
+/// one after a failover): the client's settings, what it SET, PREPAREd and
+/// LISTENed to, its prepared statements; the client is told of reported
+/// settings that differ. False when the session ended instead (the client
+/// was told why).
+async fn move_session(
+    shared: &Shared,
+    client: &mut Stream,
+    s: &mut Session,
+    log: &Mutex<SessionLog>,
+    r: &pump::PumpResult,
+) -> bool {
+    let old = s.conn.backend;
+    if matches!(r.end, pump::PumpEnd::ServerGone) {
+        // As any lost server connection: the monitor checks sooner.
+        shared.router.recheck();
+    }
+    s.cancel.clear_server().await;
+    // The client's startup settings, then the reported values it has now.
+    let mut wanted = s.wanted.clone();
+    for (k, v) in s.conn.params.iter().filter(|(k, _)| is_tracked(k)) {
+        wanted.retain(|(w, _)| !w.eq_ignore_ascii_case(k));
+        wanted.push((k.clone(), v.clone()));
+    }
+    let mut memo = crate::pool::checkout::Memo::default();
+    let got = tokio::select! {
+        r = server_for(shared, &s.server_params, &wanted, &[], &s.creds, &mut memo) => r,
+        () = s.cancel.stop().cancelled() => {
+            let _ = client.send(&stopped_error(shared).to_bytes()).await;
+            return false;
+        }
+    };
+    let (slot, mut conn, route) = match got {
+        Ok(got) => got,
+        Err(e) => {
+            shared.counters.failover_terminations.inc();
+            send_reject(client, e).await;
+            return false;
+        }
+    };
+    let (replay, parses): (Vec<_>, Vec<_>) = {
+        let log = pump::lock(log);
+        (
+            log.replay().cloned().collect(),
+            log.parses().cloned().collect(),
+        )
+    };
+    let restored = conn
+        .restore(
+            replay.iter(),
+            parses.iter(),
+            shared.settings.server_connect_timeout,
+        )
+        .await;
+    if let Err(e) = restored {
+        tracing::info!(backend = conn.backend, error = %e, "could not give a moved session its state; ending it");
+        shared.counters.failover_terminations.inc();
+        let e = ErrorResponse::fatal(
+            sqlstate::ADMIN_SHUTDOWN,
+            "terminating connection because of failover: the session's state could not be restored on the new primary",
+        )
+        .with_detail(e.to_string());
+        let _ = client.send(&e.to_bytes()).await;
+        return false;
+    }
+    // Reported settings the client was told otherwise of (a new server's
+    // version, say): a ParameterStatus between queries, as a server sends
+    // after a reload.
+    let mut out = BytesMut::new();
+    for (k, v) in &conn.params {
+        if !s.conn.params.iter().any(|(ok, ov)| ok == k && ov == v) {
+            backend::parameter_status(&mut out, k, v);
+        }
+    }
+    if !out.is_empty() && client.send(&out).await.is_err() {
+        slot.release(conn);
+        return false;
+    }
+    tracing::info!(
+        from = old,
+        to = conn.backend,
+        "an idle session moved to a new server connection with its state"
+    );
+    shared.counters.moved_sessions.inc();
+    s.cancel.set_server(conn.backend, conn.addr, conn.key);
+    pump::lock(log).moved();
+    s.slot = slot;
+    s.conn = conn;
+    s.route = route;
+    true
 }

@@ -436,10 +436,24 @@ pub(crate) async fn finish(
             tracing::info!(error = %e, "client broke the protocol; closing its session");
             Some(e.to_error_response())
         }
-        PumpEnd::ServerGone if r.last_server_tag != b'E' => Some(ErrorResponse::fatal(
-            sqlstate::CONNECTION_FAILURE,
-            "server closed the connection unexpectedly",
-        )),
+        PumpEnd::ServerGone if r.last_server_tag != b'E' => {
+            let e = ErrorResponse::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "server closed the connection unexpectedly",
+            );
+            Some(match r.unmovable {
+                // An idle session that could not follow its server.
+                Some(why) => {
+                    shared.counters.failover_terminations.inc();
+                    ErrorResponse::fatal(
+                        sqlstate::ADMIN_SHUTDOWN,
+                        format!("terminating connection: its server was lost, and the session holds a {why}, which cannot move to another server"),
+                    )
+                    .with_hint("reconnect: new sessions go to the primary")
+                }
+                None => e,
+            })
+        }
         PumpEnd::ServerGone => None,
         PumpEnd::ServerProtocol(e) => {
             tracing::warn!(error = %e, "server broke the protocol");
@@ -469,10 +483,13 @@ pub(crate) async fn finish(
                 .map_or_else(|| conn.backend.to_string(), |b| b.name.clone());
             tracing::info!(backend = %old, "ending a session: its server is no longer the primary");
             shared.counters.failover_terminations.inc();
+            let held = r.unmovable.map_or_else(String::new, |why| {
+                format!(", and the session holds a {why}, which cannot move to another server")
+            });
             Some(
                 ErrorResponse::fatal(
                     sqlstate::ADMIN_SHUTDOWN,
-                    format!("terminating connection because of failover: backend \"{old}\" is no longer the primary"),
+                    format!("terminating connection because of failover: backend \"{old}\" is no longer the primary{held}"),
                 )
                 .with_detail(detail)
                 .with_hint("reconnect: new sessions go to the new primary"),

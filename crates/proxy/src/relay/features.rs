@@ -134,7 +134,7 @@ fn statement_words(words: &[&[u8]], f: impl FnOnce(&[&str])) {
 /// Session state made by a word anywhere in a statement (given the word
 /// before it): session advisory locks, `set_config()`, `WITH HOLD`,
 /// `INTO TEMP`, objects in `pg_temp`.
-fn anywhere_pins(prev: &[u8], word: &[u8]) -> Option<&'static str> {
+pub(super) fn anywhere_pins(prev: &[u8], word: &[u8]) -> Option<&'static str> {
     // Every word looked for starts with one of these letters: most words
     // are passed over at the first byte.
     if !matches!(
@@ -209,14 +209,14 @@ fn statement_effects(s: &[&str]) -> (Option<&'static str>, bool) {
 }
 
 /// `CREATE [GLOBAL|LOCAL] TEMP[ORARY] ...` (tables, views, sequences).
-fn is_temp_create(rest: &[&str]) -> bool {
+pub(super) fn is_temp_create(rest: &[&str]) -> bool {
     rest.iter()
         .take(3)
         .any(|w| *w == "temp" || *w == "temporary")
 }
 
 #[derive(Debug, PartialEq, Eq)]
-enum Word<'a> {
+pub(super) enum Word<'a> {
     Ident(&'a [u8]),
     Semicolon,
     End,
@@ -225,13 +225,13 @@ enum Word<'a> {
 /// Lower-cased identifiers and keywords of SQL text, with `;` between
 /// statements; comments, quoted strings and quoted identifiers are skipped
 /// (a dollar-quoted body too).
-struct Words<'a> {
+pub(super) struct Words<'a> {
     sql: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Words<'a> {
-    fn new(sql: &'a [u8]) -> Self {
+    pub(super) fn new(sql: &'a [u8]) -> Self {
         Words { sql, pos: 0 }
     }
 

@@ -17,9 +17,12 @@
 //!
 //! - [`pump`]: session mode's own, simpler data path: a client and its one
 //!   server connection, copy-free both ways.
+//! - [`session_log`]: what a session-mode session holds that can move to
+//!   another server connection (a failover), followed by the pump.
 
 pub mod features;
 pub mod pump;
+pub mod session_log;
 pub mod statements;
 pub(crate) mod txn;
 

@@ -25,6 +25,9 @@ use postgres_protocol::message::frontend;
 use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Mutex;
+
+use super::session_log::SessionLog;
 use crate::backend::ServerConn;
 use crate::frontend::clients::Activity;
 
@@ -70,6 +73,9 @@ pub struct PumpResult {
     pub client_at_boundary: bool,
     /// Type of the last message forwarded from the server.
     pub last_server_tag: u8,
+    /// Session mode: what the session held that could not move to another
+    /// server, when it ends because its server was lost.
+    pub unmovable: Option<&'static str>,
 }
 
 /// Where a server connection's conversation stands when its client stops.
@@ -118,12 +124,17 @@ impl Owing {
 #[derive(Debug)]
 struct ClientSide<'a> {
     activity: &'a Activity,
+    /// What the session holds that could move to another server.
+    log: Option<&'a Mutex<SessionLog>>,
     /// A write to the server was under way (the server may hold half a message).
     writing: bool,
 }
 
 impl Observer for ClientSide<'_> {
     fn start(&mut self, tag: u8) -> Result<Flow, ProtocolError> {
+        if let Some(log) = self.log {
+            lock(log).client_start(tag, self.activity.unsynced());
+        }
         match tag {
             b'X' => return Ok(Flow::Stop),
             b'Q' => {
@@ -143,11 +154,22 @@ impl Observer for ClientSide<'_> {
         }
         Ok(Flow::Continue)
     }
+
+    fn wants_body(&self, tag: u8) -> bool {
+        self.log.is_some() && matches!(tag, b'Q' | b'P' | b'C')
+    }
+
+    fn body(&mut self, tag: u8, body: &[u8]) {
+        if let Some(log) = self.log {
+            lock(log).client_body(tag, body);
+        }
+    }
 }
 
 /// What the server has answered.
 struct ServerSide<'a> {
     activity: &'a Activity,
+    log: Option<&'a Mutex<SessionLog>>,
     /// The transaction status of the last ReadyForQuery.
     status: u8,
     params: &'a mut Vec<(String, String)>,
@@ -164,14 +186,24 @@ impl Observer for ServerSide<'_> {
         if tag == b'G' {
             self.activity.copy_in_started();
         }
+        if let Some(log) = self.log {
+            lock(log).server_start(tag);
+        }
         Ok(Flow::Continue)
     }
 
     fn wants_body(&self, tag: u8) -> bool {
-        tag == b'Z' || tag == b'S'
+        tag == b'Z' || tag == b'S' || (tag == b'C' && self.log.is_some())
     }
 
     fn body(&mut self, tag: u8, body: &[u8]) {
+        if let Some(log) = self.log {
+            match (tag, body.first()) {
+                (b'C', _) => return lock(log).server_command(body),
+                (b'Z', Some(&status)) => lock(log).server_ready(status),
+                _ => {}
+            }
+        }
         server_body(
             tag,
             body,
@@ -211,7 +243,9 @@ pub(crate) fn server_body(
 /// Runs the data path until either side leaves, the session's `stop`
 /// token fires (shutdown or terminate), or the route the session was given
 /// ends (`route_ended`). `pending` holds client bytes read before the
-/// session started.
+/// session started. `log`, when given, follows what the session holds
+/// that could move to another server.
+#[allow(clippy::too_many_arguments)]
 pub async fn pump(
     client: &mut Stream,
     server: &mut ServerConn,
@@ -220,18 +254,23 @@ pub async fn pump(
     activity: &Activity,
     stop: &CancellationToken,
     route_ended: &CancellationToken,
+    log: Option<&Mutex<SessionLog>>,
+    withdrawn: Option<&CancellationToken>,
 ) -> PumpResult {
     // Per session, so waiting on it touches no lock shared with other
     // sessions (`stop` is the session's own already).
     let route_ended = route_ended.child_token();
+    let withdrawn = withdrawn.map(CancellationToken::child_token);
     let mut client_scan = Scanner::new(max_message);
     let mut server_scan = Scanner::new(u32::MAX);
     let mut client_side = ClientSide {
         activity,
+        log,
         writing: false,
     };
     let mut server_side = ServerSide {
         activity,
+        log,
         status: b'I',
         params: &mut server.params,
         applied: &mut server.applied,
@@ -298,12 +337,31 @@ pub async fn pump(
         }
     };
 
-    let end = tokio::select! {
-        biased;
-        _ = stop.cancelled() => PumpEnd::Stopped(StopReason::Stopped),
-        _ = route_ended.cancelled() => PumpEnd::Stopped(StopReason::PrimaryChanged),
-        end = client_to_server => end,
-        end = server_to_client => end,
+    let end = {
+        let mut client_to_server = std::pin::pin!(client_to_server);
+        let mut server_to_client = std::pin::pin!(server_to_client);
+        let mut watch_withdrawn = withdrawn.is_some();
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break PumpEnd::Stopped(StopReason::Stopped),
+                _ = route_ended.cancelled() => break PumpEnd::Stopped(StopReason::PrimaryChanged),
+                () = async {
+                    if let Some(w) = &withdrawn {
+                        w.cancelled().await;
+                    }
+                }, if watch_withdrawn => {
+                    // An idle session that can move goes now; any other
+                    // stays until its server's route ends.
+                    if !activity.is_busy() && log.is_some_and(|l| lock(l).movable_now()) {
+                        break PumpEnd::Stopped(StopReason::PrimaryChanged);
+                    }
+                    watch_withdrawn = false;
+                }
+                end = &mut client_to_server => break end,
+                end = &mut server_to_client => break end,
+            }
+        }
     };
     let client_at_boundary = server_scan.at_boundary() && !server_side.writing;
     let (status, last_tag) = (server_side.status, server_side.last_tag);
@@ -325,6 +383,7 @@ pub async fn pump(
         server,
         client_at_boundary,
         last_server_tag: last_tag,
+        unmovable: None,
     }
 }
 
@@ -347,6 +406,7 @@ pub async fn drain(
     } = owing;
     let mut side = ServerSide {
         activity,
+        log: None,
         status,
         params: &mut server.params,
         applied: &mut server.applied,
@@ -380,4 +440,9 @@ pub async fn drain(
         Some(side.status)
     };
     tokio::time::timeout(timeout, run).await.ok().flatten()
+}
+
+/// The session's log, whatever a panic elsewhere left in it.
+pub(crate) fn lock(log: &Mutex<SessionLog>) -> std::sync::MutexGuard<'_, SessionLog> {
+    log.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -655,6 +655,7 @@ async fn relay(
         server: state,
         client_at_boundary,
         last_server_tag: last_tag,
+        unmovable: None,
     };
     if lost {
         Outcome::Lost(r)

@@ -30,6 +30,10 @@ pub struct Route {
     pub why_none: String,
     /// Cancelled when the primary changes: sessions on it must end.
     pub ended: CancellationToken,
+    /// Cancelled when the primary stops taking new work: at the change, or
+    /// when a switchover's drain begins (`ended` then fires later). Idle
+    /// session-mode sessions move to the new primary from here on.
+    pub withdrawn: CancellationToken,
 }
 
 /// Publishes the current route.
@@ -49,6 +53,7 @@ impl Default for Router {
             primary: None,
             why_none: "the primary is not known yet".to_owned(),
             ended: CancellationToken::new(),
+            withdrawn: CancellationToken::new(),
         };
         Router {
             tx: watch::channel(Arc::new(route)).0,
@@ -152,6 +157,7 @@ impl Router {
             if let Some(t) = draining.take() {
                 t.cancel();
             }
+            std::mem::replace(&mut cur.withdrawn, CancellationToken::new()).cancel();
             let old = std::mem::replace(&mut cur.ended, CancellationToken::new());
             match drain {
                 Some(cap) if primary.is_none() && cur.primary.is_some() => {
