@@ -693,6 +693,15 @@ async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
         for p in ["down", "promoted", "completed"] {
             assert!(phases.contains(&p), "{p} missing: {phases:?}");
         }
+        // The proxy's report comes last: its first transaction on pg1.
+        assert_eq!(phases.last(), Some(&"first write routed"), "{phases:?}");
+        let times: Vec<i64> = r["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["at_unix_ms"].as_i64().unwrap())
+            .collect();
+        assert!(times.is_sorted(), "phases out of order: {r}");
         let text = pgwardenctl(&proxy.config, &["history"]);
         eprintln!("{}", text.stdout);
         assert!(
@@ -701,6 +710,21 @@ async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
             text.stdout
         );
     };
+    // The proxy reports its first transaction on the new primary a moment
+    // after it ran.
+    let reported = Instant::now();
+    while !pgwardenctl(&proxy.config, &["--json", "history"])
+        .stdout
+        .contains("first write routed")
+    {
+        assert!(
+            reported.elapsed() < Duration::from_secs(15),
+            "the proxy never reported its first transaction on the new primary: {}\n{}",
+            pgwardenctl(&proxy.config, &["history"]).stdout,
+            log_tail("proxy", &proxy.log(), 40)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     check_history(&proxy);
     let metrics = scrape(proxy.monitor_metrics).unwrap();
     assert_eq!(

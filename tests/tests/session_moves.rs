@@ -125,4 +125,21 @@ async fn an_idle_session_mode_client_keeps_its_settings_statements_and_listens_t
         metric(&metrics, "pgwarden_proxy_failover_terminations_total").unwrap_or(0.0) >= 1.0,
         "{metrics}"
     );
+    // The failover's history says what the proxy moved and ended.
+    let asked = Instant::now();
+    let history = loop {
+        let run = pgwardenctl(&proxy.config, &["history"]);
+        if run.stdout.contains("first write routed") {
+            break run.stdout;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(15),
+            "no report from the proxy: {run:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        history.contains("1 session(s) moved to the new primary, 1 ended"),
+        "{history}"
+    );
 }

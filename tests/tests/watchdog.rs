@@ -187,6 +187,61 @@ async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
         })
         .sum();
     assert_eq!(promotions, 1, "{}", fleet.logs());
+    // The deciding node's history shows every phase, the fence delay
+    // between the quorum's verdict and the decision, and (from its proxy,
+    // which holds the delegate IP) the first transaction on the new primary.
+    let decider = (0..3)
+        .find(|&i| {
+            fleet
+                .log(i, Daemon::Monitor)
+                .contains("failover: promotion succeeded")
+        })
+        .unwrap();
+    let config = fleet.nodes[decider].dir.join("pgwarden.toml");
+    let asked = Instant::now();
+    let record = loop {
+        let run = pgwarden_e2e::pgwardenctl(&config, &["--json", "history"]);
+        assert_eq!(run.code, 0, "{run:?}");
+        let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let r = json["records"][0].clone();
+        if run.stdout.contains("first write routed") {
+            break r;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(15),
+            "no report of the first write in the history: {json}\n{}",
+            fleet.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!(
+        "{}",
+        pgwarden_e2e::pgwardenctl(&config, &["history"]).stdout
+    );
+    let at = |name: &str| {
+        record["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["at_unix_ms"].as_i64())
+            .unwrap_or_else(|| panic!("no {name} phase: {record}"))
+    };
+    let (quorum, fence, promoted, completed, routed) = (
+        at("quorum"),
+        at("fence"),
+        at("promoted"),
+        at("completed"),
+        at("first write routed"),
+    );
+    assert!(
+        fence - quorum >= 2400,
+        "the fence delay was not waited: {record}"
+    );
+    assert!(
+        quorum <= fence && fence <= promoted && promoted <= completed && completed <= routed,
+        "{record}"
+    );
     // Every node's proxy routes to the same new primary.
     let expected = fleet.lab.host(p as usize).ip().to_string();
     for i in 0..3 {

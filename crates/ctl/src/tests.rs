@@ -172,6 +172,15 @@ impl Monitor for Stub {
         Ok(Response::new(pgwarden_proto::v1::GetHistoryReply::default()))
     }
 
+    async fn report_routed(
+        &self,
+        _: tonic::Request<pgwarden_proto::v1::ReportRoutedRequest>,
+    ) -> Result<tonic::Response<pgwarden_proto::v1::ReportRoutedReply>, tonic::Status> {
+        Ok(tonic::Response::new(
+            pgwarden_proto::v1::ReportRoutedReply {},
+        ))
+    }
+
     async fn recheck(
         &self,
         _: Request<RecheckRequest>,

@@ -24,6 +24,10 @@
 //! [`FENCE_DELAY`](crate::coordinator::FENCE_DELAY), so by the time a new primary
 //! is promoted, any proxy cut off with the old one has stopped sending it writes.
 //!
+//! The node that decides also keeps the failover history
+//! ([`Timeline`](crate::timeline::Timeline)), with the quorum's verdict and
+//! the fence delay among its phases.
+//!
 //! The decisions themselves (leadership, the fence delay, proposals and
 //! refusals, the proxies' fencing, where operator requests go) are the pure
 //! [`Coordinator`]'s; this module is its driver: it turns channel and timer
@@ -47,6 +51,7 @@ use crate::parts::{Parts, StartError};
 use crate::perform::perform;
 use crate::service::Command;
 use crate::settings::Settings;
+use crate::timeline::{Timeline, now_ms};
 
 /// Where an operator's answer goes.
 type Reply = tokio::sync::oneshot::Sender<Result<String, String>>;
@@ -75,28 +80,37 @@ pub(crate) async fn run(
         limits: settings.limits,
         rejoin_enabled: settings.rejoin_enabled(),
     };
-    let mut coordinator = Coordinator::new(setup, p.current_tx.borrow().clone());
+    let mut coordinator = Coordinator::new(setup, p.current_tx.borrow().clone())
+        .with_timeline(Timeline::load(&settings.state_dir));
+    p.history_tx.send_replace(coordinator.timeline().records());
     // A late tick delays the next ones instead of bursting: the tick count
     // may run behind the clock (a longer fence delay), never ahead of it.
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
-        let outputs = tokio::select! {
+        let input = tokio::select! {
             _ = &mut shutdown => break,
-            _ = ticks.tick() => coordinator.tick(),
-            Some(e) = p.events.recv() => coordinator.step(Input::Event(e)),
+            _ = ticks.tick() => None,
+            Some(e) = p.events.recv() => Some(Input::Event(e)),
             changed = status_rx.changed() => {
                 if changed.is_err() {
                     break;
                 }
                 let status = status_rx.borrow_and_update().clone();
-                coordinator.step(Input::Watchdog(status.map(Box::new)))
+                Some(Input::Watchdog(status.map(Box::new)))
             }
-            Some(c) = p.commands.recv() => coordinator.step(match c {
+            Some(c) = p.commands.recv() => Some(match c {
                 Command::Change { ask, forwarded, reply } => Input::Operator { ask, forwarded, reply },
                 Command::Recheck => Input::Recheck,
+                Command::Routed { generation, at_ms, detail } => Input::Routed { generation, at_ms, detail },
             }),
+        };
+        let history = coordinator.timeline().version();
+        coordinator.set_wall_ms(now_ms());
+        let outputs = match input {
+            Some(input) => coordinator.step(input),
+            None => coordinator.tick(),
         };
         let mut outputs = VecDeque::from(outputs);
         while let Some(output) = outputs.pop_front() {
@@ -105,6 +119,7 @@ pub(crate) async fn run(
                 // The last of its batch: the round goes on with the answer.
                 Output::Propose(request) => {
                     let answer = propose(&mut client, request).await;
+                    coordinator.set_wall_ms(now_ms());
                     outputs.extend(coordinator.step(Input::Proposed(answer)));
                 }
                 Output::Opinion(opinion) => {
@@ -125,6 +140,9 @@ pub(crate) async fn run(
                 Output::Forward { request, reply } => forward(&client, request, reply),
                 Output::Recheck => p.recheck.notify_waiters(),
             }
+        }
+        if coordinator.timeline().version() != history {
+            p.history_tx.send_replace(coordinator.timeline().records());
         }
     }
     p.finish().await;

@@ -26,7 +26,10 @@
 //!
 //! It also keeps this node's own opinion of each backend (down after more
 //! than `max_retries` failed checks), which the driver reports to the
-//! watchdog as this node's vote ([`Output::Opinion`]).
+//! watchdog as this node's vote ([`Output::Opinion`]), and, while it decides,
+//! the failover [`Timeline`] (the driver gives it the wall clock with
+//! [`Coordinator::set_wall_ms`], for the phases' times only: no decision
+//! reads it).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -41,6 +44,7 @@ use crate::machine::{
     Action, BackendSpec, Decider, Event, Limits, Machine, Observation, Persisted, Status,
 };
 use crate::operator::{self, Ask};
+use crate::timeline::Timeline;
 
 /// One tick of the coordinator's clock: how often the driver calls
 /// [`Coordinator::tick`].
@@ -96,6 +100,16 @@ pub enum Input<R> {
     Recheck,
     /// The answer to the last [`Output::Propose`]: committed, or why not.
     Proposed(Result<(), String>),
+    /// This node's proxy reports the first transaction it routed to the
+    /// primary of `generation` (for the timeline).
+    Routed {
+        /// The generation.
+        generation: u64,
+        /// When (unix ms).
+        at_ms: i64,
+        /// The sessions it moved and ended.
+        detail: String,
+    },
 }
 
 /// Output of the coordinator, performed by the driver in order.
@@ -189,6 +203,10 @@ pub struct Coordinator<R> {
     proposing: Option<Round<R>>,
     /// Inputs that came while a proposal was out, taken in order after it.
     deferred: VecDeque<Input<R>>,
+    /// The failovers this node decided.
+    timeline: Timeline,
+    /// The wall clock (unix ms), for the timeline's phases only.
+    wall_ms: i64,
 }
 
 impl<R> Coordinator<R> {
@@ -213,7 +231,28 @@ impl<R> Coordinator<R> {
             ready: false,
             proposing: None,
             deferred: VecDeque::new(),
+            timeline: Timeline::default(),
+            wall_ms: 0,
         }
+    }
+
+    /// Records the failovers this node decides in `timeline` (kept in
+    /// `state_dir`), instead of a timeline kept nowhere.
+    #[must_use]
+    pub fn with_timeline(mut self, timeline: Timeline) -> Self {
+        self.timeline = timeline;
+        self
+    }
+
+    /// The wall clock now (unix ms): the time of the phases the next input
+    /// or tick records.
+    pub fn set_wall_ms(&mut self, ms: i64) {
+        self.wall_ms = ms;
+    }
+
+    /// The failovers and switchovers this node decided.
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
     }
 
     /// The machine, while this node's monitor decides.
@@ -234,7 +273,15 @@ impl<R> Coordinator<R> {
         {
             self.round(input, &mut out);
         }
+        self.record_after();
         out
+    }
+
+    /// The timeline sees the machine after each step.
+    fn record_after(&mut self) {
+        if let Some(m) = self.machine.as_ref() {
+            self.timeline.after(m, self.wall_ms);
+        }
     }
 
     /// One [`TICK`] passed: acts on the quorum's verdicts that ripened.
@@ -244,6 +291,7 @@ impl<R> Coordinator<R> {
         if self.proposing.is_none() && self.ripe_down() != self.fed_down {
             self.decide(Vec::new(), None, &mut out);
         }
+        self.record_after();
         out
     }
 
@@ -255,7 +303,10 @@ impl<R> Coordinator<R> {
                 if update_opinion(&mut self.opinion, &self.setup, &self.local) {
                     out.push(Output::Opinion(self.opinion.clone()));
                 }
-                let actions = self.machine.as_mut().map(|m| m.step(e));
+                let actions = self.machine.as_mut().map(|m| {
+                    self.timeline.before(m, &e, self.wall_ms);
+                    m.step(e)
+                });
                 (actions.unwrap_or_default(), None)
             }
             Input::Watchdog(status) => {
@@ -264,9 +315,27 @@ impl<R> Coordinator<R> {
                     .and_then(|s| s.record.as_ref())
                     .map(|r| quorum_down_ids(&self.setup, r))
                     .unwrap_or_default();
+                let primary = self.machine.as_ref().and_then(Machine::primary);
+                if primary
+                    .is_some_and(|p| self.down_since.contains_key(&p) && !now_down.contains(&p))
+                {
+                    self.timeline.drop_early(&["quorum", "fence"]);
+                }
                 self.down_since.retain(|id, _| now_down.contains(id));
                 for id in now_down {
-                    self.down_since.entry(id).or_insert(self.now);
+                    if self.down_since.contains_key(&id) {
+                        continue;
+                    }
+                    self.down_since.insert(id, self.now);
+                    if let Some(m) = self.machine.as_ref() {
+                        self.timeline.early(
+                            m,
+                            id,
+                            "quorum",
+                            self.wall_ms,
+                            "a quorum of the nodes sees the primary down",
+                        );
+                    }
                 }
                 self.watchdog = status.map(|s| *s);
                 (Vec::new(), None)
@@ -281,6 +350,14 @@ impl<R> Coordinator<R> {
                 (Vec::new(), None)
             }
             Input::Proposed(_) => (Vec::new(), None),
+            Input::Routed {
+                generation,
+                at_ms,
+                detail,
+            } => {
+                self.timeline.routed(generation, at_ms, &detail);
+                (Vec::new(), None)
+            }
         };
         self.decide(actions, reply, out);
     }
@@ -323,6 +400,7 @@ impl<R> Coordinator<R> {
         out: &mut Vec<Output<R>>,
     ) -> (Vec<Action>, Option<Held<R>>) {
         if let Some(m) = self.machine.as_mut() {
+            self.timeline.mark(m);
             let (actions, answer) = operator::decide(m, ask, self.setup.rejoin_enabled);
             return (actions, Some((reply, answer)));
         }
@@ -357,15 +435,28 @@ impl<R> Coordinator<R> {
         self.follow_lead();
         let ripe = self.ripe_down();
         if !deciding && let Some(m) = self.machine.as_mut() {
+            self.timeline.mark(m);
             actions.extend(bootstrap(m, self.setup.limits, &self.local, &ripe));
             self.fed_down.clone_from(&ripe);
         }
         // Quorum verdicts old enough to act on.
         if ripe != self.fed_down {
-            self.fed_down.clone_from(&ripe);
             if let Some(m) = self.machine.as_mut() {
-                actions.extend(m.step(Event::QuorumDown(ripe)));
+                for &id in ripe.iter().filter(|id| !self.fed_down.contains(id)) {
+                    self.timeline.early(
+                        m,
+                        id,
+                        "fence",
+                        self.wall_ms,
+                        &format!(
+                            "down by quorum for {FENCE_DELAY:?}: a node cut off with it has fenced its proxy"
+                        ),
+                    );
+                }
+                self.timeline.mark(m);
+                actions.extend(m.step(Event::QuorumDown(ripe.clone())));
             }
+            self.fed_down = ripe;
         }
         let round = Round {
             actions: actions.into(),
@@ -377,7 +468,10 @@ impl<R> Coordinator<R> {
     /// Starts or stops deciding as this node's watchdog gains or loses the lead.
     fn follow_lead(&mut self) {
         let Some(s) = self.watchdog.as_ref() else {
-            self.machine = None;
+            if self.machine.take().is_some() {
+                self.timeline
+                    .abandon(self.wall_ms, "this node lost its watchdog");
+            }
             return;
         };
         let leads = s.id != 0 && s.leader_id == s.id && s.quorum;
@@ -385,6 +479,10 @@ impl<R> Coordinator<R> {
             if self.machine.take().is_some() {
                 tracing::info!(
                     "this node's watchdog is no longer the leader: this monitor stops deciding"
+                );
+                self.timeline.abandon(
+                    self.wall_ms,
+                    "this node's watchdog lost the lead; the new leader's monitor decides",
                 );
             }
             return;
@@ -469,6 +567,10 @@ impl<R> Coordinator<R> {
             Err(e) => {
                 tracing::warn!(error = %e, "cluster change not committed; re-deciding from the committed state");
                 self.machine = None;
+                self.timeline.abandon(
+                    self.wall_ms,
+                    &format!("not committed by the watchdogs ({e}); decided again from the committed state"),
+                );
                 // An operator request that caused it hears the truth.
                 if let Some((_, answer)) = round.reply.as_mut() {
                     *answer = Err(format!("not committed by the watchdogs: {e}"));

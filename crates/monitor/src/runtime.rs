@@ -45,6 +45,7 @@ async fn run_alone(
     let mut timeline = Timeline::load(&settings.state_dir);
     p.history_tx.send_replace(timeline.records());
     loop {
+        let seen = timeline.version();
         let (actions, reply) = tokio::select! {
             _ = &mut shutdown => break,
             Some(e) = p.events.recv() => {
@@ -62,6 +63,11 @@ async fn run_alone(
                     p.recheck.notify_waiters();
                     (Vec::new(), None)
                 }
+                Command::Routed { generation, at_ms, detail } => {
+                    let kept = timeline.routed(generation, at_ms, &detail);
+                    tracing::debug!(generation, kept, "the proxy reported its first transaction on a new primary");
+                    (Vec::new(), None)
+                }
             },
         };
         for action in actions {
@@ -75,7 +81,6 @@ async fn run_alone(
                 perform(action, &settings, &p.events_tx);
             }
         }
-        let seen = timeline.version();
         timeline.after(&machine, now_ms());
         if timeline.version() != seen {
             p.history_tx.send_replace(timeline.records());

@@ -30,6 +30,16 @@ pub enum Command {
     },
     /// Recheck.
     Recheck,
+    /// The local proxy routed its first transaction to the primary of
+    /// `generation` (ReportRouted): for the failover history.
+    Routed {
+        /// The generation.
+        generation: u64,
+        /// When (unix ms).
+        at_ms: i64,
+        /// What the proxy moved and ended, in words.
+        detail: String,
+    },
 }
 
 /// The service: talks to the core loop, never to the machine directly.
@@ -44,7 +54,7 @@ pub struct MonitorService {
     /// True once the monitor has made its first decision; until then its
     /// state is not a committed view and watchers wait for it.
     pub ready: watch::Receiver<bool>,
-    /// The failover history (empty with the watchdog: not recorded yet).
+    /// The failover history (with the watchdog: what this node decided while it led).
     pub history: watch::Receiver<Vec<pgwarden_proto::v1::FailoverRecord>>,
     /// Fires on shutdown: open streams end, so the API drains at once.
     pub stop: tokio_util::sync::CancellationToken,
@@ -182,6 +192,26 @@ impl Monitor for MonitorService {
     ) -> Result<Response<ChangeReply>, Status> {
         let (i, force) = (id(r.get_ref().id), r.get_ref().force);
         self.change(&r, Ask::Promote { id: i, force }).await
+    }
+
+    async fn report_routed(
+        &self,
+        r: Request<pgwarden_proto::v1::ReportRoutedRequest>,
+    ) -> Result<Response<pgwarden_proto::v1::ReportRoutedReply>, Status> {
+        let r = r.into_inner();
+        let command = Command::Routed {
+            generation: r.generation,
+            at_ms: r.first_routed_unix_ms,
+            detail: format!(
+                "this node's proxy: {} session(s) moved to the new primary, {} ended, {} statement(s) with an unknown outcome (08007)",
+                r.sessions_moved, r.sessions_ended, r.requests_lost
+            ),
+        };
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| Status::unavailable("the monitor is shutting down"))?;
+        Ok(Response::new(pgwarden_proto::v1::ReportRoutedReply {}))
     }
 
     async fn recheck(&self, _: Request<RecheckRequest>) -> Result<Response<RecheckReply>, Status> {

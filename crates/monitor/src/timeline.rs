@@ -1,9 +1,14 @@
 //! The failover timeline (`pgwardenctl history`): each failover or
 //! switchover this monitor decided, with the time of each phase as it saw
-//! it (the primary's first failed check, the decision, the promotion, each
-//! standby repointed, the new generation) and the WAL the promoted standby
-//! lacked (RPO). Fed by the deciding loop around [`Machine::step`]; kept in
-//! `node.state_dir` (`history.json`, the last [`KEPT`]) across restarts.
+//! it (the primary's first failed check; with a watchdog, when a quorum saw
+//! it down and when the fence delay let the leader act; the decision, the
+//! promotion, each standby repointed, the new generation; then the first
+//! transaction this node's proxy routed to the new primary, with the
+//! sessions it moved and ended) and the WAL the promoted standby lacked
+//! (RPO). Fed by the deciding loop around [`Machine::step`] (alone, or the
+//! [`Coordinator`](crate::coordinator::Coordinator) on the watchdog
+//! leader's node); kept in `node.state_dir` (`history.json`, the last
+//! [`KEPT`]) across restarts.
 
 use std::collections::VecDeque;
 use std::io::Write;
@@ -18,6 +23,9 @@ use crate::machine::{Event, Machine};
 pub const KEPT: usize = 50;
 
 const FILE_NAME: &str = "history.json";
+
+/// The primary's first failed check.
+const SUSPECT: &str = "suspect";
 
 /// One phase.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,8 +64,9 @@ pub struct Record {
 pub struct Timeline {
     done: VecDeque<Record>,
     open: Option<Record>,
-    /// The primary's first failed check since it was last healthy.
-    suspect: Option<Phase>,
+    /// Phases before the decision: the primary's first failed check since
+    /// it was last healthy, the quorum's verdict, the fence delay.
+    early: Vec<Phase>,
     /// The primary and generation before the last step.
     primary: Option<usize>,
     generation: u64,
@@ -107,19 +116,16 @@ impl Timeline {
         };
         match e {
             Event::Checked { id, result, .. } if Some(*id) == m.primary() => match result {
-                Err(why) if self.suspect.is_none() && self.open.is_none() => {
-                    self.suspect = Some(Phase {
-                        name: "suspect".to_owned(),
+                Err(why) if self.open.is_none() && !self.early.iter().any(|p| p.name == SUSPECT) => {
+                    self.early.push(Phase {
+                        name: SUSPECT.to_owned(),
                         at_ms: now_ms,
                         detail: format!("{}: {why}", name(*id)),
                     });
                 }
-                Ok(_) if self.open.is_none() => self.suspect = None,
+                Ok(_) if self.open.is_none() => self.early.retain(|p| p.name != SUSPECT),
                 _ => {}
             },
-            Event::QuorumDown(ids) if self.primary.is_some_and(|p| ids.contains(&p)) => {
-                self.phase("quorum", now_ms, "a quorum of the nodes sees the primary down");
-            }
             Event::Promoted { id, result } => match result {
                 Ok(timeline) => self.phase(
                     "promoted",
@@ -154,7 +160,7 @@ impl Timeline {
                 .and_then(|b| b.last.as_ref())
                 .map(|o| o.received_lsn());
             let switchover = m.switchover_in_progress();
-            let mut phases: Vec<Phase> = self.suspect.take().into_iter().collect();
+            let mut phases = std::mem::take(&mut self.early);
             phases.push(Phase {
                 name: if switchover { "switchover" } else { "down" }.to_owned(),
                 at_ms: now_ms,
@@ -190,13 +196,88 @@ impl Timeline {
                 took_ms = r.phases.last().map_or(0, |l| l.at_ms) - r.phases.first().map_or(0, |f| f.at_ms),
                 "failover recorded in the history"
             );
-            self.version += 1;
-            self.done.push_back(r);
-            while self.done.len() > KEPT {
-                self.done.pop_front();
-            }
-            self.save();
+            self.push_done(r);
         }
+    }
+
+    /// A phase before the decision about `m`'s primary `id` (the quorum's
+    /// verdict, the fence delay): kept for the record the decision opens,
+    /// once each; ignored for another backend or once a record is open.
+    pub fn early(&mut self, m: &Machine, id: usize, name: &str, at_ms: i64, detail: &str) {
+        if self.open.is_some()
+            || m.primary() != Some(id)
+            || self.early.iter().any(|p| p.name == name)
+        {
+            return;
+        }
+        self.early.push(Phase {
+            name: name.to_owned(),
+            at_ms,
+            detail: detail.to_owned(),
+        });
+    }
+
+    /// `names` no longer hold before a decision (the quorum sees the
+    /// primary up again).
+    pub fn drop_early(&mut self, names: &[&str]) {
+        self.early.retain(|p| !names.contains(&p.name.as_str()));
+    }
+
+    /// The machine that was deciding is gone (the lead moved, or a
+    /// proposal was refused) while a record was open: the record ends
+    /// here, saying why; whoever decides next records its own.
+    pub fn abandon(&mut self, at_ms: i64, why: &str) {
+        self.early.clear();
+        if let Some(mut r) = self.open.take() {
+            r.phases.push(Phase {
+                name: "abandoned".to_owned(),
+                at_ms,
+                detail: why.to_owned(),
+            });
+            self.push_done(r);
+        }
+    }
+
+    /// What this node's proxy reports of `generation`: when it routed the
+    /// first transaction to its primary, and the sessions it moved and
+    /// ended. Added, in time order, to the record whose generations include
+    /// it (a failover may take several: the promotion, then each standby
+    /// repointed); ignored for another (a generation this monitor did not
+    /// decide, or a report repeated).
+    pub fn routed(&mut self, generation: u64, at_ms: i64, detail: &str) -> bool {
+        const NAME: &str = "first write routed";
+        let Some(r) = self
+            .done
+            .iter_mut()
+            .rev()
+            .find(|r| r.from_generation < generation && generation <= r.to_generation)
+        else {
+            return false;
+        };
+        if r.phases.iter().any(|p| p.name == NAME) {
+            return false;
+        }
+        let at = r.phases.partition_point(|p| p.at_ms <= at_ms);
+        r.phases.insert(
+            at,
+            Phase {
+                name: NAME.to_owned(),
+                at_ms,
+                detail: detail.to_owned(),
+            },
+        );
+        self.version += 1;
+        self.save();
+        true
+    }
+
+    fn push_done(&mut self, r: Record) {
+        self.version += 1;
+        self.done.push_back(r);
+        while self.done.len() > KEPT {
+            self.done.pop_front();
+        }
+        self.save();
     }
 
     fn phase(&mut self, name: &str, at_ms: i64, detail: &str) {

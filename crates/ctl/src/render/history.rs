@@ -1,11 +1,16 @@
 //! `history`: a block per failover or switchover, newest last:
 //!
 //! ```text
-//! failover  generation 3 -> 4  pg0 -> pg1  RPO 0 B  took 412 ms
-//!   +0 ms      suspect    pg0: connection refused
-//!   +204 ms    down       promoting pg1
-//!   +412 ms    completed  generation 4, primary pg1
+//! failover  generation 3 -> 4  pg0 -> pg1  RPO 0 B  took 420 ms
+//!   +0 ms      suspect             pg0: connection refused
+//!   +204 ms    down                promoting pg1
+//!   +412 ms    completed           generation 4, primary pg1
+//!   +420 ms    first write routed  this node's proxy: 2 session(s) moved ...
 //! ```
+//!
+//! With a watchdog, the deciding (leader's) node's record also has
+//! `quorum` (a quorum sees the primary down) and `fence` (the fence delay
+//! passed) before `down`.
 
 use pgwarden_proto::v1::{FailoverRecord, GetHistoryReply};
 use serde_json::{Value, json};

@@ -662,3 +662,135 @@ fn a_generation_already_committed_is_never_proposed_again() {
         assert!(p.generation > p.expected_generation, "{p:?}");
     }
 }
+
+// === the timeline ===
+
+/// The names of the phases of the timeline's newest record, with their
+/// wall times.
+fn phases(c: &C) -> Vec<(String, i64)> {
+    c.timeline()
+        .records()
+        .last()
+        .map(|r| {
+            r.phases
+                .iter()
+                .map(|p| (p.name.clone(), p.at_unix_ms))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn event(e: Event) -> Input<u32> {
+    Input::Event(e)
+}
+
+#[test]
+fn the_leaders_timeline_has_the_quorums_verdict_the_fence_and_the_proxys_first_write() {
+    let mut c = deciding();
+    c.set_wall_ms(1_000);
+    c.step(checked(0, Err("refused".to_owned())));
+    c.set_wall_ms(1_300);
+    c.step(leading(2, &["pg0"]));
+    // Each tick 100 ms of wall time, as the driver's interval gives.
+    let mut out = Vec::new();
+    for t in 1..=FENCE_DELAY_TICKS + 1 {
+        c.set_wall_ms(1_300 + 100 * i64::try_from(t).unwrap());
+        out.extend(c.tick());
+    }
+    let out = drive(&mut c, out, Ok(()));
+    assert!(
+        performed(&out)
+            .iter()
+            .any(|a| matches!(a, Action::Promote { id: 1, .. })),
+        "{out:?}"
+    );
+    let fence_at = 1_300 + 100 * i64::try_from(FENCE_DELAY_TICKS + 1).unwrap();
+    let names: Vec<(String, i64)> = phases(&c);
+    assert_eq!(
+        names,
+        vec![
+            ("suspect".to_owned(), 1_000),
+            ("quorum".to_owned(), 1_300),
+            ("fence".to_owned(), fence_at),
+            ("down".to_owned(), fence_at),
+        ]
+    );
+    // Promotion, repointing, the new generation committed.
+    c.set_wall_ms(5_000);
+    let out = c.step(checked(1, Ok(Observation::primary(2, 100))));
+    drive(&mut c, out, Ok(()));
+    let out = c.step(event(Event::Promoted {
+        id: 1,
+        result: Ok(2),
+    }));
+    drive(&mut c, out, Ok(()));
+    c.set_wall_ms(5_200);
+    let out = c.step(event(Event::Followed {
+        id: 2,
+        result: Ok(()),
+    }));
+    drive(&mut c, out, Ok(()));
+    let record = c.timeline().records().last().cloned().unwrap();
+    assert_eq!(
+        record.phases.last().map(|p| p.name.as_str()),
+        Some("completed"),
+        "{record:?}"
+    );
+    let generation = record.to_generation;
+    assert!(generation > 2, "{record:?}");
+    // The proxy's report lands in that record, in time order; a repeat or
+    // another generation's report is ignored.
+    let report = |generation, at_ms| Input::Routed {
+        generation,
+        at_ms,
+        detail: "this node's proxy: 1 session(s) moved".to_owned(),
+    };
+    // The proxy may first route in any generation of the failover (the
+    // promotion's, before the standbys are repointed).
+    c.step(report(record.from_generation + 1, 5_300));
+    c.step(report(generation, 5_400));
+    c.step(report(generation + 7, 5_500));
+    let routed: Vec<(String, i64)> = phases(&c)
+        .into_iter()
+        .filter(|(n, _)| n == "first write routed")
+        .collect();
+    assert_eq!(routed, vec![("first write routed".to_owned(), 5_300)]);
+    assert_eq!(
+        phases(&c).last().map(|(n, _)| n.as_str()),
+        Some("first write routed")
+    );
+}
+
+#[test]
+fn a_quorums_verdict_withdrawn_before_the_fence_leaves_no_phase_behind() {
+    let mut c = deciding();
+    c.set_wall_ms(1_000);
+    c.step(leading(2, &["pg0"]));
+    ticks(&mut c, 3);
+    c.step(leading(2, &[]));
+    ticks(&mut c, 2 * FENCE_DELAY_TICKS);
+    // Later, a real failover: its record starts at its own verdict.
+    c.set_wall_ms(9_000);
+    c.step(leading(2, &["pg0"]));
+    let out = ticks(&mut c, FENCE_DELAY_TICKS + 1);
+    drive(&mut c, out, Ok(()));
+    let quorum: Vec<i64> = phases(&c)
+        .into_iter()
+        .filter(|(n, _)| n == "quorum")
+        .map(|(_, at)| at)
+        .collect();
+    assert_eq!(quorum, vec![9_000]);
+}
+
+#[test]
+fn a_refused_proposal_ends_the_open_record_as_abandoned() {
+    let mut c = deciding();
+    c.step(leading(2, &["pg0"]));
+    let out = ticks(&mut c, FENCE_DELAY_TICKS + 1);
+    drive(&mut c, out, Err("generation moved on".to_owned()));
+    let record = c.timeline().records().last().cloned().unwrap();
+    let last = record.phases.last().unwrap();
+    assert_eq!(last.name, "abandoned", "{record:?}");
+    assert!(last.detail.contains("generation moved on"), "{last:?}");
+    assert_eq!(record.to_generation, 0);
+}

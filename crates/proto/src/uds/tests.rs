@@ -90,6 +90,13 @@ impl Monitor for StubMonitor {
         Ok(tonic::Response::new(crate::v1::GetHistoryReply::default()))
     }
 
+    async fn report_routed(
+        &self,
+        _: tonic::Request<crate::v1::ReportRoutedRequest>,
+    ) -> Result<tonic::Response<crate::v1::ReportRoutedReply>, tonic::Status> {
+        Ok(tonic::Response::new(crate::v1::ReportRoutedReply {}))
+    }
+
     async fn recheck(
         &self,
         _: tonic::Request<RecheckRequest>,

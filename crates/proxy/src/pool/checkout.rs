@@ -295,6 +295,7 @@ async fn attempt(
         .map_err(Failed::Reject)?;
         conn.settled = Some(fingerprint);
     }
+    route.first_use.mark();
     Ok((slot, conn, route))
 }
 

@@ -11,12 +11,19 @@
 //! can no longer know which backend is the primary, so it stops routing
 //! (fencing) and says why, instead of guessing. A restart of the monitor
 //! alone is much shorter than that and disturbs nobody.
+//!
+//! After each change of primary (not the first primary it sees), the proxy
+//! tells the monitor when it gave the first transaction a server on the new
+//! one, and the sessions it moved and ended meanwhile (`ReportRouted`), for
+//! the failover history.
 
 use std::time::Duration;
 
 use pgwarden_proto::uds::{self, Daemon};
 use pgwarden_proto::v1::monitor_client::MonitorClient;
-use pgwarden_proto::v1::{ClusterState, RecheckRequest, Status, WatchClusterRequest};
+use pgwarden_proto::v1::{
+    ClusterState, RecheckRequest, ReportRoutedRequest, Status, WatchClusterRequest,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -45,7 +52,107 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     };
-    tokio::join!(ask, watch(shared, stop, client, path));
+    tokio::join!(
+        ask,
+        report(shared, stop, client.clone()),
+        watch(shared, stop, client, path)
+    );
+}
+
+/// How long after the first transaction on a new primary the proxy waits
+/// before it reports: sessions still moving or ending are counted too.
+const REPORT_SETTLE: Duration = Duration::from_secs(1);
+
+/// The counters a report gives as differences.
+fn tally(shared: &Shared) -> [u64; 3] {
+    let c = &shared.counters;
+    [
+        c.moved_sessions.get(),
+        c.failover_terminations.get(),
+        c.lost_requests.get(),
+    ]
+}
+
+/// Reports each change of primary to the monitor once its first
+/// transaction got a server there (see the module docs).
+async fn report(
+    shared: &Shared,
+    stop: &CancellationToken,
+    mut client: MonitorClient<tonic::transport::Channel>,
+) {
+    let mut routes = shared.router.subscribe();
+    // The primary already routed to when this starts counts as the first.
+    let mut primary: Option<usize> = routes.borrow_and_update().primary.as_ref().map(|b| b.id);
+    let mut since = tally(shared);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = routes.changed() => if r.is_err() { return },
+        }
+        let route = routes.borrow_and_update().clone();
+        let Some(id) = route.primary.as_ref().map(|b| b.id) else {
+            continue;
+        };
+        match primary.replace(id) {
+            // The first primary this proxy sees: no failover here.
+            None => {
+                since = tally(shared);
+                continue;
+            }
+            Some(old) if old == id => continue,
+            Some(_) => {}
+        }
+        // Reported with the generation that brought this primary.
+        let at_ms = loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = routes.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    // Another primary before the first transaction: that
+                    // one is reported instead.
+                    if routes.borrow().primary.as_ref().map(|b| b.id) != Some(id) {
+                        routes.mark_changed();
+                        break None;
+                    }
+                }
+                at = route.first_use.first() => break Some(at),
+            }
+        };
+        let Some(at_ms) = at_ms else { continue };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(REPORT_SETTLE) => {}
+        }
+        let now = tally(shared);
+        let [moved, ended, lost] = {
+            let ([m1, e1, l1], [m0, e0, l0]) = (now, since);
+            [
+                m1.saturating_sub(m0),
+                e1.saturating_sub(e0),
+                l1.saturating_sub(l0),
+            ]
+        };
+        since = now;
+        let request = ReportRoutedRequest {
+            generation: route.generation,
+            first_routed_unix_ms: at_ms,
+            sessions_moved: moved,
+            sessions_ended: ended,
+            requests_lost: lost,
+        };
+        tracing::debug!(
+            generation = route.generation,
+            moved,
+            ended,
+            lost,
+            "reporting the first transaction on the new primary"
+        );
+        if let Err(e) = client.report_routed(request).await {
+            tracing::debug!(error = %e, "could not report the new primary's first transaction to the monitor");
+        }
+    }
 }
 
 async fn watch(

@@ -34,6 +34,50 @@ pub struct Route {
     /// when a switchover's drain begins (`ended` then fires later). Idle
     /// session-mode sessions move to the new primary from here on.
     pub withdrawn: CancellationToken,
+    /// When this primary first gave a client a server (for the failover
+    /// history); new at each change of primary.
+    pub first_use: Arc<FirstUse>,
+}
+
+/// The first checkout on a route's primary.
+#[derive(Debug, Default)]
+pub struct FirstUse {
+    /// Unix ms; 0 until then.
+    at_ms: std::sync::atomic::AtomicI64,
+    done: Notify,
+}
+
+impl FirstUse {
+    /// A checkout got a server on this route's primary: the first one
+    /// records the time (one relaxed load for every other).
+    pub fn mark(&self) {
+        use std::sync::atomic::Ordering;
+        if self.at_ms.load(Ordering::Relaxed) != 0 {
+            return;
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        if self
+            .at_ms
+            .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.done.notify_one();
+        }
+    }
+
+    /// Waits for the first checkout; its time in unix ms.
+    pub async fn first(&self) -> i64 {
+        use std::sync::atomic::Ordering;
+        loop {
+            let at = self.at_ms.load(Ordering::Relaxed);
+            if at != 0 {
+                return at;
+            }
+            self.done.notified().await;
+        }
+    }
 }
 
 /// Publishes the current route.
@@ -54,6 +98,7 @@ impl Default for Router {
             why_none: "the primary is not known yet".to_owned(),
             ended: CancellationToken::new(),
             withdrawn: CancellationToken::new(),
+            first_use: Arc::default(),
         };
         Router {
             tx: watch::channel(Arc::new(route)).0,
@@ -108,6 +153,11 @@ impl Router {
     /// The current route.
     pub fn current(&self) -> Arc<Route> {
         Arc::clone(&self.tx.borrow())
+    }
+
+    /// Every route from now on.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Route>> {
+        self.tx.subscribe()
     }
 
     /// Sets the route. When the primary changes (or goes away), sessions on
@@ -175,6 +225,7 @@ impl Router {
                 _ => old.cancel(),
             }
             cur.primary = primary.map(Arc::new);
+            cur.first_use = Arc::default();
         });
         replaced
     }
