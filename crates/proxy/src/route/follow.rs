@@ -36,7 +36,10 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
     let path = uds::socket_path(&s.runtime_dir, Daemon::Monitor);
     let client = MonitorClient::new(uds::connect_lazy(&path));
     // Errors clients hit on the primary make the monitor check now (at most
-    // once a second): failures are found sooner, and still only by its checks.
+    // every RECHECK_SPACING): failures are found sooner, and still only by
+    // its checks. Not once a second: the first request often comes the
+    // moment a server connection drops, while the postmaster still answers,
+    // and the one that finds it gone must not wait a second behind it.
     let mut asker = client.clone();
     let asking = stop.clone();
     let router = &shared.router;
@@ -49,7 +52,7 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
             if let Err(e) = asker.recheck(RecheckRequest {}).await {
                 tracing::debug!(error = %e, "could not ask the monitor for a recheck");
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(RECHECK_SPACING).await;
         }
     };
     tokio::join!(
@@ -58,6 +61,9 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
         watch(shared, stop, client, path)
     );
 }
+
+/// The least time between two recheck requests to the monitor.
+const RECHECK_SPACING: Duration = Duration::from_millis(100);
 
 /// How long after the first transaction on a new primary the proxy waits
 /// before it reports: sessions still moving or ending are counted too.
