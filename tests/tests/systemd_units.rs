@@ -160,6 +160,34 @@ fn units_restart_forever_with_a_backoff_and_no_start_limit() {
     verify_with_systemd_analyze();
 }
 
+/// Issue 12, item 1: the daemons say when they are ready and alive (see
+/// `systemd_notify`), so the units wait for READY=1, accept it from the
+/// main process only (the watchdog's VIP guard is a child), and restart a
+/// daemon whose main loop stops pinging.
+#[test]
+fn units_wait_for_readiness_and_restart_a_daemon_whose_loop_stops() {
+    for name in UNITS {
+        let unit = read_unit(name);
+        assert_eq!(value(&unit, name, "Service", "Type"), "notify", "{name}");
+        assert_eq!(
+            value(&unit, name, "Service", "NotifyAccess"),
+            "main",
+            "{name}"
+        );
+        let watchdog = seconds(
+            name,
+            "WatchdogSec",
+            value(&unit, name, "Service", "WatchdogSec"),
+        );
+        // Longer than the longest wait inside a daemon's loop (a proposal
+        // to the watchdogs, 10 s), short enough to matter.
+        assert!(
+            (Duration::from_secs(15)..=Duration::from_secs(120)).contains(&watchdog),
+            "{name}.service: WatchdogSec={watchdog:?}"
+        );
+    }
+}
+
 /// `systemd-analyze verify` on copies of the units whose ExecStart= points
 /// at stand-in executables (the real ones need not be installed here). Any
 /// complaint fails, except the keys systemd < 254 does not know yet (the

@@ -35,7 +35,6 @@
 mod admin;
 mod backend;
 mod checks;
-pub mod daemon;
 mod env;
 mod error;
 mod failover;

@@ -88,7 +88,11 @@ pub(crate) async fn run(
     let mut ticks = tokio::time::interval(TICK);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    // systemd's watchdog hears from this loop (it turns at least every
+    // tick): a stuck loop stops it.
+    let mut pinger = pgwarden_daemon::notify::Pinger::from_env();
     loop {
+        pinger.ping();
         let input = tokio::select! {
             _ = &mut shutdown => break,
             _ = ticks.tick() => None,

@@ -15,9 +15,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    pgwarden_config::daemon::reset_signal_mask();
+    pgwarden_daemon::reset_signal_mask();
     let args = Args::parse();
-    pgwarden_config::daemon::init_logs();
+    pgwarden_daemon::init_logs();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -35,7 +35,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let shutdown = pgwarden_config::daemon::shutdown_signal()?;
+        let signal = pgwarden_daemon::shutdown_signal()?;
+        let shutdown = async {
+            signal.await;
+            pgwarden_daemon::notify::stopping();
+        };
         pgwarden_monitor::runtime::run(settings, shutdown).await?;
         Ok(())
     })

@@ -27,6 +27,8 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         consensus = settings.consensus,
         "pgwarden-monitor checking backends"
     );
+    // Sockets bound, state loaded.
+    pgwarden_daemon::notify::ready();
     if settings.consensus {
         crate::consensus::run(settings, parts, shutdown).await
     } else {
@@ -44,10 +46,14 @@ async fn run_alone(
     tokio::pin!(shutdown);
     let mut timeline = Timeline::load(&settings.state_dir);
     p.history_tx.send_replace(timeline.records());
+    // systemd's watchdog hears from this loop: a stuck loop stops it.
+    let mut pinger = pgwarden_daemon::notify::Pinger::from_env();
     loop {
+        pinger.ping();
         let seen = timeline.version();
         let (actions, reply) = tokio::select! {
             _ = &mut shutdown => break,
+            () = pinger.due() => continue,
             Some(e) = p.events.recv() => {
                 timeline.before(&machine, &e, now_ms());
                 (machine.step(e), None)

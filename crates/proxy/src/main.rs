@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use pgwarden_daemon::notify;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// PostgreSQL proxy with authentication, a server connection cache and primary routing.
@@ -16,9 +17,9 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    pgwarden_config::daemon::reset_signal_mask();
+    pgwarden_daemon::reset_signal_mask();
     let args = Args::parse();
-    pgwarden_config::daemon::init_logs();
+    pgwarden_daemon::init_logs();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -48,12 +49,29 @@ fn run(args: Args) -> anyhow::Result<()> {
         let mut hup = signal(SignalKind::hangup())?;
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
+                notify::reloading();
                 // Logged by the reload itself.
                 let _ = handle.reload().await;
+                notify::reloaded();
             }
         });
-        let shutdown = pgwarden_config::daemon::shutdown_signal()?;
-        proxy.serve(shutdown).await;
+        // Every client runs on this runtime (one thread by default): a
+        // ping from one of its tasks shows the runtime turns.
+        tokio::spawn(async {
+            let mut pinger = notify::Pinger::from_env();
+            loop {
+                pinger.due().await;
+                pinger.ping();
+            }
+        });
+        let signal = pgwarden_daemon::shutdown_signal()?;
+        notify::ready();
+        proxy
+            .serve(async {
+                signal.await;
+                notify::stopping();
+            })
+            .await;
         Ok(())
     })
 }

@@ -24,7 +24,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    pgwarden_config::daemon::reset_signal_mask();
+    pgwarden_daemon::reset_signal_mask();
     let args = Args::parse();
     if args.vip_guard {
         let (ip, cmd) = (
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         );
         return pgwarden_watchdog::vip::guard(&ip, &cmd);
     }
-    pgwarden_config::daemon::init_logs();
+    pgwarden_daemon::init_logs();
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -51,7 +51,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let shutdown = pgwarden_config::daemon::shutdown_signal()?;
+        let signal = pgwarden_daemon::shutdown_signal()?;
+        let shutdown = async {
+            signal.await;
+            pgwarden_daemon::notify::stopping();
+        };
         pgwarden_watchdog::runtime::run(settings, shutdown).await?;
         Ok(())
     })

@@ -210,13 +210,19 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
 
     let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
     let mut last_seen: HashMap<u64, (Instant, i64)> = HashMap::new();
+    // systemd's watchdog hears from this loop's ticks: a stuck loop stops it.
+    let mut pinger = pgwarden_daemon::notify::Pinger::from_env();
+    pgwarden_daemon::notify::ready();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let result = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            _ = ticker.tick() => node.tick(),
+            _ = ticker.tick() => {
+                node.tick();
+                pinger.ping();
+            }
             Some(event) = inbound.recv() => match event {
                 Inbound::Raft(from, msgs) => {
                     last_seen.insert(from, (Instant::now(), now_ms()));

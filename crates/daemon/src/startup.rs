@@ -1,4 +1,4 @@
-//! Start-up steps every pgwarden daemon's `main` shares.
+//! Start-up steps every pgwarden daemon's `main` shares: logs and signals.
 
 /// Logs to stderr through `tracing`, filtered by `PGWARDEN_LOG` (default
 /// `info`, e.g. `PGWARDEN_LOG=debug`); colours only on a terminal. Server
