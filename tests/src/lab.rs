@@ -58,6 +58,15 @@ pub fn unavailable() -> Option<String> {
     Lab::unavailable()
 }
 
+/// Fails the calling test when the lab cannot start here. The multi-host
+/// tests are ignored unless built as root (`cfg(lab)`, see `build.rs`);
+/// one that runs must really run, never pass without its lab.
+pub fn require_lab() {
+    if let Some(why) = unavailable() {
+        panic!("this multi-host test needs the three-host lab, which cannot start here: {why}");
+    }
+}
+
 impl Fleet {
     /// A lab of `hosts` hosts, a primary and streaming standbys, and the
     /// daemons running on every host.

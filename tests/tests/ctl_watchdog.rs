@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use pgwarden_e2e::lab::{Fleet, unavailable};
+use pgwarden_e2e::lab::{Fleet, require_lab};
 use pgwarden_e2e::{CtlRun, pgwardenctl};
 use pgwarden_testkit::workspace_bin;
 use serde_json::Value;
@@ -58,12 +58,13 @@ fn agreed(views: &[Value], leader_id: u64) -> bool {
         && holders == [&Value::from(leader_id)]
 }
 
+#[cfg_attr(
+    not(lab),
+    ignore = "needs root: the three-host lab runs in network namespaces"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_shows_the_same_leader_and_one_delegate_ip_holder() {
-    if let Some(why) = unavailable() {
-        eprintln!("SKIPPED: multi-host test needs network namespaces: {why}");
-        return;
-    }
+    require_lab();
     let fleet = Fleet::start(3);
     let leader = fleet
         .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
@@ -211,12 +212,13 @@ async fn every_node_shows_the_same_leader_and_one_delegate_ip_holder() {
 /// pgpool's pcp commands work against any node: so do pgwardenctl's. On a
 /// follower, the monitor hands the request to the leader's monitor through
 /// the watchdogs, and every node then shows the change.
+#[cfg_attr(
+    not(lab),
+    ignore = "needs root: the three-host lab runs in network namespaces"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_on_a_follower_are_decided_by_the_leader() {
-    if let Some(why) = unavailable() {
-        eprintln!("SKIPPED: multi-host test needs network namespaces: {why}");
-        return;
-    }
+    require_lab();
     let fleet = Fleet::start(3);
     let leader = fleet
         .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])

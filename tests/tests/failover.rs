@@ -149,10 +149,24 @@ async fn writes_continue_on_the_most_advanced_standby_after_the_primary_dies() {
         .await;
 
     // The old primary comes back, as a primary on the old timeline: it stays
-    // detached and gets no traffic.
+    // detached and gets no traffic. It was detached before it came back:
+    // wait until the monitor has checked it alive (on its old timeline, 1)
+    // before looking, or the test shows nothing.
+    let restarted_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     cluster.node(0).start().unwrap();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let state = proxy.cluster_state().await;
+    let state = proxy
+        .wait_state(
+            Duration::from_secs(30),
+            "the old primary checked alive again",
+            |s| {
+                let b = &s.backends[0];
+                b.last_check_unix_ms > restarted_ms && b.failed_checks == 0 && b.timeline == 1
+            },
+        )
+        .await;
     assert_eq!(status_of(&state, 0), Status::Detached as i32, "{state:#?}");
     assert_eq!(state.primary_id, Some(2));
     for _ in 0..5 {

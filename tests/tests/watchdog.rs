@@ -1,6 +1,7 @@
 //! Three hosts in network namespaces, each with PostgreSQL and the three
 //! daemons; a client reaching them through the delegate IP. Needs root
-//! (network namespaces); skips otherwise, saying so.
+//! (network namespaces): built by another user, the tests are ignored (and
+//! reported so); built as root, a lab that cannot start fails them.
 
 #![allow(
     clippy::unwrap_used,
@@ -15,17 +16,18 @@ use std::time::{Duration, Instant};
 
 use pgwarden_e2e::{Status, sqlstate};
 
-use pgwarden_e2e::lab::{Daemon, Fleet, unavailable};
+use pgwarden_e2e::lab::{Daemon, Fleet, require_lab};
 
 macro_rules! need_lab {
     () => {
-        if let Some(why) = unavailable() {
-            eprintln!("SKIPPED: multi-host test needs network namespaces: {why}");
-            return;
-        }
+        require_lab()
     };
 }
 
+#[cfg_attr(
+    not(lab),
+    ignore = "needs root: the three-host lab runs in network namespaces"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_holds_the_delegate_ip_and_clients_reach_the_primary_through_it() {
     need_lab!();
@@ -65,6 +67,10 @@ fn sample_holders(fleet: &Arc<Fleet>) -> (Arc<AtomicBool>, std::thread::JoinHand
     (stop, handle)
 }
 
+#[cfg_attr(
+    not(lab),
+    ignore = "needs root: the three-host lab runs in network namespaces"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leaders_watchdog_moves_the_delegate_ip() {
     need_lab!();
@@ -98,6 +104,10 @@ async fn killing_the_leaders_watchdog_moves_the_delegate_ip() {
     );
 }
 
+#[cfg_attr(
+    not(lab),
+    ignore = "needs root: the three-host lab runs in network namespaces"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_leader_drops_the_ip_before_the_majority_takes_it() {
     need_lab!();
@@ -130,6 +140,10 @@ async fn a_cut_leader_drops_the_ip_before_the_majority_takes_it() {
         .await;
 }
 
+#[cfg_attr(
+    not(lab),
+    ignore = "needs root: the three-host lab runs in network namespaces"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
     need_lab!();
@@ -282,6 +296,10 @@ async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
     let _ = sqlstate;
 }
 
+#[cfg_attr(
+    not(lab),
+    ignore = "needs root: the three-host lab runs in network namespaces"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_without_quorum_does_not_fail_over() {
     need_lab!();
@@ -359,6 +377,10 @@ async fn a_lone_node_without_quorum_does_not_fail_over() {
 /// Only the leader's monitor decides failovers. With that monitor gone (and
 /// not restarted), the leader hands the lead to a node whose monitor
 /// answers, and a primary that dies afterwards is still failed over, once.
+#[cfg_attr(
+    not(lab),
+    ignore = "needs root: the three-host lab runs in network namespaces"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_without_its_monitor_hands_over_and_failover_still_happens() {
     need_lab!();
