@@ -375,11 +375,24 @@ async fn a_proxy_that_loses_the_monitor_for_too_long_stops_routing_and_says_why(
         .await;
     let c = proxy.alice().await;
     proxy.kill_monitor();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let err = proxy
-        .connect(ALICE.0, ALICE.1, "app")
-        .await
-        .expect_err("fenced");
+    let lost = Instant::now();
+    // Logins go on until monitor_stale_after (2 s) has passed, then fail.
+    let err = loop {
+        match proxy.connect(ALICE.0, ALICE.1, "app").await {
+            Err(e) => break e,
+            Ok(_) => {
+                assert!(
+                    lost.elapsed() < Duration::from_secs(20),
+                    "still routing 20 s after losing the monitor"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        lost.elapsed() >= Duration::from_secs(2),
+        "fenced before monitor_stale_after: {err:?}"
+    );
     assert_eq!(sqlstate(&err).as_deref(), Some("57P03"), "{err:?}");
     let msg = err
         .as_db_error()
