@@ -443,6 +443,48 @@ pub fn pgwardenctl(config: &std::path::Path, args: &[&str]) -> CtlRun {
     }
 }
 
+/// `pgwardenctl --json history` with `config`, polled until its newest
+/// record has a phase named `phase` (a proxy reports its first transaction
+/// on a new primary a moment after it ran), within `timeout`: that record.
+pub async fn wait_history_phase(
+    config: &std::path::Path,
+    phase: &str,
+    timeout: Duration,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let run = pgwardenctl_async(config, &["--json", "history"]).await;
+        assert_eq!(run.code, 0, "{run:?}");
+        let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+        let newest = json["records"]
+            .as_array()
+            .and_then(|r| r.last())
+            .cloned()
+            .unwrap_or_default();
+        let has = newest["phases"]
+            .as_array()
+            .is_some_and(|ps| ps.iter().any(|p| p["name"] == phase));
+        if has {
+            return newest;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {phase} phase in the failover history within {timeout:?}: {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The detail of `record`'s phase `phase` (empty when it has none).
+pub fn phase_detail(record: &serde_json::Value, phase: &str) -> String {
+    record["phases"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == phase))
+        .and_then(|p| p["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// [`pgwardenctl`] off the async runtime's threads.
 pub async fn pgwardenctl_async(config: &std::path::Path, args: &[&str]) -> CtlRun {
     let config = config.to_path_buf();

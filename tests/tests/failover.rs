@@ -737,21 +737,7 @@ async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
             text.stdout
         );
     };
-    // The proxy reports its first transaction on the new primary a moment
-    // after it ran.
-    let reported = Instant::now();
-    while !pgwardenctl(&proxy.config, &["--json", "history"])
-        .stdout
-        .contains("first write routed")
-    {
-        assert!(
-            reported.elapsed() < Duration::from_secs(15),
-            "the proxy never reported its first transaction on the new primary: {}\n{}",
-            pgwardenctl(&proxy.config, &["history"]).stdout,
-            log_tail("proxy", &proxy.log(), 40)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_history_phase(&proxy.config, "first write routed", Duration::from_secs(15)).await;
     check_history(&proxy);
     let metrics = scrape(proxy.monitor_metrics).unwrap();
     assert_eq!(

@@ -126,20 +126,11 @@ async fn an_idle_session_mode_client_keeps_its_settings_statements_and_listens_t
         "{metrics}"
     );
     // The failover's history says what the proxy moved and ended.
-    let asked = Instant::now();
-    let history = loop {
-        let run = pgwardenctl(&proxy.config, &["history"]);
-        if run.stdout.contains("first write routed") {
-            break run.stdout;
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(15),
-            "no report from the proxy: {run:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let record =
+        wait_history_phase(&proxy.config, "first write routed", Duration::from_secs(15)).await;
+    let detail = phase_detail(&record, "first write routed");
     assert!(
-        history.contains("1 session(s) moved to the new primary, 1 ended"),
-        "{history}"
+        detail.contains("1 session(s) moved to the new primary, 1 ended"),
+        "{record}"
     );
 }

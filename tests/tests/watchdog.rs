@@ -212,22 +212,9 @@ async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
         })
         .unwrap();
     let config = fleet.nodes[decider].dir.join("pgwarden.toml");
-    let asked = Instant::now();
-    let record = loop {
-        let run = pgwarden_e2e::pgwardenctl(&config, &["--json", "history"]);
-        assert_eq!(run.code, 0, "{run:?}");
-        let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-        let r = json["records"][0].clone();
-        if run.stdout.contains("first write routed") {
-            break r;
-        }
-        assert!(
-            asked.elapsed() < Duration::from_secs(15),
-            "no report of the first write in the history: {json}\n{}",
-            fleet.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let record =
+        pgwarden_e2e::wait_history_phase(&config, "first write routed", Duration::from_secs(15))
+            .await;
     eprintln!(
         "{}",
         pgwarden_e2e::pgwardenctl(&config, &["history"]).stdout

@@ -473,20 +473,27 @@ impl ServerConn {
             frontend::query(query, &mut out)?;
             pending += 1;
         }
-        self.stream.send(&out).await?;
+        self.exchange(&out, pending).await
+    }
+
+    /// Sends `out` and reads the replies up to its `pending`-th
+    /// ReadyForQuery, keeping reported settings; the first error refuses
+    /// the whole, and so does a session that does not end idle.
+    async fn exchange(&mut self, out: &[u8], mut pending: u32) -> Result<(), ServerError> {
+        self.stream.send(out).await?;
         let mut failed = None;
         while pending > 0 {
             let m = self.read().await?;
             match m.tag {
                 b'S' => self.record_param(&m.body),
-                b'E' => failed = Some(refused(&m)),
+                b'E' => failed = failed.or(Some(refused(&m))),
                 b'Z' => {
                     pending -= 1;
-                    if pending == 0 && m.body.first() != Some(&b'I') {
+                    if pending == 0 && failed.is_none() && m.body.first() != Some(&b'I') {
                         return Err(ServerError::NotIdle);
                     }
                 }
-                // CommandComplete, NoticeResponse and anything else a reset may say.
+                // CommandComplete, NoticeResponse and anything else it may say.
                 _ => {}
             }
         }
@@ -651,29 +658,10 @@ impl ServerConn {
             .map_err(|_| ServerError::Timeout(timeout))?
     }
 
-    async fn restore_inner(&mut self, out: BytesMut, mut pending: u32) -> Result<(), ServerError> {
+    async fn restore_inner(&mut self, out: BytesMut, pending: u32) -> Result<(), ServerError> {
         self.served += 1;
         self.settled = None;
-        self.stream.send(&out).await?;
-        let mut failed = None;
-        while pending > 0 {
-            let m = self.read().await?;
-            match m.tag {
-                b'S' => self.record_param(&m.body),
-                b'E' => failed = failed.or(Some(refused(&m))),
-                b'Z' => {
-                    pending -= 1;
-                    if pending == 0 && failed.is_none() && m.body.first() != Some(&b'I') {
-                        return Err(ServerError::NotIdle);
-                    }
-                }
-                _ => {}
-            }
-        }
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.exchange(&out, pending).await
     }
 
     /// The session's current value of setting `name`, within `timeout`,
