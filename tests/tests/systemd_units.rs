@@ -231,6 +231,71 @@ fn units_wait_for_readiness_restart_a_stuck_daemon_and_stay_sandboxed() {
     }
 }
 
+/// Issue 12, item 1: `pgwarden.target` groups the node's daemons (each
+/// joins it when enabled and follows its stop and restart), and the
+/// sysusers.d file creates the user the units run as.
+#[test]
+fn the_target_groups_the_daemons_and_sysusers_creates_their_user() {
+    let target = parse_unit(
+        &std::fs::read_to_string(root().join("deploy/systemd/pgwarden.target")).unwrap(),
+        &root().join("deploy/systemd/pgwarden.target"),
+    );
+    assert_eq!(
+        value(&target, "pgwarden", "Install", "WantedBy"),
+        "multi-user.target"
+    );
+    assert!(
+        !target["Unit"].contains_key("Wants") && !target["Unit"].contains_key("Requires"),
+        "the target must not pull in a daemon that is not enabled (the watchdog without watchdog.enabled)"
+    );
+    for name in UNITS {
+        let unit = read_unit(name);
+        assert_eq!(
+            value(&unit, name, "Unit", "PartOf"),
+            "pgwarden.target",
+            "{name}"
+        );
+        let wanted: Vec<&str> = value(&unit, name, "Install", "WantedBy")
+            .split_whitespace()
+            .collect();
+        assert!(
+            wanted.contains(&"pgwarden.target") && wanted.contains(&"multi-user.target"),
+            "{name}.service: WantedBy={wanted:?}"
+        );
+        assert_eq!(value(&unit, name, "Service", "User"), "pgwarden", "{name}");
+    }
+    let Ok(sysusers) = Command::new("systemd-sysusers").arg("--version").output() else {
+        eprintln!(
+            "systemd-sysusers not installed: the sysusers.d file not applied (the checks above ran)"
+        );
+        return;
+    };
+    assert!(sysusers.status.success());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+    let out = Command::new("systemd-sysusers")
+        .arg("--root")
+        .arg(dir.path())
+        .arg(root().join("deploy/systemd/pgwarden.sysusers"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "systemd-sysusers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let passwd = std::fs::read_to_string(dir.path().join("etc/passwd")).unwrap();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("pgwarden:"))
+        .unwrap_or_else(|| panic!("no pgwarden user: {passwd}"));
+    let fields: Vec<&str> = line.split(':').collect();
+    assert_eq!(fields[5], "/var/lib/pgwarden", "{line}");
+    assert_eq!(fields[6], "/usr/sbin/nologin", "{line}");
+    let group = std::fs::read_to_string(dir.path().join("etc/group")).unwrap();
+    assert!(group.lines().any(|l| l.starts_with("pgwarden:")), "{group}");
+}
+
 /// `systemd-analyze verify` on copies of the units whose ExecStart= points
 /// at stand-in executables (the real ones need not be installed here). Any
 /// complaint fails, except the keys systemd < 254 does not know yet (the
@@ -265,6 +330,9 @@ fn verify_with_systemd_analyze() {
         std::fs::write(&path, text).unwrap();
         paths.push(path);
     }
+    let target = dir.path().join("pgwarden.target");
+    std::fs::copy(root().join("deploy/systemd/pgwarden.target"), &target).unwrap();
+    paths.push(target);
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .args(&paths)
@@ -286,7 +354,7 @@ fn verify_with_systemd_analyze() {
         out.status,
         String::from_utf8_lossy(&out.stdout)
     );
-    eprintln!("systemd-analyze verify (systemd {major}): the three units pass");
+    eprintln!("systemd-analyze verify (systemd {major}): the three units and the target pass");
 }
 
 /// The role must install these files as they are: a copy of
@@ -322,6 +390,11 @@ fn the_ansible_role_installs_the_units_unchanged() {
             && install.contains("dest: /etc/systemd/system/{{ item }}.service")
             && install.contains("loop: \"{{ pgwarden_services }}\""),
         "the units are not copied as they are:\n{install}"
+    );
+    assert!(
+        tasks.contains("src: \"{{ pgwarden_source_dir }}/deploy/systemd/pgwarden.target\"")
+            && tasks.contains("dest: /etc/systemd/system/pgwarden.target"),
+        "the role does not install pgwarden.target"
     );
     // Nothing else in the role edits a unit, and the one drop-in only
     // repoints ExecStart=.
