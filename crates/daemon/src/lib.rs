@@ -1,6 +1,8 @@
 //! What every pgwarden daemon's `main` shares: logs and signals
-//! ([`startup`]), and the service manager's notifications ([`notify`]).
+//! ([`startup`]), the service manager's notifications ([`notify`]), and the
+//! runner of operators' shell hooks ([`hook`]).
 
+pub mod hook;
 pub mod notify;
 pub mod startup;
 

@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 use crate::VipAction;
@@ -121,74 +120,16 @@ async fn escalate(settings: &Settings, action: VipAction) {
     }
 }
 
-/// Runs one command; true when it exited 0. Like the monitor's failover
-/// hooks: `/bin/sh -c` in its own process group (a timeout kills all of it),
-/// stderr merged into stdout, each output line logged. A background child
-/// that keeps the output open does not hold the caller past the shell's exit.
+/// Runs one command; true when it exited 0: `$_IP_$` replaced, then the
+/// daemons' one hook runner ([`pgwarden_daemon::hook::run`]: `/bin/sh -c` in
+/// its own process group, every output line logged, the whole group killed
+/// after [`COMMAND_TIMEOUT`]).
 pub async fn run_command(name: &str, template: &str, ip: &str) -> bool {
     let command = template.replace("$_IP_$", ip);
-    let child = tokio::process::Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!("exec 2>&1\n{command}"))
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
+    match pgwarden_daemon::hook::run(name, &command, COMMAND_TIMEOUT).await {
+        Ok(_) => true,
         Err(e) => {
-            tracing::error!(hook = name, error = %e, "cannot run /bin/sh");
-            return false;
-        }
-    };
-    let pgid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .map(nix::unistd::Pid::from_raw);
-    let mut out = child.stdout.take();
-    let mut text = Vec::new();
-    let read = async {
-        if let Some(o) = out.as_mut() {
-            let _ = o.read_to_end(&mut text).await;
-        }
-    };
-    let status = tokio::time::timeout(COMMAND_TIMEOUT, async {
-        tokio::pin!(read);
-        let (status, read_all) = tokio::select! {
-            s = child.wait() => (s, false),
-            // Output done first (the usual case): then just wait for the exit.
-            () = &mut read => (child.wait().await, true),
-        };
-        if !read_all {
-            // Whatever is still in the pipe, briefly.
-            let _ = tokio::time::timeout(Duration::from_millis(500), &mut read).await;
-        }
-        status
-    })
-    .await;
-    for line in String::from_utf8_lossy(&text)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-    {
-        tracing::info!(hook = name, "{line}");
-    }
-    match status {
-        Ok(Ok(s)) if s.success() => true,
-        Ok(Ok(s)) => {
-            tracing::warn!(hook = name, status = %s, command = %command, "command failed");
-            false
-        }
-        Ok(Err(e)) => {
-            tracing::error!(hook = name, error = %e, "command failed to run");
-            false
-        }
-        Err(_) => {
-            if let Some(pg) = pgid {
-                let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
-            }
-            tracing::error!(hook = name, command = %command, "command timed out after {COMMAND_TIMEOUT:?}; killed");
+            tracing::warn!(hook = name, command = %command, error = %e, "command failed");
             false
         }
     }
