@@ -1,8 +1,10 @@
 //! What every pgwarden daemon's `main` shares: logs and signals
 //! ([`startup`]), the service manager's notifications ([`notify`]), and the
-//! runner of operators' shell hooks ([`hook`]).
+//! runner of operators' shell hooks ([`hook`]), and the `/metrics` server
+//! ([`metrics`]).
 
 pub mod hook;
+pub mod metrics;
 pub mod notify;
 pub mod startup;
 

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use pgwarden_proto::metrics::{self as m, Labels, Registry, labels};
+use pgwarden_daemon::metrics::{self as m, Labels, Registry, labels};
 use pgwarden_proto::v1::{BackendState, ClusterState, FailoverRecord, Role, Status};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

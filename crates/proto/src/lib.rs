@@ -66,7 +66,6 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 }
 
 pub mod lsn;
-pub mod metrics;
 pub mod tcp;
 pub mod uds;
 pub mod v1;

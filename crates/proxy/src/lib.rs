@@ -334,7 +334,7 @@ impl Proxy {
         });
         if let Some(listener) = metrics {
             let sh = Arc::clone(&shared);
-            tokio::spawn(pgwarden_proto::metrics::serve(
+            tokio::spawn(pgwarden_daemon::metrics::serve(
                 listener,
                 move |r| metrics::render(&sh, r),
                 background.clone(),

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use pgwarden_proto::metrics::{self as m, Counter, Registry, labels};
+use pgwarden_daemon::metrics::{self as m, Counter, Registry, labels};
 use tokio::net::TcpListener;
 
 use crate::Shared;

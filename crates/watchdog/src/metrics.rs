@@ -2,7 +2,7 @@
 //! node's view of the watchdog cluster (pgpool-II's pcp_watchdog_info as
 //! gauges).
 
-use pgwarden_proto::metrics::{self as m, Registry, labels};
+use pgwarden_daemon::metrics::{self as m, Registry, labels};
 use pgwarden_proto::v1::{MemberState, WatchdogStatus};
 
 /// Renders this node's view `s` into `r`.

@@ -169,10 +169,10 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let listener = uds::bind(&path)
         .await
         .map_err(|e| RunError::Listen(format!("node.runtime_dir: {e}")))?;
-    match pgwarden_proto::metrics::bind(settings.metrics_listen).await {
+    match pgwarden_daemon::metrics::bind(settings.metrics_listen).await {
         Ok(listener) => {
             let status = status_rx.clone();
-            tokio::spawn(pgwarden_proto::metrics::serve(
+            tokio::spawn(pgwarden_daemon::metrics::serve(
                 listener,
                 move |r| crate::metrics::render(&status.borrow(), r),
                 stop.clone(),

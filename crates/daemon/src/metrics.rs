@@ -7,7 +7,7 @@
 //!
 //! ```no_run
 //! # async fn demo(stop: tokio_util::sync::CancellationToken) -> std::io::Result<()> {
-//! use pgwarden_proto::metrics;
+//! use pgwarden_daemon::metrics;
 //! let listener = metrics::bind("127.0.0.1:9931".parse().unwrap()).await?;
 //! tokio::spawn(metrics::serve(listener, |r| {
 //!     metrics::gauge(r, "pgwarden_demo_up", "Always 1.", 1);
