@@ -390,6 +390,13 @@ impl WatchdogNode {
         }
     }
 
+    /// Whether [`WatchdogNode::ready`] has Raft work to do (messages,
+    /// entries or state to make durable), as opposed to only the lease's
+    /// and role's bookkeeping.
+    pub fn has_ready(&self) -> bool {
+        self.raw.has_ready()
+    }
+
     /// Handles Raft's `Ready` (see the module docs for the order) and
     /// returns the work for the caller. Call after every `tick`, `step`,
     /// `propose`, `campaign` or `report_unreachable`. After an error the

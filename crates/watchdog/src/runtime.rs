@@ -342,7 +342,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 }
             }
         }
-        let out = match node.ready() {
+        // Making the Raft state durable writes and fsyncs files: off the
+        // async worker, so the API and the peers' tasks keep running (the
+        // order stays: durable before anything that follows is sent).
+        let ready = if node.has_ready()
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::task::block_in_place(|| node.ready())
+        } else {
+            node.ready()
+        };
+        let out = match ready {
             Ok(o) => o,
             Err(e) => break Err(RunError::Storage(e.to_string())),
         };
