@@ -364,7 +364,10 @@ enum Started {
 
 /// A logged-in client with its server connection.
 struct Session {
-    slot: crate::pool::Slot,
+    /// The pool permit of `conn`; given back while a move waits for a new
+    /// server (so sessions moving within one pool never wait on their own
+    /// permits), `None` only then.
+    slot: Option<crate::pool::Slot>,
     conn: Box<ServerConn>,
     cancel: crate::frontend::clients::CancelKey,
     route: std::sync::Arc<crate::route::Route>,
@@ -571,7 +574,7 @@ async fn start_session(
     backend::ready_for_query(&mut out, TransactionStatus::Idle);
     stream.send(&out).await.map_err(|_| None)?;
     Ok(Started::Session(Box::new(Session {
-        slot,
+        slot: Some(slot),
         conn,
         cancel,
         route,
@@ -619,10 +622,10 @@ async fn run_session(shared: &Shared, client: &mut Stream, pending: BytesMut, mu
     } else {
         Afterwards::Reset(shared.settings.server_reset_query.as_str())
     };
-    finish(
-        shared, client, r, s.slot, s.conn, &s.cancel, &s.route, reset,
-    )
-    .await;
+    let Some(slot) = s.slot else {
+        return;
+    };
+    finish(shared, client, r, slot, s.conn, &s.cancel, &s.route, reset).await;
 }
 
 /// True when a session's server was lost (it closed, or is no longer the
@@ -655,6 +658,9 @@ async fn move_session(
         shared.router.recheck();
     }
     s.cancel.clear_server().await;
+    // The old connection is lost or on the old primary: its permit goes
+    // back now (the connection itself stays in `s` until replaced).
+    drop(s.slot.take());
     // The client's startup settings, then the reported values it has now.
     let mut wanted = s.wanted.clone();
     for (k, v) in s.conn.params.iter().filter(|(k, _)| is_tracked(k)) {
@@ -712,7 +718,9 @@ async fn move_session(
         }
     }
     if !out.is_empty() && client.send(&out).await.is_err() {
-        slot.release(conn);
+        // Never cached: it holds this session's SETs, statements and
+        // LISTENs, which the next client must not inherit.
+        drop((slot, conn));
         return false;
     }
     tracing::info!(
@@ -723,7 +731,7 @@ async fn move_session(
     shared.counters.moved_sessions.inc();
     s.cancel.set_server(conn.backend, conn.addr, conn.key);
     pump::lock(log).moved();
-    s.slot = slot;
+    s.slot = Some(slot);
     s.conn = conn;
     s.route = route;
     true

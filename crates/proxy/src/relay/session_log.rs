@@ -87,6 +87,8 @@ pub fn classify(sql: &[u8]) -> Classified {
     let mut words: Vec<String> = Vec::new();
     let (mut n, mut interesting) = (0usize, false);
     let mut prev: &[u8] = b"";
+    // Where the previous word ended in `sql`: `app.tenant_id` is one name.
+    let mut prev_end = usize::MAX;
     for w in Words::new(sql).chain(std::iter::once(Word::End)) {
         match w {
             Word::Ident(w) => {
@@ -94,6 +96,17 @@ pub fn classify(sql: &[u8]) -> Classified {
                     out.unmovable = features::anywhere_pins(prev, w);
                 }
                 prev = w;
+                let start = w.as_ptr().addr().wrapping_sub(sql.as_ptr().addr());
+                let dotted =
+                    start > 0 && prev_end == start - 1 && sql.get(start - 1) == Some(&b'.');
+                prev_end = start + w.len();
+                if dotted && interesting && n > 0 && n <= WORDS {
+                    if let Some(last) = words.last_mut() {
+                        last.push('.');
+                        last.push_str(&String::from_utf8_lossy(w).to_ascii_lowercase());
+                    }
+                    continue;
+                }
                 if n == 0 {
                     interesting = FIRST.iter().any(|k| k.eq_ignore_ascii_case(w));
                 }
@@ -116,7 +129,7 @@ pub fn classify(sql: &[u8]) -> Classified {
                     }
                 }
                 words.clear();
-                (n, interesting, prev) = (0, false, b"");
+                (n, interesting, prev, prev_end) = (0, false, b"", usize::MAX);
             }
         }
     }
@@ -218,8 +231,11 @@ pub struct SessionLog {
     answered: u64,
     /// An ErrorResponse came in the batch being answered.
     failed: bool,
-    /// The last CommandComplete's tag was `ROLLBACK`, `COMMIT`, or other.
+    /// The first CommandComplete of the batch being answered that ends a
+    /// block (`COMMIT` or `ROLLBACK`), or `Other`.
     last_command: LastCommand,
+    /// How many block-ending CommandCompletes that batch had.
+    block_ends: u32,
     /// The transaction status of the last ReadyForQuery.
     status: u8,
     /// A Query, Parse or Close started whose body was not seen (too long).
@@ -245,6 +261,7 @@ impl Default for SessionLog {
             answered: 0,
             failed: false,
             last_command: LastCommand::Other,
+            block_ends: 0,
             status: b'I',
             body_due: false,
         }
@@ -386,13 +403,19 @@ impl SessionLog {
     /// A CommandComplete's body (its tag).
     pub fn server_command(&mut self, body: &[u8]) {
         let tag = cstr(body).0;
-        self.last_command = if tag == b"COMMIT" {
+        let end = if tag == b"COMMIT" {
             LastCommand::Commit
         } else if tag == b"ROLLBACK" {
             LastCommand::Rollback
         } else {
-            LastCommand::Other
+            return;
         };
+        // `COMMIT; SELECT 1` ends its block with the COMMIT: the first end
+        // of a batch is the block's fate, whatever follows it.
+        if self.block_ends == 0 {
+            self.last_command = end;
+        }
+        self.block_ends += 1;
     }
 
     /// A ReadyForQuery with transaction status `status`: the oldest
@@ -403,12 +426,25 @@ impl SessionLog {
         }
         let batch = self.answered;
         let before = self.status;
+        if self.block_ends > 1 && !self.in_block.is_empty() {
+            // `ROLLBACK; BEGIN; ... COMMIT` in one query: which block the
+            // earlier SETs belonged to is not followed.
+            self.stop("SET, PREPARE or LISTEN before several transaction ends in one query");
+            return;
+        }
         while self.pending.front().is_some_and(|p| p.batch() == batch) {
             // Parses and Closes left unanswered were skipped after an error.
             if let Some(Pending::Sql { carried, text, .. }) = self.pending.pop_front()
                 && !self.failed
             {
-                if before == b'I' && status == b'I' {
+                // Prepared statements are not transactional: a PREPARE or
+                // DEALLOCATE holds once answered, even in a block that rolls
+                // back (as a protocol Parse or Close does).
+                let transactional = !matches!(
+                    carried,
+                    Carried::Prepare(_) | Carried::Deallocate(_) | Carried::DeallocateAll
+                );
+                if (before == b'I' && status == b'I') || !transactional {
                     self.apply(carried, text);
                 } else {
                     self.in_block.push((carried, text));
@@ -441,6 +477,7 @@ impl SessionLog {
             self.failed = false;
             self.status = status;
             self.last_command = LastCommand::Other;
+            self.block_ends = 0;
         }
     }
 

@@ -271,3 +271,73 @@ fn after_a_move_the_log_waits_for_nothing() {
         ["SET search_path TO a", "SET work_mem = 1024"]
     );
 }
+
+/// [`query`] for a Query of several statements: one CommandComplete per tag.
+fn query_tags(log: &mut SessionLog, sql: &str, tags: &[&str], status: u8) {
+    let mut body = sql.as_bytes().to_vec();
+    body.push(0);
+    log.client_start(b'Q', false);
+    log.client_body(b'Q', &body);
+    for tag in tags {
+        log.server_start(b'C');
+        let mut t = tag.as_bytes().to_vec();
+        t.push(0);
+        log.server_command(&t);
+    }
+    log.server_start(b'Z');
+    log.server_ready(status);
+}
+
+#[test]
+fn dotted_settings_are_kept_apart_by_their_whole_name() {
+    let mut log = SessionLog::default();
+    query(&mut log, "SET app.tenant_id = 1", Ok("SET"), b'I');
+    query(&mut log, "SET app.user_id = 7", Ok("SET"), b'I');
+    query(&mut log, "RESET app.other", Ok("RESET"), b'I');
+    assert_eq!(
+        replayed(&log),
+        ["SET app.tenant_id = 1", "SET app.user_id = 7"]
+    );
+    query(&mut log, "SET app.tenant_id = 2", Ok("SET"), b'I');
+    query(&mut log, "RESET app.user_id", Ok("RESET"), b'I');
+    assert_eq!(replayed(&log), ["SET app.tenant_id = 2"]);
+    assert!(log.movable_now());
+}
+
+#[test]
+fn prepared_statements_hold_whatever_becomes_of_their_block() {
+    let mut log = SessionLog::default();
+    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
+    query(&mut log, "PREPARE p AS SELECT 1", Ok("PREPARE"), b'T');
+    query(&mut log, "ROLLBACK", Ok("ROLLBACK"), b'I');
+    assert_eq!(replayed(&log), ["PREPARE p AS SELECT 1"]);
+    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
+    query(&mut log, "DEALLOCATE p", Ok("DEALLOCATE"), b'T');
+    query(&mut log, "ROLLBACK", Ok("ROLLBACK"), b'I');
+    assert!(replayed(&log).is_empty(), "{:?}", replayed(&log));
+    assert!(log.movable_now());
+}
+
+#[test]
+fn the_first_transaction_end_of_a_batch_decides_its_blocks_settings() {
+    // COMMIT, then more in the same query: the block committed.
+    let mut log = SessionLog::default();
+    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
+    query(&mut log, "SET work_mem = '8MB'", Ok("SET"), b'T');
+    query_tags(&mut log, "COMMIT; SELECT 1", &["COMMIT", "SELECT 1"], b'I');
+    assert_eq!(replayed(&log), ["SET work_mem = '8MB'"]);
+    assert!(log.movable_now());
+
+    // A ROLLBACK then a new block committed in one query: not followed.
+    let mut log = SessionLog::default();
+    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
+    query(&mut log, "SET work_mem = '8MB'", Ok("SET"), b'T');
+    query_tags(
+        &mut log,
+        "ROLLBACK; BEGIN; COMMIT",
+        &["ROLLBACK", "BEGIN", "COMMIT"],
+        b'I',
+    );
+    assert!(replayed(&log).is_empty(), "{:?}", replayed(&log));
+    assert!(log.unmovable().is_some());
+}
