@@ -123,6 +123,9 @@ pub(crate) async fn run(
                 // The last of its batch: the round goes on with the answer.
                 Output::Propose(request) => {
                     let answer = propose(&mut client, request).await;
+                    // A round may chain proposals (10 s each at worst):
+                    // each answered one shows the loop still turns.
+                    pinger.ping();
                     coordinator.set_wall_ms(now_ms());
                     outputs.extend(coordinator.step(Input::Proposed(answer)));
                 }

@@ -108,22 +108,29 @@ async fn report(
             Some(old) if old == id => continue,
             Some(_) => {}
         }
-        // Reported with the generation that brought this primary.
+        // Wait for its first transaction, following newer routes with the
+        // same primary (a new generation, or a fence and back: each brings
+        // a new FirstUse); another primary first is reported instead.
+        let mut route = route;
         let at_ms = loop {
+            let first_use = std::sync::Arc::clone(&route.first_use);
             tokio::select! {
                 _ = stop.cancelled() => return,
                 r = routes.changed() => {
                     if r.is_err() {
                         return;
                     }
-                    // Another primary before the first transaction: that
-                    // one is reported instead.
-                    if routes.borrow().primary.as_ref().map(|b| b.id) != Some(id) {
-                        routes.mark_changed();
-                        break None;
+                    let now = routes.borrow_and_update().clone();
+                    match now.primary.as_ref().map(|b| b.id) {
+                        Some(i) if i == id => route = now,
+                        Some(_) => {
+                            routes.mark_changed();
+                            break None;
+                        }
+                        None => {}
                     }
                 }
-                at = route.first_use.first() => break Some(at),
+                at = first_use.first() => break Some(at),
             }
         };
         let Some(at_ms) = at_ms else { continue };
