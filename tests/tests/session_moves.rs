@@ -134,3 +134,32 @@ async fn an_idle_session_mode_client_keeps_its_settings_statements_and_listens_t
         "{record}"
     );
 }
+
+/// Regression (review of stop 23): a session whose server was lost while
+/// the same backend stays primary moves within one pool, and held its old
+/// connection's permit while it waited for a new one; at `pool_size = 1`
+/// it waited on itself until `pool_timeout` and was ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moving_within_a_full_pool_does_not_wait_on_its_own_permit() {
+    let cluster = cluster(0);
+    let proxy = Proxy::start(
+        &cluster,
+        ProxyOptions::default()
+            .set("pool_size = 1")
+            .set("pool_timeout = \"3s\""),
+    );
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let c = proxy.alice().await;
+    c.batch_execute("SET work_mem = '9MB'").await.unwrap();
+    // The server restarts: the session's connection is lost, the backend
+    // is still the primary once it is back.
+    cluster.node(0).stop(StopMode::Immediate).unwrap();
+    cluster.node(0).start().unwrap();
+    let row = c
+        .query_one("SELECT current_setting('work_mem')", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", log_tail("proxy", &proxy.log(), 30)));
+    assert_eq!(row.get::<_, String>(0), "9MB");
+}
