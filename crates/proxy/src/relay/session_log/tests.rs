@@ -3,21 +3,23 @@ use super::*;
 /// Feeds a simple Query and its answer (CommandComplete `tag`, or an
 /// error), ending with ReadyForQuery `status`.
 fn query(log: &mut SessionLog, sql: &str, answer: Result<&str, ()>, status: u8) {
+    match answer {
+        Ok(tag) => query_tags(log, sql, &[tag], status),
+        Err(()) => {
+            send_query(log, sql);
+            log.server_start(b'E');
+            log.server_start(b'Z');
+            log.server_ready(status);
+        }
+    }
+}
+
+/// The client's side of a simple Query.
+fn send_query(log: &mut SessionLog, sql: &str) {
     let mut body = sql.as_bytes().to_vec();
     body.push(0);
     log.client_start(b'Q', false);
     log.client_body(b'Q', &body);
-    match answer {
-        Ok(tag) => {
-            log.server_start(b'C');
-            let mut t = tag.as_bytes().to_vec();
-            t.push(0);
-            log.server_command(&t);
-        }
-        Err(()) => log.server_start(b'E'),
-    }
-    log.server_start(b'Z');
-    log.server_ready(status);
 }
 
 fn replayed(log: &SessionLog) -> Vec<String> {
@@ -274,10 +276,7 @@ fn after_a_move_the_log_waits_for_nothing() {
 
 /// [`query`] for a Query of several statements: one CommandComplete per tag.
 fn query_tags(log: &mut SessionLog, sql: &str, tags: &[&str], status: u8) {
-    let mut body = sql.as_bytes().to_vec();
-    body.push(0);
-    log.client_start(b'Q', false);
-    log.client_body(b'Q', &body);
+    send_query(log, sql);
     for tag in tags {
         log.server_start(b'C');
         let mut t = tag.as_bytes().to_vec();
