@@ -289,6 +289,44 @@ impl Fleet {
         }
     }
 
+    /// Runs `sql` with psql inside host `i` through its own proxy
+    /// (127.0.0.1:9999); Ok(stdout) or Err(stderr).
+    pub fn host_query(&self, i: usize, sql: &str) -> Result<String, String> {
+        let out = self
+            .lab
+            .host(i)
+            .command("psql")
+            .args([
+                "-X",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                "9999",
+            ])
+            .args(["-U", ALICE.0, "-d", "app", "-c", sql])
+            .env("PGPASSWORD", ALICE.1)
+            .env("PGCONNECT_TIMEOUT", "15")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// Sends `signal` to one daemon of node `i` (SIGSTOP freezes it with
+    /// its sockets open).
+    pub fn signal_daemon(&self, i: usize, d: Daemon, signal: nix::sys::signal::Signal) {
+        if let Some((_, child)) = self.nodes[i].daemons.iter().find(|(k, _)| *k == d) {
+            child.signal(signal).unwrap();
+        }
+    }
+
     /// Waits until the three watchdogs agree on a leader holding the
     /// delegate IP and a query through it succeeds; returns the leader's
     /// host index. Where every multi-host test starts.

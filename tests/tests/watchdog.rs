@@ -201,8 +201,8 @@ async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
         })
         .sum();
     assert_eq!(promotions, 1, "{}", fleet.logs());
-    // The deciding node's history shows every phase, the fence delay
-    // between the quorum's verdict and the decision, and (from its proxy,
+    // The deciding node's history shows every phase, the fence between
+    // the decision and the promotion, and (from its proxy,
     // which holds the delegate IP) the first transaction on the new primary.
     let decider = (0..3)
         .find(|&i| {
@@ -228,19 +228,23 @@ async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
             .and_then(|p| p["at_unix_ms"].as_i64())
             .unwrap_or_else(|| panic!("no {name} phase: {record}"))
     };
-    let (quorum, fence, promoted, completed, routed) = (
+    let (quorum, down, fence, promoted, completed, routed) = (
         at("quorum"),
+        at("down"),
         at("fence"),
         at("promoted"),
         at("completed"),
         at("first write routed"),
     );
+    // The primary is withdrawn at the quorum's verdict; the promotion
+    // waits until every proxy's lease on the generation before has ended.
+    let lease = i64::try_from(pgwarden_proto::lease::PROXY_LEASE.as_millis()).unwrap();
     assert!(
-        fence - quorum >= 2400,
-        "the fence delay was not waited: {record}"
+        fence - down > lease,
+        "the promotion did not wait for the proxies' leases: {record}"
     );
     assert!(
-        quorum <= fence && fence <= promoted && promoted <= completed && completed <= routed,
+        quorum <= down && fence <= promoted && promoted <= completed && completed <= routed,
         "{record}"
     );
     // Every node's proxy routes to the same new primary.

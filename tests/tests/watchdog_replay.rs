@@ -20,7 +20,8 @@ use pgwarden_e2e::watchdogs::{Setup, Watchdogs};
 use pgwarden_proto::v1::watchdog_peer_client::WatchdogPeerClient;
 use pgwarden_proto::v1::watchdog_peer_server::{WatchdogPeer, WatchdogPeerServer};
 use pgwarden_proto::v1::{
-    OperatorReply, PeerAck, PeerEnvelope, PeerOperator, PeerProposal, PeerProposalReply,
+    OperatorReply, PeerAck, PeerEnvelope, PeerLeaseAsk, PeerLeaseGrant, PeerOperator, PeerProposal,
+    PeerProposalReply,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -62,6 +63,12 @@ impl WatchdogPeer for Relay {
         self.capture.lock().unwrap().proposals.push(p.clone());
         WatchdogPeerClient::new(self.upstream.clone())
             .propose(p)
+            .await
+    }
+
+    async fn lease(&self, r: Request<PeerLeaseAsk>) -> Result<Response<PeerLeaseGrant>, Status> {
+        WatchdogPeerClient::new(self.upstream.clone())
+            .lease(r.into_inner())
             .await
     }
 

@@ -18,11 +18,12 @@
 //!
 //! Fencing the minority: a node whose watchdog loses the quorum cannot know
 //! whether the majority has moved the primary, so its monitor says so
-//! (`no_quorum`) and its proxy stops routing at once. The watchdog notices
-//! within two election timeouts (2 s); the leader's monitor therefore acts on
-//! a quorum's "down" only after
-//! [`FENCE_DELAY`](crate::coordinator::FENCE_DELAY), so by the time a new primary
-//! is promoted, any proxy cut off with the old one has stopped sending it writes.
+//! (`no_quorum`) and its proxy stops routing at once. That alone would
+//! rest on every hop being quick; what the leader relies on is the lease
+//! (`pgwarden_proto::lease`): every state published here carries the
+//! deadline the watchdog's lease gives it, the proxy stops routing by it
+//! then on its own, and the leader's monitor promotes only once every
+//! lease on an older generation has ended (the coordinator's fence).
 //!
 //! The node that decides also keeps the failover history
 //! ([`Timeline`](crate::timeline::Timeline)), with the quorum's verdict and

@@ -9,10 +9,14 @@
 //!   its monitor run the failover [`Machine`] (with [`Decider::Quorum`]),
 //!   built afresh from the committed record each time it starts leading,
 //!   and told at once what the quorum and this node already saw;
-//! - **the fence delay**: a backend a quorum sees down is handed to the
-//!   machine only once it has been down for [`FENCE_DELAY`] (see
-//!   [`FENCE_DELAY_TICKS`]), so that a node cut off from the majority has
-//!   fenced its proxy before the majority promotes a new primary;
+//! - **the fence**: a backend a quorum sees down is handed to the machine
+//!   at once, but a promotion waits until every proxy's lease on an older
+//!   generation has ended ([`pgwarden_proto::lease`]): [`FENCE_WAIT_TICKS`]
+//!   after the last generation committed (the one that withdrew the
+//!   primary), and [`LEAD_WAIT_TICKS`] after this node's watchdog became
+//!   leader (leases the previous leader granted), so that a node cut off
+//!   from the majority has stopped routing to the old primary before a new
+//!   one is promoted;
 //! - **proposals**: each new generation the machine decides is proposed to
 //!   the watchdogs ([`Output::Propose`]) and nothing that follows it is
 //!   performed before it is committed; a refused proposal drops the
@@ -50,16 +54,20 @@ use crate::timeline::Timeline;
 /// [`Coordinator::tick`].
 pub const TICK: Duration = Duration::from_millis(100);
 
-/// How long a backend must have been down by quorum before the leader's
-/// monitor acts on it: longer than a cut-off node takes to notice it has no
-/// quorum (two election timeouts) and fence its proxy.
-pub const FENCE_DELAY: Duration = Duration::from_millis(2500);
+/// `d` in ticks, such that `now - since > ticks(d)` holds only once at least
+/// `d` has passed since an event seen at tick `since` (however it fell
+/// between two ticks; ticks come late, never early).
+const fn ticks_for(d: Duration) -> u64 {
+    d.as_millis().div_ceil(TICK.as_millis()) as u64
+}
 
-/// [`FENCE_DELAY`] in ticks. A verdict first seen after `n` ticks ripens at
-/// the tick that makes it more than this many ticks old (`n +
-/// FENCE_DELAY_TICKS + 1`): at least [`FENCE_DELAY`] later, at most one
-/// tick more, however the verdict fell between two ticks.
-pub const FENCE_DELAY_TICKS: u64 = FENCE_DELAY.as_millis().div_ceil(TICK.as_millis()) as u64;
+/// How long after a generation committed no promotion runs:
+/// [`pgwarden_proto::lease::AFTER_COMMIT`] in ticks.
+pub const FENCE_WAIT_TICKS: u64 = ticks_for(pgwarden_proto::lease::AFTER_COMMIT);
+
+/// How long after this node's watchdog became leader no promotion runs:
+/// [`pgwarden_proto::lease::AFTER_ELECTION`] in ticks.
+pub const LEAD_WAIT_TICKS: u64 = ticks_for(pgwarden_proto::lease::AFTER_ELECTION);
 
 /// The answer to a request handed over by another node's monitor when this
 /// one no longer decides (never handed on again: the operator retries).
@@ -196,6 +204,18 @@ pub struct Coordinator<R> {
     published: u64,
     /// Whether the last published state said `no_quorum`.
     published_no_quorum: bool,
+    /// The lease of the last published state.
+    published_lease: u64,
+    /// Other nodes' down votes for backends this node sees up (backend,
+    /// node id), as last seen.
+    peer_votes: std::collections::BTreeSet<(String, u64)>,
+    /// The tick of the last committed generation, and of the start of
+    /// this node's lead: no promotion before [`FENCE_WAIT_TICKS`] and
+    /// [`LEAD_WAIT_TICKS`] after them.
+    last_commit: u64,
+    lead_since: u64,
+    /// A round held at a promotion until the fence allows it.
+    fencing: Option<Round<R>>,
     /// What `GetCluster` shows.
     current: ClusterState,
     ready: bool,
@@ -227,6 +247,11 @@ impl<R> Coordinator<R> {
             committed: 0,
             published: 0,
             published_no_quorum: false,
+            published_lease: 0,
+            peer_votes: std::collections::BTreeSet::new(),
+            last_commit: 0,
+            lead_since: 0,
+            fencing: None,
             current,
             ready: false,
             proposing: None,
@@ -265,16 +290,115 @@ impl<R> Coordinator<R> {
         let mut out = Vec::new();
         match input {
             Input::Proposed(result) => self.proposed(result, &mut out),
-            input if self.proposing.is_some() => self.deferred.push_back(input),
+            input if self.busy() => {
+                if let Input::Watchdog(s) = &input {
+                    if let Some(s) = s {
+                        self.renew_lease(s, &mut out);
+                    }
+                    self.unfence_if_lead_lost(s.as_deref(), &mut out);
+                    // A status is a snapshot: only the newest waits (as the
+                    // driver's channel keeps only the newest too).
+                    self.deferred.retain(|i| !matches!(i, Input::Watchdog(_)));
+                }
+                self.deferred.push_back(input);
+            }
             input => self.round(input, &mut out),
         }
-        while self.proposing.is_none()
-            && let Some(input) = self.deferred.pop_front()
-        {
-            self.round(input, &mut out);
-        }
+        self.drain_deferred(&mut out);
         self.record_after();
         out
+    }
+
+    /// Whether `s` shows a node other than this one newly voting a backend
+    /// down that this node does not see down.
+    fn peer_votes_news(&mut self, s: Option<&WatchdogStatus>) -> bool {
+        let Some((me, record)) = s.and_then(|s| s.record.as_ref().map(|r| (s.id, r))) else {
+            return false;
+        };
+        let votes: std::collections::BTreeSet<(String, u64)> = record
+            .down_votes
+            .iter()
+            .filter(|(b, _)| self.opinion.get(*b) != Some(&true))
+            .flat_map(|(b, ids)| {
+                ids.ids
+                    .iter()
+                    .filter(move |&&id| id != me)
+                    .map(move |&id| (b.clone(), id))
+            })
+            .collect();
+        let news = votes.iter().any(|v| !self.peer_votes.contains(v));
+        self.peer_votes = votes;
+        news
+    }
+
+    /// A round is under way (its proposal out, or held by the fence):
+    /// inputs wait for it.
+    fn busy(&self) -> bool {
+        self.proposing.is_some() || self.fencing.is_some()
+    }
+
+    fn drain_deferred(&mut self, out: &mut Vec<Output<R>>) {
+        while !self.busy()
+            && let Some(input) = self.deferred.pop_front()
+        {
+            self.round(input, out);
+        }
+    }
+
+    /// A round held by the fence is dropped if this node's watchdog no
+    /// longer leads with a quorum, or another generation was committed
+    /// meanwhile: the promotion it holds was decided on a lead that is
+    /// gone. The status then takes its turn (and stops this machine).
+    fn unfence_if_lead_lost(&mut self, s: Option<&WatchdogStatus>, out: &mut Vec<Output<R>>) {
+        if self.fencing.is_none() {
+            return;
+        }
+        let leads = s.is_some_and(|s| {
+            s.id != 0
+                && s.leader_id == s.id
+                && s.quorum
+                && s.record
+                    .as_ref()
+                    .is_none_or(|r| r.generation <= self.committed)
+        });
+        if leads {
+            return;
+        }
+        tracing::warn!("the lead moved while a promotion waited for the fence: not promoting");
+        if let Some(round) = self.fencing.take()
+            && let Some((to, _)) = round.reply
+        {
+            out.push(Output::Reply {
+                to,
+                answer: Err(
+                    "the lead moved before the promotion: nothing was promoted; check `pgwardenctl status`"
+                        .to_owned(),
+                ),
+            });
+        }
+    }
+
+    /// While a round is under way, a status for the generation already
+    /// shown still renews the proxies' lease on it (the lease is for that
+    /// generation only; anything else in the status waits its turn).
+    fn renew_lease(&mut self, s: &WatchdogStatus, out: &mut Vec<Output<R>>) {
+        let shown = self
+            .watchdog
+            .as_ref()
+            .and_then(|w| w.record.as_ref())
+            .map(|r| r.generation);
+        let generation = s.record.as_ref().map(|r| r.generation);
+        if generation.is_none() || generation != shown || !self.ready {
+            return;
+        }
+        if let Some(w) = self.watchdog.as_mut() {
+            w.lease_until_mono_ms = s.lease_until_mono_ms;
+        }
+        if s.lease_until_mono_ms != self.published_lease {
+            self.published_lease = s.lease_until_mono_ms;
+            self.current.lease_until_mono_ms = s.lease_until_mono_ms;
+            out.push(Output::Publish(self.current.clone()));
+        }
     }
 
     /// The timeline sees the machine after each step.
@@ -288,11 +412,24 @@ impl<R> Coordinator<R> {
     pub fn tick(&mut self) -> Vec<Output<R>> {
         self.now += 1;
         let mut out = Vec::new();
-        if self.proposing.is_none() && self.ripe_down() != self.fed_down {
-            self.decide(Vec::new(), None, &mut out);
+        if self.fencing.is_some() && self.fence_open() {
+            if let Some(round) = self.fencing.take() {
+                self.timeline.fenced(
+                    self.wall_ms,
+                    "every proxy's lease on an older generation has ended: a node cut off with the old primary has stopped routing to it",
+                );
+                self.carry_out(round, &mut out);
+            }
+            self.drain_deferred(&mut out);
         }
         self.record_after();
         out
+    }
+
+    /// Whether a promotion may run now (see the module docs).
+    fn fence_open(&self) -> bool {
+        self.now.saturating_sub(self.last_commit) > FENCE_WAIT_TICKS
+            && self.now.saturating_sub(self.lead_since) > LEAD_WAIT_TICKS
     }
 
     /// Takes `input` in, then decides and carries out what follows.
@@ -336,6 +473,12 @@ impl<R> Coordinator<R> {
                             "a quorum of the nodes sees the primary down",
                         );
                     }
+                }
+                if self.peer_votes_news(status.as_deref()) {
+                    // Another node sees a backend down that this one does
+                    // not: check it now rather than at the next period. The
+                    // opinion stays this node's own evidence.
+                    out.push(Output::Recheck);
                 }
                 self.watchdog = status.map(|s| *s);
                 (Vec::new(), None)
@@ -433,30 +576,19 @@ impl<R> Coordinator<R> {
         // the committed record after a refused proposal).
         let deciding = self.machine.is_some();
         self.follow_lead();
-        let ripe = self.ripe_down();
+        let down: Vec<usize> = self.down_since.keys().copied().collect();
         if !deciding && let Some(m) = self.machine.as_mut() {
             self.timeline.mark(m);
-            actions.extend(bootstrap(m, self.setup.limits, &self.local, &ripe));
-            self.fed_down.clone_from(&ripe);
+            actions.extend(bootstrap(m, self.setup.limits, &self.local, &down));
+            self.fed_down.clone_from(&down);
         }
-        // Quorum verdicts old enough to act on.
-        if ripe != self.fed_down {
+        // The quorum's verdicts, at once (the fence holds the promotion).
+        if down != self.fed_down {
             if let Some(m) = self.machine.as_mut() {
-                for &id in ripe.iter().filter(|id| !self.fed_down.contains(id)) {
-                    self.timeline.early(
-                        m,
-                        id,
-                        "fence",
-                        self.wall_ms,
-                        &format!(
-                            "down by quorum for {FENCE_DELAY:?}: a node cut off with it has fenced its proxy"
-                        ),
-                    );
-                }
                 self.timeline.mark(m);
-                actions.extend(m.step(Event::QuorumDown(ripe.clone())));
+                actions.extend(m.step(Event::QuorumDown(down.clone())));
             }
-            self.fed_down = ripe;
+            self.fed_down = down;
         }
         let round = Round {
             actions: actions.into(),
@@ -507,16 +639,8 @@ impl<R> Coordinator<R> {
                 Machine::new(self.setup.specs.clone(), self.setup.limits, &persisted)
                     .with_decider(Decider::Quorum),
             );
+            self.lead_since = self.now;
         }
-    }
-
-    /// Backends down by quorum for more than [`FENCE_DELAY_TICKS`].
-    fn ripe_down(&self) -> Vec<usize> {
-        self.down_since
-            .iter()
-            .filter(|(_, since)| self.now.saturating_sub(**since) > FENCE_DELAY_TICKS)
-            .map(|(id, _)| *id)
-            .collect()
     }
 
     /// The round's actions in order; a generation must commit before what
@@ -526,6 +650,13 @@ impl<R> Coordinator<R> {
             let Some(m) = self.machine.as_ref() else {
                 break;
             };
+            if matches!(action, Action::Promote { .. }) && !self.fence_open() {
+                // Held until every proxy's lease on an older generation
+                // has ended; the rest of the round with it.
+                round.actions.push_front(action);
+                self.fencing = Some(round);
+                return;
+            }
             if action == Action::Publish {
                 let streamed = self
                     .watchdog
@@ -559,6 +690,7 @@ impl<R> Coordinator<R> {
         };
         match result {
             Ok(()) => {
+                self.last_commit = self.now;
                 if let Some(m) = self.machine.as_ref() {
                     self.committed = m.generation();
                     tracing::info!(generation = self.committed, primary = ?m.primary(), "cluster state committed by the quorum");
@@ -589,6 +721,9 @@ impl<R> Coordinator<R> {
         {
             let mut state = committed_state(&self.setup, record, &self.local, Some(s));
             state.no_quorum = !s.quorum;
+            state.lease_until_mono_ms = s.lease_until_mono_ms;
+            let renewed = state.lease_until_mono_ms != self.published_lease;
+            self.published_lease = state.lease_until_mono_ms;
             if state.no_quorum != self.published_no_quorum {
                 self.published_no_quorum = state.no_quorum;
                 if state.no_quorum {
@@ -603,6 +738,9 @@ impl<R> Coordinator<R> {
             if record.generation > self.published {
                 self.published = record.generation;
                 tracing::info!(generation = self.published, primary = ?record.primary, "following committed cluster state");
+                out.push(Output::Publish(state.clone()));
+            } else if renewed && !state.no_quorum {
+                // The same generation, its lease renewed.
                 out.push(Output::Publish(state.clone()));
             }
             self.current = state.clone();
@@ -807,6 +945,8 @@ fn committed_state(
         failover_in_progress: record.failover_in_progress,
         monitor: setup.node.clone(),
         no_quorum: false,
+        // Set by whoever holds the lease (the watchdog's), else none.
+        lease_until_mono_ms: 0,
         switchover_in_progress: false,
     }
 }

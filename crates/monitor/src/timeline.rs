@@ -217,6 +217,11 @@ impl Timeline {
         });
     }
 
+    /// The fence let the promotion of the failover under way go ahead.
+    pub fn fenced(&mut self, at_ms: i64, detail: &str) {
+        self.phase("fence", at_ms, detail);
+    }
+
     /// `names` no longer hold before a decision (the quorum sees the
     /// primary up again).
     pub fn drop_early(&mut self, names: &[&str]) {

@@ -65,6 +65,7 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+pub mod lease;
 pub mod lsn;
 pub mod tcp;
 pub mod uds;

@@ -5,7 +5,7 @@
 //! replayed ([`crate::replay`]).
 
 use hmac::{Hmac, KeyInit, Mac};
-use pgwarden_proto::v1::{PeerEnvelope, PeerOperator, PeerProposal};
+use pgwarden_proto::v1::{PeerEnvelope, PeerLeaseAsk, PeerLeaseGrant, PeerOperator, PeerProposal};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -151,6 +151,52 @@ impl Signer {
     pub fn verify_bound_proposal(&self, p: &PeerProposal) -> bool {
         self.bound_proposal_mac(p).ct_eq(&p.bound_mac).into()
     }
+
+    fn lease_ask_mac(&self, a: &PeerLeaseAsk) -> Vec<u8> {
+        self.mac(&[
+            b"lease-ask",
+            &a.from.to_be_bytes(),
+            &a.to.to_be_bytes(),
+            &a.members_hash.to_be_bytes(),
+            &a.term.to_be_bytes(),
+            &a.epoch.to_be_bytes(),
+            &a.nonce.to_be_bytes(),
+        ])
+    }
+
+    /// Fills in the MAC of a lease ask.
+    pub fn sign_lease_ask(&self, a: &mut PeerLeaseAsk) {
+        a.mac = self.lease_ask_mac(a);
+    }
+
+    /// True when the lease ask was signed with the cluster key.
+    pub fn verify_lease_ask(&self, a: &PeerLeaseAsk) -> bool {
+        self.lease_ask_mac(a).ct_eq(&a.mac).into()
+    }
+
+    fn lease_grant_mac(&self, ask: &PeerLeaseAsk, g: &PeerLeaseGrant) -> Vec<u8> {
+        self.mac(&[
+            b"lease-grant",
+            &ask.from.to_be_bytes(),
+            &ask.to.to_be_bytes(),
+            &g.term.to_be_bytes(),
+            &ask.epoch.to_be_bytes(),
+            &ask.nonce.to_be_bytes(),
+            &[u8::from(g.granted)],
+            &g.generation.to_be_bytes(),
+        ])
+    }
+
+    /// Fills in the MAC of the answer to `ask`.
+    pub fn sign_lease_grant(&self, ask: &PeerLeaseAsk, g: &mut PeerLeaseGrant) {
+        g.mac = self.lease_grant_mac(ask, g);
+    }
+
+    /// True when `g` answers `ask` (this very ask: its nonce is signed)
+    /// and was signed with the cluster key.
+    pub fn verify_lease_grant(&self, ask: &PeerLeaseAsk, g: &PeerLeaseGrant) -> bool {
+        self.lease_grant_mac(ask, g).ct_eq(&g.mac).into()
+    }
 }
 
 #[cfg(test)]
@@ -281,6 +327,45 @@ mod tests {
             assert!(!s.verify_operator(&changed), "{changed:?}");
         }
         assert!(!Signer::new(b"another key......".to_vec()).verify_operator(&p));
+    }
+
+    #[test]
+    fn lease_grants_verify_only_as_the_answer_to_their_own_ask() {
+        let s = Signer::new(b"cluster-key".to_vec());
+        let mut ask = PeerLeaseAsk {
+            from: 2,
+            to: 1,
+            members_hash: 7,
+            term: 4,
+            epoch: 99,
+            nonce: 5,
+            mac: Vec::new(),
+        };
+        s.sign_lease_ask(&mut ask);
+        assert!(s.verify_lease_ask(&ask));
+        assert!(!Signer::new(b"other".to_vec()).verify_lease_ask(&ask));
+        let mut changed = ask.clone();
+        changed.term = 5;
+        assert!(!s.verify_lease_ask(&changed));
+
+        let mut grant = PeerLeaseGrant {
+            granted: true,
+            term: 4,
+            generation: 12,
+            mac: Vec::new(),
+        };
+        s.sign_lease_grant(&ask, &mut grant);
+        assert!(s.verify_lease_grant(&ask, &grant));
+        // An old answer does not pass for the answer to a newer ask.
+        let mut later = ask.clone();
+        later.nonce = 6;
+        assert!(!s.verify_lease_grant(&later, &grant));
+        let mut forged = grant.clone();
+        forged.generation = 11;
+        assert!(!s.verify_lease_grant(&ask, &forged));
+        let mut flipped = grant.clone();
+        flipped.granted = false;
+        assert!(!s.verify_lease_grant(&ask, &flipped));
     }
 
     #[test]

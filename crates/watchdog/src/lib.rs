@@ -12,6 +12,8 @@
 //!   primary, detached set, failover in progress, health votes) and its
 //!   [`Command`]s.
 //! - [`lease`]: [`Lease`], when this node may hold the delegate IP.
+//! - [`fence`]: [`fence::Fence`], until when this node's proxies may route
+//!   by its record (the lease the leader grants, see `pgwarden_proto::lease`).
 //! - [`logger`]: raft-rs's `slog` output routed into `tracing`.
 //!
 //! The daemon wraps these: [`runtime`] owns the node and ticks it, [`peers`]
@@ -27,6 +29,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod fence;
 pub mod lease;
 pub mod logger;
 pub mod metrics;

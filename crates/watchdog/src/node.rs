@@ -42,6 +42,12 @@ use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 
 use crate::lease::{Lease, VipAction};
+
+/// How recent a leader's quorum contact must be for it to grant its
+/// proxies' lease ([`WatchdogNode::can_grant`]): heartbeats go every
+/// `heartbeat_tick` (2) ticks, so a healthy leader always has one this
+/// recent. `pgwarden_proto::lease::GRANT_CONTACT` is the same, in time.
+pub const GRANT_CONTACT_TICKS: u64 = 3;
 use crate::logger::raft_logger;
 use crate::state::{Applied, ClusterRecord, Command};
 use crate::storage::{DurableStorage, StorageError};
@@ -606,6 +612,18 @@ impl WatchdogNode {
     /// Whether this node holds (should hold) the delegate IP.
     pub fn holds_vip(&self) -> bool {
         self.lease.holding()
+    }
+
+    /// Whether this node, as leader, may grant its proxies' lease now
+    /// ([`crate::fence`]): a quorum responded within the last
+    /// [`GRANT_CONTACT_TICKS`] (not a whole election timeout), so that a
+    /// leader cut off stops granting soon after its last quorum contact.
+    pub fn can_grant(&self) -> bool {
+        self.is_leader()
+            && self
+                .lease
+                .quorum_contact(self.raw.raft.term)
+                .is_some_and(|t| self.lease.now().saturating_sub(t) <= GRANT_CONTACT_TICKS)
     }
 
     /// Whether this node, as leader, heard from a quorum within the last

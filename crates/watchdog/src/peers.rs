@@ -14,13 +14,13 @@ use std::time::Duration;
 use pgwarden_proto::v1::watchdog_peer_client::WatchdogPeerClient;
 use pgwarden_proto::v1::watchdog_peer_server::WatchdogPeer;
 use pgwarden_proto::v1::{
-    OperatorReply, OperatorRequest, PeerAck, PeerEnvelope, PeerOperator, PeerProposal,
-    PeerProposalReply,
+    OperatorReply, OperatorRequest, PeerAck, PeerEnvelope, PeerLeaseAsk, PeerLeaseGrant,
+    PeerOperator, PeerProposal, PeerProposalReply,
 };
 use pgwarden_tls::rustls::ClientConfig;
 use protobuf::Message as _;
 use raft::eraftpb::MessageType;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -41,6 +41,8 @@ const ANNOUNCE_RETRY: Duration = Duration::from_secs(1);
 pub enum Inbound {
     /// Raft messages from a peer.
     Raft(u64, Vec<Message>),
+    /// The leader granted this node's proxies a lease.
+    Granted(Granted),
     /// A follower forwarded a report; the reply says whether it committed.
     Forwarded {
         /// The reporting node.
@@ -127,6 +129,14 @@ pub struct PeerService {
     /// Locked briefly; it writes to disk only at a peer's new epoch and at
     /// each forwarded report.
     replay: Mutex<ReplayGuard>,
+    /// What this node grants a lease ask now: `(term, generation)` while it
+    /// leads with quorum contact (set by the core loop), else nothing.
+    grantable: watch::Receiver<Option<(u64, u64)>>,
+}
+
+/// Grants nothing: for a [`PeerService`] that is never leader.
+pub fn no_grants() -> watch::Receiver<Option<(u64, u64)>> {
+    watch::channel(None).1
 }
 
 impl PeerService {
@@ -137,7 +147,15 @@ impl PeerService {
             id,
             inbound,
             replay: Mutex::new(replay),
+            grantable: no_grants(),
         }
+    }
+
+    /// Answers lease asks by `grantable` (see [`crate::fence`]).
+    #[must_use]
+    pub fn with_grants(mut self, grantable: watch::Receiver<Option<(u64, u64)>>) -> Self {
+        self.grantable = grantable;
+        self
     }
 
     fn check_sender(&self, from: u64, members_hash: u64) -> Result<(), Status> {
@@ -201,6 +219,39 @@ impl WatchdogPeer for PeerService {
             let _ = self.inbound.try_send(Inbound::Raft(env.from, msgs));
         }
         Ok(Response::new(PeerAck {}))
+    }
+
+    async fn lease(
+        &self,
+        request: Request<PeerLeaseAsk>,
+    ) -> Result<Response<PeerLeaseGrant>, Status> {
+        let ask = request.into_inner();
+        self.check_sender(ask.from, ask.members_hash)?;
+        if !self.id.signer.verify_lease_ask(&ask) {
+            return Err(Status::unauthenticated("bad MAC"));
+        }
+        if ask.to != self.id.me {
+            return Err(Status::invalid_argument("addressed to another node"));
+        }
+        // Read now, after the ask arrived: the lease it grants counts from
+        // the ask, which was sent earlier.
+        let now = *self.grantable.borrow();
+        let mut grant = match now {
+            Some((term, generation)) if term == ask.term => PeerLeaseGrant {
+                granted: true,
+                term,
+                generation,
+                mac: Vec::new(),
+            },
+            _ => PeerLeaseGrant {
+                granted: false,
+                term: now.map_or(0, |(t, _)| t),
+                generation: 0,
+                mac: Vec::new(),
+            },
+        };
+        self.id.signer.sign_lease_grant(&ask, &mut grant);
+        Ok(Response::new(grant))
     }
 
     async fn propose(
@@ -491,6 +542,105 @@ pub async fn sender(
         };
         for _ in 0..snapshots {
             let _ = events.try_send(Inbound::Snapshot(to, delivered));
+        }
+    }
+}
+
+/// How long a lease ask may take before it counts as unanswered.
+const LEASE_ASK_TIMEOUT: Duration = Duration::from_millis(300);
+
+/// A lease the leader granted: for `generation`, in `term`, asked for at
+/// `asked_at` (`CLOCK_MONOTONIC` ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    /// The leader that granted it.
+    pub leader: u64,
+    /// Its term.
+    pub term: u64,
+    /// The generation it had applied.
+    pub generation: u64,
+    /// When this node asked (the lease counts from here).
+    pub asked_at: u64,
+}
+
+/// Asks the leader for this node's lease every [`pgwarden_proto::lease::RENEW`]
+/// while `target` names one (its id and term, and the generation this node
+/// applied: asked for again at once when it changes), and hands each grant
+/// to the core loop as [`Inbound::Granted`].
+pub async fn renew_lease(
+    id: Identity,
+    addresses: Vec<(u64, String)>,
+    mut target: watch::Receiver<Option<(u64, u64, u64)>>,
+    events: mpsc::Sender<Inbound>,
+) {
+    let mut clients: std::collections::HashMap<u64, WatchdogPeerClient<Channel>> =
+        std::collections::HashMap::new();
+    let mut nonce = 0u64;
+    let mut ticker = tokio::time::interval(pgwarden_proto::lease::RENEW);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            r = target.changed() => if r.is_err() { return },
+        }
+        let Some((leader, term, _)) = *target.borrow_and_update() else {
+            continue;
+        };
+        let client = match clients.entry(leader) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let Some((_, address)) = addresses.iter().find(|(i, _)| *i == leader) else {
+                    continue;
+                };
+                match channel(address, id.tls.clone()) {
+                    Ok(c) => v.insert(WatchdogPeerClient::new(c)),
+                    Err(e) => {
+                        tracing::debug!(leader, "{e}");
+                        continue;
+                    }
+                }
+            }
+        };
+        nonce += 1;
+        let mut ask = PeerLeaseAsk {
+            from: id.me,
+            to: leader,
+            members_hash: id.members_hash,
+            term,
+            epoch: id.epoch,
+            nonce,
+            mac: Vec::new(),
+        };
+        id.signer.sign_lease_ask(&mut ask);
+        // Taken before the ask leaves: the lease cannot count from later.
+        let asked_at = pgwarden_proto::lease::monotonic_ms();
+        let answer = tokio::time::timeout(LEASE_ASK_TIMEOUT, client.lease(ask.clone())).await;
+        let grant = match answer {
+            Ok(Ok(g)) => g.into_inner(),
+            Ok(Err(e)) => {
+                tracing::debug!(leader, error = %e.message(), "lease ask refused");
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!(leader, "lease ask not answered in time");
+                continue;
+            }
+        };
+        if !id.signer.verify_lease_grant(&ask, &grant) {
+            tracing::warn!(leader, "dropping a lease grant with a bad MAC");
+            continue;
+        }
+        if !grant.granted || grant.term != term {
+            continue;
+        }
+        let granted = Granted {
+            leader,
+            term,
+            generation: grant.generation,
+            asked_at,
+        };
+        if events.send(Inbound::Granted(granted)).await.is_err() {
+            return;
         }
     }
 }

@@ -15,10 +15,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiRequest, WatchdogApi};
+use crate::fence::Fence;
 use crate::peers::{self, Identity, Inbound, PeerService};
 use crate::replay::{ReplayGuard, Sequence};
 use crate::settings::{Settings, TICK};
 use crate::{Command, DurableStorage, Message, NodeConfig, ProposeError, VipAction, WatchdogNode};
+use pgwarden_proto::lease::PROXY_LEASE;
 
 /// Why the watchdog stopped.
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +97,24 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                 settings.listen
             ))
         })?;
-    let peer_service = PeerService::new(id.clone(), replay, inbound_tx.clone());
+    // The proxies' lease (see crate::fence): what this node grants while it
+    // leads, and whom it asks while it follows.
+    let (grant_tx, grant_rx) = watch::channel::<Option<(u64, u64)>>(None);
+    let (ask_tx, ask_rx) = watch::channel::<Option<(u64, u64, u64)>>(None);
+    let mut fence = Fence::default();
+    let peer_service =
+        PeerService::new(id.clone(), replay, inbound_tx.clone()).with_grants(grant_rx);
+    let addresses = voters
+        .iter()
+        .filter(|v| **v != settings.id)
+        .filter_map(|&v| settings.address(v).map(|a| (v, a.to_owned())))
+        .collect();
+    tokio::spawn(peers::renew_lease(
+        id.clone(),
+        addresses,
+        ask_rx,
+        inbound_tx.clone(),
+    ));
     let peer_stop = stop.clone();
     let peer_tls = settings
         .tls
@@ -263,6 +282,13 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                         )));
                     }
                 }
+                Inbound::Granted(g) => {
+                    // From the leader this node follows, in its term, for
+                    // the generation this node has applied: else nothing.
+                    if !node.is_leader() && node.leader() == Some(g.leader) && node.term() == g.term {
+                        fence.renew(node.record().generation, g.generation, g.asked_at, PROXY_LEASE);
+                    }
+                }
                 Inbound::Unreachable(peer) => node.report_unreachable(peer),
                 Inbound::Snapshot(peer, ok) => node.report_snapshot(peer, ok),
             },
@@ -378,8 +404,31 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         if let Some(v) = out.vip {
             vip_tx.send_replace(Some(v));
         }
+        // The lease, before the status and before any proposer hears of
+        // its commit: from here on, asks are answered with the newly
+        // applied generation only.
+        let generation = node.record().generation;
+        let grantable = node.can_grant().then(|| (node.term(), generation));
+        grant_tx.send_if_modified(|g| std::mem::replace(g, grantable) != grantable);
+        if grantable.is_some() {
+            fence.renew(
+                generation,
+                generation,
+                pgwarden_proto::lease::monotonic_ms(),
+                PROXY_LEASE,
+            );
+        }
+        // With the generation applied: a new one is asked for at once, so
+        // its proxy need not wait a renewal period to route by it.
+        let ask = match node.leader() {
+            Some(l) if !node.is_leader() => Some((l, node.term(), generation)),
+            _ => None,
+        };
+        ask_tx.send_if_modified(|a| std::mem::replace(a, ask) != ask);
         // Status first, so an answered proposer reads the state it caused.
-        status_tx.send_replace(status(&node, &settings, &last_seen, *holding_rx.borrow()));
+        let mut shown = status(&node, &settings, &last_seen, *holding_rx.borrow());
+        shown.lease_until_mono_ms = fence.until(generation);
+        status_tx.send_replace(shown);
         for (index, cmd, applied) in out.applied {
             if let Some(p) = pending.remove(&index) {
                 let r = if p.command != cmd {
@@ -678,6 +727,8 @@ fn status(
         holds_delegate_ip: holding,
         delegate_ip: s.delegate_ip.map(|i| i.to_string()).unwrap_or_default(),
         record: Some(record),
+        // Filled in by the caller, which holds the lease.
+        lease_until_mono_ms: 1,
     }
 }
 

@@ -1,4 +1,4 @@
-//! The coordinator's decisions as tables: leadership, the fence delay,
+//! The coordinator's decisions as tables: leadership, the fence,
 //! proposals and refusals, the proxies' fencing, operator routing.
 
 use super::*;
@@ -79,6 +79,10 @@ fn following(generation: u64, down: &[&str]) -> Input<u32> {
     watchdog(status(2, true, record(generation, down)))
 }
 
+fn following_record(r: ClusterRecord) -> Input<u32> {
+    watchdog(status(2, true, r))
+}
+
 fn operator(ask: Ask, forwarded: bool, reply: u32) -> Input<u32> {
     Input::Operator {
         ask,
@@ -155,17 +159,36 @@ fn replies(out: &[Out]) -> Vec<(u32, Result<String, String>)> {
 }
 
 /// A coordinator deciding with a healthy cluster, its first generation (2) committed.
+/// It has led for longer than the lead wait, and its last commit is older
+/// than the fence wait.
 fn deciding() -> C {
     let mut c = C::new(setup(), ClusterState::default());
     healthy(&mut c);
     let out = c.step(leading(1, &[]));
     drive(&mut c, out, Ok(()));
     assert!(c.machine().is_some());
+    ticks(&mut c, LEAD_WAIT_TICKS + 1);
     c
 }
 
 fn ticks(c: &mut C, n: u64) -> Vec<Out> {
     (0..n).flat_map(|_| c.tick()).collect()
+}
+
+/// Drives `out` (proposals committed), then lets the fence wait pass,
+/// driving what it releases: everything a round does once the leases
+/// allow it.
+fn fenced(c: &mut C, out: Vec<Out>) -> Vec<Out> {
+    let mut seen = drive(c, out, Ok(()));
+    let released = ticks(c, FENCE_WAIT_TICKS + 1);
+    seen.extend(drive(c, released, Ok(())));
+    seen
+}
+
+fn promotes(out: &[Out]) -> bool {
+    performed(out)
+        .iter()
+        .any(|a| matches!(a, Action::Promote { .. }))
 }
 
 // === leadership ===
@@ -240,83 +263,173 @@ fn losing_the_lead_or_the_watchdog_stops_deciding_and_regaining_it_starts_afresh
     }
 }
 
-// === the fence delay ===
+// === the fence ===
 
 #[test]
-fn fence_delay_in_ticks_is_at_least_the_fence_delay() {
-    assert!(TICK * u32::try_from(FENCE_DELAY_TICKS).unwrap() >= FENCE_DELAY);
-    assert!(TICK * u32::try_from(FENCE_DELAY_TICKS - 1).unwrap() < FENCE_DELAY);
+fn the_waits_in_ticks_cover_the_leases() {
+    let t = |n: u64| TICK * u32::try_from(n).unwrap();
+    assert!(t(FENCE_WAIT_TICKS) >= pgwarden_proto::lease::AFTER_COMMIT);
+    assert!(t(LEAD_WAIT_TICKS) >= pgwarden_proto::lease::AFTER_ELECTION);
+    assert!(pgwarden_proto::lease::AFTER_COMMIT > pgwarden_proto::lease::PROXY_LEASE);
 }
 
 #[test]
-fn a_quorums_down_is_acted_on_only_once_ripe() {
-    // (ticks the verdict stands before the quorum lets go, failover started?)
-    let table: Vec<(u64, bool)> = vec![
-        (0, false),
-        (1, false),
-        (FENCE_DELAY_TICKS, false),
-        (FENCE_DELAY_TICKS + 1, true),
-        (FENCE_DELAY_TICKS + 10, true),
-    ];
-    for (kept, fails_over) in table {
-        let mut c = deciding();
-        // The primary stops answering here too.
-        for _ in 0..3 {
-            c.step(checked(0, Err("refused".to_owned())));
-        }
-        let mut out = c.step(leading(2, &["pg0"]));
-        assert!(
-            proposals(&out).is_empty(),
-            "a fresh verdict is not acted on"
-        );
-        out.extend(ticks(&mut c, kept));
-        out.extend(c.step(leading(2, &[])));
-        out.extend(ticks(&mut c, 2 * FENCE_DELAY_TICKS));
-        let out = drive(&mut c, out, Ok(()));
-        let promoted = performed(&out).iter().any(|a| {
-            matches!(
-                a,
-                Action::Promote {
-                    old_primary: Some(0),
-                    ..
-                }
-            )
-        });
-        assert_eq!(promoted, fails_over, "verdict kept {kept} ticks");
-    }
-}
-
-#[test]
-fn the_fence_delay_starts_when_the_verdict_is_seen_not_at_the_next_tick() {
+fn a_quorums_verdict_withdraws_the_primary_at_once_and_the_promotion_waits_for_the_leases() {
     let mut c = deciding();
-    ticks(&mut c, 3);
-    c.step(leading(2, &["pg0"]));
-    let quiet = ticks(&mut c, FENCE_DELAY_TICKS);
-    assert!(quiet.is_empty(), "{quiet:?}");
-    let ripe = c.tick();
-    assert_eq!(proposals(&ripe).len(), 1, "{ripe:?}");
+    // The verdict is acted on as it comes: the withdrawal is proposed.
+    let out = c.step(leading(2, &["pg0"]));
+    let withdraw = proposals(&out);
+    assert_eq!(withdraw.len(), 1, "{out:?}");
+    assert!(withdraw[0].failover_in_progress, "{out:?}");
+    let out = drive(&mut c, out, Ok(()));
+    assert!(!promotes(&out), "no promotion before the fence: {out:?}");
+    // Every lease on the old generation ends PROXY_LEASE after it was
+    // asked for, which was before the withdrawal committed.
+    let held = ticks(&mut c, FENCE_WAIT_TICKS);
+    assert!(!promotes(&held), "{held:?}");
+    let released = c.tick();
+    assert!(
+        performed(&released).iter().any(|a| matches!(
+            a,
+            Action::Promote {
+                id: 1,
+                old_primary: Some(0),
+                ..
+            }
+        )),
+        "{released:?}"
+    );
 }
 
 #[test]
-fn a_verdict_that_ripened_before_this_node_led_is_acted_on_when_it_starts() {
+fn a_new_leader_promotes_only_once_the_old_leaders_leases_have_ended() {
     let mut c = C::new(setup(), ClusterState::default());
     healthy(&mut c);
     for _ in 0..3 {
         c.step(checked(0, Err("refused".to_owned())));
     }
     c.step(following(2, &["pg0"]));
-    ticks(&mut c, FENCE_DELAY_TICKS + 1);
+    ticks(&mut c, 50);
+    // It leads now, with the verdict already there: the withdrawal goes at
+    // once, the promotion only after LEAD_WAIT_TICKS.
     let out = c.step(leading(2, &["pg0"]));
-    let out = drive(&mut c, out, Ok(()));
+    let out = fenced(&mut c, out);
+    assert_eq!(proposals(&out).len(), 1, "{out:?}");
     assert!(
-        performed(&out)
+        !promotes(&out),
+        "the fence wait alone is not enough: {out:?}"
+    );
+    let waited = FENCE_WAIT_TICKS + 1;
+    let held = ticks(&mut c, LEAD_WAIT_TICKS - waited);
+    assert!(!promotes(&held), "{held:?}");
+    let released = c.tick();
+    assert!(
+        performed(&released)
             .iter()
             .any(|a| matches!(a, Action::Promote { id: 1, .. })),
-        "{out:?}"
+        "{released:?}"
     );
 }
 
-// === proposals and refusals ===
+#[test]
+fn a_promotion_held_by_the_fence_is_dropped_when_the_lead_moves() {
+    // (what the watchdog says while the promotion waits)
+    let mut moved = record(3, &["pg0"]);
+    moved.failover_in_progress = true;
+    let mut newer = moved.clone();
+    newer.generation = 9;
+    let table: Vec<(&str, Input<u32>)> = vec![
+        (
+            "another node leads",
+            watchdog(status(2, true, moved.clone())),
+        ),
+        ("no quorum", watchdog(status(1, false, moved))),
+        ("the watchdog is gone", watchdog(None)),
+        (
+            "another generation committed",
+            watchdog(status(1, true, newer)),
+        ),
+    ];
+    for (case, input) in table {
+        let mut c = deciding();
+        let out = c.step(leading(2, &["pg0"]));
+        let out = drive(&mut c, out, Ok(()));
+        assert!(!promotes(&out), "{case}");
+        let mut out = c.step(input);
+        out.extend(ticks(&mut c, 2 * FENCE_WAIT_TICKS));
+        let out = drive(&mut c, out, Ok(()));
+        assert!(!promotes(&out), "{case}: {out:?}");
+    }
+}
+
+#[test]
+fn an_operators_promotion_held_by_the_fence_hears_when_the_lead_moved() {
+    let mut c = deciding();
+    let out = c.step(operator(
+        Ask::Promote {
+            id: 1,
+            force: false,
+        },
+        false,
+        7,
+    ));
+    let out = drive(&mut c, out, Ok(()));
+    assert!(!promotes(&out) && replies(&out).is_empty(), "{out:?}");
+    let out = c.step(following(3, &[]));
+    let answer = replies(&out);
+    assert_eq!(answer.len(), 1, "{out:?}");
+    assert!(
+        answer[0]
+            .1
+            .as_ref()
+            .is_err_and(|e| e.contains("lead moved")),
+        "{answer:?}"
+    );
+    assert!(!promotes(&ticks(&mut c, 2 * FENCE_WAIT_TICKS)));
+}
+
+#[test]
+fn the_proxies_lease_is_published_with_each_renewal_also_while_a_promotion_waits() {
+    let leased = |generation: u64, down: &[&str], until: u64| {
+        let mut s = status(1, true, record(generation, down));
+        if let Some(s) = s.as_mut() {
+            s.lease_until_mono_ms = until;
+        }
+        watchdog(s)
+    };
+    let leases = |out: &[Out]| -> Vec<(u64, u64)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Publish(s) => Some((s.generation, s.lease_until_mono_ms)),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut c = deciding();
+    assert_eq!(leases(&c.step(leased(2, &[], 5_000))), vec![(2, 5_000)]);
+    assert_eq!(leases(&c.step(leased(2, &[], 5_100))), vec![(2, 5_100)]);
+    assert!(
+        leases(&c.step(leased(2, &[], 5_100))).is_empty(),
+        "unchanged"
+    );
+    // The withdrawal commits (generation 3) and the promotion waits.
+    let out = c.step(leased(2, &["pg0"], 5_200));
+    drive(&mut c, out, Ok(()));
+    let mut withdrawn = record(3, &["pg0"]);
+    withdrawn.failover_in_progress = true;
+    let mut s = status(1, true, withdrawn).unwrap();
+    s.lease_until_mono_ms = 5_300;
+    // Generation 3 is not shown yet (its status waits its turn): its lease
+    // must not be put on generation 2's state.
+    assert!(leases(&c.step(watchdog(Some(s.clone())))).is_empty());
+    let released = ticks(&mut c, FENCE_WAIT_TICKS + 1);
+    assert!(promotes(&released));
+    let shown = leases(&released);
+    assert_eq!(shown.last(), Some(&(3, 5_300)), "{released:?}");
+    // Now it is shown: its renewals go out at once.
+    s.lease_until_mono_ms = 5_400;
+    assert_eq!(leases(&c.step(watchdog(Some(s)))), vec![(3, 5_400)]);
+}
 
 #[test]
 fn what_follows_a_generation_runs_only_once_it_is_committed() {
@@ -324,16 +437,13 @@ fn what_follows_a_generation_runs_only_once_it_is_committed() {
         (Ok(()), true),
         (Err("generation moved on".to_owned()), false),
     ];
-    for (answer, promotes) in table {
+    for (answer, promoted) in table {
         let mut c = deciding();
-        c.step(leading(2, &["pg0"]));
-        let out = ticks(&mut c, FENCE_DELAY_TICKS + 1);
+        let out = c.step(leading(2, &["pg0"]));
         assert!(performed(&out).is_empty(), "nothing before the proposal");
-        let out = drive(&mut c, out, answer.clone());
-        let promote = performed(&out)
-            .iter()
-            .any(|a| matches!(a, Action::Promote { .. }));
-        assert_eq!(promote, promotes, "{answer:?}");
+        let mut out = drive(&mut c, out, answer.clone());
+        out.extend(ticks(&mut c, FENCE_WAIT_TICKS + 1));
+        assert_eq!(promotes(&out), promoted, "{answer:?}");
         assert_eq!(c.machine().is_some(), answer.is_ok(), "{answer:?}");
     }
 }
@@ -540,6 +650,50 @@ fn a_rejoin_without_a_rejoin_command_is_refused() {
 }
 
 #[test]
+fn another_nodes_new_down_vote_makes_this_node_check_at_once() {
+    let voted = |votes: &[(&str, &[u64])]| {
+        let mut r = record(2, &[]);
+        for (b, ids) in votes {
+            r.down_votes.insert(
+                (*b).to_owned(),
+                pgwarden_proto::v1::NodeIds { ids: ids.to_vec() },
+            );
+        }
+        following_record(r)
+    };
+    let rechecks = |out: &[Out]| out.iter().filter(|o| matches!(o, Output::Recheck)).count();
+    let mut c = C::new(setup(), ClusterState::default());
+    healthy(&mut c);
+    assert_eq!(rechecks(&c.step(voted(&[]))), 0);
+    assert_eq!(
+        rechecks(&c.step(voted(&[("pg0", &[2])]))),
+        1,
+        "node 2 sees pg0 down"
+    );
+    assert_eq!(
+        rechecks(&c.step(voted(&[("pg0", &[2])]))),
+        0,
+        "not again for the same vote"
+    );
+    assert_eq!(
+        rechecks(&c.step(voted(&[("pg0", &[1, 2])]))),
+        0,
+        "this node's own vote is no news"
+    );
+    assert_eq!(
+        rechecks(&c.step(voted(&[("pg0", &[1, 2, 3])]))),
+        1,
+        "node 3 joins"
+    );
+    // Once this node sees pg0 down itself, others' votes on it are no news.
+    for _ in 0..3 {
+        c.step(checked(0, Err("refused".to_owned())));
+    }
+    assert_eq!(rechecks(&c.step(voted(&[]))), 0);
+    assert_eq!(rechecks(&c.step(voted(&[("pg0", &[2])]))), 0);
+}
+
+#[test]
 fn a_recheck_is_always_this_nodes() {
     for mut c in [deciding(), C::new(setup(), ClusterState::default())] {
         let out = c.step(Input::Recheck);
@@ -649,11 +803,10 @@ fn this_node_reports_the_votes_its_watchdog_does_not_hold() {
 #[test]
 fn a_generation_already_committed_is_never_proposed_again() {
     let mut c = deciding();
-    c.step(leading(2, &["pg0"]));
     let out = c.step(operator(Ask::Detach(2), false, 1));
     assert_eq!(proposals(&out).len(), 1);
-    // The verdict ripens while the detach is being committed ...
-    assert!(ticks(&mut c, FENCE_DELAY_TICKS + 1).is_empty());
+    // The verdict comes while the detach is being committed ...
+    assert!(c.step(leading(2, &["pg0"])).is_empty());
     // ... and an attach waits for it.
     assert!(c.step(operator(Ask::Attach(2), false, 2)).is_empty());
     let out = c.step(Input::Proposed(Ok(())));
@@ -690,10 +843,10 @@ fn the_leaders_timeline_has_the_quorums_verdict_the_fence_and_the_proxys_first_w
     c.set_wall_ms(1_000);
     c.step(checked(0, Err("refused".to_owned())));
     c.set_wall_ms(1_300);
-    c.step(leading(2, &["pg0"]));
+    let out = c.step(leading(2, &["pg0"]));
+    let mut out = drive(&mut c, out, Ok(()));
     // Each tick 100 ms of wall time, as the driver's interval gives.
-    let mut out = Vec::new();
-    for t in 1..=FENCE_DELAY_TICKS + 1 {
+    for t in 1..=FENCE_WAIT_TICKS + 1 {
         c.set_wall_ms(1_300 + 100 * i64::try_from(t).unwrap());
         out.extend(c.tick());
     }
@@ -704,15 +857,15 @@ fn the_leaders_timeline_has_the_quorums_verdict_the_fence_and_the_proxys_first_w
             .any(|a| matches!(a, Action::Promote { id: 1, .. })),
         "{out:?}"
     );
-    let fence_at = 1_300 + 100 * i64::try_from(FENCE_DELAY_TICKS + 1).unwrap();
+    let fence_at = 1_300 + 100 * i64::try_from(FENCE_WAIT_TICKS + 1).unwrap();
     let names: Vec<(String, i64)> = phases(&c);
     assert_eq!(
         names,
         vec![
             ("suspect".to_owned(), 1_000),
             ("quorum".to_owned(), 1_300),
+            ("down".to_owned(), 1_300),
             ("fence".to_owned(), fence_at),
-            ("down".to_owned(), fence_at),
         ]
     );
     // Promotion, repointing, the new generation committed.
@@ -762,18 +915,20 @@ fn the_leaders_timeline_has_the_quorums_verdict_the_fence_and_the_proxys_first_w
 }
 
 #[test]
-fn a_quorums_verdict_withdrawn_before_the_fence_leaves_no_phase_behind() {
+fn a_quorums_verdict_withdrawn_before_it_was_acted_on_leaves_no_phase_behind() {
     let mut c = deciding();
     c.set_wall_ms(1_000);
+    // The verdict comes while a detach is being committed, and is gone
+    // before the coordinator takes it in.
+    let out = c.step(operator(Ask::Detach(2), false, 1));
     c.step(leading(2, &["pg0"]));
-    ticks(&mut c, 3);
     c.step(leading(2, &[]));
-    ticks(&mut c, 2 * FENCE_DELAY_TICKS);
+    drive(&mut c, out, Ok(()));
+    ticks(&mut c, 2 * FENCE_WAIT_TICKS);
     // Later, a real failover: its record starts at its own verdict.
     c.set_wall_ms(9_000);
-    c.step(leading(2, &["pg0"]));
-    let out = ticks(&mut c, FENCE_DELAY_TICKS + 1);
-    drive(&mut c, out, Ok(()));
+    let out = c.step(leading(3, &["pg0"]));
+    fenced(&mut c, out);
     let quorum: Vec<i64> = phases(&c)
         .into_iter()
         .filter(|(n, _)| n == "quorum")
@@ -785,8 +940,7 @@ fn a_quorums_verdict_withdrawn_before_the_fence_leaves_no_phase_behind() {
 #[test]
 fn a_refused_proposal_ends_the_open_record_as_abandoned() {
     let mut c = deciding();
-    c.step(leading(2, &["pg0"]));
-    let out = ticks(&mut c, FENCE_DELAY_TICKS + 1);
+    let out = c.step(leading(2, &["pg0"]));
     drive(&mut c, out, Err("generation moved on".to_owned()));
     let record = c.timeline().records().last().cloned().unwrap();
     let last = record.phases.last().unwrap();

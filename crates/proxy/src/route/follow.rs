@@ -55,11 +55,56 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
             tokio::time::sleep(RECHECK_SPACING).await;
         }
     };
+    let (lease_tx, lease_rx) = tokio::sync::watch::channel(0u64);
     tokio::join!(
         ask,
         report(shared, stop, client.clone()),
-        watch(shared, stop, client, path)
+        watch(shared, stop, client, path, &lease_tx),
+        expire(shared, stop, lease_rx)
     );
+}
+
+/// Why the proxy stops routing when its lease runs out.
+const LEASE_RAN_OUT: &str = "this node's lease on the cluster state ran out: it may be cut off from the other nodes, and the primary may have changed elsewhere";
+
+/// Stops routing when the lease of the state routed by runs out before a
+/// newer word came (see `pgwarden_proto::lease`): whether or not the
+/// monitor is reachable, a cut-off node stops by the deadline its
+/// watchdog's leader granted, not when its monitor gets round to it.
+async fn expire(
+    shared: &Shared,
+    stop: &CancellationToken,
+    mut lease: tokio::sync::watch::Receiver<u64>,
+) {
+    loop {
+        let until = *lease.borrow_and_update();
+        if until != 0 {
+            let left = until.saturating_sub(pgwarden_proto::lease::monotonic_ms());
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                r = lease.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(left)) => {}
+            }
+            let current = shared.router.current();
+            if current.primary.is_some() {
+                tracing::warn!(
+                    generation = current.generation,
+                    "this node's lease on the cluster state ran out (no renewal from the watchdogs' leader in time): not routing until it is renewed"
+                );
+                route(shared, current.generation, None, LEASE_RAN_OUT);
+            }
+        }
+        // Not leased (no watchdog), or run out: until the next word.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = lease.changed() => if r.is_err() { return },
+        }
+    }
 }
 
 /// The least time between two recheck requests to the monitor.
@@ -173,6 +218,7 @@ async fn watch(
     stop: &CancellationToken,
     mut client: MonitorClient<tonic::transport::Channel>,
     path: std::path::PathBuf,
+    lease: &tokio::sync::watch::Sender<u64>,
 ) {
     let s = &shared.settings;
     let mut backoff = uds::reconnect_backoff();
@@ -195,7 +241,7 @@ async fn watch(
                     match msg {
                         Ok(Some(state)) => {
                             backoff = uds::reconnect_backoff();
-                            apply(shared, &state, &mut seen);
+                            apply(shared, &state, &mut seen, lease);
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -232,7 +278,47 @@ async fn watch(
 /// Routes by `state` if it is newer than anything seen. A generation names
 /// one committed state: the same generation again (a reconnect, a restarted
 /// monitor) changes nothing, unless the proxy stopped routing meanwhile.
-fn apply(shared: &Shared, state: &ClusterState, seen: &mut u64) {
+/// `lease` is the deadline routing holds until (see [`expire`]).
+fn apply(
+    shared: &Shared,
+    state: &ClusterState,
+    seen: &mut u64,
+    lease: &tokio::sync::watch::Sender<u64>,
+) {
+    if state.no_quorum {
+        // Says more than a lease run out.
+        route_by(shared, state, seen);
+        lease.send_replace(state.lease_until_mono_ms);
+        return;
+    }
+    let now = pgwarden_proto::lease::monotonic_ms();
+    let until = if pgwarden_proto::lease::valid(state.lease_until_mono_ms, now) {
+        state.lease_until_mono_ms
+    } else {
+        // Not leased yet (a new generation comes before its first grant),
+        // or run out on the way (a stalled monitor). Routing to the primary
+        // already routed to may go on under the lease it holds, which ends
+        // when it ends: a lease granted for an older generation that named
+        // the same primary is as good as before. Anything else waits.
+        let held = *lease.borrow();
+        let routed = shared.router.current().primary.as_ref().map(|b| b.id);
+        let same = routed.is_some()
+            && routed == state.primary_id.map(|p| p as usize)
+            && !state.failover_in_progress
+            && !state.no_quorum;
+        if !(same && held != 0 && pgwarden_proto::lease::valid(held, now)) {
+            route(shared, state.generation.max(*seen), None, LEASE_RAN_OUT);
+            lease.send_replace(state.lease_until_mono_ms);
+            return;
+        }
+        held
+    };
+    route_by(shared, state, seen);
+    lease.send_replace(until);
+}
+
+/// [`apply`] once the lease allows it.
+fn route_by(shared: &Shared, state: &ClusterState, seen: &mut u64) {
     if state.no_quorum {
         // This node is cut off from the other nodes: the primary may have
         // moved elsewhere. Stop routing, at once, until the quorum is back.
