@@ -57,7 +57,6 @@ fn initial() -> ClusterState {
         failover_in_progress: false,
         monitor: "node1".into(),
         no_quorum: false,
-        lease_until_mono_ms: 0,
         switchover_in_progress: false,
     }
 }

@@ -20,10 +20,10 @@
 //! whether the majority has moved the primary, so its monitor says so
 //! (`no_quorum`) and its proxy stops routing at once. That alone would
 //! rest on every hop being quick; what the leader relies on is the lease
-//! (`pgwarden_proto::lease`): every state published here carries the
-//! deadline the watchdog's lease gives it, the proxy stops routing by it
-//! then on its own, and the leader's monitor promotes only once every
-//! lease on an older generation has ended (the coordinator's fence).
+//! (`pgwarden_proto::lease`): each proxy takes it from its own node's
+//! watchdog (not through this monitor) and stops routing on its own when it
+//! runs out, and the leader's monitor promotes only once every lease on an
+//! older generation has ended (the coordinator's fence).
 //!
 //! The node that decides also keeps the failover history
 //! ([`Timeline`](crate::timeline::Timeline)), with the quorum's verdict and

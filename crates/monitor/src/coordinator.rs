@@ -204,8 +204,6 @@ pub struct Coordinator<R> {
     published: u64,
     /// Whether the last published state said `no_quorum`.
     published_no_quorum: bool,
-    /// The lease of the last published state.
-    published_lease: u64,
     /// Other nodes' down votes for backends this node sees up (backend,
     /// node id), as last seen.
     peer_votes: std::collections::BTreeSet<(String, u64)>,
@@ -214,6 +212,8 @@ pub struct Coordinator<R> {
     /// [`LEAD_WAIT_TICKS`] after them.
     last_commit: u64,
     lead_since: u64,
+    /// The Raft term this node leads in, while it decides.
+    lead_term: u64,
     /// A round held at a promotion until the fence allows it.
     fencing: Option<Round<R>>,
     /// What `GetCluster` shows.
@@ -247,10 +247,10 @@ impl<R> Coordinator<R> {
             committed: 0,
             published: 0,
             published_no_quorum: false,
-            published_lease: 0,
             peer_votes: std::collections::BTreeSet::new(),
             last_commit: 0,
             lead_since: 0,
+            lead_term: 0,
             fencing: None,
             current,
             ready: false,
@@ -292,9 +292,6 @@ impl<R> Coordinator<R> {
             Input::Proposed(result) => self.proposed(result, &mut out),
             input if self.busy() => {
                 if let Input::Watchdog(s) = &input {
-                    if let Some(s) = s {
-                        self.renew_lease(s, &mut out);
-                    }
                     self.unfence_if_lead_lost(s.as_deref(), &mut out);
                     // A status is a snapshot: only the newest waits (as the
                     // driver's channel keeps only the newest too).
@@ -357,6 +354,7 @@ impl<R> Coordinator<R> {
             s.id != 0
                 && s.leader_id == s.id
                 && s.quorum
+                && s.term == self.lead_term
                 && s.record
                     .as_ref()
                     .is_none_or(|r| r.generation <= self.committed)
@@ -375,29 +373,6 @@ impl<R> Coordinator<R> {
                         .to_owned(),
                 ),
             });
-        }
-    }
-
-    /// While a round is under way, a status for the generation already
-    /// shown still renews the proxies' lease on it (the lease is for that
-    /// generation only; anything else in the status waits its turn).
-    fn renew_lease(&mut self, s: &WatchdogStatus, out: &mut Vec<Output<R>>) {
-        let shown = self
-            .watchdog
-            .as_ref()
-            .and_then(|w| w.record.as_ref())
-            .map(|r| r.generation);
-        let generation = s.record.as_ref().map(|r| r.generation);
-        if generation.is_none() || generation != shown || !self.ready {
-            return;
-        }
-        if let Some(w) = self.watchdog.as_mut() {
-            w.lease_until_mono_ms = s.lease_until_mono_ms;
-        }
-        if s.lease_until_mono_ms != self.published_lease {
-            self.published_lease = s.lease_until_mono_ms;
-            self.current.lease_until_mono_ms = s.lease_until_mono_ms;
-            out.push(Output::Publish(self.current.clone()));
         }
     }
 
@@ -607,6 +582,19 @@ impl<R> Coordinator<R> {
             return;
         };
         let leads = s.id != 0 && s.leader_id == s.id && s.quorum;
+        if leads && self.machine.is_some() && s.term != self.lead_term {
+            // The lead was lost and regained meanwhile: whatever the machine
+            // held may have been decided against since. Start afresh.
+            self.machine = None;
+            tracing::info!(
+                term = s.term,
+                "this node's watchdog leads again in a new term: deciding afresh"
+            );
+            self.timeline.abandon(
+                self.wall_ms,
+                "this node's watchdog lost the lead and got it back in a new term",
+            );
+        }
         if !leads {
             if self.machine.take().is_some() {
                 tracing::info!(
@@ -640,6 +628,7 @@ impl<R> Coordinator<R> {
                     .with_decider(Decider::Quorum),
             );
             self.lead_since = self.now;
+            self.lead_term = s.term;
         }
     }
 
@@ -655,6 +644,8 @@ impl<R> Coordinator<R> {
                 // has ended; the rest of the round with it.
                 round.actions.push_front(action);
                 self.fencing = Some(round);
+                // What is committed (the withdrawal) is shown meanwhile.
+                self.show(out);
                 return;
             }
             if action == Action::Publish {
@@ -721,9 +712,6 @@ impl<R> Coordinator<R> {
         {
             let mut state = committed_state(&self.setup, record, &self.local, Some(s));
             state.no_quorum = !s.quorum;
-            state.lease_until_mono_ms = s.lease_until_mono_ms;
-            let renewed = state.lease_until_mono_ms != self.published_lease;
-            self.published_lease = state.lease_until_mono_ms;
             if state.no_quorum != self.published_no_quorum {
                 self.published_no_quorum = state.no_quorum;
                 if state.no_quorum {
@@ -738,9 +726,6 @@ impl<R> Coordinator<R> {
             if record.generation > self.published {
                 self.published = record.generation;
                 tracing::info!(generation = self.published, primary = ?record.primary, "following committed cluster state");
-                out.push(Output::Publish(state.clone()));
-            } else if renewed && !state.no_quorum {
-                // The same generation, its lease renewed.
                 out.push(Output::Publish(state.clone()));
             }
             self.current = state.clone();
@@ -945,8 +930,6 @@ fn committed_state(
         failover_in_progress: record.failover_in_progress,
         monitor: setup.node.clone(),
         no_quorum: false,
-        // Set by whoever holds the lease (the watchdog's), else none.
-        lease_until_mono_ms: 0,
         switchover_in_progress: false,
     }
 }

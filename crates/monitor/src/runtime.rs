@@ -130,8 +130,6 @@ pub fn snapshot(m: &Machine, node: &str) -> ClusterState {
         failover_in_progress: m.failover_in_progress(),
         monitor: node.to_owned(),
         no_quorum: false,
-        // Set by whoever holds the lease (the watchdog's), else none.
-        lease_until_mono_ms: 0,
         switchover_in_progress: m.switchover_in_progress(),
         backends: m
             .backends()

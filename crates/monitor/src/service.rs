@@ -122,7 +122,6 @@ impl Monitor for MonitorService {
         tokio::spawn(async move {
             let mut last = first.generation;
             let mut last_no_quorum = first.no_quorum;
-            let mut last_lease = first.lease_until_mono_ms;
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
@@ -138,16 +137,13 @@ impl Monitor for MonitorService {
                     Err(broadcast::error::RecvError::Lagged(_)) => current.borrow().clone(),
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                // A new generation, this node losing or regaining its
-                // quorum (which proxies must hear about at once), or the
-                // lease on the current generation renewed.
-                let renewed = state.generation == last && state.lease_until_mono_ms != last_lease;
-                if state.generation <= last && state.no_quorum == last_no_quorum && !renewed {
+                // A new generation, or this node losing or regaining its
+                // quorum (which proxies must hear about at once).
+                if state.generation <= last && state.no_quorum == last_no_quorum {
                     continue;
                 }
                 last = state.generation.max(last);
                 last_no_quorum = state.no_quorum;
-                last_lease = state.lease_until_mono_ms;
                 if tx.send(Ok(state)).await.is_err() {
                     return;
                 }

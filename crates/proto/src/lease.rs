@@ -1,24 +1,36 @@
-//! The proxies' lease on a cluster state: how a node cut off from the
-//! others stops routing before the majority promotes a new primary.
+//! The proxies' lease: how a node cut off from the others stops routing
+//! before the majority promotes a new primary.
 //!
-//! With the watchdog, every state a monitor publishes to its proxy carries
-//! `lease_until_mono_ms`: a point on this host's `CLOCK_MONOTONIC` (the same
-//! clock in every process of the host) after which the proxy stops routing
-//! by that state unless a newer word came. The watchdog grants it: a
-//! follower asks the leader every [`RENEW`] and, when the leader answers
-//! that it leads in the follower's term with the generation the follower
-//! has applied, the follower's lease for that generation runs until the
-//! moment it *asked* plus [`PROXY_LEASE`] (so no bound on the network's
-//! delay is assumed: the answer is given after the question). The leader
-//! grants itself the same while it has quorum contact.
+//! With the watchdog, a proxy routes to the primary only while its node's
+//! watchdog holds a lease on a record naming that primary (not withdrawn):
+//! `WatchdogStatus.lease_until_mono_ms`, a point on the host's
+//! `CLOCK_MONOTONIC` (the same clock in every process of the host), which
+//! the proxy reads straight from `watchdog.sock` (the monitor is not in
+//! the way: its restart costs nothing, its freeze keeps nobody routing).
+//! The proxy stops routing on its own when the point passes.
 //!
-//! So once the leader has applied a generation that withdraws the primary,
-//! no lease on an older generation is granted any more, and every lease
-//! granted before ends within [`PROXY_LEASE`] (clock rates differ by far
-//! less than the margin the monitor adds): the leader's monitor waits that
-//! long after the withdrawal committed, then promotes. Every hop between
-//! the watchdog and the proxy passes the absolute deadline on, so a slow
-//! or stuck monitor only makes the proxy stop sooner, never later.
+//! The watchdog gets it from the leader: a follower asks every [`RENEW`]
+//! (and at once when it applied a new generation); the leader answers with
+//! the generation it has applied, while it leads in the follower's term,
+//! has committed an entry of that term and applied all that is committed,
+//! and a quorum answered it within [`GRANT_CONTACT`]. The follower keeps it
+//! only for the generation it has applied itself, until the moment it
+//! *asked* plus [`PROXY_LEASE`]: the answer comes after the ask, so no
+//! bound on the network's delay is assumed for it. The leader grants
+//! itself the same.
+//!
+//! Why the leader's monitor may promote [`AFTER_COMMIT`] after its
+//! withdrawal of the primary committed: the leader's watchdog answers asks
+//! with the new generation from the turn of its loop that applied it,
+//! before it told the proposer, so every lease on an older generation was
+//! asked for before and ends within [`PROXY_LEASE`] (clock rates differ by
+//! far less than the margin). A new leader waits [`AFTER_ELECTION`] more,
+//! for what the leader before it granted: that one stops granting once a
+//! quorum has not answered it for [`GRANT_CONTACT`], which, counted in its
+//! ticks as it receives answers, rests on messages spending less than
+//! [`ELECTION_TIMEOUT`] in the network and on its loop not stalling (as
+//! the delegate IP's lease does; not yet counted from when the answered
+//! heartbeat was sent).
 
 use std::time::Duration;
 

@@ -97,6 +97,9 @@ pub struct Settings {
     pub follow_monitor: bool,
     /// Stop routing when the monitor has been unreachable this long.
     pub monitor_stale_after: Duration,
+    /// `watchdog.enabled`: route only under this node's lease (see
+    /// `pgwarden_proto::lease`), taken from its watchdog.
+    pub watchdog: bool,
     /// How long new work waits for a primary when there is none or it
     /// cannot be reached; zero = no wait.
     pub failover_hold_timeout: Duration,
@@ -165,6 +168,7 @@ impl Settings {
                 .collect(),
             follow_monitor: c.proxy.follow_monitor,
             monitor_stale_after: c.proxy.monitor_stale_after,
+            watchdog: c.watchdog.enabled,
             failover_hold_timeout: c.proxy.failover_hold_timeout,
             runtime_dir: c.node.runtime_dir.clone(),
             metrics_listen: c.proxy.metrics_listen,

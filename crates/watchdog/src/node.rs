@@ -618,8 +618,15 @@ impl WatchdogNode {
     /// ([`crate::fence`]): a quorum responded within the last
     /// [`GRANT_CONTACT_TICKS`] (not a whole election timeout), so that a
     /// leader cut off stops granting soon after its last quorum contact.
+    ///
+    /// And only once it has committed an entry of its own term and applied
+    /// everything committed: a new leader may not know yet that a newer
+    /// generation (a withdrawn primary) was committed under the leader
+    /// before it, and must not grant leases on an older one.
     pub fn can_grant(&self) -> bool {
         self.is_leader()
+            && self.raw.raft.commit_to_current_term()
+            && self.applied >= self.raw.raft.raft_log.committed
             && self
                 .lease
                 .quorum_contact(self.raw.raft.term)

@@ -45,6 +45,13 @@ pub const MONITOR_GRACE: Duration = Duration::from_secs(5);
 /// disagrees.
 const MONITOR_RETRY: Duration = Duration::from_secs(3);
 
+/// How long a leader that is shutting down waits for its lead to move.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The leader renews its own lease when less than the lease minus this
+/// is left (ms).
+const RENEW_STEP_MS: u64 = 50;
+
 /// How long a proposed change may wait for its commit.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -235,9 +242,24 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    let lease_ms = u64::try_from(PROXY_LEASE.as_millis()).unwrap_or(u64::MAX);
+    // Shutting down as leader: until when the lead transfer may take.
+    let mut leaving: Option<Instant> = None;
     let result = loop {
         tokio::select! {
-            _ = &mut shutdown => break Ok(()),
+            _ = &mut shutdown, if leaving.is_none() => {
+                // A leader hands the lead over first: the others then need
+                // no election timeout, and the proxies' leases need not run
+                // out on the way.
+                match node.is_leader().then(|| transferee(&node, &last_seen)).flatten() {
+                    Some(to) => {
+                        tracing::info!(to, "shutting down: handing the lead over first");
+                        node.transfer_leader(to);
+                        leaving = Some(Instant::now() + LEAVE_TIMEOUT);
+                    }
+                    None => break Ok(()),
+                }
+            }
             _ = ticker.tick() => {
                 node.tick();
                 pinger.ping();
@@ -383,6 +405,25 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             Ok(o) => o,
             Err(e) => break Err(RunError::Storage(e.to_string())),
         };
+        // The lease, before any message goes out, before the status and
+        // before any proposer hears of its commit: from here on, asks are
+        // answered with the newly applied generation only.
+        let generation = node.record().generation;
+        let grantable = node.can_grant().then(|| (node.term(), generation));
+        grant_tx.send_if_modified(|g| std::mem::replace(g, grantable) != grantable);
+        let now_mono = pgwarden_proto::lease::monotonic_ms();
+        // Renewed in steps of RENEW_STEP, not at every turn of the loop:
+        // each change of the status goes to every watcher.
+        if grantable.is_some() && fence.until(generation) < now_mono + lease_ms - RENEW_STEP_MS {
+            fence.renew(generation, generation, now_mono, PROXY_LEASE);
+        }
+        // With the generation applied: a new one is asked for at once, so
+        // its proxy need not wait a renewal period to route by it.
+        let ask = match node.leader() {
+            Some(l) if !node.is_leader() => Some((l, node.term(), generation)),
+            _ => None,
+        };
+        ask_tx.send_if_modified(|a| std::mem::replace(a, ask) != ask);
         for m in out.messages {
             let to = m.to;
             if let Some(q) = outbound.get(&to)
@@ -404,27 +445,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         if let Some(v) = out.vip {
             vip_tx.send_replace(Some(v));
         }
-        // The lease, before the status and before any proposer hears of
-        // its commit: from here on, asks are answered with the newly
-        // applied generation only.
-        let generation = node.record().generation;
-        let grantable = node.can_grant().then(|| (node.term(), generation));
-        grant_tx.send_if_modified(|g| std::mem::replace(g, grantable) != grantable);
-        if grantable.is_some() {
-            fence.renew(
-                generation,
-                generation,
-                pgwarden_proto::lease::monotonic_ms(),
-                PROXY_LEASE,
-            );
-        }
-        // With the generation applied: a new one is asked for at once, so
-        // its proxy need not wait a renewal period to route by it.
-        let ask = match node.leader() {
-            Some(l) if !node.is_leader() => Some((l, node.term(), generation)),
-            _ => None,
-        };
-        ask_tx.send_if_modified(|a| std::mem::replace(a, ask) != ask);
         // Status first, so an answered proposer reads the state it caused.
         let mut shown = status(&node, &settings, &last_seen, *holding_rx.borrow());
         shown.lease_until_mono_ms = fence.until(generation);
@@ -443,6 +463,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             }
         }
         answer_expired(&mut pending, Instant::now());
+        if let Some(deadline) = leaving
+            && (!node.is_leader() || Instant::now() >= deadline)
+        {
+            break Ok(());
+        }
     };
 
     // Leaving: the delegate IP goes first.

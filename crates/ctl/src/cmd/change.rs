@@ -270,7 +270,6 @@ mod tests {
             failover_in_progress: in_progress,
             monitor: String::new(),
             no_quorum: false,
-            lease_until_mono_ms: 0,
             switchover_in_progress: false,
         }
     }

@@ -181,7 +181,6 @@ pub(crate) mod tests {
             failover_in_progress: false,
             monitor: "node1".into(),
             no_quorum: false,
-            lease_until_mono_ms: 0,
             switchover_in_progress: false,
         }
     }

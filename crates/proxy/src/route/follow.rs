@@ -12,6 +12,11 @@
 //! (fencing) and says why, instead of guessing. A restart of the monitor
 //! alone is much shorter than that and disturbs nobody.
 //!
+//! With the watchdog, routing to the primary also needs this node's lease
+//! on it, read from the watchdog's own socket (see
+//! `pgwarden_proto::lease`): when it runs out, the proxy stops routing by
+//! itself, and routes again once a grant covers the primary again.
+//!
 //! After each change of primary (not the first primary it sees), the proxy
 //! tells the monitor when it gave the first transaction a server on the new
 //! one, and the sessions it moved and ended meanwhile (`ReportRouted`), for
@@ -24,6 +29,7 @@ use pgwarden_proto::v1::monitor_client::MonitorClient;
 use pgwarden_proto::v1::{
     ClusterState, RecheckRequest, ReportRoutedRequest, Status, WatchClusterRequest,
 };
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -55,54 +61,190 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
             tokio::time::sleep(RECHECK_SPACING).await;
         }
     };
-    let (lease_tx, lease_rx) = tokio::sync::watch::channel(0u64);
+    let (word_tx, word_rx) = watch::channel(Word::Unknown);
+    let (grant_tx, grant_rx) = watch::channel(Grant::default());
+    let leased = s.watchdog;
     tokio::join!(
         ask,
         report(shared, stop, client.clone()),
-        watch(shared, stop, client, path, &lease_tx),
-        expire(shared, stop, lease_rx)
+        watch(shared, stop, client, path, &word_tx),
+        async {
+            if leased {
+                follow_watchdog(shared, stop, &grant_tx).await;
+            }
+        },
+        gate(shared, stop, word_rx, leased.then_some(grant_rx))
     );
 }
 
-/// Why the proxy stops routing when its lease runs out.
-const LEASE_RAN_OUT: &str = "this node's lease on the cluster state ran out: it may be cut off from the other nodes, and the primary may have changed elsewhere";
+/// The monitor's last word: a state to route by, or why there is none.
+#[derive(Debug, Clone)]
+enum Word {
+    /// Nothing heard yet.
+    Unknown,
+    /// Its newest state.
+    State(Box<ClusterState>),
+    /// Unreachable for `proxy.monitor_stale_after`: why.
+    Stale(String),
+}
 
-/// Stops routing when the lease of the state routed by runs out before a
-/// newer word came (see `pgwarden_proto::lease`): whether or not the
-/// monitor is reachable, a cut-off node stops by the deadline its
-/// watchdog's leader granted, not when its monitor gets round to it.
-async fn expire(
+/// The lease this node's watchdog holds (see `pgwarden_proto::lease`): the
+/// record it was granted for, and until when.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Grant {
+    /// The record's primary, by name.
+    primary: Option<String>,
+    /// The record withdrew it (a failover or switchover under way).
+    withdrawn: bool,
+    /// `CLOCK_MONOTONIC` ms; 0 or 1: none.
+    until: u64,
+}
+
+impl Grant {
+    fn of(status: &pgwarden_proto::v1::WatchdogStatus) -> Grant {
+        let record = status.record.as_ref();
+        Grant {
+            primary: record.and_then(|r| r.primary.clone()),
+            withdrawn: record.is_some_and(|r| r.failover_in_progress),
+            until: status.lease_until_mono_ms,
+        }
+    }
+
+    /// Whether routing to `primary` is covered at `now`.
+    fn allows(&self, primary: &str, now: u64) -> bool {
+        self.primary.as_deref() == Some(primary) && !self.withdrawn && now < self.until
+    }
+}
+
+/// Why the proxy does not route while the lease does not cover the primary.
+const NO_LEASE: &str = "this node holds no lease from the watchdogs' leader for the primary (it ran out, or none came yet): this node may be cut off from the others, and the primary may have changed elsewhere";
+
+/// Routes by the monitor's word, and, with the watchdog, only while this
+/// node's lease covers the primary (see `pgwarden_proto::lease`): the
+/// proxy stops routing on its own when the lease runs out, whatever the
+/// monitor does (a frozen or restarting monitor neither keeps it routing
+/// nor stops it), and routes again when a grant covers the primary again.
+async fn gate(
     shared: &Shared,
     stop: &CancellationToken,
-    mut lease: tokio::sync::watch::Receiver<u64>,
+    mut word: watch::Receiver<Word>,
+    mut lease: Option<watch::Receiver<Grant>>,
 ) {
+    let mut seen: u64 = 0;
+    // (word version, lease allows): what the last pass decided on.
+    let mut version: u64 = 0;
+    let mut last: Option<(u64, bool)> = None;
     loop {
-        let until = *lease.borrow_and_update();
-        if until != 0 {
-            let left = until.saturating_sub(pgwarden_proto::lease::monotonic_ms());
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                r = lease.changed() => {
-                    if r.is_err() {
-                        return;
-                    }
-                    continue;
+        let w = word.borrow_and_update().clone();
+        let grant = lease.as_mut().map(|l| l.borrow_and_update().clone());
+        let now = pgwarden_proto::lease::monotonic_ms();
+        match &w {
+            Word::Unknown => {}
+            Word::Stale(why) => {
+                if shared.router.current().primary.is_some() {
+                    tracing::error!("{why}; refusing clients until it is back");
+                    route(shared, seen, None, why);
                 }
-                _ = tokio::time::sleep(Duration::from_millis(left)) => {}
             }
-            let current = shared.router.current();
-            if current.primary.is_some() {
-                tracing::warn!(
-                    generation = current.generation,
-                    "this node's lease on the cluster state ran out (no renewal from the watchdogs' leader in time): not routing until it is renewed"
-                );
-                route(shared, current.generation, None, LEASE_RAN_OUT);
+            Word::State(state) => {
+                let primary = primary_of(&shared.settings.backends, state).0;
+                let allowed = match (&grant, &primary) {
+                    (Some(g), Some(p)) if !state.no_quorum => g.allows(&p.name, now),
+                    _ => true,
+                };
+                if last != Some((version, allowed)) {
+                    last = Some((version, allowed));
+                    if allowed {
+                        apply(shared, state, &mut seen);
+                    } else {
+                        if shared.router.current().primary.is_some() {
+                            tracing::warn!(
+                                generation = state.generation,
+                                "this node's lease ran out (no renewal from the watchdogs' leader in time): not routing until it is renewed"
+                            );
+                        }
+                        route(shared, state.generation.max(seen), None, NO_LEASE);
+                    }
+                }
             }
         }
-        // Not leased (no watchdog), or run out: until the next word.
+        // Until the next word, the next grant, or the end of the one
+        // routed by.
+        let routed = shared
+            .router
+            .current()
+            .primary
+            .as_ref()
+            .map(|b| b.name.clone());
+        let left = grant
+            .as_ref()
+            .filter(|g| routed.as_deref().is_some_and(|p| g.allows(p, now)))
+            .map(|g| Duration::from_millis(g.until.saturating_sub(now)));
         tokio::select! {
             _ = stop.cancelled() => return,
-            r = lease.changed() => if r.is_err() { return },
+            r = word.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                version += 1;
+            }
+            r = async {
+                match lease.as_mut() {
+                    Some(l) => l.changed().await,
+                    None => std::future::pending().await,
+                }
+            } => if r.is_err() { return },
+            _ = async {
+                match left {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+        }
+    }
+}
+
+/// Follows this node's watchdog (`watchdog.sock`) for its lease, until
+/// `stop`. A watchdog gone renews nothing: the last grant runs out.
+async fn follow_watchdog(shared: &Shared, stop: &CancellationToken, grant: &watch::Sender<Grant>) {
+    use pgwarden_proto::v1::WatchLeadershipRequest;
+    use pgwarden_proto::v1::watchdog_client::WatchdogClient;
+    let path = uds::socket_path(&shared.settings.runtime_dir, Daemon::Watchdog);
+    let mut client = WatchdogClient::new(uds::connect_lazy(&path));
+    let mut backoff = uds::reconnect_backoff();
+    let mut lost = false;
+    loop {
+        let call = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = client.watch_leadership(WatchLeadershipRequest {}) => r,
+        };
+        if let Ok(resp) = call {
+            let mut stream = resp.into_inner();
+            loop {
+                let msg = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    m = stream.message() => m,
+                };
+                let Ok(Some(event)) = msg else { break };
+                if lost {
+                    tracing::info!(socket = %path.display(), "the watchdog answers again");
+                    lost = false;
+                }
+                backoff = uds::reconnect_backoff();
+                if let Some(status) = event.status {
+                    let g = Grant::of(&status);
+                    grant.send_if_modified(|old| std::mem::replace(old, g.clone()) != g);
+                }
+            }
+        }
+        if !lost {
+            tracing::warn!(socket = %path.display(), "lost this node's watchdog; its lease runs out unless it is back");
+            lost = true;
+        }
+        let pause = backoff.next().unwrap_or(Duration::from_secs(1));
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }
@@ -218,11 +360,10 @@ async fn watch(
     stop: &CancellationToken,
     mut client: MonitorClient<tonic::transport::Channel>,
     path: std::path::PathBuf,
-    lease: &tokio::sync::watch::Sender<u64>,
+    word: &watch::Sender<Word>,
 ) {
     let s = &shared.settings;
     let mut backoff = uds::reconnect_backoff();
-    let mut seen: u64 = 0;
     // When the monitor was last known reachable (or the proxy started).
     let mut lost_since = Instant::now();
     loop {
@@ -241,7 +382,7 @@ async fn watch(
                     match msg {
                         Ok(Some(state)) => {
                             backoff = uds::reconnect_backoff();
-                            apply(shared, &state, &mut seen, lease);
+                            word.send_replace(Word::State(Box::new(state)));
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -258,14 +399,13 @@ async fn watch(
             }
         }
         let stale = lost_since.elapsed();
-        if stale >= s.monitor_stale_after && shared.router.current().primary.is_some() {
+        if stale >= s.monitor_stale_after && !matches!(*word.borrow(), Word::Stale(_)) {
             let why = format!(
                 "the monitor ({}) has been unreachable for {}s (proxy.monitor_stale_after): the primary is not known",
                 path.display(),
                 stale.as_secs()
             );
-            tracing::error!("{why}; refusing clients until it is back");
-            route(shared, seen, None, &why);
+            word.send_replace(Word::Stale(why));
         }
         let pause = backoff.next().unwrap_or(Duration::from_secs(1));
         tokio::select! {
@@ -278,47 +418,7 @@ async fn watch(
 /// Routes by `state` if it is newer than anything seen. A generation names
 /// one committed state: the same generation again (a reconnect, a restarted
 /// monitor) changes nothing, unless the proxy stopped routing meanwhile.
-/// `lease` is the deadline routing holds until (see [`expire`]).
-fn apply(
-    shared: &Shared,
-    state: &ClusterState,
-    seen: &mut u64,
-    lease: &tokio::sync::watch::Sender<u64>,
-) {
-    if state.no_quorum {
-        // Says more than a lease run out.
-        route_by(shared, state, seen);
-        lease.send_replace(state.lease_until_mono_ms);
-        return;
-    }
-    let now = pgwarden_proto::lease::monotonic_ms();
-    let until = if pgwarden_proto::lease::valid(state.lease_until_mono_ms, now) {
-        state.lease_until_mono_ms
-    } else {
-        // Not leased yet (a new generation comes before its first grant),
-        // or run out on the way (a stalled monitor). Routing to the primary
-        // already routed to may go on under the lease it holds, which ends
-        // when it ends: a lease granted for an older generation that named
-        // the same primary is as good as before. Anything else waits.
-        let held = *lease.borrow();
-        let routed = shared.router.current().primary.as_ref().map(|b| b.id);
-        let same = routed.is_some()
-            && routed == state.primary_id.map(|p| p as usize)
-            && !state.failover_in_progress
-            && !state.no_quorum;
-        if !(same && held != 0 && pgwarden_proto::lease::valid(held, now)) {
-            route(shared, state.generation.max(*seen), None, LEASE_RAN_OUT);
-            lease.send_replace(state.lease_until_mono_ms);
-            return;
-        }
-        held
-    };
-    route_by(shared, state, seen);
-    lease.send_replace(until);
-}
-
-/// [`apply`] once the lease allows it.
-fn route_by(shared: &Shared, state: &ClusterState, seen: &mut u64) {
+fn apply(shared: &Shared, state: &ClusterState, seen: &mut u64) {
     if state.no_quorum {
         // This node is cut off from the other nodes: the primary may have
         // moved elsewhere. Stop routing, at once, until the quorum is back.
