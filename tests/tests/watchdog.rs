@@ -327,6 +327,9 @@ async fn a_lone_node_without_quorum_does_not_fail_over() {
         .sum();
     assert_eq!(promotions, 0, "{}", fleet.logs());
     // Its proxy fenced itself: it cannot know where the primary is now.
+    // It holds the login for proxy.failover_hold_timeout (10 s: the
+    // quorum may come back) before it refuses; libpq's connect_timeout
+    // counts whole seconds, so give it well more than that.
     let out = fleet
         .lab
         .host(lone)
@@ -346,7 +349,7 @@ async fn a_lone_node_without_quorum_does_not_fail_over() {
             "SELECT 1",
         ])
         .env("PGPASSWORD", pgwarden_e2e::ALICE.1)
-        .env("PGCONNECT_TIMEOUT", "10")
+        .env("PGCONNECT_TIMEOUT", "30")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
