@@ -104,11 +104,14 @@ impl Fleet {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
         }
-        let arping = if Command::new("arping").arg("-V").output().is_ok() {
-            "arping -U $_IP_$ -I eth0 -c 1 -w 1"
-        } else {
-            "true"
-        };
+        // Without the announcement the client host keeps the old holder's
+        // MAC for the delegate IP (ARP cache) for half a minute, and every
+        // test that moves the IP times out: say so at once instead.
+        assert!(
+            Command::new("arping").arg("-V").output().is_ok(),
+            "the multi-host lab announces the delegate IP with arping: install iputils-arping (.ci/run does)"
+        );
+        let arping = "arping -U $_IP_$ -I eth0 -c 1 -w 1";
         let mut fleet = Fleet {
             nodes: Vec::new(),
             cluster,

@@ -793,7 +793,9 @@ pub fn log_tail(title: &str, text: &str, n: usize) -> String {
     let tail: Vec<&str> = text
         .lines()
         .filter(|l| !l.contains("reconnect::poll_ready") && !l.contains("tcp connect error"))
-        .filter(|l| !l.starts_with(char::is_whitespace))
+        // A log entry starts with its timestamp; the lines after it (the
+        // checks' SQL in a debug entry) are dropped, but not a panic.
+        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) || l.contains("panicked"))
         .filter(|l| {
             !l.contains("DEBUG preparing query") && !l.contains("DEBUG executing statement")
         })
