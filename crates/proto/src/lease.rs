@@ -13,11 +13,15 @@
 //! (and at once when it applied a new generation); the leader answers with
 //! the generation it has applied, while it leads in the follower's term,
 //! has committed an entry of that term and applied all that is committed,
-//! and a quorum answered it within [`GRANT_CONTACT`]. The follower keeps it
-//! only for the generation it has applied itself, until the moment it
-//! *asked* plus [`PROXY_LEASE`]: the answer comes after the ask, so no
-//! bound on the network's delay is assumed for it. The leader grants
-//! itself the same.
+//! and a quorum confirmed its lead less than [`GRANT_CONTACT`] ago,
+//! counted from when the confirming heartbeats were *sent* (Raft's
+//! ReadIndex round, asked for at every tick, stamped with the send time;
+//! the peers' service checks the stamp against the clock as each ask
+//! arrives, so a leader whose loop stalls stops granting too). The
+//! follower keeps it only for the generation it has applied itself, until
+//! the moment it *asked* plus [`PROXY_LEASE`]: the answer comes after the
+//! ask, so no bound on the network's delay is assumed for it. The leader
+//! grants itself the same.
 //!
 //! Why the leader's monitor may promote [`AFTER_COMMIT`] after its
 //! withdrawal of the primary committed: the leader's watchdog answers asks
@@ -25,12 +29,15 @@
 //! before it told the proposer, so every lease on an older generation was
 //! asked for before and ends within [`PROXY_LEASE`] (clock rates differ by
 //! far less than the margin). A new leader waits [`AFTER_ELECTION`] more,
-//! for what the leader before it granted: that one stops granting once a
-//! quorum has not answered it for [`GRANT_CONTACT`], which, counted in its
-//! ticks as it receives answers, rests on messages spending less than
-//! [`ELECTION_TIMEOUT`] in the network and on its loop not stalling (as
-//! the delegate IP's lease does; not yet counted from when the answered
-//! heartbeat was sent).
+//! for what the leader before it granted. That one granted only within
+//! [`GRANT_CONTACT`] of a heartbeat round that a quorum answered in its
+//! term; that quorum shares a voter with the new leader's, who answered
+//! the round before it voted in the later term (it answers only a leader
+//! of its own term). So the round was sent before the new leader's
+//! election, and every lease the old one granted ends within
+//! [`GRANT_CONTACT`] + [`PROXY_LEASE`] of that election: no bound on the
+//! network's delay, no loop that must not stall (a restarted voter, which
+//! votes at once, changes nothing either).
 
 use std::time::Duration;
 
@@ -40,13 +47,8 @@ pub const PROXY_LEASE: Duration = Duration::from_millis(600);
 /// How often a follower's watchdog asks the leader to renew its lease.
 pub const RENEW: Duration = Duration::from_millis(100);
 
-/// The watchdogs' election timeout (`election_tick` ticks of 100 ms): also
-/// the longest a message is assumed to spend in the network, as the
-/// delegate IP's lease assumes (crates/watchdog/src/lease.rs).
-pub const ELECTION_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A leader grants leases only while a quorum answered it within this long
-/// (`GRANT_CONTACT_TICKS` in the watchdog).
+/// A leader grants leases only within this long of sending a heartbeat
+/// round that a quorum answered (it asks for one at every 100 ms tick).
 pub const GRANT_CONTACT: Duration = Duration::from_millis(300);
 
 /// How long after the leader applied a generation every lease on an older
@@ -55,13 +57,11 @@ pub const GRANT_CONTACT: Duration = Duration::from_millis(300);
 pub const AFTER_COMMIT: Duration = Duration::from_millis(PROXY_LEASE.as_millis() as u64 + 100);
 
 /// How long after a watchdog became leader every lease granted by the
-/// leader before it has ended: the old leader's last grant left at most
-/// [`ELECTION_TIMEOUT`] (its quorum's last answers still on their way) plus
-/// [`GRANT_CONTACT`] after this one's election, and lasts [`PROXY_LEASE`].
-pub const AFTER_ELECTION: Duration = Duration::from_millis(
-    (ELECTION_TIMEOUT.as_millis() + GRANT_CONTACT.as_millis() + PROXY_LEASE.as_millis()) as u64
-        + 100,
-);
+/// leader before it has ended: the old leader's last grant left less than
+/// [`GRANT_CONTACT`] after this one's election, and lasts [`PROXY_LEASE`];
+/// plus a margin for the hosts' clock rates.
+pub const AFTER_ELECTION: Duration =
+    Duration::from_millis((GRANT_CONTACT.as_millis() + PROXY_LEASE.as_millis()) as u64 + 100);
 
 /// `CLOCK_MONOTONIC` now, in milliseconds: comparable between the
 /// processes of one host (not between hosts). Never 0.

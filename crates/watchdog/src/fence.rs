@@ -11,6 +11,30 @@
 
 use std::time::Duration;
 
+/// What this node, as leader, grants lease asks (set by the core loop at
+/// each turn, read by the peers' service as asks arrive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grantable {
+    /// The term it leads in.
+    pub term: u64,
+    /// The generation it has applied.
+    pub generation: u64,
+    /// `CLOCK_MONOTONIC` ms: its lead was last confirmed by a quorum
+    /// `pgwarden_proto::lease::GRANT_CONTACT` before this. The service
+    /// checks it against the clock itself, so a core loop that stalls
+    /// (and stops updating this) grants nothing for long.
+    pub until: u64,
+}
+
+impl Grantable {
+    /// The generation granted to an ask in `term` arriving at `now` (ms),
+    /// if any.
+    pub fn answer(this: Option<Grantable>, term: u64, now: u64) -> Option<u64> {
+        this.filter(|g| g.term == term && now < g.until)
+            .map(|g| g.generation)
+    }
+}
+
 /// The proxies' lease of one node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fence {
@@ -54,17 +78,26 @@ mod tests {
     const L: Duration = Duration::from_millis(600);
 
     #[test]
-    fn the_monitors_waits_use_this_watchdogs_timeouts() {
+    fn a_healthy_leader_is_confirmed_well_within_the_grant_window() {
         use crate::settings::TICK;
-        let config = crate::NodeConfig::new(1, vec![1, 2, 3]);
-        let election = TICK * u32::try_from(config.election_tick).unwrap();
-        assert_eq!(election, pgwarden_proto::lease::ELECTION_TIMEOUT);
-        let contact = TICK * u32::try_from(crate::node::GRANT_CONTACT_TICKS).unwrap();
-        assert_eq!(contact, pgwarden_proto::lease::GRANT_CONTACT);
-        assert!(
-            TICK * u32::try_from(config.heartbeat_tick).unwrap() < contact,
-            "a healthy leader always has quorum contact this recent"
-        );
+        // The core loop asks for a confirmation at every tick.
+        assert!(TICK * 2 < pgwarden_proto::lease::GRANT_CONTACT);
+    }
+
+    #[test]
+    fn a_grant_is_refused_once_the_leads_confirmation_is_too_old() {
+        // Regression: the peers' service granted from what the core loop
+        // last published, however long ago; a loop stalled in an fsync
+        // kept granting while the others elected a new leader.
+        let g = Some(Grantable {
+            term: 4,
+            generation: 9,
+            until: 10_300,
+        });
+        assert_eq!(Grantable::answer(g, 4, 10_299), Some(9));
+        assert_eq!(Grantable::answer(g, 4, 10_300), None, "stale");
+        assert_eq!(Grantable::answer(g, 5, 10_000), None, "another term");
+        assert_eq!(Grantable::answer(None, 4, 10_000), None);
     }
 
     #[test]

@@ -43,11 +43,6 @@ use rand::{RngExt as _, SeedableRng as _};
 
 use crate::lease::{Lease, VipAction};
 
-/// How recent a leader's quorum contact must be for it to grant its
-/// proxies' lease ([`WatchdogNode::can_grant`]): heartbeats go every
-/// `heartbeat_tick` (2) ticks, so a healthy leader always has one this
-/// recent. `pgwarden_proto::lease::GRANT_CONTACT` is the same, in time.
-pub const GRANT_CONTACT_TICKS: u64 = 3;
 use crate::logger::raft_logger;
 use crate::state::{Applied, ClusterRecord, Command};
 use crate::storage::{DurableStorage, StorageError};
@@ -181,6 +176,10 @@ pub struct WatchdogNode {
     timeout_rng: Option<StdRng>,
     role: (StateRole, u64),
     failed: bool,
+    /// The newest `(term, at)` a quorum confirmed this node's lead for:
+    /// `at` as given to [`WatchdogNode::confirm_lead`] (the time the
+    /// confirming heartbeats were sent).
+    confirmed: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for WatchdogNode {
@@ -193,6 +192,15 @@ impl std::fmt::Debug for WatchdogNode {
             .field("applied", &self.applied)
             .finish_non_exhaustive()
     }
+}
+
+/// A lead confirmation's `(term, at)` (see [`WatchdogNode::confirm_lead`]).
+fn decode_confirmation(ctx: &[u8]) -> Option<(u64, u64)> {
+    let (term, at) = ctx.split_at_checked(8)?;
+    Some((
+        u64::from_be_bytes(term.try_into().ok()?),
+        u64::from_be_bytes(at.try_into().ok()?),
+    ))
 }
 
 fn decode_record(index: u64, data: &[u8]) -> Result<ClusterRecord, Error> {
@@ -261,6 +269,7 @@ impl WatchdogNode {
             timeout_rng,
             role,
             failed: false,
+            confirmed: None,
         };
         node.reseed_election_timeout();
         Ok(node)
@@ -424,6 +433,18 @@ impl WatchdogNode {
             let mut rd = self.raw.ready();
             // 1. Messages that may be sent before persisting.
             out.messages.extend(rd.take_messages());
+            // Leads a quorum confirmed (see `confirm_lead`).
+            for rs in rd.take_read_states() {
+                let Some((term, at)) = decode_confirmation(&rs.request_ctx) else {
+                    continue;
+                };
+                if self.is_leader()
+                    && term == self.raw.raft.term
+                    && self.confirmed.is_none_or(|(t, a)| t != term || a < at)
+                {
+                    self.confirmed = Some((term, at));
+                }
+            }
             // 2. A snapshot from the leader.
             if !rd.snapshot().is_empty() {
                 let snapshot = rd.snapshot().clone();
@@ -614,23 +635,41 @@ impl WatchdogNode {
         self.lease.holding()
     }
 
-    /// Whether this node, as leader, may grant its proxies' lease now
-    /// ([`crate::fence`]): a quorum responded within the last
-    /// [`GRANT_CONTACT_TICKS`] (not a whole election timeout), so that a
-    /// leader cut off stops granting soon after its last quorum contact.
+    /// As leader, asks a quorum to confirm the lead now (Raft's ReadIndex:
+    /// a heartbeat round carrying `at`); `at` is the time now, on whatever
+    /// clock the caller grants by (`CLOCK_MONOTONIC` ms in the daemon,
+    /// ticks in the simulation). Once a quorum answered the round,
+    /// [`WatchdogNode::lead_confirmed`] gives `at`: no other leader can have
+    /// been elected before it (a voter answers only a leader of its own
+    /// term, and votes in a later one only after). A leader that has not
+    /// committed in its term yet is not confirmed (raft-rs drops the ask).
+    /// Call [`Self::ready`] afterwards.
+    pub fn confirm_lead(&mut self, at: u64) {
+        if !self.failed && self.is_leader() {
+            let mut ctx = self.raw.raft.term.to_be_bytes().to_vec();
+            ctx.extend_from_slice(&at.to_be_bytes());
+            self.raw.read_index(ctx);
+        }
+    }
+
+    /// When this node may grant its proxies' lease ([`crate::fence`]):
+    /// while it leads, the time its lead was last confirmed by a quorum
+    /// ([`WatchdogNode::confirm_lead`]; a lease may be granted only shortly
+    /// after that, however long the answers took or the loop stalled).
     ///
     /// And only once it has committed an entry of its own term and applied
     /// everything committed: a new leader may not know yet that a newer
     /// generation (a withdrawn primary) was committed under the leader
     /// before it, and must not grant leases on an older one.
-    pub fn can_grant(&self) -> bool {
-        self.is_leader()
+    pub fn lead_confirmed(&self) -> Option<u64> {
+        let term = self.raw.raft.term;
+        if !(self.is_leader()
             && self.raw.raft.commit_to_current_term()
-            && self.applied >= self.raw.raft.raft_log.committed
-            && self
-                .lease
-                .quorum_contact(self.raw.raft.term)
-                .is_some_and(|t| self.lease.now().saturating_sub(t) <= GRANT_CONTACT_TICKS)
+            && self.applied >= self.raw.raft.raft_log.committed)
+        {
+            return None;
+        }
+        self.confirmed.filter(|(t, _)| *t == term).map(|(_, at)| at)
     }
 
     /// Whether this node, as leader, heard from a quorum within the last

@@ -26,6 +26,7 @@ use tonic::{Request, Response, Status};
 
 use crate::Message;
 use crate::auth::Signer;
+use crate::fence::Grantable;
 use crate::replay::{Kind, PERSISTED_EPOCH, ReplayGuard, Sequence};
 
 /// Outbound messages waiting per peer before new ones are dropped.
@@ -129,13 +130,13 @@ pub struct PeerService {
     /// Locked briefly; it writes to disk only at a peer's new epoch and at
     /// each forwarded report.
     replay: Mutex<ReplayGuard>,
-    /// What this node grants a lease ask now: `(term, generation)` while it
-    /// leads with quorum contact (set by the core loop), else nothing.
-    grantable: watch::Receiver<Option<(u64, u64)>>,
+    /// What this node grants lease asks, while it leads (set by the core
+    /// loop), else nothing.
+    grantable: watch::Receiver<Option<Grantable>>,
 }
 
 /// Grants nothing: for a [`PeerService`] that is never leader.
-pub fn no_grants() -> watch::Receiver<Option<(u64, u64)>> {
+pub fn no_grants() -> watch::Receiver<Option<Grantable>> {
     watch::channel(None).1
 }
 
@@ -153,7 +154,7 @@ impl PeerService {
 
     /// Answers lease asks by `grantable` (see [`crate::fence`]).
     #[must_use]
-    pub fn with_grants(mut self, grantable: watch::Receiver<Option<(u64, u64)>>) -> Self {
+    pub fn with_grants(mut self, grantable: watch::Receiver<Option<Grantable>>) -> Self {
         self.grantable = grantable;
         self
     }
@@ -236,16 +237,17 @@ impl WatchdogPeer for PeerService {
         // Read now, after the ask arrived: the lease it grants counts from
         // the ask, which was sent earlier.
         let now = *self.grantable.borrow();
-        let mut grant = match now {
-            Some((term, generation)) if term == ask.term => PeerLeaseGrant {
+        let at = pgwarden_proto::lease::monotonic_ms();
+        let mut grant = match Grantable::answer(now, ask.term, at) {
+            Some(generation) => PeerLeaseGrant {
                 granted: true,
-                term,
+                term: ask.term,
                 generation,
                 mac: Vec::new(),
             },
-            _ => PeerLeaseGrant {
+            None => PeerLeaseGrant {
                 granted: false,
-                term: now.map_or(0, |(t, _)| t),
+                term: now.map_or(0, |g| g.term),
                 generation: 0,
                 mac: Vec::new(),
             },

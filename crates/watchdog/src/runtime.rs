@@ -15,12 +15,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiRequest, WatchdogApi};
-use crate::fence::Fence;
+use crate::fence::{Fence, Grantable};
 use crate::peers::{self, Identity, Inbound, PeerService};
 use crate::replay::{ReplayGuard, Sequence};
 use crate::settings::{Settings, TICK};
 use crate::{Command, DurableStorage, Message, NodeConfig, ProposeError, VipAction, WatchdogNode};
-use pgwarden_proto::lease::PROXY_LEASE;
+use pgwarden_proto::lease::{GRANT_CONTACT, PROXY_LEASE};
 
 /// Why the watchdog stopped.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +106,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         })?;
     // The proxies' lease (see crate::fence): what this node grants while it
     // leads, and whom it asks while it follows.
-    let (grant_tx, grant_rx) = watch::channel::<Option<(u64, u64)>>(None);
+    let (grant_tx, grant_rx) = watch::channel::<Option<Grantable>>(None);
     let (ask_tx, ask_rx) = watch::channel::<Option<(u64, u64, u64)>>(None);
     let mut fence = Fence::default();
     let peer_service =
@@ -243,6 +243,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     let lease_ms = u64::try_from(PROXY_LEASE.as_millis()).unwrap_or(u64::MAX);
+    let contact_ms = u64::try_from(GRANT_CONTACT.as_millis()).unwrap_or(0);
     // Shutting down as leader: until when the lead transfer may take.
     let mut leaving: Option<Instant> = None;
     let result = loop {
@@ -262,6 +263,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             }
             _ = ticker.tick() => {
                 node.tick();
+                // The lead confirmed by a quorum, from now: leases may be
+                // granted only shortly after (see crate::fence).
+                node.confirm_lead(pgwarden_proto::lease::monotonic_ms());
                 pinger.ping();
             }
             Some(event) = inbound.recv() => match event {
@@ -409,12 +413,18 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         // before any proposer hears of its commit: from here on, asks are
         // answered with the newly applied generation only.
         let generation = node.record().generation;
-        let grantable = node.can_grant().then(|| (node.term(), generation));
+        let grantable = node.lead_confirmed().map(|at| Grantable {
+            term: node.term(),
+            generation,
+            until: at.saturating_add(contact_ms),
+        });
         grant_tx.send_if_modified(|g| std::mem::replace(g, grantable) != grantable);
         let now_mono = pgwarden_proto::lease::monotonic_ms();
         // Renewed in steps of RENEW_STEP, not at every turn of the loop:
         // each change of the status goes to every watcher.
-        if grantable.is_some() && fence.until(generation) < now_mono + lease_ms - RENEW_STEP_MS {
+        if Grantable::answer(grantable, node.term(), now_mono).is_some()
+            && fence.until(generation) < now_mono + lease_ms - RENEW_STEP_MS
+        {
             fence.renew(generation, generation, now_mono, PROXY_LEASE);
         }
         // With the generation applied: a new one is asked for at once, so

@@ -230,7 +230,11 @@ impl Sim {
                 self.node_mut(id).step(msg).unwrap();
             }
             if live {
-                self.node_mut(id).tick();
+                let node = self.node_mut(id);
+                node.tick();
+                // As the daemon does at every tick, on a clock all nodes
+                // share (as CLOCK_MONOTONIC's rate is shared).
+                node.confirm_lead(now);
                 self.ready(id);
             }
         }
