@@ -1,8 +1,9 @@
 //! The proxies' lease (`pgwarden_proto::lease`) on the three-host lab: a
 //! node stops routing by the deadline its watchdog's leader granted, and
-//! its monitor is not in the way (that the leader promotes only once every
-//! lease on the old primary's generation has ended is checked with the
-//! failover in `watchdog.rs`). Needs root (network
+//! its monitor is not in the way, and a promotion waits for the lease of a
+//! node whose proxy cannot say it stopped routing to the old primary (with
+//! every node up it need not wait: the failover in `watchdog.rs`). Needs
+//! root (network
 //! namespaces): built by another user, the tests are ignored (and reported
 //! so); built as root, a lab that cannot start fails them.
 
@@ -73,6 +74,59 @@ async fn a_node_whose_watchdog_freezes_stops_routing_when_its_lease_runs_out() {
             || async { fleet.host_query(frozen, "SELECT 1").is_ok() },
         )
         .await;
+}
+
+/// A node cut off from the others cannot tell the leader that its proxy
+/// stopped routing to the old primary: the leader promotes only once that
+/// proxy's lease has run out (more than PROXY_LEASE after the withdrawal),
+/// whereas with every node up it promotes as soon as all proxies moved on.
+#[cfg_attr(
+    not(lab),
+    ignore = "needs root: the three-host lab runs in network namespaces"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_promotion_waits_for_the_lease_of_a_node_that_cannot_say_it_moved_on() {
+    require_lab();
+    let fleet = Fleet::start(3);
+    let leader = fleet.wait_serving().await;
+    fleet
+        .cluster
+        .wait_replicated(Duration::from_secs(20))
+        .unwrap();
+    // A standby's host, not the leader's: the other two keep the quorum.
+    let lone = if leader == 2 { 1 } else { 2 };
+    fleet.lab.cut(lone).unwrap();
+    fleet
+        .cluster
+        .node(0)
+        .stop(pgwarden_testkit::StopMode::Immediate)
+        .unwrap();
+    // The leader keeps its quorum, and its monitor decides.
+    let config = fleet.nodes[leader].dir.join("pgwarden.toml");
+    let record =
+        pgwarden_e2e::wait_history_phase(&config, "promoted", Duration::from_secs(30)).await;
+    let phase = |name: &str| {
+        record["phases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {name} phase: {record}"))
+    };
+    let (down, fence) = (phase("down"), phase("fence"));
+    let waited = fence["at_unix_ms"].as_i64().unwrap() - down["at_unix_ms"].as_i64().unwrap();
+    let lease = i64::try_from(pgwarden_proto::lease::PROXY_LEASE.as_millis()).unwrap();
+    eprintln!("the promotion waited {waited} ms after the withdrawal: {record}");
+    assert!(
+        waited > lease
+            && fence["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("lease"),
+        "promoted before the cut node's lease ran out: {record}"
+    );
+    fleet.lab.heal(lone).unwrap();
 }
 
 /// The lease comes from the watchdog, not through the monitor: restarting

@@ -496,6 +496,13 @@ impl Watchdog for WatchdogStub {
     ) -> Result<Response<pgwarden_proto::v1::OperatorReply>, tonic::Status> {
         Err(tonic::Status::unimplemented("not for pgwardenctl"))
     }
+
+    async fn proxy_routing(
+        &self,
+        _: Request<pgwarden_proto::v1::ProxyRoutingRequest>,
+    ) -> Result<Response<pgwarden_proto::v1::ProxyRoutingReply>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not for pgwardenctl"))
+    }
 }
 
 /// A stub monitor and a stub watchdog on their sockets in one runtime dir.

@@ -16,7 +16,10 @@
 //!   primary), and [`LEAD_WAIT_TICKS`] after this node's watchdog became
 //!   leader (leases the previous leader granted), so that a node cut off
 //!   from the majority has stopped routing to the old primary before a new
-//!   one is promoted;
+//!   one is promoted; or as soon as the leader's watchdog shows every
+//!   voter's proxy routing by the newest committed generation or a newer
+//!   one (`proxies_on_generation`): then no proxy routes to the old
+//!   primary, whatever its lease;
 //! - **proposals**: each new generation the machine decides is proposed to
 //!   the watchdogs ([`Output::Propose`]) and nothing that follows it is
 //!   performed before it is committed; a refused proposal drops the
@@ -212,6 +215,9 @@ pub struct Coordinator<R> {
     /// [`LEAD_WAIT_TICKS`] after them.
     last_commit: u64,
     lead_since: u64,
+    /// The generation every voter's proxy routes by at least, as this
+    /// node's watchdog last showed it while leading in `lead_term`.
+    proxies_on: u64,
     /// The Raft term this node leads in, while it decides.
     lead_term: u64,
     /// A round held at a promotion until the fence allows it.
@@ -250,6 +256,7 @@ impl<R> Coordinator<R> {
             peer_votes: std::collections::BTreeSet::new(),
             last_commit: 0,
             lead_since: 0,
+            proxies_on: 0,
             lead_term: 0,
             fencing: None,
             current,
@@ -288,6 +295,13 @@ impl<R> Coordinator<R> {
     /// Feeds one input; returns what to do, in order.
     pub fn step(&mut self, input: Input<R>) -> Vec<Output<R>> {
         let mut out = Vec::new();
+        if let Input::Watchdog(s) = &input {
+            // Read at once, even while a round waits: it may open the fence.
+            self.proxies_on = s
+                .as_deref()
+                .filter(|s| s.id != 0 && s.leader_id == s.id && s.term == self.lead_term)
+                .map_or(0, |s| s.proxies_on_generation);
+        }
         match input {
             Input::Proposed(result) => self.proposed(result, &mut out),
             input if self.busy() => {
@@ -301,6 +315,7 @@ impl<R> Coordinator<R> {
             }
             input => self.round(input, &mut out),
         }
+        self.release_fence(&mut out);
         self.drain_deferred(&mut out);
         self.record_after();
         out
@@ -387,24 +402,61 @@ impl<R> Coordinator<R> {
     pub fn tick(&mut self) -> Vec<Output<R>> {
         self.now += 1;
         let mut out = Vec::new();
-        if self.fencing.is_some() && self.fence_open() {
-            if let Some(round) = self.fencing.take() {
-                self.timeline.fenced(
-                    self.wall_ms,
-                    "every proxy's lease on an older generation has ended: a node cut off with the old primary has stopped routing to it",
-                );
-                self.carry_out(round, &mut out);
-            }
+        if self.release_fence(&mut out) {
             self.drain_deferred(&mut out);
         }
         self.record_after();
         out
     }
 
+    /// Carries out the round the fence held, once it opens; true then.
+    fn release_fence(&mut self, out: &mut Vec<Output<R>>) -> bool {
+        if self.fencing.is_none() || !self.fence_open() {
+            return false;
+        }
+        let Some(round) = self.fencing.take() else {
+            return false;
+        };
+        let why = if self.proxies_moved_on() {
+            "every node's proxy routes by the new generation: none routes to the old primary any more"
+        } else {
+            "every proxy's lease on an older generation has ended: a node cut off with the old primary has stopped routing to it"
+        };
+        self.timeline.fenced(self.wall_ms, why);
+        self.carry_out(round, out);
+        true
+    }
+
     /// Whether a promotion may run now (see the module docs).
     fn fence_open(&self) -> bool {
-        self.now.saturating_sub(self.last_commit) > FENCE_WAIT_TICKS
-            && self.now.saturating_sub(self.lead_since) > LEAD_WAIT_TICKS
+        self.proxies_moved_on()
+            || (self.now.saturating_sub(self.last_commit) > FENCE_WAIT_TICKS
+                && self.now.saturating_sub(self.lead_since) > LEAD_WAIT_TICKS)
+    }
+
+    /// Whether the newest committed generation (as this node's watchdog
+    /// streamed it, or as this coordinator committed it) withdraws the
+    /// primary, and every voter's proxy routes by it or a newer one: then
+    /// none routes to the old primary.
+    fn proxies_moved_on(&self) -> bool {
+        let streamed = self
+            .watchdog
+            .as_ref()
+            .and_then(|s| s.record.as_ref())
+            .map(|r| (r.generation, r.failover_in_progress || r.primary.is_none()));
+        let ours = self
+            .machine
+            .as_ref()
+            .filter(|m| m.generation() == self.committed)
+            .map(|m| {
+                let withdrawn = m.failover_in_progress() || m.persisted().primary.is_none();
+                (self.committed, withdrawn)
+            });
+        let newest = match (streamed, ours) {
+            (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+            (a, b) => a.or(b),
+        };
+        newest.is_some_and(|(g, withdrawn)| g > 0 && withdrawn && self.proxies_on >= g)
     }
 
     /// Takes `input` in, then decides and carries out what follows.

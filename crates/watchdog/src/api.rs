@@ -7,8 +7,8 @@ use futures_util::Stream;
 use pgwarden_proto::v1::watchdog_server::Watchdog;
 use pgwarden_proto::v1::{
     ClusterRecord, GetStatusRequest, LeadershipEvent, OperatorReply, OperatorRequest,
-    ProposeClusterChangeReply, ProposeClusterChangeRequest, ReportHealthReply, ReportHealthRequest,
-    WatchLeadershipRequest, WatchdogStatus,
+    ProposeClusterChangeReply, ProposeClusterChangeRequest, ProxyRoutingReply, ProxyRoutingRequest,
+    ReportHealthReply, ReportHealthRequest, WatchLeadershipRequest, WatchdogStatus,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status};
@@ -55,6 +55,8 @@ pub struct WatchdogApi {
     pub status: watch::Receiver<WatchdogStatus>,
     /// Fires on shutdown: open streams end, so the API drains at once.
     pub stop: tokio_util::sync::CancellationToken,
+    /// The newest generation the local proxy said it routes by at least.
+    pub proxy_routing: std::sync::Arc<watch::Sender<u64>>,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<LeadershipEvent, Status>> + Send>>;
@@ -194,6 +196,24 @@ impl Watchdog for WatchdogApi {
             reason,
             record: self.record(),
         }))
+    }
+
+    async fn proxy_routing(
+        &self,
+        r: Request<ProxyRoutingRequest>,
+    ) -> Result<Response<ProxyRoutingReply>, Status> {
+        let generation = r.into_inner().generation;
+        // Only ever up: the proxy never routes by an older record again
+        // (restarted, it routes only under a lease this watchdog grants
+        // for its own applied generation, which only grows).
+        self.proxy_routing.send_if_modified(|g| {
+            let newer = generation > *g;
+            if newer {
+                *g = generation;
+            }
+            newer
+        });
+        Ok(Response::new(ProxyRoutingReply {}))
     }
 
     async fn forward_operator(

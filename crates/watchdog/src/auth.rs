@@ -161,6 +161,7 @@ impl Signer {
             &a.term.to_be_bytes(),
             &a.epoch.to_be_bytes(),
             &a.nonce.to_be_bytes(),
+            &a.proxy_generation.to_be_bytes(),
         ])
     }
 
@@ -340,6 +341,7 @@ mod tests {
             epoch: 99,
             nonce: 5,
             mac: Vec::new(),
+            proxy_generation: 11,
         };
         s.sign_lease_ask(&mut ask);
         assert!(s.verify_lease_ask(&ask));
@@ -347,6 +349,11 @@ mod tests {
         let mut changed = ask.clone();
         changed.term = 5;
         assert!(!s.verify_lease_ask(&changed));
+        // What the sender's proxy routes by cannot be raised on the way
+        // (it would let the leader promote before that proxy stopped).
+        let mut raised = ask.clone();
+        raised.proxy_generation = 12;
+        assert!(!s.verify_lease_ask(&raised));
 
         let mut grant = PeerLeaseGrant {
             granted: true,

@@ -44,6 +44,14 @@ pub enum Inbound {
     Raft(u64, Vec<Message>),
     /// The leader granted this node's proxies a lease.
     Granted(Granted),
+    /// A follower's lease ask said its proxy routes by this generation or
+    /// a newer one (sent when it grows).
+    ProxyRouting {
+        /// The follower.
+        from: u64,
+        /// The generation.
+        generation: u64,
+    },
     /// A follower forwarded a report; the reply says whether it committed.
     Forwarded {
         /// The reporting node.
@@ -133,7 +141,14 @@ pub struct PeerService {
     /// What this node grants lease asks, while it leads (set by the core
     /// loop), else nothing.
     grantable: watch::Receiver<Option<Grantable>>,
+    /// Per follower, the newest `proxy_generation` its asks carried.
+    proxy_routing: ProxyRoutes,
 }
+
+/// Per node, the newest generation its proxy said it routes by at least
+/// (see `WatchdogStatus.proxies_on_generation`): only ever raised, so a
+/// value kept from an earlier lead is still true, only perhaps low.
+pub type ProxyRoutes = Arc<Mutex<std::collections::HashMap<u64, u64>>>;
 
 /// Grants nothing: for a [`PeerService`] that is never leader.
 pub fn no_grants() -> watch::Receiver<Option<Grantable>> {
@@ -149,7 +164,14 @@ impl PeerService {
             inbound,
             replay: Mutex::new(replay),
             grantable: no_grants(),
+            proxy_routing: ProxyRoutes::default(),
         }
+    }
+
+    /// What followers' asks said of their proxies, shared with the core
+    /// loop (which is woken by [`Inbound::ProxyRouting`] when it grows).
+    pub fn proxy_routes(&self) -> ProxyRoutes {
+        Arc::clone(&self.proxy_routing)
     }
 
     /// Answers lease asks by `grantable` (see [`crate::fence`]).
@@ -233,6 +255,21 @@ impl WatchdogPeer for PeerService {
         }
         if ask.to != self.id.me {
             return Err(Status::invalid_argument("addressed to another node"));
+        }
+        let grew = {
+            let mut seen = self.proxy_routing.lock().unwrap_or_else(|p| p.into_inner());
+            let last = seen.entry(ask.from).or_insert(0);
+            let grew = ask.proxy_generation > *last;
+            *last = (*last).max(ask.proxy_generation);
+            grew
+        };
+        if grew {
+            // Wakes the core loop, which reads the map; a wake-up lost to a
+            // full queue costs only until the loop's next turn (a tick).
+            let _ = self.inbound.try_send(Inbound::ProxyRouting {
+                from: ask.from,
+                generation: ask.proxy_generation,
+            });
         }
         // Read now, after the ask arrived: the lease it grants counts from
         // the ask, which was sent earlier.
@@ -573,6 +610,7 @@ pub async fn renew_lease(
     id: Identity,
     addresses: Vec<(u64, String)>,
     mut target: watch::Receiver<Option<(u64, u64, u64)>>,
+    mut proxy_routing: watch::Receiver<u64>,
     events: mpsc::Sender<Inbound>,
 ) {
     let mut clients: std::collections::HashMap<u64, WatchdogPeerClient<Channel>> =
@@ -584,7 +622,10 @@ pub async fn renew_lease(
         tokio::select! {
             _ = ticker.tick() => {}
             r = target.changed() => if r.is_err() { return },
+            // The local proxy moved on: the leader hears of it at once.
+            r = proxy_routing.changed() => if r.is_err() { return },
         }
+        let proxy_generation = *proxy_routing.borrow_and_update();
         let Some((leader, term, _)) = *target.borrow_and_update() else {
             continue;
         };
@@ -612,6 +653,7 @@ pub async fn renew_lease(
             epoch: id.epoch,
             nonce,
             mac: Vec::new(),
+            proxy_generation,
         };
         id.signer.sign_lease_ask(&mut ask);
         // Taken before the ask leaves: the lease cannot count from later.

@@ -111,6 +111,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     let mut fence = Fence::default();
     let peer_service =
         PeerService::new(id.clone(), replay, inbound_tx.clone()).with_grants(grant_rx);
+    // What the proxies route by: this node's (from watchdog.sock), the
+    // followers' (from their asks).
+    let (proxy_routing_tx, mut proxy_routing) = watch::channel(0u64);
+    let proxy_routing_tx = std::sync::Arc::new(proxy_routing_tx);
+    let proxy_routes = peer_service.proxy_routes();
     let addresses = voters
         .iter()
         .filter(|v| **v != settings.id)
@@ -120,6 +125,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         id.clone(),
         addresses,
         ask_rx,
+        proxy_routing.clone(),
         inbound_tx.clone(),
     ));
     let peer_stop = stop.clone();
@@ -212,6 +218,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         requests: requests_tx,
         status: status_rx,
         stop: stop.clone(),
+        proxy_routing: std::sync::Arc::clone(&proxy_routing_tx),
     };
     let api_stop = stop.clone();
     let api_server = tokio::spawn(async move {
@@ -261,6 +268,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                     None => break Ok(()),
                 }
             }
+            // This node's proxy moved on: shown at once (on the leader,
+            // proxies_on_generation may open the fence).
+            r = proxy_routing.changed() => if r.is_err() { break Ok(()) },
             _ = ticker.tick() => {
                 node.tick();
                 // The lead confirmed by a quorum, from now: leases may be
@@ -314,6 +324,9 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
                     if !node.is_leader() && node.leader() == Some(g.leader) && node.term() == g.term {
                         fence.renew(node.record().generation, g.generation, g.asked_at, PROXY_LEASE);
                     }
+                }
+                Inbound::ProxyRouting { from, generation } => {
+                    tracing::debug!(from, generation, "a follower's proxy routes by a newer generation");
                 }
                 Inbound::Unreachable(peer) => node.report_unreachable(peer),
                 Inbound::Snapshot(peer, ok) => node.report_snapshot(peer, ok),
@@ -458,6 +471,11 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         // Status first, so an answered proposer reads the state it caused.
         let mut shown = status(&node, &settings, &last_seen, *holding_rx.borrow());
         shown.lease_until_mono_ms = fence.until(generation);
+        if node.is_leader() {
+            let own = *proxy_routing.borrow_and_update();
+            let routes = proxy_routes.lock().unwrap_or_else(|p| p.into_inner());
+            shown.proxies_on_generation = proxies_on(&voters, settings.id, own, &routes);
+        }
         status_tx.send_replace(shown);
         for (index, cmd, applied) in out.applied {
             if let Some(p) = pending.remove(&index) {
@@ -762,9 +780,31 @@ fn status(
         holds_delegate_ip: holding,
         delegate_ip: s.delegate_ip.map(|i| i.to_string()).unwrap_or_default(),
         record: Some(record),
-        // Filled in by the caller, which holds the lease.
+        // Filled in by the caller, which holds the lease and the routes.
         lease_until_mono_ms: 1,
+        proxies_on_generation: 0,
     }
+}
+
+/// The lowest generation every voter's proxy routes by at least (`own`
+/// for this node `me`, `routes` for the others); 0 while any is unknown.
+fn proxies_on(
+    voters: &[u64],
+    me: u64,
+    own: u64,
+    routes: &std::collections::HashMap<u64, u64>,
+) -> u64 {
+    voters
+        .iter()
+        .map(|&v| {
+            if v == me {
+                own
+            } else {
+                routes.get(&v).copied().unwrap_or(0)
+            }
+        })
+        .min()
+        .unwrap_or(0)
 }
 
 /// Answers the proposals not committed within [`PROPOSAL_TIMEOUT`] of
@@ -817,5 +857,17 @@ mod tests {
         assert!(answer.unwrap_err().contains("not committed within"));
         assert!(new_rx.try_recv().is_err(), "the young one still waits");
         assert_eq!(pending.keys().copied().collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
+    fn proxies_are_on_a_generation_only_once_every_voters_proxy_said_so() {
+        let mut routes = std::collections::HashMap::new();
+        routes.insert(2, 7);
+        assert_eq!(proxies_on(&[1, 2, 3], 1, 7, &routes), 0, "node 3 unknown");
+        routes.insert(3, 6);
+        assert_eq!(proxies_on(&[1, 2, 3], 1, 7, &routes), 6);
+        routes.insert(3, 9);
+        assert_eq!(proxies_on(&[1, 2, 3], 1, 7, &routes), 7, "this node's own");
+        assert_eq!(proxies_on(&[1], 1, 4, &routes), 4);
     }
 }

@@ -349,6 +349,7 @@ pub(crate) mod tests {
             delegate_ip_holder: 1,
             holds_delegate_ip: false,
             lease_until_mono_ms: 1,
+            proxies_on_generation: 0,
             delegate_ip: "10.213.0.100".into(),
             record: Some(ClusterRecord {
                 generation: 4,

@@ -63,6 +63,7 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
     };
     let (word_tx, word_rx) = watch::channel(Word::Unknown);
     let (grant_tx, grant_rx) = watch::channel(Grant::default());
+    let (routing_tx, routing_rx) = watch::channel(0u64);
     let leased = s.watchdog;
     tokio::join!(
         ask,
@@ -70,10 +71,18 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
         watch(shared, stop, client, path, &word_tx),
         async {
             if leased {
-                follow_watchdog(shared, stop, &grant_tx).await;
+                tokio::join!(
+                    follow_watchdog(shared, stop, &grant_tx),
+                    tell_watchdog(shared, stop, routing_rx)
+                );
             }
         },
-        gate(shared, stop, word_rx, leased.then_some(grant_rx))
+        gate(
+            shared,
+            stop,
+            word_rx,
+            leased.then_some((grant_rx, routing_tx))
+        )
     );
 }
 
@@ -92,6 +101,8 @@ enum Word {
 /// record it was granted for, and until when.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Grant {
+    /// The record's generation.
+    generation: u64,
     /// The record's primary, by name.
     primary: Option<String>,
     /// The record withdrew it (a failover or switchover under way).
@@ -104,6 +115,7 @@ impl Grant {
     fn of(status: &pgwarden_proto::v1::WatchdogStatus) -> Grant {
         let record = status.record.as_ref();
         Grant {
+            generation: record.map_or(0, |r| r.generation),
             primary: record.and_then(|r| r.primary.clone()),
             withdrawn: record.is_some_and(|r| r.failover_in_progress),
             until: status.lease_until_mono_ms,
@@ -124,12 +136,18 @@ const NO_LEASE: &str = "this node holds no lease from the watchdogs' leader for 
 /// proxy stops routing on its own when the lease runs out, whatever the
 /// monitor does (a frozen or restarting monitor neither keeps it routing
 /// nor stops it), and routes again when a grant covers the primary again.
+///
+/// After each pass it tells `routing` the generation of the grant it
+/// routes under: from then on it routes by nothing older (a withdrawn
+/// primary's record allows nothing), which lets the leader promote without
+/// waiting for this lease to run out.
 async fn gate(
     shared: &Shared,
     stop: &CancellationToken,
     mut word: watch::Receiver<Word>,
-    mut lease: Option<watch::Receiver<Grant>>,
+    lease: Option<(watch::Receiver<Grant>, watch::Sender<u64>)>,
 ) {
+    let (mut lease, routing) = lease.unzip();
     let mut seen: u64 = 0;
     // (word version, lease allows): what the last pass decided on.
     let mut version: u64 = 0;
@@ -167,6 +185,15 @@ async fn gate(
                     }
                 }
             }
+        }
+        if let (Some(g), Some(r)) = (&grant, &routing) {
+            r.send_if_modified(|at| {
+                let newer = g.generation > *at;
+                if newer {
+                    *at = g.generation;
+                }
+                newer
+            });
         }
         // Until the next word, the next grant, or the end of the one
         // routed by.
@@ -245,6 +272,41 @@ async fn follow_watchdog(shared: &Shared, stop: &CancellationToken, grant: &watc
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// Tells this node's watchdog which generation the gate routes by (see
+/// [`gate`]) at each change, and again every second (a restarted watchdog
+/// forgets), until `stop`.
+async fn tell_watchdog(
+    shared: &Shared,
+    stop: &CancellationToken,
+    mut routing: watch::Receiver<u64>,
+) {
+    use pgwarden_proto::v1::ProxyRoutingRequest;
+    use pgwarden_proto::v1::watchdog_client::WatchdogClient;
+    let path = uds::socket_path(&shared.settings.runtime_dir, Daemon::Watchdog);
+    let mut client = WatchdogClient::new(uds::connect_lazy(&path));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = routing.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let generation = *routing.borrow_and_update();
+        if generation == 0 {
+            continue;
+        }
+        let call = client.proxy_routing(ProxyRoutingRequest { generation });
+        match tokio::time::timeout(Duration::from_secs(1), call).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e.message(), "could not tell the watchdog what this proxy routes by")
+            }
+            Err(_) => {
+                tracing::debug!("the watchdog did not take what this proxy routes by in time")
+            }
         }
     }
 }

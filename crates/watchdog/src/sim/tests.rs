@@ -703,7 +703,9 @@ fn a_confirmed_lead_had_no_rival_elected_before_it() {
                 let term = node.term();
                 let rival = sim.events().iter().find_map(|e| match e {
                     Event::Role { tick, node, change }
-                        if change.role == StateRole::Leader && change.term > term && *tick <= at =>
+                        if change.role == StateRole::Leader
+                            && change.term > term
+                            && *tick <= at =>
                     {
                         Some((*node, change.term, *tick))
                     }
