@@ -794,8 +794,13 @@ pub fn log_tail(title: &str, text: &str, n: usize) -> String {
         .lines()
         .filter(|l| !l.contains("reconnect::poll_ready") && !l.contains("tcp connect error"))
         // A log entry starts with its timestamp; the lines after it (the
-        // checks' SQL in a debug entry) are dropped, but not a panic.
-        .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()) || l.contains("panicked"))
+        // checks' SQL in a debug entry) are dropped, but not a panic or a
+        // daemon's last word ("pgwarden-watchdog: ...").
+        .filter(|l| {
+            l.starts_with(|c: char| c.is_ascii_digit())
+                || l.contains("panicked")
+                || l.starts_with("pgwarden")
+        })
         .filter(|l| {
             !l.contains("DEBUG preparing query") && !l.contains("DEBUG executing statement")
         })

@@ -4,7 +4,7 @@
 //! With the watchdog, a proxy routes to the primary only while its node's
 //! watchdog holds a lease on a record naming that primary (not withdrawn):
 //! `WatchdogStatus.lease_until_mono_ms`, a point on the host's
-//! `CLOCK_MONOTONIC` (the same clock in every process of the host), which
+//! `CLOCK_BOOTTIME` (the same clock in every process of the host; see [`monotonic_ms`]), which
 //! the proxy reads straight from `watchdog.sock` (the monitor is not in
 //! the way: its restart costs nothing, its freeze keeps nobody routing).
 //! The proxy stops routing on its own when the point passes.
@@ -63,10 +63,14 @@ pub const AFTER_COMMIT: Duration = Duration::from_millis(PROXY_LEASE.as_millis()
 pub const AFTER_ELECTION: Duration =
     Duration::from_millis((GRANT_CONTACT.as_millis() + PROXY_LEASE.as_millis()) as u64 + 100);
 
-/// `CLOCK_MONOTONIC` now, in milliseconds: comparable between the
-/// processes of one host (not between hosts). Never 0.
+/// The host's monotonic clock now, in milliseconds: comparable between the
+/// processes of one host (not between hosts). Never 0. It is
+/// `CLOCK_BOOTTIME`, which unlike `CLOCK_MONOTONIC` also counts the time
+/// the host was suspended: a lease does not outlive a suspend. (A virtual
+/// machine paused by its hypervisor may see neither clock move; as with
+/// Patroni, a watchdog device is the answer to that.)
 pub fn monotonic_ms() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
         .map(|t| {
             let ms = i128::from(t.tv_sec()) * 1000 + i128::from(t.tv_nsec()) / 1_000_000;
             u64::try_from(ms).unwrap_or(0)

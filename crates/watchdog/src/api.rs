@@ -203,6 +203,12 @@ impl Watchdog for WatchdogApi {
         r: Request<ProxyRoutingRequest>,
     ) -> Result<Response<ProxyRoutingReply>, Status> {
         let generation = r.into_inner().generation;
+        let applied = self.record().map_or(0, |r| r.generation);
+        if generation > applied {
+            return Err(Status::invalid_argument(format!(
+                "generation {generation} is newer than this watchdog's record ({applied}): no proxy can route by it"
+            )));
+        }
         // Only ever up: the proxy never routes by an older record again
         // (restarted, it routes only under a lease this watchdog grants
         // for its own applied generation, which only grows).

@@ -153,16 +153,32 @@ impl Signer {
     }
 
     fn lease_ask_mac(&self, a: &PeerLeaseAsk) -> Vec<u8> {
-        self.mac(&[
-            b"lease-ask",
-            &a.from.to_be_bytes(),
-            &a.to.to_be_bytes(),
-            &a.members_hash.to_be_bytes(),
-            &a.term.to_be_bytes(),
-            &a.epoch.to_be_bytes(),
-            &a.nonce.to_be_bytes(),
-            &a.proxy_generation.to_be_bytes(),
-        ])
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(8);
+        let (from, to, hash, term, epoch, nonce, proxy) = (
+            a.from.to_be_bytes(),
+            a.to.to_be_bytes(),
+            a.members_hash.to_be_bytes(),
+            a.term.to_be_bytes(),
+            a.epoch.to_be_bytes(),
+            a.nonce.to_be_bytes(),
+            a.proxy_generation.to_be_bytes(),
+        );
+        parts.extend([
+            b"lease-ask".as_slice(),
+            &from,
+            &to,
+            &hash,
+            &term,
+            &epoch,
+            &nonce,
+        ]);
+        // Signed only when set, so an ask without it verifies as before
+        // (a peer of the version before it sends none); stripped on the
+        // way, it only makes a promotion wait for the lease.
+        if a.proxy_generation != 0 {
+            parts.push(&proxy);
+        }
+        self.mac(&parts)
     }
 
     /// Fills in the MAC of a lease ask.
@@ -354,6 +370,20 @@ mod tests {
         let mut raised = ask.clone();
         raised.proxy_generation = 12;
         assert!(!s.verify_lease_ask(&raised));
+        // Without one, an ask signs as the version before it signed.
+        let mut plain = ask.clone();
+        plain.proxy_generation = 0;
+        s.sign_lease_ask(&mut plain);
+        let before = s.mac(&[
+            b"lease-ask",
+            &2u64.to_be_bytes(),
+            &1u64.to_be_bytes(),
+            &7u64.to_be_bytes(),
+            &4u64.to_be_bytes(),
+            &99u64.to_be_bytes(),
+            &5u64.to_be_bytes(),
+        ]);
+        assert_eq!(plain.mac, before);
 
         let mut grant = PeerLeaseGrant {
             granted: true,

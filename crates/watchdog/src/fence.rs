@@ -1,6 +1,6 @@
 //! This node's lease for its proxies ([`pgwarden_proto::lease`]), as pure
 //! code: which generation of the record the proxies may route by, and until
-//! when (a point on the host's `CLOCK_MONOTONIC`, in ms).
+//! when (a point on the host's `CLOCK_BOOTTIME`, in ms).
 //!
 //! A lease is always for one generation: the one the leader had applied
 //! when it answered, which must also be the one this node has applied (a
@@ -19,7 +19,7 @@ pub struct Grantable {
     pub term: u64,
     /// The generation it has applied.
     pub generation: u64,
-    /// `CLOCK_MONOTONIC` ms: its lead was last confirmed by a quorum
+    /// `CLOCK_BOOTTIME` ms: its lead was last confirmed by a quorum
     /// `pgwarden_proto::lease::GRANT_CONTACT` before this. The service
     /// checks it against the clock itself, so a core loop that stalls
     /// (and stops updating this) grants nothing for long.

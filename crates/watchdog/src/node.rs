@@ -637,7 +637,7 @@ impl WatchdogNode {
 
     /// As leader, asks a quorum to confirm the lead now (Raft's ReadIndex:
     /// a heartbeat round carrying `at`); `at` is the time now, on whatever
-    /// clock the caller grants by (`CLOCK_MONOTONIC` ms in the daemon,
+    /// clock the caller grants by (`pgwarden_proto::lease::monotonic_ms` in the daemon,
     /// ticks in the simulation). Once a quorum answered the round,
     /// [`WatchdogNode::lead_confirmed`] gives `at`: no other leader can have
     /// been elected before it (a voter answers only a leader of its own

@@ -256,11 +256,17 @@ impl WatchdogPeer for PeerService {
         if ask.to != self.id.me {
             return Err(Status::invalid_argument("addressed to another node"));
         }
+        // Believed only up to the generation this leader has applied: no
+        // proxy can route by a newer one.
+        let claimed = self
+            .grantable
+            .borrow()
+            .map_or(0, |g| ask.proxy_generation.min(g.generation));
         let grew = {
             let mut seen = self.proxy_routing.lock().unwrap_or_else(|p| p.into_inner());
             let last = seen.entry(ask.from).or_insert(0);
-            let grew = ask.proxy_generation > *last;
-            *last = (*last).max(ask.proxy_generation);
+            let grew = claimed > *last;
+            *last = (*last).max(claimed);
             grew
         };
         if grew {
@@ -268,7 +274,7 @@ impl WatchdogPeer for PeerService {
             // full queue costs only until the loop's next turn (a tick).
             let _ = self.inbound.try_send(Inbound::ProxyRouting {
                 from: ask.from,
-                generation: ask.proxy_generation,
+                generation: claimed,
             });
         }
         // Read now, after the ask arrived: the lease it grants counts from
@@ -589,7 +595,7 @@ pub async fn sender(
 const LEASE_ASK_TIMEOUT: Duration = Duration::from_millis(300);
 
 /// A lease the leader granted: for `generation`, in `term`, asked for at
-/// `asked_at` (`CLOCK_MONOTONIC` ms).
+/// `asked_at` (`CLOCK_BOOTTIME` ms).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Granted {
     /// The leader that granted it.

@@ -233,7 +233,7 @@ impl Sim {
                 let node = self.node_mut(id);
                 node.tick();
                 // As the daemon does at every tick, on a clock all nodes
-                // share (as CLOCK_MONOTONIC's rate is shared).
+                // share (as the hosts' clock rates are alike).
                 node.confirm_lead(now);
                 self.ready(id);
             }

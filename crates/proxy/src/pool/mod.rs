@@ -314,6 +314,20 @@ impl Pools {
         });
     }
 
+    /// Server connections to `backend` held (or being opened) by clients.
+    pub fn active_on(&self, backend: usize) -> usize {
+        let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools
+            .values()
+            .filter(|p| p.key.backend == backend)
+            .map(|p| {
+                self.limits
+                    .size
+                    .saturating_sub(p.permits.available_permits())
+            })
+            .sum()
+    }
+
     /// Closes every idle connection to `backend` (it failed or was demoted).
     pub fn close_idle(&self, backend: usize) {
         let pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());

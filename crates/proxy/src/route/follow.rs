@@ -63,7 +63,7 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
     };
     let (word_tx, word_rx) = watch::channel(Word::Unknown);
     let (grant_tx, grant_rx) = watch::channel(Grant::default());
-    let (routing_tx, routing_rx) = watch::channel(0u64);
+    let (routing_tx, routing_rx) = watch::channel(Routing::default());
     let leased = s.watchdog;
     tokio::join!(
         ask,
@@ -107,7 +107,7 @@ struct Grant {
     primary: Option<String>,
     /// The record withdrew it (a failover or switchover under way).
     withdrawn: bool,
-    /// `CLOCK_MONOTONIC` ms; 0 or 1: none.
+    /// `CLOCK_BOOTTIME` ms; 0 or 1: none.
     until: u64,
 }
 
@@ -128,6 +128,15 @@ impl Grant {
     }
 }
 
+/// What the gate routes by: the generation of the grant it took in last,
+/// and the backends it routed to before and no longer does (their
+/// sessions may still be ending).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Routing {
+    generation: u64,
+    retired: std::collections::BTreeSet<usize>,
+}
+
 /// Why the proxy does not route while the lease does not cover the primary.
 const NO_LEASE: &str = "this node holds no lease from the watchdogs' leader for the primary (it ran out, or none came yet): this node may be cut off from the others, and the primary may have changed elsewhere";
 
@@ -139,15 +148,18 @@ const NO_LEASE: &str = "this node holds no lease from the watchdogs' leader for 
 ///
 /// After each pass it tells `routing` the generation of the grant it
 /// routes under: from then on it routes by nothing older (a withdrawn
-/// primary's record allows nothing), which lets the leader promote without
-/// waiting for this lease to run out.
+/// primary's record allows nothing, and a grant older than one already
+/// told is refused), which, once the sessions on the primaries it stopped
+/// routing to have ended ([`tell_watchdog`]), lets the leader promote
+/// without waiting for this lease to run out.
 async fn gate(
     shared: &Shared,
     stop: &CancellationToken,
     mut word: watch::Receiver<Word>,
-    lease: Option<(watch::Receiver<Grant>, watch::Sender<u64>)>,
+    lease: Option<(watch::Receiver<Grant>, watch::Sender<Routing>)>,
 ) {
     let (mut lease, routing) = lease.unzip();
+    let mut retired = std::collections::BTreeSet::new();
     let mut seen: u64 = 0;
     // (word version, lease allows): what the last pass decided on.
     let mut version: u64 = 0;
@@ -156,6 +168,8 @@ async fn gate(
         let w = word.borrow_and_update().clone();
         let grant = lease.as_mut().map(|l| l.borrow_and_update().clone());
         let now = pgwarden_proto::lease::monotonic_ms();
+        let told = routing.as_ref().map_or(0, |r| r.borrow().generation);
+        let before = shared.router.current().primary.as_ref().map(|b| b.id);
         match &w {
             Word::Unknown => {}
             Word::Stale(why) => {
@@ -167,7 +181,9 @@ async fn gate(
             Word::State(state) => {
                 let primary = primary_of(&shared.settings.backends, state).0;
                 let allowed = match (&grant, &primary) {
-                    (Some(g), Some(p)) if !state.no_quorum => g.allows(&p.name, now),
+                    (Some(g), Some(p)) if !state.no_quorum => {
+                        g.allows(&p.name, now) && g.generation >= told
+                    }
                     _ => true,
                 };
                 if last != Some((version, allowed)) {
@@ -186,11 +202,19 @@ async fn gate(
                 }
             }
         }
+        let after = shared.router.current().primary.as_ref().map(|b| b.id);
+        if before != after {
+            retired.extend(before);
+            if let Some(b) = after {
+                retired.remove(&b);
+            }
+        }
         if let (Some(g), Some(r)) = (&grant, &routing) {
             r.send_if_modified(|at| {
-                let newer = g.generation > *at;
+                let newer = g.generation > at.generation || at.retired != retired;
                 if newer {
-                    *at = g.generation;
+                    at.generation = at.generation.max(g.generation);
+                    at.retired.clone_from(&retired);
                 }
                 newer
             });
@@ -277,27 +301,44 @@ async fn follow_watchdog(shared: &Shared, stop: &CancellationToken, grant: &watc
 }
 
 /// Tells this node's watchdog which generation the gate routes by (see
-/// [`gate`]) at each change, and again every second (a restarted watchdog
-/// forgets), until `stop`.
+/// [`gate`]), once no client holds a server connection to a primary it
+/// stopped routing to (their statements could still write there); at each
+/// change, and again every second (a restarted watchdog forgets), until
+/// `stop`.
 async fn tell_watchdog(
     shared: &Shared,
     stop: &CancellationToken,
-    mut routing: watch::Receiver<u64>,
+    mut routing: watch::Receiver<Routing>,
 ) {
     use pgwarden_proto::v1::ProxyRoutingRequest;
     use pgwarden_proto::v1::watchdog_client::WatchdogClient;
     let path = uds::socket_path(&shared.settings.runtime_dir, Daemon::Watchdog);
     let mut client = WatchdogClient::new(uds::connect_lazy(&path));
+    let mut told = 0u64;
+    let mut draining = false;
+    let mut last = tokio::time::Instant::now();
     loop {
+        let pause = if draining {
+            Duration::from_millis(10)
+        } else {
+            Duration::from_secs(1)
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
             r = routing.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
-        let generation = *routing.borrow_and_update();
-        if generation == 0 {
+        let now = routing.borrow_and_update().clone();
+        draining = now.retired.iter().any(|&b| shared.pools.active_on(b) > 0);
+        if draining || now.generation == 0 {
             continue;
         }
+        if now.generation <= told && last.elapsed() < Duration::from_secs(1) {
+            continue;
+        }
+        told = now.generation;
+        last = tokio::time::Instant::now();
+        let generation = now.generation;
         let call = client.proxy_routing(ProxyRoutingRequest { generation });
         match tokio::time::timeout(Duration::from_secs(1), call).await {
             Ok(Ok(_)) => {}
