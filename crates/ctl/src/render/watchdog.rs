@@ -46,7 +46,20 @@ pub fn watchdog_text(s: &WatchdogStatus, now_ms: i64) -> String {
         Some(r) => out.push_str(&record_text(r)),
         None => out.push_str("no committed record\n"),
     }
+    if s.id != 0 && s.leader_id == s.id {
+        out.push_str(&proxies_line(s));
+    }
     out
+}
+
+/// On the leader: what every node's proxy routes by (a failover promotes
+/// as soon as all of them took in the withdrawal, else once their leases
+/// ran out).
+fn proxies_line(s: &WatchdogStatus) -> String {
+    match s.proxies_on_generation {
+        0 => "proxies: not every node's proxy has said what it routes by (a failover waits for their leases to run out)\n".to_owned(),
+        g => format!("proxies: every node's proxy routes by generation {g} or newer\n"),
+    }
 }
 
 /// `watchdog --watch`: one line per change, without what changes all the
@@ -132,6 +145,7 @@ pub fn watchdog_json(s: &WatchdogStatus) -> Value {
             "this_node": m.id == s.id,
         })).collect::<Vec<_>>(),
         "record": s.record.as_ref().map(record_json),
+        "proxies_on_generation": (s.id != 0 && s.leader_id == s.id).then_some(s.proxies_on_generation),
     })
 }
 
@@ -412,8 +426,15 @@ down: none
 detached: none
 seen down by nodes: none
 monitors gone on nodes: none
+proxies: not every node's proxy has said what it routes by (a failover waits for their leases to run out)
 ";
         assert_eq!(text, expected, "\n{text}");
+        s.proxies_on_generation = 4;
+        assert_eq!(
+            watchdog_text(&s, 20_000).lines().last(),
+            Some("proxies: every node's proxy routes by generation 4 or newer")
+        );
+        s.proxies_on_generation = 0;
 
         // Leading with a quorum, the IP not up yet.
         s.holds_delegate_ip = false;
@@ -516,6 +537,8 @@ no committed record
                     "down_votes": {"pg2": [1, 3], "pg3": [2]},
                     "monitors_down": [3],
                 },
+                // Shown by the leader only.
+                "proxies_on_generation": null,
             })
         );
         let v = watchdog_json(&WatchdogStatus::default());
