@@ -265,61 +265,14 @@ impl Fleet {
     /// Runs `sql` with psql from the client namespace through the delegate
     /// IP; Ok(stdout) or Err(stderr).
     pub fn client_query(&self, sql: &str) -> Result<String, String> {
-        let out = self
-            .lab
-            .client()
-            .command("psql")
-            .args([
-                "-X",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                &self.lab.delegate_ip().to_string(),
-                "-p",
-                "9999",
-            ])
-            .args(["-U", ALICE.0, "-d", "app", "-c", sql])
-            .env("PGPASSWORD", ALICE.1)
-            .env("PGCONNECT_TIMEOUT", "3")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
+        let ip = self.lab.delegate_ip().to_string();
+        psql(self.lab.client().command("psql"), &ip, "3", sql)
     }
 
     /// Runs `sql` with psql inside host `i` through its own proxy
     /// (127.0.0.1:9999); Ok(stdout) or Err(stderr).
     pub fn host_query(&self, i: usize, sql: &str) -> Result<String, String> {
-        let out = self
-            .lab
-            .host(i)
-            .command("psql")
-            .args([
-                "-X",
-                "-At",
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                "9999",
-            ])
-            .args(["-U", ALICE.0, "-d", "app", "-c", sql])
-            .env("PGPASSWORD", ALICE.1)
-            .env("PGCONNECT_TIMEOUT", "15")
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
-        }
+        psql(self.lab.host(i).command("psql"), "127.0.0.1", "15", sql)
     }
 
     /// Sends `signal` to one daemon of node `i` (SIGSTOP freezes it with
@@ -391,5 +344,33 @@ impl Fleet {
         if let Err(e) = wait_until(timeout, what, f) {
             panic!("{e}{}", self.logs());
         }
+    }
+}
+
+/// Runs `sql` with `cmd` (psql in some namespace) as alice on `host`'s
+/// port 9999, giving up connecting after `connect_timeout` seconds;
+/// Ok(stdout) or Err(stderr).
+fn psql(mut cmd: Command, host: &str, connect_timeout: &str, sql: &str) -> Result<String, String> {
+    let out = cmd
+        .args([
+            "-X",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            host,
+            "-p",
+            "9999",
+        ])
+        .args(["-U", ALICE.0, "-d", "app", "-c", sql])
+        .env("PGPASSWORD", ALICE.1)
+        .env("PGCONNECT_TIMEOUT", connect_timeout)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
 }

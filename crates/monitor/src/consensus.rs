@@ -40,9 +40,7 @@ use std::time::Duration;
 
 use pgwarden_proto::uds::{self, Daemon};
 use pgwarden_proto::v1::watchdog_client::WatchdogClient;
-use pgwarden_proto::v1::{
-    OperatorRequest, ProposeClusterChangeRequest, WatchLeadershipRequest, WatchdogStatus,
-};
+use pgwarden_proto::v1::{OperatorRequest, ProposeClusterChangeRequest, WatchdogStatus};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -242,46 +240,19 @@ async fn report_health(
 
 /// Streams the watchdog's status into `out`, reconnecting as needed.
 async fn follow_watchdog(
-    mut client: WatchdogClient<Channel>,
+    client: WatchdogClient<Channel>,
     out: watch::Sender<Option<WatchdogStatus>>,
     stop: CancellationToken,
 ) {
-    let mut backoff = uds::reconnect_backoff();
-    let mut lost = false;
-    loop {
-        let call = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = client.watch_leadership(WatchLeadershipRequest {}) => r,
-        };
-        if let Ok(resp) = call {
-            let mut stream = resp.into_inner();
-            loop {
-                let msg = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    m = stream.message() => m,
-                };
-                match msg {
-                    Ok(Some(event)) => {
-                        if lost {
-                            tracing::info!("watchdog reachable again");
-                            lost = false;
-                        }
-                        backoff = uds::reconnect_backoff();
-                        out.send_replace(event.status);
-                    }
-                    _ => break,
-                }
-            }
-        }
-        if !lost {
-            tracing::warn!("lost the local watchdog: this monitor stops deciding until it is back");
-            lost = true;
-        }
-        // Without its watchdog this node cannot know the quorum's view.
-        out.send_replace(None);
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(1))) => {}
-        }
-    }
+    // Without its watchdog this node cannot know the quorum's view: None.
+    uds::follow_watchdog(
+        client,
+        &stop,
+        "lost the local watchdog: this monitor stops deciding until it is back",
+        "watchdog reachable again",
+        |s| {
+            out.send_replace(s);
+        },
+    )
+    .await;
 }

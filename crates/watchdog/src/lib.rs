@@ -35,6 +35,7 @@ pub mod logger;
 pub mod metrics;
 pub mod node;
 pub mod peers;
+pub mod renew;
 pub mod replay;
 pub mod runtime;
 pub mod settings;

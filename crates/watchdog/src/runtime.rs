@@ -121,7 +121,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         .filter(|v| **v != settings.id)
         .filter_map(|&v| settings.address(v).map(|a| (v, a.to_owned())))
         .collect();
-    tokio::spawn(peers::renew_lease(
+    tokio::spawn(crate::renew::renew_lease(
         id.clone(),
         addresses,
         ask_rx,

@@ -15,6 +15,7 @@
 mod backoff;
 mod connect;
 mod error;
+mod follow;
 mod health;
 mod listen;
 mod path;
@@ -23,6 +24,7 @@ mod serve;
 pub use backoff::reconnect_backoff;
 pub use connect::{CONNECT_TIMEOUT, connect, connect_lazy};
 pub use error::UdsError;
+pub use follow::follow_watchdog;
 pub use health::{health_service, is_serving};
 pub use listen::bind;
 pub use path::{Daemon, socket_path};

@@ -258,46 +258,20 @@ async fn gate(
 /// Follows this node's watchdog (`watchdog.sock`) for its lease, until
 /// `stop`. A watchdog gone renews nothing: the last grant runs out.
 async fn follow_watchdog(shared: &Shared, stop: &CancellationToken, grant: &watch::Sender<Grant>) {
-    use pgwarden_proto::v1::WatchLeadershipRequest;
     use pgwarden_proto::v1::watchdog_client::WatchdogClient;
     let path = uds::socket_path(&shared.settings.runtime_dir, Daemon::Watchdog);
-    let mut client = WatchdogClient::new(uds::connect_lazy(&path));
-    let mut backoff = uds::reconnect_backoff();
-    let mut lost = false;
-    loop {
-        let call = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = client.watch_leadership(WatchLeadershipRequest {}) => r,
-        };
-        if let Ok(resp) = call {
-            let mut stream = resp.into_inner();
-            loop {
-                let msg = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    m = stream.message() => m,
-                };
-                let Ok(Some(event)) = msg else { break };
-                if lost {
-                    tracing::info!(socket = %path.display(), "the watchdog answers again");
-                    lost = false;
-                }
-                backoff = uds::reconnect_backoff();
-                if let Some(status) = event.status {
-                    let g = Grant::of(&status);
-                    grant.send_if_modified(|old| std::mem::replace(old, g.clone()) != g);
-                }
-            }
+    let client = WatchdogClient::new(uds::connect_lazy(&path));
+    let lost = format!(
+        "lost this node's watchdog ({}); its lease runs out unless it is back",
+        path.display()
+    );
+    uds::follow_watchdog(client, stop, &lost, "the watchdog answers again", |s| {
+        if let Some(status) = s {
+            let g = Grant::of(&status);
+            grant.send_if_modified(|old| std::mem::replace(old, g.clone()) != g);
         }
-        if !lost {
-            tracing::warn!(socket = %path.display(), "lost this node's watchdog; its lease runs out unless it is back");
-            lost = true;
-        }
-        let pause = backoff.next().unwrap_or(Duration::from_secs(1));
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
+    })
+    .await;
 }
 
 /// Tells this node's watchdog which generation the gate routes by (see
