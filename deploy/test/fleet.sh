@@ -103,6 +103,17 @@ on() {
 host_ip() { echo "$net.$((11 + $1))"; }
 in_netns() { nsenter --net="/run/netns/$netns" -- "$@"; }
 
+# The cgroups host $1 runs in: one in each hierarchy that tracks processes
+# (cgroup2, and name=systemd where v1 is mounted beside it).
+cgroup_dirs() {
+    if [ -d /sys/fs/cgroup/unified ]; then
+        echo "/sys/fs/cgroup/unified/pgwarden-fleet/$1"
+        if [ -d /sys/fs/cgroup/systemd ]; then echo "/sys/fs/cgroup/systemd/pgwarden-fleet/$1"; fi
+    else
+        echo "/sys/fs/cgroup/pgwarden-fleet/$1"
+    fi
+}
+
 # Stops what a run started: the hosts (their nspawn, by the PID it
 # recorded, SIGTERM = clean poweroff, then SIGKILL), their overlays, the
 # namespace. Only what the pid files name, and only if it is that nspawn.
@@ -133,7 +144,14 @@ teardown() {
         fi
         rm -f "$run/$name.nspawn" "$run/$name.leader"
     done
+    local cg
     for name in "${hosts[@]}"; do
+        for cg in $(cgroup_dirs "$name"); do
+            if [ -d "$cg" ]; then
+                find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
+                rmdir "$(dirname "$cg")" 2>/dev/null || true
+            fi
+        done
         if mountpoint -q "$state_dir/hosts/$name/root"; then
             umount "$state_dir/hosts/$name/root" || umount -l "$state_dir/hosts/$name/root"
         fi
@@ -332,10 +350,21 @@ NETWORK
         for j in "${!hosts[@]}"; do echo "$(host_ip "$j") ${hosts[$j]}"; done
     } >"$dir/root/etc/hosts"
     systemd-machine-id-setup --root="$dir/root" >/dev/null 2>&1
+    # Each host in a cgroup of its own: with --keep-unit, nspawn puts the
+    # host's tree under its own cgroup, and three nspawns in one cgroup share
+    # one tree (every host's systemd then sees the others' processes in its
+    # units, as PID 0, and cannot kill a unit's control group: EIO).
+    # SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1: the hosts run on cgroup2 alone, as
+    # bookworm does, even where this machine mounts v1 beside v2 (hybrid).
     # setsid: its own session, so the terminal's signals stay with us.
-    nsenter --net="/run/netns/$netns" -- setsid systemd-nspawn --register=no --keep-unit -b -q \
-        -D "$dir/root" -M "$name" --network-bridge="$bridge" --console=read-only \
-        </dev/null >"$logs/$name.console.log" 2>&1 &
+    local cg
+    for cg in $(cgroup_dirs "$name"); do mkdir -p "$cg"; done
+    (
+        for cg in $(cgroup_dirs "$name"); do echo "$BASHPID" >"$cg/cgroup.procs"; done
+        exec env SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 nsenter --net="/run/netns/$netns" -- \
+            setsid systemd-nspawn --register=no --keep-unit -b -q \
+            -D "$dir/root" -M "$name" --network-bridge="$bridge" --console=read-only
+    ) </dev/null >"$logs/$name.console.log" 2>&1 &
     echo $! >"$run/$name.nspawn"
 }
 
@@ -535,13 +564,9 @@ if [ "$failed" -ne 0 ] || [ "$ok" -lt 10 ]; then
 fi
 say "monitor restart on ${hosts[$leader_i]} (the leader, ${restart_s} s to active): $ok client queries through its proxy, 0 failed"
 
-# Failover: the primary's postmaster killed (SIGKILL; its backends exit as
-# they see it gone). Not systemctl kill: inside nspawn on this cgroup
-# layout, systemd cannot list the unit's other processes (EIO) and fails.
-pg_pid=$(on 0 systemctl show -p MainPID --value "$pg_unit")
-[ "$pg_pid" -gt 0 ] || die "$pg_unit on ${hosts[0]} has no main PID"
+# Failover: the primary's PostgreSQL killed (SIGKILL to all its processes).
 t=$(now)
-on 0 kill -KILL "$pg_pid"
+on 0 systemctl kill -s SIGKILL "$pg_unit"
 declare -A switched=()
 new_primary=""
 deadline=$(($(date +%s) + 90))
