@@ -94,11 +94,11 @@ die() { echo "fleet: FAILED: $*" >&2; exit 1; }
 
 # The PID of host i's init (its PID 1), as nsenter -t wants it.
 leader() { cat "$run/${hosts[$1]}.leader"; }
-# Runs a command on host i (all its namespaces, its root).
+# Runs a command on host i (all its namespaces, its root), for 60 s at most.
 on() {
     local i=$1
     shift
-    nsenter -t "$(leader "$i")" -a -- "$@"
+    timeout 60 nsenter -t "$(leader "$i")" -a -- "$@"
 }
 host_ip() { echo "$net.$((11 + $1))"; }
 in_netns() { nsenter --net="/run/netns/$netns" -- "$@"; }
@@ -551,7 +551,7 @@ rm -f "$loop_out".*
 loop_pid=$!
 sleep 2
 t=$(now)
-timeout 60 nsenter -t "$(leader "$leader_i")" -a -- systemctl restart pgwarden-monitor ||
+on "$leader_i" systemctl restart pgwarden-monitor ||
     die "systemctl restart pgwarden-monitor on ${hosts[$leader_i]} failed"
 restart_s=$(since "$t")
 sleep 3
