@@ -114,11 +114,20 @@ cgroup_dirs() {
     fi
 }
 
+# Ends a playbook still running (an interrupted run), by its PID.
+stop_playbook() {
+    if [ -n "${playbook_pid:-}" ] && kill -0 "$playbook_pid" 2>/dev/null; then
+        kill -TERM "$playbook_pid" 2>/dev/null || true
+        wait "$playbook_pid" 2>/dev/null || true
+    fi
+}
+
 # Stops what a run started: the hosts (their nspawn, by the PID it
 # recorded, SIGTERM = clean poweroff, then SIGKILL), their overlays, the
 # namespace. Only what the pid files name, and only if it is that nspawn.
 teardown() {
-    local i name pid deadline
+    local i name pid deadline t0
+    t0=$(now)
     for i in "${!hosts[@]}"; do
         name=${hosts[$i]}
         if [ -f "$run/$name.nspawn" ]; then
@@ -160,12 +169,12 @@ teardown() {
     if ip netns list | grep -qx "$netns\( .*\)\{0,1\}"; then
         ip netns del "$netns"
     fi
+    say "teardown: $(since "$t0") s"
 }
 
 if [ "$teardown_only" -eq 1 ]; then
     mkdir -p "$logs"
     teardown
-    say "torn down"
     exit 0
 fi
 
@@ -194,7 +203,7 @@ fi
 rm -rf "$logs"
 mkdir -p "$logs" "$run"
 if [ "$keep" -eq 0 ]; then
-    trap 'rc=$?; trap - EXIT; teardown; exit $rc' EXIT
+    trap 'rc=$?; trap - EXIT; stop_playbook; teardown; exit $rc' EXIT
 fi
 trap 'exit 130' INT TERM
 
@@ -444,26 +453,31 @@ inventory=$state_dir/inventory.ini
 
 export ANSIBLE_NOCOLOR=1 ANSIBLE_RETRY_FILES_ENABLED=0 ANSIBLE_HOST_KEY_CHECKING=0
 export ANSIBLE_LOCAL_TEMP=$state_dir/ansible-tmp ANSIBLE_ROLES_PATH=$repo/deploy/ansible/roles
-# Runs ansible-playbook (bounded), its output in $logs/$1.log; prints the
-# sum of changed= of its PLAY RECAP lines.
+# Runs ansible-playbook (bounded), its output in $logs/$1.log; sets changed
+# to the sum of changed= of its PLAY RECAP lines. In the background with a
+# wait, so that a signal stops the run at once (the exit trap ends it).
+playbook_pid=""
 playbook() {
     local name=$1 rc=0
     shift
     timeout "${FLEET_PLAYBOOK_TIMEOUT:-900}" "$ansible_bin/ansible-playbook" -i "$inventory" \
         -e "@$vars_file" -e "pgwarden_build_dir=$stage" -e "pgwarden_source_dir=$repo" \
-        "$@" >"$logs/$name.log" 2>&1 || rc=$?
+        "$@" >"$logs/$name.log" 2>&1 &
+    playbook_pid=$!
+    wait "$playbook_pid" || rc=$?
+    playbook_pid=""
     if [ "$rc" -ne 0 ]; then
         grep -E -A12 '^(fatal|failed): |^\[ERROR\]|ERROR!' "$logs/$name.log" | head -60 >&2 || true
         die "$name: ansible-playbook exited $rc: $logs/$name.log"
     fi
-    sed -n '/^PLAY RECAP/,$p' "$logs/$name.log" | grep -o 'changed=[0-9]*' | cut -d= -f2 |
-        awk '{ s += $1 } END { print s + 0 }'
+    changed=$(sed -n '/^PLAY RECAP/,$p' "$logs/$name.log" | grep -o 'changed=[0-9]*' | cut -d= -f2 |
+        awk '{ s += $1 } END { print s + 0 }')
 }
 playbooks=("$repo/deploy/ansible/bootstrap.yml" "$repo/deploy/ansible/site.yml")
 
 t=$(now)
 # A first install: all hosts at once (site.yml's serial: 1 is for changes).
-changed=$(playbook first-run "${playbooks[@]}" -e pgwarden_serial=100%)
+playbook first-run "${playbooks[@]}" -e pgwarden_serial=100%
 say "first playbook run (bootstrap.yml + site.yml): $(since "$t") s, changed=$changed"
 
 # --- 5. checks ------------------------------------------------------------------------------
@@ -522,7 +536,7 @@ mapfile -t holders < <(vip_holders)
 say "delegate IP: held by ${hosts[${holders[0]}]} alone"
 
 t=$(now)
-changed=$(playbook noop-run "${playbooks[@]}")
+playbook noop-run "${playbooks[@]}"
 [ "$changed" -eq 0 ] || {
     grep -E '^changed:' "$logs/noop-run.log" | head -20 >&2
     die "the second playbook run changed $changed things ($logs/noop-run.log)"
