@@ -178,7 +178,7 @@ if [ "$teardown_only" -eq 1 ]; then
     exit 0
 fi
 
-for c in debootstrap systemd-nspawn nsenter ip psql mountpoint strip; do
+for c in debootstrap systemd-nspawn nsenter ip psql mountpoint strip pgrep setsid dpkg-deb; do
     command -v "$c" >/dev/null || die "needs $c"
 done
 ansible_bin=${FLEET_ANSIBLE_BIN:-}
@@ -632,5 +632,11 @@ n=$(units_active)
 [ "$n" -eq 9 ] || die "units at the end: $n of 9 active and ready"
 mapfile -t holders < <(vip_holders)
 [ "${#holders[@]}" -eq 1 ] || die "delegate IP holders at the end: ${holders[*]:-none}"
+result="fleet: hosts=${#hosts[@]} units_active=$n vip_holders=${#holders[@]} failover=ok idempotent=ok restarts=ok"
+# Torn down before the last line, so that it is the last.
+if [ "$keep" -eq 0 ]; then
+    trap - EXIT
+    teardown
+fi
 say "total $(since "$t_start") s"
-echo "fleet: hosts=${#hosts[@]} units_active=$n vip_holders=${#holders[@]} failover=ok idempotent=ok restarts=ok"
+echo "$result"
