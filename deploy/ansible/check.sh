@@ -7,7 +7,7 @@
 #
 # e.g. deploy/ansible/check.sh inventory.ini group_vars/pgwarden/vault.yml --ask-vault-pass
 #
-# 1. ansible-playbook --syntax-check site.yml
+# 1. ansible-playbook --syntax-check site.yml bootstrap.yml
 # 2. renders every host's files (roles/pgwarden/tests/render.yml) for
 #    INVENTORY (default inventory.example.ini) with the variables of
 #    VARS_FILE (default vault.example.yml) into a temp dir;
@@ -56,8 +56,9 @@ else
     trap 'rm -rf "$out"' EXIT
 fi
 
-echo "== syntax check: site.yml"
+echo "== syntax check: site.yml, bootstrap.yml"
 ansible-playbook -i "$inventory" --syntax-check site.yml
+ansible-playbook -i "$inventory" --syntax-check bootstrap.yml
 
 echo "== render every host of $inventory (variables: $vars_file)"
 ansible-playbook -i "$inventory" -e "@$vars_file" \
@@ -111,7 +112,7 @@ fi
 
 if command -v ansible-lint >/dev/null; then
     echo "== ansible-lint"
-    ansible-lint site.yml roles/pgwarden || fail=1
+    ansible-lint site.yml bootstrap.yml roles/pgwarden roles/pgwarden_bootstrap || fail=1
 else
     echo "== ansible-lint: not installed, skipped"
 fi
