@@ -245,3 +245,47 @@ impl Watchdog for WatchdogApi {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(generation: u64) -> (WatchdogApi, watch::Receiver<u64>) {
+        let status = WatchdogStatus {
+            record: Some(ClusterRecord {
+                generation,
+                ..ClusterRecord::default()
+            }),
+            ..WatchdogStatus::default()
+        };
+        let (routing_tx, routing_rx) = watch::channel(0u64);
+        let api = WatchdogApi {
+            requests: mpsc::channel(1).0,
+            status: watch::channel(status).1,
+            stop: tokio_util::sync::CancellationToken::new(),
+            proxy_routing: std::sync::Arc::new(routing_tx),
+        };
+        (api, routing_rx)
+    }
+
+    async fn claim(api: &WatchdogApi, generation: u64) -> Result<(), Status> {
+        api.proxy_routing(Request::new(ProxyRoutingRequest { generation }))
+            .await
+            .map(|_| ())
+    }
+
+    /// What the proxy routes by lets the leader promote early: a claim no
+    /// proxy can make (newer than this watchdog's record) is refused, and
+    /// the value never goes down.
+    #[tokio::test]
+    async fn a_proxys_claim_is_kept_only_up_to_this_watchdogs_record_and_never_lowered() {
+        let (api, routing) = api(7);
+        let refused = claim(&api, 8).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert_eq!(*routing.borrow(), 0);
+        claim(&api, 7).await.unwrap();
+        assert_eq!(*routing.borrow(), 7);
+        claim(&api, 5).await.unwrap();
+        assert_eq!(*routing.borrow(), 7, "never lowered");
+    }
+}

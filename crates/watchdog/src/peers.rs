@@ -500,6 +500,9 @@ fn signed_envelope(
     env
 }
 
+/// The longest one delivery to a peer may take, connecting included.
+const DELIVER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Sends the messages queued for peer `to` until the queue closes.
 pub async fn sender(
     to: u64,
@@ -528,7 +531,8 @@ pub async fn sender(
             queue.recv().await
         } else {
             let env = signed_envelope(&id, to, &mut seq, Vec::new());
-            match client.deliver(env).await {
+            let call = tokio::time::timeout(DELIVER_TIMEOUT, client.deliver(env)).await;
+            match call.unwrap_or_else(|_| Err(Status::deadline_exceeded("delivery timed out"))) {
                 Ok(_) => {
                     if failing {
                         tracing::info!(peer = to, %address, "peer reachable again");
@@ -567,7 +571,18 @@ pub async fn sender(
             .filter_map(|m| m.write_to_bytes().ok())
             .collect();
         let env = signed_envelope(&id, to, &mut seq, messages);
-        let delivered = match client.deliver(env).await {
+        // Bounded as a whole: tonic's call timeout does not cover the wait
+        // for a connection that is not ready (one to a peer that was
+        // frozen, with its flow-control window full, may never be); a
+        // failed call drops the connection, the next one dials afresh.
+        let call = tokio::time::timeout(DELIVER_TIMEOUT, client.deliver(env)).await;
+        let call = call.unwrap_or_else(|_| Err(Status::deadline_exceeded("delivery timed out")));
+        if call.is_err()
+            && let Ok(c) = channel(&address, id.tls.clone())
+        {
+            client = WatchdogPeerClient::new(c);
+        }
+        let delivered = match call {
             Ok(_) => {
                 if failing {
                     tracing::info!(peer = to, %address, "peer reachable again");

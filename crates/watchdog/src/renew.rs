@@ -78,7 +78,11 @@ pub async fn renew_lease(
                 continue;
             }
             Err(_) => {
+                // A connection that does not answer may never again (the
+                // leader's side of it wedged while this node was frozen):
+                // the next ask dials afresh.
                 tracing::debug!(leader, "lease ask not answered in time");
+                clients.remove(&leader);
                 continue;
             }
         };
