@@ -475,6 +475,15 @@ pub async fn wait_history_phase(
     }
 }
 
+/// When `record`'s phase `phase` happened (unix ms); panics without it.
+pub fn phase_at_ms(record: &serde_json::Value, phase: &str) -> i64 {
+    record["phases"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == phase))
+        .and_then(|p| p["at_unix_ms"].as_i64())
+        .unwrap_or_else(|| panic!("no {phase} phase: {record}"))
+}
+
 /// The detail of `record`'s phase `phase` (empty when it has none).
 pub fn phase_detail(record: &serde_json::Value, phase: &str) -> String {
     record["phases"]

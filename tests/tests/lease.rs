@@ -105,25 +105,12 @@ async fn a_promotion_waits_for_the_lease_of_a_node_that_cannot_say_it_moved_on()
     let config = fleet.nodes[leader].dir.join("pgwarden.toml");
     let record =
         pgwarden_e2e::wait_history_phase(&config, "promoted", Duration::from_secs(30)).await;
-    let phase = |name: &str| {
-        record["phases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .cloned()
-            .unwrap_or_else(|| panic!("no {name} phase: {record}"))
-    };
-    let (down, fence) = (phase("down"), phase("fence"));
-    let waited = fence["at_unix_ms"].as_i64().unwrap() - down["at_unix_ms"].as_i64().unwrap();
+    let waited =
+        pgwarden_e2e::phase_at_ms(&record, "fence") - pgwarden_e2e::phase_at_ms(&record, "down");
     let lease = i64::try_from(pgwarden_proto::lease::PROXY_LEASE.as_millis()).unwrap();
     eprintln!("the promotion waited {waited} ms after the withdrawal: {record}");
     assert!(
-        waited > lease
-            && fence["detail"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("lease"),
+        waited > lease && pgwarden_e2e::phase_detail(&record, "fence").contains("lease"),
         "promoted before the cut node's lease ran out: {record}"
     );
     fleet.lab.heal(lone).unwrap();

@@ -219,15 +219,7 @@ async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
         "{}",
         pgwarden_e2e::pgwardenctl(&config, &["history"]).stdout
     );
-    let at = |name: &str| {
-        record["phases"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["name"] == name)
-            .and_then(|p| p["at_unix_ms"].as_i64())
-            .unwrap_or_else(|| panic!("no {name} phase: {record}"))
-    };
+    let at = |name: &str| pgwarden_e2e::phase_at_ms(&record, name);
     let (quorum, down, fence, promoted, completed, routed) = (
         at("quorum"),
         at("down"),
@@ -241,14 +233,7 @@ async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
     // promotion goes without waiting for their leases to run out (a node
     // that cannot say so holds it: lease.rs).
     let lease = i64::try_from(pgwarden_proto::lease::PROXY_LEASE.as_millis()).unwrap();
-    let fence_detail = record["phases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == "fence")
-        .and_then(|p| p["detail"].as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let fence_detail = pgwarden_e2e::phase_detail(&record, "fence");
     assert!(
         fence_detail.contains("every node's proxy") && fence - down < lease,
         "the promotion waited for the leases though every proxy had moved on: {record}"

@@ -939,4 +939,45 @@ mod tests {
         drop(service);
         assert_eq!(terms.await.unwrap(), vec![Some(3), None]);
     }
+
+    /// A peer that accepts the connection and then says nothing (a frozen
+    /// process: its socket open, nothing read) must not hold the sender in
+    /// one call: the delivery fails in bounded time and is reported, so
+    /// Raft probes again and later messages go through a fresh connection.
+    #[tokio::test]
+    async fn a_peer_that_never_answers_does_not_hold_the_sender_in_one_call() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                open.push(socket);
+            }
+        });
+        let (queue_tx, queue_rx) = mpsc::channel(16);
+        let (events_tx, mut events) = mpsc::channel(16);
+        let sender = tokio::spawn(sender(2, address, identity(1), queue_rx, events_tx));
+        let mut heartbeat = Message::default();
+        heartbeat.set_msg_type(MessageType::MsgHeartbeat);
+        heartbeat.from = 1;
+        heartbeat.to = 2;
+        queue_tx.send(heartbeat).await.unwrap();
+        let reported = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match events.recv().await {
+                    Some(Inbound::Unreachable(2)) => return true,
+                    Some(_) => {}
+                    None => return false,
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            reported,
+            Ok(true),
+            "the delivery to a silent peer never ended"
+        );
+        sender.abort();
+        held.abort();
+    }
 }

@@ -320,12 +320,15 @@ impl Pools {
         pools
             .values()
             .filter(|p| p.key.backend == backend)
-            .map(|p| {
-                self.limits
-                    .size
-                    .saturating_sub(p.permits.available_permits())
-            })
+            .map(|p| self.active(p))
             .sum()
+    }
+
+    /// Server connections of `pool` held (or being opened) by clients.
+    fn active(&self, pool: &Pool) -> usize {
+        self.limits
+            .size
+            .saturating_sub(pool.permits.available_permits())
     }
 
     /// Closes every idle connection to `backend` (it failed or was demoted).
@@ -380,10 +383,7 @@ impl Pools {
                     backend: pool.key.backend,
                     user: param("user"),
                     database: param("database"),
-                    active: self
-                        .limits
-                        .size
-                        .saturating_sub(pool.permits.available_permits()),
+                    active: self.active(pool),
                     idle: pool.idle.lock().map(|i| i.len()).unwrap_or(0),
                     waiting: pool.waiting.load(Ordering::Relaxed),
                 }
