@@ -76,6 +76,8 @@ pub struct ProxyOptions {
     pub failover: Vec<String>,
     /// Raw TOML appended after the backends (e.g. one more `[[backends]]`).
     pub extra: Vec<String>,
+    /// `backends[].weight` by position (unset ones keep the default).
+    pub weights: Vec<u32>,
 }
 
 impl Default for ProxyOptions {
@@ -89,6 +91,7 @@ impl Default for ProxyOptions {
             monitor: true,
             failover: Vec::new(),
             extra: Vec::new(),
+            weights: Vec::new(),
         }
     }
 }
@@ -197,7 +200,7 @@ impl Proxy {
             .backends
             .clone()
             .unwrap_or_else(|| (0..cluster.nodes().len()).collect());
-        for n in order.iter().map(|i| cluster.node(*i)) {
+        for (pos, n) in order.iter().map(|i| cluster.node(*i)).enumerate() {
             toml.push_str(&format!(
                 "\n[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\ndata_dir = \"{}\"\n",
                 n.name(),
@@ -205,6 +208,9 @@ impl Proxy {
                 n.port(),
                 n.data_dir().display()
             ));
+            if let Some(w) = opts.weights.get(pos) {
+                toml.push_str(&format!("weight = {w}\n"));
+            }
         }
         for l in &opts.extra {
             toml.push_str(l);

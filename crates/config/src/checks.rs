@@ -118,6 +118,11 @@ pub struct ReplicationCheckConfig {
     /// `replication_check.max_lag_bytes`: a standby further behind the
     /// primary's WAL is neither promoted nor load-balanced to.
     pub max_lag_bytes: u64,
+    /// `replication_check.max_lag_time`: a standby whose replay is further
+    /// behind than this (the primary's `pg_stat_replication.replay_lag`)
+    /// is not load-balanced to (pgpool's `delay_threshold_by_time`).
+    #[serde(with = "humantime_serde")]
+    pub max_lag_time: Duration,
 }
 
 impl Default for ReplicationCheckConfig {
@@ -125,12 +130,14 @@ impl Default for ReplicationCheckConfig {
         Self {
             period: Duration::from_secs(1),
             max_lag_bytes: 16 * 1024 * 1024,
+            max_lag_time: Duration::from_secs(10),
         }
     }
 }
 
 impl ReplicationCheckConfig {
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        validate::positive("replication_check.period", self.period)
+        validate::positive("replication_check.period", self.period)?;
+        validate::positive("replication_check.max_lag_time", self.max_lag_time)
     }
 }

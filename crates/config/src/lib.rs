@@ -60,7 +60,7 @@ pub use error::ConfigError;
 pub use failover::{FailoverConfig, FailoverMode};
 pub use monitor::MonitorConfig;
 pub use node::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, NodeConfig};
-pub use proxy::{AuthType, ClientTlsMode, PoolMode, ProxyConfig};
+pub use proxy::{AuthType, ClientTlsMode, LoadBalance, PoolMode, ProxyConfig};
 pub use secret::{Secret, check_secret_file_mode};
 pub use server_tls::{ServerTlsConfig, ServerTlsMode};
 pub use watchdog::WatchdogConfig;

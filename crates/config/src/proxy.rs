@@ -37,6 +37,38 @@ impl fmt::Display for PoolMode {
     }
 }
 
+/// `proxy.load_balance`: where reads go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoadBalance {
+    /// `"off"`: everything goes to the primary.
+    #[default]
+    Off,
+    /// `"session"`: a client picks its read server once (pgpool's
+    /// default), and keeps it while it is eligible.
+    Session,
+    /// `"statement"`: each autocommit read or read-only transaction
+    /// picks one.
+    Statement,
+}
+
+impl LoadBalance {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::Session => "session",
+            Self::Statement => "statement",
+        }
+    }
+}
+
+impl fmt::Display for LoadBalance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How clients whose `proxy.auth_file` secret is plain text are
 /// authenticated. SCRAM and md5 secrets always use their own method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -195,6 +227,21 @@ pub struct ProxyConfig {
     /// `proxy.auth_failure_max_delay`: the most a failure is delayed.
     #[serde(with = "humantime_serde")]
     pub auth_failure_max_delay: Duration,
+    /// `proxy.load_balance`: `"off"`, `"session"` or `"statement"`; reads
+    /// (autocommit statements that only read, transactions begun READ
+    /// ONLY) go to standbys by `backends[].weight`, among those under
+    /// `replication_check.max_lag_bytes` and `max_lag_time`. Transaction
+    /// pool mode only.
+    pub load_balance: LoadBalance,
+    /// `proxy.read_your_writes`: after a client's transaction on the
+    /// primary, its reads go only to servers that have replayed the WAL
+    /// the primary had when it ended.
+    pub read_your_writes: bool,
+    /// `proxy.read_only_functions`: function names (as called, without
+    /// schema) a load-balanced `SELECT` may call besides the built-in list
+    /// of read-only functions (pgpool's `read_only_function_list`); a call
+    /// to any other function sends the statement to the primary.
+    pub read_only_functions: Vec<String>,
 }
 
 impl Default for ProxyConfig {
@@ -229,6 +276,9 @@ impl Default for ProxyConfig {
             hba_file: PathBuf::new(),
             auth_failure_delay: Duration::from_millis(500),
             auth_failure_max_delay: Duration::from_secs(10),
+            load_balance: LoadBalance::Off,
+            read_your_writes: true,
+            read_only_functions: Vec::new(),
         }
     }
 }
@@ -251,6 +301,23 @@ impl ProxyConfig {
         validate::positive("proxy.client_login_timeout", self.client_login_timeout)?;
         validate::positive("proxy.shutdown_timeout", self.shutdown_timeout)?;
         validate::positive("proxy.monitor_stale_after", self.monitor_stale_after)?;
+        if self.load_balance != LoadBalance::Off && self.pool_mode != PoolMode::Transaction {
+            return Err(ConfigError::invalid(
+                "proxy.load_balance",
+                format!(
+                    "\"{}\" needs proxy.pool_mode = \"transaction\" (in session mode a client holds one server connection, to the primary)",
+                    self.load_balance
+                ),
+            ));
+        }
+        for (i, f) in self.read_only_functions.iter().enumerate() {
+            if f.is_empty() || f.contains(|c: char| c.is_whitespace() || c == '(') {
+                return Err(ConfigError::invalid(
+                    format!("proxy.read_only_functions[{i}]"),
+                    "must be a function name, without parentheses or spaces",
+                ));
+            }
+        }
         if self.client_tls_mode != ClientTlsMode::Disable {
             for (key, path) in [
                 ("proxy.client_tls_cert_file", &self.client_tls_cert_file),

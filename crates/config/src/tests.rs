@@ -786,3 +786,48 @@ fn a_config_every_user_can_read_may_not_hold_a_password_inline() {
     let err = Config::load(&path).unwrap_err();
     assert_eq!(err.key(), Some("failover.password"), "{err}");
 }
+
+#[test]
+fn load_balancing_keys_parse_and_default_to_off() {
+    let c = Config::from_toml_str(MINIMAL).expect("minimal config");
+    assert_eq!(c.proxy.load_balance, crate::LoadBalance::Off);
+    assert!(c.proxy.read_your_writes);
+    assert!(c.proxy.read_only_functions.is_empty());
+    assert_eq!(
+        c.replication_check.max_lag_time,
+        std::time::Duration::from_secs(10)
+    );
+    let c = Config::from_toml_str(&with(
+        "[proxy]\npool_mode = \"transaction\"\nload_balance = \"statement\"\nread_your_writes = false\nread_only_functions = [\"my_report\"]\n[replication_check]\nmax_lag_time = \"2s\"",
+    ))
+    .expect("load balancing config");
+    assert_eq!(c.proxy.load_balance, crate::LoadBalance::Statement);
+    assert!(!c.proxy.read_your_writes);
+    assert_eq!(c.proxy.read_only_functions, vec!["my_report".to_owned()]);
+    assert_eq!(
+        c.replication_check.max_lag_time,
+        std::time::Duration::from_secs(2)
+    );
+}
+
+#[test]
+fn load_balancing_errors_name_their_key() {
+    err_naming(
+        &with("[proxy]\nload_balance = \"reads\""),
+        "proxy.load_balance",
+    );
+    // Session pool mode keeps one server per client: it cannot balance.
+    let msg = err_naming(
+        &with("[proxy]\nload_balance = \"session\""),
+        "proxy.load_balance",
+    );
+    assert!(msg.contains("pool_mode"), "{msg}");
+    err_naming(
+        &with("[proxy]\npool_mode = \"transaction\"\nread_only_functions = [\"f()\"]"),
+        "proxy.read_only_functions[0]",
+    );
+    err_naming(
+        &with("[replication_check]\nmax_lag_time = \"0s\""),
+        "replication_check.max_lag_time",
+    );
+}

@@ -36,6 +36,11 @@ pub struct Counters {
     /// Idle session-mode sessions moved to a new server connection (the
     /// new primary) with their state, when theirs was lost.
     pub moved_sessions: Counter,
+    /// Load-balanced reads run on a standby.
+    pub standby_reads: Counter,
+    /// Reads kept on the primary because the chosen standby had not yet
+    /// replayed the client's last write (`proxy.read_your_writes`).
+    pub reads_behind_writes: Counter,
 }
 
 /// Binds `proxy.metrics_listen`. A failure is logged and the proxy runs
@@ -188,5 +193,17 @@ pub fn render(shared: &Shared, r: &mut Registry) {
         "pgwarden_proxy_moved_sessions",
         "Idle session-mode sessions moved with their settings, prepared statements and LISTENs to a new server connection when theirs was lost (failover)",
         &c.moved_sessions,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_standby_reads",
+        "Load-balanced reads run on a standby (proxy.load_balance)",
+        &c.standby_reads,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_reads_behind_writes",
+        "Reads kept on the primary because the chosen standby had not replayed the client's last write yet (proxy.read_your_writes)",
+        &c.reads_behind_writes,
     );
 }

@@ -24,6 +24,8 @@ pub struct BackendAddr {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// `backends[].weight`: its share of load-balanced reads.
+    pub weight: u32,
 }
 
 /// How the proxy finds the primary until the monitor tells it: it asks every
@@ -117,6 +119,17 @@ pub struct Settings {
     pub auth_failure_delay: Duration,
     /// `proxy.auth_failure_max_delay`.
     pub auth_failure_max_delay: Duration,
+    /// `proxy.load_balance`.
+    pub load_balance: pgwarden_config::LoadBalance,
+    /// `proxy.read_your_writes`.
+    pub read_your_writes: bool,
+    /// Which statements only read (`proxy.read_only_functions` in it).
+    pub classifier: std::sync::Arc<crate::route::classify::Classifier>,
+    /// How far behind a standby may be and still take reads.
+    pub lag_bounds: crate::route::readers::LagBounds,
+    /// `replication_check.period`: how often the proxy takes the monitor's
+    /// lag measurements when it balances reads.
+    pub replication_period: Duration,
 }
 
 /// `proxy.client_tls_*`.
@@ -164,6 +177,7 @@ impl Settings {
                     name: b.name.clone(),
                     host: b.host.clone(),
                     port: b.port,
+                    weight: b.weight,
                 })
                 .collect(),
             follow_monitor: c.proxy.follow_monitor,
@@ -182,6 +196,16 @@ impl Settings {
             hba_file: c.proxy.hba_file.clone(),
             auth_failure_delay: c.proxy.auth_failure_delay,
             auth_failure_max_delay: c.proxy.auth_failure_max_delay,
+            load_balance: c.proxy.load_balance,
+            read_your_writes: c.proxy.read_your_writes,
+            classifier: std::sync::Arc::new(crate::route::classify::Classifier::new(
+                &c.proxy.read_only_functions,
+            )),
+            lag_bounds: crate::route::readers::LagBounds {
+                bytes: c.replication_check.max_lag_bytes,
+                time: c.replication_check.max_lag_time,
+            },
+            replication_period: c.replication_check.period,
             discovery: Discovery {
                 period: c.health_check.period,
                 timeout: c.health_check.timeout,

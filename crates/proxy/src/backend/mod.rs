@@ -677,16 +677,24 @@ impl ServerConn {
     }
 
     async fn current_setting_inner(&mut self, name: &str) -> Result<String, ServerError> {
+        self.value_inner("SELECT pg_catalog.current_setting($1)", &[name.as_bytes()])
+            .await
+    }
+
+    /// The one text value `sql` (a query of one row and column) gives,
+    /// between a client's transactions, within `timeout`.
+    pub async fn value(&mut self, sql: &str, timeout: Duration) -> Result<String, ServerError> {
+        tokio::time::timeout(timeout, self.value_inner(sql, &[]))
+            .await
+            .map_err(|_| ServerError::Timeout(timeout))?
+    }
+
+    async fn value_inner(&mut self, sql: &str, params: &[&[u8]]) -> Result<String, ServerError> {
         // The unnamed statement is no longer a client's.
         self.served += 1;
         let mut out = BytesMut::new();
-        frontend::parse(
-            "",
-            "SELECT pg_catalog.current_setting($1)",
-            std::iter::empty(),
-            &mut out,
-        )?;
-        bind_text(&mut out, &[name.as_bytes()])?;
+        frontend::parse("", sql, std::iter::empty(), &mut out)?;
+        bind_text(&mut out, params)?;
         frontend::execute("", 0, &mut out)?;
         frontend::sync(&mut out);
         self.stream.send(&out).await?;

@@ -547,6 +547,8 @@ async fn start_session(
             route_ended: None,
             last_server: None,
             search_path_startup: None,
+            reader: None,
+            wrote_lsn: 0,
         };
         return Ok(Started::Transaction(cancel, Box::new(client)));
     }

@@ -37,6 +37,9 @@ pub(crate) fn reject(e: ErrorResponse) -> Reject {
 pub(crate) struct Memo {
     /// The pool the client last took a connection of.
     pool: Option<Arc<Pool>>,
+    /// With load balancing: the pool of the other backend it last read
+    /// from, swapped with `pool` when it goes there.
+    other: Option<Arc<Pool>>,
     /// The fingerprint of its settings ([`ServerConn::settled`]), until
     /// they change.
     fingerprint: Option<u64>,
@@ -187,7 +190,6 @@ async fn attempt(
     memo: &mut Memo,
     route_wait: std::time::Duration,
 ) -> Result<Checkout, Failed> {
-    let settings = &shared.settings;
     if *shared.paused.borrow() {
         Box::pin(wait_while_paused(shared))
             .await
@@ -214,11 +216,79 @@ async fn attempt(
             "no primary backend is available",
         ))));
     };
+    let (slot, conn) = match take(shared, &b, params, client_settings, believed, creds, memo).await
+    {
+        Ok(got) => got,
+        Err(TakeFailed::Unreachable(why)) => {
+            shared.router.recheck();
+            return Err(Failed::Unreachable { route, why });
+        }
+        Err(TakeFailed::Reject(r)) => return Err(Failed::Reject(r)),
+    };
+    route.first_use.mark();
+    Ok((slot, conn, route))
+}
+
+/// A server connection of a standby for a load-balanced read (see
+/// [`crate::route::readers`]): as a checkout of the primary, without the
+/// wait for a failover. `None` when the standby cannot give one now (the
+/// caller goes to the primary instead); a refusal by the server that is
+/// about the client (no such database, say) is the client's answer.
+pub(crate) async fn reader_for(
+    shared: &Shared,
+    b: &crate::settings::BackendAddr,
+    params: &[(String, String)],
+    client_settings: &[(String, String)],
+    believed: &[(String, String)],
+    creds: &ServerCredentials,
+    memo: &mut Memo,
+) -> Result<Option<(crate::pool::Slot, Box<ServerConn>)>, Reject> {
+    if *shared.paused.borrow() {
+        return Ok(None);
+    }
+    match take(shared, b, params, client_settings, believed, creds, memo).await {
+        Ok(got) => Ok(Some(got)),
+        Err(TakeFailed::Reject(r)) => Err(r),
+        Err(TakeFailed::Unreachable(why)) => {
+            tracing::debug!(backend = b.id, error = %why, "a standby cannot take a read now; it goes to the primary");
+            Ok(None)
+        }
+    }
+}
+
+/// Why [`take`] failed.
+enum TakeFailed {
+    /// What the client is told.
+    Reject(Reject),
+    /// The server could not be reached: why.
+    Unreachable(String),
+}
+
+/// A connection of backend `b`'s pool with the client's settings: a
+/// cached one or a new one.
+async fn take(
+    shared: &Shared,
+    b: &crate::settings::BackendAddr,
+    params: &[(String, String)],
+    client_settings: &[(String, String)],
+    believed: &[(String, String)],
+    creds: &ServerCredentials,
+    memo: &mut Memo,
+) -> Result<(crate::pool::Slot, Box<ServerConn>), TakeFailed> {
+    let settings = &shared.settings;
+    if memo.pool.as_ref().is_some_and(|p| p.backend() != b.id)
+        && memo.other.as_ref().is_some_and(|p| p.backend() == b.id)
+    {
+        std::mem::swap(&mut memo.pool, &mut memo.other);
+    }
     let pool = match &memo.pool {
         Some(p) if p.backend() == b.id => p,
-        _ => memo
-            .pool
-            .insert(shared.pools.pool(&PoolKey::new(b.id, params))),
+        _ => {
+            let next = shared.pools.pool(&PoolKey::new(b.id, params));
+            memo.other = memo.pool.replace(next);
+            memo.pool
+                .get_or_insert_with(|| shared.pools.pool(&PoolKey::new(b.id, params)))
+        }
     };
     let (slot, cached) = shared
         .pools
@@ -227,7 +297,7 @@ async fn attempt(
         .map_err(|e| {
             shared.counters.pool_timeouts.inc();
             tracing::info!(backend = b.id, "{e}");
-            Failed::Reject(reject(ErrorResponse::fatal(
+            TakeFailed::Reject(reject(ErrorResponse::fatal(
                 sqlstate::TOO_MANY_CONNECTIONS,
                 e.to_string(),
             )))
@@ -259,16 +329,12 @@ async fn attempt(
                 // there yet, as in a failover or a switchover.
                 Err(ServerError::Refused { raw, fields }) if !going_away(&fields.code) => {
                     tracing::debug!(backend = b.id, "server refused the session");
-                    return Err(Failed::Reject(Some(raw)));
+                    return Err(TakeFailed::Reject(Some(raw)));
                 }
                 Err(e) => {
                     tracing::warn!(backend = b.id, name = %b.name, error = %e, "cannot open a server connection");
-                    shared.router.recheck();
                     drop(slot);
-                    return Err(Failed::Unreachable {
-                        route,
-                        why: e.to_string(),
-                    });
+                    return Err(TakeFailed::Unreachable(e.to_string()));
                 }
             };
             shared.counters.server_connects.inc();
@@ -284,7 +350,7 @@ async fn attempt(
     if conn.settled != Some(fingerprint) {
         Box::pin(settle(
             shared,
-            &b,
+            b,
             params,
             client_settings,
             believed,
@@ -292,11 +358,10 @@ async fn attempt(
             fresh,
         ))
         .await
-        .map_err(Failed::Reject)?;
+        .map_err(TakeFailed::Reject)?;
         conn.settled = Some(fingerprint);
     }
-    route.first_use.mark();
-    Ok((slot, conn, route))
+    Ok((slot, conn))
 }
 
 /// Gives `conn` the client's settings: `client_settings`, and the tracked

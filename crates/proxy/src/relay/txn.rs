@@ -57,6 +57,11 @@ pub(crate) struct TxnClient {
     /// Once the client SET `search_path`: its startup value (if it gave
     /// one), which a RESET or DISCARD ALL brings back, as on PostgreSQL.
     pub search_path_startup: Option<Option<String>>,
+    /// With `load_balance = "session"`: the backend it reads from.
+    pub reader: Option<usize>,
+    /// With `read_your_writes`: the primary's WAL insert position after
+    /// its last transaction there; its reads go only to servers past it.
+    pub wrote_lsn: u64,
 }
 
 /// Serves the client until it leaves or is stopped; `buf` holds what it
@@ -102,6 +107,29 @@ async fn transaction(
     cancel: &CancelKey,
     c: &mut TxnClient,
 ) -> bool {
+    let balanced = shared.settings.load_balance != pgwarden_config::LoadBalance::Off
+        && c.tracker.pinned.is_none();
+    let read = if balanced {
+        autocommit_read(shared, buf)
+    } else {
+        None
+    };
+    let on_standby = match read {
+        Some(len) => match Box::pin(standby_for(shared, c)).await {
+            Ok(got) => got.map(|(slot, conn, name)| (slot, conn, name, len)),
+            Err(reject) => {
+                checkout::send_reject(client, reject).await;
+                return false;
+            }
+        },
+        None => None,
+    };
+    if let Some((slot, conn, name, len)) = on_standby {
+        return Box::pin(read_on_standby(
+            shared, client, buf, cancel, c, slot, conn, &name, len,
+        ))
+        .await;
+    }
     let got = tokio::select! {
         // The checkout first: it is nearly always ready at once, and then
         // the stop token is never polled (nor registered with).
@@ -135,10 +163,56 @@ async fn transaction(
         cancel.activity(),
         cancel.stop(),
         &ended,
+        false,
     )
     .await;
     c.route_ended = Some((route.generation, ended));
     cancel.clear_server().await;
+    let backend = route.primary.as_ref().map_or("", |b| b.name.as_str());
+    if balanced
+        && read.is_none()
+        && shared.settings.read_your_writes
+        && matches!(outcome, Outcome::Released)
+    {
+        // What this transaction wrote is at or before the primary's
+        // insert position now.
+        let timeout = shared.settings.server_connect_timeout;
+        match conn
+            .value(
+                "SELECT pg_catalog.pg_current_wal_insert_lsn()::text",
+                timeout,
+            )
+            .await
+        {
+            Ok(lsn) => c.wrote_lsn = c.wrote_lsn.max(parse_lsn(&lsn).unwrap_or(u64::MAX)),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read the primary's WAL position after a transaction");
+                // Unknown: its reads stay on the primary.
+                c.wrote_lsn = u64::MAX;
+                return true;
+            }
+        }
+    }
+    after_relay(
+        shared, client, cancel, c, slot, conn, &route, backend, outcome,
+    )
+    .await
+}
+
+/// What becomes of the connection and the client after a transaction's
+/// relay on `backend`. False when the session ends with it.
+#[allow(clippy::too_many_arguments)]
+async fn after_relay(
+    shared: &Shared,
+    client: &mut Stream,
+    cancel: &CancelKey,
+    c: &mut TxnClient,
+    slot: crate::pool::Slot,
+    mut conn: Box<ServerConn>,
+    route: &crate::route::Route,
+    backend: &str,
+    outcome: Outcome,
+) -> bool {
     match outcome {
         Outcome::Released => {
             if std::mem::take(&mut c.tracker.read_back)
@@ -154,7 +228,7 @@ async fn transaction(
             // What the lost transaction set is unknown: the old values stay.
             c.tracker.read_back = false;
             let went_on =
-                Box::pin(answer_lost(shared, client, cancel.activity(), &route, &r)).await;
+                Box::pin(answer_lost(shared, client, cancel.activity(), backend, &r)).await;
             // Tell nothing more: the cleanup only cancels and closes.
             let r = PumpResult {
                 client_at_boundary: false,
@@ -167,7 +241,7 @@ async fn transaction(
                 slot,
                 conn,
                 cancel,
-                &route,
+                route,
                 checkout::Afterwards::Reset(""),
             ))
             .await;
@@ -180,12 +254,134 @@ async fn transaction(
                 None => "",
             });
             Box::pin(checkout::finish(
-                shared, client, r, slot, conn, cancel, &route, reset,
+                shared, client, r, slot, conn, cancel, route, reset,
             ))
             .await;
             false
         }
     }
+}
+
+/// The length of the client's first request when it is a simple Query
+/// that only reads and leaves no transaction open (see
+/// [`crate::route::classify`]), whole in `buf`: it may run on a standby.
+fn autocommit_read(shared: &Shared, buf: &[u8]) -> Option<usize> {
+    let [b'Q', len @ ..] = *buf.first_chunk::<5>()? else {
+        return None;
+    };
+    let end = 1 + u32::from_be_bytes(len) as usize;
+    let body = buf.get(5..end)?;
+    let text = std::str::from_utf8(body.strip_suffix(&[0])?).ok()?;
+    (shared.settings.classifier.autocommit(text) == crate::route::classify::Class::Read)
+        .then_some(end)
+}
+
+/// A standby's server connection for a read, chosen by weight among the
+/// eligible servers (see [`crate::route::readers`]); `None` when the
+/// read goes to the primary (it was chosen, no standby qualifies, none
+/// has replayed the client's last write, or the standby cannot serve now).
+async fn standby_for(
+    shared: &Shared,
+    c: &mut TxnClient,
+) -> Result<Option<(crate::pool::Slot, Box<ServerConn>, String)>, checkout::Reject> {
+    // Reads follow the route: none while there is no primary to route to
+    // (a failover, a fence).
+    let Some(route) = shared.router.ready() else {
+        return Ok(None);
+    };
+    let readers = shared.router.readers();
+    if readers.generation != route.generation {
+        return Ok(None);
+    }
+    let sticky = match shared.settings.load_balance {
+        pgwarden_config::LoadBalance::Session => c.reader.and_then(|id| readers.has(id)),
+        _ => None,
+    };
+    let Some(pick) = sticky.or_else(|| readers.choose()) else {
+        return Ok(None);
+    };
+    c.reader = Some(pick.addr.id);
+    if pick.primary {
+        return Ok(None);
+    }
+    let probe = shared.settings.read_your_writes && c.wrote_lsn > pick.replay_lsn;
+    let got = checkout::reader_for(
+        shared,
+        &pick.addr,
+        &c.server_params,
+        &c.wanted,
+        &c.believed,
+        &c.creds,
+        &mut c.memo,
+    )
+    .await?;
+    let Some((slot, mut conn)) = got else {
+        return Ok(None);
+    };
+    if probe {
+        let timeout = shared.settings.server_connect_timeout;
+        let replayed = conn
+            .value("SELECT pg_catalog.pg_last_wal_replay_lsn()::text", timeout)
+            .await;
+        match replayed.ok().as_deref().and_then(parse_lsn) {
+            Some(lsn) if lsn >= c.wrote_lsn => {}
+            Some(_) => {
+                shared.counters.reads_behind_writes.inc();
+                slot.release(conn);
+                return Ok(None);
+            }
+            None => return Ok(None),
+        }
+    }
+    Ok(Some((slot, conn, pick.addr.name.clone())))
+}
+
+/// Runs the read at the head of `buf` (`len` bytes) on a standby's
+/// connection; what the client sent after it waits for the next
+/// checkout. False when the session ends with it.
+#[allow(clippy::too_many_arguments)]
+async fn read_on_standby(
+    shared: &Shared,
+    client: &mut Stream,
+    buf: &mut BytesMut,
+    cancel: &CancelKey,
+    c: &mut TxnClient,
+    slot: crate::pool::Slot,
+    mut conn: Box<ServerConn>,
+    name: &str,
+    len: usize,
+) -> bool {
+    shared.counters.standby_reads.inc();
+    cancel.set_server(conn.backend, conn.addr, conn.key);
+    let mut unit = buf.split_to(len);
+    // A standby read does not end with a change of primary.
+    let never = CancellationToken::new();
+    let outcome = relay(
+        client,
+        &mut conn,
+        &mut unit,
+        c,
+        cancel.activity(),
+        cancel.stop(),
+        &never,
+        true,
+    )
+    .await;
+    if !unit.is_empty() {
+        unit.unsplit(std::mem::take(buf));
+        *buf = unit;
+    }
+    cancel.clear_server().await;
+    let route = shared.router.current();
+    after_relay(shared, client, cancel, c, slot, conn, &route, name, outcome).await
+}
+
+/// An LSN as PostgreSQL prints it (`16/B374D848`).
+fn parse_lsn(s: &str) -> Option<u64> {
+    let (hi, lo) = s.trim().split_once('/')?;
+    let hi = u64::from_str_radix(hi, 16).ok()?;
+    let lo = u64::from_str_radix(lo, 16).ok()?;
+    Some(hi << 32 | lo)
 }
 
 /// The client may have changed a setting the server does not report
@@ -231,10 +427,9 @@ async fn answer_lost(
     shared: &Shared,
     client: &mut Stream,
     activity: &Activity,
-    route: &crate::route::Route,
+    backend: &str,
     r: &PumpResult,
 ) -> bool {
-    let backend = route.primary.as_ref().map_or("", |b| b.name.as_str());
     let why = match r.end {
         PumpEnd::ServerGone => format!("the server connection to backend \"{backend}\" was lost"),
         _ => format!("backend \"{backend}\" stopped being the primary"),
@@ -477,7 +672,9 @@ fn apply_edits(buf: &mut BytesMut, edits: &[(usize, Edit)], carry: &mut usize) {
 }
 
 /// Relays one transaction (or, for a pinned client, the rest of the
-/// session) between the client and `server`.
+/// session) between the client and `server`; with `hold`, only what `buf`
+/// holds goes to the server (a read on a standby).
+#[allow(clippy::too_many_arguments)]
 async fn relay(
     client: &mut Stream,
     server: &mut ServerConn,
@@ -486,6 +683,7 @@ async fn relay(
     activity: &Activity,
     stop: &CancellationToken,
     route_ended: &CancellationToken,
+    hold: bool,
 ) -> Outcome {
     // The client's own token (see `TxnClient::route_ended`): waiting on it
     // touches no lock shared with other clients.
@@ -549,6 +747,11 @@ async fn relay(
                     // a MiB at a time: a header alone reserves no GiB.
                     buf.reserve(n.saturating_sub(buf.len()).min(1 << 20));
                 }
+            }
+            if hold {
+                // A read on a standby: only the request it was chosen
+                // for goes there; the rest waits for the next checkout.
+                return std::future::pending().await;
             }
             if buf.capacity() - buf.len() < 256 {
                 buf.reserve(pump::BUF_SIZE / 4);

@@ -65,8 +65,15 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
     let (grant_tx, grant_rx) = watch::channel(Grant::default());
     let (routing_tx, routing_rx) = watch::channel(Routing::default());
     let leased = s.watchdog;
+    let balanced = s.load_balance != pgwarden_config::LoadBalance::Off;
+    let measurer = client.clone();
     tokio::join!(
         ask,
+        async move {
+            if balanced {
+                measure(shared, stop, measurer).await;
+            }
+        },
         report(shared, stop, client.clone()),
         watch(shared, stop, client, path, &word_tx),
         async {
@@ -459,6 +466,7 @@ async fn watch(
                     match msg {
                         Ok(Some(state)) => {
                             backoff = uds::reconnect_backoff();
+                            readers_of(shared, &state);
                             word.send_replace(Word::State(Box::new(state)));
                         }
                         Ok(None) => break,
@@ -488,6 +496,45 @@ async fn watch(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+/// With load balancing: the servers reads may go to, by `state`.
+fn readers_of(shared: &Shared, state: &ClusterState) {
+    let s = &shared.settings;
+    if s.load_balance != pgwarden_config::LoadBalance::Off {
+        shared
+            .router
+            .set_readers(crate::route::readers::Readers::of(
+                state,
+                &s.backends,
+                s.lag_bounds,
+            ));
+    }
+}
+
+/// Takes the monitor's measurements every `replication_check.period`
+/// (`WatchCluster` sends new generations only; lag changes within one),
+/// until `stop`. A monitor that does not answer leaves the last list.
+async fn measure(
+    shared: &Shared,
+    stop: &CancellationToken,
+    mut client: MonitorClient<tonic::transport::Channel>,
+) {
+    let period = shared.settings.replication_period;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(period) => {}
+        }
+        let call = client.get_cluster(pgwarden_proto::v1::GetClusterRequest {});
+        match tokio::time::timeout(period.max(Duration::from_secs(1)), call).await {
+            Ok(Ok(state)) => readers_of(shared, &state.into_inner()),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e.message(), "could not take the monitor's lag measurements")
+            }
+            Err(_) => tracing::debug!("the monitor's lag measurements did not come in time"),
         }
     }
 }

@@ -8,7 +8,9 @@
 //! primary is withdrawn at once: sessions on it end, and clients get a clear
 //! 57P03 rather than writes to a server that may be a standby.
 
+pub mod classify;
 pub mod follow;
+pub mod readers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +90,8 @@ pub struct Router {
     /// During a switchover: the old primary's `ended`, not fired yet, so
     /// its running transactions finish; fired at the next route change.
     draining: std::sync::Mutex<Option<CancellationToken>>,
+    /// The servers load-balanced reads may go to (see [`readers`]).
+    readers: watch::Sender<Arc<readers::Readers>>,
 }
 
 impl Default for Router {
@@ -104,6 +108,7 @@ impl Default for Router {
             tx: watch::channel(Arc::new(route)).0,
             recheck: Notify::new(),
             draining: std::sync::Mutex::new(None),
+            readers: watch::channel(Arc::default()).0,
         }
     }
 }
@@ -228,6 +233,30 @@ impl Router {
             cur.first_use = Arc::default();
         });
         replaced
+    }
+
+    /// The servers reads may go to now.
+    pub fn readers(&self) -> Arc<readers::Readers> {
+        Arc::clone(&self.readers.borrow())
+    }
+
+    /// Sets the servers reads may go to (logged when the set changes).
+    pub fn set_readers(&self, next: readers::Readers) {
+        self.readers.send_if_modified(|cur| {
+            if **cur == next {
+                return false;
+            }
+            let ids = |r: &readers::Readers| r.list.iter().map(|x| x.addr.id).collect::<Vec<_>>();
+            if ids(cur) != ids(&next) {
+                tracing::info!(
+                    generation = next.generation,
+                    readers = ?next.list.iter().map(|x| x.addr.name.as_str()).collect::<Vec<_>>(),
+                    "servers taking load-balanced reads"
+                );
+            }
+            *cur = Arc::new(next);
+            true
+        });
     }
 
     /// Asks for a check now, e.g. after a connection to the primary failed.

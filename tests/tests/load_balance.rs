@@ -1,0 +1,210 @@
+//! Read load balancing (`proxy.load_balance`), end to end: real servers,
+//! the real monitor and proxy; each read says which server ran it
+//! (`inet_server_port()`).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use pgwarden_e2e::*;
+
+fn balanced(weights: &[u32]) -> ProxyOptions {
+    let mut o = ProxyOptions::default()
+        .set("pool_mode = \"transaction\"")
+        .set("load_balance = \"statement\"")
+        .with_extra("[replication_check]\nperiod = \"500ms\"\nmax_lag_bytes = 1048576");
+    o.weights = weights.to_vec();
+    o
+}
+
+/// The first column of the first row a simple query gives.
+async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
+    let msgs = c.simple_query(sql).await.unwrap();
+    msgs.iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until the proxy sends reads to backend `port`'s server.
+async fn wait_reads_reach(proxy: &Proxy, port: u16) {
+    let c = proxy.alice().await;
+    let reached = poll_until(Duration::from_secs(30), || async {
+        one(&c, "SELECT inet_server_port()").await == port.to_string()
+    })
+    .await;
+    assert!(
+        reached,
+        "reads never reached port {port}; proxy log:\n{}",
+        log_tail("proxy", &proxy.log(), 40)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_reads_spread_by_weight_and_writes_and_read_write_transactions_stay_on_the_primary()
+ {
+    let cluster = cluster(2);
+    // Primary 1, pg1 3, pg2 0: reads 1:3 between primary and pg1, none on pg2.
+    let proxy = Proxy::start(&cluster, balanced(&[1, 3, 0]));
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let ports: Vec<u16> = (0..3).map(|i| cluster.node(i).port()).collect();
+    let setup = proxy.alice().await;
+    setup
+        .batch_execute("CREATE TABLE lb (id int PRIMARY KEY, port int)")
+        .await
+        .unwrap();
+    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
+    wait_reads_reach(&proxy, ports[1]).await;
+
+    let c = proxy.alice().await;
+    let mut by_port: HashMap<String, u32> = HashMap::new();
+    for _ in 0..200 {
+        *by_port
+            .entry(one(&c, "SELECT inet_server_port()").await)
+            .or_default() += 1;
+    }
+    let on = |i: usize| by_port.get(&ports[i].to_string()).copied().unwrap_or(0);
+    assert_eq!(on(2), 0, "a weight-0 standby got reads: {by_port:?}");
+    assert_eq!(on(0) + on(1), 200, "{by_port:?}");
+    // 150 expected on pg1; binomial(200, 3/4) is within 120..=180 but
+    // for one run in millions.
+    assert!((120..=180).contains(&on(1)), "{by_port:?}");
+
+    // Every write runs on the primary.
+    for i in 0..20 {
+        let port = one(
+            &c,
+            &format!("INSERT INTO lb VALUES ({i}, inet_server_port()) RETURNING port"),
+        )
+        .await;
+        assert_eq!(port, ports[0].to_string());
+    }
+    // A read-write transaction runs on the primary whole, its SELECT too.
+    let msgs = c
+        .simple_query(
+            "BEGIN; SELECT inet_server_port(); INSERT INTO lb VALUES (100, inet_server_port()); COMMIT",
+        )
+        .await
+        .unwrap();
+    let select_port = msgs
+        .iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(select_port, ports[0].to_string());
+    // Statement by statement, as a driver sends them.
+    for round in 0..10 {
+        c.batch_execute("BEGIN").await.unwrap();
+        let read = one(&c, "SELECT inet_server_port()").await;
+        let wrote = one(
+            &c,
+            &format!(
+                "INSERT INTO lb VALUES ({}, inet_server_port()) RETURNING port",
+                200 + round
+            ),
+        )
+        .await;
+        c.batch_execute("COMMIT").await.unwrap();
+        assert_eq!(read, ports[0].to_string(), "round {round}");
+        assert_eq!(wrote, ports[0].to_string(), "round {round}");
+    }
+    // A SELECT calling a function that writes goes to the primary.
+    setup.batch_execute("CREATE SEQUENCE lb_seq").await.unwrap();
+    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
+    for _ in 0..20 {
+        let msgs = c
+            .simple_query("SELECT nextval('lb_seq'), inet_server_port()")
+            .await
+            .unwrap();
+        let port = msgs
+            .iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_owned),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(port, ports[0].to_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_reads_its_own_writes_and_a_lagging_standby_gets_no_reads() {
+    let cluster = cluster(2);
+    // Reads only on the standbys (the primary's weight is 0).
+    let proxy = Proxy::start(&cluster, balanced(&[0, 1, 1]));
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let ports: Vec<u16> = (0..3).map(|i| cluster.node(i).port()).collect();
+    let setup = proxy.alice().await;
+    setup
+        .batch_execute("CREATE TABLE ryw (id int PRIMARY KEY, pad text)")
+        .await
+        .unwrap();
+    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
+    wait_reads_reach(&proxy, ports[1]).await;
+    wait_reads_reach(&proxy, ports[2]).await;
+
+    // pg1 stops replaying: a read there would miss every new row.
+    cluster
+        .node(1)
+        .psql("SELECT pg_wal_replay_pause()")
+        .unwrap();
+    let c = proxy.alice().await;
+    let mut seen = 0;
+    for i in 0..100 {
+        c.batch_execute(&format!("INSERT INTO ryw VALUES ({i}, 'x')"))
+            .await
+            .unwrap();
+        let found = one(&c, &format!("SELECT count(*) FROM ryw WHERE id = {i}")).await;
+        if found == "1" {
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 100, "a session missed its own writes");
+
+    // Past max_lag_bytes (1 MiB): pg1 takes no reads from anybody.
+    setup
+        .batch_execute(
+            "INSERT INTO ryw SELECT g, repeat('y', 1000) FROM generate_series(1000, 5000) g",
+        )
+        .await
+        .unwrap();
+    proxy
+        .wait_state(
+            Duration::from_secs(20),
+            "pg1 lagging past max_lag_bytes",
+            |s| {
+                s.backends
+                    .iter()
+                    .any(|b| b.id == 1 && b.lag_bytes > 1_048_576)
+            },
+        )
+        .await;
+    // The proxy takes the measurements every replication_check.period.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut on_lagging = 0;
+    for _ in 0..100 {
+        let other = proxy.alice().await;
+        if one(&other, "SELECT inet_server_port()").await == ports[1].to_string() {
+            on_lagging += 1;
+        }
+    }
+    assert_eq!(on_lagging, 0, "a standby past max_lag_bytes got reads");
+    cluster
+        .node(1)
+        .psql("SELECT pg_wal_replay_resume()")
+        .unwrap();
+}
