@@ -18,6 +18,8 @@ fn balanced(weights: &[u32]) -> ProxyOptions {
     let mut o = ProxyOptions::default()
         .set("pool_mode = \"transaction\"")
         .set("load_balance = \"statement\"")
+        // Only the tests' own say-so lets a balanced read tell its server.
+        .set("read_only_functions = [\"inet_server_port\"]")
         .with_extra("[replication_check]\nperiod = \"500ms\"\nmax_lag_bytes = 1048576");
     o.weights = weights.to_vec();
     o
@@ -79,6 +81,18 @@ async fn statement_reads_spread_by_weight_and_writes_and_read_write_transactions
     // 150 expected on pg1; binomial(200, 3/4) is within 120..=180 but
     // for one run in millions.
     assert!((120..=180).contains(&on(1)), "{by_port:?}");
+
+    // A read whose text would pin the client (the word set_config) runs
+    // on the primary and the session goes on: it once held the client on
+    // an idle standby for good.
+    let pinned = tokio::time::timeout(
+        Duration::from_secs(10),
+        one(&c, "SELECT inet_server_port() AS set_config"),
+    )
+    .await
+    .expect("a read that pins its client answers");
+    assert_eq!(pinned, ports[0].to_string());
+    let c = proxy.alice().await;
 
     // Every write runs on the primary.
     for i in 0..20 {

@@ -248,7 +248,15 @@ pub(crate) async fn reader_for(
     }
     match take(shared, b, params, client_settings, believed, creds, memo).await {
         Ok(got) => Ok(Some(got)),
-        Err(TakeFailed::Reject(r)) => Err(r),
+        // A full pool, a server refusing (too many clients, say): the
+        // primary takes the read; a refusal about the client it repeats.
+        Err(TakeFailed::Reject(_)) => {
+            tracing::debug!(
+                backend = b.id,
+                "a standby refused a read; it goes to the primary"
+            );
+            Ok(None)
+        }
         Err(TakeFailed::Unreachable(why)) => {
             tracing::debug!(backend = b.id, error = %why, "a standby cannot take a read now; it goes to the primary");
             Ok(None)
@@ -338,7 +346,13 @@ async fn take(
                 }
             };
             shared.counters.server_connects.inc();
-            shared.pools.learn_defaults(params, &c.params);
+            // The welcome new clients get is the primary's (a standby
+            // says in_hot_standby = on, which libpq's
+            // target_session_attrs=read-write refuses).
+            let primary = shared.router.current().primary.as_ref().map(|p| p.id);
+            if primary == Some(b.id) {
+                shared.pools.learn_defaults(params, &c.params);
+            }
             Box::new(c)
         }
     };

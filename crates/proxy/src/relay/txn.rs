@@ -169,28 +169,29 @@ async fn transaction(
     c.route_ended = Some((route.generation, ended));
     cancel.clear_server().await;
     let backend = route.primary.as_ref().map_or("", |b| b.name.as_str());
-    if balanced
-        && read.is_none()
-        && shared.settings.read_your_writes
-        && matches!(outcome, Outcome::Released)
-    {
-        // What this transaction wrote is at or before the primary's
-        // insert position now.
-        let timeout = shared.settings.server_connect_timeout;
-        match conn
-            .value(
-                "SELECT pg_catalog.pg_current_wal_insert_lsn()::text",
-                timeout,
-            )
-            .await
-        {
-            Ok(lsn) => c.wrote_lsn = c.wrote_lsn.max(parse_lsn(&lsn).unwrap_or(u64::MAX)),
-            Err(e) => {
-                tracing::debug!(error = %e, "could not read the primary's WAL position after a transaction");
-                // Unknown: its reads stay on the primary.
-                c.wrote_lsn = u64::MAX;
-                return true;
+    if balanced && shared.settings.read_your_writes {
+        match outcome {
+            Outcome::Released => {
+                // What the transaction wrote is at or before the
+                // primary's insert position now (monotonic: the newest
+                // replaces an unknown one).
+                let timeout = shared.settings.server_connect_timeout;
+                let sql = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
+                match conn.value(sql, timeout).await {
+                    Ok(lsn) => c.wrote_lsn = parse_lsn(&lsn).unwrap_or(u64::MAX),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not read the primary's WAL position after a transaction");
+                        // Unknown: its reads stay on the primary, and the
+                        // connection, in an unknown state, is closed.
+                        c.wrote_lsn = u64::MAX;
+                        return true;
+                    }
+                }
             }
+            // Whether it committed is unknown: reads stay on the primary
+            // until a transaction there tells the position again.
+            Outcome::Lost(_) => c.wrote_lsn = u64::MAX,
+            Outcome::Ended(_) => {}
         }
     }
     after_relay(
@@ -270,7 +271,17 @@ fn autocommit_read(shared: &Shared, buf: &[u8]) -> Option<usize> {
         return None;
     };
     let end = 1 + u32::from_be_bytes(len) as usize;
+    // The tracker streams bigger Queries rather than reading them whole.
+    if end > 1 << 20 {
+        return None;
+    }
     let body = buf.get(5..end)?;
+    // Whatever would pin the client or touch its settings stays on the
+    // primary (the hold releases only an unpinned, unchanged client).
+    let fx = super::features::effects(body);
+    if fx.pins.is_some() || fx.reads_back || fx.resets_settings || fx.drops_statements {
+        return None;
+    }
     let text = std::str::from_utf8(body.strip_suffix(&[0])?).ok()?;
     (shared.settings.classifier.autocommit(text) == crate::route::classify::Class::Read)
         .then_some(end)

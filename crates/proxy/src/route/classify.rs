@@ -12,12 +12,15 @@
 //! Reads: `SELECT` (and `VALUES`, set operations, `WITH` of reads) without
 //! `FOR UPDATE/SHARE`, without `INTO`, without data-modifying CTEs, calling
 //! only functions on the read-only list (built in, plus
-//! `proxy.read_only_functions`); `SHOW`; `EXPLAIN` of a read; and, as the
+//! `proxy.read_only_functions`); `EXPLAIN` of a read; and, as the
 //! start of a read-only transaction, `BEGIN`/`START TRANSACTION READ ONLY`
 //! (plain `BEGIN` when the client set `default_transaction_read_only`) and
 //! `SET TRANSACTION READ ONLY`, with `COMMIT`/`ROLLBACK`. A SERIALIZABLE
 //! transaction is not: a hot standby refuses it. A `/*NO LOAD BALANCE*/`
-//! comment sends its statement to the primary.
+//! comment sends its statement to the primary. What answers for the
+//! server that runs it (`SHOW`, `pg_is_in_recovery()`, `inet_server_port()`,
+//! `pg_backend_pid()`, `version()`) is not a read here: a driver asking
+//! whether it reached the primary must hear the primary's answer.
 
 use std::collections::HashSet;
 use std::ops::ControlFlow;
@@ -184,7 +187,6 @@ const READ_ONLY_FUNCTIONS: &[&str] = &[
     "generate_series",
     "generate_subscripts",
     // the session and the server
-    "version",
     "current_database",
     "current_schema",
     "current_schemas",
@@ -194,16 +196,8 @@ const READ_ONLY_FUNCTIONS: &[&str] = &[
     "current_role",
     "current_catalog",
     "current_setting",
-    "inet_server_port",
-    "inet_server_addr",
     "inet_client_addr",
     "inet_client_port",
-    "pg_backend_pid",
-    "pg_is_in_recovery",
-    "pg_last_wal_replay_lsn",
-    "pg_last_wal_receive_lsn",
-    "pg_last_xact_replay_timestamp",
-    "pg_postmaster_start_time",
     "pg_typeof",
     "pg_sleep",
     "pg_size_pretty",
@@ -288,7 +282,6 @@ impl Classifier {
     fn statement(&self, s: &Statement, read_only_default: bool) -> bool {
         match s {
             Statement::Query(q) => self.query(q),
-            Statement::ShowVariable { .. } | Statement::ShowVariables { .. } => true,
             Statement::Explain { statement, .. } => self.statement(statement, read_only_default),
             Statement::StartTransaction {
                 modes, statements, ..
@@ -442,9 +435,8 @@ mod tests {
             "SELECT now(), lower(name), coalesce(x, 0) FROM t WHERE y > current_date",
             "WITH r AS (SELECT * FROM t) SELECT * FROM r UNION SELECT * FROM u",
             "SELECT * FROM generate_series(1, 10)",
-            "SELECT pg_catalog.pg_is_in_recovery(), inet_server_port()",
+            "SELECT pg_catalog.pg_typeof(1), inet_client_port()",
             "VALUES (1), (2)",
-            "SHOW search_path",
             "EXPLAIN SELECT * FROM t",
             "SELECT 1; SELECT 2",
             "SELECT my_report(3)",
@@ -520,6 +512,13 @@ mod tests {
             "/*NO LOAD BALANCE*/ SELECT 1",
             "SELECT 1 /*NO LOAD BALANCE*/",
             "this is not sql",
+            // They answer for the server that runs them: a driver asking
+            // whether it reached the primary must hear the primary.
+            "SHOW transaction_read_only",
+            "SHOW search_path",
+            "SELECT pg_is_in_recovery()",
+            "SELECT inet_server_port(), pg_backend_pid()",
+            "SELECT version()",
             "",
             "  ;  ",
         ] {
