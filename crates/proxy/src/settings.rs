@@ -28,6 +28,15 @@ pub struct BackendAddr {
     pub weight: u32,
 }
 
+/// How far behind a standby may be and still take load-balanced reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LagBounds {
+    /// `replication_check.max_lag_bytes`.
+    pub bytes: u64,
+    /// `replication_check.max_lag_time`.
+    pub time: Duration,
+}
+
 /// How the proxy finds the primary until the monitor tells it: it asks every
 /// backend `pg_is_in_recovery()` with the health-check role.
 #[derive(Clone)]
@@ -126,7 +135,7 @@ pub struct Settings {
     /// Which statements only read (`proxy.read_only_functions` in it).
     pub classifier: std::sync::Arc<crate::route::classify::Classifier>,
     /// How far behind a standby may be and still take reads.
-    pub lag_bounds: crate::route::readers::LagBounds,
+    pub lag_bounds: LagBounds,
     /// `replication_check.period`: how often the proxy takes the monitor's
     /// lag measurements when it balances reads.
     pub replication_period: Duration,
@@ -201,7 +210,7 @@ impl Settings {
             classifier: std::sync::Arc::new(crate::route::classify::Classifier::new(
                 &c.proxy.read_only_functions,
             )),
-            lag_bounds: crate::route::readers::LagBounds {
+            lag_bounds: LagBounds {
                 bytes: c.replication_check.max_lag_bytes,
                 time: c.replication_check.max_lag_time,
             },

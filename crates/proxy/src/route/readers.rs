@@ -10,11 +10,11 @@
 //! behind or goes down takes no new reads from the next check on.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use pgwarden_proto::v1::{ClusterState, Role, Status};
 
 use crate::settings::BackendAddr;
+pub use crate::settings::LagBounds;
 
 /// One server that may take reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,15 +38,6 @@ pub struct Readers {
     pub generation: u64,
     /// Eligible servers, in backend id order.
     pub list: Vec<Reader>,
-}
-
-/// The bounds a standby must be within.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LagBounds {
-    /// `replication_check.max_lag_bytes`.
-    pub bytes: u64,
-    /// `replication_check.max_lag_time`.
-    pub time: Duration,
 }
 
 impl Readers {
@@ -127,6 +118,7 @@ impl Readers {
 mod tests {
     use super::*;
     use pgwarden_proto::v1::BackendState;
+    use std::time::Duration;
 
     fn ours(weights: &[u32]) -> Vec<BackendAddr> {
         weights
