@@ -36,6 +36,36 @@ async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A primary and two standbys behind a balancing proxy with these weights,
+/// `schema` run and replicated, and reads reaching every standby with a
+/// weight: the cluster, the proxy, the servers' ports by backend, and a
+/// client.
+async fn start(
+    weights: &[u32],
+    schema: &str,
+) -> (
+    pgwarden_testkit::Cluster,
+    Proxy,
+    Vec<u16>,
+    tokio_postgres::Client,
+) {
+    let cluster = cluster(2);
+    let proxy = Proxy::start(&cluster, balanced(weights));
+    proxy
+        .wait_state(Duration::from_secs(20), "all backends up", all_up)
+        .await;
+    let ports: Vec<u16> = (0..3).map(|i| cluster.node(i).port()).collect();
+    let setup = proxy.alice().await;
+    setup.batch_execute(schema).await.unwrap();
+    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
+    for (i, w) in weights.iter().enumerate().skip(1) {
+        if *w > 0 {
+            wait_reads_reach(&proxy, ports[i]).await;
+        }
+    }
+    (cluster, proxy, ports, setup)
+}
+
 /// Waits until the proxy sends reads to backend `port`'s server.
 async fn wait_reads_reach(proxy: &Proxy, port: u16) {
     let c = proxy.alice().await;
@@ -53,20 +83,9 @@ async fn wait_reads_reach(proxy: &Proxy, port: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_reads_spread_by_weight_and_writes_and_read_write_transactions_stay_on_the_primary()
  {
-    let cluster = cluster(2);
     // Primary 1, pg1 3, pg2 0: reads 1:3 between primary and pg1, none on pg2.
-    let proxy = Proxy::start(&cluster, balanced(&[1, 3, 0]));
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
-    let ports: Vec<u16> = (0..3).map(|i| cluster.node(i).port()).collect();
-    let setup = proxy.alice().await;
-    setup
-        .batch_execute("CREATE TABLE lb (id int PRIMARY KEY, port int)")
-        .await
-        .unwrap();
-    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
-    wait_reads_reach(&proxy, ports[1]).await;
+    let (cluster, proxy, ports, setup) =
+        start(&[1, 3, 0], "CREATE TABLE lb (id int PRIMARY KEY, port int)").await;
 
     let c = proxy.alice().await;
     let mut by_port: HashMap<String, u32> = HashMap::new();
@@ -104,19 +123,11 @@ async fn statement_reads_spread_by_weight_and_writes_and_read_write_transactions
         assert_eq!(port, ports[0].to_string());
     }
     // A read-write transaction runs on the primary whole, its SELECT too.
-    let msgs = c
-        .simple_query(
-            "BEGIN; SELECT inet_server_port(); INSERT INTO lb VALUES (100, inet_server_port()); COMMIT",
-        )
-        .await
-        .unwrap();
-    let select_port = msgs
-        .iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap();
+    let select_port = one(
+        &c,
+        "BEGIN; SELECT inet_server_port(); INSERT INTO lb VALUES (100, inet_server_port()); COMMIT",
+    )
+    .await;
     assert_eq!(select_port, ports[0].to_string());
     // Statement by statement, as a driver sends them.
     for round in 0..10 {
@@ -138,38 +149,19 @@ async fn statement_reads_spread_by_weight_and_writes_and_read_write_transactions
     setup.batch_execute("CREATE SEQUENCE lb_seq").await.unwrap();
     cluster.wait_replicated(Duration::from_secs(20)).unwrap();
     for _ in 0..20 {
-        let msgs = c
-            .simple_query("SELECT nextval('lb_seq'), inet_server_port()")
-            .await
-            .unwrap();
-        let port = msgs
-            .iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_owned),
-                _ => None,
-            })
-            .unwrap();
+        let port = one(&c, "SELECT inet_server_port(), nextval('lb_seq')").await;
         assert_eq!(port, ports[0].to_string());
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_reads_its_own_writes_and_a_lagging_standby_gets_no_reads() {
-    let cluster = cluster(2);
     // Reads only on the standbys (the primary's weight is 0).
-    let proxy = Proxy::start(&cluster, balanced(&[0, 1, 1]));
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
-    let ports: Vec<u16> = (0..3).map(|i| cluster.node(i).port()).collect();
-    let setup = proxy.alice().await;
-    setup
-        .batch_execute("CREATE TABLE ryw (id int PRIMARY KEY, pad text)")
-        .await
-        .unwrap();
-    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
-    wait_reads_reach(&proxy, ports[1]).await;
-    wait_reads_reach(&proxy, ports[2]).await;
+    let (cluster, proxy, ports, setup) = start(
+        &[0, 1, 1],
+        "CREATE TABLE ryw (id int PRIMARY KEY, pad text)",
+    )
+    .await;
 
     // pg1 stops replaying: a read there would miss every new row.
     cluster

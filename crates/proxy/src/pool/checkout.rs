@@ -292,10 +292,9 @@ async fn take(
     let pool = match &memo.pool {
         Some(p) if p.backend() == b.id => p,
         _ => {
-            let next = shared.pools.pool(&PoolKey::new(b.id, params));
-            memo.other = memo.pool.replace(next);
+            memo.other = memo.pool.take();
             memo.pool
-                .get_or_insert_with(|| shared.pools.pool(&PoolKey::new(b.id, params)))
+                .insert(shared.pools.pool(&PoolKey::new(b.id, params)))
         }
     };
     let (slot, cached) = shared
