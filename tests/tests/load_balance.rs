@@ -214,3 +214,140 @@ async fn a_session_reads_its_own_writes_and_a_lagging_standby_gets_no_reads() {
         .psql("SELECT pg_wal_replay_resume()")
         .unwrap();
 }
+
+/// Whether `port` is one of the standbys'.
+fn standby(ports: &[u16], port: i32) -> bool {
+    ports[1..].iter().any(|p| i32::from(*p) == port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extended_protocol_reads_and_read_only_transactions_run_on_standbys_and_what_follows_them_does_not()
+ {
+    // Reads only on the standbys: the primary's weight is 0.
+    let (cluster, proxy, ports, _setup) =
+        start(&[0, 1, 1], "CREATE TABLE ro (id int PRIMARY KEY, port int)").await;
+    let mut c = proxy.alice().await;
+
+    // The extended protocol, as drivers speak it: a statement prepared
+    // per query, and one prepared once and run again.
+    let mut seen: HashMap<i32, u32> = HashMap::new();
+    let prepared = c.prepare("SELECT inet_server_port()").await.unwrap();
+    for _ in 0..40 {
+        let port: i32 = c
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        *seen.entry(port).or_default() += 1;
+        let port: i32 = c.query_one(&prepared, &[]).await.unwrap().get(0);
+        *seen.entry(port).or_default() += 1;
+    }
+    assert!(
+        seen.keys().all(|p| standby(&ports, *p)),
+        "extended-protocol reads ran off the standbys: {seen:?}"
+    );
+    assert_eq!(seen.len(), 2, "both standbys take reads: {seen:?}");
+
+    // A read-only transaction runs on one standby whole; its write is
+    // refused there as PostgreSQL refuses it on the primary.
+    for round in 0..10 {
+        let t = c.build_transaction().read_only(true).start().await.unwrap();
+        let first: i32 = t
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let second: i32 = t
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(standby(&ports, first), "round {round}: {first}");
+        assert_eq!(first, second, "round {round}: one transaction, one server");
+        let refused = t
+            .execute("INSERT INTO ro VALUES (1, 0)", &[])
+            .await
+            .unwrap_err();
+        assert_eq!(sqlstate(&refused).as_deref(), Some("25006"), "{refused}");
+        t.rollback().await.unwrap();
+    }
+    let in_one = one(&c, "BEGIN READ ONLY; SELECT inet_server_port(); COMMIT").await;
+    assert!(standby(&ports, in_one.parse().unwrap()), "{in_one}");
+
+    // Pipelined behind a read or a read-only transaction, a write still
+    // reaches the primary: nothing more goes to a standby once it is idle.
+    for i in 0..10 {
+        // Each round's read waits for the standbys to replay the last
+        // round's write (read_your_writes): it runs on a standby.
+        cluster.wait_replicated(Duration::from_secs(20)).unwrap();
+        let insert = format!("INSERT INTO ro VALUES ({i}, inet_server_port()) RETURNING port");
+        let (begin, read, commit, write) = tokio::join!(
+            c.simple_query("BEGIN READ ONLY"),
+            c.simple_query("SELECT inet_server_port()"),
+            c.simple_query("COMMIT"),
+            one(&c, &insert),
+        );
+        begin.unwrap();
+        commit.unwrap();
+        let read = read.unwrap();
+        let read = read.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert!(standby(&ports, read.unwrap().parse().unwrap()), "round {i}");
+        assert_eq!(write, ports[0].to_string(), "round {i}");
+        let id = 100 + i;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&id];
+        let (read, write) = tokio::join!(
+            c.query_one("SELECT inet_server_port()", &[]),
+            c.query_one(
+                "INSERT INTO ro VALUES ($1, inet_server_port()) RETURNING port",
+                &params
+            ),
+        );
+        // The read may have run on the primary, pipelined behind the write.
+        read.unwrap();
+        assert_eq!(write.unwrap().get::<_, i32>(0), i32::from(ports[0]));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_read_whose_server_dies_before_answering_runs_on_the_primary() {
+    // Reads go to pg1 alone while it is there.
+    let (cluster, proxy, ports, _setup) = start(&[0, 1, 0], "SELECT 1").await;
+    let c = proxy.alice().await;
+    assert_eq!(
+        one(&c, "SELECT inet_server_port()").await,
+        ports[1].to_string()
+    );
+    // pg1's sessions for the proxy stop answering, then die with the read
+    // sent to one of them (no reply byte: SIGSTOP, then SIGKILL).
+    let pids = cluster
+        .node(1)
+        .psql("SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE usename = 'alice'")
+        .unwrap();
+    let pids: Vec<String> = pids.split_whitespace().map(str::to_owned).collect();
+    assert!(!pids.is_empty());
+    let signal = |sig: &str| {
+        for pid in &pids {
+            let _ = std::process::Command::new("kill").args([sig, pid]).status();
+        }
+    };
+    signal("-STOP");
+    let read = tokio::spawn(async move {
+        let port = c.simple_query("SELECT inet_server_port()").await;
+        (port, c)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    signal("-KILL");
+    let (port, _c) = tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the read is answered")
+        .unwrap();
+    let port = port.expect("the read is answered, not failed");
+    let port = port.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    });
+    assert_eq!(port, Some(ports[0].to_string()), "the primary ran it");
+}

@@ -41,6 +41,9 @@ pub struct Counters {
     /// Reads kept on the primary because the chosen standby had not yet
     /// replayed the client's last write (`proxy.read_your_writes`).
     pub reads_behind_writes: Counter,
+    /// Standby reads whose connection failed before any reply byte, run
+    /// again on the primary.
+    pub standby_retries: Counter,
 }
 
 /// Binds `proxy.metrics_listen`. A failure is logged and the proxy runs
@@ -205,5 +208,11 @@ pub fn render(shared: &Shared, r: &mut Registry) {
         "pgwarden_proxy_reads_behind_writes",
         "Reads kept on the primary because the chosen standby had not replayed the client's last write yet (proxy.read_your_writes)",
         &c.reads_behind_writes,
+    );
+    m::counter(
+        r,
+        "pgwarden_proxy_standby_retries",
+        "Standby reads whose server connection failed before any reply, run again on the primary",
+        &c.standby_retries,
     );
 }

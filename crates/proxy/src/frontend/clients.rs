@@ -173,6 +173,14 @@ impl Activity {
         }
     }
 
+    /// What was sent to a server that never answered is sent again to
+    /// another: nothing is owed for it any more.
+    pub fn forget_owed(&self) {
+        self.owed.store(0, Ordering::Relaxed);
+        self.syncs_since_command.store(0, Ordering::Relaxed);
+        self.set_unsynced(false);
+    }
+
     /// The server sent ReadyForQuery.
     pub fn ready(&self) {
         self.owed.fetch_sub(1, Ordering::Relaxed);

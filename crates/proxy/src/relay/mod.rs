@@ -12,6 +12,8 @@
 //! - [`features`]: session state a transaction would leave on its server
 //!   (temp tables, LISTEN, session advisory locks...), which *pins* the
 //!   client to that server until it leaves.
+//! - `standby`: transactions that may run on a standby
+//!   (`proxy.load_balance`), and their run there.
 //! - `txn`: the client's loop: idle without a server, a checkout per
 //!   transaction, the relay, the release.
 //!
@@ -23,6 +25,7 @@
 pub mod features;
 pub mod pump;
 pub mod session_log;
+mod standby;
 pub mod statements;
 pub(crate) mod txn;
 

@@ -298,12 +298,33 @@ impl Tracker {
     /// The connection is given up while replies are still owed: what
     /// those replies would confirm is forgotten, so the connection's
     /// statement cache never names a statement it may lack.
+    /// The client's names are put back as the server skipping them would
+    /// leave them: a Parse it is told failed (08007) or will send again
+    /// elsewhere (a standby read retried on the primary) named nothing.
     pub fn abandon(&mut self, server: &mut ServerStatements) {
         for p in self.queue.drain(..) {
             if let Some(def) = &p.undo_server {
                 server.remove(def);
             }
+            if let Some(name) = &p.undo_client {
+                self.client.remove(name);
+            }
+            if let Some((name, def)) = p.restore_client {
+                self.client.insert(name, def);
+            }
         }
+    }
+
+    /// The query text of the client's prepared statement `name`.
+    pub fn statement_text(&self, name: &[u8]) -> Option<&[u8]> {
+        let def = self.client.get(name)?;
+        def.split(|b| *b == 0).next()
+    }
+
+    /// True when named statements pin the client
+    /// (`proxy.max_prepared_statements = 0`).
+    pub fn names_pin(&self) -> bool {
+        self.max_prepared == 0
     }
 
     /// Whether `buf` (client bytes, nothing of them sent yet) holds enough

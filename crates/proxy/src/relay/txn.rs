@@ -13,7 +13,7 @@
 //! reset with `server_reset_query` as in session mode.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::net::Stream;
 use bytes::{Buf, BytesMut};
@@ -24,6 +24,7 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 
 use super::pump::{self, Owing, PumpEnd, PumpResult, ServerState, StopReason};
+use super::standby;
 use super::statements::{Edit, ServerStatements, Start, Tracker};
 use crate::Shared;
 use crate::backend::{ServerConn, ServerCredentials};
@@ -110,13 +111,18 @@ async fn transaction(
     let balanced = shared.settings.load_balance != pgwarden_config::LoadBalance::Off
         && c.tracker.pinned.is_none();
     let read = if balanced {
-        autocommit_read(shared, buf)
+        standby::first_request(
+            buf,
+            &c.tracker,
+            &shared.settings.classifier,
+            standby::read_only_default(&c.wanted),
+        )
     } else {
         None
     };
     let on_standby = match read {
-        Some(len) => match Box::pin(standby_for(shared, c)).await {
-            Ok(got) => got.map(|(slot, conn, name)| (slot, conn, name, len)),
+        Some(first) => match Box::pin(standby::standby_for(shared, c)).await {
+            Ok(got) => got.map(|(slot, conn, name)| (slot, conn, name, first)),
             Err(reject) => {
                 checkout::send_reject(client, reject).await;
                 return false;
@@ -124,11 +130,16 @@ async fn transaction(
         },
         None => None,
     };
-    if let Some((slot, conn, name, len)) = on_standby {
-        return Box::pin(read_on_standby(
-            shared, client, buf, cancel, c, slot, conn, &name, len,
+    if let Some((slot, conn, name, first)) = on_standby {
+        let ran = Box::pin(standby::run(
+            shared, client, buf, cancel, c, slot, conn, &name, first,
         ))
         .await;
+        match ran {
+            standby::Ran::Done(go_on) => return go_on,
+            // The standby never answered: the primary runs it.
+            standby::Ran::Again => {}
+        }
     }
     let got = tokio::select! {
         // The checkout first: it is nearly always ready at once, and then
@@ -178,7 +189,7 @@ async fn transaction(
                 let timeout = shared.settings.server_connect_timeout;
                 let sql = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
                 match conn.value(sql, timeout).await {
-                    Ok(lsn) => c.wrote_lsn = parse_lsn(&lsn).unwrap_or(u64::MAX),
+                    Ok(lsn) => c.wrote_lsn = standby::parse_lsn(&lsn).unwrap_or(u64::MAX),
                     Err(e) => {
                         tracing::debug!(error = %e, "could not read the primary's WAL position after a transaction");
                         // Unknown: its reads stay on the primary, and the
@@ -203,7 +214,7 @@ async fn transaction(
 /// What becomes of the connection and the client after a transaction's
 /// relay on `backend`. False when the session ends with it.
 #[allow(clippy::too_many_arguments)]
-async fn after_relay(
+pub(super) async fn after_relay(
     shared: &Shared,
     client: &mut Stream,
     cancel: &CancelKey,
@@ -261,138 +272,6 @@ async fn after_relay(
             false
         }
     }
-}
-
-/// The length of the client's first request when it is a simple Query
-/// that only reads and leaves no transaction open (see
-/// [`crate::route::classify`]), whole in `buf`: it may run on a standby.
-fn autocommit_read(shared: &Shared, buf: &[u8]) -> Option<usize> {
-    let [b'Q', len @ ..] = *buf.first_chunk::<5>()? else {
-        return None;
-    };
-    let end = 1 + u32::from_be_bytes(len) as usize;
-    // The tracker streams bigger Queries rather than reading them whole.
-    if end > 1 << 20 {
-        return None;
-    }
-    let body = buf.get(5..end)?;
-    // Whatever would pin the client or touch its settings stays on the
-    // primary (the hold releases only an unpinned, unchanged client).
-    let fx = super::features::effects(body);
-    if fx.pins.is_some() || fx.reads_back || fx.resets_settings || fx.drops_statements {
-        return None;
-    }
-    let text = std::str::from_utf8(body.strip_suffix(&[0])?).ok()?;
-    (shared.settings.classifier.autocommit(text) == crate::route::classify::Class::Read)
-        .then_some(end)
-}
-
-/// A standby's server connection for a read, chosen by weight among the
-/// eligible servers (see [`crate::route::readers`]); `None` when the
-/// read goes to the primary (it was chosen, no standby qualifies, none
-/// has replayed the client's last write, or the standby cannot serve now).
-async fn standby_for(
-    shared: &Shared,
-    c: &mut TxnClient,
-) -> Result<Option<(crate::pool::Slot, Box<ServerConn>, String)>, checkout::Reject> {
-    // Reads follow the route: none while there is no primary to route to
-    // (a failover, a fence).
-    let Some(route) = shared.router.ready() else {
-        return Ok(None);
-    };
-    let readers = shared.router.readers();
-    if readers.generation != route.generation {
-        return Ok(None);
-    }
-    let sticky = match shared.settings.load_balance {
-        pgwarden_config::LoadBalance::Session => c.reader.and_then(|id| readers.has(id)),
-        _ => None,
-    };
-    let Some(pick) = sticky.or_else(|| readers.choose()) else {
-        return Ok(None);
-    };
-    c.reader = Some(pick.addr.id);
-    if pick.primary {
-        return Ok(None);
-    }
-    let probe = shared.settings.read_your_writes && c.wrote_lsn > pick.replay_lsn;
-    let got = checkout::reader_for(
-        shared,
-        &pick.addr,
-        &c.server_params,
-        &c.wanted,
-        &c.believed,
-        &c.creds,
-        &mut c.memo,
-    )
-    .await?;
-    let Some((slot, mut conn)) = got else {
-        return Ok(None);
-    };
-    if probe {
-        let timeout = shared.settings.server_connect_timeout;
-        let replayed = conn
-            .value("SELECT pg_catalog.pg_last_wal_replay_lsn()::text", timeout)
-            .await;
-        match replayed.ok().as_deref().and_then(parse_lsn) {
-            Some(lsn) if lsn >= c.wrote_lsn => {}
-            Some(_) => {
-                shared.counters.reads_behind_writes.inc();
-                slot.release(conn);
-                return Ok(None);
-            }
-            None => return Ok(None),
-        }
-    }
-    Ok(Some((slot, conn, pick.addr.name.clone())))
-}
-
-/// Runs the read at the head of `buf` (`len` bytes) on a standby's
-/// connection; what the client sent after it waits for the next
-/// checkout. False when the session ends with it.
-#[allow(clippy::too_many_arguments)]
-async fn read_on_standby(
-    shared: &Shared,
-    client: &mut Stream,
-    buf: &mut BytesMut,
-    cancel: &CancelKey,
-    c: &mut TxnClient,
-    slot: crate::pool::Slot,
-    mut conn: Box<ServerConn>,
-    name: &str,
-    len: usize,
-) -> bool {
-    shared.counters.standby_reads.inc();
-    cancel.set_server(conn.backend, conn.addr, conn.key);
-    let mut unit = buf.split_to(len);
-    // A standby read does not end with a change of primary.
-    let never = CancellationToken::new();
-    let outcome = relay(
-        client,
-        &mut conn,
-        &mut unit,
-        c,
-        cancel.activity(),
-        cancel.stop(),
-        &never,
-        true,
-    )
-    .await;
-    if !unit.is_empty() {
-        unit.unsplit(std::mem::take(buf));
-        *buf = unit;
-    }
-    cancel.clear_server().await;
-    let route = shared.router.current();
-    after_relay(shared, client, cancel, c, slot, conn, &route, name, outcome).await
-}
-
-/// An LSN as PostgreSQL prints it (`16/B374D848`).
-fn parse_lsn(s: &str) -> Option<u64> {
-    let (hi, lo) = s.trim().split_once('/')?;
-    let hi = u64::from_str_radix(hi, 16).ok()?;
-    let lo = u64::from_str_radix(lo, 16).ok()?;
-    Some(hi << 32 | lo)
 }
 
 /// The client may have changed a setting the server does not report
@@ -552,7 +431,7 @@ mod spare {
 
 /// How a transaction's relay ended.
 #[derive(Debug)]
-enum Outcome {
+pub(super) enum Outcome {
     /// At a release point: the connection can go back to its pool.
     Released,
     /// The server was lost (it died, or stopped being the primary) while
@@ -683,10 +562,11 @@ fn apply_edits(buf: &mut BytesMut, edits: &[(usize, Edit)], carry: &mut usize) {
 }
 
 /// Relays one transaction (or, for a pinned client, the rest of the
-/// session) between the client and `server`; with `hold`, only what `buf`
-/// holds goes to the server (a read on a standby).
+/// session) between the client and `server`; with `hold` (a standby's
+/// transaction), one request at a time, and nothing more once the server
+/// is idle again.
 #[allow(clippy::too_many_arguments)]
-async fn relay(
+pub(super) async fn relay(
     client: &mut Stream,
     server: &mut ServerConn,
     buf: &mut BytesMut,
@@ -706,6 +586,10 @@ async fn relay(
     let statements = Mutex::new(&mut server.statements);
     let tracker = Mutex::new(&mut c.tracker);
     let client_writing = AtomicBool::new(false);
+    // With `hold`: the server's transaction status, and a wake-up for the
+    // client side at each reply.
+    let txn_status = AtomicU8::new(b'I');
+    let replied = tokio::sync::Notify::new();
     let server_writing = AtomicBool::new(false);
     let mut server_scan = Scanner::new(u32::MAX);
     let mut replies = Replies {
@@ -729,8 +613,15 @@ async fn relay(
     let client_to_server = async {
         loop {
             if !buf.is_empty() {
+                // A standby's transaction goes one request at a time.
+                let unit = if hold && lock(&tracker).at_boundary() {
+                    standby::unit_end(buf)
+                } else {
+                    None
+                };
+                let upto = unit.map_or(buf.len(), |(end, _)| end);
                 let fed = tracker.lock().unwrap_or_else(|p| p.into_inner()).feed(
-                    buf,
+                    buf.get(..upto).unwrap_or_default(),
                     &mut lock(&statements),
                     activity,
                 );
@@ -753,16 +644,30 @@ async fn relay(
                 if fed.terminate {
                     return PumpEnd::ClientTerminated;
                 }
+                if let Some((end, answered)) = unit
+                    && fed.upto == end
+                {
+                    if answered {
+                        // Its answers first: once the server is idle
+                        // again, the rest waits for the next checkout.
+                        while activity.is_busy() && !activity.copying_in() {
+                            replied.notified().await;
+                        }
+                        if txn_status.load(Ordering::Relaxed) == b'I'
+                            && lock(&tracker).pinned.is_none()
+                        {
+                            return std::future::pending().await;
+                        }
+                    }
+                    if !buf.is_empty() {
+                        continue;
+                    }
+                }
                 if let Start::NeedMore(n) = lock(&tracker).start(buf) {
                     // Room for the rest of a message that must be whole,
                     // a MiB at a time: a header alone reserves no GiB.
                     buf.reserve(n.saturating_sub(buf.len()).min(1 << 20));
                 }
-            }
-            if hold {
-                // A read on a standby: only the request it was chosen
-                // for goes there; the rest waits for the next checkout.
-                return std::future::pending().await;
             }
             if buf.capacity() - buf.len() < 256 {
                 buf.reserve(pump::BUF_SIZE / 4);
@@ -787,6 +692,10 @@ async fn relay(
                     return Err(PumpEnd::ServerProtocol(e));
                 }
                 apply_edits(sbuf, &replies.edits, &mut carry);
+                if hold {
+                    txn_status.store(replies.status, Ordering::Relaxed);
+                    replied.notify_one();
+                }
                 if !sbuf.is_empty() {
                     server_writing.store(true, Ordering::Relaxed);
                     if cw.send(sbuf).await.is_err() {

@@ -259,6 +259,47 @@ impl Classifier {
         self.classify(text, false, false)
     }
 
+    /// True when `text` starts a read-only transaction that a hot standby
+    /// can run (`BEGIN READ ONLY`, `START TRANSACTION READ ONLY`, a plain
+    /// `BEGIN` with `default_transaction_read_only`, or `BEGIN; SET
+    /// TRANSACTION READ ONLY`), and whatever follows it in the same text
+    /// only reads. The rest of the transaction then runs where it started:
+    /// PostgreSQL refuses its writes there as on the primary (25006).
+    pub fn starts_read_only(&self, text: &str, read_only_default: bool) -> bool {
+        if text.contains(NO_LOAD_BALANCE) {
+            return false;
+        }
+        let Ok(statements) = Parser::parse_sql(&PostgreSqlDialect {}, text) else {
+            return false;
+        };
+        let [first, rest @ ..] = statements.as_slice() else {
+            return false;
+        };
+        let Statement::StartTransaction {
+            modes, statements, ..
+        } = first
+        else {
+            return false;
+        };
+        let set_read_only = || {
+            matches!(
+                rest.first(),
+                Some(Statement::Set(sqlparser::ast::Set::SetTransaction {
+                    modes,
+                    snapshot: None,
+                    session: false,
+                })) if read_only_modes(modes, false)
+            )
+        };
+        // With `default` true the modes are refused only for READ WRITE or
+        // SERIALIZABLE.
+        let read_only = read_only_modes(modes, read_only_default)
+            || (read_only_modes(modes, true) && set_read_only());
+        statements.is_empty()
+            && read_only
+            && rest.iter().all(|s| self.statement(s, read_only_default))
+    }
+
     fn classify(&self, text: &str, read_only_default: bool, transactions: bool) -> Class {
         if text.contains(NO_LOAD_BALANCE) {
             return Class::Primary;
@@ -464,6 +505,35 @@ mod tests {
         assert_eq!(c.sql("BEGIN", false), Class::Primary);
         // ... unless it says READ WRITE.
         assert_eq!(c.sql("BEGIN READ WRITE", true), Class::Primary);
+    }
+
+    #[test]
+    fn read_only_transactions_are_told_by_their_start() {
+        let c = Classifier::default();
+        for sql in [
+            "BEGIN READ ONLY",
+            "START TRANSACTION READ ONLY",
+            "begin transaction isolation level repeatable read read only",
+            "BEGIN; SET TRANSACTION READ ONLY",
+            "BEGIN READ ONLY; SELECT 1; COMMIT",
+        ] {
+            assert!(c.starts_read_only(sql, false), "{sql}");
+        }
+        assert!(c.starts_read_only("BEGIN", true));
+        for sql in [
+            "BEGIN",
+            "BEGIN READ WRITE",
+            "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY",
+            "BEGIN; SET TRANSACTION READ WRITE",
+            "SET TRANSACTION READ ONLY",
+            "SELECT 1",
+            "BEGIN READ ONLY; SELECT nextval('s')",
+            "BEGIN READ ONLY; INSERT INTO t VALUES (1)",
+            "/*NO LOAD BALANCE*/ BEGIN READ ONLY",
+        ] {
+            assert!(!c.starts_read_only(sql, false), "{sql}");
+        }
+        assert!(!c.starts_read_only("BEGIN READ WRITE", true));
     }
 
     #[test]
