@@ -152,6 +152,27 @@ async fn statement_reads_spread_by_weight_and_writes_and_read_write_transactions
         let port = one(&c, "SELECT inet_server_port(), nextval('lb_seq')").await;
         assert_eq!(port, ports[0].to_string());
     }
+
+    // `pgwardenctl pools` counts each backend's reads and writes.
+    let run = pgwardenctl_async(&proxy.config, &["--json", "pools"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let mut reads = [0u64; 3];
+    let mut writes = [0u64; 3];
+    for p in v["pools"].as_array().unwrap() {
+        let b = usize::try_from(p["backend_id"].as_u64().unwrap()).unwrap();
+        reads[b] += p["reads"].as_u64().unwrap();
+        writes[b] += p["writes"].as_u64().unwrap();
+    }
+    assert!(reads[1] >= 120, "pg1 ran the most reads: {reads:?}");
+    assert_eq!(reads[2], 0, "{reads:?}");
+    // 20 inserts, 11 read-write transactions, 20 nextval reads at least.
+    assert!(writes[0] >= 51, "{writes:?}");
+    assert_eq!(
+        (writes[1], writes[2]),
+        (0, 0),
+        "nothing but reads ran on a standby"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

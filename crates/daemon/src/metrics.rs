@@ -186,6 +186,21 @@ pub fn gauges(
     registry.register(name, help_text(help), family);
 }
 
+/// Registers a counter with one series per `(labels, total)`: totals the
+/// daemon keeps elsewhere (per pool, say), rendered as counters.
+pub fn counters(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, u64)>,
+) {
+    let family = Family::<Labels, Counter>::default();
+    for (labels, total) in series {
+        family.get_or_create(&escaped(labels)).inc_by(total);
+    }
+    registry.register(name, help_text(help), family);
+}
+
 /// Registers a floating-point gauge with one series per `(labels, value)`.
 pub fn gauges_f64(
     registry: &mut Registry,

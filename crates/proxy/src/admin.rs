@@ -152,6 +152,8 @@ impl ProxyApi for AdminService {
                 clients_active: id32(p.clients_active),
                 clients_idle: id32(p.clients_idle),
                 clients_pinned: id32(p.clients_pinned),
+                reads: p.reads,
+                writes: p.writes,
             })
             .collect();
         Ok(Response::new(GetPoolsReply {

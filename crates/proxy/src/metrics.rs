@@ -136,6 +136,19 @@ pub fn render(shared: &Shared, r: &mut Registry) {
             ]
         }),
     );
+    m::counters(
+        r,
+        "pgwarden_proxy_pool_transactions",
+        "Transactions run per pool (transaction mode): those whose first request was a load-balanced read (kind=read), and all others (kind=write)",
+        pools.iter().flat_map(|p| {
+            let with = |kind: &str| {
+                let mut l = key(p);
+                l.push(("kind".to_owned(), kind.to_owned()));
+                l
+            };
+            [(with("read"), p.reads), (with("write"), p.writes)]
+        }),
+    );
     let c = &shared.counters;
     m::counter(
         r,

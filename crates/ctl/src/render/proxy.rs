@@ -39,6 +39,8 @@ pub fn pools_text(reply: &GetPoolsReply) -> String {
             "CL_ACTIVE",
             "CL_IDLE",
             "CL_PINNED",
+            "READS",
+            "WRITES",
         ]
         .map(str::to_owned),
     ];
@@ -53,6 +55,8 @@ pub fn pools_text(reply: &GetPoolsReply) -> String {
             p.clients_active.to_string(),
             p.clients_idle.to_string(),
             p.clients_pinned.to_string(),
+            p.reads.to_string(),
+            p.writes.to_string(),
         ]
     }));
     out.push_str(&align(&rows));
@@ -74,6 +78,8 @@ pub fn pools_json(reply: &GetPoolsReply) -> Value {
             "clients_active": p.clients_active,
             "clients_idle": p.clients_idle,
             "clients_pinned": p.clients_pinned,
+            "reads": p.reads,
+            "writes": p.writes,
         })).collect::<Vec<_>>(),
     })
 }
@@ -143,6 +149,8 @@ mod tests {
                     clients_active: 1,
                     clients_idle: 30,
                     clients_pinned: 1,
+                    reads: 120,
+                    writes: 7,
                 },
                 PoolState {
                     backend_id: 0,
@@ -154,6 +162,8 @@ mod tests {
                     clients_active: 10,
                     clients_idle: 0,
                     clients_pinned: 0,
+                    reads: 0,
+                    writes: 0,
                 },
             ],
             generation: 3,
@@ -166,9 +176,9 @@ mod tests {
         assert_eq!(
             pools_text(&reply()),
             "routing to backend 0 (generation 3)\n\
-             BACKEND  USER   DATABASE  ACTIVE  IDLE  WAITING  CL_ACTIVE  CL_IDLE  CL_PINNED\n\
-             0        alice  app       1       4     0        1          30       1\n\
-             0        bob    reports   10      0     3        10         0        0\n"
+             BACKEND  USER   DATABASE  ACTIVE  IDLE  WAITING  CL_ACTIVE  CL_IDLE  CL_PINNED  READS  WRITES\n\
+             0        alice  app       1       4     0        1          30       1          120    7\n\
+             0        bob    reports   10      0     3        10         0        0          0      0\n"
         );
         let empty = GetPoolsReply {
             pools: vec![],
@@ -182,6 +192,8 @@ mod tests {
         let v = pools_json(&reply());
         assert_eq!(v["primary_id"], json!(0));
         assert_eq!(v["pools"][1]["waiting"], json!(3));
+        assert_eq!(v["pools"][0]["reads"], json!(120));
+        assert_eq!(v["pools"][0]["writes"], json!(7));
         assert_eq!(pools_json(&empty)["primary_id"], Value::Null);
     }
 

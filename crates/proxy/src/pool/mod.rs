@@ -12,7 +12,7 @@
 pub mod checkout;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +61,10 @@ pub struct Pool {
     idle: Mutex<Vec<Box<ServerConn>>>,
     /// Clients waiting for a permit.
     waiting: AtomicUsize,
+    /// Transactions run on the pool's connections: load-balanced reads,
+    /// and the rest (transaction mode).
+    reads: AtomicU64,
+    writes: AtomicU64,
 }
 
 /// One pool's numbers, for the admin API (PgBouncer's SHOW POOLS).
@@ -84,6 +88,10 @@ pub struct PoolStats {
     pub clients_idle: usize,
     /// Clients pinned to their server connection.
     pub clients_pinned: usize,
+    /// Transactions whose first request was a load-balanced read.
+    pub reads: u64,
+    /// Every other transaction (transaction mode).
+    pub writes: u64,
 }
 
 impl PoolStats {
@@ -99,6 +107,8 @@ impl PoolStats {
             clients_active: 0,
             clients_idle: 0,
             clients_pinned: 0,
+            reads: 0,
+            writes: 0,
         }
     }
 }
@@ -251,6 +261,8 @@ impl Pools {
             permits: Arc::new(Semaphore::new(self.limits.size)),
             idle: Mutex::new(Vec::new()),
             waiting: AtomicUsize::new(0),
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         });
         pools.insert(key.clone(), Arc::clone(&p));
         p
@@ -353,6 +365,8 @@ impl Pools {
                     a.active += p.active;
                     a.idle += p.idle;
                     a.waiting += p.waiting;
+                    a.reads += p.reads;
+                    a.writes += p.writes;
                 }
                 None => all.push(p),
             }
@@ -386,6 +400,8 @@ impl Pools {
                     active: self.active(pool),
                     idle: pool.idle.lock().map(|i| i.len()).unwrap_or(0),
                     waiting: pool.waiting.load(Ordering::Relaxed),
+                    reads: pool.reads.load(Ordering::Relaxed),
+                    writes: pool.writes.load(Ordering::Relaxed),
                 }
             })
             .collect()
@@ -442,6 +458,17 @@ impl Pool {
 }
 
 impl Slot {
+    /// Counts a transaction run on the slot's connection: a load-balanced
+    /// read or not.
+    pub fn count(&self, read: bool) {
+        let n = if read {
+            &self.pool.reads
+        } else {
+            &self.pool.writes
+        };
+        n.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Returns a clean, idle connection to the cache (or closes it when it
     /// is past `server_lifetime`), and frees the permit.
     pub fn release(self, mut conn: Box<ServerConn>) {

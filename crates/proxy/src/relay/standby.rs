@@ -123,7 +123,7 @@ pub(super) fn first_request(
             transaction: false,
         });
     }
-    if texts().all(|t| classifier.autocommit(t) == Class::Read) {
+    if texts().all(|t| classifier.autocommit_prepared(t) == Class::Read) {
         return Some(Balanced {
             len,
             transaction: false,
@@ -284,6 +284,7 @@ pub(super) async fn run(
     first: Balanced,
 ) -> Ran {
     shared.counters.standby_reads.inc();
+    slot.count(true);
     cancel.set_server(conn.backend, conn.addr, conn.key);
     // Kept to run again elsewhere if the standby never answers it.
     let sent = BytesMut::from(buf.get(..first.len).unwrap_or_default());

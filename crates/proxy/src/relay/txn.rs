@@ -160,6 +160,7 @@ async fn transaction(
             return false;
         }
     };
+    slot.count(read.is_some());
     cancel.set_server(conn.backend, conn.addr, conn.key);
     // Taken for the relay and put back: no clone per transaction.
     let ended = match c.route_ended.take() {
@@ -180,7 +181,9 @@ async fn transaction(
     c.route_ended = Some((route.generation, ended));
     cancel.clear_server().await;
     let backend = route.primary.as_ref().map_or("", |b| b.name.as_str());
-    if balanced && shared.settings.read_your_writes {
+    // A transaction that only read (a read the choice left on the
+    // primary) wrote nothing to wait for: no round trip for it.
+    if balanced && shared.settings.read_your_writes && read.is_none() {
         match outcome {
             Outcome::Released => {
                 // What the transaction wrote is at or before the

@@ -22,8 +22,10 @@
 //! `pg_backend_pid()`, `version()`) is not a read here: a driver asking
 //! whether it reached the primary must hear the primary's answer.
 
-use std::collections::HashSet;
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sqlparser::ast::{
     Expr, Function, ObjectName, ObjectNamePart, Query, Select, SetExpr, Statement, TableFactor,
@@ -235,6 +237,23 @@ pub enum Class {
 pub struct Classifier {
     /// `proxy.read_only_functions`, lower-cased.
     extra: HashSet<String>,
+    /// Which classifier's answers a thread's cache holds (0: the default).
+    id: u64,
+}
+
+/// Texts of prepared statements remembered per thread and classifier, at
+/// most this many (then forgotten all at once).
+const REMEMBERED: usize = 4096;
+/// Longer texts are not remembered.
+const REMEMBERED_LEN: usize = 4096;
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// [`Classifier::autocommit_prepared`]'s answers: a driver's prepared
+    /// statement comes again and again with the same text.
+    static PREPARED: RefCell<HashMap<u64, HashMap<Box<str>, Class>>> =
+        RefCell::new(HashMap::new());
 }
 
 impl Classifier {
@@ -242,7 +261,31 @@ impl Classifier {
     pub fn new(extra: &[String]) -> Classifier {
         Classifier {
             extra: extra.iter().map(|f| f.to_ascii_lowercase()).collect(),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// As [`Classifier::autocommit`], for the text of an extended-protocol
+    /// statement (its parameters are apart from it, so it comes again):
+    /// remembered per thread, a parse spared on the next time.
+    pub fn autocommit_prepared(&self, text: &str) -> Class {
+        if text.len() > REMEMBERED_LEN {
+            return self.autocommit(text);
+        }
+        let known = PREPARED.with(|c| c.borrow().get(&self.id).and_then(|m| m.get(text)).copied());
+        if let Some(class) = known {
+            return class;
+        }
+        let class = self.autocommit(text);
+        PREPARED.with(|c| {
+            let mut c = c.borrow_mut();
+            let mine = c.entry(self.id).or_default();
+            if mine.len() >= REMEMBERED {
+                mine.clear();
+            }
+            mine.insert(text.into(), class);
+        });
+        class
     }
 
     /// Classifies the text of one Query or Parse (one or more statements).
@@ -534,6 +577,26 @@ mod tests {
             assert!(!c.starts_read_only(sql, false), "{sql}");
         }
         assert!(!c.starts_read_only("BEGIN READ WRITE", true));
+    }
+
+    #[test]
+    fn remembered_answers_are_the_classifiers_own() {
+        let with = Classifier::new(&["my_report".to_owned()]);
+        let without = Classifier::default();
+        for _ in 0..2 {
+            assert_eq!(
+                with.autocommit_prepared("SELECT my_report($1)"),
+                Class::Read
+            );
+            assert_eq!(
+                without.autocommit_prepared("SELECT my_report($1)"),
+                Class::Primary
+            );
+            assert_eq!(
+                with.autocommit_prepared("INSERT INTO t VALUES ($1)"),
+                Class::Primary
+            );
+        }
     }
 
     #[test]
