@@ -49,8 +49,22 @@ async fn start(
     Vec<u16>,
     tokio_postgres::Client,
 ) {
+    start_with(balanced(weights), weights, schema).await
+}
+
+/// As [`start`], with these proxy options.
+async fn start_with(
+    options: ProxyOptions,
+    weights: &[u32],
+    schema: &str,
+) -> (
+    pgwarden_testkit::Cluster,
+    Proxy,
+    Vec<u16>,
+    tokio_postgres::Client,
+) {
     let cluster = cluster(2);
-    let proxy = Proxy::start(&cluster, balanced(weights));
+    let proxy = Proxy::start(&cluster, options);
     proxy
         .wait_state(Duration::from_secs(20), "all backends up", all_up)
         .await;
@@ -371,4 +385,83 @@ async fn a_standby_read_whose_server_dies_before_answering_runs_on_the_primary()
         _ => None,
     });
     assert_eq!(port, Some(ports[0].to_string()), "the primary ran it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_listener_runs_everything_on_standbys_and_else_on_a_read_only_primary() {
+    let ro_port = pgwarden_testkit::free_port();
+    let options = balanced(&[1, 1, 1]).set(&format!("read_only_listen = \"127.0.0.1:{ro_port}\""));
+    let (cluster, proxy, ports, setup) =
+        start_with(options, &[1, 1, 1], "CREATE TABLE rol (id int PRIMARY KEY)").await;
+    let ro_conninfo = format!(
+        "host=127.0.0.1 port={ro_port} user={} password={} dbname=app",
+        ALICE.0, ALICE.1
+    );
+    let ro = connect(&ro_conninfo).await.unwrap();
+
+    // Every transaction on a standby, the primary's weight aside, even
+    // what a balancing classifier keeps on the primary.
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for _ in 0..30 {
+        *seen.entry(one(&ro, "SHOW port").await).or_default() += 1;
+        let port: i32 = ro
+            .query_one("SELECT inet_server_port()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        *seen.entry(port.to_string()).or_default() += 1;
+    }
+    assert!(
+        !seen.contains_key(&ports[0].to_string()),
+        "a read-only client reached the primary: {seen:?}"
+    );
+    assert_eq!(seen.len(), 2, "both standbys serve it: {seen:?}");
+    let refused = ro
+        .batch_execute("INSERT INTO rol VALUES (1)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused).as_deref(), Some("25006"), "{refused}");
+
+    // With no standby to read from, the primary serves it, read-only.
+    cluster
+        .node(1)
+        .stop(pgwarden_testkit::StopMode::Fast)
+        .unwrap();
+    cluster
+        .node(2)
+        .stop(pgwarden_testkit::StopMode::Fast)
+        .unwrap();
+    proxy
+        .wait_state(Duration::from_secs(30), "both standbys down", |s| {
+            !up(s, 1) && !up(s, 2)
+        })
+        .await;
+    let on_primary = poll_until(Duration::from_secs(20), || async {
+        match ro.simple_query("SELECT inet_server_port()").await {
+            Ok(m) => m.iter().any(|m| {
+                matches!(m, tokio_postgres::SimpleQueryMessage::Row(r)
+                    if r.get(0) == Some(ports[0].to_string().as_str()))
+            }),
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(
+        on_primary,
+        "proxy log:\n{}",
+        log_tail("proxy", &proxy.log(), 40)
+    );
+    let refused = ro
+        .batch_execute("INSERT INTO rol VALUES (2)")
+        .await
+        .unwrap_err();
+    assert_eq!(sqlstate(&refused).as_deref(), Some("25006"), "{refused}");
+    // The read-only connections are the read-only clients' own: a client
+    // of the main listener still writes.
+    setup
+        .batch_execute("INSERT INTO rol VALUES (3)")
+        .await
+        .unwrap();
+    let c = proxy.alice().await;
+    c.batch_execute("INSERT INTO rol VALUES (4)").await.unwrap();
 }

@@ -242,6 +242,15 @@ pub struct ProxyConfig {
     /// of read-only functions (pgpool's `read_only_function_list`); a call
     /// to any other function sends the statement to the primary.
     pub read_only_functions: Vec<String>,
+    /// `proxy.read_only_listen`: a second listener (unset: none) whose
+    /// clients run every transaction on a standby, chosen by
+    /// `backends[].weight` among those `load_balance` would read from
+    /// (the primary's own weight aside), for applications that send their
+    /// reads apart (Odyssey's `target_session_attrs = "read-only"`). Their
+    /// server connections start with `default_transaction_read_only = on`,
+    /// so that, with no standby to read from, the primary serves them
+    /// read-only. Transaction pool mode only.
+    pub read_only_listen: Option<SocketAddr>,
 }
 
 impl Default for ProxyConfig {
@@ -279,6 +288,7 @@ impl Default for ProxyConfig {
             load_balance: LoadBalance::Off,
             read_your_writes: true,
             read_only_functions: Vec::new(),
+            read_only_listen: None,
         }
     }
 }
@@ -309,6 +319,20 @@ impl ProxyConfig {
                     self.load_balance
                 ),
             ));
+        }
+        if let Some(addr) = self.read_only_listen {
+            if self.pool_mode != PoolMode::Transaction {
+                return Err(ConfigError::invalid(
+                    "proxy.read_only_listen",
+                    "needs proxy.pool_mode = \"transaction\" (its clients' transactions go to standbys one by one)",
+                ));
+            }
+            if addr == self.listen {
+                return Err(ConfigError::invalid(
+                    "proxy.read_only_listen",
+                    format!("{addr} is proxy.listen's address too"),
+                ));
+            }
         }
         for (i, f) in self.read_only_functions.iter().enumerate() {
             if f.is_empty() || f.contains(|c: char| c.is_whitespace() || c == '(') {

@@ -808,6 +808,15 @@ fn load_balancing_keys_parse_and_default_to_off() {
         c.replication_check.max_lag_time,
         std::time::Duration::from_secs(2)
     );
+    assert_eq!(c.proxy.read_only_listen, None);
+    let c = Config::from_toml_str(&with(
+        "[proxy]\npool_mode = \"transaction\"\nread_only_listen = \"127.0.0.1:9998\"",
+    ))
+    .expect("read-only listener config");
+    assert_eq!(
+        c.proxy.read_only_listen,
+        Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9998)))
+    );
 }
 
 #[test]
@@ -829,5 +838,20 @@ fn load_balancing_errors_name_their_key() {
     err_naming(
         &with("[replication_check]\nmax_lag_time = \"0s\""),
         "replication_check.max_lag_time",
+    );
+    let msg = err_naming(
+        &with("[proxy]\nread_only_listen = \"127.0.0.1:9998\""),
+        "proxy.read_only_listen",
+    );
+    assert!(msg.contains("pool_mode"), "{msg}");
+    err_naming(
+        &with(
+            "[proxy]\npool_mode = \"transaction\"\nlisten = \"127.0.0.1:9999\"\nread_only_listen = \"127.0.0.1:9999\"",
+        ),
+        "proxy.read_only_listen",
+    );
+    err_naming(
+        &with("[proxy]\npool_mode = \"transaction\"\nread_only_listen = \"nowhere\""),
+        "proxy.read_only_listen",
     );
 }

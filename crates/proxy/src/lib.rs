@@ -88,6 +88,14 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The read-only listen address could not be bound.
+    #[error("proxy.read_only_listen: cannot listen on {addr}: {source}")]
+    BindReadOnly {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// State every session shares.
@@ -210,6 +218,8 @@ pub fn load_users(settings: &Settings) -> Result<Users, StartError> {
 #[derive(Debug)]
 pub struct Proxy {
     listener: TcpListener,
+    /// `proxy.read_only_listen`'s, when set.
+    read_only: Option<TcpListener>,
     admin: tokio::net::UnixListener,
     metrics: Option<TcpListener>,
     shared: Arc<Shared>,
@@ -245,6 +255,14 @@ impl Proxy {
                     addr: settings.listen,
                     source,
                 })?;
+        let read_only = match settings.read_only_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::BindReadOnly { addr, source })?,
+            ),
+            None => None,
+        };
         let admin_path = uds::socket_path(&settings.runtime_dir, Daemon::Proxy);
         let admin = uds::bind(&admin_path)
             .await
@@ -280,6 +298,7 @@ impl Proxy {
         });
         Ok(Proxy {
             listener,
+            read_only,
             admin,
             metrics,
             shared,
@@ -304,6 +323,7 @@ impl Proxy {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let Proxy {
             listener,
+            read_only,
             admin,
             metrics,
             shared,
@@ -350,12 +370,19 @@ impl Proxy {
                 }
             }
         });
-        tracing::info!(listen = %shared.settings.listen, "pgwarden-proxy accepting clients");
+        tracing::info!(listen = %shared.settings.listen, read_only_listen = ?shared.settings.read_only_listen, "pgwarden-proxy accepting clients");
         tokio::pin!(shutdown);
+        let read_only_accept = || async {
+            match &read_only {
+                Some(l) => l.accept().await,
+                None => std::future::pending().await,
+            }
+        };
         loop {
-            let accepted = tokio::select! {
+            let (accepted, read_only_client) = tokio::select! {
                 _ = &mut shutdown => break,
-                a = listener.accept() => a,
+                a = listener.accept() => (a, false),
+                a = read_only_accept() => (a, true),
             };
             let (stream, peer) = match accepted {
                 Ok(a) => a,
@@ -376,9 +403,11 @@ impl Proxy {
                 stream.into(),
                 peer,
                 handshake,
+                read_only_client,
             ));
         }
         drop(listener);
+        drop(read_only);
         tasks.close();
         let open = tasks.len();
         let grace = shared.settings.shutdown_timeout;

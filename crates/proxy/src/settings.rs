@@ -130,6 +130,8 @@ pub struct Settings {
     pub auth_failure_max_delay: Duration,
     /// `proxy.load_balance`.
     pub load_balance: pgwarden_config::LoadBalance,
+    /// `proxy.read_only_listen`.
+    pub read_only_listen: Option<SocketAddr>,
     /// `proxy.read_your_writes`.
     pub read_your_writes: bool,
     /// Which statements only read (`proxy.read_only_functions` in it).
@@ -155,6 +157,12 @@ pub struct ClientTlsFiles {
 }
 
 impl Settings {
+    /// True when some reads go to standbys (`load_balance`, or a
+    /// `read_only_listen`): the proxy follows which servers may take them.
+    pub fn reads_apart(&self) -> bool {
+        self.load_balance != pgwarden_config::LoadBalance::Off || self.read_only_listen.is_some()
+    }
+
     /// Takes the proxy's part of the node config.
     pub fn from_config(c: &pgwarden_config::Config) -> Settings {
         let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
@@ -206,6 +214,7 @@ impl Settings {
             auth_failure_delay: c.proxy.auth_failure_delay,
             auth_failure_max_delay: c.proxy.auth_failure_max_delay,
             load_balance: c.proxy.load_balance,
+            read_only_listen: c.proxy.read_only_listen,
             read_your_writes: c.proxy.read_your_writes,
             classifier: std::sync::Arc::new(crate::route::classify::Classifier::new(
                 &c.proxy.read_only_functions,

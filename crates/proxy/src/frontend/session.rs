@@ -40,6 +40,7 @@ pub async fn serve(
     mut stream: Stream,
     peer: SocketAddr,
     handshake: handshake::Handshake,
+    read_only: bool,
 ) {
     let span = tracing::debug_span!("client", %peer, user = tracing::field::Empty, db = tracing::field::Empty);
     async move {
@@ -59,7 +60,7 @@ pub async fn serve(
         };
         // Boxed, as the steps below: an idle transaction-mode client keeps
         // only what it needs, not room for the biggest step's state.
-        match Box::pin(start_session(&shared, peer, &mut stream, login)).await {
+        match Box::pin(start_session(&shared, peer, &mut stream, login, read_only)).await {
             Ok(Started::Session(session)) => {
                 Box::pin(run_session(&shared, &mut stream, buf, session)).await
             }
@@ -479,6 +480,7 @@ async fn start_session(
     peer: SocketAddr,
     stream: &mut Stream,
     login: Login,
+    read_only: bool,
 ) -> Result<Started, Reject> {
     let Login {
         user,
@@ -493,6 +495,14 @@ async fn start_session(
         ("database".to_owned(), database.clone()),
     ];
     server_params.extend(params.startup_only.iter().cloned());
+    if read_only {
+        // Its server connections (a pool of their own) start read-only:
+        // the primary, when it must serve the client, refuses its writes
+        // as a standby would, and the client is welcomed as read-only
+        // (libpq's target_session_attrs = read-only accepts it).
+        server_params.retain(|(k, _)| !k.eq_ignore_ascii_case("default_transaction_read_only"));
+        server_params.push(("default_transaction_read_only".to_owned(), "on".to_owned()));
+    }
     // From here on the client is listed, and an operator may end it.
     let meta = ClientMeta {
         address: peer,
@@ -549,6 +559,7 @@ async fn start_session(
             search_path_startup: None,
             reader: None,
             wrote_lsn: 0,
+            read_only,
         };
         return Ok(Started::Transaction(cancel, Box::new(client)));
     }

@@ -220,7 +220,17 @@ pub(super) async fn standby_for(
         pgwarden_config::LoadBalance::Session => c.reader.and_then(|id| readers.has(id)),
         _ => None,
     };
-    let Some(pick) = sticky.or_else(|| readers.choose()) else {
+    let choose = || {
+        if c.read_only {
+            readers.choose_standby()
+        } else {
+            readers.choose()
+        }
+    };
+    let Some(pick) = sticky
+        .filter(|p| !(c.read_only && p.primary))
+        .or_else(choose)
+    else {
         return Ok(None);
     };
     c.reader = Some(pick.addr.id);
@@ -268,9 +278,10 @@ pub(super) enum Ran {
     Again,
 }
 
-/// Runs the transaction at the head of `buf` on a standby's connection,
-/// one request at a time; what the client sent after it waits for the
-/// next checkout.
+/// Runs the transaction at the head of `buf` on a standby's connection:
+/// for a balanced one (`first`), one request at a time, and what the
+/// client sent after it waits for the next checkout; for a read-only
+/// client's, as it comes.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
     shared: &Shared,
@@ -281,13 +292,13 @@ pub(super) async fn run(
     slot: crate::pool::Slot,
     mut conn: Box<ServerConn>,
     name: &str,
-    first: Balanced,
+    first: Option<Balanced>,
 ) -> Ran {
     shared.counters.standby_reads.inc();
     slot.count(true);
     cancel.set_server(conn.backend, conn.addr, conn.key);
     // Kept to run again elsewhere if the standby never answers it.
-    let sent = BytesMut::from(buf.get(..first.len).unwrap_or_default());
+    let sent = first.map(|f| BytesMut::from(buf.get(..f.len).unwrap_or_default()));
     // A standby's transaction does not end with a change of primary.
     let never = CancellationToken::new();
     let outcome = txn::relay(
@@ -298,13 +309,14 @@ pub(super) async fn run(
         cancel.activity(),
         cancel.stop(),
         &never,
-        true,
+        first.is_some(),
     )
     .await;
     cancel.clear_server().await;
     if let Outcome::Lost(r) | Outcome::Ended(r) = &outcome
         && matches!(r.end, PumpEnd::ServerGone)
         && r.last_server_tag == 0
+        && let Some(sent) = sent
     {
         tracing::debug!(
             backend = name,

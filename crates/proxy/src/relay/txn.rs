@@ -63,6 +63,9 @@ pub(crate) struct TxnClient {
     /// With `read_your_writes`: the primary's WAL insert position after
     /// its last transaction there; its reads go only to servers past it.
     pub wrote_lsn: u64,
+    /// It came in on `proxy.read_only_listen`: every transaction goes to
+    /// a standby (the primary, read-only, when none can take it).
+    pub read_only: bool,
 }
 
 /// Serves the client until it leaves or is stopped; `buf` holds what it
@@ -108,8 +111,23 @@ async fn transaction(
     cancel: &CancelKey,
     c: &mut TxnClient,
 ) -> bool {
+    // A read-only client's transaction goes to a standby; when none can
+    // take it, to the primary, whose connections for this client start
+    // read-only (see `read_only_listen`).
+    if c.read_only
+        && let Ok(Some((slot, conn, name))) = Box::pin(standby::standby_for(shared, c)).await
+    {
+        let ran = Box::pin(standby::run(
+            shared, client, buf, cancel, c, slot, conn, &name, None,
+        ))
+        .await;
+        if let standby::Ran::Done(go_on) = ran {
+            return go_on;
+        }
+    }
     let balanced = shared.settings.load_balance != pgwarden_config::LoadBalance::Off
-        && c.tracker.pinned.is_none();
+        && c.tracker.pinned.is_none()
+        && !c.read_only;
     let read = if balanced {
         standby::first_request(
             buf,
@@ -132,7 +150,15 @@ async fn transaction(
     };
     if let Some((slot, conn, name, first)) = on_standby {
         let ran = Box::pin(standby::run(
-            shared, client, buf, cancel, c, slot, conn, &name, first,
+            shared,
+            client,
+            buf,
+            cancel,
+            c,
+            slot,
+            conn,
+            &name,
+            Some(first),
         ))
         .await;
         match ran {

@@ -65,7 +65,7 @@ pub async fn run(shared: &Shared, stop: &CancellationToken) {
     let (grant_tx, grant_rx) = watch::channel(Grant::default());
     let (routing_tx, routing_rx) = watch::channel(Routing::default());
     let leased = s.watchdog;
-    let balanced = s.load_balance != pgwarden_config::LoadBalance::Off;
+    let balanced = s.reads_apart();
     let measurer = client.clone();
     tokio::join!(
         ask,
@@ -503,7 +503,7 @@ async fn watch(
 /// With load balancing: the servers reads may go to, by `state`.
 fn readers_of(shared: &Shared, state: &ClusterState) {
     let s = &shared.settings;
-    if s.load_balance != pgwarden_config::LoadBalance::Off {
+    if s.reads_apart() {
         shared
             .router
             .set_readers(crate::route::readers::Readers::of(

@@ -104,6 +104,25 @@ impl Readers {
         self.list.iter().find(|r| r.addr.id == id)
     }
 
+    /// A weighted random choice among the standbys alone (for a
+    /// read-only client, the primary's weight aside).
+    pub fn choose_standby(&self) -> Option<&Reader> {
+        let standbys = self.list.iter().filter(|r| !r.primary);
+        let total: u64 = standbys.clone().map(|r| u64::from(r.weight)).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut left = rand::random_range(0..total);
+        for r in standbys {
+            let w = u64::from(r.weight);
+            if left < w {
+                return Some(r);
+            }
+            left -= w;
+        }
+        None
+    }
+
     /// A weighted random choice.
     pub fn choose(&self) -> Option<&Reader> {
         let total = self.total();
@@ -207,6 +226,15 @@ mod tests {
         assert_eq!(counts[0], 0);
         // 1000 and 3000 expected; far outside chance otherwise.
         assert!((800..1200).contains(&counts[1]), "{counts:?}");
+
+        // A read-only client's choice leaves the primary out, whatever
+        // its weight.
+        let r = Readers::of(&s, &ours(&[5, 1, 0]), BOUNDS);
+        for _ in 0..100 {
+            assert_eq!(r.choose_standby().map(|x| x.addr.id), Some(1));
+        }
+        let r = Readers::of(&s, &ours(&[5, 0, 0]), BOUNDS);
+        assert!(r.choose_standby().is_none());
     }
 
     #[test]
