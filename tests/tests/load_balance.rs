@@ -465,3 +465,84 @@ async fn a_read_only_listener_runs_everything_on_standbys_and_else_on_a_read_onl
     let c = proxy.alice().await;
     c.batch_execute("INSERT INTO rol VALUES (4)").await.unwrap();
 }
+
+/// The value a login's ParameterStatus messages give `name`.
+fn welcome_value(msgs: &[(u8, Vec<u8>)], name: &str) -> Option<String> {
+    msgs.iter()
+        .filter(|(t, _)| *t == b'S')
+        .find_map(|(_, body)| {
+            let mut parts = body.split(|b| *b == 0);
+            (parts.next()? == name.as_bytes())
+                .then(|| {
+                    parts
+                        .next()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                })
+                .flatten()
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_welcomed_as_by_the_primary_after_reads_opened_standby_connections() {
+    let (_cluster, proxy, ports, _setup) = start(&[0, 1, 1], "SELECT 1").await;
+    let (_first, msgs) = raw_login_with(proxy.port, &[]);
+    assert_eq!(
+        welcome_value(&msgs, "in_hot_standby").as_deref(),
+        Some("off")
+    );
+    // Bob's reads open his pool's first connections to the standbys.
+    let bob = proxy.connect(BOB.0, BOB.1, "app").await.unwrap();
+    for _ in 0..20 {
+        let port = one(&bob, "SELECT inet_server_port()").await;
+        assert_ne!(port, ports[0].to_string());
+    }
+    // A standby says in_hot_standby = on: libpq's target_session_attrs =
+    // read-write would refuse the proxy if the welcome were a standby's.
+    let (_second, msgs) = raw_login_with(proxy.port, &[]);
+    assert_eq!(
+        welcome_value(&msgs, "in_hot_standby").as_deref(),
+        Some("off")
+    );
+    let conninfo = format!(
+        "{} target_session_attrs=read-write",
+        proxy.conninfo(BOB.0, BOB.1, "app")
+    );
+    let (ok, out, err) = psql_with(&conninfo, &["SELECT 1"]);
+    assert!(ok, "{out} {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_refuses_the_client_sends_its_reads_to_the_primary() {
+    // Reads go to pg1 alone while it takes them.
+    let (cluster, proxy, ports, _setup) = start(&[0, 1, 0], "SELECT 1").await;
+    let c = proxy.alice().await;
+    assert_eq!(
+        one(&c, "SELECT inet_server_port()").await,
+        ports[1].to_string()
+    );
+    // pg1 now refuses alice, and her pooled sessions there are ended.
+    let hba = cluster.node(1).data_dir().join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("host all alice 0.0.0.0/0 reject\n{old}")).unwrap();
+    cluster.node(1).psql("SELECT pg_reload_conf()").unwrap();
+    cluster
+        .node(1)
+        .psql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'alice'",
+        )
+        .unwrap();
+    for i in 0..20 {
+        let port = tokio::time::timeout(
+            Duration::from_secs(10),
+            c.simple_query("SELECT inet_server_port()"),
+        )
+        .await
+        .expect("answered")
+        .unwrap_or_else(|e| panic!("read {i} failed: {e}"));
+        let port = port.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        });
+        assert_eq!(port, Some(ports[0].to_string()), "read {i}");
+    }
+}
