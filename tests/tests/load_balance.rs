@@ -546,3 +546,67 @@ async fn a_standby_that_refuses_the_client_sends_its_reads_to_the_primary() {
         assert_eq!(port, Some(ports[0].to_string()), "read {i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_made_in_a_standby_transaction_ends_the_session_rather_than_keep_its_writes_there()
+ {
+    let (_cluster, proxy, _ports, _setup) =
+        start(&[0, 1, 1], "CREATE TABLE pin (id int PRIMARY KEY)").await;
+    let c = proxy.alice().await;
+    // A session SET (not LOCAL) of an untracked setting pins the client
+    // to the server it ran on: here a standby.
+    for sql in ["BEGIN READ ONLY", "SET statement_timeout = '5s'", "COMMIT"] {
+        c.batch_execute(sql).await.unwrap();
+    }
+    let after = c.batch_execute("INSERT INTO pin VALUES (1)").await;
+    match after {
+        Ok(()) => panic!("a write after session state on a standby cannot succeed there"),
+        Err(e) => assert_ne!(
+            sqlstate(&e).as_deref(),
+            Some("25006"),
+            "the write went to the standby: {e}"
+        ),
+    }
+    // Others are untouched.
+    let other = proxy.alice().await;
+    other
+        .batch_execute("INSERT INTO pin VALUES (2)")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_after_unsynced_messages_in_a_standby_transaction_does_not_hang_it() {
+    let (_cluster, proxy, ports, _setup) = start(&[0, 1, 1], "SELECT 1").await;
+    let (mut s, _) = raw_login_with(proxy.port, &[]);
+    std::io::Write::write_all(&mut s, &query_message("BEGIN READ ONLY")).unwrap();
+    read_until_ready(&mut s);
+    // Parse/Bind/Execute, then a Query before their Sync (asyncpg does
+    // this), then the Sync: two ReadyForQuery.
+    let mut m = Vec::new();
+    let put = |m: &mut Vec<u8>, tag: u8, body: &[u8]| {
+        m.push(tag);
+        m.extend_from_slice(&u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+        m.extend_from_slice(body);
+    };
+    put(&mut m, b'P', b"\0SELECT inet_server_port()\0\0\0");
+    put(&mut m, b'B', b"\0\0\0\0\0\0\0\0");
+    put(&mut m, b'E', b"\0\0\0\0\0");
+    m.extend_from_slice(&query_message("SELECT inet_server_port()"));
+    put(&mut m, b'S', b"");
+    std::io::Write::write_all(&mut s, &m).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while messages(&got).iter().filter(|(t, _)| *t == b'Z').count() < 2 {
+        let n = std::io::Read::read(&mut s, &mut chunk).expect("both answered in time");
+        assert!(n > 0, "closed: {:?}", messages(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let answers = messages(&got);
+    let port = first_value(&answers).expect("a row");
+    assert!(ports[1..].iter().any(|p| p.to_string() == port), "{port}");
+    assert_eq!(first_sqlstate(&answers), None, "{answers:?}");
+    std::io::Write::write_all(&mut s, &query_message("COMMIT")).unwrap();
+    let done = read_until_ready(&mut s);
+    assert_eq!(first_sqlstate(&done), None, "{done:?}");
+}

@@ -485,7 +485,7 @@ async fn start_session(
     let Login {
         user,
         database,
-        params,
+        mut params,
         creds,
         mut out,
     } = login;
@@ -502,6 +502,9 @@ async fn start_session(
         // (libpq's target_session_attrs = read-only accepts it).
         server_params.retain(|(k, _)| !k.eq_ignore_ascii_case("default_transaction_read_only"));
         server_params.push(("default_transaction_read_only".to_owned(), "on".to_owned()));
+        params
+            .replayed
+            .retain(|(k, _)| !k.eq_ignore_ascii_case("default_transaction_read_only"));
     }
     // From here on the client is listed, and an operator may end it.
     let meta = ClientMeta {
@@ -560,6 +563,7 @@ async fn start_session(
             reader: None,
             wrote_lsn: 0,
             read_only,
+            consumed: 0,
         };
         return Ok(Started::Transaction(cancel, Box::new(client)));
     }

@@ -156,6 +156,15 @@ pub(super) fn unit_end(buf: &[u8]) -> Option<(usize, bool)> {
     }
 }
 
+/// Where the whole messages at the head of `buf` end.
+pub(super) fn whole_prefix(buf: &[u8]) -> usize {
+    let mut at = 0;
+    while let Some((_, _, end)) = message_at(buf, at) {
+        at = end;
+    }
+    at
+}
+
 /// The message at `at` in `buf`, when whole: (tag, body, end).
 fn message_at(buf: &[u8], at: usize) -> Option<(u8, &[u8], usize)> {
     let header = buf.get(at..)?.first_chunk::<5>()?;
@@ -313,10 +322,17 @@ pub(super) async fn run(
     )
     .await;
     cancel.clear_server().await;
+    // Nothing of the client's sent on (a failed write), or its first
+    // request and no more: run again as it was.
+    let again = match sent {
+        Some(_) if c.consumed == 0 => Some(None),
+        Some(sent) if c.consumed == sent.len() => Some(Some(sent)),
+        _ => None,
+    };
     if let Outcome::Lost(r) | Outcome::Ended(r) = &outcome
         && matches!(r.end, PumpEnd::ServerGone)
         && r.last_server_tag == 0
-        && let Some(sent) = sent
+        && let Some(sent) = again
     {
         tracing::debug!(
             backend = name,
@@ -325,9 +341,10 @@ pub(super) async fn run(
         shared.counters.standby_retries.inc();
         cancel.activity().forget_owed();
         c.reader = None;
-        let mut again = sent;
-        again.unsplit(std::mem::take(buf));
-        *buf = again;
+        if let Some(mut sent) = sent {
+            sent.unsplit(std::mem::take(buf));
+            *buf = sent;
+        }
         drop((slot, conn));
         return Ran::Again;
     }
@@ -533,6 +550,16 @@ mod tests {
         msg(&mut h, b'H', &[]);
         assert_eq!(unit_end(&h), Some((h.len(), false)));
         assert_eq!(unit_end(h.get(..h.len() - 1).unwrap_or_default()), None);
+        // Only whole messages are sent on while a unit is incomplete.
+        let mut e = Vec::new();
+        msg(&mut e, b'P', &[b"\0SELECT 1\0\0\0"]);
+        let parse = e.len();
+        msg(&mut e, b'E', &[b"\0", b"\0\0\0\0"]);
+        assert_eq!(
+            whole_prefix(e.get(..e.len() - 2).unwrap_or_default()),
+            parse
+        );
+        assert_eq!(whole_prefix(&e), e.len());
     }
 
     #[test]

@@ -302,7 +302,9 @@ impl Tracker {
     /// leave them: a Parse it is told failed (08007) or will send again
     /// elsewhere (a standby read retried on the primary) named nothing.
     pub fn abandon(&mut self, server: &mut ServerStatements) {
-        for p in self.queue.drain(..) {
+        // Newest first: a Close after a Parse of the same name puts back
+        // what was there before the Parse, which then goes.
+        for p in self.queue.drain(..).rev() {
             if let Some(def) = &p.undo_server {
                 server.remove(def);
             }

@@ -13,7 +13,7 @@
 //! reset with `server_reset_query` as in session mode.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 use crate::net::Stream;
 use bytes::{Buf, BytesMut};
@@ -66,6 +66,8 @@ pub(crate) struct TxnClient {
     /// It came in on `proxy.read_only_listen`: every transaction goes to
     /// a standby (the primary, read-only, when none can take it).
     pub read_only: bool,
+    /// Bytes of its buffer the last relay sent on.
+    pub consumed: usize,
 }
 
 /// Serves the client until it leaves or is stopped; `buf` holds what it
@@ -208,8 +210,10 @@ async fn transaction(
     cancel.clear_server().await;
     let backend = route.primary.as_ref().map_or("", |b| b.name.as_str());
     // A transaction that only read (a read the choice left on the
-    // primary) wrote nothing to wait for: no round trip for it.
-    if balanced && shared.settings.read_your_writes && read.is_none() {
+    // primary, nothing pipelined behind it sent along) wrote nothing to
+    // wait for: no round trip for it.
+    let only_read = read.is_some_and(|r| c.consumed == r.len);
+    if balanced && shared.settings.read_your_writes && !only_read {
         match outcome {
             Outcome::Released => {
                 // What the transaction wrote is at or before the
@@ -618,6 +622,8 @@ pub(super) async fn relay(
     // With `hold`: the server's transaction status, and a wake-up for the
     // client side at each reply.
     let txn_status = AtomicU8::new(b'I');
+    // The client's bytes sent on (for a standby read run again elsewhere).
+    let consumed = AtomicUsize::new(0);
     let replied = tokio::sync::Notify::new();
     let server_writing = AtomicBool::new(false);
     let mut server_scan = Scanner::new(u32::MAX);
@@ -642,13 +648,17 @@ pub(super) async fn relay(
     let client_to_server = async {
         loop {
             if !buf.is_empty() {
-                // A standby's transaction goes one request at a time.
+                // A standby's transaction goes one request at a time, in
+                // whole messages: the end of one is never missed.
                 let unit = if hold && lock(&tracker).at_boundary() {
-                    standby::unit_end(buf)
+                    standby::unit_end(buf).ok_or_else(|| standby::whole_prefix(buf))
                 } else {
-                    None
+                    Err(buf.len())
                 };
-                let upto = unit.map_or(buf.len(), |(end, _)| end);
+                let upto = match unit {
+                    Ok((end, _)) => end,
+                    Err(whole) => whole,
+                };
                 let fed = tracker.lock().unwrap_or_else(|p| p.into_inner()).feed(
                     buf.get(..upto).unwrap_or_default(),
                     &mut lock(&statements),
@@ -670,21 +680,29 @@ pub(super) async fn relay(
                     client_writing.store(false, Ordering::Relaxed);
                 }
                 buf.advance(fed.upto);
+                consumed.fetch_add(fed.upto, Ordering::Relaxed);
                 if fed.terminate {
                     return PumpEnd::ClientTerminated;
                 }
-                if let Some((end, answered)) = unit
+                if let Ok((end, answered)) = unit
                     && fed.upto == end
                 {
                     if answered {
                         // Its answers first: once the server is idle
                         // again, the rest waits for the next checkout.
-                        while activity.is_busy() && !activity.copying_in() {
+                        while activity.owed() > 0 && !activity.copying_in() {
                             replied.notified().await;
                         }
-                        if txn_status.load(Ordering::Relaxed) == b'I'
-                            && lock(&tracker).pinned.is_none()
-                        {
+                        // Extended-protocol messages before a Query still
+                        // await their Sync: that goes there too.
+                        if txn_status.load(Ordering::Relaxed) == b'I' && !activity.unsynced() {
+                            if lock(&tracker).pinned.is_some() {
+                                // Its session state is on the standby, and
+                                // its writes must not be.
+                                return PumpEnd::ClientProtocol(ProtocolError::NotSupported {
+                                    what: "session state (a SET of an untracked setting, a session advisory lock, a WITH HOLD cursor...) made in a transaction load-balanced to a standby cannot follow the session to the primary; start such transactions with /*NO LOAD BALANCE*/",
+                                });
+                            }
                             return std::future::pending().await;
                         }
                     }
@@ -763,6 +781,7 @@ pub(super) async fn relay(
     };
     let (status, last_tag) = (replies.status, replies.last_tag);
     drop(replies);
+    c.consumed = consumed.load(Ordering::Relaxed);
     if c.tracker.settings_reset {
         // DISCARD ALL / RESET by the client: what was applied is gone.
         server.applied.clear();
