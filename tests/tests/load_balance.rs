@@ -531,6 +531,17 @@ async fn a_standby_that_refuses_the_client_sends_its_reads_to_the_primary() {
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = 'alice'",
         )
         .unwrap();
+    // Their goodbyes (FATAL 57P01) reach the proxy's idle connections,
+    // which it then drops at their next checkout.
+    let gone = poll_until(Duration::from_secs(10), || async {
+        cluster
+            .node(1)
+            .psql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'alice'")
+            .is_ok_and(|n| n.trim() == "0")
+    })
+    .await;
+    assert!(gone);
+    tokio::time::sleep(Duration::from_millis(200)).await;
     for i in 0..20 {
         let port = tokio::time::timeout(
             Duration::from_secs(10),
@@ -538,7 +549,7 @@ async fn a_standby_that_refuses_the_client_sends_its_reads_to_the_primary() {
         )
         .await
         .expect("answered")
-        .unwrap_or_else(|e| panic!("read {i} failed: {e}"));
+        .unwrap_or_else(|e| panic!("read {i} failed: {e:?}"));
         let port = port.iter().find_map(|m| match m {
             tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
             _ => None,

@@ -443,7 +443,9 @@ async fn session_state_pins_its_client_and_never_reaches_another() {
         .split_whitespace()
         .collect();
     // BACKEND USER DATABASE ACTIVE IDLE WAITING CL_ACTIVE CL_IDLE CL_PINNED
-    assert_eq!(&row[3..], ["1", "1", "0", "1", "2", "1"], "{}", run.stdout);
+    // READS WRITES
+    assert_eq!(&row[3..9], ["1", "1", "0", "1", "2", "1"], "{}", run.stdout);
+    assert_eq!(row[9], "0", "no balancing, no reads: {}", run.stdout);
     let metrics = scrape(proxy.proxy_metrics).unwrap();
     let pinned = "pgwarden_proxy_pool_clients{backend=\"0\",user=\"alice\",database=\"app\",state=\"pinned\"}";
     assert_eq!(metric(&metrics, pinned), Some(1.0), "{metrics}");
