@@ -12,8 +12,8 @@
 //! - [`features`]: session state a transaction would leave on its server
 //!   (temp tables, LISTEN, session advisory locks...), which *pins* the
 //!   client to that server until it leaves.
-//! - `standby`: transactions that may run on a standby
-//!   (`proxy.load_balance`), and their run there.
+//! - `standby`: which transactions may run on a standby
+//!   (`proxy.load_balance`), pure; `txn` chooses the server and runs them.
 //! - `txn`: the client's loop: idle without a server, a checkout per
 //!   transaction, the relay, the release.
 //!

@@ -13,19 +13,12 @@
 //!   more goes to the standby, whatever the client pipelined behind.
 //! - A standby read that got no reply byte (its connection had died, say)
 //!   runs again on the primary: the client sees nothing of it.
-
-use bytes::BytesMut;
-use tokio_util::sync::CancellationToken;
+//!
+//! This module is the pure part (what a request is); the choice of the
+//! server and the run are `txn`'s.
 
 use super::features;
-use super::pump::PumpEnd;
 use super::statements::Tracker;
-use super::txn::{self, Outcome, TxnClient};
-use crate::Shared;
-use crate::backend::ServerConn;
-use crate::frontend::clients::CancelKey;
-use crate::net::Stream;
-use crate::pool::checkout;
 use crate::route::classify::{Class, Classifier};
 
 /// First requests up to this size are looked at; bigger ones go to the
@@ -206,150 +199,6 @@ pub(super) fn read_only_default(wanted: &[(String, String)]) -> bool {
                 "on" | "true" | "yes" | "1" | "t" | "y"
             )
     })
-}
-
-/// A standby's server connection for a read, chosen by weight among the
-/// eligible servers (see [`crate::route::readers`]); `None` when the
-/// read goes to the primary (it was chosen, no standby qualifies, none
-/// has replayed the client's last write, or the standby cannot serve now).
-pub(super) async fn standby_for(
-    shared: &Shared,
-    c: &mut TxnClient,
-) -> Result<Option<(crate::pool::Slot, Box<ServerConn>, String)>, checkout::Reject> {
-    // Reads follow the route: none while there is no primary to route to
-    // (a failover, a fence).
-    let Some(route) = shared.router.ready() else {
-        return Ok(None);
-    };
-    let readers = shared.router.readers();
-    if readers.generation != route.generation {
-        return Ok(None);
-    }
-    let sticky = match shared.settings.load_balance {
-        pgwarden_config::LoadBalance::Session => c.reader.and_then(|id| readers.has(id)),
-        _ => None,
-    };
-    let choose = || {
-        if c.read_only {
-            readers.choose_standby()
-        } else {
-            readers.choose()
-        }
-    };
-    let Some(pick) = sticky
-        .filter(|p| !(c.read_only && p.primary))
-        .or_else(choose)
-    else {
-        return Ok(None);
-    };
-    c.reader = Some(pick.addr.id);
-    if pick.primary {
-        return Ok(None);
-    }
-    let probe = shared.settings.read_your_writes && c.wrote_lsn > pick.replay_lsn;
-    let got = checkout::reader_for(
-        shared,
-        &pick.addr,
-        &c.server_params,
-        &c.wanted,
-        &c.believed,
-        &c.creds,
-        &mut c.memo,
-    )
-    .await?;
-    let Some((slot, mut conn)) = got else {
-        return Ok(None);
-    };
-    if probe {
-        let timeout = shared.settings.server_connect_timeout;
-        let replayed = conn
-            .value("SELECT pg_catalog.pg_last_wal_replay_lsn()::text", timeout)
-            .await;
-        match replayed.ok().as_deref().and_then(parse_lsn) {
-            Some(lsn) if lsn >= c.wrote_lsn => {}
-            Some(_) => {
-                shared.counters.reads_behind_writes.inc();
-                slot.release(conn);
-                return Ok(None);
-            }
-            None => return Ok(None),
-        }
-    }
-    Ok(Some((slot, conn, pick.addr.name.clone())))
-}
-
-/// What became of a transaction sent to a standby.
-pub(super) enum Ran {
-    /// It ran there: true when the session goes on.
-    Done(bool),
-    /// The standby gave no reply byte before its connection failed: the
-    /// first request is back at the head of the buffer, for the primary.
-    Again,
-}
-
-/// Runs the transaction at the head of `buf` on a standby's connection:
-/// for a balanced one (`first`), one request at a time, and what the
-/// client sent after it waits for the next checkout; for a read-only
-/// client's, as it comes.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn run(
-    shared: &Shared,
-    client: &mut Stream,
-    buf: &mut BytesMut,
-    cancel: &CancelKey,
-    c: &mut TxnClient,
-    slot: crate::pool::Slot,
-    mut conn: Box<ServerConn>,
-    name: &str,
-    first: Option<Balanced>,
-) -> Ran {
-    shared.counters.standby_reads.inc();
-    slot.count(true);
-    cancel.set_server(conn.backend, conn.addr, conn.key);
-    // Kept to run again elsewhere if the standby never answers it.
-    let sent = first.map(|f| BytesMut::from(buf.get(..f.len).unwrap_or_default()));
-    // A standby's transaction does not end with a change of primary.
-    let never = CancellationToken::new();
-    let outcome = txn::relay(
-        client,
-        &mut conn,
-        buf,
-        c,
-        cancel.activity(),
-        cancel.stop(),
-        &never,
-        first.is_some(),
-    )
-    .await;
-    cancel.clear_server().await;
-    // Nothing of the client's sent on (a failed write), or its first
-    // request and no more: run again as it was.
-    let again = match sent {
-        Some(_) if c.consumed == 0 => Some(None),
-        Some(sent) if c.consumed == sent.len() => Some(Some(sent)),
-        _ => None,
-    };
-    if let Outcome::Lost(r) | Outcome::Ended(r) = &outcome
-        && matches!(r.end, PumpEnd::ServerGone)
-        && r.last_server_tag == 0
-        && let Some(sent) = again
-    {
-        tracing::debug!(
-            backend = name,
-            "a standby's connection failed before answering a read; it runs on the primary"
-        );
-        shared.counters.standby_retries.inc();
-        cancel.activity().forget_owed();
-        c.reader = None;
-        if let Some(mut sent) = sent {
-            sent.unsplit(std::mem::take(buf));
-            *buf = sent;
-        }
-        drop((slot, conn));
-        return Ran::Again;
-    }
-    let route = shared.router.current();
-    Ran::Done(txn::after_relay(shared, client, cancel, c, slot, conn, &route, name, outcome).await)
 }
 
 /// An LSN as PostgreSQL prints it (`16/B374D848`).

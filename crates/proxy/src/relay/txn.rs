@@ -117,13 +117,13 @@ async fn transaction(
     // take it, to the primary, whose connections for this client start
     // read-only (see `read_only_listen`).
     if c.read_only
-        && let Ok(Some((slot, conn, name))) = Box::pin(standby::standby_for(shared, c)).await
+        && let Ok(Some((slot, conn, name))) = Box::pin(standby_for(shared, c)).await
     {
-        let ran = Box::pin(standby::run(
+        let ran = Box::pin(run_on_standby(
             shared, client, buf, cancel, c, slot, conn, &name, None,
         ))
         .await;
-        if let standby::Ran::Done(go_on) = ran {
+        if let Ran::Done(go_on) = ran {
             return go_on;
         }
     }
@@ -141,7 +141,7 @@ async fn transaction(
         None
     };
     let on_standby = match read {
-        Some(first) => match Box::pin(standby::standby_for(shared, c)).await {
+        Some(first) => match Box::pin(standby_for(shared, c)).await {
             Ok(got) => got.map(|(slot, conn, name)| (slot, conn, name, first)),
             Err(reject) => {
                 checkout::send_reject(client, reject).await;
@@ -151,7 +151,7 @@ async fn transaction(
         None => None,
     };
     if let Some((slot, conn, name, first)) = on_standby {
-        let ran = Box::pin(standby::run(
+        let ran = Box::pin(run_on_standby(
             shared,
             client,
             buf,
@@ -164,9 +164,9 @@ async fn transaction(
         ))
         .await;
         match ran {
-            standby::Ran::Done(go_on) => return go_on,
+            Ran::Done(go_on) => return go_on,
             // The standby never answered: the primary runs it.
-            standby::Ran::Again => {}
+            Ran::Again => {}
         }
     }
     let got = tokio::select! {
@@ -247,7 +247,7 @@ async fn transaction(
 /// What becomes of the connection and the client after a transaction's
 /// relay on `backend`. False when the session ends with it.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn after_relay(
+async fn after_relay(
     shared: &Shared,
     client: &mut Stream,
     cancel: &CancelKey,
@@ -305,6 +305,150 @@ pub(super) async fn after_relay(
             false
         }
     }
+}
+
+/// A standby's server connection for a read, chosen by weight among the
+/// eligible servers (see [`crate::route::readers`]); `None` when the
+/// read goes to the primary (it was chosen, no standby qualifies, none
+/// has replayed the client's last write, or the standby cannot serve now).
+async fn standby_for(
+    shared: &Shared,
+    c: &mut TxnClient,
+) -> Result<Option<(crate::pool::Slot, Box<ServerConn>, String)>, checkout::Reject> {
+    // Reads follow the route: none while there is no primary to route to
+    // (a failover, a fence).
+    let Some(route) = shared.router.ready() else {
+        return Ok(None);
+    };
+    let readers = shared.router.readers();
+    if readers.generation != route.generation {
+        return Ok(None);
+    }
+    let sticky = match shared.settings.load_balance {
+        pgwarden_config::LoadBalance::Session => c.reader.and_then(|id| readers.has(id)),
+        _ => None,
+    };
+    let choose = || {
+        if c.read_only {
+            readers.choose_standby()
+        } else {
+            readers.choose()
+        }
+    };
+    let Some(pick) = sticky
+        .filter(|p| !(c.read_only && p.primary))
+        .or_else(choose)
+    else {
+        return Ok(None);
+    };
+    c.reader = Some(pick.addr.id);
+    if pick.primary {
+        return Ok(None);
+    }
+    let probe = shared.settings.read_your_writes && c.wrote_lsn > pick.replay_lsn;
+    let got = checkout::reader_for(
+        shared,
+        &pick.addr,
+        &c.server_params,
+        &c.wanted,
+        &c.believed,
+        &c.creds,
+        &mut c.memo,
+    )
+    .await?;
+    let Some((slot, mut conn)) = got else {
+        return Ok(None);
+    };
+    if probe {
+        let timeout = shared.settings.server_connect_timeout;
+        let replayed = conn
+            .value("SELECT pg_catalog.pg_last_wal_replay_lsn()::text", timeout)
+            .await;
+        match replayed.ok().as_deref().and_then(standby::parse_lsn) {
+            Some(lsn) if lsn >= c.wrote_lsn => {}
+            Some(_) => {
+                shared.counters.reads_behind_writes.inc();
+                slot.release(conn);
+                return Ok(None);
+            }
+            None => return Ok(None),
+        }
+    }
+    Ok(Some((slot, conn, pick.addr.name.clone())))
+}
+
+/// What became of a transaction sent to a standby.
+enum Ran {
+    /// It ran there: true when the session goes on.
+    Done(bool),
+    /// The standby gave no reply byte before its connection failed: the
+    /// first request is back at the head of the buffer, for the primary.
+    Again,
+}
+
+/// Runs the transaction at the head of `buf` on a standby's connection:
+/// for a balanced one (`first`), one request at a time, and what the
+/// client sent after it waits for the next checkout; for a read-only
+/// client's, as it comes.
+#[allow(clippy::too_many_arguments)]
+async fn run_on_standby(
+    shared: &Shared,
+    client: &mut Stream,
+    buf: &mut BytesMut,
+    cancel: &CancelKey,
+    c: &mut TxnClient,
+    slot: crate::pool::Slot,
+    mut conn: Box<ServerConn>,
+    name: &str,
+    first: Option<standby::Balanced>,
+) -> Ran {
+    shared.counters.standby_reads.inc();
+    slot.count(true);
+    cancel.set_server(conn.backend, conn.addr, conn.key);
+    // Kept to run again elsewhere if the standby never answers it.
+    let sent = first.map(|f| BytesMut::from(buf.get(..f.len).unwrap_or_default()));
+    // A standby's transaction does not end with a change of primary.
+    let never = CancellationToken::new();
+    let outcome = relay(
+        client,
+        &mut conn,
+        buf,
+        c,
+        cancel.activity(),
+        cancel.stop(),
+        &never,
+        first.is_some(),
+    )
+    .await;
+    cancel.clear_server().await;
+    // Nothing of the client's sent on (a failed write), or its first
+    // request and no more: run again as it was.
+    let again = match sent {
+        Some(_) if c.consumed == 0 => Some(None),
+        Some(sent) if c.consumed == sent.len() => Some(Some(sent)),
+        _ => None,
+    };
+    if let Outcome::Lost(r) | Outcome::Ended(r) = &outcome
+        && matches!(r.end, PumpEnd::ServerGone)
+        && r.last_server_tag == 0
+        && let Some(sent) = again
+    {
+        tracing::debug!(
+            backend = name,
+            "a standby's connection failed before answering a read; it runs on the primary"
+        );
+        shared.counters.standby_retries.inc();
+        cancel.activity().forget_owed();
+        c.reader = None;
+        if let Some(mut sent) = sent {
+            sent.unsplit(std::mem::take(buf));
+            *buf = sent;
+        }
+        drop((slot, conn));
+        return Ran::Again;
+    }
+    let route = shared.router.current();
+    Ran::Done(after_relay(shared, client, cancel, c, slot, conn, &route, name, outcome).await)
 }
 
 /// The client may have changed a setting the server does not report
@@ -464,7 +608,7 @@ mod spare {
 
 /// How a transaction's relay ended.
 #[derive(Debug)]
-pub(super) enum Outcome {
+enum Outcome {
     /// At a release point: the connection can go back to its pool.
     Released,
     /// The server was lost (it died, or stopped being the primary) while
@@ -599,7 +743,7 @@ fn apply_edits(buf: &mut BytesMut, edits: &[(usize, Edit)], carry: &mut usize) {
 /// transaction), one request at a time, and nothing more once the server
 /// is idle again.
 #[allow(clippy::too_many_arguments)]
-pub(super) async fn relay(
+async fn relay(
     client: &mut Stream,
     server: &mut ServerConn,
     buf: &mut BytesMut,
