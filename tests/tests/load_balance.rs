@@ -25,15 +25,17 @@ fn balanced(weights: &[u32]) -> ProxyOptions {
     o
 }
 
+/// The first column of the first row among a simple query's messages.
+fn first_cell(msgs: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    msgs.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+        _ => None,
+    })
+}
+
 /// The first column of the first row a simple query gives.
 async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
-    let msgs = c.simple_query(sql).await.unwrap();
-    msgs.iter()
-        .find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .unwrap_or_default()
+    first_cell(&c.simple_query(sql).await.unwrap()).unwrap_or_default()
 }
 
 /// A primary and two standbys behind a balancing proxy with these weights,
@@ -325,10 +327,7 @@ async fn extended_protocol_reads_and_read_only_transactions_run_on_standbys_and_
         begin.unwrap();
         commit.unwrap();
         let read = read.unwrap();
-        let read = read.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        });
+        let read = first_cell(&read);
         assert!(standby(&ports, read.unwrap().parse().unwrap()), "round {i}");
         assert_eq!(write, ports[0].to_string(), "round {i}");
         let id = 100 + i;
@@ -380,10 +379,7 @@ async fn a_standby_read_whose_server_dies_before_answering_runs_on_the_primary()
         .expect("the read is answered")
         .unwrap();
     let port = port.expect("the read is answered, not failed");
-    let port = port.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-        _ => None,
-    });
+    let port = first_cell(&port);
     assert_eq!(port, Some(ports[0].to_string()), "the primary ran it");
 }
 
@@ -550,10 +546,7 @@ async fn a_standby_that_refuses_the_client_sends_its_reads_to_the_primary() {
         .await
         .expect("answered")
         .unwrap_or_else(|e| panic!("read {i} failed: {e:?}"));
-        let port = port.iter().find_map(|m| match m {
-            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        });
+        let port = first_cell(&port);
         assert_eq!(port, Some(ports[0].to_string()), "read {i}");
     }
 }
