@@ -57,11 +57,13 @@ else
 fi
 
 echo "== syntax check: site.yml, bootstrap.yml"
-ansible-playbook -i "$inventory" --syntax-check site.yml
-ansible-playbook -i "$inventory" --syntax-check bootstrap.yml
+ansible-playbook -i "$inventory" -e ansible_connection=local --syntax-check site.yml
+ansible-playbook -i "$inventory" -e ansible_connection=local --syntax-check bootstrap.yml
 
 echo "== render every host of $inventory (variables: $vars_file)"
-ansible-playbook -i "$inventory" -e "@$vars_file" \
+# Its own connection: everything runs here, whatever connection the
+# inventory sets for the hosts (extra vars win over inventory variables).
+ansible-playbook -i "$inventory" -e "@$vars_file" -e ansible_connection=local \
     -e "pgwarden_render_dir=$out" -e "pgwarden_ctl_dir=$(dirname "$ctl")" \
     "$@" roles/pgwarden/tests/render.yml
 

@@ -15,7 +15,8 @@
 //! - `standby`: which transactions may run on a standby
 //!   (`proxy.load_balance`), pure; `txn` chooses the server and runs them.
 //! - `txn`: the client's loop: idle without a server, a checkout per
-//!   transaction, the relay, the release.
+//!   transaction, the relay, the release; `replies`: what the server's
+//!   replies change on the way (the reply queue, settings, edits).
 //!
 //! - [`pump`]: session mode's own, simpler data path: a client and its one
 //!   server connection, copy-free both ways.
@@ -24,6 +25,7 @@
 
 pub mod features;
 pub mod pump;
+mod replies;
 pub mod session_log;
 mod standby;
 pub mod statements;
