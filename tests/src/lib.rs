@@ -3,13 +3,6 @@
 //! client helpers. Build the binaries first (`cargo build --workspace --bins`;
 //! `scripts/test` does it).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;

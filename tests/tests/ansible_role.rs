@@ -6,13 +6,6 @@
 //!
 //! Runs the plugin with python3 (as Ansible runs it, on the control machine).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;

@@ -1,13 +1,6 @@
 //! `pgwardenctl` end to end: the real binary against the real monitor and
 //! real servers, through the config a node would use.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -3,13 +3,6 @@
 //! daemon's service passed on to its unix socket. A real monitor and proxy
 //! over a real PostgreSQL; certificates the test makes.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::path::Path;
 use std::time::Duration;
 

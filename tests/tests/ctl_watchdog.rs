@@ -2,13 +2,6 @@
 //! watchdogs of three hosts in network namespaces, through each node's own
 //! config. Needs root (network namespaces); skips otherwise, saying so.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

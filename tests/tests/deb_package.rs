@@ -2,13 +2,6 @@
 //! tests run and taken apart: what an operator gets with `apt install
 //! ./pgwarden_*.deb` (issue 12, item 2).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

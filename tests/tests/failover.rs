@@ -1,13 +1,6 @@
 //! Automatic failover, end to end: real servers, the real monitor and
 //! proxy, clients writing through the proxy while the primary dies.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::time::{Duration, Instant};
 
 use pgwarden_e2e::*;

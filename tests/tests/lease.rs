@@ -7,13 +7,6 @@
 //! namespaces): built by another user, the tests are ignored (and reported
 //! so); built as root, a lab that cannot start fails them.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;

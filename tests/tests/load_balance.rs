@@ -2,13 +2,6 @@
 //! the real monitor and proxy; each read says which server ran it
 //! (`inet_server_port()`).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::collections::HashMap;
 use std::time::Duration;
 

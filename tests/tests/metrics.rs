@@ -1,13 +1,6 @@
 //! Prometheus `/metrics` of the proxy and the monitor, scraped over HTTP
 //! from the real daemons while real clients and servers come and go.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::time::Duration;
 
 use pgwarden_e2e::*;

@@ -2,13 +2,6 @@
 //! `clients`, `pools`, `terminate`, `pause`/`resume` and `reload` against a
 //! real proxy in front of real PostgreSQL.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

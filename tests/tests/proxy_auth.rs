@@ -1,13 +1,6 @@
 //! Client authentication: SCRAM and md5 users, plain-text secrets, wrong
 //! passwords and unknown users (28P01, revealing nothing).
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::time::Duration;
 
 use pgwarden_e2e::*;

@@ -1,13 +1,6 @@
 //! The proxy's side of the servers: routing to the primary, server-side
 //! authentication methods, and the cache's idle timeout and lifetime.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::time::Duration;
 
 use pgwarden_e2e::*;

@@ -1,12 +1,5 @@
 //! `proxy.hba_file`: who may log in and how, in pg_hba.conf's syntax.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::path::{Path, PathBuf};
 
 use pgwarden_e2e::tls::Pki;

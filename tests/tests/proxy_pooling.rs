@@ -1,13 +1,6 @@
 //! The connection cache: reuse bounded by pool_size, and no session state
 //! leaking from one client to the next.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::time::Duration;
 
 use pgwarden_e2e::*;

@@ -2,13 +2,6 @@
 //! COPY both ways, LISTEN/NOTIFY, a large row, errors inside transactions,
 //! cancel, and psql itself.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

@@ -2,13 +2,6 @@
 //! proxy: what standbys, `pg_basebackup`, `pg_receivewal` and logical
 //! replication clients need, in either pool mode.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

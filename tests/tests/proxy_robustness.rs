@@ -1,13 +1,6 @@
 //! Bad input and limits: garbage, protocol violations, oversize messages,
 //! too many clients. Each gets a clear error; nothing else is disturbed.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;

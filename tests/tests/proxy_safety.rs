@@ -4,13 +4,6 @@
 //! until it is idle; idle or half-open sockets cannot take real clients'
 //! places; a cancel reaches only the statement its client was running.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};

@@ -1,13 +1,6 @@
 //! SIGTERM: stop accepting, let sessions finish up to shutdown_timeout,
 //! then close the rest with 57P01 and exit.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;

@@ -3,13 +3,6 @@
 //! under "require", PostgreSQL 17's direct TLS, and the proxy's own
 //! connections to PostgreSQL under `[server_tls]`.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::sync::Arc;
 
 use pgwarden_e2e::tls::Pki;

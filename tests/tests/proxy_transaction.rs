@@ -2,13 +2,6 @@
 //! connections, with prepared statements, COPY, errors, LISTEN and each
 //! client's own settings working as on a direct connection.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

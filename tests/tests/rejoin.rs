@@ -2,13 +2,6 @@
 //! standby of the new one by failover.rejoin_command (the shipped
 //! deploy/scripts/pgwarden-rejoin: pg_rewind) and attached once it streams.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -2,13 +2,6 @@
 //! monitor's checks, which standby a failover promotes, and the fence of an
 //! old primary that is still reachable.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};

@@ -2,13 +2,6 @@
 //! primary with what it SET, PREPAREd and LISTENed to, and its prepared
 //! statements; a session holding what cannot move is ended and told what.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 

@@ -4,13 +4,6 @@
 //! STOPPING=1 at SIGTERM. The test plays systemd: it binds the datagram
 //! socket `NOTIFY_SOCKET` names and reads what arrives.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};

@@ -2,13 +2,6 @@
 //! read as systemd reads them (sections, `Key=value`, `#`/`;` comments),
 //! and checked with `systemd-analyze verify` where systemd is installed.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;

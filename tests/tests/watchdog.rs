@@ -3,13 +3,6 @@
 //! (network namespaces): built by another user, the tests are ignored (and
 //! reported so); built as root, a lab that cannot start fails them.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};

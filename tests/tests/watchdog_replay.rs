@@ -6,13 +6,6 @@
 //! captured messages are replayed straight to the other nodes, then again
 //! after those restarted too. No root needed.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -6,13 +6,6 @@
 //! cluster's CA but without the cluster key is refused by the HMAC. No root
 //! needed.
 
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    missing_docs
-)]
-
 use std::sync::Arc;
 use std::time::Duration;
 
