@@ -51,4 +51,4 @@ pub use node::{Error, NodeConfig, Output, ProposeError, RoleChange, WatchdogNode
 pub use raft::StateRole;
 pub use raft::eraftpb::Message;
 pub use state::{Applied, ClusterRecord, Command, Generation, Rejection};
-pub use storage::{DurableStorage, FilePersist, MemoryPersist, Persist, StorageError};
+pub use storage::{Disk, DurableStorage, FilePersist, MemoryPersist, Persist, StorageError};
