@@ -47,9 +47,7 @@ use pgwarden_proto::v1::{
 };
 
 use crate::actions::Target;
-use crate::machine::{
-    Action, BackendSpec, Decider, Event, Limits, Machine, Observation, Persisted, Status,
-};
+use crate::machine::{Action, BackendSpec, Decider, Event, Limits, Machine, Observation};
 use crate::operator::{self, Ask};
 use crate::timeline::Timeline;
 
@@ -449,7 +447,7 @@ impl<R> Coordinator<R> {
             .as_ref()
             .filter(|m| m.generation() == self.committed)
             .map(|m| {
-                let withdrawn = m.failover_in_progress() || m.persisted().primary.is_none();
+                let withdrawn = m.failover_in_progress() || m.committed().primary.is_none();
                 (self.committed, withdrawn)
             });
         let newest = match (streamed, ours) {
@@ -666,17 +664,9 @@ impl<R> Coordinator<R> {
                 generation = record.generation,
                 "this node's watchdog leads: this monitor decides failovers"
             );
-            let persisted = Persisted {
-                generation: record.generation,
-                primary: record.primary.clone(),
-                detached: record
-                    .detached
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            };
+            let committed = record.generation_record();
             self.machine = Some(
-                Machine::new(self.setup.specs.clone(), self.setup.limits, &persisted)
+                Machine::new(self.setup.specs.clone(), self.setup.limits, &committed)
                     .with_decider(Decider::Quorum),
             );
             self.lead_since = self.now;
@@ -836,21 +826,7 @@ fn quorum_down_ids(setup: &Setup, record: &ClusterRecord) -> Vec<usize> {
 
 /// The machine's current view as the generation after `expected`.
 fn proposal(m: &Machine, expected: u64) -> ProposeClusterChangeRequest {
-    let p = m.persisted();
-    let down = m
-        .backends()
-        .iter()
-        .filter(|b| b.status == Status::Down)
-        .map(|b| (b.spec.name.clone(), b.reason.clone()))
-        .collect();
-    ProposeClusterChangeRequest {
-        expected_generation: expected,
-        generation: p.generation,
-        primary: p.primary,
-        detached: p.detached.into_iter().collect(),
-        failover_in_progress: m.failover_in_progress(),
-        down,
-    }
+    ProposeClusterChangeRequest::proposing(expected, m.committed())
 }
 
 /// This node's opinion per backend: down after more than max_retries
@@ -960,14 +936,10 @@ fn committed_state(
                 replay_lsn: o.map_or(0, |o| o.replay_lsn),
                 flush_lsn: o.map_or(0, |o| o.flush_lsn),
                 lag_bytes: match (o, primary_obs) {
-                    (Some(o), Some(p)) if standby => {
-                        p.flush_lsn.max(p.replay_lsn).saturating_sub(o.replay_lsn)
-                    }
+                    (Some(o), Some(p)) if standby => o.replay_lag(p),
                     _ => 0,
                 },
-                lag_seconds: primary_obs
-                    .and_then(|p| p.replica_lag.iter().find(|(n, _)| *n == t.name))
-                    .map_or(0.0, |(_, secs)| *secs),
+                lag_seconds: primary_obs.map_or(0.0, |p| p.lag_seconds_of(&t.name)),
                 timeline: o.map_or(0, |o| o.timeline),
                 streaming: o.is_some_and(|o| o.streaming),
                 last_check_unix_ms: l.at_ms,

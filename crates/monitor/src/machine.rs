@@ -37,9 +37,10 @@ mod candidate;
 mod event;
 mod health;
 
-pub use self::backend::{BackendSpec, BackendView, Observation, Persisted, Rejoin, Role, Status};
+pub use self::backend::{BackendSpec, BackendView, Observation, Rejoin, Role, Status};
 pub use self::event::{Action, Decider, Event};
 pub use self::health::Limits;
+pub use pgwarden_cluster::Generation;
 
 use self::candidate::{Candidate, Field};
 
@@ -78,11 +79,11 @@ impl Machine {
     /// A machine for `specs`, starting from what was persisted (never
     /// trusted blindly: the first decision waits for every backend's first
     /// check, see [`Machine::is_bootstrapped`]).
-    pub fn new(specs: Vec<BackendSpec>, limits: Limits, persisted: &Persisted) -> Machine {
+    pub fn new(specs: Vec<BackendSpec>, limits: Limits, persisted: &Generation) -> Machine {
         let backends: Vec<BackendView> = specs
             .into_iter()
             .map(|spec| {
-                let detached = persisted.detached.iter().find(|(n, _)| *n == spec.name);
+                let detached = persisted.detached.get(&spec.name);
                 BackendView {
                     role: Role::Unknown,
                     status: if detached.is_some() {
@@ -90,8 +91,7 @@ impl Machine {
                     } else {
                         Status::Down
                     },
-                    reason: detached
-                        .map_or_else(|| "not checked yet".to_owned(), |(_, r)| r.clone()),
+                    reason: detached.map_or_else(|| "not checked yet".to_owned(), Clone::clone),
                     failures: 0,
                     last_error: None,
                     not_streaming: 0,
@@ -193,24 +193,27 @@ impl Machine {
         };
         p.last
             .as_ref()
-            .and_then(|o| o.replica_lag.iter().find(|(n, _)| *n == b.spec.name))
-            .map_or(0.0, |(_, s)| *s)
+            .map_or(0.0, |o| o.lag_seconds_of(&b.spec.name))
     }
 
-    /// What to persist.
-    pub fn persisted(&self) -> Persisted {
-        Persisted {
+    /// The committed generation as the machine holds it: what it proposes,
+    /// and what it persists.
+    pub fn committed(&self) -> Generation {
+        let named = |status: Status| {
+            self.backends
+                .iter()
+                .filter(move |b| b.status == status)
+                .map(|b| (b.spec.name.clone(), b.reason.clone()))
+        };
+        Generation {
             generation: self.generation,
             primary: self
                 .primary
                 .and_then(|p| self.backends.get(p))
                 .map(|b| b.spec.name.clone()),
-            detached: self
-                .backends
-                .iter()
-                .filter(|b| b.status == Status::Detached)
-                .map(|b| (b.spec.name.clone(), b.reason.clone()))
-                .collect(),
+            detached: named(Status::Detached).collect(),
+            failover_in_progress: self.failover_in_progress(),
+            down: named(Status::Down).collect(),
         }
     }
 
@@ -220,7 +223,7 @@ impl Machine {
         p.last
             .as_ref()
             .filter(|o| !o.in_recovery)
-            .map(|o| o.flush_lsn.max(o.replay_lsn))
+            .map(Observation::received_lsn)
     }
 
     /// Marks the view changed: [`Machine::finish`] commits one new

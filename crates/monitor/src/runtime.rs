@@ -7,7 +7,7 @@ use std::future::Future;
 use pgwarden_proto::v1::{BackendState, ClusterState};
 use tokio::sync::broadcast;
 
-use crate::machine::{Action, Machine, Role, Status};
+use crate::machine::{Action, Machine};
 use crate::operator;
 use crate::parts::{Parts, StartError, start};
 use crate::perform::perform;
@@ -111,7 +111,7 @@ fn publish_local(
     settings: &Settings,
     generations: &broadcast::Sender<ClusterState>,
 ) {
-    if let Err(e) = state_file::save(&settings.state_dir, &machine.persisted()) {
+    if let Err(e) = state_file::save(&settings.state_dir, &machine.committed()) {
         // Keep going: the live state is right; a restart would reconcile
         // from the servers themselves.
         tracing::error!(error = %e, "could not persist the cluster state");
@@ -142,16 +142,8 @@ pub fn snapshot(m: &Machine, node: &str) -> ClusterState {
                     name: b.spec.name.clone(),
                     host: b.spec.host.clone(),
                     port: u32::from(b.spec.port),
-                    role: match b.role {
-                        Role::Primary => PRole::Primary,
-                        Role::Standby => PRole::Standby,
-                        Role::Unknown => PRole::Unknown,
-                    } as i32,
-                    status: match b.status {
-                        Status::Up => PStatus::Up,
-                        Status::Down => PStatus::Down,
-                        Status::Detached => PStatus::Detached,
-                    } as i32,
+                    role: PRole::from(b.role) as i32,
+                    status: PStatus::from(b.status) as i32,
                     reason: b.reason.clone(),
                     replay_lsn: o.map_or(0, |o| o.replay_lsn),
                     flush_lsn: o.map_or(0, |o| o.flush_lsn),

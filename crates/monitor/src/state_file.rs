@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::machine::Persisted;
+use pgwarden_cluster::Generation;
 
 /// File name inside `node.state_dir`.
 pub const FILE_NAME: &str = "monitor-state.json";
@@ -21,25 +21,45 @@ pub struct StateFileError {
 }
 
 /// Reads the state; a missing file is a fresh start.
-pub fn load(state_dir: &Path) -> Result<Persisted, StateFileError> {
+///
+/// The file holds a [`Generation`]; one written by an earlier version lists
+/// the detached backends as `[name, reason]` pairs, and reads the same.
+pub fn load(state_dir: &Path) -> Result<Generation, StateFileError> {
     let path = state_dir.join(FILE_NAME);
     let err = |reason: String| StateFileError {
         path: path.clone(),
         reason,
     };
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+        Ok(bytes) => decode(&bytes).map_err(|e| {
             err(format!(
                 "not a valid monitor state file ({e}); move it away to start from the live cluster"
             ))
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Generation::default()),
         Err(e) => Err(err(e.to_string())),
     }
 }
 
+fn decode(bytes: &[u8]) -> Result<Generation, serde_json::Error> {
+    let mut value: serde_json::Value = serde_json::from_slice(bytes)?;
+    if let Some(detached) = value.get_mut("detached")
+        && let Some(pairs) = detached.as_array()
+    {
+        let map: serde_json::Map<String, serde_json::Value> = pairs
+            .iter()
+            .filter_map(|pair| match pair.as_array()?.as_slice() {
+                [name, reason] => Some((name.as_str()?.to_owned(), reason.clone())),
+                _ => None,
+            })
+            .collect();
+        *detached = serde_json::Value::Object(map);
+    }
+    serde_json::from_value(value)
+}
+
 /// Writes the state atomically.
-pub fn save(state_dir: &Path, state: &Persisted) -> Result<(), StateFileError> {
+pub fn save(state_dir: &Path, state: &Generation) -> Result<(), StateFileError> {
     let path = state_dir.join(FILE_NAME);
     let err = |reason: String| StateFileError {
         path: path.clone(),
@@ -68,16 +88,36 @@ mod tests {
     #[test]
     fn round_trips_and_refuses_garbage() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(load(dir.path()).unwrap(), Persisted::default());
-        let s = Persisted {
+        assert_eq!(load(dir.path()).unwrap(), Generation::default());
+        let s = Generation {
             generation: 9,
             primary: Some("pg1".into()),
-            detached: vec![("pg0".into(), "former".into())],
+            detached: [("pg0".into(), "former".into())].into(),
+            failover_in_progress: false,
+            down: [("pg2".into(), "refused".into())].into(),
         };
         save(dir.path(), &s).unwrap();
         assert_eq!(load(dir.path()).unwrap(), s);
         std::fs::write(dir.path().join(FILE_NAME), "{not json").unwrap();
         let e = load(dir.path()).unwrap_err();
         assert!(e.to_string().contains(FILE_NAME));
+    }
+
+    #[test]
+    fn a_file_of_the_previous_version_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            r#"{"generation": 4, "primary": "pg1", "detached": [["pg0", "former primary"]]}"#,
+        )
+        .unwrap();
+        let s = load(dir.path()).unwrap();
+        assert_eq!(s.generation, 4);
+        assert_eq!(s.primary.as_deref(), Some("pg1"));
+        assert_eq!(
+            s.detached.get("pg0").map(String::as_str),
+            Some("former primary")
+        );
+        assert!(s.down.is_empty());
     }
 }

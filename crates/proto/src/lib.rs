@@ -67,6 +67,7 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
 
 pub mod lease;
 pub mod lsn;
+pub mod model;
 pub mod tcp;
 pub mod uds;
 pub mod v1;

@@ -33,11 +33,7 @@ use std::fmt;
 impl Role {
     /// The role as operators read it: `unknown`, `primary` or `standby`.
     pub fn as_word(self) -> &'static str {
-        match self {
-            Role::Unknown => "unknown",
-            Role::Primary => "primary",
-            Role::Standby => "standby",
-        }
+        pgwarden_cluster::Role::from(self).as_str()
     }
 }
 
@@ -50,16 +46,11 @@ impl fmt::Display for Role {
 // === impl Status ===
 
 impl Status {
-    /// The status as operators read it: `unspecified`, `up`, `down` or
-    /// `detached`.
+    /// The status as operators read it: `unspecified`, `up`, `down`,
+    /// `detached` or `quarantined`.
     pub fn as_word(self) -> &'static str {
-        match self {
-            Status::Unspecified => "unspecified",
-            Status::Up => "up",
-            Status::Down => "down",
-            Status::Detached => "detached",
-            Status::Quarantined => "quarantined",
-        }
+        self.model()
+            .map_or("unspecified", pgwarden_cluster::Status::as_str)
     }
 }
 

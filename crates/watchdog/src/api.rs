@@ -173,16 +173,11 @@ impl Watchdog for WatchdogApi {
         r: Request<ProposeClusterChangeRequest>,
     ) -> Result<Response<ProposeClusterChangeReply>, Status> {
         let r = r.into_inner();
-        let generation = Generation {
-            generation: r.generation,
-            primary: r.primary,
-            detached: r.detached.into_iter().collect(),
-            failover_in_progress: r.failover_in_progress,
-            down: r.down.into_iter().collect(),
-        };
+        let expected = r.expected_generation;
+        let generation = r.proposed();
         let result = self
             .ask(|reply| ApiRequest::Propose {
-                expected: r.expected_generation,
+                expected,
                 generation,
                 reply,
             })

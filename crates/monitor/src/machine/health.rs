@@ -5,22 +5,7 @@
 
 use super::backend::{BackendView, Observation};
 
-/// Thresholds from the config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// `health_check.max_retries`: a backend is down after more consecutive failures than this.
-    pub max_retries: u32,
-    /// `replication_check.max_lag_bytes`: a standby further behind is not promoted.
-    pub max_lag_bytes: u64,
-}
-
-impl Limits {
-    /// More consecutive failed checks (or checks finding a standby not
-    /// streaming) than `max_retries`: down.
-    pub fn exceeded(&self, count: u32) -> bool {
-        count > self.max_retries
-    }
-}
+pub use pgwarden_cluster::{Limits, lag};
 
 /// Standby `s` streams from primary `p`, on its timeline (a timeline of 0
 /// is unknown and matches), from `p`'s port when it says where from.
@@ -32,12 +17,6 @@ pub fn streams_from(s: &BackendView, p: &BackendView) -> bool {
         && so.streaming
         && (so.timeline == po.timeline || so.timeline == 0 || po.timeline == 0)
         && so.upstream_port.is_none_or(|port| port == p.spec.port)
-}
-
-/// How many bytes `lsn` is behind the primary's `reference` position (0
-/// when that is unknown).
-pub fn lag(reference: Option<u64>, lsn: u64) -> u64 {
-    reference.map_or(0, |r| r.saturating_sub(lsn))
 }
 
 /// Why standby `o` cannot take over from a primary on `timeline`, when its

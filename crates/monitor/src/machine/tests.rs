@@ -23,7 +23,7 @@ fn three() -> Machine {
             max_retries: 2,
             max_lag_bytes: 16 << 20,
         },
-        &Persisted::default(),
+        &Generation::default(),
     )
 }
 
@@ -337,10 +337,10 @@ fn two_backends_claiming_primary_at_start_up() {
     assert_eq!(m.backends()[1].status, Status::Detached);
 
     // Same timeline, pg1 recorded as primary: pg1.
-    let persisted = Persisted {
+    let persisted = Generation {
         generation: 7,
         primary: Some("pg1".into()),
-        detached: vec![],
+        ..Generation::default()
     };
     let mut m = Machine::new(
         vec![spec("pg0", 5000), spec("pg1", 5001), spec("pg2", 5002)],
@@ -381,7 +381,7 @@ fn the_primary_returns_after_a_failover_and_stays_detached_across_restarts() {
         id: 1,
         result: Ok(2),
     });
-    let p = m.persisted();
+    let p = m.committed();
     assert_eq!(p.primary.as_deref(), Some("pg1"));
     assert!(p.detached.iter().any(|(n, _)| n == "pg0"));
     // The monitor restarts: pg0 is back as a primary on the old timeline.
@@ -491,7 +491,7 @@ fn allow_failover_false_is_never_promoted() {
             max_retries: 0,
             max_lag_bytes: 1 << 24,
         },
-        &Persisted::default(),
+        &Generation::default(),
     );
     healthy(&mut m, GB);
     ok(&mut m, 1, Observation::standby(1, GB + 100, Some(5000)));
@@ -630,10 +630,10 @@ fn with_a_quorum_deciding_a_backend_comes_back_only_when_the_quorum_lets_go() {
 fn with_a_quorum_deciding_a_new_leader_unable_to_reach_the_primary_keeps_it() {
     // The leader's monitor restarts from the committed record and cannot
     // reach pg0 itself; the other nodes can.
-    let persisted = Persisted {
+    let persisted = Generation {
         generation: 3,
         primary: Some("pg0".into()),
-        detached: vec![],
+        ..Generation::default()
     };
     let mut m = Machine::new(
         vec![spec("pg0", 5000), spec("pg1", 5001), spec("pg2", 5002)],
