@@ -8,4 +8,4 @@ pub mod metrics;
 pub mod notify;
 pub mod startup;
 
-pub use startup::{init_logs, reset_signal_mask, shutdown_signal};
+pub use startup::{init_logs, reset_signal_mask, run_main, runtime, shutdown_signal, stop_signal};

@@ -38,3 +38,87 @@ pub fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()
         }
     })
 }
+
+/// [`shutdown_signal`] that also tells systemd the daemon is stopping when
+/// the signal arrives: the `shutdown` the monitor's and the watchdog's
+/// `run` take.
+pub fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    let signal = shutdown_signal()?;
+    Ok(async {
+        signal.await;
+        crate::notify::stopping();
+    })
+}
+
+/// A multi-threaded runtime of `workers` threads (the daemons keep to two:
+/// the node's database servers need the cores more).
+pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers.max(1))
+        .enable_all()
+        .build()
+}
+
+/// What every daemon's `main` does around its work: starts the logs, runs
+/// `work` and turns its error into one line on stderr and a failing exit
+/// code (see [`one_line`]).
+pub fn run_main<E>(name: &str, work: impl FnOnce() -> Result<(), E>) -> std::process::ExitCode
+where
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
+{
+    init_logs();
+    match work() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{name}: {}", one_line(e.as_ref()));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, `error: cause: cause`, leaving out
+/// a cause its error already says (many messages name their cause).
+pub fn one_line(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read config file /x: {source}")]
+    struct Says {
+        source: std::io::Error,
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("node.state_dir")]
+    struct Wraps {
+        #[source]
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn a_cause_is_written_once() {
+        let io = || std::io::Error::other("permission denied");
+        assert_eq!(
+            one_line(&Says { source: io() }),
+            "cannot read config file /x: permission denied"
+        );
+        assert_eq!(
+            one_line(&Wraps { source: io() }),
+            "node.state_dir: permission denied"
+        );
+    }
+}

@@ -19,14 +19,7 @@ struct Args {
 fn main() -> ExitCode {
     pgwarden_daemon::reset_signal_mask();
     let args = Args::parse();
-    pgwarden_daemon::init_logs();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pgwarden-proxy: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    pgwarden_daemon::run_main("pgwarden-proxy", || run(args))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
@@ -38,10 +31,7 @@ fn run(args: Args) -> anyhow::Result<()> {
         0 | 1 => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?,
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n as usize)
-            .enable_all()
-            .build()?,
+        n => pgwarden_daemon::runtime(n as usize)?,
     };
     runtime.block_on(async move {
         let proxy = pgwarden_proxy::Proxy::bind(settings).await?;
@@ -64,14 +54,9 @@ fn run(args: Args) -> anyhow::Result<()> {
                 pinger.ping();
             }
         });
-        let signal = pgwarden_daemon::shutdown_signal()?;
+        let shutdown = pgwarden_daemon::stop_signal()?;
         notify::ready();
-        proxy
-            .serve(async {
-                signal.await;
-                notify::stopping();
-            })
-            .await;
+        proxy.serve(shutdown).await;
         Ok(())
     })
 }

@@ -33,30 +33,14 @@ fn main() -> ExitCode {
         );
         return pgwarden_watchdog::vip::guard(&ip, &cmd);
     }
-    pgwarden_daemon::init_logs();
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pgwarden-watchdog: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    pgwarden_daemon::run_main("pgwarden-watchdog", || run(args))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_config::Config::load(&args.config)?;
     let settings = pgwarden_watchdog::settings::Settings::from_config(&config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        let signal = pgwarden_daemon::shutdown_signal()?;
-        let shutdown = async {
-            signal.await;
-            pgwarden_daemon::notify::stopping();
-        };
-        pgwarden_watchdog::runtime::run(settings, shutdown).await?;
+    pgwarden_daemon::runtime(2)?.block_on(async move {
+        pgwarden_watchdog::runtime::run(settings, pgwarden_daemon::stop_signal()?).await?;
         Ok(())
     })
 }
