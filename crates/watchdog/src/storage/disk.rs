@@ -130,14 +130,18 @@ pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError
     }
 }
 
+/// The bytes of the file at `path`; `None` if there is none.
+fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
 impl Persist for FilePersist {
     fn load(&self) -> Result<Option<Vec<u8>>, StorageError> {
-        let path = self.path();
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        read_if_there(&self.path())
     }
 
     fn save(&mut self, bytes: &[u8]) -> Result<(), StorageError> {
@@ -165,12 +169,7 @@ impl Persist for FilePersist {
 
 impl Disk for FilePersist {
     fn read_journal(&self, generation: u64) -> Result<Vec<u8>, StorageError> {
-        let path = self.journal_location(generation);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(io_err(&path)(e)),
-        }
+        Ok(read_if_there(&self.journal_location(generation))?.unwrap_or_default())
     }
 
     fn append_journal(&mut self, generation: u64, bytes: &[u8]) -> Result<(), StorageError> {
