@@ -19,7 +19,8 @@ starts them:
   host. Labs need root.
 - [`ChildGuard`] owns a spawned process (a pgwarden daemon under test) and stops
   it on drop; [`workspace_bin`] finds the workspace's binaries next to the running
-  test; [`wait_until`] polls a condition with a deadline.
+  test; [`wait_until`] polls a condition with a deadline; [`run_ok`] runs a
+  command that must succeed.
 
 The crate is synchronous on purpose: it only spawns processes and sleeps, so
 tests using any runtime (or none) can call it.
@@ -35,6 +36,7 @@ mod paths;
 mod pgenv;
 mod port;
 mod procfs;
+mod run;
 mod wait;
 
 pub use child::ChildGuard;
@@ -43,4 +45,5 @@ pub use lab::{Host, Lab};
 pub use node::{Node, StopMode};
 pub use paths::{os_user, pg_bin_dir, workspace_bin};
 pub use port::free_port;
+pub use run::run_ok;
 pub use wait::wait_until;

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use pgwarden_testkit::{ChildGuard, Cluster, Node, PasswordKind, StopMode, wait_until};
+use pgwarden_testkit::{ChildGuard, Cluster, Node, PasswordKind, StopMode, run_ok, wait_until};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -66,14 +66,8 @@ fn tcp_psql(node: &Node, user: &str, password: &str) -> std::process::Output {
         .env("PATH", std::env::var_os("PATH").unwrap())
         .env("PGPASSWORD", password)
         .env("PGCONNECT_TIMEOUT", "10")
-        .args([
-            "-X",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &node.port().to_string(),
-        ])
+        .args(["-X", "-At", "-h", "127.0.0.1"])
+        .args(["-p", &node.port().to_string()])
         .args(["-U", user, "-d", "postgres", "-c", "SELECT current_user"])
         .output()
         .unwrap()
@@ -176,12 +170,12 @@ fn users_with_scram_and_md5_passwords() {
         .hba("host all nobody_here 127.0.0.1/32 reject")
         .start()
         .unwrap();
-    cluster
-        .create_user("alice", "alice's pw", PasswordKind::Scram)
-        .unwrap();
-    cluster
-        .create_user("bob", "bob-pw", PasswordKind::Md5)
-        .unwrap();
+    for (user, password, kind) in [
+        ("alice", "alice's pw", PasswordKind::Scram),
+        ("bob", "bob-pw", PasswordKind::Md5),
+    ] {
+        cluster.create_user(user, password, kind).unwrap();
+    }
     cluster
         .create_superuser("root_md5", "rootpw", PasswordKind::Md5)
         .unwrap();
@@ -230,16 +224,12 @@ fn users_with_scram_and_md5_passwords() {
         );
     }
     // conninfo works with libpq as is.
-    let out = Command::new("psql")
-        .env_remove("PGPASSWORD")
-        .args(["-X", "-At", "-c", "SELECT 1"])
-        .arg(primary.conninfo("alice", "alice's pw", "postgres"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        "psql with a conninfo",
+        Command::new("psql")
+            .env_remove("PGPASSWORD")
+            .args(["-X", "-At", "-c", "SELECT 1"])
+            .arg(primary.conninfo("alice", "alice's pw", "postgres")),
     );
     assert!(
         cluster
@@ -343,30 +333,13 @@ fn pgwarden_cluster_binary() {
         (&vars["PG0_PORT"], "app", "apppw", "8MB|f"),
         (&vars["PG1_PORT"], "old", "oldpw", "8MB|t"),
     ] {
-        let out = Command::new("psql")
-            .env("PGPASSWORD", pw)
-            .args([
-                "-X",
-                "-At",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                port,
-                "-U",
-                user,
-                "-d",
-                "postgres",
-            ])
-            .args([
-                "-c",
-                "SELECT current_setting('work_mem'), pg_is_in_recovery()",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let out = run_ok(
+            &format!("psql -U {user} -p {port}"),
+            Command::new("psql")
+                .env("PGPASSWORD", pw)
+                .args(["-X", "-At", "-h", "127.0.0.1", "-p", port])
+                .args(["-U", user, "-d", "postgres", "-c"])
+                .arg("SELECT current_setting('work_mem'), pg_is_in_recovery()"),
         );
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), expect);
     }

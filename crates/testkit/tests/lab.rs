@@ -17,7 +17,9 @@ use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::process::Command;
 use std::time::Duration;
 
-use pgwarden_testkit::{Cluster, Host, Lab, PasswordKind, StopMode, pg_bin_dir, wait_until};
+use pgwarden_testkit::{
+    Cluster, Host, Lab, PasswordKind, StopMode, pg_bin_dir, run_ok, wait_until,
+};
 
 /// How long a connection that should work may take.
 const CONNECT: Duration = Duration::from_secs(2);
@@ -39,6 +41,12 @@ fn lab_available(test: &str) -> bool {
     }
 }
 
+/// A new lab of `hosts` hosts for `test`, or None (having said why) where
+/// labs cannot run.
+fn lab_or_skip(test: &str, hosts: usize) -> Option<Lab> {
+    lab_available(test).then(|| Lab::new(hosts).unwrap())
+}
+
 /// A TCP listener on `port` at every address of `host`.
 fn listen_in(host: &Host, port: u16) -> TcpListener {
     host.enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)))
@@ -47,10 +55,15 @@ fn listen_in(host: &Host, port: u16) -> TcpListener {
 }
 
 /// The lab namespaces `ip netns list` shows.
-fn listed_namespaces() -> String {
+/// The names `ip netns list` lists.
+fn listed_namespaces() -> Vec<String> {
     let out = Command::new("ip").args(["netns", "list"]).output().unwrap();
     assert!(out.status.success());
-    String::from_utf8(out.stdout).unwrap()
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn at(host: &Host, port: u16) -> SocketAddrV4 {
@@ -59,10 +72,9 @@ fn at(host: &Host, port: u16) -> SocketAddrV4 {
 
 #[test]
 fn hosts_reach_each_other_and_nothing_else() {
-    if !lab_available("hosts_reach_each_other_and_nothing_else") {
+    let Some(lab) = lab_or_skip("hosts_reach_each_other_and_nothing_else", 3) else {
         return;
-    }
-    let lab = Lab::new(3).unwrap();
+    };
     assert_eq!(lab.hosts().len(), 3);
     assert_eq!(lab.subnet(), "10.213.0.0/24");
     assert_eq!(lab.delegate_ip(), Ipv4Addr::new(10, 213, 0, 100));
@@ -123,10 +135,9 @@ fn hosts_reach_each_other_and_nothing_else() {
 
 #[test]
 fn cut_and_heal() {
-    if !lab_available("cut_and_heal") {
+    let Some(lab) = lab_or_skip("cut_and_heal", 3) else {
         return;
-    }
-    let lab = Lab::new(3).unwrap();
+    };
     let _listeners: Vec<TcpListener> = lab
         .hosts()
         .iter()
@@ -164,10 +175,9 @@ fn cut_and_heal() {
 
 #[test]
 fn cluster_replicates_across_hosts() {
-    if !lab_available("cluster_replicates_across_hosts") {
+    let Some(lab) = lab_or_skip("cluster_replicates_across_hosts", 3) else {
         return;
-    }
-    let lab = Lab::new(3).unwrap();
+    };
     let cluster = Cluster::builder().standbys(2).in_lab(&lab).start().unwrap();
     for (i, node) in cluster.nodes().iter().enumerate() {
         assert_eq!(node.host(), lab.host(i).ip().to_string());
@@ -250,10 +260,9 @@ fn cluster_replicates_across_hosts() {
 
 #[test]
 fn delegate_ip_follows_ip_addr() {
-    if !lab_available("delegate_ip_follows_ip_addr") {
+    let Some(lab) = lab_or_skip("delegate_ip_follows_ip_addr", 2) else {
         return;
-    }
-    let lab = Lab::new(2).unwrap();
+    };
     let cluster = Cluster::builder().in_lab(&lab).start().unwrap();
     let vip = lab.delegate_ip();
     let vip_pg = SocketAddrV4::new(vip, 5432);
@@ -312,30 +321,19 @@ fn namespaces_of_dead_test_processes_are_removed() {
     assert!(added.success());
     let _lab = Lab::new(1).unwrap();
     let listed = listed_namespaces();
-    assert!(
-        !listed
-            .lines()
-            .any(|l| l.split_whitespace().next() == Some(stale.as_str())),
-        "{listed}"
-    );
+    assert!(!listed.contains(&stale), "{listed:?}");
 }
 
 #[test]
 fn drop_removes_namespaces_and_processes_even_on_panic() {
-    if !lab_available("drop_removes_namespaces_and_processes_even_on_panic") {
+    let Some(lab) = lab_or_skip("drop_removes_namespaces_and_processes_even_on_panic", 2) else {
         return;
-    }
-    let lab = Lab::new(2).unwrap();
+    };
     let names = lab.namespaces().to_vec();
     assert_eq!(names.len(), 4);
     let listed = listed_namespaces();
     for name in &names {
-        assert!(
-            listed
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(name)),
-            "{name}"
-        );
+        assert!(listed.contains(name), "{name}: {listed:?}");
     }
     // A process left running in a host is killed with the lab.
     let mut sleeper = lab
@@ -354,12 +352,7 @@ fn drop_removes_namespaces_and_processes_even_on_panic() {
     assert!(!status.success());
     let listed = listed_namespaces();
     for name in &names {
-        assert!(
-            !listed
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(name)),
-            "{name}"
-        );
+        assert!(!listed.contains(name), "{name}: {listed:?}");
     }
 
     // Drop runs while a panic unwinds.
@@ -377,32 +370,21 @@ fn drop_removes_namespaces_and_processes_even_on_panic() {
     assert_eq!(names.len(), 3);
     let listed = listed_namespaces();
     for name in &names {
-        assert!(
-            !listed
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(name)),
-            "{name}"
-        );
+        assert!(!listed.contains(name), "{name}: {listed:?}");
     }
 }
 
 #[test]
 fn command_as_user_switches_user_inside_the_namespace() {
-    if !lab_available("command_as_user_switches_user_inside_the_namespace") {
+    let Some(lab) = lab_or_skip("command_as_user_switches_user_inside_the_namespace", 1) else {
         return;
-    }
-    let lab = Lab::new(1).unwrap();
+    };
     let (uid, gid) = pgwarden_testkit::os_user().unwrap();
-    let out = lab
-        .host(0)
-        .command_as_user("sh")
-        .args(["-c", "id -u; id -g; id -G; ip -4 -o addr show dev eth0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = run_ok(
+        "sh as the OS user",
+        lab.host(0)
+            .command_as_user("sh")
+            .args(["-c", "id -u; id -g; id -G; ip -4 -o addr show dev eth0"]),
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let lines: Vec<&str> = text.lines().collect();
