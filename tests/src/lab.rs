@@ -69,8 +69,10 @@ pub fn require_lab() {
 
 impl Fleet {
     /// A lab of `hosts` hosts, a primary and streaming standbys, and the
-    /// daemons running on every host.
+    /// daemons running on every host. Fails the calling test where the lab
+    /// cannot start ([`require_lab`]).
     pub fn start(hosts: usize) -> Fleet {
+        require_lab();
         let lab = Lab::new(hosts).expect("create the lab");
         let cluster = Cluster::builder()
             .standbys(hosts - 1)
@@ -143,13 +145,7 @@ impl Fleet {
                 vip = fleet.lab.delegate_ip(),
             );
             for n in fleet.cluster.nodes() {
-                t.push_str(&format!(
-                    "\n[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\ndata_dir = \"{}\"\n",
-                    n.name(),
-                    n.host(),
-                    n.port(),
-                    n.data_dir().display()
-                ));
+                t.push_str(&crate::backend_toml(n));
             }
             std::fs::write(ndir.join("pgwarden.toml"), t).unwrap();
             // It holds the health check's password: only its owner reads it.
@@ -179,10 +175,7 @@ impl Fleet {
         let mut cmd = self.lab.host(i).command(workspace_bin(d.bin()));
         cmd.arg("--config")
             .arg(node.dir.join("pgwarden.toml"))
-            .env(
-                "PGWARDEN_LOG",
-                "debug,raft=info,h2=info,tower=info,hyper=info",
-            )
+            .env("PGWARDEN_LOG", crate::DAEMON_LOG_FILTER)
             .stdout(Stdio::null())
             .stderr(
                 std::fs::OpenOptions::new()
@@ -269,6 +262,23 @@ impl Fleet {
         psql(self.lab.client().command("psql"), &ip, "3", sql)
     }
 
+    /// Waits (up to `timeout`) until `sql` runs through the delegate IP
+    /// ([`Fleet::client_query`]); panics with every daemon's log otherwise.
+    pub async fn wait_client_query(&self, timeout: Duration, sql: &str) {
+        let what = format!("{sql} through the delegate IP");
+        self.wait(timeout, &what, || async { self.client_query(sql).is_ok() })
+            .await;
+    }
+
+    /// Waits (up to `timeout`) until `sql` runs through host `i`'s own
+    /// proxy ([`Fleet::host_query`]); panics with every daemon's log
+    /// otherwise.
+    pub async fn wait_host_query(&self, timeout: Duration, i: usize, sql: &str) {
+        let what = format!("{sql} through host {i}'s own proxy");
+        self.wait(timeout, &what, || async { self.host_query(i, sql).is_ok() })
+            .await;
+    }
+
     /// Runs `sql` with psql inside host `i` through its own proxy
     /// (127.0.0.1:9999); Ok(stdout) or Err(stderr).
     pub fn host_query(&self, i: usize, sql: &str) -> Result<String, String> {
@@ -297,6 +307,12 @@ impl Fleet {
         )
         .await;
         leader
+    }
+
+    /// [`Fleet::wait_for_leader`] with every host live.
+    pub async fn wait_for_leader_of_all(&self, timeout: Duration) -> usize {
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.wait_for_leader(timeout, &all).await
     }
 
     /// Waits until the live watchdogs agree on one leader among them and

@@ -16,6 +16,7 @@ pub mod watchdogs;
 
 pub use pgwarden_proto::v1::monitor_client::MonitorClient;
 pub use pgwarden_proto::v1::{ClusterState, GetClusterRequest, Role, Status};
+pub use pgwarden_testkit::run_ok;
 use pgwarden_testkit::{ChildGuard, Cluster, PasswordKind, free_port, wait_until, workspace_bin};
 
 /// SCRAM user with a SCRAM verifier in the auth file (pass-through login).
@@ -26,6 +27,8 @@ pub const BOB: (&str, &str) = ("bob", "bob-secret");
 pub const CAROL: (&str, &str) = ("carol", "carol-secret");
 /// The health-check role.
 pub const MONITOR: (&str, &str) = ("pgwarden", "pgwarden-secret");
+/// An md5 user of the auth file reload tests ([`frank_added_to_the_auth_file`]).
+pub const FRANK: (&str, &str) = ("frank", "frank-secret");
 
 /// A cluster with the test users: alice (SCRAM), bob (md5), carol (SCRAM),
 /// pgwarden (the checks' role), and a database `app` owned by alice.
@@ -107,6 +110,18 @@ impl ProxyOptions {
     /// Appends raw TOML after the backends (a whole table, say).
     pub fn with_extra(mut self, toml: &str) -> Self {
         self.extra.push(toml.to_owned());
+        self
+    }
+
+    /// Lists only these cluster nodes as `[[backends]]`, in this order.
+    pub fn backends(mut self, nodes: &[usize]) -> Self {
+        self.backends = Some(nodes.to_vec());
+        self
+    }
+
+    /// Runs no monitor: the proxy finds the primary alone.
+    pub fn without_monitor(mut self) -> Self {
+        self.monitor = false;
         self
     }
 
@@ -194,13 +209,7 @@ impl Proxy {
             .clone()
             .unwrap_or_else(|| (0..cluster.nodes().len()).collect());
         for (pos, n) in order.iter().map(|i| cluster.node(*i)).enumerate() {
-            toml.push_str(&format!(
-                "\n[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\ndata_dir = \"{}\"\n",
-                n.name(),
-                n.host(),
-                n.port(),
-                n.data_dir().display()
-            ));
+            toml.push_str(&backend_toml(n));
             if let Some(w) = opts.weights.get(pos) {
                 toml.push_str(&format!("weight = {w}\n"));
             }
@@ -262,6 +271,12 @@ impl Proxy {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The last `n` lines of the proxy's log ([`log_tail`]), for a failure
+    /// message.
+    pub fn log_tail(&self, n: usize) -> String {
+        log_tail("proxy", &self.log(), n)
+    }
+
     /// The process.
     pub fn child(&mut self) -> &mut ChildGuard {
         &mut self.child
@@ -302,6 +317,16 @@ impl Proxy {
                 .await
                 .expect("connect to monitor.sock"),
         )
+    }
+
+    /// The monitor's `WatchCluster` stream: each new cluster state.
+    pub async fn watch_cluster(&self) -> tonic::Streaming<ClusterState> {
+        self.monitor_client()
+            .await
+            .watch_cluster(pgwarden_proto::v1::WatchClusterRequest {})
+            .await
+            .expect("WatchCluster")
+            .into_inner()
     }
 
     /// The monitor's current cluster state.
@@ -345,6 +370,34 @@ impl Proxy {
         }
     }
 
+    /// Waits until the monitor reports a primary and every backend up
+    /// ([`all_up`]): how most tests start, before they break something.
+    pub async fn wait_all_up(&self, timeout: Duration) -> ClusterState {
+        self.wait_state(timeout, "all backends up", all_up).await
+    }
+
+    /// Waits until backend `id` is the primary and up (after a failover or
+    /// a switchover): the state that showed it.
+    pub async fn wait_primary(&self, timeout: Duration, id: u32) -> ClusterState {
+        self.wait_state(timeout, &format!("pg{id} primary"), |s| {
+            s.primary_id == Some(id) && up(s, id)
+        })
+        .await
+    }
+
+    /// Asks the monitor for a planned switchover to backend `id` (not
+    /// forced), as `pgwardenctl promote` does; panics if it refuses. The
+    /// reply's message.
+    pub async fn promote(&self, id: u32) -> String {
+        self.monitor_client()
+            .await
+            .promote_backend(pgwarden_proto::v1::PromoteBackendRequest { id, force: false })
+            .await
+            .unwrap_or_else(|e| panic!("PromoteBackend {id}: {e}"))
+            .into_inner()
+            .message
+    }
+
     /// A libpq-style conninfo through the proxy.
     pub fn conninfo(&self, user: &str, password: &str, db: &str) -> String {
         format!(
@@ -368,6 +421,30 @@ impl Proxy {
         self.connect(ALICE.0, ALICE.1, "app")
             .await
             .expect("alice connects through the proxy")
+    }
+
+    /// Connects as alice to `app` with `application_name` `name`, to tell
+    /// her sessions apart on the server.
+    pub async fn alice_named(&self, name: &str) -> tokio_postgres::Client {
+        let conninfo = self.conninfo(ALICE.0, ALICE.1, "app");
+        connect(&format!("{conninfo} application_name={name}"))
+            .await
+            .unwrap_or_else(|e| panic!("alice connects as {name}: {e}"))
+    }
+
+    /// Logs in through the proxy expecting to be refused (`why` says why
+    /// it should be): the error, to check its SQLSTATE and message.
+    pub async fn refused(
+        &self,
+        user: &str,
+        password: &str,
+        db: &str,
+        why: &str,
+    ) -> tokio_postgres::Error {
+        match self.connect(user, password, db).await {
+            Ok(_) => panic!("{user} logged in to {db}, but {why}"),
+            Err(e) => e,
+        }
     }
 }
 
@@ -394,6 +471,22 @@ fn spawn_monitor(config: &std::path::Path, log: &std::path::Path) -> ChildGuard 
     )
     .unwrap()
 }
+
+/// The `[[backends]]` table listing `node` (with its data dir), for a
+/// generated pgwarden.toml.
+pub fn backend_toml(node: &pgwarden_testkit::Node) -> String {
+    format!(
+        "\n[[backends]]\nname = \"{}\"\nhost = \"{}\"\nport = {}\ndata_dir = \"{}\"\n",
+        node.name(),
+        node.host(),
+        node.port(),
+        node.data_dir().display()
+    )
+}
+
+/// `PGWARDEN_LOG` for the daemons under test: debug, but for the chatter
+/// of the libraries under them.
+pub const DAEMON_LOG_FILTER: &str = "debug,raft=info,h2=info,tower=info,hyper=info,rustls=info";
 
 /// True when backend `id` is up in `s`.
 pub fn up(s: &ClusterState, id: u32) -> bool {
@@ -426,6 +519,25 @@ pub struct CtlRun {
     pub stderr: String,
 }
 
+/// The start of an auth file reload test: a cluster with [`FRANK`], a proxy
+/// that refuses him (28P01: not in its auth file), and he has since been
+/// added to its auth file (the path returned), which it has not reloaded.
+pub async fn frank_added_to_the_auth_file() -> (Cluster, Proxy, PathBuf) {
+    let cluster = cluster(0);
+    cluster
+        .create_user(FRANK.0, FRANK.1, PasswordKind::Md5)
+        .unwrap();
+    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let err = proxy
+        .refused(FRANK.0, FRANK.1, "postgres", "he is not in the auth file")
+        .await;
+    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{err}");
+    let auth = proxy.dir.path().join("users.txt");
+    let listed = std::fs::read_to_string(&auth).unwrap() + "\"frank\" \"frank-secret\"\n";
+    std::fs::write(&auth, listed).unwrap();
+    (cluster, proxy, auth)
+}
+
 /// Runs `pgwardenctl --config <config> ARGS`.
 pub fn pgwardenctl(config: &std::path::Path, args: &[&str]) -> CtlRun {
     let out = Command::new(workspace_bin("pgwardenctl"))
@@ -440,6 +552,25 @@ pub fn pgwardenctl(config: &std::path::Path, args: &[&str]) -> CtlRun {
         stdout: String::from_utf8(out.stdout).unwrap(),
         stderr: String::from_utf8(out.stderr).unwrap(),
     }
+}
+
+/// Starts `pgwardenctl --config <config> ARGS` for a command that runs
+/// until interrupted (`watch`, `watchdog --watch`): the child (its stderr
+/// goes to the test's), and its stdout's lines as they come.
+pub fn pgwardenctl_spawn(
+    config: &std::path::Path,
+    args: &[&str],
+) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(workspace_bin("pgwardenctl"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stdout_lines(&mut child);
+    (child, lines)
 }
 
 /// `pgwardenctl --json history` with `config`, polled until its newest
@@ -538,6 +669,121 @@ pub async fn connect(conninfo: &str) -> Result<tokio_postgres::Client, tokio_pos
     Ok(client)
 }
 
+/// The message of the ErrorResponse behind `e` (empty when there was none).
+pub fn db_message(e: &tokio_postgres::Error) -> String {
+    e.as_db_error()
+        .map(|e| e.message().to_owned())
+        .unwrap_or_default()
+}
+
+/// Sends SIGINT to `child` (as Ctrl-C would) and waits for it to exit.
+pub fn interrupt(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("a pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    child.wait().unwrap()
+}
+
+/// Whether `e` says the session was ended: the connection closed, or the
+/// proxy's 57P01 (admin shutdown) before it closed it.
+pub fn session_ended(e: &tokio_postgres::Error) -> bool {
+    e.is_closed() || sqlstate(e).as_deref() == Some("57P01")
+}
+
+/// Stops the primary (pg0) at once, as a crash would, once every standby
+/// has replayed all it wrote (asynchronous replication would lose the
+/// rest, which is not what these tests are about).
+pub fn kill_primary_when_replicated(cluster: &Cluster) {
+    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
+    cluster
+        .primary()
+        .stop(pgwarden_testkit::StopMode::Immediate)
+        .unwrap();
+}
+
+/// The lines `child` writes to its stdout (which must be piped), as they
+/// come, read on a thread of their own.
+pub fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("a piped stdout");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
+/// The first column of the one row `sql` returns on `c`; panics (naming
+/// `sql`) when the query fails or returns no row or another type.
+pub async fn query_value<T: tokio_postgres::types::FromSqlOwned>(
+    c: &impl tokio_postgres::GenericClient,
+    sql: &str,
+) -> T {
+    c.query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .get(0)
+}
+
+/// The first two columns of the one row `sql` returns on `c`; panics as
+/// [`query_value`] does.
+pub async fn query_pair<A, B>(c: &impl tokio_postgres::GenericClient, sql: &str) -> (A, B)
+where
+    A: tokio_postgres::types::FromSqlOwned,
+    B: tokio_postgres::types::FromSqlOwned,
+{
+    let row = c
+        .query_one(sql, &[])
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    (row.get(0), row.get(1))
+}
+
+/// The port of the server `c`'s session runs on (`inet_server_port()`):
+/// which backend the proxy routed it to.
+pub async fn server_port(c: &tokio_postgres::Client) -> u16 {
+    let port: i32 = query_value(c, "SELECT inet_server_port()").await;
+    u16::try_from(port).expect("a TCP port")
+}
+
+/// Whether the server `c`'s session runs on is a standby
+/// (`pg_is_in_recovery()`).
+pub async fn in_recovery(c: &tokio_postgres::Client) -> bool {
+    query_value(c, "SELECT pg_is_in_recovery()").await
+}
+
+/// A [`cluster`] with `standbys` standbys and a [`Proxy`] started in front of
+/// it with `opts`.
+pub fn proxied(standbys: usize, opts: ProxyOptions) -> (Cluster, Proxy) {
+    let cluster = cluster(standbys);
+    let proxy = Proxy::start(&cluster, opts);
+    (cluster, proxy)
+}
+
+/// `pgbench` from the PostgreSQL the tests run.
+pub fn pgbench() -> PathBuf {
+    pgwarden_testkit::pg_bin_dir().unwrap().join("pgbench")
+}
+
+/// `pgbench -i -s 1` as alice in `app`, on the primary directly (not
+/// through a proxy): its tables for a pgbench run.
+pub fn pgbench_init(cluster: &Cluster) {
+    let pg = cluster.primary();
+    run_ok(
+        "pgbench -i",
+        Command::new(pgbench())
+            .args(["-i", "-q", "-s", "1", "-h", pg.host()])
+            .args(["-p", &pg.port().to_string(), "-U", ALICE.0, "app"])
+            .env("PGPASSWORD", ALICE.1),
+    );
+}
+
 /// The SQLSTATE of a tokio-postgres error, if the server (or proxy) sent one.
 pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
     e.code().map(|c| c.code().to_owned())
@@ -606,6 +852,19 @@ pub fn error_code(bytes: &[u8]) -> Option<String> {
     let (_, body) = messages(bytes).into_iter().find(|(t, _)| *t == b'E')?;
     let code = body.split(|b| *b == 0).find(|f| f.first() == Some(&b'C'))?;
     Some(String::from_utf8_lossy(&code[1..]).into_owned())
+}
+
+/// Reads `s` until the proxy closes it (or its read timeout passes), and
+/// asserts the first ErrorResponse it sent has SQLSTATE `code`.
+pub fn assert_ended_with(s: &mut impl std::io::Read, code: &str) {
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert_eq!(
+        error_code(&answer).as_deref(),
+        Some(code),
+        "{:?}",
+        messages(&answer)
+    );
 }
 
 /// A StartupMessage for `user` and `database`.

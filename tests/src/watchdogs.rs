@@ -118,10 +118,7 @@ impl Watchdogs {
         let mut cmd = Command::new(workspace_bin("pgwarden-watchdog"));
         cmd.arg("--config")
             .arg(node.dir.join("pgwarden.toml"))
-            .env(
-                "PGWARDEN_LOG",
-                "debug,raft=info,h2=info,tower=info,hyper=info,rustls=info",
-            )
+            .env("PGWARDEN_LOG", crate::DAEMON_LOG_FILTER)
             .stdout(Stdio::null())
             .stderr(log);
         node.watchdog = Some(ChildGuard::spawn(&mut cmd).unwrap());

@@ -2,13 +2,9 @@
 //! real servers, through the config a node would use.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use pgwarden_e2e::*;
-use pgwarden_testkit::workspace_bin;
 
 /// Runs `pgwardenctl --config <the node's config> ARGS`.
 fn ctl(proxy: &Proxy, args: &[&str]) -> CtlRun {
@@ -47,19 +43,10 @@ fn row(status: &str, name: &str) -> HashMap<String, String> {
         .lines()
         .find(|l| l.split_whitespace().nth(1) == Some(name))
         .unwrap_or_else(|| panic!("no row for {name}:\n{status}"));
-    let titles = [
-        "ID",
-        "NAME",
-        "ADDRESS",
-        "ROLE",
-        "STATUS",
-        "LAG",
-        "REPLAY LSN",
-        "RECEIVED LSN",
-        "TIMELINE",
-        "LAST CHECK",
-        "REASON",
-    ];
+    let titles: Vec<&str> =
+        "ID,NAME,ADDRESS,ROLE,STATUS,LAG,REPLAY LSN,RECEIVED LSN,TIMELINE,LAST CHECK,REASON"
+            .split(',')
+            .collect();
     let starts: Vec<usize> = titles
         .iter()
         .map(|t| {
@@ -84,11 +71,8 @@ fn row(status: &str, name: &str) -> HashMap<String, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_detach_attach_watch_and_errors() {
-    let cluster = cluster(2);
-    let mut proxy = Proxy::start(&cluster, ProxyOptions::default());
-    let state = proxy
-        .wait_state(Duration::from_secs(30), "all backends up", all_up)
-        .await;
+    let (cluster, mut proxy) = proxied(2, ProxyOptions::default());
+    let state = proxy.wait_all_up(Duration::from_secs(30)).await;
 
     // status is the default command; the table lists every backend.
     let status = ctl_ok(&proxy, &[]);
@@ -141,24 +125,7 @@ async fn status_detach_attach_watch_and_errors() {
     assert!(json.contains("\"name\": \"pg2\""), "{json}");
 
     // watch: the current generation at once, then each new one.
-    let mut watch = Command::new(workspace_bin("pgwardenctl"))
-        .arg("--config")
-        .arg(&proxy.config)
-        .arg("watch")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut watch, lines) = pgwardenctl_spawn(&proxy.config, &["watch"]);
     let line = lines.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(
         line.starts_with("generation ") && line.contains(": primary pg0; pg0 up, pg1 up, pg2 up"),
@@ -198,12 +165,7 @@ async fn status_detach_attach_watch_and_errors() {
     assert!(line.contains("pg2 up"), "{line}");
 
     // Ctrl-C ends watch successfully.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(watch.id()).unwrap()),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let exit = watch.wait().unwrap();
+    let exit = interrupt(&mut watch);
     assert!(exit.success(), "watch after SIGINT: {exit:?}");
 
     // An unknown backend is a usage error naming the backends; nothing is asked.
@@ -244,11 +206,8 @@ async fn status_detach_attach_watch_and_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promote_wait_switches_over() {
-    let cluster = cluster(1);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
-    proxy
-        .wait_state(Duration::from_secs(30), "all backends up", all_up)
-        .await;
+    let (cluster, proxy) = proxied(1, ProxyOptions::default());
+    proxy.wait_all_up(Duration::from_secs(30)).await;
     cluster.wait_replicated(Duration::from_secs(10)).unwrap();
 
     let out = ctl_ok(&proxy, &["promote", "pg1", "--wait", "--timeout", "60s"]);

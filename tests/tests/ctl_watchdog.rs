@@ -2,15 +2,11 @@
 //! watchdogs of three hosts in network namespaces, through each node's own
 //! config. Needs root (network namespaces); skips otherwise, saying so.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use pgwarden_e2e::lab::{Fleet, require_lab};
-use pgwarden_e2e::{CtlRun, pgwardenctl};
-use pgwarden_testkit::workspace_bin;
+use pgwarden_e2e::lab::Fleet;
+use pgwarden_e2e::{CtlRun, interrupt, pgwardenctl, pgwardenctl_spawn};
 use serde_json::Value;
 
 fn config(fleet: &Fleet, i: usize) -> PathBuf {
@@ -51,17 +47,11 @@ fn agreed(views: &[Value], leader_id: u64) -> bool {
         && holders == [&Value::from(leader_id)]
 }
 
-#[cfg_attr(
-    not(lab),
-    ignore = "needs root: the three-host lab runs in network namespaces"
-)]
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_node_shows_the_same_leader_and_one_delegate_ip_holder() {
-    require_lab();
     let fleet = Fleet::start(3);
-    let leader = fleet
-        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
-        .await;
+    let leader = fleet.wait_for_leader_of_all(Duration::from_secs(30)).await;
     let leader_id = fleet.raft_id_of_host(leader);
 
     // JSON: the followers learn the term from the leader, and the leader
@@ -141,24 +131,7 @@ async fn every_node_shows_the_same_leader_and_one_delegate_ip_holder() {
     eprintln!("pgwardenctl watchdog on a follower:\n{sample}");
 
     // --watch: the current status at once, as one line.
-    let mut watch = Command::new(workspace_bin("pgwardenctl"))
-        .arg("--config")
-        .arg(config(&fleet, 0))
-        .args(["watchdog", "--watch"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut watch, lines) = pgwardenctl_spawn(&config(&fleet, 0), &["watchdog", "--watch"]);
     let line = lines.recv_timeout(Duration::from_secs(10)).unwrap();
     let holder = if leader == 0 {
         "this node".to_owned()
@@ -176,12 +149,7 @@ async fn every_node_shows_the_same_leader_and_one_delegate_ip_holder() {
     );
     eprintln!("pgwardenctl watchdog --watch: {line}");
     // Ctrl-C ends it successfully.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(i32::try_from(watch.id()).unwrap()),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    let exit = watch.wait().unwrap();
+    let exit = interrupt(&mut watch);
     assert!(exit.success(), "watchdog --watch after SIGINT: {exit:?}");
 
     // No watchdog there: exit 2, one line saying so.
@@ -205,17 +173,11 @@ async fn every_node_shows_the_same_leader_and_one_delegate_ip_holder() {
 /// pgpool's pcp commands work against any node: so do pgwardenctl's. On a
 /// follower, the monitor hands the request to the leader's monitor through
 /// the watchdogs, and every node then shows the change.
-#[cfg_attr(
-    not(lab),
-    ignore = "needs root: the three-host lab runs in network namespaces"
-)]
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_on_a_follower_are_decided_by_the_leader() {
-    require_lab();
     let fleet = Fleet::start(3);
-    let leader = fleet
-        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
-        .await;
+    let leader = fleet.wait_for_leader_of_all(Duration::from_secs(30)).await;
     let follower = (leader + 1) % 3;
     // Every node sees all three backends up first.
     let deadline = Instant::now() + Duration::from_secs(30);

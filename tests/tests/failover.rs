@@ -32,13 +32,11 @@ async fn insert(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_continue_on_the_most_advanced_standby_after_the_primary_dies() {
-    let cluster = cluster(2);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (cluster, proxy) = proxied(2, ProxyOptions::default());
+    proxy.wait_all_up(Duration::from_secs(20)).await;
     proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
-    let setup = proxy.alice().await;
-    setup
+        .alice()
+        .await
         .batch_execute("CREATE TABLE ledger (id int PRIMARY KEY)")
         .await
         .unwrap();
@@ -107,13 +105,7 @@ async fn writes_continue_on_the_most_advanced_standby_after_the_primary_dies() {
     assert_eq!(status_of(&state, 0), Status::Detached as i32);
 
     // Every acknowledged row is on the new primary.
-    let on_new: i64 = proxy
-        .alice()
-        .await
-        .query_one("SELECT count(*) FROM ledger", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let on_new: i64 = query_value(&proxy.alice().await, "SELECT count(*) FROM ledger").await;
     assert_eq!(on_new as usize, acked.len(), "acknowledged rows lost");
 
     // pg1 resumes and follows the new primary: it receives rows written after the failover.
@@ -164,12 +156,7 @@ async fn writes_continue_on_the_most_advanced_standby_after_the_primary_dies() {
     assert_eq!(state.primary_id, Some(2));
     for _ in 0..5 {
         let c = proxy.alice().await;
-        let port: i32 = c
-            .query_one("SELECT inet_server_port()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(port, i32::from(cluster.node(2).port()));
+        assert_eq!(server_port(&c).await, cluster.node(2).port());
     }
     let on_old = cluster
         .node(0)
@@ -180,11 +167,8 @@ async fn writes_continue_on_the_most_advanced_standby_after_the_primary_dies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dying_standby_is_marked_down_without_failover_and_returns_when_streaming() {
-    let cluster = cluster(2);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
-    let before = proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    let (cluster, proxy) = proxied(2, ProxyOptions::default());
+    let before = proxy.wait_all_up(Duration::from_secs(20)).await;
     let c = proxy.alice().await;
     c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
 
@@ -214,11 +198,8 @@ async fn a_dying_standby_is_marked_down_without_failover_and_returns_when_stream
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_client_action_changes_a_backend_status() {
-    let cluster = cluster(1);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
-    let before = proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    let (_cluster, proxy) = proxied(1, ProxyOptions::default());
+    let before = proxy.wait_all_up(Duration::from_secs(20)).await;
 
     // A client terminates its own backend.
     let c = proxy.alice().await;
@@ -226,10 +207,7 @@ async fn no_client_action_changes_a_backend_status() {
         .batch_execute("SELECT pg_terminate_backend(pg_backend_pid())")
         .await
         .unwrap_err();
-    assert!(
-        err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
-        "{err}"
-    );
+    assert!(session_ended(&err), "{err}");
     // A client cancels its query.
     let c = proxy.alice().await;
     let token = c.cancel_token();
@@ -264,19 +242,10 @@ async fn no_client_action_changes_a_backend_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_cluster_streams_each_generation_once_in_order() {
-    use pgwarden_proto::v1::{BackendRequest, WatchClusterRequest};
-    let cluster = cluster(2);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
-    let mut stream = proxy
-        .monitor_client()
-        .await
-        .watch_cluster(WatchClusterRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    use pgwarden_proto::v1::BackendRequest;
+    let (cluster, proxy) = proxied(2, ProxyOptions::default());
+    proxy.wait_all_up(Duration::from_secs(20)).await;
+    let mut stream = proxy.watch_cluster().await;
     let first = stream.message().await.unwrap().unwrap();
 
     // Four changes: detach, attach, a standby dies, it comes back.
@@ -315,11 +284,8 @@ async fn watch_cluster_streams_each_generation_once_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_the_monitor_alone_does_not_disturb_clients() {
-    let cluster = cluster(1);
-    let mut proxy = Proxy::start(&cluster, ProxyOptions::default());
-    let before = proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    let (_cluster, mut proxy) = proxied(1, ProxyOptions::default());
+    let before = proxy.wait_all_up(Duration::from_secs(20)).await;
     let c = proxy.alice().await;
     c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
     proxy.kill_monitor();
@@ -346,26 +312,19 @@ async fn restarting_the_monitor_alone_does_not_disturb_clients() {
     for i in 10..20 {
         c.execute("INSERT INTO t VALUES ($1)", &[&i]).await.unwrap();
     }
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = query_value(&c, "SELECT count(*) FROM t").await;
     assert_eq!(n, 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proxy_that_loses_the_monitor_for_too_long_stops_routing_and_says_why() {
-    let cluster = cluster(0);
-    let mut proxy = Proxy::start(
-        &cluster,
+    let (_cluster, mut proxy) = proxied(
+        0,
         ProxyOptions::default()
             .set("monitor_stale_after = \"2s\"")
             .set("failover_hold_timeout = \"1s\""),
     );
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    proxy.wait_all_up(Duration::from_secs(20)).await;
     let c = proxy.alice().await;
     proxy.kill_monitor();
     let lost = Instant::now();
@@ -387,10 +346,7 @@ async fn a_proxy_that_loses_the_monitor_for_too_long_stops_routing_and_says_why(
         "fenced before monitor_stale_after: {err:?}"
     );
     assert_eq!(sqlstate(&err).as_deref(), Some("57P03"), "{err:?}");
-    let msg = err
-        .as_db_error()
-        .map(|e| e.message().to_owned())
-        .unwrap_or_default();
+    let msg = db_message(&err);
     assert!(
         msg.contains("monitor") && msg.contains("unreachable"),
         "{msg}"
@@ -417,12 +373,8 @@ async fn a_proxy_that_loses_the_monitor_for_too_long_stops_routing_and_says_why(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_switchover_moves_idle_sessions_and_ends_those_that_cannot_move() {
-    use pgwarden_proto::v1::PromoteBackendRequest;
-    let cluster = cluster(1);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    let (cluster, proxy) = proxied(1, ProxyOptions::default());
+    proxy.wait_all_up(Duration::from_secs(20)).await;
     let old_session = proxy.alice().await;
     old_session
         .batch_execute("CREATE TABLE s (x int)")
@@ -439,21 +391,8 @@ async fn planned_switchover_moves_idle_sessions_and_ends_those_that_cannot_move(
         .unwrap();
     cluster.wait_replicated(Duration::from_secs(10)).unwrap();
 
-    let reply = proxy
-        .monitor_client()
-        .await
-        .promote_backend(PromoteBackendRequest {
-            id: 1,
-            force: false,
-        })
-        .await
-        .unwrap();
-    assert!(reply.into_inner().message.contains("promoting"));
-    let s = proxy
-        .wait_state(Duration::from_secs(30), "pg1 primary", |s| {
-            s.primary_id == Some(1) && up(s, 1)
-        })
-        .await;
+    assert!(proxy.promote(1).await.contains("promoting"));
+    let s = proxy.wait_primary(Duration::from_secs(30), 1).await;
     assert_eq!(status_of(&s, 0), Status::Detached as i32);
 
     // The idle session on the old primary goes on on the new one, with
@@ -461,7 +400,7 @@ async fn planned_switchover_moves_idle_sessions_and_ends_those_that_cannot_move(
     old_session
         .batch_execute("INSERT INTO s VALUES (1)")
         .await
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", log_tail("proxy", &proxy.log(), 30)));
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.log_tail(30)));
     let row = old_session
         .query_one(
             "SELECT inet_server_port(), current_setting('search_path')",
@@ -473,18 +412,10 @@ async fn planned_switchover_moves_idle_sessions_and_ends_those_that_cannot_move(
     assert_eq!(row.get::<_, String>(1), "pg_catalog, public");
     // The one with a temporary table was ended with 57P01.
     let err = pinned.batch_execute("SELECT 1").await.unwrap_err();
-    assert!(
-        err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
-        "{err:?}"
-    );
+    assert!(session_ended(&err), "{err:?}");
     let c = proxy.alice().await;
     c.batch_execute("INSERT INTO s VALUES (2)").await.unwrap();
-    let port: i32 = c
-        .query_one("SELECT inet_server_port()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(port, i32::from(cluster.node(1).port()));
+    assert_eq!(server_port(&c).await, cluster.node(1).port());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -519,28 +450,28 @@ async fn command_mode_hooks_receive_pgpool_arguments() {
             ..Default::default()
         },
     );
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    proxy.wait_all_up(Duration::from_secs(20)).await;
     cluster.node(0).stop(StopMode::Immediate).unwrap();
-    proxy
-        .wait_state(Duration::from_secs(30), "pg1 promoted", |s| {
-            s.primary_id == Some(1) && up(s, 1)
-        })
-        .await;
+    proxy.wait_primary(Duration::from_secs(30), 1).await;
 
-    let (n0, n1, n2) = (cluster.node(0), cluster.node(1), cluster.node(2));
+    // `all` for node `id` (%d %h %p %D): pg1 is the new main (%m %H %M %P
+    // %r %R), pg0 the old primary (%N %S).
+    let (n0, n1) = (cluster.node(0), cluster.node(1));
+    let expected = |id: usize| {
+        let n = cluster.node(id);
+        format!(
+            "{id} 127.0.0.1 {} {} 1 127.0.0.1 0 0 {} {} 127.0.0.1 {} %\n",
+            n.port(),
+            n.data_dir().display(),
+            n1.port(),
+            n1.data_dir().display(),
+            n0.port()
+        )
+    };
     let got = std::fs::read_to_string(&failover_args).unwrap();
-    let expected = format!(
-        "0 127.0.0.1 {} {} 1 127.0.0.1 0 0 {} {} 127.0.0.1 {} %\n",
-        n0.port(),
-        n0.data_dir().display(),
-        n1.port(),
-        n1.data_dir().display(),
-        n0.port()
-    );
     assert_eq!(
-        got, expected,
+        got,
+        expected(0),
         "failover.command arguments (run exactly once)"
     );
     wait_until(Duration::from_secs(10), "follow_primary_command", || {
@@ -548,28 +479,14 @@ async fn command_mode_hooks_receive_pgpool_arguments() {
     })
     .unwrap();
     let got = std::fs::read_to_string(&follow_args).unwrap();
-    let expected = format!(
-        "2 127.0.0.1 {} {} 1 127.0.0.1 0 0 {} {} 127.0.0.1 {} %\n",
-        n2.port(),
-        n2.data_dir().display(),
-        n1.port(),
-        n1.data_dir().display(),
-        n0.port()
-    );
-    assert_eq!(got, expected, "follow_primary_command arguments");
+    assert_eq!(got, expected(2), "follow_primary_command arguments");
     // Writes go to the new primary.
     let c = proxy.alice().await;
-    let recovery: bool = c
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert!(!recovery);
+    assert!(!in_recovery(&c).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_monitor_publishes_nothing_before_it_has_decided() {
-    use pgwarden_proto::v1::WatchClusterRequest;
     // A third backend that accepts TCP and never answers: every check of it
     // takes the whole timeout, so a (re)starting monitor needs seconds to decide.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -580,9 +497,8 @@ async fn a_restarted_monitor_publishes_nothing_before_it_has_decided() {
             conns.push(c);
         }
     });
-    let cluster = cluster(1);
-    let mut proxy = Proxy::start(
-        &cluster,
+    let (_cluster, mut proxy) = proxied(
+        1,
         ProxyOptions {
             extra: vec![format!(
                 "\n[[backends]]\nname = \"silent\"\nhost = \"127.0.0.1\"\nport = {silent_port}\n"
@@ -605,13 +521,7 @@ async fn a_restarted_monitor_publishes_nothing_before_it_has_decided() {
         std::os::unix::net::UnixStream::connect(&sock).is_ok()
     })
     .unwrap();
-    let mut stream = proxy
-        .monitor_client()
-        .await
-        .watch_cluster(WatchClusterRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = proxy.watch_cluster().await;
     let first = stream.message().await.unwrap().unwrap();
     assert_eq!(
         first.primary_id,
@@ -630,11 +540,8 @@ async fn a_restarted_monitor_publishes_nothing_before_it_has_decided() {
 /// (`proxy.failover_hold_timeout`) instead of failing, so it sees no error,
 /// and every row it was told was written is on the new primary.
 async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
-    let cluster = cluster(1);
-    let mut proxy = Proxy::start(&cluster, options);
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    let (cluster, mut proxy) = proxied(1, options);
+    proxy.wait_all_up(Duration::from_secs(20)).await;
     proxy
         .alice()
         .await
@@ -662,8 +569,7 @@ async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
             // Between two of the writer's attempts, once the standby has
             // every acknowledged row (asynchronous replication would lose
             // the rest, which is another issue's matter).
-            cluster.wait_replicated(Duration::from_secs(20)).unwrap();
-            cluster.node(0).stop(StopMode::Immediate).unwrap();
+            kill_primary_when_replicated(&cluster);
             killed = Some(Instant::now());
         }
         i += 1;
@@ -672,18 +578,12 @@ async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
     assert!(
         errors.is_empty(),
         "the writer saw errors through the failover: {errors:?}\n{}",
-        log_tail("proxy", &proxy.log(), 40)
+        proxy.log_tail(40)
     );
     assert_eq!(acked.len(), 40, "the writer did not get through");
     let state = proxy.cluster_state().await;
     assert_eq!(state.primary_id, Some(1), "{state:#?}");
-    let on_new: i64 = proxy
-        .alice()
-        .await
-        .query_one("SELECT count(*) FROM ledger", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let on_new: i64 = query_value(&proxy.alice().await, "SELECT count(*) FROM ledger").await;
     assert_eq!(on_new as usize, acked.len(), "acknowledged rows lost");
     eprintln!("the longest attempt after the kill took {slowest_after_kill:?}");
     let metrics = scrape(proxy.proxy_metrics).unwrap();
@@ -775,14 +675,11 @@ async fn a_writer_connecting_per_insert_sees_no_error_through_a_primary_kill_in_
 /// block is ended (that transaction is gone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_running_when_the_primary_dies_gets_08007_and_its_session_goes_on() {
-    let cluster = cluster(1);
-    let proxy = Proxy::start(
-        &cluster,
+    let (cluster, proxy) = proxied(
+        1,
         ProxyOptions::default().set("pool_mode = \"transaction\""),
     );
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    proxy.wait_all_up(Duration::from_secs(20)).await;
     let running = proxy.alice().await;
     let in_block = proxy.alice().await;
     in_block.batch_execute("BEGIN; SELECT 1").await.unwrap();
@@ -810,7 +707,7 @@ async fn a_statement_running_when_the_primary_dies_gets_08007_and_its_session_go
     let port: i32 = running
         .query_one("SELECT inet_server_port()", &[])
         .await
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", log_tail("proxy", &proxy.log(), 40)))
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.log_tail(40)))
         .get(0);
     assert_eq!(port, i32::from(cluster.node(1).port()));
     // The transaction block is gone with its server: that session ends.
@@ -834,30 +731,15 @@ async fn a_statement_running_when_the_primary_dies_gets_08007_and_its_session_go
 /// the new primary.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_switchover_under_pgbench_load_fails_no_transaction() {
-    use pgwarden_proto::v1::PromoteBackendRequest;
-    let cluster = cluster(1);
-    let proxy = Proxy::start(
-        &cluster,
+    let (cluster, proxy) = proxied(
+        1,
         ProxyOptions::default()
             .set("pool_mode = \"transaction\"")
             .set("max_client_connections = 100"),
     );
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
-    let bin = pgwarden_testkit::pg_bin_dir().unwrap().join("pgbench");
-    let pg = cluster.primary();
-    let init = std::process::Command::new(&bin)
-        .args(["-i", "-q", "-s", "1", "-h", pg.host()])
-        .args(["-p", &pg.port().to_string(), "-U", ALICE.0, "app"])
-        .env("PGPASSWORD", ALICE.1)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    proxy.wait_all_up(Duration::from_secs(20)).await;
+    pgbench_init(&cluster);
+    let bin = pgbench();
     cluster.wait_replicated(Duration::from_secs(20)).unwrap();
     let port = proxy.port.to_string();
     let run = tokio::task::spawn_blocking(move || {
@@ -880,27 +762,15 @@ async fn a_switchover_under_pgbench_load_fails_no_transaction() {
             .unwrap()
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
-    proxy
-        .monitor_client()
-        .await
-        .promote_backend(PromoteBackendRequest {
-            id: 1,
-            force: false,
-        })
-        .await
-        .unwrap();
-    proxy
-        .wait_state(Duration::from_secs(30), "pg1 primary", |s| {
-            s.primary_id == Some(1) && up(s, 1)
-        })
-        .await;
+    proxy.promote(1).await;
+    proxy.wait_primary(Duration::from_secs(30), 1).await;
     let out = run.await.unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && !stderr.contains("aborted"),
         "pgbench failed through the switchover:\n{stdout}\n{stderr}\n{}\n{}",
-        log_tail("proxy", &proxy.log(), 30),
+        proxy.log_tail(30),
         log_tail("monitor", &proxy.monitor_log(), 30)
     );
     assert!(
@@ -937,14 +807,11 @@ async fn a_switchover_under_pgbench_load_fails_no_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_transaction_mode_client_keeps_its_settings_and_statements_through_a_primary_kill()
 {
-    let cluster = cluster(1);
-    let proxy = Proxy::start(
-        &cluster,
+    let (cluster, proxy) = proxied(
+        1,
         ProxyOptions::default().set("pool_mode = \"transaction\""),
     );
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    proxy.wait_all_up(Duration::from_secs(20)).await;
     let c = proxy.alice().await;
     c.batch_execute(
         "CREATE SCHEMA kept; CREATE TABLE kept.t (x int); \
@@ -955,22 +822,20 @@ async fn an_idle_transaction_mode_client_keeps_its_settings_and_statements_throu
     // `t` is kept.t through the client's search_path.
     let insert = c.prepare("INSERT INTO t VALUES ($1)").await.unwrap();
     c.execute(&insert, &[&1i32]).await.unwrap();
-    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
-    cluster.node(0).stop(StopMode::Immediate).unwrap();
+    kill_primary_when_replicated(&cluster);
     // The next statement waits for the new primary, then runs there.
     c.execute(&insert, &[&2i32])
         .await
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", log_tail("proxy", &proxy.log(), 30)));
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.log_tail(30)));
+    assert_eq!(server_port(&c).await, cluster.node(1).port());
     let row = c
         .query_one(
-            "SELECT current_setting('search_path'), current_setting('TimeZone'), \
-                    inet_server_port(), count(*) FROM t",
+            "SELECT count(*), current_setting('search_path'), current_setting('TimeZone') FROM t",
             &[],
         )
         .await
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "kept, public");
-    assert_eq!(row.get::<_, String>(1), "Asia/Tokyo");
-    assert_eq!(row.get::<_, i32>(2), i32::from(cluster.node(1).port()));
-    assert_eq!(row.get::<_, i64>(3), 2);
+    assert_eq!(row.get::<_, i64>(0), 2);
+    assert_eq!(row.get::<_, String>(1), "kept, public");
+    assert_eq!(row.get::<_, String>(2), "Asia/Tokyo");
 }

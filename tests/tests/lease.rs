@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use pgwarden_e2e::lab::{Daemon, Fleet, require_lab};
+use pgwarden_e2e::lab::{Daemon, Fleet};
 
 /// A frozen watchdog (SIGSTOP) keeps its sockets open and says nothing:
 /// without the lease, its monitor never heard that the quorum was lost and
@@ -18,22 +18,14 @@ use pgwarden_e2e::lab::{Daemon, Fleet, require_lab};
 /// nodes decided meanwhile. With it, the proxy stops once the lease runs
 /// out, says why, and routes again once the watchdog is back. The other
 /// nodes serve on.
-#[cfg_attr(
-    not(lab),
-    ignore = "needs root: the three-host lab runs in network namespaces"
-)]
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_whose_watchdog_freezes_stops_routing_when_its_lease_runs_out() {
-    require_lab();
     let fleet = Fleet::start(3);
     let leader = fleet.wait_serving().await;
     let frozen = (0..3).find(|&i| i != leader).unwrap();
     fleet
-        .wait(
-            Duration::from_secs(20),
-            "a query through the node's own proxy",
-            || async { fleet.host_query(frozen, "SELECT 1").is_ok() },
-        )
+        .wait_host_query(Duration::from_secs(20), frozen, "SELECT 1")
         .await;
     fleet.signal_daemon(frozen, Daemon::Watchdog, Signal::SIGSTOP);
     let since = Instant::now();
@@ -61,11 +53,7 @@ async fn a_node_whose_watchdog_freezes_stops_routing_when_its_lease_runs_out() {
     assert!(fleet.client_query("SELECT 1").is_ok(), "{}", fleet.logs());
     fleet.signal_daemon(frozen, Daemon::Watchdog, Signal::SIGCONT);
     fleet
-        .wait(
-            Duration::from_secs(20),
-            "the proxy to route again once its watchdog is back",
-            || async { fleet.host_query(frozen, "SELECT 1").is_ok() },
-        )
+        .wait_host_query(Duration::from_secs(20), frozen, "SELECT 1")
         .await;
 }
 
@@ -73,13 +61,9 @@ async fn a_node_whose_watchdog_freezes_stops_routing_when_its_lease_runs_out() {
 /// stopped routing to the old primary: the leader promotes only once that
 /// proxy's lease has run out (more than PROXY_LEASE after the withdrawal),
 /// whereas with every node up it promotes as soon as all proxies moved on.
-#[cfg_attr(
-    not(lab),
-    ignore = "needs root: the three-host lab runs in network namespaces"
-)]
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_promotion_waits_for_the_lease_of_a_node_that_cannot_say_it_moved_on() {
-    require_lab();
     let fleet = Fleet::start(3);
     let leader = fleet.wait_serving().await;
     fleet
@@ -112,22 +96,14 @@ async fn a_promotion_waits_for_the_lease_of_a_node_that_cannot_say_it_moved_on()
 /// The lease comes from the watchdog, not through the monitor: restarting
 /// a node's monitor (killed, started again) costs that node's clients
 /// nothing, a query every 50 ms through its proxy meanwhile all succeed.
-#[cfg_attr(
-    not(lab),
-    ignore = "needs root: the three-host lab runs in network namespaces"
-)]
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restarting_a_nodes_monitor_costs_its_clients_nothing() {
-    require_lab();
     let mut fleet = Fleet::start(3);
     let leader = fleet.wait_serving().await;
     let node = (0..3).find(|&i| i != leader).unwrap();
     fleet
-        .wait(
-            Duration::from_secs(20),
-            "a query through the node's own proxy",
-            || async { fleet.host_query(node, "SELECT 1").is_ok() },
-        )
+        .wait_host_query(Duration::from_secs(20), node, "SELECT 1")
         .await;
     fleet.kill_daemon(node, Daemon::Monitor);
     let down = Instant::now();

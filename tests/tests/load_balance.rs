@@ -58,11 +58,8 @@ async fn start_with(
     Vec<u16>,
     tokio_postgres::Client,
 ) {
-    let cluster = cluster(2);
-    let proxy = Proxy::start(&cluster, options);
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    let (cluster, proxy) = proxied(2, options);
+    proxy.wait_all_up(Duration::from_secs(20)).await;
     let ports: Vec<u16> = (0..3).map(|i| cluster.node(i).port()).collect();
     let setup = proxy.alice().await;
     setup.batch_execute(schema).await.unwrap();
@@ -85,7 +82,7 @@ async fn wait_reads_reach(proxy: &Proxy, port: u16) {
     assert!(
         reached,
         "reads never reached port {port}; proxy log:\n{}",
-        log_tail("proxy", &proxy.log(), 40)
+        proxy.log_tail(40)
     );
 }
 
@@ -263,11 +260,7 @@ async fn extended_protocol_reads_and_read_only_transactions_run_on_standbys_and_
     let mut seen: HashMap<i32, u32> = HashMap::new();
     let prepared = c.prepare("SELECT inet_server_port()").await.unwrap();
     for _ in 0..40 {
-        let port: i32 = c
-            .query_one("SELECT inet_server_port()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let port: i32 = query_value(&c, "SELECT inet_server_port()").await;
         *seen.entry(port).or_default() += 1;
         let port: i32 = c.query_one(&prepared, &[]).await.unwrap().get(0);
         *seen.entry(port).or_default() += 1;
@@ -282,16 +275,8 @@ async fn extended_protocol_reads_and_read_only_transactions_run_on_standbys_and_
     // refused there as PostgreSQL refuses it on the primary.
     for round in 0..10 {
         let t = c.build_transaction().read_only(true).start().await.unwrap();
-        let first: i32 = t
-            .query_one("SELECT inet_server_port()", &[])
-            .await
-            .unwrap()
-            .get(0);
-        let second: i32 = t
-            .query_one("SELECT inet_server_port()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let first: i32 = query_value(&t, "SELECT inet_server_port()").await;
+        let second: i32 = query_value(&t, "SELECT inet_server_port()").await;
         assert!(standby(&ports, first), "round {round}: {first}");
         assert_eq!(first, second, "round {round}: one transaction, one server");
         let refused = t
@@ -393,11 +378,7 @@ async fn a_read_only_listener_runs_everything_on_standbys_and_else_on_a_read_onl
     let mut seen: HashMap<String, u32> = HashMap::new();
     for _ in 0..30 {
         *seen.entry(one(&ro, "SHOW port").await).or_default() += 1;
-        let port: i32 = ro
-            .query_one("SELECT inet_server_port()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let port: i32 = query_value(&ro, "SELECT inet_server_port()").await;
         *seen.entry(port.to_string()).or_default() += 1;
     }
     assert!(
@@ -435,11 +416,7 @@ async fn a_read_only_listener_runs_everything_on_standbys_and_else_on_a_read_onl
         }
     })
     .await;
-    assert!(
-        on_primary,
-        "proxy log:\n{}",
-        log_tail("proxy", &proxy.log(), 40)
-    );
+    assert!(on_primary, "proxy log:\n{}", proxy.log_tail(40));
     let refused = ro
         .batch_execute("INSERT INTO rol VALUES (2)")
         .await

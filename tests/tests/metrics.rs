@@ -8,14 +8,12 @@ use pgwarden_testkit::{StopMode, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_and_monitor_metrics_follow_clients_and_backends() {
-    let cluster = cluster(1);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (cluster, proxy) = proxied(1, ProxyOptions::default());
     let alice = proxy.alice().await;
     alice.batch_execute("SELECT 1").await.unwrap();
     let err = proxy
-        .connect(ALICE.0, "wrong", "app")
-        .await
-        .expect_err("wrong password");
+        .refused(ALICE.0, "wrong", "app", "wrong password")
+        .await;
     assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
 
     let body = scrape(proxy.proxy_metrics).unwrap();

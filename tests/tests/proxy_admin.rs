@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgwarden_e2e::*;
-use pgwarden_testkit::{PasswordKind, wait_until, workspace_bin};
+use pgwarden_testkit::{wait_until, workspace_bin};
 
 async fn ctl(proxy: &Proxy, args: &[&str]) -> CtlRun {
     pgwardenctl_async(&proxy.config, args).await
@@ -64,8 +64,7 @@ async fn pools(proxy: &Proxy) -> Vec<(String, String, String, u32, u32, u32)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_and_pools_show_sessions_and_terminate_ends_exactly_one() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default());
     assert_eq!(ctl_ok(&proxy, &["clients"]).await, "no clients\n");
 
     let alice = proxy.alice().await;
@@ -121,7 +120,7 @@ async fn clients_and_pools_show_sessions_and_terminate_ends_exactly_one() {
         "{:?}",
         messages(&last)
     );
-    let one: i32 = alice.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let one: i32 = query_value(&alice, "SELECT 1").await;
     assert_eq!(one, 1);
     let users: Vec<String> = clients(&proxy)
         .await
@@ -154,11 +153,7 @@ async fn clients_and_pools_show_sessions_and_terminate_ends_exactly_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_holds_new_sessions_until_resume_and_open_ones_go_on() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions::default().set("pool_timeout = \"3s\""),
-    );
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_timeout = \"3s\""));
     let open = proxy.alice().await;
     assert_eq!(
         ctl_ok(&proxy, &["pause"]).await,
@@ -170,7 +165,7 @@ async fn pause_holds_new_sessions_until_resume_and_open_ones_go_on() {
     let waiting = tokio::spawn(async move { connect(&conninfo).await });
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(!waiting.is_finished(), "a new session got through a pause");
-    let one: i32 = open.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let one: i32 = query_value(&open, "SELECT 1").await;
     assert_eq!(one, 1);
 
     assert_eq!(
@@ -182,15 +177,14 @@ async fn pause_holds_new_sessions_until_resume_and_open_ones_go_on() {
         .expect("resume lets the waiting session through")
         .unwrap()
         .unwrap();
-    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let one: i32 = query_value(&c, "SELECT 1").await;
     assert_eq!(one, 1);
 
     // Paused for longer than pool_timeout: a clear refusal, not a hang.
     ctl_ok(&proxy, &["pause"]).await;
     let err = proxy
-        .connect(ALICE.0, ALICE.1, "app")
-        .await
-        .expect_err("paused past pool_timeout");
+        .refused(ALICE.0, ALICE.1, "app", "paused past pool_timeout")
+        .await;
     assert_eq!(sqlstate(&err).as_deref(), Some("57P03"), "{err}");
     let message = err.as_db_error().map(|e| e.message().to_owned());
     assert!(
@@ -205,28 +199,12 @@ async fn pause_holds_new_sessions_until_resume_and_open_ones_go_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_reads_the_auth_file_and_a_broken_one_changes_nothing() {
-    let cluster = cluster(0);
-    cluster
-        .create_user("frank", "frank-secret", PasswordKind::Md5)
-        .unwrap();
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
-    let err = proxy
-        .connect("frank", "frank-secret", "postgres")
-        .await
-        .expect_err("not in the auth file yet");
-    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
-
-    let auth = proxy.dir.path().join("users.txt");
-    let good = std::fs::read_to_string(&auth).unwrap() + "\"frank\" \"frank-secret\"\n";
-    std::fs::write(&auth, &good).unwrap();
+    let (_cluster, proxy, auth) = frank_added_to_the_auth_file().await;
     assert_eq!(
         ctl_ok(&proxy, &["reload"]).await,
         "auth file reloaded: 4 users\n"
     );
-    proxy
-        .connect("frank", "frank-secret", "postgres")
-        .await
-        .unwrap();
+    proxy.connect(FRANK.0, FRANK.1, "postgres").await.unwrap();
 
     // A broken file: exit 1 with the reason; the old file stays in force.
     std::fs::write(&auth, "\"frank\" unterminated\n").unwrap();
@@ -238,17 +216,13 @@ async fn reload_reads_the_auth_file_and_a_broken_one_changes_nothing() {
             && run.stderr.lines().count() == 1,
         "{run:?}"
     );
-    proxy
-        .connect("frank", "frank-secret", "postgres")
-        .await
-        .unwrap();
+    proxy.connect(FRANK.0, FRANK.1, "postgres").await.unwrap();
     proxy.alice().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_proxy_on_the_same_runtime_dir_refuses_to_start() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default());
     // Same config, another listen port: the admin socket is taken.
     let config = std::fs::read_to_string(&proxy.config).unwrap().replace(
         &format!("listen = \"127.0.0.1:{}\"", proxy.port),
@@ -288,22 +262,15 @@ async fn a_second_proxy_on_the_same_runtime_dir_refuses_to_start() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminate_ends_busy_and_waiting_sessions_and_pools_add_up_per_user() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
+    let (cluster, proxy) = proxied(
+        0,
         ProxyOptions::default()
             .set("pool_size = 2")
             .set("pool_timeout = \"30s\""),
     );
     // Two clients of alice that differ only in application_name: one row.
-    let conninfo = |app: &str| {
-        format!(
-            "{} application_name={app}",
-            proxy.conninfo(ALICE.0, ALICE.1, "app")
-        )
-    };
-    let busy = connect(&conninfo("one")).await.unwrap();
-    let holder = connect(&conninfo("two")).await.unwrap();
+    let busy = proxy.alice_named("one").await;
+    let holder = proxy.alice_named("two").await;
     holder.batch_execute("SELECT 1").await.unwrap();
     assert_eq!(
         pools(&proxy).await,
@@ -327,10 +294,7 @@ async fn terminate_ends_busy_and_waiting_sessions_and_pools_add_up_per_user() {
         .expect("the terminated client hears at once")
         .unwrap()
         .expect_err("terminated mid-statement");
-    assert!(
-        err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
-        "{err:?}"
-    );
+    assert!(session_ended(&err), "{err:?}");
     wait_until(Duration::from_secs(10), "pg_sleep cancelled on the server", || {
         cluster
             .primary()
@@ -343,8 +307,11 @@ async fn terminate_ends_busy_and_waiting_sessions_and_pools_add_up_per_user() {
     // Pools are per full set of startup parameters: with "two" holding
     // both of its pool's connections, a third "two" client waits, listed
     // without a backend; terminating it ends its wait with 57P01.
-    let second = connect(&conninfo("two")).await.unwrap();
-    let info = conninfo("two");
+    let second = proxy.alice_named("two").await;
+    let info = format!(
+        "{} application_name=two",
+        proxy.conninfo(ALICE.0, ALICE.1, "app")
+    );
     let waiting = tokio::spawn(async move { connect(&info).await });
     let deadline = Instant::now() + Duration::from_secs(10);
     let waiter = loop {

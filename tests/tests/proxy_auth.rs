@@ -4,37 +4,23 @@
 use std::time::Duration;
 
 use pgwarden_e2e::*;
-use pgwarden_testkit::PasswordKind;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_md5_and_plain_users_log_in_and_wrong_passwords_get_28p01() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default());
 
     // alice: SCRAM verifier in the auth file; the proxy logs in to the server
     // with the ClientKey recovered from her proof.
     let c = proxy.connect(ALICE.0, ALICE.1, "app").await.unwrap();
-    let u: String = c
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let u: String = query_value(&c, "SELECT current_user::text").await;
     assert_eq!(u, "alice");
     // bob: md5 secret, md5 both ways.
     let c = proxy.connect(BOB.0, BOB.1, "app").await.unwrap();
-    let u: String = c
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let u: String = query_value(&c, "SELECT current_user::text").await;
     assert_eq!(u, "bob");
     // carol: plain text in the auth file, SCRAM to the proxy and to the server.
     let c = proxy.connect(CAROL.0, CAROL.1, "app").await.unwrap();
-    let u: String = c
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let u: String = query_value(&c, "SELECT current_user::text").await;
     assert_eq!(u, "carol");
 
     for (user, pw) in [
@@ -49,10 +35,7 @@ async fn scram_md5_and_plain_users_log_in_and_wrong_passwords_get_28p01() {
             .err()
             .unwrap_or_else(|| panic!("{user} got in"));
         assert_eq!(sqlstate(&err).as_deref(), Some("28P01"), "{user}: {err}");
-        let text = err
-            .as_db_error()
-            .map(|e| e.message().to_owned())
-            .unwrap_or_default();
+        let text = db_message(&err);
         assert_eq!(
             text,
             format!("password authentication failed for user \"{user}\"")
@@ -67,8 +50,7 @@ async fn scram_md5_and_plain_users_log_in_and_wrong_passwords_get_28p01() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn md5_auth_type_checks_plain_secrets_with_md5() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("auth_type = \"md5\""));
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("auth_type = \"md5\""));
     // libpq answers whatever the proxy asks; carol's plain secret is checked with md5.
     let (ok, out, err) = psql(&proxy, CAROL.0, CAROL.1, "app", "SELECT current_user");
     assert!(ok, "{err}");
@@ -85,8 +67,7 @@ async fn md5_auth_type_checks_plain_secrets_with_md5() {
 #[test]
 fn refuses_to_start_with_a_world_readable_auth_file() {
     use std::os::unix::fs::PermissionsExt;
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default());
     let auth = proxy.dir.path().join("users.txt");
     std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = std::process::Command::new(pgwarden_testkit::workspace_bin("pgwarden-proxy"))
@@ -104,55 +85,33 @@ fn refuses_to_start_with_a_world_readable_auth_file() {
     assert!(err.contains("readable"), "{err}");
 }
 
+/// Sends the proxy SIGHUP and waits until its log says `outcome`.
+fn sighup_until_logged(proxy: &mut Proxy, outcome: &str) {
+    proxy
+        .child()
+        .signal(nix::sys::signal::Signal::SIGHUP)
+        .unwrap();
+    pgwarden_testkit::wait_until(Duration::from_secs(10), outcome, || {
+        proxy.log().contains(outcome)
+    })
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_auth_file() {
-    let cluster = cluster(0);
-    cluster
-        .create_user("frank", "frank-secret", PasswordKind::Md5)
-        .unwrap();
-    let mut proxy = Proxy::start(&cluster, ProxyOptions::default());
-    let err = proxy
-        .connect("frank", "frank-secret", "postgres")
-        .await
-        .expect_err("not in the auth file yet");
-    assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
-    let auth = proxy.dir.path().join("users.txt");
-    let mut text = std::fs::read_to_string(&auth).unwrap();
-    text.push_str("\"frank\" \"frank-secret\"\n");
-    std::fs::write(&auth, text).unwrap();
-    proxy
-        .child()
-        .signal(nix::sys::signal::Signal::SIGHUP)
-        .unwrap();
-    pgwarden_testkit::wait_until(Duration::from_secs(10), "the reload", || {
-        proxy.log().contains("auth file reloaded")
-    })
-    .unwrap();
-    proxy
-        .connect("frank", "frank-secret", "postgres")
-        .await
-        .unwrap();
+    let (_cluster, mut proxy, auth) = frank_added_to_the_auth_file().await;
+    sighup_until_logged(&mut proxy, "auth file reloaded");
+    proxy.connect(FRANK.0, FRANK.1, "postgres").await.unwrap();
     // A broken file is refused and the old one stays in force.
     std::fs::write(&auth, "\"frank\" unterminated\n").unwrap();
-    proxy
-        .child()
-        .signal(nix::sys::signal::Signal::SIGHUP)
-        .unwrap();
-    pgwarden_testkit::wait_until(Duration::from_secs(10), "the refusal", || {
-        proxy.log().contains("auth file not reloaded")
-    })
-    .unwrap();
-    proxy
-        .connect("frank", "frank-secret", "postgres")
-        .await
-        .unwrap();
+    sighup_until_logged(&mut proxy, "auth file not reloaded");
+    proxy.connect(FRANK.0, FRANK.1, "postgres").await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_login_is_answered_late_and_slows_nobody_else() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
+    let (_cluster, proxy) = proxied(
+        0,
         ProxyOptions::default().set("auth_failure_delay = \"3s\""),
     );
     let start = std::time::Instant::now();
@@ -166,7 +125,7 @@ async fn a_failed_login_is_answered_late_and_slows_nobody_else() {
     // once.
     let good = proxy.connect(CAROL.0, CAROL.1, "app").await.unwrap();
     let good_at = start.elapsed();
-    let one: i32 = good.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let one: i32 = query_value(&good, "SELECT 1").await;
     assert_eq!(one, 1);
     let (err, bad_at) = bad.await.unwrap();
     let err = err.expect("a wrong password got in");

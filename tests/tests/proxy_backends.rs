@@ -8,15 +8,8 @@ use pgwarden_testkit::{Cluster, PasswordKind};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_to_the_primary_wherever_it_is_listed() {
-    let cluster = cluster(1);
     // The standby first: the proxy must still pick the primary.
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions {
-            backends: Some(vec![1, 0]),
-            ..Default::default()
-        },
-    );
+    let (cluster, proxy) = proxied(1, ProxyOptions::default().backends(&[1, 0]));
     let c = proxy.alice().await;
     let (recovery, port): (bool, i32) = {
         let r = c
@@ -34,29 +27,22 @@ async fn routes_to_the_primary_wherever_it_is_listed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_primary_means_57p03_not_a_standby() {
-    let cluster = cluster(1);
     // Only the standby is listed: nothing may be routed to it.
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions {
-            backends: Some(vec![1]),
-            ..Default::default()
-        }
-        .set("server_connect_timeout = \"2s\"")
-        .set("failover_hold_timeout = \"2s\""),
+    let (_cluster, proxy) = proxied(
+        1,
+        ProxyOptions::default()
+            .backends(&[1])
+            .set("server_connect_timeout = \"2s\"")
+            .set("failover_hold_timeout = \"2s\""),
     );
-    let err = proxy
-        .connect(ALICE.0, ALICE.1, "app")
-        .await
-        .expect_err("no primary");
+    let err = proxy.refused(ALICE.0, ALICE.1, "app", "no primary").await;
     assert_eq!(sqlstate(&err).as_deref(), Some("57P03"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_primary_without_failover_holds_clients_for_the_hold_timeout_then_57p03() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
+    let (cluster, proxy) = proxied(
+        0,
         ProxyOptions::default().set("failover_hold_timeout = \"2s\""),
     );
     drop(proxy.alice().await);
@@ -66,9 +52,8 @@ async fn a_dead_primary_without_failover_holds_clients_for_the_hold_timeout_then
         .unwrap();
     let started = std::time::Instant::now();
     let err = proxy
-        .connect(ALICE.0, ALICE.1, "app")
-        .await
-        .expect_err("no primary to go to");
+        .refused(ALICE.0, ALICE.1, "app", "no primary to go to")
+        .await;
     let waited = started.elapsed();
     assert_eq!(sqlstate(&err).as_deref(), Some("57P03"), "{err}");
     let db = err.as_db_error().expect("the proxy's own error");
@@ -94,12 +79,12 @@ async fn logs_in_to_servers_with_cleartext_password_and_trust() {
             .hba("host all dave 127.0.0.1/32 password")
             .hba("host all erin 127.0.0.1/32 trust"),
     );
-    cluster
-        .create_user("dave", "dave-secret", PasswordKind::Scram)
-        .unwrap();
-    cluster
-        .create_user("erin", "erin-secret", PasswordKind::Scram)
-        .unwrap();
+    for user in ["dave", "erin"] {
+        let password = format!("{user}-secret");
+        cluster
+            .create_user(user, &password, PasswordKind::Scram)
+            .unwrap();
+    }
     let proxy = Proxy::start(
         &cluster,
         ProxyOptions::default()
@@ -111,26 +96,20 @@ async fn logs_in_to_servers_with_cleartext_password_and_trust() {
             .connect(user, &format!("{user}-secret"), "postgres")
             .await
             .unwrap();
-        let u: String = c
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let u: String = query_value(&c, "SELECT current_user::text").await;
         assert_eq!(u, user);
     }
     // The proxy still checks the password itself, whatever the server does.
     let err = proxy
-        .connect("erin", "wrong", "postgres")
-        .await
-        .expect_err("wrong password");
+        .refused("erin", "wrong", "postgres", "wrong password")
+        .await;
     assert_eq!(sqlstate(&err).as_deref(), Some("28P01"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_cached_connections_expire() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
+    let (cluster, proxy) = proxied(
+        0,
         ProxyOptions::default().set("server_idle_timeout = \"1s\""),
     );
     let c = proxy.alice().await;
@@ -152,46 +131,25 @@ async fn idle_cached_connections_expire() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_past_their_lifetime_are_not_cached() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions::default().set("server_lifetime = \"1s\""),
-    );
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("server_lifetime = \"1s\""));
     let c = proxy.alice().await;
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = query_value(&c, "SELECT pg_backend_pid()").await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let c = proxy.alice().await;
-    let pid2: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid2: i32 = query_value(&c, "SELECT pg_backend_pid()").await;
     assert_ne!(pid, pid2, "an expired connection was reused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_monitor_the_proxy_finds_the_primary_itself() {
-    let cluster = cluster(1);
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions {
-            backends: Some(vec![1, 0]),
-            monitor: false,
-            ..Default::default()
-        },
+    let (_cluster, proxy) = proxied(
+        1,
+        ProxyOptions::default().backends(&[1, 0]).without_monitor(),
     );
     let c = proxy.alice().await;
-    let recovery: bool = c
-        .query_one("SELECT pg_is_in_recovery()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let recovery: bool = query_value(&c, "SELECT pg_is_in_recovery()").await;
     assert!(!recovery);
     assert!(!proxy.dir.path().join("monitor.sock").exists());
 }

@@ -122,7 +122,7 @@ async fn an_edit_and_reload_changes_new_logins_and_leaves_open_sessions_alone() 
         "{refused:?}"
     );
     // The session opened before goes on.
-    let one: i32 = open.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let one: i32 = query_value(&open, "SELECT 1").await;
     assert_eq!(one, 1);
     // A broken edit is refused by the reload, naming the line; the rules
     // in force stay.
@@ -213,7 +213,7 @@ fn cert_lines_let_in_clients_whose_certificate_names_them() {
         )
     };
     let (ok, out, err) = with_cert("carol", &carol_crt, &carol_key);
-    assert!(ok, "{err}\n{}", log_tail("proxy", &proxy.log(), 20));
+    assert!(ok, "{err}\n{}", proxy.log_tail(20));
     assert_eq!(out, "carol");
     // alice's certificate does not name carol.
     let (ok, _, err) = with_cert("carol", &alice_crt, &alice_key);

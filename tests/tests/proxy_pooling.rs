@@ -7,25 +7,14 @@ use pgwarden_e2e::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connections_reuse_at_most_pool_size_server_connections() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions {
-            proxy: vec!["pool_size = 3".into()],
-            ..Default::default()
-        },
-    );
+    let (cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_size = 3"));
     let mut pids = std::collections::HashSet::new();
     for i in 0..1000 {
         let c = proxy
             .connect(BOB.0, BOB.1, "app")
             .await
             .unwrap_or_else(|e| panic!("connection {i}: {e}"));
-        let pid: i32 = c
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let pid: i32 = query_value(&c, "SELECT pg_backend_pid()").await;
         pids.insert(pid);
         drop(c);
         if i % 250 == 0 {
@@ -59,22 +48,11 @@ async fn a_thousand_connections_reuse_at_most_pool_size_server_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_never_leaks_to_the_next_client() {
-    let cluster = cluster(0);
     // One server connection: every client gets the same one.
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions {
-            proxy: vec!["pool_size = 1".into()],
-            ..Default::default()
-        },
-    );
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_size = 1"));
 
     let first = proxy.alice().await;
-    let pid: i32 = first
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = query_value(&first, "SELECT pg_backend_pid()").await;
     first
         .batch_execute(
             "SET search_path = pg_catalog; SET application_name = 'leaky'; SET statement_timeout = '7s';
@@ -88,11 +66,7 @@ async fn session_state_never_leaks_to_the_next_client() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let next = proxy.alice().await;
-    let pid2: i32 = next
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid2: i32 = query_value(&next, "SELECT pg_backend_pid()").await;
     assert_eq!(pid, pid2, "the cached connection was reused");
     let row = next
         .query_one(
@@ -122,14 +96,7 @@ async fn session_state_never_leaks_to_the_next_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_transaction_is_rolled_back_before_reuse() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions {
-            proxy: vec!["pool_size = 1".into()],
-            ..Default::default()
-        },
-    );
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_size = 1"));
     let c = proxy.alice().await;
     c.batch_execute("CREATE TABLE r (x int)").await.unwrap();
     c.batch_execute("BEGIN; INSERT INTO r VALUES (1);")
@@ -138,42 +105,33 @@ async fn an_open_transaction_is_rolled_back_before_reuse() {
     drop(c); // leaves mid-transaction
     tokio::time::sleep(Duration::from_millis(200)).await;
     let c = proxy.alice().await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM r", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = query_value(&c, "SELECT count(*) FROM r").await;
     assert_eq!(n, 0, "the abandoned transaction was rolled back");
     // Had the old transaction survived, its INSERT would have assigned an xid.
-    let fresh: bool = c
-        .query_one("SELECT pg_current_xact_id_if_assigned() IS NULL", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let fresh: bool = query_value(&c, "SELECT pg_current_xact_id_if_assigned() IS NULL").await;
     assert!(fresh, "the new session is not inside the old transaction");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pool_makes_clients_wait_then_fail_clearly() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions {
-            proxy: vec!["pool_size = 1".into(), "pool_timeout = \"1s\"".into()],
-            ..Default::default()
-        },
+    let (_cluster, proxy) = proxied(
+        0,
+        ProxyOptions::default()
+            .set("pool_size = 1")
+            .set("pool_timeout = \"1s\""),
     );
     let holder = proxy.alice().await;
     holder.batch_execute("SELECT 1").await.unwrap();
     let err = proxy
-        .connect(ALICE.0, ALICE.1, "app")
-        .await
-        .expect_err("no connection while the pool is full");
+        .refused(
+            ALICE.0,
+            ALICE.1,
+            "app",
+            "no connection while the pool is full",
+        )
+        .await;
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
-    let msg = err
-        .as_db_error()
-        .map(|e| e.message().to_owned())
-        .unwrap_or_default();
+    let msg = db_message(&err);
     assert!(msg.contains("pool_size 1"), "{msg}");
     drop(holder);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -182,20 +140,9 @@ async fn a_full_pool_makes_clients_wait_then_fail_clearly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_connection_killed_while_cached_is_not_handed_out() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions {
-            proxy: vec!["pool_size = 2".into()],
-            ..Default::default()
-        },
-    );
+    let (cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_size = 2"));
     let c = proxy.alice().await;
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = query_value(&c, "SELECT pg_backend_pid()").await;
     drop(c);
     tokio::time::sleep(Duration::from_millis(200)).await;
     cluster
@@ -204,31 +151,20 @@ async fn a_server_connection_killed_while_cached_is_not_handed_out() {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let c = proxy.alice().await;
-    let pid2: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid2: i32 = query_value(&c, "SELECT pg_backend_pid()").await;
     assert_ne!(pid, pid2);
 }
 
 /// `SHOW application_name` and what pg_stat_activity shows for the session.
 async fn application_names(c: &tokio_postgres::Client) -> (String, String) {
-    let row = c
-        .query_one(
-            "SELECT current_setting('application_name'),
-                    (SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid())",
-            &[],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
+    let shown = query_value(c, "SHOW application_name").await;
+    let activity = "SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()";
+    (shown, query_value(c, activity).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_with_different_startup_settings_share_one_pool_and_keep_their_own() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("pool_size = 20"));
+    let (cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_size = 20"));
     // 60 clients, 60 application names, a few at a time or all at once:
     // never more than pool_size server connections (keyed by every startup
     // parameter, this was one pool per name: 60 connections and more).
@@ -301,28 +237,19 @@ async fn clients_with_different_startup_settings_share_one_pool_and_keep_their_o
         application_names(&plain).await,
         (String::new(), String::new())
     );
-    let path: String = plain
-        .query_one("SELECT current_setting('search_path')", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let path: String = query_value(&plain, "SELECT current_setting('search_path')").await;
     assert_eq!(path, "\"$user\", public", "no search_path left behind");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_copy_from_stdin_the_server_connection_is_cached_for_the_next_client() {
     use futures_util::SinkExt;
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("pool_size = 1"));
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_size = 1"));
     let c = proxy.alice().await;
     c.batch_execute("CREATE TABLE copied (x int)")
         .await
         .unwrap();
-    let pid: i32 = c
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pid: i32 = query_value(&c, "SELECT pg_backend_pid()").await;
     // tokio-postgres sends Bind, Execute, Sync before the data: the server
     // ignores that Sync, so no ReadyForQuery is owed for it.
     let sink = c.copy_in("COPY copied FROM STDIN").await.unwrap();
@@ -337,19 +264,14 @@ async fn after_copy_from_stdin_the_server_connection_is_cached_for_the_next_clie
     // then closed the connection).
     let started = std::time::Instant::now();
     let next = proxy.alice().await;
-    let next_pid: i32 = next
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let next_pid: i32 = query_value(&next, "SELECT pg_backend_pid()").await;
     assert_eq!(next_pid, pid, "the same server connection, reused");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_startup_setting_is_refused_as_postgresql_refuses_it() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("pool_size = 1"));
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_size = 1"));
     let err = connect(&format!(
         "{} options='-c DateStyle=bogus'",
         proxy.conninfo(ALICE.0, ALICE.1, "app")

@@ -10,8 +10,7 @@ use pgwarden_e2e::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simple_extended_copy_notify_big_rows_and_errors() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default());
     let c = proxy.alice().await;
 
     // Simple protocol, several statements in one Query.
@@ -43,11 +42,7 @@ async fn simple_extended_copy_notify_big_rows_and_errors() {
     let data: String = (100..1100).map(|i| format!("{i}\tcopied {i}\n")).collect();
     sink.send(Bytes::from(data)).await.unwrap();
     assert_eq!(sink.finish().await.unwrap(), 1000);
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM t", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = query_value(&c, "SELECT count(*) FROM t").await;
     assert_eq!(n, 1050);
 
     // COPY TO STDOUT.
@@ -68,11 +63,7 @@ async fn simple_extended_copy_notify_big_rows_and_errors() {
     c.execute("INSERT INTO t VALUES (-1, $1)", &[&big])
         .await
         .unwrap();
-    let back: String = c
-        .query_one("SELECT v FROM t WHERE id = -1", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let back: String = query_value(&c, "SELECT v FROM t WHERE id = -1").await;
     assert_eq!(back.len(), big.len());
     assert!(back == big);
 
@@ -90,14 +81,13 @@ async fn simple_extended_copy_notify_big_rows_and_errors() {
         "in a failed transaction"
     );
     c.batch_execute("ROLLBACK").await.unwrap();
-    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let one: i32 = query_value(&c, "SELECT 1").await;
     assert_eq!(one, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_notify_crosses_the_proxy() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default());
     let (listener, mut conn) = tokio_postgres::connect(
         &proxy.conninfo(ALICE.0, ALICE.1, "app"),
         tokio_postgres::NoTls,
@@ -124,8 +114,7 @@ async fn listen_notify_crosses_the_proxy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_request_stops_a_sleeping_query() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default());
     let c = proxy.alice().await;
     let token = c.cancel_token();
     let started = Instant::now();
@@ -142,14 +131,13 @@ async fn cancel_request_stops_a_sleeping_query() {
     assert!(started.elapsed() < Duration::from_secs(20));
     canceller.await.unwrap().unwrap();
     // The session is still usable.
-    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let one: i32 = query_value(&c, "SELECT 1").await;
     assert_eq!(one, 1);
 }
 
 #[test]
 fn psql_works_through_the_proxy() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default());
     let (ok, out, err) = psql(
         &proxy,
         ALICE.0,
@@ -168,8 +156,7 @@ fn psql_works_through_the_proxy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_is_told_its_real_server_pid() {
     use std::io::Write;
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (cluster, proxy) = proxied(0, ProxyOptions::default());
     let (mut s, (pid, _)) = raw_login_with_key(proxy.port);
     s.write_all(&query_message("SELECT pg_backend_pid()"))
         .unwrap();
@@ -205,13 +192,6 @@ async fn a_client_is_told_its_real_server_pid() {
         "SELECT pg_terminate_backend({pid})"
     )))
     .unwrap();
-    let mut rest = Vec::new();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let _ = std::io::Read::read_to_end(&mut s, &mut rest);
-    assert_eq!(
-        error_code(&rest).as_deref(),
-        Some("57P01"),
-        "{:?}",
-        messages(&rest)
-    );
+    assert_ended_with(&mut s, "57P01");
 }

@@ -124,7 +124,7 @@ async fn a_replication_login_takes_application_name_and_options_at_startup() {
             assert!(
                 ok,
                 "replication={replication}: {err}\n{}",
-                log_tail("proxy", &proxy.log(), 30)
+                proxy.log_tail(30)
             );
             let lines: Vec<&str> = out.lines().collect();
             assert_eq!(
@@ -152,7 +152,7 @@ async fn a_client_leaving_while_streaming_ends_its_walsender_at_once() {
         assert!(
             took.is_some_and(|t| t < Duration::from_secs(2)),
             "terminate={goodbye}: the walsender outlived its client by {took:?}\n{}",
-            log_tail("proxy", &proxy.log(), 30)
+            proxy.log_tail(30)
         );
     }
 }

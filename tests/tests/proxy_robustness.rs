@@ -9,8 +9,7 @@ use pgwarden_e2e::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_gets_an_error_and_the_next_client_still_works() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default());
     let bystander = proxy.alice().await;
     bystander
         .batch_execute("CREATE TABLE ok (x int)")
@@ -42,14 +41,7 @@ async fn garbage_gets_an_error_and_the_next_client_still_works() {
     // A valid startup, then garbage: 08P01 and only that connection closes.
     let mut s = raw_login(proxy.port);
     s.write_all(b"\x01\x02\x03garbage-after-login").unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    assert_eq!(
-        error_code(&answer).as_deref(),
-        Some("08P01"),
-        "{:?}",
-        messages(&answer)
-    );
+    assert_ended_with(&mut s, "08P01");
 
     // The bystander's session and new clients are unaffected.
     bystander
@@ -57,19 +49,14 @@ async fn garbage_gets_an_error_and_the_next_client_still_works() {
         .await
         .unwrap();
     let c = proxy.alice().await;
-    let n: i64 = c
-        .query_one("SELECT count(*) FROM ok", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = query_value(&c, "SELECT count(*) FROM ok").await;
     assert_eq!(n, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversize_messages_are_refused() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
+    let (_cluster, proxy) = proxied(
+        0,
         ProxyOptions::default().set("max_message_bytes = 1048576"),
     );
     // An oversize startup packet.
@@ -81,14 +68,7 @@ async fn oversize_messages_are_refused() {
     q.extend_from_slice(&(2 * 1024 * 1024u32 + 4).to_be_bytes());
     q.extend_from_slice(b"SELECT ");
     s.write_all(&q).unwrap();
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    assert_eq!(
-        error_code(&answer).as_deref(),
-        Some("54000"),
-        "{:?}",
-        messages(&answer)
-    );
+    assert_ended_with(&mut s, "54000");
     // A query under the limit is fine.
     let c = proxy.alice().await;
     let big = "y".repeat(900 * 1024);
@@ -102,19 +82,14 @@ async fn oversize_messages_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_beyond_max_client_connections_gets_53300() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
-        ProxyOptions::default().set("max_client_connections = 3"),
-    );
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("max_client_connections = 3"));
     let mut held = Vec::new();
     for _ in 0..3 {
         held.push(proxy.alice().await);
     }
     let err = proxy
-        .connect(ALICE.0, ALICE.1, "app")
-        .await
-        .expect_err("the fourth client is refused");
+        .refused(ALICE.0, ALICE.1, "app", "the fourth client is refused")
+        .await;
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
     // Cancel requests still get through at the limit: they are not sessions.
     let token = held[0].cancel_token();
@@ -132,8 +107,7 @@ async fn client_beyond_max_client_connections_gets_53300() {
 
 #[test]
 fn ssl_is_declined_and_the_session_continues_in_clear() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default());
     let mut s = TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]).unwrap();

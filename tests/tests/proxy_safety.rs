@@ -71,8 +71,7 @@ fn vanished_clients_queries_are_cancelled_not_left_running() {
 fn a_vanished_clients_server_connection_is_reused_only_once_idle() {
     // pool_size 1: the next client gets the very connection the vanished
     // one left busy; it must not see the old query's results or error.
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("pool_size = 1"));
+    let (cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_size = 1"));
     for round in 0..5 {
         let mut gone = raw_login(proxy.port);
         gone.write_all(&query_message("SELECT pg_sleep(30), 'old'"))
@@ -176,9 +175,8 @@ async fn idle_sockets_cannot_lock_out_a_real_login() {
         held.push(proxy.alice().await);
     }
     let err = proxy
-        .connect(ALICE.0, ALICE.1, "app")
-        .await
-        .expect_err("one client too many");
+        .refused(ALICE.0, ALICE.1, "app", "one client too many")
+        .await;
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"), "{err}");
 }
 
@@ -198,8 +196,7 @@ fn wait_closed(mut s: TcpStream) {
 
 #[test]
 fn a_cancel_of_an_idle_session_never_cancels_its_next_query() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (cluster, proxy) = proxied(0, ProxyOptions::default());
     let (mut s, key) = raw_login_with_key(proxy.port);
     let mut cancelled = 0;
     for _ in 0..50 {
@@ -239,8 +236,7 @@ fn a_cancel_of_an_idle_session_never_cancels_its_next_query() {
 fn a_cancel_sent_as_its_client_leaves_never_reaches_the_next_client() {
     // pool_size 1: the next client, already waiting for a server, gets the
     // leaving client's server connection the moment it is handed on.
-    let cluster = cluster(0);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default().set("pool_size = 1"));
+    let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_size = 1"));
     let mut hit = 0;
     for _ in 0..20 {
         let (mut leaving, key) = raw_login_with_key(proxy.port);

@@ -8,11 +8,8 @@ use pgwarden_e2e::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_sessions_then_closes_them() {
-    let cluster = cluster(0);
-    let mut proxy = Proxy::start(
-        &cluster,
-        ProxyOptions::default().set("shutdown_timeout = \"3s\""),
-    );
+    let (_cluster, mut proxy) =
+        proxied(0, ProxyOptions::default().set("shutdown_timeout = \"3s\""));
     let c = proxy.alice().await;
     c.batch_execute("SELECT 1").await.unwrap();
     // A raw session too, to read exactly what the proxy sends at the end.
@@ -28,7 +25,7 @@ async fn sigterm_drains_sessions_then_closes_them() {
         "still accepting after SIGTERM"
     );
     // The open session keeps working during the grace period.
-    let one: i32 = c.query_one("SELECT 1", &[]).await.unwrap().get(0);
+    let one: i32 = query_value(&c, "SELECT 1").await;
     assert_eq!(one, 1);
 
     // After the grace period it is closed with 57P01 and the process exits.
@@ -39,28 +36,15 @@ async fn sigterm_drains_sessions_then_closes_them() {
     assert!(status.success(), "{status:?}");
     assert!(signalled.elapsed() >= Duration::from_secs(3));
     let err = c.query_one("SELECT 1", &[]).await.unwrap_err();
-    assert!(
-        err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
-        "{err}"
-    );
-    let mut last = Vec::new();
-    let _ = std::io::Read::read_to_end(&mut raw, &mut last);
-    assert_eq!(
-        error_code(&last).as_deref(),
-        Some("57P01"),
-        "{:?}",
-        messages(&last)
-    );
+    assert!(session_ended(&err), "{err}");
+    assert_ended_with(&mut raw, "57P01");
     assert!(proxy.log().contains("shutdown timeout reached"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_no_sessions_exits_at_once() {
-    let cluster = cluster(0);
-    let mut proxy = Proxy::start(
-        &cluster,
-        ProxyOptions::default().set("shutdown_timeout = \"30s\""),
-    );
+    let (_cluster, mut proxy) =
+        proxied(0, ProxyOptions::default().set("shutdown_timeout = \"30s\""));
     {
         let c = proxy.alice().await;
         c.batch_execute("SELECT 1").await.unwrap();

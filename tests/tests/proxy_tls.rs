@@ -28,7 +28,7 @@ fn server_side_tls(proxy: &Proxy) -> String {
         "app",
         "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
     );
-    assert!(ok, "{err}\n{}", log_tail("proxy", &proxy.log(), 30));
+    assert!(ok, "{err}\n{}", proxy.log_tail(30));
     out
 }
 
@@ -71,7 +71,7 @@ fn psql_verify_full_and_channel_binding_work_through_the_proxy() {
         &tls_conninfo(&proxy, &pki, "sslmode=verify-full channel_binding=require"),
         &["SELECT current_user"],
     );
-    assert!(ok, "{err}\n{}", log_tail("proxy", &proxy.log(), 30));
+    assert!(ok, "{err}\n{}", proxy.log_tail(30));
     assert_eq!(out, "carol");
     // alice's SCRAM verifier login (the proxy logs in to the server with
     // the ClientKey of her proof) works bound too.
@@ -282,9 +282,8 @@ fn verify_full_refuses_a_server_certificate_for_another_name_naming_the_backend(
 
 #[test]
 fn require_refuses_a_server_without_tls() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
+    let (cluster, proxy) = proxied(
+        0,
         ProxyOptions::default()
             .set("failover_hold_timeout = \"1s\"")
             .with_extra("[server_tls]\nmode = \"require\"\n"),

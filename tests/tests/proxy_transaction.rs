@@ -11,9 +11,11 @@ use futures_util::{SinkExt, StreamExt, TryStreamExt};
 use pgwarden_e2e::*;
 use pgwarden_testkit::Cluster;
 
-fn transaction_proxy(cluster: &Cluster, pool_size: usize) -> Proxy {
-    Proxy::start(
-        cluster,
+/// A [`cluster`] with `standbys` standbys and a transaction-mode proxy of
+/// `pool_size` server connections in front.
+fn transaction_proxied(standbys: usize, pool_size: usize) -> (Cluster, Proxy) {
+    proxied(
+        standbys,
         ProxyOptions::default()
             .set("pool_mode = \"transaction\"")
             .set(&format!("pool_size = {pool_size}"))
@@ -45,30 +47,19 @@ async fn connect_listening(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_pgbench_clients_with_prepared_statements_share_five_server_connections() {
-    let cluster = cluster(0);
     // On two threads: the other tests run the default single-threaded
     // proxy, this one the multi-threaded runtime, under load.
-    let proxy = Proxy::start(
-        &cluster,
+    let (cluster, proxy) = proxied(
+        0,
         ProxyOptions::default()
             .set("pool_mode = \"transaction\"")
             .set("pool_size = 5")
             .set("worker_threads = 2")
             .set("max_client_connections = 300"),
     );
-    let bin = pgwarden_testkit::pg_bin_dir().unwrap().join("pgbench");
+    pgbench_init(&cluster);
+    let bin = pgbench();
     let pg = cluster.primary();
-    let init = Command::new(&bin)
-        .args(["-i", "-q", "-s", "1", "-h", pg.host()])
-        .args(["-p", &pg.port().to_string(), "-U", ALICE.0, "app"])
-        .env("PGPASSWORD", ALICE.1)
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
 
     // Count the server sessions while the run goes on.
     let running = Arc::new(AtomicBool::new(true));
@@ -118,7 +109,7 @@ async fn a_hundred_pgbench_clients_with_prepared_statements_share_five_server_co
         run.status.success(),
         "pgbench failed:\n{stdout}\n{}\n{}",
         String::from_utf8_lossy(&run.stderr),
-        log_tail("proxy", &proxy.log(), 40)
+        proxy.log_tail(40)
     );
     assert!(
         stdout.contains("number of transactions actually processed: 10000/10000"),
@@ -138,8 +129,7 @@ async fn a_hundred_pgbench_clients_with_prepared_statements_share_five_server_co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prepared_statements_follow_their_clients_across_server_connections() {
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 2);
+    let (cluster, proxy) = transaction_proxied(0, 2);
     let mut clients = Vec::new();
     for _ in 0..6 {
         clients.push(proxy.alice().await);
@@ -178,7 +168,7 @@ async fn prepared_statements_follow_their_clients_across_server_connections() {
     // A statement that fails to prepare leaves nothing behind.
     let e = a.prepare("SELEC nonsense").await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("42601"));
-    let v: i32 = a.query_one("SELECT 7", &[]).await.unwrap().get(0);
+    let v: i32 = query_value(a, "SELECT 7").await;
     assert_eq!(v, 7);
 }
 
@@ -187,8 +177,7 @@ async fn a_statement_prepared_after_a_schema_change_sees_the_new_schema() {
     // One server connection: the second client's Parse of the same text
     // lands where the first client's statement, prepared before the
     // change, still is.
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 1);
+    let (cluster, proxy) = transaction_proxied(0, 1);
     let a = proxy.alice().await;
     a.batch_execute("CREATE TABLE stale_t (v int)")
         .await
@@ -226,8 +215,7 @@ async fn a_statement_prepared_after_a_schema_change_sees_the_new_schema() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_failing_transactions_and_listen_work_in_transaction_mode() {
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 2);
+    let (cluster, proxy) = transaction_proxied(0, 2);
     let a = proxy.alice().await;
     a.batch_execute("CREATE TABLE items (id int, name text)")
         .await
@@ -262,11 +250,7 @@ async fn copy_failing_transactions_and_listen_work_in_transaction_mode() {
     let e = a.query_one("SELECT 1", &[]).await.unwrap_err();
     assert_eq!(sqlstate(&e).as_deref(), Some("25P02"));
     a.batch_execute("ROLLBACK").await.unwrap();
-    let n: i64 = a
-        .query_one("SELECT count(*) FROM items", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = query_value(&a, "SELECT count(*) FROM items").await;
     assert_eq!(n, 1000);
 
     // LISTEN pins its client; NOTIFY from another client reaches it, with
@@ -290,9 +274,9 @@ async fn copy_failing_transactions_and_listen_work_in_transaction_mode() {
     }
     // The pinned listener keeps its server; the others share the other one.
     for _ in 0..20 {
-        let v: i32 = a.query_one("SELECT 1", &[]).await.unwrap().get(0);
+        let v: i32 = query_value(&a, "SELECT 1").await;
         assert_eq!(v, 1);
-        let v: i32 = b.query_one("SELECT 2", &[]).await.unwrap().get(0);
+        let v: i32 = query_value(&b, "SELECT 2").await;
         assert_eq!(v, 2);
     }
     assert!(server_sessions(&cluster, ALICE.0) <= 2);
@@ -300,23 +284,12 @@ async fn copy_failing_transactions_and_listen_work_in_transaction_mode() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_with_their_own_settings_share_one_server_connection() {
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 1);
-    let conninfo = |app: &str| {
-        format!(
-            "{} application_name={app}",
-            proxy.conninfo(ALICE.0, ALICE.1, "app")
-        )
-    };
-    let a = connect(&conninfo("app-a")).await.unwrap();
-    let b = connect(&conninfo("app-b")).await.unwrap();
+    let (cluster, proxy) = transaction_proxied(0, 1);
+    let a = proxy.alice_named("app-a").await;
+    let b = proxy.alice_named("app-b").await;
     for _ in 0..5 {
         for (c, name) in [(&a, "app-a"), (&b, "app-b")] {
-            let shown: String = c
-                .query_one("SHOW application_name", &[])
-                .await
-                .unwrap()
-                .get(0);
+            let shown: String = query_value(c, "SHOW application_name").await;
             assert_eq!(shown, name);
             let seen: String = c
                 .query_one(
@@ -339,9 +312,9 @@ async fn clients_with_their_own_settings_share_one_server_connection() {
         .await
         .unwrap();
     for _ in 0..3 {
-        let tz: String = a.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+        let tz: String = query_value(&a, "SHOW TimeZone").await;
         assert_eq!(tz, "Asia/Tokyo");
-        let tz: String = b.query_one("SHOW TimeZone", &[]).await.unwrap().get(0);
+        let tz: String = query_value(&b, "SHOW TimeZone").await;
         assert_ne!(tz, "Asia/Tokyo");
     }
 }
@@ -350,8 +323,7 @@ async fn clients_with_their_own_settings_share_one_server_connection() {
 async fn a_setting_one_client_changes_never_reaches_a_client_with_the_same_startup_settings() {
     // Clients with the same settings skip the comparison at checkout;
     // a SET by one of them must still not follow the connection to the next.
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 1);
+    let (cluster, proxy) = transaction_proxied(0, 1);
     let a = proxy.alice().await;
     let b = proxy.alice().await;
     let show = async |c: &tokio_postgres::Client, what: &str| -> String {
@@ -380,37 +352,24 @@ async fn a_setting_one_client_changes_never_reaches_a_client_with_the_same_start
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn session_state_pins_its_client_and_never_reaches_another() {
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 2);
+    let (_cluster, proxy) = transaction_proxied(0, 2);
     let a = proxy.alice().await;
     let b = proxy.alice().await;
     let c = proxy.alice().await;
     a.batch_execute("CREATE TEMP TABLE mine (x int)")
         .await
         .unwrap();
-    let pinned: i32 = a
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let pinned: i32 = query_value(&a, "SELECT pg_backend_pid()").await;
     for i in 0..20 {
         // a keeps its server (and its temp table) through every transaction.
         a.execute("INSERT INTO mine VALUES ($1)", &[&i])
             .await
             .unwrap();
-        let pid: i32 = a
-            .query_one("SELECT pg_backend_pid()", &[])
-            .await
-            .unwrap()
-            .get(0);
+        let pid: i32 = query_value(&a, "SELECT pg_backend_pid()").await;
         assert_eq!(pid, pinned);
         // b and c share the other server and never see a's table.
         for other in [&b, &c] {
-            let pid: i32 = other
-                .query_one("SELECT pg_backend_pid()", &[])
-                .await
-                .unwrap()
-                .get(0);
+            let pid: i32 = query_value(other, "SELECT pg_backend_pid()").await;
             assert_ne!(pid, pinned, "another client got the pinned server");
             let e = other
                 .query_one("SELECT * FROM mine", &[])
@@ -419,11 +378,7 @@ async fn session_state_pins_its_client_and_never_reaches_another() {
             assert_eq!(sqlstate(&e).as_deref(), Some("42P01"));
         }
     }
-    let n: i64 = a
-        .query_one("SELECT count(*) FROM mine", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = query_value(&a, "SELECT count(*) FROM mine").await;
     assert_eq!(n, 20);
     // `pools` counts them: a holds a server (pinned), b and c hold none.
     let run = pgwardenctl_async(&proxy.config, &["pools"]).await;
@@ -459,8 +414,7 @@ async fn session_state_pins_its_client_and_never_reaches_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_startup_settings_never_reach_another_client() {
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 1);
+    let (cluster, proxy) = transaction_proxied(0, 1);
     let base = proxy.conninfo(ALICE.0, ALICE.1, "app");
     let a = connect(&format!(
         "{base} options='-c search_path=private -c statement_timeout=4321ms'"
@@ -480,20 +434,16 @@ async fn a_clients_startup_settings_never_reach_another_client() {
 }
 
 async fn settings_of(c: &tokio_postgres::Client) -> (String, String) {
-    let row = c
-        .query_one(
-            "SELECT current_setting('search_path'), current_setting('statement_timeout')",
-            &[],
-        )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
+    query_pair(
+        c,
+        "SELECT current_setting('search_path'), current_setting('statement_timeout')",
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_a_clients_discard_all_its_startup_settings_come_back() {
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 1);
+    let (_cluster, proxy) = transaction_proxied(0, 1);
     let base = proxy.conninfo(ALICE.0, ALICE.1, "app");
     let a = connect(&format!(
         "{base} options='-c search_path=private -c statement_timeout=4321ms'"
@@ -520,8 +470,7 @@ async fn after_a_clients_discard_all_its_startup_settings_come_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_reaches_the_server_running_the_clients_transaction_only() {
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 2);
+    let (_cluster, proxy) = transaction_proxied(0, 2);
     let a = proxy.alice().await;
     let b = proxy.alice().await;
     // b is busy on the other server connection the whole time.
@@ -548,20 +497,16 @@ async fn a_cancel_reaches_the_server_running_the_clients_transaction_only() {
         .cancel_query(tokio_postgres::NoTls)
         .await
         .unwrap();
-    let v: i32 = b.query_one("SELECT 3", &[]).await.unwrap().get(0);
+    let v: i32 = query_value(&b, "SELECT 3").await;
     assert_eq!(v, 3);
-    let v: i32 = a.query_one("SELECT 4", &[]).await.unwrap().get(0);
+    let v: i32 = query_value(&a, "SELECT 4").await;
     assert_eq!(v, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_clients_and_their_statements_move_to_a_new_primary_open_transactions_end() {
-    use pgwarden_proto::v1::PromoteBackendRequest;
-    let cluster = cluster(1);
-    let proxy = transaction_proxy(&cluster, 2);
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    let (cluster, proxy) = transaction_proxied(1, 2);
+    proxy.wait_all_up(Duration::from_secs(20)).await;
     let idle = proxy.alice().await;
     idle.batch_execute("CREATE TABLE moved (x int)")
         .await
@@ -574,38 +519,19 @@ async fn idle_clients_and_their_statements_move_to_a_new_primary_open_transactio
         .unwrap();
     cluster.wait_replicated(Duration::from_secs(10)).unwrap();
 
-    proxy
-        .monitor_client()
-        .await
-        .promote_backend(PromoteBackendRequest {
-            id: 1,
-            force: false,
-        })
-        .await
-        .unwrap();
-    proxy
-        .wait_state(Duration::from_secs(30), "pg1 primary", |s| {
-            s.primary_id == Some(1) && up(s, 1)
-        })
-        .await;
+    proxy.promote(1).await;
+    proxy.wait_primary(Duration::from_secs(30), 1).await;
 
     // The transaction open on the old primary is not carried on elsewhere.
     let err = open
         .batch_execute("INSERT INTO moved VALUES (101); COMMIT")
         .await
         .unwrap_err();
-    assert!(
-        err.is_closed() || sqlstate(&err).as_deref() == Some("57P01"),
-        "{err:?}"
-    );
+    assert!(session_ended(&err), "{err:?}");
     // The idle client holds no server: its next transaction, with its
     // prepared statement, runs on the new primary without an error.
     idle.execute(&insert, &[&2i32]).await.unwrap();
-    let port: i32 = idle
-        .query_one("SELECT inet_server_port()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let port: i32 = query_value(&idle, "SELECT inet_server_port()").await;
     assert_eq!(port, i32::from(cluster.node(1).port()));
     let rows: Vec<i32> = idle
         .query("SELECT x FROM moved ORDER BY x", &[])
@@ -745,8 +671,7 @@ fn query_before_sync_conversation(port: u16) -> Vec<Vec<String>> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_query_before_sync_is_answered_and_skipped_as_on_postgresql() {
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 1);
+    let (cluster, proxy) = transaction_proxied(0, 1);
     let port = cluster.primary().port();
     let direct = tokio::task::spawn_blocking(move || query_before_sync_conversation(port))
         .await
@@ -764,13 +689,9 @@ async fn a_query_before_sync_is_answered_and_skipped_as_on_postgresql() {
     // The connection went back to the pool in order: another client on
     // the one server connection gets its own answers.
     let other = proxy.alice().await;
-    let v: i32 = other.query_one("SELECT 10", &[]).await.unwrap().get(0);
+    let v: i32 = query_value(&other, "SELECT 10").await;
     assert_eq!(v, 10);
-    assert!(
-        !proxy.log().contains("0A000"),
-        "{}",
-        log_tail("proxy", &proxy.log(), 30)
-    );
+    assert!(!proxy.log().contains("0A000"), "{}", proxy.log_tail(30));
 }
 
 /// asyncpg with its statement cache off: Parse of the unnamed statement and
@@ -780,8 +701,7 @@ async fn a_query_before_sync_is_answered_and_skipped_as_on_postgresql() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_unnamed_statement_survives_a_sync_when_the_connection_comes_back_unused() {
     use std::io::Write;
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 2);
+    let (_cluster, proxy) = transaction_proxied(0, 2);
     let mut s = raw_login(proxy.port);
     let mut m = parse_msg("", "SELECT 41 + 1");
     m.extend(frontend_message(b'H', &[]));
@@ -804,15 +724,14 @@ async fn the_unnamed_statement_survives_a_sync_when_the_connection_comes_back_un
 /// rolled-back or LOCAL change is not kept, and no other client ever sees it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_path_follows_its_client_and_never_reaches_another() {
-    let cluster = cluster(0);
-    let proxy = transaction_proxy(&cluster, 2);
+    let (_cluster, proxy) = transaction_proxied(0, 2);
     let a = proxy.alice().await;
     let b = proxy.alice().await;
     let c = proxy.alice().await;
     a.batch_execute("CREATE SCHEMA s1; CREATE TABLE s1.only_in_s1 (x int); INSERT INTO s1.only_in_s1 VALUES (7)")
         .await
         .unwrap();
-    let default: String = b.query_one("SHOW search_path", &[]).await.unwrap().get(0);
+    let default: String = query_value(&b, "SHOW search_path").await;
     a.batch_execute("SET search_path = s1, public")
         .await
         .unwrap();
@@ -831,11 +750,7 @@ async fn search_path_follows_its_client_and_never_reaches_another() {
         assert_eq!(in_block, 1);
         assert_eq!(show_search_path(&c).await, default);
     }
-    let v: i32 = a
-        .query_one("SELECT x FROM only_in_s1", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let v: i32 = query_value(&a, "SELECT x FROM only_in_s1").await;
     assert_eq!(v, 7, "unqualified names resolve in the client's schema");
     // A rolled-back SET and a LOCAL one are not kept.
     a.batch_execute("BEGIN; SET search_path = public; ROLLBACK")

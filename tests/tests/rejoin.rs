@@ -28,9 +28,8 @@ async fn ctl(proxy: &Proxy, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_old_primary_rejoins_as_a_standby_of_the_new_one() {
-    let cluster = cluster(1);
-    let proxy = Proxy::start(
-        &cluster,
+    let (cluster, proxy) = proxied(
+        1,
         ProxyOptions::default()
             .failover(&format!(
                 "rejoin_command = \"{} %D %H %r %a\"",
@@ -144,9 +143,8 @@ async fn the_old_primary_rejoins_as_a_standby_of_the_new_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_rejoin_leaves_the_backend_detached_and_says_why_each_time() {
-    let cluster = cluster(1);
-    let proxy = Proxy::start(
-        &cluster,
+    let (cluster, proxy) = proxied(
+        1,
         ProxyOptions::default()
             .failover("rejoin_command = \"echo rejoining %a from %H:%r; exit 3\""),
     );

@@ -30,11 +30,8 @@ fn read_to_close(s: &mut std::net::TcpStream, timeout: Duration) -> Vec<(u8, Vec
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_session_mode_client_keeps_its_settings_statements_and_listens_through_a_primary_kill()
  {
-    let cluster = cluster(1);
-    let proxy = Proxy::start(&cluster, ProxyOptions::default());
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    let (cluster, proxy) = proxied(1, ProxyOptions::default());
+    proxy.wait_all_up(Duration::from_secs(20)).await;
     let c = proxy.alice().await;
     c.batch_execute("CREATE SCHEMA kept; CREATE TABLE kept.t (x int)")
         .await
@@ -68,14 +65,13 @@ async fn an_idle_session_mode_client_keeps_its_settings_statements_and_listens_t
     let msgs = read_until_ready(&mut pinned);
     assert_eq!(first_sqlstate(&msgs), None, "{msgs:?}");
 
-    cluster.wait_replicated(Duration::from_secs(20)).unwrap();
-    cluster.node(0).stop(StopMode::Immediate).unwrap();
+    kill_primary_when_replicated(&cluster);
 
     // The next statement waits for the new primary, then runs there on the
     // same session.
     c.execute(&insert, &[&2i32])
         .await
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", log_tail("proxy", &proxy.log(), 30)));
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.log_tail(30)));
     let row = c
         .query_one(
             "SELECT current_setting('search_path'), current_setting('TimeZone'), \
@@ -95,7 +91,7 @@ async fn an_idle_session_mode_client_keeps_its_settings_statements_and_listens_t
     assert_eq!(row.get::<_, i32>(5), i32::from(cluster.node(1).port()));
     assert_eq!(row.get::<_, i64>(6), 2);
     assert_eq!(row.get::<_, String>(7), "{jobs}");
-    let twice: i32 = c.query_one("EXECUTE twice(21)", &[]).await.unwrap().get(0);
+    let twice: i32 = query_value(&c, "EXECUTE twice(21)").await;
     assert_eq!(twice, 42);
 
     // The session with the temporary table was ended, and told why.
@@ -134,16 +130,13 @@ async fn an_idle_session_mode_client_keeps_its_settings_statements_and_listens_t
 /// it waited on itself until `pool_timeout` and was ended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_moving_within_a_full_pool_does_not_wait_on_its_own_permit() {
-    let cluster = cluster(0);
-    let proxy = Proxy::start(
-        &cluster,
+    let (cluster, proxy) = proxied(
+        0,
         ProxyOptions::default()
             .set("pool_size = 1")
             .set("pool_timeout = \"3s\""),
     );
-    proxy
-        .wait_state(Duration::from_secs(20), "all backends up", all_up)
-        .await;
+    proxy.wait_all_up(Duration::from_secs(20)).await;
     let c = proxy.alice().await;
     c.batch_execute("SET work_mem = '9MB'").await.unwrap();
     // The server restarts: the session's connection is lost, the backend
@@ -153,6 +146,6 @@ async fn a_session_moving_within_a_full_pool_does_not_wait_on_its_own_permit() {
     let row = c
         .query_one("SELECT current_setting('work_mem')", &[])
         .await
-        .unwrap_or_else(|e| panic!("{e:?}\n{}", log_tail("proxy", &proxy.log(), 30)));
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.log_tail(30)));
     assert_eq!(row.get::<_, String>(0), "9MB");
 }

@@ -111,8 +111,7 @@ fn pings_then_stops(m: &mut Manager, mut child: ChildGuard, what: &str, readies:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_monitor_and_proxy_tell_systemd_they_are_ready_alive_reloaded_and_stopping() {
-    let cluster = cluster(0);
-    let mut proxy = Proxy::start(&cluster, ProxyOptions::default());
+    let (_cluster, mut proxy) = proxied(0, ProxyOptions::default());
     let dir = tempfile::tempdir().unwrap();
 
     // The monitor, started as systemd would: READY=1 once its socket is up.

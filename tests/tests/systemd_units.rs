@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use pgwarden_testkit::run_ok;
+
 const UNITS: [&str; 3] = ["pgwarden-watchdog", "pgwarden-monitor", "pgwarden-proxy"];
 
 fn root() -> PathBuf {
@@ -79,7 +81,10 @@ fn value<'u>(unit: &'u Unit, name: &str, section: &str, key: &str) -> &'u str {
     &values[0]
 }
 
-fn seconds(name: &str, key: &str, v: &str) -> Duration {
+/// The time span `key` in `[Service]` ([`value`]), failing on one that
+/// is not a time span.
+fn service_seconds(unit: &Unit, name: &str, key: &str) -> Duration {
+    let v = value(unit, name, "Service", key);
     humantime_like(v).unwrap_or_else(|| panic!("{name}.service: {key}={v} is not a time span"))
 }
 
@@ -123,11 +128,7 @@ fn units_restart_forever_with_a_backoff_and_no_start_limit() {
             "{name}.service: StartLimitBurst= would bring the limit back"
         );
         assert_eq!(value(&unit, name, "Service", "Restart"), "always", "{name}");
-        let first = seconds(
-            name,
-            "RestartSec",
-            value(&unit, name, "Service", "RestartSec"),
-        );
+        let first = service_seconds(&unit, name, "RestartSec");
         assert_eq!(
             first,
             Duration::from_secs(1),
@@ -140,11 +141,7 @@ fn units_restart_forever_with_a_backoff_and_no_start_limit() {
             steps >= 1,
             "{name}.service: RestartSteps={steps} does not back off"
         );
-        let most = seconds(
-            name,
-            "RestartMaxDelaySec",
-            value(&unit, name, "Service", "RestartMaxDelaySec"),
-        );
+        let most = service_seconds(&unit, name, "RestartMaxDelaySec");
         assert!(
             most > first && most <= Duration::from_secs(120),
             "{name}.service: RestartMaxDelaySec={most:?} must lie above RestartSec and not leave a node down for minutes"
@@ -169,11 +166,7 @@ fn units_wait_for_readiness_restart_a_stuck_daemon_and_stay_sandboxed() {
             "main",
             "{name}"
         );
-        let watchdog = seconds(
-            name,
-            "WatchdogSec",
-            value(&unit, name, "Service", "WatchdogSec"),
-        );
+        let watchdog = service_seconds(&unit, name, "WatchdogSec");
         // Longer than the longest wait inside a daemon's loop (a proposal
         // to the watchdogs, 10 s), short enough to matter.
         assert!(
@@ -266,16 +259,12 @@ fn the_target_groups_the_daemons_and_sysusers_creates_their_user() {
     assert!(sysusers.status.success());
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("etc")).unwrap();
-    let out = Command::new("systemd-sysusers")
-        .arg("--root")
-        .arg(dir.path())
-        .arg(root().join("deploy/systemd/pgwarden.sysusers"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "systemd-sysusers: {}",
-        String::from_utf8_lossy(&out.stderr)
+    run_ok(
+        "systemd-sysusers",
+        Command::new("systemd-sysusers")
+            .arg("--root")
+            .arg(dir.path())
+            .arg(root().join("deploy/systemd/pgwarden.sysusers")),
     );
     let passwd = std::fs::read_to_string(dir.path().join("etc/passwd")).unwrap();
     let line = passwd

@@ -9,21 +9,11 @@ use std::time::{Duration, Instant};
 
 use pgwarden_e2e::{Status, sqlstate};
 
-use pgwarden_e2e::lab::{Daemon, Fleet, require_lab};
+use pgwarden_e2e::lab::{Daemon, Fleet};
 
-macro_rules! need_lab {
-    () => {
-        require_lab()
-    };
-}
-
-#[cfg_attr(
-    not(lab),
-    ignore = "needs root: the three-host lab runs in network namespaces"
-)]
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_holds_the_delegate_ip_and_clients_reach_the_primary_through_it() {
-    need_lab!();
     let fleet = Fleet::start(3);
     let leader = fleet.wait_serving().await;
     eprintln!("leader: host {leader}");
@@ -60,13 +50,9 @@ fn sample_holders(fleet: &Arc<Fleet>) -> (Arc<AtomicBool>, std::thread::JoinHand
     (stop, handle)
 }
 
-#[cfg_attr(
-    not(lab),
-    ignore = "needs root: the three-host lab runs in network namespaces"
-)]
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leaders_watchdog_moves_the_delegate_ip() {
-    need_lab!();
     let mut fleet = Fleet::start(3);
     let old = fleet.wait_serving().await;
 
@@ -76,11 +62,7 @@ async fn killing_the_leaders_watchdog_moves_the_delegate_ip() {
     let new = fleet.wait_for_leader(Duration::from_secs(30), &live).await;
     assert_ne!(new, old);
     fleet
-        .wait(
-            Duration::from_secs(30),
-            "a query through the delegate IP again",
-            || async { fleet.client_query("SELECT 1").is_ok() },
-        )
+        .wait_client_query(Duration::from_secs(30), "SELECT 1")
         .await;
     eprintln!(
         "delegate IP answering from host {new} {:?} after killing host {old}'s watchdog",
@@ -97,17 +79,11 @@ async fn killing_the_leaders_watchdog_moves_the_delegate_ip() {
     );
 }
 
-#[cfg_attr(
-    not(lab),
-    ignore = "needs root: the three-host lab runs in network namespaces"
-)]
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_leader_drops_the_ip_before_the_majority_takes_it() {
-    need_lab!();
     let fleet = Arc::new(Fleet::start(3));
-    let old = fleet
-        .wait_for_leader(Duration::from_secs(30), &[0, 1, 2])
-        .await;
+    let old = fleet.wait_for_leader_of_all(Duration::from_secs(30)).await;
     let (stop, sampler) = sample_holders(&fleet);
     fleet.lab.cut(old).unwrap();
     let live: Vec<usize> = (0..3).filter(|i| *i != old).collect();
@@ -125,21 +101,13 @@ async fn a_cut_leader_drops_the_ip_before_the_majority_takes_it() {
     let most = sampler.join().unwrap();
     assert!(most <= 1, "{most} hosts held the delegate IP at once");
     fleet
-        .wait(
-            Duration::from_secs(30),
-            "a query through the delegate IP",
-            || async { fleet.client_query("SELECT 1").is_ok() },
-        )
+        .wait_client_query(Duration::from_secs(30), "SELECT 1")
         .await;
 }
 
-#[cfg_attr(
-    not(lab),
-    ignore = "needs root: the three-host lab runs in network namespaces"
-)]
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
-    need_lab!();
     let fleet = Fleet::start(3);
     fleet.wait_serving().await;
     fleet
@@ -275,13 +243,9 @@ async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {
     let _ = sqlstate;
 }
 
-#[cfg_attr(
-    not(lab),
-    ignore = "needs root: the three-host lab runs in network namespaces"
-)]
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lone_node_without_quorum_does_not_fail_over() {
-    need_lab!();
     let fleet = Fleet::start(3);
     let leader = fleet.wait_serving().await;
     // Cut a standby host that is not the leader: it loses the primary and the quorum.
@@ -322,20 +286,8 @@ async fn a_lone_node_without_quorum_does_not_fail_over() {
         .lab
         .host(lone)
         .command("psql")
-        .args([
-            "-X",
-            "-At",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "9999",
-            "-U",
-            "alice",
-            "-d",
-            "app",
-            "-c",
-            "SELECT 1",
-        ])
+        .args(["-X", "-At", "-h", "127.0.0.1", "-p", "9999"])
+        .args(["-U", "alice", "-d", "app", "-c", "SELECT 1"])
         .env("PGPASSWORD", pgwarden_e2e::ALICE.1)
         .env("PGCONNECT_TIMEOUT", "30")
         .output()
@@ -359,13 +311,9 @@ async fn a_lone_node_without_quorum_does_not_fail_over() {
 /// Only the leader's monitor decides failovers. With that monitor gone (and
 /// not restarted), the leader hands the lead to a node whose monitor
 /// answers, and a primary that dies afterwards is still failed over, once.
-#[cfg_attr(
-    not(lab),
-    ignore = "needs root: the three-host lab runs in network namespaces"
-)]
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_without_its_monitor_hands_over_and_failover_still_happens() {
-    need_lab!();
     let mut fleet = Fleet::start(3);
     let old = fleet.wait_serving().await;
     fleet.client_query("CREATE TABLE t (x int)").unwrap();
@@ -418,11 +366,7 @@ async fn a_leader_without_its_monitor_hands_over_and_failover_still_happens() {
         .stop(pgwarden_testkit::StopMode::Immediate)
         .unwrap();
     fleet
-        .wait(
-            Duration::from_secs(60),
-            "a write through the delegate IP after the primary died",
-            || async { fleet.client_query("INSERT INTO t VALUES (1)").is_ok() },
-        )
+        .wait_client_query(Duration::from_secs(60), "INSERT INTO t VALUES (1)")
         .await;
     eprintln!(
         "first write through the delegate IP {:?} after the primary died",
