@@ -71,6 +71,26 @@ impl Stub {
         }))
     }
 
+    /// Records `call` for the test to check.
+    fn record(&self, call: impl Into<String>) {
+        self.calls.lock().unwrap().push(call.into());
+    }
+
+    /// AttachBackend or DetachBackend (`call`): records `call id`, gives
+    /// the backend `status` and `reason`, replies `pg{id} {done}`.
+    fn change_status(
+        &self,
+        r: Request<BackendRequest>,
+        call: &str,
+        (status, reason): (Status, &str),
+        done: &str,
+    ) -> Result<Response<ChangeReply>, tonic::Status> {
+        let id = r.into_inner().id;
+        self.record(format!("{call} {id}"));
+        self.set(id, status, reason);
+        self.change(format!("pg{id} {done}"))
+    }
+
     fn set(&self, id: u32, status: Status, reason: &str) {
         self.state.send_modify(|s| {
             s.generation += 1;
@@ -90,7 +110,7 @@ impl Monitor for Stub {
         &self,
         _: Request<WatchClusterRequest>,
     ) -> Result<Response<StateStream>, tonic::Status> {
-        self.calls.lock().unwrap().push("WatchCluster".into());
+        self.record("WatchCluster");
         let states = tokio_stream::wrappers::WatchStream::new(self.state.subscribe());
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
             states, Ok,
@@ -101,7 +121,7 @@ impl Monitor for Stub {
         &self,
         _: Request<GetClusterRequest>,
     ) -> Result<Response<ClusterState>, tonic::Status> {
-        self.calls.lock().unwrap().push("GetCluster".into());
+        self.record("GetCluster");
         Ok(Response::new(self.state.borrow().clone()))
     }
 
@@ -109,20 +129,15 @@ impl Monitor for Stub {
         &self,
         r: Request<BackendRequest>,
     ) -> Result<Response<ChangeReply>, tonic::Status> {
-        let id = r.into_inner().id;
-        self.calls.lock().unwrap().push(format!("Attach {id}"));
-        self.set(id, Status::Up, "");
-        self.change(format!("pg{id} attached"))
+        self.change_status(r, "Attach", (Status::Up, ""), "attached")
     }
 
     async fn detach_backend(
         &self,
         r: Request<BackendRequest>,
     ) -> Result<Response<ChangeReply>, tonic::Status> {
-        let id = r.into_inner().id;
-        self.calls.lock().unwrap().push(format!("Detach {id}"));
-        self.set(id, Status::Detached, "detached by an operator");
-        self.change(format!("pg{id} detached"))
+        let detached = (Status::Detached, "detached by an operator");
+        self.change_status(r, "Detach", detached, "detached")
     }
 
     async fn promote_backend(
@@ -130,10 +145,7 @@ impl Monitor for Stub {
         r: Request<PromoteBackendRequest>,
     ) -> Result<Response<ChangeReply>, tonic::Status> {
         let PromoteBackendRequest { id, force } = r.into_inner();
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("Promote {id} force={force}"));
+        self.record(format!("Promote {id} force={force}"));
         if id == 0 {
             return Err(tonic::Status::failed_precondition(
                 "pg0 is already the primary",
@@ -168,7 +180,7 @@ impl Monitor for Stub {
         &self,
         _: Request<pgwarden_proto::v1::GetHistoryRequest>,
     ) -> Result<Response<pgwarden_proto::v1::GetHistoryReply>, tonic::Status> {
-        self.calls.lock().unwrap().push("GetHistory".into());
+        self.record("GetHistory");
         Ok(Response::new(pgwarden_proto::v1::GetHistoryReply::default()))
     }
 
@@ -185,7 +197,7 @@ impl Monitor for Stub {
         &self,
         _: Request<RecheckRequest>,
     ) -> Result<Response<RecheckReply>, tonic::Status> {
-        self.calls.lock().unwrap().push("Recheck".into());
+        self.record("Recheck");
         Ok(Response::new(RecheckReply {}))
     }
 
@@ -194,11 +206,27 @@ impl Monitor for Stub {
         r: Request<BackendRequest>,
     ) -> Result<Response<ChangeReply>, tonic::Status> {
         let id = r.into_inner().id;
-        self.calls.lock().unwrap().push(format!("Rejoin {id}"));
+        self.record(format!("Rejoin {id}"));
         Err(tonic::Status::failed_precondition(
             "failover.rejoin_command is not set",
         ))
     }
+}
+
+/// Runs `pgwardenctl --config <config> ARGS` as `main` does, until it ends
+/// or `interrupt` resolves: what it printed, and how it ended.
+async fn run_ctl(
+    config: &std::path::Path,
+    args: &[&str],
+    interrupt: impl Future<Output = ()>,
+) -> (String, Result<(), CtlError>) {
+    let argv = ["pgwardenctl", "--config", config.to_str().unwrap()]
+        .into_iter()
+        .chain(args.iter().copied());
+    let cli = Cli::try_parse_from(argv).unwrap();
+    let mut out = Vec::new();
+    let result = run(&cli, &mut out, interrupt).await;
+    (String::from_utf8(out).unwrap(), result)
 }
 
 /// A stub monitor on a socket in a temp dir, and a config pointing at it.
@@ -252,27 +280,26 @@ impl Served {
         self.ctl_until(args, std::future::pending()).await
     }
 
+    /// [`Served::ctl`], which must succeed: what it printed.
+    async fn ctl_ok(&self, args: &[&str]) -> String {
+        let (out, result) = self.ctl(args).await;
+        result.unwrap_or_else(|e| panic!("pgwardenctl {args:?}: {e}\n{out}"));
+        out
+    }
+
     async fn ctl_until(
         &self,
         args: &[&str],
         interrupt: impl Future<Output = ()>,
     ) -> (String, Result<(), CtlError>) {
-        let config = self.config();
-        let argv = ["pgwardenctl", "--config", config.to_str().unwrap()]
-            .into_iter()
-            .chain(args.iter().copied());
-        let cli = Cli::try_parse_from(argv).unwrap();
-        let mut out = Vec::new();
-        let result = run(&cli, &mut out, interrupt).await;
-        (String::from_utf8(out).unwrap(), result)
+        run_ctl(&self.config(), args, interrupt).await
     }
 }
 
 #[tokio::test]
 async fn status_by_default_via_the_config() {
     let served = Served::start().await;
-    let (out, result) = served.ctl(&[]).await;
-    result.unwrap();
+    let out = served.ctl_ok(&[]).await;
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "generation 3, primary pg0 (id 0), monitor node1");
     assert!(lines[1].starts_with("ID  NAME  ADDRESS"), "{out}");
@@ -290,8 +317,7 @@ async fn status_by_default_via_the_config() {
 #[tokio::test]
 async fn status_json() {
     let served = Served::start().await;
-    let (out, result) = served.ctl(&["status", "--json"]).await;
-    result.unwrap();
+    let out = served.ctl_ok(&["status", "--json"]).await;
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["generation"], 3);
     assert_eq!(v["primary"], "pg0");
@@ -323,13 +349,11 @@ async fn socket_flag_skips_the_config() {
 #[tokio::test]
 async fn detach_and_attach_by_name_or_id() {
     let served = Served::start().await;
-    let (out, result) = served.ctl(&["detach", "pg2"]).await;
-    result.unwrap();
+    let out = served.ctl_ok(&["detach", "pg2"]).await;
     assert_eq!(out, "pg2 detached\n");
     assert_eq!(served.calls(), ["GetCluster", "Detach 2"]);
 
-    let (out, result) = served.ctl(&["attach", "2", "--json"]).await;
-    result.unwrap();
+    let out = served.ctl_ok(&["attach", "2", "--json"]).await;
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["message"], "pg2 attached");
     assert_eq!(v["state"]["generation"], 5);
@@ -363,8 +387,9 @@ async fn refusal_exits_1_with_the_monitors_message() {
 #[tokio::test]
 async fn promote_wait_follows_the_switchover() {
     let served = Served::start().await;
-    let (out, result) = served.ctl(&["promote", "pg1", "--force", "--wait"]).await;
-    result.unwrap();
+    let out = served
+        .ctl_ok(&["promote", "pg1", "--force", "--wait"])
+        .await;
     assert_eq!(
         out,
         "promoting pg1\n\
@@ -380,8 +405,7 @@ async fn promote_wait_follows_the_switchover() {
 #[tokio::test]
 async fn promote_without_wait_returns_at_once() {
     let served = Served::start().await;
-    let (out, result) = served.ctl(&["promote", "1"]).await;
-    result.unwrap();
+    let out = served.ctl_ok(&["promote", "1"]).await;
     assert_eq!(out, "promoting pg1\n");
 }
 
@@ -630,20 +654,10 @@ async fn watchdog_watch_prints_each_change_until_interrupted() {
     let (stop, stopped) = oneshot::channel::<()>();
     let config = w.served.config();
     let watching = tokio::spawn(async move {
-        let cli = Cli::try_parse_from([
-            "pgwardenctl",
-            "--config",
-            config.to_str().unwrap(),
-            "watchdog",
-            "--watch",
-        ])
-        .unwrap();
-        let mut out = Vec::new();
-        let result = run(&cli, &mut out, async move {
+        let interrupt = async move {
             let _ = stopped.await;
-        })
-        .await;
-        (String::from_utf8(out).unwrap(), result)
+        };
+        run_ctl(&config, &["watchdog", "--watch"], interrupt).await
     });
     let pause = || tokio::time::sleep(std::time::Duration::from_millis(200));
     pause().await;
@@ -686,18 +700,8 @@ async fn watchdog_watch_json_and_a_lost_watchdog() {
     let w = ServedWatchdog::start().await;
     let config = w.served.config();
     let watching = tokio::spawn(async move {
-        let cli = Cli::try_parse_from([
-            "pgwardenctl",
-            "--config",
-            config.to_str().unwrap(),
-            "--json",
-            "wd",
-            "--watch",
-        ])
-        .unwrap();
-        let mut out = Vec::new();
-        let result = run(&cli, &mut out, std::future::pending()).await;
-        (String::from_utf8(out).unwrap(), result)
+        let args = ["--json", "wd", "--watch"];
+        run_ctl(&config, &args, std::future::pending()).await
     });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     // The watchdog stops: its stream ends.
