@@ -7,9 +7,11 @@
 //! Runs the plugin with python3 (as Ansible runs it, on the control machine).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
+use std::io::{Seek, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
+
+use pgwarden_testkit::run_ok;
 
 const DAEMONS: [&str; 3] = ["pgwarden-watchdog", "pgwarden-monitor", "pgwarden-proxy"];
 
@@ -23,28 +25,17 @@ fn plugin_dir() -> PathBuf {
 
 /// Runs `script` with the plugin importable, `input` on stdin; its stdout.
 fn python(script: &str, input: &str) -> String {
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .env("PYTHONPATH", plugin_dir())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 (the role's filter plugin runs in Ansible's Python)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "python3: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
+    let mut stdin = tempfile::tempfile().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    stdin.rewind().unwrap();
+    let out = run_ok(
+        "python3 (the role's filter plugin runs in Ansible's Python)",
+        Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .env("PYTHONPATH", plugin_dir())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(stdin),
     );
     String::from_utf8(out.stdout).unwrap()
 }

@@ -5,21 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use pgwarden_testkit::workspace_bin;
+use pgwarden_testkit::{run_ok, workspace_bin};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Runs `cmd`, which must succeed: its stdout.
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let what = format!("{cmd:?}");
+    String::from_utf8(run_ok(&what, cmd).stdout).unwrap()
 }
 
 #[test]

@@ -30,16 +30,21 @@ async fn insert(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_continue_on_the_most_advanced_standby_after_the_primary_dies() {
-    let (cluster, proxy) = proxied(2, ProxyOptions::default());
-    proxy.wait_all_up(Duration::from_secs(20)).await;
+/// Creates the table [`insert`] writes to.
+async fn create_ledger(proxy: &Proxy) {
     proxy
         .alice()
         .await
         .batch_execute("CREATE TABLE ledger (id int PRIMARY KEY)")
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_continue_on_the_most_advanced_standby_after_the_primary_dies() {
+    let (cluster, proxy) = proxied(2, ProxyOptions::default());
+    proxy.wait_all_up(Duration::from_secs(20)).await;
+    create_ledger(&proxy).await;
     cluster.wait_replicated(Duration::from_secs(20)).unwrap();
     // pg1 stops replaying: pg2 is now the most advanced standby.
     cluster
@@ -542,12 +547,7 @@ async fn a_restarted_monitor_publishes_nothing_before_it_has_decided() {
 async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
     let (cluster, mut proxy) = proxied(1, options);
     proxy.wait_all_up(Duration::from_secs(20)).await;
-    proxy
-        .alice()
-        .await
-        .batch_execute("CREATE TABLE ledger (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    create_ledger(&proxy).await;
     let mut acked = Vec::new();
     let mut errors = Vec::new();
     let mut killed: Option<Instant> = None;
