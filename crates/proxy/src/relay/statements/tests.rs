@@ -65,6 +65,12 @@ fn stmt_of(tag: u8, body: &[u8]) -> String {
 }
 
 /// Feeds `input` whole; returns what goes to the server.
+/// A tracker keeping up to `max` prepared statements (messages up to
+/// 1 MiB), and its server connection's statements, none yet.
+fn tracker(max: usize) -> (Tracker, ServerStatements) {
+    (Tracker::new(max, 1 << 20), ServerStatements::default())
+}
+
 fn send(t: &mut Tracker, s: &mut ServerStatements, input: &[u8]) -> Vec<u8> {
     let activity = Activity::default();
     let fed = t.feed(input, s, &activity).unwrap();
@@ -76,10 +82,21 @@ fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
 }
 
+/// [`send`] of `parts`, one after the other in one read.
+fn send_all(t: &mut Tracker, s: &mut ServerStatements, parts: &[Vec<u8>]) -> Vec<u8> {
+    send(t, s, &cat(parts))
+}
+
+/// The server's replies, one message of each type in `tags`, in order.
+fn replies(t: &mut Tracker, s: &mut ServerStatements, tags: &[u8]) {
+    for &tag in tags {
+        t.reply(tag, s);
+    }
+}
+
 #[test]
 fn messages_without_statement_names_pass_uncopied() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     let mut input = BytesMut::new();
     frontend::query("SELECT 1", &mut input).unwrap();
     input.extend_from_slice(&parse("", "SELECT $1"));
@@ -99,10 +116,10 @@ fn a_statement_moves_with_its_client_to_another_server() {
     let mut a = ServerStatements::default();
     // First transaction, on server a: Parse goes out under a's name.
     t.begin(false);
-    let out = send(
+    let out = send_all(
         &mut t,
         &mut a,
-        &cat(&[parse("s1", "SELECT $1"), bind("s1"), execute_sync()]),
+        &[parse("s1", "SELECT $1"), bind("s1"), execute_sync()],
     );
     let m = messages(&out);
     assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PBES");
@@ -119,7 +136,7 @@ fn a_statement_moves_with_its_client_to_another_server() {
     // and its ParseComplete is dropped.
     let mut b = ServerStatements::default();
     t.begin(false);
-    let out = send(&mut t, &mut b, &cat(&[bind("s1"), execute_sync()]));
+    let out = send_all(&mut t, &mut b, &[bind("s1"), execute_sync()]);
     let m = messages(&out);
     assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PBES");
     assert_eq!(stmt_of(b'P', &m[0].1), stmt_of(b'B', &m[1].1));
@@ -130,10 +147,10 @@ fn a_statement_moves_with_its_client_to_another_server() {
     // schema may have changed since), under a new name, b's old one closed.
     let mut t2 = Tracker::new(200, 1 << 20);
     let old = stmt_of(b'P', &m[0].1);
-    let out = send(
+    let out = send_all(
         &mut t2,
         &mut b,
-        &cat(&[parse("other", "SELECT $1"), bind("other"), execute_sync()]),
+        &[parse("other", "SELECT $1"), bind("other"), execute_sync()],
     );
     let m = messages(&out);
     assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PCBES");
@@ -159,34 +176,23 @@ fn a_parse_the_server_skips_keeps_the_statement_it_had() {
     // the Close of the old name: the server still has the old one.
     let mut s = ServerStatements::default();
     let mut t1 = Tracker::new(200, 1 << 20);
-    let out = send(
-        &mut t1,
-        &mut s,
-        &cat(&[parse("a", "SELECT $1"), execute_sync()]),
-    );
+    let out = send_all(&mut t1, &mut s, &[parse("a", "SELECT $1"), execute_sync()]);
     let old = stmt_of(b'P', &messages(&out)[0].1);
-    t1.reply(b'1', &mut s);
-    t1.reply(b'Z', &mut s);
+    replies(&mut t1, &mut s, b"1Z");
     let mut t2 = Tracker::new(200, 1 << 20);
-    send(
+    send_all(
         &mut t2,
         &mut s,
-        &cat(&[bind("a_missing"), parse("b", "SELECT $1"), execute_sync()]),
+        &[bind("a_missing"), parse("b", "SELECT $1"), execute_sync()],
     );
-    t2.reply(b'E', &mut s);
-    t2.reply(b'Z', &mut s);
+    replies(&mut t2, &mut s, b"EZ");
     assert_eq!(t2.statements(), 0, "client 2 has no statement");
     let out = send(&mut t1, &mut s, &bind("a"));
     assert_eq!(stmt_of(b'B', &messages(&out)[0].1), old, "no Parse needed");
     // The Parse itself failing (the table is gone) keeps the old one too.
     let mut t3 = Tracker::new(200, 1 << 20);
-    send(
-        &mut t3,
-        &mut s,
-        &cat(&[parse("c", "SELECT $1"), execute_sync()]),
-    );
-    t3.reply(b'E', &mut s);
-    t3.reply(b'Z', &mut s);
+    send_all(&mut t3, &mut s, &[parse("c", "SELECT $1"), execute_sync()]);
+    replies(&mut t3, &mut s, b"EZ");
     let out = send(&mut t1, &mut s, &bind("a"));
     assert_eq!(stmt_of(b'B', &messages(&out)[0].1), old);
     assert_eq!(s.len(), 1);
@@ -194,17 +200,15 @@ fn a_parse_the_server_skips_keeps_the_statement_it_had() {
 
 #[test]
 fn a_failed_parse_leaves_no_statement_behind() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
-    send(
+    let (mut t, mut s) = tracker(200);
+    send_all(
         &mut t,
         &mut s,
-        &cat(&[parse("bad", "SELEC $1"), bind("bad"), execute_sync()]),
+        &[parse("bad", "SELEC $1"), bind("bad"), execute_sync()],
     );
     assert_eq!(s.len(), 1);
     // The server's answer: ErrorResponse, then ReadyForQuery after the Sync.
-    t.reply(b'E', &mut s);
-    t.reply(b'Z', &mut s);
+    replies(&mut t, &mut s, b"EZ");
     assert!(s.is_empty(), "the server has no such statement");
     assert_eq!(t.statements(), 0, "nor has the client");
     // A Bind of it now is passed as it is: the server says it does not exist.
@@ -214,8 +218,7 @@ fn a_failed_parse_leaves_no_statement_behind() {
 
 #[test]
 fn an_error_skips_only_the_rest_of_its_own_batch() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     // Batch 0 fails at its Execute; batch 1 prepares a statement.
     let input = cat(&[
         parse("a", "SELECT 1/$1"),
@@ -226,9 +229,7 @@ fn an_error_skips_only_the_rest_of_its_own_batch() {
     ]);
     send(&mut t, &mut s, &input);
     assert_eq!(t.reply(b'1', &mut s), Edit::Keep);
-    t.reply(b'2', &mut s);
-    t.reply(b'E', &mut s);
-    t.reply(b'Z', &mut s);
+    replies(&mut t, &mut s, b"2EZ");
     assert_eq!(t.statements(), 2, "a's Parse had succeeded");
     assert_eq!(
         t.reply(b'1', &mut s),
@@ -241,12 +242,11 @@ fn an_error_skips_only_the_rest_of_its_own_batch() {
 
 #[test]
 fn the_least_recently_used_statement_is_closed_when_a_server_is_full() {
-    let mut t = Tracker::new(2, 1 << 20);
-    let mut s = ServerStatements::default();
-    send(
+    let (mut t, mut s) = tracker(2);
+    send_all(
         &mut t,
         &mut s,
-        &cat(&[parse("a", "SELECT 1"), parse("b", "SELECT 2")]),
+        &[parse("a", "SELECT 1"), parse("b", "SELECT 2")],
     );
     send(&mut t, &mut s, &bind("a"));
     let out = send(&mut t, &mut s, &parse("c", "SELECT 3"));
@@ -271,8 +271,7 @@ fn the_least_recently_used_statement_is_closed_when_a_server_is_full() {
 
 #[test]
 fn closing_a_statement_keeps_it_on_the_server() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     send(&mut t, &mut s, &parse("a", "SELECT 1"));
     let out = send(&mut t, &mut s, &close("a"));
     assert_eq!(stmt_of(b'C', &messages(&out)[0].1), "pgwarden_none");
@@ -284,8 +283,7 @@ fn closing_a_statement_keeps_it_on_the_server() {
 
 #[test]
 fn names_of_the_proxys_own_never_reach_a_server() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     send(&mut t, &mut s, &parse("x", "SELECT 1"));
     let out = send(&mut t, &mut s, &bind("pgwarden_1"));
     assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
@@ -293,8 +291,7 @@ fn names_of_the_proxys_own_never_reach_a_server() {
 
 #[test]
 fn half_a_message_waits_for_the_rest() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     let p = parse("a", "SELECT 1");
     let input = cat(&[execute_sync(), p.clone()]);
     let cut = input.len() - 3;
@@ -339,8 +336,7 @@ fn terminate_and_bad_messages_end_the_feed() {
 
 #[test]
 fn zero_max_prepared_statements_pins_instead_of_mapping() {
-    let mut t = Tracker::new(0, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(0);
     let input = cat(&[parse("a", "SELECT 1"), bind("a")]);
     assert_eq!(send(&mut t, &mut s, &input), input);
     assert!(t.pinned.is_some());
@@ -348,8 +344,7 @@ fn zero_max_prepared_statements_pins_instead_of_mapping() {
 
 #[test]
 fn session_features_in_queries_pin() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     let mut q = BytesMut::new();
     frontend::query("LISTEN jobs", &mut q).unwrap();
     send(&mut t, &mut s, &q);
@@ -363,22 +358,16 @@ fn session_features_in_queries_pin() {
 
 #[test]
 fn preparing_a_name_in_use_fails_as_on_postgresql() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     send(&mut t, &mut s, &parse("a", "SELECT 1"));
     t.reply(b'1', &mut s);
     // The server is asked to prepare its own name for "a" again: it
     // refuses with 42P05, and the client's "a" is still SELECT 1.
-    let out = send(
-        &mut t,
-        &mut s,
-        &cat(&[parse("a", "SELECT 2"), execute_sync()]),
-    );
+    let out = send_all(&mut t, &mut s, &[parse("a", "SELECT 2"), execute_sync()]);
     let m = messages(&out);
     assert_eq!(m[0].0, b'P');
     assert_eq!(stmt_of(b'P', &m[0].1), "pgwarden_1");
-    t.reply(b'E', &mut s);
-    t.reply(b'Z', &mut s);
+    replies(&mut t, &mut s, b"EZ");
     assert_eq!(t.statements(), 1);
     assert_eq!(s.len(), 1, "the server keeps the first one");
     let out = send(&mut t, &mut s, &bind("a"));
@@ -393,23 +382,12 @@ fn query(sql: &str) -> Vec<u8> {
 
 #[test]
 fn a_close_the_server_skipped_leaves_the_statement_with_its_client() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
-    send(
-        &mut t,
-        &mut s,
-        &cat(&[parse("a", "SELECT 1"), execute_sync()]),
-    );
-    t.reply(b'1', &mut s);
-    t.reply(b'Z', &mut s);
+    let (mut t, mut s) = tracker(200);
+    send_all(&mut t, &mut s, &[parse("a", "SELECT 1"), execute_sync()]);
+    replies(&mut t, &mut s, b"1Z");
     // An error before the Close: the server skips it, so "a" lives on.
-    send(
-        &mut t,
-        &mut s,
-        &cat(&[bind("nope"), close("a"), execute_sync()]),
-    );
-    t.reply(b'E', &mut s);
-    t.reply(b'Z', &mut s);
+    send_all(&mut t, &mut s, &[bind("nope"), close("a"), execute_sync()]);
+    replies(&mut t, &mut s, b"EZ");
     assert_eq!(t.statements(), 1);
     let out = send(&mut t, &mut s, &bind("a"));
     assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_1");
@@ -417,32 +395,24 @@ fn a_close_the_server_skipped_leaves_the_statement_with_its_client() {
 
 #[test]
 fn an_eviction_the_server_skipped_is_remembered() {
-    let mut t = Tracker::new(1, 1 << 20);
-    let mut s = ServerStatements::default();
-    send(
-        &mut t,
-        &mut s,
-        &cat(&[parse("a", "SELECT 1"), execute_sync()]),
-    );
-    t.reply(b'1', &mut s);
-    t.reply(b'Z', &mut s);
+    let (mut t, mut s) = tracker(1);
+    send_all(&mut t, &mut s, &[parse("a", "SELECT 1"), execute_sync()]);
+    replies(&mut t, &mut s, b"1Z");
     // The Close of "a"'s server statement and the Parse of "b" come after
     // an error: skipped, so the server still has "a"'s.
-    send(
+    send_all(
         &mut t,
         &mut s,
-        &cat(&[bind("nope"), parse("b", "SELECT 2"), execute_sync()]),
+        &[bind("nope"), parse("b", "SELECT 2"), execute_sync()],
     );
-    t.reply(b'E', &mut s);
-    t.reply(b'Z', &mut s);
+    replies(&mut t, &mut s, b"EZ");
     let out = send(&mut t, &mut s, &bind("a"));
     assert_eq!(messages(&out).len(), 1, "no new Parse: the server has it");
 }
 
 #[test]
 fn another_clients_unnamed_statement_is_never_run() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     t.begin(false);
     let out = send(&mut t, &mut s, &bind(""));
     assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
@@ -468,8 +438,7 @@ fn describe(name: &str) -> Vec<u8> {
 
 #[test]
 fn a_query_before_sync_runs_after_a_marker_whose_reply_is_dropped() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     let a = Activity::default();
     let input = cat(&[
         parse("", "SELECT $1"),
@@ -486,8 +455,7 @@ fn a_query_before_sync_runs_after_a_marker_whose_reply_is_dropped() {
         Edit::Drop,
         "the marker's CloseComplete"
     );
-    t.reply(b'Z', &mut s);
-    t.reply(b'Z', &mut s);
+    replies(&mut t, &mut s, b"ZZ");
     assert_eq!(t.take_skipped(), 0);
     // After the Sync, a Query needs no marker.
     assert_eq!(send_counted(&mut t, &mut s, &a, &query("SELECT 3")), b"Q");
@@ -495,8 +463,7 @@ fn a_query_before_sync_runs_after_a_marker_whose_reply_is_dropped() {
 
 #[test]
 fn a_failed_parse_skips_the_query_and_the_statements_before_the_sync() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     let a = Activity::default();
     let input = cat(&[
         parse("bad", "SELEC 1"),
@@ -536,8 +503,7 @@ fn a_failed_parse_skips_the_query_and_the_statements_before_the_sync() {
 
 #[test]
 fn a_querys_own_error_skips_nothing_after_it() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     let a = Activity::default();
     let input = cat(&[
         parse("a", "SELECT 1"),
@@ -563,8 +529,7 @@ fn a_querys_own_error_skips_nothing_after_it() {
 #[test]
 fn a_query_sent_after_the_error_arrived_is_skipped_until_the_sync() {
     // asyncpg: Parse, Describe, Flush; the error comes back; then a Query.
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     let a = Activity::default();
     let mut flush = BytesMut::new();
     frontend::flush(&mut flush);
@@ -591,8 +556,7 @@ fn a_query_sent_after_the_error_arrived_is_skipped_until_the_sync() {
 
 #[test]
 fn what_cannot_be_followed_pins() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     send(&mut t, &mut s, &parse("d", "DISCARD ALL"));
     assert!(t.pinned.is_some(), "a DISCARD ALL prepared for later");
     let mut t = Tracker::new(200, 1 << 20);
@@ -608,8 +572,7 @@ fn what_cannot_be_followed_pins() {
 
 #[test]
 fn a_parse_in_a_failed_transaction_fails_as_on_postgresql() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     send(&mut t, &mut s, &parse("a", "SELECT 1"));
     t.reply(b'1', &mut s);
     t.ready(b'E');
@@ -627,8 +590,7 @@ fn a_parse_in_a_failed_transaction_fails_as_on_postgresql() {
 
 #[test]
 fn the_unnamed_statement_outlives_a_sync_on_a_connection_nobody_used_since() {
-    let mut t = Tracker::new(200, 1 << 20);
-    let mut s = ServerStatements::default();
+    let (mut t, mut s) = tracker(200);
     t.begin(false);
     send(&mut t, &mut s, &parse("", "SELECT 1"));
     // The same connection back, unused by anyone else: the client's own.
