@@ -38,6 +38,17 @@ impl Manager {
     /// Starts `binary` with `config` as systemd would: NOTIFY_SOCKET, and a
     /// watchdog of 400 ms (pings due every 200 ms) for its own pid (the
     /// shell execs the daemon, so `$$` is the daemon's pid).
+    /// Starts `pgwarden-<name>` with `config` under a manager of its own in
+    /// `dir`, as systemd would (logging to `<name>.log`), and waits for its
+    /// READY=1.
+    fn start_ready(dir: &Path, name: &str, config: &Path) -> (Manager, ChildGuard) {
+        let mut m = Manager::new(dir, name);
+        let log = dir.join(format!("{name}.log"));
+        let child = m.spawn(&format!("pgwarden-{name}"), config, &log);
+        m.expect("READY=1", Duration::from_secs(20));
+        (m, child)
+    }
+
     fn spawn(&self, binary: &str, config: &Path, log: &Path) -> ChildGuard {
         ChildGuard::spawn(
             Command::new("sh")
@@ -118,26 +129,14 @@ async fn the_monitor_and_proxy_tell_systemd_they_are_ready_alive_reloaded_and_st
     proxy.kill_monitor();
     let socket = proxy.monitor_socket();
     let _ = std::fs::remove_file(&socket);
-    let mut m = Manager::new(dir.path(), "monitor");
-    let monitor = m.spawn(
-        "pgwarden-monitor",
-        &proxy.config,
-        &dir.path().join("monitor.log"),
-    );
-    m.expect("READY=1", Duration::from_secs(20));
+    let (mut m, monitor) = Manager::start_ready(dir.path(), "monitor", &proxy.config);
     assert!(socket.exists(), "READY=1 before monitor.sock was bound");
     pings_then_stops(&mut m, monitor, "pgwarden-monitor", 1);
     proxy.start_monitor();
 
     // The proxy: READY=1 once it accepts clients; a reload is bracketed.
     proxy.child().kill9().unwrap();
-    let mut p = Manager::new(dir.path(), "proxy");
-    let child = p.spawn(
-        "pgwarden-proxy",
-        &proxy.config,
-        &dir.path().join("proxy.log"),
-    );
-    p.expect("READY=1", Duration::from_secs(20));
+    let (mut p, child) = Manager::start_ready(dir.path(), "proxy", &proxy.config);
     assert!(
         TcpStream::connect(("127.0.0.1", proxy.port)).is_ok(),
         "READY=1 before the proxy accepted clients"
@@ -160,13 +159,8 @@ async fn the_watchdog_tells_systemd_it_is_ready_alive_and_stopping() {
     });
     wds.start_monitor(0).await;
     let node = &wds.nodes[0];
-    let mut m = Manager::new(&node.dir, "watchdog");
-    let child = m.spawn(
-        "pgwarden-watchdog",
-        &node.dir.join("pgwarden.toml"),
-        &node.dir.join("watchdog.log"),
-    );
-    m.expect("READY=1", Duration::from_secs(20));
+    let (mut m, child) =
+        Manager::start_ready(&node.dir, "watchdog", &node.dir.join("pgwarden.toml"));
     assert!(
         node.dir.join("run").join("watchdog.sock").exists(),
         "READY=1 before watchdog.sock was bound"

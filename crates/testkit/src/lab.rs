@@ -248,36 +248,26 @@ impl Lab {
     /// its addresses and routes), so its programs only notice by timeouts.
     /// Cutting a cut host is a no-op.
     pub fn cut(&self, i: usize) -> anyhow::Result<()> {
-        self.check_host(i)?;
-        ip(&[
-            "-n",
-            &self.bridge,
-            "link",
-            "set",
-            "dev",
-            &port(i),
-            "nomaster",
-        ])
-        .map(drop)
-        .with_context(|| format!("cut host {i}"))
+        self.set_port(i, &["nomaster"])
+            .with_context(|| format!("cut host {i}"))
     }
 
     /// Plugs host `i` back into the bridge after [`Lab::cut`]. Healing a
     /// connected host is a no-op.
     pub fn heal(&self, i: usize) -> anyhow::Result<()> {
+        self.set_port(i, &["master", BRIDGE])
+            .with_context(|| format!("heal host {i}"))
+    }
+
+    /// `ip link set dev <host i's port on the bridge> ARGS`, in the
+    /// bridge's namespace: how [`Lab::cut`] and [`Lab::heal`] unplug and
+    /// plug a host.
+    fn set_port(&self, i: usize, args: &[&str]) -> anyhow::Result<()> {
         self.check_host(i)?;
-        ip(&[
-            "-n",
-            &self.bridge,
-            "link",
-            "set",
-            "dev",
-            &port(i),
-            "master",
-            BRIDGE,
-        ])
-        .map(drop)
-        .with_context(|| format!("heal host {i}"))
+        let port = port(i);
+        let mut argv = vec!["-n", self.bridge.as_str(), "link", "set", "dev", &port];
+        argv.extend_from_slice(args);
+        ip(&argv).map(drop)
     }
 
     fn check_host(&self, i: usize) -> anyhow::Result<()> {
