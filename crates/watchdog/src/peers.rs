@@ -26,8 +26,9 @@ use tonic::{Request, Response, Status};
 
 use crate::Message;
 use crate::auth::Signer;
-use crate::fence::Grantable;
+use crate::fence::{Grantable, Granted};
 use crate::replay::{Kind, PERSISTED_EPOCH, ReplayGuard, Sequence};
+use crate::report::Report;
 
 /// Outbound messages waiting per peer before new ones are dropped.
 pub const QUEUE: usize = 256;
@@ -77,37 +78,6 @@ pub enum Inbound {
     Unreachable(u64),
     /// A snapshot was (or was not) delivered to a peer.
     Snapshot(u64, bool),
-}
-
-/// What a node reports about its own view, committed through the leader.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Report {
-    /// Its monitor sees `backend` down, or up again.
-    Backend {
-        /// The backend's name.
-        backend: String,
-        /// Down or up.
-        down: bool,
-    },
-    /// Its monitor answers, or has stopped answering.
-    Monitor {
-        /// Whether the monitor answers.
-        alive: bool,
-    },
-}
-
-impl Report {
-    /// The command that records `node`'s report.
-    pub fn command(self, node: u64) -> crate::Command {
-        match self {
-            Report::Backend { backend, down } => crate::Command::ReportHealth {
-                node,
-                backend,
-                down,
-            },
-            Report::Monitor { alive } => crate::Command::MonitorHealth { node, alive },
-        }
-    }
 }
 
 /// Who we are, for checking what arrives.
@@ -604,20 +574,6 @@ pub async fn sender(
             let _ = events.try_send(Inbound::Snapshot(to, delivered));
         }
     }
-}
-
-/// A lease the leader granted: for `generation`, in `term`, asked for at
-/// `asked_at` (`CLOCK_BOOTTIME` ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Granted {
-    /// The leader that granted it.
-    pub leader: u64,
-    /// Its term.
-    pub term: u64,
-    /// The generation it had applied.
-    pub generation: u64,
-    /// When this node asked (the lease counts from here).
-    pub asked_at: u64,
 }
 
 /// Forwards this node's report to the leader at `address`, for that
