@@ -22,7 +22,9 @@
 //!
 //! The daemon wraps these: [`runtime`] feeds the core and performs its
 //! outputs, [`peers`] carries Raft messages between watchdogs
-//! (authenticated by [`auth`], replays refused by [`replay`]), [`api`]
+//! (authenticated by [`auth`], replays refused by [`replay`]), [`forward`]
+//! hands a follower's reports and operators' requests to the leader,
+//! [`renew`] asks it for the proxies' lease, [`api`]
 //! serves `watchdog.sock`, [`vip`] runs the delegate-IP commands; the
 //! tests here run the node and the core over an in-memory network with fixed seeds (partitions, message loss and
 //! reordering, crashes and restarts) and check, after every simulated tick,
@@ -35,6 +37,7 @@ pub mod api;
 pub mod auth;
 pub mod core;
 pub mod fence;
+pub mod forward;
 pub mod lease;
 pub mod logger;
 pub mod metrics;

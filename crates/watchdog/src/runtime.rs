@@ -143,7 +143,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     tokio::spawn(async move {
         let mut seq = Sequence::new();
         while let Some((address, leader, report, reply)) = forward_rx.recv().await {
-            let r = peers::forward(&address, &fwd_id, seq.take(), leader, &report).await;
+            let r = crate::forward::report(&address, &fwd_id, seq.take(), leader, &report).await;
             let _ = reply.send(r);
         }
     });
@@ -159,7 +159,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             if reply.is_closed() {
                 continue;
             }
-            let r = peers::forward_operator(&address, &op_id, seq.take(), leader, request).await;
+            let r = crate::forward::operator(&address, &op_id, seq.take(), leader, request).await;
             let _ = reply.send(r);
         }
     });
