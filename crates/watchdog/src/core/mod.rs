@@ -27,9 +27,9 @@
 //! - **operator requests**: a follower's go to the leader's watchdog, a
 //!   leader's (in the term they were sent to) to its monitor.
 
-use crate::Command;
 use crate::WatchdogNode;
 use crate::report::Report;
+use crate::state::Command;
 
 mod input;
 mod lease;

@@ -689,3 +689,68 @@ fn a_confirmed_leader_grants_and_leases_its_own_proxies() {
     assert!(net.status(leader).lease_until_mono_ms > net.readings().mono_ms);
     assert_eq!(net.core(leader).proposals.len(), 0);
 }
+
+// === storage ===
+
+#[test]
+fn a_node_that_cannot_make_its_state_durable_stops() {
+    let disk = MemoryPersist::new();
+    let storage = DurableStorage::open_with(Box::new(disk.clone()), &[1]).unwrap();
+    let mut cfg = NodeConfig::new(1, vec![1]);
+    cfg.timeout_seed = Some(3);
+    let setup = Setup {
+        members: vec!["10.0.0.1:9000".into()],
+        delegate_ip: String::new(),
+    };
+    let mut c: C = Core::new(setup, WatchdogNode::new(cfg, storage).unwrap());
+    disk.set_failing(true);
+    let failed = (0..100).find(|_| c.tick().iter().any(|o| matches!(o, Output::Failed(_))));
+    assert!(
+        failed.is_some(),
+        "the first durable write (its election) fails"
+    );
+}
+
+// === what the API shows ===
+
+#[test]
+fn the_delegate_ip_holder_shown_is_this_node_while_it_holds_it() {
+    // (case, this node holds the IP, its leader is fresh, holder shown)
+    let cases: &[(&str, bool, bool, &str)] = &[
+        ("holding", true, true, "me"),
+        ("holding, cut off", true, false, "me"),
+        ("the leader holds it", false, true, "leader"),
+        ("nobody known", false, false, "none"),
+    ];
+    for &(case, holding, fresh, shown) in cases {
+        let mut net = Net::new(3, 60);
+        let leader = net.elect();
+        net.run(4);
+        let me = (1..=3).find(|&i| i != leader).unwrap();
+        if !fresh {
+            net.cut.insert(link(leader, me));
+            net.run(FRESH_TICKS + 2);
+        }
+        let readings = Readings {
+            holding,
+            ..net.readings()
+        };
+        let c = net.cores.get_mut(&me).unwrap();
+        c.read(readings);
+        let out = c.step(Input::ProxyRouting);
+        let s = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Status(s) => Some(s.clone()),
+                _ => None,
+            })
+            .unwrap();
+        let expected = match shown {
+            "me" => me,
+            "leader" => leader,
+            _ => 0,
+        };
+        assert_eq!(s.delegate_ip_holder, expected, "{case}");
+        assert_eq!(s.holds_delegate_ip, holding, "{case}");
+    }
+}
