@@ -46,7 +46,10 @@ mod tests;
 pub use input::{Input, Readings, Setup};
 pub use output::{LeaseAsk, Output, Refusal};
 pub use status::proxies_on;
-pub use ticks::*;
+pub use ticks::{
+    FRESH_TICKS, LEAVE_TICKS, MONITOR_GRACE, MONITOR_GRACE_TICKS, MONITOR_PROBE,
+    MONITOR_PROBE_TICKS, MONITOR_RETRY_TICKS, PROPOSAL_TICKS, PROPOSAL_TIMEOUT, TICK,
+};
 
 use lease::ProxyLease;
 use monitor::MonitorWatch;
