@@ -13,8 +13,7 @@ use pgwarden_e2e::watchdogs::{Setup, Watchdogs};
 use pgwarden_proto::v1::watchdog_peer_client::WatchdogPeerClient;
 use pgwarden_proto::v1::watchdog_peer_server::{WatchdogPeer, WatchdogPeerServer};
 use pgwarden_proto::v1::{
-    OperatorReply, PeerAck, PeerEnvelope, PeerLeaseAsk, PeerLeaseGrant, PeerOperator, PeerProposal,
-    PeerProposalReply,
+    PeerAck, PeerEnvelope, PeerLeaseAsk, PeerLeaseGrant, PeerProposal, PeerProposalReply,
 };
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
@@ -62,12 +61,6 @@ impl WatchdogPeer for Relay {
     async fn lease(&self, r: Request<PeerLeaseAsk>) -> Result<Response<PeerLeaseGrant>, Status> {
         WatchdogPeerClient::new(self.upstream.clone())
             .lease(r.into_inner())
-            .await
-    }
-
-    async fn operator(&self, r: Request<PeerOperator>) -> Result<Response<OperatorReply>, Status> {
-        WatchdogPeerClient::new(self.upstream.clone())
-            .operator(r.into_inner())
             .await
     }
 }

@@ -5,7 +5,7 @@
 //! replayed ([`crate::replay`]).
 
 use hmac::{Hmac, KeyInit, Mac};
-use pgwarden_proto::v1::{PeerEnvelope, PeerLeaseAsk, PeerLeaseGrant, PeerOperator, PeerProposal};
+use pgwarden_proto::v1::{PeerEnvelope, PeerLeaseAsk, PeerLeaseGrant, PeerProposal};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -93,52 +93,53 @@ impl Signer {
     }
 
     fn bound_proposal_mac(&self, p: &PeerProposal) -> Vec<u8> {
-        self.mac(&[
+        let (from, to, hash, epoch, seq, term) = (
+            p.from.to_be_bytes(),
+            p.to.to_be_bytes(),
+            p.members_hash.to_be_bytes(),
+            p.epoch.to_be_bytes(),
+            p.seq.to_be_bytes(),
+            p.term.to_be_bytes(),
+        );
+        let flags = [u8::from(p.down), u8::from(p.monitor)];
+        let mut parts: Vec<&[u8]> = vec![
             b"proposal",
-            &p.from.to_be_bytes(),
-            &p.to.to_be_bytes(),
-            &p.members_hash.to_be_bytes(),
-            &p.epoch.to_be_bytes(),
-            &p.seq.to_be_bytes(),
-            &p.term.to_be_bytes(),
+            &from,
+            &to,
+            &hash,
+            &epoch,
+            &seq,
+            &term,
             p.backend.as_bytes(),
-            &[u8::from(p.down), u8::from(p.monitor)],
-        ])
-    }
-
-    fn operator_mac(&self, p: &PeerOperator) -> Vec<u8> {
-        let r = p.request.clone().unwrap_or_default();
-        self.mac(&[
-            b"operator",
-            &p.from.to_be_bytes(),
-            &p.to.to_be_bytes(),
-            &p.members_hash.to_be_bytes(),
-            &p.epoch.to_be_bytes(),
-            &p.seq.to_be_bytes(),
-            &p.term.to_be_bytes(),
-            &p.sent_unix_ms.to_be_bytes(),
-            &r.kind.to_be_bytes(),
-            &r.backend_id.to_be_bytes(),
-            &[u8::from(r.force)],
-            r.backend_name.as_bytes(),
-        ])
-    }
-
-    /// Fills in the MAC of a forwarded operator request.
-    pub fn sign_operator(&self, p: &mut PeerOperator) {
-        p.mac = self.operator_mac(p);
-    }
-
-    /// True when the operator request was signed with the cluster key.
-    pub fn verify_operator(&self, p: &PeerOperator) -> bool {
-        self.operator_mac(p).ct_eq(&p.mac).into()
+            &flags,
+        ];
+        // An operator's request is signed only when set, so a report signs
+        // as it did before requests travelled this way.
+        let request = p.operator.as_ref().map(|r| {
+            (
+                r.kind.to_be_bytes(),
+                r.backend_id.to_be_bytes(),
+                [u8::from(r.force)],
+                r.backend_name.as_bytes(),
+            )
+        });
+        if let Some((kind, id, force, name)) = &request {
+            parts.extend([b"operator".as_slice(), kind, id, force, name]);
+        }
+        self.mac(&parts)
     }
 
     /// Fills in both MACs of a forwarded proposal: `mac` for watchdogs of
     /// older versions, `bound_mac` (which also covers the leader and term
-    /// it is for) for this one.
+    /// it is for) for this one. An operator's request gets `bound_mac`
+    /// only: a watchdog of an older version must refuse it, not take it for
+    /// a report.
     pub fn sign_proposal(&self, p: &mut PeerProposal) {
-        p.mac = self.proposal_mac(p);
+        p.mac = if p.operator.is_some() {
+            Vec::new()
+        } else {
+            self.proposal_mac(p)
+        };
         p.bound_mac = self.bound_proposal_mac(p);
     }
 
@@ -266,6 +267,7 @@ mod tests {
             to: 1,
             term: 4,
             bound_mac: vec![],
+            operator: None,
         };
         s.sign_proposal(&mut p);
         assert!(s.verify_proposal(&p));
@@ -294,56 +296,91 @@ mod tests {
     }
 
     #[test]
-    fn operator_requests_verify_only_unchanged() {
+    fn operator_requests_verify_only_unchanged_and_bound() {
         let s = Signer::new(b"0123456789abcdef".to_vec());
-        let mut p = PeerOperator {
+        let request = OperatorRequest {
+            kind: 2,
+            backend_id: 1,
+            force: false,
+            backend_name: "pg1".into(),
+        };
+        let mut p = PeerProposal {
             from: 2,
             members_hash: 1,
             epoch: 1,
             seq: 1,
-            request: Some(OperatorRequest {
-                kind: 2,
-                backend_id: 1,
-                force: false,
-                backend_name: "pg1".into(),
-            }),
-            mac: vec![],
             to: 1,
             term: 4,
-            sent_unix_ms: 1_000,
+            operator: Some(request.clone()),
+            ..PeerProposal::default()
         };
-        s.sign_operator(&mut p);
-        assert!(s.verify_operator(&p));
-        let mut other = p.clone();
-        other.request = Some(OperatorRequest {
-            kind: 2,
-            backend_id: 0,
-            force: false,
-            backend_name: "pg1".into(),
-        });
-        assert!(!s.verify_operator(&other), "another backend");
-        let mut forced = p.clone();
-        forced.request = Some(OperatorRequest {
-            kind: 2,
-            backend_id: 1,
-            force: true,
-            backend_name: "pg1".into(),
-        });
-        assert!(!s.verify_operator(&forced));
-        for changed in [
-            PeerOperator { to: 3, ..p.clone() },
-            PeerOperator {
-                term: 5,
+        s.sign_proposal(&mut p);
+        assert!(s.verify_bound_proposal(&p));
+        assert!(
+            !s.verify_proposal(&p),
+            "an older watchdog (which checks `mac` only) refuses it"
+        );
+        let changed = |f: &dyn Fn(&mut OperatorRequest)| {
+            let mut r = request.clone();
+            f(&mut r);
+            PeerProposal {
+                operator: Some(r),
                 ..p.clone()
-            },
-            PeerOperator {
-                sent_unix_ms: 2_000,
-                ..p.clone()
-            },
+            }
+        };
+        for (why, other) in [
+            ("another backend", changed(&|r| r.backend_id = 0)),
+            ("forced", changed(&|r| r.force = true)),
+            ("another kind", changed(&|r| r.kind = 3)),
+            ("another name", changed(&|r| r.backend_name = "pg2".into())),
+            (
+                "made a report",
+                PeerProposal {
+                    operator: None,
+                    ..p.clone()
+                },
+            ),
+            ("another node", PeerProposal { to: 3, ..p.clone() }),
+            (
+                "another term",
+                PeerProposal {
+                    term: 5,
+                    ..p.clone()
+                },
+            ),
         ] {
-            assert!(!s.verify_operator(&changed), "{changed:?}");
+            assert!(!s.verify_bound_proposal(&other), "{why}");
         }
-        assert!(!Signer::new(b"another key......".to_vec()).verify_operator(&p));
+        assert!(!Signer::new(b"another key......".to_vec()).verify_bound_proposal(&p));
+    }
+
+    #[test]
+    fn a_reports_bound_mac_is_what_it_was_before_operator_requests() {
+        let s = Signer::new(b"0123456789abcdef".to_vec());
+        let mut p = PeerProposal {
+            from: 2,
+            members_hash: 1,
+            backend: "pg0".into(),
+            down: true,
+            epoch: 1,
+            seq: 1,
+            to: 1,
+            term: 4,
+            ..PeerProposal::default()
+        };
+        s.sign_proposal(&mut p);
+        let before = s.mac(&[
+            b"proposal",
+            &2u64.to_be_bytes(),
+            &1u64.to_be_bytes(),
+            &1u64.to_be_bytes(),
+            &1u64.to_be_bytes(),
+            &1u64.to_be_bytes(),
+            &4u64.to_be_bytes(),
+            b"pg0",
+            &[1, 0],
+        ]);
+        assert_eq!(p.bound_mac, before);
     }
 
     #[test]

@@ -35,6 +35,20 @@ impl Grantable {
     }
 }
 
+/// A lease the leader granted: for `generation`, in `term`, asked for at
+/// `asked_at` (`CLOCK_BOOTTIME` ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Granted {
+    /// The leader that granted it.
+    pub leader: u64,
+    /// Its term.
+    pub term: u64,
+    /// The generation it had applied.
+    pub generation: u64,
+    /// When this node asked (the lease counts from here).
+    pub asked_at: u64,
+}
+
 /// The proxies' lease of one node.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Fence {

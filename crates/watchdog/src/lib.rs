@@ -15,12 +15,18 @@
 //! - [`fence`]: [`fence::Fence`], until when this node's proxies may route
 //!   by its record (the lease the leader grants, see `pgwarden_proto::lease`).
 //! - [`logger`]: raft-rs's `slog` output routed into `tracing`.
+//! - [`core`]: [`core::Core`], the daemon's decisions around the node
+//!   (pending proposals, monitor liveness, lead handover, the proxies'
+//!   lease, what the API shows, where reports and operator requests go),
+//!   driven by `step(Input)` and `tick()`, time counted in ticks.
 //!
-//! The daemon wraps these: [`runtime`] owns the node and ticks it, [`peers`]
-//! carries Raft messages between watchdogs (authenticated by [`auth`],
-//! replays refused by [`replay`]),
-//! [`api`] serves `watchdog.sock`, [`vip`] runs the delegate-IP commands; the tests here run them over an
-//! in-memory network with fixed seeds (partitions, message loss and
+//! The daemon wraps these: [`runtime`] feeds the core and performs its
+//! outputs, [`peers`] carries Raft messages between watchdogs
+//! (authenticated by [`auth`], replays refused by [`replay`]), [`forward`]
+//! hands a follower's reports and operators' requests to the leader,
+//! [`renew`] asks it for the proxies' lease, [`api`]
+//! serves `watchdog.sock`, [`vip`] runs the delegate-IP commands; the
+//! tests here run the node and the core over an in-memory network with fixed seeds (partitions, message loss and
 //! reordering, crashes and restarts) and check, after every simulated tick,
 //! that there is at most one leader per term and at most one holder of the
 //! delegate IP.
@@ -29,7 +35,9 @@
 
 pub mod api;
 pub mod auth;
+pub mod core;
 pub mod fence;
+pub mod forward;
 pub mod lease;
 pub mod logger;
 pub mod metrics;
@@ -37,6 +45,7 @@ pub mod node;
 pub mod peers;
 pub mod renew;
 pub mod replay;
+pub mod report;
 pub mod runtime;
 pub mod settings;
 pub mod state;
@@ -50,5 +59,6 @@ pub use lease::{Lease, VipAction};
 pub use node::{Error, NodeConfig, Output, ProposeError, RoleChange, WatchdogNode};
 pub use raft::StateRole;
 pub use raft::eraftpb::Message;
+pub use report::Report;
 pub use state::{Applied, ClusterRecord, Command, Generation, Rejection};
 pub use storage::{Disk, DurableStorage, FilePersist, MemoryPersist, Persist, StorageError};

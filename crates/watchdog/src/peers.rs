@@ -14,8 +14,8 @@ use std::time::Duration;
 use pgwarden_proto::v1::watchdog_peer_client::WatchdogPeerClient;
 use pgwarden_proto::v1::watchdog_peer_server::WatchdogPeer;
 use pgwarden_proto::v1::{
-    OperatorReply, OperatorRequest, PeerAck, PeerEnvelope, PeerLeaseAsk, PeerLeaseGrant,
-    PeerOperator, PeerProposal, PeerProposalReply,
+    OperatorRequest, PeerAck, PeerEnvelope, PeerLeaseAsk, PeerLeaseGrant, PeerProposal,
+    PeerProposalReply,
 };
 use pgwarden_tls::rustls::ClientConfig;
 use protobuf::Message as _;
@@ -26,8 +26,9 @@ use tonic::{Request, Response, Status};
 
 use crate::Message;
 use crate::auth::Signer;
-use crate::fence::Grantable;
+use crate::fence::{Grantable, Granted};
 use crate::replay::{Kind, PERSISTED_EPOCH, ReplayGuard, Sequence};
+use crate::report::Report;
 
 /// Outbound messages waiting per peer before new ones are dropped.
 pub const QUEUE: usize = 256;
@@ -77,37 +78,6 @@ pub enum Inbound {
     Unreachable(u64),
     /// A snapshot was (or was not) delivered to a peer.
     Snapshot(u64, bool),
-}
-
-/// What a node reports about its own view, committed through the leader.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Report {
-    /// Its monitor sees `backend` down, or up again.
-    Backend {
-        /// The backend's name.
-        backend: String,
-        /// Down or up.
-        down: bool,
-    },
-    /// Its monitor answers, or has stopped answering.
-    Monitor {
-        /// Whether the monitor answers.
-        alive: bool,
-    },
-}
-
-impl Report {
-    /// The command that records `node`'s report.
-    pub fn command(self, node: u64) -> crate::Command {
-        match self {
-            Report::Backend { backend, down } => crate::Command::ReportHealth {
-                node,
-                backend,
-                down,
-            },
-            Report::Monitor { alive } => crate::Command::MonitorHealth { node, alive },
-        }
-    }
 }
 
 /// Who we are, for checking what arrives.
@@ -203,6 +173,54 @@ impl PeerService {
                 crate::replay::Refusal::NotDurable { .. } => Status::unavailable(why.to_string()),
                 _ => Status::invalid_argument(why.to_string()),
             })
+    }
+
+    /// A follower forwarded an operator's request for this node's monitor
+    /// (a proposal with `operator` set): checked like a bound report (its
+    /// request under the `bound_mac`, for this node, once), then handed to
+    /// the core loop, which asks the monitor if this node still leads in
+    /// the request's term.
+    async fn operator(&self, p: PeerProposal) -> Result<PeerProposalReply, Status> {
+        if p.seq & PERSISTED_EPOCH == 0 || !self.id.signer.verify_bound_proposal(&p) {
+            tracing::warn!(from = p.from, "dropping an operator request with a bad MAC");
+            return Err(Status::unauthenticated("bad MAC"));
+        }
+        if p.to != self.id.me {
+            return Err(Status::invalid_argument("addressed to another node"));
+        }
+        let Some(request) = p.operator else {
+            return Err(Status::invalid_argument("no request"));
+        };
+        // Once: each (epoch, seq) is used up here, persisted.
+        self.fresh(Kind::Operator, p.from, p.epoch, p.seq)?;
+        let (tx, rx) = oneshot::channel();
+        let operator = Inbound::Operator {
+            request,
+            term: p.term,
+            reply: tx,
+        };
+        if self.inbound.send(operator).await.is_err() {
+            return Err(Status::unavailable("shutting down"));
+        }
+        let refused = |status: Status| PeerProposalReply {
+            committed: false,
+            reason: status.message().to_owned(),
+            message: String::new(),
+            code: status.code() as i32,
+        };
+        Ok(match tokio::time::timeout(OPERATOR_TIMEOUT, rx).await {
+            Ok(Ok(Ok(message))) => PeerProposalReply {
+                committed: true,
+                reason: String::new(),
+                message,
+                code: 0,
+            },
+            Ok(Ok(Err(status))) => refused(status),
+            Ok(Err(_)) => refused(Status::unavailable("shutting down")),
+            Err(_) => refused(Status::deadline_exceeded(
+                "the leader's monitor did not answer in time",
+            )),
+        })
     }
 }
 
@@ -305,6 +323,9 @@ impl WatchdogPeer for PeerService {
     ) -> Result<Response<PeerProposalReply>, Status> {
         let p = request.into_inner();
         self.check_sender(p.from, p.members_hash)?;
+        if p.operator.is_some() {
+            return self.operator(p).await.map(Response::new);
+        }
         if !self.id.signer.verify_proposal(&p) {
             return Err(Status::unauthenticated("bad MAC"));
         }
@@ -345,133 +366,24 @@ impl WatchdogPeer for PeerService {
         let reply = match tokio::time::timeout(Duration::from_secs(5), rx).await {
             Ok(Ok(Ok(()))) => PeerProposalReply {
                 committed: true,
-                reason: String::new(),
+                ..PeerProposalReply::default()
             },
             Ok(Ok(Err(reason))) => PeerProposalReply {
-                committed: false,
                 reason,
+                ..PeerProposalReply::default()
             },
             _ => PeerProposalReply {
-                committed: false,
                 reason: "not committed in time".into(),
+                ..PeerProposalReply::default()
             },
         };
         Ok(Response::new(reply))
-    }
-
-    async fn operator(
-        &self,
-        request: Request<PeerOperator>,
-    ) -> Result<Response<OperatorReply>, Status> {
-        let p = request.into_inner();
-        self.check_sender(p.from, p.members_hash)?;
-        if !self.id.signer.verify_operator(&p) {
-            tracing::warn!(from = p.from, "dropping an operator request with a bad MAC");
-            return Err(Status::unauthenticated("bad MAC"));
-        }
-        if p.to != self.id.me {
-            return Err(Status::invalid_argument("addressed to another node"));
-        }
-        // Replays: only within the window (clocks in sync to within it, as
-        // for any HA cluster), and once.
-        let skew = now_unix_ms().abs_diff(p.sent_unix_ms);
-        if u128::from(skew) > OPERATOR_WINDOW.as_millis() {
-            tracing::warn!(
-                from = p.from,
-                skew_ms = skew,
-                "refusing an operator request sent too long ago (or clocks apart)"
-            );
-            return Err(Status::failed_precondition(
-                "the request is too old, or the nodes' clocks are more than 30 s apart",
-            ));
-        }
-        let Some(request) = p.request else {
-            return Err(Status::invalid_argument("no request"));
-        };
-        // Once: each (epoch, seq) is used up here.
-        self.fresh(Kind::Operator, p.from, p.epoch, p.seq)?;
-        let (tx, rx) = oneshot::channel();
-        if self
-            .inbound
-            .send(Inbound::Operator {
-                request,
-                term: p.term,
-                reply: tx,
-            })
-            .await
-            .is_err()
-        {
-            return Err(Status::unavailable("shutting down"));
-        }
-        match tokio::time::timeout(OPERATOR_TIMEOUT, rx).await {
-            Ok(Ok(Ok(message))) => Ok(Response::new(OperatorReply { message })),
-            Ok(Ok(Err(status))) => Err(status),
-            Ok(Err(_)) => Err(Status::unavailable("shutting down")),
-            Err(_) => Err(Status::deadline_exceeded(
-                "the leader's monitor did not answer in time",
-            )),
-        }
     }
 }
 
 /// How long an operator's request forwarded to the leader may take: the
 /// leader's monitor answers once the change is committed.
 pub const OPERATOR_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// How far a forwarded operator request's send time may be from the
-/// receiver's clock.
-pub const OPERATOR_WINDOW: Duration = Duration::from_secs(30);
-
-fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// Hands an operator's request to the leader's watchdog at `address`, which
-/// passes it to its monitor; the monitor's answer, or why there is none.
-pub async fn forward_operator(
-    address: &str,
-    id: &Identity,
-    seq: u64,
-    leader: (u64, u64),
-    request: OperatorRequest,
-) -> Result<String, Status> {
-    let channel = pgwarden_proto::tcp::dial(
-        address,
-        id.tls.clone(),
-        Duration::from_secs(2),
-        // Longer than the leader's own bound, so its answer (even "no answer
-        // in time") arrives rather than a bare client timeout.
-        OPERATOR_TIMEOUT + Duration::from_secs(2),
-    )
-    .map_err(|e| Status::invalid_argument(format!("peer: {e}")))?;
-    let (to, term) = leader;
-    let mut p = PeerOperator {
-        from: id.me,
-        members_hash: id.members_hash,
-        epoch: id.epoch,
-        seq,
-        request: Some(request),
-        mac: Vec::new(),
-        to,
-        term,
-        sent_unix_ms: now_unix_ms(),
-    };
-    id.signer.sign_operator(&mut p);
-    let reply =
-        WatchdogPeerClient::new(channel)
-            .operator(p)
-            .await
-            .map_err(|status| match status.code() {
-                tonic::Code::Unavailable | tonic::Code::Unknown => Status::unavailable(format!(
-                    "cannot reach the leader's watchdog at {address}: {}",
-                    status.message()
-                )),
-                _ => status,
-            })?;
-    Ok(reply.into_inner().message)
-}
 
 /// A lazily connecting channel to a peer's `watchdog.listen`, over
 /// mutual TLS when `tls` is set.
@@ -606,60 +518,6 @@ pub async fn sender(
     }
 }
 
-/// A lease the leader granted: for `generation`, in `term`, asked for at
-/// `asked_at` (`CLOCK_BOOTTIME` ms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Granted {
-    /// The leader that granted it.
-    pub leader: u64,
-    /// Its term.
-    pub term: u64,
-    /// The generation it had applied.
-    pub generation: u64,
-    /// When this node asked (the lease counts from here).
-    pub asked_at: u64,
-}
-
-/// Forwards this node's report to the leader at `address`, for that
-/// leader (`leader`: its id and Raft term) only.
-pub async fn forward(
-    address: &str,
-    id: &Identity,
-    seq: u64,
-    leader: (u64, u64),
-    report: &Report,
-) -> Result<(), String> {
-    let mut client = WatchdogPeerClient::new(channel(address, id.tls.clone())?);
-    let (backend, down, monitor) = match report {
-        Report::Backend { backend, down } => (backend.clone(), *down, false),
-        Report::Monitor { alive } => (String::new(), !*alive, true),
-    };
-    let mut p = PeerProposal {
-        from: id.me,
-        members_hash: id.members_hash,
-        backend,
-        down,
-        epoch: id.epoch,
-        seq,
-        mac: Vec::new(),
-        monitor,
-        to: leader.0,
-        term: leader.1,
-        bound_mac: Vec::new(),
-    };
-    id.signer.sign_proposal(&mut p);
-    let reply = client
-        .propose(p)
-        .await
-        .map_err(|e| e.message().to_owned())?
-        .into_inner();
-    if reply.committed {
-        Ok(())
-    } else {
-        Err(reply.reason)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,74 +534,133 @@ mod tests {
         }
     }
 
-    fn request(to: u64, seq: u64, sent_unix_ms: i64) -> PeerOperator {
-        let mut p = PeerOperator {
+    /// Node 2's operator request for node `to` in term 3, its `seq`-th.
+    fn request(to: u64, seq: u64) -> PeerProposal {
+        let mut p = PeerProposal {
             from: 2,
             members_hash: 42,
             epoch: 9,
             seq: crate::replay::PERSISTED_EPOCH | seq,
-            request: Some(OperatorRequest {
+            to,
+            term: 3,
+            operator: Some(OperatorRequest {
                 kind: 2,
                 backend_id: 1,
                 force: false,
                 backend_name: "pg1".into(),
             }),
-            mac: Vec::new(),
-            to,
-            term: 3,
-            sent_unix_ms,
+            ..PeerProposal::default()
         };
-        identity(2).signer.sign_operator(&mut p);
+        identity(2).signer.sign_proposal(&mut p);
         p
     }
 
-    /// The leader's side: every request that gets through is answered by a
-    /// stand-in for the core loop, which counts them.
-    #[tokio::test]
-    async fn operator_requests_are_carried_out_once_and_only_when_fresh_and_for_us() {
-        let (tx, mut inbound) = mpsc::channel(8);
-        let service = PeerService::new(identity(1), ReplayGuard::in_memory(), tx);
+    /// Answers every operator request that gets through like the core loop
+    /// would, counting them.
+    fn carry_out(
+        mut inbound: mpsc::Receiver<Inbound>,
+    ) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
         let carried_out = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counter = std::sync::Arc::clone(&carried_out);
         tokio::spawn(async move {
-            while let Some(Inbound::Operator { term, reply, .. }) = inbound.recv().await {
-                assert_eq!(term, 3);
-                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let _ = reply.send(Ok("pg1 detached".to_owned()));
+            while let Some(event) = inbound.recv().await {
+                if let Inbound::Operator { term, reply, .. } = event {
+                    assert_eq!(term, 3);
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let _ = reply.send(Ok("pg1 detached".to_owned()));
+                }
             }
         });
-        let now = now_unix_ms();
-        let ok = service
-            .operator(Request::new(request(1, 1, now)))
-            .await
-            .unwrap();
-        assert_eq!(ok.into_inner().message, "pg1 detached");
+        carried_out
+    }
+
+    /// The leader's side: a forwarded operator request is carried out once,
+    /// only when signed with its request, for this node.
+    #[tokio::test]
+    async fn operator_requests_are_carried_out_once_and_only_when_signed_and_for_us() {
+        let (tx, inbound) = mpsc::channel(8);
+        let service = PeerService::new(identity(1), ReplayGuard::in_memory(), tx);
+        let carried_out = carry_out(inbound);
+        let code =
+            |r: Result<Response<PeerProposalReply>, Status>| r.map(|_| ()).unwrap_err().code();
+        let ok = service.propose(Request::new(request(1, 1))).await.unwrap();
+        let ok = ok.into_inner();
+        assert!(ok.committed, "{ok:?}");
+        assert_eq!(ok.message, "pg1 detached");
         // The same message again: refused, not carried out.
-        let replay = service.operator(Request::new(request(1, 1, now))).await;
-        assert_eq!(replay.unwrap_err().code(), tonic::Code::InvalidArgument);
-        // Addressed to another node, too old, or tampered with: refused.
-        let other = service.operator(Request::new(request(3, 2, now))).await;
-        assert_eq!(other.unwrap_err().code(), tonic::Code::InvalidArgument);
-        let old = service
-            .operator(Request::new(request(1, 3, now - 60_000)))
-            .await;
-        assert_eq!(old.unwrap_err().code(), tonic::Code::FailedPrecondition);
-        let mut forged = request(1, 4, now);
-        forged.request = Some(OperatorRequest {
+        let replay = service.propose(Request::new(request(1, 1))).await;
+        assert_eq!(code(replay), tonic::Code::InvalidArgument);
+        // Addressed to another node, or tampered with: refused.
+        let other = service.propose(Request::new(request(3, 2))).await;
+        assert_eq!(code(other), tonic::Code::InvalidArgument);
+        let mut forged = request(1, 3);
+        forged.operator = Some(OperatorRequest {
             kind: 3,
             backend_id: 1,
             force: true,
             backend_name: "pg1".into(),
         });
-        let forged = service.operator(Request::new(forged)).await;
-        assert_eq!(forged.unwrap_err().code(), tonic::Code::Unauthenticated);
+        let forged = service.propose(Request::new(forged)).await;
+        assert_eq!(code(forged), tonic::Code::Unauthenticated);
+        // Signed as an older version's report would be: not a request.
+        let mut legacy = request(1, 4);
+        legacy.seq = 4;
+        identity(2).signer.sign_proposal(&mut legacy);
+        let legacy = service.propose(Request::new(legacy)).await;
+        assert_eq!(code(legacy), tonic::Code::Unauthenticated);
         assert_eq!(carried_out.load(std::sync::atomic::Ordering::SeqCst), 1);
         // A new message (next seq) goes through.
-        service
-            .operator(Request::new(request(1, 5, now)))
-            .await
-            .unwrap();
+        service.propose(Request::new(request(1, 5))).await.unwrap();
         assert_eq!(carried_out.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// What the 30 s send window of the old operator RPC covered: a request
+    /// captured before the leader restarts is refused after it too.
+    #[tokio::test]
+    async fn an_operator_request_is_refused_again_after_the_receiver_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, inbound) = mpsc::channel(8);
+        let carried_out = carry_out(inbound);
+        let service = PeerService::new(
+            identity(1),
+            ReplayGuard::open(dir.path()).unwrap(),
+            tx.clone(),
+        );
+        service.propose(Request::new(request(1, 1))).await.unwrap();
+        drop(service);
+        let restarted = PeerService::new(identity(1), ReplayGuard::open(dir.path()).unwrap(), tx);
+        let replay = restarted.propose(Request::new(request(1, 1))).await;
+        assert_eq!(
+            replay.map(|_| ()).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(carried_out.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A refusal travels back with its code, so the follower's monitor
+    /// tells the operator the leader's monitor's own words.
+    #[tokio::test]
+    async fn a_refused_operator_request_keeps_its_code() {
+        let (tx, mut inbound) = mpsc::channel(8);
+        let service = PeerService::new(identity(1), ReplayGuard::in_memory(), tx);
+        tokio::spawn(async move {
+            while let Some(Inbound::Operator { reply, .. }) = inbound.recv().await {
+                let _ = reply.send(Err(Status::failed_precondition(
+                    "pg0 is already the primary",
+                )));
+            }
+        });
+        let r = service
+            .propose(Request::new(request(1, 1)))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.committed);
+        assert_eq!(
+            tonic::Code::from_i32(r.code),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(r.reason, "pg0 is already the primary");
     }
 
     /// A node of `voters` whose epoch comes from `state_dir`, as at its start.
@@ -788,6 +705,7 @@ mod tests {
             to: 1,
             term: 3,
             bound_mac: Vec::new(),
+            operator: None,
         };
         id.signer.sign_proposal(&mut p);
         p

@@ -9,7 +9,8 @@ use pgwarden_proto::v1::watchdog_peer_client::WatchdogPeerClient;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::Channel;
 
-use crate::peers::{Granted, Identity, Inbound, channel};
+use crate::fence::Granted;
+use crate::peers::{Identity, Inbound, channel};
 
 /// How long a lease ask may take before it counts as unanswered.
 const LEASE_ASK_TIMEOUT: Duration = Duration::from_millis(300);

@@ -24,20 +24,23 @@
 //!   (epoch, seq) persisted per peer (they are rare: one write each), so
 //!   not even a report from the sender's *current* epoch is accepted twice
 //!   across a receiver restart. And each is bound (under its `bound_mac`)
-//!   to the leader and Raft term it was sent to, as operator requests are:
-//!   a report captured on its way to one leader is refused by any other
-//!   node and in any later term, even by a node that never heard of the
-//!   sender's newer epoch.
+//!   to the leader and Raft term it was sent to: a report captured on its
+//!   way to one leader is refused by any other node and in any later term,
+//!   even by a node that never heard of the sender's newer epoch.
+//! - **Forwarded operator requests** travel as forwarded reports do (a
+//!   [`pgwarden_proto::v1::PeerProposal`] with its request under the
+//!   `bound_mac`), numbered in a stream of their own ([`Kind::Operator`]:
+//!   a request waits for the leader's monitor, and must not hold the
+//!   reports back), persisted the same way: accepted once, also across a
+//!   receiver restart.
 //!
 //! What is left, deliberately: after a *receiver* restart, a Raft envelope
-//! or an operator request from the sender's current epoch with a sequence
-//! number above what the restarted receiver has seen since could be
-//! replayed once. Persisting every envelope's seq would fsync on every
-//! heartbeat. It is harmless: such an envelope holds Raft messages of terms
-//! the restarted node has already left or will check (Raft is safe under
-//! duplicated and delayed messages, the term decides), and an operator
-//! request is bound to the leader and term it was sent to (a restarted
-//! node leads, if ever, in a later term) and to a 30 s send window.
+//! from the sender's current epoch with a sequence number above what the
+//! restarted receiver has seen since could be replayed once. Persisting
+//! every envelope's seq would fsync on every heartbeat. It is harmless:
+//! such an envelope holds Raft messages of terms the restarted node has
+//! already left or will check (Raft is safe under duplicated and delayed
+//! messages, the term decides).
 //!
 //! **Rolling upgrades**: the message formats and MACs are unchanged. A
 //! sender of this version sets [`PERSISTED_EPOCH`] in every seq (under the
@@ -98,7 +101,8 @@ pub enum Kind {
     Envelope,
     /// A forwarded report ([`pgwarden_proto::v1::PeerProposal`]).
     Proposal,
-    /// A forwarded operator request ([`pgwarden_proto::v1::PeerOperator`]).
+    /// A forwarded operator request (a [`pgwarden_proto::v1::PeerProposal`]
+    /// with `operator` set).
     Operator,
 }
 
@@ -175,6 +179,11 @@ struct PeerFile {
     proposal_epoch: u64,
     #[serde(default)]
     proposal_seq: u64,
+    /// The last forwarded operator request accepted: its epoch and seq.
+    #[serde(default)]
+    operator_epoch: u64,
+    #[serde(default)]
+    operator_seq: u64,
 }
 
 /// This node's epoch and, per peer, what was accepted already; see the
@@ -335,10 +344,17 @@ impl ReplayGuard {
         repeated(last)?;
         let mut changed = known.is_none_or(|k| epoch > k.epoch);
         peer.epoch = peer.epoch.max(epoch);
-        if kind == Kind::Proposal {
-            repeated(Some((peer.proposal_epoch, peer.proposal_seq)))?;
-            peer.proposal_epoch = epoch;
-            peer.proposal_seq = seq;
+        // The forwards whose replay would change something are rare: each
+        // is persisted (one write each).
+        let persisted = match kind {
+            Kind::Proposal => Some((&mut peer.proposal_epoch, &mut peer.proposal_seq)),
+            Kind::Operator => Some((&mut peer.operator_epoch, &mut peer.operator_seq)),
+            Kind::Envelope => None,
+        };
+        if let Some((last_epoch, last_seq)) = persisted {
+            repeated(Some((*last_epoch, *last_seq)))?;
+            *last_epoch = epoch;
+            *last_seq = seq;
             changed = true;
         }
         if changed {

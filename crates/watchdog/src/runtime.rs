@@ -1,26 +1,30 @@
-//! The watchdog daemon: one task owns the [`WatchdogNode`] and ticks it;
-//! peers, the local API and the delegate-IP commands talk to it through
-//! queues.
+//! The watchdog daemon: a thin driver around the [`Core`], which decides.
+//!
+//! One task owns the core: it reads the clocks and the other tasks' state
+//! into [`Readings`], feeds the core every tick, peer message, API request
+//! and monitor probe result, and performs what it returns. Peers, the local
+//! API, the monitor probes and the delegate-IP commands run in their own
+//! tasks and talk to it through queues.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pgwarden_proto::uds::{self, Daemon};
 use pgwarden_proto::v1::{
-    ClusterRecord as ProtoRecord, Member, MemberState, NodeIds, WatchdogStatus,
-    watchdog_peer_server::WatchdogPeerServer, watchdog_server::WatchdogServer,
+    WatchdogStatus, watchdog_peer_server::WatchdogPeerServer, watchdog_server::WatchdogServer,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiRequest, WatchdogApi};
-use crate::fence::{Fence, Grantable};
+use crate::core::{Core, Input, MONITOR_PROBE, Output, Readings, Refusal, Setup};
+use crate::fence::Grantable;
 use crate::peers::{self, Identity, Inbound, PeerService};
 use crate::replay::{ReplayGuard, Sequence};
+use crate::report::Report;
 use crate::settings::{Settings, TICK};
-use crate::{Command, DurableStorage, Message, NodeConfig, ProposeError, VipAction, WatchdogNode};
-use pgwarden_proto::lease::{GRANT_CONTACT, PROXY_LEASE};
+use crate::{DurableStorage, Message, NodeConfig, VipAction, WatchdogNode};
 
 /// Why the watchdog stopped.
 #[derive(Debug, thiserror::Error)]
@@ -34,40 +38,17 @@ pub enum RunError {
     Listen(String),
 }
 
-/// How often the watchdog asks its node's monitor whether it answers.
-const MONITOR_PROBE: Duration = Duration::from_secs(1);
-/// How long the monitor must go unanswered before it counts as gone:
-/// longer than systemd takes to restart it once (`Restart=always`, the
-/// first restart after 1 s, backing off when it keeps failing).
-pub const MONITOR_GRACE: Duration = Duration::from_secs(5);
-/// How often a leader without its monitor may try to hand the lead over,
-/// and how often a node re-sends its monitor's state when the record
-/// disagrees.
-const MONITOR_RETRY: Duration = Duration::from_secs(3);
-
-/// How long a leader that is shutting down waits for its lead to move.
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The leader renews its own lease when less than the lease minus this
-/// is left (ms).
-const RENEW_STEP_MS: u64 = 50;
-
-/// How long a proposed change may wait for its commit.
-const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A proposal waiting for its entry to be applied.
-struct Pending {
-    command: Command,
-    reply: oneshot::Sender<Result<(), String>>,
-    since: Instant,
-}
+/// Where a proposer's answer goes.
+type Reply = oneshot::Sender<Result<(), String>>;
+/// Where an operator's answer goes.
+type OperatorReply = oneshot::Sender<Result<String, tonic::Status>>;
 
 /// Runs the watchdog until `shutdown` completes; releases the delegate IP on the way out.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
     let voters = settings.voters();
     let storage = DurableStorage::open(settings.state_dir.clone(), &voters)
         .map_err(|e| RunError::Storage(e.to_string()))?;
-    let mut node = WatchdogNode::new(NodeConfig::new(settings.id, voters.clone()), storage)
+    let node = WatchdogNode::new(NodeConfig::new(settings.id, voters.clone()), storage)
         .map_err(|e| RunError::Storage(e.to_string()))?;
     // The epoch every signed message carries: durable before any is sent.
     let mut replay = ReplayGuard::open(settings.state_dir.clone())
@@ -108,7 +89,6 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     // leads, and whom it asks while it follows.
     let (grant_tx, grant_rx) = watch::channel::<Option<Grantable>>(None);
     let (ask_tx, ask_rx) = watch::channel::<Option<(u64, u64, u64)>>(None);
-    let mut fence = Fence::default();
     let peer_service =
         PeerService::new(id.clone(), replay, inbound_tx.clone()).with_grants(grant_rx);
     // What the proxies route by: this node's (from watchdog.sock), the
@@ -163,7 +143,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     tokio::spawn(async move {
         let mut seq = Sequence::new();
         while let Some((address, leader, report, reply)) = forward_rx.recv().await {
-            let r = peers::forward(&address, &fwd_id, seq.take(), leader, &report).await;
+            let r = crate::forward::report(&address, &fwd_id, seq.take(), leader, &report).await;
             let _ = reply.send(r);
         }
     });
@@ -179,20 +159,15 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
             if reply.is_closed() {
                 continue;
             }
-            let r = peers::forward_operator(&address, &op_id, seq.take(), leader, request).await;
+            let r = crate::forward::operator(&address, &op_id, seq.take(), leader, request).await;
             let _ = reply.send(r);
         }
     });
 
-    // Whether this node's monitor answers (None until known).
-    let (monitor_tx, mut monitor_rx) = watch::channel::<Option<bool>>(None);
-    tokio::spawn(probe_monitor(
-        uds::socket_path(&settings.runtime_dir, Daemon::Monitor),
-        monitor_tx,
-        stop.clone(),
-    ));
-    let mut monitor_sent: Option<Instant> = None;
-    let mut transfer_tried: Option<Instant> = None;
+    // This node's monitor: the core says when to probe it, the answers
+    // come back here.
+    let (probed_tx, mut probed) = mpsc::channel::<bool>(4);
+    let monitor_path = uds::socket_path(&settings.runtime_dir, Daemon::Monitor);
 
     // The local API.
     let (status_tx, status_rx) = watch::channel(WatchdogStatus::default());
@@ -241,262 +216,87 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         );
     }
 
-    let mut pending: BTreeMap<u64, Pending> = BTreeMap::new();
-    let mut last_seen: HashMap<u64, (Instant, i64)> = HashMap::new();
+    let setup = Setup {
+        members: settings.members.clone(),
+        delegate_ip: settings
+            .delegate_ip
+            .map(|i| i.to_string())
+            .unwrap_or_default(),
+    };
+    let mut core: Core<Reply, OperatorReply> = Core::new(setup, node).with_blocking(blocking);
+    let tasks = Tasks {
+        settings: &settings,
+        outbound,
+        forward: forward_tx,
+        operator: operator_tx,
+        probed: probed_tx,
+        monitor_path,
+        vip: vip_tx.clone(),
+        grants: grant_tx,
+        asks: ask_tx,
+        status: status_tx,
+    };
     // systemd's watchdog hears from this loop's ticks: a stuck loop stops it.
     let mut pinger = pgwarden_daemon::notify::Pinger::from_env();
     pgwarden_daemon::notify::ready();
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    let lease_ms = u64::try_from(PROXY_LEASE.as_millis()).unwrap_or(u64::MAX);
-    let contact_ms = u64::try_from(GRANT_CONTACT.as_millis()).unwrap_or(0);
-    // Shutting down as leader: until when the lead transfer may take.
-    let mut leaving: Option<Instant> = None;
+    let mut shutting_down = false;
     let result = loop {
-        tokio::select! {
-            _ = &mut shutdown, if leaving.is_none() => {
-                // A leader hands the lead over first: the others then need
-                // no election timeout, and the proxies' leases need not run
-                // out on the way.
-                match node.is_leader().then(|| transferee(&node, &last_seen)).flatten() {
-                    Some(to) => {
-                        tracing::info!(to, "shutting down: handing the lead over first");
-                        node.transfer_leader(to);
-                        leaving = Some(Instant::now() + LEAVE_TIMEOUT);
-                    }
-                    None => break Ok(()),
-                }
+        // `None`: a tick.
+        let input: Option<Input<Reply, OperatorReply>> = tokio::select! {
+            _ = &mut shutdown, if !shutting_down => {
+                shutting_down = true;
+                Some(Input::Shutdown)
             }
             // This node's proxy moved on: shown at once (on the leader,
             // proxies_on_generation may open the fence).
-            r = proxy_routing.changed() => if r.is_err() { break Ok(()) },
+            r = proxy_routing.changed() => match r {
+                Ok(()) => Some(Input::ProxyRouting),
+                Err(_) => break Ok(()),
+            },
             _ = ticker.tick() => {
-                node.tick();
-                // The lead confirmed by a quorum, from now: leases may be
-                // granted only shortly after (see crate::fence).
-                node.confirm_lead(pgwarden_proto::lease::monotonic_ms());
                 pinger.ping();
+                None
             }
-            Some(event) = inbound.recv() => match event {
-                Inbound::Raft(from, msgs) => {
-                    last_seen.insert(from, (Instant::now(), now_ms()));
-                    for m in msgs {
-                        if let Err(e) = node.step(m) {
-                            tracing::debug!(from, error = %e, "peer message refused");
-                        }
-                    }
-                }
-                Inbound::Forwarded { from, report, term, reply } => {
-                    // A report is for the leader and term it was sent to:
-                    // captured, it cannot be committed again by a later leader.
-                    if term.is_some_and(|t| !node.is_leader() || node.term() != t) {
-                        let _ = reply.send(Err(
-                            "the lead moved while the report was on its way; retry".into(),
-                        ));
-                    } else {
-                        propose(&mut node, &mut pending, report.command(from), reply);
-                    }
-                }
-                Inbound::Operator { request, term, reply } => {
-                    if node.is_leader() && node.term() == term {
-                        let path = uds::socket_path(&settings.runtime_dir, Daemon::Monitor);
-                        tokio::spawn(async move {
-                            if reply.is_closed() {
-                                return;
-                            }
-                            let answer = tokio::time::timeout(peers::OPERATOR_TIMEOUT, ask_monitor(&path, request))
-                                .await
-                                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded(
-                                    "the leader's monitor did not answer in time; the change may still be made",
-                                )));
-                            let _ = reply.send(answer);
-                        });
-                    } else {
-                        let _ = reply.send(Err(tonic::Status::failed_precondition(
-                            "the lead moved while the request was on its way; retry",
-                        )));
-                    }
-                }
-                Inbound::Granted(g) => {
-                    // From the leader this node follows, in its term, for
-                    // the generation this node has applied: else nothing.
-                    if !node.is_leader() && node.leader() == Some(g.leader) && node.term() == g.term {
-                        fence.renew(node.record().generation, g.generation, g.asked_at, PROXY_LEASE);
-                    }
-                }
-                Inbound::ProxyRouting { from, generation } => {
-                    tracing::debug!(from, generation, "a follower's proxy routes by a newer generation");
-                }
-                Inbound::Unreachable(peer) => node.report_unreachable(peer),
-                Inbound::Snapshot(peer, ok) => node.report_snapshot(peer, ok),
-            },
-            Some(req) = requests.recv() => match req {
-                ApiRequest::ReportHealth { backend, down, reply } => {
-                    let report = peers::Report::Backend { backend, down };
-                    submit(&mut node, &mut pending, &settings, &forward_tx, report, reply);
-                }
-                ApiRequest::Operator { request, reply } => {
-                    // The local monitor asks only when it does not decide: if
-                    // this node leads, its monitor has not caught up yet.
-                    if node.is_leader() {
-                        let _ = reply.send(Err(tonic::Status::failed_precondition(
-                            "this node's watchdog has just become the leader and its monitor does not decide yet: retry in a moment",
-                        )));
-                    } else if let Some((leader, address)) = node.leader().and_then(|l| settings.address(l).map(|a| (l, a))) {
-                        let forward = (address.to_owned(), (leader, node.term()), request, reply);
-                        if let Err(e) = operator_tx.try_send(forward) {
-                            let (_, _, _, reply) = e.into_inner();
-                            let _ = reply.send(Err(tonic::Status::resource_exhausted("too many operator requests at once: retry")));
-                        }
-                    } else {
-                        let _ = reply.send(Err(tonic::Status::unavailable(
-                            "no leader: the watchdogs have no quorum, so nothing can be changed now",
-                        )));
-                    }
-                }
-                ApiRequest::Propose { expected, generation, reply } => {
-                    let cmd = Command::Commit { expected_generation: expected, record: generation };
-                    propose(&mut node, &mut pending, cmd, reply);
-                }
-            },
-            Ok(()) = monitor_rx.changed() => {
-                monitor_sent = None;
-            }
-        }
-        // This node's monitor: recorded as it is, and a leader without one
-        // hands the lead to a node whose monitor answers.
-        let monitor = *monitor_rx.borrow();
-        if let Some(alive) = monitor {
-            let recorded_alive = !node.record().monitors_down.contains(&settings.id);
-            if recorded_alive != alive && monitor_sent.is_none_or(|t| t.elapsed() >= MONITOR_RETRY)
-            {
-                monitor_sent = Some(Instant::now());
-                if alive {
-                    tracing::info!("this node's monitor answers again");
-                } else {
-                    tracing::warn!(grace = ?MONITOR_GRACE, "this node's monitor does not answer");
-                }
-                let (reply, _) = oneshot::channel();
-                let report = peers::Report::Monitor { alive };
-                submit(
-                    &mut node,
-                    &mut pending,
-                    &settings,
-                    &forward_tx,
-                    report,
-                    reply,
-                );
-            }
-            if !alive
-                && node.is_leader()
-                && transfer_tried.is_none_or(|t| t.elapsed() >= MONITOR_RETRY)
-            {
-                transfer_tried = Some(Instant::now());
-                match transferee(&node, &last_seen) {
-                    Some(to) => {
-                        tracing::warn!(
-                            to,
-                            "this node's monitor is gone and only the leader's monitor decides failovers: handing the lead to a node whose monitor answers"
-                        );
-                        node.transfer_leader(to);
-                    }
-                    None => tracing::warn!(
-                        "this node's monitor is gone, and no reachable node has one that answers: keeping the lead; no failover can be decided"
-                    ),
-                }
-            }
-        }
-        // Making the Raft state durable writes and fsyncs files: off the
-        // async worker, so the API and the peers' tasks keep running (the
-        // order stays: durable before anything that follows is sent).
-        let ready = if node.has_ready()
-            && tokio::runtime::Handle::current().runtime_flavor()
-                == tokio::runtime::RuntimeFlavor::MultiThread
-        {
-            tokio::task::block_in_place(|| node.ready())
-        } else {
-            node.ready()
+            Some(event) = inbound.recv() => Some(from_peers(event)),
+            Some(req) = requests.recv() => Some(from_api(req)),
+            Some(alive) = probed.recv() => Some(Input::Probed(alive)),
         };
-        let out = match ready {
-            Ok(o) => o,
-            Err(e) => break Err(RunError::Storage(e.to_string())),
-        };
-        // The lease, before any message goes out, before the status and
-        // before any proposer hears of its commit: from here on, asks are
-        // answered with the newly applied generation only.
-        let generation = node.record().generation;
-        let grantable = node.lead_confirmed().map(|at| Grantable {
-            term: node.term(),
-            generation,
-            until: at.saturating_add(contact_ms),
-        });
-        grant_tx.send_if_modified(|g| std::mem::replace(g, grantable) != grantable);
-        let now_mono = pgwarden_proto::lease::monotonic_ms();
-        // Renewed in steps of RENEW_STEP, not at every turn of the loop:
-        // each change of the status goes to every watcher.
-        if Grantable::answer(grantable, node.term(), now_mono).is_some()
-            && fence.until(generation) < now_mono + lease_ms - RENEW_STEP_MS
-        {
-            fence.renew(generation, generation, now_mono, PROXY_LEASE);
-        }
-        // With the generation applied: a new one is asked for at once, so
-        // its proxy need not wait a renewal period to route by it.
-        let ask = match node.leader() {
-            Some(l) if !node.is_leader() => Some((l, node.term(), generation)),
-            _ => None,
-        };
-        ask_tx.send_if_modified(|a| std::mem::replace(a, ask) != ask);
-        for m in out.messages {
-            let to = m.to;
-            if let Some(q) = outbound.get(&to)
-                && q.try_send(m).is_err()
-            {
-                node.report_unreachable(to);
-            }
-        }
-        if let Some(change) = out.role_changed {
-            tracing::info!(role = ?change.role, term = change.term, leader = ?change.leader, "watchdog role changed");
-            if !node.is_leader() {
-                for (_, p) in std::mem::take(&mut pending) {
-                    let _ = p
-                        .reply
-                        .send(Err("leadership changed before the change committed".into()));
+        let mut inputs = VecDeque::from([input]);
+        let mut end = None;
+        while let Some(input) = inputs.pop_front() {
+            core.read(Readings {
+                mono_ms: pgwarden_proto::lease::monotonic_ms(),
+                wall_ms: now_ms(),
+                holding: *holding_rx.borrow(),
+                own_routing: *proxy_routing.borrow_and_update(),
+                routes: proxy_routes
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            });
+            let out = match input {
+                Some(input) => core.step(input),
+                None => core.tick(),
+            };
+            for o in out {
+                match tasks.perform(o) {
+                    Performed::Next(Some(input)) => inputs.push_back(Some(input)),
+                    Performed::Next(None) => {}
+                    Performed::End(r) => end = Some(r),
                 }
             }
-        }
-        if let Some(v) = out.vip {
-            vip_tx.send_replace(Some(v));
-        }
-        // Status first, so an answered proposer reads the state it caused.
-        let mut shown = status(&node, &settings, &last_seen, *holding_rx.borrow());
-        shown.lease_until_mono_ms = fence.until(generation);
-        if node.is_leader() {
-            let own = *proxy_routing.borrow_and_update();
-            let routes = proxy_routes.lock().unwrap_or_else(|p| p.into_inner());
-            shown.proxies_on_generation = proxies_on(&voters, settings.id, own, &routes);
-        }
-        status_tx.send_replace(shown);
-        for (index, cmd, applied) in out.applied {
-            if let Some(p) = pending.remove(&index) {
-                let r = if p.command != cmd {
-                    Err("another change took this log position (leadership changed)".to_owned())
-                } else {
-                    match applied {
-                        crate::Applied::Rejected(why) => Err(format!("rejected: {why:?}")),
-                        _ => Ok(()),
-                    }
-                };
-                let _ = p.reply.send(r);
+            if end.is_some() {
+                break;
             }
         }
-        answer_expired(&mut pending, Instant::now());
-        if let Some(deadline) = leaving
-            && (!node.is_leader() || Instant::now() >= deadline)
-        {
-            break Ok(());
+        if let Some(r) = end {
+            break r;
         }
     };
+    drop(tasks);
 
     // Leaving: the delegate IP goes first.
     if *holding_rx.borrow() || settings.delegate_ip.is_some() {
@@ -587,287 +387,219 @@ async fn ask_monitor(
 type Forward = (
     String,
     (u64, u64),
-    peers::Report,
+    crate::report::Report,
     oneshot::Sender<Result<(), String>>,
 );
 
-/// Commits this node's `report`: proposed here when this node leads,
-/// forwarded to the leader otherwise.
-fn submit(
-    node: &mut WatchdogNode,
-    pending: &mut BTreeMap<u64, Pending>,
-    settings: &Settings,
-    forward: &mpsc::Sender<Forward>,
-    report: peers::Report,
-    reply: oneshot::Sender<Result<(), String>>,
-) {
-    if node.is_leader() {
-        propose(node, pending, report.command(settings.id), reply);
-    } else if let Some((leader, address)) = node
-        .leader()
-        .and_then(|l| settings.address(l).map(|a| (l, a)))
+/// Runs the node's durable writes (files written and fsynced) off the
+/// async worker, so the API and the peers' tasks keep running meanwhile.
+fn blocking(f: &mut dyn FnMut()) {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
     {
-        let _ = forward.try_send((address.to_owned(), (leader, node.term()), report, reply));
+        tokio::task::block_in_place(f);
     } else {
-        let _ = reply.send(Err("no leader: the watchdogs have no quorum".into()));
+        f();
     }
 }
 
-/// Where a leader without its monitor hands the lead: the lowest-id voter
-/// heard from in the last two seconds whose monitor is not recorded gone.
-fn transferee(node: &WatchdogNode, last_seen: &HashMap<u64, (Instant, i64)>) -> Option<u64> {
-    let me = node.id();
-    node.voters().iter().copied().find(|&v| {
-        v != me
-            && !node.record().monitors_down.contains(&v)
-            && last_seen
-                .get(&v)
-                .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(2))
-    })
-}
-
-/// Asks the monitor on `path` every [`MONITOR_PROBE`] whether it answers,
-/// and publishes what is known: alive at its first answer, gone once it has
-/// not answered for [`MONITOR_GRACE`].
-async fn probe_monitor(
-    path: std::path::PathBuf,
-    known: watch::Sender<Option<bool>>,
-    stop: CancellationToken,
-) {
-    let service = pgwarden_proto::v1::monitor_server::SERVICE_NAME;
-    let mut failing_since = Some(Instant::now());
-    loop {
-        let alive = uds::is_serving(&path, service, MONITOR_PROBE).await;
-        if alive {
-            failing_since = None;
-            known.send_if_modified(|k| k.replace(true) != Some(true));
-        } else {
-            let since = *failing_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= MONITOR_GRACE {
-                known.send_if_modified(|k| k.replace(false) != Some(false));
-            }
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(MONITOR_PROBE) => {}
-        }
-    }
-}
-
-fn propose(
-    node: &mut WatchdogNode,
-    pending: &mut BTreeMap<u64, Pending>,
-    command: Command,
-    reply: oneshot::Sender<Result<(), String>>,
-) {
-    match node.propose(command.clone()) {
-        Ok(index) => {
-            pending.insert(
-                index,
-                Pending {
-                    command,
-                    reply,
-                    since: Instant::now(),
-                },
+/// What the peers' side hands over, as the core's input.
+fn from_peers(event: Inbound) -> Input<Reply, OperatorReply> {
+    match event {
+        Inbound::Raft(from, messages) => Input::Peer { from, messages },
+        Inbound::Forwarded {
+            from,
+            report,
+            term,
+            reply,
+        } => Input::Forwarded {
+            from,
+            report,
+            term,
+            reply,
+        },
+        Inbound::Operator {
+            request,
+            term,
+            reply,
+        } => Input::Operator {
+            request,
+            term,
+            reply,
+        },
+        Inbound::Granted(g) => Input::Granted(g),
+        Inbound::ProxyRouting { from, generation } => {
+            tracing::debug!(
+                from,
+                generation,
+                "a follower's proxy routes by a newer generation"
             );
+            Input::ProxyRouting
         }
-        Err(ProposeError::NotLeader { leader }) => {
-            let _ = reply.send(Err(format!(
-                "this watchdog is not the leader (leader: {leader:?})"
-            )));
+        Inbound::Unreachable(peer) => Input::Unreachable(peer),
+        Inbound::Snapshot(peer, ok) => Input::Snapshot(peer, ok),
+    }
+}
+
+/// What the local API asks, as the core's input.
+fn from_api(request: ApiRequest) -> Input<Reply, OperatorReply> {
+    match request {
+        ApiRequest::ReportHealth {
+            backend,
+            down,
+            reply,
+        } => Input::Report {
+            report: Report::Backend { backend, down },
+            reply,
+        },
+        ApiRequest::Operator { request, reply } => Input::LocalOperator { request, reply },
+        ApiRequest::Propose {
+            expected,
+            generation,
+            reply,
+        } => Input::Propose {
+            expected,
+            generation,
+            reply,
+        },
+    }
+}
+
+/// What performing one output leads to.
+enum Performed {
+    /// Go on, after feeding the core this input (if any).
+    Next(Option<Input<Reply, OperatorReply>>),
+    /// Stop the loop with this result.
+    End(Result<(), RunError>),
+}
+
+/// Where the core's outputs go: the other tasks' queues and channels.
+struct Tasks<'a> {
+    settings: &'a Settings,
+    outbound: HashMap<u64, mpsc::Sender<Message>>,
+    forward: mpsc::Sender<Forward>,
+    operator: mpsc::Sender<OperatorForward>,
+    probed: mpsc::Sender<bool>,
+    monitor_path: std::path::PathBuf,
+    vip: watch::Sender<Option<VipAction>>,
+    grants: watch::Sender<Option<Grantable>>,
+    asks: watch::Sender<Option<crate::core::LeaseAsk>>,
+    status: watch::Sender<WatchdogStatus>,
+}
+
+impl Tasks<'_> {
+    /// Performs one output of the core.
+    fn perform(&self, output: Output<Reply, OperatorReply>) -> Performed {
+        match output {
+            Output::Grant(g) => {
+                self.grants.send_replace(g);
+            }
+            Output::Ask(a) => {
+                self.asks.send_replace(a);
+            }
+            Output::Send(m) => {
+                let to = m.to;
+                if let Some(q) = self.outbound.get(&to)
+                    && q.try_send(m).is_err()
+                {
+                    return Performed::Next(Some(Input::Unreachable(to)));
+                }
+            }
+            Output::Vip(v) => {
+                self.vip.send_replace(Some(v));
+            }
+            Output::Status(s) => {
+                self.status.send_replace(*s);
+            }
+            Output::Answer { to, result } => {
+                let _ = to.send(result);
+            }
+            Output::Forward {
+                leader,
+                term,
+                report,
+                reply,
+            } => {
+                // Nobody waits for a monitor report's answer.
+                let reply = reply.unwrap_or_else(|| oneshot::channel().0);
+                match self.settings.address(leader) {
+                    Some(address) => {
+                        let _ = self.forward.try_send((
+                            address.to_owned(),
+                            (leader, term),
+                            report,
+                            reply,
+                        ));
+                    }
+                    None => {
+                        let _ = reply.send(Err(format!("the leader {leader} is not a member")));
+                    }
+                }
+            }
+            Output::ForwardOperator {
+                leader,
+                term,
+                request,
+                reply,
+            } => match self.settings.address(leader) {
+                Some(address) => {
+                    let forward = (address.to_owned(), (leader, term), request, reply);
+                    if let Err(e) = self.operator.try_send(forward) {
+                        let (_, _, _, reply) = e.into_inner();
+                        let _ = reply.send(Err(tonic::Status::resource_exhausted(
+                            "too many operator requests at once: retry",
+                        )));
+                    }
+                }
+                None => {
+                    let _ =
+                        reply.send(Err(tonic::Status::unavailable(Refusal::NoLeader.message())));
+                }
+            },
+            Output::AskMonitor { request, reply } => {
+                let path = self.monitor_path.clone();
+                tokio::spawn(async move {
+                    if reply.is_closed() {
+                        return;
+                    }
+                    let answer =
+                        tokio::time::timeout(peers::OPERATOR_TIMEOUT, ask_monitor(&path, request))
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(tonic::Status::deadline_exceeded(
+                                    "the leader's monitor did not answer in time; the change may still be made",
+                                ))
+                            });
+                    let _ = reply.send(answer);
+                });
+            }
+            Output::Refuse { to, why } => {
+                let status = match why {
+                    Refusal::NoLeader => tonic::Status::unavailable(why.message()),
+                    Refusal::JustLeading | Refusal::LeadMoved => {
+                        tonic::Status::failed_precondition(why.message())
+                    }
+                };
+                let _ = to.send(Err(status));
+            }
+            Output::Probe => {
+                let path = self.monitor_path.clone();
+                let answer = self.probed.clone();
+                tokio::spawn(async move {
+                    let service = pgwarden_proto::v1::monitor_server::SERVICE_NAME;
+                    let alive = uds::is_serving(&path, service, MONITOR_PROBE).await;
+                    let _ = answer.send(alive).await;
+                });
+            }
+            Output::Done => return Performed::End(Ok(())),
+            Output::Failed(e) => return Performed::End(Err(RunError::Storage(e.to_string()))),
         }
-        Err(e) => {
-            let _ = reply.send(Err(e.to_string()));
-        }
+        Performed::Next(None)
     }
 }
 
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Builds the status the API shows.
-fn status(
-    node: &WatchdogNode,
-    s: &Settings,
-    last_seen: &HashMap<u64, (Instant, i64)>,
-    holding: bool,
-) -> WatchdogStatus {
-    let fresh = |id: u64| {
-        last_seen
-            .get(&id)
-            .is_some_and(|(t, _)| t.elapsed() < Duration::from_secs(2))
-    };
-    let members = s
-        .members
-        .iter()
-        .enumerate()
-        .map(|(i, address)| {
-            let mid = i as u64 + 1;
-            // In Raft only the leader talks to everyone: a follower hears
-            // from the leader alone, so it cannot judge the other followers.
-            let judged = node.is_leader() || Some(mid) == node.leader();
-            let state = if mid == s.id || fresh(mid) {
-                MemberState::Reachable
-            } else if judged {
-                MemberState::Unreachable
-            } else {
-                MemberState::Unknown
-            };
-            Member {
-                id: mid,
-                address: address.clone(),
-                state: state as i32,
-                last_seen_unix_ms: if mid == s.id {
-                    now_ms()
-                } else {
-                    last_seen.get(&mid).map_or(0, |(_, ms)| *ms)
-                },
-            }
-        })
-        .collect();
-    let leader = node.leader().unwrap_or(0);
-    let quorum = if node.is_leader() {
-        node.has_quorum()
-    } else {
-        leader != 0 && fresh(leader)
-    };
-    let r = node.record();
-    let voters = node.voters().len();
-    let record = ProtoRecord {
-        generation: r.generation,
-        primary: r.primary.clone(),
-        detached: r.detached.clone().into_iter().collect(),
-        failover_in_progress: r.failover_in_progress,
-        down_by_quorum: r
-            .votes
-            .keys()
-            .filter(|b| r.quorum_down(b, voters))
-            .cloned()
-            .collect(),
-        down_votes: r
-            .votes
-            .iter()
-            .map(|(b, ids)| {
-                (
-                    b.clone(),
-                    NodeIds {
-                        ids: ids.iter().copied().collect(),
-                    },
-                )
-            })
-            .collect(),
-        applied_index: node.applied_index(),
-        down: r.down.clone().into_iter().collect(),
-        monitors_down: r.monitors_down.iter().copied().collect(),
-    };
-    WatchdogStatus {
-        id: s.id,
-        address: s.address(s.id).unwrap_or_default().to_owned(),
-        members,
-        leader_id: leader,
-        term: node.term(),
-        quorum,
-        delegate_ip_holder: if holding {
-            s.id
-        } else if quorum {
-            leader
-        } else {
-            0
-        },
-        holds_delegate_ip: holding,
-        delegate_ip: s.delegate_ip.map(|i| i.to_string()).unwrap_or_default(),
-        record: Some(record),
-        // Filled in by the caller, which holds the lease and the routes.
-        lease_until_mono_ms: 1,
-        proxies_on_generation: 0,
-    }
-}
-
-/// The lowest generation every voter's proxy routes by at least (`own`
-/// for this node `me`, `routes` for the others); 0 while any is unknown.
-fn proxies_on(
-    voters: &[u64],
-    me: u64,
-    own: u64,
-    routes: &std::collections::HashMap<u64, u64>,
-) -> u64 {
-    voters
-        .iter()
-        .map(|&v| {
-            if v == me {
-                own
-            } else {
-                routes.get(&v).copied().unwrap_or(0)
-            }
-        })
-        .min()
-        .unwrap_or(0)
-}
-
-/// Answers the proposals not committed within [`PROPOSAL_TIMEOUT`] of
-/// `now`, and forgets them: their proposer (a monitor) must not wait on a
-/// reply that never comes.
-fn answer_expired(pending: &mut BTreeMap<u64, Pending>, now: Instant) {
-    let expired: Vec<u64> = pending
-        .iter()
-        .filter(|(_, p)| now.saturating_duration_since(p.since) >= PROPOSAL_TIMEOUT)
-        .map(|(i, _)| *i)
-        .collect();
-    for index in expired {
-        if let Some(p) = pending.remove(&index) {
-            tracing::warn!(index, "a proposed change was not committed in time");
-            let _ = p.reply.send(Err(format!(
-                "not committed within {PROPOSAL_TIMEOUT:?} (no quorum?)"
-            )));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_proposal_not_committed_in_time_is_answered_with_why() {
-        let start = Instant::now();
-        let mut pending = BTreeMap::new();
-        let (old_tx, mut old_rx) = oneshot::channel();
-        let (new_tx, mut new_rx) = oneshot::channel();
-        pending.insert(
-            1,
-            Pending {
-                command: Command::Noop,
-                reply: old_tx,
-                since: start,
-            },
-        );
-        pending.insert(
-            2,
-            Pending {
-                command: Command::Noop,
-                reply: new_tx,
-                since: start + Duration::from_secs(10),
-            },
-        );
-        answer_expired(&mut pending, start + PROPOSAL_TIMEOUT);
-        let answer = old_rx.try_recv().expect("the old proposal is answered");
-        assert!(answer.unwrap_err().contains("not committed within"));
-        assert!(new_rx.try_recv().is_err(), "the young one still waits");
-        assert_eq!(pending.keys().copied().collect::<Vec<_>>(), [2]);
-    }
-
-    #[test]
-    fn proxies_are_on_a_generation_only_once_every_voters_proxy_said_so() {
-        let mut routes = std::collections::HashMap::new();
-        routes.insert(2, 7);
-        assert_eq!(proxies_on(&[1, 2, 3], 1, 7, &routes), 0, "node 3 unknown");
-        routes.insert(3, 6);
-        assert_eq!(proxies_on(&[1, 2, 3], 1, 7, &routes), 6);
-        routes.insert(3, 9);
-        assert_eq!(proxies_on(&[1, 2, 3], 1, 7, &routes), 7, "this node's own");
-        assert_eq!(proxies_on(&[1], 1, 4, &routes), 4);
-    }
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
