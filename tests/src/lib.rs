@@ -113,6 +113,12 @@ impl ProxyOptions {
         self
     }
 
+    /// `proxy.pool_mode = "transaction"`: a server connection per
+    /// transaction, not per client session.
+    pub fn transaction_mode(self) -> Self {
+        self.set("pool_mode = \"transaction\"")
+    }
+
     /// Lists only these cluster nodes as `[[backends]]`, in this order.
     pub fn backends(mut self, nodes: &[usize]) -> Self {
         self.backends = Some(nodes.to_vec());

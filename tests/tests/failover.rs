@@ -663,10 +663,7 @@ async fn a_writer_connecting_per_insert_sees_no_error_through_a_primary_kill_in_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_connecting_per_insert_sees_no_error_through_a_primary_kill_in_transaction_mode() {
-    a_writer_sees_no_error_through_a_primary_kill(
-        ProxyOptions::default().set("pool_mode = \"transaction\""),
-    )
-    .await;
+    a_writer_sees_no_error_through_a_primary_kill(ProxyOptions::default().transaction_mode()).await;
 }
 
 /// Transaction mode: a statement running outside any transaction block
@@ -675,10 +672,7 @@ async fn a_writer_connecting_per_insert_sees_no_error_through_a_primary_kill_in_
 /// block is ended (that transaction is gone).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_running_when_the_primary_dies_gets_08007_and_its_session_goes_on() {
-    let (cluster, proxy) = proxied(
-        1,
-        ProxyOptions::default().set("pool_mode = \"transaction\""),
-    );
+    let (cluster, proxy) = proxied(1, ProxyOptions::default().transaction_mode());
     proxy.wait_all_up(Duration::from_secs(20)).await;
     let running = proxy.alice().await;
     let in_block = proxy.alice().await;
@@ -734,7 +728,7 @@ async fn a_switchover_under_pgbench_load_fails_no_transaction() {
     let (cluster, proxy) = proxied(
         1,
         ProxyOptions::default()
-            .set("pool_mode = \"transaction\"")
+            .transaction_mode()
             .set("max_client_connections = 100"),
     );
     proxy.wait_all_up(Duration::from_secs(20)).await;
@@ -807,10 +801,7 @@ async fn a_switchover_under_pgbench_load_fails_no_transaction() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_transaction_mode_client_keeps_its_settings_and_statements_through_a_primary_kill()
 {
-    let (cluster, proxy) = proxied(
-        1,
-        ProxyOptions::default().set("pool_mode = \"transaction\""),
-    );
+    let (cluster, proxy) = proxied(1, ProxyOptions::default().transaction_mode());
     proxy.wait_all_up(Duration::from_secs(20)).await;
     let c = proxy.alice().await;
     c.batch_execute(

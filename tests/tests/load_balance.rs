@@ -9,7 +9,7 @@ use pgwarden_e2e::*;
 
 fn balanced(weights: &[u32]) -> ProxyOptions {
     let mut o = ProxyOptions::default()
-        .set("pool_mode = \"transaction\"")
+        .transaction_mode()
         .set("load_balance = \"statement\"")
         // Only the tests' own say-so lets a balanced read tell its server.
         .set("read_only_functions = [\"inet_server_port\"]")
@@ -45,6 +45,25 @@ async fn start(
     tokio_postgres::Client,
 ) {
     start_with(balanced(weights), weights, schema).await
+}
+
+/// [`start`] with reads going to pg1 alone (weights 0, 1, 0), and a session
+/// of alice's whose reads are seen to run there: the cluster, the proxy,
+/// the servers' ports, [`start`]'s client, that session.
+async fn reading_on_pg1() -> (
+    pgwarden_testkit::Cluster,
+    Proxy,
+    Vec<u16>,
+    tokio_postgres::Client,
+    tokio_postgres::Client,
+) {
+    let (cluster, proxy, ports, setup) = start(&[0, 1, 0], "SELECT 1").await;
+    let c = proxy.alice().await;
+    assert_eq!(
+        one(&c, "SELECT inet_server_port()").await,
+        ports[1].to_string()
+    );
+    (cluster, proxy, ports, setup, c)
 }
 
 /// As [`start`], with these proxy options.
@@ -326,12 +345,7 @@ async fn extended_protocol_reads_and_read_only_transactions_run_on_standbys_and_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_read_whose_server_dies_before_answering_runs_on_the_primary() {
     // Reads go to pg1 alone while it is there.
-    let (cluster, proxy, ports, _setup) = start(&[0, 1, 0], "SELECT 1").await;
-    let c = proxy.alice().await;
-    assert_eq!(
-        one(&c, "SELECT inet_server_port()").await,
-        ports[1].to_string()
-    );
+    let (cluster, _proxy, ports, _setup, c) = reading_on_pg1().await;
     // pg1's sessions for the proxy stop answering, then die with the read
     // sent to one of them (no reply byte: SIGSTOP, then SIGKILL).
     let pids = cluster
@@ -480,12 +494,7 @@ async fn clients_are_welcomed_as_by_the_primary_after_reads_opened_standby_conne
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_that_refuses_the_client_sends_its_reads_to_the_primary() {
     // Reads go to pg1 alone while it takes them.
-    let (cluster, proxy, ports, _setup) = start(&[0, 1, 0], "SELECT 1").await;
-    let c = proxy.alice().await;
-    assert_eq!(
-        one(&c, "SELECT inet_server_port()").await,
-        ports[1].to_string()
-    );
+    let (cluster, _proxy, ports, _setup, c) = reading_on_pg1().await;
     // pg1 now refuses alice, and her pooled sessions there are ended.
     let hba = cluster.node(1).data_dir().join("pg_hba.conf");
     let old = std::fs::read_to_string(&hba).unwrap();

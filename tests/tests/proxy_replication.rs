@@ -21,10 +21,7 @@ fn replication_cluster() -> Cluster {
 }
 
 fn transaction_proxy(cluster: &Cluster) -> Proxy {
-    Proxy::start(
-        cluster,
-        ProxyOptions::default().set("pool_mode = \"transaction\""),
-    )
+    Proxy::start(cluster, ProxyOptions::default().transaction_mode())
 }
 
 /// Runs psql as bob through the proxy with `conninfo` added to the

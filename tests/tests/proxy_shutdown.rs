@@ -45,10 +45,8 @@ async fn sigterm_drains_sessions_then_closes_them() {
 async fn sigterm_with_no_sessions_exits_at_once() {
     let (_cluster, mut proxy) =
         proxied(0, ProxyOptions::default().set("shutdown_timeout = \"30s\""));
-    {
-        let c = proxy.alice().await;
-        c.batch_execute("SELECT 1").await.unwrap();
-    }
+    // A session that comes and goes before the signal.
+    proxy.alice().await.batch_execute("SELECT 1").await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let t = Instant::now();
     proxy.child().signal(Signal::SIGTERM).unwrap();

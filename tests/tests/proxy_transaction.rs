@@ -17,7 +17,7 @@ fn transaction_proxied(standbys: usize, pool_size: usize) -> (Cluster, Proxy) {
     proxied(
         standbys,
         ProxyOptions::default()
-            .set("pool_mode = \"transaction\"")
+            .transaction_mode()
             .set(&format!("pool_size = {pool_size}"))
             .set("max_client_connections = 300"),
     )
@@ -52,7 +52,7 @@ async fn a_hundred_pgbench_clients_with_prepared_statements_share_five_server_co
     let (cluster, proxy) = proxied(
         0,
         ProxyOptions::default()
-            .set("pool_mode = \"transaction\"")
+            .transaction_mode()
             .set("pool_size = 5")
             .set("worker_threads = 2")
             .set("max_client_connections = 300"),
