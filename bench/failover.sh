@@ -12,18 +12,9 @@ cd "$(dirname "$0")/.."
 record=0
 [ "${1:-}" = "--record" ] && record=1
 
-cargo build --release -j2 --bins >&2
-work=$(mktemp -d /tmp/pgwarden-drill-XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-as_pg=()
-[ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+bench_start drill
 
 wait_env() { for _ in $(seq 1 120); do [ -f "$1" ] && return 0; sleep 0.5; done; echo "timed out waiting for $1" >&2; return 1; }
 stop() { kill -INT "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
@@ -62,40 +53,17 @@ exec psql -X -h "\$6" -p "\$9" -U postgres -d postgres -Atc 'SELECT pg_promote()
 SH
         chmod 755 "$dir/failover.sh"
         {
-            echo "backend_clustering_mode = 'streaming_replication'"
-            echo "listen_addresses = '127.0.0.1'"
-            echo "port = $pport"
-            echo "unix_socket_directories = '$dir'"
-            echo "pcp_listen_addresses = ''"
-            echo "pcp_port = $((pport + 1))"
-            echo "pcp_socket_dir = '$dir'"
-            echo "pid_file_name = '$dir/pgpool.pid'"
-            echo "logdir = '$dir'"
-            for i in 0 1 2; do
-                p="PG${i}_PORT"; d="PG${i}_DATA_DIR"
-                echo "backend_hostname$i = '127.0.0.1'"
-                echo "backend_port$i = ${!p}"
-                echo "backend_weight$i = 1"
-                echo "backend_data_directory$i = '${!d}'"
-                echo "backend_flag$i = 'ALLOW_TO_FAILOVER'"
-            done
-            echo "enable_pool_hba = off"
-            echo "pool_passwd = ''"
+            pgpool_base_conf "$dir" "$pport" ALLOW_TO_FAILOVER
             echo "num_init_children = 32"
-            echo "max_pool = 4"
-            echo "connection_cache = on"
             echo "load_balance_mode = off"
             echo "health_check_period = 1"
             echo "health_check_timeout = 1"
             echo "health_check_user = 'postgres'"
             echo "health_check_max_retries = 2"
             echo "health_check_retry_delay = 1"
-            echo "sr_check_period = 1"
-            echo "sr_check_user = 'postgres'"
             echo "failover_command = '$dir/failover.sh %d %h %p %D %m %H %M %P %r %R %N %S'"
             echo "failover_on_backend_error = $on_error"
             echo "search_primary_node_timeout = 30"
-            echo "use_watchdog = off"
         } >"$dir/pgpool.conf"
         echo "postgres:$(echo -n x | md5sum | cut -d' ' -f1)" >"$dir/pcp.conf"
         [ "$(id -u)" = 0 ] && chown -R postgres "$dir/pgpool.conf" "$dir/pcp.conf" "$dir/failover.sh" && chown postgres "$dir"
@@ -126,7 +94,4 @@ fi
     echo
 } | tee "$work/section.md"
 
-if [ "$record" = 1 ]; then
-    { head -4 bench/RESULTS.md; cat "$work/section.md"; tail -n +5 bench/RESULTS.md; } >"$work/results.md"
-    cp "$work/results.md" bench/RESULTS.md
-fi
+if [ "$record" = 1 ]; then record_section; fi

@@ -17,29 +17,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 record=0 seconds=10 rounds=3 clients=16 scale=10
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 while [ $# -gt 0 ]; do
-    case "$1" in
-        --record) record=1 ;;
-        --seconds) seconds=$2; shift ;;
-        --rounds) rounds=$2; shift ;;
-        --clients) clients=$2; shift ;;
-        *) echo "usage: bench/load_balance.sh [--record] [--seconds N] [--rounds N] [--clients N]" >&2; exit 2 ;;
-    esac
-    shift
+    bench_option "$@" || { echo "usage: bench/load_balance.sh [--record] [--seconds N] [--rounds N] [--clients N]" >&2; exit 2; }
+    shift "$taken"
 done
-
-cargo build --release -j2 --bins >&2
-work=$(mktemp -d /tmp/pgwarden-lb-XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-as_pg=()
-[ "$(id -u)" = 0 ] && as_pg=(runuser -u postgres --)
+bench_start lb
 
 port=$((20000 + RANDOM % 20000))
 target/release/pgwarden-demo --nodes 1 --standbys 2 --port "$port" --dir "$work/demo" \
@@ -91,35 +75,12 @@ if command -v pgpool >/dev/null; then
     mkdir -p "$dir"
     pport=$((port + 3))
     {
-        echo "backend_clustering_mode = 'streaming_replication'"
-        echo "listen_addresses = '127.0.0.1'"
-        echo "port = $pport"
-        echo "unix_socket_directories = '$dir'"
-        echo "pcp_listen_addresses = ''"
-        echo "pcp_port = $((pport + 1))"
-        echo "pcp_socket_dir = '$dir'"
-        echo "pid_file_name = '$dir/pgpool.pid'"
-        echo "logdir = '$dir'"
-        for i in 0 1 2; do
-            p="PG${i}_PORT"; d="PG${i}_DATA_DIR"
-            echo "backend_hostname$i = '127.0.0.1'"
-            echo "backend_port$i = ${!p}"
-            echo "backend_weight$i = 1"
-            echo "backend_data_directory$i = '${!d}'"
-            echo "backend_flag$i = 'DISALLOW_TO_FAILOVER'"
-        done
-        echo "enable_pool_hba = off"
-        echo "pool_passwd = ''"
+        pgpool_base_conf "$dir" "$pport" DISALLOW_TO_FAILOVER
         echo "num_init_children = $((clients + 8))"
-        echo "max_pool = 4"
-        echo "connection_cache = on"
         echo "load_balance_mode = on"
         echo "statement_level_load_balance = on"
-        echo "sr_check_period = 1"
-        echo "sr_check_user = 'postgres'"
         echo "delay_threshold = 1048576"
         echo "health_check_period = 0"
-        echo "use_watchdog = off"
     } >"$dir/pgpool.conf"
     echo "postgres:$(echo -n x | md5sum | cut -d' ' -f1)" >"$dir/pcp.conf"
     [ "$(id -u)" = 0 ] && chown -R postgres "$dir"

@@ -18,12 +18,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 record=0 seconds=10 rounds=3 clients=16 scale=10 mode=session idle=0 tls=0
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 while [ $# -gt 0 ]; do
+    if bench_option "$@"; then shift "$taken"; continue; fi
     case "$1" in
-        --record) record=1 ;;
-        --seconds) seconds=$2; shift ;;
-        --rounds) rounds=$2; shift ;;
-        --clients) clients=$2; shift ;;
         --mode) mode=$2; shift ;;
         --idle) idle=$2; shift ;;
         --tls) tls=1 ;;
@@ -31,17 +30,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-
-cargo build --release -j2 --bins >&2
-work=$(mktemp -d /tmp/pgwarden-bench-XXXXXX)
-chmod 755 "$work"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_start bench
 
 proxy_port=$((20000 + RANDOM % 20000))
 bouncer_port=$((proxy_port + 1))
@@ -223,8 +212,4 @@ fi
     if [ -n "$idle_line" ]; then echo "$idle_line"; echo; fi
 } | tee "$work/section.md"
 
-if [ "$record" = 1 ]; then
-    [ -f bench/RESULTS.md ] || printf '# Benchmark results\n\nNewest first. Produced by `bench/run.sh --record`.\n\n' > bench/RESULTS.md
-    { head -4 bench/RESULTS.md; cat "$work/section.md"; tail -n +5 bench/RESULTS.md; } > "$work/results.md"
-    cp "$work/results.md" bench/RESULTS.md
-fi
+if [ "$record" = 1 ]; then record_section; fi
