@@ -10,14 +10,18 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+pub mod ctl;
 pub mod lab;
+pub mod raw;
 pub mod tls;
 pub mod watchdogs;
 
+pub use ctl::*;
 pub use pgwarden_proto::v1::monitor_client::MonitorClient;
 pub use pgwarden_proto::v1::{ClusterState, GetClusterRequest, Role, Status};
 pub use pgwarden_testkit::run_ok;
 use pgwarden_testkit::{ChildGuard, Cluster, PasswordKind, free_port, wait_until, workspace_bin};
+pub use raw::*;
 
 /// SCRAM user with a SCRAM verifier in the auth file (pass-through login).
 pub const ALICE: (&str, &str) = ("alice", "alice-secret");
@@ -514,17 +518,6 @@ pub fn all_up(s: &ClusterState) -> bool {
     s.primary_id.is_some() && s.backends.iter().all(|b| b.status == Status::Up as i32)
 }
 
-/// The outcome of one `pgwardenctl` run.
-#[derive(Debug)]
-pub struct CtlRun {
-    /// Exit status (-1 when killed by a signal).
-    pub code: i32,
-    /// Its standard output.
-    pub stdout: String,
-    /// Its standard error.
-    pub stderr: String,
-}
-
 /// The start of an auth file reload test: a cluster with [`FRANK`], a proxy
 /// that refuses him (28P01: not in its auth file), and he has since been
 /// added to its auth file (the path returned), which it has not reloaded.
@@ -542,104 +535,6 @@ pub async fn frank_added_to_the_auth_file() -> (Cluster, Proxy, PathBuf) {
     let listed = std::fs::read_to_string(&auth).unwrap() + "\"frank\" \"frank-secret\"\n";
     std::fs::write(&auth, listed).unwrap();
     (cluster, proxy, auth)
-}
-
-/// Runs `pgwardenctl --config <config> ARGS`.
-pub fn pgwardenctl(config: &std::path::Path, args: &[&str]) -> CtlRun {
-    let out = Command::new(workspace_bin("pgwardenctl"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    CtlRun {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(out.stdout).unwrap(),
-        stderr: String::from_utf8(out.stderr).unwrap(),
-    }
-}
-
-/// Starts `pgwardenctl --config <config> ARGS` for a command that runs
-/// until interrupted (`watch`, `watchdog --watch`): the child (its stderr
-/// goes to the test's), and its stdout's lines as they come.
-pub fn pgwardenctl_spawn(
-    config: &std::path::Path,
-    args: &[&str],
-) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = Command::new(workspace_bin("pgwardenctl"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = stdout_lines(&mut child);
-    (child, lines)
-}
-
-/// `pgwardenctl --json history` with `config`, polled until its newest
-/// record has a phase named `phase` (a proxy reports its first transaction
-/// on a new primary a moment after it ran), within `timeout`: that record.
-pub async fn wait_history_phase(
-    config: &std::path::Path,
-    phase: &str,
-    timeout: Duration,
-) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let run = pgwardenctl_async(config, &["--json", "history"]).await;
-        assert_eq!(run.code, 0, "{run:?}");
-        let json: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
-        let newest = json["records"]
-            .as_array()
-            .and_then(|r| r.last())
-            .cloned()
-            .unwrap_or_default();
-        let has = newest["phases"]
-            .as_array()
-            .is_some_and(|ps| ps.iter().any(|p| p["name"] == phase));
-        if has {
-            return newest;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no {phase} phase in the failover history within {timeout:?}: {json}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// When `record`'s phase `phase` happened (unix ms); panics without it.
-pub fn phase_at_ms(record: &serde_json::Value, phase: &str) -> i64 {
-    record["phases"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == phase))
-        .and_then(|p| p["at_unix_ms"].as_i64())
-        .unwrap_or_else(|| panic!("no {phase} phase: {record}"))
-}
-
-/// The detail of `record`'s phase `phase` (empty when it has none).
-pub fn phase_detail(record: &serde_json::Value, phase: &str) -> String {
-    record["phases"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["name"] == phase))
-        .and_then(|p| p["detail"].as_str())
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// [`pgwardenctl`] off the async runtime's threads.
-pub async fn pgwardenctl_async(config: &std::path::Path, args: &[&str]) -> CtlRun {
-    let config = config.to_path_buf();
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        pgwardenctl(&config, &args)
-    })
-    .await
-    .unwrap()
 }
 
 /// `GET /metrics` from a daemon on loopback `port`: the body, or why not.
@@ -824,192 +719,6 @@ pub fn psql_with(conninfo: &str, commands: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&out.stdout).trim().to_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// Writes raw bytes to the proxy and returns everything it answers until it
-/// closes (or 5 s pass).
-pub fn raw_exchange(port: u16, bytes: &[u8]) -> Vec<u8> {
-    use std::io::Read;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let _ = s.write_all(bytes);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
-}
-
-/// Splits a server byte stream into (type, body) messages; stops at a
-/// truncated one.
-pub fn messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
-    let mut out = Vec::new();
-    while bytes.len() >= 5 {
-        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]) as usize;
-        if len < 4 || bytes.len() < 1 + len {
-            break;
-        }
-        out.push((bytes[0], bytes[5..1 + len].to_vec()));
-        bytes = &bytes[1 + len..];
-    }
-    out
-}
-
-/// The SQLSTATE (`C` field) of the first ErrorResponse among `bytes`' messages.
-pub fn error_code(bytes: &[u8]) -> Option<String> {
-    let (_, body) = messages(bytes).into_iter().find(|(t, _)| *t == b'E')?;
-    let code = body.split(|b| *b == 0).find(|f| f.first() == Some(&b'C'))?;
-    Some(String::from_utf8_lossy(&code[1..]).into_owned())
-}
-
-/// Reads `s` until the proxy closes it (or its read timeout passes), and
-/// asserts the first ErrorResponse it sent has SQLSTATE `code`.
-pub fn assert_ended_with(s: &mut impl std::io::Read, code: &str) {
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    assert_eq!(
-        error_code(&answer).as_deref(),
-        Some(code),
-        "{:?}",
-        messages(&answer)
-    );
-}
-
-/// A StartupMessage for `user` and `database`.
-pub fn startup_packet(user: &str, database: &str) -> Vec<u8> {
-    startup_packet_with(user, database, &[])
-}
-
-/// A StartupMessage for `user` and `database` with other parameters
-/// (`replication`, `application_name`...).
-pub fn startup_packet_with(user: &str, database: &str, params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = vec![0, 3, 0, 0];
-    for (k, v) in [("user", user), ("database", database)]
-        .into_iter()
-        .chain(params.iter().copied())
-    {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut p = ((body.len() + 4) as u32).to_be_bytes().to_vec();
-    p.extend(body);
-    p
-}
-
-/// Number of server sessions of `user` the primary sees.
-pub fn server_sessions(cluster: &Cluster, user: &str) -> usize {
-    cluster
-        .primary()
-        .psql(&format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}' AND backend_type = 'client backend'"))
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
-/// Logs in over a raw socket as bob (md5) and returns the stream, ready for queries.
-pub fn raw_login(port: u16) -> std::net::TcpStream {
-    raw_login_with_key(port).0
-}
-
-/// [`raw_login`], with the BackendKeyData (pid, secret) the client was given.
-pub fn raw_login_with_key(port: u16) -> (std::net::TcpStream, (i32, i32)) {
-    let (s, msgs) = raw_login_with(port, &[]);
-    let (_, key) = msgs
-        .into_iter()
-        .find(|(t, _)| *t == b'K')
-        .expect("BackendKeyData");
-    let pid = i32::from_be_bytes(key[0..4].try_into().unwrap());
-    let secret = i32::from_be_bytes(key[4..8].try_into().unwrap());
-    (s, (pid, secret))
-}
-
-/// [`raw_login`] with other startup parameters (`replication`...); returns
-/// the stream and what the login got after authentication, up to its
-/// ReadyForQuery.
-pub fn raw_login_with(
-    port: u16,
-    params: &[(&str, &str)],
-) -> (std::net::TcpStream, Vec<(u8, Vec<u8>)>) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    std::io::Write::write_all(&mut s, &startup_packet_with(BOB.0, "app", params)).unwrap();
-    let mut buf = vec![0u8; 13];
-    std::io::Read::read_exact(&mut s, &mut buf).unwrap();
-    assert_eq!(buf[0], b'R');
-    assert_eq!(&buf[5..9], &5u32.to_be_bytes(), "md5 challenge");
-    let salt: [u8; 4] = buf[9..13].try_into().unwrap();
-    let mut inner = md5_hex(format!("{}{}", BOB.1, BOB.0).as_bytes()).into_bytes();
-    inner.extend_from_slice(&salt);
-    let answer = format!("md5{}", md5_hex(&inner));
-    let mut msg = vec![b'p'];
-    msg.extend_from_slice(&((answer.len() + 5) as u32).to_be_bytes());
-    msg.extend_from_slice(answer.as_bytes());
-    msg.push(0);
-    std::io::Write::write_all(&mut s, &msg).unwrap();
-    // Read until ReadyForQuery.
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !messages(&got).iter().any(|(t, _)| *t == b'Z') {
-        let n = std::io::Read::read(&mut s, &mut chunk).unwrap();
-        assert!(n > 0, "closed during login: {:?}", messages(&got));
-        got.extend_from_slice(&chunk[..n]);
-    }
-    (s, messages(&got))
-}
-
-/// A simple-protocol Query message.
-pub fn query_message(sql: &str) -> Vec<u8> {
-    let mut m = vec![b'Q'];
-    m.extend_from_slice(&((sql.len() + 5) as u32).to_be_bytes());
-    m.extend_from_slice(sql.as_bytes());
-    m.push(0);
-    m
-}
-
-/// A CancelRequest packet for BackendKeyData `key`.
-pub fn cancel_packet(key: (i32, i32)) -> Vec<u8> {
-    let mut p = 16u32.to_be_bytes().to_vec();
-    p.extend_from_slice(&80_877_102u32.to_be_bytes());
-    p.extend_from_slice(&key.0.to_be_bytes());
-    p.extend_from_slice(&key.1.to_be_bytes());
-    p
-}
-
-fn md5_hex(data: &[u8]) -> String {
-    use md5::Digest;
-    md5::Md5::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// Reads from a raw session until ReadyForQuery; returns the messages.
-pub fn read_until_ready(s: &mut std::net::TcpStream) -> Vec<(u8, Vec<u8>)> {
-    use std::io::Read;
-    let mut got = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !messages(&got).iter().any(|(t, _)| *t == b'Z') {
-        let n = s.read(&mut chunk).unwrap();
-        assert!(n > 0, "closed: {:?}", messages(&got));
-        got.extend_from_slice(&chunk[..n]);
-    }
-    messages(&got)
-}
-
-/// The SQLSTATE of the first ErrorResponse among `msgs`.
-pub fn first_sqlstate(msgs: &[(u8, Vec<u8>)]) -> Option<String> {
-    let (_, body) = msgs.iter().find(|(t, _)| *t == b'E')?;
-    let code = body.split(|b| *b == 0).find(|f| f.first() == Some(&b'C'))?;
-    Some(String::from_utf8_lossy(&code[1..]).into_owned())
-}
-
-/// The first column of the first DataRow among `msgs`, as text.
-pub fn first_value(msgs: &[(u8, Vec<u8>)]) -> Option<String> {
-    let (_, row) = msgs.iter().find(|(t, _)| *t == b'D')?;
-    let len = i32::from_be_bytes(row.get(2..6)?.try_into().ok()?);
-    let len = usize::try_from(len).ok()?;
-    Some(String::from_utf8_lossy(row.get(6..6 + len)?).into_owned())
 }
 
 /// Polls `f` every 100 ms until it holds (true) or `timeout` passes (false).
