@@ -796,3 +796,27 @@ pub fn log_tail(title: &str, text: &str, n: usize) -> String {
     }
     out
 }
+
+/// Asserts that a psql run (what [`psql`] or [`psql_with`] return) failed
+/// and that its stderr says `reason`.
+#[track_caller]
+pub fn assert_psql_refused(run: (bool, String, String), reason: &str) {
+    let (ok, out, err) = run;
+    assert!(!ok, "psql succeeded (stdout: {out}); expected: {reason}");
+    assert!(err.contains(reason), "expected {reason:?} in: {err}");
+}
+
+/// Asserts that a psql run (what [`psql`] or [`psql_with`] return)
+/// succeeded and printed `want`.
+#[track_caller]
+pub fn assert_psql_answers(run: (bool, String, String), want: &str) {
+    let (ok, out, err) = run;
+    assert!(ok, "psql failed: {err}");
+    assert_eq!(out, want);
+}
+
+/// Asserts that the series `series` of a `/metrics` body has the value `want`.
+#[track_caller]
+pub fn assert_metric(body: &str, series: &str, want: f64) {
+    assert_eq!(metric(body, series), Some(want), "{series} in:\n{body}");
+}

@@ -633,11 +633,7 @@ async fn a_writer_sees_no_error_through_a_primary_kill(options: ProxyOptions) {
     wait_history_phase(&proxy.config, "first write routed", Duration::from_secs(15)).await;
     check_history(&proxy);
     let metrics = scrape(proxy.monitor_metrics).unwrap();
-    assert_eq!(
-        metric(&metrics, "pgwarden_monitor_failovers_recorded"),
-        Some(1.0),
-        "{metrics}"
-    );
+    assert_metric(&metrics, "pgwarden_monitor_failovers_recorded", 1.0);
     assert!(
         metric(
             &metrics,
@@ -711,11 +707,7 @@ async fn a_statement_running_when_the_primary_dies_gets_08007_and_its_session_go
         .expect_err("its transaction died with the old primary");
     assert_ne!(sqlstate(&e).as_deref(), Some("08007"), "{e:?}");
     let metrics = scrape(proxy.proxy_metrics).unwrap();
-    assert_eq!(
-        metric(&metrics, "pgwarden_proxy_lost_requests_total"),
-        Some(1.0),
-        "{metrics}"
-    );
+    assert_metric(&metrics, "pgwarden_proxy_lost_requests_total", 1.0);
 }
 
 /// A planned switchover under load (pgbench tpcb-like, 16 clients,

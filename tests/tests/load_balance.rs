@@ -31,19 +31,20 @@ async fn one(c: &tokio_postgres::Client, sql: &str) -> String {
     first_cell(&c.simple_query(sql).await.unwrap()).unwrap_or_default()
 }
 
-/// A primary and two standbys behind a balancing proxy with these weights,
-/// `schema` run and replicated, and reads reaching every standby with a
-/// weight: the cluster, the proxy, the servers' ports by backend, and a
-/// client.
-async fn start(
-    weights: &[u32],
-    schema: &str,
-) -> (
+/// What [`start`] gives: the cluster, the proxy, the servers' ports by
+/// backend, and a client.
+type Balanced = (
     pgwarden_testkit::Cluster,
     Proxy,
     Vec<u16>,
     tokio_postgres::Client,
-) {
+);
+
+/// A primary and two standbys behind a balancing proxy with these weights,
+/// `schema` run and replicated, and reads reaching every standby with a
+/// weight: the cluster, the proxy, the servers' ports by backend, and a
+/// client.
+async fn start(weights: &[u32], schema: &str) -> Balanced {
     start_with(balanced(weights), weights, schema).await
 }
 
@@ -67,16 +68,7 @@ async fn reading_on_pg1() -> (
 }
 
 /// As [`start`], with these proxy options.
-async fn start_with(
-    options: ProxyOptions,
-    weights: &[u32],
-    schema: &str,
-) -> (
-    pgwarden_testkit::Cluster,
-    Proxy,
-    Vec<u16>,
-    tokio_postgres::Client,
-) {
+async fn start_with(options: ProxyOptions, weights: &[u32], schema: &str) -> Balanced {
     let (cluster, proxy) = proxied(2, options);
     proxy.wait_all_up(Duration::from_secs(20)).await;
     let ports: Vec<u16> = (0..3).map(|i| cluster.node(i).port()).collect();
@@ -298,11 +290,7 @@ async fn extended_protocol_reads_and_read_only_transactions_run_on_standbys_and_
         let second: i32 = query_value(&t, "SELECT inet_server_port()").await;
         assert!(standby(&ports, first), "round {round}: {first}");
         assert_eq!(first, second, "round {round}: one transaction, one server");
-        let refused = t
-            .execute("INSERT INTO ro VALUES (1, 0)", &[])
-            .await
-            .unwrap_err();
-        assert_eq!(sqlstate(&refused).as_deref(), Some("25006"), "{refused}");
+        assert_read_only_refused(&t, "INSERT INTO ro VALUES (1, 0)").await;
         t.rollback().await.unwrap();
     }
     let in_one = one(&c, "BEGIN READ ONLY; SELECT inet_server_port(); COMMIT").await;
@@ -400,11 +388,7 @@ async fn a_read_only_listener_runs_everything_on_standbys_and_else_on_a_read_onl
         "a read-only client reached the primary: {seen:?}"
     );
     assert_eq!(seen.len(), 2, "both standbys serve it: {seen:?}");
-    let refused = ro
-        .batch_execute("INSERT INTO rol VALUES (1)")
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&refused).as_deref(), Some("25006"), "{refused}");
+    assert_read_only_refused(&ro, "INSERT INTO rol VALUES (1)").await;
 
     // With no standby to read from, the primary serves it, read-only.
     cluster
@@ -431,11 +415,7 @@ async fn a_read_only_listener_runs_everything_on_standbys_and_else_on_a_read_onl
     })
     .await;
     assert!(on_primary, "proxy log:\n{}", proxy.log_tail(40));
-    let refused = ro
-        .batch_execute("INSERT INTO rol VALUES (2)")
-        .await
-        .unwrap_err();
-    assert_eq!(sqlstate(&refused).as_deref(), Some("25006"), "{refused}");
+    assert_read_only_refused(&ro, "INSERT INTO rol VALUES (2)").await;
     // The read-only connections are the read-only clients' own: a client
     // of the main listener still writes.
     setup
@@ -592,4 +572,15 @@ async fn a_query_after_unsynced_messages_in_a_standby_transaction_does_not_hang_
     std::io::Write::write_all(&mut s, &query_message("COMMIT")).unwrap();
     let done = read_until_ready(&mut s);
     assert_eq!(first_sqlstate(&done), None, "{done:?}");
+}
+
+/// Asserts that `sql`, a write, is refused on `c` with 25006 (read-only
+/// SQL transaction): it ran on a standby or in a read-only transaction.
+async fn assert_read_only_refused(c: &impl tokio_postgres::GenericClient, sql: &str) {
+    let refused = c.batch_execute(sql).await.unwrap_err();
+    assert_eq!(
+        sqlstate(&refused).as_deref(),
+        Some("25006"),
+        "{sql}: {refused}"
+    );
 }

@@ -56,11 +56,7 @@ async fn proxy_and_monitor_metrics_follow_clients_and_backends() {
     let body = scrape(proxy.monitor_metrics).unwrap();
     assert_eq!(up(&body, "pg0", 0), Some(1.0), "{body}");
     assert_eq!(up(&body, "pg1", 1), Some(1.0), "{body}");
-    assert_eq!(
-        metric(&body, "pgwarden_monitor_primary_backend"),
-        Some(0.0),
-        "{body}"
-    );
+    assert_metric(&body, "pgwarden_monitor_primary_backend", 0.0);
     assert!(
         metric(
             &body,

@@ -52,16 +52,19 @@ async fn scram_md5_and_plain_users_log_in_and_wrong_passwords_get_28p01() {
 async fn md5_auth_type_checks_plain_secrets_with_md5() {
     let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("auth_type = \"md5\""));
     // libpq answers whatever the proxy asks; carol's plain secret is checked with md5.
-    let (ok, out, err) = psql(&proxy, CAROL.0, CAROL.1, "app", "SELECT current_user");
-    assert!(ok, "{err}");
-    assert_eq!(out, "carol");
-    let (ok, _, err) = psql(&proxy, CAROL.0, "nope", "app", "SELECT 1");
-    assert!(!ok);
-    assert!(err.contains("password authentication failed"), "{err}");
+    assert_psql_answers(
+        psql(&proxy, CAROL.0, CAROL.1, "app", "SELECT current_user"),
+        "carol",
+    );
+    assert_psql_refused(
+        psql(&proxy, CAROL.0, "nope", "app", "SELECT 1"),
+        "password authentication failed",
+    );
     // alice's SCRAM verifier still means SCRAM.
-    let (ok, out, err) = psql(&proxy, ALICE.0, ALICE.1, "app", "SELECT current_user");
-    assert!(ok, "{err}");
-    assert_eq!(out, "alice");
+    assert_psql_answers(
+        psql(&proxy, ALICE.0, ALICE.1, "app", "SELECT current_user"),
+        "alice",
+    );
 }
 
 #[test]

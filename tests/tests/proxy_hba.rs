@@ -36,29 +36,21 @@ fn reject_lines_and_unmatched_clients_get_28000_in_postgresqls_words() {
          host app alice,carol 127.0.0.1/32 scram-sha-256\n",
     );
     let proxy = Proxy::start(&cluster, with_hba(&path));
-    let (ok, out, err) = login(&proxy, ALICE.0, ALICE.1, "");
-    assert!(ok, "{err}");
-    assert_eq!(out, "alice");
-    let (ok, _, err) = login(&proxy, BOB.0, BOB.1, "");
-    assert!(!ok);
-    assert!(
-        err.contains("hba_file rejects connection for host \"127.0.0.1\", user \"bob\", database \"app\", no encryption"),
-        "{err}"
+    assert_psql_answers(login(&proxy, ALICE.0, ALICE.1, ""), "alice");
+    assert_psql_refused(
+        login(&proxy, BOB.0, BOB.1, ""),
+        "hba_file rejects connection for host \"127.0.0.1\", user \"bob\", database \"app\", no encryption",
     );
     // No line for database postgres.
-    let (ok, _, err) = psql_with(
-        &format!(
-            "host=127.0.0.1 port={} user={} password={} dbname=postgres",
-            proxy.port, ALICE.0, ALICE.1
+    assert_psql_refused(
+        psql_with(
+            &format!(
+                "host=127.0.0.1 port={} user={} password={} dbname=postgres",
+                proxy.port, ALICE.0, ALICE.1
+            ),
+            &["SELECT 1"],
         ),
-        &["SELECT 1"],
-    );
-    assert!(!ok);
-    assert!(
-        err.contains(
-            "no hba_file entry for host \"127.0.0.1\", user \"alice\", database \"postgres\""
-        ),
-        "{err}"
+        "no hba_file entry for host \"127.0.0.1\", user \"alice\", database \"postgres\"",
     );
     // On the wire: 28000, before any password is asked for.
     let answer = raw_exchange(proxy.port, &startup_packet(BOB.0, "app"));
@@ -154,19 +146,19 @@ fn trust_password_and_md5_lines_use_their_own_exchange() {
     );
     let proxy = Proxy::start(&cluster, with_hba(&path));
     // carol's plain secret logs the proxy in to the server; she gave none.
-    let (ok, out, err) = psql_with(
-        &format!("host=127.0.0.1 port={} user=carol dbname=app", proxy.port),
-        &["SELECT current_user"],
+    assert_psql_answers(
+        psql_with(
+            &format!("host=127.0.0.1 port={} user=carol dbname=app", proxy.port),
+            &["SELECT current_user"],
+        ),
+        "carol",
     );
-    assert!(ok, "{err}");
-    assert_eq!(out, "carol");
     // password: the clear text is checked against alice's SCRAM verifier.
-    let (ok, out, err) = login(&proxy, ALICE.0, ALICE.1, "");
-    assert!(ok, "{err}");
-    assert_eq!(out, "alice");
-    let (ok, _, err) = login(&proxy, ALICE.0, "wrong", "");
-    assert!(!ok);
-    assert!(err.contains("password authentication failed"), "{err}");
+    assert_psql_answers(login(&proxy, ALICE.0, ALICE.1, ""), "alice");
+    assert_psql_refused(
+        login(&proxy, ALICE.0, "wrong", ""),
+        "password authentication failed",
+    );
     // What each line asks for, on the wire: AuthenticationCleartextPassword
     // (3) for alice's line, MD5 (5) for bob's, Ok (0) at once for carol's.
     let asked = |user: &str| {
@@ -178,9 +170,7 @@ fn trust_password_and_md5_lines_use_their_own_exchange() {
     assert_eq!(asked(ALICE.0), (b'R', Some(3)));
     assert_eq!(asked(BOB.0), (b'R', Some(5)));
     assert_eq!(asked(CAROL.0), (b'R', Some(0)));
-    let (ok, out, err) = login(&proxy, BOB.0, BOB.1, "");
-    assert!(ok, "{err}");
-    assert_eq!(out, "bob");
+    assert_psql_answers(login(&proxy, BOB.0, BOB.1, ""), "bob");
 }
 
 #[test]
@@ -216,23 +206,22 @@ fn cert_lines_let_in_clients_whose_certificate_names_them() {
     assert!(ok, "{err}\n{}", proxy.log_tail(20));
     assert_eq!(out, "carol");
     // alice's certificate does not name carol.
-    let (ok, _, err) = with_cert("carol", &alice_crt, &alice_key);
-    assert!(!ok);
-    assert!(
-        err.contains("certificate authentication failed for user \"carol\""),
-        "{err}"
+    assert_psql_refused(
+        with_cert("carol", &alice_crt, &alice_key),
+        "certificate authentication failed for user \"carol\"",
     );
     // No certificate at all.
-    let (ok, _, err) = psql_with(
-        &format!(
-            "host=localhost port={} user=carol dbname=app sslmode=verify-full sslrootcert={} sslcert=/nonexistent sslkey=/nonexistent",
-            proxy.port,
-            pki.ca().display()
+    assert_psql_refused(
+        psql_with(
+            &format!(
+                "host=localhost port={} user=carol dbname=app sslmode=verify-full sslrootcert={} sslcert=/nonexistent sslkey=/nonexistent",
+                proxy.port,
+                pki.ca().display()
+            ),
+            &["SELECT 1"],
         ),
-        &["SELECT 1"],
+        "requires a valid client certificate",
     );
-    assert!(!ok);
-    assert!(err.contains("requires a valid client certificate"), "{err}");
     // A certificate another CA signed is refused by TLS itself.
     let other = Pki::new();
     let (o_crt, o_key) = other.issue("carol-other", &["carol"]);

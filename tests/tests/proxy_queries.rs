@@ -148,9 +148,10 @@ fn psql_works_through_the_proxy() {
     assert!(ok, "psql failed: {err}");
     assert_eq!(out, "alice|app");
     // An unknown database: the server's own error comes through.
-    let (ok, _, err) = psql(&proxy, ALICE.0, ALICE.1, "nope", "SELECT 1");
-    assert!(!ok);
-    assert!(err.contains("database \"nope\" does not exist"), "{err}");
+    assert_psql_refused(
+        psql(&proxy, ALICE.0, ALICE.1, "nope", "SELECT 1"),
+        "database \"nope\" does not exist",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

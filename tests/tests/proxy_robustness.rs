@@ -115,7 +115,8 @@ fn ssl_is_declined_and_the_session_continues_in_clear() {
     s.read_exact(&mut b).unwrap();
     assert_eq!(&b, b"N");
     // psql with sslmode=prefer (its default) falls back to clear text.
-    let (ok, out, err) = psql(&proxy, ALICE.0, ALICE.1, "app", "SELECT 'in clear'");
-    assert!(ok, "{err}");
-    assert_eq!(out, "in clear");
+    assert_psql_answers(
+        psql(&proxy, ALICE.0, ALICE.1, "app", "SELECT 'in clear'"),
+        "in clear",
+    );
 }

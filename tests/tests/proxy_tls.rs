@@ -18,6 +18,15 @@ fn client_tls(pki: &Pki, mode: &str) -> ProxyOptions {
         .set(&format!("client_tls_key_file = \"{}\"", key.display()))
 }
 
+/// A cluster, a PKI, and a proxy in front of the cluster requiring TLS of its
+/// clients with the PKI's certificate ([`client_tls`] "require").
+fn requiring_client_tls() -> (pgwarden_testkit::Cluster, Pki, Proxy) {
+    let cluster = cluster(0);
+    let pki = Pki::new();
+    let proxy = Proxy::start(&cluster, client_tls(&pki, "require"));
+    (cluster, pki, proxy)
+}
+
 /// `pg_stat_ssl.ssl` of the server session a client gets through `proxy`
 /// (session mode: the client's own backend).
 fn server_side_tls(proxy: &Proxy) -> String {
@@ -64,9 +73,7 @@ fn tls_conninfo(proxy: &Proxy, pki: &Pki, extra: &str) -> String {
 
 #[test]
 fn psql_verify_full_and_channel_binding_work_through_the_proxy() {
-    let cluster = cluster(0);
-    let pki = Pki::new();
-    let proxy = Proxy::start(&cluster, client_tls(&pki, "require"));
+    let (_cluster, pki, proxy) = requiring_client_tls();
     let (ok, out, err) = psql_with(
         &tls_conninfo(&proxy, &pki, "sslmode=verify-full channel_binding=require"),
         &["SELECT current_user"],
@@ -75,39 +82,40 @@ fn psql_verify_full_and_channel_binding_work_through_the_proxy() {
     assert_eq!(out, "carol");
     // alice's SCRAM verifier login (the proxy logs in to the server with
     // the ClientKey of her proof) works bound too.
-    let (ok, out, err) = psql_with(
-        &format!(
-            "host=localhost port={} user={} password={} dbname=app sslmode=verify-full sslrootcert={} channel_binding=require",
-            proxy.port,
-            ALICE.0,
-            ALICE.1,
-            pki.ca().display()
+    assert_psql_answers(
+        psql_with(
+            &format!(
+                "host=localhost port={} user={} password={} dbname=app sslmode=verify-full sslrootcert={} channel_binding=require",
+                proxy.port,
+                ALICE.0,
+                ALICE.1,
+                pki.ca().display()
+            ),
+            &["SELECT current_user"],
         ),
-        &["SELECT current_user"],
+        "alice",
     );
-    assert!(ok, "{err}");
-    assert_eq!(out, "alice");
     // A wrong password is still a wrong password.
-    let (ok, _, err) = psql_with(
-        &tls_conninfo(&proxy, &pki, "sslmode=require password=nope")
-            .replace(&format!("password={}", CAROL.1), ""),
-        &["SELECT 1"],
+    assert_psql_refused(
+        psql_with(
+            &tls_conninfo(&proxy, &pki, "sslmode=require password=nope")
+                .replace(&format!("password={}", CAROL.1), ""),
+            &["SELECT 1"],
+        ),
+        "password authentication failed",
     );
-    assert!(!ok);
-    assert!(err.contains("password authentication failed"), "{err}");
 }
 
 #[test]
 fn plain_text_clients_are_refused_under_require_and_served_under_allow() {
-    let cluster = cluster(0);
-    let pki = Pki::new();
-    let strict = Proxy::start(&cluster, client_tls(&pki, "require"));
-    let (ok, _, err) = psql_with(
-        &tls_conninfo(&strict, &pki, "sslmode=disable"),
-        &["SELECT 1"],
+    let (cluster, pki, strict) = requiring_client_tls();
+    assert_psql_refused(
+        psql_with(
+            &tls_conninfo(&strict, &pki, "sslmode=disable"),
+            &["SELECT 1"],
+        ),
+        "TLS required",
     );
-    assert!(!ok, "a plain-text client got in");
-    assert!(err.contains("TLS required"), "{err}");
     // The same from the wire: SQLSTATE 28000.
     let answer = raw_exchange(strict.port, &startup_packet(CAROL.0, "app"));
     assert_eq!(error_code(&answer).as_deref(), Some("28000"));
@@ -123,12 +131,13 @@ fn plain_text_clients_are_refused_under_require_and_served_under_allow() {
     }
     // Without TLS configured, SSLRequest is answered N, as before.
     let plain = Proxy::start(&cluster, ProxyOptions::default());
-    let (ok, _, err) = psql_with(
-        &tls_conninfo(&plain, &pki, "sslmode=require"),
-        &["SELECT 1"],
+    assert_psql_refused(
+        psql_with(
+            &tls_conninfo(&plain, &pki, "sslmode=require"),
+            &["SELECT 1"],
+        ),
+        "does not support SSL",
     );
-    assert!(!ok);
-    assert!(err.contains("does not support SSL"), "{err}");
 }
 
 /// PostgreSQL 17's direct TLS: the client's first bytes are a TLS hello
@@ -136,9 +145,7 @@ fn plain_text_clients_are_refused_under_require_and_served_under_allow() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_tls_with_alpn_is_served_and_offers_scram_plus() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let cluster = cluster(0);
-    let pki = Pki::new();
-    let proxy = Proxy::start(&cluster, client_tls(&pki, "require"));
+    let (_cluster, pki, proxy) = requiring_client_tls();
     let ca = pki.ca();
     let config = pgwarden_tls::client_config(
         pgwarden_tls::Verify::Full,
@@ -275,9 +282,7 @@ fn verify_full_refuses_a_server_certificate_for_another_name_naming_the_backend(
             pki.ca().display()
         )),
     );
-    let (ok, out, err) = psql(&by_ca, CAROL.0, CAROL.1, "app", "SELECT 1");
-    assert!(ok, "{err}");
-    assert_eq!(out, "1");
+    assert_psql_answers(psql(&by_ca, CAROL.0, CAROL.1, "app", "SELECT 1"), "1");
 }
 
 #[test]
@@ -291,9 +296,10 @@ fn require_refuses_a_server_without_tls() {
     let backend = cluster.node(0).name().to_owned();
     let row = status_row(&proxy, &backend, "TLS");
     assert!(row.contains("down"), "{row}");
-    let (ok, _, err) = psql(&proxy, CAROL.0, CAROL.1, "app", "SELECT 1");
-    assert!(!ok);
-    assert!(err.contains("no primary backend is available"), "{err}");
+    assert_psql_refused(
+        psql(&proxy, CAROL.0, CAROL.1, "app", "SELECT 1"),
+        "no primary backend is available",
+    );
     // "prefer" (the default) falls back to plain text.
     let prefer = Proxy::start(&cluster, ProxyOptions::default());
     assert_eq!(server_side_tls(&prefer), "f");
@@ -329,9 +335,7 @@ async fn the_monitors_checks_are_encrypted_under_server_tls_require() {
 }
 #[test]
 fn a_broken_certificate_on_reload_keeps_the_old_one_and_says_why() {
-    let cluster = cluster(0);
-    let pki = Pki::new();
-    let proxy = Proxy::start(&cluster, client_tls(&pki, "require"));
+    let (_cluster, pki, proxy) = requiring_client_tls();
     let connects = || {
         psql_with(
             &tls_conninfo(&proxy, &pki, "sslmode=verify-full"),

@@ -396,7 +396,7 @@ async fn session_state_pins_its_client_and_never_reaches_another() {
     assert_eq!(row[9], "0", "no balancing, no reads: {}", run.stdout);
     let metrics = scrape(proxy.proxy_metrics).unwrap();
     let pinned = "pgwarden_proxy_pool_clients{backend=\"0\",user=\"alice\",database=\"app\",state=\"pinned\"}";
-    assert_eq!(metric(&metrics, pinned), Some(1.0), "{metrics}");
+    assert_metric(&metrics, pinned, 1.0);
     // Once a leaves, its server is reset before anyone else gets it.
     drop(a);
     tokio::time::sleep(Duration::from_millis(300)).await;

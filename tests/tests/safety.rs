@@ -31,24 +31,30 @@ async fn direct(node: &Node, application_name: &str) -> tokio_postgres::Client {
     .unwrap_or_else(|e| panic!("{}: {e}", node.name()))
 }
 
-/// Runs [`KILL_CHECKS`] on whatever `open` connects to until `until`, at
-/// most `max` times; returns (sessions killed, statements run).
-async fn kill_loop<F, Fut>(open: F, until: Instant, max: u32) -> (i64, u32)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = tokio_postgres::Client>,
-{
-    let mut client = open().await;
-    let (mut killed, mut runs) = (0i64, 0u32);
-    while Instant::now() < until && runs < max {
-        match client.query_one(KILL_CHECKS, &[]).await {
-            Ok(row) => killed += row.get::<_, i64>(0),
-            Err(_) => client = open().await,
+/// Runs [`KILL_CHECKS`] as whoever `conninfo` logs in (`who`, for the
+/// panic when it cannot), on a task of its own, reconnecting when its
+/// session is gone, until `until`, at most `max` times; the task returns
+/// (sessions killed, statements run).
+fn spawn_kill_loop(
+    conninfo: String,
+    who: &'static str,
+    until: Instant,
+    max: u32,
+) -> tokio::task::JoinHandle<(i64, u32)> {
+    tokio::spawn(async move {
+        let open = || async { connect(&conninfo).await.expect(who) };
+        let mut client = open().await;
+        let (mut killed, mut runs) = (0i64, 0u32);
+        while Instant::now() < until && runs < max {
+            match client.query_one(KILL_CHECKS, &[]).await {
+                Ok(row) => killed += row.get::<_, i64>(0),
+                Err(_) => client = open().await,
+            }
+            runs += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        runs += 1;
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    (killed, runs)
+        (killed, runs)
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,17 +80,12 @@ async fn issue_7_killing_the_health_check_sessions_changes_no_status() {
     // proxy, as in the issue) and on both standbys (directly), for 15 s.
     let until = Instant::now() + Duration::from_secs(15);
     let max = 20_000;
-    let through_proxy = {
-        let conninfo = proxy.conninfo("mallory", "mallory-secret", "postgres");
-        tokio::spawn(async move {
-            kill_loop(
-                || async { connect(&conninfo).await.expect("mallory via the proxy") },
-                until,
-                max,
-            )
-            .await
-        })
-    };
+    let through_proxy = spawn_kill_loop(
+        proxy.conninfo("mallory", "mallory-secret", "postgres"),
+        "mallory via the proxy",
+        until,
+        max,
+    );
     let mut on_standbys = Vec::new();
     for i in [1, 2] {
         let node = cluster.node(i);
@@ -94,14 +95,12 @@ async fn issue_7_killing_the_health_check_sessions_changes_no_status() {
             node.port(),
             node.superuser()
         );
-        on_standbys.push(tokio::spawn(async move {
-            kill_loop(
-                || async { connect(&conninfo).await.expect("superuser on a standby") },
-                until,
-                max,
-            )
-            .await
-        }));
+        on_standbys.push(spawn_kill_loop(
+            conninfo,
+            "superuser on a standby",
+            until,
+            max,
+        ));
     }
     // Watch the state meanwhile: any change bumps the generation.
     let mut changes = Vec::new();

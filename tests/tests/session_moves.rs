@@ -105,11 +105,7 @@ async fn an_idle_session_mode_client_keeps_its_settings_statements_and_listens_t
     assert!(text.contains("temporary table"), "{text}");
 
     let metrics = scrape(proxy.proxy_metrics).unwrap();
-    assert_eq!(
-        metric(&metrics, "pgwarden_proxy_moved_sessions_total"),
-        Some(1.0),
-        "{metrics}"
-    );
+    assert_metric(&metrics, "pgwarden_proxy_moved_sessions_total", 1.0);
     assert!(
         metric(&metrics, "pgwarden_proxy_failover_terminations_total").unwrap_or(0.0) >= 1.0,
         "{metrics}"

@@ -17,6 +17,16 @@ use pgwarden_tls::PemFile;
 use pgwarden_tls::rustls::ClientConfig;
 use sha2::{Digest, Sha256};
 
+/// Node `i`'s `[watchdog]` TLS lines: its certificate and key in `own`,
+/// the CA it trusts in `ca`.
+fn tls_files(own: &std::path::Path, ca: &std::path::Path, i: usize) -> String {
+    format!(
+        "tls_cert_file = \"{o}/node{i}.crt\"\ntls_key_file = \"{o}/node{i}.key\"\ntls_ca_file = \"{c}/ca.pem\"\n",
+        o = own.display(),
+        c = ca.display()
+    )
+}
+
 fn client(
     ca: &std::path::Path,
     identity: Option<(&std::path::Path, &std::path::Path)>,
@@ -84,12 +94,7 @@ async fn watchdog_peers_talk_mutual_tls_and_refuse_peers_without_the_cluster_cas
     }
     let d = pki.dir.path().to_owned();
     let mut w = Watchdogs::new(&Setup {
-        watchdog: Some(Box::new(move |i| {
-            format!(
-                "tls_cert_file = \"{d}/node{i}.crt\"\ntls_key_file = \"{d}/node{i}.key\"\ntls_ca_file = \"{d}/ca.pem\"\n",
-                d = d.display()
-            )
-        })),
+        watchdog: Some(Box::new(move |i| tls_files(&d, &d, i))),
         ..Setup::default()
     });
     w.start_all().await;
@@ -214,11 +219,7 @@ async fn a_watchdog_does_not_talk_to_a_peer_whose_certificate_another_ca_signed(
     let mut w = Watchdogs::new(&Setup {
         watchdog: Some(Box::new(move |i| {
             let own = if i == 2 { &bad } else { &good };
-            format!(
-                "tls_cert_file = \"{o}/node{i}.crt\"\ntls_key_file = \"{o}/node{i}.key\"\ntls_ca_file = \"{c}/ca.pem\"\n",
-                o = own.display(),
-                c = good.display()
-            )
+            tls_files(own, &good, i)
         })),
         ..Setup::default()
     });
