@@ -386,6 +386,13 @@ impl Proxy {
         self.wait_state(timeout, "all backends up", all_up).await
     }
 
+    /// Waits until backend `id` has status `status`: the state that showed it.
+    pub async fn wait_status(&self, timeout: Duration, id: u32, status: Status) -> ClusterState {
+        let what = format!("pg{id} {}", status.as_str_name());
+        self.wait_state(timeout, &what, |s| status_of(s, id) == status as i32)
+            .await
+    }
+
     /// Waits until backend `id` is the primary and up (after a failover or
     /// a switchover): the state that showed it.
     pub async fn wait_primary(&self, timeout: Duration, id: u32) -> ClusterState {

@@ -69,6 +69,16 @@ fn row(status: &str, name: &str) -> HashMap<String, String> {
         .collect()
 }
 
+/// Runs `args` (a change of pg2), which must print `reply`, waits until
+/// the monitor publishes pg2 as `now` (it answers a change before it
+/// publishes the new state, and before it persists it), then returns
+/// what `status` prints.
+async fn change_pg2(proxy: &Proxy, args: &[&str], reply: &str, now: Status) -> String {
+    assert_eq!(ctl_ok(proxy, args), reply);
+    proxy.wait_status(Duration::from_secs(10), 2, now).await;
+    ctl_ok(proxy, &["status"])
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_detach_attach_watch_and_errors() {
     let (cluster, mut proxy) = proxied(2, ProxyOptions::default());
@@ -133,19 +143,16 @@ async fn status_detach_attach_watch_and_errors() {
     );
 
     // detach by name: exit 0, the monitor's message, status shows it.
-    assert_eq!(ctl_ok(&proxy, &["detach", "pg2"]), "pg2 detached\n");
-    // The monitor answers a change before it publishes the new state
-    // (and before it persists it): wait for the state, then look.
-    proxy
-        .wait_state(Duration::from_secs(10), "pg2 detached", |s| {
-            status_of(s, 2) == Status::Detached as i32
-        })
-        .await;
-    let status = ctl_ok(&proxy, &["status"]);
+    let status = change_pg2(
+        &proxy,
+        &["detach", "pg2"],
+        "pg2 detached\n",
+        Status::Detached,
+    )
+    .await;
     let pg2 = row(&status, "pg2");
     assert_eq!(pg2["STATUS"], "detached", "{status}");
     assert_eq!(pg2["REASON"], "detached by an operator", "{status}");
-
     let line = lines.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(
         line.contains("pg2 detached (detached by an operator)"),
@@ -153,13 +160,7 @@ async fn status_detach_attach_watch_and_errors() {
     );
 
     // attach by id: back up.
-    assert_eq!(ctl_ok(&proxy, &["attach", "2"]), "pg2 attached\n");
-    proxy
-        .wait_state(Duration::from_secs(10), "pg2 up", |s| {
-            status_of(s, 2) == Status::Up as i32
-        })
-        .await;
-    let status = ctl_ok(&proxy, &["status"]);
+    let status = change_pg2(&proxy, &["attach", "2"], "pg2 attached\n", Status::Up).await;
     assert_eq!(row(&status, "pg2")["STATUS"], "up", "{status}");
     let line = lines.recv_timeout(Duration::from_secs(10)).unwrap();
     assert!(line.contains("pg2 up"), "{line}");

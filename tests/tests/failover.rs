@@ -179,9 +179,7 @@ async fn a_dying_standby_is_marked_down_without_failover_and_returns_when_stream
 
     cluster.node(1).stop(StopMode::Immediate).unwrap();
     let s = proxy
-        .wait_state(Duration::from_secs(20), "pg1 down", |s| {
-            status_of(s, 1) == Status::Down as i32
-        })
+        .wait_status(Duration::from_secs(20), 1, Status::Down)
         .await;
     assert_eq!(s.primary_id, before.primary_id, "no failover");
     assert!(!s.failover_in_progress);
@@ -257,16 +255,12 @@ async fn watch_cluster_streams_each_generation_once_in_order() {
     let mut api = proxy.monitor_client().await;
     api.detach_backend(BackendRequest { id: 2 }).await.unwrap();
     proxy
-        .wait_state(Duration::from_secs(10), "pg2 detached", |s| {
-            status_of(s, 2) == Status::Detached as i32
-        })
+        .wait_status(Duration::from_secs(10), 2, Status::Detached)
         .await;
     api.attach_backend(BackendRequest { id: 2 }).await.unwrap();
     cluster.node(1).stop(StopMode::Immediate).unwrap();
     proxy
-        .wait_state(Duration::from_secs(20), "pg1 down", |s| {
-            status_of(s, 1) == Status::Down as i32
-        })
+        .wait_status(Duration::from_secs(20), 1, Status::Down)
         .await;
     cluster.node(1).start().unwrap();
     let last = proxy
