@@ -440,6 +440,16 @@ impl Proxy {
             .expect("alice connects through the proxy")
     }
 
+    /// Connects as alice to `app` and runs `sql` there (simple protocol;
+    /// panics naming `sql` when it fails): a session with its setup done.
+    pub async fn alice_after(&self, sql: &str) -> tokio_postgres::Client {
+        let c = self.alice().await;
+        c.batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c
+    }
+
     /// Connects as alice to `app` with `application_name` `name`, to tell
     /// her sessions apart on the server.
     pub async fn alice_named(&self, name: &str) -> tokio_postgres::Client {

@@ -174,8 +174,7 @@ async fn writes_continue_on_the_most_advanced_standby_after_the_primary_dies() {
 async fn a_dying_standby_is_marked_down_without_failover_and_returns_when_streaming() {
     let (cluster, proxy) = proxied(2, ProxyOptions::default());
     let before = proxy.wait_all_up(Duration::from_secs(20)).await;
-    let c = proxy.alice().await;
-    c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+    let c = proxy.alice_after("CREATE TABLE t (x int)").await;
 
     cluster.node(1).stop(StopMode::Immediate).unwrap();
     let s = proxy
@@ -285,8 +284,7 @@ async fn watch_cluster_streams_each_generation_once_in_order() {
 async fn restarting_the_monitor_alone_does_not_disturb_clients() {
     let (_cluster, mut proxy) = proxied(1, ProxyOptions::default());
     let before = proxy.wait_all_up(Duration::from_secs(20)).await;
-    let c = proxy.alice().await;
-    c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+    let c = proxy.alice_after("CREATE TABLE t (x int)").await;
     proxy.kill_monitor();
     for i in 0..10 {
         c.execute("INSERT INTO t VALUES ($1)", &[&i]).await.unwrap();
@@ -374,20 +372,12 @@ async fn a_proxy_that_loses_the_monitor_for_too_long_stops_routing_and_says_why(
 async fn planned_switchover_moves_idle_sessions_and_ends_those_that_cannot_move() {
     let (cluster, proxy) = proxied(1, ProxyOptions::default());
     proxy.wait_all_up(Duration::from_secs(20)).await;
-    let old_session = proxy.alice().await;
-    old_session
-        .batch_execute("CREATE TABLE s (x int)")
-        .await
-        .unwrap();
+    let old_session = proxy.alice_after("CREATE TABLE s (x int)").await;
     old_session
         .batch_execute("SET search_path = pg_catalog, public")
         .await
         .unwrap();
-    let pinned = proxy.alice().await;
-    pinned
-        .batch_execute("CREATE TEMP TABLE scratch (x int)")
-        .await
-        .unwrap();
+    let pinned = proxy.alice_after("CREATE TEMP TABLE scratch (x int)").await;
     cluster.wait_replicated(Duration::from_secs(10)).unwrap();
 
     assert!(proxy.promote(1).await.contains("promoting"));
@@ -412,8 +402,7 @@ async fn planned_switchover_moves_idle_sessions_and_ends_those_that_cannot_move(
     // The one with a temporary table was ended with 57P01.
     let err = pinned.batch_execute("SELECT 1").await.unwrap_err();
     assert!(session_ended(&err), "{err:?}");
-    let c = proxy.alice().await;
-    c.batch_execute("INSERT INTO s VALUES (2)").await.unwrap();
+    let c = proxy.alice_after("INSERT INTO s VALUES (2)").await;
     assert_eq!(server_port(&c).await, cluster.node(1).port());
 }
 
@@ -510,8 +499,7 @@ async fn a_restarted_monitor_publishes_nothing_before_it_has_decided() {
             s.primary_id == Some(0) && up(s, 0)
         })
         .await;
-    let c = proxy.alice().await;
-    c.batch_execute("CREATE TABLE t (x int)").await.unwrap();
+    let c = proxy.alice_after("CREATE TABLE t (x int)").await;
 
     proxy.kill_monitor();
     proxy.start_monitor();
@@ -665,8 +653,7 @@ async fn a_statement_running_when_the_primary_dies_gets_08007_and_its_session_go
     let (cluster, proxy) = proxied(1, ProxyOptions::default().transaction_mode());
     proxy.wait_all_up(Duration::from_secs(20)).await;
     let running = proxy.alice().await;
-    let in_block = proxy.alice().await;
-    in_block.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let in_block = proxy.alice_after("BEGIN; SELECT 1").await;
     cluster.wait_replicated(Duration::from_secs(20)).unwrap();
     let sleeper = tokio::spawn(async move {
         let r = running.query_one("SELECT pg_sleep(30)", &[]).await;

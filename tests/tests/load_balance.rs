@@ -422,8 +422,7 @@ async fn a_read_only_listener_runs_everything_on_standbys_and_else_on_a_read_onl
         .batch_execute("INSERT INTO rol VALUES (3)")
         .await
         .unwrap();
-    let c = proxy.alice().await;
-    c.batch_execute("INSERT INTO rol VALUES (4)").await.unwrap();
+    proxy.alice_after("INSERT INTO rol VALUES (4)").await;
 }
 
 /// The value a login's ParameterStatus messages give `name`.
@@ -531,11 +530,7 @@ async fn session_state_made_in_a_standby_transaction_ends_the_session_rather_tha
         ),
     }
     // Others are untouched.
-    let other = proxy.alice().await;
-    other
-        .batch_execute("INSERT INTO pin VALUES (2)")
-        .await
-        .unwrap();
+    proxy.alice_after("INSERT INTO pin VALUES (2)").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,8 +9,7 @@ use pgwarden_testkit::{StopMode, wait_until};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxy_and_monitor_metrics_follow_clients_and_backends() {
     let (cluster, proxy) = proxied(1, ProxyOptions::default());
-    let alice = proxy.alice().await;
-    alice.batch_execute("SELECT 1").await.unwrap();
+    let alice = proxy.alice_after("SELECT 1").await;
     let err = proxy
         .refused(ALICE.0, "wrong", "app", "wrong password")
         .await;

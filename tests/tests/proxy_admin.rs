@@ -67,8 +67,7 @@ async fn clients_and_pools_show_sessions_and_terminate_ends_exactly_one() {
     let (_cluster, proxy) = proxied(0, ProxyOptions::default());
     assert_eq!(ctl_ok(&proxy, &["clients"]).await, "no clients\n");
 
-    let alice = proxy.alice().await;
-    alice.batch_execute("SELECT 1").await.unwrap();
+    let alice = proxy.alice_after("SELECT 1").await;
     let mut bob = raw_login(proxy.port);
 
     let listed = clients(&proxy).await;

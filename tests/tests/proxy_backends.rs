@@ -112,8 +112,7 @@ async fn idle_cached_connections_expire() {
         0,
         ProxyOptions::default().set("server_idle_timeout = \"1s\""),
     );
-    let c = proxy.alice().await;
-    c.batch_execute("SELECT 1").await.unwrap();
+    let c = proxy.alice_after("SELECT 1").await;
     drop(c);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(

@@ -97,8 +97,7 @@ async fn session_state_never_leaks_to_the_next_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_open_transaction_is_rolled_back_before_reuse() {
     let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_size = 1"));
-    let c = proxy.alice().await;
-    c.batch_execute("CREATE TABLE r (x int)").await.unwrap();
+    let c = proxy.alice_after("CREATE TABLE r (x int)").await;
     c.batch_execute("BEGIN; INSERT INTO r VALUES (1);")
         .await
         .unwrap();
@@ -120,8 +119,7 @@ async fn a_full_pool_makes_clients_wait_then_fail_clearly() {
             .set("pool_size = 1")
             .set("pool_timeout = \"1s\""),
     );
-    let holder = proxy.alice().await;
-    holder.batch_execute("SELECT 1").await.unwrap();
+    let holder = proxy.alice_after("SELECT 1").await;
     let err = proxy
         .refused(
             ALICE.0,
@@ -245,10 +243,7 @@ async fn clients_with_different_startup_settings_share_one_pool_and_keep_their_o
 async fn after_copy_from_stdin_the_server_connection_is_cached_for_the_next_client() {
     use futures_util::SinkExt;
     let (_cluster, proxy) = proxied(0, ProxyOptions::default().set("pool_size = 1"));
-    let c = proxy.alice().await;
-    c.batch_execute("CREATE TABLE copied (x int)")
-        .await
-        .unwrap();
+    let c = proxy.alice_after("CREATE TABLE copied (x int)").await;
     let pid: i32 = query_value(&c, "SELECT pg_backend_pid()").await;
     // tokio-postgres sends Bind, Execute, Sync before the data: the server
     // ignores that Sync, so no ReadyForQuery is owed for it.
@@ -280,8 +275,7 @@ async fn an_invalid_startup_setting_is_refused_as_postgresql_refuses_it() {
     .expect_err("an invalid DateStyle");
     assert_eq!(sqlstate(&err).as_deref(), Some("22023"), "{err}");
     // The pool's one connection is fine for the next client.
-    let c = proxy.alice().await;
-    c.batch_execute("SELECT 1").await.unwrap();
+    proxy.alice_after("SELECT 1").await;
 }
 
 /// Connects, runs `sql`, leaves, and returns the messages of the notices

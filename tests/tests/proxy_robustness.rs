@@ -10,11 +10,7 @@ use pgwarden_e2e::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_gets_an_error_and_the_next_client_still_works() {
     let (_cluster, proxy) = proxied(0, ProxyOptions::default());
-    let bystander = proxy.alice().await;
-    bystander
-        .batch_execute("CREATE TABLE ok (x int)")
-        .await
-        .unwrap();
+    let bystander = proxy.alice_after("CREATE TABLE ok (x int)").await;
 
     // A random byte stream instead of a startup packet.
     let mut seed = 0x2545_f491_4f6c_dd1du64;

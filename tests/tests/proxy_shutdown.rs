@@ -10,8 +10,7 @@ use pgwarden_e2e::*;
 async fn sigterm_drains_sessions_then_closes_them() {
     let (_cluster, mut proxy) =
         proxied(0, ProxyOptions::default().set("shutdown_timeout = \"3s\""));
-    let c = proxy.alice().await;
-    c.batch_execute("SELECT 1").await.unwrap();
+    let c = proxy.alice_after("SELECT 1").await;
     // A raw session too, to read exactly what the proxy sends at the end.
     let mut raw = raw_login(proxy.port);
 

@@ -178,10 +178,7 @@ async fn a_statement_prepared_after_a_schema_change_sees_the_new_schema() {
     // lands where the first client's statement, prepared before the
     // change, still is.
     let (cluster, proxy) = transaction_proxied(0, 1);
-    let a = proxy.alice().await;
-    a.batch_execute("CREATE TABLE stale_t (v int)")
-        .await
-        .unwrap();
+    let a = proxy.alice_after("CREATE TABLE stale_t (v int)").await;
     let insert = "INSERT INTO stale_t VALUES ($1)";
     let select = "SELECT v FROM stale_t";
     let before = a.prepare(insert).await.unwrap();
@@ -216,10 +213,9 @@ async fn a_statement_prepared_after_a_schema_change_sees_the_new_schema() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copy_failing_transactions_and_listen_work_in_transaction_mode() {
     let (cluster, proxy) = transaction_proxied(0, 2);
-    let a = proxy.alice().await;
-    a.batch_execute("CREATE TABLE items (id int, name text)")
-        .await
-        .unwrap();
+    let a = proxy
+        .alice_after("CREATE TABLE items (id int, name text)")
+        .await;
 
     // COPY in and out.
     let sink = a
@@ -507,16 +503,12 @@ async fn a_cancel_reaches_the_server_running_the_clients_transaction_only() {
 async fn idle_clients_and_their_statements_move_to_a_new_primary_open_transactions_end() {
     let (cluster, proxy) = transaction_proxied(1, 2);
     proxy.wait_all_up(Duration::from_secs(20)).await;
-    let idle = proxy.alice().await;
-    idle.batch_execute("CREATE TABLE moved (x int)")
-        .await
-        .unwrap();
+    let idle = proxy.alice_after("CREATE TABLE moved (x int)").await;
     let insert = idle.prepare("INSERT INTO moved VALUES ($1)").await.unwrap();
     idle.execute(&insert, &[&1i32]).await.unwrap();
-    let open = proxy.alice().await;
-    open.batch_execute("BEGIN; INSERT INTO moved VALUES (100)")
-        .await
-        .unwrap();
+    let open = proxy
+        .alice_after("BEGIN; INSERT INTO moved VALUES (100)")
+        .await;
     cluster.wait_replicated(Duration::from_secs(10)).unwrap();
 
     proxy.promote(1).await;

@@ -42,10 +42,9 @@ async fn the_old_primary_rejoins_as_a_standby_of_the_new_one() {
             s.primary_id == Some(0) && s.backends.iter().all(|b| b.status == Status::Up as i32)
         })
         .await;
-    let c = proxy.alice().await;
-    c.batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
-        .await
-        .unwrap();
+    let c = proxy
+        .alice_after("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        .await;
     cluster.wait_replicated(Duration::from_secs(20)).unwrap();
     drop(c);
 
@@ -56,8 +55,7 @@ async fn the_old_primary_rejoins_as_a_standby_of_the_new_one() {
             s.primary_id == Some(1) && !s.failover_in_progress
         })
         .await;
-    let c = proxy.alice().await;
-    c.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
+    let c = proxy.alice_after("INSERT INTO t VALUES (2)").await;
 
     // pg0 comes back as a primary on the old timeline: fenced.
     cluster.node(0).start().unwrap();

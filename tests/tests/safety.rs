@@ -180,10 +180,9 @@ async fn issue_7_promotion_keeps_the_acknowledged_writes_a_paused_standby_receiv
     let (pg0, pg1, pg2) = (cluster.node(0), cluster.node(1), cluster.node(2));
     let mut proxy = Proxy::start(&cluster, ProxyOptions::default());
     proxy.wait_state(WAIT, "all backends up", all_up).await;
-    let c = proxy.alice().await;
-    c.batch_execute("CREATE TABLE ledger (id int PRIMARY KEY)")
-        .await
-        .unwrap();
+    let c = proxy
+        .alice_after("CREATE TABLE ledger (id int PRIMARY KEY)")
+        .await;
     cluster.wait_replicated(WAIT).unwrap();
 
     // pg2 stops replaying (it keeps receiving); 50 acknowledged rows.

@@ -32,10 +32,9 @@ async fn an_idle_session_mode_client_keeps_its_settings_statements_and_listens_t
  {
     let (cluster, proxy) = proxied(1, ProxyOptions::default());
     proxy.wait_all_up(Duration::from_secs(20)).await;
-    let c = proxy.alice().await;
-    c.batch_execute("CREATE SCHEMA kept; CREATE TABLE kept.t (x int)")
-        .await
-        .unwrap();
+    let c = proxy
+        .alice_after("CREATE SCHEMA kept; CREATE TABLE kept.t (x int)")
+        .await;
     for sql in [
         "SET search_path = kept, public",
         "SET TimeZone = 'Asia/Tokyo'",
@@ -133,8 +132,7 @@ async fn a_session_moving_within_a_full_pool_does_not_wait_on_its_own_permit() {
             .set("pool_timeout = \"3s\""),
     );
     proxy.wait_all_up(Duration::from_secs(20)).await;
-    let c = proxy.alice().await;
-    c.batch_execute("SET work_mem = '9MB'").await.unwrap();
+    let c = proxy.alice_after("SET work_mem = '9MB'").await;
     // The server restarts: the session's connection is lost, the backend
     // is still the primary once it is back.
     cluster.node(0).stop(StopMode::Immediate).unwrap();
