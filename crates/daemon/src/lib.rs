@@ -8,4 +8,7 @@ pub mod metrics;
 pub mod notify;
 pub mod startup;
 
-pub use startup::{init_logs, reset_signal_mask, run_main, runtime, shutdown_signal, stop_signal};
+pub use startup::{
+    Shutdown, init_logs, main, reset_signal_mask, run_main, runtime, shutdown_signal, stop_signal,
+    until_stopped,
+};

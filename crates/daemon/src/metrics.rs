@@ -93,6 +93,14 @@ pub fn to_text(registry: &Registry) -> Result<String, std::fmt::Error> {
     Ok(text)
 }
 
+/// What `/metrics` answers with `render`: a fresh registry, rendered by
+/// `render`, in the OpenMetrics text format.
+pub fn rendered(render: impl FnOnce(&mut Registry)) -> Result<String, std::fmt::Error> {
+    let mut registry = Registry::default();
+    render(&mut registry);
+    to_text(&registry)
+}
+
 /// The answer to one request.
 fn respond(req: &Request<Incoming>, render: impl Fn(&mut Registry)) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, text: String| {
@@ -109,9 +117,7 @@ fn respond(req: &Request<Incoming>, render: impl Fn(&mut Registry)) -> Response<
             .insert(ALLOW, hyper::header::HeaderValue::from_static("GET, HEAD"));
         return r;
     }
-    let mut registry = Registry::default();
-    render(&mut registry);
-    let text = match to_text(&registry) {
+    let text = match rendered(render) {
         Ok(t) => t,
         Err(e) => {
             return reply(
@@ -172,48 +178,40 @@ pub fn gauge_f64(registry: &mut Registry, name: &str, help: &str, value: f64) {
     registry.register(name, help_text(help), g);
 }
 
-/// Registers an integer gauge with one series per `(labels, value)`.
-pub fn gauges(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (Labels, i64)>,
-) {
-    let family = Family::<Labels, Gauge>::default();
-    for (labels, value) in series {
-        family.get_or_create(&escaped(labels)).set(value);
-    }
-    registry.register(name, help_text(help), family);
+/// Defines a `pub fn $name(registry, name, help, series)` that registers a
+/// family of `$metric`s with one series per `(labels, value)` of `series`,
+/// each series' metric given its value by `$metric::$set`.
+macro_rules! family {
+    ($(#[$doc:meta])* $name:ident, $value:ty, $metric:ty, $set:ident) => {
+        $(#[$doc])*
+        pub fn $name(
+            registry: &mut Registry,
+            name: &str,
+            help: &str,
+            series: impl IntoIterator<Item = (Labels, $value)>,
+        ) {
+            let family = Family::<Labels, $metric>::default();
+            for (labels, value) in series {
+                family.get_or_create(&escaped(labels)).$set(value);
+            }
+            registry.register(name, help_text(help), family);
+        }
+    };
 }
 
-/// Registers a counter with one series per `(labels, total)`: totals the
-/// daemon keeps elsewhere (per pool, say), rendered as counters.
-pub fn counters(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (Labels, u64)>,
-) {
-    let family = Family::<Labels, Counter>::default();
-    for (labels, total) in series {
-        family.get_or_create(&escaped(labels)).inc_by(total);
-    }
-    registry.register(name, help_text(help), family);
-}
-
-/// Registers a floating-point gauge with one series per `(labels, value)`.
-pub fn gauges_f64(
-    registry: &mut Registry,
-    name: &str,
-    help: &str,
-    series: impl IntoIterator<Item = (Labels, f64)>,
-) {
-    let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
-    for (labels, value) in series {
-        family.get_or_create(&escaped(labels)).set(value);
-    }
-    registry.register(name, help_text(help), family);
-}
+family!(
+    /// Registers an integer gauge with one series per `(labels, value)`.
+    gauges, i64, Gauge, set
+);
+family!(
+    /// Registers a counter with one series per `(labels, total)`: totals the
+    /// daemon keeps elsewhere (per pool, say), rendered as counters.
+    counters, u64, Counter, inc_by
+);
+family!(
+    /// Registers a floating-point gauge with one series per `(labels, value)`.
+    gauges_f64, f64, Gauge<f64, AtomicU64>, set
+);
 
 /// `[("backend", "0"), ("name", "pg0")]` from string pairs.
 pub fn labels<const N: usize>(pairs: [(&str, String); N]) -> Labels {
@@ -232,6 +230,16 @@ mod tests {
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
+    }
+
+    /// `request` (a method and a path) with `headers`, on a connection the
+    /// server closes after answering; the whole answer.
+    async fn call(addr: SocketAddr, request: &str, headers: &str) -> String {
+        get(
+            addr,
+            &format!("{request} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"),
+        )
+        .await
     }
 
     #[tokio::test]
@@ -259,12 +267,7 @@ mod tests {
             },
             stop.clone(),
         ));
-        let close = "Connection: close\r\n\r\n";
-        let first = get(
-            addr,
-            &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}"),
-        )
-        .await;
+        let first = call(addr, "GET /metrics", "").await;
         assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
         assert!(first.contains("application/openmetrics-text"), "{first}");
         assert!(
@@ -277,21 +280,13 @@ mod tests {
             "{first}"
         );
         assert!(first.ends_with("# EOF\n"), "{first}");
-        let second = get(
-            addr,
-            &format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{close}"),
-        )
-        .await;
+        let second = call(addr, "GET /metrics", "").await;
         assert!(second.contains("demo_scrapes_total 2\n"), "{second}");
         assert_eq!(hits.get(), 2);
 
-        let other = get(addr, &format!("GET / HTTP/1.1\r\nHost: x\r\n{close}")).await;
+        let other = call(addr, "GET /", "").await;
         assert!(other.starts_with("HTTP/1.1 404 "), "{other}");
-        let post = get(
-            addr,
-            &format!("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{close}"),
-        )
-        .await;
+        let post = call(addr, "POST /metrics", "Content-Length: 0\r\n").await;
         assert!(post.starts_with("HTTP/1.1 405 "), "{post}");
         let garbage = get(addr, "\x00\x01garbage\r\n\r\n").await;
         assert!(!garbage.contains("200 OK"), "{garbage}");

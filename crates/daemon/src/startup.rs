@@ -59,6 +59,37 @@ pub fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// The shutdown future [`until_stopped`] hands its work: [`stop_signal`].
+pub type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Runs `work` on a [`runtime`] of `workers` threads until it ends, with
+/// [`stop_signal`] as its shutdown: the monitor's and the watchdog's life
+/// once their settings are taken. An error means the runtime or the signal
+/// handlers could not be set up; `work`'s own outcome is returned as it is.
+pub fn until_stopped<F: std::future::Future>(
+    workers: usize,
+    work: impl FnOnce(Shutdown) -> F,
+) -> std::io::Result<F::Output> {
+    runtime(workers)?.block_on(async move { Ok(work(Box::pin(stop_signal()?)).await) })
+}
+
+/// A daemon's whole `main`: clears the signal mask (see
+/// [`reset_signal_mask`]) before anything else, takes the flags with `args`
+/// (clap's `Parser::parse`, which exits on `--help` or a bad flag), and
+/// runs `work` on them through [`run_main`].
+pub fn main<A, E>(
+    name: &str,
+    args: impl FnOnce() -> A,
+    work: impl FnOnce(A) -> Result<(), E>,
+) -> std::process::ExitCode
+where
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static>,
+{
+    reset_signal_mask();
+    let args = args();
+    run_main(name, || work(args))
+}
+
 /// What every daemon's `main` does around its work: starts the logs, runs
 /// `work` and turns its error into one line on stderr and a failing exit
 /// code (see [`one_line`]).

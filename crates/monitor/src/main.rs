@@ -15,16 +15,12 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    pgwarden_daemon::reset_signal_mask();
-    let args = Args::parse();
-    pgwarden_daemon::run_main("pgwarden-monitor", || run(args))
+    pgwarden_daemon::main("pgwarden-monitor", Args::parse, run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_config::Config::load(&args.config)?;
     let settings = pgwarden_monitor::settings::Settings::from_config(&config)?;
-    pgwarden_daemon::runtime(2)?.block_on(async move {
-        pgwarden_monitor::runtime::run(settings, pgwarden_daemon::stop_signal()?).await?;
-        Ok(())
-    })
+    pgwarden_daemon::until_stopped(2, |stop| pgwarden_monitor::runtime::run(settings, stop))??;
+    Ok(())
 }

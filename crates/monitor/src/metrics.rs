@@ -164,6 +164,17 @@ pub fn render(state: &ClusterState, r: &mut Registry) {
 mod tests {
     use super::*;
 
+    /// Backend `id`, named `pg<id>`, with `status` and `role`.
+    fn backend(id: u32, status: Status, role: Role) -> BackendState {
+        BackendState {
+            id,
+            name: format!("pg{id}"),
+            status: status as i32,
+            role: role as i32,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn renders_the_state_per_backend() {
         let state = ClusterState {
@@ -171,37 +182,23 @@ mod tests {
             primary_id: Some(1),
             backends: vec![
                 BackendState {
-                    id: 0,
-                    name: "pg0".into(),
-                    status: Status::Detached as i32,
-                    role: Role::Primary as i32,
                     failed_checks: 3,
-                    ..Default::default()
+                    ..backend(0, Status::Detached, Role::Primary)
                 },
                 BackendState {
-                    id: 1,
-                    name: "pg1".into(),
-                    status: Status::Up as i32,
-                    role: Role::Primary as i32,
                     timeline: 2,
                     last_check_unix_ms: 1_500,
-                    ..Default::default()
+                    ..backend(1, Status::Up, Role::Primary)
                 },
                 BackendState {
-                    id: 2,
-                    name: "pg2".into(),
-                    status: Status::Up as i32,
-                    role: Role::Standby as i32,
                     lag_bytes: 4096,
                     lag_seconds: 0.25,
-                    ..Default::default()
+                    ..backend(2, Status::Up, Role::Standby)
                 },
             ],
             ..Default::default()
         };
-        let mut r = Registry::default();
-        render(&state, &mut r);
-        let text = m::to_text(&r).unwrap();
+        let text = m::rendered(|r| render(&state, r)).unwrap();
         for line in [
             "pgwarden_monitor_generation 4",
             "pgwarden_monitor_primary_backend 1",

@@ -17,9 +17,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    pgwarden_daemon::reset_signal_mask();
-    let args = Args::parse();
-    pgwarden_daemon::run_main("pgwarden-proxy", || run(args))
+    pgwarden_daemon::main("pgwarden-proxy", Args::parse, run)
 }
 
 fn run(args: Args) -> anyhow::Result<()> {

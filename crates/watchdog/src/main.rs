@@ -39,8 +39,6 @@ fn main() -> ExitCode {
 fn run(args: Args) -> anyhow::Result<()> {
     let config = pgwarden_config::Config::load(&args.config)?;
     let settings = pgwarden_watchdog::settings::Settings::from_config(&config)?;
-    pgwarden_daemon::runtime(2)?.block_on(async move {
-        pgwarden_watchdog::runtime::run(settings, pgwarden_daemon::stop_signal()?).await?;
-        Ok(())
-    })
+    pgwarden_daemon::until_stopped(2, |stop| pgwarden_watchdog::runtime::run(settings, stop))??;
+    Ok(())
 }

@@ -108,9 +108,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let mut r = Registry::default();
-        render(&s, &mut r);
-        let text = m::to_text(&r).unwrap();
+        let text = m::rendered(|r| render(&s, r)).unwrap();
         for line in [
             "pgwarden_watchdog_term 7",
             "pgwarden_watchdog_is_leader 1",

@@ -10,7 +10,7 @@ use hyper_util::rt::TokioIo;
 use pgwarden_tls::rustls::ClientConfig;
 use pgwarden_tls::rustls::pki_types::ServerName;
 use pgwarden_tls::{TlsConnector, client::TlsStream};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -44,23 +44,7 @@ impl AsyncRead for Confirmed {
     }
 }
 
-impl AsyncWrite for Confirmed {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
-    }
-}
+pass_on!(AsyncWrite for Confirmed => tls);
 
 /// The error of [`dial_now`]: the whole chain, so the caller can show its
 /// innermost cause (`Connection refused`, `received fatal alert: ...`).

@@ -27,36 +27,29 @@ pub trait Served: Send + Sync + 'static {
     const DAEMON: Daemon;
 }
 
-/// `pgwarden.v1.Monitor`, on `monitor.sock`.
-#[derive(Debug)]
-pub enum MonitorService {}
-impl Served for MonitorService {
-    const NAME: &'static str = crate::v1::monitor_server::SERVICE_NAME;
-    const DAEMON: Daemon = Daemon::Monitor;
+/// Declares each `$service`, a type naming the gRPC service `$name` that
+/// `$daemon`'s socket serves.
+macro_rules! served {
+    ($($(#[$doc:meta])* $service:ident = $name:expr, on $daemon:ident;)*) => {$(
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub enum $service {}
+        impl Served for $service {
+            const NAME: &'static str = $name;
+            const DAEMON: Daemon = Daemon::$daemon;
+        }
+    )*};
 }
 
-/// `pgwarden.v1.Proxy`, on `proxy.sock`.
-#[derive(Debug)]
-pub enum ProxyService {}
-impl Served for ProxyService {
-    const NAME: &'static str = crate::v1::proxy_server::SERVICE_NAME;
-    const DAEMON: Daemon = Daemon::Proxy;
-}
-
-/// `pgwarden.v1.Watchdog`, on `watchdog.sock`.
-#[derive(Debug)]
-pub enum WatchdogService {}
-impl Served for WatchdogService {
-    const NAME: &'static str = crate::v1::watchdog_server::SERVICE_NAME;
-    const DAEMON: Daemon = Daemon::Watchdog;
-}
-
-/// `grpc.health.v1.Health`, the monitor's.
-#[derive(Debug)]
-pub enum HealthService {}
-impl Served for HealthService {
-    const NAME: &'static str = "grpc.health.v1.Health";
-    const DAEMON: Daemon = Daemon::Monitor;
+served! {
+    /// `pgwarden.v1.Monitor`, on `monitor.sock`.
+    MonitorService = crate::v1::monitor_server::SERVICE_NAME, on Monitor;
+    /// `pgwarden.v1.Proxy`, on `proxy.sock`.
+    ProxyService = crate::v1::proxy_server::SERVICE_NAME, on Proxy;
+    /// `pgwarden.v1.Watchdog`, on `watchdog.sock`.
+    WatchdogService = crate::v1::watchdog_server::SERVICE_NAME, on Watchdog;
+    /// `grpc.health.v1.Health`, the monitor's.
+    HealthService = "grpc.health.v1.Health", on Monitor;
 }
 
 /// Passes calls of service `S` on to its daemon's socket.

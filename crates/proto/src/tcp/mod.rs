@@ -9,6 +9,52 @@
 //! reports an unreachable server at once. [`gateway`] is the admin API: the
 //! daemons' unix-socket services, reached over one TCP port.
 
+/// Implements tokio's `AsyncRead` or `AsyncWrite` for `$stream` by passing
+/// every call on to its field `$inner`; `AsyncWrite + vectored` passes
+/// vectored writes on too (otherwise they are tokio's default: one buffer
+/// at a time).
+macro_rules! pass_on {
+    (AsyncRead for $stream:ty => $inner:tt) => {
+        impl ::tokio::io::AsyncRead for $stream {
+            pass_on!(@poll $inner, AsyncRead::poll_read(buf: &mut ::tokio::io::ReadBuf<'_>) -> ());
+        }
+    };
+    (AsyncWrite for $stream:ty => $inner:tt) => {
+        impl ::tokio::io::AsyncWrite for $stream {
+            pass_on!(@write $inner);
+        }
+    };
+    (AsyncWrite + vectored for $stream:ty => $inner:tt) => {
+        impl ::tokio::io::AsyncWrite for $stream {
+            pass_on!(@write $inner);
+            pass_on!(
+                @poll $inner,
+                AsyncWrite::poll_write_vectored(bufs: &[::std::io::IoSlice<'_>]) -> usize
+            );
+
+            fn is_write_vectored(&self) -> bool {
+                ::tokio::io::AsyncWrite::is_write_vectored(&self.$inner)
+            }
+        }
+    };
+    (@write $inner:tt) => {
+        pass_on!(@poll $inner, AsyncWrite::poll_write(buf: &[u8]) -> usize);
+        pass_on!(@poll $inner, AsyncWrite::poll_flush() -> ());
+        pass_on!(@poll $inner, AsyncWrite::poll_shutdown() -> ());
+    };
+    // One `poll_*` method: `$inner`'s, with the same arguments.
+    (@poll $inner:tt, $trait:ident::$method:ident($($arg:ident: $type:ty),*) -> $out:ty) => {
+        fn $method(
+            self: ::std::pin::Pin<&mut Self>,
+            cx: &mut ::std::task::Context<'_>,
+            $($arg: $type),*
+        ) -> ::std::task::Poll<::std::io::Result<$out>> {
+            let inner = ::std::pin::Pin::new(&mut self.get_mut().$inner);
+            ::tokio::io::$trait::$method(inner, cx $(, $arg)*)
+        }
+    };
+}
+
 mod conn;
 mod dial;
 pub mod gateway;

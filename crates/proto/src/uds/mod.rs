@@ -28,7 +28,7 @@ pub use follow::follow_watchdog;
 pub use health::{health_service, is_serving};
 pub use listen::bind;
 pub use path::{Daemon, socket_path};
-pub use serve::{DRAIN_TIMEOUT, serve, serve_with_drain_timeout};
+pub use serve::{DRAIN_TIMEOUT, RoutesService, serve, serve_with_drain_timeout};
 
 /// Re-exported so daemons can keep and update the health reporter without
 /// depending on `tonic-health` themselves.

@@ -23,6 +23,29 @@ use super::listen::is_live;
 /// finish before it returns anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a tonic [`Router`]'s layer must make of its routes for [`serve`] to
+/// run it: an HTTP service that can be cloned and sent to every connection.
+/// Implemented for every such service.
+pub trait RoutesService:
+    Service<
+        http::Request<Body>,
+        Response = http::Response<Body>,
+        Future: Send,
+        Error: Into<StdError> + Send,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> RoutesService for S
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Into<StdError> + Send,
+{
+}
+
 /// Serves `router` on `listener` (from [`bind`](super::bind)) until
 /// `shutdown` completes, then drains and removes the socket file.
 ///
@@ -44,36 +67,28 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// uds::serve(listener, router, async { let _ = tokio::signal::ctrl_c().await; }).await
 /// # }
 /// ```
-pub async fn serve<L, F>(
+pub async fn serve<L>(
     listener: UnixListener,
     router: Router<L>,
-    shutdown: F,
+    shutdown: impl Future<Output = ()>,
 ) -> Result<(), UdsError>
 where
-    F: Future<Output = ()>,
     L: Layer<Routes>,
-    L::Service:
-        Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
-    <L::Service as Service<http::Request<Body>>>::Future: Send,
-    <L::Service as Service<http::Request<Body>>>::Error: Into<StdError> + Send,
+    L::Service: RoutesService,
 {
     serve_with_drain_timeout(listener, router, shutdown, DRAIN_TIMEOUT).await
 }
 
 /// [`serve`] with a drain timeout of the caller's choosing.
-pub async fn serve_with_drain_timeout<L, F>(
+pub async fn serve_with_drain_timeout<L>(
     listener: UnixListener,
     router: Router<L>,
-    shutdown: F,
+    shutdown: impl Future<Output = ()>,
     drain_timeout: Duration,
 ) -> Result<(), UdsError>
 where
-    F: Future<Output = ()>,
     L: Layer<Routes>,
-    L::Service:
-        Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
-    <L::Service as Service<http::Request<Body>>>::Future: Send,
-    <L::Service as Service<http::Request<Body>>>::Error: Into<StdError> + Send,
+    L::Service: RoutesService,
 {
     let socket = BoundSocket::of(&listener);
     let display_path = socket

@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_stream::{Stream, StreamExt};
 use tonic::transport::Server;
+use tonic::{Request, Response};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus as PbServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -17,8 +18,9 @@ use super::*;
 use crate::v1::monitor_client::MonitorClient;
 use crate::v1::monitor_server::{Monitor, MonitorServer};
 use crate::v1::{
-    BackendRequest, ChangeReply, ClusterState, GetClusterRequest, PromoteBackendRequest,
-    RecheckReply, RecheckRequest, WatchClusterRequest,
+    BackendRequest, ChangeReply, ClusterState, GetClusterRequest, GetHistoryReply,
+    GetHistoryRequest, PromoteBackendRequest, RecheckReply, RecheckRequest, ReportRoutedReply,
+    ReportRoutedRequest, WatchClusterRequest,
 };
 
 /// A monitor that serves fixed states.
@@ -38,76 +40,52 @@ fn state(generation: u64) -> ClusterState {
 
 type StateStream = Pin<Box<dyn Stream<Item = Result<ClusterState, tonic::Status>> + Send>>;
 
+/// What every call of the stub answers.
+type Reply<T> = Result<Response<T>, tonic::Status>;
+
 #[tonic::async_trait]
 impl Monitor for StubMonitor {
     type WatchClusterStream = StateStream;
 
-    async fn watch_cluster(
-        &self,
-        _: tonic::Request<WatchClusterRequest>,
-    ) -> Result<tonic::Response<StateStream>, tonic::Status> {
+    async fn watch_cluster(&self, _: Request<WatchClusterRequest>) -> Reply<StateStream> {
         let states = tokio_stream::iter((1..=3).map(|g| Ok(state(g))));
         let stream: StateStream = if self.endless {
             Box::pin(states.chain(tokio_stream::pending()))
         } else {
             Box::pin(states)
         };
-        Ok(tonic::Response::new(stream))
+        Ok(Response::new(stream))
     }
 
-    async fn get_cluster(
-        &self,
-        _: tonic::Request<GetClusterRequest>,
-    ) -> Result<tonic::Response<ClusterState>, tonic::Status> {
-        Ok(tonic::Response::new(state(7)))
+    async fn get_cluster(&self, _: Request<GetClusterRequest>) -> Reply<ClusterState> {
+        Ok(Response::new(state(7)))
     }
 
-    async fn attach_backend(
-        &self,
-        _: tonic::Request<BackendRequest>,
-    ) -> Result<tonic::Response<ChangeReply>, tonic::Status> {
+    async fn attach_backend(&self, _: Request<BackendRequest>) -> Reply<ChangeReply> {
         Err(tonic::Status::unimplemented("stub"))
     }
 
-    async fn detach_backend(
-        &self,
-        _: tonic::Request<BackendRequest>,
-    ) -> Result<tonic::Response<ChangeReply>, tonic::Status> {
+    async fn detach_backend(&self, _: Request<BackendRequest>) -> Reply<ChangeReply> {
         Err(tonic::Status::unimplemented("stub"))
     }
 
-    async fn promote_backend(
-        &self,
-        _: tonic::Request<PromoteBackendRequest>,
-    ) -> Result<tonic::Response<ChangeReply>, tonic::Status> {
+    async fn promote_backend(&self, _: Request<PromoteBackendRequest>) -> Reply<ChangeReply> {
         Err(tonic::Status::unimplemented("stub"))
     }
 
-    async fn get_history(
-        &self,
-        _: tonic::Request<crate::v1::GetHistoryRequest>,
-    ) -> Result<tonic::Response<crate::v1::GetHistoryReply>, tonic::Status> {
-        Ok(tonic::Response::new(crate::v1::GetHistoryReply::default()))
+    async fn get_history(&self, _: Request<GetHistoryRequest>) -> Reply<GetHistoryReply> {
+        Ok(Response::new(GetHistoryReply::default()))
     }
 
-    async fn report_routed(
-        &self,
-        _: tonic::Request<crate::v1::ReportRoutedRequest>,
-    ) -> Result<tonic::Response<crate::v1::ReportRoutedReply>, tonic::Status> {
-        Ok(tonic::Response::new(crate::v1::ReportRoutedReply {}))
+    async fn report_routed(&self, _: Request<ReportRoutedRequest>) -> Reply<ReportRoutedReply> {
+        Ok(Response::new(ReportRoutedReply {}))
     }
 
-    async fn recheck(
-        &self,
-        _: tonic::Request<RecheckRequest>,
-    ) -> Result<tonic::Response<RecheckReply>, tonic::Status> {
-        Ok(tonic::Response::new(RecheckReply {}))
+    async fn recheck(&self, _: Request<RecheckRequest>) -> Reply<RecheckReply> {
+        Ok(Response::new(RecheckReply {}))
     }
 
-    async fn rejoin_backend(
-        &self,
-        _: tonic::Request<crate::v1::BackendRequest>,
-    ) -> Result<tonic::Response<crate::v1::ChangeReply>, tonic::Status> {
+    async fn rejoin_backend(&self, _: Request<BackendRequest>) -> Reply<ChangeReply> {
         Err(tonic::Status::unimplemented("stub"))
     }
 }

@@ -7,8 +7,10 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use pgwarden_testkit::{Cluster, PasswordKind, pg_bin_dir};
+
+mod common;
 
 /// Start a PostgreSQL primary with streaming standbys on 127.0.0.1 and keep it
 /// running until SIGINT or SIGTERM.
@@ -56,27 +58,13 @@ fn parse_setting(s: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pgwarden-cluster: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("pgwarden-cluster", run(Args::parse()))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     // Block the stop signals before anything else (and before any thread
-    // exists), so one arriving during start-up waits for `wait()` below and
-    // the cluster is always stopped cleanly. Child processes start with an
-    // empty mask (std resets it).
-    let mut stop_signals = SigSet::empty();
-    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
-        stop_signals.add(signal);
-    }
-    stop_signals
-        .thread_block()
-        .context("block SIGINT/SIGTERM")?;
+    // exists): the cluster is always stopped cleanly.
+    let stop_signals = common::block(&[Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP])?;
 
     let mut builder = Cluster::builder().standbys(args.standbys);
     if let Some(dir) = args.dir {

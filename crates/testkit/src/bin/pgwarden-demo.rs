@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::Signal;
 use pgwarden_testkit::{ChildGuard, Cluster, PasswordKind, wait_until, workspace_bin};
+
+mod common;
 
 /// Start a local pgwarden demo: primary + standbys + pgwarden daemons on 127.0.0.1.
 #[derive(Debug, Parser)]
@@ -55,22 +57,13 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    match run(Args::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("pgwarden-demo: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::exit_code("pgwarden-demo", run(Args::parse()))
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
     // Blocked before any thread exists, so Ctrl-C during start-up still ends
     // in a clean stop; children start with an empty mask.
-    let mut stop = SigSet::empty();
-    stop.add(Signal::SIGINT);
-    stop.add(Signal::SIGTERM);
-    stop.thread_block().context("block SIGINT/SIGTERM")?;
+    let stop = common::block(&[Signal::SIGINT, Signal::SIGTERM])?;
 
     if args.dir.exists() {
         std::fs::remove_dir_all(&args.dir)
