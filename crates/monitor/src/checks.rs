@@ -674,31 +674,30 @@ mod tests {
 mod refused_tests {
     use super::is_refused;
 
+    /// Why connecting to 127.0.0.1:`port` fails.
+    async fn connect_error(port: u16) -> tokio_postgres::Error {
+        tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user=x connect_timeout=2"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .err()
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn a_port_nothing_listens_on_is_refused_and_a_timeout_is_not() {
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
-        let e = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={port} user=x connect_timeout=2"),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .err()
-        .unwrap();
+        let e = connect_error(port).await;
         assert!(is_refused(&e), "{e:?}");
         // A server that answers, however badly, is not "refused".
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let closer = std::thread::spawn(move || drop(l.accept()));
-        let e = tokio_postgres::connect(
-            &format!("host=127.0.0.1 port={port} user=x connect_timeout=2"),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .err()
-        .unwrap();
+        let e = connect_error(port).await;
         assert!(!is_refused(&e), "{e:?}");
         closer.join().unwrap();
     }

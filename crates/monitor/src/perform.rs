@@ -14,6 +14,13 @@ use crate::settings::{FailoverSettings, Settings};
 
 /// Starts a failover action; its result comes back as an [`Event`].
 pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender<Event>) {
+    // An action on a backend that is not configured starts nothing.
+    let _ = start(action, settings, events);
+}
+
+/// [`perform`]: `None` when the action names a backend that is not
+/// configured.
+fn start(action: Action, settings: &Settings, events: &mpsc::Sender<Event>) -> Option<()> {
     match action {
         Action::Publish => {}
         Action::Rejoin {
@@ -21,23 +28,15 @@ pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender
             primary,
             attempt,
         } => {
-            let (Some(target), Some(primary)) = (
-                settings.backends.get(id).cloned(),
-                settings.backends.get(primary).cloned(),
-            ) else {
-                return;
-            };
+            let (target, primary) = backends(settings, id, primary)?;
             let f = settings.failover.clone();
-            let events = events.clone();
-            tokio::spawn(async move {
+            spawn(events, async move {
                 let result = rejoin(&f, &target, &primary).await;
-                let _ = events
-                    .send(Event::Rejoined {
-                        id,
-                        attempt,
-                        result,
-                    })
-                    .await;
+                Event::Rejoined {
+                    id,
+                    attempt,
+                    result,
+                }
             });
         }
         Action::Promote {
@@ -45,17 +44,14 @@ pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender
             old_primary,
             drain,
         } => {
-            let (Some(target), events) = (settings.backends.get(id).cloned(), events.clone())
-            else {
-                return;
-            };
+            let target = settings.backends.get(id).cloned()?;
             let replaced = old_primary
                 .filter(|o| *o != id)
                 .and_then(|o| settings.backends.get(o).cloned());
             let old = replaced.clone().unwrap_or_else(|| target.clone());
             let f = settings.failover.clone();
             let login = settings.checks.clone();
-            tokio::spawn(async move {
+            spawn(events, async move {
                 if let Some(old) = replaced.filter(|_| f.mode == FailoverMode::Builtin) {
                     if drain && !f.drain_timeout.is_zero() {
                         let_finish(&f, &old).await;
@@ -66,7 +62,7 @@ pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender
                 if let Err(e) = &result {
                     tracing::error!(backend = id, error = %e, "promotion failed");
                 }
-                let _ = events.send(Event::Promoted { id, result }).await;
+                Event::Promoted { id, result }
             });
         }
         Action::Follow {
@@ -74,38 +70,72 @@ pub(crate) fn perform(action: Action, settings: &Settings, events: &mpsc::Sender
             new_primary,
             old_primary,
         } => {
-            let (Some(standby), Some(primary)) = (
-                settings.backends.get(id).cloned(),
-                settings.backends.get(new_primary).cloned(),
-            ) else {
-                return;
-            };
+            let (standby, primary) = backends(settings, id, new_primary)?;
             let old = old_primary
                 .and_then(|o| settings.backends.get(o).cloned())
                 .unwrap_or_else(|| primary.clone());
             let f = settings.failover.clone();
-            let events = events.clone();
-            tokio::spawn(async move {
+            spawn(events, async move {
                 let result = follow(&f, &standby, &primary, &old).await;
                 if let Err(e) = &result {
                     tracing::warn!(backend = id, error = %e, "repointing a standby failed");
                 }
-                let _ = events.send(Event::Followed { id, result }).await;
+                Event::Followed { id, result }
             });
         }
     }
+    Some(())
+}
+
+/// Runs `action` in a task of its own, then sends the event it ends with.
+fn spawn(events: &mpsc::Sender<Event>, action: impl Future<Output = Event> + Send + 'static) {
+    let events = events.clone();
+    tokio::spawn(async move {
+        let _ = events.send(action.await).await;
+    });
+}
+
+/// Backends `a` and `b`, when both are configured.
+fn backends(settings: &Settings, a: usize, b: usize) -> Option<(Target, Target)> {
+    Some((
+        settings.backends.get(a)?.clone(),
+        settings.backends.get(b)?.clone(),
+    ))
 }
 
 /// Runs `failover.rejoin_command` for backend `target`, to follow `primary`.
 async fn rejoin(f: &FailoverSettings, target: &Target, primary: &Target) -> Result<(), String> {
-    let p = Placeholders {
-        node: target.clone(),
-        new_main: primary.clone(),
-        old_main_id: primary.id,
-        old_primary: primary.clone(),
-    };
-    let cmd = actions::command::expand(&f.rejoin_command, &p);
-    actions::command::run_hook("failover.rejoin_command", &cmd, f.rejoin_timeout)
+    let p = placeholders(target, primary, primary);
+    run_hook(
+        "failover.rejoin_command",
+        &f.rejoin_command,
+        &p,
+        f.rejoin_timeout,
+    )
+    .await
+}
+
+/// The placeholders of a hook about `node`, with `new_main` the new
+/// primary and `old` the old main and old primary.
+fn placeholders(node: &Target, new_main: &Target, old: &Target) -> Placeholders {
+    Placeholders {
+        node: node.clone(),
+        new_main: new_main.clone(),
+        old_main_id: old.id,
+        old_primary: old.clone(),
+    }
+}
+
+/// Runs hook `name`, `template` with the placeholders `p`, within
+/// `timeout`; how it failed as a message.
+async fn run_hook(
+    name: &str,
+    template: &str,
+    p: &Placeholders,
+    timeout: Duration,
+) -> Result<(), String> {
+    let cmd = actions::command::expand(template, p);
+    actions::command::run_hook(name, &cmd, timeout)
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
@@ -183,16 +213,8 @@ async fn promote(
             .map(|p| p.timeline)
             .map_err(|e| e.to_string()),
         FailoverMode::Command => {
-            let p = Placeholders {
-                node: old.clone(),
-                new_main: target.clone(),
-                old_main_id: old.id,
-                old_primary: old.clone(),
-            };
-            let cmd = actions::command::expand(&f.command, &p);
-            actions::command::run_hook("failover.command", &cmd, f.timeout)
-                .await
-                .map_err(|e| e.to_string())?;
+            let p = placeholders(old, target, old);
+            run_hook("failover.command", &f.command, &p, f.timeout).await?;
             wait_out_of_recovery(target, checks, f.timeout).await
         }
     }
@@ -242,17 +264,14 @@ async fn follow(
             .map_err(|e| e.to_string()),
         FailoverMode::Command if f.follow_command.is_empty() => Ok(()),
         FailoverMode::Command => {
-            let p = Placeholders {
-                node: standby.clone(),
-                new_main: primary.clone(),
-                old_main_id: old.id,
-                old_primary: old.clone(),
-            };
-            let cmd = actions::command::expand(&f.follow_command, &p);
-            actions::command::run_hook("failover.follow_primary_command", &cmd, f.timeout)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+            let p = placeholders(standby, primary, old);
+            run_hook(
+                "failover.follow_primary_command",
+                &f.follow_command,
+                &p,
+                f.timeout,
+            )
+            .await
         }
     }
 }

@@ -62,7 +62,23 @@ pub struct MonitorService {
 
 type StateStream = Pin<Box<dyn Stream<Item = Result<ClusterState, Status>> + Send>>;
 
+/// What a request gets once the core loop is gone.
+fn shutting_down() -> Status {
+    Status::unavailable("the monitor is shutting down")
+}
+
 impl MonitorService {
+    /// Passes `command` to the core loop.
+    async fn send(&self, command: Command) -> Result<(), Status> {
+        self.commands
+            .send(command)
+            .await
+            .map_err(|_| shutting_down())
+    }
+
+    /// Asks the core loop for `ask`, forwarded by another node's monitor
+    /// if `request` says so: the state once the change is committed, or
+    /// why it was refused.
     async fn change<T>(
         &self,
         request: &Request<T>,
@@ -76,10 +92,7 @@ impl MonitorService {
                 .contains_key(pgwarden_proto::OPERATOR_FORWARDED),
             reply,
         };
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| Status::unavailable("the monitor is shutting down"))?;
+        self.send(command).await?;
         match rx.await {
             Ok(Ok(message)) => {
                 let state = self.current.borrow().clone();
@@ -89,7 +102,7 @@ impl MonitorService {
                 }))
             }
             Ok(Err(e)) => Err(Status::failed_precondition(e)),
-            Err(_) => Err(Status::unavailable("the monitor is shutting down")),
+            Err(_) => Err(shutting_down()),
         }
     }
 }
@@ -110,7 +123,7 @@ impl Monitor for MonitorService {
         // would name no primary. Watchers get the first committed one.
         let mut ready = self.ready.clone();
         if ready.wait_for(|r| *r).await.is_err() {
-            return Err(Status::unavailable("the monitor is shutting down"));
+            return Err(shutting_down());
         }
         // Subscribe before reading the current state, so no generation
         // committed in between is missed; then skip what was already sent.
@@ -207,18 +220,12 @@ impl Monitor for MonitorService {
                 r.sessions_moved, r.sessions_ended, r.requests_lost
             ),
         };
-        self.commands
-            .send(command)
-            .await
-            .map_err(|_| Status::unavailable("the monitor is shutting down"))?;
+        self.send(command).await?;
         Ok(Response::new(pgwarden_proto::v1::ReportRoutedReply {}))
     }
 
     async fn recheck(&self, _: Request<RecheckRequest>) -> Result<Response<RecheckReply>, Status> {
-        self.commands
-            .send(Command::Recheck)
-            .await
-            .map_err(|_| Status::unavailable("the monitor is shutting down"))?;
+        self.send(Command::Recheck).await?;
         Ok(Response::new(RecheckReply {}))
     }
 

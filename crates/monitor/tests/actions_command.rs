@@ -1,5 +1,6 @@
-//! Command mode end to end: a hook script receives pgpool-II's placeholders
-//! as arguments, exactly as `failover.command` would pass them.
+//! Command mode: pgpool-II's placeholders expanded, and end to end, a hook
+//! script receiving them as arguments exactly as `failover.command` would
+//! pass them.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
@@ -17,6 +18,38 @@ fn target(id: usize, host: &str, port: u16, data_dir: &str) -> Target {
         port,
         data_dir: PathBuf::from(data_dir),
     }
+}
+
+/// pg2 the node, pg1 the new main, pg0 the old primary and old main.
+fn placeholders() -> Placeholders {
+    Placeholders {
+        node: target(2, "pg2.localnet", 5434, "/data/pg2"),
+        new_main: target(1, "pg1.localnet", 5433, "/data/pg1"),
+        old_main_id: 0,
+        old_primary: target(0, "pg0.localnet", 5432, "/data/pg0"),
+    }
+}
+
+#[test]
+fn expands_every_placeholder() {
+    assert_eq!(
+        expand(
+            "f.sh %d %h %p %D %m %H %M %P %r %R %N %S %%",
+            &placeholders()
+        ),
+        "f.sh 2 pg2.localnet 5434 /data/pg2 1 pg1.localnet 0 0 5433 /data/pg1 \
+         pg0.localnet 5432 %"
+    );
+}
+
+#[test]
+fn keeps_unknown_and_escaped_percents() {
+    let p = placeholders();
+    assert_eq!(expand("%x %d%%d %%%d", &p), "%x 2%d %2");
+    assert_eq!(expand("50% done %", &p), "50% done %");
+    assert_eq!(expand("%é%", &p), "%é%");
+    assert_eq!(expand("", &p), "");
+    assert_eq!(expand("no placeholders", &p), "no placeholders");
 }
 
 /// A script that writes each of its arguments on a line of `args` next to
@@ -46,11 +79,29 @@ async fn failover_command_gets_every_placeholder() {
         old_main_id: 4,
         old_primary: target(0, "10.213.0.10", 5432, "/u01/pg15/data0"),
     };
-    let command = expand(
-        &format!(
-            "{} %d %h %p %D %m %H %M %P %r %R %N %S %% %x",
-            script.display()
+    // The placeholders, in groups, and the arguments each group must become.
+    let groups: [(&str, &[&str]); 8] = [
+        // The failed node's id, host, port and data dir.
+        (
+            "%d %h %p %D",
+            &["2", "10.213.0.12", "5434", "/u01/pg15/data2"],
         ),
+        // The new main's id and host.
+        ("%m %H", &["1", "10.213.0.11"]),
+        // The old main id, then the old primary id.
+        ("%M", &["4"]),
+        ("%P", &["0"]),
+        // The new main's port and data dir.
+        ("%r %R", &["5433", "/u01/pg15/data1"]),
+        // The old primary's host and port.
+        ("%N %S", &["10.213.0.10", "5432"]),
+        // A literal %, and an unknown placeholder kept.
+        ("%%", &["%"]),
+        ("%x", &["%x"]),
+    ];
+    let placeholders: Vec<&str> = groups.iter().map(|(p, _)| *p).collect();
+    let command = expand(
+        &format!("{} {}", script.display(), placeholders.join(" ")),
         &p,
     );
     let out = run_hook("failover.command", &command, Duration::from_secs(10))
@@ -60,25 +111,8 @@ async fn failover_command_gets_every_placeholder() {
     assert_eq!(out.output, "recorded 14 arguments\n");
     let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
     let args: Vec<&str> = args.lines().collect();
-    assert_eq!(
-        args,
-        [
-            "2",               // %d failed node id
-            "10.213.0.12",     // %h failed node host
-            "5434",            // %p failed node port
-            "/u01/pg15/data2", // %D failed node data dir
-            "1",               // %m new main id
-            "10.213.0.11",     // %H new main host
-            "4",               // %M old main id
-            "0",               // %P old primary id
-            "5433",            // %r new main port
-            "/u01/pg15/data1", // %R new main data dir
-            "10.213.0.10",     // %N old primary host
-            "5432",            // %S old primary port
-            "%",               // %%
-            "%x",              // unknown, kept
-        ]
-    );
+    let want: Vec<&str> = groups.iter().flat_map(|(_, a)| a.iter().copied()).collect();
+    assert_eq!(args, want);
 }
 
 #[tokio::test]

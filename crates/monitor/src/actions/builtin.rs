@@ -26,6 +26,17 @@ const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// to show in new sessions.
 const UNFENCE_WAIT: Duration = Duration::from_secs(2);
 
+/// Logs in to `target` (within `login.connect_timeout`): the session, and
+/// the deadline `timeout` from then for the steps on it.
+async fn connect(
+    target: &Target,
+    login: &SqlLogin,
+    timeout: Duration,
+) -> Result<(Session, Instant), ActionError> {
+    let session = sql::connect(target, login).await?;
+    Ok((session, Instant::now() + timeout))
+}
+
 /// What [`fence`] found and did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fenced {
@@ -98,22 +109,18 @@ pub async fn drain(
 ) -> Result<u64, ActionError> {
     let deadline = Instant::now() + timeout;
     let session = sql::connect(target, login).await?;
-    const RUNNING: &str = "count running client transactions";
     loop {
-        let row = session
-            .query_one(
-                RUNNING,
-                "SELECT count(*) FROM pg_stat_activity \
-                  WHERE backend_type = 'client backend' \
-                    AND pid <> pg_backend_pid() \
-                    AND xact_start IS NOT NULL \
-                    AND application_name IS DISTINCT FROM $1",
-                &[&sql::APPLICATION_NAME],
-                limit(deadline),
-            )
-            .await?;
-        let running: i64 = session.column(RUNNING, &row, 0)?;
-        let running = u64::try_from(running).unwrap_or(0);
+        let running = count_clients(
+            &session,
+            "count running client transactions",
+            "SELECT count(*) FROM pg_stat_activity \
+              WHERE backend_type = 'client backend' \
+                AND pid <> pg_backend_pid() \
+                AND xact_start IS NOT NULL \
+                AND application_name IS DISTINCT FROM $1",
+            deadline,
+        )
+        .await?;
         if running == 0 || Instant::now() >= deadline {
             return Ok(running);
         }
@@ -121,13 +128,27 @@ pub async fn drain(
     }
 }
 
+/// Runs `query`, a count of client backends that leaves out pgwarden's own
+/// (its `application_name`, bound as `$1`), within `deadline`: the count.
+async fn count_clients(
+    session: &Session,
+    what: &str,
+    query: &str,
+    deadline: Instant,
+) -> Result<u64, ActionError> {
+    let row = session
+        .query_one(what, query, &[&sql::APPLICATION_NAME], limit(deadline))
+        .await?;
+    let count: i64 = session.column(what, &row, 0)?;
+    Ok(u64::try_from(count).unwrap_or(0))
+}
+
 async fn fence_steps(
     target: &Target,
     login: &SqlLogin,
     timeout: Duration,
 ) -> Result<Fenced, ActionError> {
-    let session = sql::connect(target, login).await?;
-    let deadline = Instant::now() + timeout;
+    let (session, deadline) = connect(target, login, timeout).await?;
     if session.in_recovery(limit(deadline)).await? {
         return Ok(Fenced::Standby);
     }
@@ -139,26 +160,21 @@ async fn fence_steps(
         )
         .await?;
     reload(&session, deadline).await?;
-    const TERMINATE: &str = "terminate client sessions";
-    let row = session
-        .query_one(
-            TERMINATE,
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
-               FROM pg_stat_activity \
-              WHERE backend_type = 'client backend' \
-                AND pid <> pg_backend_pid() \
-                AND application_name IS DISTINCT FROM $1",
-            &[&sql::APPLICATION_NAME],
-            limit(deadline),
-        )
-        .await?;
-    let terminated: i64 = session.column(TERMINATE, &row, 0)?;
-    let terminated = u64::try_from(terminated).unwrap_or(0);
+    let terminated = count_clients(
+        &session,
+        "terminate client sessions",
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) \
+           FROM pg_stat_activity \
+          WHERE backend_type = 'client backend' \
+            AND pid <> pg_backend_pid() \
+            AND application_name IS DISTINCT FROM $1",
+        deadline,
+    )
+    .await?;
     const FLUSHED: &str = "SELECT pg_current_wal_flush_lsn()";
-    let row = session
-        .query_one(FLUSHED, FLUSHED, &[], limit(deadline))
+    let flush_lsn: PgLsn = session
+        .query_value(FLUSHED, FLUSHED, limit(deadline))
         .await?;
-    let flush_lsn: PgLsn = session.column(FLUSHED, &row, 0)?;
     tracing::warn!(
         backend = %session.label(),
         terminated,
@@ -185,8 +201,7 @@ pub async fn wait_received(
     lsn: u64,
     timeout: Duration,
 ) -> Result<bool, ActionError> {
-    let session = sql::connect(target, login).await?;
-    let deadline = Instant::now() + timeout;
+    let (session, deadline) = connect(target, login, timeout).await?;
     const WHAT: &str = "read the WAL received";
     let lsn = PgLsn::from(lsn);
     loop {
@@ -212,10 +227,8 @@ pub async fn wait_received(
 /// `pg_reload_conf()`, which must signal the postmaster.
 async fn reload(session: &Session, deadline: Instant) -> Result<(), ActionError> {
     const RELOAD: &str = "SELECT pg_reload_conf()";
-    let row = session
-        .query_one(RELOAD, RELOAD, &[], limit(deadline))
-        .await?;
-    if session.column::<bool>(RELOAD, &row, 0)? {
+    let signalled: bool = session.query_value(RELOAD, RELOAD, limit(deadline)).await?;
+    if signalled {
         Ok(())
     } else {
         Err(ActionError::Sql {
@@ -244,8 +257,7 @@ pub async fn promote(
     login: &SqlLogin,
     timeout: Duration,
 ) -> Result<Promoted, ActionError> {
-    let session = sql::connect(target, login).await?;
-    let deadline = Instant::now() + timeout;
+    let (session, deadline) = connect(target, login, timeout).await?;
     if session.in_recovery(limit(deadline)).await? {
         resume_replay(&session, deadline).await;
         tracing::info!(backend = %session.label(), "promoting: pg_promote()");
@@ -317,13 +329,7 @@ pub async fn promote(
 /// and the promotion goes on.
 async fn resume_replay(session: &Session, deadline: Instant) {
     const PAUSED: &str = "SELECT pg_is_wal_replay_paused()";
-    let paused = match session
-        .query_one(PAUSED, PAUSED, &[], limit(deadline))
-        .await
-    {
-        Ok(row) => session.column::<bool>(PAUSED, &row, 0),
-        Err(e) => Err(e),
-    };
+    let paused: Result<bool, _> = session.query_value(PAUSED, PAUSED, limit(deadline)).await;
     match paused {
         Ok(false) => {}
         Ok(true) => {
@@ -361,17 +367,13 @@ async fn unfence(
     session: &Session,
     deadline: Instant,
 ) -> Result<(), ActionError> {
-    const READ: &str = "read default_transaction_read_only";
-    let row = session
-        .query_one(
-            READ,
+    let (setting, source): (String, String) = session
+        .query_pair(
+            "read default_transaction_read_only",
             "SELECT setting, source FROM pg_settings WHERE name = 'default_transaction_read_only'",
-            &[],
             limit(deadline),
         )
         .await?;
-    let setting: String = session.column(READ, &row, 0)?;
-    let source: String = session.column(READ, &row, 1)?;
     if setting != "on" || source != "configuration file" {
         return Ok(());
     }
@@ -389,16 +391,13 @@ async fn unfence(
     // proxies' next ones) see it.
     loop {
         let fresh = sql::connect(target, login).await?;
-        const SHOW: &str = "SHOW default_transaction_read_only";
-        let row = fresh
-            .query_one(
-                SHOW,
+        let now: String = fresh
+            .query_value(
+                "SHOW default_transaction_read_only",
                 "SELECT current_setting('default_transaction_read_only')",
-                &[],
                 limit(deadline),
             )
             .await?;
-        let now: String = fresh.column(SHOW, &row, 0)?;
         if now == "off" {
             tracing::info!(
                 backend = %session.label(),
@@ -419,17 +418,14 @@ async fn unfence(
 /// The current timeline and WAL insert position of a primary.
 async fn position(session: &Session, deadline: Instant) -> Result<Promoted, ActionError> {
     const WHAT: &str = "read the current timeline and WAL position";
-    let row = session
-        .query_one(
+    let (lsn, timeline_hex): (PgLsn, String) = session
+        .query_pair(
             WHAT,
             "SELECT pg_current_wal_lsn(), \
                     substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)",
-            &[],
             limit(deadline),
         )
         .await?;
-    let lsn: PgLsn = session.column(WHAT, &row, 0)?;
-    let timeline_hex: String = session.column(WHAT, &row, 1)?;
     let timeline = u32::from_str_radix(&timeline_hex, 16).map_err(|_| ActionError::Sql {
         target: session.label().to_owned(),
         message: format!("{WHAT}: unexpected timeline {timeline_hex:?} in the WAL file name"),
@@ -479,8 +475,7 @@ pub async fn follow(
     login: &SqlLogin,
     timeout: Duration,
 ) -> Result<(), ActionError> {
-    let session = sql::connect(standby, login).await?;
-    let deadline = Instant::now() + timeout;
+    let (session, deadline) = connect(standby, login, timeout).await?;
     let cannot = |reason: String| ActionError::CannotFollow {
         target: standby.label(),
         reason,
@@ -493,17 +488,13 @@ pub async fn follow(
     }
 
     // 1. What the standby uses now.
-    const READ: &str = "read primary_slot_name and primary_conninfo";
-    let row = session
-        .query_one(
-            READ,
+    let (slot, old_conninfo): (String, String) = session
+        .query_pair(
+            "read primary_slot_name and primary_conninfo",
             "SELECT current_setting('primary_slot_name'), current_setting('primary_conninfo')",
-            &[],
             limit(deadline),
         )
         .await?;
-    let slot: String = session.column(READ, &row, 0)?;
-    let old_conninfo: String = session.column(READ, &row, 1)?;
     let mut pairs = conninfo::parse(&old_conninfo)
         .map_err(|e| cannot(format!("cannot parse its primary_conninfo: {e}")))?;
 
@@ -583,34 +574,39 @@ async fn prepare_primary(
     Ok(timeline)
 }
 
-/// Creates the physical slot `slot` on the new primary unless it exists.
-async fn ensure_slot(session: &Session, slot: &str, deadline: Instant) -> Result<(), ActionError> {
-    const FIND: &str = "SELECT slot_type FROM pg_replication_slots WHERE slot_name = $1";
-    let exists = |row: Option<tokio_postgres::Row>| -> Result<bool, ActionError> {
-        match row {
-            None => Ok(false),
-            Some(row) => {
-                let kind: String = session.column("look up the replication slot", &row, 0)?;
-                if kind == "physical" {
-                    Ok(true)
-                } else {
-                    Err(ActionError::Sql {
-                        target: session.label().to_owned(),
-                        message: format!("replication slot {slot:?} exists but is {kind}"),
-                    })
-                }
-            }
-        }
-    };
+/// Whether the physical slot `slot` exists on `session`'s server; another
+/// kind of slot by that name is an error.
+async fn slot_exists(
+    session: &Session,
+    slot: &str,
+    deadline: Instant,
+) -> Result<bool, ActionError> {
+    const WHAT: &str = "look up the replication slot";
     let found = session
         .query_opt(
-            "look up the replication slot",
-            FIND,
+            WHAT,
+            "SELECT slot_type FROM pg_replication_slots WHERE slot_name = $1",
             &[&slot],
             limit(deadline),
         )
         .await?;
-    if exists(found)? {
+    let Some(row) = found else {
+        return Ok(false);
+    };
+    let kind: String = session.column(WHAT, &row, 0)?;
+    if kind == "physical" {
+        Ok(true)
+    } else {
+        Err(ActionError::Sql {
+            target: session.label().to_owned(),
+            message: format!("replication slot {slot:?} exists but is {kind}"),
+        })
+    }
+}
+
+/// Creates the physical slot `slot` on the new primary unless it exists.
+async fn ensure_slot(session: &Session, slot: &str, deadline: Instant) -> Result<(), ActionError> {
+    if slot_exists(session, slot, deadline).await? {
         tracing::debug!(backend = %session.label(), slot, "replication slot exists");
         return Ok(());
     }
@@ -630,15 +626,11 @@ async fn ensure_slot(session: &Session, slot: &str, deadline: Instant) -> Result
         }
         Err(e) => {
             // Created by someone else meanwhile?
-            let found = session
-                .query_opt(
-                    "look up the replication slot",
-                    FIND,
-                    &[&slot],
-                    limit(deadline),
-                )
-                .await?;
-            if exists(found)? { Ok(()) } else { Err(e) }
+            if slot_exists(session, slot, deadline).await? {
+                Ok(())
+            } else {
+                Err(e)
+            }
         }
     }
 }

@@ -121,58 +121,18 @@ pub async fn run_hook(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
+    use std::path::Path;
 
-    fn target(id: usize, host: &str, port: u16, data_dir: &str) -> Target {
-        Target {
-            id,
-            name: format!("pg{id}"),
-            host: host.to_owned(),
-            port,
-            data_dir: PathBuf::from(data_dir),
-        }
-    }
-
-    fn placeholders() -> Placeholders {
-        Placeholders {
-            node: target(2, "pg2.localnet", 5434, "/data/pg2"),
-            new_main: target(1, "pg1.localnet", 5433, "/data/pg1"),
-            old_main_id: 0,
-            old_primary: target(0, "pg0.localnet", 5432, "/data/pg0"),
-        }
-    }
-
-    #[test]
-    fn expands_every_placeholder() {
-        assert_eq!(
-            expand(
-                "f.sh %d %h %p %D %m %H %M %P %r %R %N %S %%",
-                &placeholders()
-            ),
-            "f.sh 2 pg2.localnet 5434 /data/pg2 1 pg1.localnet 0 0 5433 /data/pg1 \
-             pg0.localnet 5432 %"
-        );
-    }
-
-    #[test]
-    fn keeps_unknown_and_escaped_percents() {
-        let p = placeholders();
-        assert_eq!(expand("%x %d%%d %%%d", &p), "%x 2%d %2");
-        assert_eq!(expand("50% done %", &p), "50% done %");
-        assert_eq!(expand("%é%", &p), "%é%");
-        assert_eq!(expand("", &p), "");
-        assert_eq!(expand("no placeholders", &p), "no placeholders");
+    /// [`run_hook`] with 10 s to finish.
+    async fn run(name: &str, command: &str) -> Result<HookOutput, ActionError> {
+        run_hook(name, command, Duration::from_secs(10)).await
     }
 
     #[tokio::test]
     async fn captures_output_on_success() {
-        let out = run_hook(
-            "test",
-            "echo one; echo two >&2; printf 'no newline'",
-            Duration::from_secs(10),
-        )
-        .await
-        .unwrap();
+        let out = run("test", "echo one; echo two >&2; printf 'no newline'")
+            .await
+            .unwrap();
         assert_eq!(out.status, 0);
         // stdout and stderr are read concurrently: compare as sets of lines.
         let mut lines: Vec<&str> = out.output.lines().collect();
@@ -182,10 +142,9 @@ mod tests {
 
     #[tokio::test]
     async fn non_zero_exit_is_hook_failed_with_the_tail() {
-        let err = run_hook(
+        let err = run(
             "failover.command",
             "for i in $(seq 1 30); do echo line $i; done; echo 'it broke' >&2; exit 3",
-            Duration::from_secs(10),
         )
         .await
         .unwrap_err();
@@ -210,9 +169,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_signal_is_hook_failed() {
-        let err = run_hook("h", "kill -TERM $$", Duration::from_secs(10))
-            .await
-            .unwrap_err();
+        let err = run("h", "kill -TERM $$").await.unwrap_err();
         assert!(
             matches!(&err, ActionError::HookFailed { status, .. } if status == "killed by signal 15"),
             "{err:?}"
@@ -222,9 +179,7 @@ mod tests {
     #[tokio::test]
     async fn background_descendant_does_not_hold_the_hook() {
         let started = std::time::Instant::now();
-        let out = run_hook("h", "sleep 5 & echo started", Duration::from_secs(10))
-            .await
-            .unwrap();
+        let out = run("h", "sleep 5 & echo started").await.unwrap();
         assert_eq!(out.output, "started\n");
         assert!(
             started.elapsed() < Duration::from_secs(3),
@@ -250,6 +205,24 @@ mod tests {
         );
         assert!(out.output.starts_with("[earlier output dropped]\n"));
         assert!(out.output.ends_with("1234567\nlast\n"));
+    }
+
+    /// Waits up to 5 s for the process whose id the hook wrote to
+    /// `pid_file` to end, failing the test if it does not.
+    async fn assert_ends(pid_file: &Path, hook: &str) {
+        let pid: i32 = std::fs::read_to_string(pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while is_alive(pid) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{pid} still alive after the hook {hook} was killed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Whether `pid` is a live process (a zombie counts as dead: it only
@@ -286,19 +259,7 @@ mod tests {
             "hook slow timed out after 300ms and was killed"
         );
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while is_alive(pid) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sleep {pid} still alive after the hook timed out"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert_ends(&pid_file, "slow").await;
     }
 
     #[tokio::test]
@@ -310,15 +271,6 @@ mod tests {
         // Cancel it once it is running.
         let cancelled = tokio::time::timeout(Duration::from_millis(500), hook).await;
         assert!(cancelled.is_err());
-        let pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while is_alive(pid) {
-            assert!(std::time::Instant::now() < deadline, "{pid} still alive");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert_ends(&pid_file, "cancelled").await;
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::types::{FromSql, FromSqlOwned, ToSql};
 use tokio_postgres::{Client, Row};
 
 use super::error::one_line;
@@ -125,6 +125,22 @@ impl Session {
         }
     }
 
+    /// Awaits the driver's `call` within `limit`: its error is an
+    /// [`ActionError::Sql`], running past `limit` an [`ActionError::Timeout`],
+    /// both naming the step `what`.
+    async fn within<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        call: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, ActionError> {
+        match tokio::time::timeout(limit, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.sql_error(what, &e)),
+            Err(_) => Err(self.timeout_error(what, limit)),
+        }
+    }
+
     /// Runs a query returning at most one row, within `limit`. `what` names
     /// the step in errors.
     pub(crate) async fn query_opt(
@@ -134,11 +150,8 @@ impl Session {
         params: &[&(dyn ToSql + Sync)],
         limit: Duration,
     ) -> Result<Option<Row>, ActionError> {
-        match tokio::time::timeout(limit, self.client.query_opt(sql, params)).await {
-            Ok(Ok(row)) => Ok(row),
-            Ok(Err(e)) => Err(self.sql_error(what, &e)),
-            Err(_) => Err(self.timeout_error(what, limit)),
-        }
+        self.within(what, limit, self.client.query_opt(sql, params))
+            .await
     }
 
     /// Runs a query returning exactly one row, within `limit`.
@@ -149,11 +162,32 @@ impl Session {
         params: &[&(dyn ToSql + Sync)],
         limit: Duration,
     ) -> Result<Row, ActionError> {
-        match tokio::time::timeout(limit, self.client.query_one(sql, params)).await {
-            Ok(Ok(row)) => Ok(row),
-            Ok(Err(e)) => Err(self.sql_error(what, &e)),
-            Err(_) => Err(self.timeout_error(what, limit)),
-        }
+        self.within(what, limit, self.client.query_one(sql, params))
+            .await
+    }
+
+    /// Runs a query without parameters returning exactly one row, within
+    /// `limit`: its first column as a `T`.
+    pub(crate) async fn query_value<T: FromSqlOwned>(
+        &self,
+        what: &str,
+        sql: &str,
+        limit: Duration,
+    ) -> Result<T, ActionError> {
+        let row = self.query_one(what, sql, &[], limit).await?;
+        self.column(what, &row, 0)
+    }
+
+    /// Runs a query without parameters returning exactly one row, within
+    /// `limit`: its first two columns as an `A` and a `B`.
+    pub(crate) async fn query_pair<A: FromSqlOwned, B: FromSqlOwned>(
+        &self,
+        what: &str,
+        sql: &str,
+        limit: Duration,
+    ) -> Result<(A, B), ActionError> {
+        let row = self.query_one(what, sql, &[], limit).await?;
+        Ok((self.column(what, &row, 0)?, self.column(what, &row, 1)?))
     }
 
     /// Runs one statement without parameters over the simple query protocol
@@ -164,11 +198,8 @@ impl Session {
         sql: &str,
         limit: Duration,
     ) -> Result<(), ActionError> {
-        match tokio::time::timeout(limit, self.client.batch_execute(sql)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.sql_error(what, &e)),
-            Err(_) => Err(self.timeout_error(what, limit)),
-        }
+        self.within(what, limit, self.client.batch_execute(sql))
+            .await
     }
 
     /// Column `idx` of `row` as a `T`; a type mismatch is an error naming
@@ -185,8 +216,7 @@ impl Session {
     /// `pg_is_in_recovery()`: whether the backend is a standby.
     pub(crate) async fn in_recovery(&self, limit: Duration) -> Result<bool, ActionError> {
         const WHAT: &str = "SELECT pg_is_in_recovery()";
-        let row = self.query_one(WHAT, WHAT, &[], limit).await?;
-        self.column(WHAT, &row, 0)
+        self.query_value(WHAT, WHAT, limit).await
     }
 }
 

@@ -108,6 +108,14 @@ fn healthy(c: &mut C) -> Vec<Out> {
     out
 }
 
+/// Fails three checks of backend `id` with `error`: more than
+/// `max_retries`, so this node sees it down.
+fn seen_down(c: &mut C, id: usize, error: &str) {
+    for _ in 0..3 {
+        c.step(checked(id, Err(error.to_owned())));
+    }
+}
+
 /// Performs `outputs` as the driver does, answering every proposal with
 /// `answer`; returns every output seen, proposals' followers included.
 fn drive(c: &mut C, outputs: Vec<Out>, answer: Result<(), String>) -> Vec<Out> {
@@ -122,40 +130,46 @@ fn drive(c: &mut C, outputs: Vec<Out>, answer: Result<(), String>) -> Vec<Out> {
     seen
 }
 
+/// A batch of outputs sorted by kind, in order within each kind.
+#[derive(Default)]
+struct Sorted<'a> {
+    proposals: Vec<&'a ProposeClusterChangeRequest>,
+    performed: Vec<&'a Action>,
+    /// (generation, no_quorum) of each published state.
+    published: Vec<(u64, bool)>,
+    replies: Vec<(u32, Result<String, String>)>,
+    opinions: Vec<Opinion>,
+}
+
+fn sorted(out: &[Out]) -> Sorted<'_> {
+    let mut sorted = Sorted::default();
+    for o in out {
+        match o {
+            Output::Propose(p) => sorted.proposals.push(p),
+            Output::Perform(a) => sorted.performed.push(a),
+            Output::Publish(s) => sorted.published.push((s.generation, s.no_quorum)),
+            Output::Reply { to, answer } => sorted.replies.push((*to, answer.clone())),
+            Output::Opinion(m) => sorted.opinions.push(m.clone()),
+            _ => {}
+        }
+    }
+    sorted
+}
+
 fn proposals(out: &[Out]) -> Vec<&ProposeClusterChangeRequest> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Propose(p) => Some(p),
-            _ => None,
-        })
-        .collect()
+    sorted(out).proposals
 }
 
 fn performed(out: &[Out]) -> Vec<&Action> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Perform(a) => Some(a),
-            _ => None,
-        })
-        .collect()
+    sorted(out).performed
 }
 
 fn published(out: &[Out]) -> Vec<(u64, bool)> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Publish(s) => Some((s.generation, s.no_quorum)),
-            _ => None,
-        })
-        .collect()
+    sorted(out).published
 }
 
 fn replies(out: &[Out]) -> Vec<(u32, Result<String, String>)> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Reply { to, answer } => Some((*to, answer.clone())),
-            _ => None,
-        })
-        .collect()
+    sorted(out).replies
 }
 
 /// A coordinator deciding with a healthy cluster, its first generation (2) committed.
@@ -185,10 +199,26 @@ fn fenced(c: &mut C, out: Vec<Out>) -> Vec<Out> {
     seen
 }
 
-fn promotes(out: &[Out]) -> bool {
+/// The promotions in `out`: (the backend promoted, the primary it replaces).
+fn promoted(out: &[Out]) -> Vec<(usize, Option<usize>)> {
     performed(out)
-        .iter()
-        .any(|a| matches!(a, Action::Promote { .. }))
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Promote {
+                id, old_primary, ..
+            } => Some((*id, *old_primary)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn promotes(out: &[Out]) -> bool {
+    !promoted(out).is_empty()
+}
+
+/// Whether `out` promotes backend `id`.
+fn promotes_backend(out: &[Out], id: usize) -> bool {
+    promoted(out).iter().any(|&(p, _)| p == id)
 }
 
 // === leadership ===
@@ -288,17 +318,7 @@ fn a_quorums_verdict_withdraws_the_primary_at_once_and_the_promotion_waits_for_t
     let held = ticks(&mut c, FENCE_WAIT_TICKS);
     assert!(!promotes(&held), "{held:?}");
     let released = c.tick();
-    assert!(
-        performed(&released).iter().any(|a| matches!(
-            a,
-            Action::Promote {
-                id: 1,
-                old_primary: Some(0),
-                ..
-            }
-        )),
-        "{released:?}"
-    );
+    assert!(promoted(&released).contains(&(1, Some(0))), "{released:?}");
 }
 
 /// This node leading, its watchdog showing the withdrawal of pg0 in
@@ -325,17 +345,7 @@ fn a_held_promotion_runs_as_soon_as_every_proxy_routes_by_the_withdrawal() {
     // Every proxy took in the withdrawal (3): none routes to pg0 any
     // more, so no lease needs to run out.
     let out = c.step(withdrawn_with_proxies_on(3));
-    assert!(
-        performed(&out).iter().any(|a| matches!(
-            a,
-            Action::Promote {
-                id: 1,
-                old_primary: Some(0),
-                ..
-            }
-        )),
-        "{out:?}"
-    );
+    assert!(promoted(&out).contains(&(1, Some(0))), "{out:?}");
     let record = &c.timeline().records()[0];
     let fence = record.phases.iter().find(|p| p.name == "fence").unwrap();
     assert!(fence.detail.contains("every node's proxy"), "{record:?}");
@@ -345,9 +355,7 @@ fn a_held_promotion_runs_as_soon_as_every_proxy_routes_by_the_withdrawal() {
 fn a_new_leader_promotes_only_once_the_old_leaders_leases_have_ended() {
     let mut c = C::new(setup(), ClusterState::default());
     healthy(&mut c);
-    for _ in 0..3 {
-        c.step(checked(0, Err("refused".to_owned())));
-    }
+    seen_down(&mut c, 0, "refused");
     c.step(following(2, &["pg0"]));
     ticks(&mut c, 50);
     // It leads now, with the verdict already there: the withdrawal goes at
@@ -363,12 +371,7 @@ fn a_new_leader_promotes_only_once_the_old_leaders_leases_have_ended() {
     let held = ticks(&mut c, LEAD_WAIT_TICKS - waited);
     assert!(!promotes(&held), "{held:?}");
     let released = c.tick();
-    assert!(
-        performed(&released)
-            .iter()
-            .any(|a| matches!(a, Action::Promote { id: 1, .. })),
-        "{released:?}"
-    );
+    assert!(promotes_backend(&released, 1), "{released:?}");
 }
 
 #[test]
@@ -547,9 +550,7 @@ fn watchers_wait_for_a_committed_record() {
 fn the_state_shown_is_the_committed_record_with_this_nodes_view() {
     let mut c = C::new(setup(), ClusterState::default());
     healthy(&mut c);
-    for _ in 0..3 {
-        c.step(checked(2, Err("timeout".to_owned())));
-    }
+    seen_down(&mut c, 2, "timeout");
     let mut r = record(4, &["pg1"]);
     r.detached.insert("pg0".to_owned(), "fenced".to_owned());
     let out = c.step(watchdog(status(2, true, r)));
@@ -689,9 +690,7 @@ fn another_nodes_new_down_vote_makes_this_node_check_at_once() {
         "node 3 joins"
     );
     // Once this node sees pg0 down itself, others' votes on it are no news.
-    for _ in 0..3 {
-        c.step(checked(0, Err("refused".to_owned())));
-    }
+    seen_down(&mut c, 0, "refused");
     assert_eq!(rechecks(&c.step(voted(&[]))), 0);
     assert_eq!(rechecks(&c.step(voted(&[("pg0", &[2])]))), 0);
 }
@@ -709,14 +708,7 @@ fn a_recheck_is_always_this_nodes() {
 #[test]
 fn this_nodes_opinion_changes_after_more_than_max_retries_failures() {
     let mut c = C::new(setup(), ClusterState::default());
-    let opinions = |out: &[Out]| -> Vec<Opinion> {
-        out.iter()
-            .filter_map(|o| match o {
-                Output::Opinion(m) => Some(m.clone()),
-                _ => None,
-            })
-            .collect()
-    };
+    let opinions = |out: &[Out]| sorted(out).opinions;
     let up = BTreeMap::from([("pg0".to_owned(), false)]);
     let down = BTreeMap::from([("pg0".to_owned(), true)]);
     let fail = || checked(0, Err("refused".to_owned()));
@@ -854,12 +846,7 @@ fn the_leaders_timeline_has_the_quorums_verdict_the_fence_and_the_proxys_first_w
         out.extend(c.tick());
     }
     let out = drive(&mut c, out, Ok(()));
-    assert!(
-        performed(&out)
-            .iter()
-            .any(|a| matches!(a, Action::Promote { id: 1, .. })),
-        "{out:?}"
-    );
+    assert!(promotes_backend(&out, 1), "{out:?}");
     let fence_at = 1_300 + 100 * i64::try_from(FENCE_WAIT_TICKS + 1).unwrap();
     let names: Vec<(String, i64)> = phases(&c);
     assert_eq!(

@@ -15,32 +15,91 @@ fn spec(name: &str, port: u16) -> BackendSpec {
     }
 }
 
-/// pg0 (5000) primary, pg1 (5001) and pg2 (5002) standbys.
-fn three() -> Machine {
+/// A machine over `backends` that counts a backend down after more than
+/// `max_retries` failed checks and promotes no standby over 16 MiB behind,
+/// starting from the committed record `persisted`.
+fn machine(backends: Vec<BackendSpec>, max_retries: u32, persisted: &Generation) -> Machine {
     Machine::new(
-        vec![spec("pg0", 5000), spec("pg1", 5001), spec("pg2", 5002)],
+        backends,
         Limits {
-            max_retries: 2,
+            max_retries,
             max_lag_bytes: 16 << 20,
         },
-        &Generation::default(),
+        persisted,
     )
 }
 
-fn ok(m: &mut Machine, id: usize, o: Observation) -> Vec<Action> {
-    m.step(Event::Checked {
+/// pg0 (5000), pg1 (5001) and pg2 (5002), starting from `persisted`.
+fn three_from(persisted: &Generation) -> Machine {
+    machine(
+        vec![spec("pg0", 5000), spec("pg1", 5001), spec("pg2", 5002)],
+        2,
+        persisted,
+    )
+}
+
+/// pg0 (5000) primary, pg1 (5001) and pg2 (5002) standbys.
+fn three() -> Machine {
+    three_from(&Generation::default())
+}
+
+/// A committed record: generation `generation`, `primary` taking writes.
+fn recorded(generation: u64, primary: &str) -> Generation {
+    Generation {
+        generation,
+        primary: Some(primary.into()),
+        ..Generation::default()
+    }
+}
+
+/// A check of backend `id` that saw `result`.
+fn checked(id: usize, result: Result<Observation, String>) -> Event {
+    Event::Checked {
         id,
         at_ms: 0,
-        result: Ok(o),
-    })
+        result,
+    }
+}
+
+fn ok(m: &mut Machine, id: usize, o: Observation) -> Vec<Action> {
+    m.step(checked(id, Ok(o)))
 }
 
 fn fail(m: &mut Machine, id: usize) -> Vec<Action> {
-    m.step(Event::Checked {
+    m.step(checked(id, Err("connection refused".into())))
+}
+
+/// [`up`] at 1 GiB, then pg0 failed and pg1 was promoted to timeline 2
+/// (pg2 not yet following it).
+fn failed_over_to_pg1() -> Machine {
+    let mut m = up(GB);
+    kill_primary(&mut m);
+    finish_promotion(&mut m, 1, 2);
+    m
+}
+
+/// Backend `id`'s promotion finished: it is on timeline `timeline` now.
+fn finish_promotion(m: &mut Machine, id: usize, timeline: u32) -> Vec<Action> {
+    m.step(Event::Promoted {
         id,
-        at_ms: 0,
-        result: Err("connection refused".into()),
+        result: Ok(timeline),
     })
+}
+
+/// Promoting `id` in place of pg0, letting running transactions finish
+/// first if `drain` (a switchover).
+fn promotion(id: usize, drain: bool) -> Action {
+    Action::Promote {
+        id,
+        old_primary: Some(0),
+        drain,
+    }
+}
+
+/// Asserts that `a` promotes `id` in place of pg0, without draining.
+#[track_caller]
+fn assert_promotes(a: &[Action], id: usize) {
+    assert!(a.contains(&promotion(id, false)), "{a:?}");
 }
 
 /// A healthy cluster: pg0 at `lsn`, standbys streaming at the same LSN.
@@ -48,6 +107,13 @@ fn healthy(m: &mut Machine, lsn: u64) {
     ok(m, 0, Observation::primary(1, lsn));
     ok(m, 1, Observation::standby(1, lsn, Some(5000)));
     ok(m, 2, Observation::standby(1, lsn, Some(5000)));
+}
+
+/// [`three`] checked [`healthy`] at `lsn`.
+fn up(lsn: u64) -> Machine {
+    let mut m = three();
+    healthy(&mut m, lsn);
+    m
 }
 
 fn statuses(m: &Machine) -> Vec<Status> {
@@ -64,21 +130,13 @@ fn kill_primary(m: &mut Machine) -> Vec<Action> {
 
 #[test]
 fn rejoin_runs_the_command_then_attaches_once_streaming() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     let a = kill_primary(&mut m);
     // Equal positions: the lowest id wins.
     let promoted = 1;
-    assert!(a.contains(&Action::Promote {
-        id: promoted,
-        old_primary: Some(0),
-        drain: false
-    }));
+    assert_promotes(&a, promoted);
     ok(&mut m, promoted, Observation::primary(2, GB));
-    m.step(Event::Promoted {
-        id: promoted,
-        result: Ok(2),
-    });
+    finish_promotion(&mut m, promoted, 2);
     let other = 3 - promoted;
     m.step(Event::Followed {
         id: other,
@@ -185,8 +243,7 @@ fn bootstrap_waits_for_every_backend_then_commits_generation_1() {
 
 #[test]
 fn primary_dies_most_advanced_standby_is_promoted_and_the_other_follows() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     // pg2 replayed further than pg1.
     ok(&mut m, 1, Observation::standby(1, GB + 100, Some(5000)));
     ok(&mut m, 2, Observation::standby(1, GB + 200, Some(5000)));
@@ -197,26 +254,13 @@ fn primary_dies_most_advanced_standby_is_promoted_and_the_other_follows() {
         "max_retries = 2 means 3 failures"
     );
     let a = fail(&mut m, 0);
-    assert_eq!(
-        a,
-        vec![
-            Action::Publish,
-            Action::Promote {
-                id: 2,
-                old_primary: Some(0),
-                drain: false
-            }
-        ]
-    );
+    assert_eq!(a, vec![Action::Publish, promotion(2, false)]);
     assert!(m.failover_in_progress());
     assert!(m.generation() > g);
     // While it is promoted, pg2 already reports out of recovery: not fenced.
     ok(&mut m, 2, Observation::primary(2, GB + 200));
     assert_eq!(m.backends()[2].status, Status::Up);
-    let a = m.step(Event::Promoted {
-        id: 2,
-        result: Ok(2),
-    });
+    let a = finish_promotion(&mut m, 2, 2);
     assert_eq!(
         a,
         vec![
@@ -255,8 +299,7 @@ fn primary_dies_most_advanced_standby_is_promoted_and_the_other_follows() {
 /// replayed it up to `replayed`, streaming from pg0 unless `streaming` is false.
 #[test]
 fn a_standby_dying_is_detached_from_routing_without_any_failover() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     let mut all = Vec::new();
     for _ in 0..3 {
         all.extend(fail(&mut m, 1));
@@ -277,8 +320,7 @@ fn a_standby_dying_is_detached_from_routing_without_any_failover() {
 
 #[test]
 fn both_standbys_lagging_means_no_promotion() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     ok(&mut m, 0, Observation::primary(1, 2 * GB));
     ok(&mut m, 1, Observation::standby(1, GB, Some(5000)));
     ok(&mut m, 2, Observation::standby(1, GB + 5, Some(5000)));
@@ -297,17 +339,12 @@ fn both_standbys_lagging_means_no_promotion() {
     );
     // An operator may still force it.
     let (_, a) = m.promote(2, true).unwrap();
-    assert!(a.contains(&Action::Promote {
-        id: 2,
-        old_primary: Some(0),
-        drain: true
-    }));
+    assert!(a.contains(&promotion(2, true)), "{a:?}");
 }
 
 #[test]
 fn a_flapping_primary_never_fails_over() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     for _ in 0..50 {
         assert!(fail(&mut m, 0).is_empty());
         assert!(fail(&mut m, 0).is_empty());
@@ -337,19 +374,7 @@ fn two_backends_claiming_primary_at_start_up() {
     assert_eq!(m.backends()[1].status, Status::Detached);
 
     // Same timeline, pg1 recorded as primary: pg1.
-    let persisted = Generation {
-        generation: 7,
-        primary: Some("pg1".into()),
-        ..Generation::default()
-    };
-    let mut m = Machine::new(
-        vec![spec("pg0", 5000), spec("pg1", 5001), spec("pg2", 5002)],
-        Limits {
-            max_retries: 2,
-            max_lag_bytes: 1 << 24,
-        },
-        &persisted,
-    );
+    let mut m = three_from(&recorded(7, "pg1"));
     ok(&mut m, 0, Observation::primary(1, GB));
     ok(&mut m, 1, Observation::primary(1, GB));
     ok(&mut m, 2, Observation::standby(1, GB, Some(5001)));
@@ -360,8 +385,7 @@ fn two_backends_claiming_primary_at_start_up() {
 
 #[test]
 fn a_standby_promoted_behind_our_back_is_fenced() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     let a = ok(&mut m, 2, Observation::primary(2, GB));
     assert_eq!(a, vec![Action::Publish]);
     assert_eq!(m.backends()[2].status, Status::Detached);
@@ -374,25 +398,11 @@ fn a_standby_promoted_behind_our_back_is_fenced() {
 
 #[test]
 fn the_primary_returns_after_a_failover_and_stays_detached_across_restarts() {
-    let mut m = three();
-    healthy(&mut m, GB);
-    kill_primary(&mut m);
-    m.step(Event::Promoted {
-        id: 1,
-        result: Ok(2),
-    });
-    let p = m.committed();
+    let p = failed_over_to_pg1().committed();
     assert_eq!(p.primary.as_deref(), Some("pg1"));
     assert!(p.detached.iter().any(|(n, _)| n == "pg0"));
     // The monitor restarts: pg0 is back as a primary on the old timeline.
-    let mut m = Machine::new(
-        vec![spec("pg0", 5000), spec("pg1", 5001), spec("pg2", 5002)],
-        Limits {
-            max_retries: 2,
-            max_lag_bytes: 1 << 24,
-        },
-        &p,
-    );
+    let mut m = three_from(&p);
     ok(&mut m, 0, Observation::primary(1, GB));
     ok(&mut m, 1, Observation::primary(2, GB + 10));
     ok(&mut m, 2, Observation::standby(2, GB + 10, Some(5001)));
@@ -403,44 +413,23 @@ fn the_primary_returns_after_a_failover_and_stays_detached_across_restarts() {
 
 #[test]
 fn a_failed_promotion_fences_that_standby_and_tries_the_next() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     ok(&mut m, 2, Observation::standby(1, GB + 1, Some(5000)));
     let a = kill_primary(&mut m);
-    assert!(a.contains(&Action::Promote {
-        id: 2,
-        old_primary: Some(0),
-        drain: false
-    }));
+    assert_promotes(&a, 2);
     let a = m.step(Event::Promoted {
         id: 2,
         result: Err("pg_promote timed out".into()),
     });
-    assert!(
-        a.contains(&Action::Promote {
-            id: 1,
-            old_primary: Some(0),
-            drain: false
-        }),
-        "{a:?}"
-    );
+    assert_promotes(&a, 1);
     assert_eq!(m.backends()[2].status, Status::Detached);
-    m.step(Event::Promoted {
-        id: 1,
-        result: Ok(2),
-    });
+    finish_promotion(&mut m, 1, 2);
     assert_eq!(m.primary(), Some(1));
 }
 
 #[test]
 fn a_standby_that_cannot_follow_is_detached_with_the_reason() {
-    let mut m = three();
-    healthy(&mut m, GB);
-    kill_primary(&mut m);
-    m.step(Event::Promoted {
-        id: 1,
-        result: Ok(2),
-    });
+    let mut m = failed_over_to_pg1();
     let a = m.step(Event::Followed {
         id: 2,
         result: Err("timeline diverged".into()),
@@ -452,8 +441,7 @@ fn a_standby_that_cannot_follow_is_detached_with_the_reason() {
 
 #[test]
 fn standbys_are_not_marked_down_for_not_streaming_while_the_primary_is_failing() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     // The primary dies; standbys notice first (not streaming) but the
     // primary has failed a check, so they are not judged.
     fail(&mut m, 0);
@@ -466,19 +454,12 @@ fn standbys_are_not_marked_down_for_not_streaming_while_the_primary_is_failing()
         .into_iter()
         .chain(fail(&mut m, 0))
         .collect::<Vec<_>>();
-    assert!(
-        a.contains(&Action::Promote {
-            id: 1,
-            old_primary: Some(0),
-            drain: false
-        }),
-        "{a:?}"
-    );
+    assert_promotes(&a, 1);
 }
 
 #[test]
 fn allow_failover_false_is_never_promoted() {
-    let mut m = Machine::new(
+    let mut m = machine(
         vec![
             spec("pg0", 5000),
             BackendSpec {
@@ -487,29 +468,18 @@ fn allow_failover_false_is_never_promoted() {
             },
             spec("pg2", 5002),
         ],
-        Limits {
-            max_retries: 0,
-            max_lag_bytes: 1 << 24,
-        },
+        0,
         &Generation::default(),
     );
     healthy(&mut m, GB);
     ok(&mut m, 1, Observation::standby(1, GB + 100, Some(5000)));
     let a = fail(&mut m, 0);
-    assert!(
-        a.contains(&Action::Promote {
-            id: 2,
-            old_primary: Some(0),
-            drain: false
-        }),
-        "{a:?}"
-    );
+    assert_promotes(&a, 2);
 }
 
 #[test]
 fn operator_detach_and_attach() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     let (_, a) = m.detach(2).unwrap();
     assert_eq!(a, vec![Action::Publish]);
     assert_eq!(m.backends()[2].status, Status::Detached);
@@ -521,20 +491,12 @@ fn operator_detach_and_attach() {
     assert_eq!(m.backends()[2].status, Status::Up);
     // Detaching the primary fails over.
     let (_, a) = m.detach(0).unwrap();
-    assert!(
-        a.contains(&Action::Promote {
-            id: 1,
-            old_primary: Some(0),
-            drain: false
-        }),
-        "{a:?}"
-    );
+    assert_promotes(&a, 1);
 }
 
 #[test]
 fn attach_refuses_what_is_unsafe() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     m.detach(2).unwrap();
     ok(&mut m, 2, Observation::standby(1, GB, None));
     assert!(m.attach(2).unwrap_err().contains("does not stream"));
@@ -550,30 +512,16 @@ fn attach_refuses_what_is_unsafe() {
 
 #[test]
 fn switchover_fences_the_old_primary_before_promoting() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     let (_, a) = m.promote(2, false).unwrap();
-    assert_eq!(
-        a,
-        vec![
-            Action::Publish,
-            Action::Promote {
-                id: 2,
-                old_primary: Some(0),
-                drain: true
-            }
-        ]
-    );
+    assert_eq!(a, vec![Action::Publish, promotion(2, true)]);
     assert_eq!(m.backends()[0].status, Status::Detached);
     assert!(
         m.switchover_in_progress(),
         "published: proxies let running transactions finish"
     );
     assert!(m.promote(1, false).is_err(), "one at a time");
-    m.step(Event::Promoted {
-        id: 2,
-        result: Ok(2),
-    });
+    finish_promotion(&mut m, 2, 2);
     assert_eq!(m.primary(), Some(2));
     assert!(!m.switchover_in_progress());
     // pg0 still runs as a primary: it stays fenced.
@@ -595,17 +543,7 @@ fn with_a_quorum_deciding_local_failures_alone_never_fail_over() {
     assert_eq!(statuses(&m), vec![Status::Up, Status::Up, Status::Up]);
     // One other node agrees: a quorum sees pg0 down.
     let a = m.step(Event::QuorumDown(vec![0]));
-    assert_eq!(
-        a,
-        vec![
-            Action::Publish,
-            Action::Promote {
-                id: 1,
-                old_primary: Some(0),
-                drain: false
-            }
-        ]
-    );
+    assert_eq!(a, vec![Action::Publish, promotion(1, false)]);
     assert_eq!(m.backends()[0].status, Status::Down);
 }
 
@@ -630,20 +568,7 @@ fn with_a_quorum_deciding_a_backend_comes_back_only_when_the_quorum_lets_go() {
 fn with_a_quorum_deciding_a_new_leader_unable_to_reach_the_primary_keeps_it() {
     // The leader's monitor restarts from the committed record and cannot
     // reach pg0 itself; the other nodes can.
-    let persisted = Generation {
-        generation: 3,
-        primary: Some("pg0".into()),
-        ..Generation::default()
-    };
-    let mut m = Machine::new(
-        vec![spec("pg0", 5000), spec("pg1", 5001), spec("pg2", 5002)],
-        Limits {
-            max_retries: 2,
-            max_lag_bytes: 1 << 24,
-        },
-        &persisted,
-    )
-    .with_decider(Decider::Quorum);
+    let mut m = three_from(&recorded(3, "pg0")).with_decider(Decider::Quorum);
     for _ in 0..3 {
         fail(&mut m, 0);
     }
@@ -677,36 +602,12 @@ fn generations_only_grow() {
     let mut m = three();
     let mut last = m.generation();
     let script: Vec<Event> = vec![
-        Event::Checked {
-            id: 0,
-            at_ms: 0,
-            result: Ok(Observation::primary(1, GB)),
-        },
-        Event::Checked {
-            id: 1,
-            at_ms: 0,
-            result: Ok(Observation::standby(1, GB, Some(5000))),
-        },
-        Event::Checked {
-            id: 2,
-            at_ms: 0,
-            result: Ok(Observation::standby(1, GB, Some(5000))),
-        },
-        Event::Checked {
-            id: 0,
-            at_ms: 0,
-            result: Err("x".into()),
-        },
-        Event::Checked {
-            id: 0,
-            at_ms: 0,
-            result: Err("x".into()),
-        },
-        Event::Checked {
-            id: 0,
-            at_ms: 0,
-            result: Err("x".into()),
-        },
+        checked(0, Ok(Observation::primary(1, GB))),
+        checked(1, Ok(Observation::standby(1, GB, Some(5000)))),
+        checked(2, Ok(Observation::standby(1, GB, Some(5000)))),
+        checked(0, Err("x".into())),
+        checked(0, Err("x".into())),
+        checked(0, Err("x".into())),
         Event::Promoted {
             id: 1,
             result: Ok(2),
@@ -715,11 +616,7 @@ fn generations_only_grow() {
             id: 2,
             result: Ok(()),
         },
-        Event::Checked {
-            id: 2,
-            at_ms: 0,
-            result: Ok(Observation::standby(2, GB, Some(5001))),
-        },
+        checked(2, Ok(Observation::standby(2, GB, Some(5001)))),
     ];
     for e in script {
         let a = m.step(e);

@@ -11,6 +11,16 @@ fn standby_at(timeline: u32, received: u64, replayed: u64, streaming: bool) -> O
     }
 }
 
+/// [`up`] at `lsn`, then each backend checked as `checks` says (its id,
+/// what the check saw), in that order.
+fn seen(lsn: u64, checks: impl IntoIterator<Item = (usize, Observation)>) -> Machine {
+    let mut m = up(lsn);
+    for (id, o) in checks {
+        ok(&mut m, id, o);
+    }
+    m
+}
+
 fn alive(m: &mut Machine, id: usize) -> Vec<Action> {
     m.step(Event::AliveUnobserved {
         id,
@@ -23,96 +33,85 @@ fn alive(m: &mut Machine, id: usize) -> Vec<Action> {
 fn issue_7_candidates_rank_by_received_wal_not_replayed() {
     // The issue's figures: pg1 replayed all it received, pg2 received
     // more but its replay is paused further back.
-    let mut m = three();
-    healthy(&mut m, 0x402_0000);
-    ok(&mut m, 0, Observation::primary(1, 0x402_CC68));
-    ok(&mut m, 1, standby_at(1, 0x402_48C8, 0x402_48C8, false));
-    ok(&mut m, 2, standby_at(1, 0x402_CC68, 0x402_2780, false));
-    let a = kill_primary(&mut m);
-    assert!(
-        a.contains(&Action::Promote {
-            id: 2,
-            old_primary: Some(0),
-            drain: false
-        }),
-        "{a:?}"
+    let mut m = seen(
+        0x402_0000,
+        [
+            (0, Observation::primary(1, 0x402_CC68)),
+            (1, standby_at(1, 0x402_48C8, 0x402_48C8, false)),
+            (2, standby_at(1, 0x402_CC68, 0x402_2780, false)),
+        ],
     );
+    let a = kill_primary(&mut m);
+    assert_promotes(&a, 2);
 }
 
+/// pg0 dies after pg1 and pg2 were checked at the positions of each row,
+/// on timeline 1: the standby promoted.
 #[test]
-fn issue_7_no_walreceiver_ever_ran_falls_back_to_the_replay_position() {
-    // pg_last_wal_receive_lsn() is NULL (0) after a restart until a WAL
-    // receiver streams again: the replay position is what it holds.
-    let mut m = three();
-    healthy(&mut m, GB);
-    ok(&mut m, 1, standby_at(1, 0, GB + 300, false));
-    ok(&mut m, 2, standby_at(1, GB + 200, GB + 100, false));
-    let a = kill_primary(&mut m);
-    assert!(
-        a.contains(&Action::Promote {
-            id: 1,
-            old_primary: Some(0),
-            drain: false
-        }),
-        "{a:?}"
-    );
-}
-
-#[test]
-fn issue_7_equal_received_wal_prefers_the_one_that_replayed_further_then_the_lowest_id() {
-    let mut m = three();
-    healthy(&mut m, GB);
-    ok(&mut m, 1, standby_at(1, GB + 500, GB, true));
-    ok(&mut m, 2, standby_at(1, GB + 500, GB + 400, true));
-    let a = kill_primary(&mut m);
-    assert!(
-        a.contains(&Action::Promote {
-            id: 2,
-            old_primary: Some(0),
-            drain: false
-        }),
-        "{a:?}"
-    );
+fn issue_7_candidates_rank_by_received_wal_then_by_replayed_wal() {
+    // (what, pg1's and pg2's (received, replayed, streaming), promoted)
+    let table = [
+        (
+            // pg_last_wal_receive_lsn() is NULL (0) after a restart until a
+            // WAL receiver streams again: the replay position is what it holds.
+            "no walreceiver ever ran: falls back to the replay position",
+            [(0, GB + 300, false), (GB + 200, GB + 100, false)],
+            1,
+        ),
+        (
+            "equal received WAL: prefers the one that replayed further",
+            [(GB + 500, GB, true), (GB + 500, GB + 400, true)],
+            2,
+        ),
+    ];
+    for (what, [pg1, pg2], want) in table {
+        let mut m = seen(
+            GB,
+            [(1, pg1), (2, pg2)].map(|(id, (received, replayed, streaming))| {
+                (id, standby_at(1, received, replayed, streaming))
+            }),
+        );
+        let a = kill_primary(&mut m);
+        assert!(a.contains(&promotion(want, false)), "{what}: {a:?}");
+    }
 }
 
 #[test]
 fn issue_7_lag_for_promotion_counts_received_wal() {
     // pg1's replay is far behind (paused), but it received everything:
     // promotable. pg2 received too little: not.
-    let mut m = three();
-    healthy(&mut m, GB);
-    ok(&mut m, 0, Observation::primary(1, 2 * GB));
-    ok(&mut m, 1, standby_at(1, 2 * GB, GB, true));
-    ok(&mut m, 2, standby_at(1, GB, GB, true));
+    let paused = || {
+        seen(
+            GB,
+            [
+                (0, Observation::primary(1, 2 * GB)),
+                (1, standby_at(1, 2 * GB, GB, true)),
+                (2, standby_at(1, GB, GB, true)),
+            ],
+        )
+    };
+    let mut m = paused();
     assert_eq!(m.lag_bytes(1), GB, "status shows the replay lag");
     let a = kill_primary(&mut m);
-    assert!(
-        a.contains(&Action::Promote {
-            id: 1,
-            old_primary: Some(0),
-            drain: false
-        }),
-        "{a:?}"
-    );
+    assert_promotes(&a, 1);
     // A switchover measures it the same way.
-    let mut m = three();
-    healthy(&mut m, GB);
-    ok(&mut m, 0, Observation::primary(1, 2 * GB));
-    ok(&mut m, 1, standby_at(1, 2 * GB, GB, true));
-    ok(&mut m, 2, standby_at(1, GB, GB, true));
+    let mut m = paused();
     assert!(m.promote(2, false).unwrap_err().contains("max_lag_bytes"));
     assert!(m.promote(1, false).is_ok());
 }
 
 #[test]
 fn issue_7_a_standby_off_the_primarys_timeline_is_not_promoted() {
-    let mut m = three();
-    healthy(&mut m, GB);
     // pg1 is on a newer timeline (it follows some other server); pg2
     // streams but is still on an older one.
-    ok(&mut m, 0, Observation::primary(3, GB));
-    ok(&mut m, 1, standby_at(4, GB + 900, GB + 900, false));
-    ok(&mut m, 2, standby_at(2, GB + 800, GB + 800, true));
+    let mut m = seen(
+        GB,
+        [
+            (0, Observation::primary(3, GB)),
+            (1, standby_at(4, GB + 900, GB + 900, false)),
+            (2, standby_at(2, GB + 800, GB + 800, true)),
+        ],
+    );
     let a = kill_primary(&mut m);
     assert_eq!(a, vec![Action::Publish], "nobody promoted");
     let why = m.blocked.clone().unwrap_or_default();
@@ -123,20 +122,12 @@ fn issue_7_a_standby_off_the_primarys_timeline_is_not_promoted() {
     );
     // Not streaming, an older timeline is the last restartpoint's: fine.
     let a = ok(&mut m, 2, standby_at(2, GB + 800, GB + 800, false));
-    assert!(
-        a.contains(&Action::Promote {
-            id: 2,
-            old_primary: Some(0),
-            drain: false
-        }),
-        "{a:?}"
-    );
+    assert_promotes(&a, 2);
 }
 
 #[test]
 fn issue_7_killed_check_sessions_reset_the_failure_count_and_keep_the_observation() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     let g = m.generation();
     for _ in 0..50 {
         assert!(fail(&mut m, 0).is_empty());
@@ -154,20 +145,12 @@ fn issue_7_killed_check_sessions_reset_the_failure_count_and_keep_the_observatio
     );
     // Real failures still count from there.
     let a = kill_primary(&mut m);
-    assert!(
-        a.contains(&Action::Promote {
-            id: 1,
-            old_primary: Some(0),
-            drain: false
-        }),
-        "{a:?}"
-    );
+    assert_promotes(&a, 1);
 }
 
 #[test]
 fn issue_7_alive_without_an_observation_brings_nothing_back_up() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     for _ in 0..3 {
         fail(&mut m, 2);
     }
@@ -178,14 +161,9 @@ fn issue_7_alive_without_an_observation_brings_nothing_back_up() {
 
 #[test]
 fn ties_go_to_the_lowest_id() {
-    let mut m = three();
-    healthy(&mut m, GB);
+    let mut m = up(GB);
     let a = kill_primary(&mut m);
-    assert!(a.contains(&Action::Promote {
-        id: 1,
-        old_primary: Some(0),
-        drain: false
-    }));
+    assert_promotes(&a, 1);
 }
 
 /// Candidate choice alone: pg0 the primary being replaced (at LSN 1000, on
