@@ -173,7 +173,7 @@ impl PeerService {
 
     /// The message `request` carries, if its sender is another member
     /// with the same member list.
-    fn from_member<T: Sent>(&self, request: Request<T>) -> Result<T, Status> {
+    fn admit<T: Sent>(&self, request: Request<T>) -> Result<T, Status> {
         let message = request.into_inner();
         let (from, members_hash) = message.sender();
         if members_hash != self.id.members_hash {
@@ -257,7 +257,7 @@ impl PeerService {
 #[tonic::async_trait]
 impl WatchdogPeer for PeerService {
     async fn deliver(&self, request: Request<PeerEnvelope>) -> Result<Response<PeerAck>, Status> {
-        let env = self.from_member(request)?;
+        let env = self.admit(request)?;
         self.for_me(env.to)?;
         if !self.id.signer.verify_envelope(&env) {
             tracing::warn!(
@@ -293,7 +293,7 @@ impl WatchdogPeer for PeerService {
         &self,
         request: Request<PeerLeaseAsk>,
     ) -> Result<Response<PeerLeaseGrant>, Status> {
-        let ask = self.from_member(request)?;
+        let ask = self.admit(request)?;
         if !self.id.signer.verify_lease_ask(&ask) {
             return Err(Status::unauthenticated("bad MAC"));
         }
@@ -345,7 +345,7 @@ impl WatchdogPeer for PeerService {
         &self,
         request: Request<PeerProposal>,
     ) -> Result<Response<PeerProposalReply>, Status> {
-        let p = self.from_member(request)?;
+        let p = self.admit(request)?;
         if p.operator.is_some() {
             return self.operator(p).await.map(Response::new);
         }
