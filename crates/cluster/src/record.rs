@@ -249,6 +249,15 @@ mod tests {
         }
     }
 
+    /// What a health report applied: whether the vote set changed, and how
+    /// many nodes now see the backend down.
+    fn health(changed: bool, down_votes: usize) -> Applied {
+        Applied::Health {
+            changed,
+            down_votes,
+        }
+    }
+
     fn commit(expected: u64, generation: u64, primary: &str) -> Command {
         Command::Commit {
             expected_generation: expected,
@@ -321,42 +330,18 @@ mod tests {
     #[test]
     fn votes_are_per_node() {
         let mut r = ClusterRecord::default();
-        assert_eq!(
-            r.apply(&report(1, "pg01", true)),
-            Applied::Health {
-                changed: true,
-                down_votes: 1
-            }
-        );
+        assert_eq!(r.apply(&report(1, "pg01", true)), health(true, 1));
         // Reporting twice counts once.
-        assert_eq!(
-            r.apply(&report(1, "pg01", true)),
-            Applied::Health {
-                changed: false,
-                down_votes: 1
-            }
-        );
+        assert_eq!(r.apply(&report(1, "pg01", true)), health(false, 1));
         assert!(!r.quorum_down("pg01", 3));
         r.apply(&report(2, "pg01", true));
         assert!(r.quorum_down("pg01", 3));
         // Up again removes the node's vote.
-        assert_eq!(
-            r.apply(&report(2, "pg01", false)),
-            Applied::Health {
-                changed: true,
-                down_votes: 1
-            }
-        );
+        assert_eq!(r.apply(&report(2, "pg01", false)), health(true, 1));
         assert!(!r.quorum_down("pg01", 3));
         r.apply(&report(1, "pg01", false));
         assert!(r.votes.is_empty(), "empty vote sets are dropped");
-        assert_eq!(
-            r.apply(&report(3, "pg01", false)),
-            Applied::Health {
-                changed: false,
-                down_votes: 0
-            }
-        );
+        assert_eq!(r.apply(&report(3, "pg01", false)), health(false, 0));
     }
 
     #[test]

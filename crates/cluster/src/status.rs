@@ -27,37 +27,43 @@ pub enum Status {
     Quarantined,
 }
 
-impl Status {
+/// Gives a fieldless enum `as_str`, the name its table lists for each
+/// variant (documented by the attributes before the table), and a
+/// `Display` that writes that name.
+macro_rules! names {
+    ($(#[$doc:meta])* $enum:ident { $($variant:ident => $name:literal,)+ }) => {
+        impl $enum {
+            $(#[$doc])*
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($enum::$variant => $name,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $enum {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+names! {
     /// The lowercase name every daemon, metric and pgwardenctl shows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Up => "up",
-            Status::Down => "down",
-            Status::Detached => "detached",
-            Status::Quarantined => "quarantined",
-        }
+    Status {
+        Up => "up",
+        Down => "down",
+        Detached => "detached",
+        Quarantined => "quarantined",
     }
 }
 
-impl fmt::Display for Status {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl Role {
+names! {
     /// The lowercase name every daemon and pgwardenctl shows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Unknown => "unknown",
-            Role::Primary => "primary",
-            Role::Standby => "standby",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+    Role {
+        Unknown => "unknown",
+        Primary => "primary",
+        Standby => "standby",
     }
 }

@@ -75,29 +75,31 @@ const BACKENDS: usize = 3;
 /// Checks run every this many ticks (`health_check.period` 500 ms).
 const CHECK_EVERY: u64 = 5;
 
+/// Server `id` as the monitors' actions reach it, and as their machines
+/// see it (any of them may be promoted).
+fn backend(id: usize) -> (Target, BackendSpec) {
+    let spec = BackendSpec {
+        name: format!("pg{id}"),
+        host: "127.0.0.1".into(),
+        port: port(id),
+        allow_failover: true,
+    };
+    let target = Target {
+        id,
+        name: spec.name.clone(),
+        host: spec.host.clone(),
+        port: spec.port,
+        data_dir: PathBuf::new(),
+    };
+    (target, spec)
+}
+
 impl World {
     /// `n` nodes and three servers, randomness from `seed`.
     pub fn new(n: u64, seed: u64) -> World {
         let mut rng = StdRng::seed_from_u64(seed);
         let voters: Vec<u64> = (1..=n).collect();
-        let targets: Vec<Target> = (0..BACKENDS)
-            .map(|id| Target {
-                id,
-                name: format!("pg{id}"),
-                host: "127.0.0.1".into(),
-                port: port(id),
-                data_dir: PathBuf::new(),
-            })
-            .collect();
-        let specs: Vec<BackendSpec> = targets
-            .iter()
-            .map(|t| BackendSpec {
-                name: t.name.clone(),
-                host: t.host.clone(),
-                port: t.port,
-                allow_failover: true,
-            })
-            .collect();
+        let (targets, specs): (Vec<Target>, Vec<BackendSpec>) = (0..BACKENDS).map(backend).unzip();
         let loss = if rng.random_bool(0.5) {
             rng.random_range(0.0..0.1)
         } else {

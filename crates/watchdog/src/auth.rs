@@ -50,17 +50,19 @@ impl Signer {
         mac.finalize().into_bytes().to_vec()
     }
 
-    fn envelope_mac(&self, e: &PeerEnvelope) -> Vec<u8> {
-        let header = [
-            e.from.to_be_bytes(),
-            e.to.to_be_bytes(),
-            e.members_hash.to_be_bytes(),
-            e.seq.to_be_bytes(),
-            e.epoch.to_be_bytes(),
-        ];
-        let mut parts: Vec<&[u8]> = header.iter().map(|h| h.as_slice()).collect();
-        parts.extend(e.messages.iter().map(Vec::as_slice));
+    /// The MAC over `head`, then `numbers` (big-endian), then `tail`.
+    fn mac_of(&self, head: &[&[u8]], numbers: &[u64], tail: &[&[u8]]) -> Vec<u8> {
+        let numbers: Vec<[u8; 8]> = numbers.iter().map(|n| n.to_be_bytes()).collect();
+        let mut parts = head.to_vec();
+        parts.extend(numbers.iter().map(|n| n.as_slice()));
+        parts.extend(tail);
         self.mac(&parts)
+    }
+
+    fn envelope_mac(&self, e: &PeerEnvelope) -> Vec<u8> {
+        let header = [e.from, e.to, e.members_hash, e.seq, e.epoch];
+        let messages: Vec<&[u8]> = e.messages.iter().map(Vec::as_slice).collect();
+        self.mac_of(&[], &header, &messages)
     }
 
     /// Fills in the MAC of an envelope.
@@ -82,37 +84,14 @@ impl Signer {
         } else {
             &[u8::from(p.down)]
         };
-        self.mac(&[
-            &p.from.to_be_bytes(),
-            &p.members_hash.to_be_bytes(),
-            &p.epoch.to_be_bytes(),
-            &p.seq.to_be_bytes(),
-            p.backend.as_bytes(),
-            flags,
-        ])
+        let header = [p.from, p.members_hash, p.epoch, p.seq];
+        self.mac_of(&[], &header, &[p.backend.as_bytes(), flags])
     }
 
     fn bound_proposal_mac(&self, p: &PeerProposal) -> Vec<u8> {
-        let (from, to, hash, epoch, seq, term) = (
-            p.from.to_be_bytes(),
-            p.to.to_be_bytes(),
-            p.members_hash.to_be_bytes(),
-            p.epoch.to_be_bytes(),
-            p.seq.to_be_bytes(),
-            p.term.to_be_bytes(),
-        );
+        let header = [p.from, p.to, p.members_hash, p.epoch, p.seq, p.term];
         let flags = [u8::from(p.down), u8::from(p.monitor)];
-        let mut parts: Vec<&[u8]> = vec![
-            b"proposal",
-            &from,
-            &to,
-            &hash,
-            &epoch,
-            &seq,
-            &term,
-            p.backend.as_bytes(),
-            &flags,
-        ];
+        let mut tail: Vec<&[u8]> = vec![p.backend.as_bytes(), &flags];
         // An operator's request is signed only when set, so a report signs
         // as it did before requests travelled this way.
         let request = p.operator.as_ref().map(|r| {
@@ -124,9 +103,9 @@ impl Signer {
             )
         });
         if let Some((kind, id, force, name)) = &request {
-            parts.extend([b"operator".as_slice(), kind, id, force, name]);
+            tail.extend([b"operator".as_slice(), kind, id, force, name]);
         }
-        self.mac(&parts)
+        self.mac_of(&[b"proposal"], &header, &tail)
     }
 
     /// Fills in both MACs of a forwarded proposal: `mac` for watchdogs of
@@ -154,32 +133,14 @@ impl Signer {
     }
 
     fn lease_ask_mac(&self, a: &PeerLeaseAsk) -> Vec<u8> {
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(8);
-        let (from, to, hash, term, epoch, nonce, proxy) = (
-            a.from.to_be_bytes(),
-            a.to.to_be_bytes(),
-            a.members_hash.to_be_bytes(),
-            a.term.to_be_bytes(),
-            a.epoch.to_be_bytes(),
-            a.nonce.to_be_bytes(),
-            a.proxy_generation.to_be_bytes(),
-        );
-        parts.extend([
-            b"lease-ask".as_slice(),
-            &from,
-            &to,
-            &hash,
-            &term,
-            &epoch,
-            &nonce,
-        ]);
+        let mut header = vec![a.from, a.to, a.members_hash, a.term, a.epoch, a.nonce];
         // Signed only when set, so an ask without it verifies as before
         // (a peer of the version before it sends none); stripped on the
         // way, it only makes a promotion wait for the lease.
         if a.proxy_generation != 0 {
-            parts.push(&proxy);
+            header.push(a.proxy_generation);
         }
-        self.mac(&parts)
+        self.mac_of(&[b"lease-ask"], &header, &[])
     }
 
     /// Fills in the MAC of a lease ask.
@@ -193,16 +154,9 @@ impl Signer {
     }
 
     fn lease_grant_mac(&self, ask: &PeerLeaseAsk, g: &PeerLeaseGrant) -> Vec<u8> {
-        self.mac(&[
-            b"lease-grant",
-            &ask.from.to_be_bytes(),
-            &ask.to.to_be_bytes(),
-            &g.term.to_be_bytes(),
-            &ask.epoch.to_be_bytes(),
-            &ask.nonce.to_be_bytes(),
-            &[u8::from(g.granted)],
-            &g.generation.to_be_bytes(),
-        ])
+        let header = [ask.from, ask.to, g.term, ask.epoch, ask.nonce];
+        let tail: [&[u8]; 2] = [&[u8::from(g.granted)], &g.generation.to_be_bytes()];
+        self.mac_of(&[b"lease-grant"], &header, &tail)
     }
 
     /// Fills in the MAC of the answer to `ask`.
@@ -222,6 +176,35 @@ mod tests {
     use super::*;
     use pgwarden_proto::v1::OperatorRequest;
 
+    /// The signer with the test cluster key.
+    fn signer() -> Signer {
+        Signer::new(b"0123456789abcdef".to_vec())
+    }
+
+    /// `m` with the one change `f` makes.
+    fn with<T: Clone>(m: &T, f: impl FnOnce(&mut T)) -> T {
+        let mut t = m.clone();
+        f(&mut t);
+        t
+    }
+
+    /// Checks that `m`, signed by [`signer`], passes `verify` with that key
+    /// only, and that none of the `changed` copies of it passes.
+    fn verifies_only_unchanged<T>(
+        m: &T,
+        verify: impl Fn(&Signer, &T) -> bool,
+        changed: &[(&str, T)],
+    ) {
+        assert!(verify(&signer(), m), "as signed");
+        assert!(
+            !verify(&Signer::new(b"another key 0000".to_vec()), m),
+            "another key"
+        );
+        for (why, t) in changed {
+            assert!(!verify(&signer(), t), "{why}");
+        }
+    }
+
     fn envelope() -> PeerEnvelope {
         PeerEnvelope {
             from: 1,
@@ -236,68 +219,75 @@ mod tests {
 
     #[test]
     fn envelopes_verify_only_with_the_key_and_unchanged() {
-        let s = Signer::new(b"0123456789abcdef".to_vec());
         let mut e = envelope();
-        s.sign_envelope(&mut e);
-        assert!(s.verify_envelope(&e));
-        assert!(!Signer::new(b"another key 0000".to_vec()).verify_envelope(&e));
-        let mut t = e.clone();
-        t.from = 3;
-        assert!(!s.verify_envelope(&t));
-        let mut t = e.clone();
-        t.messages = vec![b"ab".to_vec(), b"cde".to_vec()];
-        assert!(!s.verify_envelope(&t), "message boundaries are signed");
-        let mut t = e.clone();
-        t.mac.clear();
-        assert!(!s.verify_envelope(&t));
+        signer().sign_envelope(&mut e);
+        verifies_only_unchanged(
+            &e,
+            Signer::verify_envelope,
+            &[
+                ("another sender", with(&e, |t| t.from = 3)),
+                (
+                    "message boundaries are signed",
+                    with(&e, |t| t.messages = vec![b"ab".to_vec(), b"cde".to_vec()]),
+                ),
+                ("no MAC", with(&e, |t| t.mac.clear())),
+            ],
+        );
+    }
+
+    /// A proposal from node 2 to its leader, node 1, in term 4, saying
+    /// nothing yet.
+    fn addressed() -> PeerProposal {
+        PeerProposal {
+            from: 2,
+            members_hash: 1,
+            epoch: 1,
+            seq: 1,
+            to: 1,
+            term: 4,
+            ..PeerProposal::default()
+        }
+    }
+
+    /// A backend report (`pg0` down), [`addressed`].
+    fn report() -> PeerProposal {
+        PeerProposal {
+            backend: "pg0".into(),
+            down: true,
+            ..addressed()
+        }
+    }
+
+    /// `p` sent again to another node, in another term or with another
+    /// seq: none of them passes the `bound_mac` `p` was signed with.
+    fn rebound(p: &PeerProposal) -> [(&'static str, PeerProposal); 3] {
+        [
+            ("another node", with(p, |p| p.to = 3)),
+            ("another term", with(p, |p| p.term = 5)),
+            ("another seq", with(p, |p| p.seq = 2)),
+        ]
     }
 
     #[test]
     fn proposals_verify() {
-        let s = Signer::new(b"0123456789abcdef".to_vec());
-        let mut p = PeerProposal {
-            from: 2,
-            members_hash: 1,
-            backend: "pg0".into(),
-            down: true,
-            epoch: 1,
-            seq: 1,
-            mac: vec![],
-            monitor: false,
-            to: 1,
-            term: 4,
-            bound_mac: vec![],
-            operator: None,
-        };
-        s.sign_proposal(&mut p);
-        assert!(s.verify_proposal(&p));
-        assert!(s.verify_bound_proposal(&p));
-        for changed in [
-            PeerProposal { to: 3, ..p.clone() },
-            PeerProposal {
-                term: 5,
-                ..p.clone()
-            },
-            PeerProposal {
-                seq: 2,
-                ..p.clone()
-            },
-        ] {
-            assert!(!s.verify_bound_proposal(&changed), "{changed:?}");
-        }
-        p.down = false;
-        assert!(!s.verify_proposal(&p));
-        p.down = true;
-        p.monitor = true;
-        assert!(
-            !s.verify_proposal(&p),
-            "a backend report cannot pass as a monitor report"
+        let mut p = report();
+        signer().sign_proposal(&mut p);
+        verifies_only_unchanged(&p, Signer::verify_bound_proposal, &rebound(&p));
+        verifies_only_unchanged(
+            &p,
+            Signer::verify_proposal,
+            &[
+                ("up", with(&p, |p| p.down = false)),
+                (
+                    "a backend report cannot pass as a monitor report",
+                    with(&p, |p| p.monitor = true),
+                ),
+            ],
         );
     }
 
     #[test]
     fn operator_requests_verify_only_unchanged_and_bound() {
-        let s = Signer::new(b"0123456789abcdef".to_vec());
         let request = OperatorRequest {
             kind: 2,
             backend_id: 1,
@@ -305,87 +295,38 @@ mod tests {
             backend_name: "pg1".into(),
         };
         let mut p = PeerProposal {
-            from: 2,
-            members_hash: 1,
-            epoch: 1,
-            seq: 1,
-            to: 1,
-            term: 4,
             operator: Some(request.clone()),
-            ..PeerProposal::default()
+            ..addressed()
         };
-        s.sign_proposal(&mut p);
-        assert!(s.verify_bound_proposal(&p));
+        signer().sign_proposal(&mut p);
         assert!(
-            !s.verify_proposal(&p),
+            !signer().verify_proposal(&p),
             "an older watchdog (which checks `mac` only) refuses it"
         );
-        let changed = |f: &dyn Fn(&mut OperatorRequest)| {
-            let mut r = request.clone();
-            f(&mut r);
-            PeerProposal {
-                operator: Some(r),
-                ..p.clone()
-            }
-        };
-        for (why, other) in [
+        let changed =
+            |f: &dyn Fn(&mut OperatorRequest)| with(&p, |p| p.operator = Some(with(&request, f)));
+        let mut others = vec![
             ("another backend", changed(&|r| r.backend_id = 0)),
             ("forced", changed(&|r| r.force = true)),
             ("another kind", changed(&|r| r.kind = 3)),
             ("another name", changed(&|r| r.backend_name = "pg2".into())),
-            (
-                "made a report",
-                PeerProposal {
-                    operator: None,
-                    ..p.clone()
-                },
-            ),
-            ("another node", PeerProposal { to: 3, ..p.clone() }),
-            (
-                "another term",
-                PeerProposal {
-                    term: 5,
-                    ..p.clone()
-                },
-            ),
-        ] {
-            assert!(!s.verify_bound_proposal(&other), "{why}");
-        }
-        assert!(!Signer::new(b"another key......".to_vec()).verify_bound_proposal(&p));
+            ("made a report", with(&p, |p| p.operator = None)),
+        ];
+        others.extend(rebound(&p));
+        verifies_only_unchanged(&p, Signer::verify_bound_proposal, &others);
     }
 
     #[test]
     fn a_reports_bound_mac_is_what_it_was_before_operator_requests() {
-        let s = Signer::new(b"0123456789abcdef".to_vec());
-        let mut p = PeerProposal {
-            from: 2,
-            members_hash: 1,
-            backend: "pg0".into(),
-            down: true,
-            epoch: 1,
-            seq: 1,
-            to: 1,
-            term: 4,
-            ..PeerProposal::default()
-        };
-        s.sign_proposal(&mut p);
-        let before = s.mac(&[
-            b"proposal",
-            &2u64.to_be_bytes(),
-            &1u64.to_be_bytes(),
-            &1u64.to_be_bytes(),
-            &1u64.to_be_bytes(),
-            &1u64.to_be_bytes(),
-            &4u64.to_be_bytes(),
-            b"pg0",
-            &[1, 0],
-        ]);
+        let mut p = report();
+        signer().sign_proposal(&mut p);
+        let before = signer().mac_of(&[b"proposal"], &[2, 1, 1, 1, 1, 4], &[b"pg0", &[1, 0]]);
         assert_eq!(p.bound_mac, before);
     }
 
     #[test]
     fn lease_grants_verify_only_as_the_answer_to_their_own_ask() {
-        let s = Signer::new(b"cluster-key".to_vec());
+        let s = signer();
         let mut ask = PeerLeaseAsk {
             from: 2,
             to: 1,
@@ -397,29 +338,24 @@ mod tests {
             proxy_generation: 11,
         };
         s.sign_lease_ask(&mut ask);
-        assert!(s.verify_lease_ask(&ask));
-        assert!(!Signer::new(b"other".to_vec()).verify_lease_ask(&ask));
-        let mut changed = ask.clone();
-        changed.term = 5;
-        assert!(!s.verify_lease_ask(&changed));
-        // What the sender's proxy routes by cannot be raised on the way
-        // (it would let the leader promote before that proxy stopped).
-        let mut raised = ask.clone();
-        raised.proxy_generation = 12;
-        assert!(!s.verify_lease_ask(&raised));
+        verifies_only_unchanged(
+            &ask,
+            Signer::verify_lease_ask,
+            &[
+                ("another term", with(&ask, |a| a.term = 5)),
+                // What the sender's proxy routes by cannot be raised on the
+                // way (it would let the leader promote before that proxy
+                // stopped).
+                (
+                    "a raised proxy generation",
+                    with(&ask, |a| a.proxy_generation = 12),
+                ),
+            ],
+        );
         // Without one, an ask signs as the version before it signed.
-        let mut plain = ask.clone();
-        plain.proxy_generation = 0;
+        let mut plain = with(&ask, |a| a.proxy_generation = 0);
         s.sign_lease_ask(&mut plain);
-        let before = s.mac(&[
-            b"lease-ask",
-            &2u64.to_be_bytes(),
-            &1u64.to_be_bytes(),
-            &7u64.to_be_bytes(),
-            &4u64.to_be_bytes(),
-            &99u64.to_be_bytes(),
-            &5u64.to_be_bytes(),
-        ]);
+        let before = s.mac_of(&[b"lease-ask"], &[2, 1, 7, 4, 99, 5], &[]);
         assert_eq!(plain.mac, before);
 
         let mut grant = PeerLeaseGrant {
@@ -429,17 +365,16 @@ mod tests {
             mac: Vec::new(),
         };
         s.sign_lease_grant(&ask, &mut grant);
-        assert!(s.verify_lease_grant(&ask, &grant));
+        verifies_only_unchanged(
+            &grant,
+            |s, g| s.verify_lease_grant(&ask, g),
+            &[
+                ("forged", with(&grant, |g| g.generation = 11)),
+                ("flipped", with(&grant, |g| g.granted = false)),
+            ],
+        );
         // An old answer does not pass for the answer to a newer ask.
-        let mut later = ask.clone();
-        later.nonce = 6;
-        assert!(!s.verify_lease_grant(&later, &grant));
-        let mut forged = grant.clone();
-        forged.generation = 11;
-        assert!(!s.verify_lease_grant(&ask, &forged));
-        let mut flipped = grant.clone();
-        flipped.granted = false;
-        assert!(!s.verify_lease_grant(&ask, &flipped));
+        assert!(!s.verify_lease_grant(&with(&ask, |a| a.nonce = 6), &grant));
     }
 
     #[test]

@@ -114,41 +114,51 @@ mod tests {
         assert_eq!(Grantable::answer(None, 4, 10_000), None);
     }
 
-    #[test]
-    fn a_grant_lasts_from_the_ask_not_from_the_answer() {
+    /// Takes in a grant for `granted` asked for at `asked_at`, on a node
+    /// that has applied `applied`: whether it counted, and until when the
+    /// proxies may route by `applied` then.
+    fn renewed(f: &mut Fence, applied: u64, granted: u64, asked_at: u64) -> (bool, u64) {
+        let counted = f.renew(applied, granted, asked_at, L);
+        (counted, f.until(applied))
+    }
+
+    /// A fence that took a grant for generation 3, asked for at 10 000 ms.
+    fn leased_on_3() -> Fence {
         let mut f = Fence::default();
         assert_eq!(f.until(3), 1, "nothing granted yet");
-        assert!(f.renew(3, 3, 10_000, L));
-        assert_eq!(f.until(3), 10_600);
+        assert_eq!(renewed(&mut f, 3, 3, 10_000), (true, 10_600));
+        f
+    }
+
+    #[test]
+    fn a_grant_lasts_from_the_ask_not_from_the_answer() {
+        let mut f = leased_on_3();
         // An answer to an older ask never shortens it.
-        assert!(f.renew(3, 3, 9_900, L));
-        assert_eq!(f.until(3), 10_600);
-        assert!(f.renew(3, 3, 10_100, L));
-        assert_eq!(f.until(3), 10_700);
+        assert_eq!(renewed(&mut f, 3, 3, 9_900), (true, 10_600));
+        assert_eq!(renewed(&mut f, 3, 3, 10_100), (true, 10_700));
     }
 
     #[test]
     fn a_lease_never_carries_over_to_another_generation() {
-        let mut f = Fence::default();
-        assert!(f.renew(3, 3, 10_000, L));
+        let mut f = leased_on_3();
         // The node applied generation 4 (the primary withdrawn): the lease
         // on 3 does not cover it.
         assert_eq!(f.until(4), 1);
         // The leader still answers with 3 (it had not applied 4 yet): a
         // lease for a generation this node no longer shows counts nothing.
-        assert!(!f.renew(4, 3, 10_100, L));
-        assert_eq!(f.until(4), 1);
-        assert!(f.renew(4, 4, 10_200, L));
-        assert_eq!(f.until(4), 10_800);
+        assert_eq!(renewed(&mut f, 4, 3, 10_100), (false, 1));
+        assert_eq!(renewed(&mut f, 4, 4, 10_200), (true, 10_800));
     }
 
     #[test]
     fn a_node_behind_the_leader_renews_nothing_until_it_caught_up() {
-        let mut f = Fence::default();
-        assert!(f.renew(3, 3, 10_000, L));
+        let mut f = leased_on_3();
         // The leader has applied the withdrawal (4); this node still shows
         // 3: it must not keep routing by 3 on the leader's word.
-        assert!(!f.renew(3, 4, 10_100, L));
-        assert_eq!(f.until(3), 10_600, "the old grant ends when it ends");
+        assert_eq!(
+            renewed(&mut f, 3, 4, 10_100),
+            (false, 10_600),
+            "the old grant ends when it ends"
+        );
     }
 }

@@ -120,6 +120,26 @@ pub struct PeerService {
 /// value kept from an earlier lead is still true, only perhaps low.
 pub type ProxyRoutes = Arc<Mutex<std::collections::HashMap<u64, u64>>>;
 
+/// What a peer message says of its sender: its id and its member-list
+/// fingerprint, checked by [`PeerService`] before anything else.
+trait Sent {
+    /// (`from`, `members_hash`).
+    fn sender(&self) -> (u64, u64);
+}
+
+/// Implements [`Sent`] for messages with `from` and `members_hash` fields.
+macro_rules! sent_from_fields {
+    ($($message:ty),+) => {
+        $(impl Sent for $message {
+            fn sender(&self) -> (u64, u64) {
+                (self.from, self.members_hash)
+            }
+        })+
+    };
+}
+
+sent_from_fields!(PeerEnvelope, PeerLeaseAsk, PeerProposal);
+
 /// Grants nothing: for a [`PeerService`] that is never leader.
 pub fn no_grants() -> watch::Receiver<Option<Grantable>> {
     watch::channel(None).1
@@ -151,7 +171,11 @@ impl PeerService {
         self
     }
 
-    fn check_sender(&self, from: u64, members_hash: u64) -> Result<(), Status> {
+    /// The message `request` carries, if its sender is another member
+    /// with the same member list.
+    fn admit<T: Sent>(&self, request: Request<T>) -> Result<T, Status> {
+        let message = request.into_inner();
+        let (from, members_hash) = message.sender();
         if members_hash != self.id.members_hash {
             return Err(Status::failed_precondition(
                 "the member lists differ (watchdog.advertise + watchdog.peers must name the same nodes everywhere)",
@@ -159,6 +183,14 @@ impl PeerService {
         }
         if from == self.id.me || !self.id.voters.contains(&from) {
             return Err(Status::permission_denied("not a member"));
+        }
+        Ok(message)
+    }
+
+    /// Refuses what is addressed to another node than this one.
+    fn for_me(&self, to: u64) -> Result<(), Status> {
+        if to != self.id.me {
+            return Err(Status::invalid_argument("addressed to another node"));
         }
         Ok(())
     }
@@ -185,9 +217,7 @@ impl PeerService {
             tracing::warn!(from = p.from, "dropping an operator request with a bad MAC");
             return Err(Status::unauthenticated("bad MAC"));
         }
-        if p.to != self.id.me {
-            return Err(Status::invalid_argument("addressed to another node"));
-        }
+        self.for_me(p.to)?;
         let Some(request) = p.operator else {
             return Err(Status::invalid_argument("no request"));
         };
@@ -227,11 +257,8 @@ impl PeerService {
 #[tonic::async_trait]
 impl WatchdogPeer for PeerService {
     async fn deliver(&self, request: Request<PeerEnvelope>) -> Result<Response<PeerAck>, Status> {
-        let env = request.into_inner();
-        self.check_sender(env.from, env.members_hash)?;
-        if env.to != self.id.me {
-            return Err(Status::invalid_argument("addressed to another node"));
-        }
+        let env = self.admit(request)?;
+        self.for_me(env.to)?;
         if !self.id.signer.verify_envelope(&env) {
             tracing::warn!(
                 from = env.from,
@@ -266,14 +293,11 @@ impl WatchdogPeer for PeerService {
         &self,
         request: Request<PeerLeaseAsk>,
     ) -> Result<Response<PeerLeaseGrant>, Status> {
-        let ask = request.into_inner();
-        self.check_sender(ask.from, ask.members_hash)?;
+        let ask = self.admit(request)?;
         if !self.id.signer.verify_lease_ask(&ask) {
             return Err(Status::unauthenticated("bad MAC"));
         }
-        if ask.to != self.id.me {
-            return Err(Status::invalid_argument("addressed to another node"));
-        }
+        self.for_me(ask.to)?;
         // Believed only up to the generation this leader has applied: no
         // proxy can route by a newer one.
         let claimed = self
@@ -321,8 +345,7 @@ impl WatchdogPeer for PeerService {
         &self,
         request: Request<PeerProposal>,
     ) -> Result<Response<PeerProposalReply>, Status> {
-        let p = request.into_inner();
-        self.check_sender(p.from, p.members_hash)?;
+        let p = self.admit(request)?;
         if p.operator.is_some() {
             return self.operator(p).await.map(Response::new);
         }
@@ -340,9 +363,7 @@ impl WatchdogPeer for PeerService {
                 );
                 return Err(Status::unauthenticated("bad MAC"));
             }
-            if p.to != self.id.me {
-                return Err(Status::invalid_argument("addressed to another node"));
-            }
+            self.for_me(p.to)?;
         }
         self.fresh(Kind::Proposal, p.from, p.epoch, p.seq)?;
         let (tx, rx) = oneshot::channel();
@@ -679,17 +700,7 @@ mod tests {
             ..Default::default()
         };
         m.set_msg_type(MessageType::MsgHeartbeat);
-        let mut env = PeerEnvelope {
-            from: id.me,
-            to,
-            members_hash: id.members_hash,
-            seq: seq.take(),
-            epoch: id.epoch,
-            messages: vec![m.write_to_bytes().unwrap()],
-            mac: Vec::new(),
-        };
-        id.signer.sign_envelope(&mut env);
-        env
+        signed_envelope(id, to, seq, vec![m.write_to_bytes().unwrap()])
     }
 
     fn monitor_down(id: &Identity, seq: &mut Sequence) -> PeerProposal {

@@ -379,6 +379,17 @@ mod tests {
         ReplayGuard::open_with(Box::new(disk.clone())).unwrap()
     }
 
+    /// A guard on `disk` that accepted each of `accepted` from node 2, in
+    /// order: (kind, epoch, seq), the seq flagged [`PERSISTED_EPOCH`].
+    fn accepting(disk: &MemoryPersist, accepted: &[(Kind, u64, u64)]) -> ReplayGuard {
+        let mut rx = guard(disk);
+        for &(kind, epoch, seq) in accepted {
+            rx.check(kind, 2, epoch, PERSISTED_EPOCH | seq)
+                .unwrap_or_else(|why| panic!("{kind:?} {epoch} {seq}: {why}"));
+        }
+        rx
+    }
+
     #[test]
     fn the_epoch_is_persisted_and_only_increases() {
         let disk = MemoryPersist::new();
@@ -447,16 +458,15 @@ mod tests {
     #[test]
     fn the_newest_epochs_and_reports_survive_a_receiver_restart() {
         let disk = MemoryPersist::new();
-        let mut rx = guard(&disk);
-        rx.check(Kind::Envelope, 2, 1_000, PERSISTED_EPOCH | 7)
-            .unwrap();
-        rx.check(Kind::Proposal, 2, 1_000, PERSISTED_EPOCH | 3)
-            .unwrap();
-        rx.check(Kind::Envelope, 2, 2_000, PERSISTED_EPOCH | 1)
-            .unwrap();
-        rx.check(Kind::Proposal, 2, 2_000, PERSISTED_EPOCH | 4)
-            .unwrap();
-        drop(rx);
+        drop(accepting(
+            &disk,
+            &[
+                (Kind::Envelope, 1_000, 7),
+                (Kind::Proposal, 1_000, 3),
+                (Kind::Envelope, 2_000, 1),
+                (Kind::Proposal, 2_000, 4),
+            ],
+        ));
         let mut rx = guard(&disk);
         assert_eq!(rx.newest_epoch(2), Some(2_000));
         for kind in [Kind::Envelope, Kind::Proposal, Kind::Operator] {
@@ -480,9 +490,7 @@ mod tests {
     #[test]
     fn an_epoch_that_cannot_be_recorded_is_not_accepted() {
         let disk = MemoryPersist::new();
-        let mut rx = guard(&disk);
-        rx.check(Kind::Envelope, 2, 1_000, PERSISTED_EPOCH | 1)
-            .unwrap();
+        let mut rx = accepting(&disk, &[(Kind::Envelope, 1_000, 1)]);
         disk.set_failing(true);
         assert!(matches!(
             rx.check(Kind::Envelope, 2, 2_000, PERSISTED_EPOCH | 1),

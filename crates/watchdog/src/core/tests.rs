@@ -178,14 +178,7 @@ impl Net {
 
     /// The last status node `id` showed.
     fn status(&self, id: u64) -> WatchdogStatus {
-        self.log[&id]
-            .iter()
-            .rev()
-            .find_map(|o| match o {
-                Output::Status(s) => Some((**s).clone()),
-                _ => None,
-            })
-            .expect("a status shown")
+        statuses(&self.log[&id]).pop().expect("a status shown")
     }
 
     fn monitors_down(&self, id: u64) -> Vec<u64> {
@@ -198,14 +191,25 @@ impl Net {
     }
 }
 
+/// What `pick` takes from each of `out` it matches, in order.
+fn picked<T>(out: &[Out], pick: impl Fn(&Out) -> Option<T>) -> Vec<T> {
+    out.iter().filter_map(pick).collect()
+}
+
 /// The answers in `out`: (to, result).
 fn answers(out: &[Out]) -> Vec<(u32, Result<(), String>)> {
-    out.iter()
-        .filter_map(|o| match o {
-            Output::Answer { to, result } => Some((*to, result.clone())),
-            _ => None,
-        })
-        .collect()
+    picked(out, |o| match o {
+        Output::Answer { to, result } => Some((*to, result.clone())),
+        _ => None,
+    })
+}
+
+/// The statuses shown in `out`, in order.
+fn statuses(out: &[Out]) -> Vec<WatchdogStatus> {
+    picked(out, |o| match o {
+        Output::Status(s) => Some((**s).clone()),
+        _ => None,
+    })
 }
 
 /// Shorthand: an answer's result as "ok" or its message.
@@ -646,13 +650,7 @@ fn a_follower_takes_a_grant_only_from_its_leader_in_its_term() {
                 asked_at,
             }),
         );
-        let s = out
-            .iter()
-            .find_map(|o| match o {
-                Output::Status(s) => Some(s.clone()),
-                _ => None,
-            })
-            .unwrap();
+        let s = statuses(&out).remove(0);
         let until = asked_at + pgwarden_proto::lease::PROXY_LEASE.as_millis() as u64;
         assert_eq!(
             s.lease_until_mono_ms == until,
@@ -662,13 +660,10 @@ fn a_follower_takes_a_grant_only_from_its_leader_in_its_term() {
         );
     }
     // And it asks its leader, for the generation it applied.
-    let asks: Vec<Option<LeaseAsk>> = net.log[&follower]
-        .iter()
-        .filter_map(|o| match o {
-            Output::Ask(a) => Some(*a),
-            _ => None,
-        })
-        .collect();
+    let asks: Vec<Option<LeaseAsk>> = picked(&net.log[&follower], |o| match o {
+        Output::Ask(a) => Some(*a),
+        _ => None,
+    });
     assert_eq!(asks.last(), Some(&Some((leader, term, generation))));
 }
 
@@ -677,13 +672,10 @@ fn a_confirmed_leader_grants_and_leases_its_own_proxies() {
     let mut net = Net::new(3, 10);
     let leader = net.elect();
     net.run(2);
-    let grants: Vec<Option<Grantable>> = net.log[&leader]
-        .iter()
-        .filter_map(|o| match o {
-            Output::Grant(g) => Some(*g),
-            _ => None,
-        })
-        .collect();
+    let grants: Vec<Option<Grantable>> = picked(&net.log[&leader], |o| match o {
+        Output::Grant(g) => Some(*g),
+        _ => None,
+    });
     let g = grants.last().copied().flatten().expect("granting");
     assert_eq!(g.term, net.node(leader).term());
     assert!(net.status(leader).lease_until_mono_ms > net.readings().mono_ms);
@@ -738,13 +730,7 @@ fn the_delegate_ip_holder_shown_is_this_node_while_it_holds_it() {
         let c = net.cores.get_mut(&me).unwrap();
         c.read(readings);
         let out = c.step(Input::ProxyRouting);
-        let s = out
-            .iter()
-            .find_map(|o| match o {
-                Output::Status(s) => Some(s.clone()),
-                _ => None,
-            })
-            .unwrap();
+        let s = statuses(&out).remove(0);
         let expected = match shown {
             "me" => me,
             "leader" => leader,

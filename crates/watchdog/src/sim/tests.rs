@@ -21,6 +21,26 @@ fn can_grant(sim: &Sim, node: &WatchdogNode) -> bool {
         .is_some_and(|at| sim.now().saturating_sub(at) <= GRANT_CONTACT_TICKS)
 }
 
+/// A network that loses `loss` of the messages and delays each by up to
+/// `max_delay` ticks more.
+fn lossy(loss: f64, max_delay: u64) -> SimConfig {
+    SimConfig {
+        loss,
+        max_delay,
+        ..SimConfig::default()
+    }
+}
+
+/// Three nodes (seeded `seed`, on a perfect network) run until a leader
+/// took the delegate IP; and that leader.
+fn leader_holding_the_ip(seed: u64) -> (Sim, u64) {
+    let mut sim = Sim::new(3, seed, SimConfig::default());
+    sim.run_until(300, |s| !s.vip_holders().is_empty())
+        .expect("the leader takes the IP");
+    let leader = sim.leader().unwrap();
+    (sim, leader)
+}
+
 fn became_leader_at(sim: &Sim, id: u64, after: u64) -> Option<u64> {
     sim.events().iter().find_map(|e| match e {
         Event::Role { tick, node, change }
@@ -93,10 +113,7 @@ fn clusters_of_three_and_five_elect_one_leader_and_replicate() {
 
 #[test]
 fn isolated_leader_releases_the_vip_and_the_majority_takes_over() {
-    let mut sim = Sim::new(3, 3, SimConfig::default());
-    sim.run_until(300, |s| !s.vip_holders().is_empty())
-        .expect("the leader takes the IP");
-    let old = sim.leader().unwrap();
+    let (mut sim, old) = leader_holding_the_ip(3);
     let first_term = sim.node(old).term();
     let acquired = vip_event(&sim, old, VipAction::Acquire, 0).unwrap();
     let elected = became_leader_at(&sim, old, 0).unwrap();
@@ -147,10 +164,7 @@ fn isolated_leader_releases_the_vip_and_the_majority_takes_over() {
 /// one takes it (checked after every step), and the log goes on.
 #[test]
 fn leadership_transfer_moves_the_lead_and_the_ip_safely() {
-    let mut sim = Sim::new(3, 11, SimConfig::default());
-    sim.run_until(300, |s| !s.vip_holders().is_empty())
-        .expect("the leader takes the IP");
-    let old = sim.leader().unwrap();
+    let (mut sim, old) = leader_holding_the_ip(11);
     let to = sim.ids().into_iter().find(|&i| i != old).unwrap();
     let term = sim.node(old).term();
     // A follower asked to transfer does nothing.
@@ -183,11 +197,7 @@ fn leadership_transfer_moves_the_lead_and_the_ip_safely() {
 /// after every step), and the majority always takes over.
 #[test]
 fn leader_isolation_at_any_phase_never_gives_two_holders() {
-    let cfg = SimConfig {
-        loss: 0.05,
-        max_delay: 3,
-        ..SimConfig::default()
-    };
+    let cfg = lossy(0.05, 3);
     for seed in 500..560u64 {
         let mut sim = Sim::new(3, seed, cfg.clone());
         sim.run_until(500, |s| !s.vip_holders().is_empty())
@@ -227,9 +237,7 @@ fn leader_isolation_at_any_phase_never_gives_two_holders() {
 
 #[test]
 fn the_checker_sees_two_holders() {
-    let mut sim = Sim::new(3, 9, SimConfig::default());
-    sim.run_until(300, |s| !s.vip_holders().is_empty()).unwrap();
-    let leader = sim.leader().unwrap();
+    let (mut sim, leader) = leader_holding_the_ip(9);
     let other = sim.ids().into_iter().find(|&id| id != leader).unwrap();
     sim.slot_mut(other).vip = true;
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sim.check()))
@@ -378,10 +386,8 @@ fn message_loss_and_reordering_keep_safety_and_progress() {
     ];
     for (n, seed, loss, max_delay, compact_every, min_committed) in cases {
         let cfg = SimConfig {
-            loss,
-            max_delay,
             compact_every,
-            ..SimConfig::default()
+            ..lossy(loss, max_delay)
         };
         let mut sim = Sim::new(n, seed, cfg);
         // Every 250 ticks, cut one node (often the leader) off for 80.
@@ -422,10 +428,8 @@ fn message_loss_and_reordering_keep_safety_and_progress() {
 #[test]
 fn restarts_of_any_node_keep_safety() {
     let cfg = SimConfig {
-        loss: 0.05,
-        max_delay: 2,
         compact_every: 16,
-        ..SimConfig::default()
+        ..lossy(0.05, 2)
     };
     for (n, seed) in [(3, 301), (3, 302), (3, 303), (5, 401), (5, 402)] {
         let mut sim = Sim::new(n, seed, cfg.clone());
@@ -566,11 +570,7 @@ fn a_lagging_node_catches_up_from_a_snapshot() {
 
 #[test]
 fn same_seed_same_history() {
-    let cfg = SimConfig {
-        loss: 0.2,
-        max_delay: 3,
-        ..SimConfig::default()
-    };
+    let cfg = lossy(0.2, 3);
     let run = |seed| {
         let mut sim = Sim::new(5, seed, cfg.clone());
         drive(&mut sim, 400, 5, |_| {});
@@ -650,11 +650,7 @@ fn a_leader_grants_leases_only_on_the_newest_committed_generation() {
 #[test]
 fn a_confirmed_lead_had_no_rival_elected_before_it() {
     for seed in 0..16u64 {
-        let cfg = SimConfig {
-            loss: 0.05,
-            max_delay: 4,
-            ..SimConfig::default()
-        };
+        let cfg = lossy(0.05, 4);
         let mut sim = Sim::new(5, 500 + seed, cfg);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut confirmed = 0u64;

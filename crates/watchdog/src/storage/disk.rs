@@ -130,6 +130,20 @@ pub(super) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StorageError
     }
 }
 
+/// Opens `path` with `options`, makes `change` to the file and, before it
+/// returns, makes that durable with `sync` (`File::sync_all`, or
+/// `File::sync_data` when the data and the length are what matters).
+fn durably(
+    path: &Path,
+    options: &OpenOptions,
+    change: impl FnOnce(&mut File) -> std::io::Result<()>,
+    sync: fn(&File) -> std::io::Result<()>,
+) -> Result<(), StorageError> {
+    let mut file = options.open(path).map_err(io_err(path))?;
+    change(&mut file).map_err(io_err(path))?;
+    sync(&file).map_err(io_err(path))
+}
+
 /// The bytes of the file at `path`; `None` if there is none.
 fn read_if_there(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
     match fs::read(path) {
@@ -148,16 +162,12 @@ impl Persist for FilePersist {
         fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         let path = self.path();
         let tmp = self.dir.join(format!("{}.tmp", self.name));
-        {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)
-                .map_err(io_err(&tmp))?;
-            file.write_all(bytes).map_err(io_err(&tmp))?;
-            file.sync_all().map_err(io_err(&tmp))?;
-        }
+        durably(
+            &tmp,
+            OpenOptions::new().write(true).create(true).truncate(true),
+            |file| file.write_all(bytes),
+            File::sync_all,
+        )?;
         fs::rename(&tmp, &path).map_err(io_err(&path))?;
         self.sync_dir()
     }
@@ -178,14 +188,13 @@ impl Disk for FilePersist {
         if created {
             fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
         }
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        file.write_all(bytes).map_err(io_err(&path))?;
         // The length is part of what `sync_data` makes durable.
-        file.sync_data().map_err(io_err(&path))?;
+        durably(
+            &path,
+            OpenOptions::new().append(true).create(true),
+            |file| file.write_all(bytes),
+            File::sync_data,
+        )?;
         if created {
             self.sync_dir()?;
         }
@@ -194,12 +203,12 @@ impl Disk for FilePersist {
 
     fn truncate_journal(&mut self, generation: u64, len: u64) -> Result<(), StorageError> {
         let path = self.journal_location(generation);
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        file.set_len(len).map_err(io_err(&path))?;
-        file.sync_all().map_err(io_err(&path))
+        durably(
+            &path,
+            OpenOptions::new().write(true),
+            |file| file.set_len(len),
+            File::sync_all,
+        )
     }
 
     fn remove_journals_before(&mut self, generation: u64) -> Result<(), StorageError> {

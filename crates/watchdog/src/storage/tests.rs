@@ -211,9 +211,7 @@ fn corrupt_file_is_an_error_naming_the_path() {
 #[test]
 fn voters_must_match_the_configuration() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = DurableStorage::open(dir.path(), &[1, 2, 3]).unwrap();
-    s.set_hard_state(&hs(1, 0, 0));
-    s.persist().unwrap();
+    let _s = persisted_in(dir.path(), &[1, 2, 3], hs(1, 0, 0));
     let err = DurableStorage::open(dir.path(), &[1, 2, 3, 4, 5]).unwrap_err();
     assert!(matches!(err, StorageError::VotersMismatch { .. }), "{err}");
 }
@@ -221,9 +219,7 @@ fn voters_must_match_the_configuration() {
 #[test]
 fn no_temp_file_is_left_behind() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = DurableStorage::open(dir.path(), &[1]).unwrap();
-    s.set_hard_state(&hs(1, 1, 0));
-    s.persist().unwrap();
+    let mut s = persisted_in(dir.path(), &[1], hs(1, 1, 0));
     assert_eq!(file_names(dir.path()), vec![STATE_FILE]);
     s.set_hard_state(&hs(2, 1, 0));
     s.persist().unwrap();
@@ -233,9 +229,7 @@ fn no_temp_file_is_left_behind() {
 #[test]
 fn a_persist_appends_a_record_and_leaves_the_base_alone() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = DurableStorage::open(dir.path(), &[1, 2, 3]).unwrap();
-    s.set_hard_state(&hs(1, 1, 0));
-    s.persist().unwrap();
+    let mut s = persisted_in(dir.path(), &[1, 2, 3], hs(1, 1, 0));
     let base = fs::read(dir.path().join(STATE_FILE)).unwrap();
     for i in 1..=5 {
         s.append(&[entry(i, 1, b"e")]).unwrap();
@@ -255,6 +249,14 @@ fn a_persist_appends_a_record_and_leaves_the_base_alone() {
     let r = DurableStorage::open(dir.path(), &[1, 2, 3]).unwrap();
     assert_eq!(state_of(&r), state_of(&s));
     assert_eq!(r.persisted_size(), s.persisted_size());
+}
+
+/// Storage of `voters` in `dir` that persisted `hard`.
+fn persisted_in(dir: &std::path::Path, voters: &[u64], hard: HardState) -> DurableStorage {
+    let mut s = DurableStorage::open(dir, voters).unwrap();
+    s.set_hard_state(&hard);
+    s.persist().unwrap();
+    s
 }
 
 /// Persists a history with every kind of record (entries, a conflicting
