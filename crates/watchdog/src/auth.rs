@@ -316,12 +316,34 @@ mod tests {
         verifies_only_unchanged(&p, Signer::verify_bound_proposal, &others);
     }
 
+    /// `bytes` in lower-case hex.
+    fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     #[test]
     fn a_reports_bound_mac_is_what_it_was_before_operator_requests() {
         let mut p = report();
         signer().sign_proposal(&mut p);
-        let before = signer().mac_of(&[b"proposal"], &[2, 1, 1, 1, 1, 4], &[b"pg0", &[1, 0]]);
+        // Spelled out part by part, not through `mac_of`: this pins the
+        // bytes a watchdog of the version before signs and checks.
+        let be = |n: u64| n.to_be_bytes();
+        let before = signer().mac(&[
+            b"proposal",
+            &be(2),
+            &be(1),
+            &be(1),
+            &be(1),
+            &be(1),
+            &be(4),
+            b"pg0",
+            &[1, 0],
+        ]);
         assert_eq!(p.bound_mac, before);
+        assert_eq!(
+            hex(&p.bound_mac),
+            "94ee9e00bea84e13f3acd7984fe0319ae91ecb701e7c59064e009e4bf5499fa9"
+        );
     }
 
     #[test]
@@ -355,8 +377,21 @@ mod tests {
         // Without one, an ask signs as the version before it signed.
         let mut plain = with(&ask, |a| a.proxy_generation = 0);
         s.sign_lease_ask(&mut plain);
-        let before = s.mac_of(&[b"lease-ask"], &[2, 1, 7, 4, 99, 5], &[]);
+        let be = |n: u64| n.to_be_bytes();
+        let before = s.mac(&[
+            b"lease-ask",
+            &be(2),
+            &be(1),
+            &be(7),
+            &be(4),
+            &be(99),
+            &be(5),
+        ]);
         assert_eq!(plain.mac, before);
+        assert_eq!(
+            hex(&plain.mac),
+            "0456bbc74581dfc42d2d19c41c31fe9c93fe3e52326bf7cbc9cb13353a24d657"
+        );
 
         let mut grant = PeerLeaseGrant {
             granted: true,
