@@ -32,6 +32,9 @@
 //! `***`; [`check_secret_file_mode`] is the permission check the daemons
 //! also apply to `proxy.auth_file` and `watchdog.auth_key_file`.
 
+#[macro_use]
+mod spelled;
+
 mod admin;
 mod backend;
 mod checks;
