@@ -10,40 +10,27 @@ use pgwarden_proto::v1::{
 use tonic::transport::Channel;
 
 use crate::CtlError;
-use crate::socket::{Place, Socket};
+use crate::socket::{Connected, Place};
 
 /// A connected client of the proxy's admin API.
-#[derive(Debug)]
-pub struct Proxy {
-    client: ProxyClient<Channel>,
-    socket: Socket,
-}
+pub type Proxy = Connected<ProxyClient<Channel>>;
 
 impl Proxy {
     /// Connects to the proxy's socket now; an error means it is not running.
     pub async fn connect(at: Place) -> Result<Self, CtlError> {
-        let socket = Socket::new(Daemon::Proxy, at);
-        Ok(Proxy {
-            client: ProxyClient::new(socket.connect().await?),
-            socket,
-        })
+        Self::open(Daemon::Proxy, at, ProxyClient::new).await
     }
 
     /// `GetPools`: every pool's numbers, and the route.
     pub async fn pools(&mut self) -> Result<GetPoolsReply, CtlError> {
         let call = self.client.get_pools(GetPoolsRequest {});
-        Ok(self.socket.deadline("GetPools", call).await?.into_inner())
+        self.socket.deadline("GetPools", call).await
     }
 
     /// `ListClients`: every logged-in client.
     pub async fn clients(&mut self) -> Result<Vec<ClientInfo>, CtlError> {
         let call = self.client.list_clients(ListClientsRequest {});
-        Ok(self
-            .socket
-            .deadline("ListClients", call)
-            .await?
-            .into_inner()
-            .clients)
+        Ok(self.socket.deadline("ListClients", call).await?.clients)
     }
 
     /// `Pause`: new sessions wait until `Resume`.
@@ -63,22 +50,12 @@ impl Proxy {
     /// `Reload`: the proxy re-reads its auth file; its message.
     pub async fn reload(&mut self) -> Result<String, CtlError> {
         let call = self.client.reload(ReloadRequest {});
-        Ok(self
-            .socket
-            .deadline("Reload", call)
-            .await?
-            .into_inner()
-            .message)
+        Ok(self.socket.deadline("Reload", call).await?.message)
     }
 
     /// `TerminateClient`: whether a client with that pid was there.
     pub async fn terminate(&mut self, pid: i32) -> Result<bool, CtlError> {
         let call = self.client.terminate_client(TerminateClientRequest { pid });
-        Ok(self
-            .socket
-            .deadline("TerminateClient", call)
-            .await?
-            .into_inner()
-            .found)
+        Ok(self.socket.deadline("TerminateClient", call).await?.found)
     }
 }
