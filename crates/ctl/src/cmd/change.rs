@@ -12,27 +12,22 @@ use crate::monitor::Monitor;
 use crate::render::{change_json, summary_line};
 use crate::resolve::resolve;
 
-/// AttachBackend (pcp_attach_node).
-pub async fn attach(
+/// AttachBackend (pcp_attach_node) when `attach`, else DetachBackend
+/// (pcp_detach_node).
+pub async fn attach_or_detach(
     monitor: &mut Monitor,
     target: &Target,
+    attach: bool,
     json: bool,
     out: &mut impl Write,
 ) -> Result<(), CtlError> {
-    let id = backend_id(monitor, target).await?;
-    let reply = monitor.attach(id).await?;
-    print_reply(&reply, json, out)
-}
-
-/// DetachBackend (pcp_detach_node).
-pub async fn detach(
-    monitor: &mut Monitor,
-    target: &Target,
-    json: bool,
-    out: &mut impl Write,
-) -> Result<(), CtlError> {
-    let id = backend_id(monitor, target).await?;
-    let reply = monitor.detach(id).await?;
+    let state = monitor.get_cluster().await?;
+    let id = resolve(&state, &target.backend)?.id;
+    let reply = if attach {
+        monitor.attach(id).await?
+    } else {
+        monitor.detach(id).await?
+    };
     print_reply(&reply, json, out)
 }
 
@@ -151,19 +146,10 @@ pub async fn rejoin(
     }
 }
 
-/// The id of the backend `target` names, by the monitor's current state.
-async fn backend_id(monitor: &mut Monitor, target: &Target) -> Result<u32, CtlError> {
-    let state = monitor.get_cluster().await?;
-    Ok(resolve(&state, &target.backend)?.id)
-}
-
+/// The monitor's answer: its JSON, or its message as one line.
 fn print_reply(reply: &ChangeReply, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    if json {
-        super::write_json(out, &change_json(reply))
-    } else {
-        writeln!(out, "{}", reply.message)?;
-        Ok(())
-    }
+    let text = || format!("{}\n", reply.message);
+    super::print(out, json, || change_json(reply), text)
 }
 
 /// `promote --wait`: following a started switchover.

@@ -11,7 +11,7 @@ mod watchdog;
 use std::io::{self, Write};
 
 use pgwarden_proto::uds::Daemon;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::CtlError;
 use crate::cli::{Cli, Command};
@@ -32,10 +32,10 @@ pub async fn dispatch(
         Command::Status => status::run(&mut monitor(cli).await?, json, out).await,
         Command::Watch => watch::run(&mut monitor(cli).await?, json, out, interrupt).await,
         Command::Attach(target) => {
-            change::attach(&mut monitor(cli).await?, &target, json, out).await
+            change::attach_or_detach(&mut monitor(cli).await?, &target, true, json, out).await
         }
         Command::Detach(target) => {
-            change::detach(&mut monitor(cli).await?, &target, json, out).await
+            change::attach_or_detach(&mut monitor(cli).await?, &target, false, json, out).await
         }
         Command::Promote(args) => {
             change::promote(&mut monitor(cli).await?, &args, json, out, interrupt).await
@@ -68,6 +68,32 @@ async fn monitor(cli: &Cli) -> Result<Monitor, CtlError> {
 /// The proxy's admin API, connected at [`crate::place`].
 async fn proxy_api(cli: &Cli) -> Result<Proxy, CtlError> {
     Proxy::connect(crate::place(cli, Daemon::Proxy)?).await
+}
+
+/// Writes `value()` as indented JSON (see [`write_json`]) when `json`, else
+/// `text()` as it is.
+fn print(
+    out: &mut impl Write,
+    json: bool,
+    value: impl FnOnce() -> Value,
+    text: impl FnOnce() -> String,
+) -> Result<(), CtlError> {
+    if json {
+        write_json(out, &value())
+    } else {
+        out.write_all(text().as_bytes())?;
+        Ok(())
+    }
+}
+
+/// Writes `text` as one line, or as JSON `{"message": text}`.
+fn message(out: &mut impl Write, json: bool, text: &str) -> Result<(), CtlError> {
+    print(
+        out,
+        json,
+        || json!({ "message": text }),
+        || format!("{text}\n"),
+    )
 }
 
 /// Writes `value` as indented JSON and a newline.

@@ -21,12 +21,12 @@ pub async fn run(
         return watch(watchdog, json, out, interrupt).await;
     }
     let status = watchdog.get_status().await?;
-    if json {
-        super::write_json(out, &watchdog_json(&status))
-    } else {
-        out.write_all(watchdog_text(&status, now_unix_ms()).as_bytes())?;
-        Ok(())
-    }
+    super::print(
+        out,
+        json,
+        || watchdog_json(&status),
+        || watchdog_text(&status, now_unix_ms()),
+    )
 }
 
 /// The current status's line, then one per event, until `interrupt`
