@@ -9,7 +9,7 @@ use pgwarden_proto::v1::{ChangeReply, ClusterState, Status};
 use crate::CtlError;
 use crate::cli::{PromoteArgs, RejoinArgs, Target};
 use crate::monitor::Monitor;
-use crate::render::{change_json, summary_line};
+use crate::render::summary_line;
 use crate::resolve::resolve;
 
 /// AttachBackend (pcp_attach_node) when `attach`, else DetachBackend
@@ -28,7 +28,7 @@ pub async fn attach_or_detach(
     } else {
         monitor.detach(id).await?
     };
-    print_reply(&reply, json, out)
+    super::print(out, json, &reply)
 }
 
 /// PromoteBackend (pcp_promote_node --switchover). The monitor answers as
@@ -45,7 +45,7 @@ pub async fn promote(
     let (id, name) = (backend.id, backend.name.clone());
     let reply = monitor.promote(id, args.force).await?;
     if !args.wait {
-        return print_reply(&reply, json, out);
+        return super::print(out, json, &reply);
     }
     if !json {
         writeln!(out, "{}", reply.message)?;
@@ -64,7 +64,7 @@ pub async fn promote(
         message: format!("{name} is the primary (generation {})", state.generation),
         state: Some(state),
     };
-    print_reply(&done, json, out)
+    super::print(out, json, &done)
 }
 
 /// How often `rejoin --wait` looks at the backend.
@@ -91,7 +91,7 @@ pub async fn rejoin(
     let reply = monitor.rejoin(id).await?;
     let replied = reply.state.as_ref().map_or(0, |s| s.generation);
     if !args.wait {
-        return print_reply(&reply, json, out);
+        return super::print(out, json, &reply);
     }
     if !json {
         writeln!(out, "{}", reply.message)?;
@@ -114,7 +114,7 @@ pub async fn rejoin(
                 ),
                 state: Some(state),
             };
-            return print_reply(&done, json, out);
+            return super::print(out, json, &done);
         }
         let current = reason != before || state.generation > replied;
         if let Some(why) = reason.strip_prefix("rejoin failed: ")
@@ -144,12 +144,6 @@ pub async fn rejoin(
             () = tokio::time::sleep(REJOIN_POLL) => {}
         }
     }
-}
-
-/// The monitor's answer: its JSON, or its message as one line.
-fn print_reply(reply: &ChangeReply, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    let text = || format!("{}\n", reply.message);
-    super::print(out, json, || change_json(reply), text)
 }
 
 /// `promote --wait`: following a started switchover.

@@ -11,12 +11,19 @@ mod watchdog;
 use std::io::{self, Write};
 
 use pgwarden_proto::uds::Daemon;
+use pgwarden_proto::v1::{
+    ChangeReply, ClientInfo, ClusterState, GetHistoryReply, GetPoolsReply, WatchdogStatus,
+};
 use serde_json::{Value, json};
 
 use crate::CtlError;
 use crate::cli::{Cli, Command};
 use crate::monitor::Monitor;
 use crate::proxy::Proxy;
+use crate::render::{
+    change_json, clients_json, clients_text, history_json, history_text, now_unix_ms, pools_json,
+    pools_text, state_json, status_text, watchdog_json, watchdog_text,
+};
 use crate::watchdog::Watchdog;
 
 /// Runs the command `cli` asks for, connected to the daemon it needs,
@@ -70,30 +77,98 @@ async fn proxy_api(cli: &Cli) -> Result<Proxy, CtlError> {
     Proxy::connect(crate::place(cli, Daemon::Proxy)?).await
 }
 
-/// Writes `value()` as indented JSON (see [`write_json`]) when `json`, else
-/// `text()` as it is.
-fn print(
-    out: &mut impl Write,
-    json: bool,
-    value: impl FnOnce() -> Value,
-    text: impl FnOnce() -> String,
-) -> Result<(), CtlError> {
+/// What a command prints: as JSON with `--json`, else as text.
+trait Printed {
+    /// The `--json` form.
+    fn json(&self) -> Value;
+    /// The text form: whole lines.
+    fn text(&self) -> String;
+}
+
+/// `status`: the table, with ages from now.
+impl Printed for ClusterState {
+    fn json(&self) -> Value {
+        state_json(self)
+    }
+    fn text(&self) -> String {
+        status_text(self, now_unix_ms())
+    }
+}
+
+/// A change's answer: the monitor's message.
+impl Printed for ChangeReply {
+    fn json(&self) -> Value {
+        change_json(self)
+    }
+    fn text(&self) -> String {
+        format!("{}\n", self.message)
+    }
+}
+
+impl Printed for GetHistoryReply {
+    fn json(&self) -> Value {
+        history_json(self)
+    }
+    fn text(&self) -> String {
+        history_text(self)
+    }
+}
+
+impl Printed for GetPoolsReply {
+    fn json(&self) -> Value {
+        pools_json(self)
+    }
+    fn text(&self) -> String {
+        pools_text(self)
+    }
+}
+
+/// `clients`, with ages from now.
+impl Printed for Vec<ClientInfo> {
+    fn json(&self) -> Value {
+        clients_json(self)
+    }
+    fn text(&self) -> String {
+        clients_text(self, now_unix_ms())
+    }
+}
+
+/// `watchdog`, with ages from now.
+impl Printed for WatchdogStatus {
+    fn json(&self) -> Value {
+        watchdog_json(self)
+    }
+    fn text(&self) -> String {
+        watchdog_text(self, now_unix_ms())
+    }
+}
+
+/// A message of pgwardenctl's own: one line, or `{"message": ...}`.
+struct Message<'a>(&'a str);
+
+impl Printed for Message<'_> {
+    fn json(&self) -> Value {
+        json!({ "message": self.0 })
+    }
+    fn text(&self) -> String {
+        format!("{}\n", self.0)
+    }
+}
+
+/// Writes `printed` as indented JSON (see [`write_json`]) when `json`, else
+/// as text.
+fn print(out: &mut impl Write, json: bool, printed: &impl Printed) -> Result<(), CtlError> {
     if json {
-        write_json(out, &value())
+        write_json(out, &printed.json())
     } else {
-        out.write_all(text().as_bytes())?;
+        out.write_all(printed.text().as_bytes())?;
         Ok(())
     }
 }
 
 /// Writes `text` as one line, or as JSON `{"message": text}`.
 fn message(out: &mut impl Write, json: bool, text: &str) -> Result<(), CtlError> {
-    print(
-        out,
-        json,
-        || json!({ "message": text }),
-        || format!("{text}\n"),
-    )
+    print(out, json, &Message(text))
 }
 
 /// Writes `value` as indented JSON and a newline.

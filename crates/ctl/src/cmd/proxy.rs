@@ -5,23 +5,15 @@ use std::io::Write;
 
 use crate::CtlError;
 use crate::proxy::Proxy;
-use crate::render::{clients_json, clients_text, now_unix_ms, pools_json, pools_text};
 
 /// `pools`: the server connection cache.
 pub async fn pools(proxy: &mut Proxy, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    let reply = proxy.pools().await?;
-    super::print(out, json, || pools_json(&reply), || pools_text(&reply))
+    super::print(out, json, &proxy.pools().await?)
 }
 
 /// `clients`: who is logged in.
 pub async fn clients(proxy: &mut Proxy, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    let clients = proxy.clients().await?;
-    super::print(
-        out,
-        json,
-        || clients_json(&clients),
-        || clients_text(&clients, now_unix_ms()),
-    )
+    super::print(out, json, &proxy.clients().await?)
 }
 
 /// `pause`: new sessions wait.

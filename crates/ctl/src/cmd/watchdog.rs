@@ -6,7 +6,7 @@ use std::io::Write;
 
 use crate::CtlError;
 use crate::cli::WatchdogArgs;
-use crate::render::{leadership_line, now_unix_ms, watchdog_json, watchdog_text};
+use crate::render::{leadership_line, watchdog_json};
 use crate::watchdog::Watchdog;
 
 /// Prints the watchdog's status, or follows it with `--watch`.
@@ -20,13 +20,7 @@ pub async fn run(
     if args.watch {
         return watch(watchdog, json, out, interrupt).await;
     }
-    let status = watchdog.get_status().await?;
-    super::print(
-        out,
-        json,
-        || watchdog_json(&status),
-        || watchdog_text(&status, now_unix_ms()),
-    )
+    super::print(out, json, &watchdog.get_status().await?)
 }
 
 /// The current status's line, then one per event, until `interrupt`
