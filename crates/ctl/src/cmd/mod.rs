@@ -37,7 +37,10 @@ pub async fn dispatch(
     let json = cli.json;
     match cli.command_or_status() {
         Command::Status => status::run(&mut monitor(cli).await?, json, out).await,
-        Command::Watch => watch::run(&mut monitor(cli).await?, json, out, interrupt).await,
+        Command::Watch => {
+            let mut monitor = monitor(cli).await?;
+            follow(monitor.watch().await?, json, out, interrupt).await
+        }
         Command::Attach(target) => {
             change::attach_or_detach(&mut monitor(cli).await?, &target, true, json, out).await
         }
@@ -54,7 +57,12 @@ pub async fn dispatch(
         Command::History => history::run(&mut monitor(cli).await?, json, out).await,
         Command::Watchdog(args) => {
             let mut watchdog = Watchdog::connect(crate::place(cli, Daemon::Watchdog)?).await?;
-            watchdog::run(&mut watchdog, &args, json, out, interrupt).await
+            if args.watch {
+                let events = watchdog.watch().await?;
+                follow(watchdog::Leadership::new(events), json, out, interrupt).await
+            } else {
+                watchdog::status(&mut watchdog, json, out).await
+            }
         }
         Command::Pools => proxy::pools(&mut proxy_api(cli).await?, json, out).await,
         Command::Clients => proxy::clients(&mut proxy_api(cli).await?, json, out).await,
@@ -169,6 +177,38 @@ fn print(out: &mut impl Write, json: bool, printed: &impl Printed) -> Result<(),
 /// Writes `text` as one line, or as JSON `{"message": text}`.
 fn message(out: &mut impl Write, json: bool, text: &str) -> Result<(), CtlError> {
     print(out, json, &Message(text))
+}
+
+/// A stream `watch` and `watchdog --watch` follow, one line per item.
+trait Feed {
+    /// What it streams.
+    type Item;
+    /// The next item; the daemon going away is an error.
+    async fn next(&mut self) -> Result<Self::Item, CtlError>;
+    /// The item's line: its JSON with `json`, else its text; `None` skips it.
+    fn line(&mut self, item: &Self::Item, json: bool) -> Option<String>;
+}
+
+/// Writes the line of each item `feed` yields, flushed, until `interrupt`
+/// completes. The daemon going away is an error: the operator must know
+/// the stream stopped.
+async fn follow(
+    mut feed: impl Feed,
+    json: bool,
+    out: &mut impl Write,
+    interrupt: impl Future<Output = ()>,
+) -> Result<(), CtlError> {
+    let mut interrupt = std::pin::pin!(interrupt);
+    loop {
+        let item = tokio::select! {
+            () = &mut interrupt => return Ok(()),
+            item = feed.next() => item?,
+        };
+        if let Some(line) = feed.line(&item, json) {
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        }
+    }
 }
 
 /// Writes `value` as indented JSON and a newline.
