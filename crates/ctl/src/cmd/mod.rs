@@ -93,74 +93,41 @@ trait Printed {
     fn text(&self) -> String;
 }
 
-/// `status`: the table, with ages from now.
-impl Printed for ClusterState {
-    fn json(&self) -> Value {
-        state_json(self)
-    }
-    fn text(&self) -> String {
-        status_text(self, now_unix_ms())
-    }
-}
-
-/// A change's answer: the monitor's message.
-impl Printed for ChangeReply {
-    fn json(&self) -> Value {
-        change_json(self)
-    }
-    fn text(&self) -> String {
-        format!("{}\n", self.message)
-    }
-}
-
-impl Printed for GetHistoryReply {
-    fn json(&self) -> Value {
-        history_json(self)
-    }
-    fn text(&self) -> String {
-        history_text(self)
-    }
-}
-
-impl Printed for GetPoolsReply {
-    fn json(&self) -> Value {
-        pools_json(self)
-    }
-    fn text(&self) -> String {
-        pools_text(self)
-    }
-}
-
-/// `clients`, with ages from now.
-impl Printed for Vec<ClientInfo> {
-    fn json(&self) -> Value {
-        clients_json(self)
-    }
-    fn text(&self) -> String {
-        clients_text(self, now_unix_ms())
-    }
-}
-
-/// `watchdog`, with ages from now.
-impl Printed for WatchdogStatus {
-    fn json(&self) -> Value {
-        watchdog_json(self)
-    }
-    fn text(&self) -> String {
-        watchdog_text(self, now_unix_ms())
-    }
+/// Implements [`Printed`] for each type from its JSON and its text render
+/// functions.
+macro_rules! printed {
+    ($($(#[$doc:meta])* $type:ty: $json:expr, $text:expr;)+) => {
+        $(
+            $(#[$doc])*
+            impl Printed for $type {
+                fn json(&self) -> Value {
+                    let json: fn(&$type) -> Value = $json;
+                    json(self)
+                }
+                fn text(&self) -> String {
+                    let text: fn(&$type) -> String = $text;
+                    text(self)
+                }
+            }
+        )+
+    };
 }
 
 /// A message of pgwardenctl's own: one line, or `{"message": ...}`.
 struct Message<'a>(&'a str);
 
-impl Printed for Message<'_> {
-    fn json(&self) -> Value {
-        json!({ "message": self.0 })
-    }
-    fn text(&self) -> String {
-        format!("{}\n", self.0)
-    }
+printed! {
+    /// `status`: the table, with ages from now.
+    ClusterState: state_json, |s| status_text(s, now_unix_ms());
+    /// A change's answer: the monitor's message.
+    ChangeReply: change_json, |r| format!("{}\n", r.message);
+    GetHistoryReply: history_json, history_text;
+    GetPoolsReply: pools_json, pools_text;
+    /// `clients`, with ages from now.
+    Vec<ClientInfo>: |c| clients_json(c), |c| clients_text(c, now_unix_ms());
+    /// `watchdog`, with ages from now.
+    WatchdogStatus: watchdog_json, |s| watchdog_text(s, now_unix_ms());
+    Message<'_>: |m| json!({ "message": m.0 }), |m| format!("{}\n", m.0);
 }
 
 /// Writes `printed` as indented JSON (see [`write_json`]) when `json`, else
