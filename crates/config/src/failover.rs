@@ -93,23 +93,16 @@ pub(crate) struct RawFailover {
     switchover_drain_timeout: Duration,
 }
 
-impl Default for RawFailover {
-    fn default() -> Self {
-        let d = FailoverConfig::default();
-        Self {
-            mode: d.mode,
-            user: d.user,
-            password: None,
-            password_file: None,
-            command: d.command,
-            follow_primary_command: d.follow_primary_command,
-            command_timeout: d.command_timeout,
-            rejoin_command: d.rejoin_command,
-            rejoin_timeout: d.rejoin_timeout,
-            switchover_drain_timeout: d.switchover_drain_timeout,
-        }
-    }
-}
+raw_default_without_password!(RawFailover from FailoverConfig {
+    mode,
+    user,
+    command,
+    follow_primary_command,
+    command_timeout,
+    rejoin_command,
+    rejoin_timeout,
+    switchover_drain_timeout,
+});
 
 impl RawFailover {
     pub(crate) fn validate(self) -> Result<FailoverConfig, ConfigError> {

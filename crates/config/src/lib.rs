@@ -34,6 +34,8 @@
 
 #[macro_use]
 mod spelled;
+#[macro_use]
+mod secret;
 
 mod admin;
 mod backend;
@@ -44,7 +46,6 @@ mod failover;
 mod monitor;
 mod node;
 mod proxy;
-mod secret;
 mod server_tls;
 mod validate;
 mod watchdog;
