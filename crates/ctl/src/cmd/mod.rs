@@ -48,10 +48,12 @@ pub async fn dispatch(
             change::attach_or_detach(&mut monitor(cli).await?, &target, false, json, out).await
         }
         Command::Promote(args) => {
-            change::promote(&mut monitor(cli).await?, &args, json, out, interrupt).await
+            let change = change::Waited::Promote(&args);
+            change::waited(&mut monitor(cli).await?, change, json, out, interrupt).await
         }
         Command::Rejoin(args) => {
-            change::rejoin(&mut monitor(cli).await?, &args, json, out, interrupt).await
+            let change = change::Waited::Rejoin(&args);
+            change::waited(&mut monitor(cli).await?, change, json, out, interrupt).await
         }
         Command::Recheck => recheck::run(&mut monitor(cli).await?, json, out).await,
         Command::History => history::run(&mut monitor(cli).await?, json, out).await,
