@@ -1,71 +1,38 @@
 //! The connection to `pgwarden-monitor`: one call each, with a deadline, and
-//! gRPC errors turned into [`CtlError`]s that say what the operator should
-//! know (see [`Socket`]).
+//! gRPC errors turned into [`CtlError`]s that say what the operator should know
+//! (see [`Socket`](crate::socket::Socket)).
 
 use pgwarden_proto::MonitorClient;
-use pgwarden_proto::uds::Daemon;
 use pgwarden_proto::v1::{
     BackendRequest, ChangeReply, ClusterState, GetClusterRequest, GetHistoryReply,
-    GetHistoryRequest, PromoteBackendRequest, RecheckRequest, WatchClusterRequest,
+    GetHistoryRequest, PromoteBackendRequest, RecheckReply, RecheckRequest, WatchClusterRequest,
 };
 use tonic::transport::Channel;
 
 use crate::CtlError;
-use crate::socket::{Connected, Place, Stream};
+use crate::socket::{Connected, Stream};
 
-/// A connected client of the monitor on one socket.
+/// A connected client of the monitor on one socket; connecting fails when
+/// it is not running (or not accepting).
 pub type Monitor = Connected<MonitorClient<Channel>>;
 
 impl Monitor {
-    /// Connects to the monitor's socket now; an error means it is not
-    /// running (or not accepting).
-    pub async fn connect(at: Place) -> Result<Self, CtlError> {
-        Self::open(Daemon::Monitor, at, MonitorClient::new).await
-    }
-
-    /// `GetCluster`: the current state.
-    pub async fn get_cluster(&mut self) -> Result<ClusterState, CtlError> {
-        let call = self.client.get_cluster(GetClusterRequest {});
-        self.socket.deadline("GetCluster", call).await
-    }
-
-    /// `AttachBackend`.
-    pub async fn attach(&mut self, id: u32) -> Result<ChangeReply, CtlError> {
-        let call = self.client.attach_backend(BackendRequest { id });
-        self.socket.deadline("AttachBackend", call).await
-    }
-
-    /// `RejoinBackend`.
-    pub async fn rejoin(&mut self, id: u32) -> Result<ChangeReply, CtlError> {
-        let call = self.client.rejoin_backend(BackendRequest { id });
-        self.socket.deadline("RejoinBackend", call).await
-    }
-
-    /// `DetachBackend`.
-    pub async fn detach(&mut self, id: u32) -> Result<ChangeReply, CtlError> {
-        let call = self.client.detach_backend(BackendRequest { id });
-        self.socket.deadline("DetachBackend", call).await
-    }
-
-    /// `PromoteBackend`.
-    pub async fn promote(&mut self, id: u32, force: bool) -> Result<ChangeReply, CtlError> {
-        let call = self
-            .client
-            .promote_backend(PromoteBackendRequest { id, force });
-        self.socket.deadline("PromoteBackend", call).await
-    }
-
-    /// `GetHistory`.
-    pub async fn history(&mut self) -> Result<GetHistoryReply, CtlError> {
-        let call = self.client.get_history(GetHistoryRequest {});
-        self.socket.deadline("GetHistory", call).await
-    }
-
-    /// `Recheck`.
-    pub async fn recheck(&mut self) -> Result<(), CtlError> {
-        let call = self.client.recheck(RecheckRequest {});
-        self.socket.deadline("Recheck", call).await?;
-        Ok(())
+    unary! {
+        /// `GetCluster`: the current state.
+        get_cluster() -> ClusterState = get_cluster(GetClusterRequest {}), "GetCluster";
+        /// `AttachBackend`.
+        attach(id: u32) -> ChangeReply = attach_backend(BackendRequest { id }), "AttachBackend";
+        /// `RejoinBackend`.
+        rejoin(id: u32) -> ChangeReply = rejoin_backend(BackendRequest { id }), "RejoinBackend";
+        /// `DetachBackend`.
+        detach(id: u32) -> ChangeReply = detach_backend(BackendRequest { id }), "DetachBackend";
+        /// `PromoteBackend`.
+        promote(id: u32, force: bool) -> ChangeReply
+            = promote_backend(PromoteBackendRequest { id, force }), "PromoteBackend";
+        /// `GetHistory`.
+        history() -> GetHistoryReply = get_history(GetHistoryRequest {}), "GetHistory";
+        /// `Recheck`.
+        recheck() -> RecheckReply = recheck(RecheckRequest {}), "Recheck";
     }
 
     /// `WatchCluster`: the current state, then every new generation.

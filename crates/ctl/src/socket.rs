@@ -10,8 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgwarden_proto::MonitorClient;
 use pgwarden_proto::root_cause;
 use pgwarden_proto::uds::{self, Daemon, UdsError};
+use pgwarden_proto::v1::proxy_client::ProxyClient;
+use pgwarden_proto::v1::watchdog_client::WatchdogClient;
 use pgwarden_tls::rustls::ClientConfig;
 use tonic::Streaming;
 use tonic::transport::Channel;
@@ -239,16 +242,65 @@ pub struct Connected<C> {
     pub socket: Socket,
 }
 
-impl<C> Connected<C> {
-    /// Connects to `daemon` at `at` now (see [`Socket::connect`]), with the
-    /// generated client's constructor `new`.
-    pub async fn open(daemon: Daemon, at: Place, new: fn(Channel) -> C) -> Result<Self, CtlError> {
-        let socket = Socket::new(daemon, at);
+impl<C: Api> Connected<C> {
+    /// Connects to the daemon's socket at `at` now; an error means it is
+    /// not running (see [`Socket::connect`]).
+    pub async fn connect(at: Place) -> Result<Self, CtlError> {
+        let socket = Socket::new(C::DAEMON, at);
         Ok(Connected {
-            client: new(socket.connect().await?),
+            client: C::on(socket.connect().await?),
             socket,
         })
     }
+}
+
+/// A generated gRPC client of one daemon.
+pub trait Api {
+    /// The daemon it talks to.
+    const DAEMON: Daemon;
+    /// The client on `channel`.
+    fn on(channel: Channel) -> Self;
+}
+
+impl Api for MonitorClient<Channel> {
+    const DAEMON: Daemon = Daemon::Monitor;
+    fn on(channel: Channel) -> Self {
+        Self::new(channel)
+    }
+}
+
+impl Api for ProxyClient<Channel> {
+    const DAEMON: Daemon = Daemon::Proxy;
+    fn on(channel: Channel) -> Self {
+        Self::new(channel)
+    }
+}
+
+impl Api for WatchdogClient<Channel> {
+    const DAEMON: Daemon = Daemon::Watchdog;
+    fn on(channel: Channel) -> Self {
+        Self::new(channel)
+    }
+}
+
+/// Declares methods of a [`Connected`] client that each make one unary
+/// call under [`Socket::deadline`]: `name(args) -> Reply = rpc(request),
+/// "Rpc"`, with `.field` after it to return only that field of the reply.
+macro_rules! unary {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident($($arg:ident: $type:ty),*) -> $reply:ty
+            = $rpc:ident($request:expr), $label:literal $(.$field:ident)?;
+    )+) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name(&mut self, $($arg: $type),*) -> Result<$reply, CtlError> {
+                let call = self.client.$rpc($request);
+                let reply = self.socket.deadline($label, call).await?;
+                Ok(reply$(.$field)?)
+            }
+        )+
+    };
 }
 
 /// The messages of a streaming call, which never ends while its daemon runs.

@@ -1,8 +1,8 @@
 //! The connection to `pgwarden-watchdog` on `watchdog.sock`: the read-only
 //! calls an operator makes (`GetStatus`, `WatchLeadership`), with the same
-//! deadlines and error mapping as the monitor's (see [`Socket`]).
+//! deadlines and error mapping as the monitor's (see
+//! [`Socket`](crate::socket::Socket)).
 
-use pgwarden_proto::uds::Daemon;
 use pgwarden_proto::v1::watchdog_client::WatchdogClient;
 use pgwarden_proto::v1::{
     GetStatusRequest, LeadershipEvent, WatchLeadershipRequest, WatchdogStatus,
@@ -10,22 +10,17 @@ use pgwarden_proto::v1::{
 use tonic::transport::Channel;
 
 use crate::CtlError;
-use crate::socket::{Connected, Place, Stream};
+use crate::socket::{Connected, Stream};
 
-/// A connected client of the watchdog on one socket.
+/// A connected client of the watchdog on one socket; connecting fails when
+/// it is not running (or `watchdog.enabled` is off, so it was never
+/// started).
 pub type Watchdog = Connected<WatchdogClient<Channel>>;
 
 impl Watchdog {
-    /// Connects to the watchdog's socket now; an error means it is not
-    /// running (or `watchdog.enabled` is off, so it was never started).
-    pub async fn connect(at: Place) -> Result<Self, CtlError> {
-        Self::open(Daemon::Watchdog, at, WatchdogClient::new).await
-    }
-
-    /// `GetStatus`: this node's view of the watchdog cluster now.
-    pub async fn get_status(&mut self) -> Result<WatchdogStatus, CtlError> {
-        let call = self.client.get_status(GetStatusRequest {});
-        self.socket.deadline("GetStatus", call).await
+    unary! {
+        /// `GetStatus`: this node's view of the watchdog cluster now.
+        get_status() -> WatchdogStatus = get_status(GetStatusRequest {}), "GetStatus";
     }
 
     /// `WatchLeadership`: the current status, then every change of leader,
