@@ -1,4 +1,6 @@
-//! One module per command; this one only dispatches.
+//! One module per command; this one dispatches, and holds what they share:
+//! printing a reply as JSON or text ([`print`]) and following a stream
+//! ([`follow`]).
 
 mod change;
 mod history;
