@@ -70,22 +70,15 @@ pub(crate) struct RawHealthCheck {
     database: String,
 }
 
-impl Default for RawHealthCheck {
-    fn default() -> Self {
-        let d = HealthCheckConfig::default();
-        Self {
-            period: d.period,
-            timeout: d.timeout,
-            max_retries: d.max_retries,
-            retry_delay: d.retry_delay,
-            recheck_retry_delay: d.recheck_retry_delay,
-            user: d.user,
-            password: None,
-            password_file: None,
-            database: d.database,
-        }
-    }
-}
+raw_default_without_password!(RawHealthCheck from HealthCheckConfig {
+    period,
+    timeout,
+    max_retries,
+    retry_delay,
+    recheck_retry_delay,
+    user,
+    database,
+});
 
 impl RawHealthCheck {
     pub(crate) fn validate(self) -> Result<HealthCheckConfig, ConfigError> {

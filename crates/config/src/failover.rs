@@ -1,6 +1,5 @@
 //! `[failover]`: how a standby is promoted when the primary is lost.
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -10,32 +9,16 @@ use crate::error::ConfigError;
 use crate::secret::{Secret, resolve_password};
 use crate::validate;
 
-/// Who performs promotion and repointing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailoverMode {
-    /// `"builtin"`: pgwarden runs `pg_promote()` and repoints the standbys
-    /// over SQL, logging in as `failover.user`.
-    #[default]
-    Builtin,
-    /// `"command"`: pgwarden runs `failover.command` and
-    /// `failover.follow_primary_command`, as pgpool does.
-    Command,
-}
-
-impl FailoverMode {
-    /// The config spelling: `"builtin"` or `"command"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Builtin => "builtin",
-            Self::Command => "command",
-        }
-    }
-}
-
-impl fmt::Display for FailoverMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+spelled_enum! {
+    /// Who performs promotion and repointing.
+    pub enum FailoverMode {
+        /// `"builtin"`: pgwarden runs `pg_promote()` and repoints the standbys
+        /// over SQL, logging in as `failover.user`.
+        #[default]
+        Builtin = "builtin",
+        /// `"command"`: pgwarden runs `failover.command` and
+        /// `failover.follow_primary_command`, as pgpool does.
+        Command = "command",
     }
 }
 
@@ -110,23 +93,16 @@ pub(crate) struct RawFailover {
     switchover_drain_timeout: Duration,
 }
 
-impl Default for RawFailover {
-    fn default() -> Self {
-        let d = FailoverConfig::default();
-        Self {
-            mode: d.mode,
-            user: d.user,
-            password: None,
-            password_file: None,
-            command: d.command,
-            follow_primary_command: d.follow_primary_command,
-            command_timeout: d.command_timeout,
-            rejoin_command: d.rejoin_command,
-            rejoin_timeout: d.rejoin_timeout,
-            switchover_drain_timeout: d.switchover_drain_timeout,
-        }
-    }
-}
+raw_default_without_password!(RawFailover from FailoverConfig {
+    mode,
+    user,
+    command,
+    follow_primary_command,
+    command_timeout,
+    rejoin_command,
+    rejoin_timeout,
+    switchover_drain_timeout,
+});
 
 impl RawFailover {
     pub(crate) fn validate(self) -> Result<FailoverConfig, ConfigError> {

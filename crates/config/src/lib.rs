@@ -32,6 +32,11 @@
 //! `***`; [`check_secret_file_mode`] is the permission check the daemons
 //! also apply to `proxy.auth_file` and `watchdog.auth_key_file`.
 
+#[macro_use]
+mod spelled;
+#[macro_use]
+mod secret;
+
 mod admin;
 mod backend;
 mod checks;
@@ -41,7 +46,6 @@ mod failover;
 mod monitor;
 mod node;
 mod proxy;
-mod secret;
 mod server_tls;
 mod validate;
 mod watchdog;

@@ -1,6 +1,5 @@
 //! `[proxy]`: the client-facing listener and its server connection pools.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,121 +9,54 @@ use serde::Deserialize;
 use crate::error::ConfigError;
 use crate::validate;
 
-/// How long a server connection stays bound to one client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PoolMode {
-    /// `"session"`: for the whole client session (pgpool's connection cache).
-    #[default]
-    Session,
-    /// `"transaction"`: only for the duration of a transaction.
-    Transaction,
-}
-
-impl PoolMode {
-    /// The config spelling: `"session"` or `"transaction"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Session => "session",
-            Self::Transaction => "transaction",
-        }
+spelled_enum! {
+    /// How long a server connection stays bound to one client.
+    pub enum PoolMode {
+        /// `"session"`: for the whole client session (pgpool's connection cache).
+        #[default]
+        Session = "session",
+        /// `"transaction"`: only for the duration of a transaction.
+        Transaction = "transaction",
     }
 }
 
-impl fmt::Display for PoolMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+spelled_enum! {
+    /// `proxy.load_balance`: where reads go.
+    pub enum LoadBalance {
+        /// `"off"`: everything goes to the primary.
+        #[default]
+        Off = "off",
+        /// `"session"`: a client picks its read server once (pgpool's
+        /// default), and keeps it while it is eligible.
+        Session = "session",
+        /// `"statement"`: each autocommit read or read-only transaction
+        /// picks one.
+        Statement = "statement",
     }
 }
 
-/// `proxy.load_balance`: where reads go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LoadBalance {
-    /// `"off"`: everything goes to the primary.
-    #[default]
-    Off,
-    /// `"session"`: a client picks its read server once (pgpool's
-    /// default), and keeps it while it is eligible.
-    Session,
-    /// `"statement"`: each autocommit read or read-only transaction
-    /// picks one.
-    Statement,
-}
-
-impl LoadBalance {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Off => "off",
-            Self::Session => "session",
-            Self::Statement => "statement",
-        }
+spelled_enum! {
+    /// How clients whose `proxy.auth_file` secret is plain text are
+    /// authenticated. SCRAM and md5 secrets always use their own method.
+    pub enum AuthType {
+        /// `"scram-sha-256"`.
+        #[default]
+        ScramSha256 = "scram-sha-256",
+        /// `"md5"`, for old clients only.
+        Md5 = "md5",
     }
 }
 
-impl fmt::Display for LoadBalance {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How clients whose `proxy.auth_file` secret is plain text are
-/// authenticated. SCRAM and md5 secrets always use their own method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-pub enum AuthType {
-    /// `"scram-sha-256"`.
-    #[default]
-    #[serde(rename = "scram-sha-256")]
-    ScramSha256,
-    /// `"md5"`, for old clients only.
-    #[serde(rename = "md5")]
-    Md5,
-}
-
-impl AuthType {
-    /// The config spelling: `"scram-sha-256"` or `"md5"`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ScramSha256 => "scram-sha-256",
-            Self::Md5 => "md5",
-        }
-    }
-}
-
-impl fmt::Display for AuthType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// `proxy.client_tls_mode`: TLS between clients and the proxy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientTlsMode {
-    /// `"disable"`: SSLRequest is answered `N` (the default, as PgBouncer's).
-    #[default]
-    Disable,
-    /// `"allow"`: TLS for clients that ask, plain text for the others.
-    Allow,
-    /// `"require"`: plain-text clients are refused (28000).
-    Require,
-}
-
-impl ClientTlsMode {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Disable => "disable",
-            Self::Allow => "allow",
-            Self::Require => "require",
-        }
-    }
-}
-
-impl fmt::Display for ClientTlsMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+spelled_enum! {
+    /// `proxy.client_tls_mode`: TLS between clients and the proxy.
+    pub enum ClientTlsMode {
+        /// `"disable"`: SSLRequest is answered `N` (the default, as PgBouncer's).
+        #[default]
+        Disable = "disable",
+        /// `"allow"`: TLS for clients that ask, plain text for the others.
+        Allow = "allow",
+        /// `"require"`: plain-text clients are refused (28000).
+        Require = "require",
     }
 }
 

@@ -100,6 +100,24 @@ pub(crate) fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigE
     Ok(Secret::new(value))
 }
 
+/// Implements `Default` for a section's raw (as read) form from its
+/// config's defaults: each listed field copied, and neither a `password`
+/// nor a `password_file` (the config has no default password).
+macro_rules! raw_default_without_password {
+    ($raw:ident from $config:ident { $($field:ident),+ $(,)? }) => {
+        impl Default for $raw {
+            fn default() -> Self {
+                let d = $config::default();
+                Self {
+                    $($field: d.$field,)+
+                    password: None,
+                    password_file: None,
+                }
+            }
+        }
+    };
+}
+
 /// Resolves a `password` / `password_file` pair under `section` into at most
 /// one secret. An empty `password` or `password_file` counts as unset.
 pub(crate) fn resolve_password(

@@ -2,43 +2,31 @@
 //! (the proxy's pools, the monitor's checks, builtin failover, rejoin's
 //! `primary_conninfo`), with libpq's `sslmode` meanings.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use serde::Deserialize;
 
 use crate::error::ConfigError;
 
-/// `server_tls.mode`, as libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ServerTlsMode {
-    /// `"disable"`: plain text.
-    Disable,
-    /// `"prefer"` (the default, as libpq's): TLS when the server offers
-    /// it, plain text otherwise; the certificate is not checked.
-    #[default]
-    Prefer,
-    /// `"require"`: TLS or no connection; the certificate is not checked.
-    Require,
-    /// `"verify-ca"`: TLS, with a certificate signed by `ca_file`.
-    VerifyCa,
-    /// `"verify-full"`: that, and the certificate names the backend's host.
-    VerifyFull,
+spelled_enum! {
+    /// `server_tls.mode`, as libpq's `sslmode`.
+    pub enum ServerTlsMode {
+        /// `"disable"`: plain text.
+        Disable = "disable",
+        /// `"prefer"` (the default, as libpq's): TLS when the server offers
+        /// it, plain text otherwise; the certificate is not checked.
+        #[default]
+        Prefer = "prefer",
+        /// `"require"`: TLS or no connection; the certificate is not checked.
+        Require = "require",
+        /// `"verify-ca"`: TLS, with a certificate signed by `ca_file`.
+        VerifyCa = "verify-ca",
+        /// `"verify-full"`: that, and the certificate names the backend's host.
+        VerifyFull = "verify-full",
+    }
 }
 
 impl ServerTlsMode {
-    /// The config spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Disable => "disable",
-            Self::Prefer => "prefer",
-            Self::Require => "require",
-            Self::VerifyCa => "verify-ca",
-            Self::VerifyFull => "verify-full",
-        }
-    }
-
     /// TLS is asked for at all.
     pub fn enabled(self) -> bool {
         self != Self::Disable
@@ -47,12 +35,6 @@ impl ServerTlsMode {
     /// A server that does not offer TLS is refused.
     pub fn required(self) -> bool {
         !matches!(self, Self::Disable | Self::Prefer)
-    }
-}
-
-impl fmt::Display for ServerTlsMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 

@@ -142,61 +142,62 @@ mod tests {
 
     #[test]
     fn messages_and_exit_codes() {
-        let e = CtlError::Unreachable {
-            daemon: Daemon::Monitor,
-            at: "/run/pgwarden/monitor.sock".into(),
-            reason: "No such file or directory (os error 2)".into(),
-        };
-        assert_eq!(
-            e.to_string(),
-            "cannot reach pgwarden-monitor at /run/pgwarden/monitor.sock: No such file or directory (os error 2) (is it running?)"
-        );
-        assert_eq!(e.exit_code(), 2);
-
-        let e = CtlError::Unreachable {
-            daemon: Daemon::Watchdog,
-            at: "/run/pgwarden/watchdog.sock".into(),
-            reason: "Connection refused (os error 111)".into(),
-        };
-        assert_eq!(
-            e.to_string(),
-            "cannot reach pgwarden-watchdog at /run/pgwarden/watchdog.sock: Connection refused (os error 111) (is it running? watchdog.enabled?)"
-        );
-        assert_eq!(e.exit_code(), 2);
-
-        let e = CtlError::Refused("pg0 is already the primary".into());
-        assert_eq!(e.to_string(), "pg0 is already the primary");
-        assert_eq!(e.exit_code(), 1);
-
-        let e = CtlError::UnknownBackend {
-            given: "99".into(),
-            known: "0 pg0, 1 pg1".into(),
-        };
-        assert_eq!(
-            e.to_string(),
-            "no backend 99; the backends are: 0 pg0, 1 pg1"
-        );
-        assert_eq!(e.exit_code(), 2);
-
-        let e = CtlError::Timeout {
-            daemon: Daemon::Monitor,
-            at: "/m.sock".into(),
-            rpc: "GetCluster",
-            after: Duration::from_secs(30),
-        };
-        assert_eq!(
-            e.to_string(),
-            "pgwarden-monitor at /m.sock did not answer GetCluster within 30s"
-        );
-        assert_eq!(e.exit_code(), 2);
-
-        let e = CtlError::Failed {
-            rpc: "Recheck",
-            code: tonic::Code::Internal,
-            message: "boom".into(),
-        };
-        assert_eq!(e.to_string(), "Recheck failed: boom (gRPC Internal)");
-        assert_eq!(e.exit_code(), 1);
+        let cases = [
+            (
+                CtlError::Unreachable {
+                    daemon: Daemon::Monitor,
+                    at: "/run/pgwarden/monitor.sock".into(),
+                    reason: "No such file or directory (os error 2)".into(),
+                },
+                "cannot reach pgwarden-monitor at /run/pgwarden/monitor.sock: No such file or directory (os error 2) (is it running?)",
+                2,
+            ),
+            (
+                CtlError::Unreachable {
+                    daemon: Daemon::Watchdog,
+                    at: "/run/pgwarden/watchdog.sock".into(),
+                    reason: "Connection refused (os error 111)".into(),
+                },
+                "cannot reach pgwarden-watchdog at /run/pgwarden/watchdog.sock: Connection refused (os error 111) (is it running? watchdog.enabled?)",
+                2,
+            ),
+            (
+                CtlError::Refused("pg0 is already the primary".into()),
+                "pg0 is already the primary",
+                1,
+            ),
+            (
+                CtlError::UnknownBackend {
+                    given: "99".into(),
+                    known: "0 pg0, 1 pg1".into(),
+                },
+                "no backend 99; the backends are: 0 pg0, 1 pg1",
+                2,
+            ),
+            (
+                CtlError::Timeout {
+                    daemon: Daemon::Monitor,
+                    at: "/m.sock".into(),
+                    rpc: "GetCluster",
+                    after: Duration::from_secs(30),
+                },
+                "pgwarden-monitor at /m.sock did not answer GetCluster within 30s",
+                2,
+            ),
+            (
+                CtlError::Failed {
+                    rpc: "Recheck",
+                    code: tonic::Code::Internal,
+                    message: "boom".into(),
+                },
+                "Recheck failed: boom (gRPC Internal)",
+                1,
+            ),
+        ];
+        for (e, message, code) in cases {
+            assert_eq!(e.to_string(), message);
+            assert_eq!(e.exit_code(), code, "exit code of: {message}");
+        }
     }
 
     #[test]

@@ -27,6 +27,9 @@ pure functions (`render`: the status table, the watch line, the watchdog
 view, JSON).
 */
 
+#[macro_use]
+mod socket;
+
 pub mod cli;
 mod cmd;
 mod error;
@@ -34,7 +37,6 @@ mod monitor;
 mod proxy;
 mod render;
 mod resolve;
-mod socket;
 mod watchdog;
 
 use std::io::Write;

@@ -1,84 +1,35 @@
 //! The connection to `pgwarden-proxy`'s admin API on `proxy.sock`, with the
-//! same deadlines and error mapping as the monitor's (see [`Socket`]).
+//! same deadlines and error mapping as the monitor's (see
+//! [`Socket`](crate::socket::Socket)).
 
-use pgwarden_proto::uds::Daemon;
 use pgwarden_proto::v1::proxy_client::ProxyClient;
 use pgwarden_proto::v1::{
-    ClientInfo, GetPoolsReply, GetPoolsRequest, ListClientsRequest, PauseRequest, ReloadRequest,
-    ResumeRequest, TerminateClientRequest,
+    ClientInfo, GetPoolsReply, GetPoolsRequest, ListClientsRequest, PauseReply, PauseRequest,
+    ReloadRequest, ResumeReply, ResumeRequest, TerminateClientRequest,
 };
 use tonic::transport::Channel;
 
 use crate::CtlError;
-use crate::socket::{Place, Socket};
+use crate::socket::Connected;
 
-/// A connected client of the proxy's admin API.
-#[derive(Debug)]
-pub struct Proxy {
-    client: ProxyClient<Channel>,
-    socket: Socket,
-}
+/// A connected client of the proxy's admin API; connecting fails when it is
+/// not running.
+pub type Proxy = Connected<ProxyClient<Channel>>;
 
 impl Proxy {
-    /// Connects to the proxy's socket now; an error means it is not running.
-    pub async fn connect(at: Place) -> Result<Self, CtlError> {
-        let socket = Socket::new(Daemon::Proxy, at);
-        Ok(Proxy {
-            client: ProxyClient::new(socket.connect().await?),
-            socket,
-        })
-    }
-
-    /// `GetPools`: every pool's numbers, and the route.
-    pub async fn pools(&mut self) -> Result<GetPoolsReply, CtlError> {
-        let call = self.client.get_pools(GetPoolsRequest {});
-        Ok(self.socket.deadline("GetPools", call).await?.into_inner())
-    }
-
-    /// `ListClients`: every logged-in client.
-    pub async fn clients(&mut self) -> Result<Vec<ClientInfo>, CtlError> {
-        let call = self.client.list_clients(ListClientsRequest {});
-        Ok(self
-            .socket
-            .deadline("ListClients", call)
-            .await?
-            .into_inner()
-            .clients)
-    }
-
-    /// `Pause`: new sessions wait until `Resume`.
-    pub async fn pause(&mut self) -> Result<(), CtlError> {
-        let call = self.client.pause(PauseRequest {});
-        self.socket.deadline("Pause", call).await?;
-        Ok(())
-    }
-
-    /// `Resume`.
-    pub async fn resume(&mut self) -> Result<(), CtlError> {
-        let call = self.client.resume(ResumeRequest {});
-        self.socket.deadline("Resume", call).await?;
-        Ok(())
-    }
-
-    /// `Reload`: the proxy re-reads its auth file; its message.
-    pub async fn reload(&mut self) -> Result<String, CtlError> {
-        let call = self.client.reload(ReloadRequest {});
-        Ok(self
-            .socket
-            .deadline("Reload", call)
-            .await?
-            .into_inner()
-            .message)
-    }
-
-    /// `TerminateClient`: whether a client with that pid was there.
-    pub async fn terminate(&mut self, pid: i32) -> Result<bool, CtlError> {
-        let call = self.client.terminate_client(TerminateClientRequest { pid });
-        Ok(self
-            .socket
-            .deadline("TerminateClient", call)
-            .await?
-            .into_inner()
-            .found)
+    unary! {
+        /// `GetPools`: every pool's numbers, and the route.
+        pools() -> GetPoolsReply = get_pools(GetPoolsRequest {}), "GetPools";
+        /// `ListClients`: every logged-in client.
+        clients() -> Vec<ClientInfo> = list_clients(ListClientsRequest {}), "ListClients".clients;
+        /// `Pause`: new sessions wait until `Resume`.
+        pause() -> PauseReply = pause(PauseRequest {}), "Pause";
+        /// `Resume`.
+        resume() -> ResumeReply = resume(ResumeRequest {}), "Resume";
+        /// `Reload`: the proxy re-reads its auth file; its message.
+        reload() -> String = reload(ReloadRequest {}), "Reload".message;
+        /// `TerminateClient`: whether a client with that pid was there.
+        terminate(pid: i32) -> bool
+            = terminate_client(TerminateClientRequest { pid }), "TerminateClient".found;
     }
 }

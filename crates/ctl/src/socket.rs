@@ -10,9 +10,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use pgwarden_proto::MonitorClient;
 use pgwarden_proto::root_cause;
 use pgwarden_proto::uds::{self, Daemon, UdsError};
+use pgwarden_proto::v1::proxy_client::ProxyClient;
+use pgwarden_proto::v1::watchdog_client::WatchdogClient;
 use pgwarden_tls::rustls::ClientConfig;
+use tonic::Streaming;
 use tonic::transport::Channel;
 
 use crate::CtlError;
@@ -127,14 +131,14 @@ impl Socket {
         }
     }
 
-    /// Runs one call with [`REQUEST_TIMEOUT`], mapping its error.
+    /// Runs one call with [`REQUEST_TIMEOUT`], mapping its error; its reply.
     pub async fn deadline<T>(
         &self,
         rpc: &'static str,
-        call: impl Future<Output = Result<T, tonic::Status>>,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     ) -> Result<T, CtlError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, call).await {
-            Ok(Ok(reply)) => Ok(reply),
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
             Ok(Err(status)) => Err(self.status_error(rpc, status)),
             Err(_) => Err(CtlError::Timeout {
                 daemon: self.daemon,
@@ -192,6 +196,132 @@ impl Socket {
             reason,
         }
     }
+
+    /// Starts streaming call `rpc` with [`REQUEST_TIMEOUT`] (see
+    /// [`Socket::deadline`]); `ended` is the error its end becomes.
+    pub async fn stream<T>(
+        &self,
+        rpc: &'static str,
+        call: impl Future<Output = Result<tonic::Response<Streaming<T>>, tonic::Status>>,
+        ended: &'static str,
+    ) -> Result<Stream<T>, CtlError> {
+        Ok(Stream {
+            stream: self.deadline(rpc, call).await?,
+            socket: self.clone(),
+            rpc,
+            ended,
+        })
+    }
+}
+
+/// Checks that connecting failed with the unreachable error for `daemon`
+/// at `path` (`cannot reach {daemon} at {path}: {rest}`) and exit status 2.
+#[cfg(test)]
+pub(crate) fn assert_unreachable<T: fmt::Debug>(
+    connected: Result<T, CtlError>,
+    daemon: &str,
+    path: &Path,
+    rest: &str,
+) {
+    let e = connected.expect_err("connecting should fail");
+    assert_eq!(
+        e.to_string(),
+        format!("cannot reach {daemon} at {}: {rest}", path.display())
+    );
+    assert_eq!(e.exit_code(), 2);
+}
+
+/// A generated gRPC client connected to a daemon's [`Socket`]: what
+/// [`crate::monitor::Monitor`], [`crate::proxy::Proxy`] and
+/// [`crate::watchdog::Watchdog`] each are.
+#[derive(Debug)]
+pub struct Connected<C> {
+    /// The generated client.
+    pub client: C,
+    /// Where it is connected: for each call's deadline and errors.
+    pub socket: Socket,
+}
+
+impl<C: Api> Connected<C> {
+    /// Connects to the daemon's socket at `at` now; an error means it is
+    /// not running (see [`Socket::connect`]).
+    pub async fn connect(at: Place) -> Result<Self, CtlError> {
+        let socket = Socket::new(C::DAEMON, at);
+        Ok(Connected {
+            client: C::on(socket.connect().await?),
+            socket,
+        })
+    }
+}
+
+/// A generated gRPC client of one daemon.
+pub trait Api {
+    /// The daemon it talks to.
+    const DAEMON: Daemon;
+    /// The client on `channel`.
+    fn on(channel: Channel) -> Self;
+}
+
+impl Api for MonitorClient<Channel> {
+    const DAEMON: Daemon = Daemon::Monitor;
+    fn on(channel: Channel) -> Self {
+        Self::new(channel)
+    }
+}
+
+impl Api for ProxyClient<Channel> {
+    const DAEMON: Daemon = Daemon::Proxy;
+    fn on(channel: Channel) -> Self {
+        Self::new(channel)
+    }
+}
+
+impl Api for WatchdogClient<Channel> {
+    const DAEMON: Daemon = Daemon::Watchdog;
+    fn on(channel: Channel) -> Self {
+        Self::new(channel)
+    }
+}
+
+/// Declares methods of a [`Connected`] client that each make one unary
+/// call under [`Socket::deadline`]: `name(args) -> Reply = rpc(request),
+/// "Rpc"`, with `.field` after it to return only that field of the reply.
+macro_rules! unary {
+    ($(
+        $(#[$doc:meta])*
+        $name:ident($($arg:ident: $type:ty),*) -> $reply:ty
+            = $rpc:ident($request:expr), $label:literal $(.$field:ident)?;
+    )+) => {
+        $(
+            $(#[$doc])*
+            pub async fn $name(&mut self, $($arg: $type),*) -> Result<$reply, CtlError> {
+                let call = self.client.$rpc($request);
+                let reply = self.socket.deadline($label, call).await?;
+                Ok(reply$(.$field)?)
+            }
+        )+
+    };
+}
+
+/// The messages of a streaming call, which never ends while its daemon runs.
+#[derive(Debug)]
+pub struct Stream<T> {
+    stream: Streaming<T>,
+    socket: Socket,
+    rpc: &'static str,
+    /// The error the stream's end becomes.
+    ended: &'static str,
+}
+
+impl<T> Stream<T> {
+    /// The next message; the end of the stream is an error too.
+    pub async fn next(&mut self) -> Result<T, CtlError> {
+        match self.stream.message().await {
+            Ok(Some(message)) => Ok(message),
+            Ok(None) => Err(self.socket.lost(self.ended.to_owned())),
+            Err(status) => Err(self.socket.status_error(self.rpc, status)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -244,32 +374,22 @@ mod tests {
     async fn no_daemon_is_unreachable_with_the_io_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("monitor.sock");
-        let e = Socket::new(Daemon::Monitor, &path)
-            .connect()
-            .await
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "cannot reach pgwarden-monitor at {}: No such file or directory (os error 2) (is it running?)",
-                path.display()
-            )
+        let e = Socket::new(Daemon::Monitor, &path).connect().await;
+        assert_unreachable(
+            e,
+            "pgwarden-monitor",
+            &path,
+            "No such file or directory (os error 2) (is it running?)",
         );
-        assert_eq!(e.exit_code(), 2);
 
         // A crashed daemon's socket file: nobody listening.
         drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
-        let e = Socket::new(Daemon::Watchdog, &path)
-            .connect()
-            .await
-            .unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            format!(
-                "cannot reach pgwarden-watchdog at {}: Connection refused (os error 111) (is it running? watchdog.enabled?)",
-                path.display()
-            )
+        let e = Socket::new(Daemon::Watchdog, &path).connect().await;
+        assert_unreachable(
+            e,
+            "pgwarden-watchdog",
+            &path,
+            "Connection refused (os error 111) (is it running? watchdog.enabled?)",
         );
-        assert_eq!(e.exit_code(), 2);
     }
 }

@@ -25,6 +25,14 @@ use super::*;
 /// What the stub was asked, in order.
 type Calls = Arc<Mutex<Vec<String>>>;
 
+/// Records `call` in `calls` for the test to check.
+fn record(calls: &Calls, call: impl Into<String>) {
+    calls.lock().unwrap().push(call.into());
+}
+
+/// What a stub's streaming call answers with.
+type Replies<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
+
 /// A monitor with pg0 primary and pg1, pg2 standbys; refuses to promote
 /// the primary; a promotion of pg1 commits two more generations.
 struct Stub {
@@ -61,8 +69,6 @@ fn initial() -> ClusterState {
     }
 }
 
-type StateStream = Pin<Box<dyn Stream<Item = Result<ClusterState, tonic::Status>> + Send>>;
-
 impl Stub {
     fn change(&self, message: String) -> Result<Response<ChangeReply>, tonic::Status> {
         Ok(Response::new(ChangeReply {
@@ -73,7 +79,7 @@ impl Stub {
 
     /// Records `call` for the test to check.
     fn record(&self, call: impl Into<String>) {
-        self.calls.lock().unwrap().push(call.into());
+        record(&self.calls, call);
     }
 
     /// AttachBackend or DetachBackend (`call`): records `call id`, gives
@@ -104,12 +110,12 @@ impl Stub {
 
 #[tonic::async_trait]
 impl Monitor for Stub {
-    type WatchClusterStream = StateStream;
+    type WatchClusterStream = Replies<ClusterState>;
 
     async fn watch_cluster(
         &self,
         _: Request<WatchClusterRequest>,
-    ) -> Result<Response<StateStream>, tonic::Status> {
+    ) -> Result<Response<Self::WatchClusterStream>, tonic::Status> {
         self.record("WatchCluster");
         let states = tokio_stream::wrappers::WatchStream::new(self.state.subscribe());
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
@@ -474,25 +480,23 @@ struct WatchdogStub {
     calls: Calls,
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<LeadershipEvent, tonic::Status>> + Send>>;
-
 #[tonic::async_trait]
 impl Watchdog for WatchdogStub {
-    type WatchLeadershipStream = EventStream;
+    type WatchLeadershipStream = Replies<LeadershipEvent>;
 
     async fn get_status(
         &self,
         _: Request<GetStatusRequest>,
     ) -> Result<Response<WatchdogStatus>, tonic::Status> {
-        self.calls.lock().unwrap().push("GetStatus".into());
+        record(&self.calls, "GetStatus");
         Ok(Response::new(self.status.borrow().clone()))
     }
 
     async fn watch_leadership(
         &self,
         _: Request<WatchLeadershipRequest>,
-    ) -> Result<Response<EventStream>, tonic::Status> {
-        self.calls.lock().unwrap().push("WatchLeadership".into());
+    ) -> Result<Response<Self::WatchLeadershipStream>, tonic::Status> {
+        record(&self.calls, "WatchLeadership");
         let statuses = tokio_stream::wrappers::WatchStream::new(self.status.clone());
         Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
             statuses,

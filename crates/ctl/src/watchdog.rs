@@ -1,61 +1,42 @@
 //! The connection to `pgwarden-watchdog` on `watchdog.sock`: the read-only
 //! calls an operator makes (`GetStatus`, `WatchLeadership`), with the same
-//! deadlines and error mapping as the monitor's (see [`Socket`]).
+//! deadlines and error mapping as the monitor's (see
+//! [`Socket`](crate::socket::Socket)).
 
-use pgwarden_proto::uds::Daemon;
 use pgwarden_proto::v1::watchdog_client::WatchdogClient;
 use pgwarden_proto::v1::{
     GetStatusRequest, LeadershipEvent, WatchLeadershipRequest, WatchdogStatus,
 };
-use tonic::Streaming;
 use tonic::transport::Channel;
 
 use crate::CtlError;
-use crate::socket::{Place, Socket};
+use crate::socket::{Connected, Stream};
 
-/// A connected client of the watchdog on one socket.
-#[derive(Debug)]
-pub struct Watchdog {
-    client: WatchdogClient<Channel>,
-    socket: Socket,
-}
+/// A connected client of the watchdog on one socket; connecting fails when
+/// it is not running (or `watchdog.enabled` is off, so it was never
+/// started).
+pub type Watchdog = Connected<WatchdogClient<Channel>>;
 
 impl Watchdog {
-    /// Connects to the watchdog's socket now; an error means it is not
-    /// running (or `watchdog.enabled` is off, so it was never started).
-    pub async fn connect(at: Place) -> Result<Self, CtlError> {
-        let socket = Socket::new(Daemon::Watchdog, at);
-        Ok(Watchdog {
-            client: WatchdogClient::new(socket.connect().await?),
-            socket,
-        })
-    }
-
-    /// `GetStatus`: this node's view of the watchdog cluster now.
-    pub async fn get_status(&mut self) -> Result<WatchdogStatus, CtlError> {
-        let call = self.client.get_status(GetStatusRequest {});
-        let reply = self.socket.deadline("GetStatus", call).await?;
-        Ok(reply.into_inner())
+    unary! {
+        /// `GetStatus`: this node's view of the watchdog cluster now.
+        get_status() -> WatchdogStatus = get_status(GetStatusRequest {}), "GetStatus";
     }
 
     /// `WatchLeadership`: the current status, then every change of leader,
     /// term, quorum, delegate IP holder or committed record.
     pub async fn watch(&mut self) -> Result<Events, CtlError> {
         let call = self.client.watch_leadership(WatchLeadershipRequest {});
-        let stream = self.socket.deadline("WatchLeadership", call).await?;
-        Ok(Events {
-            stream: stream.into_inner(),
-            socket: self.socket.clone(),
-        })
+        let ended = "the watchdog ended the stream";
+        Ok(Events(
+            self.socket.stream("WatchLeadership", call, ended).await?,
+        ))
     }
 }
 
 /// The statuses a `WatchLeadership` call streams.
 #[derive(Debug)]
-pub struct Events {
-    stream: Streaming<LeadershipEvent>,
-    socket: Socket,
-}
+pub struct Events(Stream<LeadershipEvent>);
 
 impl Events {
     /// The next status. The stream never ends while the watchdog runs, so
@@ -63,15 +44,11 @@ impl Events {
     /// broken watchdog) is skipped.
     pub async fn next(&mut self) -> Result<WatchdogStatus, CtlError> {
         loop {
-            match self.stream.message().await {
-                Ok(Some(LeadershipEvent {
-                    status: Some(status),
-                })) => return Ok(status),
-                Ok(Some(LeadershipEvent { status: None })) => {}
-                Ok(None) => {
-                    return Err(self.socket.lost("the watchdog ended the stream".to_owned()));
-                }
-                Err(status) => return Err(self.socket.status_error("WatchLeadership", status)),
+            if let LeadershipEvent {
+                status: Some(status),
+            } = self.0.next().await?
+            {
+                return Ok(status);
             }
         }
     }

@@ -9,48 +9,66 @@ use pgwarden_proto::v1::{ChangeReply, ClusterState, Status};
 use crate::CtlError;
 use crate::cli::{PromoteArgs, RejoinArgs, Target};
 use crate::monitor::Monitor;
-use crate::render::{change_json, summary_line};
+use crate::render::summary_line;
 use crate::resolve::resolve;
 
-/// AttachBackend (pcp_attach_node).
-pub async fn attach(
+/// AttachBackend (pcp_attach_node) when `attach`, else DetachBackend
+/// (pcp_detach_node).
+pub async fn attach_or_detach(
     monitor: &mut Monitor,
     target: &Target,
+    attach: bool,
     json: bool,
     out: &mut impl Write,
 ) -> Result<(), CtlError> {
-    let id = backend_id(monitor, target).await?;
-    let reply = monitor.attach(id).await?;
-    print_reply(&reply, json, out)
+    let state = monitor.get_cluster().await?;
+    let id = resolve(&state, &target.backend)?.id;
+    let reply = if attach {
+        monitor.attach(id).await?
+    } else {
+        monitor.detach(id).await?
+    };
+    super::print(out, json, &reply)
 }
 
-/// DetachBackend (pcp_detach_node).
-pub async fn detach(
-    monitor: &mut Monitor,
-    target: &Target,
-    json: bool,
-    out: &mut impl Write,
-) -> Result<(), CtlError> {
-    let id = backend_id(monitor, target).await?;
-    let reply = monitor.detach(id).await?;
-    print_reply(&reply, json, out)
+/// The two changes `--wait` can follow to their end.
+#[derive(Debug, Clone, Copy)]
+pub enum Waited<'a> {
+    /// PromoteBackend (pcp_promote_node --switchover). The monitor answers
+    /// as soon as the switchover starts; with `--wait`, follow it to the
+    /// end.
+    Promote(&'a PromoteArgs),
+    /// RejoinBackend (pcp_recovery_node). The monitor answers once the
+    /// rejoin command has started; with `--wait`, follow the backend until
+    /// it is attached (exit 0) or the rejoin failed (exit 1), printing each
+    /// new reason.
+    Rejoin(&'a RejoinArgs),
 }
 
-/// PromoteBackend (pcp_promote_node --switchover). The monitor answers as
-/// soon as the switchover starts; with `--wait`, follow it to the end.
-pub async fn promote(
+/// `promote` or `rejoin` (see [`Waited`]): resolve the backend, make the
+/// request, print the monitor's answer; with `--wait`, its message, the
+/// progress, and the end.
+pub async fn waited(
     monitor: &mut Monitor,
-    args: &PromoteArgs,
+    change: Waited<'_>,
     json: bool,
     out: &mut impl Write,
     interrupt: impl Future<Output = ()>,
 ) -> Result<(), CtlError> {
+    let (target, wait, timeout) = match change {
+        Waited::Promote(args) => (&args.target, args.wait, args.timeout),
+        Waited::Rejoin(args) => (&args.target, args.wait, args.timeout),
+    };
     let state = monitor.get_cluster().await?;
-    let backend = resolve(&state, &args.target.backend)?;
+    let backend = resolve(&state, &target.backend)?;
     let (id, name) = (backend.id, backend.name.clone());
-    let reply = monitor.promote(id, args.force).await?;
-    if !args.wait {
-        return print_reply(&reply, json, out);
+    let before = backend.reason.clone();
+    let reply = match change {
+        Waited::Promote(args) => monitor.promote(id, args.force).await?,
+        Waited::Rejoin(_) => monitor.rejoin(id).await?,
+    };
+    if !wait {
+        return super::print(out, json, &reply);
     }
     if !json {
         writeln!(out, "{}", reply.message)?;
@@ -62,113 +80,32 @@ pub async fn promote(
         id,
         name: &name,
         since,
-        timeout: args.timeout,
+        timeout,
     };
-    let state = wait.until_primary(monitor, progress, interrupt).await?;
+    let (state, done) = match change {
+        Waited::Promote(_) => (
+            wait.until_primary(monitor, progress, interrupt).await?,
+            "is the primary",
+        ),
+        Waited::Rejoin(_) => (
+            wait.until_attached(monitor, &before, progress, interrupt)
+                .await?,
+            "rejoined and attached",
+        ),
+    };
     let done = ChangeReply {
-        message: format!("{name} is the primary (generation {})", state.generation),
+        message: format!("{name} {done} (generation {})", state.generation),
         state: Some(state),
     };
-    print_reply(&done, json, out)
+    super::print(out, json, &done)
 }
 
 /// How often `rejoin --wait` looks at the backend.
 const REJOIN_POLL: Duration = Duration::from_millis(500);
 
-/// RejoinBackend (pcp_recovery_node). The monitor answers once the rejoin
-/// command has started; with `--wait`, follow the backend until it is
-/// attached (exit 0) or the rejoin failed (exit 1), printing each new reason.
-pub async fn rejoin(
-    monitor: &mut Monitor,
-    args: &RejoinArgs,
-    json: bool,
-    out: &mut impl Write,
-    interrupt: impl Future<Output = ()>,
-) -> Result<(), CtlError> {
-    let state = monitor.get_cluster().await?;
-    let backend = resolve(&state, &args.target.backend)?;
-    let (id, name) = (backend.id, backend.name.clone());
-    // An earlier attempt's failure, still in a state that has not caught up
-    // with this request, is not this attempt's outcome: a failure counts
-    // once its reason is new or its generation is past the reply's (the
-    // start of a rejoin and its failure each commit a generation).
-    let before = backend.reason.clone();
-    let reply = monitor.rejoin(id).await?;
-    let replied = reply.state.as_ref().map_or(0, |s| s.generation);
-    if !args.wait {
-        return print_reply(&reply, json, out);
-    }
-    if !json {
-        writeln!(out, "{}", reply.message)?;
-        out.flush()?;
-    }
-    let mut interrupt = std::pin::pin!(interrupt);
-    let deadline = tokio::time::Instant::now() + args.timeout;
-    let follow = "it may still complete: follow it with `pgwardenctl status`";
-    let mut shown = String::new();
-    loop {
-        let state = monitor.get_cluster().await?;
-        let b = state.backends.iter().find(|b| b.id == id);
-        let status = b.map(pgwarden_proto::v1::BackendState::status);
-        let reason = b.map(|b| b.reason.clone()).unwrap_or_default();
-        if status == Some(Status::Up) {
-            let done = ChangeReply {
-                message: format!(
-                    "{name} rejoined and attached (generation {})",
-                    state.generation
-                ),
-                state: Some(state),
-            };
-            return print_reply(&done, json, out);
-        }
-        let current = reason != before || state.generation > replied;
-        if let Some(why) = reason.strip_prefix("rejoin failed: ")
-            && current
-        {
-            return Err(CtlError::NotCompleted(format!(
-                "{name} was not rejoined: {why}"
-            )));
-        }
-        if !json && current && reason != shown && !reason.is_empty() {
-            writeln!(out, "{name}: {reason}")?;
-            out.flush()?;
-            shown = reason;
-        }
-        tokio::select! {
-            () = &mut interrupt => {
-                return Err(CtlError::NotCompleted(format!(
-                    "interrupted while waiting for {name} to rejoin; {follow}"
-                )));
-            }
-            () = tokio::time::sleep_until(deadline) => {
-                return Err(CtlError::NotCompleted(format!(
-                    "{name} is not attached after {}; {follow}",
-                    humantime::format_duration(args.timeout)
-                )));
-            }
-            () = tokio::time::sleep(REJOIN_POLL) => {}
-        }
-    }
-}
-
-/// The id of the backend `target` names, by the monitor's current state.
-async fn backend_id(monitor: &mut Monitor, target: &Target) -> Result<u32, CtlError> {
-    let state = monitor.get_cluster().await?;
-    Ok(resolve(&state, &target.backend)?.id)
-}
-
-fn print_reply(reply: &ChangeReply, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    if json {
-        super::write_json(out, &change_json(reply))
-    } else {
-        writeln!(out, "{}", reply.message)?;
-        Ok(())
-    }
-}
-
-/// `promote --wait`: following a started switchover.
+/// `--wait`: following a started switchover or rejoin.
 struct Wait<'a> {
-    /// The standby being promoted.
+    /// The standby being promoted, or the backend rejoining.
     id: u32,
     name: &'a str,
     /// The generation of the reply that started it.
@@ -220,6 +157,68 @@ impl Wait<'_> {
                 Some(Ok(())) => return Ok(state),
                 Some(Err(reason)) => return Err(CtlError::NotCompleted(reason)),
                 None => {}
+            }
+        }
+    }
+
+    /// Polls the cluster every [`REJOIN_POLL`] until backend `id` is up
+    /// (attached), writing each new reason to `progress`. Fails when the
+    /// rejoin failed, on the timeout, or when interrupted. An earlier
+    /// attempt's failure (reason `before`), still in a state that has not
+    /// caught up with this request, is not this attempt's outcome: a
+    /// failure counts once its reason is new or its generation is past the
+    /// reply's (the start of a rejoin and its failure each commit a
+    /// generation).
+    async fn until_attached(
+        &self,
+        monitor: &mut Monitor,
+        before: &str,
+        mut progress: Option<&mut impl Write>,
+        interrupt: impl Future<Output = ()>,
+    ) -> Result<ClusterState, CtlError> {
+        let name = self.name;
+        let mut interrupt = std::pin::pin!(interrupt);
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let follow = "it may still complete: follow it with `pgwardenctl status`";
+        let mut shown = String::new();
+        loop {
+            let state = monitor.get_cluster().await?;
+            let b = state.backends.iter().find(|b| b.id == self.id);
+            let status = b.map(pgwarden_proto::v1::BackendState::status);
+            let reason = b.map(|b| b.reason.clone()).unwrap_or_default();
+            if status == Some(Status::Up) {
+                return Ok(state);
+            }
+            let current = reason != before || state.generation > self.since;
+            if let Some(why) = reason.strip_prefix("rejoin failed: ")
+                && current
+            {
+                return Err(CtlError::NotCompleted(format!(
+                    "{name} was not rejoined: {why}"
+                )));
+            }
+            if let Some(out) = progress.as_mut()
+                && current
+                && reason != shown
+                && !reason.is_empty()
+            {
+                writeln!(out, "{name}: {reason}")?;
+                out.flush()?;
+                shown = reason;
+            }
+            tokio::select! {
+                () = &mut interrupt => {
+                    return Err(CtlError::NotCompleted(format!(
+                        "interrupted while waiting for {name} to rejoin; {follow}"
+                    )));
+                }
+                () = tokio::time::sleep_until(deadline) => {
+                    return Err(CtlError::NotCompleted(format!(
+                        "{name} is not attached after {}; {follow}",
+                        humantime::format_duration(self.timeout)
+                    )));
+                }
+                () = tokio::time::sleep(REJOIN_POLL) => {}
             }
         }
     }

@@ -5,15 +5,8 @@ use std::io::Write;
 
 use crate::CtlError;
 use crate::monitor::Monitor;
-use crate::render::{history_json, history_text};
 
 /// Prints the history.
 pub async fn run(monitor: &mut Monitor, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    let reply = monitor.history().await?;
-    if json {
-        super::write_json(out, &history_json(&reply))
-    } else {
-        out.write_all(history_text(&reply).as_bytes())?;
-        Ok(())
-    }
+    super::print(out, json, &monitor.history().await?)
 }

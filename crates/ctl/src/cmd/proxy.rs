@@ -3,38 +3,23 @@
 
 use std::io::Write;
 
-use serde_json::json;
-
 use crate::CtlError;
 use crate::proxy::Proxy;
-use crate::render::{clients_json, clients_text, now_unix_ms, pools_json, pools_text};
 
 /// `pools`: the server connection cache.
 pub async fn pools(proxy: &mut Proxy, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    let reply = proxy.pools().await?;
-    if json {
-        super::write_json(out, &pools_json(&reply))
-    } else {
-        out.write_all(pools_text(&reply).as_bytes())?;
-        Ok(())
-    }
+    super::print(out, json, &proxy.pools().await?)
 }
 
 /// `clients`: who is logged in.
 pub async fn clients(proxy: &mut Proxy, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    let clients = proxy.clients().await?;
-    if json {
-        super::write_json(out, &clients_json(&clients))
-    } else {
-        out.write_all(clients_text(&clients, now_unix_ms()).as_bytes())?;
-        Ok(())
-    }
+    super::print(out, json, &proxy.clients().await?)
 }
 
 /// `pause`: new sessions wait.
 pub async fn pause(proxy: &mut Proxy, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
     proxy.pause().await?;
-    message(
+    super::message(
         out,
         json,
         "paused: new sessions wait (up to proxy.pool_timeout) until `pgwardenctl resume`",
@@ -44,13 +29,13 @@ pub async fn pause(proxy: &mut Proxy, json: bool, out: &mut impl Write) -> Resul
 /// `resume`: sessions go through again.
 pub async fn resume(proxy: &mut Proxy, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
     proxy.resume().await?;
-    message(out, json, "resumed: new sessions go through")
+    super::message(out, json, "resumed: new sessions go through")
 }
 
 /// `reload`: the auth file is read again.
 pub async fn reload(proxy: &mut Proxy, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
     let said = proxy.reload().await?;
-    message(out, json, &said)
+    super::message(out, json, &said)
 }
 
 /// `terminate PID`: one client's session ends; an unknown pid is refused.
@@ -65,14 +50,5 @@ pub async fn terminate(
             "no client with pid {pid} (see `pgwardenctl clients`)"
         )));
     }
-    message(out, json, &format!("client {pid} terminated"))
-}
-
-fn message(out: &mut impl Write, json: bool, text: &str) -> Result<(), CtlError> {
-    if json {
-        super::write_json(out, &json!({ "message": text }))
-    } else {
-        writeln!(out, "{text}")?;
-        Ok(())
-    }
+    super::message(out, json, &format!("client {pid} terminated"))
 }

@@ -2,8 +2,6 @@
 
 use std::io::Write;
 
-use serde_json::json;
-
 use crate::CtlError;
 use crate::monitor::Monitor;
 
@@ -12,10 +10,5 @@ const MESSAGE: &str = "recheck requested: the monitor checks every backend now";
 /// Asks for the recheck; the results show in `status` once the checks ran.
 pub async fn run(monitor: &mut Monitor, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
     monitor.recheck().await?;
-    if json {
-        super::write_json(out, &json!({ "message": MESSAGE }))
-    } else {
-        writeln!(out, "{MESSAGE}")?;
-        Ok(())
-    }
+    super::message(out, json, MESSAGE)
 }

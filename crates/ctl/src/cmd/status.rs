@@ -4,15 +4,8 @@ use std::io::Write;
 
 use crate::CtlError;
 use crate::monitor::Monitor;
-use crate::render::{now_unix_ms, state_json, status_text};
 
 /// Prints the current state.
 pub async fn run(monitor: &mut Monitor, json: bool, out: &mut impl Write) -> Result<(), CtlError> {
-    let state = monitor.get_cluster().await?;
-    if json {
-        super::write_json(out, &state_json(&state))
-    } else {
-        out.write_all(status_text(&state, now_unix_ms()).as_bytes())?;
-        Ok(())
-    }
+    super::print(out, json, &monitor.get_cluster().await?)
 }

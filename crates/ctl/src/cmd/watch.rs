@@ -1,33 +1,27 @@
 //! `pgwardenctl watch`: WatchCluster, one line per generation, until
-//! interrupted.
+//! interrupted (see [`super::follow`]).
 
-use std::io::Write;
+use pgwarden_proto::v1::ClusterState;
 
 use crate::CtlError;
-use crate::monitor::Monitor;
+use crate::monitor::States;
 use crate::render::{state_json, summary_line};
+use crate::socket::Stream;
 
-/// Prints the current state's line, then each new generation's as it is
-/// committed; returns when `interrupt` completes. The monitor going away is
-/// an error: the operator must know the stream stopped.
-pub async fn run(
-    monitor: &mut Monitor,
-    json: bool,
-    out: &mut impl Write,
-    interrupt: impl Future<Output = ()>,
-) -> Result<(), CtlError> {
-    let mut states = monitor.watch().await?;
-    let mut interrupt = std::pin::pin!(interrupt);
-    loop {
-        let state = tokio::select! {
-            () = &mut interrupt => return Ok(()),
-            state = states.next() => state?,
-        };
-        if json {
-            writeln!(out, "{}", state_json(&state))?;
+/// The current state's line, then each new generation's as it is
+/// committed: its JSON, or its summary line.
+impl super::Feed for States {
+    type Item = ClusterState;
+
+    async fn next(&mut self) -> Result<ClusterState, CtlError> {
+        Stream::next(self).await
+    }
+
+    fn line(&mut self, state: &ClusterState, json: bool) -> Option<String> {
+        Some(if json {
+            state_json(state).to_string()
         } else {
-            writeln!(out, "{}", summary_line(&state))?;
-        }
-        out.flush()?;
+            summary_line(state)
+        })
     }
 }

@@ -4,60 +4,53 @@
 
 use std::io::Write;
 
-use crate::CtlError;
-use crate::cli::WatchdogArgs;
-use crate::render::{leadership_line, now_unix_ms, watchdog_json, watchdog_text};
-use crate::watchdog::Watchdog;
+use pgwarden_proto::v1::WatchdogStatus;
 
-/// Prints the watchdog's status, or follows it with `--watch`.
-pub async fn run(
+use crate::CtlError;
+use crate::render::{leadership_line, watchdog_json};
+use crate::watchdog::{Events, Watchdog};
+
+/// Prints the watchdog's status.
+pub async fn status(
     watchdog: &mut Watchdog,
-    args: &WatchdogArgs,
     json: bool,
     out: &mut impl Write,
-    interrupt: impl Future<Output = ()>,
 ) -> Result<(), CtlError> {
-    if args.watch {
-        return watch(watchdog, json, out, interrupt).await;
-    }
-    let status = watchdog.get_status().await?;
-    if json {
-        super::write_json(out, &watchdog_json(&status))
-    } else {
-        out.write_all(watchdog_text(&status, now_unix_ms()).as_bytes())?;
-        Ok(())
+    super::print(out, json, &watchdog.get_status().await?)
+}
+
+/// `--watch`: the current status's line, then one per event. Text skips a
+/// line equal to the previous one (an event about something the line
+/// leaves out, such as a down vote); JSON prints every event.
+pub struct Leadership {
+    events: Events,
+    /// The last text line written.
+    last: Option<String>,
+}
+
+impl Leadership {
+    /// Follows `events`, no line written yet.
+    pub fn new(events: Events) -> Self {
+        Leadership { events, last: None }
     }
 }
 
-/// The current status's line, then one per event, until `interrupt`
-/// completes. Text skips a line equal to the previous one (an event about
-/// something the line leaves out, such as a down vote); JSON prints every
-/// event, one per line. The watchdog going away is an error: the operator
-/// must know the stream stopped.
-async fn watch(
-    watchdog: &mut Watchdog,
-    json: bool,
-    out: &mut impl Write,
-    interrupt: impl Future<Output = ()>,
-) -> Result<(), CtlError> {
-    let mut events = watchdog.watch().await?;
-    let mut interrupt = std::pin::pin!(interrupt);
-    let mut last = None;
-    loop {
-        let status = tokio::select! {
-            () = &mut interrupt => return Ok(()),
-            status = events.next() => status?,
-        };
+impl super::Feed for Leadership {
+    type Item = WatchdogStatus;
+
+    async fn next(&mut self) -> Result<WatchdogStatus, CtlError> {
+        self.events.next().await
+    }
+
+    fn line(&mut self, status: &WatchdogStatus, json: bool) -> Option<String> {
         if json {
-            writeln!(out, "{}", watchdog_json(&status))?;
-        } else {
-            let line = leadership_line(&status);
-            if last.as_ref() == Some(&line) {
-                continue;
-            }
-            writeln!(out, "{line}")?;
-            last = Some(line);
+            return Some(watchdog_json(status).to_string());
         }
-        out.flush()?;
+        let line = leadership_line(status);
+        if self.last.as_ref() == Some(&line) {
+            return None;
+        }
+        self.last = Some(line.clone());
+        Some(line)
     }
 }

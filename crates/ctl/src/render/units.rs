@@ -109,26 +109,34 @@ mod tests {
 
     #[test]
     fn byte_counts() {
-        assert_eq!(bytes(0), "0 B");
-        assert_eq!(bytes(1023), "1023 B");
-        assert_eq!(bytes(1024), "1.0 KiB");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(16 * 1024 * 1024), "16.0 MiB");
-        assert_eq!(bytes(5 * 1024 * 1024 * 1024), "5.0 GiB");
-        assert_eq!(bytes(u64::MAX), "16.0 EiB");
+        for (n, want) in [
+            (0, "0 B"),
+            (1023, "1023 B"),
+            (1024, "1.0 KiB"),
+            (1536, "1.5 KiB"),
+            (16 * 1024 * 1024, "16.0 MiB"),
+            (5 * 1024 * 1024 * 1024, "5.0 GiB"),
+            (u64::MAX, "16.0 EiB"),
+        ] {
+            assert_eq!(bytes(n), want, "bytes({n})");
+        }
     }
 
     #[test]
     fn durations() {
-        assert_eq!(seconds(0.0), "0.0s");
-        assert_eq!(seconds(0.44), "0.4s");
-        assert_eq!(seconds(9.94), "9.9s");
-        assert_eq!(seconds(12.7), "12s");
-        assert_eq!(seconds(185.0), "3m05s");
-        assert_eq!(seconds(7620.0), "2h07m");
-        assert_eq!(seconds(-3.0), "0.0s");
-        assert_eq!(seconds(f64::NAN), "0.0s");
-        assert_eq!(seconds(f64::INFINITY), "0.0s");
+        for (s, want) in [
+            (0.0, "0.0s"),
+            (0.44, "0.4s"),
+            (9.94, "9.9s"),
+            (12.7, "12s"),
+            (185.0, "3m05s"),
+            (7620.0, "2h07m"),
+            (-3.0, "0.0s"),
+            (f64::NAN, "0.0s"),
+            (f64::INFINITY, "0.0s"),
+        ] {
+            assert_eq!(seconds(s), want, "seconds({s})");
+        }
     }
 
     #[test]
