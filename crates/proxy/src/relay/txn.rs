@@ -658,11 +658,13 @@ async fn relay(
         activity,
         tracker: &tracker,
         statements: &statements,
-        status: b'I',
+        reports: pump::Reports {
+            status: b'I',
+            params: &mut server.params,
+            applied: &mut server.applied,
+            settled: &mut server.settled,
+        },
         last_tag: 0,
-        params: &mut server.params,
-        applied: &mut server.applied,
-        settled: &mut server.settled,
         wanted: &mut c.wanted,
         memo: &mut c.memo,
         edits: Vec::new(),
@@ -767,7 +769,7 @@ async fn relay(
                 }
                 apply_edits(sbuf, &replies.edits, &mut carry);
                 if hold {
-                    txn_status.store(replies.status, Ordering::Relaxed);
+                    txn_status.store(replies.reports.status, Ordering::Relaxed);
                     replied.notify_one();
                 }
                 if !sbuf.is_empty() {
@@ -778,7 +780,7 @@ async fn relay(
                     server_writing.store(false, Ordering::Relaxed);
                 }
                 sbuf.clear();
-                let released = replies.status == b'I'
+                let released = replies.reports.status == b'I'
                     && !activity.is_busy()
                     && server_scan.at_boundary()
                     && carry == 0
@@ -806,7 +808,7 @@ async fn relay(
         end = client_to_server => Some(end),
         r = server_to_client => r.err(),
     };
-    let (status, last_tag) = (replies.status, replies.last_tag);
+    let (status, last_tag) = (replies.reports.status, replies.last_tag);
     drop(replies);
     c.consumed = consumed.load(Ordering::Relaxed);
     if c.tracker.settings_reset {
