@@ -73,13 +73,17 @@ fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// A label value of a per-pool series and what its series reads of a
+/// pool, as `("idle", |p| count(p.idle))`.
+type PoolValue<'a, T> = (&'a str, fn(&PoolStats) -> T);
+
 /// One series per pool and each of `values`: the pool's labels and
 /// `label="<value>"` (as `state="idle"`), valued by what the value's
 /// function reads of the pool.
 fn per_pool<'a, T>(
     pools: &'a [PoolStats],
     label: &'a str,
-    values: &'a [(&'a str, fn(&PoolStats) -> T)],
+    values: &'a [PoolValue<'a, T>],
 ) -> impl Iterator<Item = (Labels, T)> + 'a {
     pools.iter().flat_map(move |p| {
         values.iter().map(move |(value, of)| {
