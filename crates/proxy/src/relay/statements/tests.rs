@@ -53,6 +53,18 @@ fn messages(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
+/// The message types of `m`, in order.
+fn types(m: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    m.iter().map(|x| x.0).collect()
+}
+
+/// The statement the first message of `out`, one of type `tag`, names.
+fn first_names(tag: u8, out: &[u8]) -> String {
+    let m = messages(out);
+    assert_eq!(m[0].0, tag, "the first message's type");
+    stmt_of(tag, &m[0].1)
+}
+
 /// The statement name a Parse, Bind or Describe (statement) body names.
 fn stmt_of(tag: u8, body: &[u8]) -> String {
     let field = match tag {
@@ -80,6 +92,12 @@ fn send(t: &mut Tracker, s: &mut ServerStatements, input: &[u8]) -> Vec<u8> {
 
 fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
+}
+
+/// [`tracker`] and the activity its feeds count in.
+fn counted(max: usize) -> (Tracker, ServerStatements, Activity) {
+    let (t, s) = tracker(max);
+    (t, s, Activity::default())
 }
 
 /// [`send`] of `parts`, one after the other in one read.
@@ -122,7 +140,7 @@ fn a_statement_moves_with_its_client_to_another_server() {
         &[parse("s1", "SELECT $1"), bind("s1"), execute_sync()],
     );
     let m = messages(&out);
-    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PBES");
+    assert_eq!(types(&m), b"PBES");
     assert_eq!(stmt_of(b'P', &m[0].1), "pgwarden_1");
     assert_eq!(stmt_of(b'B', &m[1].1), "pgwarden_1");
     assert_eq!(
@@ -138,7 +156,7 @@ fn a_statement_moves_with_its_client_to_another_server() {
     t.begin(false);
     let out = send_all(&mut t, &mut b, &[bind("s1"), execute_sync()]);
     let m = messages(&out);
-    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PBES");
+    assert_eq!(types(&m), b"PBES");
     assert_eq!(stmt_of(b'P', &m[0].1), stmt_of(b'B', &m[1].1));
     assert_eq!(t.reply(b'1', &mut b), Edit::Drop);
     assert_eq!(t.reply(b'2', &mut b), Edit::Keep);
@@ -153,7 +171,7 @@ fn a_statement_moves_with_its_client_to_another_server() {
         &[parse("other", "SELECT $1"), bind("other"), execute_sync()],
     );
     let m = messages(&out);
-    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PCBES");
+    assert_eq!(types(&m), b"PCBES");
     let fresh = stmt_of(b'P', &m[0].1);
     assert_ne!(fresh, old);
     assert_eq!(stmt_of(b'C', &m[1].1), old);
@@ -177,7 +195,7 @@ fn a_parse_the_server_skips_keeps_the_statement_it_had() {
     let mut s = ServerStatements::default();
     let mut t1 = Tracker::new(200, 1 << 20);
     let out = send_all(&mut t1, &mut s, &[parse("a", "SELECT $1"), execute_sync()]);
-    let old = stmt_of(b'P', &messages(&out)[0].1);
+    let old = first_names(b'P', &out);
     replies(&mut t1, &mut s, b"1Z");
     let mut t2 = Tracker::new(200, 1 << 20);
     send_all(
@@ -188,13 +206,13 @@ fn a_parse_the_server_skips_keeps_the_statement_it_had() {
     replies(&mut t2, &mut s, b"EZ");
     assert_eq!(t2.statements(), 0, "client 2 has no statement");
     let out = send(&mut t1, &mut s, &bind("a"));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), old, "no Parse needed");
+    assert_eq!(first_names(b'B', &out), old, "no Parse needed");
     // The Parse itself failing (the table is gone) keeps the old one too.
     let mut t3 = Tracker::new(200, 1 << 20);
     send_all(&mut t3, &mut s, &[parse("c", "SELECT $1"), execute_sync()]);
     replies(&mut t3, &mut s, b"EZ");
     let out = send(&mut t1, &mut s, &bind("a"));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), old);
+    assert_eq!(first_names(b'B', &out), old);
     assert_eq!(s.len(), 1);
 }
 
@@ -251,7 +269,7 @@ fn the_least_recently_used_statement_is_closed_when_a_server_is_full() {
     send(&mut t, &mut s, &bind("a"));
     let out = send(&mut t, &mut s, &parse("c", "SELECT 3"));
     let m = messages(&out);
-    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"CP");
+    assert_eq!(types(&m), b"CP");
     assert_eq!(
         stmt_of(b'C', &m[0].1),
         "pgwarden_2",
@@ -274,7 +292,7 @@ fn closing_a_statement_keeps_it_on_the_server() {
     let (mut t, mut s) = tracker(200);
     send(&mut t, &mut s, &parse("a", "SELECT 1"));
     let out = send(&mut t, &mut s, &close("a"));
-    assert_eq!(stmt_of(b'C', &messages(&out)[0].1), "pgwarden_none");
+    assert_eq!(first_names(b'C', &out), "pgwarden_none");
     assert_eq!(t.statements(), 0);
     assert_eq!(s.len(), 1);
     t.reply(b'1', &mut s);
@@ -286,7 +304,7 @@ fn names_of_the_proxys_own_never_reach_a_server() {
     let (mut t, mut s) = tracker(200);
     send(&mut t, &mut s, &parse("x", "SELECT 1"));
     let out = send(&mut t, &mut s, &bind("pgwarden_1"));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
+    assert_eq!(first_names(b'B', &out), "pgwarden_none");
 }
 
 #[test]
@@ -371,7 +389,7 @@ fn preparing_a_name_in_use_fails_as_on_postgresql() {
     assert_eq!(t.statements(), 1);
     assert_eq!(s.len(), 1, "the server keeps the first one");
     let out = send(&mut t, &mut s, &bind("a"));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_1");
+    assert_eq!(first_names(b'B', &out), "pgwarden_1");
 }
 
 fn query(sql: &str) -> Vec<u8> {
@@ -390,7 +408,7 @@ fn a_close_the_server_skipped_leaves_the_statement_with_its_client() {
     replies(&mut t, &mut s, b"EZ");
     assert_eq!(t.statements(), 1);
     let out = send(&mut t, &mut s, &bind("a"));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_1");
+    assert_eq!(first_names(b'B', &out), "pgwarden_1");
 }
 
 #[test]
@@ -415,7 +433,7 @@ fn another_clients_unnamed_statement_is_never_run() {
     let (mut t, mut s) = tracker(200);
     t.begin(false);
     let out = send(&mut t, &mut s, &bind(""));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
+    assert_eq!(first_names(b'B', &out), "pgwarden_none");
     // Its own, parsed on this server connection, is its own.
     let input = cat(&[parse("", "SELECT 1"), bind("")]);
     assert_eq!(send(&mut t, &mut s, &input), input);
@@ -427,7 +445,7 @@ fn send_counted(t: &mut Tracker, s: &mut ServerStatements, a: &Activity, input: 
     let fed = t.feed(input, s, a).unwrap();
     assert_eq!(fed.upto, input.len(), "all consumed");
     let out = fed.rewritten.map_or_else(|| input.to_vec(), |b| b.to_vec());
-    messages(&out).iter().map(|m| m.0).collect()
+    types(&messages(&out))
 }
 
 fn describe(name: &str) -> Vec<u8> {
@@ -438,8 +456,7 @@ fn describe(name: &str) -> Vec<u8> {
 
 #[test]
 fn a_query_before_sync_runs_after_a_marker_whose_reply_is_dropped() {
-    let (mut t, mut s) = tracker(200);
-    let a = Activity::default();
+    let (mut t, mut s, a) = counted(200);
     let input = cat(&[
         parse("", "SELECT $1"),
         bind(""),
@@ -463,8 +480,7 @@ fn a_query_before_sync_runs_after_a_marker_whose_reply_is_dropped() {
 
 #[test]
 fn a_failed_parse_skips_the_query_and_the_statements_before_the_sync() {
-    let (mut t, mut s) = tracker(200);
-    let a = Activity::default();
+    let (mut t, mut s, a) = counted(200);
     let input = cat(&[
         parse("bad", "SELEC 1"),
         query("SELECT 2"),
@@ -503,8 +519,7 @@ fn a_failed_parse_skips_the_query_and_the_statements_before_the_sync() {
 
 #[test]
 fn a_querys_own_error_skips_nothing_after_it() {
-    let (mut t, mut s) = tracker(200);
-    let a = Activity::default();
+    let (mut t, mut s, a) = counted(200);
     let input = cat(&[
         parse("a", "SELECT 1"),
         query("SELEC 2"),
@@ -529,8 +544,7 @@ fn a_querys_own_error_skips_nothing_after_it() {
 #[test]
 fn a_query_sent_after_the_error_arrived_is_skipped_until_the_sync() {
     // asyncpg: Parse, Describe, Flush; the error comes back; then a Query.
-    let (mut t, mut s) = tracker(200);
-    let a = Activity::default();
+    let (mut t, mut s, a) = counted(200);
     let mut flush = BytesMut::new();
     frontend::flush(&mut flush);
     send_counted(
@@ -600,5 +614,5 @@ fn the_unnamed_statement_outlives_a_sync_on_a_connection_nobody_used_since() {
     // Another client had it in between: not the client's any more.
     t.begin(false);
     let out = send(&mut t, &mut s, &bind(""));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
+    assert_eq!(first_names(b'B', &out), "pgwarden_none");
 }
