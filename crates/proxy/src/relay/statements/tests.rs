@@ -100,6 +100,20 @@ fn counted(max: usize) -> (Tracker, ServerStatements, Activity) {
     (t, s, Activity::default())
 }
 
+/// A [`tracker`] whose client has sent the Parses of `statements` (name,
+/// SQL), in one read.
+fn parsed(max: usize, statements: &[(&str, &str)]) -> (Tracker, ServerStatements) {
+    let (mut t, mut s) = tracker(max);
+    let parses: Vec<Vec<u8>> = statements.iter().map(|(n, q)| parse(n, q)).collect();
+    send_all(&mut t, &mut s, &parses);
+    (t, s)
+}
+
+/// Parse of `sql` as statement `name`, Bind of it, Execute and Sync.
+fn parse_bind_run(name: &str, sql: &str) -> [Vec<u8>; 3] {
+    [parse(name, sql), bind(name), execute_sync()]
+}
+
 /// [`send`] of `parts`, one after the other in one read.
 fn send_all(t: &mut Tracker, s: &mut ServerStatements, parts: &[Vec<u8>]) -> Vec<u8> {
     send(t, s, &cat(parts))
@@ -134,11 +148,7 @@ fn a_statement_moves_with_its_client_to_another_server() {
     let mut a = ServerStatements::default();
     // First transaction, on server a: Parse goes out under a's name.
     t.begin(false);
-    let out = send_all(
-        &mut t,
-        &mut a,
-        &[parse("s1", "SELECT $1"), bind("s1"), execute_sync()],
-    );
+    let out = send_all(&mut t, &mut a, &parse_bind_run("s1", "SELECT $1"));
     let m = messages(&out);
     assert_eq!(types(&m), b"PBES");
     assert_eq!(stmt_of(b'P', &m[0].1), "pgwarden_1");
@@ -165,11 +175,7 @@ fn a_statement_moves_with_its_client_to_another_server() {
     // schema may have changed since), under a new name, b's old one closed.
     let mut t2 = Tracker::new(200, 1 << 20);
     let old = stmt_of(b'P', &m[0].1);
-    let out = send_all(
-        &mut t2,
-        &mut b,
-        &[parse("other", "SELECT $1"), bind("other"), execute_sync()],
-    );
+    let out = send_all(&mut t2, &mut b, &parse_bind_run("other", "SELECT $1"));
     let m = messages(&out);
     assert_eq!(types(&m), b"PCBES");
     let fresh = stmt_of(b'P', &m[0].1);
@@ -219,11 +225,7 @@ fn a_parse_the_server_skips_keeps_the_statement_it_had() {
 #[test]
 fn a_failed_parse_leaves_no_statement_behind() {
     let (mut t, mut s) = tracker(200);
-    send_all(
-        &mut t,
-        &mut s,
-        &[parse("bad", "SELEC $1"), bind("bad"), execute_sync()],
-    );
+    send_all(&mut t, &mut s, &parse_bind_run("bad", "SELEC $1"));
     assert_eq!(s.len(), 1);
     // The server's answer: ErrorResponse, then ReadyForQuery after the Sync.
     replies(&mut t, &mut s, b"EZ");
@@ -260,12 +262,7 @@ fn an_error_skips_only_the_rest_of_its_own_batch() {
 
 #[test]
 fn the_least_recently_used_statement_is_closed_when_a_server_is_full() {
-    let (mut t, mut s) = tracker(2);
-    send_all(
-        &mut t,
-        &mut s,
-        &[parse("a", "SELECT 1"), parse("b", "SELECT 2")],
-    );
+    let (mut t, mut s) = parsed(2, &[("a", "SELECT 1"), ("b", "SELECT 2")]);
     send(&mut t, &mut s, &bind("a"));
     let out = send(&mut t, &mut s, &parse("c", "SELECT 3"));
     let m = messages(&out);
@@ -289,8 +286,7 @@ fn the_least_recently_used_statement_is_closed_when_a_server_is_full() {
 
 #[test]
 fn closing_a_statement_keeps_it_on_the_server() {
-    let (mut t, mut s) = tracker(200);
-    send(&mut t, &mut s, &parse("a", "SELECT 1"));
+    let (mut t, mut s) = parsed(200, &[("a", "SELECT 1")]);
     let out = send(&mut t, &mut s, &close("a"));
     assert_eq!(first_names(b'C', &out), "pgwarden_none");
     assert_eq!(t.statements(), 0);
@@ -301,8 +297,7 @@ fn closing_a_statement_keeps_it_on_the_server() {
 
 #[test]
 fn names_of_the_proxys_own_never_reach_a_server() {
-    let (mut t, mut s) = tracker(200);
-    send(&mut t, &mut s, &parse("x", "SELECT 1"));
+    let (mut t, mut s) = parsed(200, &[("x", "SELECT 1")]);
     let out = send(&mut t, &mut s, &bind("pgwarden_1"));
     assert_eq!(first_names(b'B', &out), "pgwarden_none");
 }
@@ -376,8 +371,7 @@ fn session_features_in_queries_pin() {
 
 #[test]
 fn preparing_a_name_in_use_fails_as_on_postgresql() {
-    let (mut t, mut s) = tracker(200);
-    send(&mut t, &mut s, &parse("a", "SELECT 1"));
+    let (mut t, mut s) = parsed(200, &[("a", "SELECT 1")]);
     t.reply(b'1', &mut s);
     // The server is asked to prepare its own name for "a" again: it
     // refuses with 42P05, and the client's "a" is still SELECT 1.
@@ -454,6 +448,17 @@ fn describe(name: &str) -> Vec<u8> {
     b.to_vec()
 }
 
+/// One batch: a Parse of `first` (name, SQL), a Query of `sql`, a Parse of
+/// `then`, an Execute and the Sync.
+fn parse_query_parse(first: (&str, &str), sql: &str, then: (&str, &str)) -> Vec<u8> {
+    cat(&[
+        parse(first.0, first.1),
+        query(sql),
+        parse(then.0, then.1),
+        execute_sync(),
+    ])
+}
+
 #[test]
 fn a_query_before_sync_runs_after_a_marker_whose_reply_is_dropped() {
     let (mut t, mut s, a) = counted(200);
@@ -481,12 +486,7 @@ fn a_query_before_sync_runs_after_a_marker_whose_reply_is_dropped() {
 #[test]
 fn a_failed_parse_skips_the_query_and_the_statements_before_the_sync() {
     let (mut t, mut s, a) = counted(200);
-    let input = cat(&[
-        parse("bad", "SELEC 1"),
-        query("SELECT 2"),
-        parse("good", "SELECT 1"),
-        execute_sync(),
-    ]);
+    let input = parse_query_parse(("bad", "SELEC 1"), "SELECT 2", ("good", "SELECT 1"));
     send_counted(&mut t, &mut s, &a, &input);
     assert_eq!(a.owed(), 2);
     // The Parse fails: the server skips the Query (no ReadyForQuery for
@@ -520,12 +520,7 @@ fn a_failed_parse_skips_the_query_and_the_statements_before_the_sync() {
 #[test]
 fn a_querys_own_error_skips_nothing_after_it() {
     let (mut t, mut s, a) = counted(200);
-    let input = cat(&[
-        parse("a", "SELECT 1"),
-        query("SELEC 2"),
-        parse("b", "SELECT 2"),
-        execute_sync(),
-    ]);
+    let input = parse_query_parse(("a", "SELECT 1"), "SELEC 2", ("b", "SELECT 2"));
     send_counted(&mut t, &mut s, &a, &input);
     assert_eq!(t.reply(b'1', &mut s), Edit::Keep, "a's ParseComplete");
     assert_eq!(t.reply(b'3', &mut s), Edit::Drop, "the marker");
@@ -570,8 +565,7 @@ fn a_query_sent_after_the_error_arrived_is_skipped_until_the_sync() {
 
 #[test]
 fn what_cannot_be_followed_pins() {
-    let (mut t, mut s) = tracker(200);
-    send(&mut t, &mut s, &parse("d", "DISCARD ALL"));
+    let (t, mut s) = parsed(200, &[("d", "DISCARD ALL")]);
     assert!(t.pinned.is_some(), "a DISCARD ALL prepared for later");
     let mut t = Tracker::new(200, 1 << 20);
     let mut f = vec![b'F'];
@@ -586,8 +580,7 @@ fn what_cannot_be_followed_pins() {
 
 #[test]
 fn a_parse_in_a_failed_transaction_fails_as_on_postgresql() {
-    let (mut t, mut s) = tracker(200);
-    send(&mut t, &mut s, &parse("a", "SELECT 1"));
+    let (mut t, mut s) = parsed(200, &[("a", "SELECT 1")]);
     t.reply(b'1', &mut s);
     t.ready(b'E');
     let mut t2 = Tracker::new(200, 1 << 20);
