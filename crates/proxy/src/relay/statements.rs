@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use pgwarden_wire::ProtocolError;
-use pgwarden_wire::scan;
+use pgwarden_wire::{frame, scan};
 
 use super::features;
 use crate::frontend::clients::Activity;
@@ -399,17 +399,7 @@ impl Tracker {
                 break;
             };
             let [tag, len @ ..] = *header;
-            let len = u32::from_be_bytes(len);
-            if len < 4 {
-                return Err(ProtocolError::InvalidLength { len });
-            }
-            let body_len = len - 4;
-            if body_len > self.max_message {
-                return Err(ProtocolError::TooLong {
-                    len: body_len,
-                    max: self.max_message,
-                });
-            }
+            let body_len = frame::body_len(u32::from_be_bytes(len), self.max_message)?;
             if tag == b'X' {
                 return Ok(Fed {
                     upto: pos,
