@@ -92,10 +92,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<String, String> {
                 tracing::info!(rules = n, "hba file reloaded");
                 done.push(format!("hba file reloaded: {n} rules"));
             }
-            Err(e) => {
-                tracing::error!(error = %e, "hba file not reloaded; keeping the old one");
-                failed.push(format!("{e}; the old hba file stays in force"));
-            }
+            Err(e) => not_reloaded(&mut failed, &e, "hba file"),
         }
     }
     match auth {
@@ -103,20 +100,14 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<String, String> {
             tracing::info!(users = n, "auth file reloaded");
             done.push(format!("auth file reloaded: {n} users"));
         }
-        Err(e) => {
-            tracing::error!(error = %e, "auth file not reloaded; keeping the old one");
-            failed.push(format!("{e}; the old auth file stays in force"));
-        }
+        Err(e) => not_reloaded(&mut failed, &e, "auth file"),
     }
     match tls {
         Some(Ok(())) => {
             tracing::info!("TLS certificates and keys reloaded");
             done.push("TLS certificates and keys reloaded".to_owned());
         }
-        Some(Err(e)) => {
-            tracing::error!(error = %e, "TLS files not reloaded; keeping the old ones");
-            failed.push(format!("{e}; the old TLS files stay in force"));
-        }
+        Some(Err(e)) => not_reloaded(&mut failed, &e, "TLS files"),
         None => {}
     }
     if failed.is_empty() {
@@ -125,6 +116,18 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<String, String> {
         failed.extend(done);
         Err(failed.join("; "))
     }
+}
+
+/// A part of a reload (`files`: "hba file", "TLS files") that failed:
+/// logged, and said in the answer with the old files staying in force.
+fn not_reloaded(failed: &mut Vec<String>, e: &dyn std::fmt::Display, files: &str) {
+    let (ones, stay) = if files.ends_with('s') {
+        ("ones", "stay")
+    } else {
+        ("one", "stays")
+    };
+    tracing::error!(error = %e, "{files} not reloaded; keeping the old {ones}");
+    failed.push(format!("{e}; the old {files} {stay} in force"));
 }
 
 fn id32(id: usize) -> u32 {

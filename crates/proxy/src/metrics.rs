@@ -4,10 +4,11 @@
 
 use std::net::SocketAddr;
 
-use pgwarden_daemon::metrics::{self as m, Counter, Registry, labels};
+use pgwarden_daemon::metrics::{self as m, Counter, Labels, Registry, labels};
 use tokio::net::TcpListener;
 
 use crate::Shared;
+use crate::pool::PoolStats;
 
 /// What the proxy counts, since it started.
 #[derive(Debug, Default)]
@@ -58,6 +59,41 @@ pub async fn bind(addr: SocketAddr) -> Option<TcpListener> {
     }
 }
 
+/// A pool's labels: its backend, user and database.
+fn pool_key(p: &PoolStats) -> Labels {
+    labels([
+        ("backend", p.backend.to_string()),
+        ("user", p.user.clone()),
+        ("database", p.database.clone()),
+    ])
+}
+
+/// A count as a gauge's value.
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A label value of a per-pool series and what its series reads of a
+/// pool, as `("idle", |p| count(p.idle))`.
+type PoolValue<'a, T> = (&'a str, fn(&PoolStats) -> T);
+
+/// One series per pool and each of `values`: the pool's labels and
+/// `label="<value>"` (as `state="idle"`), valued by what the value's
+/// function reads of the pool.
+fn per_pool<'a, T>(
+    pools: &'a [PoolStats],
+    label: &'a str,
+    values: &'a [PoolValue<'a, T>],
+) -> impl Iterator<Item = (Labels, T)> + 'a {
+    pools.iter().flat_map(move |p| {
+        values.iter().map(move |(value, of)| {
+            let mut l = pool_key(p);
+            l.push((label.to_owned(), (*value).to_owned()));
+            (l, of(p))
+        })
+    })
+}
+
 /// Renders the proxy's metrics into `r`.
 pub fn render(shared: &Shared, r: &mut Registry) {
     let route = shared.router.current();
@@ -89,65 +125,45 @@ pub fn render(shared: &Shared, r: &mut Registry) {
         i64::try_from(shared.clients.len()).unwrap_or(i64::MAX),
     );
     let pools = shared.pool_report();
-    let key = |p: &crate::pool::PoolStats| {
-        labels([
-            ("backend", p.backend.to_string()),
-            ("user", p.user.clone()),
-            ("database", p.database.clone()),
-        ])
-    };
-    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
     m::gauges(
         r,
         "pgwarden_proxy_pool_server_connections",
         "Server connections per pool: held by clients (active) or cached (idle)",
-        pools.iter().flat_map(|p| {
-            let with = |state: &str| {
-                let mut l = key(p);
-                l.push(("state".to_owned(), state.to_owned()));
-                l
-            };
-            [
-                (with("active"), count(p.active)),
-                (with("idle"), count(p.idle)),
-            ]
-        }),
+        per_pool(
+            &pools,
+            "state",
+            &[("active", |p| count(p.active)), ("idle", |p| count(p.idle))],
+        ),
     );
     m::gauges(
         r,
         "pgwarden_proxy_pool_waiting_clients",
         "Clients waiting for a server connection of the pool",
-        pools.iter().map(|p| (key(p), count(p.waiting))),
+        pools.iter().map(|p| (pool_key(p), count(p.waiting))),
     );
     m::gauges(
         r,
         "pgwarden_proxy_pool_clients",
         "Logged-in clients per pool: holding a server connection (active), holding none between transactions (idle), or kept on theirs by session state (pinned, also active)",
-        pools.iter().flat_map(|p| {
-            let with = |state: &str| {
-                let mut l = key(p);
-                l.push(("state".to_owned(), state.to_owned()));
-                l
-            };
-            [
-                (with("active"), count(p.clients_active)),
-                (with("idle"), count(p.clients_idle)),
-                (with("pinned"), count(p.clients_pinned)),
-            ]
-        }),
+        per_pool(
+            &pools,
+            "state",
+            &[
+                ("active", |p| count(p.clients_active)),
+                ("idle", |p| count(p.clients_idle)),
+                ("pinned", |p| count(p.clients_pinned)),
+            ],
+        ),
     );
     m::counters(
         r,
         "pgwarden_proxy_pool_transactions",
         "Transactions run per pool (transaction mode): those whose first request was a load-balanced read (kind=read), and all others (kind=write)",
-        pools.iter().flat_map(|p| {
-            let with = |kind: &str| {
-                let mut l = key(p);
-                l.push(("kind".to_owned(), kind.to_owned()));
-                l
-            };
-            [(with("read"), p.reads), (with("write"), p.writes)]
-        }),
+        per_pool(
+            &pools,
+            "kind",
+            &[("read", |p| p.reads), ("write", |p| p.writes)],
+        ),
     );
     let c = &shared.counters;
     m::counter(

@@ -144,12 +144,16 @@ fn the_channel_binding_of_an_ecdsa_sha256_certificate_is_its_sha256() {
 fn bad_files_are_named_by_their_key() {
     let pki = Pki::new("bad", "db.example");
     let missing = pki.file("missing.pem");
-    let e = server_tls(
-        pem("proxy.client_tls_cert_file", &missing),
-        pem("proxy.client_tls_key_file", &pki.file("server.key")),
-        None,
-    )
-    .err();
+    // The proxy's TLS for clients from these files, or why not.
+    let serve = |cert: &Path, key: &Path| {
+        server_tls(
+            pem("proxy.client_tls_cert_file", cert),
+            pem("proxy.client_tls_key_file", key),
+            None,
+        )
+        .err()
+    };
+    let e = serve(&missing, &pki.file("server.key"));
     assert!(
         e.as_ref()
             .is_some_and(|e| e.key == "proxy.client_tls_cert_file"
@@ -157,12 +161,7 @@ fn bad_files_are_named_by_their_key() {
         "{e:?}"
     );
     // A key others can read is refused, as PostgreSQL refuses it.
-    let e = server_tls(
-        pem("proxy.client_tls_cert_file", &pki.file("server.pem")),
-        pem("proxy.client_tls_key_file", &pki.file("open.key")),
-        None,
-    )
-    .err();
+    let e = serve(&pki.file("server.pem"), &pki.file("open.key"));
     assert!(
         e.as_ref().is_some_and(
             |e| e.key == "proxy.client_tls_key_file" && e.why.contains("readable by others")
@@ -170,12 +169,7 @@ fn bad_files_are_named_by_their_key() {
         "{e:?}"
     );
     // A key file given as the certificate: no certificate in it.
-    let e = server_tls(
-        pem("proxy.client_tls_cert_file", &pki.file("server.key")),
-        pem("proxy.client_tls_key_file", &pki.file("server.key")),
-        None,
-    )
-    .err();
+    let e = serve(&pki.file("server.key"), &pki.file("server.key"));
     assert!(
         e.as_ref().is_some_and(|e| e.why.contains("no certificate")),
         "{e:?}"

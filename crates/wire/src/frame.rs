@@ -27,6 +27,23 @@ impl Message {
     }
 }
 
+/// The body length of a typed message whose length field says `len` (it
+/// counts itself): refused when `len` is under 4 or the body longer than
+/// `max_body`. Inlined: the data path's scanners check every header with it.
+#[inline]
+pub fn body_len(len: u32, max_body: u32) -> Result<u32, ProtocolError> {
+    let Some(body_len) = len.checked_sub(4) else {
+        return Err(ProtocolError::InvalidLength { len });
+    };
+    if body_len > max_body {
+        return Err(ProtocolError::TooLong {
+            len: body_len,
+            max: max_body,
+        });
+    }
+    Ok(body_len)
+}
+
 /// Takes one complete typed message off the front of `buf`, refusing bodies
 /// longer than `max_body`. `Ok(None)`: more bytes needed, nothing consumed.
 pub fn read_message(buf: &mut BytesMut, max_body: u32) -> Result<Option<Message>, ProtocolError> {
@@ -34,15 +51,7 @@ pub fn read_message(buf: &mut BytesMut, max_body: u32) -> Result<Option<Message>
         return Ok(None);
     };
     let len = u32::from_be_bytes([a, b, c, d]);
-    if len < 4 {
-        return Err(ProtocolError::InvalidLength { len });
-    }
-    if len - 4 > max_body {
-        return Err(ProtocolError::TooLong {
-            len: len - 4,
-            max: max_body,
-        });
-    }
+    body_len(len, max_body)?;
     if buf.len() < 1 + len as usize {
         return Ok(None);
     }

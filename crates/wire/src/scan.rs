@@ -130,17 +130,8 @@ impl Scanner {
                         self.state = State::Len { tag, got, bytes };
                         continue;
                     }
-                    let len = u32::from_be_bytes(bytes);
-                    if len < 4 {
-                        return Err(ProtocolError::InvalidLength { len });
-                    }
-                    let body_len = len - 4;
-                    if body_len > self.max_body {
-                        return Err(ProtocolError::TooLong {
-                            len: body_len,
-                            max: self.max_body,
-                        });
-                    }
+                    let body_len =
+                        crate::frame::body_len(u32::from_be_bytes(bytes), self.max_body)?;
                     let capture = body_len <= CAPTURE_LIMIT && obs.wants_body(tag);
                     if capture {
                         self.captured.clear();

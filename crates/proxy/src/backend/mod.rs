@@ -208,82 +208,71 @@ impl ServerConn {
         creds: &ServerCredentials,
         dial: &Dial,
     ) -> Result<ServerConn, ServerError> {
-        tokio::time::timeout(
-            dial.timeout,
-            Self::connect_inner(backend, host, port, params, creds, dial),
-        )
-        .await
-        .map_err(|_| ServerError::Timeout(dial.timeout))?
-    }
-
-    async fn connect_inner(
-        backend: usize,
-        host: &str,
-        port: u16,
-        params: &[(String, String)],
-        creds: &ServerCredentials,
-        dial: &Dial,
-    ) -> Result<ServerConn, ServerError> {
-        let (keepalive, tls) = (dial.keepalive, &dial.tls);
-        let stream = TcpStream::connect((host, port)).await?;
-        net::tune(&stream, keepalive);
-        let addr = stream.peer_addr()?;
-        let stream = encrypt(stream, host, tls).await?;
-        let now = Instant::now();
-        let mut conn = ServerConn {
-            stream,
-            backend,
-            params: Vec::new(),
-            key: (0, 0),
-            addr,
-            user: params
-                .iter()
-                .find(|(k, _)| k == "user")
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default(),
-            applied: Vec::new(),
-            settled: None,
-            notices: Vec::new(),
-            statements: Default::default(),
-            created: now,
-            serial: SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            served: 0,
-            idle_since: now,
-            buf: BytesMut::with_capacity(4096),
-        };
-        let mut out = BytesMut::new();
-        frontend::startup_message(
-            params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-            &mut out,
-        )?;
-        conn.stream.send(&out).await?;
-        conn.authenticate(creds).await?;
-        // Then ParameterStatus*, BackendKeyData, ReadyForQuery.
-        loop {
-            let m = conn.read().await?;
-            match m.tag {
-                b'S' => conn.record_param(&m.body),
-                b'K' => {
-                    let Some((pid, rest)) = m.body.split_first_chunk::<4>() else {
-                        return Err(ProtocolError::Malformed {
-                            what: "BackendKeyData",
-                        }
-                        .into());
-                    };
-                    let Some(secret) = rest.first_chunk::<4>() else {
-                        return Err(ProtocolError::Malformed {
-                            what: "BackendKeyData",
-                        }
-                        .into());
-                    };
-                    conn.key = (i32::from_be_bytes(*pid), i32::from_be_bytes(*secret));
+        let login = async {
+            let (keepalive, tls) = (dial.keepalive, &dial.tls);
+            let stream = TcpStream::connect((host, port)).await?;
+            net::tune(&stream, keepalive);
+            let addr = stream.peer_addr()?;
+            let stream = encrypt(stream, host, tls).await?;
+            let now = Instant::now();
+            let mut conn = ServerConn {
+                stream,
+                backend,
+                params: Vec::new(),
+                key: (0, 0),
+                addr,
+                user: params
+                    .iter()
+                    .find(|(k, _)| k == "user")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+                applied: Vec::new(),
+                settled: None,
+                notices: Vec::new(),
+                statements: Default::default(),
+                created: now,
+                serial: SERIALS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                served: 0,
+                idle_since: now,
+                buf: BytesMut::with_capacity(4096),
+            };
+            let mut out = BytesMut::new();
+            frontend::startup_message(
+                params.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+                &mut out,
+            )?;
+            conn.stream.send(&out).await?;
+            conn.authenticate(creds).await?;
+            // Then ParameterStatus*, BackendKeyData, ReadyForQuery.
+            loop {
+                let m = conn.read().await?;
+                match m.tag {
+                    b'S' => conn.record_param(&m.body),
+                    b'K' => {
+                        let Some((pid, rest)) = m.body.split_first_chunk::<4>() else {
+                            return Err(ProtocolError::Malformed {
+                                what: "BackendKeyData",
+                            }
+                            .into());
+                        };
+                        let Some(secret) = rest.first_chunk::<4>() else {
+                            return Err(ProtocolError::Malformed {
+                                what: "BackendKeyData",
+                            }
+                            .into());
+                        };
+                        conn.key = (i32::from_be_bytes(*pid), i32::from_be_bytes(*secret));
+                    }
+                    b'Z' => return Ok(conn),
+                    b'N' => conn.note_notice("", &m),
+                    b'E' => return Err(refused(&m)),
+                    tag => return Err(ProtocolError::UnexpectedMessage { tag }.into()),
                 }
-                b'Z' => return Ok(conn),
-                b'N' => conn.note_notice("", &m),
-                b'E' => return Err(refused(&m)),
-                tag => return Err(ProtocolError::UnexpectedMessage { tag }.into()),
             }
-        }
+        };
+        tokio::time::timeout(dial.timeout, login)
+            .await
+            .map_err(|_| ServerError::Timeout(dial.timeout))?
     }
 
     async fn authenticate(&mut self, creds: &ServerCredentials) -> Result<(), ServerError> {
@@ -319,14 +308,7 @@ impl ServerConn {
                     let stored = match creds {
                         ServerCredentials::Password(p) => md5::secret(p, &self.user),
                         ServerCredentials::Md5(m) => m.clone(),
-                        ServerCredentials::ScramKey(_) => {
-                            return Err(ServerError::Auth(
-                                "the server asks for md5 but the auth file holds a SCRAM verifier for this user".into(),
-                            ));
-                        }
-                        ServerCredentials::Nothing => {
-                            return Err(ServerError::Auth(NOTHING.into()));
-                        }
+                        other => return Err(cannot_answer("md5", other)),
                     };
                     frontend::password_message(md5::response(&stored, salt).as_bytes(), &mut out)?;
                 }
@@ -342,14 +324,7 @@ impl ServerConn {
                     let c = match creds {
                         ServerCredentials::Password(p) => Credentials::Password(p.clone()),
                         ServerCredentials::ScramKey(c) => c.clone(),
-                        ServerCredentials::Md5(_) => {
-                            return Err(ServerError::Auth(
-                                "the server asks for SCRAM but the auth file holds an md5 secret for this user".into(),
-                            ));
-                        }
-                        ServerCredentials::Nothing => {
-                            return Err(ServerError::Auth(NOTHING.into()));
-                        }
+                        other => return Err(cannot_answer("SCRAM", other)),
                     };
                     let client = ScramClient::new(c);
                     frontend::sasl_initial_response(
@@ -379,6 +354,25 @@ impl ServerConn {
                 }
             }
             self.stream.send(&out).await?;
+        }
+    }
+
+    /// Reads the server's replies up to its ReadyForQuery, keeping the
+    /// settings it reports (ParameterStatus); `each` sees every other
+    /// message but an ErrorResponse. Gives the server's last error, if any.
+    async fn until_ready(
+        &mut self,
+        mut each: impl FnMut(&mut Self, &Message),
+    ) -> Result<Option<ServerError>, ServerError> {
+        let mut failed = None;
+        loop {
+            let m = self.read().await?;
+            match m.tag {
+                b'S' => self.record_param(&m.body),
+                b'E' => failed = Some(refused(&m)),
+                b'Z' => return Ok(failed),
+                _ => each(self, &m),
+            }
         }
     }
 
@@ -595,24 +589,19 @@ impl ServerConn {
             self.notices.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
         }
         let mut done: usize = 0;
-        let mut failed = None;
-        loop {
-            let m = self.read().await?;
-            match m.tag {
-                b'S' => self.record_param(&m.body),
-                b'E' => failed = Some(refused(&m)),
-                b'Z' => break,
+        let failed = self
+            .until_ready(|conn, m| match m.tag {
                 b'C' => done += 1,
                 b'N' => {
                     if let Some((name, _)) = done.checked_sub(stale.len()).and_then(|i| todo.get(i))
                     {
-                        self.note_notice(name, &m);
+                        conn.note_notice(name, m);
                     }
                 }
                 // ParseComplete, BindComplete, DataRow.
                 _ => {}
-            }
-        }
+            })
+            .await?;
         match failed {
             Some(e) => Err(e),
             None => Ok(()),
@@ -699,17 +688,13 @@ impl ServerConn {
         frontend::sync(&mut out);
         self.stream.send(&out).await?;
         let mut value = None;
-        let mut failed = None;
-        loop {
-            let m = self.read().await?;
-            match m.tag {
-                b'S' => self.record_param(&m.body),
-                b'E' => failed = Some(refused(&m)),
-                b'D' => value = first_text_column(&m.body),
-                b'Z' => break,
-                _ => {}
-            }
-        }
+        let failed = self
+            .until_ready(|_, m| {
+                if m.tag == b'D' {
+                    value = first_text_column(&m.body);
+                }
+            })
+            .await?;
         match (failed, value) {
             (Some(e), _) => Err(e),
             (None, Some(v)) => Ok(v),
@@ -797,6 +782,20 @@ fn refused(m: &Message) -> ServerError {
         fields: ServerMessageFields::parse(&m.body),
         raw: m.to_bytes(),
     }
+}
+
+/// Why `creds` cannot answer a server asking for `asked` (`md5`, `SCRAM`),
+/// a method they are not for.
+fn cannot_answer(asked: &str, creds: &ServerCredentials) -> ServerError {
+    let held = match creds {
+        ServerCredentials::Nothing => return ServerError::Auth(NOTHING.into()),
+        ServerCredentials::ScramKey(_) => "a SCRAM verifier",
+        ServerCredentials::Md5(_) => "an md5 secret",
+        ServerCredentials::Password(_) => "a plain-text password",
+    };
+    ServerError::Auth(format!(
+        "the server asks for {asked} but the auth file holds {held} for this user"
+    ))
 }
 
 fn needs_plain(what: &str) -> String {

@@ -156,21 +156,7 @@ pub async fn authenticate(
     }
     let failed = || AuthError::Failed(user.to_owned());
     match found.map(|u| (&u.secret, u.verifier.as_ref())) {
-        Some((Secret::Scram(v), _)) => {
-            let client_key = scram_exchange(
-                stream,
-                buf,
-                after,
-                ScramServer::new(v.clone()),
-                user,
-                binding,
-            )
-            .await?;
-            Ok(ServerCredentials::ScramKey(Credentials::ClientKey {
-                client_key,
-                verifier: v.clone(),
-            }))
-        }
+        Some((Secret::Scram(v), _)) => scram_secret(stream, buf, after, v, user, binding).await,
         Some((Secret::Plain(p), Some(v))) => {
             scram_exchange(
                 stream,
@@ -295,19 +281,7 @@ async fn by_method(
         Method::Md5 | Method::ScramSha256 => {
             match found.map(|u| (&u.secret, u.verifier.as_ref())) {
                 Some((Secret::Scram(v), _)) => {
-                    let client_key = scram_exchange(
-                        stream,
-                        buf,
-                        after,
-                        ScramServer::new(v.clone()),
-                        user,
-                        binding,
-                    )
-                    .await?;
-                    Ok(ServerCredentials::ScramKey(Credentials::ClientKey {
-                        client_key,
-                        verifier: v.clone(),
-                    }))
+                    scram_secret(stream, buf, after, v, user, binding).await
                 }
                 Some((Secret::Plain(p), _)) if method == Method::Md5 => {
                     md5_exchange(stream, buf, &md5::secret(p, user), user).await?;
@@ -341,6 +315,24 @@ async fn by_method(
             }
         }
     }
+}
+
+/// A SCRAM exchange against the user's stored SCRAM secret `v`; the
+/// client key its proof gives then logs in to servers.
+async fn scram_secret(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    after: &mut BytesMut,
+    v: &ScramVerifier,
+    user: &str,
+    binding: Option<&[u8]>,
+) -> Result<ServerCredentials, AuthError> {
+    let server = ScramServer::new(v.clone());
+    let client_key = scram_exchange(stream, buf, after, server, user, binding).await?;
+    Ok(ServerCredentials::ScramKey(Credentials::ClientKey {
+        client_key,
+        verifier: v.clone(),
+    }))
 }
 
 async fn scram_exchange(

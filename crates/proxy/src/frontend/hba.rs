@@ -208,41 +208,60 @@ fn single<'a>(f: &'a Field, what: &str) -> Result<&'a str, String> {
 }
 
 fn parse_databases(f: &Field) -> Result<Vec<Database>, String> {
-    f.iter()
-        .map(|(s, quoted)| {
-            Ok(match (s.as_str(), quoted) {
-                ("", _) => return Err("an empty database name".to_owned()),
-                ("all", false) => Database::All,
-                ("sameuser", false) => Database::SameUser,
-                ("replication", false) => Database::Replication,
-                ("samerole" | "samegroup", false) => {
-                    return Err(format!("\"{s}\" (role membership) is not supported"));
-                }
-                (s, false) if s.starts_with('@') => {
-                    return Err(format!("included files (\"{s}\") are not supported"));
-                }
-                (s, _) => Database::Name(s.to_owned()),
-            })
-        })
-        .collect()
+    parse_names(
+        f,
+        "database",
+        |s| match s {
+            "all" => Some(Ok(Database::All)),
+            "sameuser" => Some(Ok(Database::SameUser)),
+            "replication" => Some(Ok(Database::Replication)),
+            "samerole" | "samegroup" => {
+                Some(Err(format!("\"{s}\" (role membership) is not supported")))
+            }
+            _ => None,
+        },
+        Database::Name,
+    )
 }
 
 fn parse_users(f: &Field) -> Result<Vec<User>, String> {
+    parse_names(
+        f,
+        "user",
+        |s| match s {
+            "all" => Some(Ok(User::All)),
+            s if s.starts_with('+') => Some(Err(format!(
+                "group membership (\"{s}\") is not supported: list the users"
+            ))),
+            _ => None,
+        },
+        User::Name,
+    )
+}
+
+/// The items of a database or user field (`what` says which): an unquoted
+/// keyword is what `keyword` makes of it (`None`: no keyword), anything
+/// else a name (`name`); empty names and included files are refused.
+fn parse_names<T>(
+    f: &Field,
+    what: &str,
+    keyword: impl Fn(&str) -> Option<Result<T, String>>,
+    name: impl Fn(String) -> T,
+) -> Result<Vec<T>, String> {
     f.iter()
         .map(|(s, quoted)| {
-            Ok(match (s.as_str(), quoted) {
-                ("", _) => return Err("an empty user name".to_owned()),
-                ("all", false) => User::All,
-                (s, false) if s.starts_with('+') => {
-                    return Err(format!(
-                        "group membership (\"{s}\") is not supported: list the users"
-                    ));
+            if s.is_empty() {
+                return Err(format!("an empty {what} name"));
+            }
+            if !quoted {
+                if let Some(k) = keyword(s) {
+                    return k;
                 }
-                (s, false) if s.starts_with('@') => {
+                if s.starts_with('@') {
                     return Err(format!("included files (\"{s}\") are not supported"));
                 }
-                (s, _) => User::Name(s.to_owned()),
-            })
+            }
+            Ok(name(s.clone()))
         })
         .collect()
 }
@@ -474,46 +493,30 @@ mod tests {
         .unwrap();
         assert_eq!(hba.len(), 5);
         use Method::*;
-        assert_eq!(
-            method(&hba, client("10.1.2.3", true, "alice", "app")),
-            Some(ScramSha256)
-        );
-        assert_eq!(method(&hba, client("10.1.2.3", true, "carol", "app")), None);
-        // Plain text from the same net: the hostnossl line.
-        assert_eq!(
-            method(&hba, client("10.1.2.3", false, "alice", "app")),
-            Some(Reject)
-        );
-        assert_eq!(
-            method(&hba, client("127.0.0.1", false, "dave", "dave")),
-            Some(Md5)
-        );
-        assert_eq!(
-            method(&hba, client("127.0.0.1", false, "dave", "app")),
-            None
-        );
-        // A quoted "all" is a database named all; v4-mapped v6 is v4.
-        assert_eq!(
-            method(&hba, client("::1", false, "carol", "all")),
-            Some(Password)
-        );
-        assert_eq!(method(&hba, client("::1", false, "carol", "app")), None);
-        assert_eq!(
-            method(&hba, client("::ffff:127.0.0.1", false, "x", "x")),
-            Some(Md5)
-        );
-        // A rule written as an IPv4-mapped network matches IPv4 clients.
         let mapped =
             Hba::parse("host all all ::ffff:10.0.0.0/104 reject\nhost all all all trust\n")
                 .unwrap();
-        assert_eq!(
-            method(&mapped, client("10.1.2.3", false, "u", "d")),
-            Some(Reject)
-        );
-        assert_eq!(
-            method(&mapped, client("11.1.2.3", false, "u", "d")),
-            Some(Trust)
-        );
+        for (rules, addr, tls, user, database, want) in [
+            (&hba, "10.1.2.3", true, "alice", "app", Some(ScramSha256)),
+            (&hba, "10.1.2.3", true, "carol", "app", None),
+            // Plain text from the same net: the hostnossl line.
+            (&hba, "10.1.2.3", false, "alice", "app", Some(Reject)),
+            (&hba, "127.0.0.1", false, "dave", "dave", Some(Md5)),
+            (&hba, "127.0.0.1", false, "dave", "app", None),
+            // A quoted "all" is a database named all; v4-mapped v6 is v4.
+            (&hba, "::1", false, "carol", "all", Some(Password)),
+            (&hba, "::1", false, "carol", "app", None),
+            (&hba, "::ffff:127.0.0.1", false, "x", "x", Some(Md5)),
+            // A rule written as an IPv4-mapped network matches IPv4 clients.
+            (&mapped, "10.1.2.3", false, "u", "d", Some(Reject)),
+            (&mapped, "11.1.2.3", false, "u", "d", Some(Trust)),
+        ] {
+            assert_eq!(
+                method(rules, client(addr, tls, user, database)),
+                want,
+                "{user}@{database} from {addr}, tls {tls}"
+            );
+        }
         assert_eq!(
             hba.decide(&client("10.1.2.3", true, "bob", "app"))
                 .map(|d| d.line),

@@ -22,6 +22,70 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp;
 
+/// `AsyncRead` or `AsyncWrite` for an enum of connections with a `Closed`
+/// variant: each poll goes straight to the variant's stream (no boxing, no
+/// dynamic dispatch: the data path reads and writes through here). Closed,
+/// a read sees the end of the stream, a write a broken pipe, and flushing
+/// and shutting down are done at once.
+macro_rules! through {
+    (AsyncRead for $ty:ty; $($variant:ident),+) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $(Self::$variant(s) => Pin::new(s).poll_read(cx, buf),)+
+                    Self::Closed => Poll::Ready(Ok(())),
+                }
+            }
+        }
+    };
+    (AsyncWrite for $ty:ty; $($variant:ident),+) => {
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $(Self::$variant(s) => Pin::new(s).poll_write(cx, buf),)+
+                    Self::Closed => Poll::Ready(Err(closed())),
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $(Self::$variant(s) => Pin::new(s).poll_flush(cx),)+
+                    Self::Closed => Poll::Ready(Ok(())),
+                }
+            }
+
+            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $(Self::$variant(s) => Pin::new(s).poll_shutdown(cx),)+
+                    Self::Closed => Poll::Ready(Ok(())),
+                }
+            }
+        }
+    };
+}
+
+/// `Debug` for a split half: its type and variant, as `ReadHalf::Tls`, not
+/// the stream (a TLS half's has none to show).
+macro_rules! half_debug {
+    ($half:ident; $($variant:ident),+) => {
+        impl std::fmt::Debug for $half<'_> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self {
+                    $(Self::$variant { .. } => concat!(stringify!($half), "::", stringify!($variant)),)+
+                })
+            }
+        }
+    };
+}
+
 /// A connection to a client or a server.
 #[derive(Debug)]
 pub enum Stream {
@@ -234,77 +298,28 @@ fn last_tls_words<D>(tcp: &TcpStream, conn: &mut rustls::ConnectionCommon<D>, by
     }
 }
 
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::TlsServed(s) => Pin::new(&mut **s).poll_read(cx, buf),
-            Stream::TlsClient(s) => Pin::new(&mut **s).poll_read(cx, buf),
-            Stream::Closed => Poll::Ready(Ok(())),
-        }
-    }
-}
+through!(AsyncRead for Stream; Tcp, TlsServed, TlsClient);
 
 fn closed() -> io::Error {
     io::ErrorKind::BrokenPipe.into()
 }
 
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::TlsServed(s) => Pin::new(&mut **s).poll_write(cx, buf),
-            Stream::TlsClient(s) => Pin::new(&mut **s).poll_write(cx, buf),
-            Stream::Closed => Poll::Ready(Err(closed())),
-        }
-    }
+through!(AsyncWrite for Stream; Tcp, TlsServed, TlsClient);
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::TlsServed(s) => Pin::new(&mut **s).poll_flush(cx),
-            Stream::TlsClient(s) => Pin::new(&mut **s).poll_flush(cx),
-            Stream::Closed => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::TlsServed(s) => Pin::new(&mut **s).poll_shutdown(cx),
-            Stream::TlsClient(s) => Pin::new(&mut **s).poll_shutdown(cx),
-            Stream::Closed => Poll::Ready(Ok(())),
-        }
-    }
-}
-
-/// The reading direction of a split [`Stream`].
-pub enum ReadHalf<'a> {
+/// One direction of a split [`Stream`]: a [`ReadHalf`] or a [`WriteHalf`].
+pub enum Half<T, S> {
     /// Plain TCP.
-    Tcp(tcp::ReadHalf<'a>),
+    Tcp(T),
     /// TLS.
-    Tls(TlsHalf<'a>),
-    /// Nothing (end of stream).
+    Tls(S),
+    /// Nothing: reads see the end of the stream, writes fail.
     Closed,
 }
 
-impl std::fmt::Debug for ReadHalf<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ReadHalf::Tcp(_) => "ReadHalf::Tcp",
-            ReadHalf::Tls(_) => "ReadHalf::Tls",
-            ReadHalf::Closed => "ReadHalf::Closed",
-        })
-    }
-}
+/// The reading direction of a split [`Stream`].
+pub type ReadHalf<'a> = Half<tcp::ReadHalf<'a>, TlsHalf<'a>>;
+
+half_debug!(ReadHalf; Tcp, Tls, Closed);
 
 impl ReadHalf<'_> {
     /// Call after a read of `n` bytes into `room` bytes of space (see
@@ -316,39 +331,12 @@ impl ReadHalf<'_> {
     }
 }
 
-impl AsyncRead for ReadHalf<'_> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ReadHalf::Tcp(r) => Pin::new(r).poll_read(cx, buf),
-            ReadHalf::Tls(r) => Pin::new(r).poll_read(cx, buf),
-            ReadHalf::Closed => Poll::Ready(Ok(())),
-        }
-    }
-}
+through!(AsyncRead for ReadHalf<'_>; Tcp, Tls);
 
 /// The writing direction of a split [`Stream`].
-pub enum WriteHalf<'a> {
-    /// Plain TCP.
-    Tcp(tcp::WriteHalf<'a>),
-    /// TLS.
-    Tls(TlsWriteHalf<'a>),
-    /// Nothing (writes fail).
-    Closed,
-}
+pub type WriteHalf<'a> = Half<tcp::WriteHalf<'a>, TlsWriteHalf<'a>>;
 
-impl std::fmt::Debug for WriteHalf<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            WriteHalf::Tcp(_) => "WriteHalf::Tcp",
-            WriteHalf::Tls(_) => "WriteHalf::Tls",
-            WriteHalf::Closed => "WriteHalf::Closed",
-        })
-    }
-}
+half_debug!(WriteHalf; Tcp, Tls, Closed);
 
 impl WriteHalf<'_> {
     /// Writes all of `bytes` and flushes (see [`Stream::send`]).
@@ -359,35 +347,7 @@ impl WriteHalf<'_> {
     }
 }
 
-impl AsyncWrite for WriteHalf<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(w) => Pin::new(w).poll_write(cx, buf),
-            WriteHalf::Tls(w) => Pin::new(w).poll_write(cx, buf),
-            WriteHalf::Closed => Poll::Ready(Err(closed())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(w) => Pin::new(w).poll_flush(cx),
-            WriteHalf::Tls(w) => Pin::new(w).poll_flush(cx),
-            WriteHalf::Closed => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            WriteHalf::Tcp(w) => Pin::new(w).poll_shutdown(cx),
-            WriteHalf::Tls(w) => Pin::new(w).poll_shutdown(cx),
-            WriteHalf::Closed => Poll::Ready(Ok(())),
-        }
-    }
-}
+through!(AsyncWrite for WriteHalf<'_>; Tcp, Tls);
 
 /// Disables Nagle (every protocol message is latency-bound) and, when asked,
 /// turns on TCP keepalive so dead peers are noticed in minutes, not hours.

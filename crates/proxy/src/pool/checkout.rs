@@ -56,6 +56,20 @@ impl Memo {
 /// pool, the connection, and the route it followed.
 pub(crate) type Checkout = (crate::pool::Slot, Box<ServerConn>, Arc<Route>);
 
+/// What a client wants of a server connection, passed along the steps of
+/// a checkout.
+#[derive(Clone, Copy)]
+struct Wanted<'a> {
+    /// The pool's startup parameters.
+    params: &'a [(String, String)],
+    /// The client's settings.
+    client_settings: &'a [(String, String)],
+    /// Tracked settings it did not set but believes at their defaults.
+    believed: &'a [(String, String)],
+    /// How to log in to the server.
+    creds: &'a ServerCredentials,
+}
+
 /// Why one try at a checkout failed.
 enum Failed {
     /// What the client is told.
@@ -87,7 +101,13 @@ pub(crate) async fn server_for(
     } else {
         hold
     };
-    let first = attempt(shared, params, client_settings, believed, creds, memo, wait).await;
+    let want = Wanted {
+        params,
+        client_settings,
+        believed,
+        creds,
+    };
+    let first = attempt(shared, want, memo, wait).await;
     match first {
         Ok(got) => Ok(got),
         Err(Failed::Reject(r)) => Err(r),
@@ -99,17 +119,7 @@ pub(crate) async fn server_for(
             )))
         }
         Err(Failed::Unreachable { route, why }) => {
-            Box::pin(hold_for_primary(
-                shared,
-                params,
-                client_settings,
-                believed,
-                creds,
-                memo,
-                route,
-                why,
-            ))
-            .await
+            Box::pin(hold_for_primary(shared, want, memo, route, why)).await
         }
     }
 }
@@ -119,13 +129,9 @@ pub(crate) async fn server_for(
 /// succeed, for at most `proxy.failover_hold_timeout`. The proxy only asks
 /// the monitor to check sooner; whether there is a failover is the
 /// monitor's decision alone.
-#[allow(clippy::too_many_arguments)]
 async fn hold_for_primary(
     shared: &Shared,
-    params: &[(String, String)],
-    client_settings: &[(String, String)],
-    believed: &[(String, String)],
-    creds: &ServerCredentials,
+    want: Wanted<'_>,
     memo: &mut Memo,
     mut route: Arc<Route>,
     mut why: String,
@@ -143,7 +149,7 @@ async fn hold_for_primary(
         // A new route at once; the same primary again after a short pause.
         shared.router.changed(&route, left.min(RETRY_HELD)).await;
         let left = until.saturating_duration_since(tokio::time::Instant::now());
-        match attempt(shared, params, client_settings, believed, creds, memo, left).await {
+        match attempt(shared, want, memo, left).await {
             Ok(got) => {
                 tracing::debug!("a held checkout got its server");
                 return Ok(got);
@@ -183,10 +189,7 @@ const RETRY_HELD: std::time::Duration = std::time::Duration::from_millis(250);
 /// there is none.
 async fn attempt(
     shared: &Shared,
-    params: &[(String, String)],
-    client_settings: &[(String, String)],
-    believed: &[(String, String)],
-    creds: &ServerCredentials,
+    want: Wanted<'_>,
     memo: &mut Memo,
     route_wait: std::time::Duration,
 ) -> Result<Checkout, Failed> {
@@ -216,8 +219,7 @@ async fn attempt(
             "no primary backend is available",
         ))));
     };
-    let (slot, conn) = match take(shared, &b, params, client_settings, believed, creds, memo).await
-    {
+    let (slot, conn) = match take(shared, &b, want, memo).await {
         Ok(got) => got,
         Err(TakeFailed::Unreachable(why)) => {
             shared.router.recheck();
@@ -246,7 +248,13 @@ pub(crate) async fn reader_for(
     if *shared.paused.borrow() {
         return Ok(None);
     }
-    match take(shared, b, params, client_settings, believed, creds, memo).await {
+    let want = Wanted {
+        params,
+        client_settings,
+        believed,
+        creds,
+    };
+    match take(shared, b, want, memo).await {
         Ok(got) => Ok(Some(got)),
         // A full pool, a server refusing (too many clients, say): the
         // primary takes the read; a refusal about the client it repeats.
@@ -277,13 +285,16 @@ enum TakeFailed {
 async fn take(
     shared: &Shared,
     b: &crate::settings::BackendAddr,
-    params: &[(String, String)],
-    client_settings: &[(String, String)],
-    believed: &[(String, String)],
-    creds: &ServerCredentials,
+    want: Wanted<'_>,
     memo: &mut Memo,
 ) -> Result<(crate::pool::Slot, Box<ServerConn>), TakeFailed> {
     let settings = &shared.settings;
+    let Wanted {
+        params,
+        client_settings,
+        believed,
+        creds,
+    } = want;
     if memo.pool.as_ref().is_some_and(|p| p.backend() != b.id)
         && memo.other.as_ref().is_some_and(|p| p.backend() == b.id)
     {
@@ -361,35 +372,26 @@ async fn take(
         .fingerprint
         .get_or_insert_with(|| fingerprint(client_settings, believed));
     if conn.settled != Some(fingerprint) {
-        Box::pin(settle(
-            shared,
-            b,
-            params,
-            client_settings,
-            believed,
-            &mut conn,
-            fresh,
-        ))
-        .await
-        .map_err(TakeFailed::Reject)?;
+        Box::pin(settle(shared, b, want, &mut conn, fresh))
+            .await
+            .map_err(TakeFailed::Reject)?;
         conn.settled = Some(fingerprint);
     }
     Ok((slot, conn))
 }
 
-/// Gives `conn` the client's settings: `client_settings`, and the tracked
-/// settings it did not set but believes at their defaults (`believed`)
-/// where an earlier client left the connection otherwise.
+/// Gives `conn` the client's settings: `want.client_settings`, and the
+/// tracked settings it did not set but believes at their defaults
+/// (`want.believed`) where an earlier client left the connection otherwise.
 async fn settle(
     shared: &Shared,
     b: &crate::settings::BackendAddr,
-    params: &[(String, String)],
-    client_settings: &[(String, String)],
-    believed: &[(String, String)],
+    want: Wanted<'_>,
     conn: &mut ServerConn,
     fresh: bool,
 ) -> Result<(), Reject> {
     let settings = &shared.settings;
+    let (params, client_settings, believed) = (want.params, want.client_settings, want.believed);
     let differing = believed.iter().filter(|(k, v)| {
         !client_settings
             .iter()

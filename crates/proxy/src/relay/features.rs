@@ -471,13 +471,17 @@ mod tests {
 
     #[test]
     fn comments_and_quoted_text_do_not_pin() {
-        assert_eq!(pins("SELECT 'LISTEN x; listen y'"), None);
-        assert_eq!(pins("-- listen x\nSELECT 1"), None);
-        assert_eq!(pins("/* LISTEN x */ SELECT 1"), None);
-        assert_eq!(pins("SELECT \"listen\" FROM t"), None);
-        assert_eq!(pins("SELECT $$; LISTEN x$$"), None);
-        assert_eq!(pins("SELECT $q$ pg_advisory_lock( $q$, $1"), None);
-        assert_eq!(pins("SELECT 1 /* ; */ ; LISTEN x"), Some("LISTEN"));
+        for (sql, pinned) in [
+            ("SELECT 'LISTEN x; listen y'", None),
+            ("-- listen x\nSELECT 1", None),
+            ("/* LISTEN x */ SELECT 1", None),
+            ("SELECT \"listen\" FROM t", None),
+            ("SELECT $$; LISTEN x$$", None),
+            ("SELECT $q$ pg_advisory_lock( $q$, $1", None),
+            ("SELECT 1 /* ; */ ; LISTEN x", Some("LISTEN")),
+        ] {
+            assert_eq!(pins(sql), pinned, "{sql}");
+        }
     }
 
     #[test]

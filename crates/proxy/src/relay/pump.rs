@@ -170,11 +170,7 @@ impl Observer for ClientSide<'_> {
 struct ServerSide<'a> {
     activity: &'a Activity,
     log: Option<&'a Mutex<SessionLog>>,
-    /// The transaction status of the last ReadyForQuery.
-    status: u8,
-    params: &'a mut Vec<(String, String)>,
-    applied: &'a mut Vec<(String, String)>,
-    settled: &'a mut Option<u64>,
+    reports: Reports<'a>,
     last_tag: u8,
     /// A write to the client was under way (it may hold half a message).
     writing: bool,
@@ -204,39 +200,38 @@ impl Observer for ServerSide<'_> {
                 _ => {}
             }
         }
-        server_body(
-            tag,
-            body,
-            self.activity,
-            &mut self.status,
-            self.params,
-            self.applied,
-            self.settled,
-        );
+        self.reports.body(tag, body, self.activity);
     }
 }
 
-/// What both data paths do with the server's ReadyForQuery (`Z`: its
-/// transaction status, one reply less owed) and ParameterStatus (`S`: the
-/// connection's reported settings, which unsettles it: see
-/// [`ServerConn::settled`]) bodies.
-pub(crate) fn server_body(
-    tag: u8,
-    body: &[u8],
-    activity: &Activity,
-    status: &mut u8,
-    params: &mut Vec<(String, String)>,
-    applied: &mut Vec<(String, String)>,
-    settled: &mut Option<u64>,
-) {
-    if tag == b'Z' {
-        if let Some(&s) = body.first() {
-            *status = s;
+/// What the server's ReadyForQuery and ParameterStatus bodies tell both
+/// data paths: the transaction status, and the server connection's
+/// reported settings.
+pub(crate) struct Reports<'a> {
+    /// The transaction status of the last ReadyForQuery.
+    pub(crate) status: u8,
+    /// The connection's [`ServerConn::params`].
+    pub(crate) params: &'a mut Vec<(String, String)>,
+    /// The connection's [`ServerConn::applied`].
+    pub(crate) applied: &'a mut Vec<(String, String)>,
+    /// The connection's [`ServerConn::settled`].
+    pub(crate) settled: &'a mut Option<u64>,
+}
+
+impl Reports<'_> {
+    /// Takes a ReadyForQuery (`Z`: its transaction status, one reply less
+    /// owed) or ParameterStatus (`S`: the connection's reported settings,
+    /// which unsettles it: see [`ServerConn::settled`]) body.
+    pub(crate) fn body(&mut self, tag: u8, body: &[u8], activity: &Activity) {
+        if tag == b'Z' {
+            if let Some(&s) = body.first() {
+                self.status = s;
+            }
+            activity.ready();
+        } else {
+            *self.settled = None;
+            ServerConn::note_param(self.params, self.applied, body);
         }
-        activity.ready();
-    } else {
-        *settled = None;
-        ServerConn::note_param(params, applied, body);
     }
 }
 
@@ -271,10 +266,12 @@ pub async fn pump(
     let mut server_side = ServerSide {
         activity,
         log,
-        status: b'I',
-        params: &mut server.params,
-        applied: &mut server.applied,
-        settled: &mut server.settled,
+        reports: Reports {
+            status: b'I',
+            params: &mut server.params,
+            applied: &mut server.applied,
+            settled: &mut server.settled,
+        },
         last_tag: 0,
         writing: false,
     };
@@ -364,7 +361,7 @@ pub async fn pump(
         }
     };
     let client_at_boundary = server_scan.at_boundary() && !server_side.writing;
-    let (status, last_tag) = (server_side.status, server_side.last_tag);
+    let (status, last_tag) = (server_side.reports.status, server_side.last_tag);
     // Half a client message at the server cannot be taken back; owed
     // replies and half-read answers can still be read to the end.
     let server = if client_side.writing || !client_scan.at_boundary() {
@@ -407,10 +404,12 @@ pub async fn drain(
     let mut side = ServerSide {
         activity,
         log: None,
-        status,
-        params: &mut server.params,
-        applied: &mut server.applied,
-        settled: &mut server.settled,
+        reports: Reports {
+            status,
+            params: &mut server.params,
+            applied: &mut server.applied,
+            settled: &mut server.settled,
+        },
         last_tag,
         writing: false,
     };
@@ -437,7 +436,7 @@ pub async fn drain(
             }
             scan.scan(&buf, &mut side).ok()?;
         }
-        Some(side.status)
+        Some(side.reports.status)
     };
     tokio::time::timeout(timeout, run).await.ok().flatten()
 }

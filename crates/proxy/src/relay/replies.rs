@@ -19,11 +19,8 @@ pub(super) struct Replies<'a, 'm> {
     pub(super) activity: &'a Activity,
     pub(super) tracker: &'a Mutex<&'m mut Tracker>,
     pub(super) statements: &'a Mutex<&'m mut ServerStatements>,
-    pub(super) status: u8,
+    pub(super) reports: pump::Reports<'a>,
     pub(super) last_tag: u8,
-    pub(super) params: &'a mut Vec<(String, String)>,
-    pub(super) applied: &'a mut Vec<(String, String)>,
-    pub(super) settled: &'a mut Option<u64>,
     pub(super) wanted: &'a mut Vec<(String, String)>,
     pub(super) memo: &'a mut checkout::Memo,
     /// Where the chunk being scanned needs changing.
@@ -64,17 +61,9 @@ impl Observer for Replies<'_, '_> {
     }
 
     fn body(&mut self, tag: u8, body: &[u8]) {
-        pump::server_body(
-            tag,
-            body,
-            self.activity,
-            &mut self.status,
-            self.params,
-            self.applied,
-            self.settled,
-        );
+        self.reports.body(tag, body, self.activity);
         if tag == b'Z' {
-            lock(self.tracker).ready(self.status);
+            lock(self.tracker).ready(self.reports.status);
             return;
         }
         // A tracked setting the client changed follows it to its next server.

@@ -230,15 +230,28 @@ mod tests {
 
     /// Parse (named `stmt`, or unnamed), Bind, Execute, Sync.
     fn extended(stmt: &str, sql: &str) -> Vec<u8> {
+        batch(&[(stmt, sql)])
+    }
+
+    /// Parse, Bind and Execute of each (statement name, SQL) in turn, then
+    /// one Sync.
+    fn batch(statements: &[(&str, &str)]) -> Vec<u8> {
         let mut out = Vec::new();
-        msg(
-            &mut out,
-            b'P',
-            &[stmt.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"],
-        );
-        bind(&mut out, stmt);
+        for (stmt, sql) in statements {
+            msg(
+                &mut out,
+                b'P',
+                &[stmt.as_bytes(), b"\0", sql.as_bytes(), b"\0\0\0"],
+            );
+            bind(&mut out, stmt);
+        }
         msg(&mut out, b'S', &[]);
         out
+    }
+
+    /// What [`first_request`] gives for a first request of `len` bytes.
+    fn balanced(len: usize, transaction: bool) -> Option<Balanced> {
+        Some(Balanced { len, transaction })
     }
 
     fn bind(out: &mut Vec<u8>, stmt: &str) {
@@ -261,49 +274,19 @@ mod tests {
         let mut buf = q.clone();
         // What the client pipelined after it is not part of it.
         buf.extend_from_slice(&query("INSERT INTO t VALUES (1)"));
-        assert_eq!(
-            first(&buf),
-            Some(Balanced {
-                len: q.len(),
-                transaction: false
-            })
-        );
+        assert_eq!(first(&buf), balanced(q.len(), false));
         for stmt in ["", "s1"] {
             let e = extended(stmt, "SELECT abalance FROM pgbench_accounts WHERE aid = $1");
             let mut buf = e.clone();
             buf.extend_from_slice(&query("DELETE FROM t"));
-            assert_eq!(
-                first(&buf),
-                Some(Balanced {
-                    len: e.len(),
-                    transaction: false
-                }),
-                "{stmt:?}"
-            );
+            assert_eq!(first(&buf), balanced(e.len(), false), "{stmt:?}");
             // Not before its Sync is in.
             assert_eq!(first(e.get(..e.len() - 5).unwrap_or_default()), None);
         }
         let t = query("BEGIN READ ONLY");
-        assert_eq!(
-            first(&t),
-            Some(Balanced {
-                len: t.len(),
-                transaction: true
-            })
-        );
-        let mut e = Vec::new();
-        msg(&mut e, b'P', &[b"\0BEGIN READ ONLY\0\0\0"]);
-        bind(&mut e, "");
-        msg(&mut e, b'P', &[b"\0SELECT 1\0\0\0"]);
-        bind(&mut e, "");
-        msg(&mut e, b'S', &[]);
-        assert_eq!(
-            first(&e),
-            Some(Balanced {
-                len: e.len(),
-                transaction: true
-            })
-        );
+        assert_eq!(first(&t), balanced(t.len(), true));
+        let e = batch(&[("", "BEGIN READ ONLY"), ("", "SELECT 1")]);
+        assert_eq!(first(&e), balanced(e.len(), true));
     }
 
     #[test]
@@ -316,15 +299,7 @@ mod tests {
             extended("", "UPDATE t SET x = 1"),
             extended("s", "SELECT nextval('s')"),
             // A read-only transaction's start must be what runs first.
-            {
-                let mut e = Vec::new();
-                msg(&mut e, b'P', &[b"\0SELECT 1\0\0\0"]);
-                bind(&mut e, "");
-                msg(&mut e, b'P', &[b"\0BEGIN READ ONLY\0\0\0"]);
-                bind(&mut e, "");
-                msg(&mut e, b'S', &[]);
-                e
-            },
+            batch(&[("", "SELECT 1"), ("", "BEGIN READ ONLY")]),
         ] {
             assert_eq!(first(&buf), None, "{buf:?}");
         }
@@ -362,13 +337,7 @@ mod tests {
         let close = e.len();
         bind(&mut e, "s1");
         msg(&mut e, b'S', &[]);
-        assert_eq!(
-            first(&e),
-            Some(Balanced {
-                len: close,
-                transaction: false
-            })
-        );
+        assert_eq!(first(&e), balanced(close, false));
     }
 
     #[test]
@@ -381,10 +350,7 @@ mod tests {
         assert!(!read_only_default(&[]));
         assert_eq!(
             first_request(&b, &t, &c, read_only_default(&on)),
-            Some(Balanced {
-                len: b.len(),
-                transaction: true
-            })
+            balanced(b.len(), true)
         );
     }
 

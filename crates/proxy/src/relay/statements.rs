@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 use pgwarden_wire::ProtocolError;
-use pgwarden_wire::scan;
+use pgwarden_wire::{frame, scan};
 
 use super::features;
 use crate::frontend::clients::Activity;
@@ -160,6 +160,29 @@ struct Pending {
     /// its Close forgot, a server statement an eviction forgot.
     restore_client: Option<(Box<[u8]>, Definition)>,
     restore_server: Option<(Definition, u64)>,
+}
+
+impl Pending {
+    /// Undoes what the message did to the client's statement names
+    /// (`client`) and the server's statements, as the server skipping it
+    /// leaves them; gives back the server statement an eviction for it
+    /// forgot, for the caller to put back or not.
+    fn undo(
+        self,
+        client: &mut HashMap<Box<[u8]>, Definition>,
+        server: &mut ServerStatements,
+    ) -> Option<(Definition, u64)> {
+        if let Some(def) = &self.undo_server {
+            server.remove(def);
+        }
+        if let Some(name) = &self.undo_client {
+            client.remove(name);
+        }
+        if let Some((name, def)) = self.restore_client {
+            client.insert(name, def);
+        }
+        self.restore_server
+    }
 }
 
 /// How a client's buffered bytes go on to the server.
@@ -304,16 +327,10 @@ impl Tracker {
     pub fn abandon(&mut self, server: &mut ServerStatements) {
         // Newest first: a Close after a Parse of the same name puts back
         // what was there before the Parse, which then goes.
+        // A statement an eviction forgot is not put back: its Close may
+        // have run.
         for p in self.queue.drain(..).rev() {
-            if let Some(def) = &p.undo_server {
-                server.remove(def);
-            }
-            if let Some(name) = &p.undo_client {
-                self.client.remove(name);
-            }
-            if let Some((name, def)) = p.restore_client {
-                self.client.insert(name, def);
-            }
+            let _evicted = p.undo(&mut self.client, server);
         }
     }
 
@@ -382,17 +399,7 @@ impl Tracker {
                 break;
             };
             let [tag, len @ ..] = *header;
-            let len = u32::from_be_bytes(len);
-            if len < 4 {
-                return Err(ProtocolError::InvalidLength { len });
-            }
-            let body_len = len - 4;
-            if body_len > self.max_message {
-                return Err(ProtocolError::TooLong {
-                    len: body_len,
-                    max: self.max_message,
-                });
-            }
+            let body_len = frame::body_len(u32::from_be_bytes(len), self.max_message)?;
             if tag == b'X' {
                 return Ok(Fed {
                     upto: pos,
@@ -818,19 +825,10 @@ impl Tracker {
     /// Undoes the unanswered entries of `batch`: the server skipped them.
     fn skip_batch(&mut self, batch: u64, server: &mut ServerStatements) {
         while self.queue.front().is_some_and(|p| p.batch == batch) {
-            if let Some(p) = self.queue.pop_front() {
-                if let Some(def) = &p.undo_server {
-                    server.remove(def);
-                }
-                if let Some(name) = &p.undo_client {
-                    self.client.remove(name);
-                }
-                if let Some((name, def)) = p.restore_client {
-                    self.client.insert(name, def);
-                }
-                if let Some((def, id)) = p.restore_server {
-                    server.restore(def, id);
-                }
+            if let Some(p) = self.queue.pop_front()
+                && let Some((def, id)) = p.undo(&mut self.client, server)
+            {
+                server.restore(def, id);
             }
         }
     }

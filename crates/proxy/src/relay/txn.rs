@@ -196,17 +196,7 @@ async fn transaction(
         Some((generation, t)) if generation == route.generation && !t.is_cancelled() => t,
         _ => route.ended.child_token(),
     };
-    let outcome = relay(
-        client,
-        &mut conn,
-        buf,
-        c,
-        cancel.activity(),
-        cancel.stop(),
-        &ended,
-        false,
-    )
-    .await;
+    let outcome = relay(client, &mut conn, buf, c, cancel, &ended, false).await;
     c.route_ended = Some((route.generation, ended));
     cancel.clear_server().await;
     let backend = route.primary.as_ref().map_or("", |b| b.name.as_str());
@@ -410,17 +400,7 @@ async fn run_on_standby(
     let sent = first.map(|f| BytesMut::from(buf.get(..f.len).unwrap_or_default()));
     // A standby's transaction does not end with a change of primary.
     let never = CancellationToken::new();
-    let outcome = relay(
-        client,
-        &mut conn,
-        buf,
-        c,
-        cancel.activity(),
-        cancel.stop(),
-        &never,
-        first.is_some(),
-    )
-    .await;
+    let outcome = relay(client, &mut conn, buf, c, cancel, &never, first.is_some()).await;
     cancel.clear_server().await;
     // Nothing of the client's sent on (a failed write), or its first
     // request and no more: run again as it was.
@@ -622,20 +602,20 @@ enum Outcome {
 }
 
 /// Relays one transaction (or, for a pinned client, the rest of the
-/// session) between the client and `server`; with `hold` (a standby's
+/// session) between the client and `server`, following the client's
+/// activity and stop token in `cancel`; with `hold` (a standby's
 /// transaction), one request at a time, and nothing more once the server
 /// is idle again.
-#[allow(clippy::too_many_arguments)]
 async fn relay(
     client: &mut Stream,
     server: &mut ServerConn,
     buf: &mut BytesMut,
     c: &mut TxnClient,
-    activity: &Activity,
-    stop: &CancellationToken,
+    cancel: &CancelKey,
     route_ended: &CancellationToken,
     hold: bool,
 ) -> Outcome {
+    let (activity, stop) = (cancel.activity(), cancel.stop());
     // The client's own token (see `TxnClient::route_ended`): waiting on it
     // touches no lock shared with other clients.
     c.tracker
@@ -658,11 +638,13 @@ async fn relay(
         activity,
         tracker: &tracker,
         statements: &statements,
-        status: b'I',
+        reports: pump::Reports {
+            status: b'I',
+            params: &mut server.params,
+            applied: &mut server.applied,
+            settled: &mut server.settled,
+        },
         last_tag: 0,
-        params: &mut server.params,
-        applied: &mut server.applied,
-        settled: &mut server.settled,
         wanted: &mut c.wanted,
         memo: &mut c.memo,
         edits: Vec::new(),
@@ -767,7 +749,7 @@ async fn relay(
                 }
                 apply_edits(sbuf, &replies.edits, &mut carry);
                 if hold {
-                    txn_status.store(replies.status, Ordering::Relaxed);
+                    txn_status.store(replies.reports.status, Ordering::Relaxed);
                     replied.notify_one();
                 }
                 if !sbuf.is_empty() {
@@ -778,7 +760,7 @@ async fn relay(
                     server_writing.store(false, Ordering::Relaxed);
                 }
                 sbuf.clear();
-                let released = replies.status == b'I'
+                let released = replies.reports.status == b'I'
                     && !activity.is_busy()
                     && server_scan.at_boundary()
                     && carry == 0
@@ -806,7 +788,7 @@ async fn relay(
         end = client_to_server => Some(end),
         r = server_to_client => r.err(),
     };
-    let (status, last_tag) = (replies.status, replies.last_tag);
+    let (status, last_tag) = (replies.reports.status, replies.last_tag);
     drop(replies);
     c.consumed = consumed.load(Ordering::Relaxed);
     if c.tracker.settings_reset {

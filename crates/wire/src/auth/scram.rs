@@ -534,13 +534,10 @@ mod tests {
         );
     }
 
-    #[test]
-    fn client_replays_rfc_7677() {
-        let mut client = ScramClient::with_nonce(
-            Credentials::Password("pencil".into()),
-            "user",
-            CLIENT_NONCE.into(),
-        );
+    /// A client with `creds` (RFC 7677's user's) sends RFC 7677's messages
+    /// and accepts its server's.
+    fn client_replays(creds: Credentials) {
+        let mut client = ScramClient::with_nonce(creds, "user", CLIENT_NONCE.into());
         assert_eq!(client.client_first(), CLIENT_FIRST.as_bytes());
         assert_eq!(
             client.server_first(SERVER_FIRST.as_bytes()).unwrap(),
@@ -550,18 +547,17 @@ mod tests {
     }
 
     #[test]
+    fn client_replays_rfc_7677() {
+        client_replays(Credentials::Password("pencil".into()));
+    }
+
+    #[test]
     fn client_key_pass_through_replays_rfc_7677() {
         let client_key = Keys::derive("pencil", &rfc_verifier().salt, 4096).client_key;
-        let creds = Credentials::ClientKey {
+        client_replays(Credentials::ClientKey {
             client_key,
             verifier: rfc_verifier(),
-        };
-        let mut client = ScramClient::with_nonce(creds, "user", CLIENT_NONCE.into());
-        assert_eq!(
-            client.server_first(SERVER_FIRST.as_bytes()).unwrap(),
-            CLIENT_FINAL.as_bytes()
-        );
-        client.server_final(SERVER_FINAL.as_bytes()).unwrap();
+        });
     }
 
     #[test]

@@ -22,10 +22,14 @@ fn send_query(log: &mut SessionLog, sql: &str) {
     log.client_body(b'Q', &body);
 }
 
-fn replayed(log: &SessionLog) -> Vec<String> {
-    log.replay()
+/// Asserts what a move would replay, in order.
+#[track_caller]
+fn assert_replays(log: &SessionLog, expected: &[&str]) {
+    let replayed: Vec<String> = log
+        .replay()
         .map(|t| String::from_utf8_lossy(t).into_owned())
-        .collect()
+        .collect();
+    assert_eq!(replayed, expected);
 }
 
 fn parse_body(name: &str, sql: &str) -> Vec<u8> {
@@ -110,20 +114,50 @@ fn classify_finds_carried_statements_and_what_cannot_move() {
     assert_eq!(c("SELECT 'SET x = 1; LISTEN y'"), Classified::default());
 }
 
+/// Feeds simple Queries that all succeed, each answered with its
+/// command's first word as its CommandComplete tag (`SET`, `BEGIN`,
+/// `LISTEN`...), and ReadyForQuery `status`.
+fn succeed(log: &mut SessionLog, status: u8, sqls: &[&str]) {
+    for sql in sqls {
+        let tag = sql.split(' ').next().unwrap_or_default();
+        query(log, sql, Ok(tag), status);
+    }
+}
+
+/// [`succeed`] with the server idle after each Query.
+fn ok_idle(log: &mut SessionLog, sqls: &[&str]) {
+    succeed(log, b'I', sqls);
+}
+
+/// [`succeed`] with the server in a transaction block after each Query.
+fn ok_in_block(log: &mut SessionLog, sqls: &[&str]) {
+    succeed(log, b'T', sqls);
+}
+
+/// Feeds the server's replies `tags` (message types), each ReadyForQuery
+/// saying idle.
+fn replies(log: &mut SessionLog, tags: &[u8]) {
+    for &tag in tags {
+        log.server_start(tag);
+        if tag == b'Z' {
+            log.server_ready(b'I');
+        }
+    }
+}
+
 #[test]
 fn an_autocommit_set_is_replayed_once_with_its_last_value_and_reset_removes_it() {
     let mut log = SessionLog::default();
-    query(&mut log, "SET search_path TO a", Ok("SET"), b'I');
-    query(&mut log, "SET work_mem = '8MB'", Ok("SET"), b'I');
-    query(&mut log, "SET search_path TO b, public", Ok("SET"), b'I');
-    assert_eq!(
-        replayed(&log),
-        ["SET work_mem = '8MB'", "SET search_path TO b, public"]
+    ok_idle(&mut log, &["SET search_path TO a", "SET work_mem = '8MB'"]);
+    ok_idle(&mut log, &["SET search_path TO b, public"]);
+    assert_replays(
+        &log,
+        &["SET work_mem = '8MB'", "SET search_path TO b, public"],
     );
-    query(&mut log, "RESET work_mem", Ok("RESET"), b'I');
-    assert_eq!(replayed(&log), ["SET search_path TO b, public"]);
-    query(&mut log, "RESET ALL", Ok("RESET"), b'I');
-    assert!(replayed(&log).is_empty());
+    ok_idle(&mut log, &["RESET work_mem"]);
+    assert_replays(&log, &["SET search_path TO b, public"]);
+    ok_idle(&mut log, &["RESET ALL"]);
+    assert_replays(&log, &[]);
     assert_eq!(log.unmovable(), None);
 }
 
@@ -132,39 +166,34 @@ fn a_failed_set_and_a_tracked_setting_are_not_replayed() {
     let mut log = SessionLog::default();
     query(&mut log, "SET work_mem = 'lots'", Err(()), b'I');
     // application_name comes back from what the server reported.
-    query(&mut log, "SET application_name = 'x'", Ok("SET"), b'I');
-    assert!(replayed(&log).is_empty());
+    ok_idle(&mut log, &["SET application_name = 'x'"]);
+    assert_replays(&log, &[]);
 }
 
 #[test]
 fn a_set_in_a_block_holds_only_if_the_block_commits() {
     let mut log = SessionLog::default();
-    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
-    query(&mut log, "SET search_path TO a", Ok("SET"), b'T');
-    query(&mut log, "ROLLBACK", Ok("ROLLBACK"), b'I');
-    assert!(replayed(&log).is_empty());
+    ok_in_block(&mut log, &["BEGIN", "SET search_path TO a"]);
+    ok_idle(&mut log, &["ROLLBACK"]);
+    assert_replays(&log, &[]);
 
-    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
-    query(&mut log, "SET search_path TO b", Ok("SET"), b'T');
-    query(&mut log, "COMMIT", Ok("COMMIT"), b'I');
-    assert_eq!(replayed(&log), ["SET search_path TO b"]);
+    ok_in_block(&mut log, &["BEGIN", "SET search_path TO b"]);
+    ok_idle(&mut log, &["COMMIT"]);
+    assert_replays(&log, &["SET search_path TO b"]);
 
     // A failed block's COMMIT says ROLLBACK.
-    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
-    query(&mut log, "SET search_path TO c", Ok("SET"), b'T');
+    ok_in_block(&mut log, &["BEGIN", "SET search_path TO c"]);
     query(&mut log, "SELECT 1/0", Err(()), b'E');
     query(&mut log, "COMMIT", Ok("ROLLBACK"), b'I');
-    assert_eq!(replayed(&log), ["SET search_path TO b"]);
+    assert_replays(&log, &["SET search_path TO b"]);
     assert_eq!(log.unmovable(), None);
 }
 
 #[test]
 fn a_set_undone_by_rollback_to_savepoint_makes_the_session_unmovable() {
     let mut log = SessionLog::default();
-    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
-    query(&mut log, "SAVEPOINT s", Ok("SAVEPOINT"), b'T');
-    query(&mut log, "SET search_path TO a", Ok("SET"), b'T');
-    query(&mut log, "ROLLBACK TO s", Ok("ROLLBACK"), b'T');
+    ok_in_block(&mut log, &["BEGIN", "SAVEPOINT s"]);
+    ok_in_block(&mut log, &["SET search_path TO a", "ROLLBACK TO s"]);
     assert!(log.unmovable().is_some());
 }
 
@@ -189,10 +218,7 @@ fn named_statements_are_kept_once_parsed_and_forgotten_once_closed() {
     parse(&mut log, "", "SELECT 2");
     parse(&mut log, "s2", "SELECT 3");
     sync(&mut log);
-    for tag in [b'1', b'1', b'1', b'Z'] {
-        log.server_start(tag);
-    }
-    log.server_ready(b'I');
+    replies(&mut log, b"111Z");
     assert_eq!(statement_names(&log), ["s1", "s2"]);
     // The message kept is the Parse as sent.
     let first = log.parses().next().cloned().unwrap_or_default();
@@ -205,11 +231,9 @@ fn named_statements_are_kept_once_parsed_and_forgotten_once_closed() {
     log.client_start(b'C', false);
     log.client_body(b'C', b"Ss1\0");
     sync(&mut log);
-    log.server_start(b'3');
-    log.server_start(b'Z');
-    log.server_ready(b'I');
+    replies(&mut log, b"3Z");
     assert_eq!(statement_names(&log), ["s2"]);
-    query(&mut log, "DEALLOCATE s2", Ok("DEALLOCATE"), b'I');
+    ok_idle(&mut log, &["DEALLOCATE s2"]);
     assert!(statement_names(&log).is_empty());
     assert_eq!(log.unmovable(), None);
 }
@@ -223,12 +247,8 @@ fn a_parse_skipped_after_an_error_is_not_kept_but_the_next_batch_is() {
     parse(&mut log, "good", "SELECT 2");
     sync(&mut log);
     // The first batch: an error, the rest skipped to its Sync.
-    log.server_start(b'E');
-    log.server_start(b'Z');
-    log.server_ready(b'I');
-    log.server_start(b'1');
-    log.server_start(b'Z');
-    log.server_ready(b'I');
+    replies(&mut log, b"EZ");
+    replies(&mut log, b"1Z");
     assert_eq!(statement_names(&log), ["good"]);
     assert_eq!(log.unmovable(), None);
 }
@@ -252,26 +272,21 @@ fn set_through_the_extended_protocol_or_a_long_query_is_not_followed() {
 #[test]
 fn listen_is_replayed_once_until_unlisten() {
     let mut log = SessionLog::default();
-    query(&mut log, "LISTEN jobs", Ok("LISTEN"), b'I');
-    query(&mut log, "LISTEN jobs", Ok("LISTEN"), b'I');
-    query(&mut log, "LISTEN other", Ok("LISTEN"), b'I');
-    assert_eq!(replayed(&log), ["LISTEN jobs", "LISTEN other"]);
-    query(&mut log, "UNLISTEN jobs", Ok("UNLISTEN"), b'I');
-    assert_eq!(replayed(&log), ["LISTEN other"]);
-    query(&mut log, "UNLISTEN *", Ok("UNLISTEN"), b'I');
-    assert!(replayed(&log).is_empty());
+    ok_idle(&mut log, &["LISTEN jobs", "LISTEN jobs", "LISTEN other"]);
+    assert_replays(&log, &["LISTEN jobs", "LISTEN other"]);
+    ok_idle(&mut log, &["UNLISTEN jobs"]);
+    assert_replays(&log, &["LISTEN other"]);
+    ok_idle(&mut log, &["UNLISTEN *"]);
+    assert_replays(&log, &[]);
 }
 
 #[test]
 fn after_a_move_the_log_waits_for_nothing() {
     let mut log = SessionLog::default();
-    query(&mut log, "SET search_path TO a", Ok("SET"), b'I');
+    ok_idle(&mut log, &["SET search_path TO a"]);
     log.moved();
-    query(&mut log, "SET work_mem = 1024", Ok("SET"), b'I');
-    assert_eq!(
-        replayed(&log),
-        ["SET search_path TO a", "SET work_mem = 1024"]
-    );
+    ok_idle(&mut log, &["SET work_mem = 1024"]);
+    assert_replays(&log, &["SET search_path TO a", "SET work_mem = 1024"]);
 }
 
 /// [`query`] for a Query of several statements: one CommandComplete per tag.
@@ -290,30 +305,23 @@ fn query_tags(log: &mut SessionLog, sql: &str, tags: &[&str], status: u8) {
 #[test]
 fn dotted_settings_are_kept_apart_by_their_whole_name() {
     let mut log = SessionLog::default();
-    query(&mut log, "SET app.tenant_id = 1", Ok("SET"), b'I');
-    query(&mut log, "SET app.user_id = 7", Ok("SET"), b'I');
-    query(&mut log, "RESET app.other", Ok("RESET"), b'I');
-    assert_eq!(
-        replayed(&log),
-        ["SET app.tenant_id = 1", "SET app.user_id = 7"]
-    );
-    query(&mut log, "SET app.tenant_id = 2", Ok("SET"), b'I');
-    query(&mut log, "RESET app.user_id", Ok("RESET"), b'I');
-    assert_eq!(replayed(&log), ["SET app.tenant_id = 2"]);
+    ok_idle(&mut log, &["SET app.tenant_id = 1", "SET app.user_id = 7"]);
+    ok_idle(&mut log, &["RESET app.other"]);
+    assert_replays(&log, &["SET app.tenant_id = 1", "SET app.user_id = 7"]);
+    ok_idle(&mut log, &["SET app.tenant_id = 2", "RESET app.user_id"]);
+    assert_replays(&log, &["SET app.tenant_id = 2"]);
     assert!(log.movable_now());
 }
 
 #[test]
 fn prepared_statements_hold_whatever_becomes_of_their_block() {
     let mut log = SessionLog::default();
-    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
-    query(&mut log, "PREPARE p AS SELECT 1", Ok("PREPARE"), b'T');
-    query(&mut log, "ROLLBACK", Ok("ROLLBACK"), b'I');
-    assert_eq!(replayed(&log), ["PREPARE p AS SELECT 1"]);
-    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
-    query(&mut log, "DEALLOCATE p", Ok("DEALLOCATE"), b'T');
-    query(&mut log, "ROLLBACK", Ok("ROLLBACK"), b'I');
-    assert!(replayed(&log).is_empty(), "{:?}", replayed(&log));
+    ok_in_block(&mut log, &["BEGIN", "PREPARE p AS SELECT 1"]);
+    ok_idle(&mut log, &["ROLLBACK"]);
+    assert_replays(&log, &["PREPARE p AS SELECT 1"]);
+    ok_in_block(&mut log, &["BEGIN", "DEALLOCATE p"]);
+    ok_idle(&mut log, &["ROLLBACK"]);
+    assert_replays(&log, &[]);
     assert!(log.movable_now());
 }
 
@@ -321,22 +329,20 @@ fn prepared_statements_hold_whatever_becomes_of_their_block() {
 fn the_first_transaction_end_of_a_batch_decides_its_blocks_settings() {
     // COMMIT, then more in the same query: the block committed.
     let mut log = SessionLog::default();
-    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
-    query(&mut log, "SET work_mem = '8MB'", Ok("SET"), b'T');
+    ok_in_block(&mut log, &["BEGIN", "SET work_mem = '8MB'"]);
     query_tags(&mut log, "COMMIT; SELECT 1", &["COMMIT", "SELECT 1"], b'I');
-    assert_eq!(replayed(&log), ["SET work_mem = '8MB'"]);
+    assert_replays(&log, &["SET work_mem = '8MB'"]);
     assert!(log.movable_now());
 
     // A ROLLBACK then a new block committed in one query: not followed.
     let mut log = SessionLog::default();
-    query(&mut log, "BEGIN", Ok("BEGIN"), b'T');
-    query(&mut log, "SET work_mem = '8MB'", Ok("SET"), b'T');
+    ok_in_block(&mut log, &["BEGIN", "SET work_mem = '8MB'"]);
     query_tags(
         &mut log,
         "ROLLBACK; BEGIN; COMMIT",
         &["ROLLBACK", "BEGIN", "COMMIT"],
         b'I',
     );
-    assert!(replayed(&log).is_empty(), "{:?}", replayed(&log));
+    assert_replays(&log, &[]);
     assert!(log.unmovable().is_some());
 }

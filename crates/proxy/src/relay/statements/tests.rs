@@ -53,6 +53,18 @@ fn messages(bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
     out
 }
 
+/// The message types of `m`, in order.
+fn types(m: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    m.iter().map(|x| x.0).collect()
+}
+
+/// The statement the first message of `out`, one of type `tag`, names.
+fn first_names(tag: u8, out: &[u8]) -> String {
+    let m = messages(out);
+    assert_eq!(m[0].0, tag, "the first message's type");
+    stmt_of(tag, &m[0].1)
+}
+
 /// The statement name a Parse, Bind or Describe (statement) body names.
 fn stmt_of(tag: u8, body: &[u8]) -> String {
     let field = match tag {
@@ -80,6 +92,26 @@ fn send(t: &mut Tracker, s: &mut ServerStatements, input: &[u8]) -> Vec<u8> {
 
 fn cat(parts: &[Vec<u8>]) -> Vec<u8> {
     parts.concat()
+}
+
+/// [`tracker`] and the activity its feeds count in.
+fn counted(max: usize) -> (Tracker, ServerStatements, Activity) {
+    let (t, s) = tracker(max);
+    (t, s, Activity::default())
+}
+
+/// A [`tracker`] whose client has sent the Parses of `statements` (name,
+/// SQL), in one read.
+fn parsed(max: usize, statements: &[(&str, &str)]) -> (Tracker, ServerStatements) {
+    let (mut t, mut s) = tracker(max);
+    let parses: Vec<Vec<u8>> = statements.iter().map(|(n, q)| parse(n, q)).collect();
+    send_all(&mut t, &mut s, &parses);
+    (t, s)
+}
+
+/// Parse of `sql` as statement `name`, Bind of it, Execute and Sync.
+fn parse_bind_run(name: &str, sql: &str) -> [Vec<u8>; 3] {
+    [parse(name, sql), bind(name), execute_sync()]
 }
 
 /// [`send`] of `parts`, one after the other in one read.
@@ -116,13 +148,9 @@ fn a_statement_moves_with_its_client_to_another_server() {
     let mut a = ServerStatements::default();
     // First transaction, on server a: Parse goes out under a's name.
     t.begin(false);
-    let out = send_all(
-        &mut t,
-        &mut a,
-        &[parse("s1", "SELECT $1"), bind("s1"), execute_sync()],
-    );
+    let out = send_all(&mut t, &mut a, &parse_bind_run("s1", "SELECT $1"));
     let m = messages(&out);
-    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PBES");
+    assert_eq!(types(&m), b"PBES");
     assert_eq!(stmt_of(b'P', &m[0].1), "pgwarden_1");
     assert_eq!(stmt_of(b'B', &m[1].1), "pgwarden_1");
     assert_eq!(
@@ -138,7 +166,7 @@ fn a_statement_moves_with_its_client_to_another_server() {
     t.begin(false);
     let out = send_all(&mut t, &mut b, &[bind("s1"), execute_sync()]);
     let m = messages(&out);
-    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PBES");
+    assert_eq!(types(&m), b"PBES");
     assert_eq!(stmt_of(b'P', &m[0].1), stmt_of(b'B', &m[1].1));
     assert_eq!(t.reply(b'1', &mut b), Edit::Drop);
     assert_eq!(t.reply(b'2', &mut b), Edit::Keep);
@@ -147,13 +175,9 @@ fn a_statement_moves_with_its_client_to_another_server() {
     // schema may have changed since), under a new name, b's old one closed.
     let mut t2 = Tracker::new(200, 1 << 20);
     let old = stmt_of(b'P', &m[0].1);
-    let out = send_all(
-        &mut t2,
-        &mut b,
-        &[parse("other", "SELECT $1"), bind("other"), execute_sync()],
-    );
+    let out = send_all(&mut t2, &mut b, &parse_bind_run("other", "SELECT $1"));
     let m = messages(&out);
-    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"PCBES");
+    assert_eq!(types(&m), b"PCBES");
     let fresh = stmt_of(b'P', &m[0].1);
     assert_ne!(fresh, old);
     assert_eq!(stmt_of(b'C', &m[1].1), old);
@@ -177,7 +201,7 @@ fn a_parse_the_server_skips_keeps_the_statement_it_had() {
     let mut s = ServerStatements::default();
     let mut t1 = Tracker::new(200, 1 << 20);
     let out = send_all(&mut t1, &mut s, &[parse("a", "SELECT $1"), execute_sync()]);
-    let old = stmt_of(b'P', &messages(&out)[0].1);
+    let old = first_names(b'P', &out);
     replies(&mut t1, &mut s, b"1Z");
     let mut t2 = Tracker::new(200, 1 << 20);
     send_all(
@@ -188,24 +212,20 @@ fn a_parse_the_server_skips_keeps_the_statement_it_had() {
     replies(&mut t2, &mut s, b"EZ");
     assert_eq!(t2.statements(), 0, "client 2 has no statement");
     let out = send(&mut t1, &mut s, &bind("a"));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), old, "no Parse needed");
+    assert_eq!(first_names(b'B', &out), old, "no Parse needed");
     // The Parse itself failing (the table is gone) keeps the old one too.
     let mut t3 = Tracker::new(200, 1 << 20);
     send_all(&mut t3, &mut s, &[parse("c", "SELECT $1"), execute_sync()]);
     replies(&mut t3, &mut s, b"EZ");
     let out = send(&mut t1, &mut s, &bind("a"));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), old);
+    assert_eq!(first_names(b'B', &out), old);
     assert_eq!(s.len(), 1);
 }
 
 #[test]
 fn a_failed_parse_leaves_no_statement_behind() {
     let (mut t, mut s) = tracker(200);
-    send_all(
-        &mut t,
-        &mut s,
-        &[parse("bad", "SELEC $1"), bind("bad"), execute_sync()],
-    );
+    send_all(&mut t, &mut s, &parse_bind_run("bad", "SELEC $1"));
     assert_eq!(s.len(), 1);
     // The server's answer: ErrorResponse, then ReadyForQuery after the Sync.
     replies(&mut t, &mut s, b"EZ");
@@ -242,16 +262,11 @@ fn an_error_skips_only_the_rest_of_its_own_batch() {
 
 #[test]
 fn the_least_recently_used_statement_is_closed_when_a_server_is_full() {
-    let (mut t, mut s) = tracker(2);
-    send_all(
-        &mut t,
-        &mut s,
-        &[parse("a", "SELECT 1"), parse("b", "SELECT 2")],
-    );
+    let (mut t, mut s) = parsed(2, &[("a", "SELECT 1"), ("b", "SELECT 2")]);
     send(&mut t, &mut s, &bind("a"));
     let out = send(&mut t, &mut s, &parse("c", "SELECT 3"));
     let m = messages(&out);
-    assert_eq!(m.iter().map(|x| x.0).collect::<Vec<_>>(), b"CP");
+    assert_eq!(types(&m), b"CP");
     assert_eq!(
         stmt_of(b'C', &m[0].1),
         "pgwarden_2",
@@ -271,10 +286,9 @@ fn the_least_recently_used_statement_is_closed_when_a_server_is_full() {
 
 #[test]
 fn closing_a_statement_keeps_it_on_the_server() {
-    let (mut t, mut s) = tracker(200);
-    send(&mut t, &mut s, &parse("a", "SELECT 1"));
+    let (mut t, mut s) = parsed(200, &[("a", "SELECT 1")]);
     let out = send(&mut t, &mut s, &close("a"));
-    assert_eq!(stmt_of(b'C', &messages(&out)[0].1), "pgwarden_none");
+    assert_eq!(first_names(b'C', &out), "pgwarden_none");
     assert_eq!(t.statements(), 0);
     assert_eq!(s.len(), 1);
     t.reply(b'1', &mut s);
@@ -283,10 +297,9 @@ fn closing_a_statement_keeps_it_on_the_server() {
 
 #[test]
 fn names_of_the_proxys_own_never_reach_a_server() {
-    let (mut t, mut s) = tracker(200);
-    send(&mut t, &mut s, &parse("x", "SELECT 1"));
+    let (mut t, mut s) = parsed(200, &[("x", "SELECT 1")]);
     let out = send(&mut t, &mut s, &bind("pgwarden_1"));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
+    assert_eq!(first_names(b'B', &out), "pgwarden_none");
 }
 
 #[test]
@@ -358,8 +371,7 @@ fn session_features_in_queries_pin() {
 
 #[test]
 fn preparing_a_name_in_use_fails_as_on_postgresql() {
-    let (mut t, mut s) = tracker(200);
-    send(&mut t, &mut s, &parse("a", "SELECT 1"));
+    let (mut t, mut s) = parsed(200, &[("a", "SELECT 1")]);
     t.reply(b'1', &mut s);
     // The server is asked to prepare its own name for "a" again: it
     // refuses with 42P05, and the client's "a" is still SELECT 1.
@@ -371,7 +383,7 @@ fn preparing_a_name_in_use_fails_as_on_postgresql() {
     assert_eq!(t.statements(), 1);
     assert_eq!(s.len(), 1, "the server keeps the first one");
     let out = send(&mut t, &mut s, &bind("a"));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_1");
+    assert_eq!(first_names(b'B', &out), "pgwarden_1");
 }
 
 fn query(sql: &str) -> Vec<u8> {
@@ -390,7 +402,7 @@ fn a_close_the_server_skipped_leaves_the_statement_with_its_client() {
     replies(&mut t, &mut s, b"EZ");
     assert_eq!(t.statements(), 1);
     let out = send(&mut t, &mut s, &bind("a"));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_1");
+    assert_eq!(first_names(b'B', &out), "pgwarden_1");
 }
 
 #[test]
@@ -415,7 +427,7 @@ fn another_clients_unnamed_statement_is_never_run() {
     let (mut t, mut s) = tracker(200);
     t.begin(false);
     let out = send(&mut t, &mut s, &bind(""));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
+    assert_eq!(first_names(b'B', &out), "pgwarden_none");
     // Its own, parsed on this server connection, is its own.
     let input = cat(&[parse("", "SELECT 1"), bind("")]);
     assert_eq!(send(&mut t, &mut s, &input), input);
@@ -427,7 +439,7 @@ fn send_counted(t: &mut Tracker, s: &mut ServerStatements, a: &Activity, input: 
     let fed = t.feed(input, s, a).unwrap();
     assert_eq!(fed.upto, input.len(), "all consumed");
     let out = fed.rewritten.map_or_else(|| input.to_vec(), |b| b.to_vec());
-    messages(&out).iter().map(|m| m.0).collect()
+    types(&messages(&out))
 }
 
 fn describe(name: &str) -> Vec<u8> {
@@ -436,10 +448,20 @@ fn describe(name: &str) -> Vec<u8> {
     b.to_vec()
 }
 
+/// One batch: a Parse of `first` (name, SQL), a Query of `sql`, a Parse of
+/// `then`, an Execute and the Sync.
+fn parse_query_parse(first: (&str, &str), sql: &str, then: (&str, &str)) -> Vec<u8> {
+    cat(&[
+        parse(first.0, first.1),
+        query(sql),
+        parse(then.0, then.1),
+        execute_sync(),
+    ])
+}
+
 #[test]
 fn a_query_before_sync_runs_after_a_marker_whose_reply_is_dropped() {
-    let (mut t, mut s) = tracker(200);
-    let a = Activity::default();
+    let (mut t, mut s, a) = counted(200);
     let input = cat(&[
         parse("", "SELECT $1"),
         bind(""),
@@ -463,14 +485,8 @@ fn a_query_before_sync_runs_after_a_marker_whose_reply_is_dropped() {
 
 #[test]
 fn a_failed_parse_skips_the_query_and_the_statements_before_the_sync() {
-    let (mut t, mut s) = tracker(200);
-    let a = Activity::default();
-    let input = cat(&[
-        parse("bad", "SELEC 1"),
-        query("SELECT 2"),
-        parse("good", "SELECT 1"),
-        execute_sync(),
-    ]);
+    let (mut t, mut s, a) = counted(200);
+    let input = parse_query_parse(("bad", "SELEC 1"), "SELECT 2", ("good", "SELECT 1"));
     send_counted(&mut t, &mut s, &a, &input);
     assert_eq!(a.owed(), 2);
     // The Parse fails: the server skips the Query (no ReadyForQuery for
@@ -503,14 +519,8 @@ fn a_failed_parse_skips_the_query_and_the_statements_before_the_sync() {
 
 #[test]
 fn a_querys_own_error_skips_nothing_after_it() {
-    let (mut t, mut s) = tracker(200);
-    let a = Activity::default();
-    let input = cat(&[
-        parse("a", "SELECT 1"),
-        query("SELEC 2"),
-        parse("b", "SELECT 2"),
-        execute_sync(),
-    ]);
+    let (mut t, mut s, a) = counted(200);
+    let input = parse_query_parse(("a", "SELECT 1"), "SELEC 2", ("b", "SELECT 2"));
     send_counted(&mut t, &mut s, &a, &input);
     assert_eq!(t.reply(b'1', &mut s), Edit::Keep, "a's ParseComplete");
     assert_eq!(t.reply(b'3', &mut s), Edit::Drop, "the marker");
@@ -529,8 +539,7 @@ fn a_querys_own_error_skips_nothing_after_it() {
 #[test]
 fn a_query_sent_after_the_error_arrived_is_skipped_until_the_sync() {
     // asyncpg: Parse, Describe, Flush; the error comes back; then a Query.
-    let (mut t, mut s) = tracker(200);
-    let a = Activity::default();
+    let (mut t, mut s, a) = counted(200);
     let mut flush = BytesMut::new();
     frontend::flush(&mut flush);
     send_counted(
@@ -556,8 +565,7 @@ fn a_query_sent_after_the_error_arrived_is_skipped_until_the_sync() {
 
 #[test]
 fn what_cannot_be_followed_pins() {
-    let (mut t, mut s) = tracker(200);
-    send(&mut t, &mut s, &parse("d", "DISCARD ALL"));
+    let (t, mut s) = parsed(200, &[("d", "DISCARD ALL")]);
     assert!(t.pinned.is_some(), "a DISCARD ALL prepared for later");
     let mut t = Tracker::new(200, 1 << 20);
     let mut f = vec![b'F'];
@@ -572,8 +580,7 @@ fn what_cannot_be_followed_pins() {
 
 #[test]
 fn a_parse_in_a_failed_transaction_fails_as_on_postgresql() {
-    let (mut t, mut s) = tracker(200);
-    send(&mut t, &mut s, &parse("a", "SELECT 1"));
+    let (mut t, mut s) = parsed(200, &[("a", "SELECT 1")]);
     t.reply(b'1', &mut s);
     t.ready(b'E');
     let mut t2 = Tracker::new(200, 1 << 20);
@@ -600,5 +607,5 @@ fn the_unnamed_statement_outlives_a_sync_on_a_connection_nobody_used_since() {
     // Another client had it in between: not the client's any more.
     t.begin(false);
     let out = send(&mut t, &mut s, &bind(""));
-    assert_eq!(stmt_of(b'B', &messages(&out)[0].1), "pgwarden_none");
+    assert_eq!(first_names(b'B', &out), "pgwarden_none");
 }
