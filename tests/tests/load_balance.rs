@@ -290,7 +290,9 @@ async fn extended_protocol_reads_and_read_only_transactions_run_on_standbys_and_
         let second: i32 = query_value(&t, "SELECT inet_server_port()").await;
         assert!(standby(&ports, first), "round {round}: {first}");
         assert_eq!(first, second, "round {round}: one transaction, one server");
-        assert_read_only_refused(&t, "INSERT INTO ro VALUES (1, 0)").await;
+        // Extended protocol: refused at Execute, on the standby.
+        let insert = "INSERT INTO ro VALUES (1, 0)";
+        assert_read_only_refused(t.execute(insert, &[]).await, insert);
         t.rollback().await.unwrap();
     }
     let in_one = one(&c, "BEGIN READ ONLY; SELECT inet_server_port(); COMMIT").await;
@@ -388,7 +390,8 @@ async fn a_read_only_listener_runs_everything_on_standbys_and_else_on_a_read_onl
         "a read-only client reached the primary: {seen:?}"
     );
     assert_eq!(seen.len(), 2, "both standbys serve it: {seen:?}");
-    assert_read_only_refused(&ro, "INSERT INTO rol VALUES (1)").await;
+    let insert = "INSERT INTO rol VALUES (1)";
+    assert_read_only_refused(ro.batch_execute(insert).await, insert);
 
     // With no standby to read from, the primary serves it, read-only.
     cluster
@@ -415,7 +418,8 @@ async fn a_read_only_listener_runs_everything_on_standbys_and_else_on_a_read_onl
     })
     .await;
     assert!(on_primary, "proxy log:\n{}", proxy.log_tail(40));
-    assert_read_only_refused(&ro, "INSERT INTO rol VALUES (2)").await;
+    let insert = "INSERT INTO rol VALUES (2)";
+    assert_read_only_refused(ro.batch_execute(insert).await, insert);
     // The read-only connections are the read-only clients' own: a client
     // of the main listener still writes.
     setup
@@ -569,10 +573,15 @@ async fn a_query_after_unsynced_messages_in_a_standby_transaction_does_not_hang_
     assert_eq!(first_sqlstate(&done), None, "{done:?}");
 }
 
-/// Asserts that `sql`, a write, is refused on `c` with 25006 (read-only
-/// SQL transaction): it ran on a standby or in a read-only transaction.
-async fn assert_read_only_refused(c: &impl tokio_postgres::GenericClient, sql: &str) {
-    let refused = c.batch_execute(sql).await.unwrap_err();
+/// Asserts that `result`, of the write `sql`, is its refusal with 25006
+/// (read-only SQL transaction): it ran on a standby or in a read-only
+/// transaction.
+#[track_caller]
+fn assert_read_only_refused<T: std::fmt::Debug>(
+    result: Result<T, tokio_postgres::Error>,
+    sql: &str,
+) {
+    let refused = result.expect_err(sql);
     assert_eq!(
         sqlstate(&refused).as_deref(),
         Some("25006"),
