@@ -19,5 +19,5 @@ pub mod record;
 pub mod status;
 
 pub use health::{Limits, Observation, lag};
-pub use record::{Applied, ClusterRecord, Command, Generation, Rejection};
+pub use record::{Applied, ClusterRecord, Command, Generation, Rejection, Synchronous};
 pub use status::{Role, Status};

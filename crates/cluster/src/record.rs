@@ -43,6 +43,10 @@ pub struct ClusterRecord {
     /// The ids of the nodes whose watchdog reports its monitor gone.
     #[serde(default)]
     pub monitors_down: BTreeSet<u64>,
+    /// The primary's synchronous standbys in this generation (`None`:
+    /// asynchronous replication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<Synchronous>,
 }
 
 /// The part of the record a [`Command::Commit`] replaces: a whole new
@@ -62,6 +66,34 @@ pub struct Generation {
     /// Backends marked down, by name, with the reason.
     #[serde(default)]
     pub down: BTreeMap<String, String>,
+    /// The primary's synchronous standbys (absent in records of earlier
+    /// versions: asynchronous replication).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<Synchronous>,
+}
+
+/// Synchronous replication as the record holds it: the standbys the
+/// primary's `synchronous_standby_names` may name (`ANY count (...)`), so
+/// that every commit the primary acknowledged is on at least `count` of
+/// them. While the set changes it is the union of the old and the new set,
+/// with the smaller count, so that this stays true at every moment: the
+/// record grows before the primary's setting does and shrinks after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Synchronous {
+    /// The standbys, by backend name (their `application_name`).
+    pub standbys: BTreeSet<String>,
+    /// How many of them hold every acknowledged commit (at least 1).
+    pub count: u32,
+}
+
+impl Synchronous {
+    /// How many of the [`standbys`](Self::standbys) must be seen to know
+    /// that one of them holds every acknowledged commit: all but `count - 1`
+    /// (any that many intersect the `count` that confirmed each commit).
+    pub fn needed_to_decide(&self) -> usize {
+        let count = usize::try_from(self.count.max(1)).unwrap_or(usize::MAX);
+        self.standbys.len().saturating_sub(count - 1).max(1)
+    }
 }
 
 /// A change to the [`ClusterRecord`], serialized into a Raft entry's data.
@@ -200,6 +232,7 @@ impl ClusterRecord {
                 self.detached.clone_from(&record.detached);
                 self.failover_in_progress = record.failover_in_progress;
                 self.down = record.down.clone();
+                self.synchronous.clone_from(&record.synchronous);
                 Applied::Committed {
                     generation: self.generation,
                 }
@@ -267,8 +300,48 @@ mod tests {
                 detached: BTreeMap::new(),
                 failover_in_progress: false,
                 down: BTreeMap::new(),
+                synchronous: None,
             },
         }
+    }
+
+    /// A generation without synchronous standbys is written as before
+    /// they existed, and one written before reads as asynchronous: records
+    /// and journals of either version read in the other.
+    #[test]
+    fn an_asynchronous_generation_keeps_the_format_of_earlier_versions() {
+        let Command::Commit { record, .. } = commit(0, 1, "pg01") else {
+            unreachable!("commit() makes a Commit")
+        };
+        let json = serde_json::to_string(&record).unwrap();
+        assert!(!json.contains("synchronous"), "{json}");
+        let old = r#"{"generation":1,"primary":"pg01","detached":{},"failover_in_progress":false}"#;
+        let read: Generation = serde_json::from_str(old).unwrap();
+        assert_eq!(read.synchronous, None);
+        let sync = Synchronous {
+            standbys: BTreeSet::from(["pg02".to_owned()]),
+            count: 1,
+        };
+        let with = Generation {
+            synchronous: Some(sync.clone()),
+            ..record
+        };
+        let back: Generation =
+            serde_json::from_str(&serde_json::to_string(&with).unwrap()).unwrap();
+        assert_eq!(back.synchronous, Some(sync));
+    }
+
+    #[test]
+    fn one_synchronous_standby_of_one_is_enough_to_decide_and_any_one_of_three_needs_all() {
+        let of = |n: usize, count: u32| Synchronous {
+            standbys: (0..n).map(|i| format!("pg{i}")).collect(),
+            count,
+        };
+        assert_eq!(of(1, 1).needed_to_decide(), 1);
+        assert_eq!(of(3, 1).needed_to_decide(), 3);
+        assert_eq!(of(3, 2).needed_to_decide(), 2);
+        assert_eq!(of(2, 2).needed_to_decide(), 1);
+        assert_eq!(of(0, 1).needed_to_decide(), 1);
     }
 
     #[test]
@@ -304,12 +377,20 @@ mod tests {
                 detached: detached.clone(),
                 failover_in_progress: true,
                 down: BTreeMap::new(),
+                synchronous: Some(Synchronous {
+                    standbys: BTreeSet::from(["pg03".to_owned()]),
+                    count: 1,
+                }),
             },
         };
         assert_eq!(r.apply(&cmd), Applied::Committed { generation: 2 });
         assert_eq!(r.generation, 2);
         assert_eq!(r.primary.as_deref(), Some("pg02"));
         assert_eq!(r.detached, detached);
+        assert_eq!(
+            r.synchronous.as_ref().map(|s| &s.standbys),
+            Some(&BTreeSet::from(["pg03".to_owned()]))
+        );
         assert!(r.failover_in_progress);
     }
 

@@ -36,11 +36,12 @@ mod backend;
 mod candidate;
 mod event;
 mod health;
+pub mod synchronous;
 
 pub use self::backend::{BackendSpec, BackendView, Observation, Rejoin, Role, Status};
 pub use self::event::{Action, Decider, Event};
 pub use self::health::Limits;
-pub use pgwarden_cluster::Generation;
+pub use pgwarden_cluster::{Generation, Synchronous};
 
 use self::candidate::{Candidate, Field};
 
@@ -71,6 +72,8 @@ pub struct Machine {
     dirty: bool,
     decider: Decider,
     quorum_down: std::collections::BTreeSet<usize>,
+    /// The synchronous standbys of the committed generation.
+    synchronous: Option<Synchronous>,
     /// Why no standby could be promoted (logged once per cause).
     pub blocked: Option<String>,
 }
@@ -118,6 +121,7 @@ impl Machine {
             dirty: false,
             decider: Decider::Local,
             quorum_down: std::collections::BTreeSet::new(),
+            synchronous: persisted.synchronous.clone(),
             blocked: None,
         }
     }
@@ -214,6 +218,7 @@ impl Machine {
             detached: named(Status::Detached).collect(),
             failover_in_progress: self.failover_in_progress(),
             down: named(Status::Down).collect(),
+            synchronous: self.synchronous.clone(),
         }
     }
 
@@ -667,6 +672,7 @@ impl Machine {
             limits: &self.limits,
             reference: self.reference_lsn(),
             timeline: self.primary_timeline(old),
+            synchronous: self.synchronous.as_ref(),
         };
         let excluded: Vec<usize> = tried.iter().copied().chain(old).collect();
         match field.choose(&excluded, force) {

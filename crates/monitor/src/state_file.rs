@@ -95,6 +95,10 @@ mod tests {
             detached: [("pg0".into(), "former".into())].into(),
             failover_in_progress: false,
             down: [("pg2".into(), "refused".into())].into(),
+            synchronous: Some(pgwarden_cluster::Synchronous {
+                standbys: ["pg2".into()].into(),
+                count: 1,
+            }),
         };
         save(dir.path(), &s).unwrap();
         assert_eq!(load(dir.path()).unwrap(), s);

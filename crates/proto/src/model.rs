@@ -1,7 +1,7 @@
 //! The cluster model of `pgwarden-cluster` as the gRPC messages carry it:
 //! one conversion each way, here, instead of one by hand at every caller.
 
-use pgwarden_cluster::{ClusterRecord, Generation, Role, Status};
+use pgwarden_cluster::{ClusterRecord, Generation, Role, Status, Synchronous};
 
 use crate::v1;
 
@@ -81,6 +81,7 @@ impl v1::ClusterRecord {
             applied_index,
             down: record.down.clone().into_iter().collect(),
             monitors_down: record.monitors_down.iter().copied().collect(),
+            synchronous: record.synchronous.clone().map(v1::SynchronousSet::from),
         }
     }
 
@@ -92,6 +93,25 @@ impl v1::ClusterRecord {
             detached: self.detached.clone().into_iter().collect(),
             failover_in_progress: self.failover_in_progress,
             down: self.down.clone().into_iter().collect(),
+            synchronous: self.synchronous.clone().map(Synchronous::from),
+        }
+    }
+}
+
+impl From<Synchronous> for v1::SynchronousSet {
+    fn from(s: Synchronous) -> Self {
+        v1::SynchronousSet {
+            standbys: s.standbys.into_iter().collect(),
+            count: s.count,
+        }
+    }
+}
+
+impl From<v1::SynchronousSet> for Synchronous {
+    fn from(s: v1::SynchronousSet) -> Self {
+        Synchronous {
+            standbys: s.standbys.into_iter().collect(),
+            count: s.count,
         }
     }
 }
@@ -106,6 +126,7 @@ impl v1::ProposeClusterChangeRequest {
             detached: next.detached.into_iter().collect(),
             failover_in_progress: next.failover_in_progress,
             down: next.down.into_iter().collect(),
+            synchronous: next.synchronous.map(v1::SynchronousSet::from),
         }
     }
 
@@ -117,6 +138,7 @@ impl v1::ProposeClusterChangeRequest {
             detached: self.detached.into_iter().collect(),
             failover_in_progress: self.failover_in_progress,
             down: self.down.into_iter().collect(),
+            synchronous: self.synchronous.map(Synchronous::from),
         }
     }
 }
@@ -135,6 +157,10 @@ mod tests {
             detached: BTreeMap::from([("pg0".into(), "former primary".into())]),
             failover_in_progress: true,
             down: BTreeMap::from([("pg2".into(), "refused".into())]),
+            synchronous: Some(Synchronous {
+                standbys: BTreeSet::from(["pg2".into(), "pg3".into()]),
+                count: 1,
+            }),
         };
         let request = v1::ProposeClusterChangeRequest::proposing(3, next.clone());
         assert_eq!(request.expected_generation, 3);

@@ -383,6 +383,7 @@ pub(crate) mod tests {
                 applied_index: 17,
                 down: [("pg2".to_owned(), "connection refused".to_owned())].into(),
                 monitors_down: vec![3],
+                synchronous: None,
             }),
         }
     }

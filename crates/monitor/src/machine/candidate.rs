@@ -2,7 +2,14 @@
 //! ([`Observation::received_lsn`]) among those that may take over, ties to
 //! the one that replayed further, then to the lowest id.
 //!
+//! With synchronous replication recorded for the generation, only a
+//! standby that provably holds every commit the primary acknowledged may
+//! take over ([`safe_floor`]); when none can be shown to, none is promoted.
+//!
 //! [`Observation::received_lsn`]: super::backend::Observation::received_lsn
+
+use pgwarden_cluster::Synchronous;
+use pgwarden_proto::lsn::lsn_to_string;
 
 use super::backend::{BackendView, Status};
 use super::health::{Limits, lag, off_timeline};
@@ -29,6 +36,39 @@ pub struct Field<'a> {
     pub reference: Option<u64>,
     /// The timeline it was on, when known.
     pub timeline: Option<u32>,
+    /// The synchronous standbys of the generation being replaced.
+    pub synchronous: Option<&'a Synchronous>,
+}
+
+/// The least WAL a standby must hold to hold every commit the primary
+/// acknowledged under `sync`, given the WAL (received LSN) of the
+/// synchronous standbys that answer, by name; `Err` when too few answer
+/// to tell.
+///
+/// Every acknowledged commit is on at least `count` of the `n` recorded
+/// standbys. Of `q` that answer, at least `q - (n - count)` hold it, so it
+/// lies at or below the `(q - (n - count))`-th highest WAL among them: a
+/// standby that answers and holds that much holds every acknowledged
+/// commit. With one synchronous standby (`n = count = 1`) that is the
+/// standby itself.
+pub fn safe_floor(sync: &Synchronous, answering: &[(&str, u64)]) -> Result<u64, String> {
+    let mut held: Vec<u64> = answering
+        .iter()
+        .filter(|(name, _)| sync.standbys.contains(*name))
+        .map(|&(_, lsn)| lsn)
+        .collect();
+    let needed = sync.needed_to_decide();
+    if sync.standbys.is_empty() || held.len() < needed {
+        let names: Vec<&str> = sync.standbys.iter().map(String::as_str).collect();
+        return Err(format!(
+            "no safe candidate: {} of the synchronous standbys ({}) answer, {needed} needed to know which holds every acknowledged commit",
+            held.len(),
+            names.join(", ")
+        ));
+    }
+    held.sort_unstable_by(|a, b| b.cmp(a));
+    let holders = held.len() + 1 - needed;
+    Ok(held.get(holders - 1).copied().unwrap_or(0))
 }
 
 impl Field<'_> {
@@ -37,6 +77,12 @@ impl Field<'_> {
     /// backend. `force` (an operator's switchover) lets a standby off the
     /// primary's timeline or beyond `max_lag_bytes` be chosen.
     pub fn choose(&self, excluded: &[usize], force: bool) -> Result<Candidate, String> {
+        // Synchronous: the least WAL that holds every acknowledged commit.
+        // An operator's forced switchover decides for itself.
+        let floor = match self.synchronous.filter(|_| !force) {
+            Some(sync) => Some(safe_floor(sync, &self.answering_standbys(excluded))?),
+            None => None,
+        };
         let mut why_not = Vec::new();
         let mut best: Option<Candidate> = None;
         for (i, b) in self.backends.iter().enumerate() {
@@ -65,8 +111,16 @@ impl Field<'_> {
                 Some(r)
             } else if !force && lag > max_lag {
                 Some(format!("{lag} bytes behind (max_lag_bytes {max_lag})"))
+            } else if floor.is_some() && !self.is_synchronous(b) {
+                Some("not a synchronous standby".to_owned())
             } else {
-                None
+                floor.filter(|f| o.received_lsn() < *f).map(|floor| {
+                    format!(
+                        "may lack acknowledged commits (holds {}, they reach {})",
+                        lsn_to_string(o.received_lsn()),
+                        lsn_to_string(floor)
+                    )
+                })
             };
             if let Some(r) = refusal {
                 why_not.push(format!("{}: {r}", b.spec.name));
@@ -88,5 +142,25 @@ impl Field<'_> {
                 why_not.join("; ")
             }
         })
+    }
+
+    /// Whether `b` is one of the recorded synchronous standbys.
+    fn is_synchronous(&self, b: &BackendView) -> bool {
+        self.synchronous
+            .is_some_and(|s| s.standbys.contains(&b.spec.name))
+    }
+
+    /// The standbys that answer (not `excluded`, reachable, in recovery),
+    /// with the WAL each holds.
+    fn answering_standbys(&self, excluded: &[usize]) -> Vec<(&str, u64)> {
+        self.backends
+            .iter()
+            .enumerate()
+            .filter(|(i, b)| !excluded.contains(i) && b.reachable())
+            .filter_map(|(_, b)| {
+                let o = b.last.as_ref().filter(|o| o.in_recovery)?;
+                Some((b.spec.name.as_str(), o.received_lsn()))
+            })
+            .collect()
     }
 }

@@ -3,6 +3,7 @@
 use super::*;
 
 mod candidates;
+mod synchronous;
 
 const GB: u64 = 1 << 30;
 

@@ -3,7 +3,12 @@
 
 use super::*;
 
-fn standby_at(timeline: u32, received: u64, replayed: u64, streaming: bool) -> Observation {
+pub(super) fn standby_at(
+    timeline: u32,
+    received: u64,
+    replayed: u64,
+    streaming: bool,
+) -> Observation {
     Observation {
         flush_lsn: received,
         replay_lsn: replayed,
@@ -242,6 +247,7 @@ fn candidates_as_a_table() {
             limits: &limits,
             reference: Some(1000),
             timeline: Some(2),
+            synchronous: None,
         };
         let got = field.choose(&[0], force).map(|c: Candidate| c.id);
         assert_eq!(got, want.map_err(str::to_owned), "row {i}");
@@ -251,6 +257,7 @@ fn candidates_as_a_table() {
         limits: &limits,
         reference: None,
         timeline: None,
+        synchronous: None,
     };
     assert_eq!(field.choose(&[], false), Err("no standby".to_owned()));
 }
