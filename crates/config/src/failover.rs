@@ -22,6 +22,24 @@ spelled_enum! {
     }
 }
 
+spelled_enum! {
+    /// `failover.synchronous_mode`, Patroni's meanings.
+    pub enum SynchronousMode {
+        /// `"off"`: asynchronous replication; a failover may lose up to
+        /// `replication_check.max_lag_bytes` of acknowledged WAL.
+        #[default]
+        Off = "off",
+        /// `"on"`: the monitor keeps the primary's
+        /// `synchronous_standby_names` on healthy, caught-up standbys and
+        /// promotes only a standby holding every acknowledged commit; with
+        /// none left healthy, replication becomes asynchronous (said loudly).
+        On = "on",
+        /// `"strict"`: as `"on"`, but never asynchronous: writes wait
+        /// rather than be acknowledged without a synchronous copy.
+        Strict = "strict",
+    }
+}
+
 /// `[failover]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailoverConfig {
@@ -56,6 +74,11 @@ pub struct FailoverConfig {
     /// held by the proxies, for at most this long before it fences the old
     /// primary (which ends what still runs); zero = fence at once.
     pub switchover_drain_timeout: Duration,
+    /// `failover.synchronous_mode`.
+    pub synchronous_mode: SynchronousMode,
+    /// `failover.synchronous_count`: how many synchronous standbys confirm
+    /// each commit (`ANY n (...)`), at least 1.
+    pub synchronous_count: u32,
 }
 
 impl Default for FailoverConfig {
@@ -70,6 +93,8 @@ impl Default for FailoverConfig {
             rejoin_command: String::new(),
             rejoin_timeout: Duration::from_secs(3600),
             switchover_drain_timeout: Duration::from_secs(5),
+            synchronous_mode: SynchronousMode::Off,
+            synchronous_count: 1,
         }
     }
 }
@@ -91,6 +116,8 @@ pub(crate) struct RawFailover {
     rejoin_timeout: Duration,
     #[serde(with = "humantime_serde")]
     switchover_drain_timeout: Duration,
+    synchronous_mode: SynchronousMode,
+    synchronous_count: u32,
 }
 
 raw_default_without_password!(RawFailover from FailoverConfig {
@@ -102,6 +129,8 @@ raw_default_without_password!(RawFailover from FailoverConfig {
     rejoin_command,
     rejoin_timeout,
     switchover_drain_timeout,
+    synchronous_mode,
+    synchronous_count,
 });
 
 impl RawFailover {
@@ -117,6 +146,12 @@ impl RawFailover {
                 }
             }
         }
+        if self.synchronous_mode != SynchronousMode::Off {
+            // The monitor sets synchronous_standby_names over SQL in
+            // either mode.
+            validate::non_empty("failover.user", &self.user)?;
+        }
+        validate::at_least("failover.synchronous_count", self.synchronous_count, 1)?;
         validate::positive("failover.command_timeout", self.command_timeout)?;
         validate::positive("failover.rejoin_timeout", self.rejoin_timeout)?;
         let password = resolve_password("failover", self.password, self.password_file.as_deref())?;
@@ -130,6 +165,8 @@ impl RawFailover {
             rejoin_command: self.rejoin_command,
             rejoin_timeout: self.rejoin_timeout,
             switchover_drain_timeout: self.switchover_drain_timeout,
+            synchronous_mode: self.synchronous_mode,
+            synchronous_count: self.synchronous_count,
         })
     }
 }

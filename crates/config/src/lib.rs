@@ -61,7 +61,7 @@ pub use admin::AdminConfig;
 pub use backend::{Backend, DEFAULT_BACKEND_PORT};
 pub use checks::{HealthCheckConfig, ReplicationCheckConfig};
 pub use error::ConfigError;
-pub use failover::{FailoverConfig, FailoverMode};
+pub use failover::{FailoverConfig, FailoverMode, SynchronousMode};
 pub use monitor::MonitorConfig;
 pub use node::{DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, NodeConfig};
 pub use proxy::{AuthType, ClientTlsMode, LoadBalance, PoolMode, ProxyConfig};

@@ -482,7 +482,32 @@ fn enum_errors() {
     refused(&[
         ("[proxy]\nauth_type = \"trust\"", "proxy.auth_type"),
         ("[failover]\nmode = \"manual\"", "failover.mode"),
+        (
+            "[failover]\nsynchronous_mode = \"quorum\"",
+            "failover.synchronous_mode",
+        ),
     ]);
+}
+
+#[test]
+fn synchronous_mode_is_read_and_needs_a_user_and_a_count() {
+    let c = Config::from_toml_str(&with(
+        "[failover]\nsynchronous_mode = \"strict\"\nsynchronous_count = 2",
+    ))
+    .unwrap();
+    assert_eq!(c.failover.synchronous_mode, SynchronousMode::Strict);
+    assert_eq!(c.failover.synchronous_count, 2);
+    err_naming(
+        &with("[failover]\nsynchronous_count = 0"),
+        "failover.synchronous_count",
+    );
+    // Command mode sets synchronous_standby_names over SQL too.
+    err_naming(
+        &with(
+            "[failover]\nmode = \"command\"\nuser = \"\"\ncommand = \"x\"\nsynchronous_mode = \"on\"",
+        ),
+        "failover.user",
+    );
 }
 
 #[test]

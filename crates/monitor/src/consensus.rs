@@ -78,6 +78,7 @@ pub(crate) async fn run(
         specs: settings.specs(),
         limits: settings.limits,
         rejoin_enabled: settings.rejoin_enabled(),
+        synchronous: settings.keeper(),
     };
     let mut coordinator = Coordinator::new(setup, p.current_tx.borrow().clone())
         .with_timeline(Timeline::load(&settings.state_dir));

@@ -47,6 +47,7 @@ use pgwarden_proto::v1::{
 };
 
 use crate::actions::Target;
+use crate::machine::synchronous::Keeper;
 use crate::machine::{Action, BackendSpec, Decider, Event, Limits, Machine, Observation};
 use crate::operator::{self, Ask};
 use crate::timeline::Timeline;
@@ -87,6 +88,8 @@ pub struct Setup {
     pub limits: Limits,
     /// `failover.rejoin_command` is set.
     pub rejoin_enabled: bool,
+    /// Keeps the primary's synchronous standbys (`failover.synchronous_mode`).
+    pub synchronous: Option<Keeper>,
 }
 
 /// Input to the coordinator; `R` is where an operator's answer goes.
@@ -667,7 +670,8 @@ impl<R> Coordinator<R> {
             let committed = record.generation_record();
             self.machine = Some(
                 Machine::new(self.setup.specs.clone(), self.setup.limits, &committed)
-                    .with_decider(Decider::Quorum),
+                    .with_decider(Decider::Quorum)
+                    .with_synchronous(self.setup.synchronous.clone()),
             );
             self.lead_since = self.now;
             self.lead_term = s.term;

@@ -36,6 +36,7 @@ mod backend;
 mod candidate;
 mod event;
 mod health;
+mod start;
 pub mod synchronous;
 
 pub use self::backend::{BackendSpec, BackendView, Observation, Rejoin, Role, Status};
@@ -74,6 +75,8 @@ pub struct Machine {
     quorum_down: std::collections::BTreeSet<usize>,
     /// The synchronous standbys of the committed generation.
     synchronous: Option<Synchronous>,
+    /// Keeps them, with `failover.synchronous_mode`.
+    sync: Option<synchronous::Keeper>,
     /// Why no standby could be promoted (logged once per cause).
     pub blocked: Option<String>,
 }
@@ -122,8 +125,16 @@ impl Machine {
             decider: Decider::Local,
             quorum_down: std::collections::BTreeSet::new(),
             synchronous: persisted.synchronous.clone(),
+            sync: None,
             blocked: None,
         }
+    }
+
+    /// Keeps the primary's synchronous standbys as `keeper` says
+    /// (`failover.synchronous_mode`; see [`synchronous`]).
+    pub fn with_synchronous(mut self, keeper: Option<synchronous::Keeper>) -> Self {
+        self.sync = keeper;
+        self
     }
 
     /// Lets a quorum of nodes, not this monitor's checks alone, decide that
@@ -270,6 +281,9 @@ impl Machine {
     /// Feeds one event; returns what to do.
     pub fn step(&mut self, event: Event) -> Vec<Action> {
         let mut actions = Vec::new();
+        // Checks pace the synchronous standbys' upkeep (a failed setting is
+        // tried again at the next one).
+        let checked = matches!(event, Event::Checked { .. });
         match event {
             Event::Checked { id, at_ms, result } => self.checked(id, at_ms, result),
             Event::AliveUnobserved { id, at_ms, .. } => self.alive(id, at_ms),
@@ -281,8 +295,16 @@ impl Machine {
                 attempt,
                 result,
             } => self.rejoined(id, attempt, result),
+            Event::SynchronousSet { id, set, result } => {
+                if let Some(k) = self.sync.as_mut().filter(|_| Some(id) == self.primary) {
+                    k.made(set, &result);
+                }
+            }
         }
         self.evaluate(&mut actions);
+        if checked {
+            self.keep_synchronous(&mut actions);
+        }
         self.finish(&mut actions);
         actions
     }
@@ -450,6 +472,10 @@ impl Machine {
                     b.not_streaming = 0;
                 }
                 self.set_status(id, Status::Up, "");
+                let name = self.name(id);
+                if let Some(k) = self.sync.as_mut() {
+                    k.promoted(name, &mut self.synchronous);
+                }
                 if let Some(o) = old.filter(|o| *o != id) {
                     let reason = format!(
                         "former primary, replaced by {} in generation {}: rejoin it as a standby, then attach it",
@@ -540,17 +566,28 @@ impl Machine {
         self.start_failover(Some(old), Vec::new(), false, actions);
     }
 
+    /// Steps towards the synchronous standbys the mode wants, while the
+    /// primary is up and no failover runs.
+    fn keep_synchronous(&mut self, actions: &mut Vec<Action>) {
+        // Not while the primary's checks fail: a failover may be near.
+        let up = |b: &BackendView| b.status == Status::Up && b.failures == 0;
+        let (Some(k), Some(p)) = (self.sync.as_mut(), self.primary) else {
+            return;
+        };
+        if !self.bootstrapped || self.failover.is_some() || !self.backends.get(p).is_some_and(up) {
+            return;
+        }
+        let (recorded, action) = k.keep(&self.backends, p, &self.limits, &mut self.synchronous);
+        actions.extend(action);
+        if recorded {
+            self.commit();
+        }
+    }
+
     /// With no committed primary, a backend that is out of recovery and not
     /// fenced becomes the primary (e.g. the primary was down at start-up).
     fn adopt_lone_primary(&mut self) {
-        let claims: Vec<usize> = (0..self.backends.len())
-            .filter(|i| {
-                self.backends.get(*i).is_some_and(|b| {
-                    b.status != Status::Detached && b.reachable() && b.in_recovery() == Some(false)
-                })
-            })
-            .collect();
-        if let [only] = claims[..] {
+        if let [only] = start::claims(&self.backends)[..] {
             self.primary = Some(only);
             self.set_status(only, Status::Up, "");
             self.commit();
@@ -568,30 +605,8 @@ impl Machine {
         if !all_known {
             return;
         }
-        let claims: Vec<usize> = (0..self.backends.len())
-            .filter(|i| {
-                self.backends.get(*i).is_some_and(|b| {
-                    b.status != Status::Detached && b.reachable() && b.in_recovery() == Some(false)
-                })
-            })
-            .collect();
-        let timeline = |i: usize| {
-            self.backends
-                .get(i)
-                .and_then(|b| b.last.as_ref())
-                .map_or(0, |o| o.timeline)
-        };
-        let newest = claims.iter().map(|i| timeline(*i)).max().unwrap_or(0);
-        let top: Vec<usize> = claims
-            .iter()
-            .copied()
-            .filter(|i| timeline(*i) == newest)
-            .collect();
-        let chosen = match (&top[..], self.persisted_primary) {
-            ([only], _) => Some(*only),
-            (several, Some(p)) if several.contains(&p) => Some(p),
-            _ => None,
-        };
+        let claims = start::claims(&self.backends);
+        let chosen = start::choose(&self.backends, &claims, self.persisted_primary);
         if chosen.is_none() && !claims.is_empty() {
             tracing::error!(
                 ?claims,
@@ -699,6 +714,10 @@ impl Machine {
                     id,
                     old_primary: old,
                     drain: false,
+                    synchronous_standby_names: self
+                        .sync
+                        .as_ref()
+                        .map(|k| k.names_at(&self.backends, id, old)),
                 });
             }
             Err(why) => {
@@ -961,6 +980,10 @@ impl Machine {
             id,
             old_primary: old,
             drain: old.is_some(),
+            synchronous_standby_names: self
+                .sync
+                .as_ref()
+                .map(|k| k.names_at(&self.backends, id, old)),
         });
         self.finish(&mut actions);
         Ok((format!("promoting {name}"), actions))

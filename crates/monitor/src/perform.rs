@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::actions::{self, Placeholders, Target};
 use crate::checks::{self, CheckSettings, CheckTarget};
-use crate::machine::{Action, Event};
+use crate::machine::{Action, Event, synchronous};
 use crate::settings::{FailoverSettings, Settings};
 
 /// Starts a failover action; its result comes back as an [`Event`].
@@ -39,10 +39,23 @@ fn start(action: Action, settings: &Settings, events: &mpsc::Sender<Event>) -> O
                 }
             });
         }
+        Action::SetSynchronous { id, set } => {
+            let target = settings.backends.get(id).cloned()?;
+            let f = settings.failover.clone();
+            spawn(events, async move {
+                let names = synchronous::standby_names(set.as_ref());
+                let result =
+                    actions::builtin::set_synchronous(&target, &f.login, &names, f.timeout)
+                        .await
+                        .map_err(|e| e.to_string());
+                Event::SynchronousSet { id, set, result }
+            });
+        }
         Action::Promote {
             id,
             old_primary,
             drain,
+            synchronous_standby_names,
         } => {
             let target = settings.backends.get(id).cloned()?;
             let replaced = old_primary
@@ -58,7 +71,26 @@ fn start(action: Action, settings: &Settings, events: &mpsc::Sender<Event>) -> O
                     }
                     fence(&f, &old, &target).await;
                 }
-                let result = promote(&f, &login, &target, &old).await;
+                let mut result = promote(&f, &login, &target, &old).await;
+                if let (Ok(_), Some(names)) = (&result, synchronous_standby_names) {
+                    // Before it takes writes. Naming standbys (strict) that
+                    // fails fences it like a failed promotion: it must not
+                    // acknowledge commits without the copies promised.
+                    // Clearing it ("on") is made again once it is primary.
+                    let set =
+                        actions::builtin::set_synchronous(&target, &f.login, &names, f.timeout);
+                    match set.await {
+                        Ok(_) => {}
+                        Err(e) if names.is_empty() => {
+                            tracing::warn!(backend = id, error = %e, "could not clear the promoted server's synchronous_standby_names");
+                        }
+                        Err(e) => {
+                            result = Err(format!(
+                                "promoted, but synchronous_standby_names could not be set: {e}"
+                            ));
+                        }
+                    }
+                }
                 if let Err(e) = &result {
                     tracing::error!(backend = id, error = %e, "promotion failed");
                 }

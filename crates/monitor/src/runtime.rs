@@ -19,7 +19,8 @@ use crate::timeline::{Timeline, now_ms};
 /// Runs the monitor until `shutdown` completes.
 pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
     let persisted = state_file::load(&settings.state_dir)?;
-    let machine = Machine::new(settings.specs(), settings.limits, &persisted);
+    let machine = Machine::new(settings.specs(), settings.limits, &persisted)
+        .with_synchronous(settings.keeper());
     let parts = start(&settings, snapshot(&machine, &settings.node)).await?;
     tracing::info!(
         backends = settings.backends.len(),

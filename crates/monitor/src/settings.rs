@@ -3,11 +3,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pgwarden_config::{Config, FailoverMode};
+use pgwarden_config::{Config, FailoverMode, SynchronousMode};
 
 use crate::actions::{SqlLogin, Target};
 use crate::checks::CheckSettings;
-use crate::machine::{BackendSpec, Limits};
+use crate::machine::{BackendSpec, Limits, synchronous};
 
 /// How failovers are carried out.
 #[derive(Debug, Clone)]
@@ -28,6 +28,9 @@ pub struct FailoverSettings {
     pub rejoin_timeout: Duration,
     /// `failover.switchover_drain_timeout`.
     pub drain_timeout: Duration,
+    /// `failover.synchronous_mode` (`None`: "off") and
+    /// `failover.synchronous_count`.
+    pub synchronous: Option<(synchronous::Mode, u32)>,
 }
 
 /// The monitor's settings, from the node config.
@@ -163,8 +166,24 @@ impl Settings {
                 rejoin_command: c.failover.rejoin_command.clone(),
                 rejoin_timeout: c.failover.rejoin_timeout,
                 drain_timeout: c.failover.switchover_drain_timeout,
+                synchronous: match c.failover.synchronous_mode {
+                    SynchronousMode::Off => None,
+                    SynchronousMode::On => {
+                        Some((synchronous::Mode::On, c.failover.synchronous_count))
+                    }
+                    SynchronousMode::Strict => {
+                        Some((synchronous::Mode::Strict, c.failover.synchronous_count))
+                    }
+                },
             },
         })
+    }
+
+    /// What keeps the primary's synchronous standbys, when
+    /// `failover.synchronous_mode` is not "off".
+    pub fn keeper(&self) -> Option<synchronous::Keeper> {
+        let (mode, count) = self.failover.synchronous?;
+        Some(synchronous::Keeper::new(mode, count))
     }
 
     /// The backends as the machine sees them.

@@ -133,6 +133,19 @@ impl Backends {
                 };
                 Some(Event::Followed { id, result })
             }
+            Action::SetSynchronous { id, ref set } => {
+                let s = &self.servers[id];
+                let result = if s.alive && !s.in_recovery {
+                    Ok(s.lsn)
+                } else {
+                    Err("not a running primary".to_owned())
+                };
+                Some(Event::SynchronousSet {
+                    id,
+                    set: set.clone(),
+                    result,
+                })
+            }
             Action::Rejoin { id, attempt, .. } => Some(Event::Rejoined {
                 id,
                 attempt,

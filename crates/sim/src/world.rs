@@ -134,6 +134,7 @@ impl World {
                     max_lag_bytes: 1 << 24,
                 },
                 rejoin_enabled: false,
+                synchronous: None,
             };
             let mut node = SimNode::new(id, voters.clone(), setup);
             node.start_watchdog(world.rng.random());

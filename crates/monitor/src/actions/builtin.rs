@@ -415,6 +415,70 @@ async fn unfence(
     }
 }
 
+/// After a reload is seen by new sessions: how long the WAL senders and the
+/// checkpointer (which they signal at the same moment) are given to take
+/// it in too, before the primary's WAL position is read.
+const RELOAD_GRACE: Duration = Duration::from_millis(200);
+
+/// Sets primary `target`'s `synchronous_standby_names` to `names`
+/// (`ALTER SYSTEM`, `pg_reload_conf()`), waits until new sessions see it
+/// and [`RELOAD_GRACE`], and returns the primary's WAL insert position
+/// then: every commit acknowledged after it was confirmed by the standbys
+/// `names` names. `timeout` bounds it all once logged in.
+///
+/// # Errors
+/// [`ActionError::Connect`], [`ActionError::Sql`], [`ActionError::Timeout`].
+pub async fn set_synchronous(
+    target: &Target,
+    login: &SqlLogin,
+    names: &str,
+    timeout: Duration,
+) -> Result<u64, ActionError> {
+    const SHOW: &str = "SELECT current_setting('synchronous_standby_names')";
+    let (session, deadline) = connect(target, login, timeout).await?;
+    let sql = format!(
+        "ALTER SYSTEM SET synchronous_standby_names = {}",
+        sql::literal(names)
+    );
+    let what = "ALTER SYSTEM SET synchronous_standby_names";
+    session.execute_simple(what, &sql, limit(deadline)).await?;
+    reload(&session, deadline).await?;
+    loop {
+        let fresh = sql::connect(target, login).await?;
+        let now: String = fresh
+            .query_value("SHOW synchronous_standby_names", SHOW, limit(deadline))
+            .await?;
+        if now == names {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(ActionError::Sql {
+                target: session.label().to_owned(),
+                message: format!(
+                    "synchronous_standby_names is {now:?}, not {names:?}, after ALTER SYSTEM SET: \
+                     is it set in postgresql.conf by an include after postgresql.auto.conf?"
+                ),
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    tokio::time::sleep(RELOAD_GRACE).await;
+    let lsn: PgLsn = session
+        .query_value(
+            "read the WAL position",
+            "SELECT pg_current_wal_lsn()",
+            limit(deadline),
+        )
+        .await?;
+    tracing::info!(
+        backend = %session.label(),
+        synchronous_standby_names = names,
+        lsn = %lsn,
+        "synchronous standbys set"
+    );
+    Ok(lsn.into())
+}
+
 /// The current timeline and WAL insert position of a primary.
 async fn position(session: &Session, deadline: Instant) -> Result<Promoted, ActionError> {
     const WHAT: &str = "read the current timeline and WAL position";

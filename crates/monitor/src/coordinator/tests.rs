@@ -43,6 +43,7 @@ fn setup() -> Setup {
             max_lag_bytes: 1 << 20,
         },
         rejoin_enabled: true,
+        synchronous: None,
     }
 }
 

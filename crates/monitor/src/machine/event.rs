@@ -1,6 +1,8 @@
 //! What goes into the machine ([`Event`]) and what comes out ([`Action`]),
 //! and who decides that a backend is down ([`Decider`]).
 
+use pgwarden_cluster::Synchronous;
+
 use super::backend::Observation;
 
 /// Input to the machine.
@@ -55,6 +57,16 @@ pub enum Event {
         /// Success, or why it failed.
         result: Result<(), String>,
     },
+    /// Setting the primary's synchronous standbys finished.
+    SynchronousSet {
+        /// The primary.
+        id: usize,
+        /// The standbys it was set to name.
+        set: Option<Synchronous>,
+        /// The primary's WAL position once the setting was in force, or
+        /// why it could not be made.
+        result: Result<u64, String>,
+    },
 }
 
 /// Who decides that a backend is down.
@@ -81,6 +93,10 @@ pub enum Action {
         /// A switchover: first let the old primary's running transactions
         /// finish (`failover.switchover_drain_timeout`), then fence it.
         drain: bool,
+        /// With `failover.synchronous_mode`: the `synchronous_standby_names`
+        /// the promoted server gets before it takes writes (`None`: left
+        /// as it is).
+        synchronous_standby_names: Option<String>,
     },
     /// Repoint standby `id` at `new_primary`.
     Follow {
@@ -90,6 +106,14 @@ pub enum Action {
         new_primary: usize,
         /// The primary it replaced (for hook placeholders).
         old_primary: Option<usize>,
+    },
+    /// Set primary `id`'s `synchronous_standby_names` to name `set`
+    /// (`None`: empty); answered by [`Event::SynchronousSet`].
+    SetSynchronous {
+        /// The primary.
+        id: usize,
+        /// The standbys.
+        set: Option<Synchronous>,
     },
     /// Run `failover.rejoin_command` to make backend `id` a standby of
     /// `primary` (pcp_recovery_node).

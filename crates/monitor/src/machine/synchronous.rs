@@ -14,6 +14,7 @@
 use pgwarden_cluster::Synchronous;
 
 use super::backend::{BackendView, Status};
+use super::event::Action;
 use super::health::{Limits, lag, streams_from};
 
 /// `failover.synchronous_mode` when not `"off"`.
@@ -88,11 +89,49 @@ pub fn wanted(
     if standbys.is_empty() {
         return match mode {
             Mode::On => None,
-            Mode::Strict => recorded.cloned(),
+            Mode::Strict => waited_for(backends, primary, count, recorded),
         };
     }
     let count = u32::try_from(standbys.len()).unwrap_or(count).min(count);
     Some(Synchronous { standbys, count })
+}
+
+/// [`Mode::Strict`] with no standby eligible: the standbys commits keep
+/// waiting for: the recorded ones but the primary, else (the primary was
+/// just promoted from among them) `count` of the standbys not fenced;
+/// `None` when there is none at all.
+fn waited_for(
+    backends: &[BackendView],
+    primary: usize,
+    count: u32,
+    recorded: Option<&Synchronous>,
+) -> Option<Synchronous> {
+    let primary_name = backends.get(primary).map(|b| b.spec.name.as_str());
+    let others = |s: &Synchronous| {
+        let standbys: std::collections::BTreeSet<String> = s
+            .standbys
+            .iter()
+            .filter(|n| Some(n.as_str()) != primary_name)
+            .cloned()
+            .collect();
+        let n = u32::try_from(standbys.len()).unwrap_or(u32::MAX);
+        (!standbys.is_empty()).then(|| Synchronous {
+            standbys,
+            count: s.count.min(n),
+        })
+    };
+    recorded.and_then(others).or_else(|| {
+        let all = Synchronous {
+            standbys: backends
+                .iter()
+                .enumerate()
+                .filter(|&(i, b)| i != primary && b.status != Status::Detached)
+                .map(|(_, b)| b.spec.name.clone())
+                .collect(),
+            count,
+        };
+        others(&all)
+    })
 }
 
 /// One step of a change of the synchronous standbys.
@@ -130,22 +169,22 @@ fn union(a: Option<&Synchronous>, b: Option<&Synchronous>) -> Option<Synchronous
 }
 
 /// The next step from the `recorded` standbys and the primary's `applied`
-/// setting towards `wanted`, given the WAL each standby holds (by name):
-/// `None` once there, or while the wanted standbys do not yet hold the WAL
-/// written before their setting took effect (the record then keeps the old
-/// standbys too).
+/// setting (`None`: not known) towards `wanted`, given the WAL each standby
+/// holds (by name): `None` once there, or while the wanted standbys do not
+/// yet hold the WAL written before their setting took effect (the record
+/// then keeps the old standbys too).
 pub fn next_step(
     recorded: Option<&Synchronous>,
-    applied: &Applied,
+    applied: Option<&Applied>,
     wanted: Option<&Synchronous>,
     held: &dyn Fn(&str) -> Option<u64>,
 ) -> Option<Step> {
     if !covers(recorded, wanted) {
         return Some(Step::Record(union(recorded, wanted)));
     }
-    if applied.set.as_ref() != wanted {
+    let Some(applied) = applied.filter(|a| a.set.as_ref() == wanted) else {
         return Some(Step::Primary(wanted.cloned()));
-    }
+    };
     if recorded == wanted {
         return None;
     }
@@ -173,4 +212,150 @@ pub fn standby_names(set: Option<&Synchronous>) -> String {
         .map(|n| format!("\"{}\"", n.replace('"', "\"\"")))
         .collect();
     format!("ANY {} ({})", s.count.max(1), names.join(", "))
+}
+
+/// Keeps the primary's synchronous standbys as `failover.synchronous_mode`
+/// asks, one [`Step`] at a time: the machine commits the records it gives
+/// and performs the settings (one at a time), telling it how each went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keeper {
+    mode: Mode,
+    count: u32,
+    /// The primary's setting as last made (`None`: not known, as after a
+    /// start or a promotion: it is made again).
+    applied: Option<Applied>,
+    /// A setting is being made.
+    setting: bool,
+}
+
+impl Keeper {
+    /// A keeper for `mode`, `count` standbys confirming each commit.
+    pub fn new(mode: Mode, count: u32) -> Self {
+        Keeper {
+            mode,
+            count: count.max(1),
+            applied: None,
+            setting: false,
+        }
+    }
+
+    /// The next step for `primary`, the generation recording `recorded`;
+    /// `None` while a setting is being made.
+    pub fn next(
+        &mut self,
+        backends: &[BackendView],
+        primary: usize,
+        limits: &Limits,
+        recorded: Option<&Synchronous>,
+    ) -> Option<Step> {
+        if self.setting {
+            return None;
+        }
+        let wanted = wanted(self.mode, self.count, backends, primary, limits, recorded);
+        let held = |name: &str| {
+            backends
+                .iter()
+                .find(|b| b.spec.name == name)
+                .and_then(|b| b.last.as_ref())
+                .map(|o| o.received_lsn())
+        };
+        let step = next_step(recorded, self.applied.as_ref(), wanted.as_ref(), &held);
+        self.setting = matches!(step, Some(Step::Primary(_)));
+        step
+    }
+
+    /// The steps for `primary` now: a new record put in `recorded`
+    /// (`true`: to commit), and the action making the primary's setting,
+    /// which may follow the record at once (it is performed once the
+    /// record is committed).
+    pub fn keep(
+        &mut self,
+        backends: &[BackendView],
+        primary: usize,
+        limits: &Limits,
+        recorded: &mut Option<Synchronous>,
+    ) -> (bool, Option<Action>) {
+        let mut changed = false;
+        for _ in 0..2 {
+            match self.next(backends, primary, limits, recorded.as_ref()) {
+                Some(Step::Record(set)) if !changed => {
+                    Self::log_record(set.as_ref());
+                    *recorded = set;
+                    changed = true;
+                }
+                Some(Step::Primary(set)) => {
+                    return (changed, Some(Action::SetSynchronous { id: primary, set }));
+                }
+                // A second record waits for the next round.
+                _ => break,
+            }
+        }
+        (changed, None)
+    }
+
+    fn log_record(set: Option<&Synchronous>) {
+        let names = standby_names(set);
+        tracing::info!(synchronous_standby_names = %names, "synchronous standbys recorded");
+        if set.is_none() {
+            tracing::warn!(
+                "no standby can confirm commits: replication is asynchronous until one can \
+                 (failover.synchronous_mode = \"on\")"
+            );
+        }
+    }
+
+    /// The setting of `set` was made, in force from the primary's WAL
+    /// position in `result`, or failed (made again next time).
+    pub fn made(&mut self, set: Option<Synchronous>, result: &Result<u64, String>) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not set the primary's synchronous standbys; trying again");
+        }
+        self.setting = false;
+        self.applied = result.as_ref().ok().map(|&at_lsn| Applied { set, at_lsn });
+    }
+
+    /// Standby `name` was promoted: it holds every commit acknowledged
+    /// until now, so a synchronous `recorded` names it alone; its setting
+    /// is made again.
+    pub fn promoted(&mut self, name: String, recorded: &mut Option<Synchronous>) {
+        self.setting = false;
+        self.applied = None;
+        if recorded.is_some() {
+            *recorded = Some(Synchronous {
+                standbys: [name].into(),
+                count: 1,
+            });
+        }
+    }
+
+    /// The `synchronous_standby_names` promoted standby `id` gets before it
+    /// takes writes, replacing `old` ([`Keeper::at_promotion`] of the
+    /// standbys not fenced).
+    pub fn names_at(&self, backends: &[BackendView], id: usize, old: Option<usize>) -> String {
+        let followers: Vec<&str> = (backends.iter().enumerate())
+            .filter(|&(i, b)| i != id && Some(i) != old && b.status != Status::Detached)
+            .map(|(_, b)| b.spec.name.as_str())
+            .collect();
+        standby_names(self.at_promotion(&followers).as_ref())
+    }
+
+    /// What a promoted standby is set to before it takes writes, given the
+    /// standbys that will follow it: none in [`Mode::On`] (they stream
+    /// again only once repointed; they are made synchronous then), and in
+    /// [`Mode::Strict`] `count` of them, so that it acknowledges nothing
+    /// before one of them confirms it.
+    pub fn at_promotion(&self, followers: &[&str]) -> Option<Synchronous> {
+        match self.mode {
+            Mode::On => None,
+            Mode::Strict => {
+                let standbys: std::collections::BTreeSet<String> =
+                    followers.iter().map(|s| (*s).to_owned()).collect();
+                let n = u32::try_from(standbys.len()).unwrap_or(u32::MAX);
+                (!standbys.is_empty()).then(|| Synchronous {
+                    standbys,
+                    count: self.count.min(n),
+                })
+            }
+        }
+    }
 }

@@ -94,6 +94,7 @@ fn promotion(id: usize, drain: bool) -> Action {
         id,
         old_primary: Some(0),
         drain,
+        synchronous_standby_names: None,
     }
 }
 

@@ -284,7 +284,7 @@ mod wanted_and_steps {
             at_lsn: 0,
         };
         let mut steps = Vec::new();
-        while let Some(step) = next_step(record.as_ref(), &applied, target.as_ref(), held) {
+        while let Some(step) = next_step(record.as_ref(), Some(&applied), target.as_ref(), held) {
             match &step {
                 Step::Record(r) => record.clone_from(r),
                 Step::Primary(s) => {
@@ -337,17 +337,17 @@ mod wanted_and_steps {
         };
         let behind = |n: &str| (n == "pg2").then_some(99);
         assert_eq!(
-            next_step(record.as_ref(), &applied, Some(&pg2), &behind),
+            next_step(record.as_ref(), Some(&applied), Some(&pg2), &behind),
             None
         );
         let there = |n: &str| (n == "pg2").then_some(100);
         assert_eq!(
-            next_step(record.as_ref(), &applied, Some(&pg2), &there),
+            next_step(record.as_ref(), Some(&applied), Some(&pg2), &there),
             Some(Step::Record(Some(pg2.clone())))
         );
         record = Some(pg2.clone());
         assert_eq!(
-            next_step(record.as_ref(), &applied, Some(&pg2), &there),
+            next_step(record.as_ref(), Some(&applied), Some(&pg2), &there),
             None
         );
         // The whole way.
@@ -394,5 +394,202 @@ mod wanted_and_steps {
             standby_names(Some(&set(&["pg2", "a\"b"], 2))),
             "ANY 2 (\"a\"\"b\", \"pg2\")"
         );
+    }
+}
+
+mod kept {
+    use super::super::super::synchronous::{Keeper, Mode};
+    use super::*;
+
+    fn set(names: &[&str], count: u32) -> Option<Synchronous> {
+        Some(Synchronous {
+            standbys: names.iter().map(|s| (*s).to_owned()).collect(),
+            count,
+        })
+    }
+
+    /// A machine keeping synchronous standbys whose settings are answered
+    /// at once, made in force at the primary's WAL position `at_lsn`.
+    struct Kept {
+        m: Machine,
+        at_lsn: u64,
+        /// The settings asked for, in order, with the record when asked.
+        asked: Vec<(Option<Synchronous>, Option<Synchronous>)>,
+    }
+
+    impl Kept {
+        /// [`three`] keeping `count` synchronous standbys in `mode`,
+        /// checked healthy at 1 GiB.
+        fn new(mode: Mode, count: u32) -> Kept {
+            let mut k = Kept {
+                m: three().with_synchronous(Some(Keeper::new(mode, count))),
+                at_lsn: GB,
+                asked: Vec::new(),
+            };
+            k.check(0, Observation::primary(1, GB));
+            for id in [1, 2] {
+                k.check(id, Observation::standby(1, GB, Some(5000)));
+            }
+            k
+        }
+
+        /// Feeds `event`, answering the settings it asks for: the actions.
+        fn step(&mut self, event: Event) -> Vec<Action> {
+            let mut all = Vec::new();
+            let mut next = Some(event);
+            while let Some(e) = next.take() {
+                let a = self.m.step(e);
+                for action in &a {
+                    if let Action::SetSynchronous { id, set } = action {
+                        self.asked
+                            .push((set.clone(), self.m.committed().synchronous));
+                        next = Some(Event::SynchronousSet {
+                            id: *id,
+                            set: set.clone(),
+                            result: Ok(self.at_lsn),
+                        });
+                    }
+                }
+                all.extend(a);
+            }
+            all
+        }
+
+        fn check(&mut self, id: usize, o: Observation) -> Vec<Action> {
+            self.step(checked(id, Ok(o)))
+        }
+
+        fn fail(&mut self, id: usize) {
+            for _ in 0..3 {
+                self.step(checked(id, Err("connection refused".into())));
+            }
+        }
+
+        /// Checks pg0 at `lsn` a few times.
+        fn settle(&mut self, lsn: u64) {
+            for _ in 0..4 {
+                self.check(0, Observation::primary(1, lsn));
+            }
+        }
+
+        fn recorded(&self) -> Option<Synchronous> {
+            self.m.committed().synchronous
+        }
+    }
+
+    #[test]
+    fn a_healthy_standby_is_recorded_then_made_synchronous_and_nothing_more_is_asked() {
+        let mut k = Kept::new(Mode::On, 1);
+        k.settle(GB);
+        assert_eq!(
+            k.asked,
+            [(set(&["pg1"], 1), set(&["pg1"], 1))],
+            "recorded before the primary waits for it, then set once"
+        );
+        assert_eq!(k.recorded(), set(&["pg1"], 1));
+    }
+
+    #[test]
+    fn with_the_synchronous_standby_down_the_other_one_takes_its_place() {
+        let mut k = Kept::new(Mode::On, 1);
+        k.settle(GB);
+        k.at_lsn = GB + 10;
+        k.fail(1);
+        k.settle(GB);
+        assert_eq!(
+            k.asked.last(),
+            Some(&(set(&["pg2"], 1), set(&["pg1", "pg2"], 1))),
+            "both recorded while the setting moves"
+        );
+        assert_eq!(
+            k.recorded(),
+            set(&["pg1", "pg2"], 1),
+            "pg2 lacks WAL written before"
+        );
+        // pg2 holds the WAL written before its setting took effect: pg1
+        // leaves the record.
+        k.check(2, Observation::standby(1, GB + 10, Some(5000)));
+        assert_eq!(k.recorded(), set(&["pg2"], 1));
+    }
+
+    #[test]
+    fn with_no_standby_left_on_turns_asynchronous_and_strict_keeps_waiting() {
+        for (mode, last_asked, record) in [
+            (Mode::On, None, None),
+            // pg2 took over from pg1, then failed too: commits wait for it.
+            (Mode::Strict, set(&["pg2"], 1), set(&["pg2"], 1)),
+        ] {
+            let mut k = Kept::new(mode, 1);
+            k.settle(GB);
+            k.fail(1);
+            k.fail(2);
+            k.settle(GB);
+            assert_eq!(
+                k.asked.last().map(|(s, _)| s.clone()),
+                Some(last_asked),
+                "{mode:?}"
+            );
+            assert_eq!(k.recorded(), record, "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn a_promoted_standby_is_set_before_it_takes_writes_and_recorded_alone() {
+        for (mode, names) in [(Mode::On, ""), (Mode::Strict, "ANY 1 (\"pg2\")")] {
+            let mut k = Kept::new(mode, 1);
+            k.settle(GB);
+            let mut a = Vec::new();
+            for _ in 0..3 {
+                a.extend(k.step(checked(0, Err("connection refused".into()))));
+            }
+            let promote = a.iter().find_map(|a| match a {
+                Action::Promote {
+                    id: 1,
+                    synchronous_standby_names,
+                    ..
+                } => Some(synchronous_standby_names.clone()),
+                _ => None,
+            });
+            assert_eq!(promote, Some(Some(names.to_owned())), "{mode:?}: {a:?}");
+            k.step(Event::Promoted {
+                id: 1,
+                result: Ok(2),
+            });
+            assert_eq!(k.recorded(), set(&["pg1"], 1), "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_setting_is_made_again_at_the_next_check() {
+        let mut m = three().with_synchronous(Some(Keeper::new(Mode::On, 1)));
+        let mut asked = 0;
+        for round in 0..4 {
+            for id in 0..3 {
+                let o = if id == 0 {
+                    Observation::primary(1, GB)
+                } else {
+                    Observation::standby(1, GB, Some(5000))
+                };
+                for action in ok(&mut m, id, o) {
+                    if let Action::SetSynchronous { id, set } = action {
+                        asked += 1;
+                        let answer = m.step(Event::SynchronousSet {
+                            id,
+                            set,
+                            result: Err("permission denied".into()),
+                        });
+                        // Not at once: at the next check.
+                        assert!(
+                            !answer
+                                .iter()
+                                .any(|a| matches!(a, Action::SetSynchronous { .. })),
+                            "round {round}: {answer:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(asked >= 4, "asked {asked} times");
+        assert_eq!(m.committed().synchronous, set(&["pg1"], 1));
     }
 }
