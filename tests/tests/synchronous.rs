@@ -56,6 +56,24 @@ async fn synchronous_mode_on_keeps_one_synchronous_standby_and_replaces_it_when_
         ))
         .unwrap();
     assert_eq!(state, "quorum");
+    // status names it synchronous, and it alone.
+    let status = pgwardenctl(&proxy.config, &["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let synchronous: Vec<&str> = v["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["synchronous"] == true)
+        .filter_map(|b| b["name"].as_str())
+        .collect();
+    assert_eq!(synchronous, [format!("pg{sync}")], "{}", status.stdout);
+    let text = pgwardenctl(&proxy.config, &["status"]).stdout;
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|h| h.contains("RECEIVED LSN  SYNC")),
+        "{text}"
+    );
     let c = proxy
         .alice_after("CREATE TABLE kept (x int); INSERT INTO kept VALUES (1)")
         .await;
@@ -126,6 +144,23 @@ async fn synchronous_mode_on_turns_asynchronous_without_standbys_and_strict_bloc
                 "strict: a write was acknowledged without a copy: {write:?}"
             );
             assert!(!names_on_pg0(&cluster).is_empty());
+            // The primary dies too: no standby can be shown to hold every
+            // acknowledged commit, so none is promoted, and status says so.
+            cluster.node(0).stop(StopMode::Immediate).unwrap();
+            let s = proxy
+                .wait_state(Duration::from_secs(20), "a blocked failover", |s| {
+                    s.failover_blocked.contains("no safe candidate")
+                })
+                .await;
+            assert_eq!(s.primary_id, Some(0), "nobody promoted: {s:#?}");
+            let out = pgwardenctl(&proxy.config, &["status"]);
+            assert!(
+                out.stdout
+                    .lines()
+                    .any(|l| l.starts_with("failover blocked: no safe candidate")),
+                "{}",
+                out.stdout
+            );
         }
     }
 }

@@ -66,6 +66,7 @@ fn initial() -> ClusterState {
         monitor: "node1".into(),
         no_quorum: false,
         switchover_in_progress: false,
+        failover_blocked: String::new(),
     }
 }
 
@@ -311,7 +312,7 @@ async fn status_by_default_via_the_config() {
     assert!(lines[1].starts_with("ID  NAME  ADDRESS"), "{out}");
     assert!(
         lines[2].starts_with(
-            "0   pg0   127.0.0.1:5432  primary  up      -    0/3000148   0/3000148     1         0."
+            "0   pg0   127.0.0.1:5432  primary  up      -    0/3000148   0/3000148     -     1         0."
         ),
         "{out}"
     );

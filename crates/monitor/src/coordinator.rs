@@ -758,6 +758,9 @@ impl<R> Coordinator<R> {
         {
             let mut state = committed_state(&self.setup, record, &self.local, Some(s));
             state.no_quorum = !s.quorum;
+            if let Some(m) = &self.machine {
+                state.failover_blocked = m.blocked.clone().unwrap_or_default();
+            }
             if state.no_quorum != self.published_no_quorum {
                 self.published_no_quorum = state.no_quorum;
                 if state.no_quorum {
@@ -948,6 +951,8 @@ fn committed_state(
                 streaming: o.is_some_and(|o| o.streaming),
                 last_check_unix_ms: l.at_ms,
                 failed_checks: l.failures,
+                synchronous: (record.synchronous.as_ref())
+                    .is_some_and(|s| s.standbys.contains(&t.name)),
             }
         })
         .collect();
@@ -959,6 +964,7 @@ fn committed_state(
         monitor: setup.node.clone(),
         no_quorum: false,
         switchover_in_progress: false,
+        failover_blocked: String::new(),
     }
 }
 

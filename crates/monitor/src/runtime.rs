@@ -132,6 +132,7 @@ pub fn snapshot(m: &Machine, node: &str) -> ClusterState {
         monitor: node.to_owned(),
         no_quorum: false,
         switchover_in_progress: m.switchover_in_progress(),
+        failover_blocked: m.blocked.clone().unwrap_or_default(),
         backends: m
             .backends()
             .iter()
@@ -154,6 +155,7 @@ pub fn snapshot(m: &Machine, node: &str) -> ClusterState {
                     streaming: o.is_some_and(|o| o.streaming),
                     last_check_unix_ms: b.last_check_ms,
                     failed_checks: b.failures,
+                    synchronous: m.is_synchronous(i),
                 }
             })
             .collect(),

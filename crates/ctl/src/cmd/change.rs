@@ -270,6 +270,7 @@ mod tests {
             monitor: String::new(),
             no_quorum: false,
             switchover_in_progress: false,
+            failover_blocked: String::new(),
         }
     }
 

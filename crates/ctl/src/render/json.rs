@@ -21,6 +21,7 @@ pub fn state_json(state: &ClusterState) -> Value {
         "primary": state.primary_id.and(primary_name(state)),
         "monitor": state.monitor,
         "failover_in_progress": state.failover_in_progress,
+        "failover_blocked": (!state.failover_blocked.is_empty()).then_some(&state.failover_blocked),
         "backends": state.backends.iter().map(backend_json).collect::<Vec<_>>(),
     })
 }
@@ -44,6 +45,7 @@ fn backend_json(b: &BackendState) -> Value {
         "streaming": b.streaming,
         "last_check_unix_ms": (b.last_check_unix_ms != 0).then_some(b.last_check_unix_ms),
         "failed_checks": b.failed_checks,
+        "synchronous": b.synchronous,
     })
 }
 
@@ -88,8 +90,11 @@ mod tests {
                 "replay_lsn": "0/3000A10", "flush_lsn": "0/3000F00",
                 "lag_bytes": 1536, "lag_seconds": 2.34, "timeline": 2,
                 "streaming": true, "last_check_unix_ms": 9800, "failed_checks": 0,
+                "synchronous": false,
             })
         );
+        assert_eq!(backends[3]["synchronous"], true);
+        assert_eq!(v["failover_blocked"], Value::Null);
         assert_eq!(backends[3]["replay_lsn"], Value::Null);
         assert_eq!(backends[3]["timeline"], Value::Null);
         assert_eq!(backends[3]["last_check_unix_ms"], Value::Null);

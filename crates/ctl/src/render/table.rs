@@ -8,7 +8,7 @@ use pgwarden_proto::v1::{BackendState, ClusterState, Role};
 
 use super::units::{address, age, bytes, role, seconds, status};
 
-const HEADER: [&str; 11] = [
+const HEADER: [&str; 12] = [
     "ID",
     "NAME",
     "ADDRESS",
@@ -17,6 +17,7 @@ const HEADER: [&str; 11] = [
     "LAG",
     "REPLAY LSN",
     "RECEIVED LSN",
+    "SYNC",
     "TIMELINE",
     "LAST CHECK",
     "REASON",
@@ -27,20 +28,30 @@ const HEADER: [&str; 11] = [
 ///
 /// ```text
 /// generation 4, primary pg1 (id 1), monitor node1
-/// ID  NAME  ADDRESS         ROLE     STATUS    LAG  REPLAY LSN  RECEIVED LSN  TIMELINE  LAST CHECK  REASON
-/// 0   pg0   127.0.0.1:5432  primary  detached  -    0/3000148   0/3000148     1         0.4s ago    switched over to pg1
-/// 1   pg1   127.0.0.1:5433  primary  up        -    0/3000A10   0/3000A10     2         0.2s ago
+/// ID  NAME  ADDRESS         ROLE     STATUS    LAG  REPLAY LSN  RECEIVED LSN  SYNC  TIMELINE  LAST CHECK  REASON
+/// 0   pg0   127.0.0.1:5432  primary  detached  -    0/3000148   0/3000148     -     1         0.4s ago    switched over to pg1
+/// 1   pg1   127.0.0.1:5433  primary  up        -    0/3000A10   0/3000A10     -     2         0.2s ago
 /// ```
 ///
 /// `REPLAY LSN` is what a standby replayed (what its reads see);
 /// `RECEIVED LSN` the WAL it received and flushed, which a promotion keeps
 /// and failover candidates rank by (on a primary: its current and flushed
-/// WAL). `LAG` is the replay lag.
+/// WAL). `SYNC` marks the generation's synchronous standbys
+/// (`failover.synchronous_mode`). `LAG` is the replay lag. A failover that
+/// cannot promote anyone says why on a line of its own (`failover blocked:
+/// no safe candidate: ...`).
 pub fn status_text(state: &ClusterState, now_ms: i64) -> String {
     let mut out = header_line(state);
     out.push('\n');
     if state.failover_in_progress {
         out.push_str("failover in progress\n");
+    }
+    if !state.failover_blocked.is_empty() {
+        let _ = writeln!(
+            out,
+            "failover blocked: {}",
+            one_line(&state.failover_blocked)
+        );
     }
     let mut rows = vec![HEADER.map(str::to_owned)];
     rows.extend(state.backends.iter().map(|b| row(b, now_ms)));
@@ -68,7 +79,7 @@ fn header_line(state: &ClusterState) -> String {
     line
 }
 
-fn row(b: &BackendState, now_ms: i64) -> [String; 11] {
+fn row(b: &BackendState, now_ms: i64) -> [String; 12] {
     [
         b.id.to_string(),
         b.name.clone(),
@@ -78,6 +89,7 @@ fn row(b: &BackendState, now_ms: i64) -> [String; 11] {
         lag(b),
         lsn(b.replay_lsn),
         lsn(b.flush_lsn),
+        if b.synchronous { "sync" } else { "-" }.to_owned(),
         if b.timeline == 0 {
             "-".to_owned()
         } else {
@@ -174,6 +186,7 @@ pub(crate) mod tests {
         pg3.replay_lsn = 0;
         pg3.flush_lsn = 0;
         pg3.timeline = 0;
+        pg3.synchronous = true;
         ClusterState {
             generation: 4,
             primary_id: Some(1),
@@ -182,6 +195,7 @@ pub(crate) mod tests {
             monitor: "node1".into(),
             no_quorum: false,
             switchover_in_progress: false,
+            failover_blocked: String::new(),
         }
     }
 
@@ -190,11 +204,11 @@ pub(crate) mod tests {
         let text = status_text(&switched_over(), 10_000);
         let expected = "\
 generation 4, primary pg1 (id 1), monitor node1
-ID  NAME  ADDRESS         ROLE     STATUS    LAG             REPLAY LSN  RECEIVED LSN  TIMELINE  LAST CHECK  REASON
-0   pg0   127.0.0.1:5432  primary  detached  -               0/3000148   0/3000A10     1         0.4s ago    switched over to pg1: rejoin it as a standby, then attach it
-1   pg1   127.0.0.1:5433  primary  up        -               0/3000A10   0/3000A10     2         0.2s ago
-2   pg2   127.0.0.1:5434  standby  down      1.5 KiB (2.3s)  0/3000A10   0/3000F00     2         0.2s ago    not streaming from the primary
-3   pg3   127.0.0.1:5435  standby  up        0 B             -           -             -         never
+ID  NAME  ADDRESS         ROLE     STATUS    LAG             REPLAY LSN  RECEIVED LSN  SYNC  TIMELINE  LAST CHECK  REASON
+0   pg0   127.0.0.1:5432  primary  detached  -               0/3000148   0/3000A10     -     1         0.4s ago    switched over to pg1: rejoin it as a standby, then attach it
+1   pg1   127.0.0.1:5433  primary  up        -               0/3000A10   0/3000A10     -     2         0.2s ago
+2   pg2   127.0.0.1:5434  standby  down      1.5 KiB (2.3s)  0/3000A10   0/3000F00     -     2         0.2s ago    not streaming from the primary
+3   pg3   127.0.0.1:5435  standby  up        0 B             -           -             sync  -         never
 ";
         assert_eq!(text, expected, "\n{text}");
     }
@@ -224,7 +238,19 @@ ID  NAME  ADDRESS         ROLE     STATUS    LAG             REPLAY LSN  RECEIVE
         let text = status_text(&ClusterState::default(), 0);
         assert_eq!(
             text,
-            "generation 0, no primary\nID  NAME  ADDRESS  ROLE  STATUS  LAG  REPLAY LSN  RECEIVED LSN  TIMELINE  LAST CHECK  REASON\n"
+            "generation 0, no primary\nID  NAME  ADDRESS  ROLE  STATUS  LAG  REPLAY LSN  RECEIVED LSN  SYNC  TIMELINE  LAST CHECK  REASON\n"
+        );
+    }
+
+    #[test]
+    fn a_blocked_failover_says_why_on_a_line_of_its_own() {
+        let mut state = switched_over();
+        state.failover_blocked =
+            "no safe candidate: 0 of the synchronous standbys (pg3)\nanswer".into();
+        let text = status_text(&state, 10_000);
+        assert_eq!(
+            text.lines().nth(1),
+            Some("failover blocked: no safe candidate: 0 of the synchronous standbys (pg3) answer")
         );
     }
 }
