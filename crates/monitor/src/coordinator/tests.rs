@@ -939,3 +939,44 @@ fn a_refused_proposal_ends_the_open_record_as_abandoned() {
     assert!(last.detail.contains("generation moved on"), "{last:?}");
     assert_eq!(record.to_generation, 0);
 }
+
+/// With `failover.synchronous_mode`, a new synchronous standby is
+/// committed through the watchdogs before the primary is set to wait for
+/// it: the setting is performed only once the proposal carrying it is
+/// committed, and not at all when it is refused.
+#[test]
+fn a_synchronous_standby_is_committed_before_the_primary_waits_for_it() {
+    use crate::machine::synchronous::{Keeper, Mode};
+    for (answer, set_after) in [(Ok(()), true), (Err("no quorum".to_owned()), false)] {
+        let mut c = C::new(
+            Setup {
+                synchronous: Some(Keeper::new(Mode::On, 1)),
+                ..setup()
+            },
+            ClusterState::default(),
+        );
+        healthy(&mut c);
+        // Leading, it tells its machine what it saw: a round that records
+        // pg1 synchronous.
+        let out = c.step(leading(1, &[]));
+        let mut seen = drive(&mut c, out, answer.clone());
+        let out = healthy(&mut c);
+        seen.extend(drive(&mut c, out, answer.clone()));
+        let proposed = seen
+            .iter()
+            .position(|o| {
+                matches!(o, Output::Propose(p)
+                    if p.synchronous.as_ref().is_some_and(|s| s.standbys == ["pg1"]))
+            })
+            .unwrap_or_else(|| panic!("{answer:?}: no proposal of pg1 synchronous: {seen:?}"));
+        let set = seen.iter().position(|o| {
+            matches!(o, Output::Perform(Action::SetSynchronous { id: 0, set: Some(s) })
+                if s.standbys.contains("pg1"))
+        });
+        if set_after {
+            assert!(set.is_some_and(|s| s > proposed), "{seen:?}");
+        } else {
+            assert_eq!(set, None, "set though its record was refused: {seen:?}");
+        }
+    }
+}
