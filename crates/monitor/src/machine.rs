@@ -723,7 +723,7 @@ impl Machine {
                     synchronous_standby_names: self
                         .sync
                         .as_ref()
-                        .map(|k| k.names_at(&self.backends, id, old)),
+                        .and_then(|k| k.names_at(&self.backends, id, old)),
                 });
             }
             Err(why) => {
@@ -989,7 +989,7 @@ impl Machine {
             synchronous_standby_names: self
                 .sync
                 .as_ref()
-                .map(|k| k.names_at(&self.backends, id, old)),
+                .and_then(|k| k.names_at(&self.backends, id, old)),
         });
         self.finish(&mut actions);
         Ok((format!("promoting {name}"), actions))

@@ -28,9 +28,8 @@ pub struct FailoverSettings {
     pub rejoin_timeout: Duration,
     /// `failover.switchover_drain_timeout`.
     pub drain_timeout: Duration,
-    /// `failover.synchronous_mode` (`None`: "off") and
-    /// `failover.synchronous_count`.
-    pub synchronous: Option<(synchronous::Mode, u32)>,
+    /// `failover.synchronous_mode` and `failover.synchronous_count`.
+    pub synchronous: (synchronous::Mode, u32),
 }
 
 /// The monitor's settings, from the node config.
@@ -166,23 +165,22 @@ impl Settings {
                 rejoin_command: c.failover.rejoin_command.clone(),
                 rejoin_timeout: c.failover.rejoin_timeout,
                 drain_timeout: c.failover.switchover_drain_timeout,
-                synchronous: match c.failover.synchronous_mode {
-                    SynchronousMode::Off => None,
-                    SynchronousMode::On => {
-                        Some((synchronous::Mode::On, c.failover.synchronous_count))
-                    }
-                    SynchronousMode::Strict => {
-                        Some((synchronous::Mode::Strict, c.failover.synchronous_count))
-                    }
-                },
+                synchronous: (
+                    match c.failover.synchronous_mode {
+                        SynchronousMode::Off => synchronous::Mode::Off,
+                        SynchronousMode::On => synchronous::Mode::On,
+                        SynchronousMode::Strict => synchronous::Mode::Strict,
+                    },
+                    c.failover.synchronous_count,
+                ),
             },
         })
     }
 
-    /// What keeps the primary's synchronous standbys, when
-    /// `failover.synchronous_mode` is not "off".
+    /// What keeps the primary's synchronous standbys
+    /// (`failover.synchronous_mode`; "off" still clears a setting it made).
     pub fn keeper(&self) -> Option<synchronous::Keeper> {
-        let (mode, count) = self.failover.synchronous?;
+        let (mode, count) = self.failover.synchronous;
         Some(synchronous::Keeper::new(mode, count))
     }
 

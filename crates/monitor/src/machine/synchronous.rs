@@ -17,9 +17,13 @@ use super::backend::{BackendView, Status};
 use super::event::Action;
 use super::health::{Limits, lag, streams_from};
 
-/// `failover.synchronous_mode` when not `"off"`.
+/// `failover.synchronous_mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// `"off"`: the primary's setting is left alone, but one this monitor
+    /// made (a synchronous record left from when the mode was on) is
+    /// cleared, and then the record.
+    Off,
     /// `"on"`: with no standby able to confirm commits, replication
     /// becomes asynchronous (and says so) rather than block writes.
     On,
@@ -71,6 +75,9 @@ pub fn wanted(
     limits: &Limits,
     recorded: Option<&Synchronous>,
 ) -> Option<Synchronous> {
+    if mode == Mode::Off {
+        return None;
+    }
     let mut candidates = eligible(backends, primary, limits);
     let is_recorded = |id: usize| {
         recorded.is_some_and(|r| {
@@ -88,7 +95,7 @@ pub fn wanted(
         .collect();
     if standbys.is_empty() {
         return match mode {
-            Mode::On => None,
+            Mode::Off | Mode::On => None,
             Mode::Strict => waited_for(backends, primary, count, recorded),
         };
     }
@@ -248,7 +255,7 @@ impl Keeper {
         limits: &Limits,
         recorded: Option<&Synchronous>,
     ) -> Option<Step> {
-        if self.setting {
+        if self.setting || (self.mode == Mode::Off && recorded.is_none()) {
             return None;
         }
         let wanted = wanted(self.mode, self.count, backends, primary, limits, recorded);
@@ -331,12 +338,20 @@ impl Keeper {
     /// The `synchronous_standby_names` promoted standby `id` gets before it
     /// takes writes, replacing `old` ([`Keeper::at_promotion`] of the
     /// standbys not fenced).
-    pub fn names_at(&self, backends: &[BackendView], id: usize, old: Option<usize>) -> String {
+    pub fn names_at(
+        &self,
+        backends: &[BackendView],
+        id: usize,
+        old: Option<usize>,
+    ) -> Option<String> {
+        if self.mode == Mode::Off {
+            return None;
+        }
         let followers: Vec<&str> = (backends.iter().enumerate())
             .filter(|&(i, b)| i != id && Some(i) != old && b.status != Status::Detached)
             .map(|(_, b)| b.spec.name.as_str())
             .collect();
-        standby_names(self.at_promotion(&followers).as_ref())
+        Some(standby_names(self.at_promotion(&followers).as_ref()))
     }
 
     /// What a promoted standby is set to before it takes writes, given the
@@ -346,7 +361,7 @@ impl Keeper {
     /// before one of them confirms it.
     pub fn at_promotion(&self, followers: &[&str]) -> Option<Synchronous> {
         match self.mode {
-            Mode::On => None,
+            Mode::Off | Mode::On => None,
             Mode::Strict => {
                 let standbys: std::collections::BTreeSet<String> =
                     followers.iter().map(|s| (*s).to_owned()).collect();

@@ -592,4 +592,30 @@ mod kept {
         assert!(asked >= 4, "asked {asked} times");
         assert_eq!(m.committed().synchronous, set(&["pg1"], 1));
     }
+
+    #[test]
+    fn off_leaves_the_setting_alone_but_clears_one_it_made() {
+        for (record, asked, left) in [
+            (recorded(1, "pg0"), 0, None),
+            (synchronous(&["pg1"], 1), 1, None),
+        ] {
+            let mut k = Kept {
+                m: three_from(&record).with_synchronous(Some(Keeper::new(Mode::Off, 1))),
+                at_lsn: GB,
+                asked: Vec::new(),
+            };
+            k.check(0, Observation::primary(1, GB));
+            for id in [1, 2] {
+                k.check(id, Observation::standby(1, GB, Some(5000)));
+            }
+            k.settle(GB);
+            assert_eq!(k.asked.len(), asked, "{:?}", k.asked);
+            assert!(
+                k.asked.iter().all(|(set, _)| set.is_none()),
+                "{:?}",
+                k.asked
+            );
+            assert_eq!(k.recorded(), left);
+        }
+    }
 }
