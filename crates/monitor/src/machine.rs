@@ -575,18 +575,15 @@ impl Machine {
     /// Steps towards the synchronous standbys the mode wants, while the
     /// primary is up and no failover runs.
     fn keep_synchronous(&mut self, actions: &mut Vec<Action>) {
-        // Not while the primary's checks fail: a failover may be near.
-        let up = |b: &BackendView| b.status == Status::Up && b.failures == 0;
         let (Some(k), Some(p)) = (self.sync.as_mut(), self.primary) else {
             return;
         };
-        if !self.bootstrapped || self.failover.is_some() || !self.backends.get(p).is_some_and(up) {
-            return;
-        }
-        let (recorded, action) = k.keep(&self.backends, p, &self.limits, &mut self.synchronous);
-        actions.extend(action);
-        if recorded {
-            self.commit();
+        if self.bootstrapped && self.failover.is_none() {
+            let (recorded, action) = k.keep(&self.backends, p, &self.limits, &mut self.synchronous);
+            actions.extend(action);
+            if recorded {
+                self.commit();
+            }
         }
     }
 

@@ -282,6 +282,12 @@ impl Keeper {
         limits: &Limits,
         recorded: &mut Option<Synchronous>,
     ) -> (bool, Option<Action>) {
+        // Not while the primary is not up or its checks fail: a failover
+        // may be near.
+        let up = |b: &BackendView| b.status == Status::Up && b.failures == 0;
+        if !backends.get(primary).is_some_and(up) {
+            return (false, None);
+        }
         let mut changed = false;
         for _ in 0..2 {
             match self.next(backends, primary, limits, recorded.as_ref()) {
