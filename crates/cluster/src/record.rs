@@ -87,6 +87,12 @@ pub struct Synchronous {
 }
 
 impl Synchronous {
+    /// Whether `set` (a generation's, `None` when asynchronous) names the
+    /// backend `name` synchronous.
+    pub fn includes(set: Option<&Synchronous>, name: &str) -> bool {
+        set.is_some_and(|s| s.standbys.contains(name))
+    }
+
     /// How many of the [`standbys`](Self::standbys) must be seen to know
     /// that one of them holds every acknowledged commit: all but `count - 1`
     /// (any that many intersect the `count` that confirmed each commit).

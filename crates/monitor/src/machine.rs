@@ -235,8 +235,8 @@ impl Machine {
 
     /// Whether backend `id` is one of the generation's synchronous standbys.
     pub fn is_synchronous(&self, id: usize) -> bool {
-        let name = self.backends.get(id).map(|b| &b.spec.name);
-        (self.synchronous.as_ref()).is_some_and(|s| name.is_some_and(|n| s.standbys.contains(n)))
+        (self.backends.get(id))
+            .is_some_and(|b| Synchronous::includes(self.synchronous.as_ref(), &b.spec.name))
     }
 
     /// The WAL position the primary last reported (what standbys lag behind).

@@ -146,8 +146,7 @@ impl Field<'_> {
 
     /// Whether `b` is one of the recorded synchronous standbys.
     fn is_synchronous(&self, b: &BackendView) -> bool {
-        self.synchronous
-            .is_some_and(|s| s.standbys.contains(&b.spec.name))
+        Synchronous::includes(self.synchronous, &b.spec.name)
     }
 
     /// The standbys that answer (not `excluded`, reachable, in recovery),

@@ -80,11 +80,9 @@ pub fn wanted(
     }
     let mut candidates = eligible(backends, primary, limits);
     let is_recorded = |id: usize| {
-        recorded.is_some_and(|r| {
-            backends
-                .get(id)
-                .is_some_and(|b| r.standbys.contains(&b.spec.name))
-        })
+        backends
+            .get(id)
+            .is_some_and(|b| Synchronous::includes(recorded, &b.spec.name))
     };
     candidates.sort_by_key(|&(id, held)| (!is_recorded(id), std::cmp::Reverse(held), id));
     let count = count.max(1);
