@@ -14,11 +14,6 @@ fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-changed={}", contracts.display());
 
     let protos = proto_files(&contracts)?;
-    // And each file: a file changed in place leaves the directory's own
-    // time as it was (a .proto edit was not picked up otherwise).
-    for p in &protos {
-        println!("cargo:rerun-if-changed={}", p.display());
-    }
     if protos.is_empty() {
         return Err(format!("no .proto files in {}", contracts.display()).into());
     }
