@@ -23,7 +23,11 @@ pub enum Daemon {
 }
 
 impl Daemon {
-    fn bin(self) -> &'static str {
+    /// The three, in the order a node starts them.
+    pub const ALL: [Daemon; 3] = [Daemon::Watchdog, Daemon::Monitor, Daemon::Proxy];
+
+    /// The binary's name.
+    pub fn bin(self) -> &'static str {
         match self {
             Daemon::Watchdog => "pgwarden-watchdog",
             Daemon::Monitor => "pgwarden-monitor",
@@ -53,6 +57,18 @@ pub struct Fleet {
     dir: tempfile::TempDir,
 }
 
+/// What a [`Fleet`]'s nodes get beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct FleetOptions {
+    /// Lines added to every node's `[failover]` table
+    /// (`synchronous_mode = "on"`...).
+    pub failover: Vec<String>,
+    /// Sets `failover.rejoin_command` to the shipped pgwarden-rejoin, run
+    /// inside the backend's own lab host (the monitor deciding may run on
+    /// another one), so `pgwardenctl rejoin` works in the lab.
+    pub rejoin: bool,
+}
+
 /// Why a multi-host test cannot run here (not root, no `ip netns`...).
 pub fn unavailable() -> Option<String> {
     Lab::unavailable()
@@ -72,6 +88,11 @@ impl Fleet {
     /// daemons running on every host. Fails the calling test where the lab
     /// cannot start ([`require_lab`]).
     pub fn start(hosts: usize) -> Fleet {
+        Fleet::start_with(hosts, &FleetOptions::default())
+    }
+
+    /// [`Fleet::start`] with `options`.
+    pub fn start_with(hosts: usize, options: &FleetOptions) -> Fleet {
         require_lab();
         let lab = Lab::new(hosts).expect("create the lab");
         let cluster = Cluster::builder()
@@ -114,6 +135,14 @@ impl Fleet {
             "the multi-host lab announces the delegate IP with arping: install iputils-arping (.ci/run does)"
         );
         let arping = "arping -U $_IP_$ -I eth0 -c 1 -w 1";
+        let mut failover = options.failover.join("\n");
+        if options.rejoin {
+            let script = rejoin_in_host(dir.path(), &cluster);
+            failover.push_str(&format!(
+                "\nrejoin_command = \"{} %D %H %r %a\"\nrejoin_timeout = \"120s\"",
+                script.display()
+            ));
+        }
         let mut fleet = Fleet {
             nodes: Vec::new(),
             cluster,
@@ -132,7 +161,7 @@ impl Fleet {
                 "[node]\nname = \"node{i}\"\nruntime_dir = \"{d}/run\"\nstate_dir = \"{d}/state\"\n\n\
                  [proxy]\nlisten = \"0.0.0.0:9999\"\nauth_file = \"{auth}\"\npool_size = 4\n\n\
                  [health_check]\nuser = \"{hu}\"\npassword = \"{hp}\"\nperiod = \"500ms\"\ntimeout = \"1s\"\nmax_retries = 2\nretry_delay = \"250ms\"\n\n\
-                 [failover]\nuser = \"postgres\"\ncommand_timeout = \"30s\"\n\n\
+                 [failover]\nuser = \"postgres\"\ncommand_timeout = \"30s\"\n{failover}\n\n\
                  [watchdog]\nenabled = true\nlisten = \"{me}:9000\"\nadvertise = \"{me}:9000\"\npeers = [{peers}]\n\
                  auth_key_file = \"{key}\"\ndelegate_ip = \"{vip}\"\n\
                  if_up_cmd = \"ip addr add $_IP_$/24 dev eth0\"\nif_down_cmd = \"ip addr del $_IP_$/24 dev eth0\"\narping_cmd = \"{arping}\"\n",
@@ -161,7 +190,7 @@ impl Fleet {
             });
         }
         for i in 0..hosts {
-            for d in [Daemon::Watchdog, Daemon::Monitor, Daemon::Proxy] {
+            for d in Daemon::ALL {
                 fleet.start_daemon(i, d);
             }
         }
@@ -195,6 +224,30 @@ impl Fleet {
             let (_, mut child) = node.daemons.remove(pos);
             child.kill9().unwrap();
         }
+    }
+
+    /// Stops one daemon of node `i` as systemd would (SIGTERM, SIGKILL
+    /// after 15 s) and starts it again.
+    pub fn restart_daemon(&mut self, i: usize, d: Daemon) {
+        let node = &mut self.nodes[i];
+        if let Some(pos) = node.daemons.iter().position(|(k, _)| *k == d) {
+            let (_, mut child) = node.daemons.remove(pos);
+            let _ = child.signal(nix::sys::signal::Signal::SIGTERM);
+            if child.wait_timeout(Duration::from_secs(15)).is_none() {
+                let _ = child.kill9();
+            }
+        }
+        self.start_daemon(i, d);
+    }
+
+    /// Whether node `i` runs daemon `d` (started and not killed since).
+    pub fn runs(&self, i: usize, d: Daemon) -> bool {
+        self.nodes[i].daemons.iter().any(|(k, _)| *k == d)
+    }
+
+    /// Node `i`'s pgwarden.toml.
+    pub fn config(&self, i: usize) -> PathBuf {
+        self.nodes[i].dir.join("pgwarden.toml")
     }
 
     /// A daemon's log.
@@ -361,6 +414,30 @@ impl Fleet {
             panic!("{e}{}", self.logs());
         }
     }
+}
+
+/// Writes the `failover.rejoin_command` of a lab fleet: a script running
+/// the shipped `deploy/scripts/pgwarden-rejoin` inside the lab host of the
+/// backend named by its fourth argument (`%a`); returns its path.
+fn rejoin_in_host(dir: &std::path::Path, cluster: &Cluster) -> PathBuf {
+    let rejoin =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/scripts/pgwarden-rejoin");
+    let mut cases = String::new();
+    for n in cluster.nodes() {
+        if let Some(h) = n.lab_host() {
+            cases.push_str(&format!("    {}) ns={} ;;\n", n.name(), h.name()));
+        }
+    }
+    let script = format!(
+        "#!/bin/sh\n# failover.rejoin_command of a lab fleet: DATA PRIMARY_HOST PRIMARY_PORT NAME\n\
+         case \"$4\" in\n{cases}    *) echo \"no lab host runs $4\" >&2; exit 2 ;;\nesac\n\
+         exec ip netns exec \"$ns\" {} \"$@\"\n",
+        rejoin.display()
+    );
+    let path = dir.join("rejoin-in-host");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
 }
 
 /// Runs `sql` with `cmd` (psql in some namespace) as alice on `host`'s

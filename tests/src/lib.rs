@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 pub mod ctl;
+pub mod faults;
 pub mod lab;
 pub mod raw;
 pub mod tls;
