@@ -44,10 +44,15 @@ fn start(action: Action, settings: &Settings, events: &mpsc::Sender<Event>) -> O
             let f = settings.failover.clone();
             spawn(events, async move {
                 let names = synchronous::standby_names(set.as_ref());
-                let result =
-                    actions::builtin::set_synchronous(&target, &f.login, &names, f.timeout)
-                        .await
-                        .map_err(|e| e.to_string());
+                let members: Vec<String> = set
+                    .as_ref()
+                    .map(|s| s.standbys.iter().cloned().collect())
+                    .unwrap_or_default();
+                let result = actions::builtin::set_synchronous(
+                    &target, &f.login, &names, &members, f.timeout,
+                )
+                .await
+                .map_err(|e| e.to_string());
                 Event::SynchronousSet { id, set, result }
             });
         }
@@ -77,8 +82,10 @@ fn start(action: Action, settings: &Settings, events: &mpsc::Sender<Event>) -> O
                     // fails fences it like a failed promotion: it must not
                     // acknowledge commits without the copies promised.
                     // Clearing it ("on") is made again once it is primary.
-                    let set =
-                        actions::builtin::set_synchronous(&target, &f.login, &names, f.timeout);
+                    let members = synchronous::named_in(&names);
+                    let set = actions::builtin::set_synchronous(
+                        &target, &f.login, &names, &members, f.timeout,
+                    );
                     match set.await {
                         Ok(_) => {}
                         Err(e) if names.is_empty() => {

@@ -338,3 +338,82 @@ async fn issue_7_fence_makes_a_reachable_old_primary_read_only_and_ends_its_clie
     assert!(matches!(err, ActionError::Connect { .. }), "{err:?}");
     assert!(started.elapsed() < Duration::from_millis(1500));
 }
+
+/// `set_synchronous` returns only once the WAL senders, which acknowledge
+/// commits, have taken the new setting in: each sender's own
+/// `sync_priority` says so at once, whichever standby is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_synchronous_returns_once_every_wal_sender_took_the_new_setting() {
+    let cluster = Cluster::builder().standbys(2).start().unwrap();
+    let primary = target(0, cluster.node(0));
+    let states = || {
+        cluster
+            .node(0)
+            .psql(
+                "SELECT string_agg(application_name || '=' || sync_priority || ':' || sync_state, ' ' \
+                 ORDER BY application_name) FROM pg_stat_replication",
+            )
+            .unwrap()
+    };
+    for round in 0..3 {
+        for (members, want) in [
+            (vec!["pg1"], "pg1=1:quorum pg2=0:async"),
+            (vec!["pg2"], "pg1=0:async pg2=1:quorum"),
+            (vec!["pg1", "pg2"], "pg1=1:quorum pg2=1:quorum"),
+            (vec![], "pg1=0:async pg2=0:async"),
+        ] {
+            let members: Vec<String> = members.iter().map(|m| (*m).to_owned()).collect();
+            let quoted: Vec<String> = members.iter().map(|m| format!("\"{m}\"")).collect();
+            let names = if members.is_empty() {
+                String::new()
+            } else {
+                format!("ANY 1 ({})", quoted.join(", "))
+            };
+            pgwarden_monitor::actions::builtin::set_synchronous(
+                &primary,
+                &login(),
+                &names,
+                &members,
+                WAIT,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("round {round}, {names:?}: {e}"));
+            assert_eq!(
+                states(),
+                want,
+                "round {round}: right after setting {names:?}"
+            );
+        }
+    }
+    // A WAL sender that cannot take the setting in (stopped) holds it up:
+    // the setting is not reported made while pg1's sender is behind.
+    let sender: i32 = cluster
+        .node(0)
+        .psql("SELECT pid FROM pg_stat_replication WHERE application_name = 'pg1'")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(sender);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let members = vec!["pg1".to_owned()];
+    let names = "ANY 1 (\"pg1\")";
+    let stalled = pgwarden_monitor::actions::builtin::set_synchronous(
+        &primary,
+        &login(),
+        names,
+        &members,
+        Duration::from_secs(3),
+    )
+    .await;
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    match stalled {
+        Err(ActionError::Timeout { what, .. }) => {
+            assert!(what.contains("WAL senders"), "{what}")
+        }
+        other => panic!("with pg1's WAL sender stopped: {other:?}"),
+    }
+    pgwarden_monitor::actions::builtin::set_synchronous(&primary, &login(), names, &members, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(states(), "pg1=1:quorum pg2=0:async", "once it runs again");
+}

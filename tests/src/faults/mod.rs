@@ -188,6 +188,20 @@ async fn schedule(
     let first = seen.acks.iter().map(|a| a.acked).min().unwrap_or(end);
     outcome.unavailable = check::longest_gap(&seen.acks, first, end);
     outcome.dual_primary = check::dual_primary(&seen.acks).len();
+    if let Some(path) = std::env::var_os("PGWARDEN_FAULTS_ACKS") {
+        let mut text = String::from("key,sent_ms,acked_ms,server,timeline\n");
+        for a in &seen.acks {
+            text.push_str(&format!(
+                "{},{},{},{},{}\n",
+                a.key,
+                a.sent.as_millis(),
+                a.acked.as_millis(),
+                a.server,
+                a.timeline
+            ));
+        }
+        let _ = std::fs::write(path, text);
+    }
     result?;
     // Settled after the last fault: the final primary has the last word.
     let primary = nemesis::primary_host(fleet)

@@ -415,15 +415,26 @@ async fn unfence(
     }
 }
 
-/// After a reload is seen by new sessions: how long the WAL senders and the
-/// checkpointer (which they signal at the same moment) are given to take
-/// it in too, before the primary's WAL position is read.
+/// After the WAL senders took a reload in: how long the checkpointer (which
+/// publishes to committing sessions whether any synchronous standby is
+/// named at all, and which no view shows) is given to take it in too,
+/// before the primary's WAL position is read. It is signalled with them.
 const RELOAD_GRACE: Duration = Duration::from_millis(200);
 
-/// Sets primary `target`'s `synchronous_standby_names` to `names`
-/// (`ALTER SYSTEM`, `pg_reload_conf()`), waits until new sessions see it
-/// and [`RELOAD_GRACE`], and returns the primary's WAL insert position
-/// then: every commit acknowledged after it was confirmed by the standbys
+/// Connected WAL senders whose own view of `synchronous_standby_names`
+/// does not match the standbys `$1` names (lower case): each sender
+/// re-reads the setting itself and publishes its `sync_priority` (above 0
+/// for a named standby, 0 for any other), and the senders are the ones
+/// that acknowledge commits.
+const WAL_SENDERS_BEHIND: &str = "SELECT count(*) FROM pg_stat_replication \
+     WHERE (sync_priority > 0) IS DISTINCT FROM (lower(application_name) = ANY ($1::text[]))";
+
+/// Sets primary `target`'s `synchronous_standby_names` to `names`, the
+/// setting naming the standbys `members` (`ALTER SYSTEM`,
+/// `pg_reload_conf()`); waits until new sessions see it and every connected
+/// WAL sender has taken it in ([`WAL_SENDERS_BEHIND`]), then
+/// [`RELOAD_GRACE`]; and returns the primary's WAL insert position then:
+/// every commit acknowledged after it was confirmed by the standbys
 /// `names` names. `timeout` bounds it all once logged in.
 ///
 /// # Errors
@@ -432,6 +443,7 @@ pub async fn set_synchronous(
     target: &Target,
     login: &SqlLogin,
     names: &str,
+    members: &[String],
     timeout: Duration,
 ) -> Result<u64, ActionError> {
     const SHOW: &str = "SELECT current_setting('synchronous_standby_names')";
@@ -458,6 +470,31 @@ pub async fn set_synchronous(
                     "synchronous_standby_names is {now:?}, not {names:?}, after ALTER SYSTEM SET: \
                      is it set in postgresql.conf by an include after postgresql.auto.conf?"
                 ),
+            });
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let lower: Vec<String> = members.iter().map(|m| m.to_lowercase()).collect();
+    loop {
+        let row = session
+            .query_one(
+                "compare the WAL senders' synchronous priorities",
+                WAL_SENDERS_BEHIND,
+                &[&lower],
+                limit(deadline),
+            )
+            .await?;
+        let behind: i64 = session.column("count the WAL senders behind", &row, 0)?;
+        if behind == 0 {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(ActionError::Timeout {
+                what: format!(
+                    "{}: {behind} WAL senders to take synchronous_standby_names = {names:?} in",
+                    session.label()
+                ),
+                after: timeout,
             });
         }
         tokio::time::sleep(POLL_INTERVAL).await;

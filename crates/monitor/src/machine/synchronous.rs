@@ -219,6 +219,33 @@ pub fn standby_names(set: Option<&Synchronous>) -> String {
     format!("ANY {} ({})", s.count.max(1), names.join(", "))
 }
 
+/// The standbys a [`standby_names`] setting names (each name in double
+/// quotes, `""` for a quote inside), in order.
+pub fn named_in(names: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = names.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '"' {
+            continue;
+        }
+        let mut name = String::new();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                if chars.peek() == Some(&'"') {
+                    chars.next();
+                    name.push('"');
+                } else {
+                    break;
+                }
+            } else {
+                name.push(c);
+            }
+        }
+        out.push(name);
+    }
+    out
+}
+
 /// Keeps the primary's synchronous standbys as `failover.synchronous_mode`
 /// asks, one [`Step`] at a time: the machine commits the records it gives
 /// and performs the settings (one at a time), telling it how each went.

@@ -199,7 +199,9 @@ fn the_safe_floor_is_the_wal_the_confirming_standbys_are_sure_to_hold() {
 }
 
 mod wanted_and_steps {
-    use super::super::super::synchronous::{Applied, Mode, Step, next_step, standby_names, wanted};
+    use super::super::super::synchronous::{
+        Applied, Mode, Step, named_in, next_step, standby_names, wanted,
+    };
     use super::*;
 
     fn set(names: &[&str], count: u32) -> Synchronous {
@@ -394,6 +396,21 @@ mod wanted_and_steps {
             standby_names(Some(&set(&["pg2", "a\"b"], 2))),
             "ANY 2 (\"a\"\"b\", \"pg2\")"
         );
+    }
+
+    #[test]
+    fn the_names_a_setting_names_are_read_back_as_written() {
+        for names in [vec![], vec!["pg1"], vec!["pg1", "we\"ird, (name)"]] {
+            let set = Synchronous {
+                standbys: names.iter().map(|n| (*n).to_owned()).collect(),
+                count: 1,
+            };
+            let written = standby_names(Some(&set));
+            let mut read = named_in(&written);
+            read.sort();
+            let want: Vec<String> = set.standbys.iter().cloned().collect();
+            assert_eq!(read, want, "{written}");
+        }
     }
 }
 
