@@ -18,26 +18,32 @@
 # leaves the daemons' logs in --log-dir (default /tmp).
 #
 #   bench/faults.sh --schedules N [--seed S] [--sync | --strict] [--faults K]
-#                   [--log-dir DIR] [--record]
+#                   [--log-dir DIR] [--record] [--plan]
 #
 # --sync runs failover.synchronous_mode = "on", --strict "strict"
 # (synchronous_count = 1); without either, asynchronous replication.
-# --record puts the summary at the top of bench/RESULTS.md.
+# --record puts the summary at the top of bench/RESULTS.md; --plan only
+# lists each schedule's faults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 
-record=0 args=()
+record=0 plan=0 args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --record) record=1 ;;
         --sync | --strict) args+=("$1") ;;
+        --plan) plan=1 ;;
         --schedules | --seed | --faults | --log-dir) args+=("$1" "${2:?$1 needs a value}"); shift ;;
-        *) echo "usage: bench/faults.sh --schedules N [--seed S] [--sync | --strict] [--faults K] [--log-dir DIR] [--record]" >&2; exit 2 ;;
+        *) echo "usage: bench/faults.sh --schedules N [--seed S] [--sync | --strict] [--faults K] [--log-dir DIR] [--record] [--plan]" >&2; exit 2 ;;
     esac
     shift
 done
+if [ "$plan" = 1 ]; then
+    cargo build -j2 -p pgwarden-e2e --bin faults >&2
+    exec "${CARGO_TARGET_DIR:-target}/debug/faults" --plan "${args[@]}"
+fi
 [ "$(id -u)" = 0 ] || { echo "bench/faults.sh: the lab's hosts are network namespaces: run as root" >&2; exit 1; }
 command -v arping >/dev/null || { echo "bench/faults.sh: arping is missing: apt-get install iputils-arping" >&2; exit 1; }
 
