@@ -157,10 +157,15 @@ async fn writer(
             let acked = epoch.elapsed();
             let ok = {
                 let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-                match answer {
-                    Ok(Ok(row)) => {
-                        let server: String = row.get(0);
-                        let walfile: String = row.get(1);
+                let row = match answer {
+                    Ok(Ok(row)) => row
+                        .try_get::<_, String>(0)
+                        .ok()
+                        .zip(row.try_get::<_, String>(1).ok()),
+                    _ => None,
+                };
+                match row {
+                    Some((server, walfile)) => {
                         s.acks.push(Ack {
                             key,
                             sent,
@@ -170,7 +175,7 @@ async fn writer(
                         });
                         true
                     }
-                    _ => {
+                    None => {
                         s.unacked += 1;
                         false
                     }
