@@ -52,7 +52,7 @@ work=$(mktemp -d /tmp/pgwarden-faults-XXXXXX)
 trap 'rm -rf "$work"' EXIT
 started=$(date +%s)
 status=0
-"${CARGO_TARGET_DIR:-target}/debug/faults" "${args[@]}" | grep --line-buffered -v '^pgwarden-testkit: ' | tee "$work/out" || status=$?
+"${CARGO_TARGET_DIR:-target}/debug/faults" "${args[@]}" 2>&1 | grep --line-buffered -v '^pgwarden-testkit: ' | tee "$work/out" || status=$?
 summary=$(grep '^faults: schedules=' "$work/out" || true)
 [ -n "$summary" ] || { echo "bench/faults.sh: the run ended without its summary line" >&2; exit 1; }
 echo "faults: the run took $(($(date +%s) - started)) s"
