@@ -258,11 +258,16 @@ impl Fleet {
 
     /// Every daemon's log, for failure messages.
     pub fn logs(&self) -> String {
+        self.logs_tail(40)
+    }
+
+    /// The last `lines` lines of every daemon's log.
+    pub fn logs_tail(&self, lines: usize) -> String {
         let mut out = String::new();
         for i in 0..self.nodes.len() {
-            for d in [Daemon::Watchdog, Daemon::Monitor, Daemon::Proxy] {
+            for d in Daemon::ALL {
                 let title = format!("node{i} {}", d.bin());
-                out.push_str(&crate::log_tail(&title, &self.log(i, d), 40));
+                out.push_str(&crate::log_tail(&title, &self.log(i, d), lines));
             }
         }
         out

@@ -43,7 +43,8 @@ fn synchronous_proxy(mode: &str) -> (Cluster, Proxy) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn synchronous_mode_on_keeps_one_synchronous_standby_and_replaces_it_when_it_fails() {
+async fn synchronous_mode_on_replaces_a_failed_synchronous_standby_and_commits_waiting_for_it_go_through_at_once()
+ {
     let (cluster, proxy) = synchronous_proxy("on");
     proxy.wait_all_up(Duration::from_secs(20)).await;
     let sync = wait_synchronous(&cluster, Duration::from_secs(20), None);
@@ -80,6 +81,11 @@ async fn synchronous_mode_on_keeps_one_synchronous_standby_and_replaces_it_when_
 
     // It fails: the other one takes its place.
     cluster.node(sync).stop(StopMode::Immediate).unwrap();
+    // A commit made meanwhile waits for a synchronous copy.
+    let waiting = tokio::spawn(async move {
+        let r = c.batch_execute("INSERT INTO kept VALUES (2)").await;
+        (r, Instant::now())
+    });
     proxy
         .wait_status(Duration::from_secs(20), sync as u32, Status::Down)
         .await;
@@ -88,6 +94,7 @@ async fn synchronous_mode_on_keeps_one_synchronous_standby_and_replaces_it_when_
         wait_synchronous(&cluster, Duration::from_secs(10), Some(sync)),
         other
     );
+    let replaced = Instant::now();
     let took = down.elapsed();
     eprintln!("pg{other} synchronous {took:?} after pg{sync} was seen down (check period 500 ms)");
     assert!(
@@ -95,10 +102,21 @@ async fn synchronous_mode_on_keeps_one_synchronous_standby_and_replaces_it_when_
         "{took:?}\n{}",
         proxy.monitor_log()
     );
-    // Commits go on, confirmed by the new one.
-    c.batch_execute("INSERT INTO kept VALUES (2)")
+    // The waiting commit goes through once the new one confirms it: at
+    // once, not when that standby next reports by itself (every
+    // wal_receiver_status_interval, 10 s, when it has nothing to flush).
+    let (r, committed) = tokio::time::timeout(Duration::from_secs(20), waiting)
         .await
+        .expect("the waiting commit completes")
         .unwrap();
+    r.unwrap();
+    let after = committed.saturating_duration_since(replaced);
+    eprintln!("the waiting commit completed {after:?} after pg{other} was made synchronous");
+    assert!(
+        after < Duration::from_secs(3),
+        "the waiting commit took {after:?} after the replacement\n{}",
+        proxy.monitor_log()
+    );
     let on_other = cluster
         .node(other)
         .psql_db("app", "SELECT count(*) FROM kept")

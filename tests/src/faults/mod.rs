@@ -116,9 +116,11 @@ pub async fn run(seed: u64, options: &Options) -> Outcome {
         Ok(Err(e)) => outcome.failure = Some(format!("{e:#}")),
         Err(p) => outcome.failure = Some(panic_text(&p)),
     }
-    if !outcome.ok(options.synchronous_mode != "off") {
+    if !outcome.ok(options.synchronous_mode != "off")
+        || std::env::var_os("PGWARDEN_FAULTS_LOGS").is_some()
+    {
         let path = options.log_dir.join(format!("faults-seed-{seed}.log"));
-        let mut text = fleet.logs();
+        let mut text = fleet.logs_tail(4000);
         for n in fleet.cluster.nodes() {
             text.push_str(&crate::log_tail(
                 &format!("{} postgres", n.name()),

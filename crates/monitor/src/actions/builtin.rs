@@ -429,11 +429,22 @@ const RELOAD_GRACE: Duration = Duration::from_millis(200);
 const WAL_SENDERS_BEHIND: &str = "SELECT count(*) FROM pg_stat_replication \
      WHERE (sync_priority > 0) IS DISTINCT FROM (lower(application_name) = ANY ($1::text[]))";
 
+/// An empty transaction committed without waiting for any standby: its
+/// commit record is WAL the standbys receive, flush and answer at once. A
+/// WAL sender releases waiting commits only when its standby answers, and a
+/// standby with nothing new to flush answers only every
+/// `wal_receiver_status_interval` (10 s by default): without this, commits
+/// that waited for a failed synchronous standby would go on waiting that
+/// long after a healthy one was named in its place.
+const NUDGE_STANDBYS: &str = "BEGIN; SET LOCAL synchronous_commit = local; \
+     SELECT pg_current_xact_id(); COMMIT";
+
 /// Sets primary `target`'s `synchronous_standby_names` to `names`, the
 /// setting naming the standbys `members` (`ALTER SYSTEM`,
 /// `pg_reload_conf()`); waits until new sessions see it and every connected
 /// WAL sender has taken it in ([`WAL_SENDERS_BEHIND`]), then
-/// [`RELOAD_GRACE`]; and returns the primary's WAL insert position then:
+/// [`RELOAD_GRACE`]; has the standbys answer ([`NUDGE_STANDBYS`]); and
+/// returns the primary's WAL insert position then:
 /// every commit acknowledged after it was confirmed by the standbys
 /// `names` names. `timeout` bounds it all once logged in.
 ///
@@ -500,6 +511,9 @@ pub async fn set_synchronous(
         tokio::time::sleep(POLL_INTERVAL).await;
     }
     tokio::time::sleep(RELOAD_GRACE).await;
+    session
+        .execute_simple("have the standbys answer", NUDGE_STANDBYS, limit(deadline))
+        .await?;
     let lsn: PgLsn = session
         .query_value(
             "read the WAL position",
