@@ -44,10 +44,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// leader in a later term at `t_B`, voted for by a majority `M`. A voter in
 /// `M` answers this leader's term only until it votes for `B`, and any
 /// quorum meets `M` (this leader votes only after stepping down); so
-/// the round of every confirmation this leader holds was sent, answered
-/// and thus `c <= t_B`, however long messages took and however long this
-/// watchdog was frozen. The guard drops the IP by `c + G + GUARD_POLL +`
-/// the time `if_down_cmd` takes. `B` acquires no sooner than `2E` ticks
+/// every confirmation this leader holds is of a round that a voter in `M`
+/// answered before voting for `B`: `c <= t_B`, however long messages took
+/// and however long this watchdog was frozen. The guard drops the IP by
+/// `c + G + GUARD_POLL +` the time `if_down_cmd` takes. `B` acquires no sooner than `2E` ticks
 /// after `t_B` ([`crate::lease`]), ticks coming late, never early: at
 /// `t_B + 2E` or later. With `G = E` the guard has fired a full `E` minus a
 /// poll before `B` may acquire (this host's and `B`'s clocks are only
@@ -56,7 +56,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// on a confirmation older than `G`.
 ///
 /// The guard measures on `CLOCK_BOOTTIME`, so a host that was suspended
-/// sees the elapsed time at once when it resumes.
+/// sees the elapsed time at once when it resumes. A guard frozen along
+/// with its watchdog (the whole host or service stopped) fires as soon as
+/// it runs again, within a [`GUARD_POLL`].
 pub const GUARD_GRACE: Duration = TICK.saturating_mul(ELECTION_TICKS as u32);
 
 /// How often the guard looks at its parent and at the clock.
