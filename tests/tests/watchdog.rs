@@ -105,6 +105,53 @@ async fn a_cut_leader_drops_the_ip_before_the_majority_takes_it() {
         .await;
 }
 
+/// A frozen leader's watchdog (SIGSTOP: a stalled process, a long pause)
+/// cannot release the IP itself; its guard drops it once the lead has gone
+/// unconfirmed for the guard's grace, before the new leader may take it,
+/// and the watchdog does not take it up again when it resumes.
+#[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leaders_watchdog_drops_the_ip_before_another_takes_it() {
+    use nix::sys::signal::Signal;
+    let fleet = Arc::new(Fleet::start(3));
+    let old = fleet.wait_serving().await;
+    let (stop, sampler) = sample_holders(&fleet);
+    let frozen = Instant::now();
+    fleet.signal_daemon(old, Daemon::Watchdog, Signal::SIGSTOP);
+    let live: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = fleet.wait_for_leader(Duration::from_secs(30), &live).await;
+    assert_ne!(new, old);
+    eprintln!(
+        "host {new} leads and holds the delegate IP {:?} after freezing host {old}'s watchdog",
+        frozen.elapsed()
+    );
+    // Frozen well past the new leader's acquisition, then thawed: it must
+    // not take the IP up again on its stale view of the lead.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    fleet.signal_daemon(old, Daemon::Watchdog, Signal::SIGCONT);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    let most = sampler.join().unwrap();
+    assert!(
+        most <= 1,
+        "{most} hosts held the delegate IP at once{}",
+        fleet.logs()
+    );
+    assert_eq!(fleet.vip_holders(), vec![new], "{}", fleet.logs());
+    // Its guard took the IP down, not the thawed watchdog (whose lease
+    // counts ticks and still believed in its lead).
+    assert!(
+        fleet
+            .log(old, Daemon::Watchdog)
+            .contains("has not confirmed its lead"),
+        "{}",
+        fleet.logs()
+    );
+    fleet
+        .wait_client_query(Duration::from_secs(30), "SELECT 1")
+        .await;
+}
+
 #[cfg_attr(not(lab), ignore = "needs root: lab hosts are network namespaces")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_primary_fails_over_once_and_every_proxy_follows() {

@@ -215,7 +215,7 @@ impl SimNode {
 
     fn perform_watchdog(&mut self, o: WOutput<WReply, OReply>, effects: &mut Vec<Effect>) {
         match o {
-            WOutput::Grant(_) | WOutput::Ask(_) | WOutput::Done => {}
+            WOutput::Grant(_) | WOutput::Ask(_) | WOutput::VipConfirmed(_) | WOutput::Done => {}
             WOutput::Send(m) => effects.push(Effect::Send {
                 to: m.to,
                 wire: Wire::Raft(m),

@@ -13,7 +13,7 @@ struct Args {
     #[arg(long, default_value = pgwarden_config::DEFAULT_CONFIG_PATH)]
     config: PathBuf,
     /// Internal: run as the delegate-IP guard of the parent watchdog.
-    #[arg(long, hide = true, requires_all = ["vip", "vip_down_cmd"])]
+    #[arg(long, hide = true, requires_all = ["vip", "vip_down_cmd", "vip_confirmed"])]
     vip_guard: bool,
     /// Internal: the delegate IP the guard takes down.
     #[arg(long, hide = true)]
@@ -21,6 +21,10 @@ struct Args {
     /// Internal: the command that takes it down.
     #[arg(long, hide = true)]
     vip_down_cmd: Option<String>,
+    /// Internal: when (`CLOCK_BOOTTIME` ms) a quorum last confirmed the
+    /// watchdog's lead as the guard starts; later ones come on stdin.
+    #[arg(long, hide = true)]
+    vip_confirmed: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -31,7 +35,9 @@ fn main() -> ExitCode {
             args.vip.unwrap_or_default(),
             args.vip_down_cmd.unwrap_or_default(),
         );
-        return pgwarden_watchdog::vip::guard(&ip, &cmd);
+        // Required with --vip-guard; 0 would take the IP down at once.
+        let confirmed = args.vip_confirmed.unwrap_or(0);
+        return pgwarden_watchdog::vip::guard(&ip, &cmd, confirmed);
     }
     pgwarden_daemon::run_main("pgwarden-watchdog", || run(args))
 }

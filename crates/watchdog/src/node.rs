@@ -44,6 +44,7 @@ use rand::{RngExt as _, SeedableRng as _};
 use crate::lease::{Lease, VipAction};
 
 use crate::logger::raft_logger;
+use crate::settings::{ELECTION_TICKS, HEARTBEAT_TICKS};
 use crate::state::{Applied, ClusterRecord, Command};
 use crate::storage::{DurableStorage, StorageError};
 
@@ -67,14 +68,15 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// The defaults for node `id` among `voters`: election after 10 ticks,
-    /// heartbeat every 2, a snapshot every 64 entries.
+    /// The defaults for node `id` among `voters`: election after
+    /// [`ELECTION_TICKS`] (10), heartbeat every [`HEARTBEAT_TICKS`] (2), a
+    /// snapshot every 64 entries.
     pub fn new(id: u64, voters: Vec<u64>) -> Self {
         Self {
             id,
             voters,
-            election_tick: 10,
-            heartbeat_tick: 2,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
             compact_every: 64,
             timeout_seed: None,
         }
@@ -662,11 +664,22 @@ impl WatchdogNode {
     /// generation (a withdrawn primary) was committed under the leader
     /// before it, and must not grant leases on an older one.
     pub fn lead_confirmed(&self) -> Option<u64> {
-        let term = self.raw.raft.term;
-        if !(self.is_leader()
-            && self.raw.raft.commit_to_current_term()
+        if !(self.raw.raft.commit_to_current_term()
             && self.applied >= self.raw.raft.raft_log.committed)
         {
+            return None;
+        }
+        self.confirmation()
+    }
+
+    /// While it leads, the time its lead in the current term was last
+    /// confirmed by a quorum ([`WatchdogNode::confirm_lead`]'s `at`), with
+    /// none of [`WatchdogNode::lead_confirmed`]'s conditions for granting:
+    /// no other leader can have been elected before it. The delegate-IP
+    /// guard ([`crate::vip`]) keeps the IP up only shortly after it.
+    pub fn confirmation(&self) -> Option<u64> {
+        let term = self.raw.raft.term;
+        if !self.is_leader() {
             return None;
         }
         self.confirmed.filter(|(t, _)| *t == term).map(|(_, at)| at)

@@ -72,8 +72,16 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
     // The delegate IP: its own task, so slow commands never stall Raft.
     // What the lease wants of the delegate IP: never waited on.
     let (vip_tx, vip_rx) = watch::channel::<Option<VipAction>>(None);
+    // While the lease holds: when a quorum last confirmed the lead (the
+    // delegate-IP guard's heartbeat, from this loop).
+    let (confirmed_tx, confirmed_rx) = watch::channel::<Option<u64>>(None);
     let (holding_tx, holding_rx) = watch::channel(false);
-    let vip_task = tokio::spawn(crate::vip::run(settings.clone(), vip_rx, holding_tx));
+    let vip_task = tokio::spawn(crate::vip::run(
+        settings.clone(),
+        vip_rx,
+        confirmed_rx,
+        holding_tx,
+    ));
 
     // Peers: the TCP server and one sender per peer.
     let (inbound_tx, mut inbound) = mpsc::channel::<Inbound>(1024);
@@ -232,6 +240,7 @@ pub async fn run(settings: Settings, shutdown: impl Future<Output = ()>) -> Resu
         probed: probed_tx,
         monitor_path,
         vip: vip_tx.clone(),
+        vip_confirmed: confirmed_tx,
         grants: grant_tx,
         asks: ask_tx,
         status: status_tx,
@@ -482,6 +491,7 @@ struct Tasks<'a> {
     probed: mpsc::Sender<bool>,
     monitor_path: std::path::PathBuf,
     vip: watch::Sender<Option<VipAction>>,
+    vip_confirmed: watch::Sender<Option<u64>>,
     grants: watch::Sender<Option<Grantable>>,
     asks: watch::Sender<Option<crate::core::LeaseAsk>>,
     status: watch::Sender<WatchdogStatus>,
@@ -507,6 +517,9 @@ impl Tasks<'_> {
             }
             Output::Vip(v) => {
                 self.vip.send_replace(Some(v));
+            }
+            Output::VipConfirmed(at) => {
+                self.vip_confirmed.send_replace(at);
             }
             Output::Status(s) => {
                 self.status.send_replace(*s);

@@ -7,8 +7,15 @@ use std::time::Duration;
 use pgwarden_config::Config;
 use pgwarden_tls::{Mutual, PemFile};
 
-/// How long one Raft tick lasts; elections take 10 ticks (1 s), heartbeats 2.
+/// How long one Raft tick lasts; elections take [`ELECTION_TICKS`] (1 s),
+/// heartbeats [`HEARTBEAT_TICKS`].
 pub const TICK: Duration = Duration::from_millis(100);
+/// The election timeout `E` in ticks: a follower that has not heard from
+/// its leader for this long (randomized up to twice) campaigns; the
+/// delegate-IP lease ([`crate::lease`]) counts in it.
+pub const ELECTION_TICKS: usize = 10;
+/// Ticks between a leader's heartbeats.
+pub const HEARTBEAT_TICKS: usize = 2;
 
 /// The watchdog's settings.
 #[derive(Clone)]

@@ -69,6 +69,8 @@ pub struct Core<R, O> {
     handover: Handover,
     seen: Seen,
     lease: ProxyLease,
+    /// The last [`Output::VipConfirmed`] given.
+    vip_confirmed: Option<u64>,
     /// Runs the node's `ready` (which writes and fsyncs): the daemon moves
     /// it off its async worker.
     blocking: fn(&mut dyn FnMut()),
@@ -98,6 +100,7 @@ impl<R, O> Core<R, O> {
             handover: Handover::default(),
             seen: Seen::default(),
             lease: ProxyLease::default(),
+            vip_confirmed: None,
             blocking: |f| f(),
             _operator: std::marker::PhantomData,
         }
@@ -280,7 +283,8 @@ impl<R, O> Core<R, O> {
     /// The node's work after every input and tick, in this order: its
     /// `ready` (durable first), the proxies' lease before any message goes
     /// out, the messages, a role change (a leader no more: its proposals
-    /// are answered), the delegate IP, the status, then the proposers
+    /// are answered), the delegate IP (the guard's heartbeat, then the
+    /// action), the status, then the proposers
     /// whose entries were applied (after the status, so an answered
     /// proposer reads the state it caused), the proposals out of time, and
     /// whether a node shutting down may stop.
@@ -312,6 +316,17 @@ impl<R, O> Core<R, O> {
             if !self.node.is_leader() {
                 self.proposals.lead_lost(out);
             }
+        }
+        // The guard's heartbeat before the acquisition it guards, so the
+        // delegate-IP task finds it when it brings the IP up.
+        let confirmed = self
+            .node
+            .holds_vip()
+            .then(|| self.node.confirmation())
+            .flatten();
+        if confirmed != self.vip_confirmed {
+            self.vip_confirmed = confirmed;
+            out.push(Output::VipConfirmed(confirmed));
         }
         if let Some(v) = done.vip {
             out.push(Output::Vip(v));

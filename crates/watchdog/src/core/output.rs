@@ -49,6 +49,13 @@ pub enum Output<R, O> {
     Send(Message),
     /// Acquire or release the delegate IP.
     Vip(VipAction),
+    /// While the lease holds the delegate IP, the time (`CLOCK_BOOTTIME`
+    /// ms) a quorum last confirmed this node's lead
+    /// ([`WatchdogNode::confirmation`](crate::WatchdogNode::confirmation));
+    /// `None` while it does not hold. Given when it changed, which while
+    /// holding is about every tick: the delegate-IP guard's heartbeat
+    /// ([`crate::vip`]), which stops when this loop stalls.
+    VipConfirmed(Option<u64>),
     /// What the API shows from now on.
     Status(Box<WatchdogStatus>),
     /// Answer a proposer (`None`: nobody waits for it).

@@ -682,6 +682,68 @@ fn a_confirmed_leader_grants_and_leases_its_own_proxies() {
     assert_eq!(net.core(leader).proposals.len(), 0);
 }
 
+// === the delegate IP ===
+
+#[test]
+fn the_leader_beats_for_the_delegate_ip_guard_while_its_lease_holds() {
+    let mut net = Net::new(3, 10);
+    let leader = net.elect();
+    // Past the lease's wait of two election timeouts: the IP is taken.
+    net.run(25);
+    let log = &net.log[&leader];
+    let acquired = log
+        .iter()
+        .position(|o| matches!(o, Output::Vip(crate::VipAction::Acquire)))
+        .expect("the leader acquires");
+    // The heartbeat comes first, so the IP task finds it as it takes the IP.
+    assert!(
+        matches!(log[acquired - 1], Output::VipConfirmed(Some(_))),
+        "{:?}",
+        &log[acquired - 1]
+    );
+    // Then one per tick (a new confirmation each), from the time a quorum
+    // confirmed the lead.
+    let beats: Vec<Option<u64>> = picked(&log[acquired..], |o| match o {
+        Output::VipConfirmed(c) => Some(*c),
+        _ => None,
+    });
+    assert!(beats.len() >= 4, "{beats:?}");
+    assert!(beats.windows(2).all(|w| w[0] < w[1]), "{beats:?}");
+    assert_eq!(
+        beats.last().copied().flatten(),
+        net.node(leader).confirmation()
+    );
+    // Followers never beat.
+    for (id, log) in &net.log {
+        if *id != leader {
+            assert!(
+                !log.iter()
+                    .any(|o| matches!(o, Output::VipConfirmed(Some(_)))),
+                "node {id}"
+            );
+        }
+    }
+    // Cut off from the majority: no more confirmations; the lease's release
+    // comes with the end of the heartbeat.
+    net.isolate(leader);
+    let before = net.log[&leader].len();
+    net.run(25);
+    let after = &net.log[&leader][before..];
+    let beats: Vec<Option<u64>> = picked(after, |o| match o {
+        Output::VipConfirmed(c) => Some(*c),
+        _ => None,
+    });
+    assert_eq!(beats, vec![None], "{after:?}");
+    let stopped = after
+        .iter()
+        .position(|o| matches!(o, Output::VipConfirmed(None)))
+        .unwrap();
+    assert!(matches!(
+        after[stopped + 1],
+        Output::Vip(crate::VipAction::Release)
+    ));
+}
+
 // === storage ===
 
 #[test]
