@@ -276,11 +276,14 @@ async fn run_with(
                 escalate(&settings, action).await;
             }
             status = exited(&mut guard) => {
-                // The guard took the IP down (the watchdog's lead went
-                // unconfirmed: this process was stalled or frozen).
+                // The guard fired (the watchdog's lead went unconfirmed:
+                // this process was stalled or frozen). Its if_down_cmd may
+                // have failed, or raced an if_up_cmd: the IP is taken down
+                // here too, so it is known down whatever comes next.
                 guard = None;
-                holding.send_replace(false);
                 let ip = settings.delegate_ip.map(|i| i.to_string()).unwrap_or_default();
+                run_command("if_down_cmd", &settings.if_down_cmd, &ip).await;
+                holding.send_replace(false);
                 let newest = *confirmed.borrow();
                 let now = pgwarden_proto::lease::monotonic_ms();
                 let age = newest.map(|c| Duration::from_millis(now.saturating_sub(c)));
@@ -415,13 +418,30 @@ pub fn guard(ip: &str, if_down_cmd: &str, confirmed: u64) -> std::process::ExitC
         ),
     }
     let command = if_down_cmd.replace("$_IP_$", ip);
-    match std::process::Command::new("/bin/sh")
+    let Ok(mut child) = std::process::Command::new("/bin/sh")
         .arg("-c")
         .arg(&command)
-        .status()
-    {
-        Ok(s) if s.success() => std::process::ExitCode::SUCCESS,
-        _ => std::process::ExitCode::FAILURE,
+        .spawn()
+    else {
+        return std::process::ExitCode::FAILURE;
+    };
+    // Bounded like the watchdog's own commands: a hung if_down_cmd must
+    // not leave a guard the watchdog takes for a live one.
+    let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) if s.success() => return std::process::ExitCode::SUCCESS,
+            Ok(Some(_)) | Err(_) => return std::process::ExitCode::FAILURE,
+            Ok(None) if std::time::Instant::now() >= deadline => {
+                eprintln!(
+                    "pgwarden-watchdog: if_down_cmd still runs after {COMMAND_TIMEOUT:?}: killed"
+                );
+                let _ = child.kill();
+                let _ = child.wait();
+                return std::process::ExitCode::FAILURE;
+            }
+            Ok(None) => std::thread::sleep(GUARD_POLL),
+        }
     }
 }
 
@@ -625,6 +645,17 @@ mod tests {
         holding.wait_for(|h| *h).await.unwrap();
         let l = log.clone();
         wait("the guard replaced twice", Box::new(move || ups(&l) >= 3)).await;
+        // Each time a guard exited (this fake one runs no if_down_cmd, as a
+        // guard killed or whose command failed), the IP was taken down
+        // before it came up again: never up twice in a row.
+        let ran = std::fs::read_to_string(&log).unwrap();
+        let lines: Vec<&str> = ran.lines().collect();
+        assert!(
+            lines
+                .windows(2)
+                .all(|w| !(w[0].starts_with("up") && w[1].starts_with("up"))),
+            "{ran}"
+        );
 
         // The loop stalls: no new confirmations. Once the newest is older
         // than the grace, a fired guard is not replaced, the IP stays down.
@@ -632,8 +663,11 @@ mod tests {
         beater.await.unwrap();
         // By then the newest confirmation is past the grace and the last
         // guard started on it has fired.
-        tokio::time::sleep(GUARD_GRACE + Duration::from_millis(600)).await;
-        assert!(!*holding.borrow(), "down once unconfirmed for the grace");
+        tokio::time::sleep(GUARD_GRACE).await;
+        tokio::time::timeout(Duration::from_secs(10), holding.wait_for(|h| !*h))
+            .await
+            .expect("down once unconfirmed for the grace")
+            .unwrap();
         let settled = ups(&log);
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(ups(&log), settled, "not taken up again while unconfirmed");

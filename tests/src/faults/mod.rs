@@ -71,14 +71,24 @@ pub struct Outcome {
     pub failure: Option<String>,
 }
 
+/// The lab's `replication_check.max_lag_bytes` (the default, 16 MiB): with
+/// asynchronous replication, no failover may lose more WAL than this.
+pub const MAX_LAG_BYTES: u64 = 16 * 1024 * 1024;
+
 impl Outcome {
-    /// Whether the schedule broke nothing (in synchronous mode a lost
-    /// acknowledged write breaks it).
+    /// Whether the schedule broke nothing: in synchronous mode a lost
+    /// acknowledged write breaks it; in asynchronous mode lost writes are
+    /// counted, and a failover that lost more WAL than [`MAX_LAG_BYTES`]
+    /// breaks it.
     pub fn ok(&self, synchronous: bool) -> bool {
         self.failure.is_none()
             && self.dual_primary == 0
             && self.vip_samples.1 == 0
-            && (!synchronous || self.lost.is_empty())
+            && if synchronous {
+                self.lost.is_empty()
+            } else {
+                self.rpo_bytes <= MAX_LAG_BYTES
+            }
     }
 }
 
