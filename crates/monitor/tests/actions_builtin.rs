@@ -417,3 +417,65 @@ async fn set_synchronous_returns_once_every_wal_sender_took_the_new_setting() {
         .unwrap();
     assert_eq!(states(), "pg1=1:quorum pg2=0:async", "once it runs again");
 }
+
+/// A failover.user that may set synchronous_standby_names but not see the
+/// WAL senders' details is told at once what to grant, instead of waiting
+/// for senders it cannot see until the timeout; with pg_read_all_stats it
+/// works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_synchronous_says_what_to_grant_when_the_login_cannot_see_the_wal_senders() {
+    let cluster = Cluster::builder().standbys(1).start().unwrap();
+    cluster
+        .create_user(
+            "syncer",
+            "syncer-secret",
+            pgwarden_testkit::PasswordKind::Scram,
+        )
+        .unwrap();
+    cluster
+        .node(0)
+        .psql(
+            "REVOKE pg_monitor FROM syncer; \
+             GRANT ALTER SYSTEM ON PARAMETER synchronous_standby_names TO syncer; \
+             GRANT EXECUTE ON FUNCTION pg_reload_conf() TO syncer",
+        )
+        .unwrap();
+    let syncer = SqlLogin {
+        user: "syncer".to_owned(),
+        password: Some("syncer-secret".to_owned()),
+        ..login()
+    };
+    let primary = target(0, cluster.node(0));
+    let members = vec!["pg1".to_owned()];
+    let names = "ANY 1 (\"pg1\")";
+    let started = Instant::now();
+    let refused = pgwarden_monitor::actions::builtin::set_synchronous(
+        &primary, &syncer, names, &members, WAIT,
+    )
+    .await;
+    match refused {
+        Err(ActionError::Sql { message, .. }) => {
+            assert!(message.contains("grant it pg_read_all_stats"), "{message}")
+        }
+        other => panic!("without pg_read_all_stats: {other:?}"),
+    }
+    assert!(
+        started.elapsed() < WAIT / 2,
+        "said at once: {:?}",
+        started.elapsed()
+    );
+    cluster
+        .node(0)
+        .psql("GRANT pg_read_all_stats TO syncer")
+        .unwrap();
+    pgwarden_monitor::actions::builtin::set_synchronous(&primary, &syncer, names, &members, WAIT)
+        .await
+        .unwrap();
+    assert_eq!(
+        cluster
+            .node(0)
+            .psql("SELECT sync_state FROM pg_stat_replication WHERE application_name = 'pg1'")
+            .unwrap(),
+        "quorum"
+    );
+}

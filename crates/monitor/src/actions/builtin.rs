@@ -421,13 +421,21 @@ async fn unfence(
 /// before the primary's WAL position is read. It is signalled with them.
 const RELOAD_GRACE: Duration = Duration::from_millis(200);
 
-/// Connected WAL senders whose own view of `synchronous_standby_names`
-/// does not match the standbys `$1` names (lower case): each sender
-/// re-reads the setting itself and publishes its `sync_priority` (above 0
-/// for a named standby, 0 for any other), and the senders are the ones
-/// that acknowledge commits.
-const WAL_SENDERS_BEHIND: &str = "SELECT count(*) FROM pg_stat_replication \
-     WHERE (sync_priority > 0) IS DISTINCT FROM (lower(application_name) = ANY ($1::text[]))";
+/// Of the WAL senders streaming to standbys: how many have an own view of
+/// `synchronous_standby_names` that does not match the standbys `$1`
+/// names (ASCII lower case, as PostgreSQL compares them), and how many
+/// this login may not see the details of. Each sender re-reads the setting
+/// itself and publishes its `sync_priority` (above 0 for a named standby, 0
+/// for any other), and the senders are the ones that acknowledge commits.
+/// Senders of base backups, and those still starting, are left out; for a
+/// role that is neither superuser nor member of `pg_read_all_stats`,
+/// PostgreSQL shows every column but the pid as NULL.
+const WAL_SENDERS_BEHIND: &str = "SELECT \
+       count(*) FILTER (WHERE sync_priority IS NOT NULL AND (sync_priority > 0) IS DISTINCT FROM \
+         (translate(application_name, 'ABCDEFGHIJKLMNOPQRSTUVWXYZ', 'abcdefghijklmnopqrstuvwxyz') \
+          = ANY ($1::text[]))), \
+       count(*) FILTER (WHERE sync_priority IS NULL) \
+     FROM pg_stat_replication WHERE state IS NULL OR state IN ('catchup', 'streaming')";
 
 /// An empty transaction committed without waiting for any standby: its
 /// commit record is WAL the standbys receive, flush and answer at once. A
@@ -485,7 +493,7 @@ pub async fn set_synchronous(
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
-    let lower: Vec<String> = members.iter().map(|m| m.to_lowercase()).collect();
+    let lower: Vec<String> = members.iter().map(|m| m.to_ascii_lowercase()).collect();
     loop {
         let row = session
             .query_one(
@@ -496,6 +504,17 @@ pub async fn set_synchronous(
             )
             .await?;
         let behind: i64 = session.column("count the WAL senders behind", &row, 0)?;
+        let hidden: i64 = session.column("count the WAL senders not shown", &row, 1)?;
+        if hidden > 0 {
+            return Err(ActionError::Sql {
+                target: session.label().to_owned(),
+                message: format!(
+                    "failover.user may not see the WAL senders' sync_priority in pg_stat_replication \
+                     ({hidden} hidden), so it cannot check they took synchronous_standby_names in: \
+                     grant it pg_read_all_stats (or pg_monitor)"
+                ),
+            });
+        }
         if behind == 0 {
             break;
         }
@@ -511,9 +530,14 @@ pub async fn set_synchronous(
         tokio::time::sleep(POLL_INTERVAL).await;
     }
     tokio::time::sleep(RELOAD_GRACE).await;
-    session
+    // Only a delay when it fails (waiting commits go on at the standbys'
+    // next own report): the setting itself is made.
+    if let Err(e) = session
         .execute_simple("have the standbys answer", NUDGE_STANDBYS, limit(deadline))
-        .await?;
+        .await
+    {
+        tracing::warn!(backend = %session.label(), error = %e, "could not have the standbys answer at once; commits waiting for them go on at their next report");
+    }
     let lsn: PgLsn = session
         .query_value(
             "read the WAL position",
