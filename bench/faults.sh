@@ -12,7 +12,8 @@
 # must be on the final primary (with --sync or --strict; counted otherwise),
 # no write may have been taken by a stale or second primary, and no two
 # hosts that can run code may have held the delegate IP (sampled every
-# 50 ms). One line per schedule, then
+# 50 ms; a frozen host is also cut off, like a paused machine, until it let
+# go of the IP). One line per schedule, then
 #   faults: schedules=N lost_acked=X dual_primary=Y dual_vip=Z max_unavailable_s=T
 # A failing schedule prints its seed (replay: --seed S --schedules 1) and
 # leaves the daemons' logs in --log-dir (default /tmp).

@@ -123,7 +123,7 @@ fn main() -> ExitCode {
         let o = rt.block_on(faults::run(seed, &args.options));
         lost += o.lost.len();
         dual_primary += o.dual_primary;
-        dual_vip += o.vip_samples.1;
+        dual_vip += o.vip.dual;
         worst = worst.max(o.unavailable);
         let verdict = if o.ok(sync) {
             "ok".to_owned()
@@ -143,8 +143,8 @@ fn main() -> ExitCode {
             o.unacked,
             o.lost.len(),
             o.dual_primary,
-            o.vip_samples.1,
-            o.vip_samples.0,
+            o.vip.dual,
+            o.vip.samples,
             o.unavailable.as_secs_f64(),
             o.settle_max.as_secs_f64(),
             o.rpo_bytes,
@@ -152,8 +152,14 @@ fn main() -> ExitCode {
             o.reads.0 + o.reads.1,
             o.steps.join("; "),
         );
-        if !o.dual_vip_seen.is_empty() {
-            println!("  two delegate-IP holders: {}", o.dual_vip_seen.join(", "));
+        if !o.vip.seen.is_empty() {
+            println!("  two delegate-IP holders: {}", o.vip.seen.join(", "));
+        }
+        if o.vip.unreadable > 0 || o.malformed > 0 {
+            println!(
+                "  unreadable: {} reads of a host's addresses, {} answers to acknowledged writes",
+                o.vip.unreadable, o.malformed
+            );
         }
         if !o.lost.is_empty() {
             let some: Vec<String> = o.lost.iter().take(10).map(|k| k.to_string()).collect();

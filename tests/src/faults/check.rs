@@ -39,8 +39,10 @@ pub fn lost(acks: &[Ack], present: &HashSet<i64>) -> Vec<i64> {
 /// (two standbys promoted to one timeline), or one sent after a write on a
 /// newer timeline was acknowledged and yet acknowledged on an older one (an
 /// old primary still taking writes after the new one did). Each such
-/// write once.
+/// write once. Writes on an unknown timeline (0) are left out.
 pub fn dual_primary(acks: &[Ack]) -> Vec<Ack> {
+    let known: Vec<Ack> = acks.iter().filter(|a| a.timeline != 0).cloned().collect();
+    let acks = known.as_slice();
     let mut servers: BTreeMap<u32, BTreeSet<&str>> = BTreeMap::new();
     for a in acks {
         servers.entry(a.timeline).or_default().insert(&a.server);

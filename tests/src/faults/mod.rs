@@ -56,10 +56,12 @@ pub struct Outcome {
     pub lost: Vec<i64>,
     /// Writes a stale or second primary took ([`check::dual_primary`]).
     pub dual_primary: usize,
-    /// Delegate-IP samples, and those with two holders.
-    pub vip_samples: (u64, u64),
-    /// The first few two-holder samples.
-    pub dual_vip_seen: Vec<String>,
+    /// What the delegate-IP sampler saw.
+    pub vip: nemesis::Sampled,
+    /// Acknowledged writes whose answer could not be read (they count as
+    /// acknowledged, on an unknown server and timeline, and fail the
+    /// schedule: the checks would be blind to them).
+    pub malformed: u64,
     /// The longest time without an acknowledged write.
     pub unavailable: Duration,
     /// The longest time the cluster took to settle after a fault.
@@ -83,7 +85,8 @@ impl Outcome {
     pub fn ok(&self, synchronous: bool) -> bool {
         self.failure.is_none()
             && self.dual_primary == 0
-            && self.vip_samples.1 == 0
+            && self.vip.dual == 0
+            && self.malformed == 0
             && if synchronous {
                 self.lost.is_empty()
             } else {
@@ -191,9 +194,8 @@ async fn schedule(
     let result = faults(fleet, seed, options, want, &clients, &frozen, outcome).await;
     let end = epoch.elapsed();
     let seen = clients.stop();
-    let (samples, dual, dual_seen) = sampler.stop();
-    outcome.vip_samples = (samples, dual);
-    outcome.dual_vip_seen = dual_seen;
+    outcome.vip = sampler.stop();
+    outcome.malformed = seen.malformed;
     outcome.acked = seen.acks.len();
     outcome.unacked = seen.unacked;
     outcome.reads = (seen.reads, seen.failed_reads);
@@ -225,7 +227,7 @@ async fn schedule(
         .psql_db("app", "SELECT k FROM acks")?;
     let present: HashSet<i64> = rows.lines().filter_map(|l| l.trim().parse().ok()).collect();
     outcome.lost = check::lost(&seen.acks, &present);
-    outcome.rpo_bytes = rpo_bytes(fleet, primary);
+    outcome.rpo_bytes = rpo_bytes(fleet, primary)?;
     Ok(())
 }
 
@@ -261,13 +263,13 @@ async fn faults(
             nemesis::InForce::Done(what) => format!("{step} ({what})"),
             other => format!("{step} ({})", host_of(other)),
         };
-        let undone = epoch_now(clients);
+        let before_settling = newest_ack(clients);
         let settled = settle(fleet, want, options.settle_bound).await;
         outcome.steps.push(note.clone());
         let took = settled.map_err(|e| anyhow::anyhow!("after {note}: {e}"))?;
         outcome.settle_max = outcome.settle_max.max(took);
         anyhow::ensure!(
-            wait_ack(undone).await,
+            wait_ack(before_settling).await,
             "after {note}: no write acknowledged within {:?} of the cluster settling",
             options.settle_bound
         );
@@ -277,7 +279,7 @@ async fn faults(
 }
 
 /// The time of the newest acknowledgement, as a point to wait past.
-fn epoch_now(clients: &Workload) -> Duration {
+fn newest_ack(clients: &Workload) -> Duration {
     clients.last_ack().unwrap_or(Duration::ZERO)
 }
 
@@ -293,17 +295,16 @@ fn host_of(f: &nemesis::InForce) -> String {
 }
 
 /// The largest `rpo_bytes` in the history, as the node of `host` says.
-fn rpo_bytes(fleet: &Fleet, host: usize) -> u64 {
+fn rpo_bytes(fleet: &Fleet, host: usize) -> anyhow::Result<u64> {
     let run = crate::pgwardenctl(&fleet.config(host), &["--json", "history"]);
-    serde_json::from_str::<serde_json::Value>(&run.stdout)
-        .ok()
-        .and_then(|v| {
-            v["records"].as_array().map(|rs| {
-                rs.iter()
-                    .filter_map(|r| r["rpo_bytes"].as_u64())
-                    .max()
-                    .unwrap_or(0)
-            })
-        })
-        .unwrap_or(0)
+    anyhow::ensure!(run.code == 0, "pgwardenctl history: {}", run.stderr.trim());
+    let v: serde_json::Value = serde_json::from_str(&run.stdout)?;
+    let records = v["records"].as_array().ok_or_else(|| {
+        anyhow::anyhow!("pgwardenctl --json history: no records in {}", run.stdout)
+    })?;
+    Ok(records
+        .iter()
+        .filter_map(|r| r["rpo_bytes"].as_u64())
+        .max()
+        .unwrap_or(0))
 }

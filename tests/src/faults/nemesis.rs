@@ -26,7 +26,9 @@ pub enum InForce {
     KilledPostgres(usize),
     /// Daemon stopped: continued.
     Stopped(usize, Daemon),
-    /// Every process of the host stopped: continued.
+    /// Every process of the host stopped and its link cut, like a paused
+    /// virtual machine: continued, then (once it let go of the delegate IP)
+    /// plugged in again.
     Frozen(usize, Vec<i32>),
     /// Nothing to undo (a restart, a switchover), with what happened.
     Done(String),
@@ -121,11 +123,14 @@ pub async fn apply(fleet: &mut Fleet, fault: Fault, frozen: &Frozen) -> anyhow::
             for p in &pids {
                 let _ = kill(Pid::from_raw(*p), Signal::SIGSTOP);
             }
+            // A paused machine's kernel does not answer either (a stopped
+            // host's would, for the delegate IP it still has).
+            fleet.lab.cut(h)?;
             InForce::Frozen(h, pids)
         }
         Fault::RestartDaemon(t, d) => {
             let h = resolve(fleet, t).await;
-            fleet.restart_daemon(h, d);
+            tokio::task::block_in_place(|| fleet.restart_daemon(h, d));
             InForce::Done(format!("restarted {} on host {h}", d.bin()))
         }
         Fault::Switchover(t) => {
@@ -149,6 +154,12 @@ pub async fn apply(fleet: &mut Fleet, fault: Fault, frozen: &Frozen) -> anyhow::
     })
 }
 
+/// How long a host woken from a freeze may take to let go of a delegate IP
+/// it held: its guard notices at once (it checks every 50 ms against
+/// `CLOCK_BOOTTIME`) and runs `if_down_cmd`. Until then, or this long, it
+/// stays cut off and is not sampled; past it, it counts again.
+const THAW_RELEASE: Duration = Duration::from_secs(2);
+
 /// Undoes a fault in force.
 pub fn undo(fleet: &mut Fleet, f: &InForce, frozen: &Frozen) -> anyhow::Result<()> {
     match f {
@@ -166,7 +177,14 @@ pub fn undo(fleet: &mut Fleet, f: &InForce, frozen: &Frozen) -> anyhow::Result<(
             for p in pids {
                 let _ = kill(Pid::from_raw(*p), Signal::SIGCONT);
             }
+            let (host, vip) = (fleet.lab.host(*h), fleet.lab.delegate_ip());
+            let _ = pgwarden_testkit::wait_until(
+                THAW_RELEASE,
+                "the woken host to let go of the IP",
+                || host.addresses().is_ok_and(|a| !a.contains(&vip)),
+            );
             frozen.set(*h, false);
+            fleet.lab.heal(*h)?;
         }
         InForce::Done(_) => {}
     }
@@ -191,8 +209,8 @@ fn host_pids(host: &Host) -> anyhow::Result<Vec<i32>> {
         .collect())
 }
 
-/// Which hosts are frozen (they cannot run code, so an address left on
-/// them is no second holder).
+/// Which hosts are frozen (they cannot run code, and are cut off like a
+/// paused machine, so an address left on them is no second holder).
 #[derive(Debug, Default)]
 pub struct Frozen(AtomicU64);
 
@@ -211,10 +229,24 @@ impl Frozen {
     }
 }
 
+/// What the delegate-IP sampler saw.
+#[derive(Debug, Default)]
+pub struct Sampled {
+    /// Samples taken.
+    pub samples: u64,
+    /// Samples with two holders (seen again in a second pass).
+    pub dual: u64,
+    /// The first few of those.
+    pub seen: Vec<String>,
+    /// Reads of a host's addresses that failed (that host unknown in
+    /// that sample).
+    pub unreadable: u64,
+}
+
 /// Samples who holds the delegate IP every 50 ms until stopped.
 pub struct VipSampler {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<(u64, u64, Vec<String>)>>,
+    thread: Option<std::thread::JoinHandle<Sampled>>,
 }
 
 impl VipSampler {
@@ -223,43 +255,39 @@ impl VipSampler {
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
-            let (mut samples, mut dual) = (0u64, 0u64);
-            let mut seen = Vec::new();
+            let mut out = Sampled::default();
             let epoch = std::time::Instant::now();
-            let holders = |order: &mut dyn Iterator<Item = usize>| -> Vec<usize> {
-                let mut h: Vec<usize> = order
-                    .filter(|i| !frozen.is(*i))
-                    .filter(|i| {
-                        hosts[*i]
-                            .addresses()
-                            .map(|a| a.contains(&vip))
-                            .unwrap_or(false)
-                    })
-                    .collect();
-                h.sort();
+            let holders = |order: &mut dyn Iterator<Item = usize>, unreadable: &mut u64| {
+                let mut h = Vec::new();
+                for i in order.filter(|i| !frozen.is(*i)) {
+                    match hosts[i].addresses() {
+                        Ok(a) if a.contains(&vip) => h.push(i),
+                        Ok(_) => {}
+                        Err(_) => *unreadable += 1,
+                    }
+                }
+                h.sort_unstable();
                 h
             };
             while !s.load(Ordering::Relaxed) {
-                samples += 1;
-                let first = holders(&mut (0..hosts.len()));
+                out.samples += 1;
+                let first = holders(&mut (0..hosts.len()), &mut out.unreadable);
                 // Two holders read one after the other may be a hand-over
                 // between the reads: a second pass in the other order
                 // must see both again.
                 if first.len() > 1 {
-                    let again = holders(&mut (0..hosts.len()).rev());
+                    let again = holders(&mut (0..hosts.len()).rev(), &mut out.unreadable);
                     if again.len() > 1 && again == first {
-                        dual += 1;
-                        if seen.len() < 5 {
-                            seen.push(format!(
-                                "hosts {first:?} at {:.1}s",
-                                epoch.elapsed().as_secs_f64()
-                            ));
+                        out.dual += 1;
+                        if out.seen.len() < 5 {
+                            let at = epoch.elapsed().as_secs_f64();
+                            out.seen.push(format!("hosts {first:?} at {at:.1}s"));
                         }
                     }
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            (samples, dual, seen)
+            out
         });
         VipSampler {
             stop,
@@ -267,9 +295,8 @@ impl VipSampler {
         }
     }
 
-    /// Stops sampling: (samples, samples with two holders, the first few
-    /// of those).
-    pub fn stop(mut self) -> (u64, u64, Vec<String>) {
+    /// Stops sampling: what it saw.
+    pub fn stop(mut self) -> Sampled {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .take()

@@ -30,6 +30,9 @@ pub struct Seen {
     /// Writes that failed or got no answer in time (not acknowledged:
     /// they may or may not have committed).
     pub unacked: u64,
+    /// Writes acknowledged whose answer could not be read (in `acks`, on
+    /// server `?` and timeline 0).
+    pub malformed: u64,
     /// Reads answered.
     pub reads: u64,
     /// Reads that failed.
@@ -157,25 +160,26 @@ async fn writer(
             let acked = epoch.elapsed();
             let ok = {
                 let mut s = seen.lock().unwrap_or_else(|p| p.into_inner());
-                let row = match answer {
-                    Ok(Ok(row)) => row
-                        .try_get::<_, String>(0)
-                        .ok()
-                        .zip(row.try_get::<_, String>(1).ok()),
-                    _ => None,
-                };
-                match row {
-                    Some((server, walfile)) => {
+                match answer {
+                    Ok(Ok(row)) => {
+                        let server = row.try_get::<_, String>(0).ok();
+                        let timeline = row
+                            .try_get::<_, String>(1)
+                            .ok()
+                            .and_then(|w| timeline_of(&w));
+                        if server.is_none() || timeline.is_none() {
+                            s.malformed += 1;
+                        }
                         s.acks.push(Ack {
                             key,
                             sent,
                             acked,
-                            server,
-                            timeline: timeline_of(&walfile).unwrap_or(0),
+                            server: server.unwrap_or_else(|| "?".to_owned()),
+                            timeline: timeline.unwrap_or(0),
                         });
                         true
                     }
-                    None => {
+                    _ => {
                         s.unacked += 1;
                         false
                     }
