@@ -152,7 +152,9 @@ fn guard_command(ip: &str, if_down_cmd: &str, confirmed: u64) -> Option<tokio::p
 
 /// A running guard, and the task feeding it the lead confirmations.
 struct Guard {
+    /// The guard process (`pgwarden-watchdog --vip-guard`).
     child: tokio::process::Child,
+    /// Writes each new lead confirmation to its stdin.
     feeder: tokio::task::JoinHandle<()>,
 }
 
@@ -445,6 +447,8 @@ pub fn guard(ip: &str, if_down_cmd: &str, confirmed: u64) -> std::process::ExitC
     }
 }
 
+/// Runs `escalation_cmd` after an acquire, `de_escalation_cmd` after a
+/// release, when set (pgpool-II's escalation hooks).
 async fn escalate(settings: &Settings, action: VipAction) {
     let (name, cmd) = match action {
         VipAction::Acquire => ("escalation_cmd", &settings.escalation_cmd),

@@ -47,9 +47,11 @@ pub async fn settle(fleet: &Fleet, want: Want, bound: Duration) -> Result<Durati
     Err(format!("not settled after {bound:?}: {wrong}"))
 }
 
+/// What keeps the cluster from being settled.
 enum Wrong {
     /// A backend is detached: (leader host, backend name).
     Detached(usize, String),
+    /// Anything else, said in words.
     Other(String),
 }
 
@@ -62,10 +64,12 @@ impl std::fmt::Display for Wrong {
     }
 }
 
+/// [`Wrong::Other`] from words.
 fn other(s: impl Into<String>) -> Wrong {
     Wrong::Other(s.into())
 }
 
+/// One look at the cluster: `Ok` when it is settled (see [`settle`]).
 async fn check(fleet: &Fleet, want: Want) -> Result<(), Wrong> {
     let n = fleet.nodes.len();
     let mut leaders = Vec::new();
