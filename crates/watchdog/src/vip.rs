@@ -283,7 +283,7 @@ async fn run_with(
                 // have failed, or raced an if_up_cmd: the IP is taken down
                 // here too, so it is known down whatever comes next.
                 guard = None;
-                let ip = settings.delegate_ip.map(|i| i.to_string()).unwrap_or_default();
+                let ip = ip_text(&settings);
                 run_command("if_down_cmd", &settings.if_down_cmd, &ip).await;
                 holding.send_replace(false);
                 let newest = *confirmed.borrow();
@@ -312,7 +312,7 @@ async fn run_with(
                 let now = pgwarden_proto::lease::monotonic_ms();
                 let newest = *confirmed.borrow_and_update();
                 if after_guard(done, newest, now) == AfterGuard::TakeAgain {
-                    let ip = settings.delegate_ip.map(|i| i.to_string()).unwrap_or_default();
+                    let ip = ip_text(&settings);
                     tracing::info!(%ip, "the lead is confirmed again: taking the delegate IP again");
                     (guard, awaiting) = take(&settings, &ip, &confirmed, &holding, command).await.split();
                 }
@@ -447,6 +447,14 @@ pub fn guard(ip: &str, if_down_cmd: &str, confirmed: u64) -> std::process::ExitC
     }
 }
 
+/// The delegate IP as the commands' `$_IP_$` (empty when none is set).
+fn ip_text(settings: &Settings) -> String {
+    settings
+        .delegate_ip
+        .map(|i| i.to_string())
+        .unwrap_or_default()
+}
+
 /// Runs `escalation_cmd` after an acquire, `de_escalation_cmd` after a
 /// release, when set (pgpool-II's escalation hooks).
 async fn escalate(settings: &Settings, action: VipAction) {
@@ -455,10 +463,7 @@ async fn escalate(settings: &Settings, action: VipAction) {
         VipAction::Release => ("de_escalation_cmd", &settings.de_escalation_cmd),
     };
     if !cmd.is_empty() {
-        let ip = settings
-            .delegate_ip
-            .map(|i| i.to_string())
-            .unwrap_or_default();
+        let ip = ip_text(settings);
         run_command(name, cmd, &ip).await;
     }
 }
@@ -702,22 +707,14 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pgwarden-vip-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("log");
+        // No delegate IP: only the escalation commands run.
         let settings = Settings {
-            node_name: "n".into(),
-            runtime_dir: dir.clone(),
-            state_dir: dir.clone(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            members: vec!["n".into()],
-            id: 1,
-            key: vec![0; 32],
             delegate_ip: None,
             if_up_cmd: String::new(),
             if_down_cmd: String::new(),
-            arping_cmd: String::new(),
             escalation_cmd: format!("sleep 0.5; echo up >> {}", log.display()),
             de_escalation_cmd: format!("echo down >> {}", log.display()),
-            metrics_listen: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
+            ..settings_in(&dir, &log)
         };
         let (tx, rx) = watch::channel(None);
         let (_confirmed, confirmed) = watch::channel(None);

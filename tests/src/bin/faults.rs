@@ -110,7 +110,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let sync = args.options.synchronous_mode != "off";
+    let sync = args.options.synchronous();
     println!(
         "faults: {} schedules from seed {}, synchronous_mode={}, {} faults each",
         args.schedules, args.seed, args.options.synchronous_mode, args.options.faults

@@ -39,6 +39,13 @@ pub struct Options {
     pub log_dir: std::path::PathBuf,
 }
 
+impl Options {
+    /// Whether a standby is synchronous (`--sync` or `--strict`).
+    pub fn synchronous(&self) -> bool {
+        self.synchronous_mode != "off"
+    }
+}
+
 /// What one schedule found.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -129,9 +136,7 @@ pub async fn run(seed: u64, options: &Options) -> Outcome {
         Ok(Err(e)) => outcome.failure = Some(format!("{e:#}")),
         Err(p) => outcome.failure = Some(panic_text(&p)),
     }
-    if !outcome.ok(options.synchronous_mode != "off")
-        || std::env::var_os("PGWARDEN_FAULTS_LOGS").is_some()
-    {
+    if !outcome.ok(options.synchronous()) || std::env::var_os("PGWARDEN_FAULTS_LOGS").is_some() {
         let path = options.log_dir.join(format!("faults-seed-{seed}.log"));
         let mut text = fleet.logs_tail(4000);
         for n in fleet.cluster.nodes() {
@@ -167,7 +172,7 @@ async fn schedule(
     outcome: &mut Outcome,
 ) -> anyhow::Result<()> {
     let want = Want {
-        synchronous: options.synchronous_mode != "off",
+        synchronous: options.synchronous(),
     };
     fleet.wait_serving().await;
     settle(fleet, want, options.settle_bound)
