@@ -79,6 +79,9 @@ pub struct ProxyOptions {
     pub extra: Vec<String>,
     /// `backends[].weight` by position (unset ones keep the default).
     pub weights: Vec<u32>,
+    /// Extra lines for the `[monitor]` table (`$METRICS_PORT` in them
+    /// becomes the port of its `metrics_listen`).
+    pub monitor_lines: Vec<String>,
 }
 
 impl Default for ProxyOptions {
@@ -93,6 +96,7 @@ impl Default for ProxyOptions {
             failover: Vec::new(),
             extra: Vec::new(),
             weights: Vec::new(),
+            monitor_lines: Vec::new(),
         }
     }
 }
@@ -194,10 +198,16 @@ impl Proxy {
         let (proxy_metrics, monitor_metrics) = (free_port(), free_port());
         let mut toml = format!(
             "[node]\nname = \"test\"\nruntime_dir = \"{d}\"\nstate_dir = \"{d}\"\n\n\
-             [monitor]\nmetrics_listen = \"127.0.0.1:{monitor_metrics}\"\n\n\
+             [monitor]\nmetrics_listen = \"127.0.0.1:{monitor_metrics}\"\n{m}\n\
              [proxy]\nlisten = \"127.0.0.1:{port}\"\nauth_file = \"{a}\"\nmetrics_listen = \"127.0.0.1:{proxy_metrics}\"\n",
             d = dir.path().display(),
-            a = auth.display()
+            a = auth.display(),
+            // `$METRICS_PORT` in a line: the monitor's metrics port.
+            m = opts
+                .monitor_lines
+                .iter()
+                .map(|l| l.replace("$METRICS_PORT", &monitor_metrics.to_string()) + "\n")
+                .collect::<String>()
         );
         for l in &opts.proxy {
             toml.push_str(l);

@@ -11,12 +11,17 @@ use serde::Deserialize;
 pub struct MonitorConfig {
     /// `monitor.metrics_listen`: Prometheus `/metrics` of the monitor.
     pub metrics_listen: SocketAddr,
+    /// `monitor.http_listen`: the read-only status page (`GET /`, its JSON
+    /// under `/api/`, and a stream of changes); off unless set. The same
+    /// address as `metrics_listen` serves both on one listener.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Default for MonitorConfig {
     fn default() -> Self {
         Self {
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9931)),
+            http_listen: None,
         }
     }
 }

@@ -38,7 +38,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 /// The content type of the OpenMetrics text format.
-const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const CONTENT: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// A scraper gets this long per connection.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 

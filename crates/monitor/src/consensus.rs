@@ -63,7 +63,9 @@ pub(crate) async fn run(
 ) -> Result<(), StartError> {
     let path = uds::socket_path(&settings.runtime_dir, Daemon::Watchdog);
     let mut client = WatchdogClient::new(uds::connect_lazy(&path));
-    let (status_tx, mut status_rx) = watch::channel::<Option<WatchdogStatus>>(None);
+    // The status page reads the same channel.
+    let status_tx = p.watchdog_tx.clone();
+    let mut status_rx = status_tx.subscribe();
     tokio::spawn(follow_watchdog(client.clone(), status_tx, p.stop.clone()));
     let (opinion_tx, opinion_rx) = watch::channel::<BTreeMap<String, bool>>(BTreeMap::new());
     tokio::spawn(report_health(

@@ -27,4 +27,5 @@ pub mod runtime;
 pub mod service;
 pub mod settings;
 pub mod state_file;
+pub mod status;
 pub mod timeline;

@@ -35,6 +35,20 @@ pub async fn spawn(
     }
 }
 
+/// `/metrics`' text from the published state, for a listener the status
+/// page shares (`monitor.http_listen` = `monitor.metrics_listen`).
+pub fn renderer(
+    state: watch::Receiver<ClusterState>,
+    history: watch::Receiver<Vec<FailoverRecord>>,
+) -> std::sync::Arc<dyn Fn() -> Result<String, std::fmt::Error> + Send + Sync> {
+    std::sync::Arc::new(move || {
+        m::rendered(|r| {
+            render(&state.borrow(), r);
+            render_history(&history.borrow(), r);
+        })
+    })
+}
+
 fn backend_labels(b: &BackendState) -> Labels {
     labels([("backend", b.id.to_string()), ("name", b.name.clone())])
 }

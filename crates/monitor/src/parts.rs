@@ -43,6 +43,9 @@ pub(crate) struct Parts {
     pub(crate) ready_tx: watch::Sender<bool>,
     /// The failover history the API shows.
     pub(crate) history_tx: watch::Sender<Vec<pgwarden_proto::v1::FailoverRecord>>,
+    /// The watchdog's status as this node hears it (the status page shows
+    /// it; with a watchdog, the consensus loop follows and fills it).
+    pub(crate) watchdog_tx: watch::Sender<Option<pgwarden_proto::v1::WatchdogStatus>>,
     pub(crate) stop: CancellationToken,
     pub(crate) recheck: Arc<Notify>,
     server: tokio::task::JoinHandle<()>,
@@ -57,6 +60,7 @@ pub(crate) async fn start(settings: &Settings, first: ClusterState) -> Result<Pa
     let (generations, _) = broadcast::channel::<ClusterState>(1024);
     let (ready_tx, ready_rx) = watch::channel(false);
     let (history_tx, history_rx) = watch::channel(Vec::new());
+    let (watchdog_tx, watchdog_rx) = watch::channel(None);
     let stop = CancellationToken::new();
     let recheck = Arc::new(Notify::new());
 
@@ -95,13 +99,30 @@ pub(crate) async fn start(settings: &Settings, first: ClusterState) -> Result<Pa
         Some(admin) => Some(serve_admin(admin, settings, &stop).await?),
         None => None,
     };
-    crate::metrics::spawn(
-        settings.metrics_listen,
-        current_rx.clone(),
-        history_rx,
-        stop.clone(),
-    )
-    .await;
+    // The status page may share the metrics' listener: then it serves both.
+    let shared = settings.http_listen == Some(settings.metrics_listen);
+    if !shared {
+        crate::metrics::spawn(
+            settings.metrics_listen,
+            current_rx.clone(),
+            history_rx.clone(),
+            stop.clone(),
+        )
+        .await;
+    }
+    if let Some(addr) = settings.http_listen {
+        let metrics =
+            shared.then(|| crate::metrics::renderer(current_rx.clone(), history_rx.clone()));
+        let sources = crate::status::Sources {
+            state: current_rx.clone(),
+            history: history_rx,
+            watchdog_enabled: settings.consensus,
+            watchdog: watchdog_rx,
+            lag: Arc::default(),
+            metrics,
+        };
+        crate::status::spawn(addr, sources, stop.clone()).await;
+    }
     for t in &settings.backends {
         let target = CheckTarget {
             id: t.id,
@@ -124,6 +145,7 @@ pub(crate) async fn start(settings: &Settings, first: ClusterState) -> Result<Pa
         generations,
         ready_tx,
         history_tx,
+        watchdog_tx,
         stop,
         recheck,
         server,

@@ -56,6 +56,8 @@ pub struct Settings {
     pub consensus: bool,
     /// Where Prometheus scrapes `/metrics`.
     pub metrics_listen: std::net::SocketAddr,
+    /// Where the status page is served (`monitor.http_listen`), if at all.
+    pub http_listen: Option<std::net::SocketAddr>,
     /// The remote admin API (`[admin]`), when `admin.listen` is set.
     pub admin: Option<Admin>,
 }
@@ -120,6 +122,7 @@ impl Settings {
         Ok(Settings {
             consensus: c.watchdog.enabled,
             metrics_listen: c.monitor.metrics_listen,
+            http_listen: c.monitor.http_listen,
             admin: admin(&c.admin)?,
             node: c.node.name.clone(),
             runtime_dir: c.node.runtime_dir.clone(),

@@ -17,6 +17,8 @@
 //! - [`tcp`]: gRPC between nodes over TCP with mutual TLS: accepting
 //!   ([`tcp::incoming`]), dialling ([`tcp::dial`]), and the remote admin
 //!   API that passes calls on to the local sockets ([`tcp::gateway`]).
+//! - [`json`]: the JSON form of the cluster state and the failover history,
+//!   as `pgwardenctl --json` prints them and the monitor's status page serves them.
 //! - [`lsn`]: PostgreSQL LSNs between `u64` (as on the wire) and the `16/B374D848`
 //!   text form (as in logs and SQL).
 //!
@@ -65,6 +67,7 @@ pub fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     cause.to_string()
 }
 
+pub mod json;
 pub mod lease;
 pub mod lsn;
 pub mod model;

@@ -12,17 +12,12 @@
 //! `quorum` (a quorum sees the primary down) and `fence` (the fence delay
 //! passed) before `down`.
 
-use pgwarden_proto::v1::{FailoverRecord, GetHistoryReply};
-use serde_json::{Value, json};
+use pgwarden_proto::v1::GetHistoryReply;
+use serde_json::Value;
 
 use super::units;
 
-fn took_ms(r: &FailoverRecord) -> i64 {
-    match (r.phases.first(), r.phases.last()) {
-        (Some(f), Some(l)) => l.at_unix_ms - f.at_unix_ms,
-        _ => 0,
-    }
-}
+use pgwarden_proto::json::took_ms;
 
 /// The text form.
 pub fn history_text(reply: &GetHistoryReply) -> String {
@@ -64,28 +59,13 @@ pub fn history_text(reply: &GetHistoryReply) -> String {
 
 /// The `--json` form.
 pub fn history_json(reply: &GetHistoryReply) -> Value {
-    json!({
-        "records": reply.records.iter().map(|r| json!({
-            "kind": r.kind,
-            "from_generation": r.from_generation,
-            "to_generation": r.to_generation,
-            "old_primary": r.old_primary,
-            "new_primary": r.new_primary,
-            "rpo_bytes": r.rpo_bytes,
-            "took_ms": took_ms(r),
-            "phases": r.phases.iter().map(|p| json!({
-                "name": p.name,
-                "at_unix_ms": p.at_unix_ms,
-                "detail": p.detail,
-            })).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    })
+    pgwarden_proto::json::history_json(&reply.records)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pgwarden_proto::v1::FailoverPhase;
+    use pgwarden_proto::v1::{FailoverPhase, FailoverRecord};
 
     fn phase(name: &str, at: i64, detail: &str) -> FailoverPhase {
         FailoverPhase {

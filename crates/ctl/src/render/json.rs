@@ -2,52 +2,10 @@
 //! derive `Serialize`). LSNs are in PostgreSQL's text form, roles and
 //! statuses in lower case, as in the text output.
 
-use pgwarden_proto::lsn::lsn_to_string;
-use pgwarden_proto::v1::{BackendState, ChangeReply, ClusterState};
+use pgwarden_proto::v1::ChangeReply;
 use serde_json::{Value, json};
 
-use super::units::{address, primary_name, role, status};
-
-/// One `ClusterState`:
-///
-/// ```json
-/// {"generation": 4, "primary_id": 1, "primary": "pg1", "monitor": "node1",
-///  "failover_in_progress": false, "backends": [{"id": 0, "name": "pg0", ...}]}
-/// ```
-pub fn state_json(state: &ClusterState) -> Value {
-    json!({
-        "generation": state.generation,
-        "primary_id": state.primary_id,
-        "primary": state.primary_id.and(primary_name(state)),
-        "monitor": state.monitor,
-        "failover_in_progress": state.failover_in_progress,
-        "failover_blocked": (!state.failover_blocked.is_empty()).then_some(&state.failover_blocked),
-        "backends": state.backends.iter().map(backend_json).collect::<Vec<_>>(),
-    })
-}
-
-fn backend_json(b: &BackendState) -> Value {
-    json!({
-        "id": b.id,
-        "name": b.name,
-        "host": b.host,
-        "port": b.port,
-        "address": address(b),
-        "role": role(b),
-        "status": status(b),
-        "reason": b.reason,
-        "replay_lsn": lsn_or_null(b.replay_lsn),
-        "flush_lsn": lsn_or_null(b.flush_lsn),
-        "lag_bytes": b.lag_bytes,
-        // NaN and infinities are not JSON.
-        "lag_seconds": if b.lag_seconds.is_finite() { json!(b.lag_seconds) } else { Value::Null },
-        "timeline": (b.timeline != 0).then_some(b.timeline),
-        "streaming": b.streaming,
-        "last_check_unix_ms": (b.last_check_unix_ms != 0).then_some(b.last_check_unix_ms),
-        "failed_checks": b.failed_checks,
-        "synchronous": b.synchronous,
-    })
-}
+pub use pgwarden_proto::json::state_json;
 
 /// The reply to attach, detach or promote: `{"message": ..., "state": ...}`.
 pub fn change_json(reply: &ChangeReply) -> Value {
@@ -55,15 +13,6 @@ pub fn change_json(reply: &ChangeReply) -> Value {
         "message": reply.message,
         "state": reply.state.as_ref().map(state_json),
     })
-}
-
-/// `"0/3000A10"`, or `null` for 0 (unknown).
-fn lsn_or_null(lsn: u64) -> Value {
-    if lsn == 0 {
-        Value::Null
-    } else {
-        Value::String(lsn_to_string(lsn))
-    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use pgwarden_proto::v1::{BackendState, ClusterState, Role, Status};
-
 /// The current time as Unix milliseconds, the unit of
 /// `BackendState.last_check_unix_ms`.
 pub fn now_unix_ms() -> i64 {
@@ -60,48 +58,7 @@ pub fn age(now_ms: i64, then_ms: i64) -> String {
     format!("{} ago", seconds(secs))
 }
 
-/// `host:port`, bracketing an IPv6 address.
-pub fn address(b: &BackendState) -> String {
-    if b.host.contains(':') {
-        format!("[{}]:{}", b.host, b.port)
-    } else {
-        format!("{}:{}", b.host, b.port)
-    }
-}
-
-/// `primary`, `standby` or `unknown`.
-pub fn role(b: &BackendState) -> &'static str {
-    match b.role() {
-        Role::Primary => "primary",
-        Role::Standby => "standby",
-        Role::Unknown => "unknown",
-    }
-}
-
-/// `up`, `down`, `detached`, `quarantined`, or `unknown` (unset, or a newer monitor's
-/// status this build does not know).
-pub fn status(b: &BackendState) -> &'static str {
-    match b.status() {
-        Status::Up => "up",
-        Status::Down => "down",
-        Status::Detached => "detached",
-        Status::Quarantined => "quarantined",
-        Status::Unspecified => "unknown",
-    }
-}
-
-/// The name of this generation's primary, if there is one: its backend's
-/// name, or `id N` for an id the state does not list.
-pub fn primary_name(state: &ClusterState) -> Option<String> {
-    let id = state.primary_id?;
-    Some(
-        state
-            .backends
-            .iter()
-            .find(|b| b.id == id)
-            .map_or_else(|| format!("id {id}"), |b| b.name.clone()),
-    )
-}
+pub use pgwarden_proto::json::{address, primary_name, role, status};
 
 #[cfg(test)]
 mod tests {
@@ -146,45 +103,5 @@ mod tests {
         assert_eq!(age(10_000, 11_000), "0.0s ago");
         assert_eq!(age(100_000, 1), "1m39s ago");
         assert_eq!(age(30_000, 1), "29s ago");
-    }
-
-    #[test]
-    fn addresses() {
-        let mut b = BackendState {
-            host: "127.0.0.1".into(),
-            port: 5432,
-            ..Default::default()
-        };
-        assert_eq!(address(&b), "127.0.0.1:5432");
-        b.host = "::1".into();
-        assert_eq!(address(&b), "[::1]:5432");
-    }
-
-    #[test]
-    fn unknown_enum_values() {
-        let b = BackendState {
-            role: 42,
-            status: 42,
-            ..Default::default()
-        };
-        assert_eq!(role(&b), "unknown");
-        assert_eq!(status(&b), "unknown");
-    }
-
-    #[test]
-    fn primary_names() {
-        let mut s = ClusterState {
-            backends: vec![BackendState {
-                id: 1,
-                name: "pg1".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        assert_eq!(primary_name(&s), None);
-        s.primary_id = Some(1);
-        assert_eq!(primary_name(&s).as_deref(), Some("pg1"));
-        s.primary_id = Some(7);
-        assert_eq!(primary_name(&s).as_deref(), Some("id 7"));
     }
 }

@@ -1,0 +1,186 @@
+//! The monitor's read-only status page (`monitor.http_listen`): the page,
+//! its JSON and its event stream, from a real monitor over real sockets,
+//! while a real standby goes down.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use pgwarden_e2e::*;
+use pgwarden_testkit::{StopMode, free_port, wait_until};
+use serde_json::Value;
+
+fn with_page(line: &str) -> ProxyOptions {
+    ProxyOptions {
+        monitor_lines: vec![line.to_owned()],
+        ..Default::default()
+    }
+}
+
+/// One request on its own connection: (status line and headers, body).
+fn get(port: u16, method: &str, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    (head.to_owned(), body.to_owned())
+}
+
+fn get_json(port: u16, path: &str) -> Value {
+    let (head, body) = get(port, "GET", path);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{path}: {head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{head}"
+    );
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
+}
+
+fn backend<'a>(state: &'a Value, name: &str) -> &'a Value {
+    state["backends"]
+        .as_array()
+        .and_then(|b| b.iter().find(|b| b["name"] == name))
+        .unwrap_or_else(|| panic!("no {name} in {state}"))
+}
+
+/// The `cluster` events of a stream, in order, until `done` says one is
+/// the last wanted or `limit` passes.
+fn cluster_events_until(
+    reader: &mut BufReader<TcpStream>,
+    limit: Duration,
+    mut done: impl FnMut(&Value) -> bool,
+) -> Result<Value, String> {
+    let until = Instant::now() + limit;
+    let mut event = String::new();
+    let mut line = String::new();
+    while Instant::now() < until {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err("the stream ended".into()),
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        let line = line.trim_end();
+        if let Some(name) = line.strip_prefix("event: ") {
+            event = name.to_owned();
+        } else if let Some(data) = line.strip_prefix("data: ")
+            && event == "cluster"
+        {
+            let v: Value = serde_json::from_str(data).map_err(|e| format!("{e}: {data}"))?;
+            if done(&v) {
+                return Ok(v);
+            }
+        }
+    }
+    Err(format!("no such event within {limit:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_the_cluster_and_streams_a_standby_going_down() {
+    let port = free_port();
+    let (cluster, _proxy) = proxied(1, with_page(&format!("http_listen = \"127.0.0.1:{port}\"")));
+    wait_until(Duration::from_secs(20), "the status page up", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .unwrap();
+
+    // The page itself: HTML that may load nothing from elsewhere.
+    let (head, body) = get(port, "GET", "/");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("content-type: text/html"), "{head}");
+    assert!(
+        lower.contains("content-security-policy: default-src 'none'"),
+        "{head}"
+    );
+    assert!(body.contains("id=\"primary-name\""), "{body}");
+    assert!(!body.contains("https://") && !body.contains("http://"));
+
+    // The state, as `pgwardenctl status --json` shows it.
+    wait_until(Duration::from_secs(20), "both backends checked", || {
+        let s = get_json(port, "/api/cluster");
+        s["primary"] == "pg0" && backend(&s, "pg1")["status"] == "up"
+    })
+    .unwrap();
+    let state = get_json(port, "/api/cluster");
+    assert_eq!(backend(&state, "pg0")["role"], "primary");
+    assert_eq!(backend(&state, "pg1")["role"], "standby");
+    assert_eq!(
+        get_json(port, "/api/watchdog"),
+        serde_json::json!({"enabled": false})
+    );
+    assert!(get_json(port, "/api/history")["records"].is_array());
+
+    // A lag sample per check of the standby, none of the primary.
+    wait_until(Duration::from_secs(20), "lag samples of pg1", || {
+        let lag = get_json(port, "/api/lag");
+        lag["backends"].as_array().is_some_and(|b| {
+            b.len() == 1
+                && b[0]["name"] == "pg1"
+                && b[0]["samples"].as_array().is_some_and(|s| s.len() >= 2)
+        })
+    })
+    .unwrap();
+
+    // The event stream: the state at once, then its changes.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    s.write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(s);
+    let first = cluster_events_until(&mut reader, Duration::from_secs(10), |_| true).unwrap();
+    assert_eq!(first["primary"], "pg0");
+
+    cluster.node(1).stop(StopMode::Immediate).unwrap();
+    let down = cluster_events_until(&mut reader, Duration::from_secs(30), |v| {
+        backend(v, "pg1")["status"] == "down"
+    })
+    .unwrap();
+    assert_eq!(
+        down["primary"], "pg0",
+        "a standby going down moves no primary"
+    );
+
+    // Read-only: nothing else is accepted, anywhere.
+    for path in ["/", "/api/cluster"] {
+        let (head, _) = get(port, "POST", path);
+        assert!(head.starts_with("HTTP/1.1 405 "), "POST {path}: {head}");
+    }
+    let (head, _) = get(port, "GET", "/metrics");
+    assert!(
+        head.starts_with("HTTP/1.1 404 "),
+        "metrics are on their own listener: {head}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_on_the_metrics_listener_serves_both() {
+    let (_cluster, proxy) = proxied(0, with_page("http_listen = \"127.0.0.1:$METRICS_PORT\""));
+    let port = proxy.monitor_metrics;
+    wait_until(Duration::from_secs(20), "the primary known", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && get_json(port, "/api/cluster")["primary"] == "pg0"
+    })
+    .unwrap();
+    let body = scrape(port).unwrap();
+    assert_metric(&body, "pgwarden_monitor_primary_backend", 0.0);
+    let (head, page) = get(port, "GET", "/");
+    assert!(
+        head.starts_with("HTTP/1.1 200 ") && page.contains("<html"),
+        "{head}"
+    );
+}
