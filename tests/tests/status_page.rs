@@ -184,3 +184,191 @@ async fn the_status_page_on_the_metrics_listener_serves_both() {
         "{head}"
     );
 }
+
+/// Headless Chromium (Debian's `chromium`; `.ci/run` installs it).
+fn chromium() -> &'static str {
+    for c in ["chromium", "chromium-browser", "google-chrome"] {
+        if std::process::Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return c;
+        }
+    }
+    panic!("this test needs headless Chromium: apt-get install chromium");
+}
+
+/// Runs headless Chromium on `url` with `args` (a screenshot, or the DOM
+/// after the page's script ran on the state it was served with); its stdout.
+fn browse(url: &str, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(chromium())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .args(["--no-first-run", "--disable-extensions"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the page's DOM shows as the primary: `#primary-name`'s text and
+/// the `data-name` of the diagram's `#primary-node`.
+fn primary_in_dom(dom: &str) -> (String, String) {
+    let name = dom
+        .split_once("id=\"primary-name\">")
+        .and_then(|(_, rest)| rest.split_once('<'))
+        .map(|(n, _)| n.to_owned())
+        .unwrap_or_else(|| panic!("no #primary-name in the DOM:\n{dom}"));
+    let node = dom
+        .split("<g ")
+        .find(|g| {
+            g.split_once('>')
+                .is_some_and(|(attrs, _)| attrs.contains("id=\"primary-node\""))
+        })
+        .and_then(|g| g.split_once("data-name=\""))
+        .and_then(|(_, rest)| rest.split_once('"'))
+        .map(|(n, _)| n.to_owned())
+        .unwrap_or_else(|| "no #primary-node".to_owned());
+    (name, node)
+}
+
+/// The demo cluster (three nodes with watchdogs, pg0 primary): its node0
+/// monitor's page in Chromium before and after pg0 dies. The screenshots
+/// go to `target/tmp/status-page/` (`before-failover.png`,
+/// `after-failover.png`), the DOM is read back to check them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_status_page_in_chromium_shows_the_new_primary_after_a_failover() {
+    chromium();
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join("env");
+    let (proxy, watchdog, metrics) = (free_port(), free_port(), free_port());
+    let demo = pgwarden_testkit::ChildGuard::spawn(
+        std::process::Command::new(pgwarden_testkit::workspace_bin("pgwarden-demo"))
+            .args([
+                "--port",
+                &proxy.to_string(),
+                "--watchdog-port",
+                &watchdog.to_string(),
+            ])
+            .args(["--metrics-port", &metrics.to_string()])
+            .arg("--dir")
+            .arg(dir.path().join("demo"))
+            .arg("--env-file")
+            .arg(&env_file)
+            .stdout(std::process::Stdio::null()),
+    )
+    .unwrap();
+    wait_until(Duration::from_secs(180), "the demo up", || {
+        env_file.exists()
+    })
+    .unwrap();
+    let env = std::fs::read_to_string(&env_file).unwrap();
+    let var = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("{k} not in {env}"))
+            .to_owned()
+    };
+    let port: u16 = var("STATUS_PORT").parse().unwrap();
+    let url = format!("http://127.0.0.1:{port}/");
+
+    // What Chromium is given: the page, and the state it draws.
+    let (head, _) = get(port, "GET", "/");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    wait_until(
+        Duration::from_secs(30),
+        "pg0 primary, the standbys streaming",
+        || {
+            let s = get_json(port, "/api/cluster");
+            s["primary"] == "pg0"
+                && ["pg1", "pg2"]
+                    .iter()
+                    .all(|n| backend(&s, n)["streaming"] == true)
+        },
+    )
+    .unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the watchdogs' leader known",
+        || get_json(port, "/api/watchdog")["leader"].is_string(),
+    )
+    .unwrap();
+
+    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    std::fs::create_dir_all(&shots).unwrap();
+    let shot = |name: &str| {
+        let path = shots.join(name);
+        let _ = std::fs::remove_file(&path);
+        browse(
+            &url,
+            &[
+                "--window-size=1280,1400",
+                &format!("--screenshot={}", path.display()),
+            ],
+        );
+        let png = std::fs::read(&path).unwrap();
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{} is no screenshot",
+            path.display()
+        );
+    };
+    shot("before-failover.png");
+    let dom = browse(&url, &["--dump-dom"]);
+    assert_eq!(
+        primary_in_dom(&dom),
+        ("pg0".to_owned(), "pg0".to_owned()),
+        "before the failover"
+    );
+
+    // pg0 dies (an immediate shutdown, as a crash); the cluster elects a new primary.
+    let pid_file = std::path::Path::new(&var("PG0_DATA_DIR")).join("postmaster.pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGQUIT,
+    )
+    .unwrap();
+    let mut new_primary = String::new();
+    wait_until(Duration::from_secs(60), "a new primary", || {
+        let s = get_json(port, "/api/cluster");
+        match s["primary"].as_str() {
+            Some(p) if p != "pg0" && s["failover_in_progress"] == false => {
+                new_primary = p.to_owned();
+                true
+            }
+            _ => false,
+        }
+    })
+    .unwrap();
+    shot("after-failover.png");
+    let dom = browse(&url, &["--dump-dom"]);
+    assert_eq!(
+        primary_in_dom(&dom),
+        (new_primary.clone(), new_primary.clone()),
+        "after the failover"
+    );
+    // The old primary is drawn, not as the primary.
+    assert!(dom.contains("data-name=\"pg0\""), "pg0 left the diagram");
+    // The guard's SIGTERM stops the demo and everything it started.
+    drop(demo);
+}

@@ -47,7 +47,9 @@ impl AdminConfig {
 }
 
 /// `""` = off; anything else must be `address:port`.
-fn empty_as_off<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+pub(crate) fn empty_as_off<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
     let value = String::deserialize(d)?;
     let value = value.trim();
     if value.is_empty() {

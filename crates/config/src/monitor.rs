@@ -13,7 +13,8 @@ pub struct MonitorConfig {
     pub metrics_listen: SocketAddr,
     /// `monitor.http_listen`: the read-only status page (`GET /`, its JSON
     /// under `/api/`, and a stream of changes); off unless set. The same
-    /// address as `metrics_listen` serves both on one listener.
+    /// address as `metrics_listen` serves both on one listener; `""` = off.
+    #[serde(deserialize_with = "crate::admin::empty_as_off")]
     pub http_listen: Option<SocketAddr>,
 }
 

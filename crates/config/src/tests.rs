@@ -919,3 +919,17 @@ fn load_balancing_errors_name_their_key() {
         ),
     ]);
 }
+
+#[test]
+fn the_status_page_is_off_unless_monitor_http_listen_names_an_address() {
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.monitor.http_listen, None);
+    let c = Config::from_toml_str(&with("[monitor]\nhttp_listen = \"\"\n")).unwrap();
+    assert_eq!(c.monitor.http_listen, None);
+    let c = Config::from_toml_str(&with("[monitor]\nhttp_listen = \"127.0.0.1:9933\"\n")).unwrap();
+    assert_eq!(
+        c.monitor.http_listen,
+        Some("127.0.0.1:9933".parse().unwrap())
+    );
+    refused(&[("[monitor]\nhttp_listen = \"9933\"\n", "monitor.http_listen")]);
+}

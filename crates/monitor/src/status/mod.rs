@@ -43,6 +43,8 @@ pub use lag::LagRing;
 
 /// The page, embedded in the binary.
 pub const PAGE: &str = include_str!("page.html");
+/// Where the page takes the state it is served with.
+const INITIAL: &str = "\"$INITIAL$\"";
 /// What the page may load: nothing from anywhere else.
 const POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
                       img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'";
@@ -174,7 +176,7 @@ fn respond(
     }
     match req.uri().path() {
         "/" | "/index.html" => {
-            let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", PAGE.into());
+            let mut r = reply(StatusCode::OK, "text/html; charset=utf-8", page(sources));
             r.headers_mut().insert(
                 header::CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static(POLICY),
@@ -204,6 +206,26 @@ fn respond(
         },
         _ => text(StatusCode::NOT_FOUND, "not found: try / or /api/cluster\n"),
     }
+}
+
+/// The page with the current state in it (drawn before any request of
+/// its own; a reader that runs no script, or runs it before its fetches
+/// return, sees the same).
+fn page(sources: &Sources) -> String {
+    let initial = serde_json::json!({
+        "cluster": json::state_json(&sources.state.borrow()),
+        "history": json::history_json(&sources.history.borrow()),
+        "lag": lock(&sources.lag).to_json(),
+        "watchdog": watchdog(sources),
+    });
+    PAGE.replacen(INITIAL, &script_safe(&initial), 1)
+}
+
+/// JSON that can sit inside a `<script>` element: `<` only appears in
+/// strings, where `\u003c` means the same, so no `</script>` or `<!--`
+/// in a backend's reason can end or confuse the element.
+fn script_safe(v: &serde_json::Value) -> String {
+    v.to_string().replace('<', "\\u003c")
 }
 
 fn watchdog(sources: &Sources) -> serde_json::Value {
@@ -322,6 +344,15 @@ mod tests {
         for needle in ["http://", "https://", "//cdn", "@import", "<link"] {
             assert!(!PAGE.contains(needle), "the page refers to {needle}");
         }
+    }
+
+    #[test]
+    fn the_served_state_cannot_end_its_script_element() {
+        assert_eq!(PAGE.matches(INITIAL).count(), 1);
+        let v = serde_json::json!({"reason": "</script><script>alert(1)</script><!--"});
+        let safe = script_safe(&v);
+        assert!(!safe.contains('<'), "{safe}");
+        assert_eq!(serde_json::from_str::<serde_json::Value>(&safe).unwrap(), v);
     }
 
     #[test]

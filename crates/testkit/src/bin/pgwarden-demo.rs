@@ -35,6 +35,10 @@ struct Args {
     /// Port node 0's watchdog listens on (for its peers); node i's uses port + i.
     #[arg(long, default_value_t = 9000)]
     watchdog_port: u16,
+    /// Node i's proxy serves /metrics on this port + 10 i, its monitor on
+    /// + 1 (with the status page, GET /), its watchdog on + 2.
+    #[arg(long, default_value_t = 9930)]
+    metrics_port: u16,
     /// Directory for the servers' data, the config and the logs (wiped at start).
     #[arg(long, default_value = "/tmp/pgwarden-demo")]
     dir: PathBuf,
@@ -244,12 +248,12 @@ fn node_config(
         "[proxy]\nlisten = \"127.0.0.1:{}\"\nauth_file = \"{}\"\nmetrics_listen = \"127.0.0.1:{}\"\n",
         args.port - i as u16,
         auth_file.display(),
-        9930 + 10 * i
+        metrics_port(args, i)
     )?;
     writeln!(
         t,
-        "[monitor]\nmetrics_listen = \"127.0.0.1:{}\"\n",
-        9931 + 10 * i
+        "[monitor]\nmetrics_listen = \"127.0.0.1:{p}\"\n# The status page, on the metrics' listener: open it in a browser.\nhttp_listen = \"127.0.0.1:{p}\"\n",
+        p = metrics_port(args, i) + 1
     )?;
     writeln!(
         t,
@@ -279,7 +283,7 @@ fn node_config(
             port(i),
             peers.join(", "),
             key_file.display(),
-            9932 + 10 * i
+            metrics_port(args, i) + 2
         )?;
     }
     for n in cluster.nodes() {
@@ -295,9 +299,15 @@ fn node_config(
     Ok(t)
 }
 
+/// Node `i`'s proxy metrics port; its monitor's is one more, its watchdog's two.
+fn metrics_port(args: &Args, i: usize) -> u16 {
+    args.metrics_port + 10 * i as u16
+}
+
 fn env_lines(args: &Args, cluster: &Cluster, config: &Path) -> String {
     let mut env = String::new();
     let _ = writeln!(env, "PROXY_PORT={}", args.port);
+    let _ = writeln!(env, "STATUS_PORT={}", metrics_port(args, 0) + 1);
     let _ = writeln!(env, "DEMO_USER={}", args.user);
     let _ = writeln!(env, "DEMO_PASSWORD={}", args.password);
     let _ = writeln!(env, "CONFIG={}", config.display());
@@ -332,6 +342,11 @@ fn print_welcome(args: &Args, cluster: &Cluster, config: &Path) {
             args.port - i as u16
         );
     }
+    println!();
+    println!(
+        "The cluster at a glance, in a browser: http://127.0.0.1:{}/ (node0's monitor; node i's is 10 i ports up)",
+        metrics_port(args, 0) + 1
+    );
     println!();
     let conninfo = format!(
         "host=127.0.0.1 port={} user={} password={} dbname={}",
