@@ -155,6 +155,20 @@ async fn the_status_page_shows_the_cluster_and_streams_a_standby_going_down() {
         "a standby going down moves no primary"
     );
 
+    // HEAD of the stream: its headers, and no stream kept open.
+    let started = Instant::now();
+    let (head, body) = get(port, "HEAD", "/api/events");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/event-stream"),
+        "{head}"
+    );
+    assert!(
+        body.is_empty() && started.elapsed() < Duration::from_secs(4),
+        "HEAD held the connection"
+    );
+
     // Read-only: nothing else is accepted, anywhere.
     for path in ["/", "/api/cluster"] {
         let (head, _) = get(port, "POST", path);
@@ -203,7 +217,9 @@ fn chromium() -> &'static str {
 /// after the page's script ran on the state it was served with); its stdout.
 fn browse(url: &str, args: &[&str]) -> String {
     let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(chromium())
+    // Bounded: a browser that hangs fails the test instead of stalling it.
+    let out = std::process::Command::new("timeout")
+        .args(["120", chromium()])
         .args([
             "--headless",
             "--no-sandbox",
@@ -285,6 +301,10 @@ async fn the_demo_status_page_in_chromium_shows_the_new_primary_after_a_failover
     };
     let port: u16 = var("STATUS_PORT").parse().unwrap();
     let url = format!("http://127.0.0.1:{port}/");
+    wait_until(Duration::from_secs(30), "node0's status page up", || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .unwrap();
 
     // What Chromium is given: the page, and the state it draws.
     let (head, _) = get(port, "GET", "/");

@@ -217,6 +217,7 @@ impl RawConfig {
         self.watchdog.validate()?;
         self.server_tls.validate()?;
         self.admin.validate()?;
+        self.monitor.validate()?;
         Ok(Config {
             node: self.node,
             proxy: self.proxy,

@@ -26,3 +26,27 @@ impl Default for MonitorConfig {
         }
     }
 }
+
+impl MonitorConfig {
+    /// One port, two addresses (`0.0.0.0:9931` and `127.0.0.1:9931`) cannot
+    /// be bound twice: the same address shares one listener, another port
+    /// gets its own.
+    pub(crate) fn validate(&self) -> Result<(), crate::ConfigError> {
+        match self.http_listen {
+            Some(http)
+                if http.port() == self.metrics_listen.port() && http != self.metrics_listen =>
+            {
+                Err(crate::ConfigError::invalid(
+                    "monitor.http_listen",
+                    format!(
+                        "shares its port with monitor.metrics_listen ({}) on another address: \
+                         give both the same address (one listener serves the page and /metrics) \
+                         or another port",
+                        self.metrics_listen
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+}

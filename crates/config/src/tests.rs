@@ -931,5 +931,16 @@ fn the_status_page_is_off_unless_monitor_http_listen_names_an_address() {
         c.monitor.http_listen,
         Some("127.0.0.1:9933".parse().unwrap())
     );
-    refused(&[("[monitor]\nhttp_listen = \"9933\"\n", "monitor.http_listen")]);
+    refused(&[
+        ("[monitor]\nhttp_listen = \"9933\"\n", "monitor.http_listen"),
+        (
+            "[monitor]\nmetrics_listen = \"0.0.0.0:9931\"\nhttp_listen = \"127.0.0.1:9931\"\n",
+            "monitor.http_listen",
+        ),
+    ]);
+    let c = Config::from_toml_str(&with(
+        "[monitor]\nmetrics_listen = \"0.0.0.0:9931\"\nhttp_listen = \"0.0.0.0:9931\"\n",
+    ))
+    .unwrap();
+    assert_eq!(c.monitor.http_listen, Some(c.monitor.metrics_listen));
 }

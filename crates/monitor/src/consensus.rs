@@ -66,7 +66,9 @@ pub(crate) async fn run(
     // The status page reads the same channel.
     let status_tx = p.watchdog_tx.clone();
     let mut status_rx = status_tx.subscribe();
-    tokio::spawn(follow_watchdog(client.clone(), status_tx, p.stop.clone()));
+    // Its end (it only ends with a panic before the stop) ends this loop,
+    // as the channel's closing did when the follower held its only sender.
+    let mut follower = tokio::spawn(follow_watchdog(client.clone(), status_tx, p.stop.clone()));
     let (opinion_tx, opinion_rx) = watch::channel::<BTreeMap<String, bool>>(BTreeMap::new());
     tokio::spawn(report_health(
         client.clone(),
@@ -98,6 +100,7 @@ pub(crate) async fn run(
         let input = tokio::select! {
             _ = &mut shutdown => break,
             _ = ticks.tick() => None,
+            _ = &mut follower => break,
             Some(e) = p.events.recv() => Some(Input::Event(e)),
             changed = status_rx.changed() => {
                 if changed.is_err() {

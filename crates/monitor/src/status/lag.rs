@@ -21,14 +21,14 @@ pub struct Sample {
     pub seconds: Option<f64>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Series {
     name: String,
     samples: VecDeque<Sample>,
 }
 
 /// The samples of every backend that was a standby, by backend id.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LagRing {
     series: BTreeMap<u32, Series>,
 }

@@ -21,6 +21,7 @@ mod lag;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,11 +48,16 @@ pub const PAGE: &str = include_str!("page.html");
 const INITIAL: &str = "\"$INITIAL$\"";
 /// What the page may load: nothing from anywhere else.
 const POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
-                      img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'";
+                      img-src data:; connect-src 'self'; base-uri 'none'; form-action 'none'; \
+                      frame-ancestors 'none'";
 /// A plain request's connection gets this long.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Event streams open at once, at most: each is a task and a few KiB.
 const MAX_STREAMS: usize = 32;
+/// Connections open at once, at most (event streams included).
+const MAX_CONNECTIONS: usize = 64;
+/// A reader that takes no event for this long is gone: its stream ends.
+const STALLED: Duration = Duration::from_secs(30);
 /// Changes closer together than this go out as one event (the state is
 /// published at every check of every backend).
 const COALESCE: Duration = Duration::from_millis(200);
@@ -103,10 +109,10 @@ pub async fn sample_lag(
     stop: CancellationToken,
 ) {
     loop {
-        {
-            let s = state.borrow_and_update();
-            lock(&ring).record(&s, crate::timeline::now_ms());
-        }
+        // Cloned first: the lock below never waits with the state's read
+        // guard held (the deciding loop publishes through it).
+        let s = state.borrow_and_update().clone();
+        lock(&ring).record(&s, crate::timeline::now_ms());
         tokio::select! {
             () = stop.cancelled() => return,
             changed = state.changed() => if changed.is_err() { return },
@@ -117,6 +123,7 @@ pub async fn sample_lag(
 /// Serves the page on `listener` until `stop`.
 pub async fn serve(listener: TcpListener, sources: Sources, stop: CancellationToken) {
     let streams = Arc::new(Semaphore::new(MAX_STREAMS));
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             () = stop.cancelled() => return,
@@ -129,11 +136,18 @@ pub async fn serve(listener: TcpListener, sources: Sources, stop: CancellationTo
                 }
             },
         };
+        // Past the cap, a connection is closed at once: the monitor's own
+        // descriptors (its checks) come first.
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            drop(stream);
+            continue;
+        };
         let (sources, stop, streams) = (sources.clone(), stop.clone(), Arc::clone(&streams));
         tokio::spawn(async move {
-            // An event stream lives as long as its reader; a plain request
-            // gets CONNECTION_TIMEOUT.
-            let streaming = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let _permit = permit;
+            // An event stream lives as long as its reader reads; otherwise a
+            // connection gets CONNECTION_TIMEOUT.
+            let streaming = Arc::new(AtomicUsize::new(0));
             let flag = Arc::clone(&streaming);
             let conn_stop = stop.clone();
             let service = service_fn(move |req: Request<Incoming>| {
@@ -149,7 +163,7 @@ pub async fn serve(listener: TcpListener, sources: Sources, stop: CancellationTo
                     () = stop.cancelled() => return,
                     _ = &mut conn => return,
                     () = &mut deadline => {
-                        if !streaming.load(std::sync::atomic::Ordering::Relaxed) {
+                        if streaming.load(Ordering::Relaxed) == 0 {
                             return;
                         }
                         deadline.as_mut().reset(tokio::time::Instant::now() + CONNECTION_TIMEOUT);
@@ -166,7 +180,7 @@ fn respond(
     sources: &Sources,
     streams: &Arc<Semaphore>,
     stop: &CancellationToken,
-    streaming: &std::sync::atomic::AtomicBool,
+    streaming: &Arc<AtomicUsize>,
 ) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only\n");
@@ -183,15 +197,25 @@ fn respond(
             );
             r
         }
-        "/api/cluster" => json_reply(&json::state_json(&sources.state.borrow())),
-        "/api/history" => json_reply(&json::history_json(&sources.history.borrow())),
-        "/api/lag" => json_reply(&lock(&sources.lag).to_json()),
+        // Each source cloned, then written out: no lock or read guard is
+        // held while the JSON is made.
+        "/api/cluster" => {
+            let state = sources.state.borrow().clone();
+            json_reply(&json::state_json(&state))
+        }
+        "/api/history" => {
+            let history = sources.history.borrow().clone();
+            json_reply(&json::history_json(&history))
+        }
+        "/api/lag" => {
+            let ring = lock(&sources.lag).clone();
+            json_reply(&ring.to_json())
+        }
         "/api/watchdog" => json_reply(&watchdog(sources)),
+        // HEAD: the headers an event stream would have, and no stream.
+        "/api/events" if req.method() == Method::HEAD => events_head(Response::new(empty())),
         "/api/events" => match Arc::clone(streams).try_acquire_owned() {
-            Ok(permit) => {
-                streaming.store(true, std::sync::atomic::Ordering::Relaxed);
-                events(sources.clone(), permit, stop.clone())
-            }
+            Ok(permit) => events(sources.clone(), permit, stop.clone(), Arc::clone(streaming)),
             Err(_) => text(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many event streams open; try again later\n",
@@ -212,10 +236,15 @@ fn respond(
 /// its own; a reader that runs no script, or runs it before its fetches
 /// return, sees the same).
 fn page(sources: &Sources) -> String {
+    let (state, history) = (
+        sources.state.borrow().clone(),
+        sources.history.borrow().clone(),
+    );
+    let ring = lock(&sources.lag).clone();
     let initial = serde_json::json!({
-        "cluster": json::state_json(&sources.state.borrow()),
-        "history": json::history_json(&sources.history.borrow()),
-        "lag": lock(&sources.lag).to_json(),
+        "cluster": json::state_json(&state),
+        "history": json::history_json(&history),
+        "lag": ring.to_json(),
         "watchdog": watchdog(sources),
     });
     PAGE.replacen(INITIAL, &script_safe(&initial), 1)
@@ -229,44 +258,49 @@ fn script_safe(v: &serde_json::Value) -> String {
 }
 
 fn watchdog(sources: &Sources) -> serde_json::Value {
-    json::watchdog_json(sources.watchdog_enabled, sources.watchdog.borrow().as_ref())
+    let status = sources.watchdog.borrow().clone();
+    json::watchdog_json(sources.watchdog_enabled, status.as_ref())
 }
 
 /// The event stream: each source's JSON at once, then whenever it changes
-/// (changes within [`COALESCE`] sent as one), until the reader leaves.
+/// (changes within [`COALESCE`] sent as one), until the reader leaves or
+/// stops reading (an event not taken within [`STALLED`] ends it). While it
+/// runs, `live` counts it (its connection then has no timeout).
 fn events(
     mut s: Sources,
     permit: tokio::sync::OwnedSemaphorePermit,
     stop: CancellationToken,
+    live: Arc<AtomicUsize>,
 ) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Bytes>(8);
+    live.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(async move {
         let _permit = permit;
+        let _live = Live(live);
+        let send = |b: Bytes| {
+            let tx = tx.clone();
+            async move { matches!(tokio::time::timeout(STALLED, tx.send(b)).await, Ok(Ok(()))) }
+        };
         let (mut state, mut history, mut wd) = (true, true, true);
         loop {
             let mut out = String::new();
             if state {
-                event(
-                    &mut out,
-                    "cluster",
-                    &json::state_json(&s.state.borrow_and_update()),
-                );
+                let v = s.state.borrow_and_update().clone();
+                event(&mut out, "cluster", &json::state_json(&v));
             }
             if history {
-                event(
-                    &mut out,
-                    "history",
-                    &json::history_json(&s.history.borrow_and_update()),
-                );
+                let v = s.history.borrow_and_update().clone();
+                event(&mut out, "history", &json::history_json(&v));
             }
             if wd {
-                let v = json::watchdog_json(
-                    s.watchdog_enabled,
-                    s.watchdog.borrow_and_update().as_ref(),
+                let v = s.watchdog.borrow_and_update().clone();
+                event(
+                    &mut out,
+                    "watchdog",
+                    &json::watchdog_json(s.watchdog_enabled, v.as_ref()),
                 );
-                event(&mut out, "watchdog", &v);
             }
-            if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+            if !out.is_empty() && !send(Bytes::from(out)).await {
                 return;
             }
             (state, history, wd) = (false, false, false);
@@ -277,7 +311,7 @@ fn events(
                 r = s.history.changed() => { if r.is_err() { return } history = true }
                 r = s.watchdog.changed() => { if r.is_err() { return } wd = true }
                 () = tokio::time::sleep(KEEPALIVE) => {
-                    if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                    if !send(Bytes::from_static(b": keep-alive\n\n")).await {
                         return;
                     }
                     continue;
@@ -291,14 +325,35 @@ fn events(
     });
     let body =
         StreamBody::new(ReceiverStream::new(rx).map(|b| Ok::<_, Infallible>(Frame::data(b))));
-    let mut r = Response::new(BodyExt::boxed(body));
+    events_head(Response::new(BodyExt::boxed(body)))
+}
+
+/// Counts a live event stream down when it ends.
+struct Live(Arc<AtomicUsize>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An event stream's headers on `r`.
+fn events_head(mut r: Response<Body>) -> Response<Body> {
     let h = r.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     r
+}
+
+fn empty() -> Body {
+    BodyExt::boxed(Full::new(Bytes::new()))
 }
 
 /// Appends one Server-Sent Event (JSON has no raw newline: one data line).
@@ -324,8 +379,12 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut r = Response::new(BodyExt::boxed(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     r
 }
 
