@@ -58,18 +58,7 @@ where
     F: Fn(&mut Registry) + Send + Sync + 'static,
 {
     let render = Arc::new(render);
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::debug!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some(stream) = accept(&listener, &stop, "metrics").await {
         let render = Arc::clone(&render);
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -83,6 +72,28 @@ where
                 _ = tokio::time::timeout(CONNECTION_TIMEOUT, conn) => {}
             }
         });
+    }
+}
+
+/// The next connection on an HTTP `listener`, or `None` once `stop`
+/// fires; a failed accept (out of descriptors...) is logged as `what`'s
+/// and retried after a pause.
+pub async fn accept(
+    listener: &TcpListener,
+    stop: &CancellationToken,
+    what: &str,
+) -> Option<tokio::net::TcpStream> {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => return Some(stream),
+                Err(e) => {
+                    tracing::debug!(error = %e, "{what}: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
     }
 }
 

@@ -124,18 +124,8 @@ pub async fn sample_lag(
 pub async fn serve(listener: TcpListener, sources: Sources, stop: CancellationToken) {
     let streams = Arc::new(Semaphore::new(MAX_STREAMS));
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let stream = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::debug!(error = %e, "status page: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some(stream) = pgwarden_daemon::metrics::accept(&listener, &stop, "status page").await
+    {
         // Past the cap, a connection is closed at once: the monitor's own
         // descriptors (its checks) come first.
         let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
