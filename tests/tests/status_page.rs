@@ -262,6 +262,25 @@ fn primary_in_dom(dom: &str) -> (String, String) {
     (name, node)
 }
 
+/// The first of 30 consecutive ports, all free now, below the ephemeral
+/// range (32768 and up here): the demo derives its ports from a few bases,
+/// and a port next to a free one in the ephemeral range may be any test
+/// client's source port a moment later.
+fn demo_ports() -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        ^ std::process::id();
+    for i in 0..100u32 {
+        let base = 20_000 + u16::try_from((seed.wrapping_add(i * 7919)) % 120).unwrap_or(0) * 100;
+        let free = (base..base + 30).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return base;
+        }
+    }
+    panic!("no 30 free consecutive ports between 20000 and 32000");
+}
+
 /// The demo cluster (three nodes with watchdogs, pg0 primary): its node0
 /// monitor's page in Chromium before and after pg0 dies. The screenshots
 /// go to `target/tmp/status-page/` (`before-failover.png`,
@@ -271,7 +290,10 @@ async fn the_demo_status_page_in_chromium_shows_the_new_primary_after_a_failover
     chromium();
     let dir = tempfile::tempdir().unwrap();
     let env_file = dir.path().join("env");
-    let (proxy, watchdog, metrics) = (free_port(), free_port(), free_port());
+    let base = demo_ports();
+    // Node i's metrics (and status page) at base + 10 i + 0..2, its
+    // watchdog at base + 24 + i, its proxy at base + 29 - i.
+    let (metrics, watchdog, proxy) = (base, base + 24, base + 29);
     let demo = pgwarden_testkit::ChildGuard::spawn(
         std::process::Command::new(pgwarden_testkit::workspace_bin("pgwarden-demo"))
             .args([
@@ -301,10 +323,13 @@ async fn the_demo_status_page_in_chromium_shows_the_new_primary_after_a_failover
     };
     let port: u16 = var("STATUS_PORT").parse().unwrap();
     let url = format!("http://127.0.0.1:{port}/");
-    wait_until(Duration::from_secs(30), "node0's status page up", || {
+    if let Err(e) = wait_until(Duration::from_secs(30), "node0's status page up", || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .unwrap();
+    }) {
+        let log =
+            std::fs::read_to_string(dir.path().join("demo/node0/monitor.log")).unwrap_or_default();
+        panic!("{e}; node0's monitor log:\n{log}");
+    }
 
     // What Chromium is given: the page, and the state it draws.
     let (head, _) = get(port, "GET", "/");
