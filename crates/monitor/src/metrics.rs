@@ -22,10 +22,7 @@ pub async fn spawn(
         Ok(listener) => {
             tokio::spawn(m::serve(
                 listener,
-                move |r| {
-                    render(&state.borrow(), r);
-                    render_history(&history.borrow(), r);
-                },
+                move |r| render_all(&state, &history, r),
                 stop,
             ));
         }
@@ -41,12 +38,17 @@ pub fn renderer(
     state: watch::Receiver<ClusterState>,
     history: watch::Receiver<Vec<FailoverRecord>>,
 ) -> std::sync::Arc<dyn Fn() -> Result<String, std::fmt::Error> + Send + Sync> {
-    std::sync::Arc::new(move || {
-        m::rendered(|r| {
-            render(&state.borrow(), r);
-            render_history(&history.borrow(), r);
-        })
-    })
+    std::sync::Arc::new(move || m::rendered(|r| render_all(&state, &history, r)))
+}
+
+/// Everything `/metrics` shows: the published state and the history.
+fn render_all(
+    state: &watch::Receiver<ClusterState>,
+    history: &watch::Receiver<Vec<FailoverRecord>>,
+    r: &mut Registry,
+) {
+    render(&state.borrow(), r);
+    render_history(&history.borrow(), r);
 }
 
 fn backend_labels(b: &BackendState) -> Labels {

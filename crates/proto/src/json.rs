@@ -159,7 +159,6 @@ pub fn watchdog_json(enabled: bool, status: Option<&WatchdogStatus>) -> Value {
         "delegate_ip_holder": name(s.delegate_ip_holder),
         "members": s.members.iter().map(|m| json!({
             "id": m.id,
-            "name": m.address,
             "address": m.address,
             "state": match m.state() {
                 MemberState::Reachable => "reachable",

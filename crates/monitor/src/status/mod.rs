@@ -211,9 +211,9 @@ fn respond(
                 "too many event streams open; try again later\n",
             ),
         },
-        "/metrics" if sources.metrics.is_some() => match sources.metrics.as_ref().map(|m| m()) {
-            Some(Ok(t)) => reply(StatusCode::OK, pgwarden_daemon::metrics::CONTENT, t),
-            _ => text(
+        "/metrics" if let Some(metrics) = &sources.metrics => match metrics() {
+            Ok(t) => reply(StatusCode::OK, pgwarden_daemon::metrics::CONTENT, t),
+            Err(_) => text(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "cannot encode the metrics\n",
             ),
