@@ -296,6 +296,9 @@ impl Proxy {
             ),
             settings,
         });
+        // A change of primary wakes the clients waiting on their alarms.
+        let clients = Arc::clone(&shared.clients);
+        shared.router.set_bell(Arc::new(move || clients.ring_all()));
         Ok(Proxy {
             listener,
             read_only,
@@ -424,6 +427,7 @@ impl Proxy {
                 "shutdown timeout reached; closing the remaining sessions"
             );
             shared.hard_stop.cancel();
+            shared.clients.ring_all();
             let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
         }
         background.cancel();

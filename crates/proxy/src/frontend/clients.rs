@@ -27,7 +27,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
+
+use atomic_waker::AtomicWaker;
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
@@ -102,6 +105,48 @@ pub struct Activity {
     /// The server connection the client holds now: the client's own lock,
     /// so setting it at each checkout touches nothing other clients use.
     server: Mutex<Option<Server>>,
+    /// Rung after the client's stop token or a route's `ended` token fires.
+    alarm: Alarm,
+}
+
+/// A client's wake-up, rung after a token it may be waiting on fired (its
+/// stop token, or the `ended` token of a route). A transaction-mode client
+/// waits on this alone ([`CancelKey::alarm`]), and looks at the tokens only
+/// once it rang: polling a token locks it, and a relay's wait is polled at
+/// every turn of its transaction.
+#[derive(Debug, Default)]
+struct Alarm {
+    rung: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Alarm {
+    /// Rings: called after the token was fired, so that a waiter woken by
+    /// it sees the token fired.
+    fn ring(&self) {
+        self.rung.store(true, Ordering::SeqCst);
+        self.waker.wake();
+    }
+
+    /// Ready once it rang since the last time it was ready.
+    fn poll_rung(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered first: a ring after the check below wakes this waker.
+        self.waker.register(cx.waker());
+        if self.rung.swap(false, Ordering::SeqCst) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// Why [`CancelKey::alarm`] completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alarmed {
+    /// The client's stop token fired.
+    Stopped,
+    /// The route's `ended` token fired: its primary changed.
+    RouteEnded,
 }
 
 impl Activity {
@@ -258,6 +303,11 @@ impl ClientRegistry {
                 let secret = rand::random::<i32>();
                 let terminate = stop_all.child_token();
                 let activity = Arc::new(Activity::default());
+                if terminate.is_cancelled() {
+                    // `stop_all` fired before (its ring_all, under this
+                    // lock, came before or will find the entry anyway).
+                    activity.alarm.ring();
+                }
                 keys.insert(
                     pid,
                     Entry {
@@ -329,6 +379,15 @@ impl ClientRegistry {
         out
     }
 
+    /// Rings every client's alarm: after `stop_all` (the proxy's hard
+    /// stop) or a route's `ended` token fired.
+    pub fn ring_all(&self) {
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        for e in keys.values() {
+            e.activity.alarm.ring();
+        }
+    }
+
     /// How many clients are logged in.
     pub fn len(&self) -> usize {
         self.keys.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -361,6 +420,7 @@ impl ClientRegistry {
         match keys.get(&pid) {
             Some(e) => {
                 e.terminate.cancel();
+                e.activity.alarm.ring();
                 true
             }
             None => false,
@@ -461,6 +521,33 @@ impl CancelKey {
     /// ends every session (shutdown timeout reached).
     pub fn stop(&self) -> &CancellationToken {
         &self.terminate
+    }
+
+    /// Completes when the client's stop token fired, or `route_ended`
+    /// (checked at once, then again each time the alarm rings). Between
+    /// rings it touches no lock: everything that fires a stop token or a
+    /// route's `ended` token rings the alarms after
+    /// ([`ClientRegistry::terminate`], [`ClientRegistry::ring_all`]). A
+    /// ring taken by an earlier wait was followed by its look at the stop
+    /// token, so a stop token that fired is never missed here; the route,
+    /// new to this wait, is looked at once first.
+    pub async fn alarm(&self, route_ended: Option<&CancellationToken>) -> Alarmed {
+        if route_ended.is_some_and(CancellationToken::is_cancelled) {
+            // A stop wins, as below.
+            if self.terminate.is_cancelled() {
+                return Alarmed::Stopped;
+            }
+            return Alarmed::RouteEnded;
+        }
+        loop {
+            std::future::poll_fn(|cx| self.activity.alarm.poll_rung(cx)).await;
+            if self.terminate.is_cancelled() {
+                return Alarmed::Stopped;
+            }
+            if route_ended.is_some_and(CancellationToken::is_cancelled) {
+                return Alarmed::RouteEnded;
+            }
+        }
     }
 
     fn update(&self, server: Option<Server>) {
@@ -624,5 +711,76 @@ mod tests {
         // Stopping every session reaches each one's token.
         all.cancel();
         assert!(older.stop().is_cancelled());
+    }
+
+    /// Polls `f` once: its output if it is ready now.
+    fn now<F: std::future::Future>(f: F) -> Option<F::Output> {
+        let mut f = std::pin::pin!(f);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match f.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => Some(v),
+            Poll::Pending => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_alarm_ends_its_wait_when_the_client_is_terminated_or_its_route_ends() {
+        let reg = Arc::new(ClientRegistry::default());
+        let all = CancellationToken::new();
+        let a = Arc::new(reg.register(meta("a", 1), &all));
+        let b = reg.register(meta("b", 2), &all);
+        let route = CancellationToken::new();
+        assert_eq!(now(a.alarm(Some(&route))), None, "nothing fired yet");
+        // A waiter parked on the alarm is woken by the terminate.
+        let k = Arc::clone(&a);
+        let waiting = tokio::spawn(async move { k.alarm(None).await });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        assert!(reg.terminate(a.pid));
+        let why = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(why, Alarmed::Stopped);
+        // `b`, never terminated, still waits.
+        assert_eq!(now(b.alarm(Some(&route))), None);
+        // A route that ended before the wait began is seen at once, with
+        // no ring.
+        let ended = CancellationToken::new();
+        ended.cancel();
+        assert_eq!(now(b.alarm(Some(&ended))), Some(Alarmed::RouteEnded));
+        // One that ends during the wait, once the router rings everyone.
+        let k = reg.register(meta("c", 3), &all);
+        let r = route.clone();
+        let waiting = tokio::spawn(async move { k.alarm(Some(&r)).await });
+        tokio::task::yield_now().await;
+        route.cancel();
+        reg.ring_all();
+        let why = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(why, Alarmed::RouteEnded);
+        // A ring for someone else's reason leaves a waiter waiting.
+        assert_eq!(now(b.alarm(None)), None, "b's ring was for the route");
+    }
+
+    #[tokio::test]
+    async fn the_hard_stop_ends_every_alarm_wait_even_of_a_client_registered_after_it() {
+        let reg = Arc::new(ClientRegistry::default());
+        let all = CancellationToken::new();
+        let a = Arc::new(reg.register(meta("a", 1), &all));
+        let k = Arc::clone(&a);
+        let waiting = tokio::spawn(async move { k.alarm(None).await });
+        tokio::task::yield_now().await;
+        all.cancel();
+        reg.ring_all();
+        let why = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(why, Alarmed::Stopped);
+        let late = reg.register(meta("late", 2), &all);
+        assert_eq!(now(late.alarm(None)), Some(Alarmed::Stopped));
     }
 }

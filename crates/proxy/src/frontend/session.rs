@@ -557,7 +557,6 @@ async fn start_session(
             creds,
             tracker: crate::relay::Tracker::new(s.max_prepared_statements, s.max_message_bytes),
             memo: Default::default(),
-            route_ended: None,
             last_server: None,
             search_path_startup: None,
             reader: None,

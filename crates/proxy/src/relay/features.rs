@@ -57,6 +57,15 @@ pub const READ_BACK: &[&str] = &["search_path"];
 /// statement (a SELECT, an INSERT...) costs a walk over its words and
 /// nothing else: no copy, no allocation.
 pub fn effects(sql: &[u8]) -> SqlEffects {
+    if plainly_none(sql) {
+        return SqlEffects::default();
+    }
+    full_effects(sql)
+}
+
+/// The walk over every word of `sql` that [`effects`] spares the common
+/// statement.
+fn full_effects(sql: &[u8]) -> SqlEffects {
     let mut fx = SqlEffects::default();
     // The first few words of a statement say what it is.
     let mut first: [&[u8]; FIRST_WORDS] = [b""; FIRST_WORDS];
@@ -97,6 +106,86 @@ pub fn effects(sql: &[u8]) -> SqlEffects {
     }
     fx
 }
+
+/// True when `sql` has no effect, seen in one pass over its bytes and
+/// erring towards `false` (then the full walk decides): one statement (a
+/// `;` only at the end), nothing a word could hide in from this look (no
+/// quote, comment or `$`), a first word that starts no statement with an
+/// effect, and none of the words [`anywhere_pins`] looks for anywhere in
+/// it, not even inside another word. Most of what clients send (a SELECT,
+/// an INSERT, BEGIN, COMMIT...) is decided here at a few instructions a
+/// byte.
+fn plainly_none(sql: &[u8]) -> bool {
+    for (i, &b) in sql.iter().enumerate() {
+        let k = quick(b);
+        if k == 0 {
+            continue;
+        }
+        let at = sql.get(i..).unwrap_or_default();
+        if k & QUICK_SPECIAL != 0 {
+            let next = at.get(1).copied();
+            match b {
+                // A minus or a division, not a comment.
+                b'-' if next != Some(b'-') => {}
+                b'/' if next != Some(b'*') => {}
+                // Nothing but white space after it: one statement.
+                b';' if at.iter().skip(1).all(u8::is_ascii_whitespace) => {}
+                _ => return false,
+            }
+        } else if anywhere_word_at(at) {
+            return false;
+        }
+    }
+    // The first word, as the lexer finds it.
+    let Some(start) = sql.iter().position(|&c| class(c) & START != 0) else {
+        return true;
+    };
+    let rest = sql.get(start..).unwrap_or_default();
+    let len = rest
+        .iter()
+        .position(|&c| class(c) & PART == 0)
+        .unwrap_or(rest.len());
+    !starts_with_effect(rest.get(..len).unwrap_or_default())
+}
+
+/// True when `at` starts with a piece of a word [`anywhere_pins`] looks
+/// for (`advisory` of the lock functions, `config` of `set_config`,
+/// `hold`, `temp` of `temp`, `temporary` and `pg_temp`), in any case.
+fn anywhere_word_at(at: &[u8]) -> bool {
+    let starts = |w: &[u8]| at.get(..w.len()).is_some_and(|a| a.eq_ignore_ascii_case(w));
+    match at.get(1).map(u8::to_ascii_lowercase) {
+        Some(b'd') => starts(b"advisory"),
+        Some(b'o') => starts(b"config") || starts(b"hold"),
+        Some(b'e') => starts(b"temp"),
+        _ => false,
+    }
+}
+
+/// [`plainly_none`]'s look at a byte: a character it must look at more
+/// closely (`;`, `-`, `/`, quotes, `$`), the first letter of a word
+/// [`anywhere_word_at`] knows, or nothing (0).
+const QUICK_SPECIAL: u8 = 1;
+const QUICK_LETTER: u8 = 2;
+fn quick(b: u8) -> u8 {
+    QUICK.get(usize::from(b)).copied().unwrap_or(0)
+}
+#[allow(clippy::indexing_slicing)] // const evaluation: out of bounds fails the build
+static QUICK: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let special = b";-/'\"$";
+    let mut i = 0;
+    while i < special.len() {
+        t[special[i] as usize] = QUICK_SPECIAL;
+        i += 1;
+    }
+    let letters = b"achtACHT";
+    let mut i = 0;
+    while i < letters.len() {
+        t[letters[i] as usize] = QUICK_LETTER;
+        i += 1;
+    }
+    t
+};
 
 /// True when a statement starting with `word` can have an effect
 /// [`statement_effects`] knows of.
@@ -501,6 +590,62 @@ mod tests {
             b"",
         ] {
             let _ = effects(sql);
+        }
+    }
+
+    #[test]
+    fn the_quick_look_passes_the_common_statements_and_nothing_with_an_effect() {
+        for sql in [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+            "UPDATE pgbench_accounts SET abalance = abalance + -5 WHERE aid = 7;",
+            "INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 2, 3, 4, CURRENT_TIMESTAMP);",
+            "BEGIN;",
+            "END;",
+            "COMMIT",
+            "select 1/2",
+            "",
+        ] {
+            assert!(plainly_none(sql.as_bytes()), "{sql}");
+        }
+        // Everything the tests above find an effect in goes the full way.
+        for sql in [
+            "LISTEN jobs",
+            "SET work_mem = 1",
+            "select pg_advisory_lock(1)",
+            "SELECT 1 INTO TEMP t",
+            "CREATE TABLE pg_temp.t (x int)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "SELECT set_config('a', 'b', false)",
+            "SELECT 1; LISTEN x",
+            "/* x */ LISTEN x",
+            "discard all",
+            "(LISTEN x)",
+        ] {
+            assert!(!plainly_none(sql.as_bytes()), "{sql}");
+            assert_ne!(effects(sql.as_bytes()), SqlEffects::default(), "{sql}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(4000))]
+        /// The quick look never passes text the full walk finds an effect in.
+        #[test]
+        fn the_quick_look_never_hides_an_effect(
+            parts in proptest::collection::vec(proptest::sample::select(&[
+                "SELECT", "select", "LISTEN", "listen", "set", "SET", "Reset", "create", "TEMP",
+                "temporary", "pg_temp", "into", "INTO", "with", "HOLD", "hold", "pg_advisory_lock",
+                "PG_TRY_ADVISORY_LOCK", "set_config", "DO", "prepare", "execute", "deallocate",
+                "discard", "all", "plans", "load", "search_path", "work_mem", "application_name",
+                "local", "session", "role", "time", "zone", "t", "x", "e", "E", "abalance",
+                "pgbench_accounts", "1", "42", " ", "  ", "\n", "(", ")", ",", ".", "=", "-", "--",
+                "/", "/*", "*/", "*", ";", "'", "''", "\"", "$", "$$", "$q$", "$1", "\\",
+                "\u{e9}",
+            ][..]), 0..12)
+        ) {
+            let sql: String = parts.concat();
+            if plainly_none(sql.as_bytes()) {
+                proptest::prop_assert_eq!(full_effects(sql.as_bytes()), SqlEffects::default(), "{}", sql);
+            }
         }
     }
 }

@@ -29,7 +29,7 @@ use super::standby;
 use super::statements::{Start, Tracker};
 use crate::Shared;
 use crate::backend::{ServerConn, ServerCredentials};
-use crate::frontend::clients::{Activity, CancelKey};
+use crate::frontend::clients::{Activity, Alarmed, CancelKey};
 use crate::pool::checkout;
 
 /// A logged-in transaction-mode client.
@@ -49,10 +49,6 @@ pub(crate) struct TxnClient {
     pub tracker: Tracker,
     /// What its checkouts keep from one to the next.
     pub memo: checkout::Memo,
-    /// A child of the current route's `ended` token, with the route's
-    /// generation: made once per route rather than per transaction (a
-    /// child token locks the parent, which every client shares).
-    pub route_ended: Option<(u64, CancellationToken)>,
     /// The server connection of its last transaction ([`ServerConn`]'s
     /// serial and served count as it left it).
     pub last_server: Option<(u64, u64)>,
@@ -81,7 +77,7 @@ pub(crate) async fn serve(
     mut c: TxnClient,
 ) {
     loop {
-        match idle(client, &mut buf, cancel.stop(), &c.tracker).await {
+        match idle(client, &mut buf, &cancel, &c.tracker).await {
             Idle::Work => {}
             Idle::Left => return,
             Idle::Stopped => {
@@ -191,13 +187,7 @@ async fn transaction(
     };
     slot.count(read.is_some());
     cancel.set_server(conn.backend, conn.addr, conn.key);
-    // Taken for the relay and put back: no clone per transaction.
-    let ended = match c.route_ended.take() {
-        Some((generation, t)) if generation == route.generation && !t.is_cancelled() => t,
-        _ => route.ended.child_token(),
-    };
-    let outcome = relay(client, &mut conn, buf, c, cancel, &ended, false).await;
-    c.route_ended = Some((route.generation, ended));
+    let outcome = relay(client, &mut conn, buf, c, cancel, Some(&route.ended), false).await;
     cancel.clear_server().await;
     let backend = route.primary.as_ref().map_or("", |b| b.name.as_str());
     // A transaction that only read (a read the choice left on the
@@ -399,8 +389,7 @@ async fn run_on_standby(
     // Kept to run again elsewhere if the standby never answers it.
     let sent = first.map(|f| BytesMut::from(buf.get(..f.len).unwrap_or_default()));
     // A standby's transaction does not end with a change of primary.
-    let never = CancellationToken::new();
-    let outcome = relay(client, &mut conn, buf, c, cancel, &never, first.is_some()).await;
+    let outcome = relay(client, &mut conn, buf, c, cancel, None, first.is_some()).await;
     cancel.clear_server().await;
     // Nothing of the client's sent on (a failed write), or its first
     // request and no more: run again as it was.
@@ -520,7 +509,7 @@ enum Idle {
 async fn idle(
     client: &mut Stream,
     buf: &mut BytesMut,
-    stop: &CancellationToken,
+    cancel: &CancelKey,
     tracker: &Tracker,
 ) -> Idle {
     loop {
@@ -530,7 +519,7 @@ async fn idle(
             Start::NeedMore(n) => {
                 tokio::select! {
                     biased;
-                    () = stop.cancelled() => return Idle::Stopped,
+                    _ = cancel.alarm(None) => return Idle::Stopped,
                     r = client.ready_to_read() => if r.is_err() { return Idle::Left },
                 }
                 if buf.capacity() == 0
@@ -603,7 +592,8 @@ enum Outcome {
 
 /// Relays one transaction (or, for a pinned client, the rest of the
 /// session) between the client and `server`, following the client's
-/// activity and stop token in `cancel`; with `hold` (a standby's
+/// activity and stop token in `cancel`, and `route_ended` (its route's
+/// primary changed; none on a standby); with `hold` (a standby's
 /// transaction), one request at a time, and nothing more once the server
 /// is idle again.
 async fn relay(
@@ -612,12 +602,10 @@ async fn relay(
     buf: &mut BytesMut,
     c: &mut TxnClient,
     cancel: &CancelKey,
-    route_ended: &CancellationToken,
+    route_ended: Option<&CancellationToken>,
     hold: bool,
 ) -> Outcome {
-    let (activity, stop) = (cancel.activity(), cancel.stop());
-    // The client's own token (see `TxnClient::route_ended`): waiting on it
-    // touches no lock shared with other clients.
+    let activity = cancel.activity();
     c.tracker
         .begin(c.last_server == Some((server.serial, server.served)));
     server.served += 1;
@@ -783,8 +771,12 @@ async fn relay(
 
     let end = tokio::select! {
         biased;
-        _ = stop.cancelled() => Some(PumpEnd::Stopped(StopReason::Stopped)),
-        _ = route_ended.cancelled() => Some(PumpEnd::Stopped(StopReason::PrimaryChanged)),
+        // The client's alarm: no lock touched at each turn (see
+        // `CancelKey::alarm`).
+        why = cancel.alarm(route_ended) => Some(PumpEnd::Stopped(match why {
+            Alarmed::Stopped => StopReason::Stopped,
+            Alarmed::RouteEnded => StopReason::PrimaryChanged,
+        })),
         end = client_to_server => Some(end),
         r = server_to_client => r.err(),
     };

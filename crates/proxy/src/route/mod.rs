@@ -92,6 +92,18 @@ pub struct Router {
     draining: std::sync::Mutex<Option<CancellationToken>>,
     /// The servers load-balanced reads may go to (see [`readers`]).
     readers: watch::Sender<Arc<readers::Readers>>,
+    /// Rung after a route's `ended` fires (see [`Router::set_bell`]).
+    bell: std::sync::OnceLock<Bell>,
+}
+
+/// What [`Router::set_bell`] calls.
+#[derive(Clone)]
+struct Bell(Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for Bell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Bell")
+    }
 }
 
 impl Default for Router {
@@ -109,6 +121,7 @@ impl Default for Router {
             recheck: Notify::new(),
             draining: std::sync::Mutex::new(None),
             readers: watch::channel(Arc::default()).0,
+            bell: std::sync::OnceLock::new(),
         }
     }
 }
@@ -189,6 +202,8 @@ impl Router {
         drain: Option<Duration>,
     ) -> Option<usize> {
         let mut replaced = None;
+        let mut ended = false;
+        let bell = self.bell.get().cloned();
         let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
         self.tx.send_modify(|cur| {
             let cur = Arc::make_mut(cur);
@@ -211,6 +226,7 @@ impl Router {
             replaced = cur.primary.as_ref().map(|b| b.id);
             if let Some(t) = draining.take() {
                 t.cancel();
+                ended = true;
             }
             std::mem::replace(&mut cur.withdrawn, CancellationToken::new()).cancel();
             let old = std::mem::replace(&mut cur.ended, CancellationToken::new());
@@ -221,18 +237,36 @@ impl Router {
                         "switchover: running transactions on the old primary may finish; new ones wait"
                     );
                     let late = old.clone();
+                    let bell = bell.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(cap).await;
                         late.cancel();
+                        if let Some(Bell(ring)) = bell {
+                            ring();
+                        }
                     });
                     *draining = Some(old);
                 }
-                _ => old.cancel(),
+                _ => {
+                    old.cancel();
+                    ended = true;
+                }
             }
             cur.primary = primary.map(Arc::new);
             cur.first_use = Arc::default();
         });
+        drop(draining);
+        if ended && let Some(Bell(ring)) = bell {
+            ring();
+        }
         replaced
+    }
+
+    /// Sets what is called after a route's `ended` token fired (once; the
+    /// proxy rings its clients' alarms with it, see
+    /// [`crate::frontend::clients::CancelKey::alarm`]).
+    pub fn set_bell(&self, ring: Arc<dyn Fn() + Send + Sync>) {
+        let _ = self.bell.set(Bell(ring));
     }
 
     /// The servers reads may go to now.
@@ -379,5 +413,55 @@ async fn connect(
             None
         }
         Err(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn backend(id: usize) -> BackendAddr {
+        BackendAddr {
+            id,
+            name: format!("pg{id}"),
+            host: "127.0.0.1".into(),
+            port: 5432,
+            weight: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_bell_rings_after_each_ended_token_fires_at_once_or_after_a_drain() {
+        let router = Router::default();
+        let rings = Arc::new(AtomicUsize::new(0));
+        let r = Arc::clone(&rings);
+        router.set_bell(Arc::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }));
+        router.set(1, Some(backend(0)), "");
+        let first = router.current();
+        // The first route had no primary: its ended fired, a ring.
+        assert_eq!(rings.load(Ordering::SeqCst), 1);
+        // The same primary again: nothing ends, no ring.
+        router.set(2, Some(backend(0)), "");
+        assert_eq!(rings.load(Ordering::SeqCst), 1);
+        assert!(!first.ended.is_cancelled());
+        // A switchover's drain: the old primary's transactions go on, so
+        // its ended fires (and rings) only when the drain is over.
+        router.set_draining(3, None, "switchover", Some(Duration::from_millis(200)));
+        assert!(!first.ended.is_cancelled());
+        assert_eq!(rings.load(Ordering::SeqCst), 1);
+        tokio::time::timeout(Duration::from_secs(5), first.ended.cancelled())
+            .await
+            .unwrap();
+        // The ring comes right after the token fired, in the same task.
+        tokio::task::yield_now().await;
+        assert_eq!(rings.load(Ordering::SeqCst), 2, "rung after the drain");
+        // A change of primary: at once, after the token fired.
+        let second = router.current();
+        router.set(4, Some(backend(1)), "");
+        assert!(second.ended.is_cancelled());
+        assert_eq!(rings.load(Ordering::SeqCst), 3);
     }
 }
