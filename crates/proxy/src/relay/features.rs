@@ -116,25 +116,27 @@ fn full_effects(sql: &[u8]) -> SqlEffects {
 /// an INSERT, BEGIN, COMMIT...) is decided here at a few instructions a
 /// byte.
 fn plainly_none(sql: &[u8]) -> bool {
-    for (i, &b) in sql.iter().enumerate() {
+    let mut i = 0usize;
+    while let Some(&b) = sql.get(i) {
         let k = quick(b);
-        if k == 0 {
-            continue;
-        }
-        let at = sql.get(i..).unwrap_or_default();
-        if k & QUICK_SPECIAL != 0 {
-            let next = at.get(1).copied();
-            match b {
-                // A minus or a division, not a comment.
-                b'-' if next != Some(b'-') => {}
-                b'/' if next != Some(b'*') => {}
-                // Nothing but white space after it: one statement.
-                b';' if at.iter().skip(1).all(u8::is_ascii_whitespace) => {}
-                _ => return false,
+        if k != 0 {
+            if k & QUICK_SPECIAL != 0 {
+                let next = sql.get(i + 1).copied();
+                match b {
+                    // A minus or a division, not a comment.
+                    b'-' if next != Some(b'-') => {}
+                    b'/' if next != Some(b'*') => {}
+                    // Nothing but white space after it: one statement.
+                    b';' if sql
+                        .get(i + 1..)
+                        .is_some_and(|rest| rest.iter().all(u8::is_ascii_whitespace)) => {}
+                    _ => return false,
+                }
+            } else if anywhere_word_at(sql.get(i..).unwrap_or_default()) {
+                return false;
             }
-        } else if anywhere_word_at(at) {
-            return false;
         }
+        i += 1;
     }
     // The first word, as the lexer finds it.
     let Some(start) = sql.iter().position(|&c| class(c) & START != 0) else {
