@@ -531,8 +531,8 @@ impl CancelKey {
     /// ring taken by an earlier wait was followed by its look at the stop
     /// token, so a stop token that fired is never missed here; the route,
     /// new to this wait, is looked at once first.
-    pub async fn alarm(&self, route_ended: Option<&CancellationToken>) -> Alarmed {
-        if route_ended.is_some_and(CancellationToken::is_cancelled) {
+    pub async fn alarm(&self, route_ended: Option<&crate::route::Ended>) -> Alarmed {
+        if route_ended.is_some_and(crate::route::Ended::is_fired) {
             // A stop wins, as below.
             if self.terminate.is_cancelled() {
                 return Alarmed::Stopped;
@@ -544,7 +544,7 @@ impl CancelKey {
             if self.terminate.is_cancelled() {
                 return Alarmed::Stopped;
             }
-            if route_ended.is_some_and(CancellationToken::is_cancelled) {
+            if route_ended.is_some_and(crate::route::Ended::is_fired) {
                 return Alarmed::RouteEnded;
             }
         }
@@ -729,7 +729,7 @@ mod tests {
         let all = CancellationToken::new();
         let a = Arc::new(reg.register(meta("a", 1), &all));
         let b = reg.register(meta("b", 2), &all);
-        let route = CancellationToken::new();
+        let route = crate::route::Ended::default();
         assert_eq!(now(a.alarm(Some(&route))), None, "nothing fired yet");
         // A waiter parked on the alarm is woken by the terminate.
         let k = Arc::clone(&a);
@@ -746,15 +746,15 @@ mod tests {
         assert_eq!(now(b.alarm(Some(&route))), None);
         // A route that ended before the wait began is seen at once, with
         // no ring.
-        let ended = CancellationToken::new();
-        ended.cancel();
+        let ended = crate::route::Ended::default();
+        ended.fire(None);
         assert_eq!(now(b.alarm(Some(&ended))), Some(Alarmed::RouteEnded));
         // One that ends during the wait, once the router rings everyone.
         let k = reg.register(meta("c", 3), &all);
         let r = route.clone();
         let waiting = tokio::spawn(async move { k.alarm(Some(&r)).await });
         tokio::task::yield_now().await;
-        route.cancel();
+        route.fire(None);
         reg.ring_all();
         let why = tokio::time::timeout(Duration::from_secs(5), waiting)
             .await

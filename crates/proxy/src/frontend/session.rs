@@ -614,7 +614,7 @@ async fn run_session(shared: &Shared, client: &mut Stream, pending: BytesMut, mu
             shared.settings.max_message_bytes,
             s.cancel.activity(),
             s.cancel.stop(),
-            &s.route.ended,
+            s.route.ended.token(),
             log.as_ref(),
             log.as_ref().map(|_| &s.route.withdrawn),
         )

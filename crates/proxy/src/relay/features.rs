@@ -641,7 +641,7 @@ mod tests {
                 "local", "session", "role", "time", "zone", "t", "x", "e", "E", "abalance",
                 "pgbench_accounts", "1", "42", " ", "  ", "\n", "(", ")", ",", ".", "=", "-", "--",
                 "/", "/*", "*/", "*", ";", "'", "''", "\"", "$", "$$", "$q$", "$1", "\\",
-                "\u{e9}",
+                "\u{e9}", "\t", "\u{b}", "\r", "config", "advisory_lock",
             ][..]), 0..12)
         ) {
             let sql: String = parts.concat();

@@ -21,7 +21,6 @@ use pgwarden_wire::backend::{self, TransactionStatus};
 use pgwarden_wire::scan::Scanner;
 use pgwarden_wire::{ErrorResponse, ProtocolError, sqlstate};
 use tokio::io::AsyncReadExt;
-use tokio_util::sync::CancellationToken;
 
 use super::pump::{self, Owing, PumpEnd, PumpResult, ServerState, StopReason};
 use super::replies::{Replies, apply_edits, lock};
@@ -602,7 +601,7 @@ async fn relay(
     buf: &mut BytesMut,
     c: &mut TxnClient,
     cancel: &CancelKey,
-    route_ended: Option<&CancellationToken>,
+    route_ended: Option<&crate::route::Ended>,
     hold: bool,
 ) -> Outcome {
     let activity = cancel.activity();
@@ -777,8 +776,12 @@ async fn relay(
             Alarmed::Stopped => StopReason::Stopped,
             Alarmed::RouteEnded => StopReason::PrimaryChanged,
         })),
-        end = client_to_server => Some(end),
+        // The server's side before the client's: the wake that brings the
+        // reply ending the transaction then completes here without a look
+        // at the client's socket (what the client sent meanwhile waits in
+        // it for the next transaction).
         r = server_to_client => r.err(),
+        end = client_to_server => Some(end),
     };
     let (status, last_tag) = (replies.reports.status, replies.last_tag);
     drop(replies);

@@ -13,6 +13,7 @@ pub mod follow;
 pub mod readers;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
@@ -30,8 +31,8 @@ pub struct Route {
     pub primary: Option<Arc<BackendAddr>>,
     /// Why there is no primary.
     pub why_none: String,
-    /// Cancelled when the primary changes: sessions on it must end.
-    pub ended: CancellationToken,
+    /// Fired when the primary changes: sessions on it must end.
+    pub ended: Ended,
     /// Cancelled when the primary stops taking new work: at the change, or
     /// when a switchover's drain begins (`ended` then fires later). Idle
     /// session-mode sessions move to the new primary from here on.
@@ -39,6 +40,40 @@ pub struct Route {
     /// When this primary first gave a client a server (for the failover
     /// history); new at each change of primary.
     pub first_use: Arc<FirstUse>,
+}
+
+/// A route's end: a token for session-mode sessions to wait on, and a flag
+/// that transaction-mode clients look at without a lock once their alarm
+/// rang. Fired only through [`Ended::fire`], which rings the bell after,
+/// so no waiter on an alarm misses it.
+#[derive(Debug, Clone, Default)]
+pub struct Ended {
+    token: CancellationToken,
+    fired: Arc<AtomicBool>,
+}
+
+impl Ended {
+    /// The token, cancelled when the route ends.
+    pub fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+
+    /// True once the route ended (a load, no lock).
+    pub fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::SeqCst)
+    }
+
+    /// Ends the route: the flag, the token, then the bell; once (a drained
+    /// route's end fired already by its timer is not rung again).
+    pub(crate) fn fire(&self, bell: Option<&Bell>) {
+        if self.fired.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        self.token.cancel();
+        if let Some(Bell(ring)) = bell {
+            ring();
+        }
+    }
 }
 
 /// The first checkout on a route's primary.
@@ -89,7 +124,7 @@ pub struct Router {
     recheck: Notify,
     /// During a switchover: the old primary's `ended`, not fired yet, so
     /// its running transactions finish; fired at the next route change.
-    draining: std::sync::Mutex<Option<CancellationToken>>,
+    draining: std::sync::Mutex<Option<Ended>>,
     /// The servers load-balanced reads may go to (see [`readers`]).
     readers: watch::Sender<Arc<readers::Readers>>,
     /// Rung after a route's `ended` fires (see [`Router::set_bell`]).
@@ -98,7 +133,7 @@ pub struct Router {
 
 /// What [`Router::set_bell`] calls.
 #[derive(Clone)]
-struct Bell(Arc<dyn Fn() + Send + Sync>);
+pub(crate) struct Bell(Arc<dyn Fn() + Send + Sync>);
 
 impl std::fmt::Debug for Bell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,7 +147,7 @@ impl Default for Router {
             generation: 0,
             primary: None,
             why_none: "the primary is not known yet".to_owned(),
-            ended: CancellationToken::new(),
+            ended: Ended::default(),
             withdrawn: CancellationToken::new(),
             first_use: Arc::default(),
         };
@@ -202,7 +237,6 @@ impl Router {
         drain: Option<Duration>,
     ) -> Option<usize> {
         let mut replaced = None;
-        let mut ended = false;
         let bell = self.bell.get().cloned();
         let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
         self.tx.send_modify(|cur| {
@@ -225,11 +259,10 @@ impl Router {
             }
             replaced = cur.primary.as_ref().map(|b| b.id);
             if let Some(t) = draining.take() {
-                t.cancel();
-                ended = true;
+                t.fire(bell.as_ref());
             }
             std::mem::replace(&mut cur.withdrawn, CancellationToken::new()).cancel();
-            let old = std::mem::replace(&mut cur.ended, CancellationToken::new());
+            let old = std::mem::take(&mut cur.ended);
             match drain {
                 Some(cap) if primary.is_none() && cur.primary.is_some() => {
                     tracing::info!(
@@ -240,31 +273,22 @@ impl Router {
                     let bell = bell.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(cap).await;
-                        late.cancel();
-                        if let Some(Bell(ring)) = bell {
-                            ring();
-                        }
+                        late.fire(bell.as_ref());
                     });
                     *draining = Some(old);
                 }
-                _ => {
-                    old.cancel();
-                    ended = true;
-                }
+                _ => old.fire(bell.as_ref()),
             }
             cur.primary = primary.map(Arc::new);
             cur.first_use = Arc::default();
         });
-        drop(draining);
-        if ended && let Some(Bell(ring)) = bell {
-            ring();
-        }
         replaced
     }
 
-    /// Sets what is called after a route's `ended` token fired (once; the
-    /// proxy rings its clients' alarms with it, see
-    /// [`crate::frontend::clients::CancelKey::alarm`]).
+    /// Sets what is called after a route's `ended` fired (once; the proxy
+    /// rings its clients' alarms with it, see
+    /// [`crate::frontend::clients::CancelKey::alarm`]). It is called with
+    /// the router's state locked: it must not use the router.
     pub fn set_bell(&self, ring: Arc<dyn Fn() + Send + Sync>) {
         let _ = self.bell.set(Bell(ring));
     }
@@ -446,13 +470,13 @@ mod tests {
         // The same primary again: nothing ends, no ring.
         router.set(2, Some(backend(0)), "");
         assert_eq!(rings.load(Ordering::SeqCst), 1);
-        assert!(!first.ended.is_cancelled());
+        assert!(!first.ended.is_fired());
         // A switchover's drain: the old primary's transactions go on, so
         // its ended fires (and rings) only when the drain is over.
         router.set_draining(3, None, "switchover", Some(Duration::from_millis(200)));
-        assert!(!first.ended.is_cancelled());
+        assert!(!first.ended.is_fired());
         assert_eq!(rings.load(Ordering::SeqCst), 1);
-        tokio::time::timeout(Duration::from_secs(5), first.ended.cancelled())
+        tokio::time::timeout(Duration::from_secs(5), first.ended.token().cancelled())
             .await
             .unwrap();
         // The ring comes right after the token fired, in the same task.
@@ -461,7 +485,7 @@ mod tests {
         // A change of primary: at once, after the token fired.
         let second = router.current();
         router.set(4, Some(backend(1)), "");
-        assert!(second.ended.is_cancelled());
+        assert!(second.ended.is_fired());
         assert_eq!(rings.load(Ordering::SeqCst), 3);
     }
 }
