@@ -368,6 +368,51 @@ async fn a_proxy_that_loses_the_monitor_for_too_long_stops_routing_and_says_why(
     }
 }
 
+/// Guards the fence reaching a transaction-mode client inside an open
+/// transaction on a primary that is still up: its relay waits on its
+/// alarm, which the change of route must ring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_mode_client_mid_transaction_is_cut_off_when_its_live_primary_is_withdrawn() {
+    let (_cluster, mut proxy) = proxied(
+        0,
+        ProxyOptions::default()
+            .transaction_mode()
+            .set("monitor_stale_after = \"2s\"")
+            .set("failover_hold_timeout = \"1s\""),
+    );
+    proxy.wait_all_up(Duration::from_secs(20)).await;
+    let c = proxy.alice().await;
+    c.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    proxy.kill_monitor();
+    let lost = Instant::now();
+    // Withdrawn once monitor_stale_after has passed: another client's
+    // statements are refused then (its login needs no server).
+    loop {
+        let refused = match proxy.connect(ALICE.0, ALICE.1, "app").await {
+            Err(_) => true,
+            Ok(d) => d.batch_execute("SELECT 1").await.is_err(),
+        };
+        match refused {
+            true => break,
+            false => {
+                assert!(
+                    lost.elapsed() < Duration::from_secs(20),
+                    "still routing 20 s after losing the monitor"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    // The server is alive, but the open transaction must not go on there.
+    let err = tokio::time::timeout(Duration::from_secs(5), c.batch_execute("SELECT 1"))
+        .await
+        .expect("answered or ended within 5 s");
+    assert!(
+        err.is_err(),
+        "a withdrawn primary still ran the client's statement"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn planned_switchover_moves_idle_sessions_and_ends_those_that_cannot_move() {
     let (cluster, proxy) = proxied(1, ProxyOptions::default());

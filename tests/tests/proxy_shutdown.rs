@@ -60,3 +60,33 @@ async fn sigterm_with_no_sessions_exits_at_once() {
         t.elapsed()
     );
 }
+
+/// Guards the hard stop reaching transaction-mode clients: they wait on
+/// their own alarm, not on the stop token, so the shutdown must ring it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_transaction_mode_clients_with_57p01_at_the_shutdown_timeout() {
+    let (_cluster, mut proxy) = proxied(
+        0,
+        ProxyOptions::default()
+            .transaction_mode()
+            .set("shutdown_timeout = \"2s\""),
+    );
+    let c = proxy.alice_after("SELECT 1").await;
+    // Idle between transactions: no server connection, only its alarm.
+    let mut raw = raw_login(proxy.port);
+
+    proxy.child().signal(Signal::SIGTERM).unwrap();
+    let signalled = Instant::now();
+    let status = proxy
+        .child()
+        .wait_timeout(Duration::from_secs(15))
+        .expect("proxy exits");
+    assert!(status.success(), "{status:?}");
+    let took = signalled.elapsed();
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    // Closed at the timeout, not 5 s later when the proxy gives up on them.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_ended_with(&mut raw, "57P01");
+    let err = c.query_one("SELECT 1", &[]).await.unwrap_err();
+    assert!(session_ended(&err), "{err}");
+}

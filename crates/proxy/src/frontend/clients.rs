@@ -105,12 +105,12 @@ pub struct Activity {
     /// The server connection the client holds now: the client's own lock,
     /// so setting it at each checkout touches nothing other clients use.
     server: Mutex<Option<Server>>,
-    /// Rung after the client's stop token or a route's `ended` token fires.
+    /// Rung after the client's stop token or a route's `ended` fires.
     alarm: Alarm,
 }
 
-/// A client's wake-up, rung after a token it may be waiting on fired (its
-/// stop token, or the `ended` token of a route). A transaction-mode client
+/// A client's wake-up, rung after something it may be waiting on fired (its
+/// stop token, or a route's [`crate::route::Ended`]). A transaction-mode client
 /// waits on this alone ([`CancelKey::alarm`]), and looks at the tokens only
 /// once it rang: polling a token locks it, and a relay's wait is polled at
 /// every turn of its transaction.
@@ -145,7 +145,7 @@ impl Alarm {
 pub enum Alarmed {
     /// The client's stop token fired.
     Stopped,
-    /// The route's `ended` token fired: its primary changed.
+    /// The route's `ended` fired: its primary changed.
     RouteEnded,
 }
 
@@ -380,7 +380,7 @@ impl ClientRegistry {
     }
 
     /// Rings every client's alarm: after `stop_all` (the proxy's hard
-    /// stop) or a route's `ended` token fired.
+    /// stop) or a route's `ended` fired.
     pub fn ring_all(&self) {
         let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
         for e in keys.values() {
@@ -526,27 +526,26 @@ impl CancelKey {
     /// Completes when the client's stop token fired, or `route_ended`
     /// (checked at once, then again each time the alarm rings). Between
     /// rings it touches no lock: everything that fires a stop token or a
-    /// route's `ended` token rings the alarms after
+    /// route's `ended` rings the alarms after
     /// ([`ClientRegistry::terminate`], [`ClientRegistry::ring_all`]). A
     /// ring taken by an earlier wait was followed by its look at the stop
     /// token, so a stop token that fired is never missed here; the route,
     /// new to this wait, is looked at once first.
     pub async fn alarm(&self, route_ended: Option<&crate::route::Ended>) -> Alarmed {
-        if route_ended.is_some_and(crate::route::Ended::is_fired) {
-            // A stop wins, as below.
-            if self.terminate.is_cancelled() {
-                return Alarmed::Stopped;
-            }
-            return Alarmed::RouteEnded;
-        }
+        let route_fired = || route_ended.is_some_and(crate::route::Ended::is_fired);
+        let mut look = route_fired();
         loop {
+            if look {
+                // A stop wins over the route.
+                if self.terminate.is_cancelled() {
+                    return Alarmed::Stopped;
+                }
+                if route_fired() {
+                    return Alarmed::RouteEnded;
+                }
+            }
             std::future::poll_fn(|cx| self.activity.alarm.poll_rung(cx)).await;
-            if self.terminate.is_cancelled() {
-                return Alarmed::Stopped;
-            }
-            if route_ended.is_some_and(crate::route::Ended::is_fired) {
-                return Alarmed::RouteEnded;
-            }
+            look = true;
         }
     }
 
@@ -723,6 +722,14 @@ mod tests {
         }
     }
 
+    /// The output of a task that must end within 5 s.
+    async fn within_5s<T>(task: tokio::task::JoinHandle<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the wait ended within 5 s")
+            .expect("the task did not panic")
+    }
+
     #[tokio::test]
     async fn an_alarm_ends_its_wait_when_the_client_is_terminated_or_its_route_ends() {
         let reg = Arc::new(ClientRegistry::default());
@@ -737,10 +744,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
         assert!(reg.terminate(a.pid));
-        let why = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .unwrap()
-            .unwrap();
+        let why = within_5s(waiting).await;
         assert_eq!(why, Alarmed::Stopped);
         // `b`, never terminated, still waits.
         assert_eq!(now(b.alarm(Some(&route))), None);
@@ -756,10 +760,7 @@ mod tests {
         tokio::task::yield_now().await;
         route.fire(None);
         reg.ring_all();
-        let why = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .unwrap()
-            .unwrap();
+        let why = within_5s(waiting).await;
         assert_eq!(why, Alarmed::RouteEnded);
         // A ring for someone else's reason leaves a waiter waiting.
         assert_eq!(now(b.alarm(None)), None, "b's ring was for the route");
@@ -775,10 +776,7 @@ mod tests {
         tokio::task::yield_now().await;
         all.cancel();
         reg.ring_all();
-        let why = tokio::time::timeout(Duration::from_secs(5), waiting)
-            .await
-            .unwrap()
-            .unwrap();
+        let why = within_5s(waiting).await;
         assert_eq!(why, Alarmed::Stopped);
         let late = reg.register(meta("late", 2), &all);
         assert_eq!(now(late.alarm(None)), Some(Alarmed::Stopped));
