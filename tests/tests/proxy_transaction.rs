@@ -278,6 +278,65 @@ async fn copy_failing_transactions_and_listen_work_in_transaction_mode() {
     assert!(server_sessions(&cluster, ALICE.0) <= 2);
 }
 
+/// The pid field of a NotificationResponse a raw client reads.
+fn notification_pid(s: &mut std::net::TcpStream) -> (i32, String) {
+    let msgs = read_until(s, |m| m.iter().any(|(t, _)| *t == b'A'));
+    let (_, body) = msgs.into_iter().find(|(t, _)| *t == b'A').unwrap();
+    let pid = i32::from_be_bytes(body[0..4].try_into().unwrap());
+    let payload = body[4..].split(|b| *b == 0).nth(1).unwrap();
+    (pid, String::from_utf8_lossy(payload).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notify_in_transaction_mode_carries_the_pid_its_client_was_told() {
+    let (_cluster, proxy) = transaction_proxied(0, 3);
+    let port = proxy.port;
+    let conninfo = proxy.conninfo(BOB.0, BOB.1, "app");
+    let (listener, mut notes) = connect_listening(&conninfo).await;
+    listener.batch_execute("LISTEN jobs").await.unwrap();
+    // Three clients notify in turn on two shared server connections, so
+    // each server runs transactions of more than one of them.
+    let told = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut clients: Vec<_> = (0..3).map(|_| raw_login_with_key(port)).collect();
+        for round in 0..4 {
+            for (i, (s, _)) in clients.iter_mut().enumerate() {
+                s.write_all(&query_message(&format!("NOTIFY jobs, '{i} {round}'")))
+                    .unwrap();
+                read_until(s, readies(1));
+            }
+        }
+        clients.iter().map(|(_, (pid, _))| *pid).collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for _ in 0..12 {
+        let n = tokio::time::timeout(Duration::from_secs(10), notes.recv())
+            .await
+            .expect("notification in time")
+            .unwrap();
+        let sender: usize = n.payload().split(' ').next().unwrap().parse().unwrap();
+        assert_eq!(
+            n.process_id(),
+            told[sender],
+            "the notification {:?} names the pid its sender was told",
+            n.payload()
+        );
+    }
+    // A listener's own notifications carry its own pid: the check clients
+    // make to skip them works.
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let (mut s, (pid, _)) = raw_login_with_key(port);
+        s.write_all(&query_message("LISTEN mine")).unwrap();
+        read_until(&mut s, readies(1));
+        s.write_all(&query_message("NOTIFY mine, 'me'")).unwrap();
+        assert_eq!(notification_pid(&mut s), (pid, "me".to_owned()));
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_with_their_own_settings_share_one_server_connection() {
     let (cluster, proxy) = transaction_proxied(0, 1);

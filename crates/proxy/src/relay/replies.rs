@@ -11,7 +11,7 @@ use pgwarden_wire::scan::{Flow, Observer};
 
 use super::pump;
 use super::statements::{Edit, ServerStatements, Tracker};
-use crate::frontend::clients::Activity;
+use crate::frontend::clients::{Activity, CancelKey};
 use crate::pool::checkout;
 
 /// The server's replies during a transaction.
@@ -25,6 +25,11 @@ pub(super) struct Replies<'a, 'm> {
     pub(super) memo: &'a mut checkout::Memo,
     /// Where the chunk being scanned needs changing.
     pub(super) edits: Vec<(usize, Edit)>,
+    /// The length of the chunk being scanned.
+    pub(super) chunk_len: usize,
+    /// Where in it the pids of NotificationResponses start (see
+    /// [`tell_notifiers`]).
+    pub(super) notify_pids: Vec<usize>,
 }
 
 impl Observer for Replies<'_, '_> {
@@ -34,6 +39,14 @@ impl Observer for Replies<'_, '_> {
     }
 
     fn start_at(&mut self, tag: u8, offset: usize) -> Result<Flow, ProtocolError> {
+        if tag == b'A' {
+            // A notification's pid is rewritten in place: it waits for
+            // more bytes unless the whole field is in this chunk.
+            if offset + 9 > self.chunk_len {
+                return Ok(Flow::Stop);
+            }
+            self.notify_pids.push(offset + 5);
+        }
         self.last_tag = tag;
         if tag == b'G' {
             let syncs = self.activity.copy_in_started();
@@ -86,6 +99,23 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Gives the NotificationResponses whose pid fields start at `at` in
+/// `chunk` the pid their notifying clients were told, where it is known
+/// ([`crate::frontend::notifiers`]): the server's own pid means nothing to
+/// a transaction-mode client. Before [`apply_edits`], whose cuts move them.
+pub(super) fn tell_notifiers(chunk: &mut [u8], at: &[usize], cancel: &CancelKey, backend: usize) {
+    for &at in at {
+        let Some(field) = chunk.get_mut(at..at + 4) else {
+            continue;
+        };
+        let mut pid = [0u8; 4];
+        pid.copy_from_slice(field);
+        if let Some(client) = cancel.notifier_pid(backend, i32::from_be_bytes(pid)) {
+            field.copy_from_slice(&client.to_be_bytes());
+        }
+    }
+}
+
 /// Applies the edits the reply scan asked for to the chunk: cuts (of
 /// five-byte messages) by copying; a cut running past the
 /// chunk's end continues in the next one (`carry`).
@@ -124,6 +154,80 @@ pub(super) fn apply_edits(buf: &mut BytesMut, edits: &[(usize, Edit)], carry: &m
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A NotificationResponse from server pid `pid` on channel `c`.
+    fn notification(pid: i32, channel: &str) -> Vec<u8> {
+        let mut body = pid.to_be_bytes().to_vec();
+        body.extend_from_slice(channel.as_bytes());
+        body.extend_from_slice(b"\0\0");
+        let mut m = vec![b'A'];
+        m.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn a_notification_waits_for_its_whole_pid_and_then_names_its_notifier() {
+        use crate::frontend::clients::{ClientMeta, ClientRegistry};
+        let registry = std::sync::Arc::new(ClientRegistry::default());
+        let meta = ClientMeta {
+            address: "127.0.0.1:40000".parse().unwrap(),
+            user: "u".into(),
+            database: "d".into(),
+            connected: std::time::SystemTime::UNIX_EPOCH,
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let (notifier, listener) = (
+            registry.register(meta.clone(), &stop),
+            registry.register(meta, &stop),
+        );
+        // The notifier's transaction ran on server 4242 of backend 0.
+        notifier.set_server(0, "127.0.0.1:5432".parse().unwrap(), (4242, 1));
+
+        let activity = Activity::default();
+        let mut tracker = Tracker::new(10, 1 << 20);
+        let mut statements = ServerStatements::default();
+        let (tracker, statements) = (Mutex::new(&mut tracker), Mutex::new(&mut statements));
+        let (mut params, mut applied, mut settled) = (Vec::new(), Vec::new(), None);
+        let (mut wanted, mut memo) = (Vec::new(), checkout::Memo::default());
+        let mut replies = Replies {
+            activity: &activity,
+            tracker: &tracker,
+            statements: &statements,
+            reports: pump::Reports {
+                status: b'I',
+                params: &mut params,
+                applied: &mut applied,
+                settled: &mut settled,
+            },
+            last_tag: 0,
+            wanted: &mut wanted,
+            memo: &mut memo,
+            edits: Vec::new(),
+            chunk_len: 0,
+            notify_pids: Vec::new(),
+        };
+        let mut scanner = pgwarden_wire::scan::Scanner::new(u32::MAX);
+        // A first chunk ends inside the pid: the notification waits.
+        let mut stream = b"N\0\0\0\x05x".to_vec();
+        let at = stream.len();
+        stream.extend(notification(4242, "jobs"));
+        stream.extend(notification(999, "jobs"));
+        let first = stream.get(..at + 7).unwrap();
+        replies.chunk_len = first.len();
+        assert_eq!(scanner.scan(first, &mut replies).unwrap(), Some(at));
+        assert!(replies.notify_pids.is_empty());
+        // Whole, with the rest: both pids are found, and the one of a
+        // server this proxy knows is told as its client's.
+        let mut rest = stream.get(at..).unwrap().to_vec();
+        replies.chunk_len = rest.len();
+        assert_eq!(scanner.scan(&rest, &mut replies).unwrap(), None);
+        assert_eq!(replies.notify_pids, [5, 20]);
+        tell_notifiers(&mut rest, &replies.notify_pids, &listener, 0);
+        let mut told = notification(notifier.pid, "jobs");
+        told.extend(notification(999, "jobs"));
+        assert_eq!(rest, told);
+    }
 
     #[test]
     fn edits_cut_within_and_across_chunks() {

@@ -23,7 +23,7 @@ use pgwarden_wire::{ErrorResponse, ProtocolError, sqlstate};
 use tokio::io::AsyncReadExt;
 
 use super::pump::{self, Owing, PumpEnd, PumpResult, ServerState, StopReason};
-use super::replies::{Replies, apply_edits, lock};
+use super::replies::{Replies, apply_edits, lock, tell_notifiers};
 use super::standby;
 use super::statements::{Start, Tracker};
 use crate::Shared;
@@ -635,7 +635,10 @@ async fn relay(
         wanted: &mut c.wanted,
         memo: &mut c.memo,
         edits: Vec::new(),
+        chunk_len: 0,
+        notify_pids: Vec::new(),
     };
+    let backend = server.backend;
     // The connection's own read buffer, kept from one transaction to the next.
     let sbuf = &mut server.buf;
     let (mut cr, mut cw) = client.split();
@@ -731,8 +734,21 @@ async fn relay(
         loop {
             if !sbuf.is_empty() {
                 replies.edits.clear();
-                if let Err(e) = server_scan.scan(sbuf, &mut replies) {
-                    return Err(PumpEnd::ServerProtocol(e));
+                replies.notify_pids.clear();
+                replies.chunk_len = sbuf.len();
+                let stopped = match server_scan.scan(sbuf, &mut replies) {
+                    Ok(stopped) => stopped,
+                    Err(e) => return Err(PumpEnd::ServerProtocol(e)),
+                };
+                // A notification whose pid is not all here yet waits, with
+                // what follows it, for the next read.
+                let tail = stopped.map(|at| {
+                    let tail = sbuf.get(at..).unwrap_or_default().to_vec();
+                    sbuf.truncate(at);
+                    tail
+                });
+                if !replies.notify_pids.is_empty() {
+                    tell_notifiers(sbuf, &replies.notify_pids, cancel, backend);
                 }
                 apply_edits(sbuf, &replies.edits, &mut carry);
                 if hold {
@@ -747,7 +763,11 @@ async fn relay(
                     server_writing.store(false, Ordering::Relaxed);
                 }
                 sbuf.clear();
-                let released = replies.reports.status == b'I'
+                if let Some(tail) = tail {
+                    sbuf.extend_from_slice(&tail);
+                }
+                let released = sbuf.is_empty()
+                    && replies.reports.status == b'I'
                     && !activity.is_busy()
                     && server_scan.at_boundary()
                     && carry == 0
