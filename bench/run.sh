@@ -4,7 +4,7 @@
 # client count, auth (SCRAM-SHA-256) and pool size. Prints a markdown section
 # and, with --record, appends it to bench/RESULTS.md.
 #
-#   bench/run.sh [--record] [--seconds N] [--rounds N] [--clients N] [--mode session|transaction] [--idle N] [--tls]
+#   bench/run.sh [--record] [--seconds N] [--rounds N] [--clients N] [--mode session|transaction] [--idle N] [--tls] [--pgbouncer BIN]
 #
 # --mode transaction runs pgwarden and PgBouncer with transaction pooling
 # (pool size 20 either way) and the servers with max_connections = 400, so
@@ -13,11 +13,14 @@
 # and reports the memory each gained per client. --tls runs every target
 # over TLS (sslmode=require): PostgreSQL with a certificate, pgwarden with
 # client_tls_mode = "require" and server_tls.mode = "require", PgBouncer
-# with client_tls_sslmode and server_tls_sslmode = require.
+# with client_tls_sslmode and server_tls_sslmode = require. --pgbouncer BIN
+# runs that PgBouncer instead of the one on PATH (the Debian package); from
+# 1.21 on it gets max_prepared_statements = 200, as pgwarden, so that
+# `-M prepared` runs through it in transaction mode.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-record=0 seconds=10 rounds=3 clients=16 scale=10 mode=session idle=0 tls=0
+record=0 seconds=10 rounds=3 clients=16 scale=10 mode=session idle=0 tls=0 pgbouncer=pgbouncer
 # shellcheck source=bench/lib.sh
 . bench/lib.sh
 while [ $# -gt 0 ]; do
@@ -26,7 +29,8 @@ while [ $# -gt 0 ]; do
         --mode) mode=$2; shift ;;
         --idle) idle=$2; shift ;;
         --tls) tls=1 ;;
-        *) echo "usage: bench/run.sh [--record] [--seconds N] [--rounds N] [--clients N] [--mode session|transaction] [--idle N] [--tls]" >&2; exit 2 ;;
+        --pgbouncer) pgbouncer=$2; shift ;;
+        *) echo "usage: bench/run.sh [--record] [--seconds N] [--rounds N] [--clients N] [--mode session|transaction] [--idle N] [--tls] [--pgbouncer BIN]" >&2; exit 2 ;;
     esac
     shift
 done
@@ -63,7 +67,8 @@ export PGPASSWORD=bench PGUSER=bench PGDATABASE=bench
 pgbench -h 127.0.0.1 -p "$PG0_PORT" -i -q -s "$scale" >/dev/null 2>&1
 
 targets=("direct:$PG0_PORT" "pgwarden:$proxy_port")
-if command -v pgbouncer >/dev/null; then
+if command -v "$pgbouncer" >/dev/null; then
+    pgbouncer=$(command -v "$pgbouncer")
     mkdir -p "$work/bouncer"
     cp "$work/demo/users.txt" "$work/bouncer/users.txt"
     cat >"$work/bouncer/pgbouncer.ini" <<INI
@@ -81,6 +86,11 @@ max_client_conn = $((idle + 2000))
 server_reset_query = DISCARD ALL
 logfile = $work/bouncer/pgbouncer.log
 INI
+    # Protocol-level prepared statements in transaction mode (1.21+).
+    bouncer_version=$("$pgbouncer" --version | sed -n '1s/^PgBouncer \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+    if [ "${bouncer_version% *}" -gt 1 ] || [ "${bouncer_version#* }" -ge 21 ]; then
+        echo "max_prepared_statements = 200" >>"$work/bouncer/pgbouncer.ini"
+    fi
     if [ "$tls" = 1 ]; then
         cat >>"$work/bouncer/pgbouncer.ini" <<INI
 client_tls_sslmode = require
@@ -95,7 +105,7 @@ INI
         as_user=(runuser -u postgres --)
     fi
     # runuser resets the open files limit; PgBouncer needs one per client.
-    "${as_user[@]}" sh -c "ulimit -n $(ulimit -Hn); exec pgbouncer $work/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
+    "${as_user[@]}" sh -c "ulimit -n $(ulimit -Hn); exec $pgbouncer $work/bouncer/pgbouncer.ini" >/dev/null 2>&1 &
     pids+=($!)
     sleep 1
     targets+=("pgbouncer:$bouncer_port")
@@ -103,7 +113,7 @@ fi
 
 proxy_pid=$(pgrep -f "pgwarden-proxy --config $work/demo/node0/pgwarden.toml" | head -1 || true)
 # The pgbouncer process itself, not the runuser / sh that started it.
-bouncer_pid=$(pgrep -f "^pgbouncer $work/bouncer/pgbouncer.ini" | head -1 || true)
+bouncer_pid=$(pgrep -f "^$pgbouncer $work/bouncer/pgbouncer.ini" | head -1 || true)
 declare -A pid_of=([pgwarden]=$proxy_pid [pgbouncer]=$bouncer_pid)
 # CPU time (user + system, in clock ticks) a process has used so far.
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -184,7 +194,7 @@ fi
     echo "## $(date -u +%Y-%m-%d) — $(nproc) cores, $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(free -g | awk '/Mem:/ {print $2}') GiB"
     echo
     echo "PostgreSQL $(postgres_ver=$(psql -h 127.0.0.1 -p "$PG0_PORT" -Atc 'SHOW server_version'); echo "$postgres_ver"), pgbench scale $scale, $clients clients, -j 2, ${seconds}s per run, median of $rounds rounds (targets taking turns), SCRAM-SHA-256 everywhere, pool size 20, $mode pooling,$([ "$tls" = 1 ] && echo " TLS everywhere (sslmode=require, ECDSA P-256 certificate),") everything on one machine (pgbench, proxy and server share the cores)."
-    command -v pgbouncer >/dev/null && echo "PgBouncer: $(pgbouncer --version | head -1)."
+    command -v "$pgbouncer" >/dev/null && echo "PgBouncer: $("$pgbouncer" --version | head -1)."
     echo
     header="| test |" sep="|---|"
     for t in "${targets[@]}"; do header+=" ${t%%:*} tps (latency ms) |"; sep+="---|"; done

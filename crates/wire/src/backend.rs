@@ -19,7 +19,13 @@ fn begin(buf: &mut BytesMut, tag: u8) -> usize {
 }
 
 fn put_cstr(buf: &mut BytesMut, s: &str) {
-    buf.extend(s.bytes().filter(|b| *b != 0));
+    // A NUL inside would end the string early: left out. Nearly always
+    // there is none, and the string goes in with one copy.
+    if s.as_bytes().contains(&0) {
+        buf.extend(s.bytes().filter(|b| *b != 0));
+    } else {
+        buf.extend_from_slice(s.as_bytes());
+    }
     buf.put_u8(0);
 }
 
@@ -133,6 +139,17 @@ pub fn negotiate_protocol_version(buf: &mut BytesMut, newest_minor: u32, unrecog
 mod tests {
     use super::*;
     use postgres_protocol::message::backend::Message;
+
+    #[test]
+    fn a_nul_inside_a_string_is_left_out_so_it_cannot_end_the_field_early() {
+        let mut buf = BytesMut::new();
+        parameter_status(&mut buf, "application_name", "a\0b");
+        parameter_status(&mut buf, "TimeZone", "UTC");
+        assert_eq!(
+            &buf[..],
+            &b"S\0\0\0\x18application_name\0ab\0S\0\0\0\x11TimeZone\0UTC\0"[..]
+        );
+    }
 
     #[test]
     fn startup_reply_bytes() {
