@@ -206,6 +206,19 @@ fi
         echo "$row"
     done
     echo
+    # Each round's two runs of a test are minutes apart at most: their
+    # ratio moves less with this shared machine's slow spells than the
+    # ratio of the medians above does.
+    row="pgwarden/PgBouncer tps, median of the rounds' ratios (each round's runs side by side):"
+    for spec in "${tests[@]}"; do
+        test=${spec%%:*}
+        [ -n "${runs[pgwarden,$test]:-}" ] && [ -n "${runs[pgbouncer,$test]:-}" ] || continue
+        ratios=$(paste -d' ' <(printf '%s' "${runs[pgwarden,$test]}" | cut -d' ' -f1) \
+            <(printf '%s' "${runs[pgbouncer,$test]}" | cut -d' ' -f1) \
+            | awk '$2 > 0 { printf "%.2f\n", $1 / $2 }' | sort -n)
+        row+=" $test $(echo "$ratios" | sed -n "$(( ($(echo "$ratios" | wc -l) + 1) / 2 ))p") ($(echo "$ratios" | head -1)–$(echo "$ratios" | tail -1));"
+    done
+    [ "$row" != "${row%;}" ] && { echo "${row%;}."; echo; }
     row="Pooler CPU per transaction (µs, user + system, median round):"
     for spec in "${tests[@]}"; do
         test=${spec%%:*}

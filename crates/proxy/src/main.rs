@@ -54,7 +54,12 @@ fn run(args: Args) -> anyhow::Result<()> {
         });
         let shutdown = pgwarden_daemon::stop_signal()?;
         notify::ready();
-        proxy.serve(shutdown).await;
+        // A task of its own, not the runtime's main future: a wake of the
+        // main future (at each accept) costs a write to the runtime's
+        // eventfd, a task's costs nothing.
+        tokio::spawn(async move { proxy.serve(shutdown).await })
+            .await
+            .map_err(|e| anyhow::anyhow!("the accept loop failed: {e}"))?;
         Ok(())
     })
 }
