@@ -116,27 +116,25 @@ fn full_effects(sql: &[u8]) -> SqlEffects {
 /// an INSERT, BEGIN, COMMIT...) is decided here at a few instructions a
 /// byte.
 fn plainly_none(sql: &[u8]) -> bool {
+    // Eight bytes at a time: only the bytes [`worth_a_look`] marks are
+    // looked at more closely.
     let mut i = 0usize;
-    while let Some(&b) = sql.get(i) {
-        let k = quick(b);
-        if k != 0 {
-            if k & QUICK_SPECIAL != 0 {
-                let next = sql.get(i + 1).copied();
-                match b {
-                    // A minus or a division, not a comment.
-                    b'-' if next != Some(b'-') => {}
-                    b'/' if next != Some(b'*') => {}
-                    // Nothing but white space after it: one statement.
-                    b';' if sql
-                        .get(i + 1..)
-                        .is_some_and(|rest| rest.iter().all(u8::is_ascii_whitespace)) => {}
-                    _ => return false,
-                }
-            } else if anywhere_word_at(sql.get(i..).unwrap_or_default()) {
+    while let (Some(word), Some(next)) = (eight(sql, i), eight(sql, i + 1)) {
+        let mut marked = worth_a_look(word, next);
+        while marked != 0 {
+            // The high bit of a byte: its place in the word.
+            let at = i + (marked.trailing_zeros() / 8) as usize;
+            if !plain_at(sql, at) {
                 return false;
             }
+            marked &= marked - 1;
         }
-        i += 1;
+        i += 8;
+    }
+    for at in i..sql.len() {
+        if !plain_at(sql, at) {
+            return false;
+        }
     }
     // The first word, as the lexer finds it.
     let Some(start) = sql.iter().position(|&c| class(c) & START != 0) else {
@@ -148,6 +146,68 @@ fn plainly_none(sql: &[u8]) -> bool {
         .position(|&c| class(c) & PART == 0)
         .unwrap_or(rest.len());
     !starts_with_effect(rest.get(..len).unwrap_or_default())
+}
+
+/// False when the byte at `at` makes [`plainly_none`] say no: a character
+/// that may start a comment, a quote, `$`, a `;` before the end, or the
+/// start of a piece of a word [`anywhere_word_at`] knows.
+fn plain_at(sql: &[u8], at: usize) -> bool {
+    let Some(&b) = sql.get(at) else {
+        return true;
+    };
+    let k = quick(b);
+    if k == 0 {
+        return true;
+    }
+    if k & QUICK_SPECIAL != 0 {
+        let next = sql.get(at + 1).copied();
+        return match b {
+            // A minus or a division, not a comment.
+            b'-' => next != Some(b'-'),
+            b'/' => next != Some(b'*'),
+            // Nothing but white space after it: one statement.
+            b';' => sql
+                .get(at + 1..)
+                .is_some_and(|rest| rest.iter().all(u8::is_ascii_whitespace)),
+            _ => false,
+        };
+    }
+    !anywhere_word_at(sql.get(at..).unwrap_or_default())
+}
+
+/// The eight bytes from `at`, as a word (first byte lowest).
+fn eight(sql: &[u8], at: usize) -> Option<u64> {
+    let bytes: [u8; 8] = sql.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
+/// The bytes of a word of SQL (`word`, and `next`: the same bytes one
+/// further on) that may be what [`plain_at`] says no to, by the high bit
+/// of each: one of `;-/'"$`, or the first of a pair of letters that may
+/// start `advisory`, `config`, `hold` or `temp` in any case. Such a byte is
+/// always marked; now and then, a byte after it is too.
+fn worth_a_look(word: u64, next: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each byte of `x` equal to `b` (and perhaps of some
+    // byte above one that is: never a miss).
+    let eq = |x: u64, b: u8| {
+        let y = x ^ (ONES * u64::from(b));
+        y.wrapping_sub(ONES) & !y & HIGHS
+    };
+    let special = eq(word, b';')
+        | eq(word, b'-')
+        | eq(word, b'/')
+        | eq(word, b'\'')
+        | eq(word, b'"')
+        | eq(word, b'$');
+    // Letters in lower case (other bytes change too, into no letter that
+    // matters here: only A-Z become a-z with this bit).
+    let (lower, lower_next) = (word | (ONES * 0x20), next | (ONES * 0x20));
+    let pairs = (eq(lower, b'a') & eq(lower_next, b'd'))
+        | ((eq(lower, b'c') | eq(lower, b'h')) & eq(lower_next, b'o'))
+        | (eq(lower, b't') & eq(lower_next, b'e'));
+    special | pairs
 }
 
 /// True when `at` starts with a piece of a word [`anywhere_pins`] looks
