@@ -288,25 +288,32 @@ fn notification_pid(s: &mut std::net::TcpStream) -> (i32, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_notify_in_transaction_mode_carries_the_pid_its_client_was_told() {
+async fn a_listeners_own_notifications_carry_its_pid_and_anothers_the_pid_of_the_server_that_ran_them()
+ {
     let (_cluster, proxy) = transaction_proxied(0, 3);
     let port = proxy.port;
     let conninfo = proxy.conninfo(BOB.0, BOB.1, "app");
     let (listener, mut notes) = connect_listening(&conninfo).await;
     listener.batch_execute("LISTEN jobs").await.unwrap();
-    // Three clients notify in turn on two shared server connections, so
-    // each server runs transactions of more than one of them.
-    let told = tokio::task::spawn_blocking(move || {
+    // Clients notify in turn on the shared servers, each asking in the
+    // same transaction which server runs it.
+    let ran_on = tokio::task::spawn_blocking(move || {
         use std::io::Write;
-        let mut clients: Vec<_> = (0..3).map(|_| raw_login_with_key(port)).collect();
+        let mut clients: Vec<_> = (0..3).map(|_| raw_login(port)).collect();
+        let mut ran_on = Vec::new();
         for round in 0..4 {
-            for (i, (s, _)) in clients.iter_mut().enumerate() {
-                s.write_all(&query_message(&format!("NOTIFY jobs, '{i} {round}'")))
-                    .unwrap();
-                read_until(s, readies(1));
+            for (i, s) in clients.iter_mut().enumerate() {
+                s.write_all(&query_message(&format!(
+                    "SELECT pg_backend_pid(); NOTIFY jobs, '{i} {round}'"
+                )))
+                .unwrap();
+                let msgs = read_until(s, readies(1));
+                let (_, row) = msgs.into_iter().find(|(t, _)| *t == b'D').unwrap();
+                let pid: i32 = String::from_utf8_lossy(&row[6..]).parse().unwrap();
+                ran_on.push((format!("{i} {round}"), pid));
             }
         }
-        clients.iter().map(|(_, (pid, _))| *pid).collect::<Vec<_>>()
+        ran_on
     })
     .await
     .unwrap();
@@ -315,21 +322,30 @@ async fn a_notify_in_transaction_mode_carries_the_pid_its_client_was_told() {
             .await
             .expect("notification in time")
             .unwrap();
-        let sender: usize = n.payload().split(' ').next().unwrap().parse().unwrap();
+        let (_, pid) = ran_on.iter().find(|(p, _)| p == n.payload()).unwrap();
         assert_eq!(
             n.process_id(),
-            told[sender],
-            "the notification {:?} names the pid its sender was told",
+            *pid,
+            "the notification {:?} names the server that ran it",
             n.payload()
         );
     }
-    // A listener's own notifications carry its own pid: the check clients
-    // make to skip them works.
+    // A listener's own notifications carry the pid it was told (not its
+    // server's): the check clients make to skip them works.
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
         let (mut s, (pid, _)) = raw_login_with_key(port);
         s.write_all(&query_message("LISTEN mine")).unwrap();
         read_until(&mut s, readies(1));
+        s.write_all(&query_message("SELECT pg_backend_pid()"))
+            .unwrap();
+        let msgs = read_until(&mut s, readies(1));
+        let (_, row) = msgs.into_iter().find(|(t, _)| *t == b'D').unwrap();
+        let server: i32 = String::from_utf8_lossy(&row[6..]).parse().unwrap();
+        assert_ne!(
+            server, pid,
+            "a transaction-mode client is told a pid of the proxy's"
+        );
         s.write_all(&query_message("NOTIFY mine, 'me'")).unwrap();
         assert_eq!(notification_pid(&mut s), (pid, "me".to_owned()));
     })

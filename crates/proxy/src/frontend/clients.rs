@@ -266,8 +266,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
     keys: Mutex<HashMap<i32, Entry>>,
-    /// Whose transaction each server connection last ran.
-    notifiers: super::notifiers::Notifiers,
 }
 
 /// A client's registration: its key, and the token an operator's
@@ -476,20 +474,12 @@ impl CancelKey {
     /// Points the key at the server connection the client now holds: on
     /// `backend`, at `addr`, with the server's BackendKeyData.
     pub fn set_server(&self, backend: usize, addr: SocketAddr, server_key: (i32, i32)) {
-        self.registry.notifiers.ran(backend, server_key.0, self.pid);
         self.update(Some(Server {
             backend,
             addr,
             pid: server_key.0,
             secret: server_key.1,
         }));
-    }
-
-    /// The pid of the client whose transaction last ran on the server with
-    /// pid `server_pid` on `backend`, for a NOTIFY it sent (see
-    /// [`super::notifiers`]).
-    pub fn notifier_pid(&self, backend: usize, server_pid: i32) -> Option<i32> {
-        self.registry.notifiers.client_of(backend, server_pid)
     }
 
     /// Takes the server backend's process id as the client's own, unless

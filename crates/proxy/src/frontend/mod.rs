@@ -10,14 +10,12 @@
 //!   certificates).
 //! - [`session`]: the client's life after login, in either pool mode.
 //! - [`clients`]: the logged-in clients, their cancel keys and what their
-//!   server connections are doing; [`notifiers`]: whose transaction a
-//!   server ran last, for the pids of transaction-mode NOTIFYs.
+//!   server connections are doing.
 
 pub mod auth;
 pub mod clients;
 pub mod handshake;
 pub mod hba;
-pub mod notifiers;
 pub mod session;
 pub mod startup_params;
 pub mod throttle;

@@ -11,7 +11,7 @@ use pgwarden_wire::scan::{Flow, Observer};
 
 use super::pump;
 use super::statements::{Edit, ServerStatements, Tracker};
-use crate::frontend::clients::{Activity, CancelKey};
+use crate::frontend::clients::Activity;
 use crate::pool::checkout;
 
 /// The server's replies during a transaction.
@@ -28,7 +28,7 @@ pub(super) struct Replies<'a, 'm> {
     /// The length of the chunk being scanned.
     pub(super) chunk_len: usize,
     /// Where in it the pids of NotificationResponses start (see
-    /// [`tell_notifiers`]).
+    /// [`tell_own_notifications`]).
     pub(super) notify_pids: Vec<usize>,
 }
 
@@ -100,18 +100,20 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Gives the NotificationResponses whose pid fields start at `at` in
-/// `chunk` the pid their notifying clients were told, where it is known
-/// ([`crate::frontend::notifiers`]): the server's own pid means nothing to
-/// a transaction-mode client. Before [`apply_edits`], whose cuts move them.
-pub(super) fn tell_notifiers(chunk: &mut [u8], at: &[usize], cancel: &CancelKey, backend: usize) {
+/// `chunk` the pid the client was told (`own`) where they come from its
+/// own server (`server_pid`): its own notifications, as a direct
+/// connection names them, so a listener skipping those by pid still does.
+/// Another client's keep the pid of the server that ran its transaction:
+/// which of that server's clients it was, the proxy cannot know (the
+/// notification may arrive long after the server went to another).
+/// Before [`apply_edits`], whose cuts move them.
+pub(super) fn tell_own_notifications(chunk: &mut [u8], at: &[usize], server_pid: i32, own: i32) {
     for &at in at {
         let Some(field) = chunk.get_mut(at..at + 4) else {
             continue;
         };
-        let mut pid = [0u8; 4];
-        pid.copy_from_slice(field);
-        if let Some(client) = cancel.notifier_pid(backend, i32::from_be_bytes(pid)) {
-            field.copy_from_slice(&client.to_be_bytes());
+        if *field == server_pid.to_be_bytes() {
+            field.copy_from_slice(&own.to_be_bytes());
         }
     }
 }
@@ -167,23 +169,7 @@ mod tests {
     }
 
     #[test]
-    fn a_notification_waits_for_its_whole_pid_and_then_names_its_notifier() {
-        use crate::frontend::clients::{ClientMeta, ClientRegistry};
-        let registry = std::sync::Arc::new(ClientRegistry::default());
-        let meta = ClientMeta {
-            address: "127.0.0.1:40000".parse().unwrap(),
-            user: "u".into(),
-            database: "d".into(),
-            connected: std::time::SystemTime::UNIX_EPOCH,
-        };
-        let stop = tokio_util::sync::CancellationToken::new();
-        let (notifier, listener) = (
-            registry.register(meta.clone(), &stop),
-            registry.register(meta, &stop),
-        );
-        // The notifier's transaction ran on server 4242 of backend 0.
-        notifier.set_server(0, "127.0.0.1:5432".parse().unwrap(), (4242, 1));
-
+    fn a_notification_waits_for_its_whole_pid_and_then_names_its_own_client() {
         let activity = Activity::default();
         let mut tracker = Tracker::new(10, 1 << 20);
         let mut statements = ServerStatements::default();
@@ -211,20 +197,21 @@ mod tests {
         // A first chunk ends inside the pid: the notification waits.
         let mut stream = b"N\0\0\0\x05x".to_vec();
         let at = stream.len();
+        // From the client's own server (4242), then from another's.
         stream.extend(notification(4242, "jobs"));
         stream.extend(notification(999, "jobs"));
         let first = stream.get(..at + 7).unwrap();
         replies.chunk_len = first.len();
         assert_eq!(scanner.scan(first, &mut replies).unwrap(), Some(at));
         assert!(replies.notify_pids.is_empty());
-        // Whole, with the rest: both pids are found, and the one of a
-        // server this proxy knows is told as its client's.
+        // Whole, with the rest: both pids are found; its own is told as
+        // the pid the client was given, the other's stays.
         let mut rest = stream.get(at..).unwrap().to_vec();
         replies.chunk_len = rest.len();
         assert_eq!(scanner.scan(&rest, &mut replies).unwrap(), None);
         assert_eq!(replies.notify_pids, [5, 20]);
-        tell_notifiers(&mut rest, &replies.notify_pids, &listener, 0);
-        let mut told = notification(notifier.pid, "jobs");
+        tell_own_notifications(&mut rest, &replies.notify_pids, 4242, 1_000_001);
+        let mut told = notification(1_000_001, "jobs");
         told.extend(notification(999, "jobs"));
         assert_eq!(rest, told);
     }

@@ -23,7 +23,7 @@ use pgwarden_wire::{ErrorResponse, ProtocolError, sqlstate};
 use tokio::io::AsyncReadExt;
 
 use super::pump::{self, Owing, PumpEnd, PumpResult, ServerState, StopReason};
-use super::replies::{Replies, apply_edits, lock, tell_notifiers};
+use super::replies::{Replies, apply_edits, lock, tell_own_notifications};
 use super::standby;
 use super::statements::{Start, Tracker};
 use crate::Shared;
@@ -638,7 +638,7 @@ async fn relay(
         chunk_len: 0,
         notify_pids: Vec::new(),
     };
-    let backend = server.backend;
+    let server_pid = server.key.0;
     // The connection's own read buffer, kept from one transaction to the next.
     let sbuf = &mut server.buf;
     let (mut cr, mut cw) = client.split();
@@ -748,7 +748,7 @@ async fn relay(
                     tail
                 });
                 if !replies.notify_pids.is_empty() {
-                    tell_notifiers(sbuf, &replies.notify_pids, cancel, backend);
+                    tell_own_notifications(sbuf, &replies.notify_pids, server_pid, cancel.pid);
                 }
                 apply_edits(sbuf, &replies.edits, &mut carry);
                 if hold {
