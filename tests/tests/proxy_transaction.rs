@@ -45,6 +45,16 @@ async fn connect_listening(
     (client, rx)
 }
 
+/// The next notification [`connect_listening`] handed over, within 10 s.
+async fn next_notification(
+    notes: &mut tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::Notification>,
+) -> tokio_postgres::Notification {
+    tokio::time::timeout(Duration::from_secs(10), notes.recv())
+        .await
+        .expect("notification in time")
+        .expect("the listening connection is up")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_pgbench_clients_with_prepared_statements_share_five_server_connections() {
     // On two threads: the other tests run the default single-threaded
@@ -261,10 +271,7 @@ async fn copy_failing_transactions_and_listen_work_in_transaction_mode() {
             .unwrap();
     }
     for i in 0..5 {
-        let n = tokio::time::timeout(Duration::from_secs(10), notes.recv())
-            .await
-            .expect("notification in time")
-            .unwrap();
+        let n = next_notification(&mut notes).await;
         assert_eq!(n.channel(), "jobs");
         assert_eq!(n.payload(), format!("job {i}"));
     }
@@ -276,6 +283,13 @@ async fn copy_failing_transactions_and_listen_work_in_transaction_mode() {
         assert_eq!(v, 2);
     }
     assert!(server_sessions(&cluster, ALICE.0) <= 2);
+}
+
+/// The first column of the first row a raw client read, as a number.
+fn first_int(msgs: &[(u8, Vec<u8>)]) -> i32 {
+    let (_, row) = msgs.iter().find(|(t, _)| *t == b'D').expect("a row");
+    // Column count (2 bytes), the value's length (4), the value.
+    String::from_utf8_lossy(&row[6..]).parse().unwrap()
 }
 
 /// The pid field of a NotificationResponse a raw client reads.
@@ -307,9 +321,7 @@ async fn a_listeners_own_notifications_carry_its_pid_and_anothers_the_pid_of_the
                     "SELECT pg_backend_pid(); NOTIFY jobs, '{i} {round}'"
                 )))
                 .unwrap();
-                let msgs = read_until(s, readies(1));
-                let (_, row) = msgs.into_iter().find(|(t, _)| *t == b'D').unwrap();
-                let pid: i32 = String::from_utf8_lossy(&row[6..]).parse().unwrap();
+                let pid = first_int(&read_until(s, readies(1)));
                 ran_on.push((format!("{i} {round}"), pid));
             }
         }
@@ -318,10 +330,7 @@ async fn a_listeners_own_notifications_carry_its_pid_and_anothers_the_pid_of_the
     .await
     .unwrap();
     for _ in 0..12 {
-        let n = tokio::time::timeout(Duration::from_secs(10), notes.recv())
-            .await
-            .expect("notification in time")
-            .unwrap();
+        let n = next_notification(&mut notes).await;
         let (_, pid) = ran_on.iter().find(|(p, _)| p == n.payload()).unwrap();
         assert_eq!(
             n.process_id(),
@@ -339,9 +348,7 @@ async fn a_listeners_own_notifications_carry_its_pid_and_anothers_the_pid_of_the
         read_until(&mut s, readies(1));
         s.write_all(&query_message("SELECT pg_backend_pid()"))
             .unwrap();
-        let msgs = read_until(&mut s, readies(1));
-        let (_, row) = msgs.into_iter().find(|(t, _)| *t == b'D').unwrap();
-        let server: i32 = String::from_utf8_lossy(&row[6..]).parse().unwrap();
+        let server = first_int(&read_until(&mut s, readies(1)));
         assert_ne!(
             server, pid,
             "a transaction-mode client is told a pid of the proxy's"

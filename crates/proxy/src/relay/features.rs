@@ -702,6 +702,8 @@ mod tests {
                 "pgbench_accounts", "1", "42", " ", "  ", "\n", "(", ")", ",", ".", "=", "-", "--",
                 "/", "/*", "*/", "*", ";", "'", "''", "\"", "$", "$$", "$q$", "$1", "\\",
                 "\u{e9}", "\t", "\u{b}", "\r", "config", "advisory_lock",
+                // Pieces of the letter pairs the eight-byte look marks.
+                "C", "o", "h", "O", "a", "D", "emp", "MP", "old", "onfig", "dvisory", "tE",
             ][..]), 0..12)
         ) {
             let sql: String = parts.concat();
